@@ -1,0 +1,65 @@
+//! The admin HTTP listener: `/metrics` (Prometheus text), `/healthz` (the
+//! process answers), `/readyz` (listeners bound, store open and accepting).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+
+/// What the admin endpoints read.
+#[derive(Clone)]
+pub struct AdminState {
+    pub metrics: Metrics,
+    /// Set once every listener is bound and the store is open; cleared on shutdown.
+    pub ready: Arc<AtomicBool>,
+}
+
+/// Serve until `stop` is cancelled.
+pub async fn serve(
+    listener: TcpListener,
+    state: AdminState,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(state);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await
+}
+
+async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        s.metrics.render(),
+    )
+}
+
+async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
+    if !s.ready.load(Ordering::Relaxed) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: starting or stopping\n",
+        );
+    }
+    if s.metrics.store_full.get() != 0 {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: archive full (on_full = reject)\n",
+        );
+    }
+    (StatusCode::OK, "ready\n")
+}

@@ -1,0 +1,60 @@
+//! Subcommands, one file each. `anyhow` lives here and in `main.rs` only.
+
+mod check;
+mod run;
+mod send;
+mod verify;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+pub use run::run_node;
+
+/// ferry: cross-datacenter log relay and archive.
+#[derive(Debug, Parser)]
+#[command(name = "ferry", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a node (without -c: the embedded single-node default, data in ./data).
+    Run {
+        /// Config file.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
+    /// Validate a config file; every problem names the file, line and key.
+    Check {
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Check every frame and checksum of an archive (a data_dir or its archive/).
+    Verify {
+        dir: PathBuf,
+        /// Print one line per segment.
+        #[arg(short, long)]
+        verbose: bool,
+    },
+    /// Send lines from a file or stdin to a syslog listener (also the load generator).
+    Send(send::SendArgs),
+    /// Print the embedded default config.
+    DefaultConfig,
+}
+
+/// Run the parsed command; the exit code.
+pub fn run(cli: Cli) -> anyhow::Result<i32> {
+    match cli.command {
+        Command::Run { config } => run::run(config),
+        Command::Check { config } => check::check(&config),
+        Command::Verify { dir, verbose } => verify::verify(&dir, verbose),
+        Command::Send(a) => send::send(a),
+        Command::DefaultConfig => {
+            print!("{}", crate::config::DEFAULT_CONFIG);
+            Ok(0)
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! One TOML file, two stages: `raw` (what was written, with spans) and
+//! `validate` (a typed [`Config`] or every problem found, each naming the
+//! file, the line and the key). `ferry check` and `ferry run` share this path.
+
+pub mod raw;
+pub mod units;
+mod validate;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use validate::{validate, DEFAULT_MAX_RECORD_BYTES, MAX_RECORD_BYTES_CEILING};
+
+/// The embedded default: a single-node edge on loopback with `./data`.
+pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
+
+/// A validated configuration. Every field holds a value that makes sense.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Where the config came from, for messages.
+    pub source: String,
+    pub node: NodeConfig,
+    pub admin: AdminConfig,
+    pub store: StoreConfig,
+    /// Stream names, in file order.
+    pub streams: Vec<String>,
+    pub listeners: Vec<ListenerConfig>,
+}
+
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// The datacenter this node archives for; a path component of the archive.
+    pub site: String,
+    /// This process's name; part of every segment file name it writes.
+    pub name: String,
+    pub data_dir: PathBuf,
+}
+
+#[derive(Clone, Debug)]
+pub struct AdminConfig {
+    /// `/metrics`, `/healthz`, `/readyz`; `None` disables the admin listener.
+    pub listen: Option<SocketAddr>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// fsync before every acknowledgement: nothing acknowledged is lost on power loss.
+    Always,
+    /// fsync at most every interval: acknowledged data may be lost on power loss, not on a crash.
+    Interval(Duration),
+    /// Leave it to the kernel.
+    Never,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compression {
+    Zstd,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnFull {
+    /// Refuse new records (ingest pushes back) rather than delete undelivered data.
+    Reject,
+    /// Delete the oldest segments even if an uplink has not delivered them.
+    DropOldest,
+}
+
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    pub commit_interval: Duration,
+    pub commit_bytes: usize,
+    pub fsync: FsyncPolicy,
+    pub segment_max_bytes: u64,
+    pub compression: Compression,
+    pub zstd_level: i32,
+    pub retention: RetentionConfig,
+}
+
+#[derive(Clone, Debug)]
+pub struct RetentionConfig {
+    pub max_age: Option<Duration>,
+    pub max_bytes: Option<u64>,
+    pub on_full: OnFull,
+    pub check_interval: Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListenerKind {
+    Syslog,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    Tcp,
+    Udp,
+    /// Unix datagram socket (what `logger -u` and `/dev/log` speak).
+    Unix,
+    /// Unix stream socket, framed like TCP.
+    UnixStream,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ListenAddr {
+    Socket(SocketAddr),
+    Path(PathBuf),
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenAddr::Socket(a) => write!(f, "{a}"),
+            ListenAddr::Path(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trust {
+    Trusted,
+    Untrusted,
+}
+
+#[derive(Clone, Debug)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub kind: ListenerKind,
+    pub transport: Transport,
+    pub listen: ListenAddr,
+    /// The stream records go to when no route matches.
+    pub stream: String,
+    pub trust: Trust,
+    pub max_connections: usize,
+    pub max_record_bytes: usize,
+    pub idle_timeout: Duration,
+    pub routes: Vec<Route>,
+}
+
+/// A routing rule: every field that is set must match.
+#[derive(Clone, Debug)]
+pub struct Route {
+    pub app_name: Option<String>,
+    pub facility: Option<u8>,
+    pub hostname: Option<String>,
+    pub stream: String,
+}
+
+/// One problem in a config file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub file: String,
+    /// 1-based; 0 when the problem is about something missing from the file.
+    pub line: usize,
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line > 0 {
+            write!(
+                f,
+                "{}:{}: {}: {}",
+                self.file, self.line, self.key, self.message
+            )
+        } else {
+            write!(f, "{}: {}: {}", self.file, self.key, self.message)
+        }
+    }
+}
+
+/// Every problem found in a config file.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read config {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} problem(s) in config:\n{}", .0.len(), .0.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<Problem>),
+}
+
+impl Config {
+    /// Load and validate a config file.
+    pub fn load(path: &Path) -> Result<Config, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        validate(&text, &path.display().to_string())
+    }
+
+    /// The embedded default config.
+    pub fn default_embedded() -> Config {
+        validate(DEFAULT_CONFIG, "<embedded default>")
+            .expect("the embedded default config is valid")
+    }
+
+    /// `data_dir/archive`: segment files and nothing else.
+    pub fn archive_dir(&self) -> PathBuf {
+        self.node.data_dir.join("archive")
+    }
+
+    /// `data_dir/state`: indexes, seal records, cursors.
+    pub fn state_dir(&self) -> PathBuf {
+        self.node.data_dir.join("state")
+    }
+}

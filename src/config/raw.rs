@@ -1,0 +1,89 @@
+//! The config file as written: serde structs with `deny_unknown_fields` and
+//! spans on every value that validation may need to point at. Nothing here
+//! decides whether a value makes sense; `validate.rs` does.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::units::{ByteSize, HumanDuration};
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub node: Option<RawNode>,
+    pub admin: Option<RawAdmin>,
+    pub store: Option<RawStore>,
+    #[serde(default)]
+    pub stream: Vec<RawStream>,
+    #[serde(default)]
+    pub listener: Vec<RawListener>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNode {
+    pub site: Option<Spanned<String>>,
+    pub name: Option<Spanned<String>>,
+    pub data_dir: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub listen: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStore {
+    pub commit_interval: Option<Spanned<HumanDuration>>,
+    pub commit_bytes: Option<Spanned<ByteSize>>,
+    pub fsync: Option<Spanned<String>>,
+    pub fsync_interval: Option<Spanned<HumanDuration>>,
+    pub segment_max_bytes: Option<Spanned<ByteSize>>,
+    pub compression: Option<Spanned<String>>,
+    pub zstd_level: Option<Spanned<i64>>,
+    pub retention: Option<RawRetention>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetention {
+    pub max_age: Option<Spanned<HumanDuration>>,
+    pub max_bytes: Option<Spanned<ByteSize>>,
+    pub on_full: Option<Spanned<String>>,
+    pub check_interval: Option<Spanned<HumanDuration>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStream {
+    pub name: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListener {
+    pub name: Spanned<String>,
+    pub kind: Spanned<String>,
+    pub transport: Spanned<String>,
+    pub listen: Spanned<String>,
+    pub stream: Option<Spanned<String>>,
+    pub trust: Option<Spanned<String>>,
+    pub max_connections: Option<Spanned<i64>>,
+    pub max_record_bytes: Option<Spanned<ByteSize>>,
+    pub idle_timeout: Option<Spanned<HumanDuration>>,
+    #[serde(default)]
+    pub route: Vec<RawRoute>,
+}
+
+/// `[[listener.route]]`: the first rule whose every given field matches sends
+/// the record to its stream; records matching none go to the listener's stream.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub app_name: Option<Spanned<String>>,
+    pub facility: Option<Spanned<String>>,
+    pub hostname: Option<Spanned<String>>,
+    pub stream: Spanned<String>,
+}

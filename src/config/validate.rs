@@ -1,0 +1,620 @@
+//! Raw → typed config. Collects every problem rather than stopping at the
+//! first, so an operator fixes a file in one pass. Defaults live here, next to
+//! the bounds they must respect.
+
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::raw::{RawConfig, RawListener};
+use super::units::ByteSize;
+use super::*;
+
+/// Default `max_record_bytes` for trusted listeners.
+pub const DEFAULT_MAX_RECORD_BYTES: usize = 64 * 1024;
+/// Hard ceiling on any record; above this the framing itself is treated as garbage.
+pub const MAX_RECORD_BYTES_CEILING: usize = 16 << 20;
+
+struct Ctx<'a> {
+    file: &'a str,
+    text: &'a str,
+    problems: Vec<Problem>,
+}
+
+impl Ctx<'_> {
+    fn line_of(&self, span: Range<usize>) -> usize {
+        let end = span.start.min(self.text.len());
+        self.text.as_bytes()[..end]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1
+    }
+
+    fn err(&mut self, key: &str, span: Option<Range<usize>>, message: impl Into<String>) {
+        let line = span.map(|s| self.line_of(s)).unwrap_or(0);
+        self.problems.push(Problem {
+            file: self.file.to_owned(),
+            line,
+            key: key.to_owned(),
+            message: message.into(),
+        });
+    }
+
+    fn at<T>(&mut self, key: &str, v: &Spanned<T>, message: impl Into<String>) {
+        self.err(key, Some(v.span()), message)
+    }
+
+    /// A name that becomes a path component: short, plain ASCII.
+    fn name(&mut self, key: &str, v: &Spanned<String>) -> String {
+        let s = v.get_ref();
+        let ok = !s.is_empty()
+            && s.len() <= 64
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            && !s.starts_with('-');
+        if !ok {
+            self.at(key, v, format!("{s:?} must be 1-64 characters of A-Z a-z 0-9 - _ (it becomes part of file paths)"));
+        }
+        s.clone()
+    }
+
+    fn one_of<T: Copy>(
+        &mut self,
+        key: &str,
+        v: &Spanned<String>,
+        choices: &[(&str, T)],
+    ) -> Option<T> {
+        match choices.iter().find(|(n, _)| *n == v.get_ref()) {
+            Some((_, t)) => Some(*t),
+            None => {
+                let names: Vec<_> = choices.iter().map(|(n, _)| *n).collect();
+                self.at(
+                    key,
+                    v,
+                    format!("{:?} is not one of: {}", v.get_ref(), names.join(", ")),
+                );
+                None
+            }
+        }
+    }
+}
+
+/// The dotted key a parse error points at: the key on the span's line (the
+/// span may be the key or its value), prefixed by the table it sits in.
+fn key_at(text: &str, span: Range<usize>) -> String {
+    let start = span.start.min(text.len());
+    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[start..].find('\n').map_or(text.len(), |i| start + i);
+    let line = &text[line_start..line_end];
+    let key = match line.split_once('=') {
+        Some((k, _)) if !line.trim_start().starts_with('[') => k.trim(),
+        _ => text.get(span).unwrap_or("").trim(),
+    };
+    let table = text[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim());
+    match table {
+        Some(t) if !key.starts_with('[') => format!("{t}.{key}"),
+        _ => key.to_owned(),
+    }
+}
+
+/// Parse and validate config text. `file` names it in every problem.
+pub fn validate(text: &str, file: &str) -> Result<Config, Error> {
+    let mut cx = Ctx {
+        file,
+        text,
+        problems: Vec::new(),
+    };
+    let raw: RawConfig = match toml::from_str(text) {
+        Ok(r) => r,
+        Err(e) => {
+            let key = e.span().map(|s| key_at(text, s)).unwrap_or_default();
+            let msg = e.message().trim().to_owned();
+            cx.err(if key.is_empty() { "<file>" } else { &key }, e.span(), msg);
+            return Err(Error::Invalid(cx.problems));
+        }
+    };
+
+    // [node]
+    let (site, name, data_dir) = match &raw.node {
+        Some(n) => {
+            let site = match &n.site {
+                Some(s) => cx.name("node.site", s),
+                None => {
+                    cx.err(
+                        "node.site",
+                        None,
+                        "missing: the datacenter this node archives for",
+                    );
+                    String::new()
+                }
+            };
+            let name = match &n.name {
+                Some(s) => cx.name("node.name", s),
+                None => {
+                    cx.err("node.name", None, "missing: this node's name");
+                    String::new()
+                }
+            };
+            let data_dir = match &n.data_dir {
+                Some(d) if d.get_ref().is_empty() => {
+                    cx.at("node.data_dir", d, "must not be empty");
+                    PathBuf::new()
+                }
+                Some(d) => PathBuf::from(d.get_ref()),
+                None => PathBuf::from("/var/lib/ferry"),
+            };
+            (site, name, data_dir)
+        }
+        None => {
+            cx.err(
+                "node",
+                None,
+                "missing [node] section (site, name, data_dir)",
+            );
+            (String::new(), String::new(), PathBuf::new())
+        }
+    };
+
+    // [admin]
+    let admin_listen = match raw.admin.as_ref().and_then(|a| a.listen.as_ref()) {
+        Some(l) if l.get_ref().is_empty() => None,
+        Some(l) => match l.get_ref().parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                cx.at(
+                    "admin.listen",
+                    l,
+                    format!(
+                        "{:?} is not an address:port such as \"127.0.0.1:9750\"",
+                        l.get_ref()
+                    ),
+                );
+                None
+            }
+        },
+        None => Some("127.0.0.1:9750".parse().expect("literal address")),
+    };
+
+    let store = validate_store(&mut cx, raw.store.as_ref());
+
+    // [[stream]]
+    let mut streams = Vec::new();
+    for (i, s) in raw.stream.iter().enumerate() {
+        let key = format!("stream[{i}].name");
+        let n = cx.name(&key, &s.name);
+        if streams.contains(&n) {
+            cx.at(&key, &s.name, format!("stream {n:?} is defined twice"));
+        }
+        streams.push(n);
+    }
+    if streams.is_empty() {
+        cx.err(
+            "stream",
+            None,
+            "no [[stream]] defined: records need somewhere to go",
+        );
+    }
+
+    // [[listener]]
+    let mut listeners: Vec<ListenerConfig> = Vec::new();
+    for (i, l) in raw.listener.iter().enumerate() {
+        if let Some(lc) = validate_listener(&mut cx, i, l, &streams) {
+            if listeners.iter().any(|o| o.name == lc.name) {
+                cx.at(
+                    &format!("listener[{i}].name"),
+                    &l.name,
+                    format!("listener {:?} is defined twice", lc.name),
+                );
+            }
+            if listeners
+                .iter()
+                .any(|o| o.listen == lc.listen && same_socket_kind(o.transport, lc.transport))
+            {
+                cx.at(
+                    &format!("listener[{i}].listen"),
+                    &l.listen,
+                    format!("{} is already used by another listener", lc.listen),
+                );
+            }
+            listeners.push(lc);
+        }
+    }
+
+    if cx.problems.is_empty() {
+        Ok(Config {
+            source: file.to_owned(),
+            node: NodeConfig {
+                site,
+                name,
+                data_dir,
+            },
+            admin: AdminConfig {
+                listen: admin_listen,
+            },
+            store,
+            streams,
+            listeners,
+        })
+    } else {
+        Err(Error::Invalid(cx.problems))
+    }
+}
+
+fn same_socket_kind(a: Transport, b: Transport) -> bool {
+    let stream = |t| matches!(t, Transport::Tcp | Transport::UnixStream);
+    match (a, b) {
+        (Transport::Unix | Transport::UnixStream, Transport::Unix | Transport::UnixStream) => true,
+        _ => stream(a) == stream(b),
+    }
+}
+
+fn validate_store(cx: &mut Ctx<'_>, raw: Option<&raw::RawStore>) -> StoreConfig {
+    let mut s = StoreConfig {
+        commit_interval: Duration::from_millis(100),
+        commit_bytes: 4 << 20,
+        fsync: FsyncPolicy::Always,
+        segment_max_bytes: 256 << 20,
+        compression: Compression::Zstd,
+        zstd_level: 1,
+        retention: RetentionConfig {
+            max_age: Some(Duration::from_secs(30 * 86400)),
+            max_bytes: None,
+            on_full: OnFull::Reject,
+            check_interval: Duration::from_secs(60),
+        },
+    };
+    let Some(r) = raw else { return s };
+    if let Some(v) = &r.commit_interval {
+        let d = v.get_ref().0;
+        if d < Duration::from_millis(1) || d > Duration::from_secs(10) {
+            cx.at("store.commit_interval", v, "must be between 1ms and 10s");
+        }
+        s.commit_interval = d;
+    }
+    if let Some(v) = &r.commit_bytes {
+        let b = v.get_ref().0;
+        if !(4096..=(64 << 20)).contains(&b) {
+            cx.at("store.commit_bytes", v, "must be between 4KiB and 64MiB");
+        }
+        s.commit_bytes = b as usize;
+    }
+    if let Some(v) = &r.segment_max_bytes {
+        let b = v.get_ref().0;
+        if !((64 << 10)..=(64u64 << 30)).contains(&b) {
+            cx.at(
+                "store.segment_max_bytes",
+                v,
+                "must be between 64KiB and 64GiB",
+            );
+        }
+        s.segment_max_bytes = b;
+    }
+    if s.segment_max_bytes < s.commit_bytes as u64 {
+        cx.err(
+            "store.segment_max_bytes",
+            r.segment_max_bytes.as_ref().map(|v| v.span()),
+            "must be at least store.commit_bytes",
+        );
+    }
+    let interval = r
+        .fsync_interval
+        .as_ref()
+        .map(|v| v.get_ref().0)
+        .unwrap_or(Duration::from_secs(1));
+    if let Some(v) = &r.fsync {
+        s.fsync = match cx.one_of(
+            "store.fsync",
+            v,
+            &[("always", 0), ("interval", 1), ("never", 2)],
+        ) {
+            Some(0) | None => FsyncPolicy::Always,
+            Some(1) => FsyncPolicy::Interval(interval),
+            _ => FsyncPolicy::Never,
+        };
+    }
+    if let Some(v) = &r.compression {
+        if let Some(c) = cx.one_of("store.compression", v, &[("zstd", Compression::Zstd)]) {
+            s.compression = c;
+        }
+    }
+    if let Some(v) = &r.zstd_level {
+        let l = *v.get_ref();
+        if !(1..=19).contains(&l) {
+            cx.at("store.zstd_level", v, "must be between 1 and 19");
+        }
+        s.zstd_level = l.clamp(1, 19) as i32;
+    }
+    if let Some(ret) = &r.retention {
+        if let Some(v) = &ret.max_age {
+            let d = v.get_ref().0;
+            if d < Duration::from_secs(3600) {
+                cx.at(
+                    "store.retention.max_age",
+                    v,
+                    "must be at least 1h (segments are hourly)",
+                );
+            }
+            s.retention.max_age = Some(d);
+        }
+        if let Some(v) = &ret.max_bytes {
+            let b = v.get_ref().0;
+            if b < (1 << 20) {
+                cx.at("store.retention.max_bytes", v, "must be at least 1MiB");
+            }
+            s.retention.max_bytes = Some(b);
+        }
+        if let Some(v) = &ret.on_full {
+            if let Some(o) = cx.one_of(
+                "store.retention.on_full",
+                v,
+                &[
+                    ("reject", OnFull::Reject),
+                    ("drop_oldest", OnFull::DropOldest),
+                ],
+            ) {
+                s.retention.on_full = o;
+            }
+        }
+        if let Some(v) = &ret.check_interval {
+            let d = v.get_ref().0;
+            if d < Duration::from_millis(100) {
+                cx.at(
+                    "store.retention.check_interval",
+                    v,
+                    "must be at least 100ms",
+                );
+            }
+            s.retention.check_interval = d;
+        }
+    }
+    s
+}
+
+fn validate_listener(
+    cx: &mut Ctx<'_>,
+    i: usize,
+    l: &RawListener,
+    streams: &[String],
+) -> Option<ListenerConfig> {
+    let k = |f: &str| format!("listener[{i}].{f}");
+    let before = cx.problems.len();
+    let name = cx.name(&k("name"), &l.name);
+    let kind = cx.one_of(&k("kind"), &l.kind, &[("syslog", ListenerKind::Syslog)]);
+    let transport = cx.one_of(
+        &k("transport"),
+        &l.transport,
+        &[
+            ("tcp", Transport::Tcp),
+            ("udp", Transport::Udp),
+            ("unix", Transport::Unix),
+            ("unix-stream", Transport::UnixStream),
+        ],
+    );
+    let listen = match transport {
+        Some(Transport::Unix | Transport::UnixStream) => {
+            if l.listen.get_ref().is_empty() {
+                cx.at(&k("listen"), &l.listen, "must be a socket path");
+            }
+            ListenAddr::Path(PathBuf::from(l.listen.get_ref()))
+        }
+        _ => match l.listen.get_ref().parse::<SocketAddr>() {
+            Ok(a) => ListenAddr::Socket(a),
+            Err(_) => {
+                cx.at(
+                    &k("listen"),
+                    &l.listen,
+                    format!(
+                        "{:?} is not an address:port such as \"0.0.0.0:6514\"",
+                        l.listen.get_ref()
+                    ),
+                );
+                ListenAddr::Path(PathBuf::new())
+            }
+        },
+    };
+    let stream = match &l.stream {
+        Some(s) => {
+            if !streams.contains(s.get_ref()) {
+                cx.at(
+                    &k("stream"),
+                    s,
+                    format!("no [[stream]] named {:?}", s.get_ref()),
+                );
+            }
+            s.get_ref().clone()
+        }
+        None => match streams.first() {
+            Some(s) => s.clone(),
+            None => String::new(),
+        },
+    };
+    let trust = match &l.trust {
+        Some(t) => cx
+            .one_of(
+                &k("trust"),
+                t,
+                &[("trusted", Trust::Trusted), ("untrusted", Trust::Untrusted)],
+            )
+            .unwrap_or(Trust::Trusted),
+        None => Trust::Trusted,
+    };
+    let max_connections = match &l.max_connections {
+        Some(v) => {
+            let n = *v.get_ref();
+            if !(1..=1_000_000).contains(&n) {
+                cx.at(&k("max_connections"), v, "must be between 1 and 1000000");
+            }
+            n.max(1) as usize
+        }
+        None => 1024,
+    };
+    let max_record_bytes = match &l.max_record_bytes {
+        Some(v) => {
+            let n = v.get_ref().as_usize();
+            if !(256..=MAX_RECORD_BYTES_CEILING).contains(&n) {
+                cx.at(
+                    &k("max_record_bytes"),
+                    v,
+                    format!(
+                        "must be between 256B and {}",
+                        ByteSize(MAX_RECORD_BYTES_CEILING as u64)
+                    ),
+                );
+            }
+            n.clamp(256, MAX_RECORD_BYTES_CEILING)
+        }
+        None => DEFAULT_MAX_RECORD_BYTES,
+    };
+    let idle_timeout = match &l.idle_timeout {
+        Some(v) => {
+            if v.get_ref().0 < Duration::from_millis(100) {
+                cx.at(&k("idle_timeout"), v, "must be at least 100ms");
+            }
+            v.get_ref().0
+        }
+        None => Duration::from_secs(300),
+    };
+    let mut routes = Vec::new();
+    for (j, r) in l.route.iter().enumerate() {
+        let rk = |f: &str| format!("listener[{i}].route[{j}].{f}");
+        if !streams.contains(r.stream.get_ref()) {
+            cx.at(
+                &rk("stream"),
+                &r.stream,
+                format!("no [[stream]] named {:?}", r.stream.get_ref()),
+            );
+        }
+        let facility = r.facility.as_ref().and_then(|f| match crate::ingest::syslog::parse::facility_by_name(f.get_ref()) {
+            Some(n) => Some(n),
+            None => {
+                cx.at(&rk("facility"), f, format!("{:?} is not a syslog facility (kern, user, mail, daemon, auth, syslog, lpr, news, uucp, cron, authpriv, ftp, local0..local7)", f.get_ref()));
+                None
+            }
+        });
+        if r.app_name.is_none() && r.facility.is_none() && r.hostname.is_none() {
+            cx.at(
+                &rk("stream"),
+                &r.stream,
+                "a route needs at least one of app_name, facility, hostname",
+            );
+        }
+        routes.push(Route {
+            app_name: r.app_name.as_ref().map(|s| s.get_ref().clone()),
+            facility,
+            hostname: r.hostname.as_ref().map(|s| s.get_ref().clone()),
+            stream: r.stream.get_ref().clone(),
+        });
+    }
+    if !routes.is_empty() && transport.is_some() && trust == Trust::Untrusted {
+        cx.at(&k("route"), &l.name, "untrusted listeners cannot route by record content: their sources must not choose their stream");
+    }
+    if cx.problems.len() > before {
+        return None;
+    }
+    Some(ListenerConfig {
+        name,
+        kind: kind?,
+        transport: transport?,
+        listen,
+        stream,
+        trust,
+        max_connections,
+        max_record_bytes,
+        idle_timeout,
+        routes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[node]
+site = "sg1"
+name = "relay-1"
+data_dir = "/tmp/x"
+
+[[stream]]
+name = "live"
+
+[[listener]]
+name = "tcp"
+kind = "syslog"
+transport = "tcp"
+listen = "127.0.0.1:0"
+"#;
+
+    #[test]
+    fn minimal_is_valid() {
+        let c = validate(MINIMAL, "t.toml").unwrap();
+        assert_eq!(c.listeners[0].stream, "live");
+        assert_eq!(c.store.commit_bytes, 4 << 20);
+    }
+
+    #[test]
+    fn embedded_default_is_valid() {
+        Config::default_embedded();
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let text = MINIMAL.replace("name = \"relay-1\"", "name = \"relay-1\"\nnmae = \"x\"");
+        let Err(Error::Invalid(p)) = validate(&text, "t.toml") else {
+            panic!()
+        };
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].line, 5);
+        assert_eq!(p[0].key, "node.nmae");
+        assert!(p[0].message.contains("unknown field"), "{}", p[0].message);
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let text = format!(
+            "{MINIMAL}\n[store]\ncommit_bytes = \"1B\"\nfsync = \"sometimes\"\nzstd_level = 40\n"
+        );
+        let Err(Error::Invalid(p)) = validate(&text, "t.toml") else {
+            panic!()
+        };
+        let keys: Vec<_> = p.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["store.commit_bytes", "store.fsync", "store.zstd_level"],
+            "{p:?}"
+        );
+        assert!(p.iter().all(|p| p.line > 0));
+    }
+
+    #[test]
+    fn bad_unit_is_a_located_error() {
+        let text = format!("{MINIMAL}\n[store]\ncommit_interval = \"100 parsecs\"\n");
+        let Err(Error::Invalid(p)) = validate(&text, "t.toml") else {
+            panic!()
+        };
+        assert_eq!(p[0].line, 17, "{p:?}");
+        assert_eq!(p[0].key, "store.commit_interval");
+        assert!(p[0].message.contains("parsecs"));
+    }
+
+    #[test]
+    fn unknown_stream_in_listener() {
+        let text = MINIMAL.replace(
+            "listen = \"127.0.0.1:0\"",
+            "listen = \"127.0.0.1:0\"\nstream = \"nope\"",
+        );
+        let Err(Error::Invalid(p)) = validate(&text, "t.toml") else {
+            panic!()
+        };
+        assert_eq!(p[0].key, "listener[0].stream");
+    }
+}

@@ -1,0 +1,230 @@
+//! Gathers one listener connection's records into per-stream batches:
+//! escaping into a contiguous buffer (no per-record allocation), counting
+//! what is received, truncated and flagged, and handing batches to the store.
+
+use std::sync::Arc;
+
+use prometheus::IntCounter;
+use tracing::warn;
+
+use super::router::Router;
+use super::ListenerCtx;
+use crate::metrics::DropReason;
+use crate::store::escape::escape_into;
+use crate::store::{Batch, Error as StoreError, StreamHandle};
+
+struct Slot {
+    handle: StreamHandle,
+    data: Vec<u8>,
+    records: u32,
+    truncated: u32,
+}
+
+/// Per-connection (or per-socket) batcher.
+pub struct Batcher {
+    listener: Arc<str>,
+    router: Arc<Router>,
+    slots: Vec<Slot>,
+    first_ms: i64,
+    last_ms: i64,
+    received_records: IntCounter,
+    received_bytes: IntCounter,
+    pending_bytes: u64,
+    pending_records: u64,
+    /// Peer, for log lines.
+    peer: String,
+    warned_utf8: bool,
+    warned_nul: bool,
+    warned_trunc: bool,
+    ctx: Arc<ListenerCtx>,
+}
+
+impl Batcher {
+    pub fn new(ctx: &Arc<ListenerCtx>, peer: String) -> Batcher {
+        let m = &ctx.metrics;
+        let name = ctx.cfg.name.as_str();
+        Batcher {
+            listener: ctx.name.clone(),
+            router: ctx.router.clone(),
+            slots: ctx
+                .streams
+                .iter()
+                .map(|h| Slot {
+                    handle: h.clone(),
+                    data: Vec::with_capacity(crate::store::BATCH_BYTES + 1024),
+                    records: 0,
+                    truncated: 0,
+                })
+                .collect(),
+            first_ms: 0,
+            last_ms: 0,
+            received_records: m.received_records.with_label_values(&[name]),
+            received_bytes: m.received_bytes.with_label_values(&[name]),
+            pending_bytes: 0,
+            pending_records: 0,
+            peer,
+            warned_utf8: false,
+            warned_nul: false,
+            warned_trunc: false,
+            ctx: ctx.clone(),
+        }
+    }
+
+    /// Bytes buffered across streams.
+    pub fn buffered(&self) -> usize {
+        self.slots.iter().map(|s| s.data.len()).sum()
+    }
+
+    /// Add one record received at `now_ms`.
+    #[inline]
+    pub fn push(&mut self, record: &[u8], truncated: bool, now_ms: i64) {
+        let idx = self.router.route(record);
+        let slot = &mut self.slots[idx];
+        if slot.records == 0 && self.first_ms == 0 {
+            self.first_ms = now_ms;
+        }
+        self.last_ms = now_ms;
+        escape_into(record, &mut slot.data);
+        slot.data.push(b'\n');
+        slot.records += 1;
+        self.pending_bytes += record.len() as u64;
+        self.pending_records += 1;
+        if truncated {
+            slot.truncated += 1;
+            self.flag_truncated(record.len());
+        }
+        if std::str::from_utf8(record).is_err() {
+            self.flag("invalid_utf8");
+        }
+        if memchr::memchr(0, record).is_some() {
+            self.flag("nul_byte");
+        }
+    }
+
+    #[cold]
+    fn flag(&mut self, flag: &'static str) {
+        self.ctx
+            .metrics
+            .flagged_records
+            .with_label_values(&[&self.listener, flag])
+            .inc();
+        let warned = if flag == "nul_byte" {
+            &mut self.warned_nul
+        } else {
+            &mut self.warned_utf8
+        };
+        if !*warned {
+            *warned = true;
+            warn!(listener = %self.listener, peer = %self.peer, flag,
+                "record kept as received but flagged (first on this connection; see ferry_flagged_records_total)");
+        }
+    }
+
+    #[cold]
+    fn flag_truncated(&mut self, kept: usize) {
+        self.ctx
+            .metrics
+            .truncated_records
+            .with_label_values(&[&self.listener])
+            .inc();
+        if !self.warned_trunc {
+            self.warned_trunc = true;
+            warn!(listener = %self.listener, peer = %self.peer, kept_bytes = kept,
+                "record longer than max_record_bytes truncated (first on this connection; see ferry_truncated_records_total)");
+        }
+    }
+
+    fn take(&mut self, i: usize) -> Option<(StreamHandle, Batch)> {
+        let slot = &mut self.slots[i];
+        if slot.records == 0 {
+            return None;
+        }
+        let cap = slot.data.capacity();
+        let data = std::mem::replace(
+            &mut slot.data,
+            Vec::with_capacity(cap.min(crate::store::BATCH_BYTES + 1024)),
+        );
+        let b = Batch {
+            listener: self.listener.clone(),
+            data,
+            records: slot.records,
+            truncated: slot.truncated,
+            first_ms: self.first_ms,
+            last_ms: self.last_ms,
+            ack: None,
+        };
+        slot.records = 0;
+        slot.truncated = 0;
+        Some((slot.handle.clone(), b))
+    }
+
+    fn count_received(&mut self) {
+        self.received_records.inc_by(self.pending_records);
+        self.received_bytes.inc_by(self.pending_bytes);
+        self.pending_records = 0;
+        self.pending_bytes = 0;
+    }
+
+    /// Hand everything to the store, waiting for room (stream listeners). If
+    /// the store refuses because it is full, wait and retry: the sender is
+    /// held back rather than its records dropped.
+    pub async fn flush(&mut self) {
+        self.count_received();
+        for i in 0..self.slots.len() {
+            let Some((h, mut b)) = self.take(i) else {
+                continue;
+            };
+            let mut logged = false;
+            loop {
+                match h.submit(b).await {
+                    Ok(()) => break,
+                    Err((StoreError::Full, back)) => {
+                        if !logged {
+                            warn!(listener = %self.listener, peer = %self.peer, stream = h.name(),
+                                "store full (on_full = reject): holding this connection until space is freed");
+                            logged = true;
+                        }
+                        b = back;
+                        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    }
+                    Err((e, back)) => {
+                        self.ctx.metrics.drop_records(
+                            &self.listener,
+                            reason_for(&e),
+                            u64::from(back.records),
+                        );
+                        break;
+                    }
+                }
+            }
+        }
+        self.first_ms = 0;
+    }
+
+    /// Hand everything to the store without waiting (datagram listeners):
+    /// what does not fit is dropped and counted.
+    pub fn try_flush(&mut self) {
+        self.count_received();
+        for i in 0..self.slots.len() {
+            let Some((h, b)) = self.take(i) else { continue };
+            if let Err((e, back)) = h.try_submit(b) {
+                self.ctx.metrics.drop_records(
+                    &self.listener,
+                    reason_for(&e),
+                    u64::from(back.records),
+                );
+                self.ctx.note_drop(&e);
+            }
+        }
+        self.first_ms = 0;
+    }
+}
+
+fn reason_for(e: &StoreError) -> DropReason {
+    match e {
+        StoreError::Full => DropReason::StoreFull,
+        StoreError::Overloaded(_) => DropReason::Overload,
+        StoreError::Closed => DropReason::ShuttingDown,
+        StoreError::Io { .. } | StoreError::Open { .. } => DropReason::StoreError,
+    }
+}

@@ -1,0 +1,176 @@
+//! Listeners: sockets in, batches of records out to the store. Ingest never
+//! imports the link; the store is the only hand-off.
+//!
+//! Listener kinds and transports form a closed set matched in [`bind`] and
+//! [`serve`]; adding one means adding a variant, not registering a plugin.
+
+pub mod batcher;
+pub mod router;
+pub mod syslog;
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+use tokio::net::{TcpListener, UdpSocket, UnixDatagram, UnixListener};
+use tracing::warn;
+
+use crate::config::{ListenAddr, ListenerConfig, Transport};
+use crate::metrics::Metrics;
+use crate::shutdown::Shutdown;
+use crate::store::{Error as StoreError, Store, StreamHandle};
+use router::Router;
+
+/// What every task of one listener shares.
+pub struct ListenerCtx {
+    pub cfg: ListenerConfig,
+    pub name: Arc<str>,
+    pub router: Arc<Router>,
+    /// Handles of `router.streams`, same order.
+    pub streams: Vec<StreamHandle>,
+    pub metrics: Metrics,
+    last_warn_s: AtomicI64,
+}
+
+impl ListenerCtx {
+    pub fn new(
+        cfg: ListenerConfig,
+        store: &Store,
+        metrics: Metrics,
+    ) -> Result<ListenerCtx, String> {
+        let router = Router::new(&cfg);
+        let streams = router
+            .streams
+            .iter()
+            .map(|s| {
+                store
+                    .stream(s)
+                    .ok_or_else(|| format!("listener {}: no stream {s:?}", cfg.name))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        for r in [
+            "eof",
+            "idle_timeout",
+            "framing_error",
+            "read_error",
+            "shutdown",
+        ] {
+            metrics
+                .connections_closed
+                .with_label_values(&[&cfg.name, r]);
+        }
+        metrics.received_records.with_label_values(&[&cfg.name]);
+        Ok(ListenerCtx {
+            name: cfg.name.as_str().into(),
+            router: Arc::new(router),
+            streams,
+            metrics,
+            cfg,
+            last_warn_s: AtomicI64::new(0),
+        })
+    }
+
+    /// True at most once a second: keeps floods from flooding the log too.
+    pub fn may_warn(&self) -> bool {
+        let now = crate::store::clock::Clock::now_ms(&crate::store::clock::SystemClock) / 1000;
+        let last = self.last_warn_s.load(Ordering::Relaxed);
+        now != last
+            && self
+                .last_warn_s
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+
+    /// Log (rate-limited) that records were dropped for `e`.
+    pub fn note_drop(&self, e: &StoreError) {
+        if self.may_warn() {
+            warn!(listener = %self.name, error = %e, "dropping records (counted in ferry_dropped_records_total)");
+        }
+    }
+}
+
+/// A bound listener socket, ready to serve.
+pub enum Bound {
+    Tcp(TcpListener),
+    UnixStream(UnixListener, PathBuf),
+    Udp(UdpSocket),
+    UnixDatagram(UnixDatagram, PathBuf),
+}
+
+impl Bound {
+    /// The address actually bound (port 0 resolved), for logs and tests.
+    pub fn local_addr(&self) -> String {
+        match self {
+            Bound::Tcp(l) => l.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            Bound::Udp(s) => s.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            Bound::UnixStream(_, p) | Bound::UnixDatagram(_, p) => p.display().to_string(),
+        }
+    }
+}
+
+/// Bind a listener's socket. A stale unix socket file is replaced.
+pub async fn bind(cfg: &ListenerConfig) -> io::Result<Bound> {
+    match (&cfg.listen, cfg.transport) {
+        (ListenAddr::Socket(a), Transport::Tcp) => Ok(Bound::Tcp(TcpListener::bind(a).await?)),
+        (ListenAddr::Socket(a), Transport::Udp) => {
+            let s = UdpSocket::bind(a).await?;
+            syslog::datagram::grow_receive_buffer(&s);
+            Ok(Bound::Udp(s))
+        }
+        (ListenAddr::Path(p), Transport::UnixStream) => {
+            remove_stale_socket(p)?;
+            Ok(Bound::UnixStream(UnixListener::bind(p)?, p.clone()))
+        }
+        (ListenAddr::Path(p), Transport::Unix) => {
+            remove_stale_socket(p)?;
+            let s = UnixDatagram::bind(p)?;
+            syslog::datagram::grow_receive_buffer(&s);
+            Ok(Bound::UnixDatagram(s, p.clone()))
+        }
+        (addr, t) => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("transport {t:?} cannot listen on {addr}"),
+        )),
+    }
+}
+
+fn remove_stale_socket(p: &std::path::Path) -> io::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(p) {
+        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(p),
+        Ok(_) => Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("{} exists and is not a socket", p.display()),
+        )),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)?;
+            }
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Serve a bound listener until shutdown.
+pub async fn serve(bound: Bound, ctx: Arc<ListenerCtx>, sd: Shutdown) {
+    match bound {
+        Bound::Tcp(l) => syslog::stream::serve_tcp(l, ctx, sd).await,
+        Bound::UnixStream(l, p) => {
+            syslog::stream::serve_unix(l, ctx, sd).await;
+            let _ = std::fs::remove_file(p);
+        }
+        Bound::Udp(s) => syslog::datagram::serve(syslog::datagram::Udp(s), ctx, sd).await,
+        Bound::UnixDatagram(s, p) => {
+            syslog::datagram::serve(syslog::datagram::Unix(s), ctx, sd).await;
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// Format a socket peer for logs.
+pub fn peer_string(a: &SocketAddr) -> String {
+    a.to_string()
+}

@@ -1,0 +1,208 @@
+//! Stream sockets (TCP, unix stream): accept under a connection limit, then
+//! one task per connection decoding RFC 6587 frames into batches.
+//!
+//! Backpressure: a connection hands each read's records to the store and
+//! waits for room before reading again, so a slow disk slows senders through
+//! TCP flow control and memory stays bounded. Nothing downstream of the store
+//! (the link) can slow a connection.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracing::{debug, info, warn};
+
+use super::framing::{Decoder, Next};
+use crate::config::MAX_RECORD_BYTES_CEILING;
+use crate::ingest::batcher::Batcher;
+use crate::ingest::ListenerCtx;
+use crate::metrics::DropReason;
+use crate::shutdown::Shutdown;
+use crate::store::clock::{Clock, SystemClock};
+
+/// Read buffer growth step; also about one batch per read at full speed.
+const READ_CHUNK: usize = 64 << 10;
+
+pub async fn serve_tcp(listener: TcpListener, ctx: Arc<ListenerCtx>, sd: Shutdown) {
+    let limit = Arc::new(Semaphore::new(ctx.cfg.max_connections));
+    loop {
+        let accepted = tokio::select! {
+            _ = sd.token.cancelled() => return,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok((sock, addr)) => {
+                let peer = addr.to_string();
+                let Some(permit) = admit(&ctx, &limit, &peer) else {
+                    continue;
+                };
+                let _ = sock.set_nodelay(true);
+                let (ctx, sd2) = (ctx.clone(), sd.clone());
+                sd.spawn(connection(sock, peer, ctx, sd2, permit));
+            }
+            Err(e) => accept_error(&ctx, e).await,
+        }
+    }
+}
+
+pub async fn serve_unix(listener: UnixListener, ctx: Arc<ListenerCtx>, sd: Shutdown) {
+    let limit = Arc::new(Semaphore::new(ctx.cfg.max_connections));
+    loop {
+        let accepted = tokio::select! {
+            _ = sd.token.cancelled() => return,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok((sock, _)) => {
+                let peer = match sock.peer_cred() {
+                    Ok(c) => format!("unix:pid={},uid={}", c.pid().unwrap_or(0), c.uid()),
+                    Err(_) => "unix".to_owned(),
+                };
+                let Some(permit) = admit(&ctx, &limit, &peer) else {
+                    continue;
+                };
+                let (ctx, sd2) = (ctx.clone(), sd.clone());
+                sd.spawn(connection(sock, peer, ctx, sd2, permit));
+            }
+            Err(e) => accept_error(&ctx, e).await,
+        }
+    }
+}
+
+/// A permit under `max_connections`, or a refusal that is logged and counted.
+/// The refused socket is dropped at once: it never costs a task.
+fn admit(ctx: &ListenerCtx, limit: &Arc<Semaphore>, peer: &str) -> Option<OwnedSemaphorePermit> {
+    match limit.clone().try_acquire_owned() {
+        Ok(p) => Some(p),
+        Err(_) => {
+            ctx.metrics
+                .connections_refused
+                .with_label_values(&[&ctx.name, "max_connections"])
+                .inc();
+            if ctx.may_warn() {
+                warn!(listener = %ctx.name, peer, max_connections = ctx.cfg.max_connections,
+                    "connection refused: max_connections reached (further refusals this second are only counted)");
+            }
+            None
+        }
+    }
+}
+
+/// Accept errors (EMFILE, ENFILE, ...) are transient: log, back off, go on.
+async fn accept_error(ctx: &ListenerCtx, e: io::Error) {
+    ctx.metrics
+        .connections_refused
+        .with_label_values(&[&ctx.name, "accept_error"])
+        .inc();
+    if ctx.may_warn() {
+        warn!(listener = %ctx.name, error = %e, "accept failed; backing off");
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+/// Serve one connection to its end.
+pub async fn connection<S: AsyncRead + Unpin>(
+    mut sock: S,
+    peer: String,
+    ctx: Arc<ListenerCtx>,
+    sd: Shutdown,
+    _permit: OwnedSemaphorePermit,
+) {
+    let m = &ctx.metrics;
+    m.connections_accepted.with_label_values(&[&ctx.name]).inc();
+    let active = m.connections_active.with_label_values(&[&ctx.name]);
+    active.inc();
+    debug!(listener = %ctx.name, peer, "connection opened");
+    let max_record = ctx.cfg.max_record_bytes;
+    let mut dec = Decoder::new(max_record, MAX_RECORD_BYTES_CEILING.max(max_record));
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut batcher = Batcher::new(&ctx, peer.clone());
+    let idle = ctx.cfg.idle_timeout;
+    let reason: &'static str = loop {
+        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+            buf.reserve(READ_CHUNK);
+        }
+        let read = tokio::select! {
+            biased;
+            _ = sd.token.cancelled() => break "shutdown",
+            // Cancel safety: read_buf is cancel safe; nothing is lost if shutdown wins.
+            r = tokio::time::timeout(idle, sock.read_buf(&mut buf)) => r,
+        };
+        match read {
+            Err(_) => {
+                let pending = dec.mid_record(&buf);
+                m.framing_errors
+                    .with_label_values(&[&ctx.name, "idle_timeout"])
+                    .inc();
+                if pending {
+                    m.drop_records(&ctx.name, DropReason::IncompleteFrame, 1);
+                }
+                warn!(listener = %ctx.name, peer, idle_timeout = ?idle, incomplete_bytes = buf.len(),
+                    "idle timeout: closing connection{}", if pending { " with an incomplete frame (dropped, counted)" } else { "" });
+                break "idle_timeout";
+            }
+            Ok(Err(e)) => {
+                warn!(listener = %ctx.name, peer, error = %e, "read error; closing connection");
+                if dec.mid_record(&buf) {
+                    m.drop_records(&ctx.name, DropReason::IncompleteFrame, 1);
+                }
+                break "read_error";
+            }
+            Ok(Ok(0)) => {
+                if let Some((rec, truncated)) = dec.finish(&buf) {
+                    batcher.push(rec, truncated, SystemClock.now_ms());
+                } else if dec.mid_record(&buf) {
+                    m.drop_records(&ctx.name, DropReason::IncompleteFrame, 1);
+                    warn!(listener = %ctx.name, peer, incomplete_bytes = buf.len(), "connection closed mid-frame; partial frame dropped (counted)");
+                }
+                break "eof";
+            }
+            Ok(Ok(_)) => {}
+        }
+        let now = SystemClock.now_ms();
+        let mut pos = 0;
+        let mut fatal = None;
+        loop {
+            match dec.next(&buf[pos..]) {
+                Next::Incomplete => break,
+                Next::Skip { consumed } => pos += consumed,
+                Next::Record {
+                    start,
+                    len,
+                    consumed,
+                    truncated,
+                } => {
+                    batcher.push(&buf[pos + start..pos + start + len], truncated, now);
+                    pos += consumed;
+                }
+                Next::Error(e) => {
+                    fatal = Some(e);
+                    break;
+                }
+            }
+        }
+        buf.advance(pos);
+        batcher.flush().await;
+        if let Some(e) = fatal {
+            m.framing_errors
+                .with_label_values(&[&ctx.name, e.reason()])
+                .inc();
+            warn!(listener = %ctx.name, peer, error = %e, "framing error: closing connection (records before it were kept)");
+            break "framing_error";
+        }
+    };
+    batcher.flush().await;
+    m.connections_closed
+        .with_label_values(&[&ctx.name, reason])
+        .inc();
+    active.dec();
+    if reason == "eof" || reason == "shutdown" {
+        debug!(listener = %ctx.name, peer, reason, "connection closed");
+    } else {
+        info!(listener = %ctx.name, peer, reason, "connection closed");
+    }
+}

@@ -1,0 +1,24 @@
+//! ferry: a cross-datacenter log relay and archive appliance.
+//!
+//! One record's path through the crate:
+//!
+//! - [`ingest`]: listeners (syslog over TCP, UDP, unix sockets) decode frames
+//!   into records, escape them into per-stream [`store::Batch`]es and hand
+//!   them over, waiting for room (streams) or dropping and counting
+//!   (datagrams).
+//! - [`store`]: one writer thread per stream group-commits batches into
+//!   frames (a zstd skippable header frame + a zstd data frame), appends them
+//!   to hourly, size-capped segments under `archive/`, fsyncs, then
+//!   acknowledges. Recovery, retention and the segment reader live here too.
+//! - [`admin`] and [`metrics`]: what an operator sees; every drop has a reason.
+//! - [`config`]: one TOML file, validated with file, line and key in every error.
+//! - [`cli`]: `ferry run | check | verify | send`.
+//! - [`shutdown`]: the stop order.
+
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod ingest;
+pub mod metrics;
+pub mod shutdown;
+pub mod store;

@@ -1,0 +1,310 @@
+//! Every metric ferry exports, in one registry. Each drop has exactly one
+//! [`DropReason`], which is also its label, so "received = committed +
+//! dropped" can be checked from `/metrics` alone.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// Why a record did not reach the archive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// A datagram arrived while the stream's queue was full (node overloaded).
+    Overload,
+    /// The store refused new records (`on_full = "reject"` and the archive is full).
+    StoreFull,
+    /// The commit failed on disk (I/O error); the records were not written.
+    StoreError,
+    /// A partial record was pending when its connection broke or timed out.
+    IncompleteFrame,
+    /// The node was shutting down and the store was already closed.
+    ShuttingDown,
+}
+
+impl DropReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::Overload => "overload",
+            DropReason::StoreFull => "store_full",
+            DropReason::StoreError => "store_error",
+            DropReason::IncompleteFrame => "incomplete_frame",
+            DropReason::ShuttingDown => "shutting_down",
+        }
+    }
+}
+
+/// All of ferry's metrics. Cloning is cheap (prometheus handles are `Arc`s).
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    // ingest
+    pub received_records: IntCounterVec,
+    pub received_bytes: IntCounterVec,
+    pub dropped_records: IntCounterVec,
+    pub truncated_records: IntCounterVec,
+    pub flagged_records: IntCounterVec,
+    pub framing_errors: IntCounterVec,
+    pub connections_accepted: IntCounterVec,
+    pub connections_active: IntGaugeVec,
+    pub connections_refused: IntCounterVec,
+    pub connections_closed: IntCounterVec,
+    // store
+    pub committed_records: IntCounterVec,
+    pub committed_bytes: IntCounterVec,
+    pub written_bytes: IntCounterVec,
+    pub commits: IntCounterVec,
+    pub commit_seconds: HistogramVec,
+    pub commit_errors: IntCounterVec,
+    pub segments_open: IntGaugeVec,
+    pub segments_sealed: IntCounterVec,
+    pub archive_bytes: IntGauge,
+    pub archive_segments: IntGauge,
+    pub store_full: IntGauge,
+    pub recovered_segments: IntCounterVec,
+    pub recovery_truncated_bytes: IntCounterVec,
+    pub recovery_truncated_frames: IntCounterVec,
+    pub recovery_corrupt_segments: IntCounterVec,
+    pub retention_deleted_segments: IntCounterVec,
+    pub retention_deleted_bytes: IntCounterVec,
+    pub fsync_seconds: Histogram,
+    pub up_since: IntGauge,
+    pub info: IntCounterVec,
+    pub ready: IntGauge,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        fn cv(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            r.register(Box::new(c.clone())).expect("unique metric");
+            c
+        }
+        fn gv(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+            let c = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            r.register(Box::new(c.clone())).expect("unique metric");
+            c
+        }
+        fn g(r: &Registry, name: &str, help: &str) -> IntGauge {
+            let c = IntGauge::new(name, help).expect("valid metric");
+            r.register(Box::new(c.clone())).expect("unique metric");
+            c
+        }
+        let r = &registry;
+        let commit_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "ferry_commit_duration_seconds",
+                "Time to compress, write and fsync one commit",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
+            &["stream"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(commit_seconds.clone()))
+            .expect("unique metric");
+        let fsync_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "ferry_fsync_duration_seconds",
+                "Time spent in fsync of segment files",
+            )
+            .buckets(vec![
+                0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0,
+            ]),
+        )
+        .expect("valid metric");
+        r.register(Box::new(fsync_seconds.clone()))
+            .expect("unique metric");
+        let m = Metrics {
+            received_records: cv(
+                r,
+                "ferry_received_records_total",
+                "Records received, per listener",
+                &["listener"],
+            ),
+            received_bytes: cv(
+                r,
+                "ferry_received_bytes_total",
+                "Record bytes received, per listener",
+                &["listener"],
+            ),
+            dropped_records: cv(
+                r,
+                "ferry_dropped_records_total",
+                "Records that did not reach the archive, per listener and reason",
+                &["listener", "reason"],
+            ),
+            truncated_records: cv(
+                r,
+                "ferry_truncated_records_total",
+                "Records cut to max_record_bytes (kept, flagged in the frame header)",
+                &["listener"],
+            ),
+            flagged_records: cv(
+                r,
+                "ferry_flagged_records_total",
+                "Records kept as received but noteworthy (invalid_utf8, nul_byte)",
+                &["listener", "flag"],
+            ),
+            framing_errors: cv(
+                r,
+                "ferry_framing_errors_total",
+                "Framing errors that closed a connection or discarded bytes",
+                &["listener", "reason"],
+            ),
+            connections_accepted: cv(
+                r,
+                "ferry_connections_accepted_total",
+                "Stream connections accepted",
+                &["listener"],
+            ),
+            connections_active: gv(
+                r,
+                "ferry_connections_active",
+                "Stream connections open now",
+                &["listener"],
+            ),
+            connections_refused: cv(
+                r,
+                "ferry_connections_refused_total",
+                "Stream connections refused, per reason",
+                &["listener", "reason"],
+            ),
+            connections_closed: cv(
+                r,
+                "ferry_connections_closed_total",
+                "Stream connections closed, per reason",
+                &["listener", "reason"],
+            ),
+            committed_records: cv(
+                r,
+                "ferry_committed_records_total",
+                "Records committed (written and, per fsync policy, synced)",
+                &["stream"],
+            ),
+            committed_bytes: cv(
+                r,
+                "ferry_committed_bytes_total",
+                "Uncompressed bytes committed (escaped lines with LF)",
+                &["stream"],
+            ),
+            written_bytes: cv(
+                r,
+                "ferry_written_bytes_total",
+                "Bytes written to segment files (frames, compressed)",
+                &["stream"],
+            ),
+            commits: cv(
+                r,
+                "ferry_commits_total",
+                "Commits (frames written)",
+                &["stream"],
+            ),
+            commit_seconds,
+            commit_errors: cv(
+                r,
+                "ferry_commit_errors_total",
+                "Commits that failed on disk",
+                &["stream"],
+            ),
+            segments_open: gv(
+                r,
+                "ferry_segments_open",
+                "Segments open for writing",
+                &["stream"],
+            ),
+            segments_sealed: cv(
+                r,
+                "ferry_segments_sealed_total",
+                "Segments sealed (closed, checksum recorded)",
+                &["stream"],
+            ),
+            archive_bytes: g(
+                r,
+                "ferry_archive_bytes",
+                "Bytes of segment files under archive/ at the last retention scan",
+            ),
+            archive_segments: g(
+                r,
+                "ferry_archive_segments",
+                "Segment files under archive/ at the last retention scan",
+            ),
+            store_full: g(
+                r,
+                "ferry_store_full",
+                "1 when the store refuses new records (on_full = reject and the archive is full)",
+            ),
+            recovered_segments: cv(
+                r,
+                "ferry_recovered_segments_total",
+                "Unsealed segments found at start and recovered",
+                &["stream"],
+            ),
+            recovery_truncated_bytes: cv(
+                r,
+                "ferry_recovery_truncated_bytes_total",
+                "Bytes of torn frames cut from segment tails at start",
+                &["stream"],
+            ),
+            recovery_truncated_frames: cv(
+                r,
+                "ferry_recovery_truncated_frames_total",
+                "Torn frames cut from segment tails at start",
+                &["stream"],
+            ),
+            recovery_corrupt_segments: cv(
+                r,
+                "ferry_recovery_corrupt_segments_total",
+                "Segments with a damaged frame followed by valid ones (kept, not truncated)",
+                &["stream"],
+            ),
+            retention_deleted_segments: cv(
+                r,
+                "ferry_retention_deleted_segments_total",
+                "Segments deleted by retention, per reason",
+                &["reason"],
+            ),
+            retention_deleted_bytes: cv(
+                r,
+                "ferry_retention_deleted_bytes_total",
+                "Bytes deleted by retention, per reason",
+                &["reason"],
+            ),
+            fsync_seconds,
+            up_since: g(r, "ferry_start_time_seconds", "Unix time the node started"),
+            info: cv(r, "ferry_build_info", "Build information", &["version"]),
+            ready: g(
+                r,
+                "ferry_ready",
+                "1 when every listener is bound and the store is open",
+            ),
+            registry,
+        };
+        m.info.with_label_values(&[env!("CARGO_PKG_VERSION")]).inc();
+        m
+    }
+
+    /// Count one listener's drop of `n` records for `reason`.
+    pub fn drop_records(&self, listener: &str, reason: DropReason, n: u64) {
+        self.dropped_records
+            .with_label_values(&[listener, reason.as_str()])
+            .inc_by(n);
+    }
+
+    /// Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding into a Vec cannot fail");
+        String::from_utf8(buf).expect("prometheus text is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

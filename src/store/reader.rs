@@ -1,0 +1,126 @@
+//! Reading segments frame by frame, from headers alone. Recovery, `ferry
+//! verify` and (later) the uplink all walk files through this one reader.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use memchr::memmem;
+
+use super::frame::{FrameError, FrameHeader, MAX_HEADER_LEN, SKIPPABLE_MAGIC};
+
+/// One step of a walk through a segment.
+#[derive(Debug)]
+pub enum Step {
+    /// A whole frame whose checksums hold; [`SegmentReader::data`] has its zstd data frame.
+    Frame { offset: u64, header: FrameHeader },
+    /// Clean end of file.
+    End,
+    /// The bytes at `offset` are not a whole frame.
+    Bad { offset: u64, error: FrameError },
+}
+
+/// Walks the frames of one segment file with positional reads.
+pub struct SegmentReader {
+    file: File,
+    len: u64,
+    offset: u64,
+    head: Vec<u8>,
+    data: Vec<u8>,
+}
+
+impl SegmentReader {
+    pub fn open(path: &Path) -> io::Result<SegmentReader> {
+        let file = File::open(path)?;
+        let len = file.metadata()?.len();
+        Ok(SegmentReader {
+            file,
+            len,
+            offset: 0,
+            head: Vec::new(),
+            data: Vec::new(),
+        })
+    }
+
+    /// File length when opened.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// True when the file is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Bytes from the start that are whole frames so far.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// The data frame of the last [`Step::Frame`] returned.
+    pub fn data(&self) -> &[u8] {
+        &self.data
+    }
+
+    /// Read and check the next frame. After `Bad` the reader stays put.
+    pub fn next_frame(&mut self) -> io::Result<Step> {
+        if self.offset >= self.len {
+            return Ok(Step::End);
+        }
+        let offset = self.offset;
+        match self.frame_at(offset)? {
+            Ok(header) => {
+                self.offset += header.frame_len();
+                Ok(Step::Frame { offset, header })
+            }
+            Err(error) => Ok(Step::Bad { offset, error }),
+        }
+    }
+
+    /// Decode and check the frame at `offset`, reading its data into `self.data`.
+    fn frame_at(&mut self, offset: u64) -> io::Result<Result<FrameHeader, FrameError>> {
+        let avail = self.len - offset;
+        let want = (8 + MAX_HEADER_LEN as u64).min(avail) as usize;
+        self.head.resize(want, 0);
+        self.file.read_exact_at(&mut self.head, offset)?;
+        let header = match FrameHeader::decode(&self.head) {
+            Ok(h) => h,
+            Err(e) => return Ok(Err(e)),
+        };
+        let data_at = offset + header.encoded_len() as u64;
+        let have = (self.len - data_at).min(u64::from(header.data_len)) as usize;
+        self.data.resize(have, 0);
+        self.file.read_exact_at(&mut self.data, data_at)?;
+        Ok(header.check_data(&self.data).map(|()| header))
+    }
+
+    /// Continue the walk at `offset` (after damage, at the next whole frame).
+    pub fn seek(&mut self, offset: u64) {
+        self.offset = offset;
+    }
+
+    /// The first whole frame starting after `from`, if any: tells a torn tail
+    /// (none) from damage in the middle of a file (some).
+    pub fn next_valid_frame_after(&mut self, from: u64) -> io::Result<Option<u64>> {
+        const WINDOW: u64 = 1 << 20;
+        let magic = SKIPPABLE_MAGIC.to_le_bytes();
+        let mut buf = vec![0u8; WINDOW as usize];
+        let mut pos = from + 1;
+        while pos < self.len {
+            let n = (self.len - pos).min(WINDOW) as usize;
+            self.file.read_exact_at(&mut buf[..n], pos)?;
+            let candidates: Vec<u64> = memmem::find_iter(&buf[..n], &magic)
+                .map(|i| pos + i as u64)
+                .collect();
+            for c in candidates {
+                if self.frame_at(c)?.is_ok() {
+                    return Ok(Some(c));
+                }
+            }
+            // Overlap by 3 bytes so a magic split across windows is still seen.
+            pos += (n as u64).saturating_sub(3).max(1);
+        }
+        Ok(None)
+    }
+}

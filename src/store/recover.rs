@@ -1,0 +1,162 @@
+//! Crash recovery: on start, every unsealed segment of this node is walked
+//! frame by frame. A torn last frame (a write the crash cut short) is
+//! truncated, logged and counted; no acknowledged record can be in it, since
+//! acknowledgements follow the write and fsync of the whole frame. Damage
+//! followed by whole frames is not a torn tail: the file is kept as it is,
+//! logged and counted, and `ferry verify` points at it. Then the segment is
+//! sealed, and the stream continues in a new one.
+
+use std::fs::OpenOptions;
+use std::io;
+use std::path::Path;
+
+use tracing::{error, info, warn};
+use walkdir::WalkDir;
+
+use super::reader::{SegmentReader, Step};
+use super::segment::{seal_path, sha256_file, SealRecord, SegmentName};
+use crate::metrics::Metrics;
+
+/// Where a stream continues after recovery.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StreamRecovery {
+    /// File sequence number for the next segment.
+    pub next_segment_seq: u64,
+    /// Sequence number of the next record.
+    pub next_record_seq: u64,
+    /// Unsealed segments found and sealed.
+    pub recovered: u64,
+    pub truncated_bytes: u64,
+}
+
+/// Recover and seal every unsealed segment this node wrote for `stream`.
+pub fn recover_stream(
+    archive_dir: &Path,
+    state_dir: &Path,
+    site: &str,
+    stream: &str,
+    node: &str,
+    now_ms: i64,
+    metrics: &Metrics,
+) -> io::Result<StreamRecovery> {
+    let dir = archive_dir.join(site).join(stream);
+    let mut out = StreamRecovery::default();
+    if !dir.exists() {
+        return Ok(out);
+    }
+    let mut mine: Vec<(SegmentName, std::path::PathBuf)> = Vec::new();
+    for entry in WalkDir::new(&dir).min_depth(2).max_depth(2) {
+        let entry = entry.map_err(io::Error::from)?;
+        if !entry.file_type().is_file() {
+            continue;
+        }
+        let rel = entry
+            .path()
+            .strip_prefix(archive_dir)
+            .expect("walk stays under archive_dir")
+            .to_owned();
+        match SegmentName::parse_rel(&rel) {
+            Some(n) if n.node == node => mine.push((n, rel)),
+            Some(_) => {}
+            None => {
+                warn!(path = %entry.path().display(), "file under archive/ that is not a segment; left alone")
+            }
+        }
+    }
+    mine.sort_by_key(|(n, _)| n.seq);
+    for (name, rel) in &mine {
+        let seal = match SealRecord::load(&seal_path(state_dir, rel))? {
+            Some(s) => s,
+            None => {
+                out.recovered += 1;
+                let (rec, cut) = recover_segment(
+                    &archive_dir.join(rel),
+                    rel,
+                    state_dir,
+                    now_ms,
+                    stream,
+                    metrics,
+                )?;
+                out.truncated_bytes += cut;
+                rec
+            }
+        };
+        out.next_segment_seq = out.next_segment_seq.max(name.seq + 1);
+        out.next_record_seq = out.next_record_seq.max(seal.next_seq);
+    }
+    Ok(out)
+}
+
+/// Walk one unsealed segment, truncate a torn tail, seal it. Returns the seal
+/// and the number of bytes cut.
+pub fn recover_segment(
+    path: &Path,
+    rel: &Path,
+    state_dir: &Path,
+    now_ms: i64,
+    stream: &str,
+    metrics: &Metrics,
+) -> io::Result<(SealRecord, u64)> {
+    let mut r = SegmentReader::open(path)?;
+    let (mut frames, mut records, mut first_seq, mut next_seq) = (0u64, 0u64, None, 0u64);
+    let mut cut = 0u64;
+    let mut damaged = false;
+    loop {
+        match r.next_frame()? {
+            Step::Frame { header, .. } => {
+                frames += 1;
+                records += u64::from(header.records);
+                first_seq.get_or_insert(header.first_seq);
+                next_seq = next_seq.max(header.next_seq());
+            }
+            Step::End => break,
+            Step::Bad { offset, error } => match r.next_valid_frame_after(offset)? {
+                Some(next) => {
+                    damaged = true;
+                    error!(path = %path.display(), offset, next_frame = next, %error,
+                        "damaged frame in the middle of a segment; kept as is (run ferry verify)");
+                    r.seek(next);
+                }
+                None => {
+                    cut = r.len() - offset;
+                    warn!(path = %path.display(), offset, bytes = cut, %error, "torn frame at segment tail; truncating");
+                    let f = OpenOptions::new().write(true).open(path)?;
+                    f.set_len(offset)?;
+                    f.sync_all()?;
+                    metrics
+                        .recovery_truncated_bytes
+                        .with_label_values(&[stream])
+                        .inc_by(cut);
+                    metrics
+                        .recovery_truncated_frames
+                        .with_label_values(&[stream])
+                        .inc();
+                    break;
+                }
+            },
+        }
+    }
+    if damaged {
+        metrics
+            .recovery_corrupt_segments
+            .with_label_values(&[stream])
+            .inc();
+    }
+    let len = r.len() - cut;
+    let rec = SealRecord {
+        len,
+        sha256: sha256_file(path)?,
+        frames,
+        records,
+        first_seq: first_seq.unwrap_or(0),
+        next_seq,
+        sealed_ms: now_ms,
+    };
+    rec.store(&seal_path(state_dir, rel))?;
+    metrics
+        .recovered_segments
+        .with_label_values(&[stream])
+        .inc();
+    info!(path = %path.display(), len, frames, records, truncated_bytes = cut, "recovered and sealed unsealed segment");
+    Ok((rec, cut))
+}

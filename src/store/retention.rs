@@ -1,0 +1,218 @@
+//! Retention by age and by total bytes.
+//!
+//! Only sealed segments are ever deleted. A segment that a [`Hold`] claims
+//! (an uplink that has not delivered it yet) is kept unless the operator chose
+//! `on_full = "drop_oldest"`; with `on_full = "reject"` an archive that stays
+//! over `max_bytes` makes the store refuse new records instead, and says so in
+//! the log and in `ferry_store_full`.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tracing::{info, warn};
+use walkdir::WalkDir;
+
+use super::segment::{seal_path, SealRecord, SegmentName};
+use super::Store;
+use crate::config::{OnFull, RetentionConfig};
+use crate::metrics::Metrics;
+
+/// Says whether a segment is still needed by someone (an uplink).
+pub trait Hold: Send + Sync {
+    /// `rel` is relative to `archive/`.
+    fn holds(&self, rel: &Path) -> bool;
+}
+
+/// Nothing holds anything (a node without uplinks).
+pub struct NoHold;
+
+impl Hold for NoHold {
+    fn holds(&self, _: &Path) -> bool {
+        false
+    }
+}
+
+/// What a pass found and did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Outcome {
+    pub total_bytes: u64,
+    pub segments: u64,
+    pub deleted: Vec<PathBuf>,
+    /// The archive is over `max_bytes` and `on_full = "reject"`.
+    pub full: bool,
+}
+
+struct Seg {
+    rel: PathBuf,
+    len: u64,
+    seal: Option<SealRecord>,
+    seq: u64,
+}
+
+/// One retention pass over the whole archive.
+pub fn pass(
+    archive_dir: &Path,
+    state_dir: &Path,
+    cfg: &RetentionConfig,
+    now_ms: i64,
+    hold: &dyn Hold,
+    metrics: &Metrics,
+) -> io::Result<Outcome> {
+    let mut segs = Vec::new();
+    for entry in WalkDir::new(archive_dir).min_depth(4).max_depth(4) {
+        let entry = match entry {
+            Ok(e) => e,
+            // A file deleted under us (by a concurrent seal or an operator) is not an error.
+            Err(e)
+                if e.io_error()
+                    .is_some_and(|i| i.kind() == io::ErrorKind::NotFound) =>
+            {
+                continue
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if !entry.file_type().is_file() {
+            continue;
+        }
+        let rel = entry
+            .path()
+            .strip_prefix(archive_dir)
+            .expect("under archive_dir")
+            .to_owned();
+        let Some(name) = SegmentName::parse_rel(&rel) else {
+            continue;
+        };
+        let len = entry.metadata().map(|m| m.len()).unwrap_or(0);
+        let seal = SealRecord::load(&seal_path(state_dir, &rel)).unwrap_or(None);
+        segs.push(Seg {
+            rel,
+            len,
+            seal,
+            seq: name.seq,
+        });
+    }
+    // Oldest first: by seal time, then by sequence.
+    segs.sort_by_key(|s| {
+        (
+            s.seal.as_ref().map(|r| r.sealed_ms).unwrap_or(i64::MAX),
+            s.seq,
+        )
+    });
+    let mut out = Outcome {
+        total_bytes: segs.iter().map(|s| s.len).sum(),
+        segments: segs.len() as u64,
+        ..Outcome::default()
+    };
+    let deletable =
+        |s: &Seg| s.seal.is_some() && (cfg.on_full == OnFull::DropOldest || !hold.holds(&s.rel));
+    let delete = |s: &Seg, reason: &str, out: &mut Outcome| -> io::Result<()> {
+        if hold.holds(&s.rel) {
+            warn!(path = %s.rel.display(), reason, "deleting a segment an uplink has not delivered (on_full = drop_oldest)");
+            metrics
+                .retention_deleted_segments
+                .with_label_values(&["undelivered"])
+                .inc();
+        }
+        remove(archive_dir, state_dir, &s.rel)?;
+        metrics
+            .retention_deleted_segments
+            .with_label_values(&[reason])
+            .inc();
+        metrics
+            .retention_deleted_bytes
+            .with_label_values(&[reason])
+            .inc_by(s.len);
+        info!(path = %s.rel.display(), bytes = s.len, reason, "retention deleted segment");
+        out.total_bytes -= s.len;
+        out.segments -= 1;
+        out.deleted.push(s.rel.clone());
+        Ok(())
+    };
+    let mut kept = Vec::new();
+    for s in segs {
+        let old = match (cfg.max_age, &s.seal) {
+            (Some(age), Some(seal)) => {
+                now_ms.saturating_sub(seal.sealed_ms) > age.as_millis() as i64
+            }
+            _ => false,
+        };
+        if old && deletable(&s) {
+            delete(&s, "age", &mut out)?;
+        } else {
+            kept.push(s);
+        }
+    }
+    if let Some(max) = cfg.max_bytes {
+        for s in &kept {
+            if out.total_bytes <= max {
+                break;
+            }
+            if deletable(s) {
+                delete(s, "bytes", &mut out)?;
+            }
+        }
+        out.full = out.total_bytes > max && cfg.on_full == OnFull::Reject;
+    }
+    metrics.archive_bytes.set(out.total_bytes as i64);
+    metrics.archive_segments.set(out.segments as i64);
+    metrics.store_full.set(i64::from(out.full));
+    Ok(out)
+}
+
+fn remove(archive_dir: &Path, state_dir: &Path, rel: &Path) -> io::Result<()> {
+    let path = archive_dir.join(rel);
+    match fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let _ = fs::remove_file(seal_path(state_dir, rel));
+    // Drop the day directory once its last segment is gone (fails harmlessly if not empty).
+    if let Some(day) = path.parent() {
+        let _ = fs::remove_dir(day);
+    }
+    if let Some(day) = seal_path(state_dir, rel).parent() {
+        let _ = fs::remove_dir(day);
+    }
+    Ok(())
+}
+
+/// Run retention every `check_interval` until `stop` is cancelled.
+pub async fn run(
+    store: Arc<Store>,
+    hold: Arc<dyn Hold>,
+    every: std::time::Duration,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut was_full = false;
+    loop {
+        let s = store.clone();
+        let h = hold.clone();
+        match tokio::task::spawn_blocking(move || s.retention_pass(&*h)).await {
+            Ok(Ok(out)) => {
+                if out.full != was_full {
+                    if out.full {
+                        warn!(
+                            bytes = out.total_bytes,
+                            "archive is over max_bytes and on_full = reject: refusing new records"
+                        );
+                    } else {
+                        info!(
+                            bytes = out.total_bytes,
+                            "archive is back under max_bytes: accepting records"
+                        );
+                    }
+                    was_full = out.full;
+                }
+            }
+            Ok(Err(e)) => warn!(error = %e, "retention pass failed"),
+            Err(e) => warn!(error = %e, "retention task failed"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}
