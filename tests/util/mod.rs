@@ -1,0 +1,346 @@
+//! Test harness: real `ferry` processes in per-test directories, real tools.
+//!
+//! A test that needs an external tool (zstdcat, logger, rsyslogd) calls
+//! [`require_tool`], which fails the test when the tool is missing: the test
+//! command installs them, and nothing here ever skips.
+#![allow(dead_code)]
+
+use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+pub const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
+
+/// Fail (never skip) when a tool the test needs is not installed.
+pub fn require_tool(name: &str) -> PathBuf {
+    for dir in std::env::var("PATH").unwrap_or_default().split(':').chain(["/usr/sbin", "/sbin", "/usr/bin"]) {
+        let p = Path::new(dir).join(name);
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!("required tool {name:?} is not installed: run the README's test command, which installs it");
+}
+
+static PORTS: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+
+/// A loopback port free for both TCP and UDP, never handed out twice per process.
+pub fn free_port() -> u16 {
+    let mut used = PORTS.lock().unwrap();
+    let used = used.get_or_insert_with(HashSet::new);
+    loop {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        if used.contains(&port) || UdpSocket::bind(("127.0.0.1", port)).is_err() {
+            continue;
+        }
+        used.insert(port);
+        return port;
+    }
+}
+
+/// A per-test directory, removed on success and kept (path printed) on failure.
+pub struct TestDir {
+    pub path: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+impl TestDir {
+    pub fn new(name: &str) -> TestDir {
+        let tmp = tempfile::Builder::new().prefix(&format!("ferry-{name}-")).tempdir().unwrap();
+        TestDir { path: tmp.path().to_owned(), _tmp: tmp }
+    }
+    pub fn join(&self, p: &str) -> PathBuf {
+        self.path.join(p)
+    }
+}
+
+/// Addresses of a test node.
+#[derive(Clone, Debug)]
+pub struct Ports {
+    pub tcp: u16,
+    pub udp: u16,
+    pub admin: u16,
+}
+
+/// A config for a single test node: syslog TCP, UDP and a unix datagram
+/// socket into stream `live`, plus `extra` appended verbatim.
+pub fn node_config(dir: &TestDir, ports: &Ports, store: &str, listener_extra: &str, extra: &str) -> String {
+    format!(
+        r#"
+[node]
+site = "test"
+name = "n1"
+data_dir = "{data}"
+
+[admin]
+listen = "127.0.0.1:{admin}"
+
+[store]
+commit_interval = "50ms"
+{store}
+
+[[stream]]
+name = "live"
+
+[[listener]]
+name = "tcp"
+kind = "syslog"
+transport = "tcp"
+listen = "127.0.0.1:{tcp}"
+stream = "live"
+{listener_extra}
+
+[[listener]]
+name = "udp"
+kind = "syslog"
+transport = "udp"
+listen = "127.0.0.1:{udp}"
+
+[[listener]]
+name = "unix"
+kind = "syslog"
+transport = "unix"
+listen = "{sock}"
+{extra}
+"#,
+        data = dir.join("data").display(),
+        sock = dir.join("ferry.sock").display(),
+        admin = ports.admin,
+        tcp = ports.tcp,
+        udp = ports.udp,
+    )
+}
+
+/// A running ferry node. Killed (SIGKILL) on drop if still running.
+pub struct Node {
+    pub child: Option<Child>,
+    pub config: PathBuf,
+    pub log: PathBuf,
+    pub admin: u16,
+    pub data: PathBuf,
+}
+
+impl Node {
+    /// Start `ferry run -c config` and wait until `/readyz` answers 200.
+    pub fn start(dir: &TestDir, config: &str, admin: u16) -> Node {
+        let cfg = dir.join("ferry.toml");
+        std::fs::write(&cfg, config).unwrap();
+        let n = std::fs::read_dir(&dir.path).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("ferry.log")).count();
+        let log = dir.join(&format!("ferry.log.{n}"));
+        let child = Command::new(FERRY)
+            .args(["run", "-c"])
+            .arg(&cfg)
+            .env("FERRY_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut node = Node { child: Some(child), config: cfg, log, admin, data: dir.join("data") };
+        node.wait_ready(Duration::from_secs(20));
+        node
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn wait_ready(&mut self, limit: Duration) {
+        let t = Instant::now();
+        while t.elapsed() < limit {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("ferry exited during start ({status}):\n{}", self.log_text());
+            }
+            if let Ok((200, _)) = http_get(self.admin, "/readyz") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("ferry not ready after {limit:?}:\n{}", self.log_text());
+    }
+
+    /// GET /metrics.
+    pub fn metrics(&self) -> String {
+        http_get(self.admin, "/metrics").expect("metrics scrape").1
+    }
+
+    /// Sum of every sample of `name` whose labels contain all of `labels`.
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        metric_value(&self.metrics(), name, labels)
+    }
+
+    /// Poll until `cond(metric)` holds, or panic after `limit`.
+    pub fn wait_metric(&self, name: &str, labels: &[(&str, &str)], limit: Duration, cond: impl Fn(f64) -> bool) -> f64 {
+        let t = Instant::now();
+        let mut v = 0.0;
+        while t.elapsed() < limit {
+            v = self.metric(name, labels);
+            if cond(v) {
+                return v;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("metric {name}{labels:?} = {v} did not reach the expected value within {limit:?}\nlog:\n{}", self.log_text());
+    }
+
+    /// SIGTERM and wait for a clean exit (status 0).
+    pub fn stop(&mut self) {
+        let mut child = self.child.take().expect("running");
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let t = Instant::now();
+        loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                assert!(s.success(), "ferry exited with {s} after SIGTERM:\n{}", self.log_text());
+                return;
+            }
+            if t.elapsed() > Duration::from_secs(30) {
+                let _ = child.kill();
+                panic!("ferry did not stop within 30s of SIGTERM:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL, no warning.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+            if std::thread::panicking() {
+                eprintln!("--- ferry log ({}) ---\n{}", self.log.display(), std::fs::read_to_string(&self.log).unwrap_or_default());
+            }
+        }
+    }
+}
+
+/// Minimal HTTP/1.1 GET on loopback: (status, body).
+pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")?;
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp)?;
+    let text = String::from_utf8_lossy(&resp).into_owned();
+    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = match text.split_once("\r\n\r\n") {
+        Some((head, body)) if head.to_ascii_lowercase().contains("transfer-encoding: chunked") => dechunk(body),
+        Some((_, body)) => body.to_owned(),
+        None => String::new(),
+    };
+    Ok((status, body))
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((len, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(len.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = &rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// Sum of samples of `name` whose label set includes all `labels`.
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let mut sum = 0.0;
+    for line in text.lines() {
+        if line.starts_with('#') {
+            continue;
+        }
+        let Some(rest) = line.strip_prefix(name) else { continue };
+        let (lab, val) = if let Some(r) = rest.strip_prefix('{') {
+            let Some((l, v)) = r.split_once('}') else { continue };
+            (l, v)
+        } else if rest.starts_with(' ') {
+            ("", rest)
+        } else {
+            continue;
+        };
+        if labels.iter().all(|(k, v)| lab.split(',').any(|kv| kv == format!("{k}=\"{v}\""))) {
+            sum += val.trim().parse::<f64>().unwrap_or(0.0);
+        }
+    }
+    sum
+}
+
+/// Segment files under `data/archive`, sorted by name (= by stream, hour, seq).
+pub fn segments(data: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = walkdir(&data.join("archive")).into_iter().filter(|p| p.to_string_lossy().ends_with(".log.zst")).collect();
+    v.sort_by_key(|p| p.file_name().unwrap().to_owned());
+    v
+}
+
+fn walkdir(p: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(p) {
+        for e in rd.flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                out.extend(walkdir(&path));
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
+
+/// The archive as the real `zstdcat` prints it, segment after segment.
+pub fn zstdcat(data: &Path) -> Vec<u8> {
+    let zstdcat = require_tool("zstdcat");
+    let files = segments(data);
+    if files.is_empty() {
+        return Vec::new();
+    }
+    let out = Command::new(zstdcat).args(&files).output().unwrap();
+    assert!(out.status.success(), "zstdcat failed: {}", String::from_utf8_lossy(&out.stderr));
+    out.stdout
+}
+
+/// Archive lines (without LF), as zstdcat prints them.
+pub fn archive_lines(data: &Path) -> Vec<String> {
+    String::from_utf8_lossy(&zstdcat(data)).lines().map(str::to_owned).collect()
+}
+
+/// Run `ferry verify` on a data dir.
+pub fn verify(data: &Path) -> Output {
+    Command::new(FERRY).arg("verify").arg(data).output().unwrap()
+}
+
+pub fn assert_verify_ok(data: &Path) {
+    let out = verify(data);
+    assert!(
+        out.status.success(),
+        "ferry verify failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Run `ferry send` with `args`, feeding `input` on stdin.
+pub fn ferry_send(args: &[&str], input: &[u8]) {
+    let mut c = Command::new(FERRY).arg("send").args(args).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    c.stdin.take().unwrap().write_all(input).unwrap();
+    let out = c.wait_with_output().unwrap();
+    assert!(out.status.success(), "ferry send {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+}
