@@ -34,9 +34,11 @@ impl FromStr for ByteSize {
             "gi" | "gib" => 1 << 30,
             "t" | "tb" => 1_000_000_000_000,
             "ti" | "tib" => 1 << 40,
-            _ => return Err(format!(
+            _ => {
+                return Err(format!(
                 "unknown size unit {unit:?} in {s:?} (use B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)"
-            )),
+            ))
+            }
         };
         let v = num * mult as f64;
         if !(0.0..=u64::MAX as f64).contains(&v) {

@@ -115,7 +115,7 @@ impl Batcher {
         };
         if !*warned {
             *warned = true;
-            warn!(listener = %self.listener, peer = %self.peer, flag,
+            warn!(listener = %self.listener, peer = %self.peer, %flag,
                 "record kept as received but flagged (first on this connection; see ferry_flagged_records_total)");
         }
     }

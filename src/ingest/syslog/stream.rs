@@ -84,7 +84,7 @@ fn admit(ctx: &ListenerCtx, limit: &Arc<Semaphore>, peer: &str) -> Option<OwnedS
                 .with_label_values(&[&ctx.name, "max_connections"])
                 .inc();
             if ctx.may_warn() {
-                warn!(listener = %ctx.name, peer, max_connections = ctx.cfg.max_connections,
+                warn!(listener = %ctx.name, %peer, max_connections = ctx.cfg.max_connections,
                     "connection refused: max_connections reached (further refusals this second are only counted)");
             }
             None
@@ -116,7 +116,7 @@ pub async fn connection<S: AsyncRead + Unpin>(
     m.connections_accepted.with_label_values(&[&ctx.name]).inc();
     let active = m.connections_active.with_label_values(&[&ctx.name]);
     active.inc();
-    debug!(listener = %ctx.name, peer, "connection opened");
+    debug!(listener = %ctx.name, %peer, "connection opened");
     let max_record = ctx.cfg.max_record_bytes;
     let mut dec = Decoder::new(max_record, MAX_RECORD_BYTES_CEILING.max(max_record));
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
@@ -141,12 +141,12 @@ pub async fn connection<S: AsyncRead + Unpin>(
                 if pending {
                     m.drop_records(&ctx.name, DropReason::IncompleteFrame, 1);
                 }
-                warn!(listener = %ctx.name, peer, idle_timeout = ?idle, incomplete_bytes = buf.len(),
+                warn!(listener = %ctx.name, %peer, idle_timeout = ?idle, incomplete_bytes = buf.len(),
                     "idle timeout: closing connection{}", if pending { " with an incomplete frame (dropped, counted)" } else { "" });
                 break "idle_timeout";
             }
             Ok(Err(e)) => {
-                warn!(listener = %ctx.name, peer, error = %e, "read error; closing connection");
+                warn!(listener = %ctx.name, %peer, error = %e, "read error; closing connection");
                 if dec.mid_record(&buf) {
                     m.drop_records(&ctx.name, DropReason::IncompleteFrame, 1);
                 }
@@ -157,7 +157,7 @@ pub async fn connection<S: AsyncRead + Unpin>(
                     batcher.push(rec, truncated, SystemClock.now_ms());
                 } else if dec.mid_record(&buf) {
                     m.drop_records(&ctx.name, DropReason::IncompleteFrame, 1);
-                    warn!(listener = %ctx.name, peer, incomplete_bytes = buf.len(), "connection closed mid-frame; partial frame dropped (counted)");
+                    warn!(listener = %ctx.name, %peer, incomplete_bytes = buf.len(), "connection closed mid-frame; partial frame dropped (counted)");
                 }
                 break "eof";
             }
@@ -191,7 +191,7 @@ pub async fn connection<S: AsyncRead + Unpin>(
             m.framing_errors
                 .with_label_values(&[&ctx.name, e.reason()])
                 .inc();
-            warn!(listener = %ctx.name, peer, error = %e, "framing error: closing connection (records before it were kept)");
+            warn!(listener = %ctx.name, %peer, error = %e, "framing error: closing connection (records before it were kept)");
             break "framing_error";
         }
     };
@@ -201,8 +201,8 @@ pub async fn connection<S: AsyncRead + Unpin>(
         .inc();
     active.dec();
     if reason == "eof" || reason == "shutdown" {
-        debug!(listener = %ctx.name, peer, reason, "connection closed");
+        debug!(listener = %ctx.name, %peer, reason, "connection closed");
     } else {
-        info!(listener = %ctx.name, peer, reason, "connection closed");
+        info!(listener = %ctx.name, %peer, reason, "connection closed");
     }
 }
