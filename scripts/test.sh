@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The project's one test command (README, .ci/run). Installs with apt what the
+# tests drive for real (zstd, util-linux logger, rsyslog), then runs the
+# lints and every test. A missing tool fails a test; nothing skips.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v zstdcat >/dev/null 2>&1 || need+=(zstd)
+command -v logger >/dev/null 2>&1 || need+=(bsdutils)
+[ -x /usr/sbin/rsyslogd ] || need+=(rsyslog)
+if ((${#need[@]})); then
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo=sudo
+  echo "installing test dependencies: ${need[*]}"
+  $sudo apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${need[@]}"
+fi
+
+cargo fmt --all -- --check
+cargo clippy --locked --all-targets -- -D warnings
+cargo test --locked "$@"
