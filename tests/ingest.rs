@@ -218,3 +218,76 @@ fn records_with_special_bytes_round_trip_through_the_escaping() {
         "one line per record"
     );
 }
+
+#[test]
+fn routes_send_matching_records_to_their_stream_and_the_rest_to_the_listener_stream() {
+    let dir = TestDir::new("route");
+    let ports = Ports {
+        tcp: free_port(),
+        udp: free_port(),
+        admin: free_port(),
+    };
+    let routes = "\n[[listener.route]]\nfacility = \"authpriv\"\nstream = \"audit\"\n\n[[listener.route]]\napp_name = \"sudo\"\nstream = \"audit\"\n";
+    let extra = format!(
+        "\n[[stream]]\nname = \"audit\"\n\n[[listener]]\nname = \"unix-stream\"\nkind = \"syslog\"\ntransport = \"unix-stream\"\nlisten = \"{}\"\n",
+        dir.join("stream.sock").display()
+    );
+    let cfg = node_config(&dir, &ports, "", routes, &extra);
+    let mut node = Node::start(&dir, &cfg, ports.admin);
+    let input = [
+        "<86>Nov 23 10:00:00 host sshd[1]: authpriv goes to audit", // facility 10 = authpriv
+        "<13>Nov 23 10:00:00 host sudo[2]: sudo goes to audit",
+        "<13>1 2026-11-23T10:00:00Z host sudo 3 - - rfc5424 sudo goes to audit",
+        "<13>Nov 23 10:00:00 host nginx[4]: nginx stays live",
+        "not syslog at all stays live",
+    ]
+    .join("\n");
+    ferry_send(
+        &["--to", &format!("127.0.0.1:{}", ports.tcp)],
+        format!("{input}\n").as_bytes(),
+    );
+    let sock = dir.join("stream.sock").display().to_string();
+    ferry_send(
+        &[
+            "--to",
+            &sock,
+            "--transport",
+            "unix-stream",
+            "--framing",
+            "octet",
+        ],
+        b"<13>via unix stream\n",
+    );
+    node.wait_metric(
+        "ferry_committed_records_total",
+        &[],
+        Duration::from_secs(10),
+        |v| v >= 6.0,
+    );
+    assert_eq!(
+        node.metric("ferry_committed_records_total", &[("stream", "audit")]),
+        3.0
+    );
+    assert_eq!(
+        node.metric("ferry_committed_records_total", &[("stream", "live")]),
+        3.0
+    );
+    node.stop();
+    let out = Command::new(require_tool("zstdcat"))
+        .args(
+            segments(&node.data)
+                .iter()
+                .filter(|p| p.to_string_lossy().contains("/audit/")),
+        )
+        .output()
+        .unwrap();
+    let audit = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(audit.lines().count(), 3);
+    assert!(
+        audit.lines().all(|l| l.ends_with("goes to audit")),
+        "{audit}"
+    );
+    let all = archive_lines(&node.data);
+    assert!(all.contains(&"<13>via unix stream".to_owned()));
+    assert!(all.contains(&"not syslog at all stays live".to_owned()));
+}
