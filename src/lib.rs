@@ -19,6 +19,8 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod ingest;
+pub mod link;
 pub mod metrics;
+pub mod pki;
 pub mod shutdown;
 pub mod store;

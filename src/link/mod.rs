@@ -1,0 +1,1 @@
+//! The link: forwards the archive to the central site.

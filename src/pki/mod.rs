@@ -1,0 +1,1 @@
+//! Deployment PKI: see `ferry certs`.
