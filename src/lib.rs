@@ -21,6 +21,7 @@ pub mod config;
 pub mod ingest;
 pub mod link;
 pub mod metrics;
+pub mod mirror;
 pub mod pki;
 pub mod shutdown;
 pub mod store;

@@ -70,6 +70,20 @@ pub struct Metrics {
     pub fsync_seconds: Histogram,
     pub up_since: IntGauge,
     pub info: IntCounterVec,
+    // link
+    pub uplink_connected: IntGaugeVec,
+    pub uplink_acked_bytes: IntCounterVec,
+    pub uplink_lag_bytes: IntGaugeVec,
+    pub uplink_lag_seconds: prometheus::GaugeVec,
+    pub uplink_wire_bytes: IntCounterVec,
+    pub uplink_reconnects: IntCounterVec,
+    pub uplink_segments_delivered: IntCounterVec,
+    pub uplink_max_rate: IntGaugeVec,
+    pub uplink_errors: IntCounterVec,
+    pub link_refused: IntCounterVec,
+    pub link_sessions_active: IntGaugeVec,
+    pub link_received_bytes: IntCounterVec,
+    pub link_checksum_mismatches: IntCounterVec,
     pub ready: IntGauge,
 }
 
@@ -275,6 +289,27 @@ impl Metrics {
             fsync_seconds,
             up_since: g(r, "ferry_start_time_seconds", "Unix time the node started"),
             info: cv(r, "ferry_build_info", "Build information", &["version"]),
+            uplink_connected: gv(r, "ferry_uplink_connected", "1 while the uplink has an established link", &["uplink"]),
+            uplink_acked_bytes: cv(r, "ferry_uplink_acked_bytes_total", "Segment bytes the receiver acknowledged (durable there)", &["uplink", "site", "stream"]),
+            uplink_lag_bytes: gv(r, "ferry_uplink_lag_bytes", "Segment bytes on disk not yet acknowledged by the receiver", &["uplink", "site", "stream"]),
+            uplink_lag_seconds: {
+                let g = prometheus::GaugeVec::new(
+                    Opts::new("ferry_uplink_lag_seconds", "Age of the oldest record not yet acknowledged by the receiver (0 when caught up)"),
+                    &["uplink", "site", "stream"],
+                )
+                .expect("valid metric");
+                r.register(Box::new(g.clone())).expect("unique metric");
+                g
+            },
+            uplink_wire_bytes: cv(r, "ferry_uplink_wire_bytes_total", "Bytes put on the wire by the uplink (TLS records or QUIC packets)", &["uplink"]),
+            uplink_reconnects: cv(r, "ferry_uplink_reconnects_total", "Links lost and re-dialled", &["uplink"]),
+            uplink_segments_delivered: cv(r, "ferry_uplink_segments_delivered_total", "Segments sealed and verified at the receiver", &["uplink"]),
+            uplink_max_rate: gv(r, "ferry_uplink_max_rate_bytes", "Configured bandwidth cap in bytes/s (0 = none)", &["uplink"]),
+            uplink_errors: cv(r, "ferry_uplink_errors_total", "Uplink failures by reason (connect, refusals by code, receiver_ahead)", &["uplink", "reason"]),
+            link_refused: cv(r, "ferry_link_refused_total", "Links or requests a receiver refused, by reason", &["listener", "reason"]),
+            link_sessions_active: gv(r, "ferry_link_sessions_active", "Uplinks connected to this receiver", &["listener"]),
+            link_received_bytes: cv(r, "ferry_link_received_bytes_total", "Segment bytes written to the mirror, per origin site", &["listener", "site"]),
+            link_checksum_mismatches: cv(r, "ferry_link_checksum_mismatches_total", "Sealed segments whose mirror differs from the origin", &["side"]),
             ready: g(
                 r,
                 "ferry_ready",
@@ -283,6 +318,9 @@ impl Metrics {
             registry,
         };
         m.info.with_label_values(&[env!("CARGO_PKG_VERSION")]).inc();
+        for side in ["uplink", "receiver"] {
+            m.link_checksum_mismatches.with_label_values(&[side]);
+        }
         m
     }
 

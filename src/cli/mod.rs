@@ -1,5 +1,6 @@
 //! Subcommands, one file each. `anyhow` lives here and in `main.rs` only.
 
+mod certs;
 mod check;
 mod run;
 mod send;
@@ -41,6 +42,8 @@ enum Command {
     },
     /// Send lines from a file or stdin to a syslog listener (also the load generator).
     Send(send::SendArgs),
+    /// Make the deployment CA and node certificates (`certs ca`, `certs issue`).
+    Certs(certs::CertsArgs),
     /// Print the embedded default config.
     DefaultConfig,
 }
@@ -52,6 +55,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Check { config } => check::check(&config),
         Command::Verify { dir, verbose } => verify::verify(&dir, verbose),
         Command::Send(a) => send::send(a),
+        Command::Certs(a) => certs::certs(a),
         Command::DefaultConfig => {
             print!("{}", crate::config::DEFAULT_CONFIG);
             Ok(0)

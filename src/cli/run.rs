@@ -6,10 +6,16 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::admin::{self, AdminState};
-use crate::config::Config;
+use crate::config::{Config, ListenerKind};
+use crate::link::receiver::{self, ReceiverCtx};
+use crate::link::transport::Timing;
+use crate::link::uplink::scan::{Delivered, UplinkHold};
+use crate::link::uplink::Uplink;
+use crate::mirror::Mirror;
 use crate::ingest::{self, ListenerCtx};
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
@@ -19,6 +25,8 @@ use crate::store::Store;
 
 /// How long connections get to hand over their last batches at shutdown.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
+/// How long uplinks get at shutdown to deliver what the store just sealed.
+const UPLINK_GRACE: Duration = Duration::from_secs(5);
 
 pub fn run(config: Option<PathBuf>) -> anyhow::Result<i32> {
     let cfg = match &config {
@@ -42,8 +50,16 @@ pub async fn run_node(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<()> 
         Arc::new(Store::open(&cfg, clock.clone(), metrics.clone()).context("opening the store")?);
 
     // Bind everything before serving anything: a port in use fails the start.
+    let mut receivers = Vec::new();
+    for l in cfg.listeners.iter().filter(|l| l.kind == ListenerKind::Ferry) {
+        let files = cfg.tls.as_ref().expect("validated: ferry listeners have [tls]");
+        let timing = Timing { keepalive: Duration::from_secs(2), dead_after: l.idle_timeout.min(Duration::from_secs(60)), connect_timeout: Duration::from_secs(10) };
+        let b = receiver::Bound::bind(l, files, &timing).await.with_context(|| format!("listener {}: cannot listen on {}", l.name, l.listen))?;
+        info!(listener = %l.name, transport = ?l.transport, addr = %b.local_addr(), "receiving links");
+        receivers.push((b, l.clone(), timing));
+    }
     let mut bound = Vec::new();
-    for l in &cfg.listeners {
+    for l in cfg.listeners.iter().filter(|l| l.kind == ListenerKind::Syslog) {
         let b = ingest::bind(l)
             .await
             .with_context(|| format!("listener {}: cannot listen on {}", l.name, l.listen))?;
@@ -76,10 +92,43 @@ pub async fn run_node(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<()> 
             Arc::new(ListenerCtx::new(l, &store, metrics.clone()).map_err(anyhow::Error::msg)?);
         sd.spawn(ingest::serve(b, ctx, sd.clone()));
     }
+    if !receivers.is_empty() {
+        let mirror = Arc::new(Mirror::new(cfg.archive_dir(), cfg.state_dir(), clock.clone(), metrics.clone()));
+        for (b, l, timing) in receivers {
+            let ctx = Arc::new(ReceiverCtx { cfg: l, mirror: mirror.clone(), metrics: metrics.clone(), timing });
+            sd.spawn(receiver::serve(b, ctx, sd.clone()));
+        }
+    }
+    // Uplinks outlive ingest at shutdown: they stop after the store has sealed.
+    let uplink_stop = CancellationToken::new();
+    let uplink_drain = CancellationToken::new();
+    let uplinks = TaskTracker::new();
+    let mut delivered = Vec::new();
+    for u in &cfg.uplinks {
+        let d = Arc::new(
+            Delivered::load(&cfg.state_dir(), &u.name).with_context(|| format!("uplink {}: reading its state", u.name))?,
+        );
+        d.retain_existing(&cfg.archive_dir());
+        delivered.push(d.clone());
+        let up = Uplink {
+            cfg: u.clone(),
+            node: cfg.node.name.clone(),
+            archive_dir: cfg.archive_dir(),
+            state_dir: cfg.state_dir(),
+            tls: cfg.tls.clone().expect("validated: uplinks have [tls]"),
+            metrics: metrics.clone(),
+            clock: clock.clone(),
+            delivered: d,
+        };
+        uplinks.spawn(up.run(uplink_stop.clone(), uplink_drain.clone()));
+    }
+    uplinks.close();
+    let hold: Arc<dyn retention::Hold> =
+        if delivered.is_empty() { Arc::new(NoHold) } else { Arc::new(UplinkHold(delivered)) };
     let retention_stop = CancellationToken::new();
     let retention_task = tokio::spawn(retention::run(
         store.clone(),
-        Arc::new(NoHold),
+        hold,
         cfg.store.retention.check_interval,
         retention_stop.clone(),
     ));
@@ -115,6 +164,13 @@ pub async fn run_node(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<()> 
     retention_stop.cancel();
     let _ = retention_task.await;
     store.close().await;
+    // Give uplinks a moment to deliver the segments the store just sealed.
+    uplink_drain.cancel();
+    if tokio::time::timeout(UPLINK_GRACE, uplinks.wait()).await.is_err() {
+        info!(grace = ?UPLINK_GRACE, "uplinks still had data to deliver; it stays on disk for the next start");
+    }
+    uplink_stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(5), uplinks.wait()).await;
     admin_stop.cancel();
     if let Some(t) = admin_task {
         let _ = t.await;

@@ -27,6 +27,40 @@ pub struct Config {
     /// Stream names, in file order.
     pub streams: Vec<String>,
     pub listeners: Vec<ListenerConfig>,
+    /// The deployment CA and this node's identity; required by links.
+    pub tls: Option<crate::pki::TlsFiles>,
+    pub uplinks: Vec<UplinkConfig>,
+}
+
+/// Which transport an uplink dials.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkTransport {
+    /// TLS 1.3 over TCP.
+    Tcp,
+    Quic,
+}
+
+/// `[[uplink]]`: forwarding of this node's archive to a receiver.
+#[derive(Clone, Debug)]
+pub struct UplinkConfig {
+    pub name: String,
+    pub transport: LinkTransport,
+    /// `host:port` of each receiver, tried in order on failover.
+    pub addresses: Vec<String>,
+    /// Name checked against the receiver's certificate; default: the host of the address.
+    pub server_name: Option<String>,
+    /// Cap on bytes put on the wire, per second.
+    pub max_rate: Option<f64>,
+    pub burst: u64,
+    /// Share of the bandwidth given to the newest data while a backlog drains.
+    pub live_share: f64,
+    /// Unacknowledged bytes in flight.
+    pub window: u64,
+    pub keepalive: Duration,
+    pub dead_after: Duration,
+    pub connect_timeout: Duration,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -89,6 +123,8 @@ pub struct RetentionConfig {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ListenerKind {
     Syslog,
+    /// The link receiver: other nodes' uplinks connect here.
+    Ferry,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,6 +135,10 @@ pub enum Transport {
     Unix,
     /// Unix stream socket, framed like TCP.
     UnixStream,
+    /// `kind = "ferry"`: TLS 1.3 over TCP.
+    Tls,
+    /// `kind = "ferry"`: QUIC.
+    Quic,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -135,6 +175,8 @@ pub struct ListenerConfig {
     pub max_record_bytes: usize,
     pub idle_timeout: Duration,
     pub routes: Vec<Route>,
+    /// `kind = "ferry"`: peer sites that may forward other sites' segments.
+    pub relays: Vec<String>,
 }
 
 /// A routing rule: every field that is set must match.

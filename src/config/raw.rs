@@ -5,7 +5,7 @@
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::units::{ByteSize, HumanDuration};
+use super::units::{ByteSize, HumanDuration, Rate};
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -13,10 +13,39 @@ pub struct RawConfig {
     pub node: Option<RawNode>,
     pub admin: Option<RawAdmin>,
     pub store: Option<RawStore>,
+    pub tls: Option<RawTls>,
     #[serde(default)]
     pub stream: Vec<RawStream>,
     #[serde(default)]
     pub listener: Vec<RawListener>,
+    #[serde(default)]
+    pub uplink: Vec<RawUplink>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub ca: Spanned<String>,
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUplink {
+    pub name: Spanned<String>,
+    pub transport: Spanned<String>,
+    pub addresses: Spanned<Vec<String>>,
+    pub server_name: Option<Spanned<String>>,
+    pub max_rate: Option<Spanned<Rate>>,
+    pub burst: Option<Spanned<ByteSize>>,
+    pub live_share: Option<Spanned<f64>>,
+    pub window: Option<Spanned<ByteSize>>,
+    pub keepalive: Option<Spanned<HumanDuration>>,
+    pub dead_after: Option<Spanned<HumanDuration>>,
+    pub connect_timeout: Option<Spanned<HumanDuration>>,
+    pub backoff_min: Option<Spanned<HumanDuration>>,
+    pub backoff_max: Option<Spanned<HumanDuration>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -73,6 +102,8 @@ pub struct RawListener {
     pub max_connections: Option<Spanned<i64>>,
     pub max_record_bytes: Option<Spanned<ByteSize>>,
     pub idle_timeout: Option<Spanned<HumanDuration>>,
+    /// `kind = "ferry"`: peer sites allowed to forward other sites' segments (regional hops).
+    pub relays: Option<Spanned<Vec<String>>>,
     #[serde(default)]
     pub route: Vec<RawRoute>,
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::raw::{RawConfig, RawListener};
-use super::units::ByteSize;
+use super::units::{ByteSize, HumanDuration};
 use super::*;
 
 /// Default `max_record_bytes` for trusted listeners.
@@ -229,8 +229,33 @@ pub fn validate(text: &str, file: &str) -> Result<Config, Error> {
         }
     }
 
+    let tls = raw.tls.as_ref().map(|t| crate::pki::TlsFiles {
+        ca: PathBuf::from(t.ca.get_ref()),
+        cert: PathBuf::from(t.cert.get_ref()),
+        key: PathBuf::from(t.key.get_ref()),
+    });
+    for (i, l) in raw.listener.iter().enumerate() {
+        if l.kind.get_ref() == "ferry" && tls.is_none() {
+            cx.at(&format!("listener[{i}].kind"), &l.kind, "a ferry receiver needs a [tls] section (ca, cert, key)");
+        }
+    }
+    let mut uplinks: Vec<UplinkConfig> = Vec::new();
+    for (i, u) in raw.uplink.iter().enumerate() {
+        if tls.is_none() {
+            cx.at(&format!("uplink[{i}].name"), &u.name, "an uplink needs a [tls] section (ca, cert, key)");
+        }
+        if let Some(uc) = validate_uplink(&mut cx, i, u) {
+            if uplinks.iter().any(|o| o.name == uc.name) {
+                cx.at(&format!("uplink[{i}].name"), &u.name, format!("uplink {:?} is defined twice", uc.name));
+            }
+            uplinks.push(uc);
+        }
+    }
+
     if cx.problems.is_empty() {
         Ok(Config {
+            tls,
+            uplinks,
             source: file.to_owned(),
             node: NodeConfig {
                 site,
@@ -250,7 +275,7 @@ pub fn validate(text: &str, file: &str) -> Result<Config, Error> {
 }
 
 fn same_socket_kind(a: Transport, b: Transport) -> bool {
-    let stream = |t| matches!(t, Transport::Tcp | Transport::UnixStream);
+    let stream = |t| matches!(t, Transport::Tcp | Transport::UnixStream | Transport::Tls);
     match (a, b) {
         (Transport::Unix | Transport::UnixStream, Transport::Unix | Transport::UnixStream) => true,
         _ => stream(a) == stream(b),
@@ -379,6 +404,88 @@ fn validate_store(cx: &mut Ctx<'_>, raw: Option<&raw::RawStore>) -> StoreConfig 
     s
 }
 
+fn validate_uplink(cx: &mut Ctx<'_>, i: usize, u: &raw::RawUplink) -> Option<UplinkConfig> {
+    let k = |f: &str| format!("uplink[{i}].{f}");
+    let before = cx.problems.len();
+    let name = cx.name(&k("name"), &u.name);
+    let transport = cx.one_of(&k("transport"), &u.transport, &[("tcp", LinkTransport::Tcp), ("quic", LinkTransport::Quic)]);
+    let addresses = u.addresses.get_ref().clone();
+    if addresses.is_empty() {
+        cx.at(&k("addresses"), &u.addresses, "needs at least one receiver address (host:port)");
+    }
+    for a in &addresses {
+        let ok = a.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+        if !ok {
+            cx.at(&k("addresses"), &u.addresses, format!("{a:?} is not host:port"));
+        }
+    }
+    let dur = |cx: &mut Ctx<'_>, v: &Option<Spanned<HumanDuration>>, key: &str, default: Duration, min: Duration| match v {
+        Some(d) => {
+            if d.get_ref().0 < min {
+                cx.at(&k(key), d, format!("must be at least {min:?}"));
+            }
+            d.get_ref().0
+        }
+        None => default,
+    };
+    let keepalive = dur(cx, &u.keepalive, "keepalive", Duration::from_secs(2), Duration::from_millis(100));
+    let dead_after = dur(cx, &u.dead_after, "dead_after", Duration::from_secs(10), Duration::from_millis(500));
+    if keepalive >= dead_after {
+        cx.err(&k("keepalive"), u.keepalive.as_ref().map(|v| v.span()), "must be shorter than dead_after");
+    }
+    let connect_timeout = dur(cx, &u.connect_timeout, "connect_timeout", Duration::from_secs(10), Duration::from_millis(100));
+    let backoff_min = dur(cx, &u.backoff_min, "backoff_min", Duration::from_millis(200), Duration::from_millis(10));
+    let backoff_max = dur(cx, &u.backoff_max, "backoff_max", Duration::from_secs(30), Duration::from_millis(10));
+    if backoff_min > backoff_max {
+        cx.err(&k("backoff_min"), u.backoff_min.as_ref().map(|v| v.span()), "must not exceed backoff_max");
+    }
+    let live_share = match &u.live_share {
+        Some(v) => {
+            if !(0.0..=1.0).contains(v.get_ref()) {
+                cx.at(&k("live_share"), v, "must be between 0 and 1");
+            }
+            *v.get_ref()
+        }
+        None => 0.5,
+    };
+    let window = match &u.window {
+        Some(v) => {
+            if v.get_ref().0 < (64 << 10) {
+                cx.at(&k("window"), v, "must be at least 64KiB");
+            }
+            v.get_ref().0
+        }
+        None => 32 << 20,
+    };
+    let burst = match &u.burst {
+        Some(v) => {
+            if v.get_ref().0 < (16 << 10) {
+                cx.at(&k("burst"), v, "must be at least 16KiB");
+            }
+            v.get_ref().0
+        }
+        None => 256 << 10,
+    };
+    if cx.problems.len() > before {
+        return None;
+    }
+    Some(UplinkConfig {
+        name,
+        transport: transport?,
+        addresses,
+        server_name: u.server_name.as_ref().map(|s| s.get_ref().clone()),
+        max_rate: u.max_rate.as_ref().map(|r| r.get_ref().bytes_per_sec),
+        burst,
+        live_share,
+        window,
+        keepalive,
+        dead_after,
+        connect_timeout,
+        backoff_min,
+        backoff_max,
+    })
+}
+
 fn validate_listener(
     cx: &mut Ctx<'_>,
     i: usize,
@@ -388,17 +495,22 @@ fn validate_listener(
     let k = |f: &str| format!("listener[{i}].{f}");
     let before = cx.problems.len();
     let name = cx.name(&k("name"), &l.name);
-    let kind = cx.one_of(&k("kind"), &l.kind, &[("syslog", ListenerKind::Syslog)]);
-    let transport = cx.one_of(
-        &k("transport"),
-        &l.transport,
-        &[
-            ("tcp", Transport::Tcp),
-            ("udp", Transport::Udp),
-            ("unix", Transport::Unix),
-            ("unix-stream", Transport::UnixStream),
-        ],
-    );
+    let kind = cx.one_of(&k("kind"), &l.kind, &[("syslog", ListenerKind::Syslog), ("ferry", ListenerKind::Ferry)]);
+    let transport = match kind {
+        Some(ListenerKind::Ferry) => {
+            cx.one_of(&k("transport"), &l.transport, &[("tls", Transport::Tls), ("quic", Transport::Quic)])
+        }
+        _ => cx.one_of(
+            &k("transport"),
+            &l.transport,
+            &[
+                ("tcp", Transport::Tcp),
+                ("udp", Transport::Udp),
+                ("unix", Transport::Unix),
+                ("unix-stream", Transport::UnixStream),
+            ],
+        ),
+    };
     let listen = match transport {
         Some(Transport::Unix | Transport::UnixStream) => {
             if l.listen.get_ref().is_empty() {
@@ -514,6 +626,15 @@ fn validate_listener(
             stream: r.stream.get_ref().clone(),
         });
     }
+    let relays = l.relays.as_ref().map(|r| r.get_ref().clone()).unwrap_or_default();
+    if let Some(r) = &l.relays {
+        if kind != Some(ListenerKind::Ferry) {
+            cx.at(&k("relays"), r, "only ferry receivers relay other sites");
+        }
+    }
+    if !routes.is_empty() && kind == Some(ListenerKind::Ferry) {
+        cx.at(&k("route"), &l.name, "ferry receivers mirror segments as they are: no routes");
+    }
     if !routes.is_empty() && transport.is_some() && trust == Trust::Untrusted {
         cx.at(&k("route"), &l.name, "untrusted listeners cannot route by record content: their sources must not choose their stream");
     }
@@ -531,6 +652,7 @@ fn validate_listener(
         max_record_bytes,
         idle_timeout,
         routes,
+        relays,
     })
 }
 

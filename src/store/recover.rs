@@ -87,6 +87,63 @@ pub fn recover_stream(
     Ok(out)
 }
 
+/// What a walk over one segment found (after any truncation).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Walk {
+    /// File length after the walk (torn tail removed).
+    pub len: u64,
+    pub frames: u64,
+    pub records: u64,
+    pub first_seq: Option<u64>,
+    pub next_seq: u64,
+    /// Bytes of torn tail cut.
+    pub cut: u64,
+    /// A damaged frame with whole frames after it was found (and kept).
+    pub damaged: bool,
+}
+
+/// Walk a segment frame by frame and cut a torn tail (logged and counted
+/// under `stream`). Used for local segments at start and for mirror segments
+/// when a receiver first touches them.
+pub fn walk_and_repair(path: &Path, stream: &str, metrics: &Metrics) -> io::Result<Walk> {
+    let mut r = SegmentReader::open(path)?;
+    let mut w = Walk::default();
+    loop {
+        match r.next_frame()? {
+            Step::Frame { header, .. } => {
+                w.frames += 1;
+                w.records += u64::from(header.records);
+                w.first_seq.get_or_insert(header.first_seq);
+                w.next_seq = w.next_seq.max(header.next_seq());
+            }
+            Step::End => break,
+            Step::Bad { offset, error } => match r.next_valid_frame_after(offset)? {
+                Some(next) => {
+                    w.damaged = true;
+                    error!(path = %path.display(), offset, next_frame = next, %error,
+                        "damaged frame in the middle of a segment; kept as is (run ferry verify)");
+                    r.seek(next);
+                }
+                None => {
+                    w.cut = r.len() - offset;
+                    warn!(path = %path.display(), offset, bytes = w.cut, %error, "torn frame at segment tail; truncating");
+                    let f = OpenOptions::new().write(true).open(path)?;
+                    f.set_len(offset)?;
+                    f.sync_all()?;
+                    metrics.recovery_truncated_bytes.with_label_values(&[stream]).inc_by(w.cut);
+                    metrics.recovery_truncated_frames.with_label_values(&[stream]).inc();
+                    break;
+                }
+            },
+        }
+    }
+    if w.damaged {
+        metrics.recovery_corrupt_segments.with_label_values(&[stream]).inc();
+    }
+    w.len = r.len() - w.cut;
+    Ok(w)
+}
+
 /// Walk one unsealed segment, truncate a torn tail, seal it. Returns the seal
 /// and the number of bytes cut.
 pub fn recover_segment(
@@ -97,66 +154,18 @@ pub fn recover_segment(
     stream: &str,
     metrics: &Metrics,
 ) -> io::Result<(SealRecord, u64)> {
-    let mut r = SegmentReader::open(path)?;
-    let (mut frames, mut records, mut first_seq, mut next_seq) = (0u64, 0u64, None, 0u64);
-    let mut cut = 0u64;
-    let mut damaged = false;
-    loop {
-        match r.next_frame()? {
-            Step::Frame { header, .. } => {
-                frames += 1;
-                records += u64::from(header.records);
-                first_seq.get_or_insert(header.first_seq);
-                next_seq = next_seq.max(header.next_seq());
-            }
-            Step::End => break,
-            Step::Bad { offset, error } => match r.next_valid_frame_after(offset)? {
-                Some(next) => {
-                    damaged = true;
-                    error!(path = %path.display(), offset, next_frame = next, %error,
-                        "damaged frame in the middle of a segment; kept as is (run ferry verify)");
-                    r.seek(next);
-                }
-                None => {
-                    cut = r.len() - offset;
-                    warn!(path = %path.display(), offset, bytes = cut, %error, "torn frame at segment tail; truncating");
-                    let f = OpenOptions::new().write(true).open(path)?;
-                    f.set_len(offset)?;
-                    f.sync_all()?;
-                    metrics
-                        .recovery_truncated_bytes
-                        .with_label_values(&[stream])
-                        .inc_by(cut);
-                    metrics
-                        .recovery_truncated_frames
-                        .with_label_values(&[stream])
-                        .inc();
-                    break;
-                }
-            },
-        }
-    }
-    if damaged {
-        metrics
-            .recovery_corrupt_segments
-            .with_label_values(&[stream])
-            .inc();
-    }
-    let len = r.len() - cut;
+    let w = walk_and_repair(path, stream, metrics)?;
     let rec = SealRecord {
-        len,
+        len: w.len,
         sha256: sha256_file(path)?,
-        frames,
-        records,
-        first_seq: first_seq.unwrap_or(0),
-        next_seq,
+        frames: w.frames,
+        records: w.records,
+        first_seq: w.first_seq.unwrap_or(0),
+        next_seq: w.next_seq,
         sealed_ms: now_ms,
     };
     rec.store(&seal_path(state_dir, rel))?;
-    metrics
-        .recovered_segments
-        .with_label_values(&[stream])
-        .inc();
-    info!(path = %path.display(), len, frames, records, truncated_bytes = cut, "recovered and sealed unsealed segment");
-    Ok((rec, cut))
+    metrics.recovered_segments.with_label_values(&[stream]).inc();
+    info!(path = %path.display(), len = w.len, frames = w.frames, records = w.records, truncated_bytes = w.cut, "recovered and sealed unsealed segment");
+    Ok((rec, w.cut))
 }

@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+pub mod link;
+pub mod proxy;
 
 pub const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
 

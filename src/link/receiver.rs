@@ -1,0 +1,259 @@
+//! The receiver (`kind = "ferry"` listener): authenticates each uplink by its
+//! certificate, then serves OPEN/APPEND/SEAL against the [`Mirror`]. The site
+//! comes from the certificate, never from the payload: a peer writes only
+//! under `archive/<its site>/` (or, if listed in `relays`, under the sites it
+//! forwards for). Every refusal is logged with the peer and counted.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::Semaphore;
+use tracing::{info, warn};
+
+use super::proto::{Code, DecodeError, Msg, VERSION};
+use super::transport::{quic, tls, Link, Timing};
+use crate::config::{ListenerConfig, Transport};
+use crate::metrics::Metrics;
+use crate::mirror::{self, AppendError, Mirror, SealError};
+use crate::pki::TlsFiles;
+use crate::shutdown::Shutdown;
+
+/// What every session of one receiver shares.
+pub struct ReceiverCtx {
+    pub cfg: ListenerConfig,
+    pub mirror: Arc<Mirror>,
+    pub metrics: Metrics,
+    pub timing: Timing,
+}
+
+/// A bound receiver socket.
+pub enum Bound {
+    Tls(tls::Acceptor),
+    Quic(quic::Acceptor),
+}
+
+impl Bound {
+    pub async fn bind(cfg: &ListenerConfig, files: &TlsFiles, timing: &Timing) -> std::io::Result<Bound> {
+        let crate::config::ListenAddr::Socket(addr) = &cfg.listen else {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "ferry receivers listen on address:port"));
+        };
+        match cfg.transport {
+            Transport::Quic => Ok(Bound::Quic(quic::Acceptor::bind(*addr, files, timing)?)),
+            _ => Ok(Bound::Tls(tls::Acceptor::bind(*addr, files).await?)),
+        }
+    }
+
+    pub fn local_addr(&self) -> String {
+        match self {
+            Bound::Tls(a) => a.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            Bound::Quic(a) => a.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        }
+    }
+}
+
+fn refused(ctx: &ReceiverCtx, peer: SocketAddr, reason: &str, detail: &str) {
+    ctx.metrics.link_refused.with_label_values(&[&ctx.cfg.name, reason]).inc();
+    warn!(listener = %ctx.cfg.name, %peer, reason, detail, "link refused");
+}
+
+/// Accept uplinks until shutdown.
+pub async fn serve(bound: Bound, ctx: Arc<ReceiverCtx>, sd: Shutdown) {
+    let limit = Arc::new(Semaphore::new(ctx.cfg.max_connections));
+    match bound {
+        Bound::Tls(acc) => loop {
+            let (tcp, peer) = tokio::select! {
+                _ = sd.token.cancelled() => return,
+                r = acc.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        warn!(listener = %ctx.cfg.name, error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let Ok(permit) = limit.clone().try_acquire_owned() else {
+                refused(&ctx, peer, "max_connections", "too many links");
+                continue;
+            };
+            let (ctx, sd2, tlsacc) = (ctx.clone(), sd.clone(), acc.tls());
+            sd.spawn(async move {
+                let _permit = permit;
+                match tls::handshake(tlsacc, tcp, peer, &ctx.timing).await {
+                    Ok(link) => session(link, ctx, sd2).await,
+                    Err(r) => refused(&ctx, peer, r.reason, &r.detail),
+                }
+            });
+        },
+        Bound::Quic(acc) => {
+            loop {
+                let incoming = tokio::select! {
+                    _ = sd.token.cancelled() => break,
+                    r = acc.accept() => match r { Some(i) => i, None => break },
+                };
+                let peer = incoming.remote_address();
+                let Ok(permit) = limit.clone().try_acquire_owned() else {
+                    incoming.refuse();
+                    refused(&ctx, peer, "max_connections", "too many links");
+                    continue;
+                };
+                let (ctx, sd2) = (ctx.clone(), sd.clone());
+                sd.spawn(async move {
+                    let _permit = permit;
+                    match quic::handshake(incoming, &ctx.timing).await {
+                        Ok(link) => session(link, ctx, sd2).await,
+                        Err(r) => refused(&ctx, peer, r.reason, &r.detail),
+                    }
+                });
+            }
+            acc.close(Code::ShuttingDown as u32, "receiver shutting down");
+        }
+    }
+}
+
+/// Why a session ended.
+enum End {
+    Closed,
+    Refuse(Code, String),
+    Io(String),
+    Shutdown,
+}
+
+async fn session(mut link: Link, ctx: Arc<ReceiverCtx>, sd: Shutdown) {
+    let peer = link.peer;
+    let site = link.identity.site.clone();
+    let node = link.identity.node.clone();
+    let m = &ctx.metrics;
+    m.link_sessions_active.with_label_values(&[&ctx.cfg.name]).inc();
+    let mut rbuf = BytesMut::with_capacity(1 << 20);
+    let mut wbuf = BytesMut::with_capacity(4096);
+    let mut ids: HashMap<u32, PathBuf> = HashMap::new();
+    let mut hello = false;
+    let end = loop {
+        let msg = match Msg::decode(&mut rbuf) {
+            Ok(Some(m)) => m,
+            Ok(None) => {
+                let read = tokio::select! {
+                    _ = sd.token.cancelled() => break End::Shutdown,
+                    r = tokio::time::timeout(ctx.timing.dead_after, link.io.read_buf(&mut rbuf)) => r,
+                };
+                match read {
+                    Err(_) => break End::Io(format!("no traffic for {:?}", ctx.timing.dead_after)),
+                    Ok(Ok(0)) => break End::Closed,
+                    Ok(Ok(_)) => continue,
+                    Ok(Err(e)) => break End::Io(e.to_string()),
+                }
+            }
+            Err(e @ (DecodeError::TooLarge(_) | DecodeError::UnknownType(_) | DecodeError::Malformed(_))) => {
+                break End::Refuse(e.code(), e.to_string());
+            }
+        };
+        let reply = match msg {
+            Msg::Hello { version, node: claimed } => {
+                if hello {
+                    break End::Refuse(Code::ProtocolViolation, "second HELLO".into());
+                }
+                if version != VERSION {
+                    break End::Refuse(Code::VersionUnsupported, format!("peer speaks version {version}, this receiver speaks {VERSION}"));
+                }
+                if claimed != node {
+                    warn!(listener = %ctx.cfg.name, %peer, %site, cert_node = %node, hello_node = %claimed, "HELLO names another node than the certificate; the certificate wins");
+                }
+                hello = true;
+                info!(listener = %ctx.cfg.name, %peer, %site, %node, "uplink connected");
+                Msg::Welcome { version: VERSION }
+            }
+            _ if !hello => break End::Refuse(Code::BadHello, "expected HELLO first".into()),
+            Msg::Open { id, path } => {
+                let Some(name) = mirror::parse_path(&path) else {
+                    break End::Refuse(Code::InvalidPath, format!("{path:?} is not a segment path"));
+                };
+                if name.site != site && !ctx.cfg.relays.contains(&site) {
+                    break End::Refuse(Code::NotAuthorized, format!("site {site:?} may not write under {:?}", name.site));
+                }
+                let rel = PathBuf::from(&path);
+                let mirror = ctx.mirror.clone();
+                let r2 = rel.clone();
+                match tokio::task::spawn_blocking(move || mirror.have(&r2)).await.expect("mirror task") {
+                    Ok((len, sealed)) => {
+                        ids.insert(id, rel);
+                        Msg::Have { id, len, sealed }
+                    }
+                    Err(e) => Msg::Error { id, code: Code::Io, reason: e.to_string() },
+                }
+            }
+            Msg::Append { id, offset, frames } => {
+                let Some(rel) = ids.get(&id).cloned() else {
+                    break End::Refuse(Code::ProtocolViolation, format!("APPEND for unknown id {id}"));
+                };
+                let n = frames.len() as u64;
+                let mirror = ctx.mirror.clone();
+                match tokio::task::spawn_blocking(move || mirror.append(&rel, offset, &frames)).await.expect("mirror task") {
+                    Ok(len) => {
+                        m.link_received_bytes.with_label_values(&[&ctx.cfg.name, &site]).inc_by(n);
+                        Msg::Ack { id, len }
+                    }
+                    Err(AppendError::WrongOffset { expected, .. }) => Msg::WrongOffset { id, expected },
+                    Err(e @ AppendError::InvalidFrame { .. }) => {
+                        m.link_refused.with_label_values(&[&ctx.cfg.name, "invalid_frame"]).inc();
+                        warn!(listener = %ctx.cfg.name, %peer, %site, path = %ids[&id].display(), error = %e, "refused invalid frames; nothing written");
+                        Msg::Error { id, code: Code::InvalidFrame, reason: e.to_string() }
+                    }
+                    Err(e) => {
+                        warn!(listener = %ctx.cfg.name, %peer, path = %ids[&id].display(), error = %e, "mirror append failed");
+                        Msg::Error { id, code: Code::Io, reason: e.to_string() }
+                    }
+                }
+            }
+            Msg::Seal { id, len, sha256 } => {
+                let Some(rel) = ids.get(&id).cloned() else {
+                    break End::Refuse(Code::ProtocolViolation, format!("SEAL for unknown id {id}"));
+                };
+                let mirror = ctx.mirror.clone();
+                let r2 = rel.clone();
+                match tokio::task::spawn_blocking(move || mirror.seal(&r2, len, &sha256)).await.expect("mirror task") {
+                    Ok(()) => Msg::Sealed { id, ok: true },
+                    Err(e @ (SealError::Checksum { .. } | SealError::Length { .. })) => {
+                        m.link_checksum_mismatches.with_label_values(&["receiver"]).inc();
+                        warn!(listener = %ctx.cfg.name, %peer, %site, path = %rel.display(), error = %e, "seal refused: mirror differs from origin");
+                        Msg::Sealed { id, ok: false }
+                    }
+                    Err(e) => Msg::Error { id, code: Code::Io, reason: e.to_string() },
+                }
+            }
+            Msg::Ping { nonce } => Msg::Pong { nonce },
+            other => break End::Refuse(Code::ProtocolViolation, format!("unexpected message from an uplink: {other:?}").chars().take(200).collect()),
+        };
+        wbuf.clear();
+        reply.encode(&mut wbuf);
+        let w = async {
+            link.io.write_all(&wbuf).await?;
+            link.io.flush().await
+        };
+        if let Err(e) = w.await {
+            break End::Io(e.to_string());
+        }
+    };
+    match end {
+        End::Refuse(code, reason) => {
+            refused(&ctx, peer, code.as_str(), &format!("site={site} node={node}: {reason}"));
+            wbuf.clear();
+            Msg::Refuse { code, reason }.encode(&mut wbuf);
+            let _ = link.io.write_all(&wbuf).await;
+            let _ = link.io.flush().await;
+            let _ = link.io.shutdown().await;
+            link.close(code as u32, code.as_str());
+        }
+        End::Closed => info!(listener = %ctx.cfg.name, %peer, %site, %node, "uplink disconnected"),
+        End::Io(e) => warn!(listener = %ctx.cfg.name, %peer, %site, %node, error = %e, "uplink connection lost"),
+        End::Shutdown => {
+            let _ = link.io.shutdown().await;
+            link.close(Code::ShuttingDown as u32, "receiver shutting down");
+        }
+    }
+    m.link_sessions_active.with_label_values(&[&ctx.cfg.name]).dec();
+}

@@ -1,0 +1,102 @@
+//! Transports: TLS 1.3 over TCP (tokio-rustls) and QUIC (quinn), both with
+//! mutual TLS against the deployment CA. Either way the session above sees
+//! one ordered byte stream ([`Link::io`]), the peer's certified identity, and
+//! a counter of bytes put on the wire for the bandwidth cap.
+
+pub mod quic;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::pki::Identity;
+
+/// The byte stream of a link.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
+
+/// Bytes this side has put on the wire (TLS records written to the TCP
+/// socket, or UDP payloads sent by QUIC), for the token bucket.
+#[derive(Clone)]
+pub enum WireCounter {
+    Tcp(Arc<AtomicU64>),
+    Quic(quinn::Connection),
+}
+
+impl WireCounter {
+    pub fn sent(&self) -> u64 {
+        match self {
+            WireCounter::Tcp(c) => c.load(Ordering::Relaxed),
+            WireCounter::Quic(c) => c.stats().udp_tx.bytes,
+        }
+    }
+}
+
+/// An established, authenticated link.
+pub struct Link {
+    pub io: Box<dyn Io>,
+    pub peer: SocketAddr,
+    /// Who the peer's certificate says it is.
+    pub identity: Identity,
+    pub wire: WireCounter,
+    /// Keeps a QUIC connection (and its endpoint) open; closed with a code on drop of the session.
+    pub quic: Option<quinn::Connection>,
+}
+
+impl Link {
+    /// Close the link; for QUIC with an application code and reason the peer sees.
+    pub fn close(&self, code: u32, reason: &str) {
+        if let Some(c) = &self.quic {
+            c.close(quinn::VarInt::from_u32(code), reason.as_bytes());
+        }
+    }
+}
+
+/// Which transport a link uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Tls,
+    Quic,
+}
+
+/// Why a handshake was refused, as a metric label and a message.
+#[derive(Debug)]
+pub struct Refused {
+    pub reason: &'static str,
+    pub detail: String,
+}
+
+/// Classify a TLS failure for logs and the `reason` label. rustls errors are
+/// matched by type where tokio-rustls hands them over, and by their display
+/// text where quinn only gives text.
+pub fn classify_tls(detail: &str) -> &'static str {
+    let d = detail.to_ascii_lowercase();
+    if d.contains("unknownissuer") || d.contains("unknown issuer") || d.contains("unknown ca") || d.contains("unknown_ca") {
+        "unknown_ca"
+    } else if d.contains("expired") {
+        "expired"
+    } else if d.contains("nocertificatespresented") || d.contains("no certificates") || d.contains("certificate required") || d.contains("certificaterequired") {
+        "no_client_cert"
+    } else if d.contains("application protocol") || d.contains("applicationprotocol") || d.contains("alpn") {
+        "alpn"
+    } else if d.contains("timed out") || d.contains("timeout") {
+        "timeout"
+    } else {
+        "tls"
+    }
+}
+
+/// Timeouts and keepalives of a link.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    /// Interval of keepalive traffic when idle.
+    pub keepalive: Duration,
+    /// Silence after which the link is considered dead.
+    pub dead_after: Duration,
+    /// Limit for connect plus handshake.
+    pub connect_timeout: Duration,
+}

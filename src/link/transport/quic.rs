@@ -1,0 +1,109 @@
+//! QUIC (quinn). One bidirectional stream per connection carries the same
+//! protocol as TLS over TCP; QUIC's own keepalive and idle timeout notice a
+//! dead path.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use rustls_pki_types::CertificateDer;
+
+use super::{classify_tls, Link, Refused, Timing, WireCounter};
+use crate::link::proto::ALPN;
+use crate::pki::{self, identity_from_cert, TlsFiles};
+
+fn transport_config(timing: &Timing) -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.keep_alive_interval(Some(timing.keepalive));
+    t.max_idle_timeout(quinn::IdleTimeout::try_from(timing.dead_after).ok());
+    // Long, fat WAN pipes: let one stream use a large window.
+    t.stream_receive_window(quinn::VarInt::from_u32(32 << 20));
+    t.receive_window(quinn::VarInt::from_u32(64 << 20));
+    t.send_window(64 << 20);
+    Arc::new(t)
+}
+
+/// The client side: one endpoint, reused across reconnects.
+pub struct Dialer {
+    endpoint: quinn::Endpoint,
+    config: quinn::ClientConfig,
+}
+
+impl Dialer {
+    pub fn new(files: &TlsFiles, timing: &Timing, ipv6: bool) -> io::Result<Dialer> {
+        let tls = pki::client_config(files, &[ALPN]).map_err(io::Error::other)?;
+        let crypto = QuicClientConfig::try_from(tls).map_err(io::Error::other)?;
+        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+        config.transport_config(transport_config(timing));
+        let bind: SocketAddr = if ipv6 { "[::]:0".parse().expect("literal") } else { "0.0.0.0:0".parse().expect("literal") };
+        let endpoint = quinn::Endpoint::client(bind)?;
+        Ok(Dialer { endpoint, config })
+    }
+
+    pub async fn connect(&self, addr: SocketAddr, server_name: &str, timing: &Timing) -> io::Result<Link> {
+        let fut = async {
+            let conn = self.endpoint.connect_with(self.config.clone(), addr, server_name).map_err(io::Error::other)?.await.map_err(io::Error::other)?;
+            let identity = peer_identity(&conn).map_err(|r| io::Error::other(r.detail))?;
+            let (send, recv) = conn.open_bi().await.map_err(io::Error::other)?;
+            Ok(Link { io: Box::new(tokio::io::join(recv, send)), peer: addr, identity, wire: WireCounter::Quic(conn.clone()), quic: Some(conn) })
+        };
+        tokio::time::timeout(timing.connect_timeout, fut).await.map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))?
+    }
+}
+
+fn peer_identity(conn: &quinn::Connection) -> Result<crate::pki::Identity, Refused> {
+    let certs = conn
+        .peer_identity()
+        .and_then(|a| a.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .ok_or(Refused { reason: "no_client_cert", detail: "peer presented no certificate".into() })?;
+    let der = certs.first().ok_or(Refused { reason: "no_client_cert", detail: "peer presented no certificate".into() })?;
+    identity_from_cert(der).map_err(|e| Refused { reason: "bad_identity", detail: e.to_string() })
+}
+
+/// The receiver side.
+pub struct Acceptor {
+    endpoint: quinn::Endpoint,
+}
+
+impl Acceptor {
+    pub fn bind(addr: SocketAddr, files: &TlsFiles, timing: &Timing) -> io::Result<Acceptor> {
+        let tls = pki::server_config(files, &[ALPN]).map_err(io::Error::other)?;
+        let crypto = QuicServerConfig::try_from(tls).map_err(io::Error::other)?;
+        let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        config.transport_config(transport_config(timing));
+        Ok(Acceptor { endpoint: quinn::Endpoint::server(config, addr)? })
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// Next incoming connection attempt; `None` once the endpoint is closed.
+    pub async fn accept(&self) -> Option<quinn::Incoming> {
+        self.endpoint.accept().await
+    }
+
+    /// Stop accepting; existing connections are closed with `code`.
+    pub fn close(&self, code: u32, reason: &str) {
+        self.endpoint.close(quinn::VarInt::from_u32(code), reason.as_bytes());
+    }
+}
+
+/// Complete the server side of a QUIC handshake and authenticate the peer.
+pub async fn handshake(incoming: quinn::Incoming, timing: &Timing) -> Result<Link, Refused> {
+    let peer = incoming.remote_address();
+    let fut = async {
+        let conn = incoming.await.map_err(|e| {
+            let detail = e.to_string();
+            Refused { reason: classify_tls(&detail), detail }
+        })?;
+        let identity = peer_identity(&conn)?;
+        let (send, recv) = conn.accept_bi().await.map_err(|e| Refused { reason: "stream", detail: e.to_string() })?;
+        Ok(Link { io: Box::new(tokio::io::join(recv, send)), peer, identity, wire: WireCounter::Quic(conn.clone()), quic: Some(conn) })
+    };
+    match tokio::time::timeout(timing.connect_timeout, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(Refused { reason: "timeout", detail: "QUIC handshake timed out".into() }),
+    }
+}

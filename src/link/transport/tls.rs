@@ -1,0 +1,127 @@
+//! TLS 1.3 over TCP.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+use super::{classify_tls, Link, Refused, Timing, WireCounter};
+use crate::link::proto::ALPN;
+use crate::pki::{self, identity_from_cert, TlsFiles};
+
+/// A TCP stream that counts the bytes written to it (TLS records).
+pub struct Counting {
+    inner: TcpStream,
+    sent: Arc<AtomicU64>,
+}
+
+impl AsyncRead for Counting {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Counting {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &r {
+            self.sent.fetch_add(*n as u64, Ordering::Relaxed);
+        }
+        r
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The client side.
+pub struct Dialer {
+    connector: TlsConnector,
+}
+
+impl Dialer {
+    pub fn new(files: &TlsFiles) -> Result<Dialer, pki::Error> {
+        let cfg = pki::client_config(files, &[ALPN])?;
+        Ok(Dialer { connector: TlsConnector::from(Arc::new(cfg)) })
+    }
+
+    /// Connect to `addr`, verifying the receiver's certificate for `server_name`.
+    pub async fn connect(&self, addr: SocketAddr, server_name: &str, timing: &Timing) -> io::Result<Link> {
+        let name = ServerName::try_from(server_name.to_owned())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("{server_name:?} is not a valid server name")))?;
+        let fut = async {
+            let tcp = TcpStream::connect(addr).await?;
+            tcp.set_nodelay(true)?;
+            let sent = Arc::new(AtomicU64::new(0));
+            let tls = self.connector.connect(name, Counting { inner: tcp, sent: sent.clone() }).await?;
+            let identity = {
+                let (_, conn) = tls.get_ref();
+                let der = conn.peer_certificates().and_then(|c| c.first()).ok_or_else(|| io::Error::other("receiver sent no certificate"))?;
+                identity_from_cert(der).map_err(io::Error::other)?
+            };
+            Ok(Link { io: Box::new(tls), peer: addr, identity, wire: WireCounter::Tcp(sent), quic: None })
+        };
+        tokio::time::timeout(timing.connect_timeout, fut).await.map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))?
+    }
+}
+
+/// The receiver side.
+pub struct Acceptor {
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+}
+
+impl Acceptor {
+    pub async fn bind(addr: SocketAddr, files: &TlsFiles) -> io::Result<Acceptor> {
+        let cfg = pki::server_config(files, &[ALPN]).map_err(io::Error::other)?;
+        Ok(Acceptor { listener: TcpListener::bind(addr).await?, acceptor: TlsAcceptor::from(Arc::new(cfg)) })
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Accept a TCP connection; the handshake is [`handshake`], run in the connection's own task.
+    pub async fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
+        self.listener.accept().await
+    }
+
+    pub fn tls(&self) -> TlsAcceptor {
+        self.acceptor.clone()
+    }
+}
+
+/// Complete the server side of the TLS handshake and authenticate the peer.
+pub async fn handshake(acceptor: TlsAcceptor, tcp: TcpStream, peer: SocketAddr, timing: &Timing) -> Result<Link, Refused> {
+    let _ = tcp.set_nodelay(true);
+    let sent = Arc::new(AtomicU64::new(0));
+    let fut = acceptor.accept(Counting { inner: tcp, sent: sent.clone() });
+    let tls = match tokio::time::timeout(timing.connect_timeout, fut).await {
+        Err(_) => return Err(Refused { reason: "timeout", detail: "TLS handshake timed out".into() }),
+        Ok(Err(e)) => {
+            let detail = match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+                Some(r) => format!("{r:?}: {r}"),
+                None => e.to_string(),
+            };
+            return Err(Refused { reason: classify_tls(&detail), detail });
+        }
+        Ok(Ok(t)) => t,
+    };
+    let (_, conn) = tls.get_ref();
+    if conn.alpn_protocol() != Some(ALPN) {
+        return Err(Refused { reason: "alpn", detail: format!("peer did not negotiate ALPN {:?}", String::from_utf8_lossy(ALPN)) });
+    }
+    let der = conn.peer_certificates().and_then(|c| c.first()).ok_or(Refused { reason: "no_client_cert", detail: "no client certificate".into() })?;
+    let identity = identity_from_cert(der).map_err(|e| Refused { reason: "bad_identity", detail: e.to_string() })?;
+    Ok(Link { io: Box::new(tls), peer, identity, wire: WireCounter::Tcp(sent), quic: None })
+}

@@ -1,0 +1,133 @@
+//! What of the archive an uplink still has to deliver, read from disk: the
+//! store's files are the only queue (no in-memory backlog), so memory stays
+//! bounded however far behind a link is.
+
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+
+use walkdir::WalkDir;
+
+use crate::store::frame::FrameHeader;
+use crate::store::reader::{SegmentReader, Step};
+use crate::store::retention::Hold;
+use crate::store::segment::{seal_path, SealRecord, SegmentName};
+
+/// Segments an uplink has delivered (sealed and verified at the receiver).
+/// Persisted in `state/uplinks/<name>.delivered`, one path per line; losing
+/// the file only costs asking the receiver again.
+pub struct Delivered {
+    set: RwLock<HashSet<PathBuf>>,
+    file: PathBuf,
+}
+
+impl Delivered {
+    pub fn load(state_dir: &Path, uplink: &str) -> io::Result<Delivered> {
+        let file = state_dir.join("uplinks").join(format!("{uplink}.delivered"));
+        let set = match std::fs::read_to_string(&file) {
+            Ok(t) => t.lines().filter(|l| !l.is_empty()).map(PathBuf::from).collect(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => HashSet::new(),
+            Err(e) => return Err(e),
+        };
+        Ok(Delivered { set: RwLock::new(set), file })
+    }
+
+    pub fn contains(&self, rel: &Path) -> bool {
+        self.set.read().expect("not poisoned").contains(rel)
+    }
+
+    pub fn add(&self, rel: &Path) -> io::Result<()> {
+        if !self.set.write().expect("not poisoned").insert(rel.to_owned()) {
+            return Ok(());
+        }
+        if let Some(d) = self.file.parent() {
+            std::fs::create_dir_all(d)?;
+        }
+        let mut f = OpenOptions::new().create(true).append(true).open(&self.file)?;
+        writeln!(f, "{}", rel.display())
+    }
+
+    /// Forget segments that no longer exist (deleted by retention).
+    pub fn retain_existing(&self, archive_dir: &Path) {
+        self.set.write().expect("not poisoned").retain(|r| archive_dir.join(r).exists());
+    }
+}
+
+/// Retention must keep what any uplink has not delivered.
+pub struct UplinkHold(pub Vec<std::sync::Arc<Delivered>>);
+
+impl Hold for UplinkHold {
+    fn holds(&self, rel: &Path) -> bool {
+        self.0.iter().any(|d| !d.contains(rel))
+    }
+}
+
+/// A segment on disk that is not yet delivered.
+#[derive(Clone, Debug)]
+pub struct Local {
+    pub rel: PathBuf,
+    pub name: SegmentName,
+    pub file_len: u64,
+    pub seal: Option<SealRecord>,
+}
+
+/// Every undelivered segment under `archive/`, oldest first.
+pub fn scan(archive_dir: &Path, state_dir: &Path, delivered: &Delivered) -> io::Result<Vec<Local>> {
+    let mut out = Vec::new();
+    for entry in WalkDir::new(archive_dir).min_depth(4).max_depth(4) {
+        let entry = match entry {
+            Ok(e) => e,
+            Err(e) if e.io_error().is_some_and(|i| i.kind() == io::ErrorKind::NotFound) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        if !entry.file_type().is_file() {
+            continue;
+        }
+        let rel = entry.path().strip_prefix(archive_dir).expect("under archive").to_owned();
+        let Some(name) = SegmentName::parse_rel(&rel) else { continue };
+        if delivered.contains(&rel) {
+            continue;
+        }
+        let file_len = entry.metadata().map(|m| m.len()).unwrap_or(0);
+        let seal = SealRecord::load(&seal_path(state_dir, &rel)).unwrap_or(None);
+        out.push(Local { rel, name, file_len, seal });
+    }
+    out.sort_by(|a, b| (&a.name.date, a.name.hour, a.name.seq, &a.rel).cmp(&(&b.name.date, b.name.hour, b.name.seq, &b.rel)));
+    Ok(out)
+}
+
+/// Whole frames of `path` from `from`, up to about `max` bytes (at least one
+/// frame). Returns the bytes, and the first record time of the chunk.
+pub fn read_chunk(path: &Path, from: u64, max: usize) -> io::Result<(Vec<u8>, i64)> {
+    let mut r = SegmentReader::open(path)?;
+    r.seek(from);
+    let mut end = from;
+    let mut first_ms = 0;
+    while let Step::Frame { offset, header } = r.next_frame()? {
+        let next = offset + header.frame_len();
+        if end > from && next - from > max as u64 {
+            break;
+        }
+        if end == from {
+            first_ms = header.first_ms;
+        }
+        end = next;
+        if end - from >= max as u64 {
+            break;
+        }
+    }
+    let mut buf = vec![0u8; (end - from) as usize];
+    File::open(path)?.read_exact_at(&mut buf, from)?;
+    Ok((buf, first_ms))
+}
+
+/// Receive time of the first record of the frame at `offset` (lag in seconds).
+pub fn first_ms_at(path: &Path, offset: u64) -> Option<i64> {
+    let f = File::open(path).ok()?;
+    let mut head = vec![0u8; 8 + crate::store::frame::MAX_HEADER_LEN];
+    let n = f.read_at(&mut head, offset).ok()?;
+    FrameHeader::decode(&head[..n]).ok().map(|h| h.first_ms)
+}

@@ -1,0 +1,207 @@
+//! The mirror: a receiving node's copy of other nodes' segments, at the same
+//! relative path under its own `archive/`.
+//!
+//! Appends are positional: an append is accepted only at the mirror's
+//! current length, so a retransmission after a reconnect is refused with the
+//! right offset instead of being written twice. Only whole, checksummed
+//! frames are written, each append is fsynced before it is acknowledged, and
+//! a mirror segment left half-written by a crash is repaired by the same walk
+//! that recovers local segments. Sealing checks the origin's length and
+//! SHA-256 against the bytes on disk and records the same seal record as the
+//! origin; a mismatch is refused, logged and counted, never accepted.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use tracing::{error, info};
+
+use crate::metrics::Metrics;
+use crate::store::clock::Clock;
+use crate::store::frame::{FrameError, FrameHeader};
+use crate::store::recover::walk_and_repair;
+use crate::store::segment::{seal_path, sha256_file, sync_dir, SealRecord, SegmentName};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    #[error("append at offset {offset} but the mirror holds {expected} bytes")]
+    WrongOffset { offset: u64, expected: u64 },
+    #[error("segment is already sealed")]
+    Sealed,
+    #[error("invalid frame at chunk offset {at}: {error}")]
+    InvalidFrame { at: usize, error: FrameError },
+    #[error("mirror write failed")]
+    Io(#[from] io::Error),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SealError {
+    #[error("origin sealed at {origin} bytes but the mirror holds {mirror}")]
+    Length { origin: u64, mirror: u64 },
+    #[error("SHA-256 differs: origin {origin}, mirror {mirror}")]
+    Checksum { origin: String, mirror: String },
+    #[error("mirror seal failed")]
+    Io(#[from] io::Error),
+}
+
+struct Entry {
+    path: PathBuf,
+    rel: PathBuf,
+    file: Option<File>,
+    len: u64,
+    seal: Option<SealRecord>,
+}
+
+/// Mirror segments being written, by relative path.
+pub struct Mirror {
+    archive_dir: PathBuf,
+    state_dir: PathBuf,
+    metrics: Metrics,
+    clock: Arc<dyn Clock>,
+    entries: Mutex<HashMap<PathBuf, Arc<Mutex<Entry>>>>,
+}
+
+/// Check that `rel` is a segment path (no `..`, no absolute path, the
+/// segment naming scheme) and return its parts.
+pub fn parse_path(rel: &str) -> Option<SegmentName> {
+    let p = Path::new(rel);
+    if p.is_absolute() || p.components().any(|c| !matches!(c, std::path::Component::Normal(_))) {
+        return None;
+    }
+    SegmentName::parse_rel(p)
+}
+
+/// Check that `frames` is a sequence of whole, checksummed frames.
+pub fn check_frames(frames: &[u8]) -> Result<(), (usize, FrameError)> {
+    let mut at = 0;
+    while at < frames.len() {
+        let h = FrameHeader::decode(&frames[at..]).map_err(|e| (at, e))?;
+        let data = at + h.encoded_len();
+        h.check_data(&frames[data.min(frames.len())..]).map_err(|e| (at, e))?;
+        at = data + h.data_len as usize;
+    }
+    Ok(())
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+impl Mirror {
+    pub fn new(archive_dir: PathBuf, state_dir: PathBuf, clock: Arc<dyn Clock>, metrics: Metrics) -> Mirror {
+        Mirror { archive_dir, state_dir, metrics, clock, entries: Mutex::new(HashMap::new()) }
+    }
+
+    fn entry(&self, rel: &Path) -> io::Result<Arc<Mutex<Entry>>> {
+        if let Some(e) = self.entries.lock().expect("not poisoned").get(rel) {
+            return Ok(e.clone());
+        }
+        let path = self.archive_dir.join(rel);
+        let seal = SealRecord::load(&seal_path(&self.state_dir, rel))?;
+        let len = match (&seal, path.exists()) {
+            (Some(s), _) => s.len,
+            (None, true) => {
+                let stream = rel.iter().nth(1).and_then(|s| s.to_str()).unwrap_or("-");
+                walk_and_repair(&path, stream, &self.metrics)?.len
+            }
+            (None, false) => 0,
+        };
+        let e = Arc::new(Mutex::new(Entry { path, rel: rel.to_owned(), file: None, len, seal }));
+        Ok(self.entries.lock().expect("not poisoned").entry(rel.to_owned()).or_insert(e).clone())
+    }
+
+    /// Bytes held and whether the segment is sealed here.
+    pub fn have(&self, rel: &Path) -> io::Result<(u64, bool)> {
+        let e = self.entry(rel)?;
+        let e = e.lock().expect("not poisoned");
+        Ok((e.len, e.seal.is_some()))
+    }
+
+    /// Append whole frames at `offset`; durable when this returns. Returns
+    /// the new length.
+    pub fn append(&self, rel: &Path, offset: u64, frames: &[u8]) -> Result<u64, AppendError> {
+        let e = self.entry(rel)?;
+        let mut e = e.lock().expect("not poisoned");
+        if e.seal.is_some() {
+            return if offset + frames.len() as u64 <= e.len { Ok(e.len) } else { Err(AppendError::Sealed) };
+        }
+        if offset != e.len {
+            return Err(AppendError::WrongOffset { offset, expected: e.len });
+        }
+        check_frames(frames).map_err(|(at, error)| AppendError::InvalidFrame { at, error })?;
+        if e.file.is_none() {
+            let dir = e.path.parent().expect("segment paths have a parent").to_owned();
+            if !dir.exists() {
+                fs::create_dir_all(&dir)?;
+                if let Some(parent) = dir.parent() {
+                    sync_dir(parent)?;
+                }
+            }
+            let created = !e.path.exists();
+            let f = OpenOptions::new().create(true).append(true).open(&e.path)?;
+            if created {
+                sync_dir(&dir)?;
+            }
+            e.file = Some(f);
+        }
+        let len = e.len;
+        let f = e.file.as_mut().expect("opened above");
+        if let Err(err) = f.write_all(frames).and_then(|()| f.sync_data()) {
+            let _ = f.set_len(len);
+            return Err(err.into());
+        }
+        e.len += frames.len() as u64;
+        Ok(e.len)
+    }
+
+    /// Seal a mirror segment after checking the origin's length and checksum.
+    pub fn seal(&self, rel: &Path, len: u64, sha256: &[u8; 32]) -> Result<(), SealError> {
+        let e = self.entry(rel)?;
+        let mut e = e.lock().expect("not poisoned");
+        let origin = hex(sha256);
+        if let Some(s) = &e.seal {
+            return if s.len == len && s.sha256 == origin {
+                Ok(())
+            } else {
+                Err(SealError::Checksum { origin, mirror: s.sha256.clone() })
+            };
+        }
+        if e.len != len {
+            return Err(SealError::Length { origin: len, mirror: e.len });
+        }
+        if let Some(f) = &e.file {
+            f.sync_all()?;
+        }
+        let mirror = if e.path.exists() { sha256_file(&e.path)? } else { hex(&sha2_empty()) };
+        if mirror != origin {
+            error!(path = %e.rel.display(), %origin, %mirror, "mirror segment differs from its origin; not sealed");
+            return Err(SealError::Checksum { origin, mirror });
+        }
+        let stream = e.rel.iter().nth(1).and_then(|s| s.to_str()).unwrap_or("-").to_owned();
+        let w = if e.path.exists() { walk_and_repair(&e.path, &stream, &self.metrics)? } else { Default::default() };
+        let rec = SealRecord {
+            len,
+            sha256: mirror,
+            frames: w.frames,
+            records: w.records,
+            first_seq: w.first_seq.unwrap_or(0),
+            next_seq: w.next_seq,
+            sealed_ms: self.clock.now_ms(),
+        };
+        rec.store(&seal_path(&self.state_dir, &e.rel))?;
+        info!(path = %e.rel.display(), len, records = rec.records, "mirror segment sealed, byte-identical to origin");
+        e.file = None;
+        e.seal = Some(rec);
+        let rel = e.rel.clone();
+        drop(e);
+        self.entries.lock().expect("not poisoned").remove(&rel);
+        Ok(())
+    }
+}
+
+fn sha2_empty() -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest([]).into()
+}

@@ -1,0 +1,111 @@
+//! rustls configs for the link: TLS 1.3 only, `ring`, mutual authentication
+//! against the deployment CA.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use super::files::{read_certs, read_key};
+use super::Error;
+
+/// Paths of a node's TLS material (config section `[tls]` maps onto this).
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    /// The CA certificates to trust for peers: one, or a bundle of several
+    /// during a CA rotation. Usually `/etc/ferry/ca.pem`.
+    pub ca: PathBuf,
+    /// This node's certificate (leaf first, then any intermediates). Usually
+    /// `/etc/ferry/node.pem`.
+    pub cert: PathBuf,
+    /// This node's private key. Usually `/etc/ferry/node.key`.
+    pub key: PathBuf,
+}
+
+/// A server config that requires every client to present a certificate
+/// chaining to `files.ca`, and presents `files.cert`. TLS 1.3 only, `ring`
+/// provider, ALPN protocols `alpn` (a client that offers ALPN but none of
+/// these is refused; one that offers no ALPN at all is not).
+///
+/// The client's identity is then
+/// `identity_from_cert(&conn.peer_certificates()[0])`.
+///
+/// # Errors
+///
+/// The [`load_certs`](super::load_certs) / [`load_key`](super::load_key)
+/// errors for each file, naming it; [`Error::Tls`] if a CA certificate is
+/// not a usable trust anchor or the key does not match the certificate;
+/// [`Error::Verifier`] if no trust anchor could be built.
+pub fn server_config(files: &TlsFiles, alpn: &[&[u8]]) -> Result<ServerConfig, Error> {
+    let provider = provider();
+    let roots = roots(&files.ca)?;
+    let (certs, key) = own(files)?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|source| Error::Verifier { path: files.ca.clone(), source })?;
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|source| tls_error("cannot select TLS 1.3 with the ring provider", source))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)
+        .map_err(|source| tls_error(&mismatch(files), source))?;
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(config)
+}
+
+/// A client config that trusts only `files.ca` (not the system store) and
+/// authenticates with `files.cert` and `files.key`. TLS 1.3 only, `ring`
+/// provider, ALPN protocols `alpn`.
+///
+/// The server is verified against the name the caller dials (a DNS or IP
+/// SAN in its certificate); its ferry identity is
+/// `identity_from_cert(&conn.peer_certificates()[0])`.
+///
+/// # Errors
+///
+/// As [`server_config`].
+pub fn client_config(files: &TlsFiles, alpn: &[&[u8]]) -> Result<ClientConfig, Error> {
+    let roots = roots(&files.ca)?;
+    let (certs, key) = own(files)?;
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|source| tls_error("cannot select TLS 1.3 with the ring provider", source))?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs, key)
+        .map_err(|source| tls_error(&mismatch(files), source))?;
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(config)
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Every certificate in the CA file as a trust anchor; all of them must be.
+fn roots(path: &Path) -> Result<RootCertStore, Error> {
+    let mut roots = RootCertStore::empty();
+    for (i, cert) in read_certs(path, "CA file")?.into_iter().enumerate() {
+        roots.add(cert).map_err(|source| {
+            tls_error(
+                &format!("certificate #{} in CA file {} is not a usable trust anchor", i + 1, path.display()),
+                source,
+            )
+        })?;
+    }
+    Ok(roots)
+}
+
+fn own(files: &TlsFiles) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), Error> {
+    Ok((read_certs(&files.cert, "certificate file")?, read_key(&files.key, "private key file")?))
+}
+
+fn mismatch(files: &TlsFiles) -> String {
+    format!("cannot use certificate {} with key {}", files.cert.display(), files.key.display())
+}
+
+fn tls_error(what: &str, source: rustls::Error) -> Error {
+    Error::Tls { what: what.to_owned(), source }
+}
