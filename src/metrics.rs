@@ -3,8 +3,7 @@
 //! dropped" can be checked from `/metrics` alone.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Why a record did not reach the archive.
@@ -107,43 +106,21 @@ impl Metrics {
         }
         let r = &registry;
         let commit_seconds = HistogramVec::new(
-            HistogramOpts::new(
-                "ferry_commit_duration_seconds",
-                "Time to compress, write and fsync one commit",
-            )
-            .buckets(vec![
-                0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-            ]),
+            HistogramOpts::new("ferry_commit_duration_seconds", "Time to compress, write and fsync one commit")
+                .buckets(vec![0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
             &["stream"],
         )
         .expect("valid metric");
-        r.register(Box::new(commit_seconds.clone()))
-            .expect("unique metric");
+        r.register(Box::new(commit_seconds.clone())).expect("unique metric");
         let fsync_seconds = Histogram::with_opts(
-            HistogramOpts::new(
-                "ferry_fsync_duration_seconds",
-                "Time spent in fsync of segment files",
-            )
-            .buckets(vec![
-                0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0,
-            ]),
+            HistogramOpts::new("ferry_fsync_duration_seconds", "Time spent in fsync of segment files")
+                .buckets(vec![0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0]),
         )
         .expect("valid metric");
-        r.register(Box::new(fsync_seconds.clone()))
-            .expect("unique metric");
+        r.register(Box::new(fsync_seconds.clone())).expect("unique metric");
         let m = Metrics {
-            received_records: cv(
-                r,
-                "ferry_received_records_total",
-                "Records received, per listener",
-                &["listener"],
-            ),
-            received_bytes: cv(
-                r,
-                "ferry_received_bytes_total",
-                "Record bytes received, per listener",
-                &["listener"],
-            ),
+            received_records: cv(r, "ferry_received_records_total", "Records received, per listener", &["listener"]),
+            received_bytes: cv(r, "ferry_received_bytes_total", "Record bytes received, per listener", &["listener"]),
             dropped_records: cv(
                 r,
                 "ferry_dropped_records_total",
@@ -174,12 +151,7 @@ impl Metrics {
                 "Stream connections accepted",
                 &["listener"],
             ),
-            connections_active: gv(
-                r,
-                "ferry_connections_active",
-                "Stream connections open now",
-                &["listener"],
-            ),
+            connections_active: gv(r, "ferry_connections_active", "Stream connections open now", &["listener"]),
             connections_refused: cv(
                 r,
                 "ferry_connections_refused_total",
@@ -210,25 +182,10 @@ impl Metrics {
                 "Bytes written to segment files (frames, compressed)",
                 &["stream"],
             ),
-            commits: cv(
-                r,
-                "ferry_commits_total",
-                "Commits (frames written)",
-                &["stream"],
-            ),
+            commits: cv(r, "ferry_commits_total", "Commits (frames written)", &["stream"]),
             commit_seconds,
-            commit_errors: cv(
-                r,
-                "ferry_commit_errors_total",
-                "Commits that failed on disk",
-                &["stream"],
-            ),
-            segments_open: gv(
-                r,
-                "ferry_segments_open",
-                "Segments open for writing",
-                &["stream"],
-            ),
+            commit_errors: cv(r, "ferry_commit_errors_total", "Commits that failed on disk", &["stream"]),
+            segments_open: gv(r, "ferry_segments_open", "Segments open for writing", &["stream"]),
             segments_sealed: cv(
                 r,
                 "ferry_segments_sealed_total",
@@ -240,11 +197,7 @@ impl Metrics {
                 "ferry_archive_bytes",
                 "Bytes of segment files under archive/ at the last retention scan",
             ),
-            archive_segments: g(
-                r,
-                "ferry_archive_segments",
-                "Segment files under archive/ at the last retention scan",
-            ),
+            archive_segments: g(r, "ferry_archive_segments", "Segment files under archive/ at the last retention scan"),
             store_full: g(
                 r,
                 "ferry_store_full",
@@ -289,32 +242,86 @@ impl Metrics {
             fsync_seconds,
             up_since: g(r, "ferry_start_time_seconds", "Unix time the node started"),
             info: cv(r, "ferry_build_info", "Build information", &["version"]),
-            uplink_connected: gv(r, "ferry_uplink_connected", "1 while the uplink has an established link", &["uplink"]),
-            uplink_acked_bytes: cv(r, "ferry_uplink_acked_bytes_total", "Segment bytes the receiver acknowledged (durable there)", &["uplink", "site", "stream"]),
-            uplink_lag_bytes: gv(r, "ferry_uplink_lag_bytes", "Segment bytes on disk not yet acknowledged by the receiver", &["uplink", "site", "stream"]),
+            uplink_connected: gv(
+                r,
+                "ferry_uplink_connected",
+                "1 while the uplink has an established link",
+                &["uplink"],
+            ),
+            uplink_acked_bytes: cv(
+                r,
+                "ferry_uplink_acked_bytes_total",
+                "Segment bytes the receiver acknowledged (durable there)",
+                &["uplink", "site", "stream"],
+            ),
+            uplink_lag_bytes: gv(
+                r,
+                "ferry_uplink_lag_bytes",
+                "Segment bytes on disk not yet acknowledged by the receiver",
+                &["uplink", "site", "stream"],
+            ),
             uplink_lag_seconds: {
                 let g = prometheus::GaugeVec::new(
-                    Opts::new("ferry_uplink_lag_seconds", "Age of the oldest record not yet acknowledged by the receiver (0 when caught up)"),
+                    Opts::new(
+                        "ferry_uplink_lag_seconds",
+                        "Age of the oldest record not yet acknowledged by the receiver (0 when caught up)",
+                    ),
                     &["uplink", "site", "stream"],
                 )
                 .expect("valid metric");
                 r.register(Box::new(g.clone())).expect("unique metric");
                 g
             },
-            uplink_wire_bytes: cv(r, "ferry_uplink_wire_bytes_total", "Bytes put on the wire by the uplink (TLS records or QUIC packets)", &["uplink"]),
-            uplink_reconnects: cv(r, "ferry_uplink_reconnects_total", "Links lost and re-dialled", &["uplink"]),
-            uplink_segments_delivered: cv(r, "ferry_uplink_segments_delivered_total", "Segments sealed and verified at the receiver", &["uplink"]),
-            uplink_max_rate: gv(r, "ferry_uplink_max_rate_bytes", "Configured bandwidth cap in bytes/s (0 = none)", &["uplink"]),
-            uplink_errors: cv(r, "ferry_uplink_errors_total", "Uplink failures by reason (connect, refusals by code, receiver_ahead)", &["uplink", "reason"]),
-            link_refused: cv(r, "ferry_link_refused_total", "Links or requests a receiver refused, by reason", &["listener", "reason"]),
-            link_sessions_active: gv(r, "ferry_link_sessions_active", "Uplinks connected to this receiver", &["listener"]),
-            link_received_bytes: cv(r, "ferry_link_received_bytes_total", "Segment bytes written to the mirror, per origin site", &["listener", "site"]),
-            link_checksum_mismatches: cv(r, "ferry_link_checksum_mismatches_total", "Sealed segments whose mirror differs from the origin", &["side"]),
-            ready: g(
+            uplink_wire_bytes: cv(
                 r,
-                "ferry_ready",
-                "1 when every listener is bound and the store is open",
+                "ferry_uplink_wire_bytes_total",
+                "Bytes put on the wire by the uplink (TLS records or QUIC packets)",
+                &["uplink"],
             ),
+            uplink_reconnects: cv(r, "ferry_uplink_reconnects_total", "Links lost and re-dialled", &["uplink"]),
+            uplink_segments_delivered: cv(
+                r,
+                "ferry_uplink_segments_delivered_total",
+                "Segments sealed and verified at the receiver",
+                &["uplink"],
+            ),
+            uplink_max_rate: gv(
+                r,
+                "ferry_uplink_max_rate_bytes",
+                "Configured bandwidth cap in bytes/s (0 = none)",
+                &["uplink"],
+            ),
+            uplink_errors: cv(
+                r,
+                "ferry_uplink_errors_total",
+                "Uplink failures by reason (connect, refusals by code, receiver_ahead)",
+                &["uplink", "reason"],
+            ),
+            link_refused: cv(
+                r,
+                "ferry_link_refused_total",
+                "Links or requests a receiver refused, by reason",
+                &["listener", "reason"],
+            ),
+            link_sessions_active: gv(
+                r,
+                "ferry_link_sessions_active",
+                "Uplinks connected to this receiver",
+                &["listener"],
+            ),
+            link_received_bytes: cv(
+                r,
+                "ferry_link_received_bytes_total",
+                "Segment bytes written to the mirror, per origin site",
+                &["listener", "site"],
+            ),
+            link_checksum_mismatches: cv(
+                r,
+                "ferry_link_checksum_mismatches_total",
+                "Sealed segments whose mirror differs from the origin",
+                &["side"],
+            ),
+            ready: g(r, "ferry_ready", "1 when every listener is bound and the store is open"),
             registry,
         };
         m.info.with_label_values(&[env!("CARGO_PKG_VERSION")]).inc();
@@ -326,17 +333,13 @@ impl Metrics {
 
     /// Count one listener's drop of `n` records for `reason`.
     pub fn drop_records(&self, listener: &str, reason: DropReason, n: u64) {
-        self.dropped_records
-            .with_label_values(&[listener, reason.as_str()])
-            .inc_by(n);
+        self.dropped_records.with_label_values(&[listener, reason.as_str()]).inc_by(n);
     }
 
     /// Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut buf)
-            .expect("text encoding into a Vec cannot fail");
+        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding into a Vec cannot fail");
         String::from_utf8(buf).expect("prometheus text is UTF-8")
     }
 }

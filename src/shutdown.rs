@@ -36,8 +36,6 @@ impl Shutdown {
     pub async fn stop(&self, deadline: Duration) -> bool {
         self.token.cancel();
         self.tracker.close();
-        tokio::time::timeout(deadline, self.tracker.wait())
-            .await
-            .is_ok()
+        tokio::time::timeout(deadline, self.tracker.wait()).await.is_ok()
     }
 }

@@ -9,24 +9,15 @@ use std::time::{Duration, Instant};
 use util::*;
 
 fn check(path: &std::path::Path) -> std::process::Output {
-    Command::new(FERRY)
-        .args(["check", "-c"])
-        .arg(path)
-        .output()
-        .unwrap()
+    Command::new(FERRY).args(["check", "-c"]).arg(path).output().unwrap()
 }
 
 #[test]
 fn shipped_edge_config_passes_check() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/edge.toml");
     let out = check(&path);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout)
-        .contains("ok (site sg1, node relay-1, 2 stream(s), 3 listener(s))"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (site sg1, node relay-1, 2 stream(s), 3 listener(s))"));
 }
 
 #[test]
@@ -78,108 +69,55 @@ stream = "nope"
         assert!(err.contains(&want), "missing {want:?} in:\n{err}");
     }
 
-    std::fs::write(
-        &path,
-        "[node]\nsite = \"a\"\nname = \"b\"\ncolour = \"blue\"\n",
-    )
-    .unwrap();
+    std::fs::write(&path, "[node]\nsite = \"a\"\nname = \"b\"\ncolour = \"blue\"\n").unwrap();
     let err = String::from_utf8_lossy(&check(&path).stderr).into_owned();
-    assert!(
-        err.contains(&format!("{p}:4: node.colour: unknown field `colour`")),
-        "{err}"
-    );
+    assert!(err.contains(&format!("{p}:4: node.colour: unknown field `colour`")), "{err}");
 }
 
 #[test]
 fn sigterm_commits_everything_buffered_and_exits_0() {
     let dir = TestDir::new("signals");
-    let ports = Ports {
-        tcp: free_port(),
-        udp: free_port(),
-        admin: free_port(),
-    };
+    let ports = Ports { tcp: free_port(), udp: free_port(), admin: free_port() };
     // A long commit interval: records sit pending until shutdown commits them.
-    let cfg = node_config(&dir, &ports, "commit_interval = \"10s\"", "", "")
-        .replace("commit_interval = \"50ms\"\n", "");
+    let cfg =
+        node_config(&dir, &ports, "commit_interval = \"10s\"", "", "").replace("commit_interval = \"50ms\"\n", "");
     let mut node = Node::start(&dir, &cfg, ports.admin);
     let input: String = (0..1000).map(|i| format!("<13>pending {i}\n")).collect();
-    ferry_send(
-        &["--to", &format!("127.0.0.1:{}", ports.tcp)],
-        input.as_bytes(),
-    );
-    node.wait_metric(
-        "ferry_received_records_total",
-        &[("listener", "tcp")],
-        Duration::from_secs(5),
-        |v| v == 1000.0,
-    );
-    assert_eq!(
-        node.metric("ferry_committed_records_total", &[]),
-        0.0,
-        "still pending"
-    );
+    ferry_send(&["--to", &format!("127.0.0.1:{}", ports.tcp)], input.as_bytes());
+    node.wait_metric("ferry_received_records_total", &[("listener", "tcp")], Duration::from_secs(5), |v| v == 1000.0);
+    assert_eq!(node.metric("ferry_committed_records_total", &[]), 0.0, "still pending");
     node.stop();
-    assert_eq!(
-        archive_lines(&node.data).len(),
-        1000,
-        "SIGTERM committed what was buffered"
-    );
+    assert_eq!(archive_lines(&node.data).len(), 1000, "SIGTERM committed what was buffered");
     assert_verify_ok(&node.data);
 }
 
 #[test]
 fn a_second_signal_exits_at_once_while_the_first_is_still_committing() {
     let dir = TestDir::new("signal2");
-    let ports = Ports {
-        tcp: free_port(),
-        udp: free_port(),
-        admin: free_port(),
-    };
+    let ports = Ports { tcp: free_port(), udp: free_port(), admin: free_port() };
     // ~20 MB pending at zstd level 19: the shutdown commit takes seconds.
-    let cfg = node_config(
-        &dir,
-        &ports,
-        "commit_bytes = \"64MiB\"\nzstd_level = 19\nsegment_max_bytes = \"1GiB\"",
-        "",
-        "",
-    )
-    .replace("commit_interval = \"50ms\"", "commit_interval = \"10s\"");
+    let cfg =
+        node_config(&dir, &ports, "commit_bytes = \"64MiB\"\nzstd_level = 19\nsegment_max_bytes = \"1GiB\"", "", "")
+            .replace("commit_interval = \"50ms\"", "commit_interval = \"10s\"");
     let mut node = Node::start(&dir, &cfg, ports.admin);
     let input: String = (0..100_000)
-        .map(|i| {
-            format!(
-                "<13>pending {i} {:x}\n",
-                (i as u64).wrapping_mul(0x9E3779B97F4A7C15).wrapping_pow(3)
-            )
-        })
+        .map(|i| format!("<13>pending {i} {:x}\n", (i as u64).wrapping_mul(0x9E3779B97F4A7C15).wrapping_pow(3)))
         .collect();
-    ferry_send(
-        &["--to", &format!("127.0.0.1:{}", ports.tcp)],
-        input.as_bytes(),
-    );
-    node.wait_metric(
-        "ferry_received_records_total",
-        &[("listener", "tcp")],
-        Duration::from_secs(10),
-        |v| v == 100_000.0,
-    );
+    ferry_send(&["--to", &format!("127.0.0.1:{}", ports.tcp)], input.as_bytes());
+    node.wait_metric("ferry_received_records_total", &[("listener", "tcp")], Duration::from_secs(10), |v| {
+        v == 100_000.0
+    });
     let mut child = node.child.take().unwrap();
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     std::thread::sleep(Duration::from_millis(300));
-    assert!(
-        child.try_wait().unwrap().is_none(),
-        "still committing after the first signal"
-    );
+    assert!(child.try_wait().unwrap().is_none(), "still committing after the first signal");
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let t = Instant::now();
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
             break s;
         }
-        assert!(
-            t.elapsed() < Duration::from_secs(2),
-            "second signal did not exit at once"
-        );
+        assert!(t.elapsed() < Duration::from_secs(2), "second signal did not exit at once");
         std::thread::sleep(Duration::from_millis(20));
     };
     assert_eq!(status.code(), Some(130));

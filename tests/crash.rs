@@ -18,11 +18,7 @@ fn line(i: usize) -> String {
 #[test]
 fn acked_records_survive_kill_9_and_torn_tail_is_truncated_and_counted() {
     let dir = TestDir::new("crash");
-    let ports = Ports {
-        tcp: free_port(),
-        udp: free_port(),
-        admin: free_port(),
-    };
+    let ports = Ports { tcp: free_port(), udp: free_port(), admin: free_port() };
     let config = node_config(&dir, &ports, "commit_bytes = \"256KiB\"", "", "");
     let mut node = Node::start(&dir, &config, ports.admin);
 
@@ -45,18 +41,13 @@ fn acked_records_survive_kill_9_and_torn_tail_is_truncated_and_counted() {
         let _ = s.write_all(&buf);
         1_000_000
     });
-    let committed = node.wait_metric(
-        "ferry_committed_records_total",
-        &[("stream", "live")],
-        Duration::from_secs(60),
-        |v| v >= 300_000.0,
-    );
+    let committed =
+        node.wait_metric("ferry_committed_records_total", &[("stream", "live")], Duration::from_secs(60), |v| {
+            v >= 300_000.0
+        });
     node.kill9();
     let sent = sender.join().unwrap();
-    assert!(
-        sent < 1_000_000,
-        "the node was killed mid-stream (sender wrote {sent} lines)"
-    );
+    assert!(sent < 1_000_000, "the node was killed mid-stream (sender wrote {sent} lines)");
 
     // Simulate the write a crash tore: half a frame at the end of the open segment.
     let segs = segments(&node.data);
@@ -64,43 +55,18 @@ fn acked_records_survive_kill_9_and_torn_tail_is_truncated_and_counted() {
         .iter()
         .find(|p| {
             let rel = p.strip_prefix(node.data.join("archive")).unwrap();
-            !node
-                .data
-                .join("state/seals")
-                .join(format!("{}.seal", rel.display()))
-                .exists()
+            !node.data.join("state/seals").join(format!("{}.seal", rel.display())).exists()
         })
         .expect("an unsealed segment after kill -9");
     let whole = std::fs::read(open).unwrap();
     let torn = &whole[..whole.len().min(5000) / 2];
-    OpenOptions::new()
-        .append(true)
-        .open(open)
-        .unwrap()
-        .write_all(torn)
-        .unwrap();
+    OpenOptions::new().append(true).open(open).unwrap().write_all(torn).unwrap();
 
     let mut node = Node::start(&dir, &config, ports.admin);
-    let cut = node.metric(
-        "ferry_recovery_truncated_bytes_total",
-        &[("stream", "live")],
-    );
-    assert!(
-        cut >= torn.len() as f64,
-        "truncation counted in /metrics: {cut} < {}",
-        torn.len()
-    );
-    assert_eq!(
-        node.metric(
-            "ferry_recovery_truncated_frames_total",
-            &[("stream", "live")]
-        ),
-        1.0
-    );
-    assert!(
-        node.log_text().contains("torn frame at segment tail"),
-        "truncation logged"
-    );
+    let cut = node.metric("ferry_recovery_truncated_bytes_total", &[("stream", "live")]);
+    assert!(cut >= torn.len() as f64, "truncation counted in /metrics: {cut} < {}", torn.len());
+    assert_eq!(node.metric("ferry_recovery_truncated_frames_total", &[("stream", "live")]), 1.0);
+    assert!(node.log_text().contains("torn frame at segment tail"), "truncation logged");
     node.stop();
 
     assert_verify_ok(&node.data);
@@ -111,10 +77,6 @@ fn acked_records_survive_kill_9_and_torn_tail_is_truncated_and_counted() {
         lines.len()
     );
     for (i, l) in lines.iter().enumerate() {
-        assert_eq!(
-            format!("{l}\n"),
-            line(i),
-            "archive is a prefix of what the connection sent (line {i})"
-        );
+        assert_eq!(format!("{l}\n"), line(i), "archive is a prefix of what the connection sent (line {i})");
     }
 }

@@ -11,7 +11,14 @@ use std::time::Duration;
 use util::*;
 
 fn lines(tag: &str, n: usize) -> Vec<String> {
-    (0..n).map(|i| format!("<14>1 2026-11-23T10:00:00Z web-01 app - - - {tag}-{i:07} GET /api/v1/items?id={i} 200 {}", i * 7 % 1000)).collect()
+    (0..n)
+        .map(|i| {
+            format!(
+                "<14>1 2026-11-23T10:00:00Z web-01 app - - - {tag}-{i:07} GET /api/v1/items?id={i} 200 {}",
+                i * 7 % 1000
+            )
+        })
+        .collect()
 }
 
 fn joined(v: &[String]) -> Vec<u8> {
@@ -22,38 +29,23 @@ fn joined(v: &[String]) -> Vec<u8> {
 
 fn logger(args: &[&str], input: &[String]) {
     let logger = require_tool("logger");
-    let mut c = Command::new(logger)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut c = Command::new(logger).args(args).stdin(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     c.stdin.take().unwrap().write_all(&joined(input)).unwrap();
     let out = c.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "logger {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "logger {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// The payload tag-index of an archive line (`logger` adds its own header).
 fn payload_id(line: &str) -> Option<&str> {
     line.split(' ').find(|w| {
-        w.len() > 8
-            && w.as_bytes()[w.len() - 8] == b'-'
-            && w[w.len() - 7..].bytes().all(|b| b.is_ascii_digit())
+        w.len() > 8 && w.as_bytes()[w.len() - 8] == b'-' && w[w.len() - 7..].bytes().all(|b| b.is_ascii_digit())
     })
 }
 
 #[test]
 fn two_hundred_thousand_lines_over_every_transport_arrive_exactly() {
     let dir = TestDir::new("ingest");
-    let ports = Ports {
-        tcp: free_port(),
-        udp: free_port(),
-        admin: free_port(),
-    };
+    let ports = Ports { tcp: free_port(), udp: free_port(), admin: free_port() };
     let mut node = Node::start(&dir, &node_config(&dir, &ports, "", "", ""), ports.admin);
     let tcp = format!("127.0.0.1:{}", ports.tcp);
     let udp = format!("127.0.0.1:{}", ports.udp);
@@ -74,67 +66,31 @@ fn two_hundred_thousand_lines_over_every_transport_arrive_exactly() {
     let get = |t: &str| &sets.iter().find(|s| s.0 == t).unwrap().1;
 
     ferry_send(&["--to", &tcp], &joined(get("tcplf")));
-    ferry_send(
-        &["--to", &tcp, "--framing", "octet"],
-        &joined(get("tcpoct")),
-    );
+    ferry_send(&["--to", &tcp, "--framing", "octet"], &joined(get("tcpoct")));
     // Datagrams are paced: UDP has no flow control, and the test is about ferry, not the kernel's buffers.
-    ferry_send(
-        &["--to", &udp, "--transport", "udp", "--rate", "40000"],
-        &joined(get("udp")),
-    );
-    ferry_send(
-        &["--to", &sock, "--transport", "unix"],
-        &joined(get("unix")),
-    );
+    ferry_send(&["--to", &udp, "--transport", "udp", "--rate", "40000"], &joined(get("udp")));
+    ferry_send(&["--to", &sock, "--transport", "unix"], &joined(get("unix")));
     let port = ports.tcp.to_string();
     let uport = ports.udp.to_string();
-    logger(
-        &["-T", "-n", "127.0.0.1", "-P", &port, "-t", "lg"],
-        get("lgtcp"),
-    );
-    logger(
-        &[
-            "-T",
-            "--octet-count",
-            "-n",
-            "127.0.0.1",
-            "-P",
-            &port,
-            "-t",
-            "lg",
-        ],
-        get("lgoct"),
-    );
+    logger(&["-T", "-n", "127.0.0.1", "-P", &port, "-t", "lg"], get("lgtcp"));
+    logger(&["-T", "--octet-count", "-n", "127.0.0.1", "-P", &port, "-t", "lg"], get("lgoct"));
     for chunk in get("lgudp").chunks(1000) {
         logger(&["-d", "-n", "127.0.0.1", "-P", &uport, "-t", "lg"], chunk);
         std::thread::sleep(Duration::from_millis(20));
     }
-    logger(
-        &["-u", &sock, "--socket-errors=on", "-t", "lg"],
-        get("lgunix"),
-    );
+    logger(&["-u", &sock, "--socket-errors=on", "-t", "lg"], get("lgunix"));
 
-    node.wait_metric(
-        "ferry_committed_records_total",
-        &[("stream", "live")],
-        Duration::from_secs(60),
-        |v| v >= 200_000.0,
-    );
+    node.wait_metric("ferry_committed_records_total", &[("stream", "live")], Duration::from_secs(60), |v| {
+        v >= 200_000.0
+    });
     node.stop();
     assert_verify_ok(&node.data);
 
     let archive = archive_lines(&node.data);
-    assert_eq!(
-        archive.len(),
-        200_000,
-        "exactly the lines sent, no more, no less"
-    );
+    assert_eq!(archive.len(), 200_000, "exactly the lines sent, no more, no less");
     // ferry send delivers the lines verbatim, in order per connection.
-    let want: HashSet<&str> = ["tcplf", "tcpoct", "udp", "unix"]
-        .iter()
-        .flat_map(|t| get(t).iter().map(String::as_str))
-        .collect();
+    let want: HashSet<&str> =
+        ["tcplf", "tcpoct", "udp", "unix"].iter().flat_map(|t| get(t).iter().map(String::as_str)).collect();
     let mut by_tag: HashMap<String, Vec<String>> = HashMap::new();
     for l in &archive {
         let id = payload_id(l).unwrap_or_else(|| panic!("unexpected line in archive: {l:?}"));
@@ -147,10 +103,7 @@ fn two_hundred_thousand_lines_over_every_transport_arrive_exactly() {
     for (tag, sent) in &sets {
         let got = by_tag.get(*tag).map(Vec::len).unwrap_or(0);
         assert_eq!(got, sent.len(), "{tag}: {got} of {} arrived", sent.len());
-        let ids: Vec<String> = sent
-            .iter()
-            .map(|l| payload_id(l).unwrap().to_owned())
-            .collect();
+        let ids: Vec<String> = sent.iter().map(|l| payload_id(l).unwrap().to_owned()).collect();
         let got_ids = &by_tag[*tag];
         if matches!(*tag, "tcplf" | "tcpoct" | "lgtcp" | "lgoct" | "unix") {
             assert_eq!(got_ids, &ids, "{tag}: order within one connection is kept");
@@ -164,19 +117,11 @@ fn two_hundred_thousand_lines_over_every_transport_arrive_exactly() {
 #[test]
 fn records_with_special_bytes_round_trip_through_the_escaping() {
     let dir = TestDir::new("escape");
-    let ports = Ports {
-        tcp: free_port(),
-        udp: free_port(),
-        admin: free_port(),
-    };
+    let ports = Ports { tcp: free_port(), udp: free_port(), admin: free_port() };
     let mut node = Node::start(&dir, &node_config(&dir, &ports, "", "", ""), ports.admin);
     // Octet counting carries LF, CR, NUL and backslash inside a record.
-    let recs: Vec<&[u8]> = vec![
-        b"multi\nline\r\nrecord",
-        b"nul\0byte",
-        b"back\\slash \\n literal",
-        b"\xff\xfe not utf-8",
-    ];
+    let recs: Vec<&[u8]> =
+        vec![b"multi\nline\r\nrecord", b"nul\0byte", b"back\\slash \\n literal", b"\xff\xfe not utf-8"];
     let mut wire = Vec::new();
     for r in &recs {
         wire.extend_from_slice(format!("{} ", r.len()).as_bytes());
@@ -185,48 +130,22 @@ fn records_with_special_bytes_round_trip_through_the_escaping() {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", ports.tcp)).unwrap();
     s.write_all(&wire).unwrap();
     drop(s);
-    node.wait_metric(
-        "ferry_committed_records_total",
-        &[],
-        Duration::from_secs(10),
-        |v| v >= 4.0,
-    );
+    node.wait_metric("ferry_committed_records_total", &[], Duration::from_secs(10), |v| v >= 4.0);
     let m = node.metrics();
-    assert_eq!(
-        metric_value(&m, "ferry_flagged_records_total", &[("flag", "nul_byte")]),
-        1.0
-    );
-    assert_eq!(
-        metric_value(
-            &m,
-            "ferry_flagged_records_total",
-            &[("flag", "invalid_utf8")]
-        ),
-        1.0
-    );
+    assert_eq!(metric_value(&m, "ferry_flagged_records_total", &[("flag", "nul_byte")]), 1.0);
+    assert_eq!(metric_value(&m, "ferry_flagged_records_total", &[("flag", "invalid_utf8")]), 1.0);
     node.stop();
     let raw = zstdcat(&node.data);
-    let got: Vec<Vec<u8>> = raw
-        .split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty())
-        .map(ferry::store::escape::unescape)
-        .collect();
+    let got: Vec<Vec<u8>> =
+        raw.split(|b| *b == b'\n').filter(|l| !l.is_empty()).map(ferry::store::escape::unescape).collect();
     assert_eq!(got, recs.iter().map(|r| r.to_vec()).collect::<Vec<_>>());
-    assert_eq!(
-        raw.iter().filter(|b| **b == b'\n').count(),
-        4,
-        "one line per record"
-    );
+    assert_eq!(raw.iter().filter(|b| **b == b'\n').count(), 4, "one line per record");
 }
 
 #[test]
 fn routes_send_matching_records_to_their_stream_and_the_rest_to_the_listener_stream() {
     let dir = TestDir::new("route");
-    let ports = Ports {
-        tcp: free_port(),
-        udp: free_port(),
-        admin: free_port(),
-    };
+    let ports = Ports { tcp: free_port(), udp: free_port(), admin: free_port() };
     let routes = "\n[[listener.route]]\nfacility = \"authpriv\"\nstream = \"audit\"\n\n[[listener.route]]\napp_name = \"sudo\"\nstream = \"audit\"\n";
     let extra = format!(
         "\n[[stream]]\nname = \"audit\"\n\n[[listener]]\nname = \"unix-stream\"\nkind = \"syslog\"\ntransport = \"unix-stream\"\nlisten = \"{}\"\n",
@@ -242,51 +161,20 @@ fn routes_send_matching_records_to_their_stream_and_the_rest_to_the_listener_str
         "not syslog at all stays live",
     ]
     .join("\n");
-    ferry_send(
-        &["--to", &format!("127.0.0.1:{}", ports.tcp)],
-        format!("{input}\n").as_bytes(),
-    );
+    ferry_send(&["--to", &format!("127.0.0.1:{}", ports.tcp)], format!("{input}\n").as_bytes());
     let sock = dir.join("stream.sock").display().to_string();
-    ferry_send(
-        &[
-            "--to",
-            &sock,
-            "--transport",
-            "unix-stream",
-            "--framing",
-            "octet",
-        ],
-        b"<13>via unix stream\n",
-    );
-    node.wait_metric(
-        "ferry_committed_records_total",
-        &[],
-        Duration::from_secs(10),
-        |v| v >= 6.0,
-    );
-    assert_eq!(
-        node.metric("ferry_committed_records_total", &[("stream", "audit")]),
-        3.0
-    );
-    assert_eq!(
-        node.metric("ferry_committed_records_total", &[("stream", "live")]),
-        3.0
-    );
+    ferry_send(&["--to", &sock, "--transport", "unix-stream", "--framing", "octet"], b"<13>via unix stream\n");
+    node.wait_metric("ferry_committed_records_total", &[], Duration::from_secs(10), |v| v >= 6.0);
+    assert_eq!(node.metric("ferry_committed_records_total", &[("stream", "audit")]), 3.0);
+    assert_eq!(node.metric("ferry_committed_records_total", &[("stream", "live")]), 3.0);
     node.stop();
     let out = Command::new(require_tool("zstdcat"))
-        .args(
-            segments(&node.data)
-                .iter()
-                .filter(|p| p.to_string_lossy().contains("/audit/")),
-        )
+        .args(segments(&node.data).iter().filter(|p| p.to_string_lossy().contains("/audit/")))
         .output()
         .unwrap();
     let audit = String::from_utf8(out.stdout).unwrap();
     assert_eq!(audit.lines().count(), 3);
-    assert!(
-        audit.lines().all(|l| l.ends_with("goes to audit")),
-        "{audit}"
-    );
+    assert!(audit.lines().all(|l| l.ends_with("goes to audit")), "{audit}");
     let all = archive_lines(&node.data);
     assert!(all.contains(&"<13>via unix stream".to_owned()));
     assert!(all.contains(&"not syslog at all stays live".to_owned()));

@@ -29,7 +29,16 @@ macro_rules! both_transports {
 fn lines(tag: &str, from: usize, n: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(n * 120);
     for i in from..from + n {
-        out.extend_from_slice(format!("<134>Nov 23 10:00:00 web-{:02} nginx[{}]: {tag}-{i:08} GET /api/items?id={} 200 {}\n", i % 40, 1000 + i % 7, i * 13 % 100_000, i % 9000).as_bytes());
+        out.extend_from_slice(
+            format!(
+                "<134>Nov 23 10:00:00 web-{:02} nginx[{}]: {tag}-{i:08} GET /api/items?id={} 200 {}\n",
+                i % 40,
+                1000 + i % 7,
+                i * 13 % 100_000,
+                i % 9000
+            )
+            .as_bytes(),
+        );
     }
     out
 }
@@ -64,4 +73,120 @@ both_transports!(million_records_arrive_byte_identical, |via: Via| {
     let got = archive_lines(&central.data);
     assert_eq!(got.len(), 1_000_000);
     assert_eq!(unique_ids(&got).len(), 1_000_000);
+});
+
+/// Stream `n` lines from `from` into a node's TCP listener at `rate` lines/s
+/// until done or the connection breaks; returns how many were written.
+fn stream_lines(port: u16, tag: &'static str, from: usize, n: usize, rate: f64) -> std::thread::JoinHandle<usize> {
+    std::thread::spawn(move || {
+        use std::io::Write;
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return 0 };
+        let started = std::time::Instant::now();
+        let step = 2000;
+        let mut sent = 0;
+        while sent < n {
+            let k = step.min(n - sent);
+            if s.write_all(&lines(tag, from + sent, k)).is_err() {
+                return sent;
+            }
+            sent += k;
+            let due = Duration::from_secs_f64(sent as f64 / rate);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+        sent
+    })
+}
+
+both_transports!(cuts_and_blackholes_lose_and_double_nothing, |via: Via| {
+    use rand::Rng;
+    let pki_dir = TestDir::new("pki");
+    let pki = Pki::new(&pki_dir, "pki");
+    let port = free_port();
+    let central_addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let proxy = match via {
+        Via::Tls => proxy::Proxy::tcp(central_addr),
+        Via::Quic => proxy::Proxy::udp(central_addr),
+    };
+    let p =
+        pair("faults", &pki, via, proxy.port(), port, "commit_bytes = \"128KiB\"\nsegment_max_bytes = \"512KiB\"", "");
+    let mut central = Node::start(&p.central_dir, &p.central_cfg, p.central_ports.admin);
+    let mut edge = Node::start(&p.edge_dir, &p.edge_cfg, p.edge_ports.admin);
+    const N: usize = 400_000;
+    let sender = stream_lines(p.edge_ports.tcp, "fault", 0, N, 50_000.0);
+    let mut rng = rand::rng();
+    for i in 0..23 {
+        std::thread::sleep(Duration::from_millis(rng.random_range(100..350)));
+        if i % 8 == 7 {
+            // A dead link that only keepalives notice.
+            proxy.blackhole(true);
+            std::thread::sleep(Duration::from_millis(rng.random_range(2500..3500)));
+            proxy.blackhole(false);
+        } else {
+            proxy.cut();
+        }
+    }
+    assert_eq!(sender.join().unwrap(), N);
+    edge.wait_metric("ferry_committed_records_total", &[], Duration::from_secs(30), |v| v >= N as f64);
+    wait_mirrored(&edge.data, &central.data, Duration::from_secs(60));
+    match via {
+        // TLS: every cut resets the TCP connection and forces a reconnect.
+        Via::Tls => assert!(edge.metric("ferry_uplink_reconnects_total", &[]) >= 20.0, "the link was really cut"),
+        // QUIC: a cut moves the client to a new source port; the connection
+        // migrates (as it would across a NAT rebinding), and only the
+        // blackholes, longer than dead_after, force reconnects.
+        Via::Quic => {
+            assert!(proxy.connections() >= 20, "every cut gave the client a new path ({})", proxy.connections());
+            assert!(edge.metric("ferry_uplink_reconnects_total", &[]) >= 2.0, "blackholes were noticed");
+        }
+    }
+    edge.stop();
+    wait_mirrored(&edge.data, &central.data, Duration::from_secs(30));
+    central.stop();
+    assert_byte_identical(&edge.data, &central.data);
+    let got = archive_lines(&central.data);
+    assert_eq!(unique_ids(&got).len(), N, "no duplicate, no missing line");
+    assert_eq!(got.len(), N);
+});
+
+both_transports!(kill_9_of_either_side_and_lost_uplink_state_change_nothing, |via: Via| {
+    use rand::Rng;
+    let pki_dir = TestDir::new("pki");
+    let pki = Pki::new(&pki_dir, "pki");
+    let port = free_port();
+    let p = pair("kill", &pki, via, port, port, "commit_bytes = \"128KiB\"\nsegment_max_bytes = \"512KiB\"", "");
+    let mut central = Node::start(&p.central_dir, &p.central_cfg, p.central_ports.admin);
+    let mut edge = Node::start(&p.edge_dir, &p.edge_cfg, p.edge_ports.admin);
+    let mut rng = rand::rng();
+
+    let first = stream_lines(p.edge_ports.tcp, "kill", 0, 300_000, 60_000.0);
+    std::thread::sleep(Duration::from_millis(rng.random_range(1000..2000)));
+    central.kill9();
+    std::thread::sleep(Duration::from_millis(300));
+    central = Node::start(&p.central_dir, &p.central_cfg, p.central_ports.admin);
+    std::thread::sleep(Duration::from_millis(rng.random_range(500..1500)));
+    edge.kill9();
+    let sent_first = first.join().unwrap();
+    // The uplink's own record of what was delivered is lost too.
+    let _ = std::fs::remove_file(edge.data.join("state/uplinks/central.delivered"));
+    edge = Node::start(&p.edge_dir, &p.edge_cfg, p.edge_ports.admin);
+    let second = stream_lines(p.edge_ports.tcp, "kill", 1_000_000, 100_000, 60_000.0);
+    std::thread::sleep(Duration::from_millis(rng.random_range(300..1000)));
+    central.kill9();
+    central = Node::start(&p.central_dir, &p.central_cfg, p.central_ports.admin);
+    assert_eq!(second.join().unwrap(), 100_000);
+
+    edge.wait_metric("ferry_committed_records_total", &[], Duration::from_secs(30), |v| v >= 100_000.0);
+    wait_mirrored(&edge.data, &central.data, Duration::from_secs(60));
+    edge.stop();
+    wait_mirrored(&edge.data, &central.data, Duration::from_secs(30));
+    central.stop();
+    assert_byte_identical(&edge.data, &central.data);
+    assert_verify_ok(&central.data);
+    let edge_lines = archive_lines(&edge.data);
+    let central_lines = archive_lines(&central.data);
+    assert!(edge_lines == central_lines, "central holds exactly the edge's records, in order");
+    let ids = unique_ids(&central_lines);
+    assert!(ids.len() >= 100_000 && ids.len() <= sent_first + 100_000, "{} lines", ids.len());
 });

@@ -23,17 +23,8 @@ impl Rsyslog {
         std::fs::write(&path, conf).unwrap();
         let log = dir.join("rsyslog.out");
         // -N1 validates the config first, so a bad config fails loudly here.
-        let check = Command::new(&bin)
-            .arg("-N1")
-            .arg("-f")
-            .arg(&path)
-            .output()
-            .unwrap();
-        assert!(
-            check.status.success(),
-            "rsyslogd -N1: {}",
-            String::from_utf8_lossy(&check.stderr)
-        );
+        let check = Command::new(&bin).arg("-N1").arg("-f").arg(&path).output().unwrap();
+        assert!(check.status.success(), "rsyslogd -N1: {}", String::from_utf8_lossy(&check.stderr));
         let child = Command::new(bin)
             .arg("-n")
             .arg("-f")
@@ -53,10 +44,7 @@ impl Drop for Rsyslog {
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
-            eprintln!(
-                "--- rsyslogd stderr ---\n{}",
-                std::fs::read_to_string(&self.log).unwrap_or_default()
-            );
+            eprintln!("--- rsyslogd stderr ---\n{}", std::fs::read_to_string(&self.log).unwrap_or_default());
         }
     }
 }
@@ -64,10 +52,7 @@ impl Drop for Rsyslog {
 fn wait_port(port: u16) {
     let t = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "port {port} never opened"
-        );
+        assert!(t.elapsed() < Duration::from_secs(20), "port {port} never opened");
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -75,11 +60,7 @@ fn wait_port(port: u16) {
 #[test]
 fn rsyslog_omfwd_tcp_delivers_every_message() {
     let dir = TestDir::new("rsyslog");
-    let ports = Ports {
-        tcp: free_port(),
-        udp: free_port(),
-        admin: free_port(),
-    };
+    let ports = Ports { tcp: free_port(), udp: free_port(), admin: free_port() };
     let mut node = Node::start(&dir, &node_config(&dir, &ports, "", "", ""), ports.admin);
     let rs_in = free_port();
     let conf = format!(
@@ -100,18 +81,13 @@ input(type="imtcp" port="{rs_in}" address="127.0.0.1")
     const N: usize = 20_000;
     let mut input = String::new();
     for i in 0..N {
-        input.push_str(&format!(
-            "<13>Nov 23 10:00:00 web-01 app[7]: rsyslog-{i:07} user=alice action=login ok\n"
-        ));
+        input.push_str(&format!("<13>Nov 23 10:00:00 web-01 app[7]: rsyslog-{i:07} user=alice action=login ok\n"));
     }
     ferry_send(&["--to", &format!("127.0.0.1:{rs_in}")], input.as_bytes());
 
-    node.wait_metric(
-        "ferry_committed_records_total",
-        &[("stream", "live")],
-        Duration::from_secs(60),
-        |v| v >= N as f64,
-    );
+    node.wait_metric("ferry_committed_records_total", &[("stream", "live")], Duration::from_secs(60), |v| {
+        v >= N as f64
+    });
     // Nothing more than was sent shows up either.
     std::thread::sleep(Duration::from_millis(500));
     node.stop();
@@ -128,9 +104,5 @@ input(type="imtcp" port="{rs_in}" address="127.0.0.1")
         })
         .collect();
     assert_eq!(ids.len(), N, "every message, once");
-    assert!(
-        lines[0].starts_with("<13>1 "),
-        "forwarded in RFC 5424 as configured: {}",
-        lines[0]
-    );
+    assert!(lines[0].starts_with("<13>1 "), "forwarded in RFC 5424 as configured: {}", lines[0]);
 }

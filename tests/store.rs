@@ -53,9 +53,7 @@ async fn write(store: &Store, lines: &[Vec<u8>]) {
 }
 
 fn text_lines(prefix: &str, n: usize) -> Vec<Vec<u8>> {
-    (0..n)
-        .map(|i| format!("{prefix} line {i}").into_bytes())
-        .collect()
+    (0..n).map(|i| format!("{prefix} line {i}").into_bytes()).collect()
 }
 
 /// Lines that do not compress: segment sizes then follow the bytes written.
@@ -84,10 +82,7 @@ fn segment_files(data: &Path) -> Vec<PathBuf> {
 }
 
 fn names(files: &[PathBuf]) -> Vec<String> {
-    files
-        .iter()
-        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
-        .collect()
+    files.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect()
 }
 
 fn sealed(data: &Path, seg: &Path) -> Option<SealRecord> {
@@ -99,40 +94,20 @@ fn sealed(data: &Path, seg: &Path) -> Option<SealRecord> {
 async fn segments_rotate_at_each_utc_hour_and_idle_ones_are_sealed_on_time() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(T0);
-    let store = Store::open(
-        &config(dir.path(), ""),
-        Arc::new(clock.clone()),
-        Metrics::new(),
-    )
-    .unwrap();
+    let store = Store::open(&config(dir.path(), ""), Arc::new(clock.clone()), Metrics::new()).unwrap();
     write(&store, &text_lines("ten", 10)).await;
     clock.set(T0 + 1_500); // 11:00:00.5
     write(&store, &text_lines("eleven", 10)).await;
     let files = segment_files(dir.path());
-    assert_eq!(
-        names(&files),
-        [
-            "live-2026-11-23T10-n1-00000000.log.zst",
-            "live-2026-11-23T11-n1-00000001.log.zst"
-        ]
-    );
-    assert!(
-        sealed(dir.path(), &files[0]).is_some(),
-        "the 10:00 segment is sealed at rotation"
-    );
-    assert!(
-        sealed(dir.path(), &files[1]).is_none(),
-        "the 11:00 segment is open"
-    );
+    assert_eq!(names(&files), ["live-2026-11-23T10-n1-00000000.log.zst", "live-2026-11-23T11-n1-00000001.log.zst"]);
+    assert!(sealed(dir.path(), &files[0]).is_some(), "the 10:00 segment is sealed at rotation");
+    assert!(sealed(dir.path(), &files[1]).is_none(), "the 11:00 segment is open");
 
     // No traffic at all across the next hour boundary: the open segment is still sealed.
     clock.set(T0 + HOUR + 2_000);
     let mut waited = Duration::ZERO;
     while sealed(dir.path(), &files[1]).is_none() {
-        assert!(
-            waited < Duration::from_secs(5),
-            "idle segment not sealed after the hour"
-        );
+        assert!(waited < Duration::from_secs(5), "idle segment not sealed after the hour");
         tokio::time::sleep(Duration::from_millis(50)).await;
         waited += Duration::from_millis(50);
     }
@@ -143,28 +118,14 @@ async fn segments_rotate_at_each_utc_hour_and_idle_ones_are_sealed_on_time() {
         "record sequence continues across segments"
     );
     store.close().await;
-    assert_eq!(
-        util::zstdcat(dir.path())
-            .iter()
-            .filter(|b| **b == b'\n')
-            .count(),
-        20
-    );
+    assert_eq!(util::zstdcat(dir.path()).iter().filter(|b| **b == b'\n').count(), 20);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn segments_rotate_at_segment_max_bytes_and_frames_stay_whole() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(
-        dir.path(),
-        "commit_bytes = \"16KiB\"\nsegment_max_bytes = \"64KiB\"",
-    );
-    let store = Store::open(
-        &cfg,
-        Arc::new(ManualClock::new(T0 - 1_000_000)),
-        Metrics::new(),
-    )
-    .unwrap();
+    let cfg = config(dir.path(), "commit_bytes = \"16KiB\"\nsegment_max_bytes = \"64KiB\"");
+    let store = Store::open(&cfg, Arc::new(ManualClock::new(T0 - 1_000_000)), Metrics::new()).unwrap();
     let lines = noise_lines(7, 4096, 200); // ~800 KiB, incompressible
     for chunk in lines.chunks(64) {
         write(&store, chunk).await;
@@ -175,21 +136,14 @@ async fn segments_rotate_at_segment_max_bytes_and_frames_stay_whole() {
     let mut next_seq = 0;
     for f in &files {
         let len = std::fs::metadata(f).unwrap().len();
-        assert!(
-            len <= 64 << 10,
-            "{} is {len} bytes, over segment_max_bytes",
-            f.display()
-        );
+        assert!(len <= 64 << 10, "{} is {len} bytes, over segment_max_bytes", f.display());
         let seal = sealed(dir.path(), f).expect("every segment sealed after close");
         assert_eq!(seal.len, len);
         let mut r = SegmentReader::open(f).unwrap();
         loop {
             match r.next_frame().unwrap() {
                 Step::Frame { header, .. } => {
-                    assert_eq!(
-                        header.first_seq, next_seq,
-                        "sequence numbers are continuous"
-                    );
+                    assert_eq!(header.first_seq, next_seq, "sequence numbers are continuous");
                     next_seq = header.next_seq();
                 }
                 Step::End => break,
@@ -203,10 +157,7 @@ async fn segments_rotate_at_segment_max_bytes_and_frames_stay_whole() {
         want.extend_from_slice(l);
         want.push(b'\n');
     }
-    assert!(
-        util::zstdcat(dir.path()) == want,
-        "zstdcat over the segments gives back every line in order"
-    );
+    assert!(util::zstdcat(dir.path()) == want, "zstdcat over the segments gives back every line in order");
     util::assert_verify_ok(dir.path());
 }
 
@@ -237,10 +188,7 @@ async fn retention_deletes_sealed_segments_older_than_max_age_and_nothing_else()
     let after = segment_files(dir.path());
     assert_eq!(names(&after), names(&before[2..]));
     for gone in &before[..2] {
-        assert!(
-            sealed(dir.path(), gone).is_none(),
-            "seal record removed with its segment"
-        );
+        assert!(sealed(dir.path(), gone).is_none(), "seal record removed with its segment");
     }
     assert!(!out.full);
     store.close().await;
@@ -258,48 +206,29 @@ async fn retention_by_bytes_deletes_oldest_first_and_on_full_decides_for_undeliv
     for on_full in ["reject", "drop_oldest"] {
         let dir = tempfile::tempdir().unwrap();
         let clock = ManualClock::new(T0);
-        let cfg = config(
-            dir.path(),
-            &format!("[store.retention]\nmax_bytes = \"1MiB\"\non_full = \"{on_full}\""),
-        );
+        let cfg = config(dir.path(), &format!("[store.retention]\nmax_bytes = \"1MiB\"\non_full = \"{on_full}\""));
         let metrics = Metrics::new();
         let store = Store::open(&cfg, Arc::new(clock.clone()), metrics.clone()).unwrap();
         hourly_segments(&store, &clock, 5, 2000).await; // ~400 KiB per segment, ~2 MiB in all
         let before = segment_files(dir.path());
-        let total: u64 = before
-            .iter()
-            .map(|f| std::fs::metadata(f).unwrap().len())
-            .sum();
+        let total: u64 = before.iter().map(|f| std::fs::metadata(f).unwrap().len()).sum();
         assert!(total > (1 << 20) + (300 << 10), "{total}");
 
         // An uplink still needs everything.
         let out = store.retention_pass(&HoldAll).unwrap();
         let h = store.stream("live").unwrap();
         if on_full == "reject" {
-            assert!(
-                out.deleted.is_empty(),
-                "undelivered segments are kept with on_full = reject"
-            );
+            assert!(out.deleted.is_empty(), "undelivered segments are kept with on_full = reject");
             assert!(out.full);
             assert_eq!(metrics.store_full.get(), 1);
             let refused = h.submit(batch(&text_lines("more", 1))).await;
-            assert!(
-                matches!(refused, Err((Error::Full, _))),
-                "the store pushes back on ingest"
-            );
+            assert!(matches!(refused, Err((Error::Full, _))), "the store pushes back on ingest");
         } else {
-            assert!(
-                !out.deleted.is_empty(),
-                "drop_oldest deletes even undelivered segments"
-            );
+            assert!(!out.deleted.is_empty(), "drop_oldest deletes even undelivered segments");
             assert!(out.total_bytes <= 1 << 20);
             assert!(!out.full);
             assert!(
-                metrics
-                    .retention_deleted_segments
-                    .with_label_values(&["undelivered"])
-                    .get()
-                    > 0,
+                metrics.retention_deleted_segments.with_label_values(&["undelivered"]).get() > 0,
                 "and counts them"
             );
         }
@@ -309,19 +238,9 @@ async fn retention_by_bytes_deletes_oldest_first_and_on_full_decides_for_undeliv
         assert!(!out.full);
         assert!(out.total_bytes <= 1 << 20, "{}", out.total_bytes);
         let after = segment_files(dir.path());
-        assert_eq!(
-            names(&after),
-            names(&before[before.len() - after.len()..]),
-            "the newest are kept"
-        );
-        assert!(
-            after.iter().any(|f| sealed(dir.path(), f).is_none()),
-            "the open segment is never deleted"
-        );
-        h.submit(batch(&text_lines("accepted again", 1)))
-            .await
-            .map_err(|e| e.0)
-            .unwrap();
+        assert_eq!(names(&after), names(&before[before.len() - after.len()..]), "the newest are kept");
+        assert!(after.iter().any(|f| sealed(dir.path(), f).is_none()), "the open segment is never deleted");
+        h.submit(batch(&text_lines("accepted again", 1))).await.map_err(|e| e.0).unwrap();
         store.close().await;
     }
 }
@@ -330,12 +249,7 @@ async fn retention_by_bytes_deletes_oldest_first_and_on_full_decides_for_undeliv
 async fn damage_in_the_middle_of_a_segment_is_kept_counted_and_reported_by_verify() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), "");
-    let store = Store::open(
-        &cfg,
-        Arc::new(ManualClock::new(T0 - 100_000)),
-        Metrics::new(),
-    )
-    .unwrap();
+    let store = Store::open(&cfg, Arc::new(ManualClock::new(T0 - 100_000)), Metrics::new()).unwrap();
     for i in 0..5 {
         write(&store, &text_lines(&format!("frame{i}"), 100)).await;
     }
@@ -350,38 +264,16 @@ async fn damage_in_the_middle_of_a_segment_is_kept_counted_and_reported_by_verif
     let out = util::verify(dir.path());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success());
-    assert!(
-        text.contains(&seg.display().to_string()) && text.contains("offset "),
-        "{text}"
-    );
+    assert!(text.contains(&seg.display().to_string()) && text.contains("offset "), "{text}");
     assert!(text.contains("damaged frame"), "{text}");
 
     // Recovery of such a file (seal removed, as after a crash) keeps every byte.
-    let rel = seg
-        .strip_prefix(dir.path().join("archive"))
-        .unwrap()
-        .to_owned();
+    let rel = seg.strip_prefix(dir.path().join("archive")).unwrap().to_owned();
     std::fs::remove_file(seal_path(&dir.path().join("state"), &rel)).unwrap();
     let metrics = Metrics::new();
     let store = Store::open(&cfg, Arc::new(ManualClock::new(T0)), metrics.clone()).unwrap();
-    assert_eq!(
-        std::fs::metadata(&seg).unwrap().len(),
-        len as u64,
-        "not truncated"
-    );
-    assert_eq!(
-        metrics
-            .recovery_corrupt_segments
-            .with_label_values(&["live"])
-            .get(),
-        1
-    );
-    assert_eq!(
-        metrics
-            .recovery_truncated_bytes
-            .with_label_values(&["live"])
-            .get(),
-        0
-    );
+    assert_eq!(std::fs::metadata(&seg).unwrap().len(), len as u64, "not truncated");
+    assert_eq!(metrics.recovery_corrupt_segments.with_label_values(&["live"]).get(), 1);
+    assert_eq!(metrics.recovery_truncated_bytes.with_label_values(&["live"]).get(), 0);
     store.close().await;
 }

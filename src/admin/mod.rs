@@ -23,43 +23,25 @@ pub struct AdminState {
 }
 
 /// Serve until `stop` is cancelled.
-pub async fn serve(
-    listener: TcpListener,
-    state: AdminState,
-    stop: CancellationToken,
-) -> std::io::Result<()> {
+pub async fn serve(listener: TcpListener, state: AdminState, stop: CancellationToken) -> std::io::Result<()> {
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .with_state(state);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await
+    axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await
 }
 
 async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        s.metrics.render(),
-    )
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], s.metrics.render())
 }
 
 async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
     if !s.ready.load(Ordering::Relaxed) {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: starting or stopping\n",
-        );
+        return (StatusCode::SERVICE_UNAVAILABLE, "not ready: starting or stopping\n");
     }
     if s.metrics.store_full.get() != 0 {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: archive full (on_full = reject)\n",
-        );
+        return (StatusCode::SERVICE_UNAVAILABLE, "not ready: archive full (on_full = reject)\n");
     }
     (StatusCode::OK, "ready\n")
 }

@@ -11,13 +11,13 @@ use tracing::{error, info, warn};
 
 use crate::admin::{self, AdminState};
 use crate::config::{Config, ListenerKind};
+use crate::ingest::{self, ListenerCtx};
 use crate::link::receiver::{self, ReceiverCtx};
 use crate::link::transport::Timing;
 use crate::link::uplink::scan::{Delivered, UplinkHold};
 use crate::link::uplink::Uplink;
-use crate::mirror::Mirror;
-use crate::ingest::{self, ListenerCtx};
 use crate::metrics::Metrics;
+use crate::mirror::Mirror;
 use crate::shutdown::Shutdown;
 use crate::store::clock::{Clock, SystemClock};
 use crate::store::retention::{self, NoHold};
@@ -33,10 +33,7 @@ pub fn run(config: Option<PathBuf>) -> anyhow::Result<i32> {
         Some(p) => Config::load(p).with_context(|| format!("config {}", p.display()))?,
         None => Config::default_embedded(),
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("ferry")
-        .build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("ferry").build()?;
     rt.block_on(run_node(cfg, Arc::new(SystemClock)))?;
     Ok(0)
 }
@@ -46,23 +43,26 @@ pub async fn run_node(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<()> 
     let metrics = Metrics::new();
     metrics.up_since.set(clock.now_ms() / 1000);
     info!(site = %cfg.node.site, node = %cfg.node.name, data_dir = %cfg.node.data_dir.display(), config = %cfg.source, "ferry starting");
-    let store =
-        Arc::new(Store::open(&cfg, clock.clone(), metrics.clone()).context("opening the store")?);
+    let store = Arc::new(Store::open(&cfg, clock.clone(), metrics.clone()).context("opening the store")?);
 
     // Bind everything before serving anything: a port in use fails the start.
     let mut receivers = Vec::new();
     for l in cfg.listeners.iter().filter(|l| l.kind == ListenerKind::Ferry) {
         let files = cfg.tls.as_ref().expect("validated: ferry listeners have [tls]");
-        let timing = Timing { keepalive: Duration::from_secs(2), dead_after: l.idle_timeout.min(Duration::from_secs(60)), connect_timeout: Duration::from_secs(10) };
-        let b = receiver::Bound::bind(l, files, &timing).await.with_context(|| format!("listener {}: cannot listen on {}", l.name, l.listen))?;
+        let timing = Timing {
+            keepalive: Duration::from_secs(2),
+            dead_after: l.idle_timeout.min(Duration::from_secs(60)),
+            connect_timeout: Duration::from_secs(10),
+        };
+        let b = receiver::Bound::bind(l, files, &timing)
+            .await
+            .with_context(|| format!("listener {}: cannot listen on {}", l.name, l.listen))?;
         info!(listener = %l.name, transport = ?l.transport, addr = %b.local_addr(), "receiving links");
         receivers.push((b, l.clone(), timing));
     }
     let mut bound = Vec::new();
     for l in cfg.listeners.iter().filter(|l| l.kind == ListenerKind::Syslog) {
-        let b = ingest::bind(l)
-            .await
-            .with_context(|| format!("listener {}: cannot listen on {}", l.name, l.listen))?;
+        let b = ingest::bind(l).await.with_context(|| format!("listener {}: cannot listen on {}", l.name, l.listen))?;
         info!(listener = %l.name, transport = ?l.transport, addr = %b.local_addr(), stream = %l.stream, "listening");
         bound.push((b, l.clone()));
     }
@@ -70,14 +70,9 @@ pub async fn run_node(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<()> 
     let admin_stop = CancellationToken::new();
     let mut admin_task = None;
     if let Some(addr) = cfg.admin.listen {
-        let l = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("admin: cannot listen on {addr}"))?;
+        let l = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("admin: cannot listen on {addr}"))?;
         info!(addr = %l.local_addr()?, "admin listening (/metrics /healthz /readyz)");
-        let st = AdminState {
-            metrics: metrics.clone(),
-            ready: ready.clone(),
-        };
+        let st = AdminState { metrics: metrics.clone(), ready: ready.clone() };
         let stop = admin_stop.clone();
         admin_task = Some(tokio::spawn(async move {
             if let Err(e) = admin::serve(l, st, stop).await {
@@ -88,8 +83,7 @@ pub async fn run_node(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<()> 
 
     let sd = Shutdown::new();
     for (b, l) in bound {
-        let ctx =
-            Arc::new(ListenerCtx::new(l, &store, metrics.clone()).map_err(anyhow::Error::msg)?);
+        let ctx = Arc::new(ListenerCtx::new(l, &store, metrics.clone()).map_err(anyhow::Error::msg)?);
         sd.spawn(ingest::serve(b, ctx, sd.clone()));
     }
     if !receivers.is_empty() {
@@ -106,7 +100,8 @@ pub async fn run_node(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<()> 
     let mut delivered = Vec::new();
     for u in &cfg.uplinks {
         let d = Arc::new(
-            Delivered::load(&cfg.state_dir(), &u.name).with_context(|| format!("uplink {}: reading its state", u.name))?,
+            Delivered::load(&cfg.state_dir(), &u.name)
+                .with_context(|| format!("uplink {}: reading its state", u.name))?,
         );
         d.retain_existing(&cfg.archive_dir());
         delivered.push(d.clone());
@@ -126,12 +121,8 @@ pub async fn run_node(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<()> 
     let hold: Arc<dyn retention::Hold> =
         if delivered.is_empty() { Arc::new(NoHold) } else { Arc::new(UplinkHold(delivered)) };
     let retention_stop = CancellationToken::new();
-    let retention_task = tokio::spawn(retention::run(
-        store.clone(),
-        hold,
-        cfg.store.retention.check_interval,
-        retention_stop.clone(),
-    ));
+    let retention_task =
+        tokio::spawn(retention::run(store.clone(), hold, cfg.store.retention.check_interval, retention_stop.clone()));
     ready.store(true, Ordering::Relaxed);
     metrics.ready.set(1);
     info!("ferry ready");

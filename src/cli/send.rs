@@ -60,24 +60,17 @@ pub fn send(a: SendArgs) -> anyhow::Result<i32> {
     let mut input = BufReader::with_capacity(1 << 20, input);
     let mut out = match a.transport {
         SendTransport::Tcp => {
-            let s =
-                TcpStream::connect(&a.to).with_context(|| format!("cannot connect to {}", a.to))?;
+            let s = TcpStream::connect(&a.to).with_context(|| format!("cannot connect to {}", a.to))?;
             s.set_nodelay(true)?;
             Out::Stream(Box::new(io::BufWriter::with_capacity(256 << 10, s)))
         }
         SendTransport::UnixStream => {
-            let s = UnixStream::connect(&a.to)
-                .with_context(|| format!("cannot connect to {}", a.to))?;
+            let s = UnixStream::connect(&a.to).with_context(|| format!("cannot connect to {}", a.to))?;
             Out::Stream(Box::new(io::BufWriter::with_capacity(256 << 10, s)))
         }
         SendTransport::Udp => {
-            let s = UdpSocket::bind(if a.to.starts_with('[') {
-                "[::]:0"
-            } else {
-                "0.0.0.0:0"
-            })?;
-            s.connect(&a.to)
-                .with_context(|| format!("cannot reach {}", a.to))?;
+            let s = UdpSocket::bind(if a.to.starts_with('[') { "[::]:0" } else { "0.0.0.0:0" })?;
+            s.connect(&a.to).with_context(|| format!("cannot reach {}", a.to))?;
             Out::Udp(s)
         }
         SendTransport::Unix => Out::Unix(UnixDatagram::unbound()?, a.to.clone()),
@@ -122,8 +115,7 @@ pub fn send(a: SendArgs) -> anyhow::Result<i32> {
                 s.send(&line).with_context(|| format!("send to {}", a.to))?;
             }
             Out::Unix(s, path) => {
-                s.send_to(&line, &*path)
-                    .with_context(|| format!("send to {path}"))?;
+                s.send_to(&line, &*path).with_context(|| format!("send to {path}"))?;
             }
         }
         sent += 1;
@@ -132,9 +124,6 @@ pub fn send(a: SendArgs) -> anyhow::Result<i32> {
         w.flush()?;
     }
     let secs = started.elapsed().as_secs_f64();
-    eprintln!(
-        "ferry send: {sent} lines in {secs:.3}s ({:.0} lines/s)",
-        sent as f64 / secs.max(1e-9)
-    );
+    eprintln!("ferry send: {sent} lines in {secs:.3}s ({:.0} lines/s)", sent as f64 / secs.max(1e-9));
     Ok(0)
 }

@@ -41,10 +41,7 @@ pub fn verify(dir: &Path, verbose: bool) -> anyhow::Result<i32> {
             if e.file_name().to_string_lossy().ends_with(SEGMENT_SUFFIX) {
                 files.push(e.into_path());
             } else {
-                println!(
-                    "{}: not a segment file (nothing but segments belongs under archive/)",
-                    e.path().display()
-                );
+                println!("{}: not a segment file (nothing but segments belongs under archive/)", e.path().display());
                 t.problems += 1;
             }
         }
@@ -67,19 +64,24 @@ pub fn verify(dir: &Path, verbose: bool) -> anyhow::Result<i32> {
                         Ok(n) if n == header.raw_len as usize => {
                             let lines = memchr::memchr_iter(b'\n', &raw).count() as u64;
                             if lines != u64::from(header.records) || raw.last() != Some(&b'\n') {
-                                println!("{}: offset {offset}: frame says {} records, data has {lines} lines", path.display(), header.records);
+                                println!(
+                                    "{}: offset {offset}: frame says {} records, data has {lines} lines",
+                                    path.display(),
+                                    header.records
+                                );
                                 t.problems += 1;
                             }
                         }
                         Ok(n) => {
-                            println!("{}: offset {offset}: frame says {} bytes uncompressed, data has {n}", path.display(), header.raw_len);
+                            println!(
+                                "{}: offset {offset}: frame says {} bytes uncompressed, data has {n}",
+                                path.display(),
+                                header.raw_len
+                            );
                             t.problems += 1;
                         }
                         Err(e) => {
-                            println!(
-                                "{}: offset {offset}: data frame does not decompress: {e}",
-                                path.display()
-                            );
+                            println!("{}: offset {offset}: data frame does not decompress: {e}", path.display());
                             t.problems += 1;
                         }
                     }
@@ -110,22 +112,13 @@ pub fn verify(dir: &Path, verbose: bool) -> anyhow::Result<i32> {
                 Ok(Some(seal)) => {
                     t.sealed += 1;
                     if seal.len != r.len() {
-                        println!(
-                            "{}: sealed at {} bytes but is {} bytes",
-                            path.display(),
-                            seal.len,
-                            r.len()
-                        );
+                        println!("{}: sealed at {} bytes but is {} bytes", path.display(), seal.len, r.len());
                         t.problems += 1;
                     } else if sha256_file(path)? != seal.sha256 {
                         println!("{}: SHA-256 differs from its seal record", path.display());
                         t.problems += 1;
                     } else if seal.records != records {
-                        println!(
-                            "{}: seal says {} records, frames hold {records}",
-                            path.display(),
-                            seal.records
-                        );
+                        println!("{}: seal says {} records, frames hold {records}", path.display(), seal.records);
                         t.problems += 1;
                     }
                 }
@@ -137,16 +130,8 @@ pub fn verify(dir: &Path, verbose: bool) -> anyhow::Result<i32> {
             }
         }
         if verbose {
-            let status = if t.problems == before {
-                "ok"
-            } else {
-                "PROBLEMS"
-            };
-            println!(
-                "{}: {status}: {frames} frames, {records} records, {} bytes",
-                path.display(),
-                r.len()
-            );
+            let status = if t.problems == before { "ok" } else { "PROBLEMS" };
+            println!("{}: {status}: {frames} frames, {records} records, {} bytes", path.display(), r.len());
         }
     }
     println!(

@@ -201,11 +201,7 @@ pub struct Problem {
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.line > 0 {
-            write!(
-                f,
-                "{}:{}: {}: {}",
-                self.file, self.line, self.key, self.message
-            )
+            write!(f, "{}:{}: {}: {}", self.file, self.line, self.key, self.message)
         } else {
             write!(f, "{}: {}: {}", self.file, self.key, self.message)
         }
@@ -228,17 +224,13 @@ pub enum Error {
 impl Config {
     /// Load and validate a config file.
     pub fn load(path: &Path) -> Result<Config, Error> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read { path: path.to_owned(), source })?;
         validate(&text, &path.display().to_string())
     }
 
     /// The embedded default config.
     pub fn default_embedded() -> Config {
-        validate(DEFAULT_CONFIG, "<embedded default>")
-            .expect("the embedded default config is valid")
+        validate(DEFAULT_CONFIG, "<embedded default>").expect("the embedded default config is valid")
     }
 
     /// `data_dir/archive`: segment files and nothing else.

@@ -35,9 +35,7 @@ impl FromStr for ByteSize {
             "t" | "tb" => 1_000_000_000_000,
             "ti" | "tib" => 1 << 40,
             _ => {
-                return Err(format!(
-                "unknown size unit {unit:?} in {s:?} (use B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)"
-            ))
+                return Err(format!("unknown size unit {unit:?} in {s:?} (use B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)"))
             }
         };
         let v = num * mult as f64;
@@ -50,12 +48,7 @@ impl FromStr for ByteSize {
 
 impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const UNITS: [(&str, u64); 4] = [
-            ("TiB", 1 << 40),
-            ("GiB", 1 << 30),
-            ("MiB", 1 << 20),
-            ("KiB", 1 << 10),
-        ];
+        const UNITS: [(&str, u64); 4] = [("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
         for (name, m) in UNITS {
             if self.0 >= m && self.0 % m == 0 {
                 return write!(f, "{}{}", self.0 / m, name);
@@ -82,11 +75,7 @@ impl FromStr for HumanDuration {
             "d" => 86_400.0,
             "w" => 7.0 * 86_400.0,
             "" => return Err(format!("duration {s:?} needs a unit (ms, s, m, h, d, w)")),
-            _ => {
-                return Err(format!(
-                    "unknown duration unit {unit:?} in {s:?} (use ms, s, m, h, d, w)"
-                ))
-            }
+            _ => return Err(format!("unknown duration unit {unit:?} in {s:?} (use ms, s, m, h, d, w)")),
         };
         let v = num * secs;
         if !(0.0..=1e12).contains(&v) {
@@ -107,10 +96,8 @@ pub struct Rate {
 impl FromStr for Rate {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let body = s
-            .trim()
-            .strip_suffix("/s")
-            .ok_or_else(|| format!("rate {s:?} must end in /s, e.g. \"20Mbit/s\""))?;
+        let body =
+            s.trim().strip_suffix("/s").ok_or_else(|| format!("rate {s:?} must end in /s, e.g. \"20Mbit/s\""))?;
         let (num, unit) = split_number(body)?;
         let lower = unit.to_ascii_lowercase();
         let bytes_per_sec = if let Some(prefix) = lower.strip_suffix("bit") {
@@ -119,19 +106,13 @@ impl FromStr for Rate {
                 "k" => 1e3,
                 "m" => 1e6,
                 "g" => 1e9,
-                _ => {
-                    return Err(format!(
-                        "unknown bit-rate prefix in {s:?} (use bit, kbit, Mbit, Gbit)"
-                    ))
-                }
+                _ => return Err(format!("unknown bit-rate prefix in {s:?} (use bit, kbit, Mbit, Gbit)")),
             };
             num * m / 8.0
         } else {
             ByteSize::from_str(&format!("1{unit}"))
                 .map(|b| b.0 as f64 * num)
-                .map_err(|_| {
-                    format!("unknown rate unit in {s:?} (use e.g. \"20Mbit/s\" or \"5MiB/s\")")
-                })?
+                .map_err(|_| format!("unknown rate unit in {s:?} (use e.g. \"20Mbit/s\" or \"5MiB/s\")"))?
         };
         if bytes_per_sec <= 0.0 {
             return Err(format!("rate {s:?} must be positive"));
@@ -142,17 +123,12 @@ impl FromStr for Rate {
 
 fn split_number(s: &str) -> Result<(f64, &str), String> {
     let t = s.trim();
-    let end = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '_'))
-        .unwrap_or(t.len());
+    let end = t.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '_')).unwrap_or(t.len());
     let (n, unit) = t.split_at(end);
     if n.is_empty() {
         return Err(format!("{s:?} does not start with a number"));
     }
-    let n: f64 = n
-        .replace('_', "")
-        .parse()
-        .map_err(|_| format!("{s:?} has a malformed number"))?;
+    let n: f64 = n.replace('_', "").parse().map_err(|_| format!("{s:?} has a malformed number"))?;
     Ok((n, unit.trim()))
 }
 
@@ -201,18 +177,9 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(
-            "100ms".parse::<HumanDuration>().unwrap().0,
-            Duration::from_millis(100)
-        );
-        assert_eq!(
-            "30d".parse::<HumanDuration>().unwrap().0,
-            Duration::from_secs(30 * 86400)
-        );
-        assert_eq!(
-            "1.5s".parse::<HumanDuration>().unwrap().0,
-            Duration::from_millis(1500)
-        );
+        assert_eq!("100ms".parse::<HumanDuration>().unwrap().0, Duration::from_millis(100));
+        assert_eq!("30d".parse::<HumanDuration>().unwrap().0, Duration::from_secs(30 * 86400));
+        assert_eq!("1.5s".parse::<HumanDuration>().unwrap().0, Duration::from_millis(1500));
         assert!("30".parse::<HumanDuration>().is_err());
         assert!("3y".parse::<HumanDuration>().is_err());
     }

@@ -27,21 +27,12 @@ struct Ctx<'a> {
 impl Ctx<'_> {
     fn line_of(&self, span: Range<usize>) -> usize {
         let end = span.start.min(self.text.len());
-        self.text.as_bytes()[..end]
-            .iter()
-            .filter(|&&b| b == b'\n')
-            .count()
-            + 1
+        self.text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
     }
 
     fn err(&mut self, key: &str, span: Option<Range<usize>>, message: impl Into<String>) {
         let line = span.map(|s| self.line_of(s)).unwrap_or(0);
-        self.problems.push(Problem {
-            file: self.file.to_owned(),
-            line,
-            key: key.to_owned(),
-            message: message.into(),
-        });
+        self.problems.push(Problem { file: self.file.to_owned(), line, key: key.to_owned(), message: message.into() });
     }
 
     fn at<T>(&mut self, key: &str, v: &Spanned<T>, message: impl Into<String>) {
@@ -53,30 +44,24 @@ impl Ctx<'_> {
         let s = v.get_ref();
         let ok = !s.is_empty()
             && s.len() <= 64
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
             && !s.starts_with('-');
         if !ok {
-            self.at(key, v, format!("{s:?} must be 1-64 characters of A-Z a-z 0-9 - _ (it becomes part of file paths)"));
+            self.at(
+                key,
+                v,
+                format!("{s:?} must be 1-64 characters of A-Z a-z 0-9 - _ (it becomes part of file paths)"),
+            );
         }
         s.clone()
     }
 
-    fn one_of<T: Copy>(
-        &mut self,
-        key: &str,
-        v: &Spanned<String>,
-        choices: &[(&str, T)],
-    ) -> Option<T> {
+    fn one_of<T: Copy>(&mut self, key: &str, v: &Spanned<String>, choices: &[(&str, T)]) -> Option<T> {
         match choices.iter().find(|(n, _)| *n == v.get_ref()) {
             Some((_, t)) => Some(*t),
             None => {
                 let names: Vec<_> = choices.iter().map(|(n, _)| *n).collect();
-                self.at(
-                    key,
-                    v,
-                    format!("{:?} is not one of: {}", v.get_ref(), names.join(", ")),
-                );
+                self.at(key, v, format!("{:?} is not one of: {}", v.get_ref(), names.join(", ")));
                 None
             }
         }
@@ -108,11 +93,7 @@ fn key_at(text: &str, span: Range<usize>) -> String {
 
 /// Parse and validate config text. `file` names it in every problem.
 pub fn validate(text: &str, file: &str) -> Result<Config, Error> {
-    let mut cx = Ctx {
-        file,
-        text,
-        problems: Vec::new(),
-    };
+    let mut cx = Ctx { file, text, problems: Vec::new() };
     let raw: RawConfig = match toml::from_str(text) {
         Ok(r) => r,
         Err(e) => {
@@ -129,11 +110,7 @@ pub fn validate(text: &str, file: &str) -> Result<Config, Error> {
             let site = match &n.site {
                 Some(s) => cx.name("node.site", s),
                 None => {
-                    cx.err(
-                        "node.site",
-                        None,
-                        "missing: the datacenter this node archives for",
-                    );
+                    cx.err("node.site", None, "missing: the datacenter this node archives for");
                     String::new()
                 }
             };
@@ -155,11 +132,7 @@ pub fn validate(text: &str, file: &str) -> Result<Config, Error> {
             (site, name, data_dir)
         }
         None => {
-            cx.err(
-                "node",
-                None,
-                "missing [node] section (site, name, data_dir)",
-            );
+            cx.err("node", None, "missing [node] section (site, name, data_dir)");
             (String::new(), String::new(), PathBuf::new())
         }
     };
@@ -173,10 +146,7 @@ pub fn validate(text: &str, file: &str) -> Result<Config, Error> {
                 cx.at(
                     "admin.listen",
                     l,
-                    format!(
-                        "{:?} is not an address:port such as \"127.0.0.1:9750\"",
-                        l.get_ref()
-                    ),
+                    format!("{:?} is not an address:port such as \"127.0.0.1:9750\"", l.get_ref()),
                 );
                 None
             }
@@ -197,11 +167,7 @@ pub fn validate(text: &str, file: &str) -> Result<Config, Error> {
         streams.push(n);
     }
     if streams.is_empty() {
-        cx.err(
-            "stream",
-            None,
-            "no [[stream]] defined: records need somewhere to go",
-        );
+        cx.err("stream", None, "no [[stream]] defined: records need somewhere to go");
     }
 
     // [[listener]]
@@ -209,16 +175,9 @@ pub fn validate(text: &str, file: &str) -> Result<Config, Error> {
     for (i, l) in raw.listener.iter().enumerate() {
         if let Some(lc) = validate_listener(&mut cx, i, l, &streams) {
             if listeners.iter().any(|o| o.name == lc.name) {
-                cx.at(
-                    &format!("listener[{i}].name"),
-                    &l.name,
-                    format!("listener {:?} is defined twice", lc.name),
-                );
+                cx.at(&format!("listener[{i}].name"), &l.name, format!("listener {:?} is defined twice", lc.name));
             }
-            if listeners
-                .iter()
-                .any(|o| o.listen == lc.listen && same_socket_kind(o.transport, lc.transport))
-            {
+            if listeners.iter().any(|o| o.listen == lc.listen && same_socket_kind(o.transport, lc.transport)) {
                 cx.at(
                     &format!("listener[{i}].listen"),
                     &l.listen,
@@ -257,14 +216,8 @@ pub fn validate(text: &str, file: &str) -> Result<Config, Error> {
             tls,
             uplinks,
             source: file.to_owned(),
-            node: NodeConfig {
-                site,
-                name,
-                data_dir,
-            },
-            admin: AdminConfig {
-                listen: admin_listen,
-            },
+            node: NodeConfig { site, name, data_dir },
+            admin: AdminConfig { listen: admin_listen },
             store,
             streams,
             listeners,
@@ -315,11 +268,7 @@ fn validate_store(cx: &mut Ctx<'_>, raw: Option<&raw::RawStore>) -> StoreConfig 
     if let Some(v) = &r.segment_max_bytes {
         let b = v.get_ref().0;
         if !((64 << 10)..=(64u64 << 30)).contains(&b) {
-            cx.at(
-                "store.segment_max_bytes",
-                v,
-                "must be between 64KiB and 64GiB",
-            );
+            cx.at("store.segment_max_bytes", v, "must be between 64KiB and 64GiB");
         }
         s.segment_max_bytes = b;
     }
@@ -330,17 +279,9 @@ fn validate_store(cx: &mut Ctx<'_>, raw: Option<&raw::RawStore>) -> StoreConfig 
             "must be at least store.commit_bytes",
         );
     }
-    let interval = r
-        .fsync_interval
-        .as_ref()
-        .map(|v| v.get_ref().0)
-        .unwrap_or(Duration::from_secs(1));
+    let interval = r.fsync_interval.as_ref().map(|v| v.get_ref().0).unwrap_or(Duration::from_secs(1));
     if let Some(v) = &r.fsync {
-        s.fsync = match cx.one_of(
-            "store.fsync",
-            v,
-            &[("always", 0), ("interval", 1), ("never", 2)],
-        ) {
+        s.fsync = match cx.one_of("store.fsync", v, &[("always", 0), ("interval", 1), ("never", 2)]) {
             Some(0) | None => FsyncPolicy::Always,
             Some(1) => FsyncPolicy::Interval(interval),
             _ => FsyncPolicy::Never,
@@ -362,11 +303,7 @@ fn validate_store(cx: &mut Ctx<'_>, raw: Option<&raw::RawStore>) -> StoreConfig 
         if let Some(v) = &ret.max_age {
             let d = v.get_ref().0;
             if d < Duration::from_secs(3600) {
-                cx.at(
-                    "store.retention.max_age",
-                    v,
-                    "must be at least 1h (segments are hourly)",
-                );
+                cx.at("store.retention.max_age", v, "must be at least 1h (segments are hourly)");
             }
             s.retention.max_age = Some(d);
         }
@@ -381,10 +318,7 @@ fn validate_store(cx: &mut Ctx<'_>, raw: Option<&raw::RawStore>) -> StoreConfig 
             if let Some(o) = cx.one_of(
                 "store.retention.on_full",
                 v,
-                &[
-                    ("reject", OnFull::Reject),
-                    ("drop_oldest", OnFull::DropOldest),
-                ],
+                &[("reject", OnFull::Reject), ("drop_oldest", OnFull::DropOldest)],
             ) {
                 s.retention.on_full = o;
             }
@@ -392,11 +326,7 @@ fn validate_store(cx: &mut Ctx<'_>, raw: Option<&raw::RawStore>) -> StoreConfig 
         if let Some(v) = &ret.check_interval {
             let d = v.get_ref().0;
             if d < Duration::from_millis(100) {
-                cx.at(
-                    "store.retention.check_interval",
-                    v,
-                    "must be at least 100ms",
-                );
+                cx.at("store.retention.check_interval", v, "must be at least 100ms");
             }
             s.retention.check_interval = d;
         }
@@ -408,7 +338,8 @@ fn validate_uplink(cx: &mut Ctx<'_>, i: usize, u: &raw::RawUplink) -> Option<Upl
     let k = |f: &str| format!("uplink[{i}].{f}");
     let before = cx.problems.len();
     let name = cx.name(&k("name"), &u.name);
-    let transport = cx.one_of(&k("transport"), &u.transport, &[("tcp", LinkTransport::Tcp), ("quic", LinkTransport::Quic)]);
+    let transport =
+        cx.one_of(&k("transport"), &u.transport, &[("tcp", LinkTransport::Tcp), ("quic", LinkTransport::Quic)]);
     let addresses = u.addresses.get_ref().clone();
     if addresses.is_empty() {
         cx.at(&k("addresses"), &u.addresses, "needs at least one receiver address (host:port)");
@@ -419,21 +350,23 @@ fn validate_uplink(cx: &mut Ctx<'_>, i: usize, u: &raw::RawUplink) -> Option<Upl
             cx.at(&k("addresses"), &u.addresses, format!("{a:?} is not host:port"));
         }
     }
-    let dur = |cx: &mut Ctx<'_>, v: &Option<Spanned<HumanDuration>>, key: &str, default: Duration, min: Duration| match v {
-        Some(d) => {
-            if d.get_ref().0 < min {
-                cx.at(&k(key), d, format!("must be at least {min:?}"));
+    let dur =
+        |cx: &mut Ctx<'_>, v: &Option<Spanned<HumanDuration>>, key: &str, default: Duration, min: Duration| match v {
+            Some(d) => {
+                if d.get_ref().0 < min {
+                    cx.at(&k(key), d, format!("must be at least {min:?}"));
+                }
+                d.get_ref().0
             }
-            d.get_ref().0
-        }
-        None => default,
-    };
+            None => default,
+        };
     let keepalive = dur(cx, &u.keepalive, "keepalive", Duration::from_secs(2), Duration::from_millis(100));
     let dead_after = dur(cx, &u.dead_after, "dead_after", Duration::from_secs(10), Duration::from_millis(500));
     if keepalive >= dead_after {
         cx.err(&k("keepalive"), u.keepalive.as_ref().map(|v| v.span()), "must be shorter than dead_after");
     }
-    let connect_timeout = dur(cx, &u.connect_timeout, "connect_timeout", Duration::from_secs(10), Duration::from_millis(100));
+    let connect_timeout =
+        dur(cx, &u.connect_timeout, "connect_timeout", Duration::from_secs(10), Duration::from_millis(100));
     let backoff_min = dur(cx, &u.backoff_min, "backoff_min", Duration::from_millis(200), Duration::from_millis(10));
     let backoff_max = dur(cx, &u.backoff_max, "backoff_max", Duration::from_secs(30), Duration::from_millis(10));
     if backoff_min > backoff_max {
@@ -486,12 +419,7 @@ fn validate_uplink(cx: &mut Ctx<'_>, i: usize, u: &raw::RawUplink) -> Option<Upl
     })
 }
 
-fn validate_listener(
-    cx: &mut Ctx<'_>,
-    i: usize,
-    l: &RawListener,
-    streams: &[String],
-) -> Option<ListenerConfig> {
+fn validate_listener(cx: &mut Ctx<'_>, i: usize, l: &RawListener, streams: &[String]) -> Option<ListenerConfig> {
     let k = |f: &str| format!("listener[{i}].{f}");
     let before = cx.problems.len();
     let name = cx.name(&k("name"), &l.name);
@@ -524,10 +452,7 @@ fn validate_listener(
                 cx.at(
                     &k("listen"),
                     &l.listen,
-                    format!(
-                        "{:?} is not an address:port such as \"0.0.0.0:6514\"",
-                        l.listen.get_ref()
-                    ),
+                    format!("{:?} is not an address:port such as \"0.0.0.0:6514\"", l.listen.get_ref()),
                 );
                 ListenAddr::Path(PathBuf::new())
             }
@@ -536,11 +461,7 @@ fn validate_listener(
     let stream = match &l.stream {
         Some(s) => {
             if !streams.contains(s.get_ref()) {
-                cx.at(
-                    &k("stream"),
-                    s,
-                    format!("no [[stream]] named {:?}", s.get_ref()),
-                );
+                cx.at(&k("stream"), s, format!("no [[stream]] named {:?}", s.get_ref()));
             }
             s.get_ref().clone()
         }
@@ -551,11 +472,7 @@ fn validate_listener(
     };
     let trust = match &l.trust {
         Some(t) => cx
-            .one_of(
-                &k("trust"),
-                t,
-                &[("trusted", Trust::Trusted), ("untrusted", Trust::Untrusted)],
-            )
+            .one_of(&k("trust"), t, &[("trusted", Trust::Trusted), ("untrusted", Trust::Untrusted)])
             .unwrap_or(Trust::Trusted),
         None => Trust::Trusted,
     };
@@ -576,10 +493,7 @@ fn validate_listener(
                 cx.at(
                     &k("max_record_bytes"),
                     v,
-                    format!(
-                        "must be between 256B and {}",
-                        ByteSize(MAX_RECORD_BYTES_CEILING as u64)
-                    ),
+                    format!("must be between 256B and {}", ByteSize(MAX_RECORD_BYTES_CEILING as u64)),
                 );
             }
             n.clamp(256, MAX_RECORD_BYTES_CEILING)
@@ -599,11 +513,7 @@ fn validate_listener(
     for (j, r) in l.route.iter().enumerate() {
         let rk = |f: &str| format!("listener[{i}].route[{j}].{f}");
         if !streams.contains(r.stream.get_ref()) {
-            cx.at(
-                &rk("stream"),
-                &r.stream,
-                format!("no [[stream]] named {:?}", r.stream.get_ref()),
-            );
+            cx.at(&rk("stream"), &r.stream, format!("no [[stream]] named {:?}", r.stream.get_ref()));
         }
         let facility = r.facility.as_ref().and_then(|f| match crate::ingest::syslog::parse::facility_by_name(f.get_ref()) {
             Some(n) => Some(n),
@@ -613,11 +523,7 @@ fn validate_listener(
             }
         });
         if r.app_name.is_none() && r.facility.is_none() && r.hostname.is_none() {
-            cx.at(
-                &rk("stream"),
-                &r.stream,
-                "a route needs at least one of app_name, facility, hostname",
-            );
+            cx.at(&rk("stream"), &r.stream, "a route needs at least one of app_name, facility, hostname");
         }
         routes.push(Route {
             app_name: r.app_name.as_ref().map(|s| s.get_ref().clone()),
@@ -636,7 +542,11 @@ fn validate_listener(
         cx.at(&k("route"), &l.name, "ferry receivers mirror segments as they are: no routes");
     }
     if !routes.is_empty() && transport.is_some() && trust == Trust::Untrusted {
-        cx.at(&k("route"), &l.name, "untrusted listeners cannot route by record content: their sources must not choose their stream");
+        cx.at(
+            &k("route"),
+            &l.name,
+            "untrusted listeners cannot route by record content: their sources must not choose their stream",
+        );
     }
     if cx.problems.len() > before {
         return None;
@@ -691,9 +601,7 @@ listen = "127.0.0.1:0"
     #[test]
     fn unknown_key_names_key_and_line() {
         let text = MINIMAL.replace("name = \"relay-1\"", "name = \"relay-1\"\nnmae = \"x\"");
-        let Err(Error::Invalid(p)) = validate(&text, "t.toml") else {
-            panic!()
-        };
+        let Err(Error::Invalid(p)) = validate(&text, "t.toml") else { panic!() };
         assert_eq!(p.len(), 1);
         assert_eq!(p[0].line, 5);
         assert_eq!(p[0].key, "node.nmae");
@@ -702,27 +610,17 @@ listen = "127.0.0.1:0"
 
     #[test]
     fn every_problem_is_reported() {
-        let text = format!(
-            "{MINIMAL}\n[store]\ncommit_bytes = \"1B\"\nfsync = \"sometimes\"\nzstd_level = 40\n"
-        );
-        let Err(Error::Invalid(p)) = validate(&text, "t.toml") else {
-            panic!()
-        };
+        let text = format!("{MINIMAL}\n[store]\ncommit_bytes = \"1B\"\nfsync = \"sometimes\"\nzstd_level = 40\n");
+        let Err(Error::Invalid(p)) = validate(&text, "t.toml") else { panic!() };
         let keys: Vec<_> = p.iter().map(|p| p.key.as_str()).collect();
-        assert_eq!(
-            keys,
-            ["store.commit_bytes", "store.fsync", "store.zstd_level"],
-            "{p:?}"
-        );
+        assert_eq!(keys, ["store.commit_bytes", "store.fsync", "store.zstd_level"], "{p:?}");
         assert!(p.iter().all(|p| p.line > 0));
     }
 
     #[test]
     fn bad_unit_is_a_located_error() {
         let text = format!("{MINIMAL}\n[store]\ncommit_interval = \"100 parsecs\"\n");
-        let Err(Error::Invalid(p)) = validate(&text, "t.toml") else {
-            panic!()
-        };
+        let Err(Error::Invalid(p)) = validate(&text, "t.toml") else { panic!() };
         assert_eq!(p[0].line, 17, "{p:?}");
         assert_eq!(p[0].key, "store.commit_interval");
         assert!(p[0].message.contains("parsecs"));
@@ -730,13 +628,8 @@ listen = "127.0.0.1:0"
 
     #[test]
     fn unknown_stream_in_listener() {
-        let text = MINIMAL.replace(
-            "listen = \"127.0.0.1:0\"",
-            "listen = \"127.0.0.1:0\"\nstream = \"nope\"",
-        );
-        let Err(Error::Invalid(p)) = validate(&text, "t.toml") else {
-            panic!()
-        };
+        let text = MINIMAL.replace("listen = \"127.0.0.1:0\"", "listen = \"127.0.0.1:0\"\nstream = \"nope\"");
+        let Err(Error::Invalid(p)) = validate(&text, "t.toml") else { panic!() };
         assert_eq!(p[0].key, "listener[0].stream");
     }
 }

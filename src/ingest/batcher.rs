@@ -103,16 +103,8 @@ impl Batcher {
 
     #[cold]
     fn flag(&mut self, flag: &'static str) {
-        self.ctx
-            .metrics
-            .flagged_records
-            .with_label_values(&[&self.listener, flag])
-            .inc();
-        let warned = if flag == "nul_byte" {
-            &mut self.warned_nul
-        } else {
-            &mut self.warned_utf8
-        };
+        self.ctx.metrics.flagged_records.with_label_values(&[&self.listener, flag]).inc();
+        let warned = if flag == "nul_byte" { &mut self.warned_nul } else { &mut self.warned_utf8 };
         if !*warned {
             *warned = true;
             warn!(listener = %self.listener, peer = %self.peer, %flag,
@@ -122,11 +114,7 @@ impl Batcher {
 
     #[cold]
     fn flag_truncated(&mut self, kept: usize) {
-        self.ctx
-            .metrics
-            .truncated_records
-            .with_label_values(&[&self.listener])
-            .inc();
+        self.ctx.metrics.truncated_records.with_label_values(&[&self.listener]).inc();
         if !self.warned_trunc {
             self.warned_trunc = true;
             warn!(listener = %self.listener, peer = %self.peer, kept_bytes = kept,
@@ -140,10 +128,7 @@ impl Batcher {
             return None;
         }
         let cap = slot.data.capacity();
-        let data = std::mem::replace(
-            &mut slot.data,
-            Vec::with_capacity(cap.min(crate::store::BATCH_BYTES + 1024)),
-        );
+        let data = std::mem::replace(&mut slot.data, Vec::with_capacity(cap.min(crate::store::BATCH_BYTES + 1024)));
         let b = Batch {
             listener: self.listener.clone(),
             data,
@@ -188,11 +173,7 @@ impl Batcher {
                         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
                     }
                     Err((e, back)) => {
-                        self.ctx.metrics.drop_records(
-                            &self.listener,
-                            reason_for(&e),
-                            u64::from(back.records),
-                        );
+                        self.ctx.metrics.drop_records(&self.listener, reason_for(&e), u64::from(back.records));
                         break;
                     }
                 }
@@ -208,11 +189,7 @@ impl Batcher {
         for i in 0..self.slots.len() {
             let Some((h, b)) = self.take(i) else { continue };
             if let Err((e, back)) = h.try_submit(b) {
-                self.ctx.metrics.drop_records(
-                    &self.listener,
-                    reason_for(&e),
-                    u64::from(back.records),
-                );
+                self.ctx.metrics.drop_records(&self.listener, reason_for(&e), u64::from(back.records));
                 self.ctx.note_drop(&e);
             }
         }

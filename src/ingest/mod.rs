@@ -35,31 +35,15 @@ pub struct ListenerCtx {
 }
 
 impl ListenerCtx {
-    pub fn new(
-        cfg: ListenerConfig,
-        store: &Store,
-        metrics: Metrics,
-    ) -> Result<ListenerCtx, String> {
+    pub fn new(cfg: ListenerConfig, store: &Store, metrics: Metrics) -> Result<ListenerCtx, String> {
         let router = Router::new(&cfg);
         let streams = router
             .streams
             .iter()
-            .map(|s| {
-                store
-                    .stream(s)
-                    .ok_or_else(|| format!("listener {}: no stream {s:?}", cfg.name))
-            })
+            .map(|s| store.stream(s).ok_or_else(|| format!("listener {}: no stream {s:?}", cfg.name)))
             .collect::<Result<Vec<_>, _>>()?;
-        for r in [
-            "eof",
-            "idle_timeout",
-            "framing_error",
-            "read_error",
-            "shutdown",
-        ] {
-            metrics
-                .connections_closed
-                .with_label_values(&[&cfg.name, r]);
+        for r in ["eof", "idle_timeout", "framing_error", "read_error", "shutdown"] {
+            metrics.connections_closed.with_label_values(&[&cfg.name, r]);
         }
         metrics.received_records.with_label_values(&[&cfg.name]);
         Ok(ListenerCtx {
@@ -76,11 +60,7 @@ impl ListenerCtx {
     pub fn may_warn(&self) -> bool {
         let now = crate::store::clock::Clock::now_ms(&crate::store::clock::SystemClock) / 1000;
         let last = self.last_warn_s.load(Ordering::Relaxed);
-        now != last
-            && self
-                .last_warn_s
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
+        now != last && self.last_warn_s.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
     }
 
     /// Log (rate-limited) that records were dropped for `e`.
@@ -129,10 +109,9 @@ pub async fn bind(cfg: &ListenerConfig) -> io::Result<Bound> {
             syslog::datagram::grow_receive_buffer(&s);
             Ok(Bound::UnixDatagram(s, p.clone()))
         }
-        (addr, t) => Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("transport {t:?} cannot listen on {addr}"),
-        )),
+        (addr, t) => {
+            Err(io::Error::new(io::ErrorKind::InvalidInput, format!("transport {t:?} cannot listen on {addr}")))
+        }
     }
 }
 
@@ -140,10 +119,9 @@ fn remove_stale_socket(p: &std::path::Path) -> io::Result<()> {
     use std::os::unix::fs::FileTypeExt;
     match std::fs::symlink_metadata(p) {
         Ok(m) if m.file_type().is_socket() => std::fs::remove_file(p),
-        Ok(_) => Err(io::Error::new(
-            io::ErrorKind::AlreadyExists,
-            format!("{} exists and is not a socket", p.display()),
-        )),
+        Ok(_) => {
+            Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("{} exists and is not a socket", p.display())))
+        }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir)?;

@@ -52,14 +52,8 @@ impl Router {
         let h = parse::parse(record);
         for (rule, idx) in &self.routes {
             let ok = rule.facility.is_none_or(|f| h.facility == Some(f))
-                && rule
-                    .app_name
-                    .as_deref()
-                    .is_none_or(|a| h.app_name == Some(a))
-                && rule
-                    .hostname
-                    .as_deref()
-                    .is_none_or(|n| h.hostname == Some(n));
+                && rule.app_name.as_deref().is_none_or(|a| h.app_name == Some(a))
+                && rule.hostname.as_deref().is_none_or(|n| h.hostname == Some(n));
             if ok {
                 return *idx;
             }

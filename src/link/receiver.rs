@@ -39,7 +39,10 @@ pub enum Bound {
 impl Bound {
     pub async fn bind(cfg: &ListenerConfig, files: &TlsFiles, timing: &Timing) -> std::io::Result<Bound> {
         let crate::config::ListenAddr::Socket(addr) = &cfg.listen else {
-            return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "ferry receivers listen on address:port"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "ferry receivers listen on address:port",
+            ));
         };
         match cfg.transport {
             Transport::Quic => Ok(Bound::Quic(quic::Acceptor::bind(*addr, files, timing)?)),
@@ -158,7 +161,10 @@ async fn session(mut link: Link, ctx: Arc<ReceiverCtx>, sd: Shutdown) {
                     break End::Refuse(Code::ProtocolViolation, "second HELLO".into());
                 }
                 if version != VERSION {
-                    break End::Refuse(Code::VersionUnsupported, format!("peer speaks version {version}, this receiver speaks {VERSION}"));
+                    break End::Refuse(
+                        Code::VersionUnsupported,
+                        format!("peer speaks version {version}, this receiver speaks {VERSION}"),
+                    );
                 }
                 if claimed != node {
                     warn!(listener = %ctx.cfg.name, %peer, %site, cert_node = %node, hello_node = %claimed, "HELLO names another node than the certificate; the certificate wins");
@@ -173,7 +179,10 @@ async fn session(mut link: Link, ctx: Arc<ReceiverCtx>, sd: Shutdown) {
                     break End::Refuse(Code::InvalidPath, format!("{path:?} is not a segment path"));
                 };
                 if name.site != site && !ctx.cfg.relays.contains(&site) {
-                    break End::Refuse(Code::NotAuthorized, format!("site {site:?} may not write under {:?}", name.site));
+                    break End::Refuse(
+                        Code::NotAuthorized,
+                        format!("site {site:?} may not write under {:?}", name.site),
+                    );
                 }
                 let rel = PathBuf::from(&path);
                 let mirror = ctx.mirror.clone();
@@ -192,7 +201,10 @@ async fn session(mut link: Link, ctx: Arc<ReceiverCtx>, sd: Shutdown) {
                 };
                 let n = frames.len() as u64;
                 let mirror = ctx.mirror.clone();
-                match tokio::task::spawn_blocking(move || mirror.append(&rel, offset, &frames)).await.expect("mirror task") {
+                match tokio::task::spawn_blocking(move || mirror.append(&rel, offset, &frames))
+                    .await
+                    .expect("mirror task")
+                {
                     Ok(len) => {
                         m.link_received_bytes.with_label_values(&[&ctx.cfg.name, &site]).inc_by(n);
                         Msg::Ack { id, len }
@@ -226,7 +238,12 @@ async fn session(mut link: Link, ctx: Arc<ReceiverCtx>, sd: Shutdown) {
                 }
             }
             Msg::Ping { nonce } => Msg::Pong { nonce },
-            other => break End::Refuse(Code::ProtocolViolation, format!("unexpected message from an uplink: {other:?}").chars().take(200).collect()),
+            other => {
+                break End::Refuse(
+                    Code::ProtocolViolation,
+                    format!("unexpected message from an uplink: {other:?}").chars().take(200).collect(),
+                )
+            }
         };
         wbuf.clear();
         reply.encode(&mut wbuf);

@@ -99,11 +99,7 @@ impl Writer {
         let mut seg: Option<OpenSegment> = None;
         let mut last_sync = Instant::now();
         let mut dirty = false;
-        let idle = self
-            .cfg
-            .commit_interval
-            .max(Duration::from_millis(500))
-            .min(Duration::from_secs(1));
+        let idle = self.cfg.commit_interval.max(Duration::from_millis(500)).min(Duration::from_secs(1));
         loop {
             // Drain what is queued without waiting.
             let mut closed = false;
@@ -121,16 +117,11 @@ impl Writer {
                     }
                 }
             }
-            let waited_out = p
-                .since
-                .is_some_and(|s| s.elapsed() >= self.cfg.commit_interval);
+            let waited_out = p.since.is_some_and(|s| s.elapsed() >= self.cfg.commit_interval);
             let someone_waits = p.parts.iter().any(|x| x.ack.is_some()) || !p.flushes.is_empty();
             let queue_empty = self.rx.is_empty();
             if !p.is_empty()
-                && (closed
-                    || p.raw.len() >= self.cfg.commit_bytes
-                    || waited_out
-                    || (someone_waits && queue_empty))
+                && (closed || p.raw.len() >= self.cfg.commit_bytes || waited_out || (someone_waits && queue_empty))
             {
                 self.commit(&mut enc, &mut p, &mut frame, &mut seg);
                 dirty = !matches!(self.cfg.fsync, FsyncPolicy::Always);
@@ -188,10 +179,7 @@ impl Writer {
             Msg::Batch(b) => {
                 if b.records == 0 {
                     if let Some(ack) = b.ack {
-                        let _ = ack.send(Ok(Committed {
-                            first_seq: self.next_record_seq,
-                            records: 0,
-                        }));
+                        let _ = ack.send(Ok(Committed { first_seq: self.next_record_seq, records: 0 }));
                     }
                     return;
                 }
@@ -204,18 +192,10 @@ impl Writer {
                 p.records += b.records;
                 p.truncated += b.truncated;
                 match p.parts.last_mut() {
-                    Some(last)
-                        if b.ack.is_none()
-                            && last.ack.is_none()
-                            && Arc::ptr_eq(&last.listener, &b.listener) =>
-                    {
+                    Some(last) if b.ack.is_none() && last.ack.is_none() && Arc::ptr_eq(&last.listener, &b.listener) => {
                         last.records += b.records
                     }
-                    _ => p.parts.push(Part {
-                        listener: b.listener,
-                        records: b.records,
-                        ack: b.ack,
-                    }),
+                    _ => p.parts.push(Part { listener: b.listener, records: b.records, ack: b.ack }),
                 }
             }
             Msg::Flush(tx) => {
@@ -226,59 +206,31 @@ impl Writer {
         }
     }
 
-    fn commit(
-        &mut self,
-        enc: &mut FrameEncoder,
-        p: &mut Pending,
-        frame: &mut Vec<u8>,
-        seg: &mut Option<OpenSegment>,
-    ) {
+    fn commit(&mut self, enc: &mut FrameEncoder, p: &mut Pending, frame: &mut Vec<u8>, seg: &mut Option<OpenSegment>) {
         let started = Instant::now();
-        let result = if p.records > 0 {
-            self.write_frame(enc, p, frame, seg)
-        } else {
-            Ok(())
-        };
+        let result = if p.records > 0 { self.write_frame(enc, p, frame, seg) } else { Ok(()) };
         let records = p.records;
         let first_seq = self.next_record_seq;
         match result {
             Ok(()) => {
                 self.next_record_seq += u64::from(records);
                 let s = self.stream.as_str();
-                self.metrics
-                    .committed_records
-                    .with_label_values(&[s])
-                    .inc_by(u64::from(records));
-                self.metrics
-                    .committed_bytes
-                    .with_label_values(&[s])
-                    .inc_by(p.raw.len() as u64);
-                self.metrics
-                    .written_bytes
-                    .with_label_values(&[s])
-                    .inc_by(frame.len() as u64);
+                self.metrics.committed_records.with_label_values(&[s]).inc_by(u64::from(records));
+                self.metrics.committed_bytes.with_label_values(&[s]).inc_by(p.raw.len() as u64);
+                self.metrics.written_bytes.with_label_values(&[s]).inc_by(frame.len() as u64);
                 self.metrics.commits.with_label_values(&[s]).inc();
-                self.metrics
-                    .commit_seconds
-                    .with_label_values(&[s])
-                    .observe(started.elapsed().as_secs_f64());
+                self.metrics.commit_seconds.with_label_values(&[s]).observe(started.elapsed().as_secs_f64());
                 let mut seq = first_seq;
                 for part in p.parts.drain(..) {
                     if let Some(ack) = part.ack {
-                        let _ = ack.send(Ok(Committed {
-                            first_seq: seq,
-                            records: part.records,
-                        }));
+                        let _ = ack.send(Ok(Committed { first_seq: seq, records: part.records }));
                     }
                     seq += u64::from(part.records);
                 }
             }
             Err(e) => {
                 error!(stream = %self.stream, records, error = %e, "commit failed; records not written");
-                self.metrics
-                    .commit_errors
-                    .with_label_values(&[&self.stream])
-                    .inc();
+                self.metrics.commit_errors.with_label_values(&[&self.stream]).inc();
                 for part in p.parts.drain(..) {
                     match part.ack {
                         // The sender learns of the failure and keeps the records.
@@ -288,11 +240,9 @@ impl Writer {
                                 source: std::io::Error::new(e.kind(), e.to_string()),
                             }));
                         }
-                        None => self.metrics.drop_records(
-                            &part.listener,
-                            DropReason::StoreError,
-                            u64::from(part.records),
-                        ),
+                        None => {
+                            self.metrics.drop_records(&part.listener, DropReason::StoreError, u64::from(part.records))
+                        }
                     }
                 }
             }
@@ -335,19 +285,10 @@ impl Writer {
             self.seal(seg.take());
         }
         if seg.is_none() {
-            let name = SegmentName::new(
-                &self.site,
-                &self.stream,
-                &self.node,
-                self.next_segment_seq,
-                now,
-            );
+            let name = SegmentName::new(&self.site, &self.stream, &self.node, self.next_segment_seq, now);
             let s = OpenSegment::create(&self.archive_dir, name, self.next_record_seq)?;
             self.next_segment_seq += 1;
-            self.metrics
-                .segments_open
-                .with_label_values(&[&self.stream])
-                .set(1);
+            self.metrics.segments_open.with_label_values(&[&self.stream]).set(1);
             *seg = Some(s);
         }
         let s = seg.as_mut().expect("opened above");
@@ -355,9 +296,7 @@ impl Writer {
         if matches!(self.cfg.fsync, FsyncPolicy::Always) {
             let t = Instant::now();
             s.sync()?;
-            self.metrics
-                .fsync_seconds
-                .observe(t.elapsed().as_secs_f64());
+            self.metrics.fsync_seconds.observe(t.elapsed().as_secs_f64());
         }
         Ok(())
     }
@@ -366,29 +305,18 @@ impl Writer {
         let t = Instant::now();
         if let Err(e) = s.sync() {
             error!(stream = %self.stream, path = %s.path.display(), error = %e, "fsync failed");
-            self.metrics
-                .commit_errors
-                .with_label_values(&[&self.stream])
-                .inc();
+            self.metrics.commit_errors.with_label_values(&[&self.stream]).inc();
         }
-        self.metrics
-            .fsync_seconds
-            .observe(t.elapsed().as_secs_f64());
+        self.metrics.fsync_seconds.observe(t.elapsed().as_secs_f64());
     }
 
     fn seal(&self, seg: Option<OpenSegment>) {
         let Some(s) = seg else { return };
         let path = s.path.clone();
-        self.metrics
-            .segments_open
-            .with_label_values(&[&self.stream])
-            .set(0);
+        self.metrics.segments_open.with_label_values(&[&self.stream]).set(0);
         match s.seal(&self.state_dir, self.clock.now_ms()) {
             Ok(rec) => {
-                self.metrics
-                    .segments_sealed
-                    .with_label_values(&[&self.stream])
-                    .inc();
+                self.metrics.segments_sealed.with_label_values(&[&self.stream]).inc();
                 info!(stream = %self.stream, path = %path.display(), len = rec.len, records = rec.records, "segment sealed");
             }
             Err(e) => {

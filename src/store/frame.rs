@@ -83,10 +83,9 @@ impl fmt::Display for FrameError {
             FrameError::BadMagic(m) => write!(f, "not a ferry frame (magic {m:#010x})"),
             FrameError::BadHeaderLength(l) => write!(f, "implausible header length {l}"),
             FrameError::BadHeaderMagic => write!(f, "skippable frame is not a ferry header"),
-            FrameError::UnsupportedVersion(v) => write!(
-                f,
-                "frame format version {v} is not supported (this build reads {VERSION})"
-            ),
+            FrameError::UnsupportedVersion(v) => {
+                write!(f, "frame format version {v} is not supported (this build reads {VERSION})")
+            }
             FrameError::HeaderChecksum => write!(f, "header checksum mismatch"),
             FrameError::DataTooLarge(l) => write!(f, "implausible data length {l}"),
             FrameError::DataChecksum { expected, actual } => {
@@ -144,9 +143,7 @@ impl FrameHeader {
     /// data frame; see [`check_data`].
     pub fn decode(buf: &[u8]) -> Result<FrameHeader, FrameError> {
         if buf.len() < 8 {
-            return Err(FrameError::Incomplete {
-                needed: 8 - buf.len(),
-            });
+            return Err(FrameError::Incomplete { needed: 8 - buf.len() });
         }
         let magic = u32::from_le_bytes(buf[0..4].try_into().expect("4 bytes"));
         if magic != SKIPPABLE_MAGIC {
@@ -158,9 +155,7 @@ impl FrameHeader {
         }
         let hlen = hlen as usize;
         if buf.len() < 8 + hlen {
-            return Err(FrameError::Incomplete {
-                needed: 8 + hlen - buf.len(),
-            });
+            return Err(FrameError::Incomplete { needed: 8 + hlen - buf.len() });
         }
         let h = &buf[8..8 + hlen];
         let (body, crc) = h.split_at(hlen - 4);
@@ -192,33 +187,17 @@ impl FrameHeader {
             return Err(FrameError::DataTooLarge(data_len));
         }
         let stream = String::from_utf8_lossy(&body[r.at..]).into_owned();
-        Ok(FrameHeader {
-            flags,
-            data_len,
-            raw_len,
-            records,
-            truncated,
-            first_seq,
-            first_ms,
-            last_ms,
-            data_crc,
-            stream,
-        })
+        Ok(FrameHeader { flags, data_len, raw_len, records, truncated, first_seq, first_ms, last_ms, data_crc, stream })
     }
 
     /// Check that `data` is this header's data frame, whole and unaltered.
     pub fn check_data(&self, data: &[u8]) -> Result<(), FrameError> {
         if data.len() < self.data_len as usize {
-            return Err(FrameError::Incomplete {
-                needed: self.data_len as usize - data.len(),
-            });
+            return Err(FrameError::Incomplete { needed: self.data_len as usize - data.len() });
         }
         let actual = crc32fast::hash(&data[..self.data_len as usize]);
         if actual != self.data_crc {
-            return Err(FrameError::DataChecksum {
-                expected: self.data_crc,
-                actual,
-            });
+            return Err(FrameError::DataChecksum { expected: self.data_crc, actual });
         }
         Ok(())
     }
@@ -231,9 +210,7 @@ struct Cursor<'a> {
 
 impl Cursor<'_> {
     fn take<const N: usize>(&mut self) -> [u8; N] {
-        let v = self.b[self.at..self.at + N]
-            .try_into()
-            .expect("length checked by caller");
+        let v = self.b[self.at..self.at + N].try_into().expect("length checked by caller");
         self.at += N;
         v
     }
@@ -271,23 +248,14 @@ impl FrameEncoder {
         let mut zstd = zstd::bulk::Compressor::new(level)?;
         zstd.include_checksum(true)?;
         zstd.include_contentsize(true)?;
-        Ok(FrameEncoder {
-            zstd,
-            scratch: Vec::new(),
-        })
+        Ok(FrameEncoder { zstd, scratch: Vec::new() })
     }
 
     /// Compress `raw` (escaped, LF-terminated lines) and write the whole frame
     /// into `out` (cleared first). Returns the header written.
-    pub fn encode(
-        &mut self,
-        meta: &FrameMeta<'_>,
-        raw: &[u8],
-        out: &mut Vec<u8>,
-    ) -> std::io::Result<FrameHeader> {
+    pub fn encode(&mut self, meta: &FrameMeta<'_>, raw: &[u8], out: &mut Vec<u8>) -> std::io::Result<FrameHeader> {
         self.scratch.clear();
-        self.scratch
-            .reserve(zstd::zstd_safe::compress_bound(raw.len()));
+        self.scratch.reserve(zstd::zstd_safe::compress_bound(raw.len()));
         self.zstd.compress_to_buffer(raw, &mut self.scratch)?;
         let header = FrameHeader {
             flags: 0,
@@ -316,14 +284,7 @@ mod tests {
 
     fn sample() -> (FrameHeader, Vec<u8>) {
         let mut enc = FrameEncoder::new(1).unwrap();
-        let meta = FrameMeta {
-            stream: "live",
-            records: 2,
-            truncated: 0,
-            first_seq: 7,
-            first_ms: 1,
-            last_ms: 2,
-        };
+        let meta = FrameMeta { stream: "live", records: 2, truncated: 0, first_seq: 7, first_ms: 1, last_ms: 2 };
         let mut out = Vec::new();
         let h = enc.encode(&meta, b"one\ntwo\n", &mut out).unwrap();
         (h, out)
@@ -344,12 +305,8 @@ mod tests {
     fn every_truncation_is_incomplete() {
         let (_, out) = sample();
         for cut in 0..out.len() {
-            let r = FrameHeader::decode(&out[..cut])
-                .and_then(|h| h.check_data(&out[h.encoded_len()..cut]));
-            assert!(
-                matches!(r, Err(FrameError::Incomplete { .. })),
-                "cut {cut}: {r:?}"
-            );
+            let r = FrameHeader::decode(&out[..cut]).and_then(|h| h.check_data(&out[h.encoded_len()..cut]));
+            assert!(matches!(r, Err(FrameError::Incomplete { .. })), "cut {cut}: {r:?}");
         }
     }
 

@@ -107,13 +107,10 @@ impl StreamHandle {
         if self.is_full() {
             return Err((Error::Full, batch));
         }
-        self.tx
-            .send(Msg::Batch(batch))
-            .await
-            .map_err(|e| match e.0 {
-                Msg::Batch(b) => (Error::Closed, b),
-                Msg::Flush(_) | Msg::Close => unreachable!("sent a batch"),
-            })
+        self.tx.send(Msg::Batch(batch)).await.map_err(|e| match e.0 {
+            Msg::Batch(b) => (Error::Closed, b),
+            Msg::Flush(_) | Msg::Close => unreachable!("sent a batch"),
+        })
     }
 
     /// Queue a batch only if there is room now (datagram listeners: drop and
@@ -123,9 +120,7 @@ impl StreamHandle {
             return Err((Error::Full, batch));
         }
         self.tx.try_send(Msg::Batch(batch)).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(Msg::Batch(b)) => {
-                (Error::Overloaded(self.name.to_string()), b)
-            }
+            mpsc::error::TrySendError::Full(Msg::Batch(b)) => (Error::Overloaded(self.name.to_string()), b),
             mpsc::error::TrySendError::Closed(Msg::Batch(b)) => (Error::Closed, b),
             _ => unreachable!("sent a batch"),
         })
@@ -134,10 +129,7 @@ impl StreamHandle {
     /// Commit everything queued so far; returns when it is durable.
     pub async fn flush(&self) -> Result<(), Error> {
         let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Msg::Flush(tx))
-            .await
-            .map_err(|_| Error::Closed)?;
+        self.tx.send(Msg::Flush(tx)).await.map_err(|_| Error::Closed)?;
         rx.await.map_err(|_| Error::Closed)
     }
 }
@@ -162,10 +154,7 @@ impl Store {
         let archive_dir = config.archive_dir();
         let state_dir = config.state_dir();
         for d in [&archive_dir, &state_dir] {
-            std::fs::create_dir_all(d).map_err(|source| Error::Open {
-                path: d.clone(),
-                source,
-            })?;
+            std::fs::create_dir_all(d).map_err(|source| Error::Open { path: d.clone(), source })?;
         }
         let handle = tokio::runtime::Handle::current();
         let full = Arc::new(AtomicBool::new(false));
@@ -181,10 +170,7 @@ impl Store {
                 clock.now_ms(),
                 &metrics,
             )
-            .map_err(|source| Error::Open {
-                path: archive_dir.join(&config.node.site).join(name),
-                source,
-            })?;
+            .map_err(|source| Error::Open { path: archive_dir.join(&config.node.site).join(name), source })?;
             metrics.segments_open.with_label_values(&[name]).set(0);
             let (tx, rx) = mpsc::channel(CHANNEL_BATCHES);
             let w = Writer {
@@ -204,16 +190,9 @@ impl Store {
             let t = std::thread::Builder::new()
                 .name(format!("commit-{name}"))
                 .spawn(move || w.run(h))
-                .map_err(|source| Error::Open {
-                    path: archive_dir.clone(),
-                    source,
-                })?;
+                .map_err(|source| Error::Open { path: archive_dir.clone(), source })?;
             threads.push(t);
-            streams.push(StreamHandle {
-                name: name.as_str().into(),
-                tx,
-                full: full.clone(),
-            });
+            streams.push(StreamHandle { name: name.as_str().into(), tx, full: full.clone() });
         }
         Ok(Store {
             streams,
@@ -270,12 +249,7 @@ impl Store {
         for s in &self.streams {
             let _ = s.tx.send(Msg::Close).await;
         }
-        let threads: Vec<_> = self
-            .threads
-            .lock()
-            .expect("not poisoned")
-            .drain(..)
-            .collect();
+        let threads: Vec<_> = self.threads.lock().expect("not poisoned").drain(..).collect();
         let _ = tokio::task::spawn_blocking(move || {
             for t in threads {
                 let _ = t.join();

@@ -34,13 +34,7 @@ impl SegmentReader {
     pub fn open(path: &Path) -> io::Result<SegmentReader> {
         let file = File::open(path)?;
         let len = file.metadata()?.len();
-        Ok(SegmentReader {
-            file,
-            len,
-            offset: 0,
-            head: Vec::new(),
-            data: Vec::new(),
-        })
+        Ok(SegmentReader { file, len, offset: 0, head: Vec::new(), data: Vec::new() })
     }
 
     /// File length when opened.
@@ -110,9 +104,7 @@ impl SegmentReader {
         while pos < self.len {
             let n = (self.len - pos).min(WINDOW) as usize;
             self.file.read_exact_at(&mut buf[..n], pos)?;
-            let candidates: Vec<u64> = memmem::find_iter(&buf[..n], &magic)
-                .map(|i| pos + i as u64)
-                .collect();
+            let candidates: Vec<u64> = memmem::find_iter(&buf[..n], &magic).map(|i| pos + i as u64).collect();
             for c in candidates {
                 if self.frame_at(c)?.is_ok() {
                     return Ok(Some(c));

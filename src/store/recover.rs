@@ -50,11 +50,7 @@ pub fn recover_stream(
         if !entry.file_type().is_file() {
             continue;
         }
-        let rel = entry
-            .path()
-            .strip_prefix(archive_dir)
-            .expect("walk stays under archive_dir")
-            .to_owned();
+        let rel = entry.path().strip_prefix(archive_dir).expect("walk stays under archive_dir").to_owned();
         match SegmentName::parse_rel(&rel) {
             Some(n) if n.node == node => mine.push((n, rel)),
             Some(_) => {}
@@ -69,14 +65,7 @@ pub fn recover_stream(
             Some(s) => s,
             None => {
                 out.recovered += 1;
-                let (rec, cut) = recover_segment(
-                    &archive_dir.join(rel),
-                    rel,
-                    state_dir,
-                    now_ms,
-                    stream,
-                    metrics,
-                )?;
+                let (rec, cut) = recover_segment(&archive_dir.join(rel), rel, state_dir, now_ms, stream, metrics)?;
                 out.truncated_bytes += cut;
                 rec
             }

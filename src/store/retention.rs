@@ -65,65 +65,33 @@ pub fn pass(
         let entry = match entry {
             Ok(e) => e,
             // A file deleted under us (by a concurrent seal or an operator) is not an error.
-            Err(e)
-                if e.io_error()
-                    .is_some_and(|i| i.kind() == io::ErrorKind::NotFound) =>
-            {
-                continue
-            }
+            Err(e) if e.io_error().is_some_and(|i| i.kind() == io::ErrorKind::NotFound) => continue,
             Err(e) => return Err(e.into()),
         };
         if !entry.file_type().is_file() {
             continue;
         }
-        let rel = entry
-            .path()
-            .strip_prefix(archive_dir)
-            .expect("under archive_dir")
-            .to_owned();
+        let rel = entry.path().strip_prefix(archive_dir).expect("under archive_dir").to_owned();
         let Some(name) = SegmentName::parse_rel(&rel) else {
             continue;
         };
         let len = entry.metadata().map(|m| m.len()).unwrap_or(0);
         let seal = SealRecord::load(&seal_path(state_dir, &rel)).unwrap_or(None);
-        segs.push(Seg {
-            rel,
-            len,
-            seal,
-            seq: name.seq,
-        });
+        segs.push(Seg { rel, len, seal, seq: name.seq });
     }
     // Oldest first: by seal time, then by sequence.
-    segs.sort_by_key(|s| {
-        (
-            s.seal.as_ref().map(|r| r.sealed_ms).unwrap_or(i64::MAX),
-            s.seq,
-        )
-    });
-    let mut out = Outcome {
-        total_bytes: segs.iter().map(|s| s.len).sum(),
-        segments: segs.len() as u64,
-        ..Outcome::default()
-    };
-    let deletable =
-        |s: &Seg| s.seal.is_some() && (cfg.on_full == OnFull::DropOldest || !hold.holds(&s.rel));
+    segs.sort_by_key(|s| (s.seal.as_ref().map(|r| r.sealed_ms).unwrap_or(i64::MAX), s.seq));
+    let mut out =
+        Outcome { total_bytes: segs.iter().map(|s| s.len).sum(), segments: segs.len() as u64, ..Outcome::default() };
+    let deletable = |s: &Seg| s.seal.is_some() && (cfg.on_full == OnFull::DropOldest || !hold.holds(&s.rel));
     let delete = |s: &Seg, reason: &str, out: &mut Outcome| -> io::Result<()> {
         if hold.holds(&s.rel) {
             warn!(path = %s.rel.display(), reason, "deleting a segment an uplink has not delivered (on_full = drop_oldest)");
-            metrics
-                .retention_deleted_segments
-                .with_label_values(&["undelivered"])
-                .inc();
+            metrics.retention_deleted_segments.with_label_values(&["undelivered"]).inc();
         }
         remove(archive_dir, state_dir, &s.rel)?;
-        metrics
-            .retention_deleted_segments
-            .with_label_values(&[reason])
-            .inc();
-        metrics
-            .retention_deleted_bytes
-            .with_label_values(&[reason])
-            .inc_by(s.len);
+        metrics.retention_deleted_segments.with_label_values(&[reason]).inc();
+        metrics.retention_deleted_bytes.with_label_values(&[reason]).inc_by(s.len);
         info!(path = %s.rel.display(), bytes = s.len, reason, "retention deleted segment");
         out.total_bytes -= s.len;
         out.segments -= 1;
@@ -133,9 +101,7 @@ pub fn pass(
     let mut kept = Vec::new();
     for s in segs {
         let old = match (cfg.max_age, &s.seal) {
-            (Some(age), Some(seal)) => {
-                now_ms.saturating_sub(seal.sealed_ms) > age.as_millis() as i64
-            }
+            (Some(age), Some(seal)) => now_ms.saturating_sub(seal.sealed_ms) > age.as_millis() as i64,
             _ => false,
         };
         if old && deletable(&s) {
@@ -199,10 +165,7 @@ pub async fn run(
                             "archive is over max_bytes and on_full = reject: refusing new records"
                         );
                     } else {
-                        info!(
-                            bytes = out.total_bytes,
-                            "archive is back under max_bytes: accepting records"
-                        );
+                        info!(bytes = out.total_bytes, "archive is back under max_bytes: accepting records");
                     }
                     was_full = out.full;
                 }

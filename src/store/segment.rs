@@ -53,18 +53,12 @@ impl SegmentName {
     }
 
     pub fn file_name(&self) -> String {
-        format!(
-            "{}-{}T{:02}-{}-{:08}{}",
-            self.stream, self.date, self.hour, self.node, self.seq, SEGMENT_SUFFIX
-        )
+        format!("{}-{}T{:02}-{}-{:08}{}", self.stream, self.date, self.hour, self.node, self.seq, SEGMENT_SUFFIX)
     }
 
     /// Path relative to `archive/`: `<site>/<stream>/<date>/<file>`.
     pub fn rel_path(&self) -> PathBuf {
-        PathBuf::from(&self.site)
-            .join(&self.stream)
-            .join(&self.date)
-            .join(self.file_name())
+        PathBuf::from(&self.site).join(&self.stream).join(&self.date).join(self.file_name())
     }
 
     /// Parse `<site>/<stream>/<date>/<file>`; `None` if it is not a segment path.
@@ -73,19 +67,12 @@ impl SegmentName {
         let [site, stream, date, file] = parts.as_slice() else {
             return None;
         };
-        let rest = file
-            .strip_suffix(SEGMENT_SUFFIX)?
-            .strip_prefix(stream)?
-            .strip_prefix('-')?;
+        let rest = file.strip_suffix(SEGMENT_SUFFIX)?.strip_prefix(stream)?.strip_prefix('-')?;
         // rest = YYYY-MM-DDTHH-<node>-<seq>
         let (when, rest) = (rest.get(..13)?, rest.get(13..)?);
         let (node, seq) = rest.strip_prefix('-')?.rsplit_once('-')?;
         let (fdate, hour) = when.split_once('T')?;
-        if fdate != *date
-            || node.is_empty()
-            || seq.len() < 8
-            || !seq.bytes().all(|b| b.is_ascii_digit())
-        {
+        if fdate != *date || node.is_empty() || seq.len() < 8 || !seq.bytes().all(|b| b.is_ascii_digit()) {
             return None;
         }
         Some(SegmentName {
@@ -173,10 +160,7 @@ impl SealRecord {
     pub fn load(path: &Path) -> io::Result<Option<SealRecord>> {
         match fs::read_to_string(path) {
             Ok(t) => SealRecord::parse(&t).map(Some).ok_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("{}: malformed seal record", path.display()),
-                )
+                io::Error::new(io::ErrorKind::InvalidData, format!("{}: malformed seal record", path.display()))
             }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
@@ -221,11 +205,10 @@ pub fn sha256_file(path: &Path) -> io::Result<String> {
 }
 
 fn hex(b: &[u8]) -> String {
-    b.iter()
-        .fold(String::with_capacity(b.len() * 2), |mut s, x| {
-            let _ = write!(s, "{x:02x}");
-            s
-        })
+    b.iter().fold(String::with_capacity(b.len() * 2), |mut s, x| {
+        let _ = write!(s, "{x:02x}");
+        s
+    })
 }
 
 /// The segment a stream is appending to. The SHA-256 is kept as frames are
@@ -245,11 +228,7 @@ pub struct OpenSegment {
 
 impl OpenSegment {
     /// Create a new, empty segment file (and its directories, fsynced).
-    pub fn create(
-        archive_dir: &Path,
-        name: SegmentName,
-        first_seq: u64,
-    ) -> io::Result<OpenSegment> {
+    pub fn create(archive_dir: &Path, name: SegmentName, first_seq: u64) -> io::Result<OpenSegment> {
         let rel = name.rel_path();
         let path = archive_dir.join(&rel);
         let dir = path.parent().expect("segment paths have a parent");
@@ -260,10 +239,7 @@ impl OpenSegment {
                 sync_dir(parent)?;
             }
         }
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)?;
+        let file = OpenOptions::new().write(true).create_new(true).open(&path)?;
         sync_dir(dir)?;
         Ok(OpenSegment {
             name,
@@ -323,19 +299,11 @@ mod tests {
     fn names_round_trip() {
         let n = SegmentName::new("sg1", "live", "relay-1", 42, 1_795_454_138_000);
         assert_eq!(n.file_name(), "live-2026-11-23T17-relay-1-00000042.log.zst");
-        assert_eq!(
-            n.rel_path(),
-            Path::new("sg1/live/2026-11-23/live-2026-11-23T17-relay-1-00000042.log.zst")
-        );
+        assert_eq!(n.rel_path(), Path::new("sg1/live/2026-11-23/live-2026-11-23T17-relay-1-00000042.log.zst"));
         assert_eq!(SegmentName::parse_rel(&n.rel_path()), Some(n));
+        assert_eq!(SegmentName::parse_rel(Path::new("sg1/live/2026-11-23/other.txt")), None);
         assert_eq!(
-            SegmentName::parse_rel(Path::new("sg1/live/2026-11-23/other.txt")),
-            None
-        );
-        assert_eq!(
-            SegmentName::parse_rel(Path::new(
-                "sg1/live/2026-11-24/live-2026-11-23T17-r-00000001.log.zst"
-            )),
+            SegmentName::parse_rel(Path::new("sg1/live/2026-11-24/live-2026-11-23T17-r-00000001.log.zst")),
             None
         );
     }

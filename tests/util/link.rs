@@ -22,7 +22,21 @@ impl Pki {
         let p = |s: &str| root.join(s).display().to_string();
         run(&["ca", "--out", &p("ca")]);
         run(&["issue", "--ca", &p("ca"), "--site", "edge1", "--node", "relay-1", "--out", &p("edge")]);
-        run(&["issue", "--ca", &p("ca"), "--site", "central", "--node", "c1", "--ip", "127.0.0.1", "--dns", "localhost", "--out", &p("central")]);
+        run(&[
+            "issue",
+            "--ca",
+            &p("ca"),
+            "--site",
+            "central",
+            "--node",
+            "c1",
+            "--ip",
+            "127.0.0.1",
+            "--dns",
+            "localhost",
+            "--out",
+            &p("central"),
+        ]);
         Pki { dir: root }
     }
 
@@ -72,7 +86,15 @@ pub struct Pair {
 
 /// Configs for an edge (site edge1) uplinking to `target` and a central node
 /// receiving on `link_port`. `uplink_extra` adds keys to the `[[uplink]]`.
-pub fn pair(name: &str, pki: &Pki, via: Via, target: u16, link_port: u16, edge_store: &str, uplink_extra: &str) -> Pair {
+pub fn pair(
+    name: &str,
+    pki: &Pki,
+    via: Via,
+    target: u16,
+    link_port: u16,
+    edge_store: &str,
+    uplink_extra: &str,
+) -> Pair {
     let edge_dir = TestDir::new(&format!("{name}-edge"));
     let central_dir = TestDir::new(&format!("{name}-central"));
     let edge_ports = Ports { tcp: free_port(), udp: free_port(), admin: free_port() };
@@ -106,7 +128,10 @@ pub fn segment_files(data: &Path, site: &str) -> Vec<PathBuf> {
 }
 
 pub fn archive_bytes(data: &Path, site: &str) -> u64 {
-    segment_files(data, site).iter().map(|r| std::fs::metadata(data.join("archive").join(r)).map(|m| m.len()).unwrap_or(0)).sum()
+    segment_files(data, site)
+        .iter()
+        .map(|r| std::fs::metadata(data.join("archive").join(r)).map(|m| m.len()).unwrap_or(0))
+        .sum()
 }
 
 pub fn is_sealed(data: &Path, rel: &Path) -> bool {
@@ -155,7 +180,8 @@ pub fn assert_byte_identical(edge: &Path, central: &Path) {
         if is_sealed(edge, r) {
             assert!(is_sealed(central, r), "{} sealed at the edge but not at central", r.display());
             let se = std::fs::read_to_string(edge.join("state/seals").join(format!("{}.seal", r.display()))).unwrap();
-            let sc = std::fs::read_to_string(central.join("state/seals").join(format!("{}.seal", r.display()))).unwrap();
+            let sc =
+                std::fs::read_to_string(central.join("state/seals").join(format!("{}.seal", r.display()))).unwrap();
             let sha = |s: &str| s.lines().find(|l| l.starts_with("sha256=")).unwrap().to_owned();
             assert_eq!(sha(&se), sha(&sc), "{}: seal checksums", r.display());
             sealed += 1;

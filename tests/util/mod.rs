@@ -19,19 +19,13 @@ pub const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
 
 /// Fail (never skip) when a tool the test needs is not installed.
 pub fn require_tool(name: &str) -> PathBuf {
-    for dir in std::env::var("PATH").unwrap_or_default().split(':').chain([
-        "/usr/sbin",
-        "/sbin",
-        "/usr/bin",
-    ]) {
+    for dir in std::env::var("PATH").unwrap_or_default().split(':').chain(["/usr/sbin", "/sbin", "/usr/bin"]) {
         let p = Path::new(dir).join(name);
         if p.is_file() {
             return p;
         }
     }
-    panic!(
-        "required tool {name:?} is not installed: run the README's test command, which installs it"
-    );
+    panic!("required tool {name:?} is not installed: run the README's test command, which installs it");
 }
 
 static PORTS: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
@@ -59,14 +53,8 @@ pub struct TestDir {
 
 impl TestDir {
     pub fn new(name: &str) -> TestDir {
-        let tmp = tempfile::Builder::new()
-            .prefix(&format!("ferry-{name}-"))
-            .tempdir()
-            .unwrap();
-        TestDir {
-            path: tmp.path().to_owned(),
-            _tmp: tmp,
-        }
+        let tmp = tempfile::Builder::new().prefix(&format!("ferry-{name}-")).tempdir().unwrap();
+        TestDir { path: tmp.path().to_owned(), _tmp: tmp }
     }
     pub fn join(&self, p: &str) -> PathBuf {
         self.path.join(p)
@@ -83,13 +71,7 @@ pub struct Ports {
 
 /// A config for a single test node: syslog TCP, UDP and a unix datagram
 /// socket into stream `live`, plus `extra` appended verbatim.
-pub fn node_config(
-    dir: &TestDir,
-    ports: &Ports,
-    store: &str,
-    listener_extra: &str,
-    extra: &str,
-) -> String {
+pub fn node_config(dir: &TestDir, ports: &Ports, store: &str, listener_extra: &str, extra: &str) -> String {
     format!(
         r#"
 [node]
@@ -152,13 +134,7 @@ impl Node {
         std::fs::write(&cfg, config).unwrap();
         let n = std::fs::read_dir(&dir.path)
             .unwrap()
-            .filter(|e| {
-                e.as_ref()
-                    .unwrap()
-                    .file_name()
-                    .to_string_lossy()
-                    .starts_with("ferry.log")
-            })
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("ferry.log"))
             .count();
         let log = dir.join(&format!("ferry.log.{n}"));
         let child = Command::new(FERRY)
@@ -169,13 +145,7 @@ impl Node {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        let mut node = Node {
-            child: Some(child),
-            config: cfg,
-            log,
-            admin,
-            data: dir.join("data"),
-        };
+        let mut node = Node { child: Some(child), config: cfg, log, admin, data: dir.join("data") };
         node.wait_ready(Duration::from_secs(20));
         node
     }
@@ -209,13 +179,7 @@ impl Node {
     }
 
     /// Poll until `cond(metric)` holds, or panic after `limit`.
-    pub fn wait_metric(
-        &self,
-        name: &str,
-        labels: &[(&str, &str)],
-        limit: Duration,
-        cond: impl Fn(f64) -> bool,
-    ) -> f64 {
+    pub fn wait_metric(&self, name: &str, labels: &[(&str, &str)], limit: Duration, cond: impl Fn(f64) -> bool) -> f64 {
         let t = Instant::now();
         let mut v = 0.0;
         while t.elapsed() < limit {
@@ -225,7 +189,10 @@ impl Node {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("metric {name}{labels:?} = {v} did not reach the expected value within {limit:?}\nlog:\n{}", self.log_text());
+        panic!(
+            "metric {name}{labels:?} = {v} did not reach the expected value within {limit:?}\nlog:\n{}",
+            self.log_text()
+        );
     }
 
     /// SIGTERM and wait for a clean exit (status 0).
@@ -236,19 +203,12 @@ impl Node {
         let t = Instant::now();
         loop {
             if let Some(s) = child.try_wait().unwrap() {
-                assert!(
-                    s.success(),
-                    "ferry exited with {s} after SIGTERM:\n{}",
-                    self.log_text()
-                );
+                assert!(s.success(), "ferry exited with {s} after SIGTERM:\n{}", self.log_text());
                 return;
             }
             if t.elapsed() > Duration::from_secs(30) {
                 let _ = child.kill();
-                panic!(
-                    "ferry did not stop within 30s of SIGTERM:\n{}",
-                    self.log_text()
-                );
+                panic!("ferry did not stop within 30s of SIGTERM:\n{}", self.log_text());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -286,26 +246,13 @@ impl Drop for Node {
 pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")?;
     let mut resp = Vec::new();
     s.read_to_end(&mut resp)?;
     let text = String::from_utf8_lossy(&resp).into_owned();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
+    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
     let body = match text.split_once("\r\n\r\n") {
-        Some((head, body))
-            if head
-                .to_ascii_lowercase()
-                .contains("transfer-encoding: chunked") =>
-        {
-            dechunk(body)
-        }
+        Some((head, body)) if head.to_ascii_lowercase().contains("transfer-encoding: chunked") => dechunk(body),
         Some((_, body)) => body.to_owned(),
         None => String::new(),
     };
@@ -345,10 +292,7 @@ pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         } else {
             continue;
         };
-        if labels
-            .iter()
-            .all(|(k, v)| lab.split(',').any(|kv| kv == format!("{k}=\"{v}\"")))
-        {
+        if labels.iter().all(|(k, v)| lab.split(',').any(|kv| kv == format!("{k}=\"{v}\""))) {
             sum += val.trim().parse::<f64>().unwrap_or(0.0);
         }
     }
@@ -357,10 +301,8 @@ pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 
 /// Segment files under `data/archive`, sorted by name (= by stream, hour, seq).
 pub fn segments(data: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = walkdir(&data.join("archive"))
-        .into_iter()
-        .filter(|p| p.to_string_lossy().ends_with(".log.zst"))
-        .collect();
+    let mut v: Vec<PathBuf> =
+        walkdir(&data.join("archive")).into_iter().filter(|p| p.to_string_lossy().ends_with(".log.zst")).collect();
     v.sort_by_key(|p| p.file_name().unwrap().to_owned());
     v
 }
@@ -388,29 +330,18 @@ pub fn zstdcat(data: &Path) -> Vec<u8> {
         return Vec::new();
     }
     let out = Command::new(zstdcat).args(&files).output().unwrap();
-    assert!(
-        out.status.success(),
-        "zstdcat failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "zstdcat failed: {}", String::from_utf8_lossy(&out.stderr));
     out.stdout
 }
 
 /// Archive lines (without LF), as zstdcat prints them.
 pub fn archive_lines(data: &Path) -> Vec<String> {
-    String::from_utf8_lossy(&zstdcat(data))
-        .lines()
-        .map(str::to_owned)
-        .collect()
+    String::from_utf8_lossy(&zstdcat(data)).lines().map(str::to_owned).collect()
 }
 
 /// Run `ferry verify` on a data dir.
 pub fn verify(data: &Path) -> Output {
-    Command::new(FERRY)
-        .arg("verify")
-        .arg(data)
-        .output()
-        .unwrap()
+    Command::new(FERRY).arg("verify").arg(data).output().unwrap()
 }
 
 pub fn assert_verify_ok(data: &Path) {
@@ -435,9 +366,5 @@ pub fn ferry_send(args: &[&str], input: &[u8]) {
         .unwrap();
     c.stdin.take().unwrap().write_all(input).unwrap();
     let out = c.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "ferry send {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "ferry send {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
 }

@@ -41,10 +41,7 @@ pub fn grow_receive_buffer(s: &impl AsRawFd) {
 
 /// The two datagram sockets, behind one interface.
 pub trait DatagramSocket: Send + Sync + 'static {
-    fn recv(
-        &self,
-        buf: &mut [u8],
-    ) -> impl std::future::Future<Output = io::Result<(usize, String)>> + Send;
+    fn recv(&self, buf: &mut [u8]) -> impl std::future::Future<Output = io::Result<(usize, String)>> + Send;
     fn try_recv(&self, buf: &mut [u8]) -> io::Result<(usize, String)>;
 }
 
@@ -62,15 +59,10 @@ impl DatagramSocket for Udp {
 
 impl DatagramSocket for Unix {
     async fn recv(&self, buf: &mut [u8]) -> io::Result<(usize, String)> {
-        self.0
-            .recv_from(buf)
-            .await
-            .map(|(n, _)| (n, "unix".to_owned()))
+        self.0.recv_from(buf).await.map(|(n, _)| (n, "unix".to_owned()))
     }
     fn try_recv(&self, buf: &mut [u8]) -> io::Result<(usize, String)> {
-        self.0
-            .try_recv_from(buf)
-            .map(|(n, _)| (n, "unix".to_owned()))
+        self.0.try_recv_from(buf).map(|(n, _)| (n, "unix".to_owned()))
     }
 }
 
@@ -115,10 +107,7 @@ pub async fn serve<S: DatagramSocket>(sock: S, ctx: Arc<ListenerCtx>, sd: Shutdo
 #[inline]
 fn push(batcher: &mut Batcher, d: &[u8], max: usize, now: i64) {
     // Senders often end a datagram with LF (or NUL); it is framing, not message.
-    let d = d
-        .strip_suffix(b"\n")
-        .or_else(|| d.strip_suffix(b"\0"))
-        .unwrap_or(d);
+    let d = d.strip_suffix(b"\n").or_else(|| d.strip_suffix(b"\0")).unwrap_or(d);
     if d.is_empty() {
         return;
     }

@@ -43,11 +43,7 @@ impl fmt::Display for FramingError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             FramingError::NotANumber { found } => {
-                write!(
-                    f,
-                    "octet count is not a number (byte {:?} before the space)",
-                    *found as char
-                )
+                write!(f, "octet count is not a number (byte {:?} before the space)", *found as char)
             }
             FramingError::TooLarge { count, limit } => {
                 write!(f, "octet count {count} exceeds the limit of {limit} bytes")
@@ -92,12 +88,7 @@ impl Decoder {
     /// `max_record`: longest record kept; `max_count`: the octet count above
     /// which the peer is considered broken.
     pub fn new(max_record: usize, max_count: usize) -> Decoder {
-        Decoder {
-            framing: None,
-            max_record,
-            max_count: max_count.max(max_record),
-            skipping: None,
-        }
+        Decoder { framing: None, max_record, max_count: max_count.max(max_record), skipping: None }
     }
 
     pub fn framing(&self) -> Option<Framing> {
@@ -128,10 +119,7 @@ impl Decoder {
     /// Called at end of input: a last LF-framed line without its LF is still
     /// a record; anything else pending is an incomplete frame.
     pub fn finish<'a>(&mut self, input: &'a [u8]) -> Option<(&'a [u8], bool)> {
-        if self.skipping.take().is_some()
-            || input.is_empty()
-            || self.framing != Some(Framing::LineFeed)
-        {
+        if self.skipping.take().is_some() || input.is_empty() || self.framing != Some(Framing::LineFeed) {
             return None;
         }
         let n = input.len().min(self.max_record);
@@ -145,28 +133,16 @@ impl Decoder {
                     self.skipping = None;
                     Next::Skip { consumed: i + 1 }
                 }
-                None => Next::Skip {
-                    consumed: input.len(),
-                },
+                None => Next::Skip { consumed: input.len() },
             };
         }
         let window = &input[..input.len().min(self.max_record + 1)];
         match memchr::memchr(b'\n', window) {
             Some(0) => Next::Skip { consumed: 1 },
-            Some(i) => Next::Record {
-                start: 0,
-                len: i,
-                consumed: i + 1,
-                truncated: false,
-            },
+            Some(i) => Next::Record { start: 0, len: i, consumed: i + 1, truncated: false },
             None if window.len() > self.max_record => {
                 self.skipping = Some(u64::MAX);
-                Next::Record {
-                    start: 0,
-                    len: self.max_record,
-                    consumed: self.max_record,
-                    truncated: true,
-                }
+                Next::Record { start: 0, len: self.max_record, consumed: self.max_record, truncated: true }
             }
             None => Next::Incomplete,
         }
@@ -176,16 +152,11 @@ impl Decoder {
         if let Some(left) = self.skipping {
             let n = (input.len() as u64).min(left);
             self.skipping = if n == left { None } else { Some(left - n) };
-            return Next::Skip {
-                consumed: n as usize,
-            };
+            return Next::Skip { consumed: n as usize };
         }
         // Between frames, tolerate stray LFs some senders add after each frame.
         if input[0] == b'\n' || input[0] == b'\r' {
-            let n = input
-                .iter()
-                .take_while(|b| **b == b'\n' || **b == b'\r')
-                .count();
+            let n = input.iter().take_while(|b| **b == b'\n' || **b == b'\r').count();
             return Next::Skip { consumed: n };
         }
         let mut count: u64 = 0;
@@ -211,10 +182,7 @@ impl Decoder {
             i += 1;
         }
         if count > self.max_count as u64 {
-            return Next::Error(FramingError::TooLarge {
-                count,
-                limit: self.max_count,
-            });
+            return Next::Error(FramingError::TooLarge { count, limit: self.max_count });
         }
         let start = i + 1;
         let count = count as usize;
@@ -222,23 +190,13 @@ impl Decoder {
             if input.len() < start + count {
                 return Next::Incomplete;
             }
-            return Next::Record {
-                start,
-                len: count,
-                consumed: start + count,
-                truncated: false,
-            };
+            return Next::Record { start, len: count, consumed: start + count, truncated: false };
         }
         if input.len() < start + self.max_record {
             return Next::Incomplete;
         }
         self.skipping = Some((count - self.max_record) as u64);
-        Next::Record {
-            start,
-            len: self.max_record,
-            consumed: start + self.max_record,
-            truncated: true,
-        }
+        Next::Record { start, len: self.max_record, consumed: start + self.max_record, truncated: true }
     }
 }
 
@@ -248,11 +206,7 @@ mod tests {
     use proptest::prelude::*;
 
     /// Feed `input` in chunks of `chunk` bytes; collect records (and a fatal error).
-    fn decode_all(
-        input: &[u8],
-        chunk: usize,
-        max: usize,
-    ) -> (Vec<(Vec<u8>, bool)>, Option<FramingError>) {
+    fn decode_all(input: &[u8], chunk: usize, max: usize) -> (Vec<(Vec<u8>, bool)>, Option<FramingError>) {
         let mut d = Decoder::new(max, 1 << 20);
         let mut buf: Vec<u8> = Vec::new();
         let mut out = Vec::new();
@@ -264,12 +218,7 @@ mod tests {
                     Next::Skip { consumed } => {
                         buf.drain(..consumed);
                     }
-                    Next::Record {
-                        start,
-                        len,
-                        consumed,
-                        truncated,
-                    } => {
+                    Next::Record { start, len, consumed, truncated } => {
                         out.push((buf[start..start + len].to_vec(), truncated));
                         buf.drain(..consumed);
                     }
@@ -288,10 +237,7 @@ mod tests {
         let (r, e) = decode_all(b"<13>one\n<13>two\n\nthree", 3, 100);
         assert_eq!(e, None);
         let r: Vec<_> = r.into_iter().map(|x| x.0).collect();
-        assert_eq!(
-            r,
-            vec![b"<13>one".to_vec(), b"<13>two".to_vec(), b"three".to_vec()]
-        );
+        assert_eq!(r, vec![b"<13>one".to_vec(), b"<13>two".to_vec(), b"three".to_vec()]);
     }
 
     #[test]
@@ -318,18 +264,9 @@ mod tests {
 
     #[test]
     fn bad_counts_are_errors() {
-        assert_eq!(
-            decode_all(b"12a ", 10, 100).1,
-            Some(FramingError::NotANumber { found: b'a' })
-        );
-        assert!(matches!(
-            decode_all(b"99999999999999 x", 100, 100).1,
-            Some(FramingError::TooLarge { .. })
-        ));
-        assert!(matches!(
-            decode_all(b"2000000 x", 100, 100).1,
-            Some(FramingError::TooLarge { .. })
-        ));
+        assert_eq!(decode_all(b"12a ", 10, 100).1, Some(FramingError::NotANumber { found: b'a' }));
+        assert!(matches!(decode_all(b"99999999999999 x", 100, 100).1, Some(FramingError::TooLarge { .. })));
+        assert!(matches!(decode_all(b"2000000 x", 100, 100).1, Some(FramingError::TooLarge { .. })));
     }
 
     fn frames() -> impl Strategy<Value = Vec<Vec<u8>>> {

@@ -49,10 +49,8 @@ pub fn parse(msg: &[u8]) -> Header<'_> {
     let mut rest = msg;
     if let Some(r) = rest.strip_prefix(b"<") {
         if let Some(end) = r.iter().take(4).position(|b| *b == b'>') {
-            if let Some(pri) = std::str::from_utf8(&r[..end])
-                .ok()
-                .and_then(|s| s.parse::<u16>().ok())
-                .filter(|p| *p <= 191)
+            if let Some(pri) =
+                std::str::from_utf8(&r[..end]).ok().and_then(|s| s.parse::<u16>().ok()).filter(|p| *p <= 191)
             {
                 h.facility = Some((pri >> 3) as u8);
                 h.severity = Some((pri & 7) as u8);
@@ -70,12 +68,7 @@ pub fn parse(msg: &[u8]) -> Header<'_> {
     }
     // RFC 3164: TIMESTAMP SP HOSTNAME SP TAG[pid]: MSG. The timestamp is
     // "Mmm dd hh:mm:ss" or, from many modern senders, RFC 3339.
-    let after_ts = if rest.len() >= 16
-        && rest[3] == b' '
-        && rest[6] == b' '
-        && rest[9] == b':'
-        && rest[15] == b' '
-    {
+    let after_ts = if rest.len() >= 16 && rest[3] == b' ' && rest[6] == b' ' && rest[9] == b':' && rest[15] == b' ' {
         Some(&rest[16..])
     } else if rest.len() > 20 && rest[4] == b'-' && rest[7] == b'-' && rest[10] == b'T' {
         rest.iter().position(|b| *b == b' ').map(|i| &rest[i + 1..])
@@ -105,10 +98,7 @@ fn is_tag(tok: &[u8]) -> bool {
 
 /// The TAG of a BSD message: up to '[', ':' or ' ', at most 48 bytes.
 fn tag(s: &[u8]) -> Option<&[u8]> {
-    let end = s
-        .iter()
-        .take(49)
-        .position(|b| matches!(b, b'[' | b':' | b' '))?;
+    let end = s.iter().take(49).position(|b| matches!(b, b'[' | b':' | b' '))?;
     if end == 0 || !matches!(s[end], b'[' | b':') {
         return None;
     }
@@ -122,8 +112,7 @@ mod tests {
 
     #[test]
     fn rfc5424() {
-        let h =
-            parse(b"<165>1 2003-10-11T22:14:15.003Z mymachine.example.com evntslog - ID47 - msg");
+        let h = parse(b"<165>1 2003-10-11T22:14:15.003Z mymachine.example.com evntslog - ID47 - msg");
         assert_eq!(h.facility, Some(20));
         assert_eq!(h.severity, Some(5));
         assert_eq!(h.hostname, Some(&b"mymachine.example.com"[..]));
@@ -137,10 +126,7 @@ mod tests {
         assert_eq!(h.hostname, Some(&b"mymachine"[..]));
         assert_eq!(h.app_name, Some(&b"su"[..]));
         let h = parse(b"<13>2024-01-01T00:00:00+00:00 host nginx: GET /");
-        assert_eq!(
-            (h.hostname, h.app_name),
-            (Some(&b"host"[..]), Some(&b"nginx"[..]))
-        );
+        assert_eq!((h.hostname, h.app_name), (Some(&b"host"[..]), Some(&b"nginx"[..])));
         let h = parse(b"<13>Oct 11 22:14:15 cron[1]: no host");
         assert_eq!((h.hostname, h.app_name), (None, Some(&b"cron"[..])));
     }

@@ -79,10 +79,7 @@ fn admit(ctx: &ListenerCtx, limit: &Arc<Semaphore>, peer: &str) -> Option<OwnedS
     match limit.clone().try_acquire_owned() {
         Ok(p) => Some(p),
         Err(_) => {
-            ctx.metrics
-                .connections_refused
-                .with_label_values(&[&ctx.name, "max_connections"])
-                .inc();
+            ctx.metrics.connections_refused.with_label_values(&[&ctx.name, "max_connections"]).inc();
             if ctx.may_warn() {
                 warn!(listener = %ctx.name, %peer, max_connections = ctx.cfg.max_connections,
                     "connection refused: max_connections reached (further refusals this second are only counted)");
@@ -94,10 +91,7 @@ fn admit(ctx: &ListenerCtx, limit: &Arc<Semaphore>, peer: &str) -> Option<OwnedS
 
 /// Accept errors (EMFILE, ENFILE, ...) are transient: log, back off, go on.
 async fn accept_error(ctx: &ListenerCtx, e: io::Error) {
-    ctx.metrics
-        .connections_refused
-        .with_label_values(&[&ctx.name, "accept_error"])
-        .inc();
+    ctx.metrics.connections_refused.with_label_values(&[&ctx.name, "accept_error"]).inc();
     if ctx.may_warn() {
         warn!(listener = %ctx.name, error = %e, "accept failed; backing off");
     }
@@ -135,9 +129,7 @@ pub async fn connection<S: AsyncRead + Unpin>(
         match read {
             Err(_) => {
                 let pending = dec.mid_record(&buf);
-                m.framing_errors
-                    .with_label_values(&[&ctx.name, "idle_timeout"])
-                    .inc();
+                m.framing_errors.with_label_values(&[&ctx.name, "idle_timeout"]).inc();
                 if pending {
                     m.drop_records(&ctx.name, DropReason::IncompleteFrame, 1);
                 }
@@ -170,12 +162,7 @@ pub async fn connection<S: AsyncRead + Unpin>(
             match dec.next(&buf[pos..]) {
                 Next::Incomplete => break,
                 Next::Skip { consumed } => pos += consumed,
-                Next::Record {
-                    start,
-                    len,
-                    consumed,
-                    truncated,
-                } => {
+                Next::Record { start, len, consumed, truncated } => {
                     batcher.push(&buf[pos + start..pos + start + len], truncated, now);
                     pos += consumed;
                 }
@@ -188,17 +175,13 @@ pub async fn connection<S: AsyncRead + Unpin>(
         buf.advance(pos);
         batcher.flush().await;
         if let Some(e) = fatal {
-            m.framing_errors
-                .with_label_values(&[&ctx.name, e.reason()])
-                .inc();
+            m.framing_errors.with_label_values(&[&ctx.name, e.reason()]).inc();
             warn!(listener = %ctx.name, %peer, error = %e, "framing error: closing connection (records before it were kept)");
             break "framing_error";
         }
     };
     batcher.flush().await;
-    m.connections_closed
-        .with_label_values(&[&ctx.name, reason])
-        .inc();
+    m.connections_closed.with_label_values(&[&ctx.name, reason]).inc();
     active.dec();
     if reason == "eof" || reason == "shutdown" {
         debug!(listener = %ctx.name, %peer, reason, "connection closed");

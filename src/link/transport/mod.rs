@@ -75,11 +75,22 @@ pub struct Refused {
 /// text where quinn only gives text.
 pub fn classify_tls(detail: &str) -> &'static str {
     let d = detail.to_ascii_lowercase();
-    if d.contains("unknownissuer") || d.contains("unknown issuer") || d.contains("unknown ca") || d.contains("unknown_ca") {
+    if d.contains("aborted by peer") || d.contains("connection lost") || d.contains("timed out") {
+        return if d.contains("timed out") { "timeout" } else { "aborted" };
+    }
+    if d.contains("unknownissuer")
+        || d.contains("unknown issuer")
+        || d.contains("unknown ca")
+        || d.contains("unknown_ca")
+    {
         "unknown_ca"
     } else if d.contains("expired") {
         "expired"
-    } else if d.contains("nocertificatespresented") || d.contains("no certificates") || d.contains("certificate required") || d.contains("certificaterequired") {
+    } else if d.contains("nocertificatespresented")
+        || d.contains("no certificates")
+        || d.contains("certificate required")
+        || d.contains("certificaterequired")
+    {
         "no_client_cert"
     } else if d.contains("application protocol") || d.contains("applicationprotocol") || d.contains("alpn") {
         "alpn"

@@ -36,19 +36,33 @@ impl Dialer {
         let crypto = QuicClientConfig::try_from(tls).map_err(io::Error::other)?;
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
         config.transport_config(transport_config(timing));
-        let bind: SocketAddr = if ipv6 { "[::]:0".parse().expect("literal") } else { "0.0.0.0:0".parse().expect("literal") };
+        let bind: SocketAddr =
+            if ipv6 { "[::]:0".parse().expect("literal") } else { "0.0.0.0:0".parse().expect("literal") };
         let endpoint = quinn::Endpoint::client(bind)?;
         Ok(Dialer { endpoint, config })
     }
 
     pub async fn connect(&self, addr: SocketAddr, server_name: &str, timing: &Timing) -> io::Result<Link> {
         let fut = async {
-            let conn = self.endpoint.connect_with(self.config.clone(), addr, server_name).map_err(io::Error::other)?.await.map_err(io::Error::other)?;
+            let conn = self
+                .endpoint
+                .connect_with(self.config.clone(), addr, server_name)
+                .map_err(io::Error::other)?
+                .await
+                .map_err(io::Error::other)?;
             let identity = peer_identity(&conn).map_err(|r| io::Error::other(r.detail))?;
             let (send, recv) = conn.open_bi().await.map_err(io::Error::other)?;
-            Ok(Link { io: Box::new(tokio::io::join(recv, send)), peer: addr, identity, wire: WireCounter::Quic(conn.clone()), quic: Some(conn) })
+            Ok(Link {
+                io: Box::new(tokio::io::join(recv, send)),
+                peer: addr,
+                identity,
+                wire: WireCounter::Quic(conn.clone()),
+                quic: Some(conn),
+            })
         };
-        tokio::time::timeout(timing.connect_timeout, fut).await.map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))?
+        tokio::time::timeout(timing.connect_timeout, fut)
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))?
     }
 }
 
@@ -57,7 +71,8 @@ fn peer_identity(conn: &quinn::Connection) -> Result<crate::pki::Identity, Refus
         .peer_identity()
         .and_then(|a| a.downcast::<Vec<CertificateDer<'static>>>().ok())
         .ok_or(Refused { reason: "no_client_cert", detail: "peer presented no certificate".into() })?;
-    let der = certs.first().ok_or(Refused { reason: "no_client_cert", detail: "peer presented no certificate".into() })?;
+    let der =
+        certs.first().ok_or(Refused { reason: "no_client_cert", detail: "peer presented no certificate".into() })?;
     identity_from_cert(der).map_err(|e| Refused { reason: "bad_identity", detail: e.to_string() })
 }
 
@@ -100,7 +115,13 @@ pub async fn handshake(incoming: quinn::Incoming, timing: &Timing) -> Result<Lin
         })?;
         let identity = peer_identity(&conn)?;
         let (send, recv) = conn.accept_bi().await.map_err(|e| Refused { reason: "stream", detail: e.to_string() })?;
-        Ok(Link { io: Box::new(tokio::io::join(recv, send)), peer, identity, wire: WireCounter::Quic(conn.clone()), quic: Some(conn) })
+        Ok(Link {
+            io: Box::new(tokio::io::join(recv, send)),
+            peer,
+            identity,
+            wire: WireCounter::Quic(conn.clone()),
+            quic: Some(conn),
+        })
     };
     match tokio::time::timeout(timing.connect_timeout, fut).await {
         Ok(r) => r,

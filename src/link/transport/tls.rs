@@ -57,8 +57,9 @@ impl Dialer {
 
     /// Connect to `addr`, verifying the receiver's certificate for `server_name`.
     pub async fn connect(&self, addr: SocketAddr, server_name: &str, timing: &Timing) -> io::Result<Link> {
-        let name = ServerName::try_from(server_name.to_owned())
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("{server_name:?} is not a valid server name")))?;
+        let name = ServerName::try_from(server_name.to_owned()).map_err(|_| {
+            io::Error::new(io::ErrorKind::InvalidInput, format!("{server_name:?} is not a valid server name"))
+        })?;
         let fut = async {
             let tcp = TcpStream::connect(addr).await?;
             tcp.set_nodelay(true)?;
@@ -66,12 +67,17 @@ impl Dialer {
             let tls = self.connector.connect(name, Counting { inner: tcp, sent: sent.clone() }).await?;
             let identity = {
                 let (_, conn) = tls.get_ref();
-                let der = conn.peer_certificates().and_then(|c| c.first()).ok_or_else(|| io::Error::other("receiver sent no certificate"))?;
+                let der = conn
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .ok_or_else(|| io::Error::other("receiver sent no certificate"))?;
                 identity_from_cert(der).map_err(io::Error::other)?
             };
             Ok(Link { io: Box::new(tls), peer: addr, identity, wire: WireCounter::Tcp(sent), quic: None })
         };
-        tokio::time::timeout(timing.connect_timeout, fut).await.map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))?
+        tokio::time::timeout(timing.connect_timeout, fut)
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))?
     }
 }
 
@@ -102,7 +108,12 @@ impl Acceptor {
 }
 
 /// Complete the server side of the TLS handshake and authenticate the peer.
-pub async fn handshake(acceptor: TlsAcceptor, tcp: TcpStream, peer: SocketAddr, timing: &Timing) -> Result<Link, Refused> {
+pub async fn handshake(
+    acceptor: TlsAcceptor,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    timing: &Timing,
+) -> Result<Link, Refused> {
     let _ = tcp.set_nodelay(true);
     let sent = Arc::new(AtomicU64::new(0));
     let fut = acceptor.accept(Counting { inner: tcp, sent: sent.clone() });
@@ -119,9 +130,15 @@ pub async fn handshake(acceptor: TlsAcceptor, tcp: TcpStream, peer: SocketAddr, 
     };
     let (_, conn) = tls.get_ref();
     if conn.alpn_protocol() != Some(ALPN) {
-        return Err(Refused { reason: "alpn", detail: format!("peer did not negotiate ALPN {:?}", String::from_utf8_lossy(ALPN)) });
+        return Err(Refused {
+            reason: "alpn",
+            detail: format!("peer did not negotiate ALPN {:?}", String::from_utf8_lossy(ALPN)),
+        });
     }
-    let der = conn.peer_certificates().and_then(|c| c.first()).ok_or(Refused { reason: "no_client_cert", detail: "no client certificate".into() })?;
+    let der = conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .ok_or(Refused { reason: "no_client_cert", detail: "no client certificate".into() })?;
     let identity = identity_from_cert(der).map_err(|e| Refused { reason: "bad_identity", detail: e.to_string() })?;
     Ok(Link { io: Box::new(tls), peer, identity, wire: WireCounter::Tcp(sent), quic: None })
 }

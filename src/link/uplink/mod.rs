@@ -14,7 +14,7 @@
 pub mod bucket;
 pub mod scan;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -83,7 +83,11 @@ struct Seg {
 
 impl Uplink {
     fn timing(&self) -> Timing {
-        Timing { keepalive: self.cfg.keepalive, dead_after: self.cfg.dead_after, connect_timeout: self.cfg.connect_timeout }
+        Timing {
+            keepalive: self.cfg.keepalive,
+            dead_after: self.cfg.dead_after,
+            connect_timeout: self.cfg.connect_timeout,
+        }
     }
 
     /// Connect, ship, reconnect with jittered exponential backoff over the
@@ -165,7 +169,8 @@ impl Uplink {
             .await?
             .next()
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("{addr_str} resolves to nothing")))?;
-        let host = addr_str.rsplit_once(':').map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']')).unwrap_or(addr_str);
+        let host =
+            addr_str.rsplit_once(':').map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']')).unwrap_or(addr_str);
         let server_name = self.cfg.server_name.as_deref().unwrap_or(host);
         match dialer {
             Dialer::Tls(d) => d.connect(addr, server_name, timing).await,
@@ -220,6 +225,7 @@ impl Uplink {
         let mut progressed = false;
         let mut wire_reported = wire_start;
         let mut inbox: VecDeque<Result<Msg, String>> = VecDeque::new();
+        let mut seen_streams: HashSet<StreamKey> = HashSet::new();
 
         loop {
             // 1. Everything the receiver said.
@@ -229,7 +235,9 @@ impl Uplink {
                     None => match rx.try_recv() {
                         Ok(ev) => ev,
                         Err(mpsc::error::TryRecvError::Empty) => break,
-                        Err(mpsc::error::TryRecvError::Disconnected) => return end_session(End::Lost("reader stopped".into()), progressed),
+                        Err(mpsc::error::TryRecvError::Disconnected) => {
+                            return end_session(End::Lost("reader stopped".into()), progressed)
+                        }
                     },
                 };
                 last_rx = Instant::now();
@@ -267,7 +275,9 @@ impl Uplink {
                             let delta = len - s.acked;
                             s.acked = len;
                             progressed = true;
-                            m.uplink_acked_bytes.with_label_values(&[name, &s.local.name.site, &s.local.name.stream]).inc_by(delta);
+                            m.uplink_acked_bytes
+                                .with_label_values(&[name, &s.local.name.site, &s.local.name.stream])
+                                .inc_by(delta);
                         }
                     }
                     Msg::WrongOffset { id, expected } => {
@@ -312,7 +322,8 @@ impl Uplink {
             if Instant::now() >= next_scan {
                 next_scan = Instant::now() + Duration::from_millis(200);
                 let (a, st, d) = (self.archive_dir.clone(), self.state_dir.clone(), self.delivered.clone());
-                let found = match tokio::task::spawn_blocking(move || scan::scan(&a, &st, &d)).await.expect("scan task") {
+                let found = match tokio::task::spawn_blocking(move || scan::scan(&a, &st, &d)).await.expect("scan task")
+                {
                     Ok(f) => f,
                     Err(e) => {
                         warn!(uplink = name, error = %e, "cannot scan the archive");
@@ -342,7 +353,17 @@ impl Uplink {
                             by_id.insert(id, l.rel.clone());
                             segs.insert(
                                 l.rel.clone(),
-                                Seg { local: l, id, known: false, acked: 0, sent: 0, seal_sent: false, live: false, failed: false, stalled_at: None },
+                                Seg {
+                                    local: l,
+                                    id,
+                                    known: false,
+                                    acked: 0,
+                                    sent: 0,
+                                    seal_sent: false,
+                                    live: false,
+                                    failed: false,
+                                    stalled_at: None,
+                                },
                             );
                         }
                     }
@@ -350,7 +371,7 @@ impl Uplink {
                 for (rel, s) in segs.iter_mut() {
                     s.live = newest.get(&(s.local.name.site.clone(), s.local.name.stream.clone())) == Some(rel);
                 }
-                self.report_lag(&segs).await;
+                self.report_lag(&segs, &mut seen_streams).await;
                 if drain.is_cancelled() && segs.values().all(|s| s.failed) {
                     return end_session(End::Drained, progressed);
                 }
@@ -380,7 +401,10 @@ impl Uplink {
                     let s = segs.get(&rel).expect("picked from segs");
                     let (path, from, live) = (self.archive_dir.join(&rel), s.sent, s.live);
                     let max = chunk_max.min((self.cfg.window - inflight) as usize).max(16 << 10);
-                    match tokio::task::spawn_blocking(move || scan::read_chunk(&path, from, max)).await.expect("read task") {
+                    match tokio::task::spawn_blocking(move || scan::read_chunk(&path, from, max))
+                        .await
+                        .expect("read task")
+                    {
                         Ok((bytes, _)) if bytes.is_empty() => {
                             let s = segs.get_mut(&rel).expect("present");
                             s.stalled_at = Some(s.local.file_len);
@@ -433,7 +457,12 @@ impl Uplink {
                 match w {
                     Ok(Ok(())) => last_tx = Instant::now(),
                     Ok(Err(e)) => return end_session(End::Lost(e.to_string()), progressed),
-                    Err(_) => return end_session(End::Lost(format!("write blocked for {:?}", self.cfg.dead_after)), progressed),
+                    Err(_) => {
+                        return end_session(
+                            End::Lost(format!("write blocked for {:?}", self.cfg.dead_after)),
+                            progressed,
+                        )
+                    }
                 }
             }
             if sent_chunk {
@@ -461,9 +490,16 @@ impl Uplink {
         info!(uplink = %self.cfg.name, path = %l.rel.display(), "segment delivered: sealed and verified at the receiver");
     }
 
-    async fn report_lag(&self, segs: &BTreeMap<PathBuf, Seg>) {
-        let mut pending: HashMap<(String, String), (u64, Vec<(PathBuf, u64)>)> = HashMap::new();
+    /// Lag per (site, stream): bytes not yet acknowledged, and the age of the
+    /// oldest unacknowledged record. Streams seen before and now caught up
+    /// are reported as 0.
+    async fn report_lag(&self, segs: &BTreeMap<PathBuf, Seg>, seen: &mut HashSet<StreamKey>) {
+        let mut pending: HashMap<StreamKey, StreamLag> = HashMap::new();
+        for key in seen.iter() {
+            pending.insert(key.clone(), StreamLag::default());
+        }
         for s in segs.values() {
+            seen.insert((s.local.name.site.clone(), s.local.name.stream.clone()));
             let e = pending.entry((s.local.name.site.clone(), s.local.name.stream.clone())).or_default();
             let lag = s.local.file_len.saturating_sub(s.acked);
             e.0 += lag;
@@ -486,6 +522,11 @@ impl Uplink {
     }
 }
 
+/// (site, stream)
+type StreamKey = (String, String);
+/// Unacknowledged bytes, and (file, acknowledged offset) of each segment behind.
+type StreamLag = (u64, Vec<(PathBuf, u64)>);
+
 /// The segment to send from next: live-first by share, then the oldest backlog.
 fn pick(segs: &BTreeMap<PathBuf, Seg>, live_sent: u64, backlog_sent: u64, live_share: f64) -> Option<PathBuf> {
     let ready = |s: &&Seg| s.known && !s.failed && s.sent < s.local.file_len && s.stalled_at.is_none();
@@ -493,7 +534,9 @@ fn pick(segs: &BTreeMap<PathBuf, Seg>, live_sent: u64, backlog_sent: u64, live_s
     let backlog = segs.values().filter(ready).find(|s| !s.live);
     let total = (live_sent + backlog_sent).max(1) as f64;
     match (live, backlog) {
-        (Some(l), Some(b)) => Some(if (live_sent as f64) / total <= live_share { &l.local.rel } else { &b.local.rel }.clone()),
+        (Some(l), Some(b)) => {
+            Some(if (live_sent as f64) / total <= live_share { &l.local.rel } else { &b.local.rel }.clone())
+        }
         (Some(l), None) => Some(l.local.rel.clone()),
         (None, Some(b)) => Some(b.local.rel.clone()),
         (None, None) => None,

@@ -95,7 +95,9 @@ pub fn scan(archive_dir: &Path, state_dir: &Path, delivered: &Delivered) -> io::
         let seal = SealRecord::load(&seal_path(state_dir, &rel)).unwrap_or(None);
         out.push(Local { rel, name, file_len, seal });
     }
-    out.sort_by(|a, b| (&a.name.date, a.name.hour, a.name.seq, &a.rel).cmp(&(&b.name.date, b.name.hour, b.name.seq, &b.rel)));
+    out.sort_by(|a, b| {
+        (&a.name.date, a.name.hour, a.name.seq, &a.rel).cmp(&(&b.name.date, b.name.hour, b.name.seq, &b.rel))
+    });
     Ok(out)
 }
 
