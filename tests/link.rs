@@ -137,7 +137,8 @@ both_transports!(cuts_and_blackholes_lose_and_double_nothing, |via: Via| {
         // migrates (as it would across a NAT rebinding), and only the
         // blackholes, longer than dead_after, force reconnects.
         Via::Quic => {
-            assert!(proxy.connections() >= 20, "every cut gave the client a new path ({})", proxy.connections());
+            // A cut with no packet since the previous one re-cuts the same path.
+            assert!(proxy.connections() >= 12, "cuts gave the client new paths ({})", proxy.connections());
             assert!(edge.metric("ferry_uplink_reconnects_total", &[]) >= 2.0, "blackholes were noticed");
         }
     }
