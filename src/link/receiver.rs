@@ -212,7 +212,7 @@ async fn session(mut link: Link, ctx: Arc<ReceiverCtx>, sd: Shutdown) {
                     Err(AppendError::WrongOffset { expected, .. }) => Msg::WrongOffset { id, expected },
                     Err(e @ AppendError::InvalidFrame { .. }) => {
                         m.link_refused.with_label_values(&[&ctx.cfg.name, "invalid_frame"]).inc();
-                        warn!(listener = %ctx.cfg.name, %peer, %site, path = %ids[&id].display(), error = %e, "refused invalid frames; nothing written");
+                        warn!(listener = %ctx.cfg.name, %peer, %site, reason = "invalid_frame", path = %ids[&id].display(), error = %e, "link refused invalid frames; nothing written");
                         Msg::Error { id, code: Code::InvalidFrame, reason: e.to_string() }
                     }
                     Err(e) => {
@@ -262,15 +262,11 @@ async fn session(mut link: Link, ctx: Arc<ReceiverCtx>, sd: Shutdown) {
             Msg::Refuse { code, reason }.encode(&mut wbuf);
             let _ = link.io.write_all(&wbuf).await;
             let _ = link.io.flush().await;
-            let _ = link.io.shutdown().await;
-            link.close(code as u32, code.as_str());
+            link.close(code as u32, code.as_str()).await;
         }
         End::Closed => info!(listener = %ctx.cfg.name, %peer, %site, %node, "uplink disconnected"),
         End::Io(e) => warn!(listener = %ctx.cfg.name, %peer, %site, %node, error = %e, "uplink connection lost"),
-        End::Shutdown => {
-            let _ = link.io.shutdown().await;
-            link.close(Code::ShuttingDown as u32, "receiver shutting down");
-        }
+        End::Shutdown => link.close(Code::ShuttingDown as u32, "receiver shutting down").await,
     }
     m.link_sessions_active.with_label_values(&[&ctx.cfg.name]).dec();
 }

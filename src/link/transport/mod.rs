@@ -48,9 +48,15 @@ pub struct Link {
 }
 
 impl Link {
-    /// Close the link; for QUIC with an application code and reason the peer sees.
-    pub fn close(&self, code: u32, reason: &str) {
+    /// Close the link after what was written has been delivered: the stream
+    /// is finished, and a QUIC peer gets up to a second to read it and hang
+    /// up before the connection is closed with `code` (closing a QUIC
+    /// connection at once discards unsent stream data, such as a REFUSE).
+    pub async fn close(&mut self, code: u32, reason: &str) {
+        use tokio::io::AsyncWriteExt;
+        let _ = self.io.shutdown().await;
         if let Some(c) = &self.quic {
+            let _ = tokio::time::timeout(Duration::from_secs(1), c.closed()).await;
             c.close(quinn::VarInt::from_u32(code), reason.as_bytes());
         }
     }
@@ -78,11 +84,9 @@ pub fn classify_tls(detail: &str) -> &'static str {
     if d.contains("aborted by peer") || d.contains("connection lost") || d.contains("timed out") {
         return if d.contains("timed out") { "timeout" } else { "aborted" };
     }
-    if d.contains("unknownissuer")
-        || d.contains("unknown issuer")
-        || d.contains("unknown ca")
-        || d.contains("unknown_ca")
-    {
+    // UnknownIssuer: no trusted CA of that name; BadSignature: a CA of the same
+    // name but another key. Either way the certificate is not from this deployment.
+    if d.contains("unknownissuer") || d.contains("badsignature") || d.contains("unknown issuer") || d.contains("unknownca") || d.contains("unknown_ca") {
         "unknown_ca"
     } else if d.contains("expired") {
         "expired"
