@@ -191,3 +191,59 @@ both_transports!(kill_9_of_either_side_and_lost_uplink_state_change_nothing, |vi
     let ids = unique_ids(&central_lines);
     assert!(ids.len() >= 100_000 && ids.len() <= sent_first + 100_000, "{} lines", ids.len());
 });
+
+both_transports!(max_rate_holds_within_5_percent_over_every_10_second_window, |via: Via| {
+    use rand::Rng;
+    let pki_dir = TestDir::new("pki");
+    let pki = Pki::new(&pki_dir, "pki");
+    let port = free_port();
+    let central_addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let proxy = match via {
+        Via::Tls => proxy::Proxy::tcp(central_addr),
+        Via::Quic => proxy::Proxy::udp(central_addr),
+    };
+    const CAP: f64 = 2_000_000.0; // 16 Mbit/s
+    let p = pair("rate", &pki, via, proxy.port(), port, "segment_max_bytes = \"8MiB\"", "max_rate = \"16Mbit/s\"");
+    // The backlog builds while central is down: ~50 MB of barely compressible lines.
+    let mut edge = Node::start(&p.edge_dir, &p.edge_cfg, p.edge_ports.admin);
+    let mut rng = rand::rng();
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut input = Vec::with_capacity(70 << 20);
+    let mut n = 0;
+    while input.len() < 70 << 20 {
+        input.extend_from_slice(format!("<13>rate-{n:08} ").as_bytes());
+        input.extend((0..200).map(|_| ALPHABET[rng.random_range(0..64)]));
+        input.push(b'\n');
+        n += 1;
+    }
+    ferry_send(&["--to", &format!("127.0.0.1:{}", p.edge_ports.tcp)], &input);
+    edge.wait_metric("ferry_committed_records_total", &[], Duration::from_secs(60), |v| v >= n as f64);
+    let backlog = archive_bytes(&edge.data, "edge1");
+    assert!(backlog >= 50_000_000, "backlog of {backlog} bytes");
+
+    let mut central = Node::start(&p.central_dir, &p.central_cfg, p.central_ports.admin);
+    wait_mirrored(&edge.data, &central.data, Duration::from_secs(120));
+    std::thread::sleep(Duration::from_millis(300));
+    let samples = proxy.samples();
+    let total = proxy.bytes_up();
+    let at = |t: Duration| samples.iter().rev().find(|s| s.0 <= t).map(|s| s.1).unwrap_or(0);
+    let per_sec: Vec<String> =
+        (0..samples.last().unwrap().0.as_secs()).map(|i| format!("{:.2}", (at(Duration::from_secs(i + 1)) - at(Duration::from_secs(i))) as f64 / 1e6)).collect();
+    eprintln!("{via:?}: total {total}, edge counted {}, MB per second: {}", edge.metric("ferry_uplink_wire_bytes_total", &[]), per_sec.join(" "));
+    // Saturated from the first byte until the last ~1%.
+    let start = samples.iter().find(|s| s.1 > 0).unwrap().0;
+    let end = samples.iter().find(|s| s.1 as f64 >= total as f64 * 0.99).unwrap().0;
+    let mut windows = 0;
+    let mut t = start + Duration::from_secs(10);
+    while t + Duration::from_secs(10) <= end {
+        let rate = (at(t + Duration::from_secs(10)) - at(t)) as f64 / 10.0;
+        assert!((rate - CAP).abs() / CAP < 0.05, "window at {:?}: {rate:.0} B/s against a cap of {CAP} B/s", t - start);
+        windows += 1;
+        t += Duration::from_secs(1);
+    }
+    assert!(windows >= 3, "transfer long enough to judge ({windows} windows, {:?})", end - start);
+    let overall = total as f64 / (end - start).as_secs_f64();
+    eprintln!("{via:?}: {total} wire bytes in {:?}: {overall:.0} B/s over the transfer, {windows} windows within 5%", end - start);
+    edge.stop();
+    central.stop();
+});

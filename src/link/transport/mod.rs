@@ -86,7 +86,12 @@ pub fn classify_tls(detail: &str) -> &'static str {
     }
     // UnknownIssuer: no trusted CA of that name; BadSignature: a CA of the same
     // name but another key. Either way the certificate is not from this deployment.
-    if d.contains("unknownissuer") || d.contains("badsignature") || d.contains("unknown issuer") || d.contains("unknownca") || d.contains("unknown_ca") {
+    if d.contains("unknownissuer")
+        || d.contains("badsignature")
+        || d.contains("unknown issuer")
+        || d.contains("unknownca")
+        || d.contains("unknown_ca")
+    {
         "unknown_ca"
     } else if d.contains("expired") {
         "expired"

@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::proto::{Code, Msg, MAX_APPEND, VERSION};
-use super::transport::{quic, tls, Io, Link, Timing};
+use super::transport::{quic, tls, Io, Link, Timing, WireCounter};
 use crate::config::{LinkTransport, UplinkConfig};
 use crate::metrics::Metrics;
 use crate::pki::TlsFiles;
@@ -219,7 +219,12 @@ impl Uplink {
             None => MAX_APPEND,
         };
         let (mut live_sent, mut backlog_sent) = (0u64, 0u64);
-        let mut last_rx = Instant::now();
+        // Liveness: every request gets exactly one reply, in order. The link is
+        // dead when a request has waited longer than dead_after for its reply
+        // (time spent pacing a long write out does not count).
+        let mut queued: u64 = 0;
+        let mut outstanding: u64 = 0;
+        let mut waiting_since: Option<Instant> = None;
         let mut last_tx = Instant::now();
         let mut next_scan = Instant::now();
         let mut progressed = false;
@@ -240,7 +245,8 @@ impl Uplink {
                         }
                     },
                 };
-                last_rx = Instant::now();
+                outstanding = outstanding.saturating_sub(1);
+                waiting_since = (outstanding > 0).then(Instant::now);
                 let msg = match ev {
                     Ok(msg) => msg,
                     Err(e) => return end_session(End::Lost(e), progressed),
@@ -314,7 +320,7 @@ impl Uplink {
             if stop.is_cancelled() {
                 return end_session(End::Cancelled, progressed);
             }
-            if last_rx.elapsed() > self.cfg.dead_after {
+            if waiting_since.is_some_and(|t| t.elapsed() > self.cfg.dead_after) {
                 return end_session(End::Lost(format!("no answer for {:?}", self.cfg.dead_after)), progressed);
             }
 
@@ -350,6 +356,7 @@ impl Uplink {
                             let id = next_id;
                             next_id += 1;
                             Msg::Open { id, path: l.rel.to_string_lossy().into_owned() }.encode(&mut out);
+                            queued += 1;
                             by_id.insert(id, l.rel.clone());
                             segs.insert(
                                 l.rel.clone(),
@@ -387,6 +394,7 @@ impl Uplink {
                         let mut sha = [0u8; 32];
                         if decode_hex(&seal.sha256, &mut sha) {
                             Msg::Seal { id: s.id, len: seal.len, sha256: sha }.encode(&mut out);
+                            queued += 1;
                             s.seal_sent = true;
                         }
                     }
@@ -410,25 +418,10 @@ impl Uplink {
                             s.stalled_at = Some(s.local.file_len);
                         }
                         Ok((bytes, _)) => {
-                            if let Some(b) = bucket.as_mut() {
-                                // Flush what is queued first so the bucket sees it on the wire.
-                                if let Err(e) = write(&mut wr, &mut out).await {
-                                    return end_session(End::Lost(e.to_string()), progressed);
-                                }
-                                loop {
-                                    let wait = b.wait_time(Instant::now(), wire.sent());
-                                    if wait.is_zero() {
-                                        break;
-                                    }
-                                    tokio::select! {
-                                        _ = stop.cancelled() => return end_session(End::Cancelled, progressed),
-                                        _ = tokio::time::sleep(wait) => {}
-                                    }
-                                }
-                            }
                             let s = segs.get_mut(&rel).expect("present");
                             let n = bytes.len() as u64;
                             Msg::Append { id: s.id, offset: from, frames: Bytes::from(bytes) }.encode(&mut out);
+                            queued += 1;
                             s.sent += n;
                             if live {
                                 live_sent += n;
@@ -448,14 +441,21 @@ impl Uplink {
             // 5. Keepalive.
             if out.is_empty() && last_tx.elapsed() >= self.cfg.keepalive {
                 Msg::Ping { nonce: 0 }.encode(&mut out);
+                queued += 1;
             }
             if !out.is_empty() {
                 let w = tokio::select! {
                     _ = stop.cancelled() => return end_session(End::Cancelled, progressed),
-                    r = tokio::time::timeout(self.cfg.dead_after, write(&mut wr, &mut out)) => r,
+                    r = tokio::time::timeout(self.cfg.dead_after.max(Duration::from_secs(5)), write_paced(&mut wr, &mut out, bucket.as_mut(), &wire)) => r,
                 };
                 match w {
-                    Ok(Ok(())) => last_tx = Instant::now(),
+                    Ok(Ok(())) => {
+                        last_tx = Instant::now();
+                        outstanding += std::mem::take(&mut queued);
+                        if outstanding > 0 && waiting_since.is_none() {
+                            waiting_since = Some(last_tx);
+                        }
+                    }
                     Ok(Err(e)) => return end_session(End::Lost(e.to_string()), progressed),
                     Err(_) => {
                         return end_session(
@@ -541,6 +541,33 @@ fn pick(segs: &BTreeMap<PathBuf, Seg>, live_sent: u64, backlog_sent: u64, live_s
         (None, Some(b)) => Some(b.local.rel.clone()),
         (None, None) => None,
     }
+}
+
+/// Write `out`, in slices paced by the token bucket when there is one.
+async fn write_paced(
+    wr: &mut WriteHalf<Box<dyn Io>>,
+    out: &mut BytesMut,
+    bucket: Option<&mut TokenBucket>,
+    wire: &WireCounter,
+) -> io::Result<()> {
+    let Some(b) = bucket else { return write(wr, out).await };
+    let mut at = 0;
+    while at < out.len() {
+        loop {
+            let wait = b.wait_time(Instant::now(), wire.sent());
+            if wait.is_zero() {
+                break;
+            }
+            tokio::time::sleep(wait).await;
+        }
+        let n = b.slice().min(out.len() - at);
+        b.debit(n);
+        wr.write_all(&out[at..at + n]).await?;
+        wr.flush().await?;
+        at += n;
+    }
+    out.clear();
+    Ok(())
 }
 
 async fn write(wr: &mut WriteHalf<Box<dyn Io>>, out: &mut BytesMut) -> io::Result<()> {
