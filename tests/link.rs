@@ -64,6 +64,20 @@ both_transports!(million_records_arrive_byte_identical, |via: Via| {
     edge.wait_metric("ferry_committed_records_total", &[], Duration::from_secs(60), |v| v >= 1_000_000.0);
     wait_mirrored(&edge.data, &central.data, Duration::from_secs(60));
     assert_eq!(edge.metric("ferry_uplink_connected", &[("uplink", "central")]), 1.0);
+    edge.wait_metric("ferry_uplink_lag_bytes", &[("stream", "live")], Duration::from_secs(5), |v| v == 0.0);
+    edge.wait_metric("ferry_uplink_lag_seconds", &[("stream", "live")], Duration::from_secs(5), |v| v == 0.0);
+    // `ferry status` shows the same, for a human.
+    let status = |port: u16| {
+        let out = std::process::Command::new(FERRY).args(["status", "--admin", &format!("127.0.0.1:{port}")]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let s = status(p.edge_ports.admin);
+    assert!(s.contains("site edge1, node relay-1"), "{s}");
+    assert!(s.lines().any(|l| l.contains("central") && l.contains("yes")), "uplink connected in status:\n{s}");
+    assert!(s.lines().any(|l| l.contains("edge1/live") && l.contains("0 B")), "lag per stream in status:\n{s}");
+    let s = status(p.central_ports.admin);
+    assert!(s.contains("receivers") && s.contains("edge1="), "{s}");
     // Stopping the edge seals its open segments; the uplink delivers those seals before exiting.
     edge.stop();
     wait_mirrored(&edge.data, &central.data, Duration::from_secs(30));

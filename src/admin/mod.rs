@@ -1,5 +1,6 @@
 //! The admin HTTP listener: `/metrics` (Prometheus text), `/healthz` (the
-//! process answers), `/readyz` (listeners bound, store open and accepting).
+//! process answers), `/readyz` (listeners bound, store open and accepting),
+//! `/status` (the same numbers for a human).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -14,12 +15,16 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 
+pub mod status;
+
 /// What the admin endpoints read.
 #[derive(Clone)]
 pub struct AdminState {
     pub metrics: Metrics,
     /// Set once every listener is bound and the store is open; cleared on shutdown.
     pub ready: Arc<AtomicBool>,
+    pub site: String,
+    pub node: String,
 }
 
 /// Serve until `stop` is cancelled.
@@ -28,6 +33,10 @@ pub async fn serve(listener: TcpListener, state: AdminState, stop: CancellationT
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route(
+            "/status",
+            get(|State(s): State<AdminState>| async move { status::render(&s.metrics, &s.site, &s.node) }),
+        )
         .with_state(state);
     axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await
 }

@@ -4,6 +4,7 @@ mod certs;
 mod check;
 mod run;
 mod send;
+mod status;
 mod verify;
 
 use std::path::PathBuf;
@@ -44,6 +45,12 @@ enum Command {
     Send(send::SendArgs),
     /// Make the deployment CA and node certificates (`certs ca`, `certs issue`).
     Certs(certs::CertsArgs),
+    /// Lag per uplink and stream, rates, drops, disk: a running node at a glance.
+    Status {
+        /// The node's admin listener.
+        #[arg(long, default_value = "127.0.0.1:9750")]
+        admin: String,
+    },
     /// Print the embedded default config.
     DefaultConfig,
 }
@@ -56,6 +63,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Verify { dir, verbose } => verify::verify(&dir, verbose),
         Command::Send(a) => send::send(a),
         Command::Certs(a) => certs::certs(a),
+        Command::Status { admin } => status::status(&admin),
         Command::DefaultConfig => {
             print!("{}", crate::config::DEFAULT_CONFIG);
             Ok(0)

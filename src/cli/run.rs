@@ -72,7 +72,12 @@ pub async fn run_node(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<()> 
     if let Some(addr) = cfg.admin.listen {
         let l = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("admin: cannot listen on {addr}"))?;
         info!(addr = %l.local_addr()?, "admin listening (/metrics /healthz /readyz)");
-        let st = AdminState { metrics: metrics.clone(), ready: ready.clone() };
+        let st = AdminState {
+            metrics: metrics.clone(),
+            ready: ready.clone(),
+            site: cfg.node.site.clone(),
+            node: cfg.node.name.clone(),
+        };
         let stop = admin_stop.clone();
         admin_task = Some(tokio::spawn(async move {
             if let Err(e) = admin::serve(l, st, stop).await {

@@ -1,0 +1,178 @@
+//! `/status`: the node at a glance, for a human (`ferry status`). Built from
+//! the same metrics `/metrics` exports, so the two never disagree.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use prometheus::proto::{MetricFamily, MetricType};
+
+use crate::metrics::Metrics;
+
+/// Sample values of one metric family, keyed by the values of `labels`, in
+/// that order (the registry returns labels sorted by name).
+fn series(fams: &[MetricFamily], name: &str, labels: &[&str]) -> BTreeMap<Vec<String>, f64> {
+    let mut out = BTreeMap::new();
+    if let Some(f) = fams.iter().find(|f| f.name() == name) {
+        for m in f.get_metric() {
+            let pairs = m.get_label();
+            let labels = labels
+                .iter()
+                .map(|want| pairs.iter().find(|l| l.name() == *want).map(|l| l.value().to_owned()).unwrap_or_default())
+                .collect();
+            let v = match f.get_field_type() {
+                MetricType::COUNTER => m.get_counter().get_value(),
+                MetricType::GAUGE => m.get_gauge().get_value(),
+                _ => continue,
+            };
+            out.insert(labels, v);
+        }
+    }
+    out
+}
+
+fn by_first(s: &BTreeMap<Vec<String>, f64>) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    for (k, v) in s {
+        *out.entry(k.first().cloned().unwrap_or_default()).or_insert(0.0) += v;
+    }
+    out
+}
+
+fn bytes(v: f64) -> String {
+    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = v;
+    let mut i = 0;
+    while v >= 1024.0 && i < U.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{v:.0} B")
+    } else {
+        format!("{v:.1} {}", U[i])
+    }
+}
+
+/// Render the status page.
+pub fn render(m: &Metrics, site: &str, node: &str) -> String {
+    let fams = m.registry.gather();
+    let get = |n: &str, l: &[&str]| series(&fams, n, l);
+    let mut s = String::new();
+    let up = crate::store::clock::Clock::now_ms(&crate::store::clock::SystemClock) / 1000 - m.up_since.get();
+    let ready = if m.ready.get() == 1 { "ready" } else { "not ready" };
+    let _ = writeln!(s, "ferry {} — site {site}, node {node}, up {up}s, {ready}", env!("CARGO_PKG_VERSION"));
+    let full = if m.store_full.get() == 1 { "  (FULL: refusing records, on_full = reject)" } else { "" };
+    let _ =
+        writeln!(s, "archive: {} in {} segments{full}", bytes(m.archive_bytes.get() as f64), m.archive_segments.get());
+
+    let committed = by_first(&get("ferry_committed_records_total", &["stream"]));
+    let cbytes = by_first(&get("ferry_committed_bytes_total", &["stream"]));
+    let written = by_first(&get("ferry_written_bytes_total", &["stream"]));
+    let open = by_first(&get("ferry_segments_open", &["stream"]));
+    let _ =
+        writeln!(s, "\nstreams\n  {:<16} {:>14} {:>12} {:>12} {:>5}", "STREAM", "RECORDS", "RAW", "ON DISK", "OPEN");
+    for (k, v) in &committed {
+        let _ = writeln!(
+            s,
+            "  {:<16} {:>14} {:>12} {:>12} {:>5}",
+            k,
+            *v as u64,
+            bytes(cbytes.get(k).copied().unwrap_or(0.0)),
+            bytes(written.get(k).copied().unwrap_or(0.0)),
+            open.get(k).copied().unwrap_or(0.0) as u64
+        );
+    }
+
+    let received = by_first(&get("ferry_received_records_total", &["listener"]));
+    let dropped = get("ferry_dropped_records_total", &["listener", "reason"]);
+    let active = by_first(&get("ferry_connections_active", &["listener"]));
+    let _ = writeln!(s, "\nlisteners\n  {:<16} {:>14} {:>6}  DROPPED", "LISTENER", "RECEIVED", "CONNS");
+    for (k, v) in &received {
+        let drops: Vec<String> = dropped
+            .iter()
+            .filter(|(l, n)| l[0] == *k && **n > 0.0)
+            .map(|(l, n)| format!("{}={}", l[1], *n as u64))
+            .collect();
+        let _ = writeln!(
+            s,
+            "  {:<16} {:>14} {:>6}  {}",
+            k,
+            *v as u64,
+            active.get(k).copied().unwrap_or(0.0) as u64,
+            if drops.is_empty() { "-".to_owned() } else { drops.join(" ") }
+        );
+    }
+
+    let connected = get("ferry_uplink_connected", &["uplink"]);
+    if !connected.is_empty() {
+        let wire = by_first(&get("ferry_uplink_wire_bytes_total", &["uplink"]));
+        let cap = by_first(&get("ferry_uplink_max_rate_bytes", &["uplink"]));
+        let rec = by_first(&get("ferry_uplink_reconnects_total", &["uplink"]));
+        let deliv = by_first(&get("ferry_uplink_segments_delivered_total", &["uplink"]));
+        let _ = writeln!(
+            s,
+            "\nuplinks\n  {:<16} {:>9} {:>12} {:>14} {:>10} {:>9}",
+            "UPLINK", "CONNECTED", "WIRE", "CAP", "RECONNECTS", "DELIVERED"
+        );
+        for (k, v) in &connected {
+            let name = &k[0];
+            let c = cap.get(name).copied().unwrap_or(0.0);
+            let _ = writeln!(
+                s,
+                "  {:<16} {:>9} {:>12} {:>14} {:>10} {:>9}",
+                name,
+                if *v > 0.0 { "yes" } else { "NO" },
+                bytes(wire.get(name).copied().unwrap_or(0.0)),
+                if c > 0.0 { format!("{:.1} Mbit/s", c * 8.0 / 1e6) } else { "none".into() },
+                rec.get(name).copied().unwrap_or(0.0) as u64,
+                deliv.get(name).copied().unwrap_or(0.0) as u64
+            );
+        }
+        let lag_b = get("ferry_uplink_lag_bytes", &["uplink", "site", "stream"]);
+        let lag_s = get("ferry_uplink_lag_seconds", &["uplink", "site", "stream"]);
+        let acked = get("ferry_uplink_acked_bytes_total", &["uplink", "site", "stream"]);
+        let _ =
+            writeln!(s, "  {:<16} {:<24} {:>12} {:>10} {:>12}", "UPLINK", "SITE/STREAM", "LAG", "LAG SECS", "ACKED");
+        for (k, v) in &lag_b {
+            let _ = writeln!(
+                s,
+                "  {:<16} {:<24} {:>12} {:>10.1} {:>12}",
+                k[0],
+                format!("{}/{}", k[1], k[2]),
+                bytes(*v),
+                lag_s.get(k).copied().unwrap_or(0.0),
+                bytes(acked.get(k).copied().unwrap_or(0.0))
+            );
+        }
+    }
+
+    let sessions = by_first(&get("ferry_link_sessions_active", &["listener"]));
+    if !sessions.is_empty() {
+        let recv = get("ferry_link_received_bytes_total", &["listener", "site"]);
+        let refused = get("ferry_link_refused_total", &["listener", "reason"]);
+        let _ = writeln!(s, "\nreceivers\n  {:<16} {:>8}  RECEIVED BY SITE / REFUSED", "LISTENER", "LINKS");
+        for (k, v) in &sessions {
+            let sites: Vec<String> =
+                recv.iter().filter(|(l, _)| l[0] == *k).map(|(l, n)| format!("{}={}", l[1], bytes(*n))).collect();
+            let refs: Vec<String> = refused
+                .iter()
+                .filter(|(l, n)| l[0] == *k && **n > 0.0)
+                .map(|(l, n)| format!("{}={}", l[1], *n as u64))
+                .collect();
+            let _ = writeln!(
+                s,
+                "  {:<16} {:>8}  {} / {}",
+                k,
+                *v as u64,
+                sites.join(" "),
+                if refs.is_empty() { "-".into() } else { refs.join(" ") }
+            );
+        }
+    }
+    let mism: f64 = get("ferry_link_checksum_mismatches_total", &["side"]).values().sum();
+    if mism > 0.0 {
+        let _ =
+            writeln!(s, "\nCHECKSUM MISMATCHES: {mism} (see the log; the affected segments are kept and not released)");
+    }
+    s
+}
