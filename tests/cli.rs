@@ -21,6 +21,13 @@ fn shipped_edge_config_passes_check() {
 }
 
 #[test]
+fn shipped_central_config_passes_check() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/central.toml");
+    let out = check(&path);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
 fn embedded_default_config_passes_check() {
     let dir = TestDir::new("default");
     let out = Command::new(FERRY).arg("default-config").output().unwrap();

@@ -261,3 +261,21 @@ both_transports!(max_rate_holds_within_5_percent_over_every_10_second_window, |v
     edge.stop();
     central.stop();
 });
+
+both_transports!(uplink_fails_over_to_the_next_receiver_address, |via: Via| {
+    let pki_dir = TestDir::new("pki");
+    let pki = Pki::new(&pki_dir, "pki");
+    let port = free_port();
+    let dead = free_port();
+    let mut p = pair("failover", &pki, via, port, port, "", "");
+    p.edge_cfg = p.edge_cfg.replace(&format!("addresses = [\"127.0.0.1:{port}\"]"), &format!("addresses = [\"127.0.0.1:{dead}\", \"127.0.0.1:{port}\"]"));
+    let mut central = Node::start(&p.central_dir, &p.central_cfg, p.central_ports.admin);
+    let mut edge = Node::start(&p.edge_dir, &p.edge_cfg, p.edge_ports.admin);
+    ferry_send(&["--to", &format!("127.0.0.1:{}", p.edge_ports.tcp)], &lines("failover", 0, 10_000));
+    edge.wait_metric("ferry_committed_records_total", &[], Duration::from_secs(20), |v| v >= 10_000.0);
+    wait_mirrored(&edge.data, &central.data, Duration::from_secs(30));
+    assert!(edge.log_text().contains(&format!("cannot connect uplink=central addr=127.0.0.1:{dead}")));
+    edge.stop();
+    central.stop();
+    assert_eq!(archive_lines(&central.data).len(), 10_000);
+});
