@@ -10,9 +10,13 @@
 //!   frames (a zstd skippable header frame + a zstd data frame), appends them
 //!   to hourly, size-capped segments under `archive/`, fsyncs, then
 //!   acknowledges. Recovery, retention and the segment reader live here too.
+//! - [`link`]: an uplink reads those same files and ships their frames, as
+//!   they are, over mutual-TLS TCP or QUIC to a receiver, which writes them
+//!   through [`mirror`] at the same relative path: a byte-identical copy.
 //! - [`admin`] and [`metrics`]: what an operator sees; every drop has a reason.
 //! - [`config`]: one TOML file, validated with file, line and key in every error.
-//! - [`cli`]: `ferry run | check | verify | send`.
+//! - [`pki`]: the deployment CA and node identities (`ferry://site/node`).
+//! - [`cli`]: `ferry run | check | verify | send | status | certs`.
 //! - [`shutdown`]: the stop order.
 
 pub mod admin;
