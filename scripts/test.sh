@@ -9,6 +9,7 @@ need=()
 command -v zstdcat >/dev/null 2>&1 || need+=(zstd)
 command -v logger >/dev/null 2>&1 || need+=(bsdutils)
 [ -x /usr/sbin/rsyslogd ] || need+=(rsyslog)
+[ -e /usr/lib/x86_64-linux-gnu/rsyslog/omrelp.so ] || need+=(rsyslog-relp)
 if ((${#need[@]})); then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo=sudo

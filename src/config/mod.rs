@@ -125,6 +125,8 @@ pub enum ListenerKind {
     Syslog,
     /// The link receiver: other nodes' uplinks connect here.
     Ferry,
+    /// RELP (rsyslog's omrelp): acknowledged per record after commit.
+    Relp,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

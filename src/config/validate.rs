@@ -423,8 +423,13 @@ fn validate_listener(cx: &mut Ctx<'_>, i: usize, l: &RawListener, streams: &[Str
     let k = |f: &str| format!("listener[{i}].{f}");
     let before = cx.problems.len();
     let name = cx.name(&k("name"), &l.name);
-    let kind = cx.one_of(&k("kind"), &l.kind, &[("syslog", ListenerKind::Syslog), ("ferry", ListenerKind::Ferry)]);
+    let kind = cx.one_of(
+        &k("kind"),
+        &l.kind,
+        &[("syslog", ListenerKind::Syslog), ("relp", ListenerKind::Relp), ("ferry", ListenerKind::Ferry)],
+    );
     let transport = match kind {
+        Some(ListenerKind::Relp) => cx.one_of(&k("transport"), &l.transport, &[("tcp", Transport::Tcp)]),
         Some(ListenerKind::Ferry) => {
             cx.one_of(&k("transport"), &l.transport, &[("tls", Transport::Tls), ("quic", Transport::Quic)])
         }
@@ -537,6 +542,9 @@ fn validate_listener(cx: &mut Ctx<'_>, i: usize, l: &RawListener, streams: &[Str
         if kind != Some(ListenerKind::Ferry) {
             cx.at(&k("relays"), r, "only ferry receivers relay other sites");
         }
+    }
+    if !routes.is_empty() && kind == Some(ListenerKind::Relp) {
+        cx.at(&k("route"), &l.name, "RELP listeners acknowledge per commit of one stream: no routes");
     }
     if !routes.is_empty() && kind == Some(ListenerKind::Ferry) {
         cx.at(&k("route"), &l.name, "ferry receivers mirror segments as they are: no routes");

@@ -11,7 +11,8 @@ use super::router::Router;
 use super::ListenerCtx;
 use crate::metrics::DropReason;
 use crate::store::escape::escape_into;
-use crate::store::{Batch, Error as StoreError, StreamHandle};
+use crate::store::{Batch, Committed, Error as StoreError, StreamHandle};
+use tokio::sync::oneshot;
 
 struct Slot {
     handle: StreamHandle,
@@ -180,6 +181,37 @@ impl Batcher {
             }
         }
         self.first_ms = 0;
+    }
+
+    /// Hand the (single-stream) batch to the store with an acknowledgement
+    /// that arrives once it is durable; waits for room, and while the store is
+    /// full (the sender's acknowledgements are held meanwhile). `None` if the
+    /// store is closed.
+    pub async fn flush_acked(&mut self) -> Option<oneshot::Receiver<Result<Committed, StoreError>>> {
+        self.count_received();
+        let (h, mut b) = self.take(0)?;
+        let (tx, rx) = oneshot::channel();
+        b.ack = Some(tx);
+        let mut logged = false;
+        loop {
+            match h.submit(b).await {
+                Ok(()) => return Some(rx),
+                Err((StoreError::Full, back)) => {
+                    if !logged {
+                        warn!(listener = %self.listener, peer = %self.peer, stream = h.name(),
+                            "store full (on_full = reject): holding acknowledgements until space is freed");
+                        logged = true;
+                    }
+                    b = back;
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+                Err((e, back)) => {
+                    // Not dropped: the sender gets a 5xx and keeps the records.
+                    warn!(listener = %self.listener, peer = %self.peer, error = %e, records = back.records, "cannot queue records; refusing them");
+                    return None;
+                }
+            }
+        }
     }
 
     /// Hand everything to the store without waiting (datagram listeners):

@@ -5,6 +5,7 @@
 //! [`serve`]; adding one means adding a variant, not registering a plugin.
 
 pub mod batcher;
+pub mod relp;
 pub mod router;
 pub mod syslog;
 
@@ -135,6 +136,7 @@ fn remove_stale_socket(p: &std::path::Path) -> io::Result<()> {
 /// Serve a bound listener until shutdown.
 pub async fn serve(bound: Bound, ctx: Arc<ListenerCtx>, sd: Shutdown) {
     match bound {
+        Bound::Tcp(l) if ctx.cfg.kind == crate::config::ListenerKind::Relp => relp::serve(l, ctx, sd).await,
         Bound::Tcp(l) => syslog::stream::serve_tcp(l, ctx, sd).await,
         Bound::UnixStream(l, p) => {
             syslog::stream::serve_unix(l, ctx, sd).await;

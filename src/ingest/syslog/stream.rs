@@ -75,7 +75,7 @@ pub async fn serve_unix(listener: UnixListener, ctx: Arc<ListenerCtx>, sd: Shutd
 
 /// A permit under `max_connections`, or a refusal that is logged and counted.
 /// The refused socket is dropped at once: it never costs a task.
-fn admit(ctx: &ListenerCtx, limit: &Arc<Semaphore>, peer: &str) -> Option<OwnedSemaphorePermit> {
+pub(crate) fn admit(ctx: &ListenerCtx, limit: &Arc<Semaphore>, peer: &str) -> Option<OwnedSemaphorePermit> {
     match limit.clone().try_acquire_owned() {
         Ok(p) => Some(p),
         Err(_) => {
@@ -90,7 +90,7 @@ fn admit(ctx: &ListenerCtx, limit: &Arc<Semaphore>, peer: &str) -> Option<OwnedS
 }
 
 /// Accept errors (EMFILE, ENFILE, ...) are transient: log, back off, go on.
-async fn accept_error(ctx: &ListenerCtx, e: io::Error) {
+pub(crate) async fn accept_error(ctx: &ListenerCtx, e: io::Error) {
     ctx.metrics.connections_refused.with_label_values(&[&ctx.name, "accept_error"]).inc();
     if ctx.may_warn() {
         warn!(listener = %ctx.name, error = %e, "accept failed; backing off");

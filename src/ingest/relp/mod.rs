@@ -1,0 +1,184 @@
+//! RELP server (rsyslog's omrelp/imrelp): every `syslog` transaction is
+//! answered `200 OK` only after the commit holding its record is durable.
+//!
+//! Transactions are read as fast as the client sends them (its window), so
+//! records from many transactions share one commit; acknowledgements go back
+//! in order as commits complete. While the store refuses records (full),
+//! acknowledgements are held, the client's window fills, and it stops
+//! sending: its own disk-assisted queue is the buffer. A record whose ack
+//! was lost in a crash is resent by the client: RELP gives at-least-once,
+//! never less.
+
+pub mod codec;
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+use tracing::{debug, info, warn};
+
+use super::batcher::Batcher;
+use super::syslog::stream::{accept_error, admit};
+use super::ListenerCtx;
+use crate::shutdown::Shutdown;
+use crate::store::clock::{Clock, SystemClock};
+use crate::store::{Committed, Error as StoreError};
+use codec::{decode, encode_rsp, Frame};
+
+type Ack = oneshot::Receiver<Result<Committed, StoreError>>;
+
+pub async fn serve(listener: TcpListener, ctx: Arc<ListenerCtx>, sd: Shutdown) {
+    let limit = Arc::new(Semaphore::new(ctx.cfg.max_connections));
+    loop {
+        let accepted = tokio::select! {
+            _ = sd.token.cancelled() => return,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok((sock, addr)) => {
+                let peer = addr.to_string();
+                let Some(permit) = admit(&ctx, &limit, &peer) else { continue };
+                let _ = sock.set_nodelay(true);
+                let (ctx, sd2) = (ctx.clone(), sd.clone());
+                sd.spawn(connection(sock, peer, ctx, sd2, permit));
+            }
+            Err(e) => accept_error(&ctx, e).await,
+        }
+    }
+}
+
+/// Wait for the oldest commit in flight. Cancel safe: the entry is removed
+/// only once its answer is in.
+async fn oldest(q: &mut VecDeque<(Ack, Vec<u64>)>) -> (bool, Vec<u64>) {
+    let ok = match q.front_mut() {
+        Some((rx, _)) => matches!(rx.await, Ok(Ok(_))),
+        None => std::future::pending().await,
+    };
+    let (_, txnrs) = q.pop_front().expect("front exists");
+    (ok, txnrs)
+}
+
+async fn connection(sock: TcpStream, peer: String, ctx: Arc<ListenerCtx>, sd: Shutdown, _permit: OwnedSemaphorePermit) {
+    let m = &ctx.metrics;
+    m.connections_accepted.with_label_values(&[&ctx.name]).inc();
+    let active = m.connections_active.with_label_values(&[&ctx.name]);
+    active.inc();
+    let (mut rd, mut wr) = sock.into_split();
+    let mut buf = BytesMut::with_capacity(64 << 10);
+    let mut out: Vec<u8> = Vec::with_capacity(4096);
+    let mut batcher = Batcher::new(&ctx, peer.clone());
+    let mut inflight: VecDeque<(Ack, Vec<u64>)> = VecDeque::new();
+    let mut txnrs: Vec<u64> = Vec::new();
+    let mut close_txnr: Option<u64> = None;
+    let max_record = ctx.cfg.max_record_bytes;
+    // A RELP frame may carry a record longer than max_record_bytes (it is cut,
+    // flagged and counted), up to this much.
+    let max_frame = crate::config::MAX_RECORD_BYTES_CEILING;
+    let reason: &'static str = loop {
+        if close_txnr.is_some() && inflight.is_empty() {
+            encode_rsp(close_txnr.take().expect("checked"), b"", &mut out);
+            out.extend_from_slice(b"0 serverclose 0\n");
+            let _ = wr.write_all(&out).await;
+            break "eof";
+        }
+        tokio::select! {
+            biased;
+            _ = sd.token.cancelled() => break "shutdown",
+            (ok, done) = oldest(&mut inflight) => {
+                let rsp: &[u8] = if ok { b"200 OK" } else { b"500 ferry could not commit; retry" };
+                for t in done {
+                    encode_rsp(t, rsp, &mut out);
+                }
+                if let Err(e) = wr.write_all(&out).await {
+                    warn!(listener = %ctx.name, %peer, error = %e, "cannot send RELP acks");
+                    break "read_error";
+                }
+                out.clear();
+            }
+            r = tokio::time::timeout(ctx.cfg.idle_timeout, rd.read_buf(&mut buf)), if close_txnr.is_none() => {
+                match r {
+                    Err(_) => {
+                        m.framing_errors.with_label_values(&[&ctx.name, "idle_timeout"]).inc();
+                        warn!(listener = %ctx.name, %peer, "idle timeout: closing RELP session");
+                        break "idle_timeout";
+                    }
+                    Ok(Err(e)) => {
+                        warn!(listener = %ctx.name, %peer, error = %e, "read error; closing RELP session");
+                        break "read_error";
+                    }
+                    Ok(Ok(0)) => break "eof",
+                    Ok(Ok(_)) => {}
+                }
+                let now = SystemClock.now_ms();
+                let mut fatal = None;
+                loop {
+                    match decode(&buf, max_frame) {
+                        Ok(None) => break,
+                        Ok(Some((Frame { txnr, command, data }, n))) => {
+                            match command {
+                                b"syslog" => {
+                                    let keep = data.len().min(max_record);
+                                    batcher.push(&data[..keep], keep < data.len(), now);
+                                    txnrs.push(txnr);
+                                }
+                                b"open" => {
+                                    let offer = format!("200 OK\nrelp_version=0\nrelp_software=ferry,{}\ncommands=syslog", env!("CARGO_PKG_VERSION"));
+                                    encode_rsp(txnr, offer.as_bytes(), &mut out);
+                                }
+                                b"close" => close_txnr = Some(txnr),
+                                other => {
+                                    warn!(listener = %ctx.name, %peer, command = %String::from_utf8_lossy(other), "unsupported RELP command");
+                                    encode_rsp(txnr, b"500 unsupported command", &mut out);
+                                }
+                            }
+                            buf.advance(n);
+                        }
+                        Err(e) => {
+                            fatal = Some(e);
+                            break;
+                        }
+                    }
+                }
+                if !txnrs.is_empty() {
+                    match batcher.flush_acked().await {
+                        Some(rx) => inflight.push_back((rx, std::mem::take(&mut txnrs))),
+                        None => {
+                            for t in txnrs.drain(..) {
+                                encode_rsp(t, b"500 ferry is shutting down; retry", &mut out);
+                            }
+                        }
+                    }
+                }
+                if !out.is_empty() {
+                    if wr.write_all(&out).await.is_err() {
+                        break "read_error";
+                    }
+                    out.clear();
+                }
+                if let Some(e) = fatal {
+                    m.framing_errors.with_label_values(&[&ctx.name, e.reason()]).inc();
+                    warn!(listener = %ctx.name, %peer, error = %e, "RELP framing error: closing session (records before it were kept)");
+                    break "framing_error";
+                }
+            }
+        }
+    };
+    // Answer what is already committing before going away (the client would resend it otherwise).
+    while !inflight.is_empty() {
+        let (ok, done) = oldest(&mut inflight).await;
+        for t in done {
+            encode_rsp(t, if ok { b"200 OK" } else { b"500 retry" }, &mut out);
+        }
+    }
+    let _ = wr.write_all(&out).await;
+    m.connections_closed.with_label_values(&[&ctx.name, reason]).inc();
+    active.dec();
+    if reason == "eof" || reason == "shutdown" {
+        debug!(listener = %ctx.name, %peer, reason, "RELP session closed");
+    } else {
+        info!(listener = %ctx.name, %peer, reason, "RELP session closed");
+    }
+}
