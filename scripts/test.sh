@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 need=()
 command -v zstdcat >/dev/null 2>&1 || need+=(zstd)
 command -v logger >/dev/null 2>&1 || need+=(bsdutils)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v gzip >/dev/null 2>&1 || need+=(gzip)
 [ -x /usr/sbin/rsyslogd ] || need+=(rsyslog)
 [ -e /usr/lib/x86_64-linux-gnu/rsyslog/omrelp.so ] || need+=(rsyslog-relp)
 if ((${#need[@]})); then

@@ -42,6 +42,7 @@ pub struct Metrics {
     pub received_bytes: IntCounterVec,
     pub dropped_records: IntCounterVec,
     pub truncated_records: IntCounterVec,
+    pub refused_records: IntCounterVec,
     pub flagged_records: IntCounterVec,
     pub framing_errors: IntCounterVec,
     pub connections_accepted: IntCounterVec,
@@ -68,7 +69,7 @@ pub struct Metrics {
     pub retention_deleted_bytes: IntCounterVec,
     pub fsync_seconds: Histogram,
     pub up_since: IntGauge,
-    pub info: IntCounterVec,
+    pub info: IntGaugeVec,
     // link
     pub uplink_connected: IntGaugeVec,
     pub uplink_acked_bytes: IntCounterVec,
@@ -125,6 +126,12 @@ impl Metrics {
                 r,
                 "ferry_dropped_records_total",
                 "Records that did not reach the archive, per listener and reason",
+                &["listener", "reason"],
+            ),
+            refused_records: cv(
+                r,
+                "ferry_refused_records_total",
+                "Records refused with an error the sender sees (it keeps them): HTTP 4xx/5xx, per reason",
                 &["listener", "reason"],
             ),
             truncated_records: cv(
@@ -241,7 +248,7 @@ impl Metrics {
             ),
             fsync_seconds,
             up_since: g(r, "ferry_start_time_seconds", "Unix time the node started"),
-            info: cv(r, "ferry_build_info", "Build information", &["version"]),
+            info: gv(r, "ferry_build_info", "Build information: always 1, the version is a label", &["version"]),
             uplink_connected: gv(
                 r,
                 "ferry_uplink_connected",
@@ -324,7 +331,7 @@ impl Metrics {
             ready: g(r, "ferry_ready", "1 when every listener is bound and the store is open"),
             registry,
         };
-        m.info.with_label_values(&[env!("CARGO_PKG_VERSION")]).inc();
+        m.info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         for side in ["uplink", "receiver"] {
             m.link_checksum_mismatches.with_label_values(&[side]);
         }

@@ -35,7 +35,10 @@ fn rsyslog_with_shipped_relp_config(dir: &TestDir, relay_port: u16, input_port: 
     let queue = dir.join("rsyslog-queue");
     std::fs::create_dir_all(&work).unwrap();
     std::fs::create_dir_all(&queue).unwrap();
-    let shipped = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/collectors/rsyslog-omrelp.conf")).unwrap();
+    let shipped = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/collectors/rsyslog-omrelp.conf"),
+    )
+    .unwrap();
     let action = shipped
         .replace("@RELAY_HOST@", "127.0.0.1")
         .replace("@RELAY_PORT@", &relay_port.to_string())
@@ -68,7 +71,8 @@ fn rsyslog_with_shipped_relp_config(dir: &TestDir, relay_port: u16, input_port: 
 
 fn ids(data: &std::path::Path) -> (usize, HashSet<String>) {
     let lines = archive_lines(data);
-    let ids: HashSet<String> = lines.iter().filter_map(|l| l.split(' ').find(|w| w.starts_with("relp-")).map(str::to_owned)).collect();
+    let ids: HashSet<String> =
+        lines.iter().filter_map(|l| l.split(' ').find(|w| w.starts_with("relp-")).map(str::to_owned)).collect();
     (lines.len(), ids)
 }
 
@@ -103,7 +107,10 @@ fn rsyslog_omrelp_loses_nothing_when_ferry_is_killed_twice() {
     loop {
         let (lines, ids) = ids(&node.data);
         if ids.len() == N {
-            eprintln!("all {N} messages archived; {} duplicates (records whose RELP ack was lost in a kill -9)", lines - N);
+            eprintln!(
+                "all {N} messages archived; {} duplicates (records whose RELP ack was lost in a kill -9)",
+                lines - N
+            );
             break;
         }
         assert!(t.elapsed() < Duration::from_secs(120), "only {} of {N} messages archived", ids.len());

@@ -89,7 +89,7 @@ pub async fn run_node(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<()> 
     let sd = Shutdown::new();
     for (b, l) in bound {
         let ctx = Arc::new(ListenerCtx::new(l, &store, metrics.clone()).map_err(anyhow::Error::msg)?);
-        sd.spawn(ingest::serve(b, ctx, sd.clone()));
+        sd.spawn(ingest::serve(b, ctx, store.clone(), sd.clone()));
     }
     if !receivers.is_empty() {
         let mirror = Arc::new(Mirror::new(cfg.archive_dir(), cfg.state_dir(), clock.clone(), metrics.clone()));

@@ -127,6 +127,8 @@ pub enum ListenerKind {
     Ferry,
     /// RELP (rsyslog's omrelp): acknowledged per record after commit.
     Relp,
+    /// HTTP batches: `POST /v1/streams/{stream}`, answered after commit.
+    Http,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -179,6 +181,12 @@ pub struct ListenerConfig {
     pub routes: Vec<Route>,
     /// `kind = "ferry"`: peer sites that may forward other sites' segments.
     pub relays: Vec<String>,
+    /// `kind = "http"`: largest request body (compressed, and once decompressed).
+    pub max_body_bytes: usize,
+    /// Per source address; `None` = unlimited (trusted listeners by default).
+    pub source_records_per_sec: Option<f64>,
+    pub source_bytes_per_sec: Option<f64>,
+    pub max_connections_per_source: Option<usize>,
 }
 
 /// A routing rule: every field that is set must match.

@@ -102,6 +102,12 @@ pub struct RawListener {
     pub max_connections: Option<Spanned<i64>>,
     pub max_record_bytes: Option<Spanned<ByteSize>>,
     pub idle_timeout: Option<Spanned<HumanDuration>>,
+    /// `kind = "http"`: largest request body, compressed or not.
+    pub max_body_bytes: Option<Spanned<ByteSize>>,
+    /// Per source address (default for untrusted listeners: 1000 and 1MiB/s).
+    pub source_records_per_sec: Option<Spanned<i64>>,
+    pub source_bytes_per_sec: Option<Spanned<Rate>>,
+    pub max_connections_per_source: Option<Spanned<i64>>,
     /// `kind = "ferry"`: peer sites allowed to forward other sites' segments (regional hops).
     pub relays: Option<Spanned<Vec<String>>>,
     #[serde(default)]

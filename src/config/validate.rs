@@ -426,10 +426,17 @@ fn validate_listener(cx: &mut Ctx<'_>, i: usize, l: &RawListener, streams: &[Str
     let kind = cx.one_of(
         &k("kind"),
         &l.kind,
-        &[("syslog", ListenerKind::Syslog), ("relp", ListenerKind::Relp), ("ferry", ListenerKind::Ferry)],
+        &[
+            ("syslog", ListenerKind::Syslog),
+            ("relp", ListenerKind::Relp),
+            ("http", ListenerKind::Http),
+            ("ferry", ListenerKind::Ferry),
+        ],
     );
     let transport = match kind {
-        Some(ListenerKind::Relp) => cx.one_of(&k("transport"), &l.transport, &[("tcp", Transport::Tcp)]),
+        Some(ListenerKind::Relp | ListenerKind::Http) => {
+            cx.one_of(&k("transport"), &l.transport, &[("tcp", Transport::Tcp)])
+        }
         Some(ListenerKind::Ferry) => {
             cx.one_of(&k("transport"), &l.transport, &[("tls", Transport::Tls), ("quic", Transport::Quic)])
         }
@@ -503,6 +510,7 @@ fn validate_listener(cx: &mut Ctx<'_>, i: usize, l: &RawListener, streams: &[Str
             }
             n.clamp(256, MAX_RECORD_BYTES_CEILING)
         }
+        None if l.trust.as_ref().is_some_and(|t| t.get_ref() == "untrusted") => 8 << 10,
         None => DEFAULT_MAX_RECORD_BYTES,
     };
     let idle_timeout = match &l.idle_timeout {
@@ -512,6 +520,7 @@ fn validate_listener(cx: &mut Ctx<'_>, i: usize, l: &RawListener, streams: &[Str
             }
             v.get_ref().0
         }
+        None if l.trust.as_ref().is_some_and(|t| t.get_ref() == "untrusted") => Duration::from_secs(60),
         None => Duration::from_secs(300),
     };
     let mut routes = Vec::new();
@@ -543,9 +552,39 @@ fn validate_listener(cx: &mut Ctx<'_>, i: usize, l: &RawListener, streams: &[Str
             cx.at(&k("relays"), r, "only ferry receivers relay other sites");
         }
     }
-    if !routes.is_empty() && kind == Some(ListenerKind::Relp) {
-        cx.at(&k("route"), &l.name, "RELP listeners acknowledge per commit of one stream: no routes");
+    if !routes.is_empty() && matches!(kind, Some(ListenerKind::Relp | ListenerKind::Http)) {
+        cx.at(&k("route"), &l.name, "RELP and HTTP listeners acknowledge per commit of one stream: no routes");
     }
+    let untrusted = trust == Trust::Untrusted;
+    let max_body_bytes = match &l.max_body_bytes {
+        Some(v) => {
+            if !((1 << 10)..=(256 << 20)).contains(&v.get_ref().0) {
+                cx.at(&k("max_body_bytes"), v, "must be between 1KiB and 256MiB");
+            }
+            v.get_ref().as_usize()
+        }
+        None => 16 << 20,
+    };
+    let source_records_per_sec = match &l.source_records_per_sec {
+        Some(v) if *v.get_ref() < 1 => {
+            cx.at(&k("source_records_per_sec"), v, "must be at least 1");
+            None
+        }
+        Some(v) => Some(*v.get_ref() as f64),
+        None => untrusted.then_some(1000.0),
+    };
+    let source_bytes_per_sec = match &l.source_bytes_per_sec {
+        Some(v) => Some(v.get_ref().bytes_per_sec),
+        None => untrusted.then_some(1024.0 * 1024.0),
+    };
+    let max_connections_per_source = match &l.max_connections_per_source {
+        Some(v) if *v.get_ref() < 1 => {
+            cx.at(&k("max_connections_per_source"), v, "must be at least 1");
+            None
+        }
+        Some(v) => Some(*v.get_ref() as usize),
+        None => untrusted.then_some(16),
+    };
     if !routes.is_empty() && kind == Some(ListenerKind::Ferry) {
         cx.at(&k("route"), &l.name, "ferry receivers mirror segments as they are: no routes");
     }
@@ -571,6 +610,10 @@ fn validate_listener(cx: &mut Ctx<'_>, i: usize, l: &RawListener, streams: &[Str
         idle_timeout,
         routes,
         relays,
+        max_body_bytes,
+        source_records_per_sec,
+        source_bytes_per_sec,
+        max_connections_per_source,
     })
 }
 

@@ -5,6 +5,8 @@
 //! [`serve`]; adding one means adding a variant, not registering a plugin.
 
 pub mod batcher;
+pub mod http;
+pub mod limits;
 pub mod relp;
 pub mod router;
 pub mod syslog;
@@ -134,8 +136,9 @@ fn remove_stale_socket(p: &std::path::Path) -> io::Result<()> {
 }
 
 /// Serve a bound listener until shutdown.
-pub async fn serve(bound: Bound, ctx: Arc<ListenerCtx>, sd: Shutdown) {
+pub async fn serve(bound: Bound, ctx: Arc<ListenerCtx>, store: Arc<Store>, sd: Shutdown) {
     match bound {
+        Bound::Tcp(l) if ctx.cfg.kind == crate::config::ListenerKind::Http => http::serve(l, ctx, store, sd).await,
         Bound::Tcp(l) if ctx.cfg.kind == crate::config::ListenerKind::Relp => relp::serve(l, ctx, sd).await,
         Bound::Tcp(l) => syslog::stream::serve_tcp(l, ctx, sd).await,
         Bound::UnixStream(l, p) => {

@@ -1,0 +1,247 @@
+//! HTTP batch ingest: `POST /v1/streams/{stream}` with LF-separated lines or
+//! NDJSON (`Content-Type: application/x-ndjson`), optionally
+//! `Content-Encoding: gzip` or `zstd`. A request is all or nothing: it is
+//! answered `200 {"accepted":N}` only after its records are committed, and
+//! every refusal leaves nothing of it in the archive:
+//!
+//! | status | meaning |
+//! |---|---|
+//! | 400 | a line is not valid JSON (NDJSON): the body names the line |
+//! | 403 | an untrusted listener's source asked for another stream |
+//! | 404 | no such stream |
+//! | 413 | the body, compressed or decompressed, exceeds `max_body_bytes` |
+//! | 415 | an unknown `Content-Encoding` |
+//! | 429 | the source is over its rate; `Retry-After` says when to retry |
+//! | 503 | the store refuses records (archive full, or shutting down); `Retry-After` |
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tracing::warn;
+
+use super::limits::SourceLimits;
+use super::ListenerCtx;
+use crate::config::Trust;
+use crate::shutdown::Shutdown;
+use crate::store::clock::{Clock, SystemClock};
+use crate::store::escape::escape_into;
+use crate::store::{Batch, Error as StoreError, Store};
+
+struct HttpCtx {
+    listener: Arc<ListenerCtx>,
+    store: Arc<Store>,
+    limits: SourceLimits,
+}
+
+/// Serve HTTP ingest until shutdown.
+pub async fn serve(listener: TcpListener, ctx: Arc<ListenerCtx>, store: Arc<Store>, sd: Shutdown) {
+    let limits = SourceLimits::new(ctx.cfg.source_records_per_sec, ctx.cfg.source_bytes_per_sec);
+    let max_body = ctx.cfg.max_body_bytes;
+    let name = ctx.name.clone();
+    let state = Arc::new(HttpCtx { listener: ctx, store, limits });
+    let app = Router::new()
+        .route("/v1/streams/{stream}", post(ingest))
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state);
+    let token = sd.token.clone();
+    let r = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(async move { token.cancelled().await })
+        .await;
+    if let Err(e) = r {
+        warn!(listener = %name, error = %e, "HTTP listener failed");
+    }
+}
+
+fn refuse(
+    ctx: &HttpCtx,
+    peer: SocketAddr,
+    status: StatusCode,
+    reason: &'static str,
+    records: u64,
+    msg: String,
+) -> Response {
+    let l = &ctx.listener;
+    l.metrics.refused_records.with_label_values(&[&l.name, reason]).inc_by(records);
+    if l.may_warn() {
+        warn!(listener = %l.name, %peer, status = status.as_u16(), reason, "{msg}");
+    }
+    (status, format!("{msg}\n")).into_response()
+}
+
+fn decode_body(
+    encoding: Option<&str>,
+    body: &[u8],
+    limit: usize,
+) -> Result<Vec<u8>, (StatusCode, &'static str, String)> {
+    fn read_limited(r: impl Read, limit: usize) -> Result<Vec<u8>, (StatusCode, &'static str, String)> {
+        let mut out = Vec::new();
+        let n = r
+            .take(limit as u64 + 1)
+            .read_to_end(&mut out)
+            .map_err(|e| (StatusCode::BAD_REQUEST, "bad_encoding", format!("cannot decompress the body: {e}")))?;
+        if n > limit {
+            return Err((
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("decompressed body exceeds max_body_bytes ({limit})"),
+            ));
+        }
+        Ok(out)
+    }
+    match encoding.map(str::trim) {
+        None | Some("") | Some("identity") => Ok(body.to_vec()),
+        Some("gzip") | Some("x-gzip") => read_limited(flate2::read::MultiGzDecoder::new(body), limit),
+        Some("zstd") => {
+            let d = zstd::stream::read::Decoder::new(body)
+                .map_err(|e| (StatusCode::BAD_REQUEST, "bad_encoding", format!("cannot decompress the body: {e}")))?;
+            read_limited(d, limit)
+        }
+        Some(other) => Err((
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "bad_encoding",
+            format!("Content-Encoding {other:?} is not supported (gzip, zstd)"),
+        )),
+    }
+}
+
+async fn ingest(
+    State(ctx): State<Arc<HttpCtx>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(stream): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let l = &ctx.listener;
+    let stream = if l.cfg.trust == Trust::Untrusted {
+        if stream != l.cfg.stream {
+            return refuse(
+                &ctx,
+                peer,
+                StatusCode::FORBIDDEN,
+                "forbidden_stream",
+                0,
+                format!("this listener only accepts stream {:?}", l.cfg.stream),
+            );
+        }
+        stream
+    } else {
+        stream
+    };
+    let Some(handle) = ctx.store.stream(&stream) else {
+        return refuse(&ctx, peer, StatusCode::NOT_FOUND, "unknown_stream", 0, format!("no stream {stream:?}"));
+    };
+    let encoding = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok());
+    let raw = match decode_body(encoding, &body, l.cfg.max_body_bytes) {
+        Ok(r) => r,
+        Err((status, reason, msg)) => return refuse(&ctx, peer, status, reason, 0, msg),
+    };
+    let ndjson = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.contains("ndjson") || t.contains("json"));
+
+    // Validate everything before anything is queued: a refused request leaves nothing behind.
+    let mut lines: Vec<&[u8]> = Vec::new();
+    for (i, line) in raw.split(|b| *b == b'\n').enumerate() {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            continue;
+        }
+        if ndjson {
+            if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(line) {
+                let records = raw.split(|b| *b == b'\n').filter(|l| !l.is_empty()).count() as u64;
+                return refuse(
+                    &ctx,
+                    peer,
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    records,
+                    format!("line {}: not valid JSON: {e}", i + 1),
+                );
+            }
+        }
+        lines.push(line);
+    }
+    let records = lines.len() as u64;
+    let bytes: u64 = lines.iter().map(|l| l.len() as u64).sum();
+    if records == 0 {
+        return (StatusCode::OK, "{\"accepted\":0}\n").into_response();
+    }
+    if let Err(wait) = ctx.limits.take_all(peer.ip(), records, bytes, Instant::now()) {
+        let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+        let mut r = refuse(
+            &ctx,
+            peer,
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            records,
+            format!("source {} is over its rate limit; retry in {secs}s", peer.ip()),
+        );
+        r.headers_mut().insert(header::RETRY_AFTER, secs.into());
+        return r;
+    }
+
+    let max = l.cfg.max_record_bytes;
+    let mut data = Vec::with_capacity(bytes as usize + lines.len() * 2);
+    let mut truncated = 0u32;
+    for line in &lines {
+        let keep = line.len().min(max);
+        escape_into(&line[..keep], &mut data);
+        data.push(b'\n');
+        if keep < line.len() {
+            truncated += 1;
+        }
+    }
+    if truncated > 0 {
+        l.metrics.truncated_records.with_label_values(&[&l.name]).inc_by(u64::from(truncated));
+    }
+    let now = SystemClock.now_ms();
+    let (tx, rx) = oneshot::channel();
+    let batch = Batch {
+        listener: l.name.clone(),
+        data,
+        records: records as u32,
+        truncated,
+        first_ms: now,
+        last_ms: now,
+        ack: Some(tx),
+    };
+    let unavailable = |ctx: &HttpCtx, reason: &'static str, msg: String| {
+        let mut r = refuse(ctx, peer, StatusCode::SERVICE_UNAVAILABLE, reason, records, msg);
+        r.headers_mut().insert(header::RETRY_AFTER, 5u64.into());
+        r
+    };
+    match handle.submit(batch).await {
+        Ok(()) => {}
+        Err((StoreError::Full, _)) => {
+            return unavailable(
+                &ctx,
+                "store_full",
+                "the archive is full (on_full = reject); nothing was written".into(),
+            )
+        }
+        Err((e, _)) => return unavailable(&ctx, "store_unavailable", format!("the store refused the batch: {e}")),
+    }
+    l.metrics.received_records.with_label_values(&[&l.name]).inc_by(records);
+    l.metrics.received_bytes.with_label_values(&[&l.name]).inc_by(bytes);
+    match rx.await {
+        Ok(Ok(_)) => {
+            (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], format!("{{\"accepted\":{records}}}\n"))
+                .into_response()
+        }
+        Ok(Err(e)) => {
+            unavailable(&ctx, "store_error", format!("commit failed: {e}; nothing of this request is acknowledged"))
+        }
+        Err(_) => unavailable(&ctx, "store_unavailable", "the store stopped before committing; retry".into()),
+    }
+}

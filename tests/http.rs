@@ -1,0 +1,158 @@
+//! HTTP batch ingest with the real curl: 200 only after commit, gzip and
+//! zstd bodies, and every refusal (400, 413, 429, 503) leaves nothing of the
+//! refused batch in the archive while earlier batches stay intact.
+
+mod util;
+
+use std::process::Command;
+use std::time::Duration;
+
+use util::*;
+
+/// POST `body` with curl; returns (status, response headers + body).
+fn post(port: u16, path: &str, body: &[u8], headers: &[&str], dir: &TestDir) -> (u16, String) {
+    let curl = require_tool("curl");
+    let file = dir.join("body.bin");
+    std::fs::write(&file, body).unwrap();
+    let mut c = Command::new(curl);
+    c.args(["-sS", "-i", "--max-time", "20", "-X", "POST", "--data-binary"]).arg(format!("@{}", file.display()));
+    for h in headers {
+        c.args(["-H", h]);
+    }
+    c.arg(format!("http://127.0.0.1:{port}{path}"));
+    let out = c.output().unwrap();
+    assert!(out.status.success(), "curl: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, text)
+}
+
+fn compress(tool: &str, data: &[u8], dir: &TestDir) -> Vec<u8> {
+    let f = dir.join("plain.txt");
+    std::fs::write(&f, data).unwrap();
+    let out = Command::new(require_tool(tool)).arg("-c").arg(&f).output().unwrap();
+    assert!(out.status.success());
+    out.stdout
+}
+
+fn batch(tag: &str, n: usize) -> Vec<u8> {
+    (0..n).map(|i| format!("{tag} line {i}\n")).collect::<String>().into_bytes()
+}
+
+fn http_node(dir: &TestDir, ports: &Ports, store: &str) -> (Node, u16, u16) {
+    let (http, limited) = (free_port(), free_port());
+    let extra = format!(
+        "\n[[stream]]\nname = \"audit\"\n\n[[listener]]\nname = \"http\"\nkind = \"http\"\ntransport = \"tcp\"\nlisten = \"127.0.0.1:{http}\"\nstream = \"live\"\nmax_body_bytes = \"64KiB\"\n\n[[listener]]\nname = \"http-untrusted\"\nkind = \"http\"\ntransport = \"tcp\"\nlisten = \"127.0.0.1:{limited}\"\nstream = \"live\"\ntrust = \"untrusted\"\nsource_records_per_sec = 10\n"
+    );
+    let cfg = node_config(dir, ports, store, "", &extra);
+    (Node::start(dir, &cfg, ports.admin), http, limited)
+}
+
+#[test]
+fn http_batches_are_acknowledged_after_commit_and_refusals_write_nothing() {
+    let dir = TestDir::new("http");
+    let ports = Ports { tcp: free_port(), udp: free_port(), admin: free_port() };
+    let (mut node, http, limited) = http_node(&dir, &ports, "");
+
+    let (s, r) = post(http, "/v1/streams/live", &batch("plain", 3), &[], &dir);
+    assert_eq!(s, 200, "{r}");
+    assert!(r.contains("{\"accepted\":3}"), "{r}");
+    let (s, r) = post(
+        http,
+        "/v1/streams/live",
+        &compress("gzip", &batch("gzipped", 5), &dir),
+        &["Content-Encoding: gzip"],
+        &dir,
+    );
+    assert_eq!((s, r.contains("{\"accepted\":5}")), (200, true), "{r}");
+    let (s, r) = post(
+        http,
+        "/v1/streams/audit",
+        &compress("zstd", &batch("zstded", 7), &dir),
+        &["Content-Encoding: zstd"],
+        &dir,
+    );
+    assert_eq!((s, r.contains("{\"accepted\":7}")), (200, true), "{r}");
+    let ndjson = b"{\"msg\":\"ok one\"}\n{\"msg\": broken}\n{\"msg\":\"ok three\"}\n";
+    let (s, r) = post(http, "/v1/streams/live", ndjson, &["Content-Type: application/x-ndjson"], &dir);
+    assert_eq!(s, 400, "{r}");
+    assert!(r.contains("line 2"), "names the line: {r}");
+    let (s, r) = post(http, "/v1/streams/live", &batch("oversized", 5000), &[], &dir);
+    assert_eq!(s, 413, "{r}");
+    let (s, r) = post(
+        http,
+        "/v1/streams/live",
+        &compress("gzip", &vec![b'a'; 200_000], &dir),
+        &["Content-Encoding: gzip"],
+        &dir,
+    );
+    assert_eq!(s, 413, "a decompression bomb is refused too: {r}");
+    let (s, _) = post(http, "/v1/streams/nope", &batch("nowhere", 1), &[], &dir);
+    assert_eq!(s, 404);
+    let (s, r) = post(http, "/v1/streams/live", b"x\n", &["Content-Encoding: br"], &dir);
+    assert_eq!(s, 415, "{r}");
+
+    // An untrusted source: its own stream only, and at most its rate.
+    let (s, _) = post(limited, "/v1/streams/audit", &batch("elsewhere", 1), &[], &dir);
+    assert_eq!(s, 403);
+    let (s, r) = post(limited, "/v1/streams/live", &batch("within-limit", 10), &[], &dir);
+    assert_eq!(s, 200, "{r}");
+    let (s, r) = post(limited, "/v1/streams/live", &batch("over-limit", 10), &[], &dir);
+    assert_eq!(s, 429, "{r}");
+    assert!(r.to_ascii_lowercase().contains("retry-after:"), "{r}");
+
+    let m = node.metrics();
+    assert_eq!(metric_value(&m, "ferry_refused_records_total", &[("reason", "bad_request")]), 3.0);
+    assert_eq!(metric_value(&m, "ferry_refused_records_total", &[("reason", "rate_limited")]), 10.0);
+    node.stop();
+    let lines = archive_lines(&node.data);
+    let count = |tag: &str| lines.iter().filter(|l| l.starts_with(tag)).count();
+    assert_eq!((count("plain"), count("gzipped"), count("zstded"), count("within-limit")), (3, 5, 7, 10));
+    for refused in ["{\"msg\"", "oversized", "nowhere", "elsewhere", "over-limit", "aaaa"] {
+        assert_eq!(count(refused), 0, "nothing of a refused batch ({refused}) is archived");
+    }
+    assert_eq!(lines.len(), 25);
+}
+
+#[test]
+fn a_full_archive_with_on_full_reject_answers_503_and_keeps_earlier_batches() {
+    let dir = TestDir::new("http-full");
+    let ports = Ports { tcp: free_port(), udp: free_port(), admin: free_port() };
+    let store = "segment_max_bytes = \"64MiB\"\n[store.retention]\nmax_bytes = \"1MiB\"\non_full = \"reject\"\ncheck_interval = \"100ms\"";
+    let (mut node, http, _) = http_node(&dir, &ports, store);
+    // Barely compressible lines: the open segment (never deleted) outgrows max_bytes.
+    let mut x: u64 = 0x9E3779B97F4A7C15;
+    let mut accepted = Vec::new();
+    let mut status = 200;
+    for b in 0..200 {
+        let mut body = String::new();
+        for i in 0..150 {
+            let noise: String = (0..300)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    (b'a' + (x % 26) as u8) as char
+                })
+                .collect();
+            body.push_str(&format!("full-{b:03}-{i:03} {noise}\n"));
+        }
+        let (s, r) = post(http, "/v1/streams/live", body.as_bytes(), &[], &dir);
+        status = s;
+        if s == 503 {
+            assert!(r.to_ascii_lowercase().contains("retry-after:") && r.contains("full"), "{r}");
+            break;
+        }
+        assert_eq!(s, 200, "{r}");
+        accepted.push(b);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(status, 503, "the store filled up and refused");
+    let (s, _) = http_get(ports.admin, "/readyz").unwrap();
+    assert_eq!(s, 503, "not ready while full");
+    node.stop();
+    let lines = archive_lines(&node.data);
+    assert_eq!(lines.len(), accepted.len() * 150, "every accepted batch intact, nothing of the refused one");
+    let refused = format!("full-{:03}-", accepted.len());
+    assert!(!lines.iter().any(|l| l.starts_with(&refused)));
+}
