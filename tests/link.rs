@@ -68,7 +68,10 @@ both_transports!(million_records_arrive_byte_identical, |via: Via| {
     edge.wait_metric("ferry_uplink_lag_seconds", &[("stream", "live")], Duration::from_secs(5), |v| v == 0.0);
     // `ferry status` shows the same, for a human.
     let status = |port: u16| {
-        let out = std::process::Command::new(FERRY).args(["status", "--admin", &format!("127.0.0.1:{port}")]).output().unwrap();
+        let out = std::process::Command::new(FERRY)
+            .args(["status", "--admin", &format!("127.0.0.1:{port}")])
+            .output()
+            .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap()
     };
@@ -241,9 +244,14 @@ both_transports!(max_rate_holds_within_5_percent_over_every_10_second_window, |v
     let samples = proxy.samples();
     let total = proxy.bytes_up();
     let at = |t: Duration| samples.iter().rev().find(|s| s.0 <= t).map(|s| s.1).unwrap_or(0);
-    let per_sec: Vec<String> =
-        (0..samples.last().unwrap().0.as_secs()).map(|i| format!("{:.2}", (at(Duration::from_secs(i + 1)) - at(Duration::from_secs(i))) as f64 / 1e6)).collect();
-    eprintln!("{via:?}: total {total}, edge counted {}, MB per second: {}", edge.metric("ferry_uplink_wire_bytes_total", &[]), per_sec.join(" "));
+    let per_sec: Vec<String> = (0..samples.last().unwrap().0.as_secs())
+        .map(|i| format!("{:.2}", (at(Duration::from_secs(i + 1)) - at(Duration::from_secs(i))) as f64 / 1e6))
+        .collect();
+    eprintln!(
+        "{via:?}: total {total}, edge counted {}, MB per second: {}",
+        edge.metric("ferry_uplink_wire_bytes_total", &[]),
+        per_sec.join(" ")
+    );
     // Saturated from the first byte until the last ~1%.
     let start = samples.iter().find(|s| s.1 > 0).unwrap().0;
     let end = samples.iter().find(|s| s.1 as f64 >= total as f64 * 0.99).unwrap().0;
@@ -257,7 +265,10 @@ both_transports!(max_rate_holds_within_5_percent_over_every_10_second_window, |v
     }
     assert!(windows >= 3, "transfer long enough to judge ({windows} windows, {:?})", end - start);
     let overall = total as f64 / (end - start).as_secs_f64();
-    eprintln!("{via:?}: {total} wire bytes in {:?}: {overall:.0} B/s over the transfer, {windows} windows within 5%", end - start);
+    eprintln!(
+        "{via:?}: {total} wire bytes in {:?}: {overall:.0} B/s over the transfer, {windows} windows within 5%",
+        end - start
+    );
     edge.stop();
     central.stop();
 });
@@ -268,7 +279,10 @@ both_transports!(uplink_fails_over_to_the_next_receiver_address, |via: Via| {
     let port = free_port();
     let dead = free_port();
     let mut p = pair("failover", &pki, via, port, port, "", "");
-    p.edge_cfg = p.edge_cfg.replace(&format!("addresses = [\"127.0.0.1:{port}\"]"), &format!("addresses = [\"127.0.0.1:{dead}\", \"127.0.0.1:{port}\"]"));
+    p.edge_cfg = p.edge_cfg.replace(
+        &format!("addresses = [\"127.0.0.1:{port}\"]"),
+        &format!("addresses = [\"127.0.0.1:{dead}\", \"127.0.0.1:{port}\"]"),
+    );
     let mut central = Node::start(&p.central_dir, &p.central_cfg, p.central_ports.admin);
     let mut edge = Node::start(&p.edge_dir, &p.edge_cfg, p.edge_ports.admin);
     ferry_send(&["--to", &format!("127.0.0.1:{}", p.edge_ports.tcp)], &lines("failover", 0, 10_000));

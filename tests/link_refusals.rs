@@ -18,7 +18,11 @@ use util::link::*;
 use util::*;
 
 fn timing() -> Timing {
-    Timing { keepalive: Duration::from_secs(1), dead_after: Duration::from_secs(5), connect_timeout: Duration::from_secs(5) }
+    Timing {
+        keepalive: Duration::from_secs(1),
+        dead_after: Duration::from_secs(5),
+        connect_timeout: Duration::from_secs(5),
+    }
 }
 
 async fn dial(via: Via, files: &TlsFiles, addr: SocketAddr) -> std::io::Result<Link> {
@@ -106,7 +110,8 @@ async fn dial_without_cert(via: Via, ca: &std::path::Path, addr: SocketAddr) -> 
             Via::Quic => {
                 let qc = quinn::crypto::rustls::QuicClientConfig::try_from(cfg).unwrap();
                 let ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-                let conn = ep.connect_with(quinn::ClientConfig::new(Arc::new(qc)), addr, "127.0.0.1").ok()?.await.ok()?;
+                let conn =
+                    ep.connect_with(quinn::ClientConfig::new(Arc::new(qc)), addr, "127.0.0.1").ok()?.await.ok()?;
                 let (mut send, mut recv) = conn.open_bi().await.ok()?;
                 send.write_all(&hello).await.ok()?;
                 let mut buf = vec![0u8; 64];
@@ -166,14 +171,18 @@ fn refusals(via: Via) {
         let good = files(&pki, "edge");
         // A site writing under another site's directory.
         let mut l = dial_client(via, &good, addr).await.unwrap();
-        let open = Msg::Open { id: 1, path: "other/live/2026-11-23/live-2026-11-23T10-relay-1-00000001.log.zst".into() };
+        let open =
+            Msg::Open { id: 1, path: "other/live/2026-11-23/live-2026-11-23T10-relay-1-00000001.log.zst".into() };
         assert_eq!(exchange(&mut l, &enc(&[hello(VERSION)])).await, Some(Msg::Welcome { version: VERSION }));
         assert!(matches!(exchange(&mut l, &enc(&[open])).await, Some(Msg::Refuse { code: Code::NotAuthorized, .. })));
         wait_refused(&central, "not_authorized");
 
         // Another protocol version.
         let mut l = dial_client(via, &good, addr).await.unwrap();
-        assert!(matches!(exchange(&mut l, &enc(&[hello(99)])).await, Some(Msg::Refuse { code: Code::VersionUnsupported, .. })));
+        assert!(matches!(
+            exchange(&mut l, &enc(&[hello(99)])).await,
+            Some(Msg::Refuse { code: Code::VersionUnsupported, .. })
+        ));
         wait_refused(&central, "version_unsupported");
 
         // An oversized message, then a malformed one.
@@ -199,7 +208,10 @@ fn refusals(via: Via) {
         garbage.put_slice(&[0x5e, 0x2a, 0x4d, 0x18, 200, 0, 0, 0]);
         garbage.put_slice(&[7u8; 300]);
         let append = Msg::Append { id: 1, offset: 0, frames: garbage.freeze() };
-        assert!(matches!(exchange(&mut l, &enc(&[append])).await, Some(Msg::Error { id: 1, code: Code::InvalidFrame, .. })));
+        assert!(matches!(
+            exchange(&mut l, &enc(&[append])).await,
+            Some(Msg::Error { id: 1, code: Code::InvalidFrame, .. })
+        ));
         wait_refused(&central, "invalid_frame");
     });
     assert!(segments(&central.data).is_empty(), "nothing was written: {:?}", segments(&central.data));
