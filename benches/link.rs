@@ -49,7 +49,6 @@ fn metric(port: u16, name: &str, label: &str) -> f64 {
 
 struct Node {
     child: Child,
-    admin: u16,
 }
 
 impl Node {
@@ -64,7 +63,7 @@ impl Node {
             assert!(t.elapsed() < Duration::from_secs(30), "{name} not ready");
             std::thread::sleep(Duration::from_millis(10));
         }
-        Node { child, admin }
+        Node { child }
     }
     fn cpu_seconds(&self) -> f64 {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
