@@ -293,3 +293,56 @@ both_transports!(uplink_fails_over_to_the_next_receiver_address, |via: Via| {
     central.stop();
     assert_eq!(archive_lines(&central.data).len(), 10_000);
 });
+
+#[test]
+fn a_regional_hop_forwards_mirrored_segments_byte_identical_to_central() {
+    let dir = TestDir::new("hop");
+    let pki = Pki::new(&dir, "pki");
+    let out = std::process::Command::new(FERRY)
+        .args(["certs", "issue", "--ca"])
+        .arg(pki.dir.join("ca"))
+        .args(["--site", "hub", "--node", "hub-1", "--ip", "127.0.0.1", "--out"])
+        .arg(pki.dir.join("hub"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (hub_port, central_port) = (free_port(), free_port());
+    // edge1 → hub (TLS); hub → central (QUIC), central trusting hub to relay other sites.
+    let p = pair(
+        "hop",
+        &pki,
+        Via::Tls,
+        hub_port,
+        central_port,
+        "commit_bytes = \"128KiB\"\nsegment_max_bytes = \"512KiB\"",
+        "",
+    );
+    let central_cfg = p
+        .central_cfg
+        .replace("transport = \"tls\"", "transport = \"quic\"")
+        .replace("idle_timeout = \"3s\"", "idle_timeout = \"3s\"\nrelays = [\"hub\"]");
+    let hub_dir = TestDir::new("hop-hub");
+    let hub_ports = Ports { tcp: free_port(), udp: free_port(), admin: free_port() };
+    let hub_extra = format!(
+        "{tls}\n[[listener]]\nname = \"link\"\nkind = \"ferry\"\ntransport = \"tls\"\nlisten = \"127.0.0.1:{hub_port}\"\n\n[[uplink]]\nname = \"central\"\ntransport = \"quic\"\naddresses = [\"127.0.0.1:{central_port}\"]\nkeepalive = \"300ms\"\ndead_after = \"2s\"\nbackoff_min = \"50ms\"\nbackoff_max = \"500ms\"\n",
+        tls = pki.tls_section("hub")
+    );
+    let hub_cfg = node_config(&hub_dir, &hub_ports, "", "", &hub_extra)
+        .replace("site = \"test\"", "site = \"hub\"")
+        .replace("name = \"n1\"", "name = \"hub-1\"");
+    let mut central = Node::start(&p.central_dir, &central_cfg, p.central_ports.admin);
+    let mut hub = Node::start(&hub_dir, &hub_cfg, hub_ports.admin);
+    let mut edge = Node::start(&p.edge_dir, &p.edge_cfg, p.edge_ports.admin);
+    ferry_send(&["--to", &format!("127.0.0.1:{}", p.edge_ports.tcp)], &lines("hop", 0, 200_000));
+    ferry_send(&["--to", &format!("127.0.0.1:{}", hub_ports.tcp)], &lines("hubown", 0, 1000));
+    edge.wait_metric("ferry_committed_records_total", &[], Duration::from_secs(30), |v| v >= 200_000.0);
+    edge.stop();
+    wait_mirrored(&edge.data, &hub.data, Duration::from_secs(30));
+    wait_mirrored(&edge.data, &central.data, Duration::from_secs(30));
+    hub.stop();
+    central.stop();
+    assert_byte_identical(&edge.data, &hub.data);
+    assert_byte_identical(&edge.data, &central.data);
+    assert!(!segment_files(&central.data, "hub").is_empty(), "the hub's own segments arrive too");
+    assert_eq!(unique_ids(&archive_lines(&central.data)).len(), 201_000);
+}
