@@ -19,6 +19,8 @@ pub enum DropReason {
     IncompleteFrame,
     /// The node was shutting down and the store was already closed.
     ShuttingDown,
+    /// An untrusted (or limited) source exceeded its records/s or bytes/s.
+    RateLimited,
 }
 
 impl DropReason {
@@ -29,6 +31,7 @@ impl DropReason {
             DropReason::StoreError => "store_error",
             DropReason::IncompleteFrame => "incomplete_frame",
             DropReason::ShuttingDown => "shutting_down",
+            DropReason::RateLimited => "rate_limited",
         }
     }
 }

@@ -34,6 +34,10 @@ pub struct ListenerCtx {
     /// Handles of `router.streams`, same order.
     pub streams: Vec<StreamHandle>,
     pub metrics: Metrics,
+    /// Per-source records/s and bytes/s (untrusted listeners by default).
+    pub limits: limits::SourceLimits,
+    /// Open connections per source address, for `max_connections_per_source`.
+    per_source: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
     last_warn_s: AtomicI64,
 }
 
@@ -50,6 +54,8 @@ impl ListenerCtx {
         }
         metrics.received_records.with_label_values(&[&cfg.name]);
         Ok(ListenerCtx {
+            limits: limits::SourceLimits::new(cfg.source_records_per_sec, cfg.source_bytes_per_sec),
+            per_source: Default::default(),
             name: cfg.name.as_str().into(),
             router: Arc::new(router),
             streams,
@@ -64,6 +70,48 @@ impl ListenerCtx {
         let now = crate::store::clock::Clock::now_ms(&crate::store::clock::SystemClock) / 1000;
         let last = self.last_warn_s.load(Ordering::Relaxed);
         now != last && self.last_warn_s.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+    }
+
+    /// Count a connection from `ip`; false (and nothing counted) when the
+    /// source already has `max_connections_per_source` open.
+    pub fn enter_source(&self, ip: std::net::IpAddr) -> bool {
+        let Some(max) = self.cfg.max_connections_per_source else { return true };
+        let mut m = self.per_source.lock().expect("not poisoned");
+        let n = m.entry(ip).or_insert(0);
+        if *n >= max {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    /// A connection from `ip` closed.
+    pub fn leave_source(&self, ip: std::net::IpAddr) {
+        if self.cfg.max_connections_per_source.is_none() {
+            return;
+        }
+        let mut m = self.per_source.lock().expect("not poisoned");
+        if let Some(n) = m.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&ip);
+            }
+        }
+    }
+
+    /// Whether a record of `len` bytes from `ip` is within the source's rate;
+    /// if not it is counted as dropped (`rate_limited`) and logged (rate-limited).
+    #[inline]
+    pub fn admit_record(&self, ip: Option<std::net::IpAddr>, len: usize) -> bool {
+        let Some(ip) = ip else { return true };
+        if self.limits.is_unlimited() || self.limits.take_one(ip, len, std::time::Instant::now()) {
+            return true;
+        }
+        self.metrics.drop_records(&self.name, crate::metrics::DropReason::RateLimited, 1);
+        if self.may_warn() {
+            warn!(listener = %self.name, source = %ip, "source over its rate limit: dropping records (counted as rate_limited)");
+        }
+        false
     }
 
     /// Log (rate-limited) that records were dropped for `e`.

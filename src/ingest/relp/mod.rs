@@ -120,6 +120,8 @@ async fn connection(sock: TcpStream, peer: String, ctx: Arc<ListenerCtx>, sd: Sh
                         Ok(Some((Frame { txnr, command, data }, n))) => {
                             match command {
                                 b"syslog" => {
+                                    // Acknowledged sources are never silently limited: RELP's
+                                    // own window is the backpressure.
                                     let keep = data.len().min(max_record);
                                     batcher.push(&data[..keep], keep < data.len(), now);
                                     txnrs.push(txnr);

@@ -4,6 +4,7 @@
 //! made less likely by a large receive buffer.
 
 use std::io;
+use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
@@ -41,28 +42,28 @@ pub fn grow_receive_buffer(s: &impl AsRawFd) {
 
 /// The two datagram sockets, behind one interface.
 pub trait DatagramSocket: Send + Sync + 'static {
-    fn recv(&self, buf: &mut [u8]) -> impl std::future::Future<Output = io::Result<(usize, String)>> + Send;
-    fn try_recv(&self, buf: &mut [u8]) -> io::Result<(usize, String)>;
+    fn recv(&self, buf: &mut [u8]) -> impl std::future::Future<Output = io::Result<(usize, Option<IpAddr>)>> + Send;
+    fn try_recv(&self, buf: &mut [u8]) -> io::Result<(usize, Option<IpAddr>)>;
 }
 
 pub struct Udp(pub UdpSocket);
 pub struct Unix(pub UnixDatagram);
 
 impl DatagramSocket for Udp {
-    async fn recv(&self, buf: &mut [u8]) -> io::Result<(usize, String)> {
-        self.0.recv_from(buf).await.map(|(n, a)| (n, a.to_string()))
+    async fn recv(&self, buf: &mut [u8]) -> io::Result<(usize, Option<IpAddr>)> {
+        self.0.recv_from(buf).await.map(|(n, a)| (n, Some(a.ip())))
     }
-    fn try_recv(&self, buf: &mut [u8]) -> io::Result<(usize, String)> {
-        self.0.try_recv_from(buf).map(|(n, a)| (n, a.to_string()))
+    fn try_recv(&self, buf: &mut [u8]) -> io::Result<(usize, Option<IpAddr>)> {
+        self.0.try_recv_from(buf).map(|(n, a)| (n, Some(a.ip())))
     }
 }
 
 impl DatagramSocket for Unix {
-    async fn recv(&self, buf: &mut [u8]) -> io::Result<(usize, String)> {
-        self.0.recv_from(buf).await.map(|(n, _)| (n, "unix".to_owned()))
+    async fn recv(&self, buf: &mut [u8]) -> io::Result<(usize, Option<IpAddr>)> {
+        self.0.recv_from(buf).await.map(|(n, _)| (n, None))
     }
-    fn try_recv(&self, buf: &mut [u8]) -> io::Result<(usize, String)> {
-        self.0.try_recv_from(buf).map(|(n, _)| (n, "unix".to_owned()))
+    fn try_recv(&self, buf: &mut [u8]) -> io::Result<(usize, Option<IpAddr>)> {
+        self.0.try_recv_from(buf).map(|(n, _)| (n, None))
     }
 }
 
@@ -78,7 +79,7 @@ pub async fn serve<S: DatagramSocket>(sock: S, ctx: Arc<ListenerCtx>, sd: Shutdo
         };
         let now = SystemClock.now_ms();
         match first {
-            Ok((n, _)) => push(&mut batcher, &buf[..n], max, now),
+            Ok((n, src)) => push(&ctx, &mut batcher, src, &buf[..n], max, now),
             Err(e) => {
                 if ctx.may_warn() {
                     warn!(listener = %ctx.name, error = %e, "datagram receive failed");
@@ -89,7 +90,7 @@ pub async fn serve<S: DatagramSocket>(sock: S, ctx: Arc<ListenerCtx>, sd: Shutdo
         // Take whatever else is already queued, up to a batch, without waiting.
         while batcher.buffered() < BATCH_BYTES {
             match sock.try_recv(&mut buf) {
-                Ok((n, _)) => push(&mut batcher, &buf[..n], max, now),
+                Ok((n, src)) => push(&ctx, &mut batcher, src, &buf[..n], max, now),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => {
                     if ctx.may_warn() {
@@ -105,10 +106,13 @@ pub async fn serve<S: DatagramSocket>(sock: S, ctx: Arc<ListenerCtx>, sd: Shutdo
 }
 
 #[inline]
-fn push(batcher: &mut Batcher, d: &[u8], max: usize, now: i64) {
+fn push(ctx: &ListenerCtx, batcher: &mut Batcher, src: Option<IpAddr>, d: &[u8], max: usize, now: i64) {
     // Senders often end a datagram with LF (or NUL); it is framing, not message.
     let d = d.strip_suffix(b"\n").or_else(|| d.strip_suffix(b"\0")).unwrap_or(d);
     if d.is_empty() {
+        return;
+    }
+    if !ctx.admit_record(src, d.len()) {
         return;
     }
     let n = d.len().min(max);

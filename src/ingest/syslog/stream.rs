@@ -40,9 +40,19 @@ pub async fn serve_tcp(listener: TcpListener, ctx: Arc<ListenerCtx>, sd: Shutdow
                 let Some(permit) = admit(&ctx, &limit, &peer) else {
                     continue;
                 };
+                if !ctx.enter_source(addr.ip()) {
+                    ctx.metrics.connections_refused.with_label_values(&[&ctx.name, "max_connections_per_source"]).inc();
+                    if ctx.may_warn() {
+                        warn!(listener = %ctx.name, %peer, "connection refused: max_connections_per_source reached");
+                    }
+                    continue;
+                }
                 let _ = sock.set_nodelay(true);
                 let (ctx, sd2) = (ctx.clone(), sd.clone());
-                sd.spawn(connection(sock, peer, ctx, sd2, permit));
+                sd.spawn(async move {
+                    connection(sock, peer, Some(addr.ip()), ctx.clone(), sd2, permit).await;
+                    ctx.leave_source(addr.ip());
+                });
             }
             Err(e) => accept_error(&ctx, e).await,
         }
@@ -66,7 +76,7 @@ pub async fn serve_unix(listener: UnixListener, ctx: Arc<ListenerCtx>, sd: Shutd
                     continue;
                 };
                 let (ctx, sd2) = (ctx.clone(), sd.clone());
-                sd.spawn(connection(sock, peer, ctx, sd2, permit));
+                sd.spawn(connection(sock, peer, None, ctx, sd2, permit));
             }
             Err(e) => accept_error(&ctx, e).await,
         }
@@ -102,6 +112,7 @@ pub(crate) async fn accept_error(ctx: &ListenerCtx, e: io::Error) {
 pub async fn connection<S: AsyncRead + Unpin>(
     mut sock: S,
     peer: String,
+    source: Option<std::net::IpAddr>,
     ctx: Arc<ListenerCtx>,
     sd: Shutdown,
     _permit: OwnedSemaphorePermit,
@@ -163,7 +174,9 @@ pub async fn connection<S: AsyncRead + Unpin>(
                 Next::Incomplete => break,
                 Next::Skip { consumed } => pos += consumed,
                 Next::Record { start, len, consumed, truncated } => {
-                    batcher.push(&buf[pos + start..pos + start + len], truncated, now);
+                    if ctx.admit_record(source, len) {
+                        batcher.push(&buf[pos + start..pos + start + len], truncated, now);
+                    }
                     pos += consumed;
                 }
                 Next::Error(e) => {
