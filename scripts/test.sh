@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The project's one test command (README, .ci/run). Installs with apt what the
-# tests drive for real (zstd, util-linux logger, rsyslog), then runs the
-# lints and every test. A missing tool fails a test; nothing skips.
+# tests drive for real (zstd, util-linux logger, rsyslog, ansible, promtool),
+# then runs the lints and every test. A missing tool fails a test; nothing skips.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +12,12 @@ command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v gzip >/dev/null 2>&1 || need+=(gzip)
 [ -x /usr/sbin/rsyslogd ] || need+=(rsyslog)
 [ -e /usr/lib/x86_64-linux-gnu/rsyslog/omrelp.so ] || need+=(rsyslog-relp)
+# tests/ops.rs: the Ansible roles, the systemd unit, promtool on rules and scrapes.
+command -v ansible-playbook >/dev/null 2>&1 || need+=(ansible)
+command -v ansible-lint >/dev/null 2>&1 || need+=(ansible-lint)
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+command -v python3 >/dev/null 2>&1 || need+=(python3)
 if ((${#need[@]})); then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo=sudo

@@ -152,11 +152,14 @@ pub async fn bind(cfg: &ListenerConfig) -> io::Result<Bound> {
         }
         (ListenAddr::Path(p), Transport::UnixStream) => {
             remove_stale_socket(p)?;
-            Ok(Bound::UnixStream(UnixListener::bind(p)?, p.clone()))
+            let l = UnixListener::bind(p)?;
+            world_writable(p)?;
+            Ok(Bound::UnixStream(l, p.clone()))
         }
         (ListenAddr::Path(p), Transport::Unix) => {
             remove_stale_socket(p)?;
             let s = UnixDatagram::bind(p)?;
+            world_writable(p)?;
             syslog::datagram::grow_receive_buffer(&s);
             Ok(Bound::UnixDatagram(s, p.clone()))
         }
@@ -164,6 +167,13 @@ pub async fn bind(cfg: &ListenerConfig) -> io::Result<Bound> {
             Err(io::Error::new(io::ErrorKind::InvalidInput, format!("transport {t:?} cannot listen on {addr}")))
         }
     }
+}
+
+/// Local log sockets are writable by every local process, like `/dev/log`,
+/// whatever the service's umask; restrict access with the directory's mode.
+fn world_writable(p: &std::path::Path) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o666))
 }
 
 fn remove_stale_socket(p: &std::path::Path) -> io::Result<()> {
