@@ -87,7 +87,12 @@ impl Acceptor {
         let crypto = QuicServerConfig::try_from(tls).map_err(io::Error::other)?;
         let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         config.transport_config(transport_config(timing));
-        Ok(Acceptor { endpoint: quinn::Endpoint::server(config, addr)? })
+        let (reset, cid_key) = restart_keys(files)?;
+        let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(reset));
+        endpoint_config.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
+        let socket = std::net::UdpSocket::bind(addr)?;
+        let runtime = quinn::default_runtime().ok_or_else(|| io::Error::other("no async runtime for QUIC"))?;
+        Ok(Acceptor { endpoint: quinn::Endpoint::new(endpoint_config, Some(config), socket, runtime)? })
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -103,6 +108,25 @@ impl Acceptor {
     pub fn close(&self, code: u32, reason: &str) {
         self.endpoint.close(quinn::VarInt::from_u32(code), reason.as_bytes());
     }
+}
+
+/// The stateless-reset key and the connection-ID validation key, derived
+/// from the node's private key so they survive a restart: a receiver that
+/// crashed and came back recognises the connection IDs it issued before and
+/// answers their packets with a valid stateless reset, so the uplink redials
+/// at once instead of waiting out its idle timeout.
+fn restart_keys(files: &TlsFiles) -> io::Result<(ring::hmac::Key, u64)> {
+    use sha2::Digest;
+    let key = std::fs::read(&files.key)?;
+    let derive = |label: &[u8]| {
+        let mut h = sha2::Sha256::new();
+        h.update(label);
+        h.update(&key);
+        h.finalize()
+    };
+    let reset = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &derive(b"ferry quic stateless reset v1\0"));
+    let cid = derive(b"ferry quic connection ids v1\0");
+    Ok((reset, u64::from_le_bytes(cid[..8].try_into().expect("32-byte digest"))))
 }
 
 /// Complete the server side of a QUIC handshake and authenticate the peer.
