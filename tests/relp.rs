@@ -4,29 +4,13 @@
 mod util;
 
 use std::collections::HashSet;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use util::rsyslog::{wait_port, Rsyslog};
 use util::*;
-
-struct Rsyslog {
-    child: Child,
-    log: std::path::PathBuf,
-}
-
-impl Drop for Rsyslog {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("--- rsyslogd ---\n{}", std::fs::read_to_string(&self.log).unwrap_or_default());
-        }
-    }
-}
 
 /// rsyslogd with the shipped collector config, fed by an imtcp input.
 fn rsyslog_with_shipped_relp_config(dir: &TestDir, relay_port: u16, input_port: u16) -> Rsyslog {
-    let bin = require_tool("rsyslogd");
     assert!(
         std::path::Path::new("/usr/lib/x86_64-linux-gnu/rsyslog/omrelp.so").exists(),
         "rsyslog-relp is not installed: run the README's test command"
@@ -47,26 +31,9 @@ fn rsyslog_with_shipped_relp_config(dir: &TestDir, relay_port: u16, input_port: 
         "global(workDirectory=\"{}\")\nmodule(load=\"imtcp\")\ninput(type=\"imtcp\" port=\"{input_port}\" address=\"127.0.0.1\")\n{action}",
         work.display()
     );
-    let path = dir.join("rsyslog.conf");
-    std::fs::write(&path, conf).unwrap();
-    let check = Command::new(&bin).arg("-N1").arg("-f").arg(&path).output().unwrap();
-    assert!(check.status.success(), "rsyslogd -N1: {}", String::from_utf8_lossy(&check.stderr));
-    let log = dir.join("rsyslog.out");
-    let child = Command::new(bin)
-        .args(["-n", "-f"])
-        .arg(&path)
-        .arg("-i")
-        .arg(dir.join("rsyslog.pid"))
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let t = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", input_port)).is_err() {
-        assert!(t.elapsed() < Duration::from_secs(20), "rsyslog input never opened");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Rsyslog { child, log }
+    let rs = Rsyslog::start(dir, &conf);
+    wait_port(input_port);
+    rs
 }
 
 fn ids(data: &std::path::Path) -> (usize, HashSet<String>) {

@@ -4,58 +4,10 @@
 mod util;
 
 use std::collections::HashSet;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use util::rsyslog::{wait_port, Rsyslog};
 use util::*;
-
-/// rsyslogd in the foreground with a private config, work dir and pid file.
-struct Rsyslog {
-    child: Child,
-    log: std::path::PathBuf,
-}
-
-impl Rsyslog {
-    fn start(dir: &TestDir, conf: &str) -> Rsyslog {
-        let bin = require_tool("rsyslogd");
-        std::fs::create_dir_all(dir.join("rsyslog-work")).unwrap();
-        let path = dir.join("rsyslog.conf");
-        std::fs::write(&path, conf).unwrap();
-        let log = dir.join("rsyslog.out");
-        // -N1 validates the config first, so a bad config fails loudly here.
-        let check = Command::new(&bin).arg("-N1").arg("-f").arg(&path).output().unwrap();
-        assert!(check.status.success(), "rsyslogd -N1: {}", String::from_utf8_lossy(&check.stderr));
-        let child = Command::new(bin)
-            .arg("-n")
-            .arg("-f")
-            .arg(&path)
-            .arg("-i")
-            .arg(dir.join("rsyslog.pid"))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        Rsyslog { child, log }
-    }
-}
-
-impl Drop for Rsyslog {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("--- rsyslogd stderr ---\n{}", std::fs::read_to_string(&self.log).unwrap_or_default());
-        }
-    }
-}
-
-fn wait_port(port: u16) {
-    let t = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(t.elapsed() < Duration::from_secs(20), "port {port} never opened");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 #[test]
 fn rsyslog_omfwd_tcp_delivers_every_message() {

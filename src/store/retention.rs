@@ -12,9 +12,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tracing::{info, warn};
-use walkdir::WalkDir;
 
-use super::segment::{seal_path, SealRecord, SegmentName};
+use super::segment::{list_segments, seal_path, SealRecord};
 use super::Store;
 use crate::config::{OnFull, RetentionConfig};
 use crate::metrics::Metrics;
@@ -60,25 +59,10 @@ pub fn pass(
     hold: &dyn Hold,
     metrics: &Metrics,
 ) -> io::Result<Outcome> {
-    let mut segs = Vec::new();
-    for entry in WalkDir::new(archive_dir).min_depth(4).max_depth(4) {
-        let entry = match entry {
-            Ok(e) => e,
-            // A file deleted under us (by a concurrent seal or an operator) is not an error.
-            Err(e) if e.io_error().is_some_and(|i| i.kind() == io::ErrorKind::NotFound) => continue,
-            Err(e) => return Err(e.into()),
-        };
-        if !entry.file_type().is_file() {
-            continue;
-        }
-        let rel = entry.path().strip_prefix(archive_dir).expect("under archive_dir").to_owned();
-        let Some(name) = SegmentName::parse_rel(&rel) else {
-            continue;
-        };
-        let len = entry.metadata().map(|m| m.len()).unwrap_or(0);
-        let seal = SealRecord::load(&seal_path(state_dir, &rel)).unwrap_or(None);
-        segs.push(Seg { rel, len, seal, seq: name.seq });
-    }
+    let mut segs: Vec<Seg> = list_segments(archive_dir, state_dir, |_| false)?
+        .into_iter()
+        .map(|d| Seg { rel: d.rel, len: d.len, seal: d.seal, seq: d.name.seq })
+        .collect();
     // Oldest first: by seal time, then by sequence.
     segs.sort_by_key(|s| (s.seal.as_ref().map(|r| r.sealed_ms).unwrap_or(i64::MAX), s.seq));
     let mut out =

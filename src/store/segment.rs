@@ -184,6 +184,46 @@ impl SealRecord {
     }
 }
 
+/// A segment file found under `archive/`, with its seal record if sealed.
+#[derive(Clone, Debug)]
+pub struct OnDisk {
+    /// Path relative to `archive/`.
+    pub rel: PathBuf,
+    pub name: SegmentName,
+    /// File length when listed.
+    pub len: u64,
+    pub seal: Option<SealRecord>,
+}
+
+/// Every segment file under `archive/` (all sites), except those `skip`
+/// names, oldest first (by date, hour, sequence). Files deleted during the
+/// walk (retention, an operator) are skipped; other files are ignored.
+pub fn list_segments(archive_dir: &Path, state_dir: &Path, skip: impl Fn(&Path) -> bool) -> io::Result<Vec<OnDisk>> {
+    let mut out = Vec::new();
+    for entry in walkdir::WalkDir::new(archive_dir).min_depth(4).max_depth(4) {
+        let entry = match entry {
+            Ok(e) => e,
+            Err(e) if e.io_error().is_some_and(|i| i.kind() == io::ErrorKind::NotFound) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        if !entry.file_type().is_file() {
+            continue;
+        }
+        let rel = entry.path().strip_prefix(archive_dir).expect("walk stays under archive_dir").to_owned();
+        let Some(name) = SegmentName::parse_rel(&rel) else { continue };
+        if skip(&rel) {
+            continue;
+        }
+        let len = entry.metadata().map(|m| m.len()).unwrap_or(0);
+        let seal = SealRecord::load(&seal_path(state_dir, &rel)).unwrap_or(None);
+        out.push(OnDisk { rel, name, len, seal });
+    }
+    out.sort_by(|a, b| {
+        (&a.name.date, a.name.hour, a.name.seq, &a.rel).cmp(&(&b.name.date, b.name.hour, b.name.seq, &b.rel))
+    });
+    Ok(out)
+}
+
 /// fsync a directory so a file created or renamed in it survives power loss.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()

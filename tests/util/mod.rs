@@ -14,6 +14,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 pub mod link;
 pub mod proxy;
+pub mod rsyslog;
 
 pub const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
 

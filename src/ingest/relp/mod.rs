@@ -17,11 +17,11 @@ use std::sync::Arc;
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{oneshot, OwnedSemaphorePermit};
 use tracing::{debug, info, warn};
 
 use super::batcher::Batcher;
-use super::syslog::stream::{accept_error, admit};
+use super::syslog::stream::accept_tcp;
 use super::ListenerCtx;
 use crate::shutdown::Shutdown;
 use crate::store::clock::{Clock, SystemClock};
@@ -31,23 +31,7 @@ use codec::{decode, encode_rsp, Frame};
 type Ack = oneshot::Receiver<Result<Committed, StoreError>>;
 
 pub async fn serve(listener: TcpListener, ctx: Arc<ListenerCtx>, sd: Shutdown) {
-    let limit = Arc::new(Semaphore::new(ctx.cfg.max_connections));
-    loop {
-        let accepted = tokio::select! {
-            _ = sd.token.cancelled() => return,
-            r = listener.accept() => r,
-        };
-        match accepted {
-            Ok((sock, addr)) => {
-                let peer = addr.to_string();
-                let Some(permit) = admit(&ctx, &limit, &peer) else { continue };
-                let _ = sock.set_nodelay(true);
-                let (ctx, sd2) = (ctx.clone(), sd.clone());
-                sd.spawn(connection(sock, peer, ctx, sd2, permit));
-            }
-            Err(e) => accept_error(&ctx, e).await,
-        }
-    }
+    accept_tcp(listener, ctx, sd, |sock, peer, _, ctx, sd, permit| connection(sock, peer, ctx, sd, permit)).await
 }
 
 /// Wait for the oldest commit in flight. Cancel safe: the entry is removed

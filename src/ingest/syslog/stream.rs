@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::net::{TcpListener, UnixListener};
+use tokio::net::{TcpListener, TcpStream, UnixListener};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
 
@@ -28,6 +28,18 @@ use crate::store::clock::{Clock, SystemClock};
 const READ_CHUNK: usize = 64 << 10;
 
 pub async fn serve_tcp(listener: TcpListener, ctx: Arc<ListenerCtx>, sd: Shutdown) {
+    accept_tcp(listener, ctx, sd, |sock, peer, ip, ctx, sd, permit| connection(sock, peer, Some(ip), ctx, sd, permit))
+        .await
+}
+
+/// Accept TCP connections under `max_connections` and
+/// `max_connections_per_source`, and serve each with `serve` in a tracked
+/// task. Shared by every TCP listener kind.
+pub(crate) async fn accept_tcp<F, Fut>(listener: TcpListener, ctx: Arc<ListenerCtx>, sd: Shutdown, serve: F)
+where
+    F: Fn(TcpStream, String, std::net::IpAddr, Arc<ListenerCtx>, Shutdown, OwnedSemaphorePermit) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let limit = Arc::new(Semaphore::new(ctx.cfg.max_connections));
     loop {
         let accepted = tokio::select! {
@@ -48,9 +60,10 @@ pub async fn serve_tcp(listener: TcpListener, ctx: Arc<ListenerCtx>, sd: Shutdow
                     continue;
                 }
                 let _ = sock.set_nodelay(true);
-                let (ctx, sd2) = (ctx.clone(), sd.clone());
+                let conn = serve(sock, peer, addr.ip(), ctx.clone(), sd.clone(), permit);
+                let ctx = ctx.clone();
                 sd.spawn(async move {
-                    connection(sock, peer, Some(addr.ip()), ctx.clone(), sd2, permit).await;
+                    conn.await;
                     ctx.leave_source(addr.ip());
                 });
             }

@@ -268,10 +268,10 @@ impl Uplink {
                                 error!(uplink = name, path = %s.local.rel.display(), receiver_len = len,
                                     "receiver has this segment sealed at a length this node does not have");
                             }
-                        } else if len > s.local.file_len {
+                        } else if len > s.local.len {
                             s.failed = true;
                             m.uplink_errors.with_label_values(&[name, "receiver_ahead"]).inc();
-                            error!(uplink = name, path = %s.local.rel.display(), receiver_len = len, local_len = s.local.file_len,
+                            error!(uplink = name, path = %s.local.rel.display(), receiver_len = len, local_len = s.local.len,
                                 "receiver holds more of this segment than this node (local data lost?); not sending it");
                         }
                     }
@@ -347,7 +347,7 @@ impl Uplink {
                 for l in found {
                     match segs.get_mut(&l.rel) {
                         Some(s) => {
-                            if s.stalled_at.is_some_and(|at| at != l.file_len) {
+                            if s.stalled_at.is_some_and(|at| at != l.len) {
                                 s.stalled_at = None;
                             }
                             s.local = l;
@@ -415,7 +415,7 @@ impl Uplink {
                     {
                         Ok((bytes, _)) if bytes.is_empty() => {
                             let s = segs.get_mut(&rel).expect("present");
-                            s.stalled_at = Some(s.local.file_len);
+                            s.stalled_at = Some(s.local.len);
                         }
                         Ok((bytes, _)) => {
                             let s = segs.get_mut(&rel).expect("present");
@@ -501,7 +501,7 @@ impl Uplink {
         for s in segs.values() {
             seen.insert((s.local.name.site.clone(), s.local.name.stream.clone()));
             let e = pending.entry((s.local.name.site.clone(), s.local.name.stream.clone())).or_default();
-            let lag = s.local.file_len.saturating_sub(s.acked);
+            let lag = s.local.len.saturating_sub(s.acked);
             e.0 += lag;
             if lag > 0 {
                 e.1.push((self.archive_dir.join(&s.local.rel), s.acked));
@@ -529,7 +529,7 @@ type StreamLag = (u64, Vec<(PathBuf, u64)>);
 
 /// The segment to send from next: live-first by share, then the oldest backlog.
 fn pick(segs: &BTreeMap<PathBuf, Seg>, live_sent: u64, backlog_sent: u64, live_share: f64) -> Option<PathBuf> {
-    let ready = |s: &&Seg| s.known && !s.failed && s.sent < s.local.file_len && s.stalled_at.is_none();
+    let ready = |s: &&Seg| s.known && !s.failed && s.sent < s.local.len && s.stalled_at.is_none();
     let live = segs.values().filter(ready).find(|s| s.live);
     let backlog = segs.values().filter(ready).find(|s| !s.live);
     let total = (live_sent + backlog_sent).max(1) as f64;

@@ -9,12 +9,10 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
-use walkdir::WalkDir;
-
 use crate::store::frame::FrameHeader;
 use crate::store::reader::{SegmentReader, Step};
 use crate::store::retention::Hold;
-use crate::store::segment::{seal_path, SealRecord, SegmentName};
+use crate::store::segment::list_segments;
 
 /// Segments an uplink has delivered (sealed and verified at the receiver).
 /// Persisted in `state/uplinks/<name>.delivered`, one path per line; losing
@@ -66,39 +64,11 @@ impl Hold for UplinkHold {
 }
 
 /// A segment on disk that is not yet delivered.
-#[derive(Clone, Debug)]
-pub struct Local {
-    pub rel: PathBuf,
-    pub name: SegmentName,
-    pub file_len: u64,
-    pub seal: Option<SealRecord>,
-}
+pub use crate::store::segment::OnDisk as Local;
 
 /// Every undelivered segment under `archive/`, oldest first.
 pub fn scan(archive_dir: &Path, state_dir: &Path, delivered: &Delivered) -> io::Result<Vec<Local>> {
-    let mut out = Vec::new();
-    for entry in WalkDir::new(archive_dir).min_depth(4).max_depth(4) {
-        let entry = match entry {
-            Ok(e) => e,
-            Err(e) if e.io_error().is_some_and(|i| i.kind() == io::ErrorKind::NotFound) => continue,
-            Err(e) => return Err(e.into()),
-        };
-        if !entry.file_type().is_file() {
-            continue;
-        }
-        let rel = entry.path().strip_prefix(archive_dir).expect("under archive").to_owned();
-        let Some(name) = SegmentName::parse_rel(&rel) else { continue };
-        if delivered.contains(&rel) {
-            continue;
-        }
-        let file_len = entry.metadata().map(|m| m.len()).unwrap_or(0);
-        let seal = SealRecord::load(&seal_path(state_dir, &rel)).unwrap_or(None);
-        out.push(Local { rel, name, file_len, seal });
-    }
-    out.sort_by(|a, b| {
-        (&a.name.date, a.name.hour, a.name.seq, &a.rel).cmp(&(&b.name.date, b.name.hour, b.name.seq, &b.rel))
-    });
-    Ok(out)
+    list_segments(archive_dir, state_dir, |rel| delivered.contains(rel))
 }
 
 /// Whole frames of `path` from `from`, up to about `max` bytes (at least one
