@@ -7,7 +7,7 @@
 //! central node restarted after a `kill -9`) to the first byte acknowledged
 //! again. Run: `cargo bench --bench link` (FERRY_BENCH_RECORDS to change N).
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -31,12 +31,10 @@ fn free_port() -> u16 {
 }
 
 fn http_get(port: u16, path: &str) -> Option<String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
-    let mut r = String::new();
-    s.read_to_string(&mut r).ok()?;
-    r.starts_with("HTTP/1.1 200").then_some(r)
+    match ferry::admin::client::get(&format!("127.0.0.1:{port}"), path, Duration::from_secs(5)) {
+        Ok((200, body)) => Some(body),
+        _ => None,
+    }
 }
 
 fn metric(port: u16, name: &str, label: &str) -> f64 {

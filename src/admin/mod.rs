@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 
+pub mod client;
 pub mod status;
 
 /// What the admin endpoints read.
