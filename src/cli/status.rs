@@ -7,8 +7,9 @@ use anyhow::Context;
 use crate::admin::client;
 
 pub fn status(admin: &str) -> anyhow::Result<i32> {
-    let (code, body) = client::get(admin, "/status", Duration::from_secs(10))
-        .with_context(|| format!("cannot reach the admin listener at {admin} (is ferry running? see [admin] listen)"))?;
+    let (code, body) = client::get(admin, "/status", Duration::from_secs(10)).with_context(|| {
+        format!("cannot reach the admin listener at {admin} (is ferry running? see [admin] listen)")
+    })?;
     if code != 200 {
         anyhow::bail!("{admin}/status answered HTTP {code}: {}", body.trim());
     }
