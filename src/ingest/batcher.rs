@@ -85,7 +85,7 @@ impl Batcher {
             self.first_ms = now_ms;
         }
         self.last_ms = now_ms;
-        escape_into(record, &mut slot.data);
+        let nul = escape_into(record, &mut slot.data);
         slot.data.push(b'\n');
         slot.records += 1;
         self.pending_bytes += record.len() as u64;
@@ -97,7 +97,7 @@ impl Batcher {
         if std::str::from_utf8(record).is_err() {
             self.flag("invalid_utf8");
         }
-        if memchr::memchr(0, record).is_some() {
+        if nul {
             self.flag("nul_byte");
         }
     }

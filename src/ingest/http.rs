@@ -196,7 +196,7 @@ async fn ingest(
     let mut truncated = 0u32;
     for line in &lines {
         let keep = line.len().min(max);
-        escape_into(&line[..keep], &mut data);
+        let _ = escape_into(&line[..keep], &mut data);
         data.push(b'\n');
         if keep < line.len() {
             truncated += 1;

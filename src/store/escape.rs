@@ -8,10 +8,12 @@
 
 use memchr::{memchr, memchr3};
 
-/// Append `record`, escaped, to `out` (no trailing LF).
+/// Append `record`, escaped, to `out` (no trailing LF). Returns whether the
+/// record held a NUL byte, which the scan finds anyway (callers flag it).
 #[inline]
-pub fn escape_into(record: &[u8], out: &mut Vec<u8>) {
+pub fn escape_into(record: &[u8], out: &mut Vec<u8>) -> bool {
     let mut rest = record;
+    let mut nul = false;
     loop {
         // Two SIMD searches beat a byte loop for the common case of records
         // with nothing to escape; NUL is only looked for before the first hit.
@@ -20,9 +22,10 @@ pub fn escape_into(record: &[u8], out: &mut Vec<u8>) {
         match hit {
             None => {
                 out.extend_from_slice(rest);
-                return;
+                return nul;
             }
             Some(i) => {
+                nul |= rest[i] == 0;
                 out.extend_from_slice(&rest[..i]);
                 out.extend_from_slice(match rest[i] {
                     b'\\' => b"\\\\",
@@ -99,6 +102,8 @@ mod tests {
             let e = esc(&r);
             prop_assert!(!e.contains(&b'\n') && !e.contains(&b'\r') && !e.contains(&0));
             prop_assert_eq!(needs_escape(&r), e != r);
+            let mut v = Vec::new();
+            prop_assert_eq!(escape_into(&r, &mut v), r.contains(&0));
         }
     }
 }
