@@ -62,7 +62,9 @@ pub async fn run_node(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<()> 
     }
     let mut bound = Vec::new();
     for l in cfg.listeners.iter().filter(|l| l.kind != ListenerKind::Ferry) {
-        let b = ingest::bind(l).await.with_context(|| format!("listener {}: cannot listen on {}", l.name, l.listen))?;
+        let b = ingest::bind(l, cfg.tls.as_ref())
+            .await
+            .with_context(|| format!("listener {}: cannot listen on {}", l.name, l.listen))?;
         info!(listener = %l.name, transport = ?l.transport, addr = %b.local_addr(), stream = %l.stream, "listening");
         bound.push((b, l.clone()));
     }

@@ -129,6 +129,19 @@ pub enum ListenerKind {
     Relp,
     /// HTTP batches: `POST /v1/streams/{stream}`, answered after commit.
     Http,
+    /// GELF (Graylog, Docker's gelf driver): NUL-delimited over TCP, chunked
+    /// and possibly compressed datagrams over UDP. One message is one record.
+    Gelf,
+}
+
+/// Whether a TLS listener asks its clients for a certificate from the
+/// deployment CA.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientCert {
+    /// Handshakes without a valid client certificate fail (the default).
+    Required,
+    /// A client may present no certificate; one that it presents must verify.
+    Optional,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -139,7 +152,8 @@ pub enum Transport {
     Unix,
     /// Unix stream socket, framed like TCP.
     UnixStream,
-    /// `kind = "ferry"`: TLS 1.3 over TCP.
+    /// TLS over TCP: TLS 1.3 for `kind = "ferry"`; TLS 1.2 or 1.3 with the
+    /// deployment CA for syslog (RFC 5425) and RELP.
     Tls,
     /// `kind = "ferry"`: QUIC.
     Quic,
@@ -187,6 +201,8 @@ pub struct ListenerConfig {
     pub source_records_per_sec: Option<f64>,
     pub source_bytes_per_sec: Option<f64>,
     pub max_connections_per_source: Option<usize>,
+    /// `transport = "tls"` (syslog, RELP): client certificate policy.
+    pub client_cert: ClientCert,
 }
 
 /// A routing rule: every field that is set must match.

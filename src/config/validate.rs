@@ -196,6 +196,12 @@ pub fn validate(text: &str, file: &str) -> Result<Config, Error> {
     for (i, l) in raw.listener.iter().enumerate() {
         if l.kind.get_ref() == "ferry" && tls.is_none() {
             cx.at(&format!("listener[{i}].kind"), &l.kind, "a ferry receiver needs a [tls] section (ca, cert, key)");
+        } else if l.transport.get_ref() == "tls" && tls.is_none() {
+            cx.at(
+                &format!("listener[{i}].transport"),
+                &l.transport,
+                "a TLS listener needs a [tls] section (ca, cert, key)",
+            );
         }
     }
     let mut uplinks: Vec<UplinkConfig> = Vec::new();
@@ -430,12 +436,17 @@ fn validate_listener(cx: &mut Ctx<'_>, i: usize, l: &RawListener, streams: &[Str
             ("syslog", ListenerKind::Syslog),
             ("relp", ListenerKind::Relp),
             ("http", ListenerKind::Http),
+            ("gelf", ListenerKind::Gelf),
             ("ferry", ListenerKind::Ferry),
         ],
     );
     let transport = match kind {
-        Some(ListenerKind::Relp | ListenerKind::Http) => {
-            cx.one_of(&k("transport"), &l.transport, &[("tcp", Transport::Tcp)])
+        Some(ListenerKind::Http) => cx.one_of(&k("transport"), &l.transport, &[("tcp", Transport::Tcp)]),
+        Some(ListenerKind::Relp) => {
+            cx.one_of(&k("transport"), &l.transport, &[("tcp", Transport::Tcp), ("tls", Transport::Tls)])
+        }
+        Some(ListenerKind::Gelf) => {
+            cx.one_of(&k("transport"), &l.transport, &[("tcp", Transport::Tcp), ("udp", Transport::Udp)])
         }
         Some(ListenerKind::Ferry) => {
             cx.one_of(&k("transport"), &l.transport, &[("tls", Transport::Tls), ("quic", Transport::Quic)])
@@ -448,6 +459,7 @@ fn validate_listener(cx: &mut Ctx<'_>, i: usize, l: &RawListener, streams: &[Str
                 ("udp", Transport::Udp),
                 ("unix", Transport::Unix),
                 ("unix-stream", Transport::UnixStream),
+                ("tls", Transport::Tls),
             ],
         ),
     };
@@ -595,10 +607,21 @@ fn validate_listener(cx: &mut Ctx<'_>, i: usize, l: &RawListener, streams: &[Str
             "untrusted listeners cannot route by record content: their sources must not choose their stream",
         );
     }
+    let client_cert = match &l.client_cert {
+        Some(c) => {
+            if transport != Some(Transport::Tls) || kind == Some(ListenerKind::Ferry) {
+                cx.at(&k("client_cert"), c, "only syslog and RELP listeners with transport = \"tls\" take client_cert");
+            }
+            cx.one_of(&k("client_cert"), c, &[("required", ClientCert::Required), ("optional", ClientCert::Optional)])
+                .unwrap_or(ClientCert::Required)
+        }
+        None => ClientCert::Required,
+    };
     if cx.problems.len() > before {
         return None;
     }
     Some(ListenerConfig {
+        client_cert,
         name,
         kind: kind?,
         transport: transport?,

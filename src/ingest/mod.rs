@@ -5,6 +5,7 @@
 //! [`serve`]; adding one means adding a variant, not registering a plugin.
 
 pub mod batcher;
+pub mod gelf;
 pub mod http;
 pub mod limits;
 pub mod relp;
@@ -125,6 +126,9 @@ impl ListenerCtx {
 /// A bound listener socket, ready to serve.
 pub enum Bound {
     Tcp(TcpListener),
+    /// Syslog (RFC 5425) or RELP over TLS: TCP accepted, then a handshake per
+    /// connection in that connection's own task.
+    Tls(TcpListener, tokio_rustls::TlsAcceptor),
     UnixStream(UnixListener, PathBuf),
     Udp(UdpSocket),
     UnixDatagram(UnixDatagram, PathBuf),
@@ -134,16 +138,24 @@ impl Bound {
     /// The address actually bound (port 0 resolved), for logs and tests.
     pub fn local_addr(&self) -> String {
         match self {
-            Bound::Tcp(l) => l.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            Bound::Tcp(l) | Bound::Tls(l, _) => l.local_addr().map(|a| a.to_string()).unwrap_or_default(),
             Bound::Udp(s) => s.local_addr().map(|a| a.to_string()).unwrap_or_default(),
             Bound::UnixStream(_, p) | Bound::UnixDatagram(_, p) => p.display().to_string(),
         }
     }
 }
 
-/// Bind a listener's socket. A stale unix socket file is replaced.
-pub async fn bind(cfg: &ListenerConfig) -> io::Result<Bound> {
+/// Bind a listener's socket. A stale unix socket file is replaced. TLS
+/// listeners load `tls` (the deployment CA, the node's certificate and key)
+/// here, so a bad file fails the start, not the first connection.
+pub async fn bind(cfg: &ListenerConfig, tls: Option<&crate::pki::TlsFiles>) -> io::Result<Bound> {
     match (&cfg.listen, cfg.transport) {
+        (ListenAddr::Socket(a), Transport::Tls) => {
+            let files = tls.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "TLS listener without [tls]"))?;
+            let config = crate::pki::collector_server_config(files, cfg.client_cert)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+            Ok(Bound::Tls(TcpListener::bind(a).await?, tokio_rustls::TlsAcceptor::from(Arc::new(config))))
+        }
         (ListenAddr::Socket(a), Transport::Tcp) => Ok(Bound::Tcp(TcpListener::bind(a).await?)),
         (ListenAddr::Socket(a), Transport::Udp) => {
             let s = UdpSocket::bind(a).await?;
@@ -197,6 +209,12 @@ fn remove_stale_socket(p: &std::path::Path) -> io::Result<()> {
 pub async fn serve(bound: Bound, ctx: Arc<ListenerCtx>, store: Arc<Store>, sd: Shutdown) {
     match bound {
         Bound::Tcp(l) if ctx.cfg.kind == crate::config::ListenerKind::Http => http::serve(l, ctx, store, sd).await,
+        Bound::Tcp(l) if ctx.cfg.kind == crate::config::ListenerKind::Gelf => gelf::serve_tcp(l, ctx, sd).await,
+        Bound::Udp(s) if ctx.cfg.kind == crate::config::ListenerKind::Gelf => gelf::serve_udp(s, ctx, sd).await,
+        Bound::Tls(l, acceptor) if ctx.cfg.kind == crate::config::ListenerKind::Relp => {
+            relp::serve_tls(l, acceptor, ctx, sd).await
+        }
+        Bound::Tls(l, acceptor) => syslog::stream::serve_tls(l, acceptor, ctx, sd).await,
         Bound::Tcp(l) if ctx.cfg.kind == crate::config::ListenerKind::Relp => relp::serve(l, ctx, sd).await,
         Bound::Tcp(l) => syslog::stream::serve_tcp(l, ctx, sd).await,
         Bound::UnixStream(l, p) => {

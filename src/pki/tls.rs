@@ -56,6 +56,35 @@ pub fn server_config(files: &TlsFiles, alpn: &[&[u8]]) -> Result<ServerConfig, E
     Ok(config)
 }
 
+/// A server config for site collectors speaking syslog over TLS (RFC 5425)
+/// or RELP over TLS: the same CA and node certificate as the link, but TLS
+/// 1.2 as well as 1.3 (rsyslog's and syslog-ng's TLS libraries on older
+/// hosts), no ALPN, and the client certificate required or optional per
+/// listener. An optional certificate that is presented must still verify.
+///
+/// # Errors
+///
+/// As [`server_config`].
+pub fn collector_server_config(
+    files: &TlsFiles,
+    client_cert: crate::config::ClientCert,
+) -> Result<ServerConfig, Error> {
+    let provider = provider();
+    let roots = roots(&files.ca)?;
+    let (certs, key) = own(files)?;
+    let mut verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+    if client_cert == crate::config::ClientCert::Optional {
+        verifier = verifier.allow_unauthenticated();
+    }
+    let verifier = verifier.build().map_err(|source| Error::Verifier { path: files.ca.clone(), source })?;
+    ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|source| tls_error("cannot select TLS 1.2 and 1.3 with the ring provider", source))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)
+        .map_err(|source| tls_error(&mismatch(files), source))
+}
+
 /// A client config that trusts only `files.ca` (not the system store) and
 /// authenticates with `files.cert` and `files.key`. TLS 1.3 only, `ring`
 /// provider, ALPN protocols `alpn`.

@@ -15,13 +15,14 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
+use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
 use super::batcher::Batcher;
-use super::syslog::stream::accept_tcp;
+use super::syslog::stream::{accept_tcp, handshake};
 use super::ListenerCtx;
 use crate::shutdown::Shutdown;
 use crate::store::clock::{Clock, SystemClock};
@@ -32,6 +33,19 @@ type Ack = oneshot::Receiver<Result<Committed, StoreError>>;
 
 pub async fn serve(listener: TcpListener, ctx: Arc<ListenerCtx>, sd: Shutdown) {
     accept_tcp(listener, ctx, sd, |sock, peer, _, ctx, sd, permit| connection(sock, peer, ctx, sd, permit)).await
+}
+
+/// RELP over TLS (rsyslog's `tls="on"` for omrelp), with the deployment CA.
+pub async fn serve_tls(listener: TcpListener, acceptor: TlsAcceptor, ctx: Arc<ListenerCtx>, sd: Shutdown) {
+    accept_tcp(listener, ctx, sd, move |sock, peer, _, ctx, sd, permit| {
+        let acceptor = acceptor.clone();
+        async move {
+            if let Some(tls) = handshake(&acceptor, sock, &peer, &ctx).await {
+                connection(tls, peer, ctx, sd, permit).await
+            }
+        }
+    })
+    .await
 }
 
 /// Wait for the oldest commit in flight. Cancel safe: the entry is removed
@@ -45,12 +59,15 @@ async fn oldest(q: &mut VecDeque<(Ack, Vec<u64>)>) -> (bool, Vec<u64>) {
     (ok, txnrs)
 }
 
-async fn connection(sock: TcpStream, peer: String, ctx: Arc<ListenerCtx>, sd: Shutdown, _permit: OwnedSemaphorePermit) {
+async fn connection<S>(sock: S, peer: String, ctx: Arc<ListenerCtx>, sd: Shutdown, _permit: OwnedSemaphorePermit)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
     let m = &ctx.metrics;
     m.connections_accepted.with_label_values(&[&ctx.name]).inc();
     let active = m.connections_active.with_label_values(&[&ctx.name]);
     active.inc();
-    let (mut rd, mut wr) = sock.into_split();
+    let (mut rd, mut wr) = tokio::io::split(sock);
     let mut buf = BytesMut::with_capacity(64 << 10);
     let mut out: Vec<u8> = Vec::with_capacity(4096);
     let mut batcher = Batcher::new(&ctx, peer.clone());

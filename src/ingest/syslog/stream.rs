@@ -14,6 +14,7 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::{TcpListener, TcpStream, UnixListener};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
 use super::framing::{Decoder, Next};
@@ -30,6 +31,57 @@ const READ_CHUNK: usize = 64 << 10;
 pub async fn serve_tcp(listener: TcpListener, ctx: Arc<ListenerCtx>, sd: Shutdown) {
     accept_tcp(listener, ctx, sd, |sock, peer, ip, ctx, sd, permit| connection(sock, peer, Some(ip), ctx, sd, permit))
         .await
+}
+
+/// Syslog over TLS (RFC 5425): octet-counted (or LF) frames inside TLS.
+pub async fn serve_tls(listener: TcpListener, acceptor: TlsAcceptor, ctx: Arc<ListenerCtx>, sd: Shutdown) {
+    accept_tcp(listener, ctx, sd, move |sock, peer, ip, ctx, sd, permit| {
+        let acceptor = acceptor.clone();
+        async move {
+            if let Some(tls) = handshake(&acceptor, sock, &peer, &ctx).await {
+                connection(tls, peer, Some(ip), ctx, sd, permit).await
+            }
+        }
+    })
+    .await
+}
+
+/// The TLS handshake of a collector connection, bounded by the listener's
+/// idle timeout (at most 30 s). A failure (a certificate from another CA,
+/// none where one is required, a client speaking plain text) is logged with
+/// the peer and the reason, and counted as a refused connection.
+pub(crate) async fn handshake(
+    acceptor: &TlsAcceptor,
+    sock: TcpStream,
+    peer: &str,
+    ctx: &ListenerCtx,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    let limit = ctx.cfg.idle_timeout.min(Duration::from_secs(30));
+    let refuse = |why: String| {
+        ctx.metrics.connections_refused.with_label_values(&[&ctx.name, "tls_handshake"]).inc();
+        warn!(listener = %ctx.name, %peer, reason = %why, "TLS handshake failed: connection refused");
+    };
+    match tokio::time::timeout(limit, acceptor.accept(sock)).await {
+        Ok(Ok(tls)) => {
+            if let Some(c) = tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
+                match crate::pki::identity_from_cert(c) {
+                    Ok(id) => debug!(listener = %ctx.name, %peer, client = %id, "TLS client authenticated"),
+                    Err(_) => {
+                        debug!(listener = %ctx.name, %peer, "TLS client authenticated (certificate without a ferry identity)")
+                    }
+                }
+            }
+            Some(tls)
+        }
+        Ok(Err(e)) => {
+            refuse(e.to_string());
+            None
+        }
+        Err(_) => {
+            refuse(format!("no handshake within {limit:?}"));
+            None
+        }
+    }
 }
 
 /// Accept TCP connections under `max_connections` and
