@@ -12,6 +12,9 @@ command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v gzip >/dev/null 2>&1 || need+=(gzip)
 [ -x /usr/sbin/rsyslogd ] || need+=(rsyslog)
 [ -e /usr/lib/x86_64-linux-gnu/rsyslog/omrelp.so ] || need+=(rsyslog-relp)
+# tests/syslog_tls.rs: rsyslog's GnuTLS driver, openssl s_client for handshakes.
+[ -e /usr/lib/x86_64-linux-gnu/rsyslog/lmnsd_gtls.so ] || need+=(rsyslog-gnutls)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 # tests/ops.rs: the Ansible roles, the systemd unit, promtool on rules and scrapes.
 command -v ansible-playbook >/dev/null 2>&1 || need+=(ansible)
 command -v ansible-lint >/dev/null 2>&1 || need+=(ansible-lint)
@@ -25,6 +28,9 @@ if ((${#need[@]})); then
   $sudo apt-get update -q
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${need[@]}"
 fi
+
+# syslog-ng conflicts with rsyslog: unpacked into target/syslog-ng, not installed.
+./scripts/private-syslog-ng.sh
 
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings

@@ -87,3 +87,51 @@ fn rsyslog_omrelp_loses_nothing_when_ferry_is_killed_twice() {
     node.stop();
     assert_verify_ok(&node.data);
 }
+
+/// RELP over TLS (`tls="on"` in omrelp, librelp's GnuTLS), mutually
+/// authenticated with the deployment CA: every message arrives once.
+#[test]
+fn rsyslog_omrelp_over_tls_delivers_every_message() {
+    let dir = TestDir::new("relp-tls");
+    let pki = util::link::Pki::new(&dir, "pki");
+    let ports = Ports { tcp: free_port(), udp: free_port(), admin: free_port() };
+    let relp = free_port();
+    let extra = format!(
+        "\n[[listener]]\nname = \"relp-tls\"\nkind = \"relp\"\ntransport = \"tls\"\nlisten = \"127.0.0.1:{relp}\"\nstream = \"live\"\n\n{}",
+        pki.tls_section("central")
+    );
+    let mut node = Node::start(&dir, &node_config(&dir, &ports, "", "", &extra), ports.admin);
+    let input = free_port();
+    let edge = pki.dir.join("edge");
+    let conf = format!(
+        r#"global(workDirectory="{work}")
+module(load="imtcp")
+module(load="omrelp")
+input(type="imtcp" port="{input}" address="127.0.0.1")
+*.* action(type="omrelp" target="127.0.0.1" port="{relp}" template="RSYSLOG_SyslogProtocol23Format"
+    tls="on" tls.caCert="{ca}" tls.myCert="{cert}" tls.myPrivKey="{key}"
+    tls.authMode="name" tls.permittedPeer=["localhost"]
+    queue.type="LinkedList" queue.size="100000" action.resumeRetryCount="-1" action.resumeInterval="1")
+"#,
+        work = dir.join("rsyslog-work").display(),
+        ca = edge.join("ca.pem").display(),
+        cert = edge.join("node.pem").display(),
+        key = edge.join("node.key").display(),
+    );
+    let _rs = Rsyslog::start(&dir, &conf);
+    wait_port(input);
+    const N: usize = 20_000;
+    let mut msgs = String::new();
+    for i in 0..N {
+        msgs.push_str(&format!("<13>Nov 23 10:00:00 app-host app[9]: relp-{i:07} over tls\n"));
+    }
+    ferry_send(&["--to", &format!("127.0.0.1:{input}")], msgs.as_bytes());
+    node.wait_metric("ferry_committed_records_total", &[("stream", "live")], Duration::from_secs(60), |v| {
+        v >= N as f64
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    node.stop();
+    assert_verify_ok(&node.data);
+    let (lines, ids) = ids(&node.data);
+    assert_eq!((lines, ids.len()), (N, N), "every message once");
+}

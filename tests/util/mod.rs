@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 pub mod link;
 pub mod proxy;
 pub mod rsyslog;
+pub mod syslog_ng;
 
 pub const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
 

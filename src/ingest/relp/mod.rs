@@ -123,6 +123,8 @@ where
                                 b"syslog" => {
                                     // Acknowledged sources are never silently limited: RELP's
                                     // own window is the backpressure.
+                                    // The sender's template's final LF is not part of the message.
+                                    let data = data.strip_suffix(b"\n").unwrap_or(data);
                                     let keep = data.len().min(max_record);
                                     batcher.push(&data[..keep], keep < data.len(), now);
                                     txnrs.push(txnr);

@@ -57,9 +57,19 @@ pub(crate) async fn handshake(
     ctx: &ListenerCtx,
 ) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
     let limit = ctx.cfg.idle_timeout.min(Duration::from_secs(30));
-    let refuse = |why: String| {
+    let refuse = |detail: String| {
         ctx.metrics.connections_refused.with_label_values(&[&ctx.name, "tls_handshake"]).inc();
-        warn!(listener = %ctx.name, %peer, reason = %why, "TLS handshake failed: connection refused");
+        let cause = crate::pki::classify_tls(&detail);
+        let what = match cause {
+            "unknown_ca" => "the client certificate is not issued by the deployment CA",
+            "no_client_cert" => "the client sent no certificate and this listener requires one (client_cert)",
+            "expired" => "the client certificate has expired",
+            "timeout" => "no handshake in time",
+            _ => "TLS handshake failed",
+        };
+        if ctx.may_warn() {
+            warn!(listener = %ctx.name, %peer, cause, %detail, "TLS connection refused: {what}");
+        }
     };
     match tokio::time::timeout(limit, acceptor.accept(sock)).await {
         Ok(Ok(tls)) => {

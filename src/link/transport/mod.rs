@@ -76,39 +76,7 @@ pub struct Refused {
     pub detail: String,
 }
 
-/// Classify a TLS failure for logs and the `reason` label. rustls errors are
-/// matched by type where tokio-rustls hands them over, and by their display
-/// text where quinn only gives text.
-pub fn classify_tls(detail: &str) -> &'static str {
-    let d = detail.to_ascii_lowercase();
-    if d.contains("aborted by peer") || d.contains("connection lost") || d.contains("timed out") {
-        return if d.contains("timed out") { "timeout" } else { "aborted" };
-    }
-    // UnknownIssuer: no trusted CA of that name; BadSignature: a CA of the same
-    // name but another key. Either way the certificate is not from this deployment.
-    if d.contains("unknownissuer")
-        || d.contains("badsignature")
-        || d.contains("unknown issuer")
-        || d.contains("unknownca")
-        || d.contains("unknown_ca")
-    {
-        "unknown_ca"
-    } else if d.contains("expired") {
-        "expired"
-    } else if d.contains("nocertificatespresented")
-        || d.contains("no certificates")
-        || d.contains("certificate required")
-        || d.contains("certificaterequired")
-    {
-        "no_client_cert"
-    } else if d.contains("application protocol") || d.contains("applicationprotocol") || d.contains("alpn") {
-        "alpn"
-    } else if d.contains("timed out") || d.contains("timeout") {
-        "timeout"
-    } else {
-        "tls"
-    }
-}
+pub use crate::pki::classify_tls;
 
 /// Timeouts and keepalives of a link.
 #[derive(Clone, Copy, Debug)]
