@@ -21,6 +21,9 @@ pub enum DropReason {
     ShuttingDown,
     /// An untrusted (or limited) source exceeded its records/s or bytes/s.
     RateLimited,
+    /// A message that cannot be decoded at all (GELF: a corrupt compressed
+    /// payload); there is nothing meaningful to keep.
+    Malformed,
 }
 
 impl DropReason {
@@ -32,6 +35,7 @@ impl DropReason {
             DropReason::IncompleteFrame => "incomplete_frame",
             DropReason::ShuttingDown => "shutting_down",
             DropReason::RateLimited => "rate_limited",
+            DropReason::Malformed => "malformed",
         }
     }
 }

@@ -1,5 +1,15 @@
-//! GELF ingest (Graylog Extended Log Format, as Graylog senders and Docker's
-//! gelf log driver send it). Stub: filled in by the GELF work.
+//! GELF ingest (Graylog Extended Log Format), as Graylog senders and
+//! Docker's gelf log driver send it: NUL-delimited over TCP; over UDP, whole
+//! or chunked datagrams, each message gzip, zlib or plain JSON.
+//!
+//! One GELF message is one record, stored as its (decompressed) JSON text:
+//! ferry archives what was sent and leaves parsing to whoever reads it.
+
+pub mod chunk;
+pub mod decode;
+pub mod split;
+mod tcp;
+mod udp;
 
 use std::sync::Arc;
 
@@ -8,10 +18,10 @@ use tokio::net::{TcpListener, UdpSocket};
 use super::ListenerCtx;
 use crate::shutdown::Shutdown;
 
-pub async fn serve_tcp(_listener: TcpListener, _ctx: Arc<ListenerCtx>, sd: Shutdown) {
-    sd.token.cancelled().await
+pub async fn serve_tcp(listener: TcpListener, ctx: Arc<ListenerCtx>, sd: Shutdown) {
+    tcp::serve(listener, ctx, sd).await
 }
 
-pub async fn serve_udp(_sock: UdpSocket, _ctx: Arc<ListenerCtx>, sd: Shutdown) {
-    sd.token.cancelled().await
+pub async fn serve_udp(sock: UdpSocket, ctx: Arc<ListenerCtx>, sd: Shutdown) {
+    udp::serve(sock, ctx, sd).await
 }
