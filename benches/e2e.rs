@@ -13,11 +13,14 @@
 use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{Shutdown, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
+
+mod common;
+use common::*;
 
 const DEFAULT_RECORDS: u64 = 2_000_000;
 const DEFAULT_RUNS: usize = 3;
@@ -595,141 +598,6 @@ fn print_summary(records: u64, results: &[RunResult]) {
             (false, false) => "NOT met (throughput and RSS)",
         }
     );
-}
-
-// ---------------------------------------------------------------------------
-// The node
-
-/// The release `ferry` binary: the one cargo built for this bench, or
-/// `target/release/ferry`, built first if missing.
-fn ferry_binary() -> PathBuf {
-    if let Some(p) = option_env!("CARGO_BIN_EXE_ferry") {
-        if Path::new(p).is_file() {
-            return p.into();
-        }
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
-    let bin = target.join("release").join("ferry");
-    if !bin.is_file() {
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "--release", "--bin", "ferry"])
-            .current_dir(root)
-            .status()
-            .expect("run cargo build --release");
-        assert!(status.success(), "cargo build --release failed");
-    }
-    bin
-}
-
-/// A loopback TCP port that was free a moment ago.
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("local_addr").port()
-}
-
-/// A running `ferry run`. Killed (SIGKILL) on drop if still running, so a
-/// failed run leaves no node behind.
-struct Node {
-    child: Child,
-    pid: u32,
-    log: PathBuf,
-}
-
-impl Node {
-    /// Start `ferry run -c config` and wait until `/readyz` answers 200.
-    fn start(ferry: &Path, config: &Path, log: &Path, admin: u16) -> Node {
-        let child = Command::new(ferry)
-            .args(["run", "-c"])
-            .arg(config)
-            .env("FERRY_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(File::create(log).expect("log file"))
-            .spawn()
-            .expect("start ferry");
-        let mut node = Node { pid: child.id(), child, log: log.to_owned() };
-        let t = Instant::now();
-        while t.elapsed() < Duration::from_secs(20) {
-            node.check_running("during start");
-            if let Ok((200, _)) = http_get(admin, "/readyz") {
-                return node;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("ferry not ready after 20s:\n{}", node.tail());
-    }
-
-    fn check_running(&mut self, when: &str) {
-        if let Some(status) = self.child.try_wait().expect("try_wait") {
-            panic!("ferry exited {when} ({status}):\n{}", self.tail());
-        }
-    }
-
-    /// SIGTERM, then require a clean exit within 30 s.
-    fn stop(&mut self) {
-        // SAFETY: kill(2) on our own child's pid, which we have not reaped yet.
-        let rc = unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGTERM) };
-        assert_eq!(rc, 0, "kill(SIGTERM) failed");
-        let t = Instant::now();
-        loop {
-            if let Some(s) = self.child.try_wait().expect("try_wait") {
-                assert!(s.success(), "ferry exited with {s} after SIGTERM:\n{}", self.tail());
-                return;
-            }
-            assert!(
-                t.elapsed() < Duration::from_secs(30),
-                "ferry did not stop within 30s of SIGTERM:\n{}",
-                self.tail()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// The last lines of the node's log, for failure messages.
-    fn tail(&self) -> String {
-        let s = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = s.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// GET from the node's admin listener: (status, body).
-fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
-    ferry::admin::client::get(&format!("127.0.0.1:{port}"), path, Duration::from_secs(5))
-}
-
-/// Sum of the samples of `name` whose labels include all of `labels`.
-fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let mut sum = 0.0;
-    for line in text.lines() {
-        let Some(rest) = line.strip_prefix(name) else {
-            continue;
-        };
-        let (lab, val) = if let Some(r) = rest.strip_prefix('{') {
-            match r.split_once('}') {
-                Some(x) => x,
-                None => continue,
-            }
-        } else if rest.starts_with(' ') {
-            ("", rest)
-        } else {
-            continue;
-        };
-        if labels.iter().all(|(k, v)| lab.split(',').any(|kv| kv == format!("{k}=\"{v}\""))) {
-            sum += val.trim().parse::<f64>().unwrap_or(0.0);
-        }
-    }
-    sum
 }
 
 // ---------------------------------------------------------------------------
