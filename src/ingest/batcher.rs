@@ -218,16 +218,66 @@ impl Batcher {
     /// what does not fit is dropped and counted.
     pub fn try_flush(&mut self) {
         self.count_received();
+        let mut held = false;
         for i in 0..self.slots.len() {
             let Some((h, b)) = self.take(i) else { continue };
-            if let Err((e, back)) = h.try_submit(b) {
-                self.ctx.metrics.drop_records(&self.listener, reason_for(&e), u64::from(back.records));
-                self.ctx.note_drop(&e);
+            match h.try_submit(b) {
+                Ok(()) => {}
+                // A full queue is mostly a writer stalled for a moment (an fsync, a
+                // busy CPU): hold the records and retry on the next flush, up to
+                // HOLD_BYTES per stream; only beyond that are they dropped.
+                Err((StoreError::Overloaded(_), back)) if back.data.len() < HOLD_BYTES => {
+                    let slot = &mut self.slots[i];
+                    slot.data = back.data;
+                    slot.records = back.records;
+                    slot.truncated = back.truncated;
+                    held = true;
+                }
+                Err((e, back)) => {
+                    self.ctx.metrics.drop_records(&self.listener, reason_for(&e), u64::from(back.records));
+                    self.ctx.note_drop(&e);
+                }
             }
         }
-        self.first_ms = 0;
+        if !held {
+            self.first_ms = 0;
+        }
+    }
+
+    /// At a stop: offer held records for up to `limit`, then drop what is
+    /// left, counted as `shutting_down` (never wait on a full store forever).
+    pub async fn drain(&mut self, limit: std::time::Duration) {
+        let until = std::time::Instant::now() + limit;
+        loop {
+            self.try_flush();
+            if !self.has_records() {
+                return;
+            }
+            if std::time::Instant::now() >= until {
+                break;
+            }
+            tokio::time::sleep(HOLD_RETRY).await;
+        }
+        for i in 0..self.slots.len() {
+            if let Some((_, b)) = self.take(i) {
+                self.ctx.metrics.drop_records(&self.listener, DropReason::ShuttingDown, u64::from(b.records));
+            }
+        }
+    }
+
+    /// Whether records are waiting (held by [`try_flush`](Self::try_flush)).
+    pub fn has_records(&self) -> bool {
+        self.slots.iter().any(|s| s.records > 0)
     }
 }
+
+/// Records a datagram listener holds per stream while the stream's queue is
+/// full, before it drops (counted as `overload`): about half a second of a
+/// busy UDP source. Bounded, like everything in front of the store.
+pub const HOLD_BYTES: usize = 4 << 20;
+
+/// How soon held records are offered again when no datagram arrives.
+pub const HOLD_RETRY: std::time::Duration = std::time::Duration::from_millis(5);
 
 fn reason_for(e: &StoreError) -> DropReason {
     match e {

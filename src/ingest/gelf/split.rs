@@ -2,16 +2,7 @@
 //! the syslog framing decoder: a message longer than `max` is cut to `max`
 //! bytes (flagged truncated) and its rest skipped without buffering it.
 
-/// One step over the unread input.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Next {
-    /// No whole message yet; read more.
-    Incomplete,
-    /// Discard `consumed` bytes (empty messages, the tail of a cut one).
-    Skip { consumed: usize },
-    /// A message: `input[..len]`; then drop `consumed` bytes.
-    Record { len: usize, consumed: usize, truncated: bool },
-}
+pub use crate::ingest::syslog::framing::Next;
 
 #[derive(Debug)]
 pub struct Splitter {
@@ -46,10 +37,10 @@ impl Splitter {
         let window = &input[..input.len().min(self.max + 1)];
         match memchr::memchr(0, window) {
             Some(0) => Next::Skip { consumed: 1 },
-            Some(i) => Next::Record { len: i, consumed: i + 1, truncated: false },
+            Some(i) => Next::Record { start: 0, len: i, consumed: i + 1, truncated: false },
             None if window.len() > self.max => {
                 self.skipping = true;
-                Next::Record { len: self.max, consumed: self.max, truncated: true }
+                Next::Record { start: 0, len: self.max, consumed: self.max, truncated: true }
             }
             None => Next::Incomplete,
         }
@@ -63,6 +54,18 @@ impl Splitter {
         }
         let n = input.len().min(self.max);
         Some((&input[..n], n < input.len()))
+    }
+}
+
+impl crate::ingest::syslog::stream::Frames for Splitter {
+    fn next(&mut self, input: &[u8]) -> Next {
+        Splitter::next(self, input)
+    }
+    fn mid_record(&self, unread: &[u8]) -> bool {
+        Splitter::mid_record(self, unread)
+    }
+    fn finish<'a>(&mut self, input: &'a [u8]) -> Option<(&'a [u8], bool)> {
+        Splitter::finish(self, input)
     }
 }
 
@@ -82,10 +85,11 @@ mod tests {
                 match s.next(&buf[pos..]) {
                     Next::Incomplete => break,
                     Next::Skip { consumed } => pos += consumed,
-                    Next::Record { len, consumed, truncated } => {
+                    Next::Record { len, consumed, truncated, .. } => {
                         out.push((buf[pos..pos + len].to_vec(), truncated));
                         pos += consumed;
                     }
+                    Next::Error(e) => panic!("NUL splitting has no framing errors: {e}"),
                 }
             }
             buf.drain(..pos);

@@ -15,7 +15,7 @@ use tracing::warn;
 
 use super::chunk::{parse, Datagram, Limits, LostWhy, Outcome, Reassembler};
 use super::decode::decode;
-use crate::ingest::batcher::Batcher;
+use crate::ingest::batcher::{Batcher, HOLD_RETRY};
 use crate::ingest::ListenerCtx;
 use crate::metrics::DropReason;
 use crate::shutdown::Shutdown;
@@ -53,6 +53,10 @@ pub async fn serve(sock: UdpSocket, ctx: Arc<ListenerCtx>, sd: Shutdown) {
                 rx.expire();
                 continue;
             }
+            _ = tokio::time::sleep(HOLD_RETRY), if rx.batcher.has_records() => {
+                rx.batcher.try_flush();
+                continue;
+            }
             // Cancel safety: recv_from is cancel safe; a tick loses no datagram.
             r = sock.recv_from(&mut buf) => r,
         };
@@ -77,7 +81,7 @@ pub async fn serve(sock: UdpSocket, ctx: Arc<ListenerCtx>, sd: Shutdown) {
         }
         rx.batcher.try_flush();
     }
-    rx.batcher.try_flush();
+    rx.batcher.drain(Duration::from_secs(5)).await;
 }
 
 struct Receiver {

@@ -1,7 +1,8 @@
 //! Datagram sockets (UDP per RFC 5426, unix datagram like /dev/log): one
 //! datagram is one record. Never blocks: when the stream's queue is full the
-//! batch is dropped and counted (`overload`), and the kernel's own drops are
-//! made less likely by a large receive buffer.
+//! records are held (up to `HOLD_BYTES`) and offered again, and beyond that
+//! dropped and counted (`overload`); the kernel's own drops are made less
+//! likely by a large receive buffer.
 
 use std::io;
 use std::net::IpAddr;
@@ -11,7 +12,7 @@ use std::sync::Arc;
 use tokio::net::{UdpSocket, UnixDatagram};
 use tracing::warn;
 
-use crate::ingest::batcher::Batcher;
+use crate::ingest::batcher::{Batcher, HOLD_RETRY};
 use crate::ingest::ListenerCtx;
 use crate::shutdown::Shutdown;
 use crate::store::clock::{Clock, SystemClock};
@@ -76,6 +77,10 @@ pub async fn serve<S: DatagramSocket>(sock: S, ctx: Arc<ListenerCtx>, sd: Shutdo
         let first = tokio::select! {
             _ = sd.token.cancelled() => break,
             r = sock.recv(&mut buf) => r,
+            _ = tokio::time::sleep(HOLD_RETRY), if batcher.has_records() => {
+                batcher.try_flush();
+                continue;
+            }
         };
         let now = SystemClock.now_ms();
         match first {
@@ -102,7 +107,7 @@ pub async fn serve<S: DatagramSocket>(sock: S, ctx: Arc<ListenerCtx>, sd: Shutdo
         }
         batcher.try_flush();
     }
-    batcher.try_flush();
+    batcher.drain(std::time::Duration::from_secs(5)).await;
 }
 
 #[inline]

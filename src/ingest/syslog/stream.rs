@@ -183,8 +183,46 @@ pub(crate) async fn accept_error(ctx: &ListenerCtx, e: io::Error) {
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
-/// Serve one connection to its end.
+/// A stream protocol's framing, for [`connection_with`]: RFC 6587 for
+/// syslog, NUL-delimited for GELF.
+pub(crate) trait Frames: Send {
+    /// The next record (or skip, or error) at the start of `input`.
+    fn next(&mut self, input: &[u8]) -> Next;
+    /// Whether `unread` holds part of a record (lost if the stream ends now).
+    fn mid_record(&self, unread: &[u8]) -> bool;
+    /// The last record at end of stream, if the framing allows one unterminated.
+    fn finish<'a>(&mut self, input: &'a [u8]) -> Option<(&'a [u8], bool)>;
+}
+
+impl Frames for Decoder {
+    fn next(&mut self, input: &[u8]) -> Next {
+        Decoder::next(self, input)
+    }
+    fn mid_record(&self, unread: &[u8]) -> bool {
+        Decoder::mid_record(self, unread)
+    }
+    fn finish<'a>(&mut self, input: &'a [u8]) -> Option<(&'a [u8], bool)> {
+        Decoder::finish(self, input)
+    }
+}
+
+/// Serve one syslog connection to its end.
 pub async fn connection<S: AsyncRead + Unpin>(
+    sock: S,
+    peer: String,
+    source: Option<std::net::IpAddr>,
+    ctx: Arc<ListenerCtx>,
+    sd: Shutdown,
+    permit: OwnedSemaphorePermit,
+) {
+    let max_record = ctx.cfg.max_record_bytes;
+    let dec = Decoder::new(max_record, MAX_RECORD_BYTES_CEILING.max(max_record));
+    connection_with(dec, sock, peer, source, ctx, sd, permit).await
+}
+
+/// Serve one connection framed by `dec` to its end.
+pub(crate) async fn connection_with<F: Frames, S: AsyncRead + Unpin>(
+    mut dec: F,
     mut sock: S,
     peer: String,
     source: Option<std::net::IpAddr>,
@@ -197,8 +235,6 @@ pub async fn connection<S: AsyncRead + Unpin>(
     let active = m.connections_active.with_label_values(&[&ctx.name]);
     active.inc();
     debug!(listener = %ctx.name, %peer, "connection opened");
-    let max_record = ctx.cfg.max_record_bytes;
-    let mut dec = Decoder::new(max_record, MAX_RECORD_BYTES_CEILING.max(max_record));
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut batcher = Batcher::new(&ctx, peer.clone());
     let idle = ctx.cfg.idle_timeout;
@@ -232,7 +268,9 @@ pub async fn connection<S: AsyncRead + Unpin>(
             }
             Ok(Ok(0)) => {
                 if let Some((rec, truncated)) = dec.finish(&buf) {
-                    batcher.push(rec, truncated, SystemClock.now_ms());
+                    if ctx.admit_record(source, rec.len()) {
+                        batcher.push(rec, truncated, SystemClock.now_ms());
+                    }
                 } else if dec.mid_record(&buf) {
                     m.drop_records(&ctx.name, DropReason::IncompleteFrame, 1);
                     warn!(listener = %ctx.name, %peer, incomplete_bytes = buf.len(), "connection closed mid-frame; partial frame dropped (counted)");
