@@ -156,3 +156,91 @@ fn a_full_archive_with_on_full_reject_answers_503_and_keeps_earlier_batches() {
     let refused = format!("full-{:03}-", accepted.len());
     assert!(!lines.iter().any(|l| l.starts_with(&refused)));
 }
+
+/// HTTPS with the deployment CA: curl with a deployment certificate gets its
+/// 200; curl without one is refused in the handshake and writes nothing.
+#[test]
+fn https_requires_a_client_certificate_from_the_deployment_ca() {
+    let dir = TestDir::new("https");
+    let pki = util::link::Pki::new(&dir, "pki");
+    let ports = Ports { tcp: free_port(), udp: free_port(), admin: free_port() };
+    let https = free_port();
+    let extra = format!(
+        "\n[[listener]]\nname = \"https\"\nkind = \"http\"\ntransport = \"tls\"\nlisten = \"127.0.0.1:{https}\"\nstream = \"live\"\n\n{}",
+        pki.tls_section("central")
+    );
+    let mut node = Node::start(&dir, &node_config(&dir, &ports, "", "", &extra), ports.admin);
+    let edge = pki.dir.join("edge");
+    let curl = |tag: &str, cert: bool| {
+        let file = dir.join("body.txt");
+        std::fs::write(&file, batch(tag, 4)).unwrap();
+        let mut c = Command::new(require_tool("curl"));
+        c.args(["-sS", "--max-time", "20", "-w", "%{http_code}", "-o", "/dev/null", "--cacert"])
+            .arg(edge.join("ca.pem"))
+            .arg("--data-binary")
+            .arg(format!("@{}", file.display()));
+        if cert {
+            c.arg("--cert").arg(edge.join("node.pem")).arg("--key").arg(edge.join("node.key"));
+        }
+        c.arg(format!("https://localhost:{https}/v1/streams/live"));
+        let out = c.output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    assert_eq!(curl("with-cert", true), (true, "200".to_owned()));
+    let (ok, code) = curl("without-cert", false);
+    assert!(!ok && code != "200", "refused without a client certificate: {code}");
+    node.wait_metric("ferry_connections_refused_total", &[("reason", "tls_handshake")], Duration::from_secs(10), |v| {
+        v == 1.0
+    });
+    node.stop();
+    let lines = archive_lines(&node.data);
+    assert_eq!(lines.iter().filter(|l| l.starts_with("with-cert")).count(), 4);
+    assert!(!lines.iter().any(|l| l.starts_with("without-cert")), "{lines:?}");
+    assert!(node.log_text().contains("the client sent no certificate"), "{}", node.log_text());
+}
+
+/// An untrusted HTTP listener caps connections per source and closes idle
+/// ones, like every other stream listener.
+#[test]
+fn http_connections_are_capped_per_source_and_closed_when_idle() {
+    use std::io::Read;
+    let dir = TestDir::new("http-conns");
+    let ports = Ports { tcp: free_port(), udp: free_port(), admin: free_port() };
+    let http = free_port();
+    let extra = format!(
+        "\n[[listener]]\nname = \"http\"\nkind = \"http\"\ntransport = \"tcp\"\nlisten = \"127.0.0.1:{http}\"\nstream = \"live\"\ntrust = \"untrusted\"\nmax_connections_per_source = 2\nidle_timeout = \"500ms\"\n"
+    );
+    let node = Node::start(&dir, &node_config(&dir, &ports, "", "", &extra), ports.admin);
+    let open = || {
+        let s = std::net::TcpStream::connect(("127.0.0.1", http)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s
+    };
+    let (mut a, mut b) = (open(), open());
+    std::thread::sleep(Duration::from_millis(100));
+    let mut third = open();
+    let t = std::time::Instant::now();
+    let mut buf = [0u8; 64];
+    assert_eq!(third.read(&mut buf).unwrap_or(0), 0, "the third connection from one source is closed at once");
+    assert!(t.elapsed() < Duration::from_millis(400), "closed at once, not by the idle timeout");
+    for s in [&mut a, &mut b] {
+        assert_eq!(s.read(&mut buf).unwrap_or(0), 0, "an idle connection is closed");
+    }
+    let idle = t.elapsed();
+    assert!(idle < Duration::from_secs(3), "closed by the idle timeout, took {idle:?}");
+    node.wait_metric(
+        "ferry_connections_refused_total",
+        &[("listener", "http"), ("reason", "max_connections_per_source")],
+        Duration::from_secs(5),
+        |v| v == 1.0,
+    );
+    node.wait_metric(
+        "ferry_connections_closed_total",
+        &[("listener", "http"), ("reason", "idle_timeout")],
+        Duration::from_secs(5),
+        |v| v == 2.0,
+    );
+    // The source's places are free again.
+    let (s, r) = post(http, "/v1/streams/live", &batch("after-idle", 2), &[], &dir);
+    assert_eq!(s, 200, "{r}");
+}

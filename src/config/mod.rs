@@ -153,7 +153,7 @@ pub enum Transport {
     /// Unix stream socket, framed like TCP.
     UnixStream,
     /// TLS over TCP: TLS 1.3 for `kind = "ferry"`; TLS 1.2 or 1.3 with the
-    /// deployment CA for syslog (RFC 5425) and RELP.
+    /// deployment CA for syslog (RFC 5425), RELP and HTTP.
     Tls,
     /// `kind = "ferry"`: QUIC.
     Quic,
@@ -201,7 +201,7 @@ pub struct ListenerConfig {
     pub source_records_per_sec: Option<f64>,
     pub source_bytes_per_sec: Option<f64>,
     pub max_connections_per_source: Option<usize>,
-    /// `transport = "tls"` (syslog, RELP): client certificate policy.
+    /// `transport = "tls"` (syslog, RELP, HTTP): client certificate policy.
     pub client_cert: ClientCert,
 }
 

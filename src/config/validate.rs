@@ -441,8 +441,7 @@ fn validate_listener(cx: &mut Ctx<'_>, i: usize, l: &RawListener, streams: &[Str
         ],
     );
     let transport = match kind {
-        Some(ListenerKind::Http) => cx.one_of(&k("transport"), &l.transport, &[("tcp", Transport::Tcp)]),
-        Some(ListenerKind::Relp) => {
+        Some(ListenerKind::Http | ListenerKind::Relp) => {
             cx.one_of(&k("transport"), &l.transport, &[("tcp", Transport::Tcp), ("tls", Transport::Tls)])
         }
         Some(ListenerKind::Gelf) => {
@@ -610,7 +609,11 @@ fn validate_listener(cx: &mut Ctx<'_>, i: usize, l: &RawListener, streams: &[Str
     let client_cert = match &l.client_cert {
         Some(c) => {
             if transport != Some(Transport::Tls) || kind == Some(ListenerKind::Ferry) {
-                cx.at(&k("client_cert"), c, "only syslog and RELP listeners with transport = \"tls\" take client_cert");
+                cx.at(
+                    &k("client_cert"),
+                    c,
+                    "only syslog, RELP and HTTP listeners with transport = \"tls\" take client_cert",
+                );
             }
             cx.one_of(&k("client_cert"), c, &[("required", ClientCert::Required), ("optional", ClientCert::Optional)])
                 .unwrap_or(ClientCert::Required)

@@ -208,7 +208,12 @@ fn remove_stale_socket(p: &std::path::Path) -> io::Result<()> {
 /// Serve a bound listener until shutdown.
 pub async fn serve(bound: Bound, ctx: Arc<ListenerCtx>, store: Arc<Store>, sd: Shutdown) {
     match bound {
-        Bound::Tcp(l) if ctx.cfg.kind == crate::config::ListenerKind::Http => http::serve(l, ctx, store, sd).await,
+        Bound::Tcp(l) if ctx.cfg.kind == crate::config::ListenerKind::Http => {
+            http::serve(l, None, ctx, store, sd).await
+        }
+        Bound::Tls(l, acceptor) if ctx.cfg.kind == crate::config::ListenerKind::Http => {
+            http::serve(l, Some(acceptor), ctx, store, sd).await
+        }
         Bound::Tcp(l) if ctx.cfg.kind == crate::config::ListenerKind::Gelf => gelf::serve_tcp(l, ctx, sd).await,
         Bound::Udp(s) if ctx.cfg.kind == crate::config::ListenerKind::Gelf => gelf::serve_udp(s, ctx, sd).await,
         Bound::Tls(l, acceptor) if ctx.cfg.kind == crate::config::ListenerKind::Relp => {

@@ -14,6 +14,8 @@
 //! | 429 | the source is over its rate; `Retry-After` says when to retry |
 //! | 503 | the store refuses records (archive full, or shutting down); `Retry-After` |
 
+mod accept;
+
 use std::io::Read;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,6 +26,7 @@ use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use axum::serve::ListenerExt;
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -44,17 +47,31 @@ struct HttpCtx {
 }
 
 /// Serve HTTP ingest until shutdown.
-pub async fn serve(listener: TcpListener, ctx: Arc<ListenerCtx>, store: Arc<Store>, sd: Shutdown) {
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    ctx: Arc<ListenerCtx>,
+    store: Arc<Store>,
+    sd: Shutdown,
+) {
     let limits = SourceLimits::new(ctx.cfg.source_records_per_sec, ctx.cfg.source_bytes_per_sec);
     let max_body = ctx.cfg.max_body_bytes;
     let name = ctx.name.clone();
+    let incoming = match accept::incoming(listener, tls, ctx.clone(), sd.clone()) {
+        Ok(i) => i,
+        Err(e) => {
+            warn!(listener = %name, error = %e, "HTTP listener failed");
+            return;
+        }
+    };
     let state = Arc::new(HttpCtx { listener: ctx, store, limits });
     let app = Router::new()
         .route("/v1/streams/{stream}", post(ingest))
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state);
     let token = sd.token.clone();
-    let r = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+    // tap_io: axum gives connect info (the peer address) to tapped custom listeners.
+    let r = axum::serve(incoming.tap_io(|_| {}), app.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(async move { token.cancelled().await })
         .await;
     if let Err(e) = r {
