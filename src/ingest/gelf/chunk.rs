@@ -5,8 +5,10 @@
 //! sequence count (1..=128), then a slice of the (possibly compressed)
 //! message. Chunks may arrive in any order, more than once, or never: a
 //! message not complete [`Limits::timeout_ms`] after its first chunk is lost,
-//! like Graylog does after its default 5 s. Memory is bounded by a cap on
-//! partial messages and on their buffered bytes; the oldest goes first.
+//! like Graylog does after its default 5 s. Memory is bounded by caps on
+//! partial messages and on their buffered bytes, overall and per source
+//! address, so that one flooding sender pushes out its own partial messages
+//! before anyone else's; the oldest goes first.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
@@ -96,11 +98,21 @@ pub struct Limits {
     /// Finished message ids remembered so that late duplicates are ignored
     /// rather than starting a partial that would later count as lost.
     pub max_finished: usize,
+    /// Per source address: a sender over these evicts its own oldest.
+    pub max_partials_per_source: usize,
+    pub max_bytes_per_source: usize,
 }
 
 impl Default for Limits {
     fn default() -> Limits {
-        Limits { timeout_ms: 5_000, max_partials: 1024, max_bytes: 32 << 20, max_finished: 8192 }
+        Limits {
+            timeout_ms: 5_000,
+            max_partials: 1024,
+            max_bytes: 32 << 20,
+            max_finished: 8192,
+            max_partials_per_source: 128,
+            max_bytes_per_source: 8 << 20,
+        }
     }
 }
 
@@ -153,6 +165,8 @@ pub struct Reassembler {
     order: BTreeMap<u64, Key>,
     next_serial: u64,
     bytes: usize,
+    /// Partial messages and buffered bytes per source address.
+    per_source: HashMap<IpAddr, (usize, usize)>,
     finished: HashMap<Key, u64>,
     finished_order: VecDeque<(Key, u64)>,
     lost: Vec<Lost>,
@@ -166,6 +180,7 @@ impl Reassembler {
             order: BTreeMap::new(),
             next_serial: 0,
             bytes: 0,
+            per_source: HashMap::new(),
             finished: HashMap::new(),
             finished_order: VecDeque::new(),
             lost: Vec::new(),
@@ -198,9 +213,13 @@ impl Reassembler {
             return Outcome::Complete(c.payload.to_vec());
         }
         if !self.partials.contains_key(&key) {
+            while self.per_source.get(&source).is_some_and(|s| s.0 >= self.limits.max_partials_per_source.max(1)) {
+                self.evict_oldest_of(source, now_ms);
+            }
             while self.partials.len() >= self.limits.max_partials.max(1) {
                 self.evict_oldest(now_ms);
             }
+            self.per_source.entry(source).or_default().0 += 1;
             let serial = self.next_serial;
             self.next_serial += 1;
             self.order.insert(serial, key);
@@ -223,6 +242,7 @@ impl Reassembler {
         p.received += 1;
         p.bytes += c.payload.len();
         self.bytes += c.payload.len();
+        self.per_source.entry(source).or_default().1 += c.payload.len();
         if usize::from(p.received) == p.chunks.len() {
             let Some(p) = self.remove(&key) else { return Outcome::Pending };
             self.finish(key, now_ms);
@@ -231,6 +251,9 @@ impl Reassembler {
                 msg.extend_from_slice(part);
             }
             return Outcome::Complete(msg);
+        }
+        while self.per_source.get(&source).is_some_and(|s| s.1 > self.limits.max_bytes_per_source) {
+            self.evict_oldest_of(source, now_ms);
         }
         while self.bytes > self.limits.max_bytes && !self.order.is_empty() {
             self.evict_oldest(now_ms);
@@ -266,6 +289,18 @@ impl Reassembler {
         } else {
             // Unreachable while `order` mirrors `partials`; never loop on it.
             self.partials.clear();
+            self.per_source.clear();
+        }
+    }
+
+    /// Evict `source`'s oldest partial message (a scan, only when it is over its caps).
+    fn evict_oldest_of(&mut self, source: IpAddr, now_ms: u64) {
+        match self.order.values().find(|k| k.0 == source) {
+            Some(&key) => self.give_up(key, LostWhy::Evicted, now_ms),
+            // Unreachable while the counts mirror `partials`; never loop on it.
+            None => {
+                self.per_source.remove(&source);
+            }
         }
     }
 
@@ -286,6 +321,13 @@ impl Reassembler {
         let p = self.partials.remove(key)?;
         self.order.remove(&p.serial);
         self.bytes = self.bytes.saturating_sub(p.bytes);
+        if let Some(s) = self.per_source.get_mut(&key.0) {
+            s.0 = s.0.saturating_sub(1);
+            s.1 = s.1.saturating_sub(p.bytes);
+            if s.0 == 0 {
+                self.per_source.remove(&key.0);
+            }
+        }
         Some(p)
     }
 
@@ -409,6 +451,28 @@ mod tests {
         let lost: Vec<(u64, LostWhy)> = r.drain_lost().map(|l| (l.id, l.why)).collect();
         assert_eq!(lost, vec![(1, LostWhy::Evicted), (2, LostWhy::Evicted), (9, LostWhy::Evicted)]);
         assert_eq!((r.partials(), r.buffered()), (0, 0));
+    }
+
+    #[test]
+    fn a_flooding_source_evicts_only_its_own_partials() {
+        let other: IpAddr = "192.0.2.7".parse().unwrap();
+        let limits = Limits { max_partials_per_source: 3, max_bytes_per_source: 100, ..Limits::default() };
+        let mut r = Reassembler::new(limits);
+        r.insert(other, &Chunk { id: 1, seq: 0, count: 2, payload: b"other's" }, 0);
+        for id in 10..20u64 {
+            r.insert(SRC, &Chunk { id, seq: 0, count: 2, payload: b"flood" }, id);
+        }
+        let lost: Vec<(IpAddr, u64)> = r.drain_lost().map(|l| (l.source, l.id)).collect();
+        assert_eq!(lost, (10..17).map(|id| (SRC, id)).collect::<Vec<_>>(), "the flooder's oldest, never the other's");
+        assert_eq!(
+            r.insert(other, &Chunk { id: 1, seq: 1, count: 2, payload: b" message" }, 30),
+            Outcome::Complete(b"other's message".to_vec())
+        );
+        // The byte cap per source too: one big partial pushes out the flooder's others.
+        r.insert(SRC, &Chunk { id: 50, seq: 0, count: 2, payload: &[b'x'; 99] }, 40);
+        let lost: Vec<u64> = r.drain_lost().map(|l| l.id).collect();
+        assert_eq!(lost, vec![17, 18, 19]);
+        assert_eq!((r.partials(), r.buffered()), (1, 99));
     }
 
     proptest! {
