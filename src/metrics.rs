@@ -50,6 +50,7 @@ pub struct Metrics {
     pub dropped_records: IntCounterVec,
     pub truncated_records: IntCounterVec,
     pub refused_records: IntCounterVec,
+    pub socket_dropped_datagrams: IntCounterVec,
     pub flagged_records: IntCounterVec,
     pub framing_errors: IntCounterVec,
     pub connections_accepted: IntCounterVec,
@@ -134,6 +135,12 @@ impl Metrics {
                 "ferry_dropped_records_total",
                 "Records that did not reach the archive, per listener and reason",
                 &["listener", "reason"],
+            ),
+            socket_dropped_datagrams: cv(
+                r,
+                "ferry_socket_dropped_datagrams_total",
+                "Datagrams the kernel dropped at a UDP listener's socket (receive buffer full) before ferry could read them",
+                &["listener"],
             ),
             refused_records: cv(
                 r,

@@ -180,3 +180,55 @@ fn routes_send_matching_records_to_their_stream_and_the_rest_to_the_listener_str
     assert!(all.contains(&"<13>via unix stream".to_owned()));
     assert!(all.contains(&"not syslog at all stays live".to_owned()));
 }
+
+/// UDP has no flow control: while ferry cannot read (here: SIGSTOPped), the
+/// kernel drops what its socket buffer cannot hold. Those drops are counted
+/// too (`ferry_socket_dropped_datagrams_total`), so every datagram sent is
+/// either in the archive or in a counter.
+#[test]
+fn udp_datagrams_the_kernel_drops_while_ferry_cannot_read_are_counted() {
+    let dir = TestDir::new("udp-kernel-drops");
+    let ports = Ports { tcp: free_port(), udp: free_port(), admin: free_port() };
+    let mut node = Node::start(&dir, &node_config(&dir, &ports, "", "", ""), ports.admin);
+    let pid = node.pid() as libc::pid_t;
+    // SAFETY: signals to our own child process, which is running.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    const N: usize = 30_000;
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let pad = "x".repeat(1000);
+    let start = std::time::Instant::now();
+    for i in 0..N {
+        sock.send_to(format!("<13>Nov 26 10:00:00 h app: kdrop-{i:06} {pad}").as_bytes(), ("127.0.0.1", ports.udp))
+            .unwrap();
+        if i % 100 == 99 {
+            // About 30,000 datagrams/s: the kernel keeps up, only the stopped reader does not.
+            let due = Duration::from_micros(i as u64 * 33);
+            if let Some(wait) = due.checked_sub(start.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+    }
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    let accounted = |n: &Node| {
+        let m = n.metrics();
+        let committed = metric_value(&m, "ferry_committed_records_total", &[("stream", "live")]);
+        let dropped = metric_value(&m, "ferry_dropped_records_total", &[("listener", "udp")]);
+        let kernel = metric_value(&m, "ferry_socket_dropped_datagrams_total", &[("listener", "udp")]);
+        (committed, dropped, kernel)
+    };
+    let t = std::time::Instant::now();
+    let (committed, dropped, kernel) = loop {
+        let (c, d, k) = accounted(&node);
+        if c + d + k >= N as f64 || t.elapsed() > Duration::from_secs(20) {
+            break (c, d, k);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    eprintln!("{N} sent: {committed} committed, {dropped} dropped by ferry, {kernel} dropped by the kernel");
+    assert!(kernel > 0.0, "the stopped reader's socket buffer overflowed");
+    assert!(committed > 0.0, "what the buffer held was read after SIGCONT");
+    assert_eq!(committed + dropped + kernel, N as f64, "every datagram is archived or counted");
+    node.stop();
+    assert_eq!(archive_lines(&node.data).len() as f64, committed);
+}

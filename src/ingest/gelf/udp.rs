@@ -16,6 +16,7 @@ use tracing::warn;
 use super::chunk::{parse, Datagram, Limits, LostWhy, Outcome, Reassembler};
 use super::decode::decode;
 use crate::ingest::batcher::{Batcher, HOLD_RETRY};
+use crate::ingest::syslog::datagram::{KernelDrops, KERNEL_DROPS_EVERY};
 use crate::ingest::ListenerCtx;
 use crate::metrics::DropReason;
 use crate::shutdown::Shutdown;
@@ -44,6 +45,8 @@ pub async fn serve(sock: UdpSocket, ctx: Arc<ListenerCtx>, sd: Shutdown) {
         origin: Instant::now(),
         ctx,
     };
+    let mut kernel = KernelDrops::new(&sock, &rx.ctx);
+    let mut drops_tick = tokio::time::interval(KERNEL_DROPS_EVERY);
     let mut tick = tokio::time::interval(EXPIRE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -51,6 +54,10 @@ pub async fn serve(sock: UdpSocket, ctx: Arc<ListenerCtx>, sd: Shutdown) {
             _ = sd.token.cancelled() => break,
             _ = tick.tick() => {
                 rx.expire();
+                continue;
+            }
+            _ = drops_tick.tick() => {
+                kernel.poll();
                 continue;
             }
             _ = tokio::time::sleep(HOLD_RETRY), if rx.batcher.has_records() => {
@@ -82,6 +89,7 @@ pub async fn serve(sock: UdpSocket, ctx: Arc<ListenerCtx>, sd: Shutdown) {
         rx.batcher.try_flush();
     }
     rx.batcher.drain(Duration::from_secs(5)).await;
+    kernel.poll();
 }
 
 struct Receiver {

@@ -41,8 +41,66 @@ pub fn grow_receive_buffer(s: &impl AsRawFd) {
     }
 }
 
+/// Counts what the kernel dropped at a UDP socket because its receive buffer
+/// was full: the classic silent loss of syslog over UDP. Linux keeps the
+/// count per socket (`drops`, last column of /proc/net/udp and udp6); it is
+/// read once a second and added to `ferry_socket_dropped_datagrams_total`.
+pub struct KernelDrops {
+    inode: u64,
+    seen: u64,
+    counter: prometheus::IntCounter,
+}
+
+/// How often [`KernelDrops::poll`] is called.
+pub const KERNEL_DROPS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl KernelDrops {
+    pub fn new(sock: &impl AsRawFd, ctx: &ListenerCtx) -> KernelDrops {
+        // SAFETY: fstat on a valid, owned fd into a zeroed stat buffer.
+        let inode = unsafe {
+            let mut st: libc::stat = std::mem::zeroed();
+            if libc::fstat(sock.as_raw_fd(), &mut st) == 0 {
+                st.st_ino
+            } else {
+                0
+            }
+        };
+        let counter = ctx.metrics.socket_dropped_datagrams.with_label_values(&[&ctx.name]);
+        KernelDrops { inode, seen: 0, counter }
+    }
+
+    /// Add the drops since the last call to the counter.
+    pub fn poll(&mut self) {
+        if self.inode == 0 {
+            return;
+        }
+        let Some(now) = ["/proc/net/udp", "/proc/net/udp6"]
+            .iter()
+            .find_map(|f| std::fs::read_to_string(f).ok().and_then(|t| drops_of(&t, self.inode)))
+        else {
+            return;
+        };
+        if now > self.seen {
+            self.counter.inc_by(now - self.seen);
+            self.seen = now;
+        }
+    }
+}
+
+/// The `drops` column of the /proc/net/udp line whose inode is `inode`.
+fn drops_of(table: &str, inode: u64) -> Option<u64> {
+    table.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.get(9)?.parse::<u64>().ok()? == inode).then(|| f.last()?.parse().ok())?
+    })
+}
+
 /// The two datagram sockets, behind one interface.
 pub trait DatagramSocket: Send + Sync + 'static {
+    /// Kernel drop accounting, for sockets where Linux counts them (UDP).
+    fn kernel_drops(&self, _ctx: &ListenerCtx) -> Option<KernelDrops> {
+        None
+    }
     fn recv(&self, buf: &mut [u8]) -> impl std::future::Future<Output = io::Result<(usize, Option<IpAddr>)>> + Send;
     fn try_recv(&self, buf: &mut [u8]) -> io::Result<(usize, Option<IpAddr>)>;
 }
@@ -51,6 +109,9 @@ pub struct Udp(pub UdpSocket);
 pub struct Unix(pub UnixDatagram);
 
 impl DatagramSocket for Udp {
+    fn kernel_drops(&self, ctx: &ListenerCtx) -> Option<KernelDrops> {
+        Some(KernelDrops::new(&self.0, ctx))
+    }
     async fn recv(&self, buf: &mut [u8]) -> io::Result<(usize, Option<IpAddr>)> {
         self.0.recv_from(buf).await.map(|(n, a)| (n, Some(a.ip())))
     }
@@ -73,9 +134,17 @@ pub async fn serve<S: DatagramSocket>(sock: S, ctx: Arc<ListenerCtx>, sd: Shutdo
     let mut buf = vec![0u8; 65536];
     let mut batcher = Batcher::new(&ctx, String::new());
     let max = ctx.cfg.max_record_bytes;
+    let mut kernel = sock.kernel_drops(&ctx);
+    let mut tick = tokio::time::interval(KERNEL_DROPS_EVERY);
     loop {
         let first = tokio::select! {
             _ = sd.token.cancelled() => break,
+            _ = tick.tick(), if kernel.is_some() => {
+                if let Some(k) = kernel.as_mut() {
+                    k.poll();
+                }
+                continue;
+            }
             r = sock.recv(&mut buf) => r,
             _ = tokio::time::sleep(HOLD_RETRY), if batcher.has_records() => {
                 batcher.try_flush();
@@ -108,6 +177,9 @@ pub async fn serve<S: DatagramSocket>(sock: S, ctx: Arc<ListenerCtx>, sd: Shutdo
         batcher.try_flush();
     }
     batcher.drain(std::time::Duration::from_secs(5)).await;
+    if let Some(k) = kernel.as_mut() {
+        k.poll();
+    }
 }
 
 #[inline]
@@ -122,4 +194,19 @@ fn push(ctx: &ListenerCtx, batcher: &mut Batcher, src: Option<IpAddr>, d: &[u8],
     }
     let n = d.len().min(max);
     batcher.push(&d[..n], n < d.len(), now);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::drops_of;
+
+    #[test]
+    fn drops_are_read_from_the_line_of_the_socket() {
+        let t = "   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops\n\
+  123: 0100007F:14B4 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 4242 2 0000000000000000 17\n\
+  124: 0100007F:14B5 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 4343 2 0000000000000000 0\n";
+        assert_eq!(drops_of(t, 4242), Some(17));
+        assert_eq!(drops_of(t, 4343), Some(0));
+        assert_eq!(drops_of(t, 1), None);
+    }
 }
