@@ -135,3 +135,31 @@ input(type="imtcp" port="{input}" address="127.0.0.1")
     let (lines, ids) = ids(&node.data);
     assert_eq!((lines, ids.len()), (N, N), "every message once");
 }
+
+/// An untrusted RELP source over its rate is slowed, not dropped: RELP
+/// acknowledges every record, so the limit is enforced by holding the
+/// source's window, and every message arrives.
+#[test]
+fn an_untrusted_relp_source_over_its_rate_is_slowed_and_loses_nothing() {
+    let dir = TestDir::new("relp-limited");
+    let ports = Ports { tcp: free_port(), udp: free_port(), admin: free_port() };
+    let relp = free_port();
+    let extra = format!("\n[[listener]]\nname = \"relp\"\nkind = \"relp\"\ntransport = \"tcp\"\nlisten = \"127.0.0.1:{relp}\"\nstream = \"live\"\ntrust = \"untrusted\"\nsource_records_per_sec = 200\n");
+    let mut node = Node::start(&dir, &node_config(&dir, &ports, "", "", &extra), ports.admin);
+    let input = free_port();
+    let _rs = rsyslog_with_shipped_relp_config(&dir, relp, input);
+    const N: usize = 1_000;
+    let msgs: String = (0..N).map(|i| format!("<13>Nov 23 10:00:00 app-host app[9]: relp-{i:07} limited\n")).collect();
+    let t = Instant::now();
+    ferry_send(&["--to", &format!("127.0.0.1:{input}")], msgs.as_bytes());
+    node.wait_metric("ferry_committed_records_total", &[("stream", "live")], Duration::from_secs(30), |v| {
+        v >= N as f64
+    });
+    let took = t.elapsed();
+    // 200/s with one second's burst: (1000 - 200) / 200 = 4 s at least.
+    assert!(took >= Duration::from_millis(3500), "held to its rate: {took:?}");
+    assert_eq!(node.metric("ferry_dropped_records_total", &[("listener", "relp")]), 0.0, "nothing dropped");
+    node.stop();
+    let (lines, ids) = ids(&node.data);
+    assert_eq!((lines, ids.len()), (N, N), "every message once");
+}

@@ -81,6 +81,17 @@ impl SourceLimits {
         })
     }
 
+    /// One record from a source that is acknowledged (RELP): `Ok` if it fits
+    /// now, else how long to wait before it will. A record larger than one
+    /// second's bytes is charged one second's worth, so it always fits at last.
+    pub fn pace_one(&self, ip: IpAddr, bytes: usize, now: Instant) -> Result<(), Duration> {
+        let bytes = match self.bytes {
+            Some(r) => (bytes as f64).min(r) as u64,
+            None => bytes as u64,
+        };
+        self.take_all(ip, 1, bytes, now)
+    }
+
     /// One record of `bytes` from a stream source with no way to answer
     /// (syslog): true if it fits, false if it must be dropped (and counted).
     pub fn take_one(&self, ip: IpAddr, bytes: usize, now: Instant) -> bool {
@@ -109,5 +120,17 @@ mod tests {
         assert!(l.take_one(other, 10, t0 + Duration::from_secs(10)), "another source is unaffected");
         let e = l.take_all(ip, 500, 0, t0 + Duration::from_secs(10)).unwrap_err();
         assert!(e > Duration::from_secs(3), "{e:?}");
+    }
+
+    #[test]
+    fn pacing_always_lets_a_record_through_eventually() {
+        let l = SourceLimits::new(Some(10.0), Some(100.0));
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let t0 = Instant::now();
+        // Larger than a second's bytes: charged a second's worth, so it fits once the bucket is full.
+        assert_eq!(l.pace_one(ip, 5_000, t0), Ok(()));
+        let wait = l.pace_one(ip, 5_000, t0).unwrap_err();
+        assert!(wait <= Duration::from_secs(1) && wait > Duration::from_millis(900), "{wait:?}");
+        assert_eq!(l.pace_one(ip, 5_000, t0 + wait + Duration::from_millis(1)), Ok(()));
     }
 }

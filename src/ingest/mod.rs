@@ -115,6 +115,24 @@ impl ListenerCtx {
         false
     }
 
+    /// For acknowledged protocols (RELP): wait until a record of `len` bytes
+    /// from `ip` fits the source's rate instead of dropping it. The sender's
+    /// window fills and it slows down; nothing is lost and nothing is counted
+    /// as dropped.
+    pub async fn pace_record(&self, ip: std::net::IpAddr, len: usize) {
+        if self.limits.is_unlimited() {
+            return;
+        }
+        let mut warned = false;
+        while let Err(wait) = self.limits.pace_one(ip, len, std::time::Instant::now()) {
+            if !warned && self.may_warn() {
+                warn!(listener = %self.name, source = %ip, "source over its rate limit: slowing it down (acknowledged protocol, nothing dropped)");
+            }
+            warned = true;
+            tokio::time::sleep(wait).await;
+        }
+    }
+
     /// Log (rate-limited) that records were dropped for `e`.
     pub fn note_drop(&self, e: &StoreError) {
         if self.may_warn() {

@@ -32,16 +32,16 @@ use codec::{decode, encode_rsp, Frame};
 type Ack = oneshot::Receiver<Result<Committed, StoreError>>;
 
 pub async fn serve(listener: TcpListener, ctx: Arc<ListenerCtx>, sd: Shutdown) {
-    accept_tcp(listener, ctx, sd, |sock, peer, _, ctx, sd, permit| connection(sock, peer, ctx, sd, permit)).await
+    accept_tcp(listener, ctx, sd, |sock, peer, ip, ctx, sd, permit| connection(sock, peer, ip, ctx, sd, permit)).await
 }
 
 /// RELP over TLS (rsyslog's `tls="on"` for omrelp), with the deployment CA.
 pub async fn serve_tls(listener: TcpListener, acceptor: TlsAcceptor, ctx: Arc<ListenerCtx>, sd: Shutdown) {
-    accept_tcp(listener, ctx, sd, move |sock, peer, _, ctx, sd, permit| {
+    accept_tcp(listener, ctx, sd, move |sock, peer, ip, ctx, sd, permit| {
         let acceptor = acceptor.clone();
         async move {
             if let Some(tls) = handshake(&acceptor, sock, &peer, &ctx).await {
-                connection(tls, peer, ctx, sd, permit).await
+                connection(tls, peer, ip, ctx, sd, permit).await
             }
         }
     })
@@ -59,8 +59,14 @@ async fn oldest(q: &mut VecDeque<(Ack, Vec<u64>)>) -> (bool, Vec<u64>) {
     (ok, txnrs)
 }
 
-async fn connection<S>(sock: S, peer: String, ctx: Arc<ListenerCtx>, sd: Shutdown, _permit: OwnedSemaphorePermit)
-where
+async fn connection<S>(
+    sock: S,
+    peer: String,
+    ip: std::net::IpAddr,
+    ctx: Arc<ListenerCtx>,
+    sd: Shutdown,
+    _permit: OwnedSemaphorePermit,
+) where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let m = &ctx.metrics;
@@ -121,10 +127,11 @@ where
                         Ok(Some((Frame { txnr, command, data }, n))) => {
                             match command {
                                 b"syslog" => {
-                                    // Acknowledged sources are never silently limited: RELP's
-                                    // own window is the backpressure.
                                     // The sender's template's final LF is not part of the message.
                                     let data = data.strip_suffix(b"\n").unwrap_or(data);
+                                    // Acknowledged sources are slowed, never dropped: over its
+                                    // rate, a source waits and its RELP window fills.
+                                    ctx.pace_record(ip, data.len()).await;
                                     let keep = data.len().min(max_record);
                                     batcher.push(&data[..keep], keep < data.len(), now);
                                     txnrs.push(txnr);
