@@ -32,7 +32,7 @@ use codec::{decode, encode_rsp, Frame};
 type Ack = oneshot::Receiver<Result<Committed, StoreError>>;
 
 pub async fn serve(listener: TcpListener, ctx: Arc<ListenerCtx>, sd: Shutdown) {
-    accept_tcp(listener, ctx, sd, |sock, peer, ip, ctx, sd, permit| connection(sock, peer, ip, ctx, sd, permit)).await
+    accept_tcp(listener, ctx, sd, connection).await
 }
 
 /// RELP over TLS (rsyslog's `tls="on"` for omrelp), with the deployment CA.
