@@ -229,6 +229,13 @@ fn udp_datagrams_the_kernel_drops_while_ferry_cannot_read_are_counted() {
     assert!(kernel > 0.0, "the stopped reader's socket buffer overflowed");
     assert!(committed > 0.0, "what the buffer held was read after SIGCONT");
     assert_eq!(committed + dropped + kernel, N as f64, "every datagram is archived or counted");
+    let status =
+        Command::new(FERRY).args(["status", "--admin", &format!("127.0.0.1:{}", ports.admin)]).output().unwrap();
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.contains(&format!("kernel_socket_buffer={kernel}")),
+        "ferry status shows the kernel's drops:\n{status}"
+    );
     node.stop();
     assert_eq!(archive_lines(&node.data).len() as f64, committed);
 }

@@ -86,13 +86,25 @@ pub fn render(m: &Metrics, site: &str, node: &str) -> String {
     let received = by_first(&get("ferry_received_records_total", &["listener"]));
     let dropped = get("ferry_dropped_records_total", &["listener", "reason"]);
     let active = by_first(&get("ferry_connections_active", &["listener"]));
+    let kernel = by_first(&get("ferry_socket_dropped_datagrams_total", &["listener"]));
+    let refused = get("ferry_refused_records_total", &["listener", "reason"]);
     let _ = writeln!(s, "\nlisteners\n  {:<16} {:>14} {:>6}  DROPPED", "LISTENER", "RECEIVED", "CONNS");
     for (k, v) in &received {
-        let drops: Vec<String> = dropped
+        let mut drops: Vec<String> = dropped
             .iter()
             .filter(|(l, n)| l[0] == *k && **n > 0.0)
             .map(|(l, n)| format!("{}={}", l[1], *n as u64))
             .collect();
+        // Lost before ferry could read them, and refused back to the sender: shown beside the drops.
+        if let Some(n) = kernel.get(k).filter(|n| **n > 0.0) {
+            drops.push(format!("kernel_socket_buffer={}", *n as u64));
+        }
+        drops.extend(
+            refused
+                .iter()
+                .filter(|(l, n)| l[0] == *k && **n > 0.0)
+                .map(|(l, n)| format!("refused:{}={}", l[1], *n as u64)),
+        );
         let _ = writeln!(
             s,
             "  {:<16} {:>14} {:>6}  {}",
