@@ -208,7 +208,7 @@ fn http_connections_are_capped_per_source_and_closed_when_idle() {
     let ports = Ports { tcp: free_port(), udp: free_port(), admin: free_port() };
     let http = free_port();
     let extra = format!(
-        "\n[[listener]]\nname = \"http\"\nkind = \"http\"\ntransport = \"tcp\"\nlisten = \"127.0.0.1:{http}\"\nstream = \"live\"\ntrust = \"untrusted\"\nmax_connections_per_source = 2\nidle_timeout = \"500ms\"\n"
+        "\n[[listener]]\nname = \"http\"\nkind = \"http\"\ntransport = \"tcp\"\nlisten = \"127.0.0.1:{http}\"\nstream = \"live\"\ntrust = \"untrusted\"\nmax_connections_per_source = 2\nidle_timeout = \"1s\"\n"
     );
     let node = Node::start(&dir, &node_config(&dir, &ports, "", "", &extra), ports.admin);
     let open = || {
@@ -222,12 +222,12 @@ fn http_connections_are_capped_per_source_and_closed_when_idle() {
     let t = std::time::Instant::now();
     let mut buf = [0u8; 64];
     assert_eq!(third.read(&mut buf).unwrap_or(0), 0, "the third connection from one source is closed at once");
-    assert!(t.elapsed() < Duration::from_millis(400), "closed at once, not by the idle timeout");
+    assert!(t.elapsed() < Duration::from_millis(800), "closed at once, not by the idle timeout");
     for s in [&mut a, &mut b] {
         assert_eq!(s.read(&mut buf).unwrap_or(0), 0, "an idle connection is closed");
     }
     let idle = t.elapsed();
-    assert!(idle < Duration::from_secs(3), "closed by the idle timeout, took {idle:?}");
+    assert!(idle < Duration::from_secs(4), "closed by the idle timeout, took {idle:?}");
     node.wait_metric(
         "ferry_connections_refused_total",
         &[("listener", "http"), ("reason", "max_connections_per_source")],
