@@ -118,24 +118,5 @@ pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
 
 /// Sum of the samples of `name` whose labels include all of `labels`.
 pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let mut sum = 0.0;
-    for line in text.lines() {
-        let Some(rest) = line.strip_prefix(name) else {
-            continue;
-        };
-        let (lab, val) = if let Some(r) = rest.strip_prefix('{') {
-            match r.split_once('}') {
-                Some(x) => x,
-                None => continue,
-            }
-        } else if rest.starts_with(' ') {
-            ("", rest)
-        } else {
-            continue;
-        };
-        if labels.iter().all(|(k, v)| lab.split(',').any(|kv| kv == format!("{k}=\"{v}\""))) {
-            sum += val.trim().parse::<f64>().unwrap_or(0.0);
-        }
-    }
-    sum
+    ferry::admin::client::metric_value(text, name, labels)
 }

@@ -1,5 +1,6 @@
 //! The one HTTP client ferry needs: a GET to a node's admin listener, used by
-//! `ferry status`, the tests and the benchmarks to read a running node.
+//! `ferry status`, the tests and the benchmarks to read a running node, and
+//! the one reader of a single figure in its `/metrics` text.
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
@@ -24,6 +25,35 @@ pub fn get(addr: &str, path: &str, timeout: Duration) -> io::Result<(u16, String
         None => String::new(),
     };
     Ok((status, body))
+}
+
+/// Sum of the samples of `name` in Prometheus text `text` whose labels
+/// include all of `labels` (0 if none): how tests, benches and scripts read
+/// one figure off `/metrics` without a Prometheus.
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let mut sum = 0.0;
+    for line in text.lines() {
+        if line.starts_with('#') {
+            continue;
+        }
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        let (lab, val) = if let Some(r) = rest.strip_prefix('{') {
+            let Some((l, v)) = r.split_once('}') else {
+                continue;
+            };
+            (l, v)
+        } else if rest.starts_with(' ') {
+            ("", rest)
+        } else {
+            continue;
+        };
+        if labels.iter().all(|(k, v)| lab.split(',').any(|kv| kv == format!("{k}=\"{v}\""))) {
+            sum += val.trim().parse::<f64>().unwrap_or(0.0);
+        }
+    }
+    sum
 }
 
 fn dechunk(mut s: &str) -> String {

@@ -251,29 +251,7 @@ pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
 
 /// Sum of samples of `name` whose label set includes all `labels`.
 pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let mut sum = 0.0;
-    for line in text.lines() {
-        if line.starts_with('#') {
-            continue;
-        }
-        let Some(rest) = line.strip_prefix(name) else {
-            continue;
-        };
-        let (lab, val) = if let Some(r) = rest.strip_prefix('{') {
-            let Some((l, v)) = r.split_once('}') else {
-                continue;
-            };
-            (l, v)
-        } else if rest.starts_with(' ') {
-            ("", rest)
-        } else {
-            continue;
-        };
-        if labels.iter().all(|(k, v)| lab.split(',').any(|kv| kv == format!("{k}=\"{v}\""))) {
-            sum += val.trim().parse::<f64>().unwrap_or(0.0);
-        }
-    }
-    sum
+    ferry::admin::client::metric_value(text, name, labels)
 }
 
 /// Segment files under `data/archive`, sorted by name (= by stream, hour, seq).
