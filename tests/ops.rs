@@ -338,6 +338,7 @@ all:
         ("root/var/lib/ferry/state", uid, gid, 0o750),
         ("root/var/lib", 0, 0, 0o755),
         ("root/etc/systemd/system/ferry.service", 0, 0, 0o644),
+        ("root/etc/sysctl.d/60-ferry.conf", 0, 0, 0o644),
         ("collector/etc/rsyslog.d/60-ferry-relay.conf", 0, 0, 0o644),
         ("collector/var/spool/rsyslog", 0, 0, 0o700),
     ];
@@ -356,6 +357,13 @@ all:
         std::fs::metadata(root.join("usr/local/bin/ferry")).unwrap().len(),
         std::fs::metadata(FERRY).unwrap().len(),
         "the installed binary is the one given in ferry_binary_src"
+    );
+
+    assert!(
+        std::fs::read_to_string(root.join("etc/sysctl.d/60-ferry.conf"))
+            .unwrap()
+            .contains("net.core.rmem_max = 8388608"),
+        "UDP listeners get their 8 MiB receive buffer"
     );
 
     // The config: what the inventory says, and `ferry check` accepts it.

@@ -177,7 +177,7 @@ pub async fn bind(cfg: &ListenerConfig, tls: Option<&crate::pki::TlsFiles>) -> i
         (ListenAddr::Socket(a), Transport::Tcp) => Ok(Bound::Tcp(TcpListener::bind(a).await?)),
         (ListenAddr::Socket(a), Transport::Udp) => {
             let s = UdpSocket::bind(a).await?;
-            syslog::datagram::grow_receive_buffer(&s);
+            syslog::datagram::check_receive_buffer(&cfg.name, syslog::datagram::grow_receive_buffer(&s));
             Ok(Bound::Udp(s))
         }
         (ListenAddr::Path(p), Transport::UnixStream) => {
@@ -190,7 +190,7 @@ pub async fn bind(cfg: &ListenerConfig, tls: Option<&crate::pki::TlsFiles>) -> i
             remove_stale_socket(p)?;
             let s = UnixDatagram::bind(p)?;
             world_writable(p)?;
-            syslog::datagram::grow_receive_buffer(&s);
+            syslog::datagram::check_receive_buffer(&cfg.name, syslog::datagram::grow_receive_buffer(&s));
             Ok(Bound::UnixDatagram(s, p.clone()))
         }
         (addr, t) => {

@@ -22,7 +22,9 @@ use crate::store::BATCH_BYTES;
 const RCVBUF: libc::c_int = 8 << 20;
 
 /// Ask for a large receive buffer; best effort (a smaller one still works).
-pub fn grow_receive_buffer(s: &impl AsRawFd) {
+/// Returns the size the kernel granted (Linux reports twice the usable
+/// size), for the start-up warning when it is far below what was asked.
+pub fn grow_receive_buffer(s: &impl AsRawFd) -> usize {
     let v: libc::c_int = RCVBUF;
     for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
         // SAFETY: setsockopt on a valid, owned fd with a correctly sized int option.
@@ -36,8 +38,35 @@ pub fn grow_receive_buffer(s: &impl AsRawFd) {
             )
         };
         if r == 0 {
-            return;
+            break;
         }
+    }
+    let mut got: libc::c_int = 0;
+    let mut len = std::mem::size_of_val(&got) as libc::socklen_t;
+    // SAFETY: getsockopt on a valid fd into a correctly sized int.
+    let r = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            &mut got as *mut _ as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    if r == 0 {
+        usize::try_from(got).unwrap_or(0)
+    } else {
+        0
+    }
+}
+
+/// Warn at start when a datagram listener's receive buffer is far below the
+/// 8 MiB asked: the kernel capped it at `net.core.rmem_max` (ferry runs
+/// without CAP_NET_ADMIN under its unit), and a short stall will lose datagrams.
+pub fn check_receive_buffer(listener: &str, granted: usize) {
+    if granted < RCVBUF as usize {
+        warn!(listener, granted_bytes = granted, asked_bytes = RCVBUF,
+            "the kernel capped this listener's receive buffer (net.core.rmem_max): a short stall will lose datagrams (counted in ferry_socket_dropped_datagrams_total); set net.core.rmem_max = {RCVBUF}");
     }
 }
 
