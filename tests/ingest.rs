@@ -239,3 +239,43 @@ fn udp_datagrams_the_kernel_drops_while_ferry_cannot_read_are_counted() {
     node.stop();
     assert_eq!(archive_lines(&node.data).len() as f64, committed);
 }
+
+/// Without CAP_NET_ADMIN (as under its systemd unit) ferry gets at most
+/// `net.core.rmem_max` for a UDP socket's receive buffer; it says so at start
+/// when that is below the 8 MiB it asks for, naming the sysctl to raise.
+#[test]
+fn an_unprivileged_node_warns_when_the_kernel_caps_its_udp_receive_buffer() {
+    let setpriv = require_tool("setpriv");
+    let dir = TestDir::new("rcvbuf");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&dir.path, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let ports = Ports { tcp: free_port(), udp: free_port(), admin: free_port() };
+    let cfg = dir.join("ferry.toml");
+    std::fs::write(&cfg, node_config(&dir, &ports, "", "", "")).unwrap();
+    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let log = dir.join("ferry.log");
+    let mut child = Command::new(setpriv)
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all", FERRY])
+        .args(["run", "-c"])
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let t = std::time::Instant::now();
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("ferry ready") || t.elapsed() > Duration::from_secs(20) {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(text.contains("ferry ready"), "the unprivileged node started:\n{text}");
+    let rmem_max: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max").unwrap().trim().parse().unwrap();
+    let warned = text.lines().any(|l| {
+        l.contains("capped this listener's receive buffer") && l.contains("udp") && l.contains("net.core.rmem_max")
+    });
+    assert_eq!(warned, rmem_max < 8 << 20, "rmem_max = {rmem_max}:\n{text}");
+}

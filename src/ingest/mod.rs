@@ -190,7 +190,8 @@ pub async fn bind(cfg: &ListenerConfig, tls: Option<&crate::pki::TlsFiles>) -> i
             remove_stale_socket(p)?;
             let s = UnixDatagram::bind(p)?;
             world_writable(p)?;
-            syslog::datagram::check_receive_buffer(&cfg.name, syslog::datagram::grow_receive_buffer(&s));
+            // Local senders block when it is full rather than lose: no warning needed.
+            syslog::datagram::grow_receive_buffer(&s);
             Ok(Bound::UnixDatagram(s, p.clone()))
         }
         (addr, t) => {
