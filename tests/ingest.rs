@@ -254,8 +254,16 @@ fn an_unprivileged_node_warns_when_the_kernel_caps_its_udp_receive_buffer() {
     std::fs::write(&cfg, node_config(&dir, &ports, "", "", "")).unwrap();
     std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o644)).unwrap();
     let log = dir.join("ferry.log");
-    let mut child = Command::new(setpriv)
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all", FERRY])
+    // As root, drop to nobody without capabilities; otherwise the test already runs unprivileged.
+    // SAFETY: geteuid has no preconditions.
+    let mut cmd = if unsafe { libc::geteuid() } == 0 {
+        let mut c = Command::new(setpriv);
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all", FERRY]);
+        c
+    } else {
+        Command::new(FERRY)
+    };
+    let mut child = cmd
         .args(["run", "-c"])
         .arg(&cfg)
         .stdout(Stdio::null())
