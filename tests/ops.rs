@@ -298,6 +298,9 @@ all:
           site_collector_site: edge1
           site_collector_install_packages: false
           site_collector_manage_service: false
+          site_collector_tls: true
+          site_collector_tls_src_dir: "{pki}/edge"
+          site_collector_tls_peer: localhost
 "#,
             root = root.display(),
             collector = collector.display(),
@@ -341,6 +344,8 @@ all:
         ("root/etc/sysctl.d/60-ferry.conf", 0, 0, 0o644),
         ("collector/etc/rsyslog.d/60-ferry-relay.conf", 0, 0, 0o644),
         ("collector/var/spool/rsyslog", 0, 0, 0o700),
+        ("collector/etc/rsyslog-ferry/node.key", 0, 0, 0o600),
+        ("collector/etc/rsyslog-ferry/ca.pem", 0, 0, 0o644),
     ];
     for (rel, u, g, mode) in expect {
         let m = std::fs::metadata(w.join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"));
@@ -436,7 +441,17 @@ all:
     // The collector: rsyslog accepts it, and it targets the site's relay.
     let rs = collector.join("etc/rsyslog.d/60-ferry-relay.conf");
     let rs_text = std::fs::read_to_string(&rs).unwrap();
-    for want in ["type=\"omrelp\"", "target=\"127.0.0.1\"", "port=\"2514\"", "queue.type=\"LinkedList\""] {
+    let tls_dir = collector.join("etc/rsyslog-ferry");
+    let tls_ca = format!("tls.caCert=\"{}/ca.pem\"", tls_dir.display());
+    for want in [
+        "type=\"omrelp\"",
+        "target=\"127.0.0.1\"",
+        "port=\"2514\"",
+        "queue.type=\"LinkedList\"",
+        "tls=\"on\"",
+        &tls_ca,
+        "tls.permittedPeer=[\"localhost\"]",
+    ] {
         assert!(rs_text.contains(want), "collector config lacks {want}:\n{rs_text}");
     }
     let (st, out) = run_bounded(Command::new(&rsyslogd).args(["-N1", "-f"]).arg(&rs), Duration::from_secs(60));
