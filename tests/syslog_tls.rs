@@ -207,3 +207,39 @@ fn clients_without_a_certificate_from_the_deployment_ca_are_refused() {
     let got: HashSet<&str> = lines.iter().filter_map(|l| l.rsplit(' ').next()).collect();
     assert_eq!(got, HashSet::from(["good-cert", "no-cert-optional"]), "only the accepted clients' records: {lines:?}");
 }
+
+/// `ferry send --transport tls`, the operator's own TLS client: with a
+/// deployment certificate every line arrives; without one, where a
+/// certificate is required, it fails loudly instead of reporting lines the
+/// relay threw away.
+#[test]
+fn ferry_send_over_tls_delivers_and_reports_a_refusal() {
+    let dir = TestDir::new("send-tls");
+    let pki = Pki::new(&dir, "pki");
+    let (mut node, required, _) = tls_node(&dir, &pki);
+    let edge = pki.dir.join("edge");
+    let send = |tag: &str, cert: bool| {
+        let mut c = Command::new(FERRY);
+        c.args(["send", "--transport", "tls", "--framing", "octet", "--to", &format!("127.0.0.1:{required}"), "--ca"])
+            .arg(edge.join("ca.pem"));
+        if cert {
+            c.arg("--cert").arg(edge.join("node.pem")).arg("--key").arg(edge.join("node.key"));
+        }
+        let mut child = c.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        let lines: String = (0..1000).map(|i| format!("<13>Nov 26 10:00:00 h app: {tag}-{i:04}\n")).collect();
+        child.stdin.take().unwrap().write_all(lines.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (ok, err) = send("sent-with-cert", true);
+    assert!(ok, "{err}");
+    let (ok, err) = send("sent-without-cert", false);
+    assert!(!ok, "a refused session is an error: {err}");
+    assert!(err.contains("TLS"), "says it was TLS: {err}");
+    node.wait_metric("ferry_committed_records_total", &[("stream", "live")], Duration::from_secs(20), |v| v >= 1000.0);
+    node.stop();
+    let lines = archive_lines(&node.data);
+    assert_eq!(lines.iter().filter(|l| l.contains("sent-with-cert-")).count(), 1000);
+    assert!(!lines.iter().any(|l| l.contains("sent-without-cert")));
+    assert!(!node.log_text().contains("close_notify"), "ferry send ends its sessions cleanly:\n{}", node.log_text());
+}

@@ -19,6 +19,8 @@ pub enum SendTransport {
     /// Unix datagram socket.
     Unix,
     UnixStream,
+    /// TCP with TLS (syslog over TLS, RFC 5425), trusting `--ca`.
+    Tls,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -39,6 +41,18 @@ pub struct SendArgs {
     /// Framing on stream transports.
     #[arg(long, value_enum, default_value = "lf")]
     framing: Framing,
+    /// `--transport tls`: the CA file to trust (the deployment CA).
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// `--transport tls`: this client's certificate and key (omit both to send none).
+    #[arg(long, requires = "key")]
+    cert: Option<PathBuf>,
+    #[arg(long, requires = "cert")]
+    key: Option<PathBuf>,
+    /// `--transport tls`: the name to check in the server's certificate
+    /// (default: the host of `--to`).
+    #[arg(long)]
+    server_name: Option<String>,
     /// Lines per second (default: as fast as the listener takes them).
     #[arg(long)]
     rate: Option<f64>,
@@ -46,8 +60,79 @@ pub struct SendArgs {
     file: Option<PathBuf>,
 }
 
+/// A stream transport's writer, and how to end it.
+trait StreamOut: Write {
+    /// Flush, and for TLS say goodbye and hear the server's answer.
+    fn finish(&mut self) -> io::Result<()> {
+        self.flush()
+    }
+}
+
+impl StreamOut for io::BufWriter<TcpStream> {}
+impl StreamOut for io::BufWriter<UnixStream> {}
+
+impl StreamOut for io::BufWriter<TlsOut> {
+    fn finish(&mut self) -> io::Result<()> {
+        self.flush()?;
+        self.get_mut().finish()
+    }
+}
+
+struct TlsOut(rustls::StreamOwned<rustls::ClientConnection, TcpStream>);
+
+impl Write for TlsOut {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        self.0.write(b)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl TlsOut {
+    /// Send close_notify, then read until the server closes. In TLS 1.3 a
+    /// server refuses a client certificate only after the client has
+    /// finished its handshake, so this read is where such a refusal shows:
+    /// without it `ferry send` would report lines the server threw away.
+    fn finish(&mut self) -> io::Result<()> {
+        self.0.conn.send_close_notify();
+        self.0.flush()?;
+        self.0.sock.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut buf = [0u8; 4096];
+        loop {
+            match self.0.read(&mut buf) {
+                Ok(0) => return Ok(()),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+                Err(e) => return Err(io::Error::new(e.kind(), format!("the server ended the TLS session: {e}"))),
+            }
+        }
+    }
+}
+
+fn tls_stream(a: &SendArgs) -> anyhow::Result<TlsOut> {
+    let ca = a.ca.as_deref().context("--transport tls needs --ca (the deployment CA file)")?;
+    let own = a.cert.as_deref().zip(a.key.as_deref());
+    let config = crate::pki::collector_client_config(ca, own)?;
+    let host = match &a.server_name {
+        Some(n) => n.clone(),
+        None => a.to.rsplit_once(':').map_or(a.to.as_str(), |(h, _)| h).trim_matches(['[', ']']).to_owned(),
+    };
+    let name = rustls_pki_types::ServerName::try_from(host.clone())
+        .with_context(|| format!("{host:?} is not a DNS name or IP address for the server's certificate"))?;
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name)?;
+    let tcp = TcpStream::connect(&a.to).with_context(|| format!("cannot connect to {}", a.to))?;
+    tcp.set_nodelay(true)?;
+    let mut s = rustls::StreamOwned::new(conn, tcp);
+    // Handshake now, so that a refusal is reported as such and not as a failed write.
+    while s.conn.is_handshaking() {
+        s.conn.complete_io(&mut s.sock).with_context(|| format!("TLS handshake with {} failed", a.to))?;
+    }
+    Ok(TlsOut(s))
+}
+
 enum Out {
-    Stream(Box<dyn Write>),
+    Stream(Box<dyn StreamOut>),
     Udp(UdpSocket),
     Unix(UnixDatagram, String),
 }
@@ -64,6 +149,7 @@ pub fn send(a: SendArgs) -> anyhow::Result<i32> {
             s.set_nodelay(true)?;
             Out::Stream(Box::new(io::BufWriter::with_capacity(256 << 10, s)))
         }
+        SendTransport::Tls => Out::Stream(Box::new(io::BufWriter::with_capacity(256 << 10, tls_stream(&a)?))),
         SendTransport::UnixStream => {
             let s = UnixStream::connect(&a.to).with_context(|| format!("cannot connect to {}", a.to))?;
             Out::Stream(Box::new(io::BufWriter::with_capacity(256 << 10, s)))
@@ -121,7 +207,7 @@ pub fn send(a: SendArgs) -> anyhow::Result<i32> {
         sent += 1;
     }
     if let Out::Stream(w) = &mut out {
-        w.flush()?;
+        w.finish().with_context(|| format!("sending to {}", a.to))?;
     }
     let secs = started.elapsed().as_secs_f64();
     eprintln!("ferry send: {sent} lines in {secs:.3}s ({:.0} lines/s)", sent as f64 / secs.max(1e-9));

@@ -69,7 +69,7 @@ use x509_parser::extensions::GeneralName;
 
 pub use files::{load_certs, load_key};
 pub use issue::{create_ca, issue};
-pub use tls::{client_config, collector_server_config, server_config, TlsFiles};
+pub use tls::{client_config, collector_client_config, collector_server_config, server_config, TlsFiles};
 
 /// The URI scheme of a node identity: `ferry://<site>/<node>`.
 const IDENTITY_SCHEME: &str = "ferry://";

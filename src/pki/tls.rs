@@ -109,6 +109,29 @@ pub fn client_config(files: &TlsFiles, alpn: &[&[u8]]) -> Result<ClientConfig, E
     Ok(config)
 }
 
+/// A client config for a collector-side tool (`ferry send --transport tls`):
+/// trusts only the CA file `ca`, presents `own` (certificate and key files)
+/// when given, TLS 1.2 or 1.3, no ALPN.
+///
+/// # Errors
+///
+/// As [`client_config`].
+pub fn collector_client_config(ca: &Path, own_files: Option<(&Path, &Path)>) -> Result<ClientConfig, Error> {
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|source| tls_error("cannot select TLS 1.2 and 1.3 with the ring provider", source))?
+        .with_root_certificates(roots(ca)?);
+    match own_files {
+        Some((cert, key)) => {
+            let (certs, k) = (read_certs(cert, "certificate file")?, read_key(key, "private key file")?);
+            builder.with_client_auth_cert(certs, k).map_err(|source| {
+                tls_error(&format!("cannot use certificate {} with key {}", cert.display(), key.display()), source)
+            })
+        }
+        None => Ok(builder.with_no_client_auth()),
+    }
+}
+
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
