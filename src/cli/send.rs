@@ -82,14 +82,29 @@ struct TlsOut(rustls::StreamOwned<rustls::ClientConnection, TcpStream>);
 
 impl Write for TlsOut {
     fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-        self.0.write(b)
+        self.0.write(b).map_err(|e| self.why(e))
     }
     fn flush(&mut self) -> io::Result<()> {
-        self.0.flush()
+        self.0.flush().map_err(|e| self.why(e))
     }
 }
 
 impl TlsOut {
+    /// A write failed because the server closed: its alert, if it sent one
+    /// and it can still be read, says why (e.g. CertificateRequired).
+    fn why(&mut self, e: io::Error) -> io::Error {
+        let mut buf = [0u8; 512];
+        match self.0.conn.read_tls(&mut self.0.sock).and_then(|_| {
+            self.0.conn.process_new_packets().map_err(|t| io::Error::new(io::ErrorKind::InvalidData, t))?;
+            self.0.conn.reader().read(&mut buf)
+        }) {
+            Err(t) if t.kind() == io::ErrorKind::InvalidData => {
+                io::Error::new(e.kind(), format!("the server ended the TLS session: {t}"))
+            }
+            _ => e,
+        }
+    }
+
     /// Send close_notify, then read until the server closes. In TLS 1.3 a
     /// server refuses a client certificate only after the client has
     /// finished its handshake, so this read is where such a refusal shows:
@@ -108,6 +123,14 @@ impl TlsOut {
             }
         }
     }
+}
+
+/// A failed write to the listener. Made a plain message on purpose: `main`
+/// treats a broken pipe as a closed stdout and exits 0, but here it means
+/// the relay dropped the connection and lines may not have arrived.
+fn lost(a: &SendArgs, e: io::Error) -> anyhow::Error {
+    let over = if a.transport == SendTransport::Tls { " over TLS" } else { "" };
+    anyhow::anyhow!("sending{over} to {}: {e}; lines may not have arrived", a.to)
 }
 
 fn tls_stream(a: &SendArgs) -> anyhow::Result<TlsOut> {
@@ -179,7 +202,7 @@ pub fn send(a: SendArgs) -> anyhow::Result<i32> {
             let elapsed = started.elapsed();
             if due > elapsed + Duration::from_millis(1) {
                 if let Out::Stream(w) = &mut out {
-                    w.flush()?;
+                    w.flush().map_err(|e| lost(&a, e))?;
                 }
                 std::thread::sleep(due - elapsed);
             }
@@ -187,14 +210,14 @@ pub fn send(a: SendArgs) -> anyhow::Result<i32> {
         match &mut out {
             Out::Stream(w) => match a.framing {
                 Framing::Lf => {
-                    w.write_all(&line)?;
-                    w.write_all(b"\n")?;
+                    w.write_all(&line).map_err(|e| lost(&a, e))?;
+                    w.write_all(b"\n").map_err(|e| lost(&a, e))?;
                 }
                 Framing::Octet => {
                     framed.clear();
                     write!(framed, "{} ", line.len())?;
-                    w.write_all(&framed)?;
-                    w.write_all(&line)?;
+                    w.write_all(&framed).map_err(|e| lost(&a, e))?;
+                    w.write_all(&line).map_err(|e| lost(&a, e))?;
                 }
             },
             Out::Udp(s) => {
@@ -207,7 +230,7 @@ pub fn send(a: SendArgs) -> anyhow::Result<i32> {
         sent += 1;
     }
     if let Out::Stream(w) = &mut out {
-        w.finish().with_context(|| format!("sending to {}", a.to))?;
+        w.finish().map_err(|e| lost(&a, e))?;
     }
     let secs = started.elapsed().as_secs_f64();
     eprintln!("ferry send: {sent} lines in {secs:.3}s ({:.0} lines/s)", sent as f64 / secs.max(1e-9));

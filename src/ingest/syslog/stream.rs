@@ -248,6 +248,12 @@ pub(crate) async fn connection_with<F: Frames, S: AsyncRead + Unpin>(
             // Cancel safety: read_buf is cancel safe; nothing is lost if shutdown wins.
             r = tokio::time::timeout(idle, sock.read_buf(&mut buf)) => r,
         };
+        // A TLS client that closes without close_notify (rsyslog's gtls often
+        // does) has still ended its stream: an end, not a read error.
+        let read = match read {
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(Ok(0)),
+            r => r,
+        };
         match read {
             Err(_) => {
                 let pending = dec.mid_record(&buf);
