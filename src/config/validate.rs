@@ -695,6 +695,47 @@ listen = "127.0.0.1:0"
     }
 
     #[test]
+    fn collector_tls_and_gelf_listeners_are_checked() {
+        let listener = |kind: &str, transport: &str, extra: &str| {
+            format!("{MINIMAL}\n[[listener]]\nname = \"x\"\nkind = \"{kind}\"\ntransport = \"{transport}\"\nlisten = \"127.0.0.1:1\"\n{extra}")
+        };
+        let tls = "\n[tls]\nca = \"/c\"\ncert = \"/n\"\nkey = \"/k\"\n";
+        // Valid: TLS for syslog, RELP and HTTP with [tls]; GELF on tcp and udp.
+        for (kind, transport, extra) in [
+            ("syslog", "tls", "client_cert = \"optional\""),
+            ("relp", "tls", ""),
+            ("http", "tls", "client_cert = \"required\""),
+            ("gelf", "udp", "trust = \"untrusted\""),
+            ("gelf", "tcp", ""),
+        ] {
+            let text = format!("{}{tls}", listener(kind, transport, extra));
+            let c = validate(&text, "t.toml").unwrap_or_else(|e| panic!("{kind}/{transport}: {e}"));
+            let l = c.listeners.iter().find(|l| l.name == "x").unwrap();
+            let want = if extra.contains("optional") { ClientCert::Optional } else { ClientCert::Required };
+            assert_eq!(l.client_cert, want);
+        }
+        // Refused, each naming its key.
+        for (text, key, says) in [
+            (listener("syslog", "tls", ""), "listener[1].transport", "needs a [tls] section"),
+            (
+                format!("{}{tls}", listener("syslog", "tcp", "client_cert = \"optional\"")),
+                "listener[1].client_cert",
+                "transport = \"tls\"",
+            ),
+            (
+                format!("{}{tls}", listener("syslog", "tls", "client_cert = \"maybe\"")),
+                "listener[1].client_cert",
+                "maybe",
+            ),
+            (listener("gelf", "unix", ""), "listener[1].transport", "unix"),
+            (listener("http", "udp", ""), "listener[1].transport", "udp"),
+        ] {
+            let Err(Error::Invalid(p)) = validate(&text, "t.toml") else { panic!("{key} accepted:\n{text}") };
+            assert!(p.iter().any(|p| p.key == key && p.message.contains(says) && p.line > 0), "{key}: {p:?}");
+        }
+    }
+
+    #[test]
     fn bad_unit_is_a_located_error() {
         let text = format!("{MINIMAL}\n[store]\ncommit_interval = \"100 parsecs\"\n");
         let Err(Error::Invalid(p)) = validate(&text, "t.toml") else { panic!() };
