@@ -187,6 +187,13 @@ fn clients_without_a_certificate_from_the_deployment_ca_are_refused() {
         |v| v >= 3.0,
     );
     assert_eq!(refused, 3.0, "other CA twice, no certificate once");
+    let status =
+        Command::new(FERRY).args(["status", "--admin", &format!("127.0.0.1:{}", node.admin)]).output().unwrap();
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.lines().any(|l| l.trim_start().starts_with("tls ") && l.contains("connections_refused:tls_handshake=2")),
+        "ferry status shows the refusals per listener:\n{status}"
+    );
     std::thread::sleep(Duration::from_millis(300));
     node.stop();
     let log = node.log_text();

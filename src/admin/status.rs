@@ -88,7 +88,8 @@ pub fn render(m: &Metrics, site: &str, node: &str) -> String {
     let active = by_first(&get("ferry_connections_active", &["listener"]));
     let kernel = by_first(&get("ferry_socket_dropped_datagrams_total", &["listener"]));
     let refused = get("ferry_refused_records_total", &["listener", "reason"]);
-    let _ = writeln!(s, "\nlisteners\n  {:<16} {:>14} {:>6}  DROPPED", "LISTENER", "RECEIVED", "CONNS");
+    let conns_refused = get("ferry_connections_refused_total", &["listener", "reason"]);
+    let _ = writeln!(s, "\nlisteners\n  {:<16} {:>14} {:>6}  DROPPED, REFUSED", "LISTENER", "RECEIVED", "CONNS");
     for (k, v) in &received {
         let mut drops: Vec<String> = dropped
             .iter()
@@ -104,6 +105,12 @@ pub fn render(m: &Metrics, site: &str, node: &str) -> String {
                 .iter()
                 .filter(|(l, n)| l[0] == *k && **n > 0.0)
                 .map(|(l, n)| format!("refused:{}={}", l[1], *n as u64)),
+        );
+        drops.extend(
+            conns_refused
+                .iter()
+                .filter(|(l, n)| l[0] == *k && **n > 0.0)
+                .map(|(l, n)| format!("connections_refused:{}={}", l[1], *n as u64)),
         );
         let _ = writeln!(
             s,
