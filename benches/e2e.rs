@@ -39,8 +39,9 @@ fn main() {
     let runs = env_or("FERRY_BENCH_RUNS", DEFAULT_RUNS as u64).max(1) as usize;
     let sender = match std::env::var("FERRY_BENCH_SENDER").as_deref() {
         Ok("send") => Sender::FerrySend,
+        Ok("send-tls") => Sender::FerrySendTls,
         Ok("threads") | Err(_) => Sender::Threads,
-        Ok(other) => panic!("FERRY_BENCH_SENDER must be `threads` or `send`, not {other:?}"),
+        Ok(other) => panic!("FERRY_BENCH_SENDER must be `threads`, `send` or `send-tls`, not {other:?}"),
     };
     let ferry = ferry_binary();
     let tck = clock_ticks();
@@ -102,6 +103,8 @@ struct Setup {
 enum Sender {
     Threads,
     FerrySend,
+    /// `ferry send --transport tls` into a syslog-over-TLS listener (RFC 5425).
+    FerrySendTls,
 }
 
 impl Sender {
@@ -109,6 +112,7 @@ impl Sender {
         match self {
             Sender::Threads => "in-process sender threads, 1 MiB writes",
             Sender::FerrySend => "`ferry send` processes",
+            Sender::FerrySendTls => "`ferry send --transport tls` processes, syslog over TLS with client certificates",
         }
     }
 }
@@ -349,6 +353,33 @@ fn run_once(setup: &Setup) -> RunResult {
     let busy_before = machine_ticks().since(&quiet0).0 / tck;
     let (tcp, admin) = (free_port(), free_port());
     let data = dir.path().join("data");
+    let tls = matches!(sender, Sender::FerrySendTls);
+    let pki = dir.path().join("pki");
+    let tls_section = if tls {
+        let certs = |args: &[&str]| {
+            let st = Command::new(ferry).arg("certs").args(args).stdout(Stdio::null()).status().expect("ferry certs");
+            assert!(st.success(), "ferry certs {args:?}");
+        };
+        let p = |s: &str| pki.join(s).display().to_string();
+        certs(&["ca", "--out", &p("ca")]);
+        certs(&[
+            "issue",
+            "--ca",
+            &p("ca"),
+            "--site",
+            "bench",
+            "--node",
+            "n1",
+            "--ip",
+            "127.0.0.1",
+            "--out",
+            &p("relay"),
+        ]);
+        certs(&["issue", "--ca", &p("ca"), "--site", "bench", "--node", "sender", "--out", &p("sender")]);
+        format!("\n[tls]\nca = \"{0}/ca.pem\"\ncert = \"{0}/node.pem\"\nkey = \"{0}/node.key\"\n", p("relay"))
+    } else {
+        String::new()
+    };
     let config = format!(
         r#"[node]
 site = "bench"
@@ -369,13 +400,14 @@ name = "{STREAM}"
 [[listener]]
 name = "tcp"
 kind = "syslog"
-transport = "tcp"
+transport = "{transport}"
 listen = "127.0.0.1:{tcp}"
 stream = "{STREAM}"
 # No per-source limits: the bench is one source sending as fast as it can.
 trust = "trusted"
-"#,
-        data = data.display()
+{tls_section}"#,
+        data = data.display(),
+        transport = if tls { "tls" } else { "tcp" },
     );
     let cfg_path = dir.path().join("ferry.toml");
     std::fs::write(&cfg_path, config).expect("write config");
@@ -408,17 +440,20 @@ trust = "trusted"
         Sender::Threads => {
             barrier.wait();
         }
-        Sender::FerrySend => {
+        Sender::FerrySend | Sender::FerrySendTls => {
             for f in files {
-                procs.push(
-                    Command::new(ferry)
-                        .args(["send", "--to", &format!("127.0.0.1:{tcp}"), "--framing", "lf"])
-                        .arg(f)
-                        .stdout(Stdio::null())
-                        .stderr(Stdio::piped())
-                        .spawn()
-                        .expect("start ferry send"),
-                );
+                let mut cmd = Command::new(ferry);
+                cmd.args(["send", "--to", &format!("127.0.0.1:{tcp}"), "--framing", "lf"]);
+                if tls {
+                    let s = pki.join("sender");
+                    cmd.args(["--transport", "tls", "--ca"])
+                        .arg(s.join("ca.pem"))
+                        .arg("--cert")
+                        .arg(s.join("node.pem"))
+                        .arg("--key")
+                        .arg(s.join("node.key"));
+                }
+                procs.push(cmd.arg(f).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("start ferry send"));
             }
         }
     }
