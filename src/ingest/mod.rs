@@ -245,9 +245,9 @@ pub async fn serve(bound: Bound, ctx: Arc<ListenerCtx>, store: Arc<Store>, sd: S
             syslog::stream::serve_unix(l, ctx, sd).await;
             let _ = std::fs::remove_file(p);
         }
-        Bound::Udp(s) => syslog::datagram::serve(syslog::datagram::Udp(s), ctx, sd).await,
+        Bound::Udp(s) => syslog::datagram::serve(syslog::datagram::Udp(s), syslog::datagram::Syslog, ctx, sd).await,
         Bound::UnixDatagram(s, p) => {
-            syslog::datagram::serve(syslog::datagram::Unix(s), ctx, sd).await;
+            syslog::datagram::serve(syslog::datagram::Unix(s), syslog::datagram::Syslog, ctx, sd).await;
             let _ = std::fs::remove_file(p);
         }
     }

@@ -23,5 +23,6 @@ pub async fn serve_tcp(listener: TcpListener, ctx: Arc<ListenerCtx>, sd: Shutdow
 }
 
 pub async fn serve_udp(sock: UdpSocket, ctx: Arc<ListenerCtx>, sd: Shutdown) {
-    udp::serve(sock, ctx, sd).await
+    let gelf = udp::Gelf::new(&ctx);
+    crate::ingest::syslog::datagram::serve(crate::ingest::syslog::datagram::Udp(sock), gelf, ctx, sd).await
 }

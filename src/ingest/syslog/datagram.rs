@@ -5,9 +5,10 @@
 //! likely by a large receive buffer.
 
 use std::io;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::net::{UdpSocket, UnixDatagram};
 use tracing::warn;
@@ -74,15 +75,12 @@ pub fn check_receive_buffer(listener: &str, granted: usize) {
 /// Counts what the kernel dropped at a UDP socket because its receive buffer
 /// was full: the classic silent loss of syslog over UDP. Linux keeps the
 /// count per socket (`drops`, last column of /proc/net/udp and udp6); it is
-/// read once a second and added to `ferry_socket_dropped_datagrams_total`.
+/// read every [`TICK`] and added to `ferry_socket_dropped_datagrams_total`.
 pub struct KernelDrops {
     inode: u64,
     seen: u64,
     counter: prometheus::IntCounter,
 }
-
-/// How often [`KernelDrops::poll`] is called.
-pub const KERNEL_DROPS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl KernelDrops {
     pub fn new(sock: &impl AsRawFd, ctx: &ListenerCtx) -> KernelDrops {
@@ -131,8 +129,9 @@ pub trait DatagramSocket: Send + Sync + 'static {
     fn kernel_drops(&self, _ctx: &ListenerCtx) -> Option<KernelDrops> {
         None
     }
-    fn recv(&self, buf: &mut [u8]) -> impl std::future::Future<Output = io::Result<(usize, Option<IpAddr>)>> + Send;
-    fn try_recv(&self, buf: &mut [u8]) -> io::Result<(usize, Option<IpAddr>)>;
+    fn recv(&self, buf: &mut [u8])
+        -> impl std::future::Future<Output = io::Result<(usize, Option<SocketAddr>)>> + Send;
+    fn try_recv(&self, buf: &mut [u8]) -> io::Result<(usize, Option<SocketAddr>)>;
 }
 
 pub struct Udp(pub UdpSocket);
@@ -142,64 +141,108 @@ impl DatagramSocket for Udp {
     fn kernel_drops(&self, ctx: &ListenerCtx) -> Option<KernelDrops> {
         Some(KernelDrops::new(&self.0, ctx))
     }
-    async fn recv(&self, buf: &mut [u8]) -> io::Result<(usize, Option<IpAddr>)> {
-        self.0.recv_from(buf).await.map(|(n, a)| (n, Some(a.ip())))
+    async fn recv(&self, buf: &mut [u8]) -> io::Result<(usize, Option<SocketAddr>)> {
+        self.0.recv_from(buf).await.map(|(n, a)| (n, Some(a)))
     }
-    fn try_recv(&self, buf: &mut [u8]) -> io::Result<(usize, Option<IpAddr>)> {
-        self.0.try_recv_from(buf).map(|(n, a)| (n, Some(a.ip())))
+    fn try_recv(&self, buf: &mut [u8]) -> io::Result<(usize, Option<SocketAddr>)> {
+        self.0.try_recv_from(buf).map(|(n, a)| (n, Some(a)))
     }
 }
 
 impl DatagramSocket for Unix {
-    async fn recv(&self, buf: &mut [u8]) -> io::Result<(usize, Option<IpAddr>)> {
+    async fn recv(&self, buf: &mut [u8]) -> io::Result<(usize, Option<SocketAddr>)> {
         self.0.recv_from(buf).await.map(|(n, _)| (n, None))
     }
-    fn try_recv(&self, buf: &mut [u8]) -> io::Result<(usize, Option<IpAddr>)> {
+    fn try_recv(&self, buf: &mut [u8]) -> io::Result<(usize, Option<SocketAddr>)> {
         self.0.try_recv_from(buf).map(|(n, _)| (n, None))
     }
 }
 
-/// Serve a datagram socket until shutdown.
-pub async fn serve<S: DatagramSocket>(sock: S, ctx: Arc<ListenerCtx>, sd: Shutdown) {
+/// What a datagram listener makes of each datagram: syslog takes it as one
+/// record, GELF reassembles chunks and decompresses. The receive loop around
+/// it (batching, holding through a stall, kernel drops, draining at a stop)
+/// is [`serve`], the same for both.
+pub trait Datagrams: Send {
+    /// One datagram from `src` (`None` on unix sockets), received at `wall_ms`
+    /// (the archive's clock) and `at` (a monotonic one, for timeouts).
+    fn datagram(
+        &mut self,
+        ctx: &ListenerCtx,
+        batcher: &mut Batcher,
+        src: Option<SocketAddr>,
+        d: &[u8],
+        wall_ms: i64,
+        at: Instant,
+    );
+    /// Every [`TICK`], traffic or not (GELF: give up on incomplete messages).
+    fn tick(&mut self, _ctx: &ListenerCtx, _at: Instant) {}
+}
+
+/// Syslog datagrams: one datagram is one record.
+pub struct Syslog;
+
+impl Datagrams for Syslog {
+    #[inline]
+    fn datagram(
+        &mut self,
+        ctx: &ListenerCtx,
+        b: &mut Batcher,
+        src: Option<SocketAddr>,
+        d: &[u8],
+        wall: i64,
+        _: Instant,
+    ) {
+        push(ctx, b, src.map(|a| a.ip()), d, ctx.cfg.max_record_bytes, wall)
+    }
+}
+
+/// How often kernel drops are read and [`Datagrams::tick`] runs.
+pub const TICK: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Serve a datagram socket with `handler` until shutdown.
+pub async fn serve<S: DatagramSocket, D: Datagrams>(sock: S, mut handler: D, ctx: Arc<ListenerCtx>, sd: Shutdown) {
     let mut buf = vec![0u8; 65536];
     let mut batcher = Batcher::new(&ctx, String::new());
-    let max = ctx.cfg.max_record_bytes;
     let mut kernel = sock.kernel_drops(&ctx);
-    let mut tick = tokio::time::interval(KERNEL_DROPS_EVERY);
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let failed = |e: &io::Error| {
+        if ctx.may_warn() {
+            warn!(listener = %ctx.name, error = %e, "datagram receive failed");
+        }
+    };
     loop {
         let first = tokio::select! {
             _ = sd.token.cancelled() => break,
-            _ = tick.tick(), if kernel.is_some() => {
+            _ = tick.tick() => {
                 if let Some(k) = kernel.as_mut() {
                     k.poll();
                 }
+                handler.tick(&ctx, Instant::now());
                 continue;
             }
+            // Cancel safety: recv_from is cancel safe; a tick loses no datagram.
             r = sock.recv(&mut buf) => r,
             _ = tokio::time::sleep(HOLD_RETRY), if batcher.has_records() => {
                 batcher.try_flush();
                 continue;
             }
         };
-        let now = SystemClock.now_ms();
+        let (wall, at) = (SystemClock.now_ms(), Instant::now());
         match first {
-            Ok((n, src)) => push(&ctx, &mut batcher, src, &buf[..n], max, now),
+            Ok((n, src)) => handler.datagram(&ctx, &mut batcher, src, &buf[..n], wall, at),
             Err(e) => {
-                if ctx.may_warn() {
-                    warn!(listener = %ctx.name, error = %e, "datagram receive failed");
-                }
+                failed(&e);
                 continue;
             }
         }
         // Take whatever else is already queued, up to a batch, without waiting.
         while batcher.buffered() < BATCH_BYTES {
             match sock.try_recv(&mut buf) {
-                Ok((n, src)) => push(&ctx, &mut batcher, src, &buf[..n], max, now),
+                Ok((n, src)) => handler.datagram(&ctx, &mut batcher, src, &buf[..n], wall, at),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => {
-                    if ctx.may_warn() {
-                        warn!(listener = %ctx.name, error = %e, "datagram receive failed");
-                    }
+                    failed(&e);
                     break;
                 }
             }
