@@ -5,6 +5,7 @@
 //! [`serve`]; adding one means adding a variant, not registering a plugin.
 
 pub mod batcher;
+pub mod conn;
 pub mod gelf;
 pub mod http;
 pub mod limits;
@@ -21,7 +22,7 @@ use std::sync::Arc;
 use tokio::net::{TcpListener, UdpSocket, UnixDatagram, UnixListener};
 use tracing::warn;
 
-use crate::config::{ListenAddr, ListenerConfig, Transport};
+use crate::config::{ListenAddr, ListenerConfig, ListenerKind, Transport};
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::store::{Error as StoreError, Store, StreamHandle};
@@ -143,10 +144,9 @@ impl ListenerCtx {
 
 /// A bound listener socket, ready to serve.
 pub enum Bound {
-    Tcp(TcpListener),
-    /// Syslog (RFC 5425) or RELP over TLS: TCP accepted, then a handshake per
-    /// connection in that connection's own task.
-    Tls(TcpListener, tokio_rustls::TlsAcceptor),
+    /// With an acceptor for `transport = "tls"` (syslog per RFC 5425, RELP,
+    /// HTTP): each connection's handshake runs in that connection's task.
+    Tcp(TcpListener, Option<tokio_rustls::TlsAcceptor>),
     UnixStream(UnixListener, PathBuf),
     Udp(UdpSocket),
     UnixDatagram(UnixDatagram, PathBuf),
@@ -156,7 +156,7 @@ impl Bound {
     /// The address actually bound (port 0 resolved), for logs and tests.
     pub fn local_addr(&self) -> String {
         match self {
-            Bound::Tcp(l) | Bound::Tls(l, _) => l.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            Bound::Tcp(l, _) => l.local_addr().map(|a| a.to_string()).unwrap_or_default(),
             Bound::Udp(s) => s.local_addr().map(|a| a.to_string()).unwrap_or_default(),
             Bound::UnixStream(_, p) | Bound::UnixDatagram(_, p) => p.display().to_string(),
         }
@@ -172,9 +172,9 @@ pub async fn bind(cfg: &ListenerConfig, tls: Option<&crate::pki::TlsFiles>) -> i
             let files = tls.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "TLS listener without [tls]"))?;
             let config = crate::pki::collector_server_config(files, cfg.client_cert)
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
-            Ok(Bound::Tls(TcpListener::bind(a).await?, tokio_rustls::TlsAcceptor::from(Arc::new(config))))
+            Ok(Bound::Tcp(TcpListener::bind(a).await?, Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))))
         }
-        (ListenAddr::Socket(a), Transport::Tcp) => Ok(Bound::Tcp(TcpListener::bind(a).await?)),
+        (ListenAddr::Socket(a), Transport::Tcp) => Ok(Bound::Tcp(TcpListener::bind(a).await?, None)),
         (ListenAddr::Socket(a), Transport::Udp) => {
             let s = UdpSocket::bind(a).await?;
             syslog::datagram::check_receive_buffer(&cfg.name, syslog::datagram::grow_receive_buffer(&s));
@@ -227,20 +227,13 @@ fn remove_stale_socket(p: &std::path::Path) -> io::Result<()> {
 /// Serve a bound listener until shutdown.
 pub async fn serve(bound: Bound, ctx: Arc<ListenerCtx>, store: Arc<Store>, sd: Shutdown) {
     match bound {
-        Bound::Tcp(l) if ctx.cfg.kind == crate::config::ListenerKind::Http => {
-            http::serve(l, None, ctx, store, sd).await
-        }
-        Bound::Tls(l, acceptor) if ctx.cfg.kind == crate::config::ListenerKind::Http => {
-            http::serve(l, Some(acceptor), ctx, store, sd).await
-        }
-        Bound::Tcp(l) if ctx.cfg.kind == crate::config::ListenerKind::Gelf => gelf::serve_tcp(l, ctx, sd).await,
-        Bound::Udp(s) if ctx.cfg.kind == crate::config::ListenerKind::Gelf => gelf::serve_udp(s, ctx, sd).await,
-        Bound::Tls(l, acceptor) if ctx.cfg.kind == crate::config::ListenerKind::Relp => {
-            relp::serve_tls(l, acceptor, ctx, sd).await
-        }
-        Bound::Tls(l, acceptor) => syslog::stream::serve_tls(l, acceptor, ctx, sd).await,
-        Bound::Tcp(l) if ctx.cfg.kind == crate::config::ListenerKind::Relp => relp::serve(l, ctx, sd).await,
-        Bound::Tcp(l) => syslog::stream::serve_tcp(l, ctx, sd).await,
+        Bound::Tcp(l, tls) => match ctx.cfg.kind {
+            ListenerKind::Http => http::serve(l, tls, ctx, store, sd).await,
+            ListenerKind::Relp => relp::serve(l, tls, ctx, sd).await,
+            ListenerKind::Gelf => gelf::serve_tcp(l, ctx, sd).await,
+            ListenerKind::Syslog | ListenerKind::Ferry => syslog::stream::serve_tcp(l, tls, ctx, sd).await,
+        },
+        Bound::Udp(s) if ctx.cfg.kind == ListenerKind::Gelf => gelf::serve_udp(s, ctx, sd).await,
         Bound::UnixStream(l, p) => {
             syslog::stream::serve_unix(l, ctx, sd).await;
             let _ = std::fs::remove_file(p);

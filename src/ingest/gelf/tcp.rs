@@ -13,7 +13,7 @@ use crate::ingest::ListenerCtx;
 use crate::shutdown::Shutdown;
 
 pub async fn serve(listener: TcpListener, ctx: Arc<ListenerCtx>, sd: Shutdown) {
-    accept_tcp(listener, ctx, sd, |sock, peer, ip, ctx, sd, permit| {
+    accept_tcp(listener, None, ctx, sd, |sock, peer, ip, ctx, sd, permit| {
         let split = Splitter::new(ctx.cfg.max_record_bytes);
         connection_with(split, sock, peer, Some(ip), ctx, sd, permit)
     })

@@ -14,13 +14,13 @@ use std::time::Duration;
 
 use prometheus::IntGauge;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
 use tracing::info;
 
-use crate::ingest::syslog::stream::{accept_tcp, handshake};
+use crate::ingest::syslog::stream::accept_tcp;
 use crate::ingest::ListenerCtx;
 use crate::shutdown::Shutdown;
 
@@ -39,17 +39,10 @@ pub fn incoming(
 ) -> io::Result<Incoming> {
     let local = listener.local_addr()?;
     let (tx, rx) = mpsc::channel(64);
-    sd.spawn(accept_tcp(listener, ctx, sd.clone(), move |sock, peer, _, ctx, _, permit| {
-        let (tx, tls) = (tx.clone(), tls.clone());
+    sd.spawn(accept_tcp(listener, tls, ctx, sd.clone(), move |io, peer, _, ctx, _, permit| {
+        let tx = tx.clone();
         async move {
             let Ok(addr) = peer.parse::<SocketAddr>() else { return };
-            let io = match tls {
-                Some(acceptor) => match handshake(&acceptor, sock, &peer, &ctx).await {
-                    Some(s) => Io::Tls(Box::new(s)),
-                    None => return,
-                },
-                None => Io::Plain(sock),
-            };
             let (closed, on_close) = oneshot::channel();
             let m = &ctx.metrics;
             m.connections_accepted.with_label_values(&[&ctx.name]).inc();
@@ -98,15 +91,10 @@ impl axum::serve::Listener for Incoming {
     }
 }
 
-enum Io {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
-}
-
 /// One accepted connection: closed with `TimedOut` when nothing has been
 /// read for the listener's `idle_timeout` while axum waits for bytes.
 pub struct Conn {
-    io: Io,
+    io: crate::ingest::conn::Conn,
     idle: Duration,
     deadline: Pin<Box<Sleep>>,
     timed_out: bool,
@@ -124,20 +112,11 @@ impl Drop for Conn {
     }
 }
 
-macro_rules! io {
-    ($self:ident, $s:ident => $e:expr) => {
-        match &mut $self.io {
-            Io::Plain($s) => $e,
-            Io::Tls($s) => $e,
-        }
-    };
-}
-
 impl AsyncRead for Conn {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
         let before = buf.filled().len();
-        match io!(this, s => Pin::new(s).poll_read(cx, buf)) {
+        match Pin::new(&mut this.io).poll_read(cx, buf) {
             Poll::Ready(r) => {
                 if buf.filled().len() > before {
                     let next = Instant::now() + this.idle;
@@ -158,25 +137,22 @@ impl AsyncRead for Conn {
 
 impl AsyncWrite for Conn {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        io!(self, s => Pin::new(s).poll_write(cx, buf))
+        Pin::new(&mut self.io).poll_write(cx, buf)
     }
     fn poll_write_vectored(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        io!(self, s => Pin::new(s).poll_write_vectored(cx, bufs))
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
     }
     fn is_write_vectored(&self) -> bool {
-        match &self.io {
-            Io::Plain(s) => s.is_write_vectored(),
-            Io::Tls(s) => s.is_write_vectored(),
-        }
+        self.io.is_write_vectored()
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        io!(self, s => Pin::new(s).poll_flush(cx))
+        Pin::new(&mut self.io).poll_flush(cx)
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        io!(self, s => Pin::new(s).poll_shutdown(cx))
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }

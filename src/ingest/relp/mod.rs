@@ -15,14 +15,15 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
 use super::batcher::Batcher;
-use super::syslog::stream::{accept_tcp, handshake};
+use super::conn::Conn;
+use super::syslog::stream::accept_tcp;
 use super::ListenerCtx;
 use crate::shutdown::Shutdown;
 use crate::store::clock::{Clock, SystemClock};
@@ -31,21 +32,9 @@ use codec::{decode, encode_rsp, Frame};
 
 type Ack = oneshot::Receiver<Result<Committed, StoreError>>;
 
-pub async fn serve(listener: TcpListener, ctx: Arc<ListenerCtx>, sd: Shutdown) {
-    accept_tcp(listener, ctx, sd, connection).await
-}
-
-/// RELP over TLS (rsyslog's `tls="on"` for omrelp), with the deployment CA.
-pub async fn serve_tls(listener: TcpListener, acceptor: TlsAcceptor, ctx: Arc<ListenerCtx>, sd: Shutdown) {
-    accept_tcp(listener, ctx, sd, move |sock, peer, ip, ctx, sd, permit| {
-        let acceptor = acceptor.clone();
-        async move {
-            if let Some(tls) = handshake(&acceptor, sock, &peer, &ctx).await {
-                connection(tls, peer, ip, ctx, sd, permit).await
-            }
-        }
-    })
-    .await
+/// RELP over TCP, or over TLS (rsyslog's omrelp `tls="on"`) with `tls`.
+pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, ctx: Arc<ListenerCtx>, sd: Shutdown) {
+    accept_tcp(listener, tls, ctx, sd, connection).await
 }
 
 /// Wait for the oldest commit in flight. Cancel safe: the entry is removed
@@ -59,16 +48,14 @@ async fn oldest(q: &mut VecDeque<(Ack, Vec<u64>)>) -> (bool, Vec<u64>) {
     (ok, txnrs)
 }
 
-async fn connection<S>(
-    sock: S,
+async fn connection(
+    sock: Conn,
     peer: String,
     ip: std::net::IpAddr,
     ctx: Arc<ListenerCtx>,
     sd: Shutdown,
     _permit: OwnedSemaphorePermit,
-) where
-    S: AsyncRead + AsyncWrite + Send + 'static,
-{
+) {
     let m = &ctx.metrics;
     m.connections_accepted.with_label_values(&[&ctx.name]).inc();
     let active = m.connections_active.with_label_values(&[&ctx.name]);

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::net::{TcpListener, TcpStream, UnixListener};
+use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
@@ -20,6 +20,7 @@ use tracing::{debug, info, warn};
 use super::framing::{Decoder, Next};
 use crate::config::MAX_RECORD_BYTES_CEILING;
 use crate::ingest::batcher::Batcher;
+use crate::ingest::conn::Conn;
 use crate::ingest::ListenerCtx;
 use crate::metrics::DropReason;
 use crate::shutdown::Shutdown;
@@ -28,78 +29,29 @@ use crate::store::clock::{Clock, SystemClock};
 /// Read buffer growth step; also about one batch per read at full speed.
 const READ_CHUNK: usize = 64 << 10;
 
-pub async fn serve_tcp(listener: TcpListener, ctx: Arc<ListenerCtx>, sd: Shutdown) {
-    accept_tcp(listener, ctx, sd, |sock, peer, ip, ctx, sd, permit| connection(sock, peer, Some(ip), ctx, sd, permit))
-        .await
-}
-
-/// Syslog over TLS (RFC 5425): octet-counted (or LF) frames inside TLS.
-pub async fn serve_tls(listener: TcpListener, acceptor: TlsAcceptor, ctx: Arc<ListenerCtx>, sd: Shutdown) {
-    accept_tcp(listener, ctx, sd, move |sock, peer, ip, ctx, sd, permit| {
-        let acceptor = acceptor.clone();
-        async move {
-            if let Some(tls) = handshake(&acceptor, sock, &peer, &ctx).await {
-                connection(tls, peer, Some(ip), ctx, sd, permit).await
-            }
-        }
+/// Syslog over TCP, or over TLS (RFC 5425) with `tls`: RFC 6587 frames.
+pub async fn serve_tcp(listener: TcpListener, tls: Option<TlsAcceptor>, ctx: Arc<ListenerCtx>, sd: Shutdown) {
+    accept_tcp(listener, tls, ctx, sd, |conn, peer, ip, ctx, sd, permit| {
+        connection(conn, peer, Some(ip), ctx, sd, permit)
     })
     .await
 }
 
-/// The TLS handshake of a collector connection, bounded by the listener's
-/// idle timeout (at most 30 s). A failure (a certificate from another CA,
-/// none where one is required, a client speaking plain text) is logged with
-/// the peer and the reason, and counted as a refused connection.
-pub(crate) async fn handshake(
-    acceptor: &TlsAcceptor,
-    sock: TcpStream,
-    peer: &str,
-    ctx: &ListenerCtx,
-) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
-    let limit = ctx.cfg.idle_timeout.min(Duration::from_secs(30));
-    let refuse = |detail: String| {
-        ctx.metrics.connections_refused.with_label_values(&[&ctx.name, "tls_handshake"]).inc();
-        let cause = crate::pki::classify_tls(&detail);
-        let what = match cause {
-            "unknown_ca" => "the client certificate is not issued by the deployment CA",
-            "no_client_cert" => "the client sent no certificate and this listener requires one (client_cert)",
-            "expired" => "the client certificate has expired",
-            "timeout" => "no handshake in time",
-            _ => "TLS handshake failed",
-        };
-        if ctx.may_warn() {
-            warn!(listener = %ctx.name, %peer, cause, %detail, "TLS connection refused: {what}");
-        }
-    };
-    match tokio::time::timeout(limit, acceptor.accept(sock)).await {
-        Ok(Ok(tls)) => {
-            if let Some(c) = tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
-                match crate::pki::identity_from_cert(c) {
-                    Ok(id) => debug!(listener = %ctx.name, %peer, client = %id, "TLS client authenticated"),
-                    Err(_) => {
-                        debug!(listener = %ctx.name, %peer, "TLS client authenticated (certificate without a ferry identity)")
-                    }
-                }
-            }
-            Some(tls)
-        }
-        Ok(Err(e)) => {
-            refuse(e.to_string());
-            None
-        }
-        Err(_) => {
-            refuse(format!("no handshake within {limit:?}"));
-            None
-        }
-    }
-}
-
 /// Accept TCP connections under `max_connections` and
 /// `max_connections_per_source`, and serve each with `serve` in a tracked
-/// task. Shared by every TCP listener kind.
-pub(crate) async fn accept_tcp<F, Fut>(listener: TcpListener, ctx: Arc<ListenerCtx>, sd: Shutdown, serve: F)
-where
-    F: Fn(TcpStream, String, std::net::IpAddr, Arc<ListenerCtx>, Shutdown, OwnedSemaphorePermit) -> Fut,
+/// task, after its TLS handshake when the listener has `tls`. Shared by
+/// every TCP listener kind.
+pub(crate) async fn accept_tcp<F, Fut>(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    ctx: Arc<ListenerCtx>,
+    sd: Shutdown,
+    serve: F,
+) where
+    F: Fn(Conn, String, std::net::IpAddr, Arc<ListenerCtx>, Shutdown, OwnedSemaphorePermit) -> Fut
+        + Clone
+        + Send
+        + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let limit = Arc::new(Semaphore::new(ctx.cfg.max_connections));
@@ -122,11 +74,12 @@ where
                     continue;
                 }
                 let _ = sock.set_nodelay(true);
-                let conn = serve(sock, peer, addr.ip(), ctx.clone(), sd.clone(), permit);
-                let ctx = ctx.clone();
+                let (ctx, sd2, tls, serve, ip) = (ctx.clone(), sd.clone(), tls.clone(), serve.clone(), addr.ip());
                 sd.spawn(async move {
-                    conn.await;
-                    ctx.leave_source(addr.ip());
+                    if let Some(conn) = Conn::open(sock, tls.as_ref(), &peer, &ctx).await {
+                        serve(conn, peer, ip, ctx.clone(), sd2, permit).await;
+                    }
+                    ctx.leave_source(ip);
                 });
             }
             Err(e) => accept_error(&ctx, e).await,
@@ -247,12 +200,6 @@ pub(crate) async fn connection_with<F: Frames, S: AsyncRead + Unpin>(
             _ = sd.token.cancelled() => break "shutdown",
             // Cancel safety: read_buf is cancel safe; nothing is lost if shutdown wins.
             r = tokio::time::timeout(idle, sock.read_buf(&mut buf)) => r,
-        };
-        // A TLS client that closes without close_notify (rsyslog's gtls often
-        // does) has still ended its stream: an end, not a read error.
-        let read = match read {
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(Ok(0)),
-            r => r,
         };
         match read {
             Err(_) => {

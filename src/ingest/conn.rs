@@ -1,0 +1,131 @@
+//! An accepted TCP connection, plain or TLS: what the shared accept loop
+//! hands every stream listener kind. The TLS handshake happens in the
+//! connection's own task, so a slow or hostile client never holds up accepts.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, warn};
+
+use super::ListenerCtx;
+
+pub enum Conn {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl Conn {
+    /// `sock` as is, or after a TLS handshake with `tls`; `None` if refused.
+    pub(crate) async fn open(
+        sock: TcpStream,
+        tls: Option<&TlsAcceptor>,
+        peer: &str,
+        ctx: &ListenerCtx,
+    ) -> Option<Conn> {
+        match tls {
+            None => Some(Conn::Plain(sock)),
+            Some(acceptor) => handshake(acceptor, sock, peer, ctx).await.map(|s| Conn::Tls(Box::new(s))),
+        }
+    }
+}
+
+/// The TLS handshake of a collector connection, bounded by the listener's
+/// idle timeout (at most 30 s). A failure (a certificate from another CA,
+/// none where one is required, a client speaking plain text) is logged with
+/// the peer and the reason, and counted as a refused connection.
+async fn handshake(
+    acceptor: &TlsAcceptor,
+    sock: TcpStream,
+    peer: &str,
+    ctx: &ListenerCtx,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    let limit = ctx.cfg.idle_timeout.min(Duration::from_secs(30));
+    let refuse = |detail: String| {
+        ctx.metrics.connections_refused.with_label_values(&[&ctx.name, "tls_handshake"]).inc();
+        let cause = crate::pki::classify_tls(&detail);
+        let what = match cause {
+            "unknown_ca" => "the client certificate is not issued by the deployment CA",
+            "no_client_cert" => "the client sent no certificate and this listener requires one (client_cert)",
+            "expired" => "the client certificate has expired",
+            "timeout" => "no handshake in time",
+            _ => "TLS handshake failed",
+        };
+        if ctx.may_warn() {
+            warn!(listener = %ctx.name, %peer, cause, %detail, "TLS connection refused: {what}");
+        }
+    };
+    match tokio::time::timeout(limit, acceptor.accept(sock)).await {
+        Ok(Ok(tls)) => {
+            if let Some(c) = tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
+                match crate::pki::identity_from_cert(c) {
+                    Ok(id) => debug!(listener = %ctx.name, %peer, client = %id, "TLS client authenticated"),
+                    Err(_) => {
+                        debug!(listener = %ctx.name, %peer, "TLS client authenticated (certificate without a ferry identity)")
+                    }
+                }
+            }
+            Some(tls)
+        }
+        Ok(Err(e)) => {
+            refuse(e.to_string());
+            None
+        }
+        Err(_) => {
+            refuse(format!("no handshake within {limit:?}"));
+            None
+        }
+    }
+}
+
+macro_rules! io {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self.get_mut() {
+            Conn::Plain($s) => $e,
+            Conn::Tls($s) => $e,
+        }
+    };
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            // A TLS client that closes without close_notify (rsyslog's gtls often
+            // does) has still ended its stream: an end, not a read error.
+            Conn::Tls(s) => match Pin::new(s).poll_read(cx, buf) {
+                Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => Poll::Ready(Ok(())),
+                r => r,
+            },
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        io!(self, s => Pin::new(s).poll_write(cx, buf))
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        io!(self, s => Pin::new(s).poll_write_vectored(cx, bufs))
+    }
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Conn::Plain(s) => s.is_write_vectored(),
+            Conn::Tls(s) => s.is_write_vectored(),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        io!(self, s => Pin::new(s).poll_flush(cx))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        io!(self, s => Pin::new(s).poll_shutdown(cx))
+    }
+}
