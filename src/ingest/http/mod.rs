@@ -16,6 +16,7 @@
 
 mod accept;
 
+use std::borrow::Cow;
 use std::io::Read;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -32,7 +33,6 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tracing::warn;
 
-use super::limits::SourceLimits;
 use super::ListenerCtx;
 use crate::config::Trust;
 use crate::shutdown::Shutdown;
@@ -43,7 +43,6 @@ use crate::store::{Batch, Error as StoreError, Store};
 struct HttpCtx {
     listener: Arc<ListenerCtx>,
     store: Arc<Store>,
-    limits: SourceLimits,
 }
 
 /// Serve HTTP ingest until shutdown.
@@ -54,7 +53,6 @@ pub async fn serve(
     store: Arc<Store>,
     sd: Shutdown,
 ) {
-    let limits = SourceLimits::new(ctx.cfg.source_records_per_sec, ctx.cfg.source_bytes_per_sec);
     let max_body = ctx.cfg.max_body_bytes;
     let name = ctx.name.clone();
     let incoming = match accept::incoming(listener, tls, ctx.clone(), sd.clone()) {
@@ -64,7 +62,7 @@ pub async fn serve(
             return;
         }
     };
-    let state = Arc::new(HttpCtx { listener: ctx, store, limits });
+    let state = Arc::new(HttpCtx { listener: ctx, store });
     let app = Router::new()
         .route("/v1/streams/{stream}", post(ingest))
         .layer(DefaultBodyLimit::max(max_body))
@@ -95,12 +93,12 @@ fn refuse(
     (status, format!("{msg}\n")).into_response()
 }
 
-fn decode_body(
+fn decode_body<'a>(
     encoding: Option<&str>,
-    body: &[u8],
+    body: &'a [u8],
     limit: usize,
-) -> Result<Vec<u8>, (StatusCode, &'static str, String)> {
-    fn read_limited(r: impl Read, limit: usize) -> Result<Vec<u8>, (StatusCode, &'static str, String)> {
+) -> Result<Cow<'a, [u8]>, (StatusCode, &'static str, String)> {
+    fn read_limited<'b>(r: impl Read, limit: usize) -> Result<Cow<'b, [u8]>, (StatusCode, &'static str, String)> {
         let mut out = Vec::new();
         let n = r
             .take(limit as u64 + 1)
@@ -113,10 +111,10 @@ fn decode_body(
                 format!("decompressed body exceeds max_body_bytes ({limit})"),
             ));
         }
-        Ok(out)
+        Ok(Cow::Owned(out))
     }
     match encoding.map(str::trim) {
-        None | Some("") | Some("identity") => Ok(body.to_vec()),
+        None | Some("") | Some("identity") => Ok(Cow::Borrowed(body)),
         Some("gzip") | Some("x-gzip") => read_limited(flate2::read::MultiGzDecoder::new(body), limit),
         Some("zstd") => {
             let d = zstd::stream::read::Decoder::new(body)
@@ -194,7 +192,7 @@ async fn ingest(
     if records == 0 {
         return (StatusCode::OK, "{\"accepted\":0}\n").into_response();
     }
-    if let Err(wait) = ctx.limits.take_all(peer.ip(), records, bytes, Instant::now()) {
+    if let Err(wait) = l.limits.take_all(peer.ip(), records, bytes, Instant::now()) {
         let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
         let mut r = refuse(
             &ctx,
