@@ -82,29 +82,14 @@ struct TlsOut(rustls::StreamOwned<rustls::ClientConnection, TcpStream>);
 
 impl Write for TlsOut {
     fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-        self.0.write(b).map_err(|e| self.why(e))
+        self.0.write(b)
     }
     fn flush(&mut self) -> io::Result<()> {
-        self.0.flush().map_err(|e| self.why(e))
+        self.0.flush()
     }
 }
 
 impl TlsOut {
-    /// A write failed because the server closed: its alert, if it sent one
-    /// and it can still be read, says why (e.g. CertificateRequired).
-    fn why(&mut self, e: io::Error) -> io::Error {
-        let mut buf = [0u8; 512];
-        match self.0.conn.read_tls(&mut self.0.sock).and_then(|_| {
-            self.0.conn.process_new_packets().map_err(|t| io::Error::new(io::ErrorKind::InvalidData, t))?;
-            self.0.conn.reader().read(&mut buf)
-        }) {
-            Err(t) if t.kind() == io::ErrorKind::InvalidData => {
-                io::Error::new(e.kind(), format!("the server ended the TLS session: {t}"))
-            }
-            _ => e,
-        }
-    }
-
     /// Send close_notify, then read until the server closes. In TLS 1.3 a
     /// server refuses a client certificate only after the client has
     /// finished its handshake, so this read is where such a refusal shows:

@@ -110,7 +110,7 @@ pub struct RawListener {
     pub max_connections_per_source: Option<Spanned<i64>>,
     /// `kind = "ferry"`: peer sites allowed to forward other sites' segments (regional hops).
     pub relays: Option<Spanned<Vec<String>>>,
-    /// `transport = "tls"` syslog and RELP listeners: "required" or "optional".
+    /// `transport = "tls"` syslog, RELP and HTTP listeners: "required" or "optional".
     pub client_cert: Option<Spanned<String>>,
     #[serde(default)]
     pub route: Vec<RawRoute>,
