@@ -7,7 +7,6 @@
 
 pub mod chunk;
 pub mod decode;
-pub mod split;
 mod tcp;
 mod udp;
 

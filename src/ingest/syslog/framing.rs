@@ -3,7 +3,8 @@
 //!
 //! The framing is detected once per connection from its first byte: a digit
 //! means octet counting (`LEN SP MSG`), anything else LF-terminated lines
-//! (non-transparent framing). A record longer than `max_record` is cut to
+//! (non-transparent framing). GELF over TCP is the same decoder with NUL as
+//! the terminator and no detection ([`Decoder::nul_delimited`]). A record longer than `max_record` is cut to
 //! `max_record` bytes, returned with `truncated = true`, and the rest of it is
 //! skipped without buffering. A malformed or absurd octet count loses the
 //! stream's synchronisation: that is a fatal [`FramingError`] for the
@@ -17,6 +18,7 @@ const MAX_COUNT_DIGITS: usize = 9;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Framing {
     OctetCounting,
+    /// Records end with the decoder's terminator: LF for syslog, NUL for GELF.
     LineFeed,
 }
 
@@ -80,15 +82,24 @@ pub struct Decoder {
     /// Largest octet count accepted (longer ones, up to this, are truncated).
     max_count: usize,
     /// Bytes still to discard of a truncated record (`None` = not skipping).
-    /// For LF framing, `Some(u64::MAX)` means "until the next LF".
+    /// For LF framing, `Some(u64::MAX)` means "until the next terminator".
     skipping: Option<u64>,
+    /// What ends a record in `LineFeed` framing.
+    terminator: u8,
 }
 
 impl Decoder {
     /// `max_record`: longest record kept; `max_count`: the octet count above
     /// which the peer is considered broken.
     pub fn new(max_record: usize, max_count: usize) -> Decoder {
-        Decoder { framing: None, max_record, max_count: max_count.max(max_record), skipping: None }
+        Decoder { framing: None, max_record, max_count: max_count.max(max_record), skipping: None, terminator: b'\n' }
+    }
+
+    /// GELF over TCP: records end with NUL, never octet-counted; a last
+    /// record without its NUL at end of stream is still a record.
+    pub fn nul_delimited(max_record: usize) -> Decoder {
+        let max_record = max_record.max(1);
+        Decoder { framing: Some(Framing::LineFeed), max_record, max_count: max_record, skipping: None, terminator: 0 }
     }
 
     pub fn framing(&self) -> Option<Framing> {
@@ -128,7 +139,7 @@ impl Decoder {
 
     fn next_line(&mut self, input: &[u8]) -> Next {
         if self.skipping.is_some() {
-            return match memchr::memchr(b'\n', input) {
+            return match memchr::memchr(self.terminator, input) {
                 Some(i) => {
                     self.skipping = None;
                     Next::Skip { consumed: i + 1 }
@@ -137,7 +148,7 @@ impl Decoder {
             };
         }
         let window = &input[..input.len().min(self.max_record + 1)];
-        match memchr::memchr(b'\n', window) {
+        match memchr::memchr(self.terminator, window) {
             Some(0) => Next::Skip { consumed: 1 },
             Some(i) => Next::Record { start: 0, len: i, consumed: i + 1, truncated: false },
             None if window.len() > self.max_record => {
@@ -278,6 +289,58 @@ mod tests {
 
     fn frames() -> impl Strategy<Value = Vec<Vec<u8>>> {
         proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..40), 0..20)
+    }
+
+    /// Feed `input` in pieces of `step` bytes, as reads would deliver it.
+    fn split_all(input: &[u8], max: usize, step: usize) -> Vec<(Vec<u8>, bool)> {
+        let mut s = Decoder::nul_delimited(max);
+        let (mut buf, mut out) = (Vec::new(), Vec::new());
+        for piece in input.chunks(step.max(1)) {
+            buf.extend_from_slice(piece);
+            let mut pos = 0;
+            loop {
+                match s.next(&buf[pos..]) {
+                    Next::Incomplete => break,
+                    Next::Skip { consumed } => pos += consumed,
+                    Next::Record { len, consumed, truncated, .. } => {
+                        out.push((buf[pos..pos + len].to_vec(), truncated));
+                        pos += consumed;
+                    }
+                    Next::Error(e) => panic!("NUL framing has no framing errors: {e}"),
+                }
+            }
+            buf.drain(..pos);
+        }
+        out.extend(s.finish(&buf).map(|(r, t)| (r.to_vec(), t)));
+        out
+    }
+
+    #[test]
+    fn nul_delimited_with_a_final_unterminated_message() {
+        let got = split_all(b"{\"a\":1}\0\0{\"b\":2}\0{\"c\":3}", 100, 3);
+        let want: Vec<(Vec<u8>, bool)> =
+            [&b"{\"a\":1}"[..], b"{\"b\":2}", b"{\"c\":3}"].iter().map(|r| (r.to_vec(), false)).collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn a_long_message_is_cut_and_the_next_one_kept() {
+        let got = split_all(b"0123456789abc\0next\0", 4, 5);
+        assert_eq!(got, vec![(b"0123".to_vec(), true), (b"next".to_vec(), false)]);
+        assert_eq!(split_all(b"0123456789", 4, 2), vec![(b"0123".to_vec(), true)], "its tail is not a message");
+    }
+
+    proptest! {
+        #[test]
+        fn pieces_split_like_the_whole(input in proptest::collection::vec(prop_oneof![Just(0u8), any::<u8>()], 0..500),
+                                       max in 1usize..64, step in 1usize..50) {
+            let whole = split_all(&input, max, input.len().max(1));
+            prop_assert_eq!(&split_all(&input, max, step), &whole);
+            for (r, t) in &whole {
+                prop_assert!(!r.is_empty() && r.len() <= max && !r.contains(&0));
+                prop_assert!(!t || r.len() == max);
+            }
+        }
     }
 
     proptest! {

@@ -136,29 +136,6 @@ pub(crate) async fn accept_error(ctx: &ListenerCtx, e: io::Error) {
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
-/// A stream protocol's framing, for [`connection_with`]: RFC 6587 for
-/// syslog, NUL-delimited for GELF.
-pub(crate) trait Frames: Send {
-    /// The next record (or skip, or error) at the start of `input`.
-    fn next(&mut self, input: &[u8]) -> Next;
-    /// Whether `unread` holds part of a record (lost if the stream ends now).
-    fn mid_record(&self, unread: &[u8]) -> bool;
-    /// The last record at end of stream, if the framing allows one unterminated.
-    fn finish<'a>(&mut self, input: &'a [u8]) -> Option<(&'a [u8], bool)>;
-}
-
-impl Frames for Decoder {
-    fn next(&mut self, input: &[u8]) -> Next {
-        Decoder::next(self, input)
-    }
-    fn mid_record(&self, unread: &[u8]) -> bool {
-        Decoder::mid_record(self, unread)
-    }
-    fn finish<'a>(&mut self, input: &'a [u8]) -> Option<(&'a [u8], bool)> {
-        Decoder::finish(self, input)
-    }
-}
-
 /// Serve one syslog connection to its end.
 pub async fn connection<S: AsyncRead + Unpin>(
     sock: S,
@@ -173,9 +150,10 @@ pub async fn connection<S: AsyncRead + Unpin>(
     connection_with(dec, sock, peer, source, ctx, sd, permit).await
 }
 
-/// Serve one connection framed by `dec` to its end.
-pub(crate) async fn connection_with<F: Frames, S: AsyncRead + Unpin>(
-    mut dec: F,
+/// Serve one connection framed by `dec` to its end (syslog's RFC 6587
+/// decoder, or GELF's NUL-delimited one).
+pub(crate) async fn connection_with<S: AsyncRead + Unpin>(
+    mut dec: Decoder,
     mut sock: S,
     peer: String,
     source: Option<std::net::IpAddr>,
