@@ -24,6 +24,8 @@ pub enum DropReason {
     /// A message that cannot be decoded at all (GELF: a corrupt compressed
     /// payload); there is nothing meaningful to keep.
     Malformed,
+    /// The stream's disk is full: datagrams are dropped, streams wait.
+    DiskFull,
 }
 
 impl DropReason {
@@ -36,6 +38,7 @@ impl DropReason {
             DropReason::ShuttingDown => "shutting_down",
             DropReason::RateLimited => "rate_limited",
             DropReason::Malformed => "malformed",
+            DropReason::DiskFull => "disk_full",
         }
     }
 }
@@ -76,6 +79,12 @@ pub struct Metrics {
     pub retention_deleted_segments: IntCounterVec,
     pub retention_deleted_bytes: IntCounterVec,
     pub fsync_seconds: Histogram,
+    pub disk_errors: IntCounterVec,
+    pub store_unwritable: IntGaugeVec,
+    pub abandoned_segments: IntCounterVec,
+    pub cut_records: IntCounterVec,
+    pub state_repaired: IntCounterVec,
+    pub mirror_errors: IntCounterVec,
     pub up_since: IntGauge,
     pub info: IntGaugeVec,
     // link
@@ -88,6 +97,7 @@ pub struct Metrics {
     pub uplink_segments_delivered: IntCounterVec,
     pub uplink_max_rate: IntGaugeVec,
     pub uplink_errors: IntCounterVec,
+    pub uplink_blocked_segments: IntGaugeVec,
     pub link_refused: IntCounterVec,
     pub link_sessions_active: IntGaugeVec,
     pub link_received_bytes: IntCounterVec,
@@ -206,6 +216,42 @@ impl Metrics {
             commits: cv(r, "ferry_commits_total", "Commits (frames written)", &["stream"]),
             commit_seconds,
             commit_errors: cv(r, "ferry_commit_errors_total", "Commits that failed on disk", &["stream"]),
+            disk_errors: cv(
+                r,
+                "ferry_disk_errors_total",
+                "Failed disk operations of a stream's writer (op: create, write, fsync, seal, probe; trouble: disk_full, read_only, io_error)",
+                &["stream", "op", "trouble"],
+            ),
+            store_unwritable: gv(
+                r,
+                "ferry_store_unwritable",
+                "1 while a stream refuses records because its disk does (reason: disk_full, read_only, io_error)",
+                &["stream", "reason"],
+            ),
+            abandoned_segments: cv(
+                r,
+                "ferry_abandoned_segments_total",
+                "Segments closed early after a disk fault (a failed fsync, or a failed write that could not be cut): cut back to their last durable length and sealed there",
+                &["stream"],
+            ),
+            cut_records: cv(
+                r,
+                "ferry_cut_records_total",
+                "Acknowledged records cut with a segment's untrusted tail after a failed fsync (fsync = interval or never)",
+                &["stream"],
+            ),
+            state_repaired: cv(
+                r,
+                "ferry_state_repaired_total",
+                "Damaged state files found and repaired or worked around (kind: seal, delivered)",
+                &["kind"],
+            ),
+            mirror_errors: cv(
+                r,
+                "ferry_mirror_errors_total",
+                "Mirror appends and seals refused because the mirror's disk failed (trouble: disk_full, read_only, io_error)",
+                &["trouble"],
+            ),
             segments_open: gv(r, "ferry_segments_open", "Segments open for writing", &["stream"]),
             segments_sealed: cv(
                 r,
@@ -311,6 +357,12 @@ impl Metrics {
                 "ferry_uplink_max_rate_bytes",
                 "Configured bandwidth cap in bytes/s (0 = none)",
                 &["uplink"],
+            ),
+            uplink_blocked_segments: gv(
+                r,
+                "ferry_uplink_blocked_segments",
+                "Segments the receiver cannot write now (reason: no_space, read_only, io_error), kept and retried",
+                &["uplink", "reason"],
             ),
             uplink_errors: cv(
                 r,

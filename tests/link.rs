@@ -132,7 +132,7 @@ both_transports!(cuts_and_blackholes_lose_and_double_nothing, |via: Via| {
     let mut edge = Node::start(&p.edge_dir, &p.edge_cfg, p.edge_ports.admin);
     const N: usize = 400_000;
     let sender = stream_lines(p.edge_ports.tcp, "fault", 0, N, 50_000.0);
-    let mut rng = rand::rng();
+    let mut rng = seeded_rng("cuts_and_blackholes_lose_and_double_nothing");
     for i in 0..23 {
         std::thread::sleep(Duration::from_millis(rng.random_range(100..350)));
         if i % 8 == 7 {
@@ -176,7 +176,7 @@ both_transports!(kill_9_of_either_side_and_lost_uplink_state_change_nothing, |vi
     let p = pair("kill", &pki, via, port, port, "commit_bytes = \"128KiB\"\nsegment_max_bytes = \"512KiB\"", "");
     let mut central = Node::start(&p.central_dir, &p.central_cfg, p.central_ports.admin);
     let mut edge = Node::start(&p.edge_dir, &p.edge_cfg, p.edge_ports.admin);
-    let mut rng = rand::rng();
+    let mut rng = seeded_rng("kill_9_of_either_side_and_lost_uplink_state_change_nothing");
 
     let first = stream_lines(p.edge_ports.tcp, "kill", 0, 300_000, 60_000.0);
     std::thread::sleep(Duration::from_millis(rng.random_range(1000..2000)));
@@ -223,7 +223,7 @@ both_transports!(max_rate_holds_within_5_percent_over_every_10_second_window, |v
     let p = pair("rate", &pki, via, proxy.port(), port, "segment_max_bytes = \"8MiB\"", "max_rate = \"16Mbit/s\"");
     // The backlog builds while central is down: ~50 MB of barely compressible lines.
     let mut edge = Node::start(&p.edge_dir, &p.edge_cfg, p.edge_ports.admin);
-    let mut rng = rand::rng();
+    let mut rng = seeded_rng("max_rate_holds_within_5_percent_over_every_10_second_window");
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut input = Vec::with_capacity(70 << 20);
     let mut n = 0;

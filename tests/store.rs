@@ -277,3 +277,68 @@ async fn damage_in_the_middle_of_a_segment_is_kept_counted_and_reported_by_verif
     assert_eq!(metrics.recovery_truncated_bytes.with_label_values(&["live"]).get(), 0);
     store.close().await;
 }
+
+fn file_lens(files: &[PathBuf]) -> Vec<u64> {
+    files.iter().map(|f| std::fs::metadata(f).unwrap().len()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clock_set_back_an_hour_never_names_a_segment_backwards_nor_reopens_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "");
+    let clock = ManualClock::new(T0 + 30_000); // 11:00:29
+    let store = Store::open(&cfg, Arc::new(clock.clone()), Metrics::new()).unwrap();
+    write(&store, &text_lines("eleven", 10)).await;
+    clock.set(T0 + 30_000 - HOUR); // back to 10:00:29
+    write(&store, &text_lines("back at ten", 10)).await;
+    let files = segment_files(dir.path());
+    assert_eq!(names(&files), ["live-2026-11-23T11-n1-00000000.log.zst"], "no rotation back to 10:00");
+    store.close().await;
+    let sealed_lens = file_lens(&files);
+
+    // A restart with the clock still an hour behind.
+    let store = Store::open(&cfg, Arc::new(clock.clone()), Metrics::new()).unwrap();
+    write(&store, &text_lines("restarted", 10)).await;
+    store.close().await;
+    let files = segment_files(dir.path());
+    assert_eq!(
+        names(&files),
+        ["live-2026-11-23T11-n1-00000000.log.zst", "live-2026-11-23T11-n1-00000001.log.zst"],
+        "the new segment keeps the newest hour and the next sequence number"
+    );
+    assert_eq!(file_lens(&files[..1]), sealed_lens, "the sealed segment was not reopened");
+    let lines = util::archive_lines(dir.path());
+    assert_eq!(lines.len(), 30);
+    assert!(lines[10].starts_with("back at ten") && lines[20].starts_with("restarted"), "{lines:?}");
+    util::assert_verify_ok(dir.path());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clock_leaping_a_day_forward_makes_no_fresh_segment_look_expired() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let cfg = config(dir.path(), "[store.retention]\nmax_age = \"6h\"");
+    let store = Store::open(&cfg, Arc::new(clock.clone()), Metrics::new()).unwrap();
+    for h in 0..3 {
+        clock.advance(HOUR);
+        write(&store, &text_lines(&format!("hour {h}"), 10)).await;
+    }
+    assert!(store.retention_pass(&NoHold).unwrap().deleted.is_empty());
+    let before = segment_files(dir.path());
+    assert_eq!(before.len(), 3);
+
+    clock.set(T0 + 3 * HOUR + 24 * HOUR); // the wall clock leaps a day
+    write(&store, &text_lines("after the leap", 10)).await;
+    let after = segment_files(dir.path());
+    assert_eq!(after.len(), 4, "rotated into the new day");
+    assert!(names(&after)[3].contains("2026-11-24T"), "{:?}", names(&after));
+    let out = store.retention_pass(&NoHold).unwrap();
+    assert!(out.deleted.is_empty(), "a leap of the clock is not age: {:?}", out.deleted);
+
+    // Time really passes: now the first two segments were sealed over 6 hours ago.
+    clock.advance(6 * HOUR + 30 * 60_000);
+    let out = store.retention_pass(&NoHold).unwrap();
+    assert_eq!(out.deleted.len(), 2, "{:?}", out.deleted);
+    store.close().await;
+    util::assert_verify_ok(dir.path());
+}

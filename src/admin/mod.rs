@@ -26,6 +26,8 @@ pub struct AdminState {
     pub ready: Arc<AtomicBool>,
     pub site: String,
     pub node: String,
+    /// For `/readyz`: streams whose disk refuses writes.
+    pub store: Arc<crate::store::Store>,
 }
 
 /// Serve until `stop` is cancelled.
@@ -48,10 +50,15 @@ async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
 
 async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
     if !s.ready.load(Ordering::Relaxed) {
-        return (StatusCode::SERVICE_UNAVAILABLE, "not ready: starting or stopping\n");
+        return (StatusCode::SERVICE_UNAVAILABLE, "not ready: starting or stopping\n".to_string());
     }
     if s.metrics.store_full.get() != 0 {
-        return (StatusCode::SERVICE_UNAVAILABLE, "not ready: archive full (on_full = reject)\n");
+        return (StatusCode::SERVICE_UNAVAILABLE, "not ready: archive full (on_full = reject)\n".to_string());
     }
-    (StatusCode::OK, "ready\n")
+    let down = s.store.unwritable();
+    if !down.is_empty() {
+        let why: Vec<String> = down.iter().map(|(st, t)| format!("stream {st}: {}", t.as_str())).collect();
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {}\n", why.join(", ")));
+    }
+    (StatusCode::OK, "ready\n".to_string())
 }

@@ -69,17 +69,24 @@ pub fn render(m: &Metrics, site: &str, node: &str) -> String {
     let cbytes = by_first(&get("ferry_committed_bytes_total", &["stream"]));
     let written = by_first(&get("ferry_written_bytes_total", &["stream"]));
     let open = by_first(&get("ferry_segments_open", &["stream"]));
-    let _ =
-        writeln!(s, "\nstreams\n  {:<16} {:>14} {:>12} {:>12} {:>5}", "STREAM", "RECORDS", "RAW", "ON DISK", "OPEN");
+    let unwritable = get("ferry_store_unwritable", &["stream", "reason"]);
+    let _ = writeln!(
+        s,
+        "\nstreams\n  {:<16} {:>14} {:>12} {:>12} {:>5}  DISK",
+        "STREAM", "RECORDS", "RAW", "ON DISK", "OPEN"
+    );
     for (k, v) in &committed {
+        let down: Vec<&str> =
+            unwritable.iter().filter(|(l, n)| l[0] == *k && **n > 0.0).map(|(l, _)| l[1].as_str()).collect();
         let _ = writeln!(
             s,
-            "  {:<16} {:>14} {:>12} {:>12} {:>5}",
+            "  {:<16} {:>14} {:>12} {:>12} {:>5}  {}",
             k,
             *v as u64,
             bytes(cbytes.get(k).copied().unwrap_or(0.0)),
             bytes(written.get(k).copied().unwrap_or(0.0)),
-            open.get(k).copied().unwrap_or(0.0) as u64
+            open.get(k).copied().unwrap_or(0.0) as u64,
+            if down.is_empty() { "ok".to_owned() } else { format!("REFUSING RECORDS: {}", down.join(",")) }
         );
     }
 
@@ -128,23 +135,30 @@ pub fn render(m: &Metrics, site: &str, node: &str) -> String {
         let cap = by_first(&get("ferry_uplink_max_rate_bytes", &["uplink"]));
         let rec = by_first(&get("ferry_uplink_reconnects_total", &["uplink"]));
         let deliv = by_first(&get("ferry_uplink_segments_delivered_total", &["uplink"]));
+        let blocked = get("ferry_uplink_blocked_segments", &["uplink", "reason"]);
         let _ = writeln!(
             s,
-            "\nuplinks\n  {:<16} {:>9} {:>12} {:>14} {:>10} {:>9}",
+            "\nuplinks\n  {:<16} {:>9} {:>12} {:>14} {:>10} {:>9}  RECEIVER REFUSES",
             "UPLINK", "CONNECTED", "WIRE", "CAP", "RECONNECTS", "DELIVERED"
         );
         for (k, v) in &connected {
             let name = &k[0];
             let c = cap.get(name).copied().unwrap_or(0.0);
+            let refusing: Vec<String> = blocked
+                .iter()
+                .filter(|(l, n)| l[0] == *name && **n > 0.0)
+                .map(|(l, n)| format!("{} ({} segments, retrying)", l[1], *n as u64))
+                .collect();
             let _ = writeln!(
                 s,
-                "  {:<16} {:>9} {:>12} {:>14} {:>10} {:>9}",
+                "  {:<16} {:>9} {:>12} {:>14} {:>10} {:>9}  {}",
                 name,
                 if *v > 0.0 { "yes" } else { "NO" },
                 bytes(wire.get(name).copied().unwrap_or(0.0)),
                 if c > 0.0 { format!("{:.1} Mbit/s", c * 8.0 / 1e6) } else { "none".into() },
                 rec.get(name).copied().unwrap_or(0.0) as u64,
-                deliv.get(name).copied().unwrap_or(0.0) as u64
+                deliv.get(name).copied().unwrap_or(0.0) as u64,
+                if refusing.is_empty() { "-".to_owned() } else { refusing.join(" ") }
             );
         }
         let lag_b = get("ferry_uplink_lag_bytes", &["uplink", "site", "stream"]);

@@ -20,6 +20,7 @@ use crate::metrics::Metrics;
 use crate::mirror::Mirror;
 use crate::shutdown::Shutdown;
 use crate::store::clock::{Clock, SystemClock};
+use crate::store::fs::Fs;
 use crate::store::retention::{self, NoHold};
 use crate::store::Store;
 
@@ -43,7 +44,12 @@ pub async fn run_node(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<()> 
     let metrics = Metrics::new();
     metrics.up_since.set(clock.now_ms() / 1000);
     info!(site = %cfg.node.site, node = %cfg.node.name, data_dir = %cfg.node.data_dir.display(), config = %cfg.source, "ferry starting");
-    let store = Arc::new(Store::open(&cfg, clock.clone(), metrics.clone()).context("opening the store")?);
+    let fs = Fs::from_env().map_err(|e| anyhow::anyhow!("FERRY_FAULTS: {e}"))?;
+    if fs.faults().is_some() {
+        warn!("FERRY_FAULTS is set: disk faults are being injected on purpose (a test); never run a production node like this");
+    }
+    let store =
+        Arc::new(Store::open_with(&cfg, clock.clone(), metrics.clone(), fs.clone()).context("opening the store")?);
 
     // Bind everything before serving anything: a port in use fails the start.
     let mut receivers = Vec::new();
@@ -77,6 +83,7 @@ pub async fn run_node(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<()> 
         let st = AdminState {
             metrics: metrics.clone(),
             ready: ready.clone(),
+            store: store.clone(),
             site: cfg.node.site.clone(),
             node: cfg.node.name.clone(),
         };
@@ -94,9 +101,10 @@ pub async fn run_node(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<()> 
         sd.spawn(ingest::serve(b, ctx, store.clone(), sd.clone()));
     }
     if !receivers.is_empty() {
-        let mirror = Arc::new(Mirror::new(cfg.archive_dir(), cfg.state_dir(), clock.clone(), metrics.clone()));
+        let mirror =
+            Arc::new(Mirror::new(cfg.archive_dir(), cfg.state_dir(), fs.clone(), clock.clone(), metrics.clone()));
         for (b, l, timing) in receivers {
-            let ctx = Arc::new(ReceiverCtx { cfg: l, mirror: mirror.clone(), metrics: metrics.clone(), timing });
+            let ctx = Arc::new(ReceiverCtx::new(l, mirror.clone(), metrics.clone(), timing));
             sd.spawn(receiver::serve(b, ctx, sd.clone()));
         }
     }
@@ -107,7 +115,7 @@ pub async fn run_node(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<()> 
     let mut delivered = Vec::new();
     for u in &cfg.uplinks {
         let d = Arc::new(
-            Delivered::load(&cfg.state_dir(), &u.name)
+            Delivered::load(&fs, &cfg.state_dir(), &u.name, &metrics)
                 .with_context(|| format!("uplink {}: reading its state", u.name))?,
         );
         d.retain_existing(&cfg.archive_dir());
@@ -121,6 +129,7 @@ pub async fn run_node(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<()> 
             metrics: metrics.clone(),
             clock: clock.clone(),
             delivered: d,
+            fs: fs.clone(),
         };
         uplinks.spawn(up.run(uplink_stop.clone(), uplink_drain.clone()));
     }

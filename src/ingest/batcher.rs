@@ -152,8 +152,9 @@ impl Batcher {
     }
 
     /// Hand everything to the store, waiting for room (stream listeners). If
-    /// the store refuses because it is full, wait and retry: the sender is
-    /// held back rather than its records dropped.
+    /// the store refuses for now (archive full, disk full or failing), wait
+    /// and retry: the sender is held back (TCP backpressure) rather than its
+    /// records dropped.
     pub async fn flush(&mut self) {
         self.count_received();
         for i in 0..self.slots.len() {
@@ -164,14 +165,14 @@ impl Batcher {
             loop {
                 match h.submit(b).await {
                     Ok(()) => break,
-                    Err((StoreError::Full, back)) => {
+                    Err((e, back)) if e.is_temporary() => {
                         if !logged {
-                            warn!(listener = %self.listener, peer = %self.peer, stream = h.name(),
-                                "store full (on_full = reject): holding this connection until space is freed");
+                            warn!(listener = %self.listener, peer = %self.peer, stream = h.name(), reason = %e,
+                                "store refuses records for now: holding this connection (it stops being read) until it takes them");
                             logged = true;
                         }
                         b = back;
-                        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                        tokio::time::sleep(HOLD_WAIT).await;
                     }
                     Err((e, back)) => {
                         self.ctx.metrics.drop_records(&self.listener, reason_for(&e), u64::from(back.records));
@@ -196,14 +197,14 @@ impl Batcher {
         loop {
             match h.submit(b).await {
                 Ok(()) => return Some(rx),
-                Err((StoreError::Full, back)) => {
+                Err((e, back)) if e.is_temporary() => {
                     if !logged {
-                        warn!(listener = %self.listener, peer = %self.peer, stream = h.name(),
-                            "store full (on_full = reject): holding acknowledgements until space is freed");
+                        warn!(listener = %self.listener, peer = %self.peer, stream = h.name(), reason = %e,
+                            "store refuses records for now: holding acknowledgements until it takes them");
                         logged = true;
                     }
                     b = back;
-                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    tokio::time::sleep(HOLD_WAIT).await;
                 }
                 Err((e, back)) => {
                     // Not dropped: the sender gets a 5xx and keeps the records.
@@ -276,6 +277,10 @@ impl Batcher {
 /// busy UDP source. Bounded, like everything in front of the store.
 pub const HOLD_BYTES: usize = 4 << 20;
 
+/// How soon a stream connection offers records again to a store that
+/// refused them for now.
+const HOLD_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// How soon held records are offered again when no datagram arrives.
 pub const HOLD_RETRY: std::time::Duration = std::time::Duration::from_millis(5);
 
@@ -284,6 +289,7 @@ fn reason_for(e: &StoreError) -> DropReason {
         StoreError::Full => DropReason::StoreFull,
         StoreError::Overloaded(_) => DropReason::Overload,
         StoreError::Closed => DropReason::ShuttingDown,
-        StoreError::Io { .. } | StoreError::Open { .. } => DropReason::StoreError,
+        e if e.is_disk_full() => DropReason::DiskFull,
+        StoreError::Io { .. } | StoreError::Open { .. } | StoreError::Unwritable { .. } => DropReason::StoreError,
     }
 }

@@ -51,7 +51,7 @@ impl ListenerCtx {
             .iter()
             .map(|s| store.stream(s).ok_or_else(|| format!("listener {}: no stream {s:?}", cfg.name)))
             .collect::<Result<Vec<_>, _>>()?;
-        for r in ["eof", "idle_timeout", "framing_error", "read_error", "shutdown"] {
+        for r in ["eof", "idle_timeout", "framing_error", "read_error", "shutdown", "store_error"] {
             metrics.connections_closed.with_label_values(&[&cfg.name, r]);
         }
         metrics.received_records.with_label_values(&[&cfg.name]);

@@ -28,6 +28,20 @@ pub struct ReceiverCtx {
     pub mirror: Arc<Mirror>,
     pub metrics: Metrics,
     pub timing: Timing,
+    /// Unix second of the last disk warning: a failing mirror disk logs once a second, not per append.
+    pub last_warn_s: std::sync::atomic::AtomicI64,
+}
+
+impl ReceiverCtx {
+    pub fn new(cfg: ListenerConfig, mirror: Arc<Mirror>, metrics: Metrics, timing: Timing) -> ReceiverCtx {
+        ReceiverCtx { cfg, mirror, metrics, timing, last_warn_s: Default::default() }
+    }
+
+    fn may_warn(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        let now = crate::store::clock::Clock::now_ms(&crate::store::clock::SystemClock) / 1000;
+        self.last_warn_s.swap(now, Ordering::Relaxed) != now
+    }
 }
 
 /// A bound receiver socket.
@@ -192,7 +206,7 @@ async fn session(mut link: Link, ctx: Arc<ReceiverCtx>, sd: Shutdown) {
                         ids.insert(id, rel);
                         Msg::Have { id, len, sealed }
                     }
-                    Err(e) => Msg::Error { id, code: Code::Io, reason: e.to_string() },
+                    Err(e) => Msg::Error { id, code: Code::of_io(&e), reason: e.to_string() },
                 }
             }
             Msg::Append { id, offset, frames } => {
@@ -215,8 +229,16 @@ async fn session(mut link: Link, ctx: Arc<ReceiverCtx>, sd: Shutdown) {
                         warn!(listener = %ctx.cfg.name, %peer, %site, reason = "invalid_frame", path = %ids[&id].display(), error = %e, "link refused invalid frames; nothing written");
                         Msg::Error { id, code: Code::InvalidFrame, reason: e.to_string() }
                     }
+                    Err(AppendError::Io(e)) => {
+                        let code = Code::of_io(&e);
+                        if ctx.may_warn() {
+                            warn!(listener = %ctx.cfg.name, %peer, %site, path = %ids[&id].display(), code = code.as_str(), error = %e,
+                                "mirror append failed: nothing of it kept; the uplink will offer it again");
+                        }
+                        Msg::Error { id, code, reason: e.to_string() }
+                    }
                     Err(e) => {
-                        warn!(listener = %ctx.cfg.name, %peer, path = %ids[&id].display(), error = %e, "mirror append failed");
+                        warn!(listener = %ctx.cfg.name, %peer, path = %ids[&id].display(), error = %e, "mirror append refused");
                         Msg::Error { id, code: Code::Io, reason: e.to_string() }
                     }
                 }
@@ -234,7 +256,12 @@ async fn session(mut link: Link, ctx: Arc<ReceiverCtx>, sd: Shutdown) {
                         warn!(listener = %ctx.cfg.name, %peer, %site, path = %rel.display(), error = %e, "seal refused: mirror differs from origin");
                         Msg::Sealed { id, ok: false }
                     }
-                    Err(e) => Msg::Error { id, code: Code::Io, reason: e.to_string() },
+                    Err(SealError::Io(e)) => {
+                        let trouble = crate::store::fs::Trouble::of(&e);
+                        m.mirror_errors.with_label_values(&[trouble.as_str()]).inc();
+                        warn!(listener = %ctx.cfg.name, %peer, %site, path = %rel.display(), error = %e, "mirror seal failed; the uplink will seal again");
+                        Msg::Error { id, code: Code::of_io(&e), reason: e.to_string() }
+                    }
                 }
             }
             Msg::Ping { nonce } => Msg::Pong { nonce },

@@ -9,20 +9,27 @@
 //! that recovers local segments. Sealing checks the origin's length and
 //! SHA-256 against the bytes on disk and records the same seal record as the
 //! origin; a mismatch is refused, logged and counted, never accepted.
+//!
+//! When the mirror's disk fails, an append is refused with what went wrong
+//! ([`AppendError::Io`], a `NO_SPACE`, `READ_ONLY` or `IO_ERROR` code on the
+//! wire) and nothing of it stays: the write is positional and its remains
+//! are cut; after a failed fsync the file is cut back to its last
+//! acknowledged length and reopened, never trusted. The uplink keeps its
+//! backlog and offers the same bytes again later.
 
 use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::metrics::Metrics;
 use crate::store::clock::Clock;
 use crate::store::frame::{FrameError, FrameHeader};
-use crate::store::recover::walk_and_repair;
-use crate::store::segment::{seal_path, sha256_file, sync_dir, SealRecord, SegmentName};
+use crate::store::fs::{Fs, FsFile, Trouble};
+use crate::store::recover::{reseal, walk_and_repair};
+use crate::store::segment::{hex, seal_path, sha256_file, SealRecord, SegmentName};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppendError {
@@ -49,7 +56,7 @@ pub enum SealError {
 struct Entry {
     path: PathBuf,
     rel: PathBuf,
-    file: Option<File>,
+    file: Option<FsFile>,
     len: u64,
     seal: Option<SealRecord>,
 }
@@ -58,6 +65,7 @@ struct Entry {
 pub struct Mirror {
     archive_dir: PathBuf,
     state_dir: PathBuf,
+    fs: Fs,
     metrics: Metrics,
     clock: Arc<dyn Clock>,
     entries: Mutex<HashMap<PathBuf, Arc<Mutex<Entry>>>>,
@@ -85,13 +93,13 @@ pub fn check_frames(frames: &[u8]) -> Result<(), (usize, FrameError)> {
     Ok(())
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 impl Mirror {
-    pub fn new(archive_dir: PathBuf, state_dir: PathBuf, clock: Arc<dyn Clock>, metrics: Metrics) -> Mirror {
-        Mirror { archive_dir, state_dir, metrics, clock, entries: Mutex::new(HashMap::new()) }
+    pub fn new(archive_dir: PathBuf, state_dir: PathBuf, fs: Fs, clock: Arc<dyn Clock>, metrics: Metrics) -> Mirror {
+        Mirror { archive_dir, state_dir, fs, metrics, clock, entries: Mutex::new(HashMap::new()) }
+    }
+
+    fn stream_of(rel: &Path) -> String {
+        rel.iter().nth(1).and_then(|s| s.to_str()).unwrap_or("-").to_owned()
     }
 
     fn entry(&self, rel: &Path) -> io::Result<Arc<Mutex<Entry>>> {
@@ -99,13 +107,24 @@ impl Mirror {
             return Ok(e.clone());
         }
         let path = self.archive_dir.join(rel);
-        let seal = SealRecord::load(&seal_path(&self.state_dir, rel))?;
+        let seal = match SealRecord::load(&seal_path(&self.state_dir, rel)) {
+            Ok(s) => s,
+            // The mirror file was checked against the origin when it was sealed
+            // and never changes after: re-derive its record from it.
+            Err(e) if e.kind() == io::ErrorKind::InvalidData && path.exists() => reseal(
+                &self.fs,
+                &self.archive_dir,
+                &self.state_dir,
+                rel,
+                &e.to_string(),
+                self.clock.now_ms(),
+                &self.metrics,
+            )?,
+            Err(e) => return Err(e),
+        };
         let len = match (&seal, path.exists()) {
             (Some(s), _) => s.len,
-            (None, true) => {
-                let stream = rel.iter().nth(1).and_then(|s| s.to_str()).unwrap_or("-");
-                walk_and_repair(&path, stream, &self.metrics)?.len
-            }
+            (None, true) => walk_and_repair(&self.fs, &path, &Self::stream_of(rel), &self.metrics)?.len,
             (None, false) => 0,
         };
         let e = Arc::new(Mutex::new(Entry { path, rel: rel.to_owned(), file: None, len, seal }));
@@ -131,29 +150,48 @@ impl Mirror {
             return Err(AppendError::WrongOffset { offset, expected: e.len });
         }
         check_frames(frames).map_err(|(at, error)| AppendError::InvalidFrame { at, error })?;
+        if let Err(err) = self.write(&mut e, frames) {
+            let trouble = Trouble::of(&err);
+            self.metrics.mirror_errors.with_label_values(&[trouble.as_str()]).inc();
+            return Err(AppendError::Io(err));
+        }
+        Ok(e.len)
+    }
+
+    /// Write `frames` at the entry's length and fsync; on any failure cut the
+    /// file back to that length and drop the handle (after a failed fsync
+    /// the file's cached state is not trusted again).
+    fn write(&self, e: &mut Entry, frames: &[u8]) -> io::Result<()> {
         if e.file.is_none() {
             let dir = e.path.parent().expect("segment paths have a parent").to_owned();
-            if !dir.exists() {
-                fs::create_dir_all(&dir)?;
-                if let Some(parent) = dir.parent() {
-                    sync_dir(parent)?;
-                }
-            }
+            self.fs.create_dir_all(&dir)?;
             let created = !e.path.exists();
-            let f = OpenOptions::new().create(true).append(true).open(&e.path)?;
+            let f = self.fs.open_write(&e.path)?;
             if created {
-                sync_dir(&dir)?;
+                if let Err(err) = self.fs.sync_dir(&dir) {
+                    let _ = std::fs::remove_file(&e.path);
+                    return Err(err);
+                }
             }
             e.file = Some(f);
         }
         let len = e.len;
         let f = e.file.as_mut().expect("opened above");
-        if let Err(err) = f.write_all(frames).and_then(|()| f.sync_data()) {
-            let _ = f.set_len(len);
-            return Err(err.into());
+        let written = f.write_all_at(frames, len).and_then(|()| f.sync_data());
+        if let Err(err) = written {
+            let cut = f.set_len(len).and_then(|()| f.sync_all());
+            e.file = None;
+            if let Err(c) = cut {
+                // The next touch walks the file again and cuts a torn tail; whole
+                // frames that stayed are the origin's bytes at their own offsets.
+                warn!(path = %e.rel.display(), error = %c, "cannot cut a failed mirror append back out");
+                let rel = e.rel.clone();
+                self.entries.lock().expect("not poisoned").remove(&rel);
+            }
+            return Err(err);
         }
         e.len += frames.len() as u64;
-        Ok(e.len)
+        Ok(())
     }
 
     /// Seal a mirror segment after checking the origin's length and checksum.
@@ -179,8 +217,12 @@ impl Mirror {
             error!(path = %e.rel.display(), %origin, %mirror, "mirror segment differs from its origin; not sealed");
             return Err(SealError::Checksum { origin, mirror });
         }
-        let stream = e.rel.iter().nth(1).and_then(|s| s.to_str()).unwrap_or("-").to_owned();
-        let w = if e.path.exists() { walk_and_repair(&e.path, &stream, &self.metrics)? } else { Default::default() };
+        let stream = Self::stream_of(&e.rel);
+        let w = if e.path.exists() {
+            walk_and_repair(&self.fs, &e.path, &stream, &self.metrics)?
+        } else {
+            Default::default()
+        };
         let rec = SealRecord {
             len,
             sha256: mirror,
@@ -190,7 +232,7 @@ impl Mirror {
             next_seq: w.next_seq,
             sealed_ms: self.clock.now_ms(),
         };
-        rec.store(&seal_path(&self.state_dir, &e.rel))?;
+        rec.store(&self.fs, &seal_path(&self.state_dir, &e.rel))?;
         info!(path = %e.rel.display(), len, records = rec.records, "mirror segment sealed, byte-identical to origin");
         e.file = None;
         e.seal = Some(rec);

@@ -5,9 +5,46 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Milliseconds since the Unix epoch.
+/// Milliseconds since the Unix epoch, and a monotonic count beside it so
+/// jumps of the wall clock can be told from time passing.
 pub trait Clock: Send + Sync + 'static {
     fn now_ms(&self) -> i64;
+
+    /// Milliseconds on a clock that never jumps (only differences mean anything).
+    fn monotonic_ms(&self) -> i64 {
+        static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        START.get_or_init(std::time::Instant::now).elapsed().as_millis() as i64
+    }
+}
+
+/// "Now" for deciding what is old: the wall clock, except that it never
+/// runs ahead of the time that really passed. A clock that leaps a day
+/// forward does not make a day of fresh data look expired; a clock set back
+/// is followed (deleting less is safe).
+#[derive(Debug, Default)]
+pub struct AgeClock(std::sync::Mutex<Option<(i64, i64)>>);
+
+impl AgeClock {
+    /// Now, for ages; logs once per leap.
+    pub fn now_ms(&self, clock: &dyn Clock) -> i64 {
+        let (wall, mono) = (clock.now_ms(), clock.monotonic_ms());
+        let mut last = self.0.lock().expect("not poisoned");
+        let now = match *last {
+            None => wall,
+            Some((prev, prev_mono)) => {
+                let bound = prev + (mono - prev_mono).max(0);
+                if wall > bound + 60_000 {
+                    tracing::warn!(
+                        leap_ms = wall - bound,
+                        "the wall clock leapt forward: ages for retention count only the time that really passed"
+                    );
+                }
+                wall.min(bound)
+            }
+        };
+        *last = Some((now, mono));
+        now
+    }
 }
 
 /// The system's wall clock.
@@ -20,25 +57,32 @@ impl Clock for SystemClock {
     }
 }
 
-/// A clock that moves only when told to (tests).
+/// A clock that moves only when told to (tests): [`advance`](Self::advance)
+/// is time passing, [`set`](Self::set) a jump of the wall clock alone.
 #[derive(Clone, Debug, Default)]
-pub struct ManualClock(Arc<AtomicI64>);
+pub struct ManualClock(Arc<AtomicI64>, Arc<AtomicI64>);
 
 impl ManualClock {
     pub fn new(ms: i64) -> ManualClock {
-        ManualClock(Arc::new(AtomicI64::new(ms)))
+        ManualClock(Arc::new(AtomicI64::new(ms)), Arc::new(AtomicI64::new(0)))
     }
+    /// Set the wall clock (a jump: monotonic time does not move).
     pub fn set(&self, ms: i64) {
         self.0.store(ms, Ordering::SeqCst)
     }
+    /// Let `ms` pass (wall and monotonic time both move).
     pub fn advance(&self, ms: i64) {
         self.0.fetch_add(ms, Ordering::SeqCst);
+        self.1.fetch_add(ms, Ordering::SeqCst);
     }
 }
 
 impl Clock for ManualClock {
     fn now_ms(&self) -> i64 {
         self.0.load(Ordering::SeqCst)
+    }
+    fn monotonic_ms(&self) -> i64 {
+        self.1.load(Ordering::SeqCst)
     }
 }
 

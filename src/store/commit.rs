@@ -10,21 +10,43 @@
 //! queue is drained, which buys latency. The thread is a plain OS thread
 //! because compression and fsync block; it reads its channel through the
 //! runtime's handle.
+//!
+//! ## When the disk fails
+//! A commit that fails leaves nothing of its frame in the segment
+//! ([`OpenSegment::append`] cuts it; a failed fsync abandons the segment at
+//! its last durable length). Senders waiting for an acknowledgement are told
+//! it failed and keep their records (RELP resends, HTTP answers 507/503);
+//! records without one stay pending here and are written once the disk
+//! takes them, so nothing is archived twice and plain syslog loses nothing
+//! already read. The stream is then *unwritable* ([`Health`]): new batches
+//! are refused at the handle (streams stop reading, datagrams drop and
+//! count, RELP holds acks), `/readyz` answers 503, and the writer probes the
+//! disk every [`PROBE_MIN`]..[`PROBE_MAX`] until a write and an fsync
+//! succeed again, then takes batches by itself: no restart.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::runtime::Handle;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tracing::{error, info, warn};
 
 use super::clock::Clock;
 use super::frame::{FrameEncoder, FrameMeta};
-use super::segment::{hour_key, OpenSegment, SegmentName};
-use super::{Batch, Committed, Error};
-use crate::config::{FsyncPolicy, StoreConfig};
+use super::fs::{Fs, Trouble};
+use super::segment::{hour_key, AppendError, OpenSegment, SegmentName};
+use super::{Batch, Committed, Error, Health};
+use crate::config::{FsyncPolicy, OnFull, StoreConfig};
 use crate::metrics::{DropReason, Metrics};
+
+/// First retry after a disk fault; doubles up to [`PROBE_MAX`].
+pub const PROBE_MIN: Duration = Duration::from_millis(100);
+/// Longest wait between two probes of a failing disk: space freed by an
+/// operator is used within this.
+pub const PROBE_MAX: Duration = Duration::from_millis(800);
+/// Under `on_full = "drop_oldest"`, how often the writer checks free space.
+const SPACE_CHECK: Duration = Duration::from_millis(500);
 
 /// What the writer receives.
 pub enum Msg {
@@ -45,14 +67,28 @@ pub struct Writer {
     pub cfg: StoreConfig,
     pub clock: Arc<dyn Clock>,
     pub metrics: Metrics,
+    pub fs: Fs,
+    pub health: Arc<Health>,
+    /// Tells retention to make room now (`on_full = "drop_oldest"`).
+    pub room: Arc<Notify>,
     pub rx: mpsc::Receiver<Msg>,
     pub next_segment_seq: u64,
     pub next_record_seq: u64,
+    /// The newest segment name of this stream: a new one never sorts before
+    /// it, whatever the clock says.
+    pub last_name: Option<SegmentName>,
+    /// Segments being closed whose cut or seal record the disk refused:
+    /// retried with every probe and after every good commit (and, if the
+    /// process stops first, by recovery at the next start).
+    pub closing: Vec<OpenSegment>,
 }
 
 struct Part {
     listener: Arc<str>,
     records: u32,
+    truncated: u32,
+    /// Length of this part's lines in `Pending::raw` (parts are in order).
+    bytes: usize,
     ack: Option<oneshot::Sender<Result<Committed, Error>>>,
 }
 
@@ -63,7 +99,7 @@ struct Pending {
     first_ms: i64,
     last_ms: i64,
     /// Who sent the pending records, in order: acknowledged per part, or
-    /// counted as dropped per listener if the commit fails.
+    /// told of a failure per part.
     parts: Vec<Part>,
     flushes: Vec<oneshot::Sender<()>>,
     since: Option<Instant>,
@@ -73,6 +109,82 @@ impl Pending {
     fn is_empty(&self) -> bool {
         self.records == 0 && self.flushes.is_empty()
     }
+
+    fn clear(&mut self) {
+        self.raw.clear();
+        self.records = 0;
+        self.truncated = 0;
+        self.since = None;
+        self.last_ms = 0;
+        self.first_ms = 0;
+    }
+
+    /// After a failed commit: tell every sender that waits for an answer and
+    /// drop its lines; keep the rest (no acknowledgement to give, so the
+    /// only way not to lose them is to write them later).
+    fn keep_unacknowledged(&mut self, mut fail: impl FnMut(oneshot::Sender<Result<Committed, Error>>)) {
+        let mut at = 0;
+        let mut kept = 0;
+        let (mut records, mut truncated) = (0, 0);
+        for mut part in std::mem::take(&mut self.parts) {
+            let range = at..at + part.bytes;
+            at += part.bytes;
+            match part.ack.take() {
+                Some(ack) => fail(ack),
+                None => {
+                    self.raw.copy_within(range, kept);
+                    kept += part.bytes;
+                    records += part.records;
+                    truncated += part.truncated;
+                    self.parts.push(part);
+                }
+            }
+        }
+        self.raw.truncate(kept);
+        self.records = records;
+        self.truncated = truncated;
+        if records == 0 {
+            self.since = None;
+        }
+    }
+}
+
+/// Where a commit failed.
+enum Fault {
+    /// Compressing (never the disk's fault).
+    Encode(std::io::Error),
+    Create(std::io::Error),
+    /// The frame did not land; the segment is as before.
+    Write(std::io::Error),
+    /// The frame may be partly or wholly in the file, and the file cannot be
+    /// trusted: the segment was abandoned.
+    Abandoned(&'static str, std::io::Error),
+}
+
+impl Fault {
+    fn io(&self) -> &std::io::Error {
+        match self {
+            Fault::Encode(e) | Fault::Create(e) | Fault::Write(e) | Fault::Abandoned(_, e) => e,
+        }
+    }
+    fn op(&self) -> &'static str {
+        match self {
+            Fault::Encode(_) => "encode",
+            Fault::Create(_) => "create",
+            Fault::Write(_) => "write",
+            Fault::Abandoned(op, _) => op,
+        }
+    }
+}
+
+/// The stream cannot write: since when, and when to try again.
+struct Down {
+    trouble: Trouble,
+    since: Instant,
+    retry_at: Instant,
+    backoff: Duration,
+    /// Bytes the failed frame needed: the probe writes this much.
+    need: usize,
 }
 
 impl Writer {
@@ -97,7 +209,9 @@ impl Writer {
         };
         let mut frame = Vec::new();
         let mut seg: Option<OpenSegment> = None;
+        let mut down: Option<Down> = None;
         let mut last_sync = Instant::now();
+        let mut last_space_check = Instant::now();
         let mut dirty = false;
         let idle = self.cfg.commit_interval.max(Duration::from_millis(500)).min(Duration::from_secs(1));
         loop {
@@ -117,49 +231,83 @@ impl Writer {
                     }
                 }
             }
-            let waited_out = p.since.is_some_and(|s| s.elapsed() >= self.cfg.commit_interval);
-            let someone_waits = p.parts.iter().any(|x| x.ack.is_some()) || !p.flushes.is_empty();
-            let queue_empty = self.rx.is_empty();
-            if !p.is_empty()
-                && (closed || p.raw.len() >= self.cfg.commit_bytes || waited_out || (someone_waits && queue_empty))
-            {
-                self.commit(&mut enc, &mut p, &mut frame, &mut seg);
-                dirty = !matches!(self.cfg.fsync, FsyncPolicy::Always);
+            match &down {
+                Some(d) => {
+                    if closed || Instant::now() >= d.retry_at {
+                        self.retry(&mut enc, &mut p, &mut frame, &mut seg, &mut down);
+                    }
+                }
+                None => {
+                    let waited_out = p.since.is_some_and(|s| s.elapsed() >= self.cfg.commit_interval);
+                    let someone_waits = p.parts.iter().any(|x| x.ack.is_some()) || !p.flushes.is_empty();
+                    let queue_empty = self.rx.is_empty();
+                    if !p.is_empty()
+                        && (closed
+                            || p.raw.len() >= self.cfg.commit_bytes
+                            || waited_out
+                            || (someone_waits && queue_empty))
+                    {
+                        self.commit(&mut enc, &mut p, &mut frame, &mut seg, &mut down);
+                        if down.is_none() {
+                            dirty = !matches!(self.cfg.fsync, FsyncPolicy::Always);
+                            if !self.closing.is_empty() {
+                                self.close_segments();
+                            }
+                        }
+                    }
+                }
             }
             if closed {
                 break;
             }
             // Roll an idle segment at the hour so the last hour is sealed on time.
-            if p.is_empty() {
+            if p.is_empty() && down.is_none() {
                 if let Some(s) = &seg {
-                    if s.name.hour_key() != hour_key(self.clock.now_ms()) {
+                    if s.name.hour_key() < hour_key(self.clock.now_ms()) {
                         self.seal(seg.take());
                     }
                 }
             }
             if let FsyncPolicy::Interval(iv) = self.cfg.fsync {
                 if dirty && last_sync.elapsed() >= iv {
-                    if let Some(s) = &seg {
-                        self.sync(s);
+                    if let Some(s) = &mut seg {
+                        if let Err(e) = s.sync() {
+                            self.fsync_failed(&mut seg, e, &mut down);
+                        }
                     }
                     last_sync = Instant::now();
                     dirty = false;
                 }
             }
-            if p.raw.len() >= self.cfg.commit_bytes {
+            if self.cfg.retention.on_full == OnFull::DropOldest && last_space_check.elapsed() >= SPACE_CHECK {
+                last_space_check = Instant::now();
+                self.check_space();
+            }
+            if p.raw.len() >= self.cfg.commit_bytes && down.is_none() {
                 continue;
             }
-            let wait = match p.since {
-                Some(s) => self.cfg.commit_interval.saturating_sub(s.elapsed()),
-                None => idle,
+            let wait = match (&down, p.since) {
+                (Some(d), _) => d.retry_at.saturating_duration_since(Instant::now()),
+                (None, Some(s)) => self.cfg.commit_interval.saturating_sub(s.elapsed()),
+                (None, None) => idle,
             };
             if wait.is_zero() {
+                continue;
+            }
+            // While down, the channel is read only up to commit_bytes of
+            // pending records: beyond that senders wait in the channel.
+            if down.is_some() && p.raw.len() >= self.cfg.commit_bytes {
+                std::thread::sleep(wait);
                 continue;
             }
             match handle.block_on(async { tokio::time::timeout(wait, self.rx.recv()).await }) {
                 Ok(Some(Msg::Close)) | Ok(None) => {
                     if !p.is_empty() {
-                        self.commit(&mut enc, &mut p, &mut frame, &mut seg);
+                        if down.is_some() {
+                            self.retry(&mut enc, &mut p, &mut frame, &mut seg, &mut down);
+                        } else {
+                            self.commit(&mut enc, &mut p, &mut frame, &mut seg, &mut down);
+                        }
                     }
                     break;
                 }
@@ -167,8 +315,28 @@ impl Writer {
                 Err(_) => {}
             }
         }
-        if let Some(s) = &seg {
-            self.sync(s);
+        // Stopping: what could not be written is dropped now, counted.
+        if p.records > 0 {
+            let reason = match down.as_ref().map(|d| d.trouble) {
+                Some(Trouble::DiskFull) => DropReason::DiskFull,
+                _ => DropReason::StoreError,
+            };
+            error!(stream = %self.stream, records = p.records, reason = reason.as_str(),
+                "stopping while the disk refuses writes: pending records without acknowledgement are dropped");
+            p.keep_unacknowledged(|ack| {
+                let _ = ack.send(Err(Error::Closed));
+            });
+            for part in p.parts.drain(..) {
+                self.metrics.drop_records(&part.listener, reason, u64::from(part.records));
+            }
+        }
+        for f in p.flushes.drain(..) {
+            let _ = f.send(());
+        }
+        if let Some(s) = &mut seg {
+            if let Err(e) = s.sync() {
+                self.fsync_failed(&mut seg, e, &mut down);
+            }
         }
         self.seal(seg.take());
         info!(stream = %self.stream, "stream writer stopped");
@@ -193,9 +361,17 @@ impl Writer {
                 p.truncated += b.truncated;
                 match p.parts.last_mut() {
                     Some(last) if b.ack.is_none() && last.ack.is_none() && Arc::ptr_eq(&last.listener, &b.listener) => {
-                        last.records += b.records
+                        last.records += b.records;
+                        last.truncated += b.truncated;
+                        last.bytes += b.data.len();
                     }
-                    _ => p.parts.push(Part { listener: b.listener, records: b.records, ack: b.ack }),
+                    _ => p.parts.push(Part {
+                        listener: b.listener,
+                        records: b.records,
+                        truncated: b.truncated,
+                        bytes: b.data.len(),
+                        ack: b.ack,
+                    }),
                 }
             }
             Msg::Flush(tx) => {
@@ -206,7 +382,16 @@ impl Writer {
         }
     }
 
-    fn commit(&mut self, enc: &mut FrameEncoder, p: &mut Pending, frame: &mut Vec<u8>, seg: &mut Option<OpenSegment>) {
+    /// Write what is pending as one frame. On success everyone is answered;
+    /// on failure the stream goes down (see the module docs).
+    fn commit(
+        &mut self,
+        enc: &mut FrameEncoder,
+        p: &mut Pending,
+        frame: &mut Vec<u8>,
+        seg: &mut Option<OpenSegment>,
+        down: &mut Option<Down>,
+    ) {
         let started = Instant::now();
         let result = if p.records > 0 { self.write_frame(enc, p, frame, seg) } else { Ok(()) };
         let records = p.records;
@@ -227,34 +412,39 @@ impl Writer {
                     }
                     seq += u64::from(part.records);
                 }
-            }
-            Err(e) => {
-                error!(stream = %self.stream, records, error = %e, "commit failed; records not written");
-                self.metrics.commit_errors.with_label_values(&[&self.stream]).inc();
-                for part in p.parts.drain(..) {
-                    match part.ack {
-                        // The sender learns of the failure and keeps the records.
-                        Some(ack) => {
-                            let _ = ack.send(Err(Error::Io {
-                                stream: self.stream.clone(),
-                                source: std::io::Error::new(e.kind(), e.to_string()),
-                            }));
-                        }
-                        None => {
-                            self.metrics.drop_records(&part.listener, DropReason::StoreError, u64::from(part.records))
-                        }
-                    }
+                p.clear();
+                if let Some(d) = down.take() {
+                    self.up(d);
                 }
+            }
+            Err(fault) => {
+                let trouble = Trouble::of(fault.io());
+                let s = self.stream.as_str();
+                self.metrics.commit_errors.with_label_values(&[s]).inc();
+                self.metrics.disk_errors.with_label_values(&[s, fault.op(), trouble.as_str()]).inc();
+                let e = fault.io();
+                if down.is_none() {
+                    error!(stream = s, records, op = fault.op(), trouble = trouble.as_str(), error = %e,
+                        "{}: commit failed, nothing of it was written; stream stops accepting until the disk takes writes again",
+                        describe(trouble));
+                }
+                let stream = self.stream.clone();
+                p.keep_unacknowledged(|ack| {
+                    let _ = ack.send(Err(Error::Io {
+                        stream: stream.clone(),
+                        trouble,
+                        source: std::io::Error::new(e.kind(), e.to_string()),
+                    }));
+                });
+                self.go_down(down, trouble, frame.len().max(64 << 10));
             }
         }
         for f in p.flushes.drain(..) {
             let _ = f.send(());
         }
-        p.raw.clear();
-        p.records = 0;
-        p.truncated = 0;
-        p.since = None;
-        p.last_ms = 0;
+        if p.records == 0 {
+            p.clear();
+        }
     }
 
     fn write_frame(
@@ -263,7 +453,7 @@ impl Writer {
         p: &Pending,
         frame: &mut Vec<u8>,
         seg: &mut Option<OpenSegment>,
-    ) -> std::io::Result<()> {
+    ) -> Result<(), Fault> {
         let meta = FrameMeta {
             stream: &self.stream,
             records: p.records,
@@ -272,11 +462,12 @@ impl Writer {
             first_ms: p.first_ms,
             last_ms: p.last_ms,
         };
-        enc.encode(&meta, &p.raw, frame)?;
+        enc.encode(&meta, &p.raw, frame).map_err(Fault::Encode)?;
         let now = self.clock.now_ms();
         let rotate = match seg.as_ref() {
+            // Only forward in time: a clock set back never reopens an earlier hour.
             Some(s) => {
-                s.name.hour_key() != hour_key(now)
+                s.name.hour_key() < hour_key(now)
                     || (s.len > 0 && s.len + frame.len() as u64 > self.cfg.segment_max_bytes)
             }
             None => false,
@@ -285,44 +476,237 @@ impl Writer {
             self.seal(seg.take());
         }
         if seg.is_none() {
-            let name = SegmentName::new(&self.site, &self.stream, &self.node, self.next_segment_seq, now);
-            let s = OpenSegment::create(&self.archive_dir, name, self.next_record_seq)?;
+            let name = SegmentName::not_before(
+                &self.site,
+                &self.stream,
+                &self.node,
+                self.next_segment_seq,
+                now,
+                self.last_name.as_ref(),
+            );
+            // The sequence number is used up even if the create fails: names never repeat.
             self.next_segment_seq += 1;
+            let s =
+                OpenSegment::create(&self.fs, &self.archive_dir, name, self.next_record_seq).map_err(Fault::Create)?;
+            self.last_name = Some(s.name.clone());
             self.metrics.segments_open.with_label_values(&[&self.stream]).set(1);
             *seg = Some(s);
         }
         let s = seg.as_mut().expect("opened above");
-        s.append(frame, p.records)?;
+        match s.append(frame, p.records) {
+            Ok(()) => {}
+            Err(AppendError::Cut(e)) => return Err(Fault::Write(e)),
+            Err(AppendError::Uncut { write, cut }) => {
+                error!(stream = %self.stream, path = %s.path.display(), error = %cut,
+                    "cannot cut a failed write back out of the segment; abandoning it");
+                self.abandon(seg);
+                return Err(Fault::Abandoned("write", write));
+            }
+        }
         if matches!(self.cfg.fsync, FsyncPolicy::Always) {
             let t = Instant::now();
-            s.sync()?;
+            if let Err(e) = s.sync() {
+                error!(stream = %self.stream, path = %s.path.display(), error = %e,
+                    "fsync failed: the segment is cut back to its last durable length, sealed, and not written again");
+                self.abandon(seg);
+                return Err(Fault::Abandoned("fsync", e));
+            }
             self.metrics.fsync_seconds.observe(t.elapsed().as_secs_f64());
         }
         Ok(())
     }
 
-    fn sync(&self, s: &OpenSegment) {
-        let t = Instant::now();
-        if let Err(e) = s.sync() {
-            error!(stream = %self.stream, path = %s.path.display(), error = %e, "fsync failed");
-            self.metrics.commit_errors.with_label_values(&[&self.stream]).inc();
-        }
-        self.metrics.fsync_seconds.observe(t.elapsed().as_secs_f64());
+    /// A periodic fsync (`fsync = "interval"`) failed: frames written since
+    /// the last good one were acknowledged but may not be on disk. They are
+    /// cut with the segment's untrusted tail, logged and counted.
+    fn fsync_failed(&mut self, seg: &mut Option<OpenSegment>, e: std::io::Error, down: &mut Option<Down>) {
+        let trouble = Trouble::of(&e);
+        self.metrics.disk_errors.with_label_values(&[&self.stream, "fsync", trouble.as_str()]).inc();
+        error!(stream = %self.stream, error = %e, "fsync failed: the segment is cut back to its last durable length and sealed");
+        self.abandon(seg);
+        self.go_down(down, trouble, 64 << 10);
     }
 
-    fn seal(&self, seg: Option<OpenSegment>) {
-        let Some(s) = seg else { return };
-        let path = s.path.clone();
+    /// Give up on the open segment after a disk fault: it is cut back to
+    /// its last durable length and sealed ([`OpenSegment::finish`]); the
+    /// stream continues in a new one.
+    fn abandon(&mut self, seg: &mut Option<OpenSegment>) {
+        let Some(s) = seg.take() else { return };
         self.metrics.segments_open.with_label_values(&[&self.stream]).set(0);
-        match s.seal(&self.state_dir, self.clock.now_ms()) {
-            Ok(rec) => {
-                self.metrics.segments_sealed.with_label_values(&[&self.stream]).inc();
-                info!(stream = %self.stream, path = %path.display(), len = rec.len, records = rec.records, "segment sealed");
+        self.metrics.abandoned_segments.with_label_values(&[&self.stream]).inc();
+        warn!(stream = %self.stream, path = %s.path.display(), durable_len = s.durable_len(),
+            "segment closed at its last durable length after a disk fault; writing continues in a new one");
+        self.closing.push(s);
+        self.close_segments();
+    }
+
+    fn go_down(&mut self, down: &mut Option<Down>, trouble: Trouble, need: usize) {
+        let now = Instant::now();
+        match down {
+            Some(d) => {
+                d.trouble = trouble;
+                d.backoff = (d.backoff * 2).min(PROBE_MAX);
+                d.retry_at = now + d.backoff;
+                d.need = need;
             }
-            Err(e) => {
-                // The file is whole; recovery at the next start will seal it.
-                warn!(stream = %self.stream, path = %path.display(), error = %e, "cannot write seal record; recovery will retry at next start");
+            None => {
+                *down = Some(Down { trouble, since: now, retry_at: now + PROBE_MIN, backoff: PROBE_MIN, need });
             }
         }
+        self.health.set(Some(trouble));
+        for t in [Trouble::DiskFull, Trouble::ReadOnly, Trouble::Io] {
+            self.metrics.store_unwritable.with_label_values(&[&self.stream, t.as_str()]).set(i64::from(t == trouble));
+        }
+        if trouble == Trouble::DiskFull && self.cfg.retention.on_full == OnFull::DropOldest {
+            self.room.notify_one();
+        }
+    }
+
+    fn up(&mut self, d: Down) {
+        self.health.set(None);
+        for t in [Trouble::DiskFull, Trouble::ReadOnly, Trouble::Io] {
+            self.metrics.store_unwritable.with_label_values(&[&self.stream, t.as_str()]).set(0);
+        }
+        info!(stream = %self.stream, was = d.trouble.as_str(), after = ?d.since.elapsed(),
+            "the disk takes writes again: stream accepting records");
+    }
+
+    /// While down: write what is pending, or else probe the disk with as
+    /// many bytes as the failed frame needed.
+    fn retry(
+        &mut self,
+        enc: &mut FrameEncoder,
+        p: &mut Pending,
+        frame: &mut Vec<u8>,
+        seg: &mut Option<OpenSegment>,
+        down: &mut Option<Down>,
+    ) {
+        if let Some(e) = self.close_segments() {
+            let trouble = Trouble::of(&e);
+            // Senders waiting for an answer get one now: still failing.
+            let stream = self.stream.clone();
+            p.keep_unacknowledged(|ack| {
+                let _ = ack.send(Err(Error::Io {
+                    stream: stream.clone(),
+                    trouble,
+                    source: std::io::Error::new(e.kind(), e.to_string()),
+                }));
+            });
+            self.go_down(down, trouble, down.as_ref().map_or(64 << 10, |d| d.need));
+            for f in p.flushes.drain(..) {
+                let _ = f.send(());
+            }
+            return;
+        }
+        if p.records > 0 {
+            self.commit(enc, p, frame, seg, down);
+        } else {
+            let need = down.as_ref().map_or(64 << 10, |d| d.need);
+            match self.probe(need) {
+                Ok(()) => {
+                    if let Some(d) = down.take() {
+                        self.up(d);
+                    }
+                }
+                Err(e) => {
+                    let trouble = Trouble::of(&e);
+                    self.metrics.disk_errors.with_label_values(&[&self.stream, "probe", trouble.as_str()]).inc();
+                    self.go_down(down, trouble, need);
+                }
+            }
+            for f in p.flushes.drain(..) {
+                let _ = f.send(());
+            }
+        }
+    }
+
+    /// Create, write, fsync and remove a scratch file under `state/`.
+    fn probe(&self, need: usize) -> std::io::Result<()> {
+        let path = self.state_dir.join(format!("probe-{}.tmp", self.stream));
+        let _ = std::fs::remove_file(&path);
+        let r = (|| {
+            let mut f = self.fs.create_new(&path)?;
+            f.write_all_at(&vec![0u8; need.clamp(4096, 4 << 20)], 0)?;
+            f.sync_data()
+        })();
+        let _ = std::fs::remove_file(&path);
+        r
+    }
+
+    /// Under `drop_oldest`, ask retention for room before the disk is full.
+    fn check_space(&self) {
+        if let Ok(space) = self.fs.space(&self.archive_dir) {
+            if space.free_bytes < room_target(&self.cfg) {
+                self.room.notify_one();
+            }
+        }
+    }
+
+    /// fsync and seal. A failed fsync abandons the segment; a seal record
+    /// the disk refuses (it is full) is retried later ([`Self::closing`]).
+    fn seal(&mut self, seg: Option<OpenSegment>) {
+        let Some(mut s) = seg else { return };
+        self.metrics.segments_open.with_label_values(&[&self.stream]).set(0);
+        if let Err(e) = s.sync() {
+            let trouble = Trouble::of(&e);
+            self.metrics.disk_errors.with_label_values(&[&self.stream, "fsync", trouble.as_str()]).inc();
+            error!(stream = %self.stream, path = %s.path.display(), error = %e,
+                "fsync failed while sealing: the segment is cut back to its last durable length");
+            self.abandon(&mut Some(s));
+            return;
+        }
+        self.closing.push(s);
+        self.close_segments();
+    }
+
+    /// Cut and seal what is closing. Returns the error of a segment that
+    /// still holds bytes after its durable length: until that cut is made,
+    /// the stream must not take records (a retry of what the cut removes
+    /// would be archived twice).
+    fn close_segments(&mut self) -> Option<std::io::Error> {
+        let mut uncut = None;
+        for s in std::mem::take(&mut self.closing) {
+            let path = s.path.clone();
+            match s.finish(&self.fs, &self.state_dir, self.clock.now_ms()) {
+                Ok((None, _)) => {
+                    info!(stream = %self.stream, path = %path.display(), "empty segment removed (nothing of it was durable)");
+                }
+                Ok((Some(rec), cut_records)) => {
+                    if let Some(n) = (cut_records > 0).then_some(cut_records) {
+                        self.metrics.cut_records.with_label_values(&[&self.stream]).inc_by(n);
+                        error!(stream = %self.stream, path = %path.display(), records = n,
+                            "acknowledged records were cut with the untrusted tail after a failed fsync (fsync is not \"always\")");
+                    }
+                    // Cut records keep their sequence numbers: the gap shows the loss.
+                    self.metrics.segments_sealed.with_label_values(&[&self.stream]).inc();
+                    info!(stream = %self.stream, path = %path.display(), len = rec.len, records = rec.records, "segment sealed");
+                }
+                Err((s, e)) => {
+                    let trouble = Trouble::of(&e);
+                    let op = if s.needs_cut() { "cut" } else { "seal" };
+                    self.metrics.disk_errors.with_label_values(&[&self.stream, op, trouble.as_str()]).inc();
+                    warn!(stream = %self.stream, path = %path.display(), op, error = %e,
+                        "cannot close the segment now; retried while the disk recovers (or by recovery at the next start)");
+                    if s.needs_cut() {
+                        uncut = Some(e);
+                    }
+                    self.closing.push(s);
+                }
+            }
+        }
+        uncut
+    }
+}
+
+/// Free space `drop_oldest` keeps: room for two commits and some.
+pub fn room_target(cfg: &StoreConfig) -> u64 {
+    2 * cfg.commit_bytes as u64 + (1 << 20)
+}
+
+fn describe(t: Trouble) -> &'static str {
+    match t {
+        Trouble::DiskFull => "disk full",
+        Trouble::ReadOnly => "read-only filesystem",
+        Trouble::Io => "disk I/O error",
     }
 }

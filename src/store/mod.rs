@@ -12,6 +12,7 @@ pub mod clock;
 mod commit;
 pub mod escape;
 pub mod frame;
+pub mod fs;
 pub mod reader;
 pub mod recover;
 pub mod retention;
@@ -19,16 +20,17 @@ pub mod segment;
 
 use std::io;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::config::{Config, StoreConfig};
 use crate::metrics::Metrics;
 use clock::Clock;
 use commit::{Msg, Writer};
+use fs::{Fs, Trouble};
 
 /// Batches a stream's channel holds before senders wait (or datagrams drop).
 /// With listeners flushing at [`BATCH_BYTES`], this bounds queued memory per
@@ -60,12 +62,22 @@ pub struct Committed {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("stream {stream}: write failed")]
+    /// The commit holding the batch failed on disk; nothing of it was written.
+    #[error("stream {stream}: commit failed ({})", trouble.as_str())]
     Io {
         stream: String,
+        trouble: Trouble,
         #[source]
         source: io::Error,
     },
+    /// The stream's disk refuses writes (full, read-only, failing): nothing
+    /// is accepted until a probe write succeeds.
+    #[error("stream {stream}: not accepting records: {}", match trouble {
+        Trouble::DiskFull => "disk full",
+        Trouble::ReadOnly => "filesystem is read-only",
+        Trouble::Io => "disk I/O errors",
+    })]
+    Unwritable { stream: String, trouble: Trouble },
     #[error("cannot open store at {path}")]
     Open {
         path: PathBuf,
@@ -80,12 +92,55 @@ pub enum Error {
     Overloaded(String),
 }
 
+impl Error {
+    /// The store refuses for now and will take the batch later: hold the
+    /// sender back (streams, RELP) or tell it to retry (HTTP), never lose.
+    pub fn is_temporary(&self) -> bool {
+        matches!(self, Error::Full | Error::Unwritable { .. })
+    }
+
+    /// The disk is full (HTTP answers 507 rather than 503).
+    pub fn is_disk_full(&self) -> bool {
+        matches!(
+            self,
+            Error::Unwritable { trouble: Trouble::DiskFull, .. } | Error::Io { trouble: Trouble::DiskFull, .. }
+        )
+    }
+}
+
+/// Whether a stream's disk takes writes; set by its writer, read by every
+/// sender and by `/readyz`.
+#[derive(Debug, Default)]
+pub struct Health(AtomicU8);
+
+impl Health {
+    pub fn get(&self) -> Option<Trouble> {
+        match self.0.load(Ordering::Relaxed) {
+            1 => Some(Trouble::DiskFull),
+            2 => Some(Trouble::ReadOnly),
+            3 => Some(Trouble::Io),
+            _ => None,
+        }
+    }
+
+    pub fn set(&self, t: Option<Trouble>) {
+        let v = match t {
+            None => 0,
+            Some(Trouble::DiskFull) => 1,
+            Some(Trouble::ReadOnly) => 2,
+            Some(Trouble::Io) => 3,
+        };
+        self.0.store(v, Ordering::Relaxed)
+    }
+}
+
 /// A cheap, cloneable sender into one stream.
 #[derive(Clone)]
 pub struct StreamHandle {
     name: Arc<str>,
     tx: mpsc::Sender<Msg>,
     full: Arc<AtomicBool>,
+    health: Arc<Health>,
 }
 
 impl StreamHandle {
@@ -98,14 +153,26 @@ impl StreamHandle {
         self.full.load(Ordering::Relaxed)
     }
 
+    /// Why the stream's disk refuses writes now, if it does.
+    pub fn trouble(&self) -> Option<Trouble> {
+        self.health.get()
+    }
+
+    fn refusal(&self) -> Option<Error> {
+        if self.is_full() {
+            return Some(Error::Full);
+        }
+        self.health.get().map(|trouble| Error::Unwritable { stream: self.name.to_string(), trouble })
+    }
+
     /// Queue a batch, waiting for room: stream listeners stop reading while
     /// the store is behind, which is TCP's own backpressure.
     ///
     /// # Cancel safety
     /// Not cancel safe: a cancelled call may or may not have queued the batch.
     pub async fn submit(&self, batch: Batch) -> Result<(), (Error, Batch)> {
-        if self.is_full() {
-            return Err((Error::Full, batch));
+        if let Some(e) = self.refusal() {
+            return Err((e, batch));
         }
         self.tx.send(Msg::Batch(batch)).await.map_err(|e| match e.0 {
             Msg::Batch(b) => (Error::Closed, b),
@@ -116,8 +183,8 @@ impl StreamHandle {
     /// Queue a batch only if there is room now (datagram listeners: drop and
     /// count rather than block).
     pub fn try_submit(&self, batch: Batch) -> Result<(), (Error, Batch)> {
-        if self.is_full() {
-            return Err((Error::Full, batch));
+        if let Some(e) = self.refusal() {
+            return Err((e, batch));
         }
         self.tx.try_send(Msg::Batch(batch)).map_err(|e| match e {
             mpsc::error::TrySendError::Full(Msg::Batch(b)) => (Error::Overloaded(self.name.to_string()), b),
@@ -145,23 +212,34 @@ pub struct Store {
     site: String,
     clock: Arc<dyn Clock>,
     metrics: Metrics,
+    fs: Fs,
+    age_clock: clock::AgeClock,
+    /// Writers ask retention for room here (`on_full = "drop_oldest"`).
+    room: Arc<Notify>,
 }
 
 impl Store {
     /// Recover every stream and start its writer. Must be called inside a
     /// tokio runtime; writers use its timer.
     pub fn open(config: &Config, clock: Arc<dyn Clock>, metrics: Metrics) -> Result<Store, Error> {
+        Store::open_with(config, clock, metrics, Fs::real())
+    }
+
+    /// [`open`](Self::open) on a given file layer (tests inject faults).
+    pub fn open_with(config: &Config, clock: Arc<dyn Clock>, metrics: Metrics, fs: Fs) -> Result<Store, Error> {
         let archive_dir = config.archive_dir();
         let state_dir = config.state_dir();
         for d in [&archive_dir, &state_dir] {
-            std::fs::create_dir_all(d).map_err(|source| Error::Open { path: d.clone(), source })?;
+            fs.create_dir_all(d).map_err(|source| Error::Open { path: d.clone(), source })?;
         }
+        let room = Arc::new(Notify::new());
         let handle = tokio::runtime::Handle::current();
         let full = Arc::new(AtomicBool::new(false));
         let mut streams = Vec::new();
         let mut threads = Vec::new();
         for name in &config.streams {
             let rec = recover::recover_stream(
+                &fs,
                 &archive_dir,
                 &state_dir,
                 &config.node.site,
@@ -173,6 +251,10 @@ impl Store {
             .map_err(|source| Error::Open { path: archive_dir.join(&config.node.site).join(name), source })?;
             metrics.segments_open.with_label_values(&[name]).set(0);
             let (tx, rx) = mpsc::channel(CHANNEL_BATCHES);
+            let health = Arc::new(Health::default());
+            for t in [Trouble::DiskFull, Trouble::ReadOnly, Trouble::Io] {
+                metrics.store_unwritable.with_label_values(&[name, t.as_str()]).set(0);
+            }
             let w = Writer {
                 stream: name.clone(),
                 site: config.node.site.clone(),
@@ -182,9 +264,14 @@ impl Store {
                 cfg: config.store.clone(),
                 clock: clock.clone(),
                 metrics: metrics.clone(),
+                fs: fs.clone(),
+                health: health.clone(),
+                room: room.clone(),
                 rx,
                 next_segment_seq: rec.next_segment_seq,
                 next_record_seq: rec.next_record_seq,
+                last_name: rec.last_name,
+                closing: Vec::new(),
             };
             let h = handle.clone();
             let t = std::thread::Builder::new()
@@ -192,7 +279,7 @@ impl Store {
                 .spawn(move || w.run(h))
                 .map_err(|source| Error::Open { path: archive_dir.clone(), source })?;
             threads.push(t);
-            streams.push(StreamHandle { name: name.as_str().into(), tx, full: full.clone() });
+            streams.push(StreamHandle { name: name.as_str().into(), tx, full: full.clone(), health });
         }
         Ok(Store {
             streams,
@@ -204,7 +291,20 @@ impl Store {
             site: config.node.site.clone(),
             clock,
             metrics,
+            fs,
+            age_clock: clock::AgeClock::default(),
+            room,
         })
+    }
+
+    /// The file layer every writer uses.
+    pub fn fs(&self) -> &Fs {
+        &self.fs
+    }
+
+    /// Streams whose disk refuses writes now, with the reason.
+    pub fn unwritable(&self) -> Vec<(String, Trouble)> {
+        self.streams.iter().filter_map(|s| s.trouble().map(|t| (s.name.to_string(), t))).collect()
     }
 
     /// The handle of a stream by name.
@@ -227,15 +327,31 @@ impl Store {
     /// One retention pass now (also run periodically by [`retention::run`]).
     pub fn retention_pass(&self, hold: &dyn retention::Hold) -> io::Result<retention::Outcome> {
         let out = retention::pass(
+            &self.fs,
             &self.archive_dir,
             &self.state_dir,
             &self.cfg.retention,
-            self.clock.now_ms(),
+            self.age_clock.now_ms(&*self.clock),
             hold,
             &self.metrics,
         )?;
         self.full.store(out.full, Ordering::Relaxed);
         Ok(out)
+    }
+
+    /// Under `on_full = "drop_oldest"`: delete sealed segments until the
+    /// writers have room again ([`retention::make_room`]).
+    pub fn make_room(&self, hold: &dyn retention::Hold) -> io::Result<Vec<PathBuf>> {
+        if self.cfg.retention.on_full != crate::config::OnFull::DropOldest {
+            return Ok(Vec::new());
+        }
+        let target = commit::room_target(&self.cfg);
+        retention::make_room(&self.fs, &self.archive_dir, &self.state_dir, target, hold, &self.metrics)
+    }
+
+    /// Resolves when a writer asks for room (disk full, `drop_oldest`).
+    pub async fn room_wanted(&self) {
+        self.room.notified().await
     }
 
     /// This node's site (the archive subdirectory it writes).

@@ -5,14 +5,18 @@
 //! followed by whole frames is not a torn tail: the file is kept as it is,
 //! logged and counted, and `ferry verify` points at it. Then the segment is
 //! sealed, and the stream continues in a new one.
+//!
+//! A damaged seal record (truncated, garbage, a checksum that is not hex) is
+//! re-derived from its segment, which never changes once sealed: logged with
+//! the file and the problem, and counted in `ferry_state_repaired_total`.
 
-use std::fs::OpenOptions;
 use std::io;
 use std::path::Path;
 
 use tracing::{error, info, warn};
 use walkdir::WalkDir;
 
+use super::fs::Fs;
 use super::reader::{SegmentReader, Step};
 use super::segment::{seal_path, sha256_file, SealRecord, SegmentName};
 use crate::metrics::Metrics;
@@ -27,10 +31,13 @@ pub struct StreamRecovery {
     /// Unsealed segments found and sealed.
     pub recovered: u64,
     pub truncated_bytes: u64,
+    /// The newest segment's name: new ones never sort before it.
+    pub last_name: Option<SegmentName>,
 }
 
 /// Recover and seal every unsealed segment this node wrote for `stream`.
 pub fn recover_stream(
+    fs: &Fs,
     archive_dir: &Path,
     state_dir: &Path,
     site: &str,
@@ -61,19 +68,47 @@ pub fn recover_stream(
     }
     mine.sort_by_key(|(n, _)| n.seq);
     for (name, rel) in &mine {
-        let seal = match SealRecord::load(&seal_path(state_dir, rel))? {
-            Some(s) => s,
-            None => {
+        let seal = match SealRecord::load(&seal_path(state_dir, rel)) {
+            Ok(Some(s)) => Some(s),
+            Ok(None) => {
                 out.recovered += 1;
-                let (rec, cut) = recover_segment(&archive_dir.join(rel), rel, state_dir, now_ms, stream, metrics)?;
+                let (rec, cut) = recover_segment(fs, &archive_dir.join(rel), rel, state_dir, now_ms, stream, metrics)?;
                 out.truncated_bytes += cut;
                 rec
             }
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                reseal(fs, archive_dir, state_dir, rel, &e.to_string(), now_ms, metrics)?
+            }
+            Err(e) => return Err(e),
         };
         out.next_segment_seq = out.next_segment_seq.max(name.seq + 1);
+        let Some(seal) = seal else { continue };
         out.next_record_seq = out.next_record_seq.max(seal.next_seq);
+        if out.last_name.as_ref().is_none_or(|l| l.hour_key() <= name.hour_key()) {
+            out.last_name = Some(name.clone());
+        }
     }
     Ok(out)
+}
+
+/// Re-derive the seal record of a sealed segment whose record is damaged
+/// (`why` says how): walk the file, hash it, write the record again
+/// (`None`: the file was empty and is removed).
+pub fn reseal(
+    fs: &Fs,
+    archive_dir: &Path,
+    state_dir: &Path,
+    rel: &Path,
+    why: &str,
+    now_ms: i64,
+    metrics: &Metrics,
+) -> io::Result<Option<SealRecord>> {
+    let path = archive_dir.join(rel);
+    let stream = rel.iter().nth(1).and_then(|s| s.to_str()).unwrap_or("-").to_owned();
+    warn!(seal = %seal_path(state_dir, rel).display(), problem = %why, "damaged seal record: re-deriving it from the segment");
+    metrics.state_repaired.with_label_values(&["seal"]).inc();
+    let (rec, _) = recover_segment(fs, &path, rel, state_dir, now_ms, &stream, metrics)?;
+    Ok(rec)
 }
 
 /// What a walk over one segment found (after any truncation).
@@ -94,7 +129,7 @@ pub struct Walk {
 /// Walk a segment frame by frame and cut a torn tail (logged and counted
 /// under `stream`). Used for local segments at start and for mirror segments
 /// when a receiver first touches them.
-pub fn walk_and_repair(path: &Path, stream: &str, metrics: &Metrics) -> io::Result<Walk> {
+pub fn walk_and_repair(fs: &Fs, path: &Path, stream: &str, metrics: &Metrics) -> io::Result<Walk> {
     let mut r = SegmentReader::open(path)?;
     let mut w = Walk::default();
     loop {
@@ -116,7 +151,7 @@ pub fn walk_and_repair(path: &Path, stream: &str, metrics: &Metrics) -> io::Resu
                 None => {
                     w.cut = r.len() - offset;
                     warn!(path = %path.display(), offset, bytes = w.cut, %error, "torn frame at segment tail; truncating");
-                    let f = OpenOptions::new().write(true).open(path)?;
+                    let f = fs.open_write(path)?;
                     f.set_len(offset)?;
                     f.sync_all()?;
                     metrics.recovery_truncated_bytes.with_label_values(&[stream]).inc_by(w.cut);
@@ -134,16 +169,28 @@ pub fn walk_and_repair(path: &Path, stream: &str, metrics: &Metrics) -> io::Resu
 }
 
 /// Walk one unsealed segment, truncate a torn tail, seal it. Returns the seal
-/// and the number of bytes cut.
+/// and the number of bytes cut. A segment with no whole frame (a crash right
+/// after it was created) is removed instead: an empty file is not a zstd
+/// file, and `zstdcat` over the archive would stop at it.
 pub fn recover_segment(
+    fs: &Fs,
     path: &Path,
     rel: &Path,
     state_dir: &Path,
     now_ms: i64,
     stream: &str,
     metrics: &Metrics,
-) -> io::Result<(SealRecord, u64)> {
-    let w = walk_and_repair(path, stream, metrics)?;
+) -> io::Result<(Option<SealRecord>, u64)> {
+    let w = walk_and_repair(fs, path, stream, metrics)?;
+    if w.len == 0 {
+        fs.remove_file(path)?;
+        let _ = fs.remove_file(&seal_path(state_dir, rel));
+        if let Some(dir) = path.parent() {
+            fs.sync_dir(dir)?;
+        }
+        info!(path = %path.display(), truncated_bytes = w.cut, "removed a segment with no whole frame");
+        return Ok((None, w.cut));
+    }
     let rec = SealRecord {
         len: w.len,
         sha256: sha256_file(path)?,
@@ -153,8 +200,8 @@ pub fn recover_segment(
         next_seq: w.next_seq,
         sealed_ms: now_ms,
     };
-    rec.store(&seal_path(state_dir, rel))?;
+    rec.store(fs, &seal_path(state_dir, rel))?;
     metrics.recovered_segments.with_label_values(&[stream]).inc();
     info!(path = %path.display(), len = w.len, frames = w.frames, records = w.records, truncated_bytes = w.cut, "recovered and sealed unsealed segment");
-    Ok((rec, w.cut))
+    Ok((Some(rec), w.cut))
 }

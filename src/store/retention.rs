@@ -6,13 +6,13 @@
 //! over `max_bytes` makes the store refuse new records instead, and says so in
 //! the log and in `ferry_store_full`.
 
-use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tracing::{info, warn};
 
+use super::fs::Fs;
 use super::segment::{list_segments, seal_path, SealRecord};
 use super::Store;
 use crate::config::{OnFull, RetentionConfig};
@@ -51,7 +51,9 @@ struct Seg {
 }
 
 /// One retention pass over the whole archive.
+#[allow(clippy::too_many_arguments)]
 pub fn pass(
+    fs: &Fs,
     archive_dir: &Path,
     state_dir: &Path,
     cfg: &RetentionConfig,
@@ -59,10 +61,22 @@ pub fn pass(
     hold: &dyn Hold,
     metrics: &Metrics,
 ) -> io::Result<Outcome> {
-    let mut segs: Vec<Seg> = list_segments(archive_dir, state_dir, |_| false)?
-        .into_iter()
-        .map(|d| Seg { rel: d.rel, len: d.len, seal: d.seal, seq: d.name.seq })
-        .collect();
+    let mut segs: Vec<Seg> = Vec::new();
+    for d in list_segments(archive_dir, state_dir, |_| false)? {
+        let mut seal = d.seal;
+        if let Some(why) = &d.damaged_seal {
+            // Sealed once (seal files appear only then), and never changed since:
+            // re-derive the record from the file. Mirror segments too.
+            match super::recover::reseal(fs, archive_dir, state_dir, &d.rel, why, now_ms, metrics) {
+                Ok(Some(rec)) => seal = Some(rec),
+                Ok(None) => continue,
+                Err(e) => {
+                    warn!(path = %d.rel.display(), error = %e, "cannot re-derive a damaged seal record; the segment is kept")
+                }
+            }
+        }
+        segs.push(Seg { rel: d.rel, len: d.len, seal, seq: d.name.seq });
+    }
     // Oldest first: by seal time, then by sequence.
     segs.sort_by_key(|s| (s.seal.as_ref().map(|r| r.sealed_ms).unwrap_or(i64::MAX), s.seq));
     let mut out =
@@ -73,7 +87,7 @@ pub fn pass(
             warn!(path = %s.rel.display(), reason, "deleting a segment an uplink has not delivered (on_full = drop_oldest)");
             metrics.retention_deleted_segments.with_label_values(&["undelivered"]).inc();
         }
-        remove(archive_dir, state_dir, &s.rel)?;
+        remove(fs, archive_dir, state_dir, &s.rel)?;
         metrics.retention_deleted_segments.with_label_values(&[reason]).inc();
         metrics.retention_deleted_bytes.with_label_values(&[reason]).inc_by(s.len);
         info!(path = %s.rel.display(), bytes = s.len, reason, "retention deleted segment");
@@ -111,22 +125,58 @@ pub fn pass(
     Ok(out)
 }
 
-fn remove(archive_dir: &Path, state_dir: &Path, rel: &Path) -> io::Result<()> {
+fn remove(fs: &Fs, archive_dir: &Path, state_dir: &Path, rel: &Path) -> io::Result<()> {
     let path = archive_dir.join(rel);
-    match fs::remove_file(&path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    let _ = fs::remove_file(seal_path(state_dir, rel));
+    fs.remove_file(&path)?;
+    let _ = fs.remove_file(&seal_path(state_dir, rel));
     // Drop the day directory once its last segment is gone (fails harmlessly if not empty).
     if let Some(day) = path.parent() {
-        let _ = fs::remove_dir(day);
+        fs.remove_dir_if_empty(day);
     }
     if let Some(day) = seal_path(state_dir, rel).parent() {
-        let _ = fs::remove_dir(day);
+        fs.remove_dir_if_empty(day);
     }
     Ok(())
+}
+
+/// The disk is (nearly) full and `on_full = "drop_oldest"`: delete sealed
+/// segments, delivered ones first, then the oldest undelivered, until
+/// `target` bytes are free. Each deletion is logged and counted with the
+/// reason `disk_full`. Returns what was deleted.
+pub fn make_room(
+    fs: &Fs,
+    archive_dir: &Path,
+    state_dir: &Path,
+    target: u64,
+    hold: &dyn Hold,
+    metrics: &Metrics,
+) -> io::Result<Vec<PathBuf>> {
+    let mut deleted = Vec::new();
+    if fs.space(archive_dir)?.free_bytes >= target {
+        return Ok(deleted);
+    }
+    let mut segs: Vec<_> =
+        list_segments(archive_dir, state_dir, |_| false)?.into_iter().filter(|d| d.seal.is_some()).collect();
+    // Delivered before undelivered; oldest first within each.
+    segs.sort_by_key(|d| (hold.holds(&d.rel), d.seal.as_ref().map(|r| r.sealed_ms).unwrap_or(i64::MAX), d.name.seq));
+    for d in segs {
+        if fs.space(archive_dir)?.free_bytes >= target {
+            break;
+        }
+        let undelivered = hold.holds(&d.rel);
+        remove(fs, archive_dir, state_dir, &d.rel)?;
+        metrics.retention_deleted_segments.with_label_values(&["disk_full"]).inc();
+        metrics.retention_deleted_bytes.with_label_values(&["disk_full"]).inc_by(d.len);
+        if undelivered {
+            metrics.retention_deleted_segments.with_label_values(&["undelivered"]).inc();
+        }
+        warn!(path = %d.rel.display(), bytes = d.len, undelivered, "disk full and on_full = drop_oldest: deleted a sealed segment to make room");
+        deleted.push(d.rel);
+    }
+    if fs.space(archive_dir)?.free_bytes < target {
+        warn!(target, "disk full and on_full = drop_oldest, but no sealed segment is left to delete");
+    }
+    Ok(deleted)
 }
 
 /// Run retention every `check_interval` until `stop` is cancelled.
@@ -157,9 +207,19 @@ pub async fn run(
             Ok(Err(e)) => warn!(error = %e, "retention pass failed"),
             Err(e) => warn!(error = %e, "retention task failed"),
         }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(every) => {}
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(every) => break,
+                _ = store.room_wanted() => {
+                    let (s, h) = (store.clone(), hold.clone());
+                    match tokio::task::spawn_blocking(move || s.make_room(&*h)).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => warn!(error = %e, "cannot make room on a full disk"),
+                        Err(e) => warn!(error = %e, "retention task failed"),
+                    }
+                }
+            }
         }
     }
 }

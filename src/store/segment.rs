@@ -12,16 +12,19 @@
 //! A segment is *open* while it has no seal record. Sealing fsyncs the file
 //! and writes `state/seals/…seal` atomically (temp file, fsync, rename, fsync
 //! of the directory) with its final length and SHA-256; from then on the file
-//! never changes and can be proven byte-identical anywhere.
+//! never changes and can be proven byte-identical anywhere. A segment whose
+//! fsync failed is sealed at its last durable length and never written again
+//! (see [`OpenSegment`]).
 
 use std::fmt::Write as _;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::fs::{self, File};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
 use super::clock::utc_hour;
+use super::fs::{Fs, FsFile};
 
 /// Suffix of every segment file.
 pub const SEGMENT_SUFFIX: &str = ".log.zst";
@@ -50,6 +53,27 @@ impl SegmentName {
             node: node.to_owned(),
             seq,
         }
+    }
+
+    /// The name for a segment first written at `ms`, but never sorting
+    /// before `floor` (the stream's previous segment): a clock set back keeps
+    /// the previous segment's hour instead of going back in time.
+    pub fn not_before(
+        site: &str,
+        stream: &str,
+        node: &str,
+        seq: u64,
+        ms: i64,
+        floor: Option<&SegmentName>,
+    ) -> SegmentName {
+        let mut n = SegmentName::new(site, stream, node, seq, ms);
+        if let Some(f) = floor {
+            if n.hour_key() < f.hour_key() {
+                n.date = f.date.clone();
+                n.hour = f.hour;
+            }
+        }
+        n
     }
 
     pub fn file_name(&self) -> String {
@@ -129,7 +153,9 @@ impl SealRecord {
         s
     }
 
-    pub fn parse(text: &str) -> Option<SealRecord> {
+    /// Parse a seal record; the error says what is wrong with it (for the
+    /// log line that names the file).
+    pub fn parse(text: &str) -> Result<SealRecord, String> {
         let mut r = SealRecord {
             len: 0,
             sha256: String::new(),
@@ -140,48 +166,78 @@ impl SealRecord {
             sealed_ms: 0,
         };
         let mut seen = 0;
-        for line in text.lines() {
-            let (k, v) = line.split_once('=')?;
+        for (i, line) in text.lines().enumerate() {
+            let (k, v) = line.split_once('=').ok_or_else(|| format!("line {}: not key=value", i + 1))?;
+            let num = |v: &str| v.parse::<u64>().map_err(|_| format!("line {}: {k} is not a number", i + 1));
             match k {
-                "len" => r.len = v.parse().ok()?,
-                "sha256" => r.sha256 = v.to_owned(),
-                "frames" => r.frames = v.parse().ok()?,
-                "records" => r.records = v.parse().ok()?,
-                "first_seq" => r.first_seq = v.parse().ok()?,
-                "next_seq" => r.next_seq = v.parse().ok()?,
-                "sealed_ms" => r.sealed_ms = v.parse().ok()?,
+                "len" => r.len = num(v)?,
+                "sha256" => {
+                    if v.len() != 64 || !v.bytes().all(|b| b.is_ascii_hexdigit()) {
+                        return Err(format!("line {}: sha256 is not 64 hex digits", i + 1));
+                    }
+                    r.sha256 = v.to_ascii_lowercase();
+                }
+                "frames" => r.frames = num(v)?,
+                "records" => r.records = num(v)?,
+                "first_seq" => r.first_seq = num(v)?,
+                "next_seq" => r.next_seq = num(v)?,
+                "sealed_ms" => {
+                    r.sealed_ms = v.parse().map_err(|_| format!("line {}: sealed_ms is not a number", i + 1))?
+                }
                 _ => continue,
             }
             seen += 1;
         }
-        (seen >= 7 && r.sha256.len() == 64).then_some(r)
+        if seen < 7 {
+            return Err(format!("only {seen} of the 7 keys (truncated?)"));
+        }
+        Ok(r)
     }
 
+    /// The seal record at `path`: `None` if there is none, `InvalidData`
+    /// naming the file and the problem if it is damaged.
     pub fn load(path: &Path) -> io::Result<Option<SealRecord>> {
-        match fs::read_to_string(path) {
-            Ok(t) => SealRecord::parse(&t).map(Some).ok_or_else(|| {
-                io::Error::new(io::ErrorKind::InvalidData, format!("{}: malformed seal record", path.display()))
-            }),
+        match fs::read(path) {
+            Ok(b) => {
+                let parsed =
+                    std::str::from_utf8(&b).map_err(|_| "not UTF-8 text".to_string()).and_then(SealRecord::parse);
+                parsed.map(Some).map_err(|why| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("{}: damaged seal record: {why}", path.display()),
+                    )
+                })
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }
     }
 
-    /// Write atomically: a crash leaves either no seal or a whole one.
-    pub fn store(&self, path: &Path) -> io::Result<()> {
-        let dir = path.parent().expect("seal paths have a parent");
-        fs::create_dir_all(dir)?;
-        let mut tmp = path.as_os_str().to_owned();
-        tmp.push(".tmp");
-        let tmp = PathBuf::from(tmp);
-        {
-            let mut f = File::create(&tmp)?;
-            f.write_all(self.to_text().as_bytes())?;
-            f.sync_all()?;
-        }
-        fs::rename(&tmp, path)?;
-        sync_dir(dir)
+    /// The SHA-256 as bytes (validated hex by [`parse`](Self::parse)).
+    pub fn sha256_bytes(&self) -> Option<[u8; 32]> {
+        decode_hex(&self.sha256)
     }
+
+    /// Write atomically: a crash leaves either no seal or a whole one.
+    pub fn store(&self, fs: &Fs, path: &Path) -> io::Result<()> {
+        fs.write_atomic(path, self.to_text().as_bytes())
+    }
+}
+
+/// 64 hex digits as 32 bytes; `None` for anything else (never panics on
+/// multibyte text).
+pub fn decode_hex(s: &str) -> Option<[u8; 32]> {
+    let b = s.as_bytes();
+    if b.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (o, pair) in out.iter_mut().zip(b.chunks_exact(2)) {
+        let hi = (pair[0] as char).to_digit(16)?;
+        let lo = (pair[1] as char).to_digit(16)?;
+        *o = (hi * 16 + lo) as u8;
+    }
+    Some(out)
 }
 
 /// A segment file found under `archive/`, with its seal record if sealed.
@@ -193,6 +249,10 @@ pub struct OnDisk {
     /// File length when listed.
     pub len: u64,
     pub seal: Option<SealRecord>,
+    /// The seal record exists but cannot be read: what is wrong with it.
+    /// The segment was sealed (seal files appear only then), so it is safe
+    /// to re-derive the seal from the file ([`super::recover::reseal`]).
+    pub damaged_seal: Option<String>,
 }
 
 /// Every segment file under `archive/` (all sites), except those `skip`
@@ -215,18 +275,16 @@ pub fn list_segments(archive_dir: &Path, state_dir: &Path, skip: impl Fn(&Path) 
             continue;
         }
         let len = entry.metadata().map(|m| m.len()).unwrap_or(0);
-        let seal = SealRecord::load(&seal_path(state_dir, &rel)).unwrap_or(None);
-        out.push(OnDisk { rel, name, len, seal });
+        let (seal, damaged_seal) = match SealRecord::load(&seal_path(state_dir, &rel)) {
+            Ok(s) => (s, None),
+            Err(e) => (None, Some(e.to_string())),
+        };
+        out.push(OnDisk { rel, name, len, seal, damaged_seal });
     }
     out.sort_by(|a, b| {
         (&a.name.date, a.name.hour, a.name.seq, &a.rel).cmp(&(&b.name.date, b.name.hour, b.name.seq, &b.rel))
     });
     Ok(out)
-}
-
-/// fsync a directory so a file created or renamed in it survives power loss.
-pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
 }
 
 /// SHA-256 of a whole file, hex.
@@ -244,7 +302,7 @@ pub fn sha256_file(path: &Path) -> io::Result<String> {
     Ok(hex(&h.finalize()))
 }
 
-fn hex(b: &[u8]) -> String {
+pub(crate) fn hex(b: &[u8]) -> String {
     b.iter().fold(String::with_capacity(b.len() * 2), |mut s, x| {
         let _ = write!(s, "{x:02x}");
         s
@@ -253,40 +311,60 @@ fn hex(b: &[u8]) -> String {
 
 /// The segment a stream is appending to. The SHA-256 is kept as frames are
 /// written so sealing does not re-read the file.
+///
+/// ## Faults
+/// Frames are written at explicit offsets (`pwrite`), so a failed or short
+/// write can never push the next frame behind a hole: [`append`](Self::append)
+/// cuts whatever landed and the next frame goes exactly after the last whole
+/// one. A failed fsync is different: the kernel may already have dropped the
+/// dirty pages and will not report it twice ("fsyncgate"), so the segment is
+/// never trusted again: [`finish`](Self::finish) cuts it back to its last
+/// durable length and seals it there, and the stream continues in a new one.
 pub struct OpenSegment {
     pub name: SegmentName,
     pub rel: PathBuf,
     pub path: PathBuf,
-    file: File,
+    file: FsFile,
     hasher: Sha256,
     pub len: u64,
     pub frames: u64,
     pub records: u64,
     pub first_seq: u64,
     pub next_seq: u64,
+    /// What an fsync last confirmed, with the checksum state there.
+    durable: Durable,
+}
+
+#[derive(Clone)]
+struct Durable {
+    hasher: Sha256,
+    len: u64,
+    frames: u64,
+    records: u64,
+    next_seq: u64,
 }
 
 impl OpenSegment {
     /// Create a new, empty segment file (and its directories, fsynced).
-    pub fn create(archive_dir: &Path, name: SegmentName, first_seq: u64) -> io::Result<OpenSegment> {
+    pub fn create(fs: &Fs, archive_dir: &Path, name: SegmentName, first_seq: u64) -> io::Result<OpenSegment> {
         let rel = name.rel_path();
         let path = archive_dir.join(&rel);
         let dir = path.parent().expect("segment paths have a parent");
-        if !dir.exists() {
-            fs::create_dir_all(dir)?;
-            // Make the new date directory itself durable.
-            if let Some(parent) = dir.parent() {
-                sync_dir(parent)?;
-            }
+        fs.create_dir_all(dir)?;
+        let file = fs.create_new(&path)?;
+        if let Err(e) = fs.sync_dir(dir) {
+            // Not durable as a name: do not leave it behind to be found later.
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
         }
-        let file = OpenOptions::new().write(true).create_new(true).open(&path)?;
-        sync_dir(dir)?;
+        let hasher = Sha256::new();
         Ok(OpenSegment {
             name,
             rel,
             path,
             file,
-            hasher: Sha256::new(),
+            durable: Durable { hasher: hasher.clone(), len: 0, frames: 0, records: 0, next_seq: first_seq },
+            hasher,
             len: 0,
             frames: 0,
             records: 0,
@@ -295,12 +373,16 @@ impl OpenSegment {
         })
     }
 
-    /// Append one whole frame. On error the file is cut back to its previous
-    /// length so no partial frame stays behind.
-    pub fn append(&mut self, frame: &[u8], records: u32) -> io::Result<()> {
-        if let Err(e) = self.file.write_all(frame) {
-            let _ = self.file.set_len(self.len);
-            return Err(e);
+    /// Append one whole frame at the end. On error whatever part of it
+    /// landed is cut, and the segment is as before; if even the cut fails
+    /// the error says so ([`AppendError::Uncut`]) and the caller must
+    /// [`finish`](Self::finish) the segment.
+    pub fn append(&mut self, frame: &[u8], records: u32) -> Result<(), AppendError> {
+        if let Err(e) = self.file.write_all_at(frame, self.len) {
+            return Err(match self.file.set_len(self.len) {
+                Ok(()) => AppendError::Cut(e),
+                Err(cut) => AppendError::Uncut { write: e, cut },
+            });
         }
         self.hasher.update(frame);
         self.len += frame.len() as u64;
@@ -310,24 +392,102 @@ impl OpenSegment {
         Ok(())
     }
 
-    pub fn sync(&self) -> io::Result<()> {
-        self.file.sync_data()
+    /// fsync the data. On success everything appended so far is durable.
+    pub fn sync(&mut self) -> io::Result<()> {
+        self.file.sync_data()?;
+        self.mark_durable();
+        Ok(())
     }
 
-    /// fsync, then write the seal record.
-    pub fn seal(self, state_dir: &Path, now_ms: i64) -> io::Result<SealRecord> {
-        self.file.sync_all()?;
-        let rec = SealRecord {
+    fn mark_durable(&mut self) {
+        self.durable = Durable {
+            hasher: self.hasher.clone(),
             len: self.len,
-            sha256: hex(&self.hasher.finalize()),
             frames: self.frames,
             records: self.records,
-            first_seq: self.first_seq,
             next_seq: self.next_seq,
+        };
+    }
+
+    /// Bytes an fsync has confirmed.
+    pub fn durable_len(&self) -> u64 {
+        self.durable.len
+    }
+
+    /// True when bytes past the last durable length are in the file (a
+    /// failed fsync, or a failed write whose remains could not be cut).
+    pub fn needs_cut(&self) -> bool {
+        self.len != self.durable.len
+    }
+
+    /// Close the segment at its last durable length: cut anything after it
+    /// (and fsync the cut), then write the seal record. Call after a
+    /// successful [`sync`](Self::sync) to seal everything, or after a failed
+    /// one to drop what the failed fsync may not have kept: the kernel may
+    /// already have thrown those pages away and would not say so again
+    /// ("fsyncgate"), and their senders were told the commit failed.
+    ///
+    /// Returns the seal (`None` when nothing durable is left: the empty file
+    /// is removed, since an empty file is not a zstd file to `zstdcat`) and
+    /// the acknowledged records the cut removed (only with `fsync =
+    /// "interval"` or `"never"`). If the disk refuses the cut or the record,
+    /// the segment comes back to be tried again later.
+    pub fn finish(
+        mut self,
+        fs: &Fs,
+        state_dir: &Path,
+        now_ms: i64,
+    ) -> Result<(Option<SealRecord>, u64), (OpenSegment, io::Error)> {
+        let mut cut_records = 0;
+        if self.needs_cut() {
+            if let Err(e) = self.file.set_len(self.durable.len).and_then(|()| self.file.sync_all()) {
+                return Err((self, e));
+            }
+            cut_records = self.records - self.durable.records;
+            let d = self.durable.clone();
+            (self.hasher, self.len, self.frames, self.records, self.next_seq) =
+                (d.hasher, d.len, d.frames, d.records, d.next_seq);
+        }
+        if self.durable.len == 0 {
+            let dir = self.path.parent().expect("segment paths have a parent").to_owned();
+            return match fs.remove_file(&self.path).and_then(|()| fs.sync_dir(&dir)) {
+                Ok(()) => Ok((None, cut_records)),
+                Err(e) => Err((self, e)),
+            };
+        }
+        let d = &self.durable;
+        let rec = SealRecord {
+            len: d.len,
+            sha256: hex(&d.hasher.clone().finalize()),
+            frames: d.frames,
+            records: d.records,
+            first_seq: self.first_seq,
+            next_seq: d.next_seq,
             sealed_ms: now_ms,
         };
-        rec.store(&seal_path(state_dir, &self.rel))?;
-        Ok(rec)
+        match rec.store(fs, &seal_path(state_dir, &self.rel)) {
+            Ok(()) => Ok((Some(rec), cut_records)),
+            Err(e) => Err((self, e)),
+        }
+    }
+}
+
+/// How an append failed.
+#[derive(Debug)]
+pub enum AppendError {
+    /// Nothing of the frame is left in the file.
+    Cut(io::Error),
+    /// The write failed and so did cutting its remains: the segment holds a
+    /// partial frame and must not be written again.
+    Uncut { write: io::Error, cut: io::Error },
+}
+
+impl AppendError {
+    /// The write's own error.
+    pub fn io(&self) -> &io::Error {
+        match self {
+            AppendError::Cut(e) | AppendError::Uncut { write: e, .. } => e,
+        }
     }
 }
 
@@ -359,7 +519,14 @@ mod tests {
             next_seq: 5,
             sealed_ms: 9,
         };
-        assert_eq!(SealRecord::parse(&r.to_text()), Some(r));
-        assert_eq!(SealRecord::parse("len=5\n"), None);
+        assert_eq!(SealRecord::parse(&r.to_text()), Ok(r.clone()));
+        assert!(SealRecord::parse("len=5\n").unwrap_err().contains("truncated"));
+        // Multibyte text in the checksum: an error, never a panic on slicing.
+        let bad = r.to_text().replace(&"a".repeat(64), &format!("{}é", "a".repeat(62)));
+        assert!(SealRecord::parse(&bad).unwrap_err().contains("hex"));
+        assert!(SealRecord::parse(&r.to_text().replace("len=5", "len=five")).is_err());
+        assert_eq!(decode_hex(&"0f".repeat(32)), Some([15u8; 32]));
+        assert_eq!(decode_hex(&format!("{}é", "a".repeat(62))), None);
+        assert_eq!(decode_hex(&"zz".repeat(32)), None);
     }
 }

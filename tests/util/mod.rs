@@ -132,6 +132,11 @@ pub struct Node {
 impl Node {
     /// Start `ferry run -c config` and wait until `/readyz` answers 200.
     pub fn start(dir: &TestDir, config: &str, admin: u16) -> Node {
+        Node::start_with_env(dir, config, admin, &[])
+    }
+
+    /// [`start`](Self::start) with extra environment (e.g. `FERRY_FAULTS`).
+    pub fn start_with_env(dir: &TestDir, config: &str, admin: u16, env: &[(&str, &str)]) -> Node {
         let cfg = dir.join("ferry.toml");
         std::fs::write(&cfg, config).unwrap();
         let n = std::fs::read_dir(&dir.path)
@@ -143,6 +148,7 @@ impl Node {
             .args(["run", "-c"])
             .arg(&cfg)
             .env("FERRY_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -307,6 +313,16 @@ pub fn assert_verify_ok(data: &Path) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A random generator for a randomised test, seeded from `FERRY_TEST_SEED`
+/// or at random, the seed printed so a failure can be replayed.
+pub fn seeded_rng(test: &str) -> rand::rngs::StdRng {
+    use rand::SeedableRng;
+    let seed =
+        std::env::var("FERRY_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| rand::random::<u64>());
+    eprintln!("{test}: seed {seed} (replay with FERRY_TEST_SEED={seed})");
+    rand::rngs::StdRng::seed_from_u64(seed)
 }
 
 /// Run `ferry send` with `args`, feeding `input` on stdin.

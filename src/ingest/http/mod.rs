@@ -12,7 +12,8 @@
 //! | 413 | the body, compressed or decompressed, exceeds `max_body_bytes` |
 //! | 415 | an unknown `Content-Encoding` |
 //! | 429 | the source is over its rate; `Retry-After` says when to retry |
-//! | 503 | the store refuses records (archive full, or shutting down); `Retry-After` |
+//! | 503 | the store refuses records (archive full, read-only or failing disk, shutting down); `Retry-After` |
+//! | 507 | the disk is full; `Retry-After`. Nothing of the request was written |
 
 mod accept;
 
@@ -231,21 +232,28 @@ async fn ingest(
         last_ms: now,
         ack: Some(tx),
     };
-    let unavailable = |ctx: &HttpCtx, reason: &'static str, msg: String| {
-        let mut r = refuse(ctx, peer, StatusCode::SERVICE_UNAVAILABLE, reason, records, msg);
-        r.headers_mut().insert(header::RETRY_AFTER, 5u64.into());
+    let unavailable = |ctx: &HttpCtx, e: &StoreError, reason: &'static str, msg: String| {
+        // 507 says "retry later, the disk is full" to a client that reads codes;
+        // both carry Retry-After.
+        let status = if e.is_disk_full() { StatusCode::INSUFFICIENT_STORAGE } else { StatusCode::SERVICE_UNAVAILABLE };
+        let mut r = refuse(ctx, peer, status, reason, records, msg);
+        r.headers_mut().insert(header::RETRY_AFTER, 1u64.into());
         r
     };
     match handle.submit(batch).await {
         Ok(()) => {}
-        Err((StoreError::Full, _)) => {
+        Err((e @ StoreError::Full, _)) => {
             return unavailable(
                 &ctx,
+                &e,
                 "store_full",
                 "the archive is full (on_full = reject); nothing was written".into(),
             )
         }
-        Err((e, _)) => return unavailable(&ctx, "store_unavailable", format!("the store refused the batch: {e}")),
+        Err((e, _)) if e.is_disk_full() => {
+            return unavailable(&ctx, &e, "disk_full", format!("{e}; nothing was written, retry later"))
+        }
+        Err((e, _)) => return unavailable(&ctx, &e, "store_unavailable", format!("the store refused the batch: {e}")),
     }
     l.metrics.received_records.with_label_values(&[&l.name]).inc_by(records);
     l.metrics.received_bytes.with_label_values(&[&l.name]).inc_by(bytes);
@@ -255,8 +263,14 @@ async fn ingest(
                 .into_response()
         }
         Ok(Err(e)) => {
-            unavailable(&ctx, "store_error", format!("commit failed: {e}; nothing of this request is acknowledged"))
+            let reason = if e.is_disk_full() { "disk_full" } else { "store_error" };
+            unavailable(&ctx, &e, reason, format!("commit failed: {e}; nothing of this request was written, retry"))
         }
-        Err(_) => unavailable(&ctx, "store_unavailable", "the store stopped before committing; retry".into()),
+        Err(_) => unavailable(
+            &ctx,
+            &StoreError::Closed,
+            "store_unavailable",
+            "the store stopped before committing; retry".into(),
+        ),
     }
 }

@@ -8,6 +8,13 @@
 //! sending: its own disk-assisted queue is the buffer. A record whose ack
 //! was lost in a crash is resent by the client: RELP gives at-least-once,
 //! never less.
+//!
+//! A commit that fails (a disk fault: nothing of it was written) is never
+//! answered with an error code: librelp forgets a message answered with
+//! anything but `200`. The session is closed instead, with the failed
+//! transactions unanswered, and the client resends every unanswered one
+//! when it reconnects, while the stream refuses records the reconnected
+//! session is held as above.
 
 pub mod codec;
 
@@ -82,9 +89,13 @@ async fn connection(
             biased;
             _ = sd.token.cancelled() => break "shutdown",
             (ok, done) = oldest(&mut inflight) => {
-                let rsp: &[u8] = if ok { b"200 OK" } else { b"500 ferry could not commit; retry" };
+                if !ok {
+                    warn!(listener = %ctx.name, %peer, transactions = done.len(),
+                        "commit failed: closing the RELP session unanswered so the client resends");
+                    break "store_error";
+                }
                 for t in done {
-                    encode_rsp(t, rsp, &mut out);
+                    encode_rsp(t, b"200 OK", &mut out);
                 }
                 if let Err(e) = wr.write_all(&out).await {
                     warn!(listener = %ctx.name, %peer, error = %e, "cannot send RELP acks");
@@ -141,14 +152,12 @@ async fn connection(
                         }
                     }
                 }
+                let mut refused = false;
                 if !txnrs.is_empty() {
                     match batcher.flush_acked().await {
                         Some(rx) => inflight.push_back((rx, std::mem::take(&mut txnrs))),
-                        None => {
-                            for t in txnrs.drain(..) {
-                                encode_rsp(t, b"500 ferry is shutting down; retry", &mut out);
-                            }
-                        }
+                        // Stopping: unanswered, the client resends them elsewhere or later.
+                        None => refused = true,
                     }
                 }
                 if !out.is_empty() {
@@ -156,6 +165,9 @@ async fn connection(
                         break "read_error";
                     }
                     out.clear();
+                }
+                if refused {
+                    break "shutdown";
                 }
                 if let Some(e) = fatal {
                     m.framing_errors.with_label_values(&[&ctx.name, e.reason()]).inc();
@@ -165,11 +177,14 @@ async fn connection(
             }
         }
     };
-    // Answer what is already committing before going away (the client would resend it otherwise).
+    // Answer what is already committing before going away (the client would
+    // resend it otherwise); what failed stays unanswered, so it is resent.
     while !inflight.is_empty() {
         let (ok, done) = oldest(&mut inflight).await;
-        for t in done {
-            encode_rsp(t, if ok { b"200 OK" } else { b"500 retry" }, &mut out);
+        if ok {
+            for t in done {
+                encode_rsp(t, b"200 OK", &mut out);
+            }
         }
     }
     let _ = wr.write_all(&out).await;

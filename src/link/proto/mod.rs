@@ -59,10 +59,29 @@ pub enum Code {
     ChecksumMismatch = 8,
     ProtocolViolation = 9,
     ShuttingDown = 10,
+    /// The receiver's disk is full: nothing was written; retry later.
+    NoSpace = 11,
+    /// The receiver's filesystem is read-only: nothing was written; retry later.
+    ReadOnly = 12,
     Unknown = 0xffff,
 }
 
 impl Code {
+    /// A refusal the receiver may lift by itself (its disk recovers): the
+    /// uplink keeps the segment and offers it again after a backoff.
+    pub fn is_transient(self) -> bool {
+        matches!(self, Code::NoSpace | Code::ReadOnly | Code::Io)
+    }
+
+    /// The code for a failed disk operation at the receiver.
+    pub fn of_io(e: &std::io::Error) -> Code {
+        match crate::store::fs::Trouble::of(e) {
+            crate::store::fs::Trouble::DiskFull => Code::NoSpace,
+            crate::store::fs::Trouble::ReadOnly => Code::ReadOnly,
+            crate::store::fs::Trouble::Io => Code::Io,
+        }
+    }
+
     pub fn from_u16(v: u16) -> Code {
         match v {
             1 => Code::VersionUnsupported,
@@ -75,6 +94,8 @@ impl Code {
             8 => Code::ChecksumMismatch,
             9 => Code::ProtocolViolation,
             10 => Code::ShuttingDown,
+            11 => Code::NoSpace,
+            12 => Code::ReadOnly,
             _ => Code::Unknown,
         }
     }
@@ -92,6 +113,8 @@ impl Code {
             Code::ChecksumMismatch => "checksum_mismatch",
             Code::ProtocolViolation => "protocol_violation",
             Code::ShuttingDown => "shutting_down",
+            Code::NoSpace => "no_space",
+            Code::ReadOnly => "read_only",
             Code::Unknown => "unknown",
         }
     }

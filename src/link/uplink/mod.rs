@@ -34,6 +34,7 @@ use crate::config::{LinkTransport, UplinkConfig};
 use crate::metrics::Metrics;
 use crate::pki::TlsFiles;
 use crate::store::clock::Clock;
+use crate::store::fs::Fs;
 use bucket::TokenBucket;
 use scan::{Delivered, Local};
 
@@ -47,6 +48,8 @@ pub struct Uplink {
     pub metrics: Metrics,
     pub clock: Arc<dyn Clock>,
     pub delivered: Arc<Delivered>,
+    /// For state files (the delivered list, re-derived seals).
+    pub fs: Fs,
 }
 
 enum Dialer {
@@ -79,6 +82,10 @@ struct Seg {
     failed: bool,
     /// File length at which no whole frame was left to send (wait for growth).
     stalled_at: Option<u64>,
+    /// The receiver refused it for a reason it may lift (its disk is full,
+    /// read-only, failing): offered again from the acknowledged length at
+    /// this time, with the backoff doubling.
+    retry: Option<(Instant, Duration, Code)>,
 }
 
 impl Uplink {
@@ -277,6 +284,9 @@ impl Uplink {
                     }
                     Msg::Ack { id, len } => {
                         let Some(s) = by_id.get(&id).and_then(|r| segs.get_mut(r)) else { continue };
+                        if s.retry.take().is_some() {
+                            info!(uplink = name, path = %s.local.rel.display(), "receiver takes this segment again");
+                        }
                         if len > s.acked {
                             let delta = len - s.acked;
                             s.acked = len;
@@ -288,6 +298,10 @@ impl Uplink {
                     }
                     Msg::WrongOffset { id, expected } => {
                         let Some(s) = by_id.get(&id).and_then(|r| segs.get_mut(r)) else { continue };
+                        if s.retry.is_some() && expected == s.acked {
+                            // An APPEND sent before the refusal, after the one refused: expected.
+                            continue;
+                        }
                         warn!(uplink = name, path = %s.local.rel.display(), sent = s.sent, expected, "receiver asked to resume elsewhere");
                         s.acked = expected;
                         s.sent = expected;
@@ -308,8 +322,20 @@ impl Uplink {
                     Msg::Error { id, code, reason } => {
                         m.uplink_errors.with_label_values(&[name, code.as_str()]).inc();
                         if let Some(s) = by_id.get(&id).and_then(|r| segs.get_mut(r)) {
-                            s.failed = true;
-                            error!(uplink = name, path = %s.local.rel.display(), code = code.as_str(), %reason, "receiver refused a segment");
+                            if code.is_transient() {
+                                // Its disk may recover: keep the backlog, offer the same bytes later.
+                                let backoff = s.retry.map_or(RETRY_MIN, |(_, b, _)| (b * 2).min(RETRY_MAX));
+                                if s.retry.is_none() {
+                                    warn!(uplink = name, path = %s.local.rel.display(), code = code.as_str(), %reason,
+                                        "receiver cannot write this segment now; keeping it here and retrying");
+                                }
+                                s.retry = Some((Instant::now() + backoff, backoff, code));
+                                s.sent = s.acked;
+                                s.seal_sent = false;
+                            } else {
+                                s.failed = true;
+                                error!(uplink = name, path = %s.local.rel.display(), code = code.as_str(), %reason, "receiver refused a segment");
+                            }
                         }
                     }
                     Msg::Refuse { code, reason } => return end_session(End::Refused(code, reason), progressed),
@@ -328,7 +354,10 @@ impl Uplink {
             if Instant::now() >= next_scan {
                 next_scan = Instant::now() + Duration::from_millis(200);
                 let (a, st, d) = (self.archive_dir.clone(), self.state_dir.clone(), self.delivered.clone());
-                let found = match tokio::task::spawn_blocking(move || scan::scan(&a, &st, &d)).await.expect("scan task")
+                let (fs, now, sm) = (self.fs.clone(), self.clock.now_ms(), self.metrics.clone());
+                let found = match tokio::task::spawn_blocking(move || scan::scan(&fs, &a, &st, &d, now, &sm))
+                    .await
+                    .expect("scan task")
                 {
                     Ok(f) => f,
                     Err(e) => {
@@ -370,6 +399,7 @@ impl Uplink {
                                     live: false,
                                     failed: false,
                                     stalled_at: None,
+                                    retry: None,
                                 },
                             );
                         }
@@ -379,6 +409,7 @@ impl Uplink {
                     s.live = newest.get(&(s.local.name.site.clone(), s.local.name.stream.clone())) == Some(rel);
                 }
                 self.report_lag(&segs, &mut seen_streams).await;
+                self.report_blocked(&segs);
                 if drain.is_cancelled() && segs.values().all(|s| s.failed) {
                     return end_session(End::Drained, progressed);
                 }
@@ -390,12 +421,18 @@ impl Uplink {
             // 3. Seals that are due.
             for s in segs.values_mut() {
                 if let Some(seal) = &s.local.seal {
-                    if s.known && !s.failed && !s.seal_sent && s.acked == seal.len && s.sent == seal.len {
-                        let mut sha = [0u8; 32];
-                        if decode_hex(&seal.sha256, &mut sha) {
-                            Msg::Seal { id: s.id, len: seal.len, sha256: sha }.encode(&mut out);
-                            queued += 1;
-                            s.seal_sent = true;
+                    let waiting = s.retry.is_some_and(|(at, _, _)| Instant::now() < at);
+                    if s.known && !s.failed && !waiting && !s.seal_sent && s.acked == seal.len && s.sent == seal.len {
+                        match seal.sha256_bytes() {
+                            Some(sha256) => {
+                                Msg::Seal { id: s.id, len: seal.len, sha256 }.encode(&mut out);
+                                queued += 1;
+                                s.seal_sent = true;
+                            }
+                            None => {
+                                s.failed = true;
+                                error!(uplink = name, path = %s.local.rel.display(), "seal record holds no valid SHA-256; not sealing at the receiver");
+                            }
                         }
                     }
                 }
@@ -468,8 +505,11 @@ impl Uplink {
             if sent_chunk {
                 continue;
             }
-            // 6. Nothing to do now: wait for the receiver or the next scan.
-            let until = next_scan.min(last_tx + self.cfg.keepalive);
+            // 6. Nothing to do now: wait for the receiver, the next scan or a retry.
+            let mut until = next_scan.min(last_tx + self.cfg.keepalive);
+            if let Some(at) = segs.values().filter_map(|s| s.retry.map(|(at, _, _)| at)).min() {
+                until = until.min(at.max(Instant::now() + Duration::from_millis(10)));
+            }
             tokio::select! {
                 _ = stop.cancelled() => return end_session(End::Cancelled, progressed),
                 ev = rx.recv() => match ev {
@@ -479,6 +519,15 @@ impl Uplink {
                 },
                 _ = tokio::time::sleep_until(until.into()) => {}
             }
+        }
+    }
+
+    /// Segments held back because the receiver cannot write them, per
+    /// reason: what `ferry status` shows beside the lag.
+    fn report_blocked(&self, segs: &BTreeMap<PathBuf, Seg>) {
+        for code in [Code::NoSpace, Code::ReadOnly, Code::Io] {
+            let n = segs.values().filter(|s| s.retry.is_some_and(|(_, _, c)| c == code)).count();
+            self.metrics.uplink_blocked_segments.with_label_values(&[&self.cfg.name, code.as_str()]).set(n as i64);
         }
     }
 
@@ -527,9 +576,21 @@ type StreamKey = (String, String);
 /// Unacknowledged bytes, and (file, acknowledged offset) of each segment behind.
 type StreamLag = (u64, Vec<(PathBuf, u64)>);
 
+/// First wait before offering a segment again that the receiver could not write.
+const RETRY_MIN: Duration = Duration::from_millis(500);
+/// Longest such wait: a receiver whose disk recovered gets data within this.
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
 /// The segment to send from next: live-first by share, then the oldest backlog.
 fn pick(segs: &BTreeMap<PathBuf, Seg>, live_sent: u64, backlog_sent: u64, live_share: f64) -> Option<PathBuf> {
-    let ready = |s: &&Seg| s.known && !s.failed && s.sent < s.local.len && s.stalled_at.is_none();
+    let now = Instant::now();
+    let ready = |s: &&Seg| {
+        s.known
+            && !s.failed
+            && s.sent < s.local.len
+            && s.stalled_at.is_none()
+            && s.retry.is_none_or(|(at, _, _)| now >= at)
+    };
     let live = segs.values().filter(ready).find(|s| s.live);
     let backlog = segs.values().filter(ready).find(|s| !s.live);
     let total = (live_sent + backlog_sent).max(1) as f64;
@@ -610,17 +671,4 @@ async fn read_loop(mut rd: ReadHalf<Box<dyn Io>>, tx: mpsc::UnboundedSender<Resu
             }
         }
     }
-}
-
-fn decode_hex(s: &str, out: &mut [u8; 32]) -> bool {
-    if s.len() != 64 {
-        return false;
-    }
-    for (i, o) in out.iter_mut().enumerate() {
-        match u8::from_str_radix(&s[2 * i..2 * i + 2], 16) {
-            Ok(v) => *o = v,
-            Err(_) => return false,
-        }
-    }
-    true
 }

@@ -3,34 +3,64 @@
 //! bounded however far behind a link is.
 
 use std::collections::HashSet;
-use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::fs::File;
+use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
+use tracing::warn;
+
+use crate::metrics::Metrics;
 use crate::store::frame::FrameHeader;
+use crate::store::fs::Fs;
 use crate::store::reader::{SegmentReader, Step};
+use crate::store::recover::reseal;
 use crate::store::retention::Hold;
-use crate::store::segment::list_segments;
+use crate::store::segment::{list_segments, SegmentName};
 
 /// Segments an uplink has delivered (sealed and verified at the receiver).
 /// Persisted in `state/uplinks/<name>.delivered`, one path per line; losing
-/// the file only costs asking the receiver again.
+/// the file, or a damaged line in it, only costs asking the receiver again.
 pub struct Delivered {
     set: RwLock<HashSet<PathBuf>>,
     file: PathBuf,
+    fs: Fs,
 }
 
 impl Delivered {
-    pub fn load(state_dir: &Path, uplink: &str) -> io::Result<Delivered> {
+    /// Read the list. Lines that are not segment paths (a torn last line,
+    /// garbage, text that is not UTF-8) are skipped, logged with the file
+    /// and line, and counted: those segments are simply offered again.
+    pub fn load(fs: &Fs, state_dir: &Path, uplink: &str, metrics: &Metrics) -> io::Result<Delivered> {
         let file = state_dir.join("uplinks").join(format!("{uplink}.delivered"));
-        let set = match std::fs::read_to_string(&file) {
-            Ok(t) => t.lines().filter(|l| !l.is_empty()).map(PathBuf::from).collect(),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => HashSet::new(),
+        let bytes = match std::fs::read(&file) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(e),
         };
-        Ok(Delivered { set: RwLock::new(set), file })
+        let mut set = HashSet::new();
+        let mut bad = 0u64;
+        for (i, line) in bytes.split(|b| *b == b'\n').enumerate() {
+            if line.is_empty() {
+                continue;
+            }
+            match std::str::from_utf8(line).ok().map(PathBuf::from) {
+                Some(p) if SegmentName::parse_rel(&p).is_some() => {
+                    set.insert(p);
+                }
+                _ => {
+                    bad += 1;
+                    if bad <= 3 {
+                        warn!(file = %file.display(), line = i + 1, "damaged line in the delivered list: ignored (the receiver is asked again)");
+                    }
+                }
+            }
+        }
+        if bad > 0 {
+            metrics.state_repaired.with_label_values(&["delivered"]).inc_by(bad);
+        }
+        Ok(Delivered { set: RwLock::new(set), file, fs: fs.clone() })
     }
 
     pub fn contains(&self, rel: &Path) -> bool {
@@ -41,11 +71,7 @@ impl Delivered {
         if !self.set.write().expect("not poisoned").insert(rel.to_owned()) {
             return Ok(());
         }
-        if let Some(d) = self.file.parent() {
-            std::fs::create_dir_all(d)?;
-        }
-        let mut f = OpenOptions::new().create(true).append(true).open(&self.file)?;
-        writeln!(f, "{}", rel.display())
+        self.fs.append_line(&self.file, &rel.to_string_lossy())
     }
 
     /// Forget segments that no longer exist (deleted by retention).
@@ -66,9 +92,32 @@ impl Hold for UplinkHold {
 /// A segment on disk that is not yet delivered.
 pub use crate::store::segment::OnDisk as Local;
 
-/// Every undelivered segment under `archive/`, oldest first.
-pub fn scan(archive_dir: &Path, state_dir: &Path, delivered: &Delivered) -> io::Result<Vec<Local>> {
-    list_segments(archive_dir, state_dir, |rel| delivered.contains(rel))
+/// Every undelivered segment under `archive/`, oldest first. A damaged
+/// seal record is re-derived from its segment on the way (logged, counted).
+pub fn scan(
+    fs: &Fs,
+    archive_dir: &Path,
+    state_dir: &Path,
+    delivered: &Delivered,
+    now_ms: i64,
+    metrics: &Metrics,
+) -> io::Result<Vec<Local>> {
+    let mut found = list_segments(archive_dir, state_dir, |rel| delivered.contains(rel))?;
+    let mut removed = Vec::new();
+    for l in &mut found {
+        if let Some(why) = l.damaged_seal.take() {
+            match reseal(fs, archive_dir, state_dir, &l.rel, &why, now_ms, metrics) {
+                Ok(Some(rec)) => {
+                    l.len = rec.len;
+                    l.seal = Some(rec);
+                }
+                Ok(None) => removed.push(l.rel.clone()),
+                Err(e) => warn!(path = %l.rel.display(), error = %e, "cannot re-derive a damaged seal record"),
+            }
+        }
+    }
+    found.retain(|l| !removed.contains(&l.rel));
+    Ok(found)
 }
 
 /// Whole frames of `path` from `from`, up to about `max` bytes (at least one

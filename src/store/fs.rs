@@ -1,0 +1,553 @@
+//! Every file operation of the store, the mirror and the state files, in one
+//! small layer that tests can make fail on purpose.
+//!
+//! ## Why
+//! Archive disks fill up, virtual disks return `EIO`, `fsync` fails, a
+//! filesystem is remounted read-only. What ferry does then is only known if
+//! it is tested, and a real disk fails on its own schedule. [`Fs`] is the
+//! raft-engine `FileSystem` idea in its smallest form: production code calls
+//! it for every create, write, fsync, truncate, rename and remove; a node
+//! built with [`Faults`] fails chosen calls (the N-th, N..N+k, or a seeded
+//! random schedule) with `ENOSPC`, `EIO`, `EROFS` or a short write.
+//!
+//! ## Cost
+//! Without faults each call is one branch on an `Option` before the system
+//! call; `benches/README.md` has the e2e figures before and after.
+//!
+//! ## Fault spec
+//! `FERRY_FAULTS` (read by `ferry run`, logged loudly; never set it in
+//! production) or [`Faults::parse`] takes rules separated by `,`:
+//! ```text
+//! OP[~PATH]:KIND@N[xCOUNT|+]     fail the N-th matching call (1-based), COUNT calls or all from N on
+//! seed=S:PERMILLE                fail write and fsync calls at random, PERMILLE in 1000, seeded
+//! ```
+//! `OP` is `write`, `fsync`, `create`, `rename`, `truncate`, `dirsync`,
+//! `remove` or `any`; `PATH` a substring the path must contain (e.g.
+//! `~archive/`); `KIND` is `enospc`, `eio`, `erofs`, `short` (half the
+//! buffer is written, then `EIO`: a torn write) or `crash` (this call and
+//! every later mutating call fail: the process image is gone, the files
+//! stay as they were).
+
+use std::ffi::CString;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// A file operation that can be made to fail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    Write,
+    Fsync,
+    Create,
+    Rename,
+    Truncate,
+    DirSync,
+    Remove,
+}
+
+impl Op {
+    fn parse(s: &str) -> Option<Option<Op>> {
+        Some(Some(match s {
+            "write" => Op::Write,
+            "fsync" => Op::Fsync,
+            "create" => Op::Create,
+            "rename" => Op::Rename,
+            "truncate" => Op::Truncate,
+            "dirsync" => Op::DirSync,
+            "remove" => Op::Remove,
+            "any" => return Some(None),
+            _ => return None,
+        }))
+    }
+}
+
+/// How an injected fault fails.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    NoSpace,
+    Eio,
+    ReadOnly,
+    /// Writes: half the buffer lands on disk, then `EIO`. Other calls: `EIO`.
+    Short,
+    /// This and every later mutating call fail with `EIO`.
+    Crash,
+}
+
+impl Kind {
+    fn parse(s: &str) -> Option<Kind> {
+        Some(match s {
+            "enospc" => Kind::NoSpace,
+            "eio" => Kind::Eio,
+            "erofs" => Kind::ReadOnly,
+            "short" => Kind::Short,
+            "crash" => Kind::Crash,
+            _ => return None,
+        })
+    }
+
+    fn error(self, op: Op, path: &Path) -> io::Error {
+        let errno = match self {
+            Kind::NoSpace => libc::ENOSPC,
+            Kind::ReadOnly => libc::EROFS,
+            Kind::Eio | Kind::Short | Kind::Crash => libc::EIO,
+        };
+        let e = io::Error::from_raw_os_error(errno);
+        io::Error::new(e.kind(), InjectedError { op, path: path.to_owned(), errno, source: e })
+    }
+}
+
+/// The error an injected fault returns: it keeps the errno, so
+/// [`raw_os_error_deep`] classifies it as the real one would be.
+#[derive(Debug, thiserror::Error)]
+#[error("{source} (injected into {op:?} of {path})")]
+pub struct InjectedError {
+    op: Op,
+    path: PathBuf,
+    errno: i32,
+    #[source]
+    source: io::Error,
+}
+
+/// The errno of an I/O error, looking through an injected fault's wrapper.
+pub fn raw_os_error_deep(e: &io::Error) -> Option<i32> {
+    e.raw_os_error().or_else(|| e.get_ref().and_then(|i| i.downcast_ref::<InjectedError>()).map(|i| i.errno))
+}
+
+/// What an I/O error means for the store: the disk is full, the filesystem
+/// is read-only, or anything else.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trouble {
+    DiskFull,
+    ReadOnly,
+    Io,
+}
+
+impl Trouble {
+    pub fn of(e: &io::Error) -> Trouble {
+        match raw_os_error_deep(e) {
+            Some(libc::ENOSPC) | Some(libc::EDQUOT) => Trouble::DiskFull,
+            Some(libc::EROFS) => Trouble::ReadOnly,
+            _ => Trouble::Io,
+        }
+    }
+
+    /// Metric label and log word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trouble::DiskFull => "disk_full",
+            Trouble::ReadOnly => "read_only",
+            Trouble::Io => "io_error",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Rule {
+    op: Option<Op>,
+    path: Option<String>,
+    kind: Kind,
+    /// 1-based index of the first matching call that fails.
+    from: u64,
+    /// How many calls fail from there.
+    count: u64,
+    seen: u64,
+}
+
+/// A schedule of injected faults (tests only).
+#[derive(Debug, Default)]
+pub struct Faults {
+    rules: Mutex<Vec<Rule>>,
+    random: Mutex<Option<(u64, u32)>>,
+    crashed: AtomicBool,
+    injected: AtomicU64,
+}
+
+impl Faults {
+    /// Parse a spec (module docs). Errors name the rule.
+    pub fn parse(spec: &str) -> Result<Faults, String> {
+        let f = Faults::default();
+        for rule in spec.split(',').map(str::trim).filter(|r| !r.is_empty()) {
+            if let Some(rest) = rule.strip_prefix("seed=") {
+                let (seed, pm) = rest.split_once(':').ok_or_else(|| format!("{rule:?}: expected seed=S:PERMILLE"))?;
+                let seed = seed.parse().map_err(|_| format!("{rule:?}: seed is not a number"))?;
+                let pm: u32 = pm.parse().map_err(|_| format!("{rule:?}: per-mille is not a number"))?;
+                f.set_random(seed, pm.min(1000));
+                continue;
+            }
+            let bad = || format!("{rule:?}: expected OP[~PATH]:KIND@N[xCOUNT|+]");
+            let (target, rest) = rule.split_once(':').ok_or_else(bad)?;
+            let (kind, when) = rest.split_once('@').ok_or_else(bad)?;
+            let (op, path) = match target.split_once('~') {
+                Some((o, p)) => (o, Some(p.to_owned())),
+                None => (target, None),
+            };
+            let op = Op::parse(op).ok_or_else(|| format!("{rule:?}: unknown operation {op:?}"))?;
+            let kind = Kind::parse(kind).ok_or_else(|| format!("{rule:?}: unknown fault {kind:?}"))?;
+            let (from, count) = if let Some(n) = when.strip_suffix('+') {
+                (n, u64::MAX)
+            } else if let Some((n, c)) = when.split_once('x') {
+                (n, c.parse().map_err(|_| bad())?)
+            } else {
+                (when, 1)
+            };
+            let from: u64 = from.parse().map_err(|_| bad())?;
+            f.add(op, path, kind, from.max(1), count);
+        }
+        Ok(f)
+    }
+
+    /// Fail `count` calls of `op` (any op if `None`) on paths containing
+    /// `path`, from the `from`-th such call on (1-based, counted from now).
+    pub fn add(&self, op: Option<Op>, path: Option<String>, kind: Kind, from: u64, count: u64) {
+        self.rules.lock().expect("not poisoned").push(Rule { op, path, kind, from, count, seen: 0 });
+    }
+
+    /// Fail write and fsync calls at random, `per_mille` in 1000, from `seed`.
+    pub fn set_random(&self, seed: u64, per_mille: u32) {
+        *self.random.lock().expect("not poisoned") = Some((seed | 1, per_mille));
+    }
+
+    /// Forget every rule and the crash: the disk is healthy again.
+    pub fn clear(&self) {
+        self.rules.lock().expect("not poisoned").clear();
+        *self.random.lock().expect("not poisoned") = None;
+        self.crashed.store(false, Ordering::SeqCst);
+    }
+
+    /// True once a `crash` fault fired.
+    pub fn crashed(&self) -> bool {
+        self.crashed.load(Ordering::SeqCst)
+    }
+
+    /// Faults injected so far.
+    pub fn injected(&self) -> u64 {
+        self.injected.load(Ordering::Relaxed)
+    }
+
+    /// The fault for this call, if any.
+    fn check(&self, op: Op, path: &Path) -> Option<Kind> {
+        if self.crashed() {
+            return Some(Kind::Crash);
+        }
+        let mut hit = None;
+        for r in self.rules.lock().expect("not poisoned").iter_mut() {
+            if r.op.is_some_and(|o| o != op) {
+                continue;
+            }
+            if r.path.as_ref().is_some_and(|p| !path.to_string_lossy().contains(p.as_str())) {
+                continue;
+            }
+            r.seen += 1;
+            if hit.is_none() && r.seen >= r.from && r.seen - r.from < r.count {
+                hit = Some(r.kind);
+            }
+        }
+        if hit.is_none() && matches!(op, Op::Write | Op::Fsync) {
+            if let Some((x, pm)) = self.random.lock().expect("not poisoned").as_mut() {
+                // xorshift64: small, seeded, replayable.
+                *x ^= *x << 13;
+                *x ^= *x >> 7;
+                *x ^= *x << 17;
+                if (*x % 1000) < u64::from(*pm) {
+                    hit = Some(if op == Op::Write && *x % 3 == 0 { Kind::Short } else { Kind::Eio });
+                }
+            }
+        }
+        if let Some(k) = hit {
+            self.injected.fetch_add(1, Ordering::Relaxed);
+            if k == Kind::Crash {
+                self.crashed.store(true, Ordering::SeqCst);
+            }
+        }
+        hit
+    }
+}
+
+/// Free space and writability of a filesystem.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Space {
+    pub free_bytes: u64,
+    pub read_only: bool,
+}
+
+/// The file layer. Cheap to clone; `Fs::default()` is the real disk.
+#[derive(Clone, Debug, Default)]
+pub struct Fs {
+    faults: Option<Arc<Faults>>,
+}
+
+impl Fs {
+    /// The real disk, no faults.
+    pub fn real() -> Fs {
+        Fs { faults: None }
+    }
+
+    /// The real disk with `faults` injected.
+    pub fn with_faults(faults: Arc<Faults>) -> Fs {
+        Fs { faults: Some(faults) }
+    }
+
+    /// From `FERRY_FAULTS`, if set (tests drive real processes this way).
+    pub fn from_env() -> Result<Fs, String> {
+        match std::env::var("FERRY_FAULTS") {
+            Ok(spec) if !spec.trim().is_empty() => Ok(Fs::with_faults(Arc::new(Faults::parse(&spec)?))),
+            _ => Ok(Fs::real()),
+        }
+    }
+
+    /// The fault schedule, when there is one.
+    pub fn faults(&self) -> Option<&Arc<Faults>> {
+        self.faults.as_ref()
+    }
+
+    #[inline]
+    fn check(&self, op: Op, path: &Path) -> io::Result<()> {
+        match &self.faults {
+            None => Ok(()),
+            Some(f) => match f.check(op, path) {
+                None => Ok(()),
+                Some(k) => Err(k.error(op, path)),
+            },
+        }
+    }
+
+    /// Create a new file for writing; fails if it exists.
+    pub fn create_new(&self, path: &Path) -> io::Result<FsFile> {
+        self.check(Op::Create, path)?;
+        let file = OpenOptions::new().write(true).create_new(true).open(path)?;
+        Ok(FsFile { file, path: path.to_owned(), fs: self.clone() })
+    }
+
+    /// Open an existing file (or create it) for positional writes.
+    pub fn open_write(&self, path: &Path) -> io::Result<FsFile> {
+        if !path.exists() {
+            self.check(Op::Create, path)?;
+        }
+        let file = OpenOptions::new().write(true).create(true).truncate(false).open(path)?;
+        Ok(FsFile { file, path: path.to_owned(), fs: self.clone() })
+    }
+
+    /// Open a file for reading (never faulted: reads are not what fails here).
+    pub fn open_read(&self, path: &Path) -> io::Result<File> {
+        File::open(path)
+    }
+
+    pub fn read_to_string(&self, path: &Path) -> io::Result<String> {
+        fs::read_to_string(path)
+    }
+
+    /// `mkdir -p`, then fsync the parent of each directory made, so a new
+    /// date directory survives power loss.
+    pub fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        if dir.is_dir() {
+            return Ok(());
+        }
+        if let Some(parent) = dir.parent() {
+            self.create_dir_all(parent)?;
+        }
+        self.check(Op::Create, dir)?;
+        match fs::create_dir(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        match dir.parent() {
+            Some(p) if !p.as_os_str().is_empty() => self.sync_dir(p),
+            _ => Ok(()),
+        }
+    }
+
+    /// fsync a directory so a file created, renamed or removed in it is durable.
+    pub fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        self.check(Op::DirSync, dir)?;
+        File::open(dir)?.sync_all()
+    }
+
+    pub fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.check(Op::Rename, to)?;
+        fs::rename(from, to)
+    }
+
+    /// Remove a file; a missing file is not an error.
+    pub fn remove_file(&self, path: &Path) -> io::Result<()> {
+        self.check(Op::Remove, path)?;
+        match fs::remove_file(path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            r => r,
+        }
+    }
+
+    /// Remove an empty directory; anything else (not empty, missing) is ignored.
+    pub fn remove_dir_if_empty(&self, dir: &Path) {
+        if self.check(Op::Remove, dir).is_ok() {
+            let _ = fs::remove_dir(dir);
+        }
+    }
+
+    /// Replace `path` with `bytes` atomically: a crash leaves the old file or
+    /// the new one, never a mix (temp file, fsync, rename, fsync of the directory).
+    pub fn write_atomic(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
+        let dir = path.parent().expect("state paths have a parent");
+        self.create_dir_all(dir)?;
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".tmp");
+        let tmp = PathBuf::from(tmp);
+        let _ = fs::remove_file(&tmp);
+        let written = (|| {
+            let mut f = self.create_new(&tmp)?;
+            f.write_all_at(bytes, 0)?;
+            f.sync_all()
+        })();
+        if let Err(e) = written.and_then(|()| self.rename(&tmp, path)) {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+        self.sync_dir(dir)
+    }
+
+    /// Append one line to a text file (creating it), and fsync it.
+    pub fn append_line(&self, path: &Path, line: &str) -> io::Result<()> {
+        if let Some(d) = path.parent() {
+            self.create_dir_all(d)?;
+        }
+        let mut f = self.open_write(path)?;
+        let len = f.len()?;
+        let mut buf = Vec::with_capacity(line.len() + 1);
+        buf.extend_from_slice(line.as_bytes());
+        buf.push(b'\n');
+        if let Err(e) = f.write_all_at(&buf, len) {
+            let _ = f.file.set_len(len);
+            return Err(e);
+        }
+        f.sync_data()
+    }
+
+    /// Free bytes for unprivileged writers, and whether the filesystem is
+    /// mounted read-only (`statvfs`).
+    pub fn space(&self, dir: &Path) -> io::Result<Space> {
+        let c = CString::new(dir.as_os_str().as_bytes()).map_err(io::Error::other)?;
+        // SAFETY: statvfs writes into the zeroed struct we pass; `c` is a valid C string.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Space {
+            free_bytes: (st.f_bavail as u64).saturating_mul(st.f_frsize as u64),
+            read_only: st.f_flag & libc::ST_RDONLY != 0,
+        })
+    }
+}
+
+/// A file opened for writing through [`Fs`]. Writes are positional: the
+/// caller says where every byte goes, so a failed write can never shift
+/// the next one behind a hole.
+#[derive(Debug)]
+pub struct FsFile {
+    file: File,
+    path: PathBuf,
+    fs: Fs,
+}
+
+impl FsFile {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn len(&self) -> io::Result<u64> {
+        Ok(self.file.metadata()?.len())
+    }
+
+    /// Write all of `buf` at `offset`. On error some prefix may have landed
+    /// (a short write); the caller cuts it with [`set_len`](Self::set_len).
+    pub fn write_all_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
+        if let Some(f) = &self.fs.faults {
+            if let Some(k) = f.check(Op::Write, &self.path) {
+                if k == Kind::Short {
+                    let _ = self.file.write_all_at(&buf[..buf.len() / 2], offset);
+                }
+                return Err(k.error(Op::Write, &self.path));
+            }
+        }
+        self.file.write_all_at(buf, offset)
+    }
+
+    pub fn set_len(&self, len: u64) -> io::Result<()> {
+        self.fs.check(Op::Truncate, &self.path)?;
+        self.file.set_len(len)
+    }
+
+    pub fn sync_data(&self) -> io::Result<()> {
+        self.fs.check(Op::Fsync, &self.path)?;
+        self.file.sync_data()
+    }
+
+    pub fn sync_all(&self) -> io::Result<()> {
+        self.fs.check(Op::Fsync, &self.path)?;
+        self.file.sync_all()
+    }
+}
+
+impl Write for FsFile {
+    /// Appends at the end (used only for small state files).
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let len = self.len()?;
+        self.write_all_at(buf, len)?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_parses_and_fires_on_the_nth_call() {
+        let f = Faults::parse("write~archive/:enospc@2x2, fsync:eio@1, rename:erofs@3+").unwrap();
+        let p = Path::new("/d/archive/x");
+        assert_eq!(f.check(Op::Write, p), None);
+        assert_eq!(f.check(Op::Write, Path::new("/d/state/x")), None, "path filter");
+        assert_eq!(f.check(Op::Write, p), Some(Kind::NoSpace));
+        assert_eq!(f.check(Op::Write, p), Some(Kind::NoSpace));
+        assert_eq!(f.check(Op::Write, p), None);
+        assert_eq!(f.check(Op::Fsync, p), Some(Kind::Eio));
+        assert_eq!(f.check(Op::Fsync, p), None);
+        assert_eq!((f.check(Op::Rename, p), f.check(Op::Rename, p)), (None, None));
+        for _ in 0..5 {
+            assert_eq!(f.check(Op::Rename, p), Some(Kind::ReadOnly));
+        }
+        assert!(Faults::parse("write:boom@1").unwrap_err().contains("unknown fault"));
+        assert!(Faults::parse("write:eio").is_err());
+    }
+
+    #[test]
+    fn injected_errors_classify_like_real_ones() {
+        let e = Kind::NoSpace.error(Op::Write, Path::new("x"));
+        assert_eq!(Trouble::of(&e), Trouble::DiskFull);
+        assert_eq!(Trouble::of(&Kind::ReadOnly.error(Op::Create, Path::new("x"))), Trouble::ReadOnly);
+        assert_eq!(Trouble::of(&io::Error::from_raw_os_error(libc::ENOSPC)), Trouble::DiskFull);
+        assert_eq!(Trouble::of(&io::Error::from_raw_os_error(libc::EIO)), Trouble::Io);
+    }
+
+    #[test]
+    fn short_write_leaves_half_and_crash_sticks() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = Arc::new(Faults::parse("write:short@1,fsync:crash@2").unwrap());
+        let fs = Fs::with_faults(f.clone());
+        let mut file = fs.create_new(&dir.path().join("a")).unwrap();
+        assert!(file.write_all_at(b"abcdef", 0).is_err());
+        assert_eq!(file.len().unwrap(), 3);
+        file.sync_data().unwrap();
+        assert!(file.sync_data().is_err());
+        assert!(f.crashed());
+        assert!(fs.create_new(&dir.path().join("b")).is_err(), "everything fails after a crash");
+        f.clear();
+        fs.create_new(&dir.path().join("b")).unwrap();
+    }
+}
