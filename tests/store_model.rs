@@ -35,6 +35,10 @@ use ferry::store::segment::{seal_path, SealRecord};
 use ferry::store::{Batch, Committed, Error, Store};
 
 const CASES: u64 = 24;
+
+/// Faults and crashes that fired, over all cases (a model test that injects
+/// nothing proves nothing).
+static INJECTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 const OPS: usize = 60;
 /// 2026-11-23T10:59:00Z: hour boundaries come up during a case.
 const T0: i64 = 1_795_431_540_000;
@@ -119,19 +123,37 @@ async fn run_case(seed: u64) {
                 };
                 let (tx, rx) = oneshot::channel();
                 if submit(&node, batch(&ids, Some(tx))).await.is_err() {
-                    // Refused before queueing (crashed store): nothing written.
-                    m.maybe.extend(&ids);
+                    // Refused before queueing (crashed store): nothing written;
+                    // the sender keeps it for later.
+                    if !ids.iter().any(|id| m.failed.contains(id)) {
+                        m.failed.extend(&ids);
+                    }
+                    retry.push(ids);
                     continue;
                 }
-                match rx.await {
+                let answer = bounded("the acknowledgement", rx).await;
+                eprintln!(
+                    "  acked batch {}..={}: {:?} crashed={}",
+                    ids[0],
+                    ids[ids.len() - 1],
+                    answer.as_ref().map(|r| r.as_ref().map(|_| ()).map_err(|e| e.to_string())),
+                    node.faults.crashed()
+                );
+                match answer {
                     Ok(Ok(_)) => {
                         for id in &ids {
                             m.failed.remove(id);
                         }
                         m.acked.extend(&ids);
                     }
-                    // After a crash the sender hears nothing in reality: unknown.
-                    _ if node.faults.crashed() => m.maybe.extend(&ids),
+                    // After a crash the sender hears nothing in reality: unknown
+                    // (a retry of a failed batch may now be archived once).
+                    _ if node.faults.crashed() => {
+                        for id in &ids {
+                            m.failed.remove(id);
+                        }
+                        m.maybe.extend(&ids);
+                    }
                     Ok(Err(_)) | Err(_) => {
                         m.failed.extend(&ids);
                         retry.push(ids);
@@ -144,9 +166,10 @@ async fn run_case(seed: u64) {
                 next_id += n;
                 let ids: Vec<u64> = (next_id - n..next_id).collect();
                 m.maybe.extend(&ids);
+                eprintln!("  unacked batch {}..={}", ids[0], ids[ids.len() - 1]);
                 let _ = submit(&node, batch(&ids, None)).await;
                 if rng.random_bool(0.5) {
-                    let _ = node.store.stream("live").unwrap().flush().await;
+                    let _ = bounded("a flush", node.store.stream("live").unwrap().flush()).await;
                 }
             }
             // A disk fault on one of the next calls.
@@ -155,31 +178,58 @@ async fn run_case(seed: u64) {
                     [rng.random_range(0..7)];
                 let kind = [Kind::NoSpace, Kind::Eio, Kind::ReadOnly, Kind::Short][rng.random_range(0..4)];
                 let count = if rng.random_bool(0.2) { rng.random_range(2..6) } else { 1 };
-                node.faults.add(Some(op), None, kind, rng.random_range(1..4), count);
+                let from = rng.random_range(1..4);
+                eprintln!("  fault {op:?} {kind:?} from {from} x{count}");
+                node.faults.add(Some(op), None, kind, from, count);
             }
             // A crash at some call soon, then a restart.
             80..=86 => {
-                node.faults.add(None, None, Kind::Crash, rng.random_range(1..12), u64::MAX);
+                let from = rng.random_range(1..12);
+                eprintln!("  crash from call {from}");
+                node.faults.add(None, None, Kind::Crash, from, u64::MAX);
             }
             87..=93 => {
                 // Restart: a crashed node's writers find every call failing, as
                 // if the process were gone; then the files are opened afresh.
-                node.store.close().await;
+                eprintln!("  restart");
+                bounded("a close", node.store.close()).await;
+                INJECTED.fetch_add(node.faults.injected(), std::sync::atomic::Ordering::Relaxed);
                 node = open(dir.path(), &clock);
             }
             // The clock: time passing, or jumps back an hour / forward a day.
-            _ => match rng.random_range(0..3) {
-                0 => clock.advance(rng.random_range(1_000..600_000)),
-                1 => clock.set(clock_now(&clock) - 3_600_000),
-                _ => clock.set(clock_now(&clock) + 86_400_000),
-            },
+            _ => {
+                let jump = match rng.random_range(0..3) {
+                    0 => {
+                        clock.advance(rng.random_range(1_000..600_000));
+                        "time passes"
+                    }
+                    1 => {
+                        clock.set(clock_now(&clock) - 3_600_000);
+                        "clock back an hour"
+                    }
+                    _ => {
+                        clock.set(clock_now(&clock) + 86_400_000);
+                        "clock forward a day"
+                    }
+                };
+                eprintln!("  {jump}");
+            }
         }
     }
-    node.store.close().await;
+    bounded("a close", node.store.close()).await;
+    INJECTED.fetch_add(node.faults.injected(), std::sync::atomic::Ordering::Relaxed);
     // A clean restart and stop: recovery seals whatever a crash left open.
     let node = open(dir.path(), &clock);
-    node.store.close().await;
+    bounded("a close", node.store.close()).await;
     check(dir.path(), &m);
+}
+
+/// Await `f`, failing the case (not hanging it) if the store never answers.
+async fn bounded<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    match tokio::time::timeout(Duration::from_secs(20), f).await {
+        Ok(v) => v,
+        Err(_) => panic!("the store did not answer {what} within 20 s"),
+    }
 }
 
 fn clock_now(c: &ManualClock) -> i64 {
@@ -233,12 +283,19 @@ fn acknowledged_records_survive_any_sequence_of_disk_faults_crashes_and_clock_ju
     let cases: u64 = std::env::var("FERRY_MODEL_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(CASES);
     eprintln!("store model: {cases} cases from seed {base} (replay: FERRY_MODEL_SEED={base})");
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    if std::env::var_os("FERRY_MODEL_TRACE").is_some() {
+        tracing_subscriber::fmt().with_env_filter("info").with_writer(std::io::stderr).init();
+    }
     for case in 0..cases {
         let seed = base.wrapping_add(case);
+        eprintln!("case {case}: seed {seed}");
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rt.block_on(run_case(seed))));
         if let Err(e) = r {
             eprintln!("store model FAILED at case {case}: replay with FERRY_MODEL_SEED={seed} FERRY_MODEL_CASES=1");
             std::panic::resume_unwind(e);
         }
     }
+    let injected = INJECTED.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!("store model: {cases} cases passed, {injected} faults injected");
+    assert!(injected >= cases, "faults fired: {injected}");
 }

@@ -212,13 +212,18 @@ impl Writer {
         let mut down: Option<Down> = None;
         let mut last_sync = Instant::now();
         let mut last_space_check = Instant::now();
+        let mut overflow: std::collections::VecDeque<Msg> = std::collections::VecDeque::new();
         let mut dirty = false;
         let idle = self.cfg.commit_interval.max(Duration::from_millis(500)).min(Duration::from_secs(1));
         loop {
             // Drain what is queued without waiting.
             let mut closed = false;
             while p.raw.len() < self.cfg.commit_bytes {
-                match self.rx.try_recv() {
+                let next = match overflow.pop_front() {
+                    Some(m) => Ok(m),
+                    None => self.rx.try_recv(),
+                };
+                match next {
                     Ok(Msg::Close) => {
                         closed = true;
                         break;
@@ -235,6 +240,19 @@ impl Writer {
                 Some(d) => {
                     if closed || Instant::now() >= d.retry_at {
                         self.retry(&mut enc, &mut p, &mut frame, &mut seg, &mut down);
+                    }
+                    // Senders waiting behind a full pending commit while the disk refuses
+                    // writes are told now (nothing of theirs is written), not left hanging.
+                    if let Some(d) = &down {
+                        let trouble = d.trouble;
+                        overflow.retain_mut(|m| match m {
+                            Msg::Batch(b) if b.ack.is_some() => {
+                                let ack = b.ack.take().expect("checked");
+                                let _ = ack.send(Err(Error::Unwritable { stream: self.stream.clone(), trouble }));
+                                false
+                            }
+                            _ => true,
+                        });
                     }
                 }
                 None => {
@@ -294,12 +312,6 @@ impl Writer {
             if wait.is_zero() {
                 continue;
             }
-            // While down, the channel is read only up to commit_bytes of
-            // pending records: beyond that senders wait in the channel.
-            if down.is_some() && p.raw.len() >= self.cfg.commit_bytes {
-                std::thread::sleep(wait);
-                continue;
-            }
             match handle.block_on(async { tokio::time::timeout(wait, self.rx.recv()).await }) {
                 Ok(Some(Msg::Close)) | Ok(None) => {
                     if !p.is_empty() {
@@ -311,6 +323,10 @@ impl Writer {
                     }
                     break;
                 }
+                // Down with a full commit pending: later batches wait in order
+                // (bounded: the stream refuses new ones while down), while
+                // Flush and Close are still heard.
+                Ok(Some(m @ Msg::Batch(_))) if p.raw.len() >= self.cfg.commit_bytes => overflow.push_back(m),
                 Ok(Some(m)) => self.take(m, &mut p),
                 Err(_) => {}
             }
@@ -332,6 +348,27 @@ impl Writer {
         }
         for f in p.flushes.drain(..) {
             let _ = f.send(());
+        }
+        // What is still queued at the stop (sent after Close, or held while
+        // the disk refused writes) is answered or counted, never lost silently.
+        let reason = if down.as_ref().is_some_and(|d| d.trouble == Trouble::DiskFull) {
+            DropReason::DiskFull
+        } else {
+            DropReason::StoreError
+        };
+        while let Some(m) = overflow.pop_front().or_else(|| self.rx.try_recv().ok()) {
+            match m {
+                Msg::Batch(b) => match b.ack {
+                    Some(ack) => {
+                        let _ = ack.send(Err(Error::Closed));
+                    }
+                    None => self.metrics.drop_records(&b.listener, reason, u64::from(b.records)),
+                },
+                Msg::Flush(f) => {
+                    let _ = f.send(());
+                }
+                Msg::Close => {}
+            }
         }
         if let Some(s) = &mut seg {
             if let Err(e) = s.sync() {
@@ -672,7 +709,9 @@ impl Writer {
                     info!(stream = %self.stream, path = %path.display(), "empty segment removed (nothing of it was durable)");
                 }
                 Ok((Some(rec), cut_records)) => {
-                    if let Some(n) = (cut_records > 0).then_some(cut_records) {
+                    // With fsync = "always" what a cut removes was never acknowledged.
+                    let acked_cut = if matches!(self.cfg.fsync, FsyncPolicy::Always) { 0 } else { cut_records };
+                    if let Some(n) = (acked_cut > 0).then_some(acked_cut) {
                         self.metrics.cut_records.with_label_values(&[&self.stream]).inc_by(n);
                         error!(stream = %self.stream, path = %path.display(), records = n,
                             "acknowledged records were cut with the untrusted tail after a failed fsync (fsync is not \"always\")");

@@ -1,5 +1,6 @@
-//! Every file operation of the store, the mirror and the state files, in one
-//! small layer that tests can make fail on purpose.
+//! Every file operation of the store, the mirror and the state files that
+//! changes the disk, in one small layer that tests can make fail on purpose.
+//! (Reads go straight to `std::fs`: what fails here is writing.)
 //!
 //! ## Why
 //! Archive disks fill up, virtual disks return `EIO`, `fsync` fails, a
@@ -30,7 +31,7 @@
 
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -331,15 +332,6 @@ impl Fs {
         Ok(FsFile { file, path: path.to_owned(), fs: self.clone() })
     }
 
-    /// Open a file for reading (never faulted: reads are not what fails here).
-    pub fn open_read(&self, path: &Path) -> io::Result<File> {
-        File::open(path)
-    }
-
-    pub fn read_to_string(&self, path: &Path) -> io::Result<String> {
-        fs::read_to_string(path)
-    }
-
     /// `mkdir -p`, then fsync the parent of each directory made, so a new
     /// date directory survives power loss.
     pub fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
@@ -488,18 +480,6 @@ impl FsFile {
     pub fn sync_all(&self) -> io::Result<()> {
         self.fs.check(Op::Fsync, &self.path)?;
         self.file.sync_all()
-    }
-}
-
-impl Write for FsFile {
-    /// Appends at the end (used only for small state files).
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let len = self.len()?;
-        self.write_all_at(buf, len)?;
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
     }
 }
 
