@@ -277,7 +277,7 @@ fn with_on_full_drop_oldest_ingest_goes_on_and_deleted_segments_are_counted() {
     assert!(refused <= BATCHES / 10, "ingest kept going: only a few retries, not {refused}");
 
     let deleted = node.metric("ferry_retention_deleted_segments_total", &[("reason", "disk_full")]);
-    assert!(deleted >= 10.0, "old segments deleted to make room: {deleted}");
+    assert!(deleted >= 5.0, "old segments deleted to make room: {deleted}");
     assert!(node.log_text().contains("deleted a sealed segment to make room"));
     // The newest batches are all there, each line once.
     let ids = id_counts(&node.data, "http");

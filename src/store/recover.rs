@@ -107,7 +107,7 @@ pub fn reseal(
     let stream = rel.iter().nth(1).and_then(|s| s.to_str()).unwrap_or("-").to_owned();
     warn!(seal = %seal_path(state_dir, rel).display(), problem = %why, "damaged seal record: re-deriving it from the segment");
     metrics.state_repaired.with_label_values(&["seal"]).inc();
-    let (rec, _) = recover_segment(fs, &path, rel, state_dir, now_ms, &stream, metrics)?;
+    let (rec, _) = seal_from_file(fs, &path, rel, state_dir, now_ms, &stream, metrics)?;
     Ok(rec)
 }
 
@@ -181,6 +181,23 @@ pub fn recover_segment(
     stream: &str,
     metrics: &Metrics,
 ) -> io::Result<(Option<SealRecord>, u64)> {
+    let (rec, w) = seal_from_file(fs, path, rel, state_dir, now_ms, stream, metrics)?;
+    metrics.recovered_segments.with_label_values(&[stream]).inc();
+    info!(path = %path.display(), len = w.len, frames = w.frames, records = w.records, truncated_bytes = w.cut, "recovered and sealed unsealed segment");
+    Ok((rec, w.cut))
+}
+
+/// Walk, cut a torn tail, and write the seal record from what the file holds
+/// (or remove the file if no whole frame is left).
+fn seal_from_file(
+    fs: &Fs,
+    path: &Path,
+    rel: &Path,
+    state_dir: &Path,
+    now_ms: i64,
+    stream: &str,
+    metrics: &Metrics,
+) -> io::Result<(Option<SealRecord>, Walk)> {
     let w = walk_and_repair(fs, path, stream, metrics)?;
     if w.len == 0 {
         fs.remove_file(path)?;
@@ -189,7 +206,7 @@ pub fn recover_segment(
             fs.sync_dir(dir)?;
         }
         info!(path = %path.display(), truncated_bytes = w.cut, "removed a segment with no whole frame");
-        return Ok((None, w.cut));
+        return Ok((None, w));
     }
     let rec = SealRecord {
         len: w.len,
@@ -201,7 +218,5 @@ pub fn recover_segment(
         sealed_ms: now_ms,
     };
     rec.store(fs, &seal_path(state_dir, rel))?;
-    metrics.recovered_segments.with_label_values(&[stream]).inc();
-    info!(path = %path.display(), len = w.len, frames = w.frames, records = w.records, truncated_bytes = w.cut, "recovered and sealed unsealed segment");
-    Ok((Some(rec), w.cut))
+    Ok((Some(rec), w))
 }
