@@ -532,7 +532,14 @@ impl Writer {
         let s = seg.as_mut().expect("opened above");
         match s.append(frame, p.records) {
             Ok(()) => {}
-            Err(AppendError::Cut(e)) => return Err(Fault::Write(e)),
+            Err(AppendError::Cut(e)) => {
+                // A segment whose first frame failed is empty: remove it rather
+                // than leave a file that is no zstd file to readers meanwhile.
+                if s.len == 0 {
+                    self.abandon(seg);
+                }
+                return Err(Fault::Write(e));
+            }
             Err(AppendError::Uncut { write, cut }) => {
                 error!(stream = %self.stream, path = %s.path.display(), error = %cut,
                     "cannot cut a failed write back out of the segment; abandoning it");
