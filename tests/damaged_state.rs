@@ -17,8 +17,11 @@ fn seal_file(data: &Path, rel: &Path) -> PathBuf {
     data.join("state/seals").join(format!("{}.seal", rel.display()))
 }
 
+/// Rewrites a seal record's text into damaged bytes.
+type Damage = Box<dyn Fn(&str) -> Vec<u8>>;
+
 /// Five ways a seal record goes bad; `None` removes it.
-fn damages() -> Vec<(&'static str, Option<Box<dyn Fn(&str) -> Vec<u8>>>)> {
+fn damages() -> Vec<(&'static str, Option<Damage>)> {
     vec![
         ("truncated", Some(Box::new(|t: &str| t.as_bytes()[..t.len() / 2].to_vec()))),
         ("garbage", Some(Box::new(|_: &str| b"\x00\x01\xffnot a seal at all\n".to_vec()))),

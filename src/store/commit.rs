@@ -736,7 +736,7 @@ impl Writer {
                     if s.needs_cut() {
                         uncut = Some(e);
                     }
-                    self.closing.push(s);
+                    self.closing.push(*s);
                 }
             }
         }

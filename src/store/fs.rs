@@ -407,7 +407,7 @@ impl Fs {
             self.create_dir_all(d)?;
         }
         let mut f = self.open_write(path)?;
-        let len = f.len()?;
+        let len = f.size()?;
         let mut buf = Vec::with_capacity(line.len() + 1);
         buf.extend_from_slice(line.as_bytes());
         buf.push(b'\n');
@@ -449,7 +449,8 @@ impl FsFile {
         &self.path
     }
 
-    pub fn len(&self) -> io::Result<u64> {
+    /// The file's length now.
+    pub fn size(&self) -> io::Result<u64> {
         Ok(self.file.metadata()?.len())
     }
 
@@ -522,7 +523,7 @@ mod tests {
         let fs = Fs::with_faults(f.clone());
         let mut file = fs.create_new(&dir.path().join("a")).unwrap();
         assert!(file.write_all_at(b"abcdef", 0).is_err());
-        assert_eq!(file.len().unwrap(), 3);
+        assert_eq!(file.size().unwrap(), 3);
         file.sync_data().unwrap();
         assert!(file.sync_data().is_err());
         assert!(f.crashed());

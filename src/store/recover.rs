@@ -36,6 +36,7 @@ pub struct StreamRecovery {
 }
 
 /// Recover and seal every unsealed segment this node wrote for `stream`.
+#[allow(clippy::too_many_arguments)]
 pub fn recover_stream(
     fs: &Fs,
     archive_dir: &Path,

@@ -437,11 +437,11 @@ impl OpenSegment {
         fs: &Fs,
         state_dir: &Path,
         now_ms: i64,
-    ) -> Result<(Option<SealRecord>, u64), (OpenSegment, io::Error)> {
+    ) -> Result<(Option<SealRecord>, u64), (Box<OpenSegment>, io::Error)> {
         let mut cut_records = 0;
         if self.needs_cut() {
             if let Err(e) = self.file.set_len(self.durable.len).and_then(|()| self.file.sync_all()) {
-                return Err((self, e));
+                return Err((Box::new(self), e));
             }
             cut_records = self.records - self.durable.records;
             let d = self.durable.clone();
@@ -452,7 +452,7 @@ impl OpenSegment {
             let dir = self.path.parent().expect("segment paths have a parent").to_owned();
             return match fs.remove_file(&self.path).and_then(|()| fs.sync_dir(&dir)) {
                 Ok(()) => Ok((None, cut_records)),
-                Err(e) => Err((self, e)),
+                Err(e) => Err((Box::new(self), e)),
             };
         }
         let d = &self.durable;
@@ -467,7 +467,7 @@ impl OpenSegment {
         };
         match rec.store(fs, &seal_path(state_dir, &self.rel)) {
             Ok(()) => Ok((Some(rec), cut_records)),
-            Err(e) => Err((self, e)),
+            Err(e) => Err((Box::new(self), e)),
         }
     }
 }

@@ -319,8 +319,7 @@ pub fn assert_verify_ok(data: &Path) {
 /// or at random, the seed printed so a failure can be replayed.
 pub fn seeded_rng(test: &str) -> rand::rngs::StdRng {
     use rand::SeedableRng;
-    let seed =
-        std::env::var("FERRY_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| rand::random::<u64>());
+    let seed = std::env::var("FERRY_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random::<u64>);
     eprintln!("{test}: seed {seed} (replay with FERRY_TEST_SEED={seed})");
     rand::rngs::StdRng::seed_from_u64(seed)
 }
