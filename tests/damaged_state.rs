@@ -59,19 +59,8 @@ fn damage(data: &Path, rels: &[PathBuf]) {
 
 /// `n` barely compressible lines: segments of 64 KiB fill and rotate.
 fn write_segments(node: &Node, port: u16, tag: &str, n: usize) {
-    let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ tag.len() as u64;
-    let mut body = || -> String {
-        (0..200)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (b'0' + (x % 75) as u8) as char
-            })
-            .filter(|c| *c != '\\')
-            .collect()
-    };
-    let text: String = (0..n).map(|i| format!("<13>Nov 30 10:00:00 h app: {tag}-{i:06} {}\n", body())).collect();
+    let text: String =
+        (0..n).map(|i| format!("<13>Nov 30 10:00:00 h app: {tag}-{i:06} {}\n", noise(i as u64, 320))).collect();
     ferry_send(&["--to", &format!("127.0.0.1:{port}")], text.as_bytes());
     node.wait_metric("ferry_committed_records_total", &[("stream", "live")], Duration::from_secs(30), |v| {
         v >= n as f64

@@ -8,13 +8,12 @@
 
 mod util;
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use util::link::{assert_byte_identical, pair, wait_mirrored, Pki, Via};
-use util::rsyslog::{wait_port, Rsyslog};
+use util::rsyslog::Rsyslog;
 use util::*;
 
 /// Faults on the archive's files, counted from the node's start.
@@ -28,33 +27,7 @@ const READ_ONLY: &str = "any~archive/:erofs@8x30";
 const STORE: &str = "commit_bytes = \"64KiB\"\nsegment_max_bytes = \"256KiB\"";
 
 fn line(tag: &str, i: usize) -> String {
-    let mut x = (i as u64 + 7).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    let body: String = (0..80)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (b'a' + (x % 26) as u8) as char
-        })
-        .collect();
-    format!("{tag}-{i:06} {body}")
-}
-
-/// Count of each id in the archive, or `None` while a reader cannot read it
-/// whole (a segment being created or cut at that moment).
-fn id_counts(data: &Path, prefix: &str) -> Option<HashMap<String, usize>> {
-    let files = segments(data);
-    let out = Command::new(require_tool("zstdcat")).args(&files).output().unwrap();
-    if !out.status.success() {
-        return None;
-    }
-    let mut m = HashMap::new();
-    for l in String::from_utf8_lossy(&out.stdout).lines() {
-        if let Some(id) = l.split(' ').find(|w| w.starts_with(prefix)) {
-            *m.entry(id.to_owned()).or_default() += 1;
-        }
-    }
-    Some(m)
+    format!("{tag}-{i:06} {}", noise(i as u64 + 7, 80))
 }
 
 fn assert_each_once(data: &Path, prefix: &str, n: usize, limit: Duration) {
@@ -95,20 +68,7 @@ fn relp(spec: &str) {
         &[("FERRY_FAULTS", spec)],
     );
     let input = free_port();
-    let queue = dir.join("rsyslog-queue");
-    std::fs::create_dir_all(&queue).unwrap();
-    let action =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/collectors/rsyslog-omrelp.conf"))
-            .unwrap()
-            .replace("@RELAY_HOST@", "127.0.0.1")
-            .replace("@RELAY_PORT@", &relp.to_string())
-            .replace("@QUEUE_DIR@", &queue.display().to_string());
-    let conf = format!(
-        "global(workDirectory=\"{}\")\nmodule(load=\"imtcp\")\ninput(type=\"imtcp\" port=\"{input}\" address=\"127.0.0.1\")\n{action}",
-        dir.join("rsyslog-work").display()
-    );
-    let _rs = Rsyslog::start(&dir, &conf);
-    wait_port(input);
+    let _rs = Rsyslog::shipped_relp(&dir, relp, input);
     const N: usize = 20_000;
     let text: String = (0..N).map(|i| format!("<13>Nov 30 10:00:00 h app: {}\n", line("relp", i))).collect();
     ferry_send(&["--to", &format!("127.0.0.1:{input}"), "--rate", "20000"], text.as_bytes());

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use util::link::{assert_byte_identical, pair, wait_mirrored, Pki, Via};
-use util::rsyslog::{wait_port, Rsyslog};
+use util::rsyslog::Rsyslog;
 use util::*;
 
 /// A tmpfs mounted for one test, unmounted on drop (also when it fails).
@@ -64,18 +64,9 @@ impl Drop for Tmpfs {
     }
 }
 
-/// Lines that barely compress, so a few MB of them fill a small disk.
+/// A line that barely compresses, so a few MB of them fill a small disk.
 fn noisy_line(tag: &str, i: usize) -> String {
-    let mut x = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    let body: String = (0..160)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (b'a' + (x % 26) as u8) as char
-        })
-        .collect();
-    format!("{tag}-{i:07} {body}")
+    format!("{tag}-{i:07} {}", noise(i as u64 + 1, 160))
 }
 
 /// POST one batch with curl; the HTTP status (0 if curl failed).
@@ -122,34 +113,9 @@ fn http_sender(
     })
 }
 
-fn relp_rsyslog(dir: &TestDir, relay_port: u16, input_port: u16) -> Rsyslog {
-    let queue = dir.join("rsyslog-queue");
-    std::fs::create_dir_all(&queue).unwrap();
-    let shipped =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/collectors/rsyslog-omrelp.conf"))
-            .unwrap();
-    let action = shipped
-        .replace("@RELAY_HOST@", "127.0.0.1")
-        .replace("@RELAY_PORT@", &relay_port.to_string())
-        .replace("@QUEUE_DIR@", &queue.display().to_string());
-    let conf = format!(
-        "global(workDirectory=\"{}\")\nmodule(load=\"imtcp\")\ninput(type=\"imtcp\" port=\"{input_port}\" address=\"127.0.0.1\")\n{action}",
-        dir.join("rsyslog-work").display()
-    );
-    let rs = Rsyslog::start(dir, &conf);
-    wait_port(input_port);
-    rs
-}
-
-/// Count of each `<tag>-<n>` id among archive lines.
-fn id_counts(data: &Path, prefix: &str) -> HashMap<String, usize> {
-    let mut m = HashMap::new();
-    for l in archive_lines(data) {
-        if let Some(id) = l.split(' ').find(|w| w.starts_with(prefix)) {
-            *m.entry(id.to_owned()).or_default() += 1;
-        }
-    }
-    m
+/// Ids in the archive of a stopped or quiet node.
+fn ids(data: &Path, prefix: &str) -> HashMap<String, usize> {
+    id_counts(data, prefix).expect("zstdcat reads the archive")
 }
 
 fn readyz(port: u16) -> u16 {
@@ -172,7 +138,7 @@ fn a_full_disk_holds_relp_and_http_senders_and_everything_lands_once_when_space_
 
     // ~5 MB over RELP and ~5 MB over HTTP into 3 MB of free space.
     let input = free_port();
-    let _rs = relp_rsyslog(&dir, relp, input);
+    let _rs = Rsyslog::shipped_relp(&dir, relp, input);
     const RELP_N: usize = 30_000;
     let relp_lines: String =
         (0..RELP_N).map(|i| format!("<13>Nov 30 10:00:00 h app: {}\n", noisy_line("relp", i))).collect();
@@ -215,7 +181,7 @@ fn a_full_disk_holds_relp_and_http_senders_and_everything_lands_once_when_space_
     // Every RELP line arrives (rsyslog's queue held them), and nothing twice.
     let t = Instant::now();
     loop {
-        let relp_ids = id_counts(&node.data, "relp-");
+        let relp_ids = ids(&node.data, "relp-");
         if relp_ids.len() == RELP_N {
             let dups: usize = relp_ids.values().map(|n| n - 1).sum();
             assert_eq!(dups, 0, "RELP lines archived twice");
@@ -224,7 +190,7 @@ fn a_full_disk_holds_relp_and_http_senders_and_everything_lands_once_when_space_
         assert!(t.elapsed() < Duration::from_secs(120), "{} of {RELP_N} RELP lines archived", relp_ids.len());
         std::thread::sleep(Duration::from_millis(500));
     }
-    let http_ids = id_counts(&node.data, "http");
+    let http_ids = ids(&node.data, "http");
     assert_eq!(http_ids.len(), BATCHES * 500, "every line of every 200 batch archived");
     assert!(http_ids.values().all(|n| *n == 1), "no HTTP line archived twice");
 
@@ -280,7 +246,7 @@ fn with_on_full_drop_oldest_ingest_goes_on_and_deleted_segments_are_counted() {
     assert!(deleted >= 5.0, "old segments deleted to make room: {deleted}");
     assert!(node.log_text().contains("deleted a sealed segment to make room"));
     // The newest batches are all there, each line once.
-    let ids = id_counts(&node.data, "http");
+    let ids = ids(&node.data, "http");
     assert!(ids.values().all(|n| *n == 1), "no line twice");
     for b in BATCHES - 20..BATCHES {
         for i in [0, 999] {

@@ -9,31 +9,8 @@ use std::time::{Duration, Instant};
 use util::rsyslog::{wait_port, Rsyslog};
 use util::*;
 
-/// rsyslogd with the shipped collector config, fed by an imtcp input.
 fn rsyslog_with_shipped_relp_config(dir: &TestDir, relay_port: u16, input_port: u16) -> Rsyslog {
-    assert!(
-        std::path::Path::new("/usr/lib/x86_64-linux-gnu/rsyslog/omrelp.so").exists(),
-        "rsyslog-relp is not installed: run the README's test command"
-    );
-    let work = dir.join("rsyslog-work");
-    let queue = dir.join("rsyslog-queue");
-    std::fs::create_dir_all(&work).unwrap();
-    std::fs::create_dir_all(&queue).unwrap();
-    let shipped = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/collectors/rsyslog-omrelp.conf"),
-    )
-    .unwrap();
-    let action = shipped
-        .replace("@RELAY_HOST@", "127.0.0.1")
-        .replace("@RELAY_PORT@", &relay_port.to_string())
-        .replace("@QUEUE_DIR@", &queue.display().to_string());
-    let conf = format!(
-        "global(workDirectory=\"{}\")\nmodule(load=\"imtcp\")\ninput(type=\"imtcp\" port=\"{input_port}\" address=\"127.0.0.1\")\n{action}",
-        work.display()
-    );
-    let rs = Rsyslog::start(dir, &conf);
-    wait_port(input_port);
-    rs
+    Rsyslog::shipped_relp(dir, relay_port, input_port)
 }
 
 fn ids(data: &std::path::Path) -> (usize, HashSet<String>) {

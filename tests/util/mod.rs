@@ -315,6 +315,38 @@ pub fn assert_verify_ok(data: &Path) {
     );
 }
 
+/// `len` lowercase letters from a xorshift seeded by `seed`: lines that
+/// zstd barely compresses, so a few MB of them fill a disk or rotate segments.
+pub fn noise(seed: u64, len: usize) -> String {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (b'a' + (x % 26) as u8) as char
+        })
+        .collect()
+}
+
+/// How often each id (the first word starting with `prefix`) is in the
+/// archive; `None` while zstdcat cannot read it whole (a segment being
+/// created or cut at that moment on a running node).
+pub fn id_counts(data: &Path, prefix: &str) -> Option<std::collections::HashMap<String, usize>> {
+    let files = segments(data);
+    let out = Command::new(require_tool("zstdcat")).args(&files).output().unwrap();
+    if !out.status.success() {
+        return None;
+    }
+    let mut m = std::collections::HashMap::new();
+    for l in String::from_utf8_lossy(&out.stdout).lines() {
+        if let Some(id) = l.split(' ').find(|w| w.starts_with(prefix)) {
+            *m.entry(id.to_owned()).or_default() += 1;
+        }
+    }
+    Some(m)
+}
+
 /// A random generator for a randomised test, seeded from `FERRY_TEST_SEED`
 /// or at random, the seed printed so a failure can be replayed.
 pub fn seeded_rng(test: &str) -> rand::rngs::StdRng {

@@ -13,6 +13,32 @@ pub struct Rsyslog {
 }
 
 impl Rsyslog {
+    /// rsyslogd with the shipped omrelp collector config pointing at
+    /// `relay_port`, fed by an imtcp input on `input_port`.
+    pub fn shipped_relp(dir: &TestDir, relay_port: u16, input_port: u16) -> Rsyslog {
+        assert!(
+            std::path::Path::new("/usr/lib/x86_64-linux-gnu/rsyslog/omrelp.so").exists(),
+            "rsyslog-relp is not installed: run the README's test command"
+        );
+        let queue = dir.join("rsyslog-queue");
+        std::fs::create_dir_all(&queue).unwrap();
+        let shipped = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/collectors/rsyslog-omrelp.conf"),
+        )
+        .unwrap();
+        let action = shipped
+            .replace("@RELAY_HOST@", "127.0.0.1")
+            .replace("@RELAY_PORT@", &relay_port.to_string())
+            .replace("@QUEUE_DIR@", &queue.display().to_string());
+        let conf = format!(
+            "global(workDirectory=\"{}\")\nmodule(load=\"imtcp\")\ninput(type=\"imtcp\" port=\"{input_port}\" address=\"127.0.0.1\")\n{action}",
+            dir.join("rsyslog-work").display()
+        );
+        let rs = Rsyslog::start(dir, &conf);
+        wait_port(input_port);
+        rs
+    }
+
     /// Validate `conf` with `rsyslogd -N1` (a bad config fails loudly), then
     /// start it. `<dir>/rsyslog-work` exists for its `workDirectory`.
     pub fn start(dir: &TestDir, conf: &str) -> Rsyslog {
