@@ -1,7 +1,7 @@
 //! A real full disk: `data_dir` on a small tmpfs (the tests run as root and
 //! fail, never skip, when they cannot mount one), filled by real senders
-//! (rsyslog over RELP, curl over HTTP, an uplink into a central mirror),
-//! then freed. Nothing acknowledged is lost or doubled, no segment gets a
+//! (rsyslog over RELP, curl over HTTP, syslog over TCP and UDP, an uplink
+//! into a central mirror), then freed. Nothing acknowledged is lost or doubled, no segment gets a
 //! hole, and ingest resumes by itself.
 
 mod util;
@@ -159,8 +159,22 @@ fn a_full_disk_holds_relp_and_http_senders_and_everything_lands_once_when_space_
     let (_, why) = http_get(ports.admin, "/readyz").unwrap();
     assert!(why.contains("disk_full"), "{why}");
     assert_eq!(node.metric("ferry_store_unwritable", &[("stream", "live"), ("reason", "disk_full")]), 1.0);
+    // Meanwhile: plain syslog over TCP is held back (not read), UDP is dropped and counted.
+    let tcp_lines: String =
+        (0..2000).map(|i| format!("<13>Nov 30 10:00:00 h app: {}\n", noisy_line("tcp", i))).collect();
+    let tcp = ports.tcp;
+    let tcp_sender =
+        std::thread::spawn(move || ferry_send(&["--to", &format!("127.0.0.1:{tcp}")], tcp_lines.as_bytes()));
+    let udp_lines: String = (0..200).map(|i| format!("<13>Nov 30 10:00:00 h app: udp-{i:07}\n")).collect();
+    ferry_send(&["--to", &format!("127.0.0.1:{}", ports.udp), "--transport", "udp"], udp_lines.as_bytes());
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(readyz(ports.admin), 503, "still full: still not ready");
+    node.wait_metric(
+        "ferry_dropped_records_total",
+        &[("listener", "udp"), ("reason", "disk_full")],
+        Duration::from_secs(5),
+        |v| v > 0.0,
+    );
 
     // An operator frees space: ingest resumes by itself.
     std::fs::remove_file(&filler).unwrap();
@@ -171,6 +185,7 @@ fn a_full_disk_holds_relp_and_http_senders_and_everything_lands_once_when_space_
     }
     let statuses = sender.join().unwrap();
     feeder.join().unwrap();
+    tcp_sender.join().unwrap();
     eprintln!("HTTP answers: {statuses:?}");
     assert!(
         statuses.get(&507).copied().unwrap_or(0) > 0,
@@ -190,6 +205,12 @@ fn a_full_disk_holds_relp_and_http_senders_and_everything_lands_once_when_space_
         assert!(t.elapsed() < Duration::from_secs(120), "{} of {RELP_N} RELP lines archived", relp_ids.len());
         std::thread::sleep(Duration::from_millis(500));
     }
+    let tcp_ids = ids(&node.data, "tcp-");
+    assert_eq!(tcp_ids.len(), 2000, "every TCP line read while the disk was full was written once space returned");
+    assert!(tcp_ids.values().all(|n| *n == 1));
+    let udp = ids(&node.data, "udp-").len() as f64;
+    let dropped = node.metric("ferry_dropped_records_total", &[("listener", "udp"), ("reason", "disk_full")]);
+    assert_eq!(udp + dropped, 200.0, "every datagram archived or counted as dropped (disk_full)");
     let http_ids = ids(&node.data, "http");
     assert_eq!(http_ids.len(), BATCHES * 500, "every line of every 200 batch archived");
     assert!(http_ids.values().all(|n| *n == 1), "no HTTP line archived twice");
