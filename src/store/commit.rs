@@ -187,17 +187,27 @@ struct Down {
     need: usize,
 }
 
+/// What the writer works on between messages: the encoder, the pending
+/// records, the frame buffer, the open segment, and whether the disk is down.
+struct Work {
+    enc: FrameEncoder,
+    p: Pending,
+    frame: Vec<u8>,
+    seg: Option<OpenSegment>,
+    down: Option<Down>,
+}
+
 impl Writer {
     /// Run until the channel closes; then commit what is pending and seal.
     pub fn run(mut self, handle: Handle) {
-        let mut enc = match FrameEncoder::new(self.cfg.zstd_level) {
+        let enc = match FrameEncoder::new(self.cfg.zstd_level) {
             Ok(e) => e,
             Err(e) => {
                 error!(stream = %self.stream, error = %e, "cannot create zstd encoder; stream writer stops");
                 return;
             }
         };
-        let mut p = Pending {
+        let p = Pending {
             raw: Vec::with_capacity(self.cfg.commit_bytes + (64 << 10)),
             records: 0,
             truncated: 0,
@@ -207,9 +217,7 @@ impl Writer {
             flushes: Vec::new(),
             since: None,
         };
-        let mut frame = Vec::new();
-        let mut seg: Option<OpenSegment> = None;
-        let mut down: Option<Down> = None;
+        let mut w = Work { enc, p, frame: Vec::new(), seg: None, down: None };
         let mut last_sync = Instant::now();
         let mut last_space_check = Instant::now();
         let mut overflow: std::collections::VecDeque<Msg> = std::collections::VecDeque::new();
@@ -218,7 +226,7 @@ impl Writer {
         loop {
             // Drain what is queued without waiting.
             let mut closed = false;
-            while p.raw.len() < self.cfg.commit_bytes {
+            while w.p.raw.len() < self.cfg.commit_bytes {
                 let next = match overflow.pop_front() {
                     Some(m) => Ok(m),
                     None => self.rx.try_recv(),
@@ -228,7 +236,7 @@ impl Writer {
                         closed = true;
                         break;
                     }
-                    Ok(m) => self.take(m, &mut p),
+                    Ok(m) => self.take(m, &mut w.p),
                     Err(mpsc::error::TryRecvError::Empty) => break,
                     Err(mpsc::error::TryRecvError::Disconnected) => {
                         closed = true;
@@ -236,14 +244,14 @@ impl Writer {
                     }
                 }
             }
-            match &down {
+            match &w.down {
                 Some(d) => {
                     if closed || Instant::now() >= d.retry_at {
-                        self.retry(&mut enc, &mut p, &mut frame, &mut seg, &mut down);
+                        self.retry(&mut w);
                     }
                     // Senders waiting behind a full pending commit while the disk refuses
                     // writes are told now (nothing of theirs is written), not left hanging.
-                    if let Some(d) = &down {
+                    if let Some(d) = &w.down {
                         let trouble = d.trouble;
                         overflow.retain_mut(|m| match m {
                             Msg::Batch(b) if b.ack.is_some() => {
@@ -256,17 +264,17 @@ impl Writer {
                     }
                 }
                 None => {
-                    let waited_out = p.since.is_some_and(|s| s.elapsed() >= self.cfg.commit_interval);
-                    let someone_waits = p.parts.iter().any(|x| x.ack.is_some()) || !p.flushes.is_empty();
+                    let waited_out = w.p.since.is_some_and(|s| s.elapsed() >= self.cfg.commit_interval);
+                    let someone_waits = w.p.parts.iter().any(|x| x.ack.is_some()) || !w.p.flushes.is_empty();
                     let queue_empty = self.rx.is_empty();
-                    if !p.is_empty()
+                    if !w.p.is_empty()
                         && (closed
-                            || p.raw.len() >= self.cfg.commit_bytes
+                            || w.p.raw.len() >= self.cfg.commit_bytes
                             || waited_out
                             || (someone_waits && queue_empty))
                     {
-                        self.commit(&mut enc, &mut p, &mut frame, &mut seg, &mut down);
-                        if down.is_none() {
+                        self.commit(&mut w);
+                        if w.down.is_none() {
                             dirty = !matches!(self.cfg.fsync, FsyncPolicy::Always);
                             if !self.closing.is_empty() {
                                 self.close_segments();
@@ -279,18 +287,18 @@ impl Writer {
                 break;
             }
             // Roll an idle segment at the hour so the last hour is sealed on time.
-            if p.is_empty() && down.is_none() {
-                if let Some(s) = &seg {
+            if w.p.is_empty() && w.down.is_none() {
+                if let Some(s) = &w.seg {
                     if s.name.hour_key() < hour_key(self.clock.now_ms()) {
-                        self.seal(seg.take());
+                        self.seal(w.seg.take());
                     }
                 }
             }
             if let FsyncPolicy::Interval(iv) = self.cfg.fsync {
                 if dirty && last_sync.elapsed() >= iv {
-                    if let Some(s) = &mut seg {
+                    if let Some(s) = &mut w.seg {
                         if let Err(e) = s.sync() {
-                            self.fsync_failed(&mut seg, e, &mut down);
+                            self.fsync_failed(&mut w, e);
                         }
                     }
                     last_sync = Instant::now();
@@ -301,10 +309,10 @@ impl Writer {
                 last_space_check = Instant::now();
                 self.check_space();
             }
-            if p.raw.len() >= self.cfg.commit_bytes && down.is_none() {
+            if w.p.raw.len() >= self.cfg.commit_bytes && w.down.is_none() {
                 continue;
             }
-            let wait = match (&down, p.since) {
+            let wait = match (&w.down, w.p.since) {
                 (Some(d), _) => d.retry_at.saturating_duration_since(Instant::now()),
                 (None, Some(s)) => self.cfg.commit_interval.saturating_sub(s.elapsed()),
                 (None, None) => idle,
@@ -314,11 +322,11 @@ impl Writer {
             }
             match handle.block_on(async { tokio::time::timeout(wait, self.rx.recv()).await }) {
                 Ok(Some(Msg::Close)) | Ok(None) => {
-                    if !p.is_empty() {
-                        if down.is_some() {
-                            self.retry(&mut enc, &mut p, &mut frame, &mut seg, &mut down);
+                    if !w.p.is_empty() {
+                        if w.down.is_some() {
+                            self.retry(&mut w);
                         } else {
-                            self.commit(&mut enc, &mut p, &mut frame, &mut seg, &mut down);
+                            self.commit(&mut w);
                         }
                     }
                     break;
@@ -326,32 +334,32 @@ impl Writer {
                 // Down with a full commit pending: later batches wait in order
                 // (bounded: the stream refuses new ones while down), while
                 // Flush and Close are still heard.
-                Ok(Some(m @ Msg::Batch(_))) if p.raw.len() >= self.cfg.commit_bytes => overflow.push_back(m),
-                Ok(Some(m)) => self.take(m, &mut p),
+                Ok(Some(m @ Msg::Batch(_))) if w.p.raw.len() >= self.cfg.commit_bytes => overflow.push_back(m),
+                Ok(Some(m)) => self.take(m, &mut w.p),
                 Err(_) => {}
             }
         }
         // Stopping: what could not be written is dropped now, counted.
-        if p.records > 0 {
-            let reason = match down.as_ref().map(|d| d.trouble) {
+        if w.p.records > 0 {
+            let reason = match w.down.as_ref().map(|d| d.trouble) {
                 Some(Trouble::DiskFull) => DropReason::DiskFull,
                 _ => DropReason::StoreError,
             };
-            error!(stream = %self.stream, records = p.records, reason = reason.as_str(),
+            error!(stream = %self.stream, records = w.p.records, reason = reason.as_str(),
                 "stopping while the disk refuses writes: pending records without acknowledgement are dropped");
-            p.keep_unacknowledged(|ack| {
+            w.p.keep_unacknowledged(|ack| {
                 let _ = ack.send(Err(Error::Closed));
             });
-            for part in p.parts.drain(..) {
+            for part in w.p.parts.drain(..) {
                 self.metrics.drop_records(&part.listener, reason, u64::from(part.records));
             }
         }
-        for f in p.flushes.drain(..) {
+        for f in w.p.flushes.drain(..) {
             let _ = f.send(());
         }
         // What is still queued at the stop (sent after Close, or held while
         // the disk refused writes) is answered or counted, never lost silently.
-        let reason = if down.as_ref().is_some_and(|d| d.trouble == Trouble::DiskFull) {
+        let reason = if w.down.as_ref().is_some_and(|d| d.trouble == Trouble::DiskFull) {
             DropReason::DiskFull
         } else {
             DropReason::StoreError
@@ -370,12 +378,12 @@ impl Writer {
                 Msg::Close => {}
             }
         }
-        if let Some(s) = &mut seg {
+        if let Some(s) = &mut w.seg {
             if let Err(e) = s.sync() {
-                self.fsync_failed(&mut seg, e, &mut down);
+                self.fsync_failed(&mut w, e);
             }
         }
-        self.seal(seg.take());
+        self.seal(w.seg.take());
         info!(stream = %self.stream, "stream writer stopped");
     }
 
@@ -421,16 +429,10 @@ impl Writer {
 
     /// Write what is pending as one frame. On success everyone is answered;
     /// on failure the stream goes down (see the module docs).
-    fn commit(
-        &mut self,
-        enc: &mut FrameEncoder,
-        p: &mut Pending,
-        frame: &mut Vec<u8>,
-        seg: &mut Option<OpenSegment>,
-        down: &mut Option<Down>,
-    ) {
+    fn commit(&mut self, w: &mut Work) {
         let started = Instant::now();
-        let result = if p.records > 0 { self.write_frame(enc, p, frame, seg) } else { Ok(()) };
+        let result = if w.p.records > 0 { self.write_frame(w) } else { Ok(()) };
+        let Work { p, frame, down, .. } = w;
         let records = p.records;
         let first_seq = self.next_record_seq;
         match result {
@@ -484,13 +486,8 @@ impl Writer {
         }
     }
 
-    fn write_frame(
-        &mut self,
-        enc: &mut FrameEncoder,
-        p: &Pending,
-        frame: &mut Vec<u8>,
-        seg: &mut Option<OpenSegment>,
-    ) -> Result<(), Fault> {
+    fn write_frame(&mut self, w: &mut Work) -> Result<(), Fault> {
+        let Work { enc, p, frame, seg, .. } = w;
         let meta = FrameMeta {
             stream: &self.stream,
             records: p.records,
@@ -563,7 +560,8 @@ impl Writer {
     /// A periodic fsync (`fsync = "interval"`) failed: frames written since
     /// the last good one were acknowledged but may not be on disk. They are
     /// cut with the segment's untrusted tail, logged and counted.
-    fn fsync_failed(&mut self, seg: &mut Option<OpenSegment>, e: std::io::Error, down: &mut Option<Down>) {
+    fn fsync_failed(&mut self, w: &mut Work, e: std::io::Error) {
+        let Work { seg, down, .. } = w;
         let trouble = Trouble::of(&e);
         self.metrics.disk_errors.with_label_values(&[&self.stream, "fsync", trouble.as_str()]).inc();
         error!(stream = %self.stream, error = %e, "fsync failed: the segment is cut back to its last durable length and sealed");
@@ -617,48 +615,42 @@ impl Writer {
 
     /// While down: write what is pending, or else probe the disk with as
     /// many bytes as the failed frame needed.
-    fn retry(
-        &mut self,
-        enc: &mut FrameEncoder,
-        p: &mut Pending,
-        frame: &mut Vec<u8>,
-        seg: &mut Option<OpenSegment>,
-        down: &mut Option<Down>,
-    ) {
+    fn retry(&mut self, w: &mut Work) {
         if let Some(e) = self.close_segments() {
             let trouble = Trouble::of(&e);
             // Senders waiting for an answer get one now: still failing.
             let stream = self.stream.clone();
-            p.keep_unacknowledged(|ack| {
+            w.p.keep_unacknowledged(|ack| {
                 let _ = ack.send(Err(Error::Io {
                     stream: stream.clone(),
                     trouble,
                     source: std::io::Error::new(e.kind(), e.to_string()),
                 }));
             });
-            self.go_down(down, trouble, down.as_ref().map_or(64 << 10, |d| d.need));
-            for f in p.flushes.drain(..) {
+            let need = w.down.as_ref().map_or(64 << 10, |d| d.need);
+            self.go_down(&mut w.down, trouble, need);
+            for f in w.p.flushes.drain(..) {
                 let _ = f.send(());
             }
             return;
         }
-        if p.records > 0 {
-            self.commit(enc, p, frame, seg, down);
+        if w.p.records > 0 {
+            self.commit(w);
         } else {
-            let need = down.as_ref().map_or(64 << 10, |d| d.need);
+            let need = w.down.as_ref().map_or(64 << 10, |d| d.need);
             match self.probe(need) {
                 Ok(()) => {
-                    if let Some(d) = down.take() {
+                    if let Some(d) = w.down.take() {
                         self.up(d);
                     }
                 }
                 Err(e) => {
                     let trouble = Trouble::of(&e);
                     self.metrics.disk_errors.with_label_values(&[&self.stream, "probe", trouble.as_str()]).inc();
-                    self.go_down(down, trouble, need);
+                    self.go_down(&mut w.down, trouble, need);
                 }
             }
-            for f in p.flushes.drain(..) {
+            for f in w.p.flushes.drain(..) {
                 let _ = f.send(());
             }
         }
