@@ -6,6 +6,21 @@ use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+/// At most one log line a second for a repeated warning (a flood, a failing
+/// disk): the counters carry the totals, the log only says it is happening.
+#[derive(Debug, Default)]
+pub struct WarnLimit(std::sync::atomic::AtomicI64);
+
+impl WarnLimit {
+    /// True at most once per wall-clock second.
+    pub fn may_warn(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        let now = crate::store::clock::Clock::now_ms(&crate::store::clock::SystemClock) / 1000;
+        let last = self.0.load(Ordering::Relaxed);
+        now != last && self.0.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+    }
+}
+
 /// Why a record did not reach the archive.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DropReason {

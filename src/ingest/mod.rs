@@ -16,7 +16,6 @@ pub mod syslog;
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 use tokio::net::{TcpListener, UdpSocket, UnixDatagram, UnixListener};
@@ -40,7 +39,7 @@ pub struct ListenerCtx {
     pub limits: limits::SourceLimits,
     /// Open connections per source address, for `max_connections_per_source`.
     per_source: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
-    last_warn_s: AtomicI64,
+    warn_limit: crate::metrics::WarnLimit,
 }
 
 impl ListenerCtx {
@@ -63,15 +62,13 @@ impl ListenerCtx {
             streams,
             metrics,
             cfg,
-            last_warn_s: AtomicI64::new(0),
+            warn_limit: Default::default(),
         })
     }
 
     /// True at most once a second: keeps floods from flooding the log too.
     pub fn may_warn(&self) -> bool {
-        let now = crate::store::clock::Clock::now_ms(&crate::store::clock::SystemClock) / 1000;
-        let last = self.last_warn_s.load(Ordering::Relaxed);
-        now != last && self.last_warn_s.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+        self.warn_limit.may_warn()
     }
 
     /// Count a connection from `ip`; false (and nothing counted) when the

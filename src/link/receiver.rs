@@ -28,19 +28,13 @@ pub struct ReceiverCtx {
     pub mirror: Arc<Mirror>,
     pub metrics: Metrics,
     pub timing: Timing,
-    /// Unix second of the last disk warning: a failing mirror disk logs once a second, not per append.
-    pub last_warn_s: std::sync::atomic::AtomicI64,
+    /// A failing mirror disk logs once a second, not per append.
+    warn_limit: crate::metrics::WarnLimit,
 }
 
 impl ReceiverCtx {
     pub fn new(cfg: ListenerConfig, mirror: Arc<Mirror>, metrics: Metrics, timing: Timing) -> ReceiverCtx {
-        ReceiverCtx { cfg, mirror, metrics, timing, last_warn_s: Default::default() }
-    }
-
-    fn may_warn(&self) -> bool {
-        use std::sync::atomic::Ordering;
-        let now = crate::store::clock::Clock::now_ms(&crate::store::clock::SystemClock) / 1000;
-        self.last_warn_s.swap(now, Ordering::Relaxed) != now
+        ReceiverCtx { cfg, mirror, metrics, timing, warn_limit: Default::default() }
     }
 }
 
@@ -231,7 +225,7 @@ async fn session(mut link: Link, ctx: Arc<ReceiverCtx>, sd: Shutdown) {
                     }
                     Err(AppendError::Io(e)) => {
                         let code = Code::of_io(&e);
-                        if ctx.may_warn() {
+                        if ctx.warn_limit.may_warn() {
                             warn!(listener = %ctx.cfg.name, %peer, %site, path = %ids[&id].display(), code = code.as_str(), error = %e,
                                 "mirror append failed: nothing of it kept; the uplink will offer it again");
                         }
