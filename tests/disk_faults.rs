@@ -9,7 +9,6 @@
 mod util;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use util::link::{assert_byte_identical, pair, wait_mirrored, Pki, Via};
@@ -99,13 +98,7 @@ fn http(spec: &str) {
         std::fs::write(&body, (0..PER).map(|i| line(&format!("http{b:03}"), i) + "\n").collect::<String>()).unwrap();
         let t = Instant::now();
         loop {
-            let out = Command::new(require_tool("curl"))
-                .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "20", "--data-binary"])
-                .arg(format!("@{}", body.display()))
-                .arg(format!("http://127.0.0.1:{http}/v1/streams/live"))
-                .output()
-                .unwrap();
-            let status: u16 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0);
+            let status = post_status(http, &body);
             if status == 200 {
                 break;
             }

@@ -69,17 +69,6 @@ fn noisy_line(tag: &str, i: usize) -> String {
     format!("{tag}-{i:07} {}", noise(i as u64 + 1, 160))
 }
 
-/// POST one batch with curl; the HTTP status (0 if curl failed).
-fn post(port: u16, body: &Path) -> u16 {
-    let out = Command::new(require_tool("curl"))
-        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "30", "--data-binary"])
-        .arg(format!("@{}", body.display()))
-        .arg(format!("http://127.0.0.1:{port}/v1/streams/live"))
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0)
-}
-
 /// Send `batches` batches of `per` lines over HTTP, each retried until it
 /// is answered 200 (as Fluent Bit or Vector would). Returns the count of
 /// answers per status.
@@ -98,7 +87,7 @@ fn http_sender(
             std::fs::write(&body, text).unwrap();
             let t = Instant::now();
             loop {
-                let s = post(port, &body);
+                let s = post_status(port, &body);
                 *statuses.entry(s).or_default() += 1;
                 if s == 200 {
                     break;

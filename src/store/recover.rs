@@ -18,7 +18,7 @@ use walkdir::WalkDir;
 
 use super::fs::Fs;
 use super::reader::{SegmentReader, Step};
-use super::segment::{seal_path, sha256_file, SealRecord, SegmentName};
+use super::segment::{list_segments, seal_path, sha256_file, OnDisk, SealRecord, SegmentName};
 use crate::metrics::Metrics;
 
 /// Where a stream continues after recovery.
@@ -89,6 +89,34 @@ pub fn recover_stream(
             out.last_name = Some(name.clone());
         }
     }
+    Ok(out)
+}
+
+/// [`list_segments`] with every damaged seal record re-derived on the way
+/// (see [`reseal`]); an empty segment it finds is removed, not listed. A
+/// record that cannot be re-derived now leaves its segment listed as open.
+pub fn list_repaired(
+    fs: &Fs,
+    archive_dir: &Path,
+    state_dir: &Path,
+    skip: impl Fn(&Path) -> bool,
+    now_ms: i64,
+    metrics: &Metrics,
+) -> io::Result<Vec<OnDisk>> {
+    let mut out = list_segments(archive_dir, state_dir, skip)?;
+    let mut removed = Vec::new();
+    for d in &mut out {
+        let Some(why) = d.damaged_seal.take() else { continue };
+        match reseal(fs, archive_dir, state_dir, &d.rel, &why, now_ms, metrics) {
+            Ok(Some(rec)) => {
+                d.len = rec.len;
+                d.seal = Some(rec);
+            }
+            Ok(None) => removed.push(d.rel.clone()),
+            Err(e) => warn!(path = %d.rel.display(), error = %e, "cannot re-derive a damaged seal record now"),
+        }
+    }
+    out.retain(|d| !removed.contains(&d.rel));
     Ok(out)
 }
 

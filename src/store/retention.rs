@@ -13,6 +13,7 @@ use std::sync::Arc;
 use tracing::{info, warn};
 
 use super::fs::Fs;
+use super::recover::list_repaired;
 use super::segment::{list_segments, seal_path, SealRecord};
 use super::Store;
 use crate::config::{OnFull, RetentionConfig};
@@ -61,22 +62,11 @@ pub fn pass(
     hold: &dyn Hold,
     metrics: &Metrics,
 ) -> io::Result<Outcome> {
-    let mut segs: Vec<Seg> = Vec::new();
-    for d in list_segments(archive_dir, state_dir, |_| false)? {
-        let mut seal = d.seal;
-        if let Some(why) = &d.damaged_seal {
-            // Sealed once (seal files appear only then), and never changed since:
-            // re-derive the record from the file. Mirror segments too.
-            match super::recover::reseal(fs, archive_dir, state_dir, &d.rel, why, now_ms, metrics) {
-                Ok(Some(rec)) => seal = Some(rec),
-                Ok(None) => continue,
-                Err(e) => {
-                    warn!(path = %d.rel.display(), error = %e, "cannot re-derive a damaged seal record; the segment is kept")
-                }
-            }
-        }
-        segs.push(Seg { rel: d.rel, len: d.len, seal, seq: d.name.seq });
-    }
+    // Damaged seal records are re-derived on the way (mirror segments too).
+    let mut segs: Vec<Seg> = list_repaired(fs, archive_dir, state_dir, |_| false, now_ms, metrics)?
+        .into_iter()
+        .map(|d| Seg { rel: d.rel, len: d.len, seal: d.seal, seq: d.name.seq })
+        .collect();
     // Oldest first: by seal time, then by sequence.
     segs.sort_by_key(|s| (s.seal.as_ref().map(|r| r.sealed_ms).unwrap_or(i64::MAX), s.seq));
     let mut out =

@@ -347,6 +347,18 @@ pub fn id_counts(data: &Path, prefix: &str) -> Option<std::collections::HashMap<
     Some(m)
 }
 
+/// POST the file `body` to stream `live` of an HTTP listener with curl; the
+/// HTTP status (0 if curl got no answer).
+pub fn post_status(port: u16, body: &Path) -> u16 {
+    let out = Command::new(require_tool("curl"))
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "30", "--data-binary"])
+        .arg(format!("@{}", body.display()))
+        .arg(format!("http://127.0.0.1:{port}/v1/streams/live"))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0)
+}
+
 /// A random generator for a randomised test, seeded from `FERRY_TEST_SEED`
 /// or at random, the seed printed so a failure can be replayed.
 pub fn seeded_rng(test: &str) -> rand::rngs::StdRng {

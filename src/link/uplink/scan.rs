@@ -15,9 +15,9 @@ use crate::metrics::Metrics;
 use crate::store::frame::FrameHeader;
 use crate::store::fs::Fs;
 use crate::store::reader::{SegmentReader, Step};
-use crate::store::recover::reseal;
+use crate::store::recover::list_repaired;
 use crate::store::retention::Hold;
-use crate::store::segment::{list_segments, SegmentName};
+use crate::store::segment::SegmentName;
 
 /// Segments an uplink has delivered (sealed and verified at the receiver).
 /// Persisted in `state/uplinks/<name>.delivered`, one path per line; losing
@@ -102,22 +102,7 @@ pub fn scan(
     now_ms: i64,
     metrics: &Metrics,
 ) -> io::Result<Vec<Local>> {
-    let mut found = list_segments(archive_dir, state_dir, |rel| delivered.contains(rel))?;
-    let mut removed = Vec::new();
-    for l in &mut found {
-        if let Some(why) = l.damaged_seal.take() {
-            match reseal(fs, archive_dir, state_dir, &l.rel, &why, now_ms, metrics) {
-                Ok(Some(rec)) => {
-                    l.len = rec.len;
-                    l.seal = Some(rec);
-                }
-                Ok(None) => removed.push(l.rel.clone()),
-                Err(e) => warn!(path = %l.rel.display(), error = %e, "cannot re-derive a damaged seal record"),
-            }
-        }
-    }
-    found.retain(|l| !removed.contains(&l.rel));
-    Ok(found)
+    list_repaired(fs, archive_dir, state_dir, |rel| delivered.contains(rel), now_ms, metrics)
 }
 
 /// Whole frames of `path` from `from`, up to about `max` bytes (at least one
