@@ -21,12 +21,32 @@ command -v ansible-lint >/dev/null 2>&1 || need+=(ansible-lint)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
+# The sinks: librdkafka is built from source with cmake; tests/sinks.rs runs
+# a private RabbitMQ node (Debian's rabbitmq-server, never the system service).
+command -v cmake >/dev/null 2>&1 || need+=(cmake)
+command -v rabbitmq-server >/dev/null 2>&1 || need+=(rabbitmq-server)
 if ((${#need[@]})); then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo=sudo
   echo "installing test dependencies: ${need[*]}"
   $sudo apt-get update -q
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${need[@]}"
+fi
+
+# Independent consumers for what the sinks publish: pika and confluent-kafka,
+# from PyPI where python3's pip may install, else Debian's packages.
+if ! python3 -c 'import pika, confluent_kafka' 2>/dev/null; then
+  python3 -m pip install -q pika confluent-kafka 2>/dev/null ||
+    { sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+      DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends python3-pika python3-confluent-kafka; }
+  python3 -c 'import pika, confluent_kafka'
+fi
+
+# A Kafka-protocol broker for tests/sinks.rs (Apache Kafka is not packaged
+# here): tansu from crates.io, built once into target/tools (about a quarter
+# of an hour on 2 cores) with SQLite storage so a test can restart it.
+if [ ! -x target/tools/bin/tansu ]; then
+  cargo install --locked --root target/tools tansu --version 0.6.0 --features dynostore,libsql
 fi
 
 # syslog-ng conflicts with rsyslog: unpacked into target/syslog-ng, not installed.

@@ -13,6 +13,9 @@
 //! - [`link`]: an uplink reads those same files and ships their frames, as
 //!   they are, over mutual-TLS TCP or QUIC to a receiver, which writes them
 //!   through [`mirror`] at the same relative path: a byte-identical copy.
+//! - [`sink`]: on a central node, the mirrored (and local) segments are read
+//!   again, frame by frame, and published into Kafka or RabbitMQ; a durable
+//!   cursor moves only over records the broker acknowledged.
 //! - [`admin`] and [`metrics`]: what an operator sees; every drop has a reason.
 //! - [`config`]: one TOML file, validated with file, line and key in every error.
 //! - [`pki`]: the deployment CA and node identities (`ferry://site/node`).
@@ -28,4 +31,5 @@ pub mod metrics;
 pub mod mirror;
 pub mod pki;
 pub mod shutdown;
+pub mod sink;
 pub mod store;

@@ -118,6 +118,16 @@ pub struct Metrics {
     pub link_received_bytes: IntCounterVec,
     pub link_checksum_mismatches: IntCounterVec,
     pub ready: IntGauge,
+    // sinks
+    pub sink_connected: IntGaugeVec,
+    pub sink_records: IntCounterVec,
+    pub sink_bytes: IntCounterVec,
+    pub sink_lag_records: IntGaugeVec,
+    pub sink_lag_bytes: IntGaugeVec,
+    pub sink_lag_seconds: prometheus::GaugeVec,
+    pub sink_errors: IntCounterVec,
+    pub sink_dead_letters: IntCounterVec,
+    pub sink_segments_delivered: IntCounterVec,
 }
 
 impl Metrics {
@@ -410,6 +420,61 @@ impl Metrics {
                 &["side"],
             ),
             ready: g(r, "ferry_ready", "1 when every listener is bound and the store is open"),
+            sink_connected: gv(r, "ferry_sink_connected", "1 while the sink has a working broker connection", &["sink"]),
+            sink_records: cv(
+                r,
+                "ferry_sink_records_total",
+                "Records the broker acknowledged (acks=all, publisher confirms)",
+                &["sink", "site", "stream"],
+            ),
+            sink_bytes: cv(
+                r,
+                "ferry_sink_bytes_total",
+                "Record bytes (as sent, unescaped) the broker acknowledged",
+                &["sink", "site", "stream"],
+            ),
+            sink_lag_records: gv(
+                r,
+                "ferry_sink_lag_records",
+                "Records on disk the broker has not acknowledged yet",
+                &["sink", "site", "stream"],
+            ),
+            sink_lag_bytes: gv(
+                r,
+                "ferry_sink_lag_bytes",
+                "Segment bytes on disk the broker has not acknowledged yet",
+                &["sink", "site", "stream"],
+            ),
+            sink_lag_seconds: {
+                let g = prometheus::GaugeVec::new(
+                    Opts::new(
+                        "ferry_sink_lag_seconds",
+                        "Age of the oldest record the broker has not acknowledged (0 when caught up)",
+                    ),
+                    &["sink", "site", "stream"],
+                )
+                .expect("valid metric");
+                r.register(Box::new(g.clone())).expect("unique metric");
+                g
+            },
+            sink_errors: cv(
+                r,
+                "ferry_sink_errors_total",
+                "Sink failures by reason (connect, transient broker errors, unroutable, disk)",
+                &["sink", "reason"],
+            ),
+            sink_dead_letters: cv(
+                r,
+                "ferry_sink_dead_letters_total",
+                "Records the broker refused for good, written to the sink's dead-letter file",
+                &["sink", "reason"],
+            ),
+            sink_segments_delivered: cv(
+                r,
+                "ferry_sink_segments_delivered_total",
+                "Segments whose every record the broker acknowledged",
+                &["sink"],
+            ),
             registry,
         };
         m.info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);

@@ -752,7 +752,13 @@ fn live_scrapes_pass_promtool_and_hold_every_dashboard_metric() {
     let pki = Pki::new(&dir, "pki");
     let link_port = free_port();
     let p = pair("ops-scrape", &pki, Via::Tls, link_port, link_port, "", "max_rate = \"10Mbit/s\"");
-    let central = Node::start(&p.central_dir, &p.central_cfg, p.central_ports.admin);
+    // A sink whose broker is not there: its series exist all the same.
+    let central_cfg = format!(
+        "{}\n[[sink]]\nname = \"bus\"\nkind = \"rabbitmq\"\nurl = \"amqp://guest:guest@127.0.0.1:{}/%2f\"\n",
+        p.central_cfg,
+        free_port()
+    );
+    let central = Node::start(&p.central_dir, &central_cfg, p.central_ports.admin);
     let edge = Node::start(&p.edge_dir, &p.edge_cfg, p.edge_ports.admin);
 
     // Traffic for every series the dashboard shows: records, one dropped
@@ -780,6 +786,10 @@ fn live_scrapes_pass_promtool_and_hold_every_dashboard_metric() {
     while !(edge.metrics().contains("ferry_uplink_lag_bytes{") && edge.metrics().contains("ferry_uplink_lag_seconds{"))
     {
         assert!(t.elapsed() < limit, "no lag gauges:\n{}", edge.metrics());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    while !central.metrics().contains("ferry_sink_lag_seconds{") {
+        assert!(t.elapsed() < limit, "no sink lag gauges:\n{}", central.metrics());
         std::thread::sleep(Duration::from_millis(100));
     }
     let (edge_text, central_text) = (edge.metrics(), central.metrics());

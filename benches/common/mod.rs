@@ -2,6 +2,8 @@
 //! that cannot outlive its run, and the admin client for metrics.
 #![allow(dead_code)]
 
+pub mod corpus;
+
 use std::fs::File;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

@@ -179,6 +179,63 @@ pub fn render(m: &Metrics, site: &str, node: &str) -> String {
         }
     }
 
+    let sink_up = get("ferry_sink_connected", &["sink"]);
+    if !sink_up.is_empty() {
+        let recs = get("ferry_sink_records_total", &["sink", "site", "stream"]);
+        let lag_r = get("ferry_sink_lag_records", &["sink", "site", "stream"]);
+        let lag_b = get("ferry_sink_lag_bytes", &["sink", "site", "stream"]);
+        let lag_s = get("ferry_sink_lag_seconds", &["sink", "site", "stream"]);
+        let errors = get("ferry_sink_errors_total", &["sink", "reason"]);
+        let dead = get("ferry_sink_dead_letters_total", &["sink", "reason"]);
+        let deliv = by_first(&get("ferry_sink_segments_delivered_total", &["sink"]));
+        let _ = writeln!(
+            s,
+            "\nsinks\n  {:<16} {:>9} {:>14} {:>9}  ERRORS / DEAD-LETTERED",
+            "SINK", "CONNECTED", "DELIVERED", "SEGMENTS"
+        );
+        for (k, v) in &sink_up {
+            let name = &k[0];
+            let total: f64 = recs.iter().filter(|(l, _)| l[0] == *name).map(|(_, n)| n).sum();
+            let errs: Vec<String> = errors
+                .iter()
+                .filter(|(l, n)| l[0] == *name && **n > 0.0)
+                .map(|(l, n)| format!("{}={}", l[1], *n as u64))
+                .collect();
+            let deads: Vec<String> = dead
+                .iter()
+                .filter(|(l, n)| l[0] == *name && **n > 0.0)
+                .map(|(l, n)| format!("{}={}", l[1], *n as u64))
+                .collect();
+            let _ = writeln!(
+                s,
+                "  {:<16} {:>9} {:>14} {:>9}  {} / {}",
+                name,
+                if *v > 0.0 { "yes" } else { "NO" },
+                total as u64,
+                deliv.get(name).copied().unwrap_or(0.0) as u64,
+                if errs.is_empty() { "-".to_owned() } else { errs.join(" ") },
+                if deads.is_empty() { "-".to_owned() } else { deads.join(" ") }
+            );
+        }
+        let _ = writeln!(
+            s,
+            "  {:<16} {:<24} {:>12} {:>12} {:>10} {:>14}",
+            "SINK", "SITE/STREAM", "LAG RECORDS", "LAG", "LAG SECS", "DELIVERED"
+        );
+        for (k, v) in &lag_r {
+            let _ = writeln!(
+                s,
+                "  {:<16} {:<24} {:>12} {:>12} {:>10.1} {:>14}",
+                k[0],
+                format!("{}/{}", k[1], k[2]),
+                *v as u64,
+                bytes(lag_b.get(k).copied().unwrap_or(0.0)),
+                lag_s.get(k).copied().unwrap_or(0.0),
+                recs.get(k).copied().unwrap_or(0.0) as u64
+            );
+        }
+    }
+
     let sessions = by_first(&get("ferry_link_sessions_active", &["listener"]));
     if !sessions.is_empty() {
         let recv = get("ferry_link_received_bytes_total", &["listener", "site"]);

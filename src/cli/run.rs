@@ -14,10 +14,11 @@ use crate::config::{Config, ListenerKind};
 use crate::ingest::{self, ListenerCtx};
 use crate::link::receiver::{self, ReceiverCtx};
 use crate::link::transport::Timing;
-use crate::link::uplink::scan::{Delivered, UplinkHold};
+use crate::link::uplink::scan::{Delivered, DeliveryHold};
 use crate::link::uplink::Uplink;
 use crate::metrics::Metrics;
 use crate::mirror::Mirror;
+use crate::sink::Sink;
 use crate::shutdown::Shutdown;
 use crate::store::clock::{Clock, SystemClock};
 use crate::store::fs::Fs;
@@ -115,7 +116,7 @@ pub async fn run_node(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<()> 
     let mut delivered = Vec::new();
     for u in &cfg.uplinks {
         let d = Arc::new(
-            Delivered::load(&fs, &cfg.state_dir(), &u.name, &metrics)
+            Delivered::load(&fs, cfg.state_dir().join("uplinks").join(format!("{}.delivered", u.name)), &metrics)
                 .with_context(|| format!("uplink {}: reading its state", u.name))?,
         );
         d.retain_existing(&cfg.archive_dir());
@@ -134,8 +135,29 @@ pub async fn run_node(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<()> 
         uplinks.spawn(up.run(uplink_stop.clone(), uplink_drain.clone()));
     }
     uplinks.close();
+    let sink_stop = CancellationToken::new();
+    let sinks = TaskTracker::new();
+    for k in &cfg.sinks {
+        let d = Arc::new(
+            Delivered::load(&fs, cfg.state_dir().join("sinks").join(format!("{}.delivered", k.name)), &metrics)
+                .with_context(|| format!("sink {}: reading its state", k.name))?,
+        );
+        d.retain_existing(&cfg.archive_dir());
+        delivered.push(d.clone());
+        let sink = Sink {
+            cfg: k.clone(),
+            archive_dir: cfg.archive_dir(),
+            state_dir: cfg.state_dir(),
+            metrics: metrics.clone(),
+            clock: clock.clone(),
+            delivered: d,
+            fs: fs.clone(),
+        };
+        sinks.spawn(sink.run(sink_stop.clone()));
+    }
+    sinks.close();
     let hold: Arc<dyn retention::Hold> =
-        if delivered.is_empty() { Arc::new(NoHold) } else { Arc::new(UplinkHold(delivered)) };
+        if delivered.is_empty() { Arc::new(NoHold) } else { Arc::new(DeliveryHold(delivered)) };
     let retention_stop = CancellationToken::new();
     let retention_task =
         tokio::spawn(retention::run(store.clone(), hold, cfg.store.retention.check_interval, retention_stop.clone()));
@@ -178,6 +200,9 @@ pub async fn run_node(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<()> 
     }
     uplink_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), uplinks.wait()).await;
+    // Sinks last: they write their cursors on the way out.
+    sink_stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(5), sinks.wait()).await;
     admin_stop.cancel();
     if let Some(t) = admin_task {
         let _ = t.await;

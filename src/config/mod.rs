@@ -30,6 +30,62 @@ pub struct Config {
     /// The deployment CA and this node's identity; required by links.
     pub tls: Option<crate::pki::TlsFiles>,
     pub uplinks: Vec<UplinkConfig>,
+    pub sinks: Vec<SinkConfig>,
+}
+
+/// `[[sink]]`: delivery of archived records (mirrored or local) into a bus.
+#[derive(Clone, Debug)]
+pub struct SinkConfig {
+    pub name: String,
+    /// Sites to deliver; empty: every site in the archive.
+    pub sites: Vec<String>,
+    /// Streams to deliver; empty: every stream.
+    pub streams: Vec<String>,
+    /// Share of the records given to each origin's newest segment while a
+    /// backlog drains (0: strict sequence order per origin).
+    pub live_share: f64,
+    /// Records published and not yet acknowledged, at most (memory bound).
+    pub max_in_flight: usize,
+    /// Decoded bytes published and not yet acknowledged, at most.
+    pub max_in_flight_bytes: usize,
+    /// Records larger than this go to the dead-letter file without being
+    /// offered (Kafka: also librdkafka's `message.max.bytes`).
+    pub max_message_bytes: Option<usize>,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+    pub bus: BusConfig,
+}
+
+#[derive(Clone, Debug)]
+pub enum BusConfig {
+    Kafka(KafkaConfig),
+    RabbitMq(RabbitMqConfig),
+}
+
+#[derive(Clone, Debug)]
+pub struct KafkaConfig {
+    /// `host:port` bootstrap brokers.
+    pub brokers: Vec<String>,
+    /// Topic template: `{site}`, `{stream}`, `{node}` are replaced.
+    pub topic: String,
+    /// librdkafka `compression.codec`: zstd, lz4, gzip, snappy, none.
+    pub compression: String,
+    /// How long librdkafka retries a record before the sink starts over.
+    pub message_timeout: Duration,
+    /// Further librdkafka properties, passed as they are.
+    pub options: Vec<(String, String)>,
+}
+
+#[derive(Clone, Debug)]
+pub struct RabbitMqConfig {
+    /// `amqp://user:pass@host:port/vhost` (or `amqps://`).
+    pub url: String,
+    /// Exchange template; declared durable by the sink.
+    pub exchange: String,
+    /// direct, fanout, topic, headers.
+    pub exchange_kind: String,
+    /// Routing key template: `{site}`, `{stream}`, `{node}` are replaced.
+    pub routing_key: String,
 }
 
 /// Which transport an uplink dials.

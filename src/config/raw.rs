@@ -20,6 +20,35 @@ pub struct RawConfig {
     pub listener: Vec<RawListener>,
     #[serde(default)]
     pub uplink: Vec<RawUplink>,
+    #[serde(default)]
+    pub sink: Vec<RawSink>,
+}
+
+/// `[[sink]]`: delivery of archived records into a message bus.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSink {
+    pub name: Spanned<String>,
+    pub kind: Spanned<String>,
+    pub sites: Option<Spanned<Vec<String>>>,
+    pub streams: Option<Spanned<Vec<String>>>,
+    pub live_share: Option<Spanned<f64>>,
+    pub max_in_flight: Option<Spanned<i64>>,
+    pub max_in_flight_bytes: Option<Spanned<ByteSize>>,
+    pub max_message_bytes: Option<Spanned<ByteSize>>,
+    pub backoff_min: Option<Spanned<HumanDuration>>,
+    pub backoff_max: Option<Spanned<HumanDuration>>,
+    // kafka
+    pub brokers: Option<Spanned<Vec<String>>>,
+    pub topic: Option<Spanned<String>>,
+    pub compression: Option<Spanned<String>>,
+    pub message_timeout: Option<Spanned<HumanDuration>>,
+    pub options: Option<Spanned<std::collections::BTreeMap<String, String>>>,
+    // rabbitmq
+    pub url: Option<Spanned<String>>,
+    pub exchange: Option<Spanned<String>>,
+    pub exchange_kind: Option<Spanned<String>>,
+    pub routing_key: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -217,10 +217,21 @@ pub fn validate(text: &str, file: &str) -> Result<Config, Error> {
         }
     }
 
+    let mut sinks: Vec<SinkConfig> = Vec::new();
+    for (i, k) in raw.sink.iter().enumerate() {
+        if let Some(sc) = validate_sink(&mut cx, i, k) {
+            if sinks.iter().any(|o| o.name == sc.name) {
+                cx.at(&format!("sink[{i}].name"), &k.name, format!("sink {:?} is defined twice", sc.name));
+            }
+            sinks.push(sc);
+        }
+    }
+
     if cx.problems.is_empty() {
         Ok(Config {
             tls,
             uplinks,
+            sinks,
             source: file.to_owned(),
             node: NodeConfig { site, name, data_dir },
             admin: AdminConfig { listen: admin_listen },
@@ -422,6 +433,194 @@ fn validate_uplink(cx: &mut Ctx<'_>, i: usize, u: &raw::RawUplink) -> Option<Upl
         connect_timeout,
         backoff_min,
         backoff_max,
+    })
+}
+
+/// A `{site}`/`{stream}`/`{node}` template: any other `{...}` is a typo.
+fn template(cx: &mut Ctx<'_>, key: &str, v: &Spanned<String>) -> String {
+    let t = v.get_ref();
+    let mut rest = t.as_str();
+    while let Some(i) = rest.find('{') {
+        let Some(j) = rest[i..].find('}') else {
+            cx.at(key, v, format!("{t:?}: '{{' without '}}'"));
+            break;
+        };
+        let name = &rest[i + 1..i + j];
+        if !["site", "stream", "node"].contains(&name) {
+            cx.at(key, v, format!("{t:?}: unknown placeholder {{{name}}} (known: {{site}} {{stream}} {{node}})"));
+        }
+        rest = &rest[i + j + 1..];
+    }
+    if t.is_empty() && key.ends_with("topic") {
+        cx.at(key, v, "must not be empty");
+    }
+    t.clone()
+}
+
+fn validate_sink(cx: &mut Ctx<'_>, i: usize, k: &raw::RawSink) -> Option<SinkConfig> {
+    let key = |f: &str| format!("sink[{i}].{f}");
+    let before = cx.problems.len();
+    let name = cx.name(&key("name"), &k.name);
+    #[derive(Clone, Copy, PartialEq)]
+    enum Kind {
+        Kafka,
+        Rabbit,
+    }
+    let kind = cx.one_of(&key("kind"), &k.kind, &[("kafka", Kind::Kafka), ("rabbitmq", Kind::Rabbit)]);
+    let list = |v: &Option<Spanned<Vec<String>>>| v.as_ref().map(|v| v.get_ref().clone()).unwrap_or_default();
+    let (sites, streams) = (list(&k.sites), list(&k.streams));
+    let live_share = match &k.live_share {
+        Some(v) => {
+            if !(0.0..=1.0).contains(v.get_ref()) {
+                cx.at(&key("live_share"), v, "must be between 0 and 1");
+            }
+            *v.get_ref()
+        }
+        None => 0.0,
+    };
+    let max_in_flight = match &k.max_in_flight {
+        Some(v) => {
+            if !(1..=10_000_000).contains(v.get_ref()) {
+                cx.at(&key("max_in_flight"), v, "must be between 1 and 10000000 records");
+            }
+            *v.get_ref() as usize
+        }
+        None => 200_000,
+    };
+    let max_in_flight_bytes = match &k.max_in_flight_bytes {
+        Some(v) => {
+            if v.get_ref().0 < (64 << 10) {
+                cx.at(&key("max_in_flight_bytes"), v, "must be at least 64KiB");
+            }
+            v.get_ref().0 as usize
+        }
+        None => 64 << 20,
+    };
+    let max_message_bytes = k.max_message_bytes.as_ref().map(|v| {
+        if v.get_ref().0 < 1024 {
+            cx.at(&key("max_message_bytes"), v, "must be at least 1KiB");
+        }
+        v.get_ref().0 as usize
+    });
+    let dur = |cx: &mut Ctx<'_>, v: &Option<Spanned<HumanDuration>>, f: &str, default: Duration| match v {
+        Some(d) => {
+            if d.get_ref().0 < Duration::from_millis(10) {
+                cx.at(&key(f), d, "must be at least 10ms");
+            }
+            d.get_ref().0
+        }
+        None => default,
+    };
+    let backoff_min = dur(cx, &k.backoff_min, "backoff_min", Duration::from_millis(200));
+    let backoff_max = dur(cx, &k.backoff_max, "backoff_max", Duration::from_secs(10));
+    if backoff_min > backoff_max {
+        cx.err(&key("backoff_min"), k.backoff_min.as_ref().map(|v| v.span()), "must not exceed backoff_max");
+    }
+    // Keys of the other kind are a mistake worth naming, not something to ignore.
+    let misplaced: &[(&str, bool)] = match kind {
+        Some(Kind::Kafka) => &[
+            ("url", k.url.is_some()),
+            ("exchange", k.exchange.is_some()),
+            ("exchange_kind", k.exchange_kind.is_some()),
+            ("routing_key", k.routing_key.is_some()),
+        ],
+        Some(Kind::Rabbit) => &[
+            ("brokers", k.brokers.is_some()),
+            ("topic", k.topic.is_some()),
+            ("compression", k.compression.is_some()),
+            ("message_timeout", k.message_timeout.is_some()),
+            ("options", k.options.is_some()),
+        ],
+        None => &[],
+    };
+    for (f, set) in misplaced {
+        if *set {
+            cx.at(&key("kind"), &k.kind, format!("{f} is not a setting of a {:?} sink", k.kind.get_ref()));
+        }
+    }
+    let bus = match kind? {
+        Kind::Kafka => {
+            let brokers = match &k.brokers {
+                Some(b) => {
+                    if b.get_ref().is_empty() {
+                        cx.at(&key("brokers"), b, "needs at least one broker (host:port)");
+                    }
+                    for a in b.get_ref() {
+                        if !a.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()) {
+                            cx.at(&key("brokers"), b, format!("{a:?} is not host:port"));
+                        }
+                    }
+                    b.get_ref().clone()
+                }
+                None => {
+                    cx.at(&key("kind"), &k.kind, "a kafka sink needs brokers = [\"host:port\", ...]");
+                    Vec::new()
+                }
+            };
+            let topic = k.topic.as_ref().map(|t| template(cx, &key("topic"), t)).unwrap_or_else(|| "logs.{stream}".into());
+            let compression = match &k.compression {
+                Some(c) => cx
+                    .one_of(
+                        &key("compression"),
+                        c,
+                        &[("zstd", "zstd"), ("lz4", "lz4"), ("gzip", "gzip"), ("snappy", "snappy"), ("none", "none")],
+                    )
+                    .unwrap_or("zstd")
+                    .to_owned(),
+                None => "zstd".into(),
+            };
+            let message_timeout = dur(cx, &k.message_timeout, "message_timeout", Duration::from_secs(120));
+            let options = k.options.as_ref().map(|o| o.get_ref().clone().into_iter().collect()).unwrap_or_default();
+            BusConfig::Kafka(KafkaConfig { brokers, topic, compression, message_timeout, options })
+        }
+        Kind::Rabbit => {
+            let url = match &k.url {
+                Some(u) => {
+                    let ok = u.get_ref().starts_with("amqp://") || u.get_ref().starts_with("amqps://");
+                    if !ok {
+                        cx.at(&key("url"), u, "must start with amqp:// or amqps://");
+                    }
+                    u.get_ref().clone()
+                }
+                None => {
+                    cx.at(&key("kind"), &k.kind, "a rabbitmq sink needs url = \"amqp://user:password@host:5672/vhost\"");
+                    String::new()
+                }
+            };
+            let exchange = k.exchange.as_ref().map(|t| template(cx, &key("exchange"), t)).unwrap_or_else(|| "logs".into());
+            let exchange_kind = match &k.exchange_kind {
+                Some(v) => cx
+                    .one_of(
+                        &key("exchange_kind"),
+                        v,
+                        &[("topic", "topic"), ("direct", "direct"), ("fanout", "fanout"), ("headers", "headers")],
+                    )
+                    .unwrap_or("topic")
+                    .to_owned(),
+                None => "topic".into(),
+            };
+            let routing_key = k
+                .routing_key
+                .as_ref()
+                .map(|t| template(cx, &key("routing_key"), t))
+                .unwrap_or_else(|| "{site}.{stream}".into());
+            BusConfig::RabbitMq(RabbitMqConfig { url, exchange, exchange_kind, routing_key })
+        }
+    };
+    if cx.problems.len() > before {
+        return None;
+    }
+    Some(SinkConfig {
+        name,
+        sites,
+        streams,
+        live_share,
+        max_in_flight,
+        max_in_flight_bytes,
+        max_message_bytes,
+        backoff_min,
+        backoff_max,
+        bus,
     })
 }
 
@@ -683,6 +882,35 @@ listen = "127.0.0.1:0"
         assert_eq!(p[0].line, 5);
         assert_eq!(p[0].key, "node.nmae");
         assert!(p[0].message.contains("unknown field"), "{}", p[0].message);
+    }
+
+    #[test]
+    fn sinks_are_checked_key_by_key() {
+        let ok = format!(
+            "{MINIMAL}\n[[sink]]\nname = \"k\"\nkind = \"kafka\"\nbrokers = [\"127.0.0.1:9092\"]\ntopic = \"logs.{{site}}.{{stream}}\"\n\
+             \n[[sink]]\nname = \"r\"\nkind = \"rabbitmq\"\nurl = \"amqp://u:p@h:5672/%2f\"\n"
+        );
+        let c = validate(&ok, "t.toml").unwrap();
+        assert_eq!(c.sinks.len(), 2);
+        assert!(matches!(&c.sinks[0].bus, BusConfig::Kafka(k) if k.topic == "logs.{site}.{stream}" && k.compression == "zstd"));
+        assert!(matches!(&c.sinks[1].bus, BusConfig::RabbitMq(r) if r.routing_key == "{site}.{stream}"));
+        assert_eq!(c.sinks[0].live_share, 0.0, "strict order unless asked");
+
+        let bad = format!(
+            "{MINIMAL}\n[[sink]]\nname = \"k\"\nkind = \"kafka\"\ntopic = \"logs.{{strem}}\"\nurl = \"amqp://x\"\n\
+             \n[[sink]]\nname = \"r\"\nkind = \"rabbitmq\"\nurl = \"http://h\"\nlive_share = 2.0\n\
+             \n[[sink]]\nname = \"r\"\nkind = \"nats\"\n"
+        );
+        let Err(Error::Invalid(p)) = validate(&bad, "t.toml") else { panic!() };
+        let msgs: Vec<String> = p.iter().map(|p| format!("{}: {}", p.key, p.message)).collect();
+        let has = |k: &str, m: &str| msgs.iter().any(|x| x.starts_with(k) && x.contains(m));
+        assert!(has("sink[0].kind", "url is not a setting"), "{msgs:#?}");
+        assert!(has("sink[0].kind", "needs brokers"), "{msgs:#?}");
+        assert!(has("sink[0].topic", "unknown placeholder {strem}"), "{msgs:#?}");
+        assert!(has("sink[1].url", "amqp://"), "{msgs:#?}");
+        assert!(has("sink[1].live_share", "between 0 and 1"), "{msgs:#?}");
+        assert!(has("sink[2].kind", "not one of: kafka, rabbitmq"), "{msgs:#?}");
+        assert!(p.iter().all(|p| p.line > 0), "{p:?}");
     }
 
     #[test]

@@ -48,6 +48,16 @@ pub fn needs_escape(record: &[u8]) -> bool {
 /// Reverse [`escape_into`] for one line (without its LF).
 pub fn unescape(line: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(line.len());
+    unescape_into(line, &mut out);
+    out
+}
+
+/// [`unescape`] appending to `out`: batch decoders reuse one buffer.
+pub fn unescape_into(line: &[u8], out: &mut Vec<u8>) {
+    if memchr(b'\\', line).is_none() {
+        out.extend_from_slice(line);
+        return;
+    }
     let mut i = 0;
     while i < line.len() {
         let b = line[i];
@@ -68,7 +78,6 @@ pub fn unescape(line: &[u8]) -> Vec<u8> {
         out.push(b);
         i += 1;
     }
-    out
 }
 
 #[cfg(test)]

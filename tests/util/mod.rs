@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+pub mod brokers;
 pub mod link;
 pub mod proxy;
 pub mod rsyslog;
@@ -381,4 +382,13 @@ pub fn ferry_send(args: &[&str], input: &[u8]) {
     c.stdin.take().unwrap().write_all(input).unwrap();
     let out = c.wait_with_output().unwrap();
     assert!(out.status.success(), "ferry send {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Resident set size of a process, in bytes (from /proc).
+pub fn rss_bytes(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
 }

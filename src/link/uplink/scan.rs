@@ -19,9 +19,11 @@ use crate::store::recover::list_repaired;
 use crate::store::retention::Hold;
 use crate::store::segment::SegmentName;
 
-/// Segments an uplink has delivered (sealed and verified at the receiver).
-/// Persisted in `state/uplinks/<name>.delivered`, one path per line; losing
-/// the file, or a damaged line in it, only costs asking the receiver again.
+/// Segments a forwarder has delivered: an uplink (sealed and verified at the
+/// receiver, `state/uplinks/<name>.delivered`) or a sink (every record
+/// acknowledged by the broker, `state/sinks/<name>.delivered`). One path per
+/// line; losing the file, or a damaged line in it, only costs asking the
+/// receiver again (an uplink) or delivering the segment again (a sink).
 pub struct Delivered {
     set: RwLock<HashSet<PathBuf>>,
     file: PathBuf,
@@ -32,8 +34,7 @@ impl Delivered {
     /// Read the list. Lines that are not segment paths (a torn last line,
     /// garbage, text that is not UTF-8) are skipped, logged with the file
     /// and line, and counted: those segments are simply offered again.
-    pub fn load(fs: &Fs, state_dir: &Path, uplink: &str, metrics: &Metrics) -> io::Result<Delivered> {
-        let file = state_dir.join("uplinks").join(format!("{uplink}.delivered"));
+    pub fn load(fs: &Fs, file: PathBuf, metrics: &Metrics) -> io::Result<Delivered> {
         let bytes = match std::fs::read(&file) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
@@ -80,10 +81,10 @@ impl Delivered {
     }
 }
 
-/// Retention must keep what any uplink has not delivered.
-pub struct UplinkHold(pub Vec<std::sync::Arc<Delivered>>);
+/// Retention must keep what any uplink or sink has not delivered.
+pub struct DeliveryHold(pub Vec<std::sync::Arc<Delivered>>);
 
-impl Hold for UplinkHold {
+impl Hold for DeliveryHold {
     fn holds(&self, rel: &Path) -> bool {
         self.0.iter().any(|d| !d.contains(rel))
     }

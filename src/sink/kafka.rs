@@ -1,0 +1,199 @@
+//! Kafka through librdkafka: an idempotent producer (acks=all, ordered per
+//! partition, no duplicates from its own retries), one key per origin so an
+//! origin stays in one partition, delivery reports routed back to the sink
+//! by an opaque token (frame, record index) with no allocation per record.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::ClientContext;
+use tokio::sync::mpsc::UnboundedSender;
+use tracing::{info, warn};
+
+use super::records::Batch;
+use super::{Ack, Outcome};
+use crate::config::{KafkaConfig, SinkConfig};
+use crate::metrics::Metrics;
+
+pub struct Kafka {
+    producer: Arc<ThreadedProducer<Reports>>,
+    topic: String,
+}
+
+/// Where librdkafka's threads report deliveries and errors.
+pub struct Reports {
+    tx: UnboundedSender<Ack>,
+    sink: String,
+    metrics: Metrics,
+}
+
+impl ClientContext for Reports {
+    fn error(&self, error: KafkaError, reason: &str) {
+        match error.rdkafka_error_code() {
+            Some(RDKafkaErrorCode::AllBrokersDown) => {
+                self.metrics.sink_connected.with_label_values(&[&self.sink]).set(0);
+                warn!(sink = %self.sink, %reason, "no Kafka broker reachable; records wait on disk");
+            }
+            Some(RDKafkaErrorCode::Fatal) => {
+                let _ = self.tx.send(Ack::broken(format!("fatal producer error: {reason}")));
+            }
+            _ => warn!(sink = %self.sink, error = %error, %reason, "kafka client error"),
+        }
+    }
+}
+
+impl ProducerContext for Reports {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
+        let outcome = match result {
+            Ok(_) => Outcome::Ok,
+            Err((e, _)) => classify(e),
+        };
+        let _ = self.tx.send(Ack { token: (opaque >> 32) as u32, idx: opaque as u32, outcome });
+    }
+}
+
+/// Refusals that sending again cannot cure go to the dead-letter file;
+/// everything else (timeouts, leaders moving, brokers down) is retried.
+fn classify(e: &KafkaError) -> Outcome {
+    use RDKafkaErrorCode as C;
+    match e.rdkafka_error_code() {
+        Some(C::MessageSizeTooLarge | C::InvalidMessageSize) => Outcome::Refused("too_large"),
+        Some(C::InvalidMessage | C::InvalidRecord) => Outcome::Refused("invalid"),
+        Some(C::InvalidTopic) => Outcome::Refused("invalid_topic"),
+        Some(C::MessageTimedOut) => Outcome::Retry("timeout", e.to_string()),
+        Some(_) => Outcome::Retry("delivery_failed", e.to_string()),
+        None => Outcome::Retry("delivery_failed", e.to_string()),
+    }
+}
+
+impl Kafka {
+    /// Create the producer and check that a broker answers (metadata).
+    pub async fn connect(
+        sink: &SinkConfig,
+        k: &KafkaConfig,
+        tx: UnboundedSender<Ack>,
+        metrics: &Metrics,
+    ) -> Result<Kafka, String> {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", k.brokers.join(","))
+            .set("client.id", format!("ferry-{}", sink.name))
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("compression.codec", &k.compression)
+            .set("linger.ms", "10")
+            .set("batch.num.messages", "100000")
+            .set("batch.size", "4000000")
+            .set("message.timeout.ms", k.message_timeout.as_millis().to_string())
+            // The sink's own in-flight limit is the real bound; librdkafka's
+            // queue only has to hold it.
+            .set("queue.buffering.max.messages", (sink.max_in_flight * 2).max(100_000).to_string())
+            .set("queue.buffering.max.kbytes", ((sink.max_in_flight_bytes / 1024) * 2).max(65_536).to_string());
+        if let Some(m) = sink.max_message_bytes {
+            c.set("message.max.bytes", m.to_string());
+        }
+        for (key, v) in &k.options {
+            c.set(key, v);
+        }
+        let reports = Reports { tx, sink: sink.name.clone(), metrics: metrics.clone() };
+        let producer: ThreadedProducer<Reports> =
+            c.create_with_context(reports).map_err(|e| format!("cannot create the Kafka producer: {e}"))?;
+        let producer = Arc::new(producer);
+        let p = producer.clone();
+        let meta = tokio::task::spawn_blocking(move || {
+            p.client().fetch_metadata(None, Duration::from_secs(5)).map(|m| m.brokers().len())
+        })
+        .await
+        .expect("metadata task");
+        match meta {
+            Ok(n) => info!(sink = %sink.name, brokers = n, "connected to Kafka"),
+            Err(e) => {
+                tokio::task::spawn_blocking(move || drop(producer));
+                return Err(format!("no Kafka broker answers ({}): {e}", k.brokers.join(",")));
+            }
+        }
+        Ok(Kafka { producer, topic: k.topic.clone() })
+    }
+
+    /// Hand every record of `batch` to librdkafka. Refusals at the door (a
+    /// record too large for `message.max.bytes`) come back at once; the
+    /// rest are answered by delivery reports carrying `token`.
+    pub async fn publish(&self, batch: Arc<Batch>, token: u32) -> Result<Vec<(u32, Outcome)>, String> {
+        let producer = self.producer.clone();
+        let topic = batch.origin.render(&self.topic);
+        tokio::task::spawn_blocking(move || produce(&producer, &topic, &batch, token))
+            .await
+            .expect("produce task")
+    }
+
+    /// Stop: queued records are purged (their reports are ignored: the
+    /// sink starts again from its acknowledged positions).
+    pub async fn close(self) {
+        let _ = tokio::task::spawn_blocking(move || drop(self.producer)).await;
+    }
+}
+
+fn produce(
+    producer: &ThreadedProducer<Reports>,
+    topic: &str,
+    batch: &Batch,
+    token: u32,
+) -> Result<Vec<(u32, Outcome)>, String> {
+    let o = &batch.origin;
+    let mut refused = Vec::new();
+    let mut seq_buf = itoa_buf();
+    let received = batch.last_ms.to_string();
+    for i in 0..batch.len() {
+        if batch.skipped(i) {
+            continue;
+        }
+        let seq = batch.seq(i);
+        let seq_s = fmt_u64(&mut seq_buf, seq);
+        let headers = OwnedHeaders::new_with_capacity(5)
+            .insert(Header { key: "site", value: Some(o.site.as_str()) })
+            .insert(Header { key: "node", value: Some(o.node.as_str()) })
+            .insert(Header { key: "stream", value: Some(o.stream.as_str()) })
+            .insert(Header { key: "seq", value: Some(seq_s) })
+            .insert(Header { key: "received_ms", value: Some(received.as_str()) });
+        let mut record = BaseRecord::with_opaque_to(topic, ((token as usize) << 32) | i)
+            .key(o.key.as_str())
+            .payload(batch.record(i))
+            .timestamp(batch.last_ms)
+            .headers(headers);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    // Only when librdkafka's queue is fuller than the sink's
+                    // own limit allows: let its thread drain it.
+                    record = r;
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Err((e, _)) => match classify(&e) {
+                    Outcome::Refused(why) => {
+                        refused.push((i as u32, Outcome::Refused(why)));
+                        break;
+                    }
+                    _ => return Err(format!("cannot queue a record for {topic}: {e}")),
+                },
+            }
+        }
+    }
+    Ok(refused)
+}
+
+fn itoa_buf() -> String {
+    String::with_capacity(20)
+}
+
+fn fmt_u64(buf: &mut String, n: u64) -> &str {
+    use std::fmt::Write;
+    buf.clear();
+    let _ = write!(buf, "{n}");
+    buf.as_str()
+}

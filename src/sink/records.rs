@@ -1,0 +1,170 @@
+//! One frame's records, decoded for a bus: every record of a frame sits in
+//! one buffer, so a sink publishes a frame with no allocation per record.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::store::escape::unescape_into;
+use crate::store::frame::FrameHeader;
+use crate::store::reader::{SegmentReader, Step};
+
+/// Where records come from: one node's stream of one site. Sequence numbers
+/// are contiguous per origin, and a bus keeps one origin in one partition.
+#[derive(Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Origin {
+    pub site: String,
+    pub stream: String,
+    pub node: String,
+    /// `site/node/stream`: the Kafka key, and the prefix of every message id.
+    pub key: String,
+}
+
+impl Origin {
+    pub fn new(site: &str, stream: &str, node: &str) -> Origin {
+        Origin { site: site.into(), stream: stream.into(), node: node.into(), key: format!("{site}/{node}/{stream}") }
+    }
+
+    /// A `{site}` `{stream}` `{node}` template filled in for this origin.
+    pub fn render(&self, template: &str) -> String {
+        template.replace("{site}", &self.site).replace("{stream}", &self.stream).replace("{node}", &self.node)
+    }
+
+    /// The message id of record `seq`: `site/node/stream/seq`, the same
+    /// every time the record is sent, so a consumer can drop duplicates.
+    pub fn message_id(&self, seq: u64) -> String {
+        format!("{}/{seq}", self.key)
+    }
+}
+
+/// The records of one frame (those at or after a cursor's sequence number).
+#[derive(Debug)]
+pub struct Batch {
+    pub origin: Arc<Origin>,
+    pub rel: PathBuf,
+    /// Frame start and end offsets in the segment.
+    pub offset: u64,
+    pub end: u64,
+    /// Sequence number of record 0 of this batch.
+    pub first_seq: u64,
+    /// Sequence number after the frame's last record.
+    pub next_seq: u64,
+    /// Receive time of the frame's first and last record (ms): each record
+    /// was received in between (a commit spans at most `commit_interval`).
+    pub first_ms: i64,
+    pub last_ms: i64,
+    buf: Vec<u8>,
+    ends: Vec<u32>,
+    /// Indexes not to publish (records already dead-lettered), sorted.
+    pub skip: Vec<u32>,
+}
+
+impl Batch {
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Record `i` as it was received (unescaped).
+    pub fn record(&self, i: usize) -> &[u8] {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        &self.buf[start..self.ends[i] as usize]
+    }
+
+    pub fn seq(&self, i: usize) -> u64 {
+        self.first_seq + i as u64
+    }
+
+    pub fn skipped(&self, i: usize) -> bool {
+        !self.skip.is_empty() && self.skip.binary_search(&(i as u32)).is_ok()
+    }
+
+    /// Bytes held (what the in-flight limit counts).
+    pub fn bytes(&self) -> usize {
+        self.buf.len() + self.ends.len() * 4
+    }
+}
+
+/// What reading at a position found.
+#[derive(Debug)]
+pub enum Read {
+    Batch(Batch),
+    /// No whole frame at the position yet (an open segment's end).
+    Nothing,
+    /// A damaged frame in the middle of the file: whole frames resume at `next`.
+    Damaged { at: u64, next: u64, error: String },
+}
+
+/// Reads and decodes frames; keeps its decompressor and scratch between calls.
+pub struct FrameDecoder {
+    zstd: zstd::bulk::Decompressor<'static>,
+    raw: Vec<u8>,
+}
+
+impl FrameDecoder {
+    pub fn new() -> io::Result<FrameDecoder> {
+        Ok(FrameDecoder { zstd: zstd::bulk::Decompressor::new()?, raw: Vec::new() })
+    }
+
+    /// The frame at `offset` of `path`, without the records before `from_seq`.
+    pub fn read(
+        &mut self,
+        archive_dir: &Path,
+        rel: &Path,
+        origin: &Arc<Origin>,
+        offset: u64,
+        from_seq: u64,
+    ) -> io::Result<Read> {
+        let mut r = SegmentReader::open(&archive_dir.join(rel))?;
+        r.seek(offset);
+        let header = match r.next_frame()? {
+            Step::Frame { header, .. } => header,
+            Step::End => return Ok(Read::Nothing),
+            Step::Bad { offset, error } => {
+                return Ok(match r.next_valid_frame_after(offset)? {
+                    Some(next) => Read::Damaged { at: offset, next, error: error.to_string() },
+                    // A torn or growing tail: whole frames may still come.
+                    None => Read::Nothing,
+                });
+            }
+        };
+        self.raw.clear();
+        self.raw.reserve(header.raw_len as usize);
+        let n = self.zstd.decompress_to_buffer(r.data(), &mut self.raw).map_err(|e| {
+            io::Error::new(io::ErrorKind::InvalidData, format!("frame at {offset}: data does not decompress: {e}"))
+        })?;
+        if n != header.raw_len as usize {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("frame at {offset}: {n} bytes decompressed, header says {}", header.raw_len),
+            ));
+        }
+        Ok(Read::Batch(self.split(&header, origin, rel, offset, from_seq)))
+    }
+
+    fn split(&self, h: &FrameHeader, origin: &Arc<Origin>, rel: &Path, offset: u64, from_seq: u64) -> Batch {
+        let skip_n = from_seq.saturating_sub(h.first_seq).min(u64::from(h.records)) as usize;
+        let mut buf = Vec::with_capacity(self.raw.len());
+        let mut ends = Vec::with_capacity(h.records as usize - skip_n);
+        for line in self.raw.split(|b| *b == b'\n').take(h.records as usize).skip(skip_n) {
+            unescape_into(line, &mut buf);
+            ends.push(buf.len() as u32);
+        }
+        Batch {
+            origin: origin.clone(),
+            rel: rel.to_owned(),
+            offset,
+            end: offset + h.frame_len(),
+            first_seq: h.first_seq + skip_n as u64,
+            next_seq: h.next_seq(),
+            first_ms: h.first_ms,
+            last_ms: h.last_ms,
+            buf,
+            ends,
+            skip: Vec::new(),
+        }
+    }
+}

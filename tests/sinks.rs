@@ -1,0 +1,392 @@
+//! Sinks deliver what central mirrors into real brokers: a private RabbitMQ
+//! node (Debian's rabbitmq-server) and a Kafka-protocol broker (tansu),
+//! read back by independent clients (pika, confluent-kafka). Two edge sites
+//! (one over TLS, one over QUIC) with two streams each feed one central node.
+
+mod util;
+
+use std::time::{Duration, Instant};
+
+use util::brokers::{check_delivery, Kafka, Msg, Rabbit};
+use util::link::{Pki, Via};
+use util::*;
+
+/// Two edges (edge1 over TLS, edge2 over QUIC) and a central node with a sink.
+struct World {
+    _pki_dir: TestDir,
+    central_dir: TestDir,
+    central_ports: Ports,
+    central_cfg: String,
+    edges: Vec<(TestDir, Ports, u16, Node)>,
+    central: Option<Node>,
+}
+
+const STREAMS: [&str; 2] = ["live", "audit"];
+
+impl World {
+    /// `sink` is the `[[sink]]` table; `central_store` extra `[store]` keys.
+    fn start(name: &str, sink: &str, central_store: &str) -> World {
+        let pki_dir = TestDir::new(&format!("{name}-pki"));
+        let pki = Pki::new(&pki_dir, "pki");
+        let issue = |site: &str, node: &str, out: &str| {
+            let o = std::process::Command::new(FERRY)
+                .args(["certs", "issue", "--ca"])
+                .arg(pki.dir.join("ca"))
+                .args(["--site", site, "--node", node, "--out"])
+                .arg(pki.dir.join(out))
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        };
+        issue("edge2", "relay-2", "edge2");
+        let central_dir = TestDir::new(&format!("{name}-central"));
+        let central_ports = Ports { tcp: free_port(), udp: free_port(), admin: free_port() };
+        let (tls_port, quic_port) = (free_port(), free_port());
+        let central_extra = format!(
+            "{tls}\n[[listener]]\nname = \"link-tls\"\nkind = \"ferry\"\ntransport = \"tls\"\nlisten = \"127.0.0.1:{tls_port}\"\n\
+             \n[[listener]]\nname = \"link-quic\"\nkind = \"ferry\"\ntransport = \"quic\"\nlisten = \"127.0.0.1:{quic_port}\"\n\n{sink}\n",
+            tls = pki.tls_section("central"),
+        );
+        let central_cfg = node_config(&central_dir, &central_ports, central_store, "", &central_extra)
+            .replace("site = \"test\"", "site = \"central\"")
+            .replace("name = \"n1\"", "name = \"c1\"");
+        let central = Node::start(&central_dir, &central_cfg, central_ports.admin);
+        let mut edges = Vec::new();
+        for (site, node, certs, via, port) in
+            [("edge1", "relay-1", "edge", Via::Tls, tls_port), ("edge2", "relay-2", "edge2", Via::Quic, quic_port)]
+        {
+            let dir = TestDir::new(&format!("{name}-{site}"));
+            let ports = Ports { tcp: free_port(), udp: free_port(), admin: free_port() };
+            let audit = free_port();
+            let extra = format!(
+                "{tls}\n[[stream]]\nname = \"audit\"\n\n[[listener]]\nname = \"tcp-audit\"\nkind = \"syslog\"\ntransport = \"tcp\"\n\
+                 listen = \"127.0.0.1:{audit}\"\nstream = \"audit\"\n\n[[uplink]]\nname = \"central\"\ntransport = \"{t}\"\n\
+                 addresses = [\"127.0.0.1:{port}\"]\nkeepalive = \"300ms\"\ndead_after = \"2s\"\nbackoff_min = \"50ms\"\n\
+                 backoff_max = \"500ms\"\nconnect_timeout = \"2s\"\n",
+                tls = pki.tls_section(certs),
+                t = via.uplink(),
+            );
+            let cfg = node_config(&dir, &ports, "commit_bytes = \"256KiB\"\nsegment_max_bytes = \"1MiB\"", "", &extra)
+                .replace("site = \"test\"", &format!("site = \"{site}\""))
+                .replace("name = \"n1\"", &format!("name = \"{node}\""));
+            let n = Node::start(&dir, &cfg, ports.admin);
+            edges.push((dir, ports, audit, n));
+        }
+        World { _pki_dir: pki_dir, central_dir, central_ports, central_cfg, edges, central: Some(central) }
+    }
+
+    fn central(&self) -> &Node {
+        self.central.as_ref().expect("central running")
+    }
+
+    /// Send `per_stream` records to each stream of each edge (in parallel);
+    /// returns every record sent.
+    fn send(&self, per_stream: usize, tag: &str) -> Vec<String> {
+        let mut all = Vec::new();
+        let mut jobs = Vec::new();
+        for (i, (_, ports, audit, _)) in self.edges.iter().enumerate() {
+            for (stream, port) in STREAMS.iter().zip([ports.tcp, *audit]) {
+                let lines: Vec<String> =
+                    (0..per_stream).map(|n| format!("<14>ferry sinktest {tag} edge{} {stream} n={n:07}", i + 1)).collect();
+                all.extend(lines.iter().cloned());
+                let input = lines.join("\n") + "\n";
+                jobs.push(std::thread::spawn(move || {
+                    ferry_send(&["--to", &format!("127.0.0.1:{port}")], input.as_bytes());
+                }));
+            }
+        }
+        for j in jobs {
+            j.join().unwrap();
+        }
+        all
+    }
+
+    fn wait_delivered(&self, sink: &str, n: usize, limit: Duration) {
+        self.central().wait_metric("ferry_sink_records_total", &[("sink", sink)], limit, |v| v >= n as f64);
+    }
+
+    fn kill9_and_restart_central(&mut self) {
+        self.central.as_mut().unwrap().kill9();
+        self.central = None;
+        self.central = Some(Node::start(&self.central_dir, &self.central_cfg, self.central_ports.admin));
+    }
+}
+
+/// The records as the archive holds them: what a consumer must get back
+/// (the syslog line as sent, which ferry stores as received).
+fn expected(sent: &[String]) -> Vec<String> {
+    sent.to_vec()
+}
+
+fn rabbit_sink(r: &Rabbit, extra: &str) -> String {
+    format!(
+        "[[sink]]\nname = \"bus\"\nkind = \"rabbitmq\"\nsites = [\"edge1\", \"edge2\"]\nurl = \"{}\"\nexchange = \"logs\"\n\
+         routing_key = \"{{site}}.{{stream}}\"\nbackoff_min = \"50ms\"\nbackoff_max = \"1s\"\n{extra}\n",
+        r.url()
+    )
+}
+
+fn kafka_sink(k: &Kafka, extra: &str) -> String {
+    format!(
+        "[[sink]]\nname = \"bus\"\nkind = \"kafka\"\nsites = [\"edge1\", \"edge2\"]\nbrokers = [\"{}\"]\n\
+         topic = \"logs.{{stream}}\"\nbackoff_min = \"50ms\"\nbackoff_max = \"1s\"\n{extra}\n",
+        k.bootstrap()
+    )
+}
+
+fn assert_headers_and_places(msgs: &[Msg], kafka: bool) {
+    for m in msgs.iter().take(1000) {
+        assert!(m.value.contains(&format!(" {} {} ", m.site.replace("edge", "edge"), m.stream)), "record {m:?}");
+        if kafka {
+            assert!(m.place.starts_with(&format!("logs.{}/", m.stream)), "topic per stream: {m:?}");
+            assert_eq!(m.key, format!("{}/{}/{}", m.site, m.node, m.stream), "key = site/node/stream");
+        } else {
+            assert_eq!(m.place, format!("logs/{}.{}", m.site, m.stream), "exchange/routing key: {m:?}");
+        }
+    }
+    // One origin, one Kafka partition: its order holds.
+    if kafka {
+        let mut part = std::collections::HashMap::new();
+        for m in msgs {
+            let p = part.entry(m.key.clone()).or_insert_with(|| m.place.clone());
+            assert_eq!(*p, m.place, "origin {} spread over partitions", m.key);
+        }
+    }
+}
+
+#[test]
+fn rabbitmq_gets_every_record_of_two_sites_in_order_with_headers() {
+    let dir = TestDir::new("sink-rmq");
+    let rabbit = Rabbit::start(&dir.path, 128 << 20);
+    rabbit.declare_queue("logs", "all");
+    let w = World::start("sink-rmq", &rabbit_sink(&rabbit, ""), "");
+    let sent = w.send(50_000, "a");
+    w.wait_delivered("bus", sent.len(), Duration::from_secs(240));
+    let msgs = rabbit.consume("all", sent.len(), Duration::from_secs(2), Duration::from_secs(120));
+    let (dups, disorder) = check_delivery(&msgs, &expected(&sent));
+    assert_eq!(dups, 0, "no crash, no duplicates");
+    assert_eq!(disorder, 0, "in sequence order per site/stream/node");
+    assert_headers_and_places(&msgs, false);
+    let status = http_get(w.central_ports.admin, "/status").unwrap().1;
+    assert!(status.contains("sinks") && status.contains("edge1/live"), "ferry status shows the sink:\n{status}");
+}
+
+#[test]
+fn kafka_gets_every_record_of_two_sites_in_order_with_headers() {
+    let dir = TestDir::new("sink-kafka");
+    let kafka = Kafka::start(&dir.path);
+    for s in STREAMS {
+        kafka.create_topic(&format!("logs.{s}"), 3);
+    }
+    let w = World::start("sink-kafka", &kafka_sink(&kafka, ""), "");
+    let sent = w.send(50_000, "k");
+    w.wait_delivered("bus", sent.len(), Duration::from_secs(240));
+    let msgs = kafka.consume(&["logs.live", "logs.audit"], sent.len(), Duration::from_secs(2), Duration::from_secs(120));
+    let (dups, disorder) = check_delivery(&msgs, &expected(&sent));
+    assert_eq!(dups, 0, "no crash, no duplicates");
+    assert_eq!(disorder, 0, "in sequence order per site/stream/node");
+    assert_headers_and_places(&msgs, true);
+}
+
+/// Central killed with SIGKILL twice while its sink delivers, then the
+/// broker restarted: nothing missing; duplicates carry their original's id.
+fn crash_and_restart(kafka: bool) {
+    let name = if kafka { "sink-crash-kafka" } else { "sink-crash-rmq" };
+    let dir = TestDir::new(name);
+    let (mut rabbit, mut broker) = (None, None);
+    let sink = if kafka {
+        let k = Kafka::start(&dir.path);
+        for s in STREAMS {
+            k.create_topic(&format!("logs.{s}"), 3);
+        }
+        let s = kafka_sink(&k, "");
+        broker = Some(k);
+        s
+    } else {
+        let r = Rabbit::start(&dir.path, 128 << 20);
+        r.declare_queue("logs", "all");
+        let s = rabbit_sink(&r, "");
+        rabbit = Some(r);
+        s
+    };
+    let mut w = World::start(name, &sink, "");
+    let sent = w.send(50_000, "c");
+    let total = sent.len();
+    for frac in [4, 2] {
+        w.wait_delivered("bus", total / frac, Duration::from_secs(240));
+        w.kill9_and_restart_central();
+    }
+    // The broker goes away and comes back on its durable storage.
+    w.central().wait_metric("ferry_sink_records_total", &[("sink", "bus")], Duration::from_secs(120), |v| v > 1000.0);
+    if let Some(r) = rabbit.as_mut() {
+        r.restart();
+    }
+    if let Some(k) = broker.as_mut() {
+        k.restart();
+    }
+    let msgs = match (&rabbit, &broker) {
+        (Some(r), _) => r.consume("all", total, Duration::from_secs(3), Duration::from_secs(240)),
+        (_, Some(k)) => k.consume(&["logs.live", "logs.audit"], total, Duration::from_secs(3), Duration::from_secs(240)),
+        _ => unreachable!(),
+    };
+    let (dups, _) = check_delivery(&msgs, &expected(&sent));
+    eprintln!("{name}: {} messages read, {dups} duplicates (two central crashes and a broker restart)", msgs.len());
+    assert_eq!(w.central().metric("ferry_sink_dead_letters_total", &[]), 0.0);
+}
+
+#[test]
+fn rabbitmq_loses_nothing_when_central_is_killed_twice_and_the_broker_restarts() {
+    crash_and_restart(false);
+}
+
+#[test]
+fn kafka_loses_nothing_when_central_is_killed_twice_and_the_broker_restarts() {
+    crash_and_restart(true);
+}
+
+/// The broker is gone for 20 s while both edges keep sending: the link and
+/// the mirror go on, the sink's lag grows and shows, memory stays flat, and
+/// the backlog drains once the broker is back.
+#[test]
+fn broker_down_20s_the_link_goes_on_the_lag_shows_and_drains() {
+    let dir = TestDir::new("sink-outage");
+    let mut rabbit = Rabbit::start(&dir.path, 128 << 20);
+    rabbit.declare_queue("logs", "all");
+    let w = World::start("sink-outage", &rabbit_sink(&rabbit, ""), "");
+    let mut sent = w.send(5_000, "before");
+    w.wait_delivered("bus", sent.len(), Duration::from_secs(120));
+    let pid = w.central().pid();
+    let rss_before = rss_bytes(pid);
+    rabbit.stop();
+    let down = Instant::now();
+    let mirrored_before = w.central().metric("ferry_link_received_bytes_total", &[]);
+    let mut rss_max = 0;
+    let mut round = 0;
+    while down.elapsed() < Duration::from_secs(20) {
+        sent.extend(w.send(4_000, &format!("down{round}")));
+        round += 1;
+        rss_max = rss_max.max(rss_bytes(pid));
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let c = w.central();
+    assert!(c.metric("ferry_link_received_bytes_total", &[]) > mirrored_before, "the mirror kept growing");
+    c.wait_metric("ferry_sink_connected", &[("sink", "bus")], Duration::from_secs(10), |v| v == 0.0);
+    let lag = c.wait_metric("ferry_sink_lag_records", &[("sink", "bus")], Duration::from_secs(10), |v| v > 10_000.0);
+    let lag_secs = c.metric("ferry_sink_lag_seconds", &[("sink", "bus")]);
+    assert!(lag_secs > 1.0, "lag in seconds grows: {lag_secs}");
+    let status = http_get(w.central_ports.admin, "/status").unwrap().1;
+    assert!(status.contains("bus") && status.contains(" NO "), "ferry status shows the sink down:\n{status}");
+    eprintln!("outage: lag {lag} records, {lag_secs:.1}s; RSS before {} MiB, max during {} MiB", rss_before >> 20, rss_max >> 20);
+    assert!(
+        rss_max < rss_before + (48 << 20),
+        "memory stays flat while the broker is down: {} MiB before, {} MiB max",
+        rss_before >> 20,
+        rss_max >> 20
+    );
+    rabbit.restart();
+    w.wait_delivered("bus", sent.len(), Duration::from_secs(180));
+    c.wait_metric("ferry_sink_lag_records", &[("sink", "bus")], Duration::from_secs(30), |v| v == 0.0);
+    let msgs = rabbit.consume("all", sent.len(), Duration::from_secs(2), Duration::from_secs(120));
+    check_delivery(&msgs, &expected(&sent));
+}
+
+/// A record larger than the broker takes goes to the dead-letter file,
+/// counted, and delivery goes on. RabbitMQ's limit is the broker's own
+/// (ferry is not told: it finds the record by itself); Kafka's is
+/// `max_message_bytes`, enforced by librdkafka before the broker.
+fn oversized(kafka: bool) {
+    let name = if kafka { "sink-big-kafka" } else { "sink-big-rmq" };
+    let dir = TestDir::new(name);
+    let (rabbit, broker, sink) = if kafka {
+        let k = Kafka::start(&dir.path);
+        for s in STREAMS {
+            k.create_topic(&format!("logs.{s}"), 1);
+        }
+        let s = kafka_sink(&k, "max_message_bytes = \"100KiB\"");
+        (None, Some(k), s)
+    } else {
+        let r = Rabbit::start(&dir.path, 100_000);
+        r.declare_queue("logs", "all");
+        let s = rabbit_sink(&r, "");
+        (Some(r), None, s)
+    };
+    let w = World::start(name, &sink, "");
+    // Listener limit above the broker's: the record is archived whole.
+    let big = format!("<14>ferry sinktest big edge1 live {}", "x".repeat(150_000));
+    let (_, ports, _, _) = &w.edges[0];
+    let mut sent = w.send(2_000, "small1");
+    let input = format!("{big}\n");
+    ferry_send(&["--to", &format!("127.0.0.1:{}", ports.tcp)], input.as_bytes());
+    sent.extend(w.send(2_000, "small2"));
+    let c = w.central();
+    c.wait_metric("ferry_sink_dead_letters_total", &[("sink", "bus"), ("reason", "too_large")], Duration::from_secs(120), |v| v == 1.0);
+    w.wait_delivered("bus", sent.len(), Duration::from_secs(120));
+    let dl = std::fs::read_to_string(w.central_dir.join("data/state/sinks/bus.deadletter")).unwrap();
+    assert_eq!(dl.lines().count(), 1, "one dead letter:\n{dl}");
+    let e: serde_json::Value = serde_json::from_str(dl.lines().next().unwrap()).unwrap();
+    assert_eq!(e["site"], "edge1");
+    assert_eq!(e["stream"], "live");
+    assert_eq!(e["reason"], "too_large");
+    assert_eq!(e["record"].as_str().unwrap(), big, "the record itself is in the dead-letter file");
+    let msgs = match (&rabbit, &broker) {
+        (Some(r), _) => r.consume("all", sent.len(), Duration::from_secs(2), Duration::from_secs(60)),
+        (_, Some(k)) => k.consume(&["logs.live", "logs.audit"], sent.len(), Duration::from_secs(2), Duration::from_secs(60)),
+        _ => unreachable!(),
+    };
+    check_delivery(&msgs, &expected(&sent));
+}
+
+#[test]
+fn rabbitmq_record_too_large_is_dead_lettered_and_delivery_goes_on() {
+    oversized(false);
+}
+
+#[test]
+fn kafka_record_too_large_is_dead_lettered_and_delivery_goes_on() {
+    oversized(true);
+}
+
+/// With `on_full = "reject"`, retention at central keeps every segment the
+/// sink has not delivered, however far over `max_bytes`; once the broker
+/// takes them they are delivered and retention may delete them.
+#[test]
+fn retention_keeps_what_the_sink_has_not_delivered() {
+    // No broker yet: the sink cannot deliver anything.
+    let port = free_port();
+    let sink = format!(
+        "[[sink]]\nname = \"bus\"\nkind = \"rabbitmq\"\nsites = [\"edge1\", \"edge2\"]\nurl = \"amqp://guest:guest@127.0.0.1:{port}/%2f\"\n\
+         backoff_min = \"50ms\"\nbackoff_max = \"500ms\"\n"
+    );
+    let store = "[store.retention]\nmax_bytes = \"64KiB\"\non_full = \"reject\"\ncheck_interval = \"200ms\"\n";
+    let w = World::start("sink-retention", &sink, store);
+    let sent = w.send(20_000, "r");
+    let c = w.central();
+    // Everything mirrored (the edges' lag is 0) and far over max_bytes, yet kept.
+    for (_, ports, _, _) in &w.edges {
+        let admin = ports.admin;
+        let t = Instant::now();
+        loop {
+            let m = http_get(admin, "/metrics").unwrap().1;
+            if metric_value(&m, "ferry_uplink_lag_bytes", &[]) == 0.0
+                && metric_value(&m, "ferry_uplink_segments_delivered_total", &[]) > 0.0
+            {
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_secs(120), "edge did not deliver to central");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let mirrored: Vec<_> = ["edge1", "edge2"].iter().flat_map(|s| util::link::segment_files(&w.central_dir.join("data"), s)).collect();
+    assert!(mirrored.len() > 4, "several segments mirrored: {mirrored:?}");
+    assert_eq!(c.metric("ferry_retention_deleted_segments_total", &[]), 0.0, "nothing deleted while undelivered");
+    assert_eq!(c.metric("ferry_store_full", &[]), 1.0, "over max_bytes with undelivered data: full (reject)");
+    // The broker appears: everything is delivered, then retention may delete.
+    let dir2 = TestDir::new("sink-retention-broker");
+    let rabbit = Rabbit::start_on(&dir2.path, 128 << 20, port);
+    rabbit.declare_queue("logs", "all");
+    w.wait_delivered("bus", sent.len(), Duration::from_secs(180));
+    c.wait_metric("ferry_retention_deleted_segments_total", &[], Duration::from_secs(60), |v| v > 0.0);
+    let msgs = rabbit.consume("all", sent.len(), Duration::from_secs(2), Duration::from_secs(60));
+    check_delivery(&msgs, &expected(&sent));
+}
