@@ -127,8 +127,6 @@ fn env_or(name: &str, default: u64) -> u64 {
 // ---------------------------------------------------------------------------
 // Corpus
 
-
-
 /// `data` cut into `n` parts of about equal size, each ending at a LF.
 fn split_lines(data: &[u8], n: usize) -> Vec<&[u8]> {
     let mut parts = Vec::with_capacity(n);

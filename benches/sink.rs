@@ -10,16 +10,16 @@
 //! target/tools, rabbitmq-server). `FERRY_BENCH_RECORDS` sets the corpus
 //! size, `FERRY_BENCH_SINKS` = `kafka,rabbitmq` which buses to run.
 
-use std::net::TcpStream;
 use std::io::Write;
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-mod common;
 #[path = "../tests/util/brokers.rs"]
 #[allow(dead_code)]
 mod brokers;
+mod common;
 
 use common::corpus::generate_corpus;
 use common::*;
@@ -63,7 +63,10 @@ fn main() {
             "rabbitmq" => {
                 let r = Arc::new(brokers::Rabbit::start(&dir, 128 << 20));
                 r.declare_queue("logs", "all");
-                let sink = format!("[[sink]]\nname = \"bus\"\nkind = \"rabbitmq\"\nurl = \"{}\"\nexchange = \"logs\"\n", r.url());
+                let sink = format!(
+                    "[[sink]]\nname = \"bus\"\nkind = \"rabbitmq\"\nurl = \"{}\"\nexchange = \"logs\"\n",
+                    r.url()
+                );
                 let r2 = r.clone();
                 let l = lines.clone();
                 (sink, Box::new(move || rabbit_ceiling(&r2.url(), &l)))
@@ -80,7 +83,10 @@ fn main() {
             rss >> 10
         );
         let c = ceiling();
-        println!("{bus:>9} minimal client: {:>10.0} records/s (same library and guarantees, no ferry)", records as f64 / c);
+        println!(
+            "{bus:>9} minimal client: {:>10.0} records/s (same library and guarantees, no ferry)",
+            records as f64 / c
+        );
     }
 }
 

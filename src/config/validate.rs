@@ -557,7 +557,8 @@ fn validate_sink(cx: &mut Ctx<'_>, i: usize, k: &raw::RawSink) -> Option<SinkCon
                     Vec::new()
                 }
             };
-            let topic = k.topic.as_ref().map(|t| template(cx, &key("topic"), t)).unwrap_or_else(|| "logs.{stream}".into());
+            let topic =
+                k.topic.as_ref().map(|t| template(cx, &key("topic"), t)).unwrap_or_else(|| "logs.{stream}".into());
             let compression = match &k.compression {
                 Some(c) => cx
                     .one_of(
@@ -583,11 +584,16 @@ fn validate_sink(cx: &mut Ctx<'_>, i: usize, k: &raw::RawSink) -> Option<SinkCon
                     u.get_ref().clone()
                 }
                 None => {
-                    cx.at(&key("kind"), &k.kind, "a rabbitmq sink needs url = \"amqp://user:password@host:5672/vhost\"");
+                    cx.at(
+                        &key("kind"),
+                        &k.kind,
+                        "a rabbitmq sink needs url = \"amqp://user:password@host:5672/vhost\"",
+                    );
                     String::new()
                 }
             };
-            let exchange = k.exchange.as_ref().map(|t| template(cx, &key("exchange"), t)).unwrap_or_else(|| "logs".into());
+            let exchange =
+                k.exchange.as_ref().map(|t| template(cx, &key("exchange"), t)).unwrap_or_else(|| "logs".into());
             let exchange_kind = match &k.exchange_kind {
                 Some(v) => cx
                     .one_of(
@@ -892,7 +898,9 @@ listen = "127.0.0.1:0"
         );
         let c = validate(&ok, "t.toml").unwrap();
         assert_eq!(c.sinks.len(), 2);
-        assert!(matches!(&c.sinks[0].bus, BusConfig::Kafka(k) if k.topic == "logs.{site}.{stream}" && k.compression == "zstd"));
+        assert!(
+            matches!(&c.sinks[0].bus, BusConfig::Kafka(k) if k.topic == "logs.{site}.{stream}" && k.compression == "zstd")
+        );
         assert!(matches!(&c.sinks[1].bus, BusConfig::RabbitMq(r) if r.routing_key == "{site}.{stream}"));
         assert_eq!(c.sinks[0].live_share, 0.0, "strict order unless asked");
 

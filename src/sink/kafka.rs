@@ -126,9 +126,7 @@ impl Kafka {
     pub async fn publish(&self, batch: Arc<Batch>, token: u32) -> Result<Vec<(u32, Outcome)>, String> {
         let producer = self.producer.clone();
         let topic = batch.origin.render(&self.topic);
-        tokio::task::spawn_blocking(move || produce(&producer, &topic, &batch, token))
-            .await
-            .expect("produce task")
+        tokio::task::spawn_blocking(move || produce(&producer, &topic, &batch, token)).await.expect("produce task")
     }
 
     /// Stop: queued records are purged (their reports are ignored: the

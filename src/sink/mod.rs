@@ -88,7 +88,7 @@ pub enum Outcome {
 
 enum Bus {
     Kafka(kafka::Kafka),
-    Rabbit(rabbitmq::Rabbit),
+    Rabbit(Box<rabbitmq::Rabbit>),
 }
 
 impl Bus {
@@ -103,7 +103,7 @@ impl Bus {
             BusConfig::RabbitMq(r) => {
                 let mut b = rabbitmq::Rabbit::connect(&cfg.name, r, tx).await?;
                 b.careful = careful;
-                Ok(Bus::Rabbit(b))
+                Ok(Bus::Rabbit(Box::new(b)))
             }
         }
     }
@@ -112,6 +112,13 @@ impl Bus {
         match self {
             Bus::Kafka(k) => k.publish(batch, token).await,
             Bus::Rabbit(r) => r.publish(batch, token).await,
+        }
+    }
+
+    fn take_broken(&mut self) -> Option<String> {
+        match self {
+            Bus::Kafka(_) => None,
+            Bus::Rabbit(r) => r.take_broken(),
         }
     }
 
@@ -287,6 +294,8 @@ impl Sink {
                     Ok(b) => {
                         m.sink_connected.with_label_values(&[&name]).set(1);
                         bus = Some(b);
+                        // Handed to this connection; a later failure sets it anew.
+                        run.careful = 0;
                     }
                     Err(e) => {
                         m.sink_errors.with_label_values(&[&name, "connect"]).inc();
@@ -455,9 +464,10 @@ impl Run<'_> {
                     && (cfg.streams.is_empty() || cfg.streams.contains(&n.stream))
             })
         };
-        let found = tokio::task::spawn_blocking(move || list_repaired(&fs, &a, &st, |r| d.contains(r) || !sel(r), now, &m))
-            .await
-            .expect("scan task");
+        let found =
+            tokio::task::spawn_blocking(move || list_repaired(&fs, &a, &st, |r| d.contains(r) || !sel(r), now, &m))
+                .await
+                .expect("scan task");
         let found = match found {
             Ok(f) => f,
             Err(e) => {
@@ -475,7 +485,7 @@ impl Run<'_> {
                     self.in_flight_records -= f.batch.len();
                     self.in_flight_bytes -= f.batch.bytes();
                 }
-                if !s.local.seal.as_ref().is_some_and(|x| s.acked.offset >= x.len) {
+                if s.local.seal.as_ref().is_none_or(|x| s.acked.offset < x.len) {
                     self.sink.metrics.sink_errors.with_label_values(&[self.name(), "deleted_undelivered"]).inc();
                     warn!(sink = %self.name(), path = %rel.display(), "segment deleted before the sink delivered it");
                 }
@@ -623,14 +633,7 @@ impl Run<'_> {
         let n = batch.len();
         let outstanding = (n - batch.skip.len() + refused.len()) as u32;
         seg.read = Pos { offset: batch.end, next_seq: batch.next_seq };
-        seg.flights.push_back(Flight {
-            token,
-            end: seg.read,
-            outstanding,
-            ok: 0,
-            ok_bytes: 0,
-            batch: batch.clone(),
-        });
+        seg.flights.push_back(Flight { token, end: seg.read, outstanding, ok: 0, ok_bytes: 0, batch: batch.clone() });
         self.tokens.insert(token, rel.clone());
         self.in_flight_records += n;
         self.in_flight_bytes += batch.bytes();
@@ -650,6 +653,9 @@ impl Run<'_> {
                 if let Some(b) = self.apply(Ack { token, idx, outcome }) {
                     return Err(b.1);
                 }
+            }
+            if let Some(e) = bus.take_broken() {
+                return Err(e);
             }
         } else {
             self.advance(&rel);

@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
-use lapin::{Confirmation, PublisherConfirm};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{Confirmation, PublisherConfirm};
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::info;
 
@@ -28,6 +28,8 @@ pub struct Rabbit {
     /// after the broker closed the channel over a message too large, this
     /// finds which one it was without guessing.
     pub careful: usize,
+    /// Set when the channel is known to be gone after a publish returned.
+    broken: Option<String>,
 }
 
 impl Rabbit {
@@ -40,7 +42,7 @@ impl Rabbit {
             .await
             .map_err(|e| format!("broker does not do publisher confirms: {e}"))?;
         info!(sink, "connected to RabbitMQ");
-        Ok(Rabbit { conn, channel, cfg: cfg.clone(), declared: HashSet::new(), tx, careful: 0 })
+        Ok(Rabbit { conn, channel, cfg: cfg.clone(), declared: HashSet::new(), tx, careful: 0, broken: None })
     }
 
     /// Publish every record of `batch`; a task awaits the confirms in order
@@ -66,6 +68,8 @@ impl Rabbit {
         let exchange: ShortString = exchange.into();
         let secs = (batch.last_ms / 1000).max(0) as u64;
         let mut confirms: Vec<(u32, PublisherConfirm)> = Vec::with_capacity(batch.len());
+        // Careful mode answers here, in order, not through the report channel.
+        let mut answered: Vec<(u32, Outcome)> = Vec::new();
         for i in 0..batch.len() {
             if batch.skipped(i) {
                 continue;
@@ -88,12 +92,21 @@ impl Rabbit {
                 Ok(c) if self.careful > 0 => {
                     self.careful -= 1;
                     let outcome = confirmed(c.await, true);
-                    let refused = matches!(outcome, Outcome::Refused(_));
-                    let _ = self.tx.send(Ack { token, idx: i as u32, outcome });
-                    if refused {
-                        // The channel is closed now: the next publish reconnects.
-                        self.careful = 0;
-                        return Err("the broker refused a message and closed the channel".into());
+                    match outcome {
+                        Outcome::Ok | Outcome::Refused(_) => {
+                            let refused = matches!(outcome, Outcome::Refused(_));
+                            answered.push((i as u32, outcome));
+                            if refused {
+                                // Found. The channel is closed now: reconnect.
+                                self.careful = 0;
+                                self.broken = Some("the broker refused a message and closed the channel".into());
+                                return Ok(answered);
+                            }
+                        }
+                        Outcome::Retry(_, d) | Outcome::RetryCarefully(d) => {
+                            self.broken = Some(d);
+                            return Ok(answered);
+                        }
                     }
                 }
                 Ok(c) => confirms.push((i as u32, c)),
@@ -105,7 +118,12 @@ impl Rabbit {
             }
         }
         self.await_confirms(confirms, token);
-        Ok(Vec::new())
+        Ok(answered)
+    }
+
+    /// Why the connection cannot be used any more, if it cannot.
+    pub fn take_broken(&mut self) -> Option<String> {
+        self.broken.take()
     }
 
     fn await_confirms(&self, confirms: Vec<(u32, PublisherConfirm)>, token: u32) {

@@ -95,7 +95,11 @@ pub enum Read {
     /// No whole frame at the position yet (an open segment's end).
     Nothing,
     /// A damaged frame in the middle of the file: whole frames resume at `next`.
-    Damaged { at: u64, next: u64, error: String },
+    Damaged {
+        at: u64,
+        next: u64,
+        error: String,
+    },
 }
 
 /// Reads and decodes frames; keeps its decompressor and scratch between calls.
