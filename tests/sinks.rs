@@ -457,3 +457,44 @@ fn retention_keeps_what_the_sink_has_not_delivered() {
     let msgs = rabbit.consume("all", sent.len(), Duration::from_secs(2), Duration::from_secs(60));
     check_delivery(&msgs, &expected(&sent));
 }
+
+/// With `live_share`, a sink that is behind gives part of its pace to each
+/// origin's newest segment: fresh records arrive while the backlog drains.
+/// Without it (the default) an origin's records arrive in strict order.
+#[test]
+fn live_share_sends_fresh_records_while_a_backlog_drains() {
+    let port = free_port();
+    let sink = format!(
+        "[[sink]]\nname = \"bus\"\nkind = \"rabbitmq\"\nsites = [\"edge1\", \"edge2\"]\nurl = \"amqp://guest:guest@127.0.0.1:{port}/%2f\"\n\
+         exchange = \"logs\"\nbackoff_min = \"50ms\"\nbackoff_max = \"300ms\"\nlive_share = 0.5\nmax_in_flight = 2000\n"
+    );
+    let w = World::start("sink-live", &sink, "");
+    // A backlog of several sealed segments per stream while there is no broker.
+    let mut sent = w.send_padded(15_000, "old", 200);
+    for (_, _, ports, _) in &w.edges {
+        let t = Instant::now();
+        while metric_value(&http_get(ports.admin, "/metrics").unwrap().1, "ferry_uplink_lag_bytes", &[]) > 0.0 {
+            assert!(t.elapsed() < Duration::from_secs(120), "edge did not deliver to central");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    let dir = TestDir::new("sink-live-broker");
+    let rabbit = Rabbit::start_on(&dir.path, 128 << 20, port);
+    rabbit.declare_queue("logs", "all");
+    // Fresh records while the sink drains the backlog.
+    let t = Instant::now();
+    let mut round = 0;
+    while w.central().metric("ferry_sink_lag_records", &[]) > 0.0 || round == 0 {
+        sent.extend(w.send(200, &format!("new{round}")));
+        round += 1;
+        assert!(t.elapsed() < Duration::from_secs(180), "backlog not drained");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    w.wait_delivered("bus", sent.len(), Duration::from_secs(120));
+    let msgs = rabbit.consume("all", sent.len(), Duration::from_secs(2), Duration::from_secs(120));
+    check_delivery(&msgs, &expected(&sent));
+    let last_old = msgs.iter().rposition(|m| m.value.contains(" old ")).unwrap();
+    let first_new = msgs.iter().position(|m| m.value.contains(" new0 ")).unwrap();
+    eprintln!("live_share: first fresh record at {first_new}, last backlog record at {last_old} of {}", msgs.len());
+    assert!(first_new < last_old, "fresh records arrived before the backlog was drained");
+}

@@ -485,7 +485,7 @@ fn validate_sink(cx: &mut Ctx<'_>, i: usize, k: &raw::RawSink) -> Option<SinkCon
             }
             *v.get_ref() as usize
         }
-        None => 200_000,
+        None => 50_000,
     };
     let max_in_flight_bytes = match &k.max_in_flight_bytes {
         Some(v) => {
@@ -494,7 +494,7 @@ fn validate_sink(cx: &mut Ctx<'_>, i: usize, k: &raw::RawSink) -> Option<SinkCon
             }
             v.get_ref().0 as usize
         }
-        None => 64 << 20,
+        None => 16 << 20,
     };
     let max_message_bytes = k.max_message_bytes.as_ref().map(|v| {
         if v.get_ref().0 < 1024 {

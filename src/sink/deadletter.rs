@@ -6,7 +6,7 @@
 //!
 //! `jq -r .record state/sinks/kafka.deadletter` prints the records.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -35,14 +35,14 @@ pub struct Entry {
 pub struct DeadLetters {
     file: PathBuf,
     fs: Fs,
-    /// `(origin key, seq)` of every record in the file: a re-read skips them.
-    seen: HashSet<(String, u64)>,
+    /// Origin key → sequence numbers of every record in the file: a re-read skips them.
+    seen: HashMap<String, HashSet<u64>>,
 }
 
 impl DeadLetters {
     pub fn open(fs: &Fs, state_dir: &Path, sink: &str, metrics: &Metrics) -> io::Result<DeadLetters> {
         let file = state_dir.join("sinks").join(format!("{sink}.deadletter"));
-        let mut seen = HashSet::new();
+        let mut seen: HashMap<String, HashSet<u64>> = HashMap::new();
         match std::fs::read(&file) {
             Ok(bytes) => {
                 let mut bad = 0u64;
@@ -52,7 +52,7 @@ impl DeadLetters {
                     }
                     match serde_json::from_slice::<Entry>(line) {
                         Ok(e) => {
-                            seen.insert((format!("{}/{}/{}", e.site, e.node, e.stream), e.seq));
+                            seen.entry(format!("{}/{}/{}", e.site, e.node, e.stream)).or_default().insert(e.seq);
                         }
                         Err(err) => {
                             bad += 1;
@@ -71,7 +71,7 @@ impl DeadLetters {
     }
 
     pub fn contains(&self, origin: &Origin, seq: u64) -> bool {
-        !self.seen.is_empty() && self.seen.contains(&(origin.key.clone(), seq))
+        self.seen.get(&origin.key).is_some_and(|s| s.contains(&seq))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -108,7 +108,7 @@ impl DeadLetters {
         };
         let line = serde_json::to_string(&e).map_err(io::Error::other)?;
         self.fs.append_line(&self.file, &line)?;
-        self.seen.insert((origin.key.clone(), seq));
+        self.seen.entry(origin.key.clone()).or_default().insert(seq);
         Ok(())
     }
 }

@@ -415,6 +415,9 @@ impl Run<'_> {
             let o = &f.batch.origin;
             m.sink_records.with_label_values(&[name, &o.site, &o.stream]).inc_by(f.ok);
             m.sink_bytes.with_label_values(&[name, &o.site, &o.stream]).inc_by(f.ok_bytes);
+            // Acknowledgements flow: the broker is there (librdkafka only
+            // reports that it is gone, not that it is back).
+            m.sink_connected.with_label_values(&[name]).set(1);
             self.dirty = true;
         }
         self.check_done(rel);
