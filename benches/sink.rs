@@ -231,53 +231,38 @@ fn kafka_ceiling(bootstrap: &str, lines: &[&[u8]]) -> f64 {
     t.elapsed().as_secs_f64()
 }
 
-/// lapin alone: persistent messages with headers and ids, confirms awaited,
-/// publishes queued the way the sink queues them (one poll each, writes
-/// awaited after), at most the sink's in-flight limit unconfirmed.
+/// lapin alone: persistent messages with headers and ids, confirms awaited.
 fn rabbit_ceiling(url: &str, lines: &[&[u8]]) -> f64 {
     use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
     use lapin::types::{AMQPValue, FieldTable, LongString};
-    use std::future::Future;
-    use std::task::{Context, Poll, Waker};
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let conn = lapin::Connection::connect(url, lapin::ConnectionProperties::default()).await.unwrap();
         let ch = conn.create_channel().await.unwrap();
         ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
         let t = Instant::now();
-        let mut confirms = std::collections::VecDeque::new();
-        for batch in lines.chunks(10_000).enumerate() {
-            let (b, chunk) = batch;
-            let mut queued = Vec::new();
-            for (j, l) in chunk.iter().enumerate() {
-                let i = b * 10_000 + j;
-                let mut h = FieldTable::default();
-                h.insert("site".into(), AMQPValue::LongString(LongString::from("sg1")));
-                h.insert("node".into(), AMQPValue::LongString(LongString::from("relay-1")));
-                h.insert("stream".into(), AMQPValue::LongString(LongString::from("live")));
-                h.insert("seq".into(), AMQPValue::LongLongInt(i as i64));
-                h.insert("received_ms".into(), AMQPValue::LongLongInt(1_764_500_000_000));
-                let props = lapin::BasicProperties::default()
-                    .with_delivery_mode(2)
-                    .with_message_id(format!("sg1/relay-1/live/{i}").into())
-                    .with_timestamp(1_764_500_000)
-                    .with_headers(h);
-                let opts = BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() };
-                let mut p = Box::pin(ch.basic_publish("logs".into(), "sg1.live".into(), opts, l, props));
-                let polled = p.as_mut().poll(&mut Context::from_waker(Waker::noop()));
-                match polled {
-                    Poll::Ready(c) => confirms.push_back(c.unwrap()),
-                    Poll::Pending => queued.push(p),
-                }
-            }
-            for p in queued {
-                confirms.push_back(p.await.unwrap());
-            }
-            while confirms.len() > 50_000 {
-                confirms.pop_front().unwrap().await.unwrap();
+        let mut pending = std::collections::VecDeque::new();
+        for (i, l) in lines.iter().enumerate() {
+            let mut h = FieldTable::default();
+            h.insert("site".into(), AMQPValue::LongString(LongString::from("sg1")));
+            h.insert("node".into(), AMQPValue::LongString(LongString::from("relay-1")));
+            h.insert("stream".into(), AMQPValue::LongString(LongString::from("live")));
+            h.insert("seq".into(), AMQPValue::LongLongInt(i as i64));
+            h.insert("received_ms".into(), AMQPValue::LongLongInt(1_764_500_000_000));
+            let props = lapin::BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_message_id(format!("sg1/relay-1/live/{i}").into())
+                .with_timestamp(1_764_500_000)
+                .with_headers(h);
+            let opts = BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() };
+            let c = ch.basic_publish("logs".into(), "sg1.live".into(), opts, l, props).await.unwrap();
+            pending.push_back(c);
+            // The same bound as the sink's in-flight limit.
+            if pending.len() >= 50_000 {
+                pending.pop_front().unwrap().await.unwrap();
             }
         }
-        for c in confirms {
+        for c in pending {
             c.await.unwrap();
         }
         t.elapsed().as_secs_f64()

@@ -4,10 +4,7 @@
 //! A record is acknowledged to the sink only when its confirm arrives.
 
 use std::collections::HashSet;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
@@ -20,9 +17,6 @@ use tracing::info;
 use super::records::Batch;
 use super::{Ack, Outcome};
 use crate::config::RabbitMqConfig;
-
-/// A `basic_publish` in progress (its frames queued, their write pending).
-type Publish<'a> = Pin<Box<dyn Future<Output = lapin::Result<PublisherConfirm>> + Send + 'a>>;
 
 pub struct Rabbit {
     conn: Connection,
@@ -73,12 +67,9 @@ impl Rabbit {
         let routing_key: ShortString = o.render(&self.cfg.routing_key).into();
         let exchange: ShortString = exchange.into();
         let secs = (batch.last_ms / 1000).max(0) as u64;
-        let channel = self.channel.clone();
         let mut confirms: Vec<(u32, PublisherConfirm)> = Vec::with_capacity(batch.len());
         // Careful mode answers here, in order, not through the report channel.
         let mut answered: Vec<(u32, Outcome)> = Vec::new();
-        // Publishes whose frames are queued but not yet written.
-        let mut queued: Vec<(u32, Publish<'_>)> = Vec::with_capacity(batch.len());
         for i in 0..batch.len() {
             if batch.skipped(i) {
                 continue;
@@ -96,75 +87,38 @@ impl Rabbit {
                 .with_timestamp(secs)
                 .with_headers(headers);
             let opts = BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() };
-            let mut publish: Publish<'_> =
-                Box::pin(channel.basic_publish(exchange.clone(), routing_key.clone(), opts, batch.record(i), props));
-            if self.careful == 0 {
-                // One poll queues the message's frames on the channel, in
-                // call order; awaiting each write before the next publish
-                // would cost a round trip to lapin's I/O thread per record.
-                let polled = publish.as_mut().poll(&mut Context::from_waker(Waker::noop()));
-                match polled {
-                    Poll::Ready(Ok(c)) => confirms.push((i as u32, c)),
-                    Poll::Ready(Err(e)) => {
-                        let _ = self.settle(queued, confirms, token).await;
-                        return Err(format!("publish failed: {e}"));
-                    }
-                    Poll::Pending => queued.push((i as u32, publish)),
-                }
-                continue;
-            }
-            self.careful -= 1;
-            let outcome = match publish.await {
-                Ok(c) => confirmed(c.await, true),
-                Err(e) => {
-                    self.broken = Some(format!("publish failed: {e}"));
-                    return Ok(answered);
-                }
-            };
-            match outcome {
-                Outcome::Ok | Outcome::Refused(_) => {
-                    let refused = matches!(outcome, Outcome::Refused(_));
-                    answered.push((i as u32, outcome));
-                    if refused {
-                        // Found. The channel is closed now: reconnect.
-                        self.careful = 0;
-                        self.broken = Some("the broker refused a message and closed the channel".into());
-                        return Ok(answered);
+            match self.channel.basic_publish(exchange.clone(), routing_key.clone(), opts, batch.record(i), props).await
+            {
+                Ok(c) if self.careful > 0 => {
+                    self.careful -= 1;
+                    let outcome = confirmed(c.await, true);
+                    match outcome {
+                        Outcome::Ok | Outcome::Refused(_) => {
+                            let refused = matches!(outcome, Outcome::Refused(_));
+                            answered.push((i as u32, outcome));
+                            if refused {
+                                // Found. The channel is closed now: reconnect.
+                                self.careful = 0;
+                                self.broken = Some("the broker refused a message and closed the channel".into());
+                                return Ok(answered);
+                            }
+                        }
+                        Outcome::Retry(_, d) | Outcome::RetryCarefully(d) => {
+                            self.broken = Some(d);
+                            return Ok(answered);
+                        }
                     }
                 }
-                Outcome::Retry(_, d) | Outcome::RetryCarefully(d) => {
-                    self.broken = Some(d);
-                    return Ok(answered);
-                }
-            }
-        }
-        if let Err(e) = self.settle(queued, confirms, token).await {
-            return Err(format!("publish failed: {e}"));
-        }
-        Ok(answered)
-    }
-
-    /// Wait until every queued publish is written, then hand all confirms
-    /// to the task that reports them.
-    async fn settle(
-        &self,
-        queued: Vec<(u32, Publish<'_>)>,
-        mut confirms: Vec<(u32, PublisherConfirm)>,
-        token: u32,
-    ) -> lapin::Result<()> {
-        let mut failed = None;
-        for (i, p) in queued {
-            match p.await {
-                Ok(c) => confirms.push((i, c)),
+                Ok(c) => confirms.push((i as u32, c)),
                 Err(e) => {
-                    failed = Some(e);
-                    break;
+                    // What was published before still gets its confirms.
+                    self.await_confirms(confirms, token);
+                    return Err(format!("publish failed: {e}"));
                 }
             }
         }
-        // What was published before a failure still gets its confirms.
         self.await_confirms(confirms, token);
-        failed.map_or(Ok(()), Err)
+        Ok(answered)
     }
 
     /// Why the connection cannot be used any more, if it cannot.
