@@ -201,6 +201,7 @@ fn kafka_ceiling(bootstrap: &str, lines: &[&[u8]]) -> f64 {
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("compression.codec", "zstd")
+        .set("compression.level", "1")
         .set("linger.ms", "10")
         .set("batch.num.messages", "100000")
         .set("batch.size", "4000000")

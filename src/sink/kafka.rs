@@ -86,6 +86,8 @@ impl Kafka {
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("compression.codec", &k.compression)
+            // The archive's own level: the bus gets the same speed/size trade.
+            .set("compression.level", "1")
             .set("linger.ms", "10")
             .set("batch.num.messages", "100000")
             .set("batch.size", "4000000")
