@@ -635,7 +635,11 @@ fn example_inventory_renders_a_valid_config_for_every_node_and_collector() {
     assert!(st.success(), "rendering the example inventory failed:\n{out}");
 
     for (host, summary, rate) in [
-        ("central-1.logs.example.net", "ok (site central, node central-1, 1 stream(s), 2 listener(s))", None),
+        (
+            "central-1.logs.example.net",
+            "ok (site central, node central-1, 1 stream(s), 2 listener(s), 1 sink(s))",
+            None,
+        ),
         ("relay-1.sg1.example.net", "ok (site sg1, node relay-1, 2 stream(s), 4 listener(s))", Some("20Mbit/s")),
         ("relay-1.fra1.example.net", "ok (site fra1, node relay-1, 2 stream(s), 4 listener(s))", Some("50Mbit/s")),
     ] {
@@ -647,6 +651,13 @@ fn example_inventory_renders_a_valid_config_for_every_node_and_collector() {
             "{host}: {stdout}{}",
             String::from_utf8_lossy(&out.stderr)
         );
+        if rate.is_none() {
+            let text = std::fs::read_to_string(&config).unwrap();
+            assert!(
+                text.contains("[[sink]]") && text.contains("options = { \"linger.ms\" = \"20\" }"),
+                "{host}: the sink and its librdkafka options as a TOML inline table:\n{text}"
+            );
+        }
         if let Some(rate) = rate {
             let text = std::fs::read_to_string(&config).unwrap();
             assert!(text.contains(&format!("max_rate = \"{rate}\"")), "{host}: its own rate:\n{text}");

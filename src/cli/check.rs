@@ -6,8 +6,9 @@ use crate::config::{Config, Error};
 pub fn check(path: &Path) -> anyhow::Result<i32> {
     match Config::load(path) {
         Ok(c) => {
+            let sinks = if c.sinks.is_empty() { String::new() } else { format!(", {} sink(s)", c.sinks.len()) };
             println!(
-                "{}: ok (site {}, node {}, {} stream(s), {} listener(s))",
+                "{}: ok (site {}, node {}, {} stream(s), {} listener(s){sinks})",
                 path.display(),
                 c.node.site,
                 c.node.name,
