@@ -184,7 +184,7 @@ fn rabbitmq_gets_every_record_of_two_sites_in_order_with_headers() {
     let w = World::start("sink-rmq", &rabbit_sink(&rabbit, ""), "");
     let sent = w.send(50_000, "a");
     w.wait_delivered("bus", sent.len(), Duration::from_secs(240));
-    let msgs = rabbit.consume("all", sent.len(), Duration::from_secs(2), Duration::from_secs(120));
+    let msgs = rabbit.consume("all", sent.len(), Duration::from_secs(2), Duration::from_secs(240));
     let (dups, disorder) = check_delivery(&msgs, &expected(&sent));
     assert_eq!(dups, 0, "no crash, no duplicates");
     assert_eq!(disorder, 0, "in sequence order per site/stream/node");
@@ -204,7 +204,7 @@ fn kafka_gets_every_record_of_two_sites_in_order_with_headers() {
     let sent = w.send(50_000, "k");
     w.wait_delivered("bus", sent.len(), Duration::from_secs(240));
     let msgs =
-        kafka.consume(&["logs.live", "logs.audit"], sent.len(), Duration::from_secs(2), Duration::from_secs(120));
+        kafka.consume(&["logs.live", "logs.audit"], sent.len(), Duration::from_secs(2), Duration::from_secs(240));
     let (dups, disorder) = check_delivery(&msgs, &expected(&sent));
     assert_eq!(dups, 0, "no crash, no duplicates");
     assert_eq!(disorder, 0, "in sequence order per site/stream/node");
@@ -317,7 +317,7 @@ fn broker_down_20s_the_link_goes_on_the_lag_shows_and_drains() {
     let mut rss_max = 0;
     let mut round = 0;
     while down.elapsed() < Duration::from_secs(20) {
-        sent.extend(w.send(4_000, &format!("down{round}")));
+        sent.extend(w.send(1_000, &format!("down{round}")));
         round += 1;
         rss_max = rss_max.max(rss_bytes(pid));
         std::thread::sleep(Duration::from_millis(500));
@@ -325,7 +325,7 @@ fn broker_down_20s_the_link_goes_on_the_lag_shows_and_drains() {
     let c = w.central();
     assert!(c.metric("ferry_link_received_bytes_total", &[]) > mirrored_before, "the mirror kept growing");
     c.wait_metric("ferry_sink_connected", &[("sink", "bus")], Duration::from_secs(10), |v| v == 0.0);
-    let lag = c.wait_metric("ferry_sink_lag_records", &[("sink", "bus")], Duration::from_secs(10), |v| v > 10_000.0);
+    let lag = c.wait_metric("ferry_sink_lag_records", &[("sink", "bus")], Duration::from_secs(10), |v| v > 5_000.0);
     let lag_secs = c.metric("ferry_sink_lag_seconds", &[("sink", "bus")]);
     assert!(lag_secs > 1.0, "lag in seconds grows: {lag_secs}");
     let status = http_get(w.central_ports.admin, "/status").unwrap().1;
@@ -344,7 +344,8 @@ fn broker_down_20s_the_link_goes_on_the_lag_shows_and_drains() {
     rabbit.restart();
     w.wait_delivered("bus", sent.len(), Duration::from_secs(180));
     c.wait_metric("ferry_sink_lag_records", &[("sink", "bus")], Duration::from_secs(30), |v| v == 0.0);
-    let msgs = rabbit.consume("all", sent.len(), Duration::from_secs(2), Duration::from_secs(120));
+    // pika reads a few thousand messages a second under the suite's load.
+    let msgs = rabbit.consume("all", sent.len(), Duration::from_secs(2), Duration::from_secs(240));
     check_delivery(&msgs, &expected(&sent));
 }
 
@@ -491,7 +492,7 @@ fn live_share_sends_fresh_records_while_a_backlog_drains() {
         std::thread::sleep(Duration::from_millis(300));
     }
     w.wait_delivered("bus", sent.len(), Duration::from_secs(120));
-    let msgs = rabbit.consume("all", sent.len(), Duration::from_secs(2), Duration::from_secs(120));
+    let msgs = rabbit.consume("all", sent.len(), Duration::from_secs(2), Duration::from_secs(240));
     check_delivery(&msgs, &expected(&sent));
     let last_old = msgs.iter().rposition(|m| m.value.contains(" old ")).unwrap();
     let first_new = msgs.iter().position(|m| m.value.contains(" new0 ")).unwrap();

@@ -139,7 +139,7 @@ impl Rabbit {
         run_python(PIKA_DECLARE, &[&self.port.to_string(), exchange, queue], Duration::from_secs(30));
     }
 
-    /// Read every message of `queue` (acked as read) until `want` distinct
+    /// Read every message of `queue` (taken off it as read) until `want` distinct
     /// message ids were seen and the queue stayed empty for `idle`.
     pub fn consume(&self, queue: &str, want: usize, idle: Duration, limit: Duration) -> Vec<Msg> {
         let out = self.dir.join(format!("consumed-{queue}-{}.tsv", rand::random::<u32>()));
@@ -249,7 +249,7 @@ ch = c.channel()
 ch.basic_qos(prefetch_count=5000)
 ids = set(); start = time.time(); last = time.time()
 with open(out, 'w') as f:
-    for method, props, body in ch.consume(queue, inactivity_timeout=0.2):
+    for method, props, body in ch.consume(queue, auto_ack=True, inactivity_timeout=0.2):
         now = time.time()
         if method is None:
             if (len(ids) >= want and now - last > idle) or now - start > limit:
@@ -259,7 +259,6 @@ with open(out, 'w') as f:
         f.write('\t'.join([method.exchange + '/' + method.routing_key, '-', props.message_id or '',
             str(h.get('site', '')), str(h.get('node', '')), str(h.get('stream', '')), str(h.get('seq', -1)),
             str(h.get('received_ms', -1)), body.decode('utf-8', 'replace').replace('\n', '\\n')]) + '\n')
-        ch.basic_ack(method.delivery_tag)
         ids.add(props.message_id)
         last = now
 ch.cancel()
