@@ -142,20 +142,7 @@ impl Rabbit {
     /// Read every message of `queue` (taken off it as read) until `want` distinct
     /// message ids were seen and the queue stayed empty for `idle`.
     pub fn consume(&self, queue: &str, want: usize, idle: Duration, limit: Duration) -> Vec<Msg> {
-        let out = self.dir.join(format!("consumed-{queue}-{}.tsv", rand::random::<u32>()));
-        run_python(
-            PIKA_CONSUME,
-            &[
-                &self.port.to_string(),
-                queue,
-                &want.to_string(),
-                &idle.as_secs_f64().to_string(),
-                &limit.as_secs_f64().to_string(),
-                &out.display().to_string(),
-            ],
-            limit + Duration::from_secs(30),
-        );
-        read_msgs(&out)
+        consume(&self.dir, PIKA_CONSUME, &[&self.port.to_string(), queue], want, idle, limit)
     }
 }
 
@@ -186,6 +173,18 @@ pub struct Msg {
     pub seq: u64,
     pub received_ms: i64,
     pub value: String,
+}
+
+/// Run a consumer script with `args` then `want idle limit out`, and read
+/// what it wrote to `out` (a file under `dir`).
+fn consume(dir: &Path, code: &str, args: &[&str], want: usize, idle: Duration, limit: Duration) -> Vec<Msg> {
+    let out = dir.join(format!("consumed-{}.tsv", rand::random::<u32>()));
+    let (want, idle_s, limit_s, out_s) =
+        (want.to_string(), idle.as_secs_f64().to_string(), limit.as_secs_f64().to_string(), out.display().to_string());
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend([want.as_str(), idle_s.as_str(), limit_s.as_str(), out_s.as_str()]);
+    run_python(code, &all, limit + Duration::from_secs(30));
+    read_msgs(&out)
 }
 
 fn read_msgs(path: &Path) -> Vec<Msg> {
@@ -367,20 +366,7 @@ impl Kafka {
     /// Read `topics` from the beginning with confluent-kafka until `want`
     /// distinct (key, seq) were seen and nothing came for `idle`.
     pub fn consume(&self, topics: &[&str], want: usize, idle: Duration, limit: Duration) -> Vec<Msg> {
-        let out = self.dir.join(format!("consumed-{}.tsv", rand::random::<u32>()));
-        run_python(
-            KAFKA_CONSUME,
-            &[
-                &self.bootstrap(),
-                &topics.join(","),
-                &want.to_string(),
-                &idle.as_secs_f64().to_string(),
-                &limit.as_secs_f64().to_string(),
-                &out.display().to_string(),
-            ],
-            limit + Duration::from_secs(30),
-        );
-        read_msgs(&out)
+        consume(&self.dir, KAFKA_CONSUME, &[&self.bootstrap(), &topics.join(",")], want, idle, limit)
     }
 }
 
