@@ -11,10 +11,9 @@ use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use tracing::warn;
-
 use crate::metrics::Metrics;
 use crate::store::fs::Fs;
+use crate::store::recover::read_state_lines;
 use crate::store::segment::SegmentName;
 
 /// A position in a segment: the frame offset to read next, and the first
@@ -33,32 +32,15 @@ pub fn cursor_file(state_dir: &Path, sink: &str) -> PathBuf {
 /// Read the cursor file. Damaged lines are skipped, logged with the line
 /// number and counted: those segments start again from their beginning.
 pub fn load(file: &Path, metrics: &Metrics) -> io::Result<HashMap<PathBuf, Pos>> {
-    let bytes = match std::fs::read(file) {
-        Ok(b) => b,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(HashMap::new()),
-        Err(e) => return Err(e),
-    };
     let mut out = HashMap::new();
-    let mut bad = 0u64;
-    for (i, line) in bytes.split(|b| *b == b'\n').enumerate() {
-        if line.is_empty() {
-            continue;
-        }
-        match parse_line(line) {
-            Some((rel, pos)) => {
-                out.insert(rel, pos);
-            }
-            None => {
-                bad += 1;
-                if bad <= 3 {
-                    warn!(file = %file.display(), line = i + 1, "damaged line in a sink cursor: ignored (that segment is delivered again from its start)");
-                }
-            }
-        }
-    }
-    if bad > 0 {
-        metrics.state_repaired.with_label_values(&["sink_cursor"]).inc_by(bad);
-    }
+    read_state_lines(
+        file,
+        "sink_cursor",
+        "a sink cursor",
+        "that segment is delivered again from its start",
+        metrics,
+        |line| parse_line(line).map(|(rel, pos)| out.insert(rel, pos)).is_some(),
+    )?;
     Ok(out)
 }
 

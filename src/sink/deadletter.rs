@@ -11,11 +11,11 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use tracing::warn;
 
 use super::records::Origin;
 use crate::metrics::Metrics;
 use crate::store::fs::Fs;
+use crate::store::recover::read_state_lines;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Entry {
@@ -43,30 +43,18 @@ impl DeadLetters {
     pub fn open(fs: &Fs, state_dir: &Path, sink: &str, metrics: &Metrics) -> io::Result<DeadLetters> {
         let file = state_dir.join("sinks").join(format!("{sink}.deadletter"));
         let mut seen: HashMap<String, HashSet<u64>> = HashMap::new();
-        match std::fs::read(&file) {
-            Ok(bytes) => {
-                let mut bad = 0u64;
-                for (i, line) in bytes.split(|b| *b == b'\n').enumerate() {
-                    if line.is_empty() {
-                        continue;
-                    }
-                    match serde_json::from_slice::<Entry>(line) {
-                        Ok(e) => {
-                            seen.entry(format!("{}/{}/{}", e.site, e.node, e.stream)).or_default().insert(e.seq);
-                        }
-                        Err(err) => {
-                            bad += 1;
-                            warn!(file = %file.display(), line = i + 1, error = %err, "damaged line in a dead-letter file: ignored");
-                        }
-                    }
-                }
-                if bad > 0 {
-                    metrics.state_repaired.with_label_values(&["dead_letter"]).inc_by(bad);
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
+        read_state_lines(
+            &file,
+            "dead_letter",
+            "a dead-letter file",
+            "that record may be offered to the broker again",
+            metrics,
+            |line| {
+                serde_json::from_slice::<Entry>(line)
+                    .map(|e| seen.entry(format!("{}/{}/{}", e.site, e.node, e.stream)).or_default().insert(e.seq))
+                    .is_ok()
+            },
+        )?;
         Ok(DeadLetters { file, fs: fs.clone(), seen })
     }
 

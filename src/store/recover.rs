@@ -249,3 +249,38 @@ fn seal_from_file(
     rec.store(fs, &seal_path(state_dir, rel))?;
     Ok((Some(rec), w))
 }
+
+/// Read a line-based state file (a delivered list, a sink cursor, a
+/// dead-letter file), giving each non-empty line to `take`. A line it
+/// refuses (torn, garbage, not UTF-8) is skipped, logged with the file and
+/// line (the first three), and counted in `ferry_state_repaired_total{kind}`;
+/// `what` names the file for people, `consequence` says what skipping a line
+/// costs. A missing file is empty.
+pub fn read_state_lines(
+    file: &Path,
+    kind: &str,
+    what: &str,
+    consequence: &str,
+    metrics: &Metrics,
+    mut take: impl FnMut(&[u8]) -> bool,
+) -> io::Result<()> {
+    let bytes = match std::fs::read(file) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let mut bad = 0u64;
+    for (i, line) in bytes.split(|b| *b == b'\n').enumerate() {
+        if line.is_empty() || take(line) {
+            continue;
+        }
+        bad += 1;
+        if bad <= 3 {
+            warn!(file = %file.display(), line = i + 1, "damaged line in {what}: ignored ({consequence})");
+        }
+    }
+    if bad > 0 {
+        metrics.state_repaired.with_label_values(&[kind]).inc_by(bad);
+    }
+    Ok(())
+}

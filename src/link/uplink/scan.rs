@@ -9,13 +9,11 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
-use tracing::warn;
-
 use crate::metrics::Metrics;
 use crate::store::frame::FrameHeader;
 use crate::store::fs::Fs;
 use crate::store::reader::{SegmentReader, Step};
-use crate::store::recover::list_repaired;
+use crate::store::recover::{list_repaired, read_state_lines};
 use crate::store::retention::Hold;
 use crate::store::segment::SegmentName;
 
@@ -35,32 +33,16 @@ impl Delivered {
     /// garbage, text that is not UTF-8) are skipped, logged with the file
     /// and line, and counted: those segments are simply offered again.
     pub fn load(fs: &Fs, file: PathBuf, metrics: &Metrics) -> io::Result<Delivered> {
-        let bytes = match std::fs::read(&file) {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(e),
-        };
         let mut set = HashSet::new();
-        let mut bad = 0u64;
-        for (i, line) in bytes.split(|b| *b == b'\n').enumerate() {
-            if line.is_empty() {
-                continue;
-            }
+        read_state_lines(&file, "delivered", "the delivered list", "that segment is offered again", metrics, |line| {
             match std::str::from_utf8(line).ok().map(PathBuf::from) {
                 Some(p) if SegmentName::parse_rel(&p).is_some() => {
                     set.insert(p);
+                    true
                 }
-                _ => {
-                    bad += 1;
-                    if bad <= 3 {
-                        warn!(file = %file.display(), line = i + 1, "damaged line in the delivered list: ignored (the receiver is asked again)");
-                    }
-                }
+                _ => false,
             }
-        }
-        if bad > 0 {
-            metrics.state_repaired.with_label_values(&["delivered"]).inc_by(bad);
-        }
+        })?;
         Ok(Delivered { set: RwLock::new(set), file, fs: fs.clone() })
     }
 
