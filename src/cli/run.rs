@@ -102,8 +102,14 @@ pub async fn run_node(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<()> 
         sd.spawn(ingest::serve(b, ctx, store.clone(), sd.clone()));
     }
     if !receivers.is_empty() {
-        let mirror =
-            Arc::new(Mirror::new(cfg.archive_dir(), cfg.state_dir(), fs.clone(), clock.clone(), metrics.clone()));
+        let mirror = Arc::new(Mirror::new(
+            cfg.archive_dir(),
+            cfg.state_dir(),
+            fs.clone(),
+            clock.clone(),
+            metrics.clone(),
+            store.changes().clone(),
+        ));
         for (b, l, timing) in receivers {
             let ctx = Arc::new(ReceiverCtx::new(l, mirror.clone(), metrics.clone(), timing));
             sd.spawn(receiver::serve(b, ctx, sd.clone()));
@@ -131,6 +137,7 @@ pub async fn run_node(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<()> 
             clock: clock.clone(),
             delivered: d,
             fs: fs.clone(),
+            changes: store.changes().clone(),
         };
         uplinks.spawn(up.run(uplink_stop.clone(), uplink_drain.clone()));
     }
@@ -152,6 +159,7 @@ pub async fn run_node(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<()> 
             clock: clock.clone(),
             delivered: d,
             fs: fs.clone(),
+            changes: store.changes().clone(),
         };
         sinks.spawn(sink.run(sink_stop.clone()));
     }

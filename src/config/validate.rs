@@ -384,8 +384,8 @@ fn validate_uplink(cx: &mut Ctx<'_>, i: usize, u: &raw::RawUplink) -> Option<Upl
     }
     let connect_timeout =
         dur(cx, &u.connect_timeout, "connect_timeout", Duration::from_secs(10), Duration::from_millis(100));
-    let backoff_min = dur(cx, &u.backoff_min, "backoff_min", Duration::from_millis(200), Duration::from_millis(10));
-    let backoff_max = dur(cx, &u.backoff_max, "backoff_max", Duration::from_secs(30), Duration::from_millis(10));
+    let backoff_min = dur(cx, &u.backoff_min, "backoff_min", Duration::from_millis(100), Duration::from_millis(10));
+    let backoff_max = dur(cx, &u.backoff_max, "backoff_max", Duration::from_secs(1), Duration::from_millis(10));
     if backoff_min > backoff_max {
         cx.err(&k("backoff_min"), u.backoff_min.as_ref().map(|v| v.span()), "must not exceed backoff_max");
     }

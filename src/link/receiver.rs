@@ -5,11 +5,12 @@
 //! forwards for). Every refusal is logged with the peer and counted.
 
 use std::collections::HashMap;
+use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
@@ -134,6 +135,134 @@ enum End {
     Shutdown,
 }
 
+/// The receiver's side of one session with no I/O: it checks each message
+/// against the protocol and the peer's rights, and says what to do with the
+/// mirror. The task around it (`session`) does the mirror's blocking I/O,
+/// logs and counts; the link simulation (`tests/link_sim.rs`) drives it
+/// directly.
+pub struct Core {
+    /// The peer's site and node, from its certificate.
+    site: String,
+    node: String,
+    /// Sites this peer may forward for (`relays`).
+    relays: Vec<String>,
+    hello: bool,
+    ids: HashMap<u32, PathBuf>,
+}
+
+/// What to do with a message.
+#[derive(Debug)]
+pub enum Step {
+    Reply(Msg),
+    /// Answer with [`have_reply`] of `Mirror::have`.
+    Have {
+        id: u32,
+        rel: PathBuf,
+    },
+    /// Answer with [`append_reply`] of `Mirror::append`.
+    Append {
+        id: u32,
+        rel: PathBuf,
+        offset: u64,
+        frames: Bytes,
+    },
+    /// Answer with [`seal_reply`] of `Mirror::seal`.
+    Seal {
+        id: u32,
+        rel: PathBuf,
+        len: u64,
+        sha256: [u8; 32],
+    },
+    /// Send REFUSE and close.
+    Refuse(Code, String),
+}
+
+impl Core {
+    pub fn new(site: &str, node: &str, relays: &[String]) -> Core {
+        Core {
+            site: site.to_owned(),
+            node: node.to_owned(),
+            relays: relays.to_vec(),
+            hello: false,
+            ids: HashMap::new(),
+        }
+    }
+
+    pub fn handle(&mut self, msg: Msg) -> Step {
+        match msg {
+            Msg::Hello { version, node: claimed } => {
+                if self.hello {
+                    return Step::Refuse(Code::ProtocolViolation, "second HELLO".into());
+                }
+                if version != VERSION {
+                    return Step::Refuse(
+                        Code::VersionUnsupported,
+                        format!("peer speaks version {version}, this receiver speaks {VERSION}"),
+                    );
+                }
+                if claimed != self.node {
+                    warn!(site = %self.site, cert_node = %self.node, hello_node = %claimed, "HELLO names another node than the certificate; the certificate wins");
+                }
+                self.hello = true;
+                Step::Reply(Msg::Welcome { version: VERSION })
+            }
+            _ if !self.hello => Step::Refuse(Code::BadHello, "expected HELLO first".into()),
+            Msg::Open { id, path } => {
+                let Some(name) = mirror::parse_path(&path) else {
+                    return Step::Refuse(Code::InvalidPath, format!("{path:?} is not a segment path"));
+                };
+                if name.site != self.site && !self.relays.contains(&self.site) {
+                    return Step::Refuse(
+                        Code::NotAuthorized,
+                        format!("site {:?} may not write under {:?}", self.site, name.site),
+                    );
+                }
+                let rel = PathBuf::from(&path);
+                self.ids.insert(id, rel.clone());
+                Step::Have { id, rel }
+            }
+            Msg::Append { id, offset, frames } => match self.ids.get(&id) {
+                Some(rel) => Step::Append { id, rel: rel.clone(), offset, frames },
+                None => Step::Refuse(Code::ProtocolViolation, format!("APPEND for unknown id {id}")),
+            },
+            Msg::Seal { id, len, sha256 } => match self.ids.get(&id) {
+                Some(rel) => Step::Seal { id, rel: rel.clone(), len, sha256 },
+                None => Step::Refuse(Code::ProtocolViolation, format!("SEAL for unknown id {id}")),
+            },
+            Msg::Ping { nonce } => Step::Reply(Msg::Pong { nonce }),
+            other => Step::Refuse(
+                Code::ProtocolViolation,
+                format!("unexpected message from an uplink: {other:?}").chars().take(200).collect(),
+            ),
+        }
+    }
+}
+
+pub fn have_reply(id: u32, r: io::Result<(u64, bool)>) -> Msg {
+    match r {
+        Ok((len, sealed)) => Msg::Have { id, len, sealed },
+        Err(e) => Msg::Error { id, code: Code::of_io(&e), reason: e.to_string() },
+    }
+}
+
+pub fn append_reply(id: u32, r: &Result<u64, AppendError>) -> Msg {
+    match r {
+        Ok(len) => Msg::Ack { id, len: *len },
+        Err(AppendError::WrongOffset { expected, .. }) => Msg::WrongOffset { id, expected: *expected },
+        Err(e @ AppendError::InvalidFrame { .. }) => Msg::Error { id, code: Code::InvalidFrame, reason: e.to_string() },
+        Err(AppendError::Io(e)) => Msg::Error { id, code: Code::of_io(e), reason: e.to_string() },
+        Err(e @ AppendError::Sealed) => Msg::Error { id, code: Code::Io, reason: e.to_string() },
+    }
+}
+
+pub fn seal_reply(id: u32, r: &Result<(), SealError>) -> Msg {
+    match r {
+        Ok(()) => Msg::Sealed { id, ok: true },
+        Err(SealError::Checksum { .. } | SealError::Length { .. }) => Msg::Sealed { id, ok: false },
+        Err(SealError::Io(e)) => Msg::Error { id, code: Code::of_io(e), reason: e.to_string() },
+    }
+}
+
 async fn session(mut link: Link, ctx: Arc<ReceiverCtx>, sd: Shutdown) {
     let peer = link.peer;
     let site = link.identity.site.clone();
@@ -142,8 +271,7 @@ async fn session(mut link: Link, ctx: Arc<ReceiverCtx>, sd: Shutdown) {
     m.link_sessions_active.with_label_values(&[&ctx.cfg.name]).inc();
     let mut rbuf = BytesMut::with_capacity(1 << 20);
     let mut wbuf = BytesMut::with_capacity(4096);
-    let mut ids: HashMap<u32, PathBuf> = HashMap::new();
-    let mut hello = false;
+    let mut core = Core::new(&site, &node, &ctx.cfg.relays);
     let end = loop {
         let msg = match Msg::decode(&mut rbuf) {
             Ok(Some(m)) => m,
@@ -163,107 +291,59 @@ async fn session(mut link: Link, ctx: Arc<ReceiverCtx>, sd: Shutdown) {
                 break End::Refuse(e.code(), e.to_string());
             }
         };
-        let reply = match msg {
-            Msg::Hello { version, node: claimed } => {
-                if hello {
-                    break End::Refuse(Code::ProtocolViolation, "second HELLO".into());
+        let mirror = ctx.mirror.clone();
+        let reply = match core.handle(msg) {
+            Step::Reply(r) => {
+                if matches!(r, Msg::Welcome { .. }) {
+                    info!(listener = %ctx.cfg.name, %peer, %site, %node, "uplink connected");
                 }
-                if version != VERSION {
-                    break End::Refuse(
-                        Code::VersionUnsupported,
-                        format!("peer speaks version {version}, this receiver speaks {VERSION}"),
-                    );
-                }
-                if claimed != node {
-                    warn!(listener = %ctx.cfg.name, %peer, %site, cert_node = %node, hello_node = %claimed, "HELLO names another node than the certificate; the certificate wins");
-                }
-                hello = true;
-                info!(listener = %ctx.cfg.name, %peer, %site, %node, "uplink connected");
-                Msg::Welcome { version: VERSION }
+                r
             }
-            _ if !hello => break End::Refuse(Code::BadHello, "expected HELLO first".into()),
-            Msg::Open { id, path } => {
-                let Some(name) = mirror::parse_path(&path) else {
-                    break End::Refuse(Code::InvalidPath, format!("{path:?} is not a segment path"));
-                };
-                if name.site != site && !ctx.cfg.relays.contains(&site) {
-                    break End::Refuse(
-                        Code::NotAuthorized,
-                        format!("site {site:?} may not write under {:?}", name.site),
-                    );
-                }
-                let rel = PathBuf::from(&path);
-                let mirror = ctx.mirror.clone();
-                let r2 = rel.clone();
-                match tokio::task::spawn_blocking(move || mirror.have(&r2)).await.expect("mirror task") {
-                    Ok((len, sealed)) => {
-                        ids.insert(id, rel);
-                        Msg::Have { id, len, sealed }
-                    }
-                    Err(e) => Msg::Error { id, code: Code::of_io(&e), reason: e.to_string() },
-                }
+            Step::Refuse(code, reason) => break End::Refuse(code, reason),
+            Step::Have { id, rel } => {
+                have_reply(id, tokio::task::spawn_blocking(move || mirror.have(&rel)).await.expect("mirror task"))
             }
-            Msg::Append { id, offset, frames } => {
-                let Some(rel) = ids.get(&id).cloned() else {
-                    break End::Refuse(Code::ProtocolViolation, format!("APPEND for unknown id {id}"));
-                };
+            Step::Append { id, rel, offset, frames } => {
                 let n = frames.len() as u64;
-                let mirror = ctx.mirror.clone();
-                match tokio::task::spawn_blocking(move || mirror.append(&rel, offset, &frames))
+                let r2 = rel.clone();
+                let r = tokio::task::spawn_blocking(move || mirror.append(&r2, offset, &frames))
                     .await
-                    .expect("mirror task")
-                {
-                    Ok(len) => {
-                        m.link_received_bytes.with_label_values(&[&ctx.cfg.name, &site]).inc_by(n);
-                        Msg::Ack { id, len }
-                    }
-                    Err(AppendError::WrongOffset { expected, .. }) => Msg::WrongOffset { id, expected },
+                    .expect("mirror task");
+                match &r {
+                    Ok(_) => m.link_received_bytes.with_label_values(&[&ctx.cfg.name, &site]).inc_by(n),
                     Err(e @ AppendError::InvalidFrame { .. }) => {
                         m.link_refused.with_label_values(&[&ctx.cfg.name, "invalid_frame"]).inc();
-                        warn!(listener = %ctx.cfg.name, %peer, %site, reason = "invalid_frame", path = %ids[&id].display(), error = %e, "link refused invalid frames; nothing written");
-                        Msg::Error { id, code: Code::InvalidFrame, reason: e.to_string() }
+                        warn!(listener = %ctx.cfg.name, %peer, %site, reason = "invalid_frame", path = %rel.display(), error = %e, "link refused invalid frames; nothing written");
                     }
                     Err(AppendError::Io(e)) => {
-                        let code = Code::of_io(&e);
                         if ctx.warn_limit.may_warn() {
-                            warn!(listener = %ctx.cfg.name, %peer, %site, path = %ids[&id].display(), code = code.as_str(), error = %e,
+                            warn!(listener = %ctx.cfg.name, %peer, %site, path = %rel.display(), code = Code::of_io(e).as_str(), error = %e,
                                 "mirror append failed: nothing of it kept; the uplink will offer it again");
                         }
-                        Msg::Error { id, code, reason: e.to_string() }
                     }
+                    Err(AppendError::WrongOffset { .. }) => {}
                     Err(e) => {
-                        warn!(listener = %ctx.cfg.name, %peer, path = %ids[&id].display(), error = %e, "mirror append refused");
-                        Msg::Error { id, code: Code::Io, reason: e.to_string() }
+                        warn!(listener = %ctx.cfg.name, %peer, path = %rel.display(), error = %e, "mirror append refused")
                     }
                 }
+                append_reply(id, &r)
             }
-            Msg::Seal { id, len, sha256 } => {
-                let Some(rel) = ids.get(&id).cloned() else {
-                    break End::Refuse(Code::ProtocolViolation, format!("SEAL for unknown id {id}"));
-                };
-                let mirror = ctx.mirror.clone();
+            Step::Seal { id, rel, len, sha256 } => {
                 let r2 = rel.clone();
-                match tokio::task::spawn_blocking(move || mirror.seal(&r2, len, &sha256)).await.expect("mirror task") {
-                    Ok(()) => Msg::Sealed { id, ok: true },
+                let r = tokio::task::spawn_blocking(move || mirror.seal(&r2, len, &sha256)).await.expect("mirror task");
+                match &r {
+                    Ok(()) => {}
                     Err(e @ (SealError::Checksum { .. } | SealError::Length { .. })) => {
                         m.link_checksum_mismatches.with_label_values(&["receiver"]).inc();
                         warn!(listener = %ctx.cfg.name, %peer, %site, path = %rel.display(), error = %e, "seal refused: mirror differs from origin");
-                        Msg::Sealed { id, ok: false }
                     }
                     Err(SealError::Io(e)) => {
-                        let trouble = crate::store::fs::Trouble::of(&e);
+                        let trouble = crate::store::fs::Trouble::of(e);
                         m.mirror_errors.with_label_values(&[trouble.as_str()]).inc();
                         warn!(listener = %ctx.cfg.name, %peer, %site, path = %rel.display(), error = %e, "mirror seal failed; the uplink will seal again");
-                        Msg::Error { id, code: Code::of_io(&e), reason: e.to_string() }
                     }
                 }
-            }
-            Msg::Ping { nonce } => Msg::Pong { nonce },
-            other => {
-                break End::Refuse(
-                    Code::ProtocolViolation,
-                    format!("unexpected message from an uplink: {other:?}").chars().take(200).collect(),
-                )
+                seal_reply(id, &r)
             }
         };
         wbuf.clear();

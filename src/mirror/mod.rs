@@ -25,6 +25,7 @@ use std::sync::{Arc, Mutex};
 use tracing::{error, info, warn};
 
 use crate::metrics::Metrics;
+use crate::store::changes::Changes;
 use crate::store::clock::Clock;
 use crate::store::frame::{FrameError, FrameHeader};
 use crate::store::fs::{Fs, FsFile, Trouble};
@@ -69,6 +70,9 @@ pub struct Mirror {
     metrics: Metrics,
     clock: Arc<dyn Clock>,
     entries: Mutex<HashMap<PathBuf, Arc<Mutex<Entry>>>>,
+    /// Told of every append and seal: uplinks of a regional hop forward
+    /// mirror segments as they grow.
+    changes: Arc<Changes>,
 }
 
 /// Check that `rel` is a segment path (no `..`, no absolute path, the
@@ -94,8 +98,15 @@ pub fn check_frames(frames: &[u8]) -> Result<(), (usize, FrameError)> {
 }
 
 impl Mirror {
-    pub fn new(archive_dir: PathBuf, state_dir: PathBuf, fs: Fs, clock: Arc<dyn Clock>, metrics: Metrics) -> Mirror {
-        Mirror { archive_dir, state_dir, fs, metrics, clock, entries: Mutex::new(HashMap::new()) }
+    pub fn new(
+        archive_dir: PathBuf,
+        state_dir: PathBuf,
+        fs: Fs,
+        clock: Arc<dyn Clock>,
+        metrics: Metrics,
+        changes: Arc<Changes>,
+    ) -> Mirror {
+        Mirror { archive_dir, state_dir, fs, metrics, clock, entries: Mutex::new(HashMap::new()), changes }
     }
 
     fn stream_of(rel: &Path) -> String {
@@ -162,10 +173,11 @@ impl Mirror {
     /// file back to that length and drop the handle (after a failed fsync
     /// the file's cached state is not trusted again).
     fn write(&self, e: &mut Entry, frames: &[u8]) -> io::Result<()> {
+        let mut created = false;
         if e.file.is_none() {
             let dir = e.path.parent().expect("segment paths have a parent").to_owned();
             self.fs.create_dir_all(&dir)?;
-            let created = !e.path.exists();
+            created = !e.path.exists();
             let f = self.fs.open_write(&e.path)?;
             if created {
                 if let Err(err) = self.fs.sync_dir(&dir) {
@@ -191,6 +203,10 @@ impl Mirror {
             return Err(err);
         }
         e.len += frames.len() as u64;
+        if created {
+            self.changes.layout_changed(None);
+        }
+        self.changes.grown(&e.rel, e.len);
         Ok(())
     }
 
@@ -239,6 +255,7 @@ impl Mirror {
         let rel = e.rel.clone();
         drop(e);
         self.entries.lock().expect("not poisoned").remove(&rel);
+        self.changes.layout_changed(Some(&rel));
         Ok(())
     }
 }

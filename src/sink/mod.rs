@@ -36,6 +36,7 @@ use tracing::{error, info, warn};
 use crate::config::{BusConfig, SinkConfig};
 use crate::link::uplink::scan::{Delivered, Local};
 use crate::metrics::Metrics;
+use crate::store::changes::Changes;
 use crate::store::clock::Clock;
 use crate::store::frame::{FrameHeader, MAX_HEADER_LEN};
 use crate::store::fs::Fs;
@@ -54,6 +55,8 @@ pub struct Sink {
     pub clock: Arc<dyn Clock>,
     pub delivered: Arc<Delivered>,
     pub fs: Fs,
+    /// Wakes the sink when the archive grows or changes.
+    pub changes: Arc<Changes>,
 }
 
 /// The broker's answer for one record (`idx` of the batch sent with `token`).
@@ -170,7 +173,6 @@ struct Flight {
 
 /// How often the cursor is written (the crash-duplicate window).
 const PERSIST_EVERY: Duration = Duration::from_millis(500);
-const SCAN_EVERY: Duration = Duration::from_millis(200);
 const LAG_EVERY: Duration = Duration::from_secs(1);
 const READ_RETRY: Duration = Duration::from_secs(5);
 
@@ -196,6 +198,9 @@ struct Run<'a> {
     dirty: bool,
     careful: usize,
     seen_streams: HashSet<(String, String)>,
+    /// Paths being written that the last listing did not select (other
+    /// sites or streams, delivered): their growth asks for no listing.
+    unlisted: HashSet<PathBuf>,
 }
 
 impl Sink {
@@ -245,11 +250,12 @@ impl Sink {
             dirty: false,
             careful: 0,
             seen_streams: HashSet::new(),
+            unlisted: HashSet::new(),
         };
         let mut bus: Option<Bus> = None;
         let mut backoff = self.cfg.backoff_min;
         let mut next_connect = Instant::now();
-        let mut next_scan = Instant::now();
+        let mut changes = self.changes.subscribe();
         let mut next_persist = Instant::now() + PERSIST_EVERY;
         let mut next_lag = Instant::now();
         let mut inbox: VecDeque<Ack> = VecDeque::new();
@@ -306,10 +312,12 @@ impl Sink {
                 }
             }
 
-            // 3. The archive: new segments, growth, seals, deletions.
-            if Instant::now() >= next_scan {
-                next_scan = Instant::now() + SCAN_EVERY;
-                run.scan().await;
+            // 3. The archive: new segments, growth, seals, deletions, as the store tells.
+            if changes.has_changed() {
+                let u = changes.take();
+                if u.relist || run.grown(&u.lens) {
+                    run.scan(&u.lens).await;
+                }
             }
             if Instant::now() >= next_persist {
                 next_persist = Instant::now() + PERSIST_EVERY;
@@ -337,13 +345,14 @@ impl Sink {
                 continue;
             }
             // 5. Nothing to do now: wait for an answer or the next timer.
-            let mut until = next_scan.min(next_persist).min(next_lag);
+            let mut until = next_persist.min(next_lag);
             if bus.is_none() {
                 until = until.min(next_connect);
             }
             tokio::select! {
                 _ = stop.cancelled() => break,
                 a = rx.recv() => if let Some(a) = a { inbox.push_back(a) },
+                _ = changes.changed() => {}
                 _ = tokio::time::sleep_until(until.into()) => {}
             }
         }
@@ -457,7 +466,24 @@ impl Run<'_> {
         self.in_flight_bytes = 0;
     }
 
-    async fn scan(&mut self) {
+    /// Segments being written grew. Returns true when one of them, of this
+    /// sink's sites and streams, is not known yet: list again.
+    fn grown(&mut self, lens: &HashMap<PathBuf, u64>) -> bool {
+        let mut unknown = false;
+        for (rel, &len) in lens {
+            match self.segs.get_mut(rel) {
+                Some(s) if len > s.local.len && s.local.seal.is_none() => {
+                    s.local.len = len;
+                    s.stalled_at = None;
+                }
+                Some(_) => {}
+                None => unknown |= !self.unlisted.contains(rel),
+            }
+        }
+        unknown
+    }
+
+    async fn scan(&mut self, lens: &HashMap<PathBuf, u64>) {
         let s = self.sink;
         let (fs, a, st, d) = (s.fs.clone(), s.archive_dir.clone(), s.state_dir.clone(), s.delivered.clone());
         let (now, m, cfg) = (s.clock.now_ms(), s.metrics.clone(), s.cfg.clone());
@@ -538,6 +564,8 @@ impl Run<'_> {
         for rel in to_check {
             self.check_done(&rel);
         }
+        self.unlisted = lens.keys().filter(|r| !self.segs.contains_key(*r)).cloned().collect();
+        self.grown(lens);
     }
 
     /// The segment to read next: origins in turn; within one, its oldest

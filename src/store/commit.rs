@@ -32,6 +32,7 @@ use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tracing::{error, info, warn};
 
+use super::changes::Changes;
 use super::clock::Clock;
 use super::frame::{FrameEncoder, FrameMeta};
 use super::fs::{Fs, Trouble};
@@ -81,6 +82,9 @@ pub struct Writer {
     /// retried with every probe and after every good commit (and, if the
     /// process stops first, by recovery at the next start).
     pub closing: Vec<OpenSegment>,
+    /// Told of every commit and every segment created or closed: it wakes
+    /// the forwarders.
+    pub changes: Arc<Changes>,
 }
 
 struct Part {
@@ -432,7 +436,7 @@ impl Writer {
     fn commit(&mut self, w: &mut Work) {
         let started = Instant::now();
         let result = if w.p.records > 0 { self.write_frame(w) } else { Ok(()) };
-        let Work { p, frame, down, .. } = w;
+        let Work { p, frame, down, seg, .. } = w;
         let records = p.records;
         let first_seq = self.next_record_seq;
         match result {
@@ -452,6 +456,9 @@ impl Writer {
                     seq += u64::from(part.records);
                 }
                 p.clear();
+                if let (Some(s), true) = (seg.as_ref(), records > 0) {
+                    self.changes.grown(&s.name.rel_path(), s.len);
+                }
                 if let Some(d) = down.take() {
                     self.up(d);
                 }
@@ -525,6 +532,7 @@ impl Writer {
             self.last_name = Some(s.name.clone());
             self.metrics.segments_open.with_label_values(&[&self.stream]).set(1);
             *seg = Some(s);
+            self.changes.layout_changed(None);
         }
         let s = seg.as_mut().expect("opened above");
         match s.append(frame, p.records) {
@@ -703,8 +711,10 @@ impl Writer {
         let mut uncut = None;
         for s in std::mem::take(&mut self.closing) {
             let path = s.path.clone();
+            let rel = s.name.rel_path();
             match s.finish(&self.fs, &self.state_dir, self.clock.now_ms()) {
                 Ok((None, _)) => {
+                    self.changes.layout_changed(Some(&rel));
                     info!(stream = %self.stream, path = %path.display(), "empty segment removed (nothing of it was durable)");
                 }
                 Ok((Some(rec), cut_records)) => {
@@ -715,6 +725,7 @@ impl Writer {
                         error!(stream = %self.stream, path = %path.display(), records = n,
                             "acknowledged records were cut with the untrusted tail after a failed fsync (fsync is not \"always\")");
                     }
+                    self.changes.layout_changed(Some(&rel));
                     // Cut records keep their sequence numbers: the gap shows the loss.
                     self.metrics.segments_sealed.with_label_values(&[&self.stream]).inc();
                     info!(stream = %self.stream, path = %path.display(), len = rec.len, records = rec.records, "segment sealed");

@@ -8,6 +8,7 @@
 //! total size. Memory is bounded by the per-stream channel and one pending
 //! commit: the disk is the buffer.
 
+pub mod changes;
 pub mod clock;
 mod commit;
 pub mod escape;
@@ -28,6 +29,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::config::{Config, StoreConfig};
 use crate::metrics::Metrics;
+use changes::Changes;
 use clock::Clock;
 use commit::{Msg, Writer};
 use fs::{Fs, Trouble};
@@ -216,6 +218,7 @@ pub struct Store {
     age_clock: clock::AgeClock,
     /// Writers ask retention for room here (`on_full = "drop_oldest"`).
     room: Arc<Notify>,
+    changes: Arc<Changes>,
 }
 
 impl Store {
@@ -233,6 +236,7 @@ impl Store {
             fs.create_dir_all(d).map_err(|source| Error::Open { path: d.clone(), source })?;
         }
         let room = Arc::new(Notify::new());
+        let changes = Changes::new();
         let handle = tokio::runtime::Handle::current();
         let full = Arc::new(AtomicBool::new(false));
         let mut streams = Vec::new();
@@ -272,6 +276,7 @@ impl Store {
                 next_record_seq: rec.next_record_seq,
                 last_name: rec.last_name,
                 closing: Vec::new(),
+                changes: changes.clone(),
             };
             let h = handle.clone();
             let t = std::thread::Builder::new()
@@ -294,7 +299,14 @@ impl Store {
             fs,
             age_clock: clock::AgeClock::default(),
             room,
+            changes,
         })
+    }
+
+    /// Where commits, new and closed segments are told (the mirror and
+    /// retention report here too): forwarders subscribe to it.
+    pub fn changes(&self) -> &Arc<Changes> {
+        &self.changes
     }
 
     /// The file layer every writer uses.
@@ -336,6 +348,9 @@ impl Store {
             &self.metrics,
         )?;
         self.full.store(out.full, Ordering::Relaxed);
+        if !out.deleted.is_empty() {
+            self.changes.layout_changed(None);
+        }
         Ok(out)
     }
 
@@ -346,7 +361,11 @@ impl Store {
             return Ok(Vec::new());
         }
         let target = commit::room_target(&self.cfg);
-        retention::make_room(&self.fs, &self.archive_dir, &self.state_dir, target, hold, &self.metrics)
+        let deleted = retention::make_room(&self.fs, &self.archive_dir, &self.state_dir, target, hold, &self.metrics)?;
+        if !deleted.is_empty() {
+            self.changes.layout_changed(None);
+        }
+        Ok(deleted)
     }
 
     /// Resolves when a writer asks for room (disk full, `drop_oldest`).

@@ -11,32 +11,36 @@
 //! newest open segment of each stream and the rest drain the backlog, oldest
 //! first.
 
+pub mod backoff;
 pub mod bucket;
 pub mod scan;
+pub mod session;
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
-use rand::Rng;
+use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use super::proto::{Code, Msg, MAX_APPEND, VERSION};
+use super::proto::{Code, Msg, MAX_APPEND};
 use super::transport::{quic, tls, Io, Link, Timing, WireCounter};
 use crate::config::{LinkTransport, UplinkConfig};
 use crate::metrics::Metrics;
 use crate::pki::TlsFiles;
+use crate::store::changes::{Changes, Subscriber};
 use crate::store::clock::Clock;
 use crate::store::fs::Fs;
+use backoff::Backoff;
 use bucket::TokenBucket;
 use scan::{Delivered, Local};
+use session::{Event, Params, Session};
 
 /// Everything an uplink needs; `run` drives it until cancelled.
 pub struct Uplink {
@@ -50,6 +54,8 @@ pub struct Uplink {
     pub delivered: Arc<Delivered>,
     /// For state files (the delivered list, re-derived seals).
     pub fs: Fs,
+    /// Wakes the uplink when the archive grows or changes.
+    pub changes: Arc<Changes>,
 }
 
 enum Dialer {
@@ -67,25 +73,13 @@ enum End {
     Lost(String),
 }
 
-/// One segment's state within a session.
-struct Seg {
-    local: Local,
-    id: u32,
-    /// The receiver's answer to OPEN has arrived.
-    known: bool,
-    acked: u64,
-    sent: u64,
-    seal_sent: bool,
-    /// Newest open segment of its stream: gets the live share.
-    live: bool,
-    /// Refused by the receiver this session (logged, counted); retried next session.
-    failed: bool,
-    /// File length at which no whole frame was left to send (wait for growth).
-    stalled_at: Option<u64>,
-    /// The receiver refused it for a reason it may lift (its disk is full,
-    /// read-only, failing): offered again from the acknowledged length at
-    /// this time, with the backoff doubling.
-    retry: Option<(Instant, Duration, Code)>,
+impl From<session::End> for End {
+    fn from(e: session::End) -> End {
+        match e {
+            session::End::Refused(c, r) => End::Refused(c, r),
+            session::End::Lost(e) => End::Lost(e),
+        }
+    }
 }
 
 impl Uplink {
@@ -117,7 +111,8 @@ impl Uplink {
                 return;
             }
         };
-        let mut backoff = self.cfg.backoff_min;
+        let mut backoff = Backoff::new(self.cfg.backoff_min, self.cfg.backoff_max);
+        let mut changes = self.changes.subscribe();
         let mut attempt = 0usize;
         loop {
             if stop.is_cancelled() {
@@ -125,17 +120,19 @@ impl Uplink {
             }
             let addr_str = &self.cfg.addresses[attempt % self.cfg.addresses.len()];
             let connected = self.dial(&dialer, addr_str, &timing).await;
+            let mut refused = false;
             match connected {
                 Ok(link) => {
                     m.uplink_connected.with_label_values(&[&name]).set(1);
                     info!(uplink = %name, addr = %addr_str, receiver_site = %link.identity.site, receiver_node = %link.identity.node, "uplink connected");
                     let started = Instant::now();
-                    let (end, progressed) = self.session(link, &stop, &drain).await;
+                    let (end, progressed) = self.session(link, &mut changes, &stop, &drain).await;
                     m.uplink_connected.with_label_values(&[&name]).set(0);
                     match &end {
                         End::Cancelled => return,
                         End::Refused(code, reason) => {
                             m.uplink_errors.with_label_values(&[&name, code.as_str()]).inc();
+                            refused = *code != Code::ShuttingDown;
                             error!(uplink = %name, addr = %addr_str, code = code.as_str(), %reason, "receiver refused the link")
                         }
                         End::Lost(e) => warn!(uplink = %name, addr = %addr_str, error = %e, "link lost"),
@@ -148,8 +145,8 @@ impl Uplink {
                         return;
                     }
                     m.uplink_reconnects.with_label_values(&[&name]).inc();
-                    if progressed || started.elapsed() > self.cfg.backoff_max {
-                        backoff = self.cfg.backoff_min;
+                    if progressed || started.elapsed() > self.cfg.backoff_max.max(Duration::from_secs(10)) {
+                        backoff.reset();
                     } else {
                         attempt += 1;
                     }
@@ -157,17 +154,15 @@ impl Uplink {
                 Err(_) if drain.is_cancelled() => return,
                 Err(e) => {
                     m.uplink_errors.with_label_values(&[&name, "connect"]).inc();
-                    warn!(uplink = %name, addr = %addr_str, error = %e, retry_in = ?backoff, "cannot connect");
+                    warn!(uplink = %name, addr = %addr_str, error = %e, "cannot connect");
                     attempt += 1;
                 }
             }
-            // Full jitter between half and all of the backoff.
-            let sleep = backoff.mul_f64(rand::rng().random_range(0.5..=1.0));
+            let sleep = if refused { backoff.next_refused(&mut rand::rng()) } else { backoff.next(&mut rand::rng()) };
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(sleep) => {}
             }
-            backoff = (backoff * 2).min(self.cfg.backoff_max);
         }
     }
 
@@ -185,350 +180,140 @@ impl Uplink {
         }
     }
 
-    /// One connected session. Returns how it ended and whether any byte was acknowledged.
-    async fn session(&self, link: Link, stop: &CancellationToken, drain: &CancellationToken) -> (End, bool) {
+    fn params(&self) -> Params {
+        Params {
+            name: self.cfg.name.clone(),
+            node: self.node.clone(),
+            window: self.cfg.window,
+            live_share: self.cfg.live_share,
+            chunk_max: match self.cfg.max_rate {
+                Some(_) => (self.cfg.burst as usize).clamp(16 << 10, MAX_APPEND),
+                None => MAX_APPEND,
+            },
+            keepalive: self.cfg.keepalive,
+            dead_after: self.cfg.dead_after,
+            connect_timeout: self.cfg.connect_timeout,
+        }
+    }
+
+    /// One connected session: moves bytes and time for the [`Session`]
+    /// state machine, reads files for it, and wakes when the store says
+    /// something changed. Returns how it ended and whether any byte was
+    /// acknowledged.
+    async fn session(
+        &self,
+        link: Link,
+        changes: &mut Subscriber,
+        stop: &CancellationToken,
+        drain: &CancellationToken,
+    ) -> (End, bool) {
         let name = self.cfg.name.as_str();
         let m = &self.metrics;
         let wire = link.wire.clone();
         let quic = link.quic.clone();
         let (rd, mut wr) = tokio::io::split(link.io);
-        let mut out = BytesMut::with_capacity(64 << 10);
-        let wire_start = wire.sent();
-        // HELLO, then WELCOME or REFUSE.
-        Msg::Hello { version: VERSION, node: self.node.clone() }.encode(&mut out);
-        if let Err(e) = write(&mut wr, &mut out).await {
-            return (End::Lost(e.to_string()), false);
-        }
         let (tx, mut rx) = mpsc::unbounded_channel();
         let reader = tokio::spawn(read_loop(rd, tx));
-        let end_session = |end: End, progressed: bool| {
+        let mut sess = Session::new(self.params(), self.metrics.clone(), Instant::now());
+        let end_session = |end: End, sess: &Session| {
             reader.abort();
             if let Some(c) = &quic {
                 c.close(quinn::VarInt::from_u32(0), b"uplink closing");
             }
-            (end, progressed)
+            (end, sess.progressed())
         };
-        match tokio::time::timeout(self.cfg.connect_timeout, rx.recv()).await {
-            Ok(Some(Ok(Msg::Welcome { .. }))) => {}
-            Ok(Some(Ok(Msg::Refuse { code, reason }))) => return end_session(End::Refused(code, reason), false),
-            Ok(Some(Ok(other))) => return end_session(End::Lost(format!("expected WELCOME, got {other:?}")), false),
-            Ok(Some(Err(e))) => return end_session(End::Lost(e), false),
-            Ok(None) => return end_session(End::Lost("closed during HELLO".into()), false),
-            Err(_) => return end_session(End::Lost("no WELCOME in time".into()), false),
-        }
-
-        let mut segs: BTreeMap<PathBuf, Seg> = BTreeMap::new();
-        let mut by_id: HashMap<u32, PathBuf> = HashMap::new();
-        let mut next_id: u32 = 1;
         let mut bucket = self.cfg.max_rate.map(|r| TokenBucket::new(r, self.cfg.burst, Instant::now(), wire.sent()));
-        let chunk_max = match self.cfg.max_rate {
-            Some(_) => (self.cfg.burst as usize).clamp(16 << 10, MAX_APPEND),
-            None => MAX_APPEND,
-        };
-        let (mut live_sent, mut backlog_sent) = (0u64, 0u64);
-        // Liveness: every request gets exactly one reply, in order. The link is
-        // dead when a request has waited longer than dead_after for its reply
-        // (time spent pacing a long write out does not count).
-        let mut queued: u64 = 0;
-        let mut outstanding: u64 = 0;
-        let mut waiting_since: Option<Instant> = None;
-        let mut last_tx = Instant::now();
-        let mut next_scan = Instant::now();
-        let mut progressed = false;
-        let mut wire_reported = wire_start;
-        let mut inbox: VecDeque<Result<Msg, String>> = VecDeque::new();
+        let mut wire_reported = wire.sent();
         let mut seen_streams: HashSet<StreamKey> = HashSet::new();
-
+        let mut next_report = Instant::now();
+        changes.force_relist();
         loop {
-            // 1. Everything the receiver said.
-            loop {
-                let ev = match inbox.pop_front() {
-                    Some(ev) => ev,
-                    None => match rx.try_recv() {
-                        Ok(ev) => ev,
-                        Err(mpsc::error::TryRecvError::Empty) => break,
-                        Err(mpsc::error::TryRecvError::Disconnected) => {
-                            return end_session(End::Lost("reader stopped".into()), progressed)
-                        }
-                    },
-                };
-                outstanding = outstanding.saturating_sub(1);
-                waiting_since = (outstanding > 0).then(Instant::now);
-                let msg = match ev {
-                    Ok(msg) => msg,
-                    Err(e) => return end_session(End::Lost(e), progressed),
-                };
-                match msg {
-                    Msg::Have { id, len, sealed } => {
-                        let Some(s) = by_id.get(&id).and_then(|r| segs.get_mut(r)) else { continue };
-                        s.known = true;
-                        s.acked = len;
-                        s.sent = len;
-                        if sealed {
-                            if s.local.seal.as_ref().is_some_and(|l| l.len == len) {
-                                self.mark_delivered(&s.local);
-                                let rel = s.local.rel.clone();
-                                segs.remove(&rel);
-                            } else {
-                                s.failed = true;
-                                m.link_checksum_mismatches.with_label_values(&["uplink"]).inc();
-                                error!(uplink = name, path = %s.local.rel.display(), receiver_len = len,
-                                    "receiver has this segment sealed at a length this node does not have");
-                            }
-                        } else if len > s.local.len {
-                            s.failed = true;
-                            m.uplink_errors.with_label_values(&[name, "receiver_ahead"]).inc();
-                            error!(uplink = name, path = %s.local.rel.display(), receiver_len = len, local_len = s.local.len,
-                                "receiver holds more of this segment than this node (local data lost?); not sending it");
-                        }
-                    }
-                    Msg::Ack { id, len } => {
-                        let Some(s) = by_id.get(&id).and_then(|r| segs.get_mut(r)) else { continue };
-                        if s.retry.take().is_some() {
-                            info!(uplink = name, path = %s.local.rel.display(), "receiver takes this segment again");
-                        }
-                        if len > s.acked {
-                            let delta = len - s.acked;
-                            s.acked = len;
-                            progressed = true;
-                            m.uplink_acked_bytes
-                                .with_label_values(&[name, &s.local.name.site, &s.local.name.stream])
-                                .inc_by(delta);
-                        }
-                    }
-                    Msg::WrongOffset { id, expected } => {
-                        let Some(s) = by_id.get(&id).and_then(|r| segs.get_mut(r)) else { continue };
-                        if s.retry.is_some() && expected == s.acked {
-                            // An APPEND sent before the refusal, after the one refused: expected.
-                            continue;
-                        }
-                        warn!(uplink = name, path = %s.local.rel.display(), sent = s.sent, expected, "receiver asked to resume elsewhere");
-                        s.acked = expected;
-                        s.sent = expected;
-                        s.stalled_at = None;
-                    }
-                    Msg::Sealed { id, ok } => {
-                        let Some(rel) = by_id.get(&id).cloned() else { continue };
-                        if ok {
-                            if let Some(s) = segs.remove(&rel) {
-                                self.mark_delivered(&s.local);
-                            }
-                        } else if let Some(s) = segs.get_mut(&rel) {
-                            s.failed = true;
-                            m.link_checksum_mismatches.with_label_values(&["uplink"]).inc();
-                            error!(uplink = name, path = %rel.display(), "receiver refused the seal: its copy differs from this segment");
-                        }
-                    }
-                    Msg::Error { id, code, reason } => {
-                        m.uplink_errors.with_label_values(&[name, code.as_str()]).inc();
-                        if let Some(s) = by_id.get(&id).and_then(|r| segs.get_mut(r)) {
-                            if code.is_transient() {
-                                // Its disk may recover: keep the backlog, offer the same bytes later.
-                                let backoff = s.retry.map_or(RETRY_MIN, |(_, b, _)| (b * 2).min(RETRY_MAX));
-                                if s.retry.is_none() {
-                                    warn!(uplink = name, path = %s.local.rel.display(), code = code.as_str(), %reason,
-                                        "receiver cannot write this segment now; keeping it here and retrying");
-                                }
-                                s.retry = Some((Instant::now() + backoff, backoff, code));
-                                s.sent = s.acked;
-                                s.seal_sent = false;
-                            } else {
-                                s.failed = true;
-                                error!(uplink = name, path = %s.local.rel.display(), code = code.as_str(), %reason, "receiver refused a segment");
-                            }
-                        }
-                    }
-                    Msg::Refuse { code, reason } => return end_session(End::Refused(code, reason), progressed),
-                    Msg::Pong { .. } => {}
-                    other => return end_session(End::Lost(format!("unexpected message {other:?}")), progressed),
+            while let Some(ev) = sess.poll_event() {
+                match ev {
+                    Event::Delivered(l) => self.mark_delivered(&l),
                 }
             }
-            if stop.is_cancelled() {
-                return end_session(End::Cancelled, progressed);
+            if drain.is_cancelled() && sess.drained() {
+                return end_session(End::Drained, &sess);
             }
-            if waiting_since.is_some_and(|t| t.elapsed() > self.cfg.dead_after) {
-                return end_session(End::Lost(format!("no answer for {:?}", self.cfg.dead_after)), progressed);
+            let now = Instant::now();
+            // 1. Whatever the session has to say.
+            if let Some(buf) = sess.poll_transmit(now) {
+                let w = tokio::select! {
+                    _ = stop.cancelled() => return end_session(End::Cancelled, &sess),
+                    r = tokio::time::timeout(self.cfg.dead_after.max(Duration::from_secs(5)), write_paced(&mut wr, &buf, bucket.as_mut(), &wire)) => r,
+                };
+                match w {
+                    Ok(Ok(())) => sess.on_written(Instant::now()),
+                    Ok(Err(e)) => return end_session(End::Lost(e.to_string()), &sess),
+                    Err(_) => {
+                        return end_session(End::Lost(format!("write blocked for {:?}", self.cfg.dead_after)), &sess)
+                    }
+                }
+                continue;
             }
-
-            // 2. Rescan the archive: growth, seals, new and deleted segments.
-            if Instant::now() >= next_scan {
-                next_scan = Instant::now() + Duration::from_millis(200);
-                let (a, st, d) = (self.archive_dir.clone(), self.state_dir.clone(), self.delivered.clone());
-                let (fs, now, sm) = (self.fs.clone(), self.clock.now_ms(), self.metrics.clone());
-                let found = match tokio::task::spawn_blocking(move || scan::scan(&fs, &a, &st, &d, now, &sm))
+            // 2. The next chunk of frames, if the window allows.
+            if let Some(r) = sess.next_read(now) {
+                let path = self.archive_dir.join(&r.rel);
+                let (from, max) = (r.from, r.max);
+                let chunk = tokio::task::spawn_blocking(move || scan::read_chunk(&path, from, max).map(|(b, _)| b))
                     .await
-                    .expect("scan task")
-                {
-                    Ok(f) => f,
-                    Err(e) => {
-                        warn!(uplink = name, error = %e, "cannot scan the archive");
-                        Vec::new()
-                    }
-                };
-                let present: std::collections::HashSet<&PathBuf> = found.iter().map(|l| &l.rel).collect();
-                segs.retain(|rel, _| present.contains(rel));
-                let mut newest: HashMap<(String, String), PathBuf> = HashMap::new();
-                for l in &found {
-                    if l.seal.is_none() {
-                        newest.insert((l.name.site.clone(), l.name.stream.clone()), l.rel.clone());
-                    }
-                }
-                for l in found {
-                    match segs.get_mut(&l.rel) {
-                        Some(s) => {
-                            if s.stalled_at.is_some_and(|at| at != l.len) {
-                                s.stalled_at = None;
-                            }
-                            s.local = l;
-                        }
-                        None => {
-                            let id = next_id;
-                            next_id += 1;
-                            Msg::Open { id, path: l.rel.to_string_lossy().into_owned() }.encode(&mut out);
-                            queued += 1;
-                            by_id.insert(id, l.rel.clone());
-                            segs.insert(
-                                l.rel.clone(),
-                                Seg {
-                                    local: l,
-                                    id,
-                                    known: false,
-                                    acked: 0,
-                                    sent: 0,
-                                    seal_sent: false,
-                                    live: false,
-                                    failed: false,
-                                    stalled_at: None,
-                                    retry: None,
-                                },
-                            );
-                        }
-                    }
-                }
-                for (rel, s) in segs.iter_mut() {
-                    s.live = newest.get(&(s.local.name.site.clone(), s.local.name.stream.clone())) == Some(rel);
-                }
-                self.report_lag(&segs, &mut seen_streams).await;
-                self.report_blocked(&segs);
-                if drain.is_cancelled() && segs.values().all(|s| s.failed) {
-                    return end_session(End::Drained, progressed);
+                    .expect("read task");
+                sess.read_done(&r.rel, r.from, chunk);
+                continue;
+            }
+            // 3. Lag and wire bytes, when they moved or while there is lag (for
+            // its age), at most every REPORT_EVERY; nothing while idle.
+            let report_due = sess.lag_dirty() || sess.lagging();
+            if report_due && now >= next_report {
+                sess.take_lag_dirty();
+                next_report = now + REPORT_EVERY;
+                self.report_lag(&sess, &mut seen_streams).await;
+                for code in [Code::NoSpace, Code::ReadOnly, Code::Io] {
+                    m.uplink_blocked_segments.with_label_values(&[name, code.as_str()]).set(sess.blocked(code) as i64);
                 }
                 let w = wire.sent();
                 m.uplink_wire_bytes.with_label_values(&[name]).inc_by(w.saturating_sub(wire_reported));
                 wire_reported = w;
             }
-
-            // 3. Seals that are due.
-            for s in segs.values_mut() {
-                if let Some(seal) = &s.local.seal {
-                    let waiting = s.retry.is_some_and(|(at, _, _)| Instant::now() < at);
-                    if s.known && !s.failed && !waiting && !s.seal_sent && s.acked == seal.len && s.sent == seal.len {
-                        match seal.sha256_bytes() {
-                            Some(sha256) => {
-                                Msg::Seal { id: s.id, len: seal.len, sha256 }.encode(&mut out);
-                                queued += 1;
-                                s.seal_sent = true;
-                            }
-                            None => {
-                                s.failed = true;
-                                error!(uplink = name, path = %s.local.rel.display(), "seal record holds no valid SHA-256; not sealing at the receiver");
-                            }
-                        }
-                    }
-                }
-            }
-
-            // 4. The next chunk of frames, if the window and the bucket allow.
-            let inflight: u64 = segs.values().map(|s| s.sent - s.acked.min(s.sent)).sum();
-            let mut sent_chunk = false;
-            if inflight < self.cfg.window {
-                if let Some(rel) = pick(&segs, live_sent, backlog_sent, self.cfg.live_share) {
-                    let s = segs.get(&rel).expect("picked from segs");
-                    let (path, from, live) = (self.archive_dir.join(&rel), s.sent, s.live);
-                    let max = chunk_max.min((self.cfg.window - inflight) as usize).max(16 << 10);
-                    match tokio::task::spawn_blocking(move || scan::read_chunk(&path, from, max))
-                        .await
-                        .expect("read task")
-                    {
-                        Ok((bytes, _)) if bytes.is_empty() => {
-                            let s = segs.get_mut(&rel).expect("present");
-                            s.stalled_at = Some(s.local.len);
-                        }
-                        Ok((bytes, _)) => {
-                            let s = segs.get_mut(&rel).expect("present");
-                            let n = bytes.len() as u64;
-                            Msg::Append { id: s.id, offset: from, frames: Bytes::from(bytes) }.encode(&mut out);
-                            queued += 1;
-                            s.sent += n;
-                            if live {
-                                live_sent += n;
-                            } else {
-                                backlog_sent += n;
-                            }
-                            sent_chunk = true;
-                        }
-                        Err(e) => {
-                            warn!(uplink = name, path = %rel.display(), error = %e, "cannot read segment");
-                            segs.get_mut(&rel).expect("present").failed = true;
-                        }
-                    }
-                }
-            }
-
-            // 5. Keepalive.
-            if out.is_empty() && last_tx.elapsed() >= self.cfg.keepalive {
-                Msg::Ping { nonce: 0 }.encode(&mut out);
-                queued += 1;
-            }
-            if !out.is_empty() {
-                let w = tokio::select! {
-                    _ = stop.cancelled() => return end_session(End::Cancelled, progressed),
-                    r = tokio::time::timeout(self.cfg.dead_after.max(Duration::from_secs(5)), write_paced(&mut wr, &mut out, bucket.as_mut(), &wire)) => r,
-                };
-                match w {
-                    Ok(Ok(())) => {
-                        last_tx = Instant::now();
-                        outstanding += std::mem::take(&mut queued);
-                        if outstanding > 0 && waiting_since.is_none() {
-                            waiting_since = Some(last_tx);
-                        }
-                    }
-                    Ok(Err(e)) => return end_session(End::Lost(e.to_string()), progressed),
-                    Err(_) => {
-                        return end_session(
-                            End::Lost(format!("write blocked for {:?}", self.cfg.dead_after)),
-                            progressed,
-                        )
-                    }
-                }
-            }
-            if sent_chunk {
-                continue;
-            }
-            // 6. Nothing to do now: wait for the receiver, the next scan or a retry.
-            let mut until = next_scan.min(last_tx + self.cfg.keepalive);
-            if let Some(at) = segs.values().filter_map(|s| s.retry.map(|(at, _, _)| at)).min() {
-                until = until.min(at.max(Instant::now() + Duration::from_millis(10)));
+            // 4. Wait for the receiver, the store, or the session's next deadline.
+            let mut until = sess.poll_timeout(now);
+            if report_due {
+                until = until.min(next_report.max(now + Duration::from_millis(1)));
             }
             tokio::select! {
-                _ = stop.cancelled() => return end_session(End::Cancelled, progressed),
+                biased;
+                _ = stop.cancelled() => return end_session(End::Cancelled, &sess),
                 ev = rx.recv() => match ev {
-                    // Handled, in order, at the top of the loop.
-                    Some(ev) => inbox.push_back(ev),
-                    None => return end_session(End::Lost("connection closed".into()), progressed),
+                    Some(Ok(msg)) => if let Err(e) = sess.handle(msg, Instant::now()) {
+                        return end_session(e.into(), &sess);
+                    },
+                    Some(Err(e)) => return end_session(End::Lost(e), &sess),
+                    None => return end_session(End::Lost("reader stopped".into()), &sess),
                 },
-                _ = tokio::time::sleep_until(until.into()) => {}
+                _ = changes.changed() => {
+                    let u = changes.take();
+                    if u.relist || sess.grown(&u.lens) {
+                        match self.list().await {
+                            Ok(found) => sess.archive(found, &u.lens),
+                            Err(e) => warn!(uplink = name, error = %e, "cannot list the archive"),
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(until.into()) => {
+                    if let Err(e) = sess.handle_timeout(Instant::now()) {
+                        return end_session(e.into(), &sess);
+                    }
+                }
             }
         }
     }
 
-    /// Segments held back because the receiver cannot write them, per
-    /// reason: what `ferry status` shows beside the lag.
-    fn report_blocked(&self, segs: &BTreeMap<PathBuf, Seg>) {
-        for code in [Code::NoSpace, Code::ReadOnly, Code::Io] {
-            let n = segs.values().filter(|s| s.retry.is_some_and(|(_, _, c)| c == code)).count();
-            self.metrics.uplink_blocked_segments.with_label_values(&[&self.cfg.name, code.as_str()]).set(n as i64);
-        }
+    /// Every undelivered segment (a damaged seal is re-derived on the way).
+    async fn list(&self) -> io::Result<Vec<Local>> {
+        let (a, st, d) = (self.archive_dir.clone(), self.state_dir.clone(), self.delivered.clone());
+        let (fs, now, sm) = (self.fs.clone(), self.clock.now_ms(), self.metrics.clone());
+        tokio::task::spawn_blocking(move || scan::scan(&fs, &a, &st, &d, now, &sm)).await.expect("scan task")
     }
 
     fn mark_delivered(&self, l: &Local) {
@@ -542,18 +327,18 @@ impl Uplink {
     /// Lag per (site, stream): bytes not yet acknowledged, and the age of the
     /// oldest unacknowledged record. Streams seen before and now caught up
     /// are reported as 0.
-    async fn report_lag(&self, segs: &BTreeMap<PathBuf, Seg>, seen: &mut HashSet<StreamKey>) {
+    async fn report_lag(&self, sess: &Session, seen: &mut HashSet<StreamKey>) {
         let mut pending: HashMap<StreamKey, StreamLag> = HashMap::new();
         for key in seen.iter() {
             pending.insert(key.clone(), StreamLag::default());
         }
-        for s in segs.values() {
-            seen.insert((s.local.name.site.clone(), s.local.name.stream.clone()));
-            let e = pending.entry((s.local.name.site.clone(), s.local.name.stream.clone())).or_default();
-            let lag = s.local.len.saturating_sub(s.acked);
+        for (local, acked) in sess.pending() {
+            seen.insert((local.name.site.clone(), local.name.stream.clone()));
+            let e = pending.entry((local.name.site.clone(), local.name.stream.clone())).or_default();
+            let lag = local.len.saturating_sub(acked);
             e.0 += lag;
             if lag > 0 {
-                e.1.push((self.archive_dir.join(&s.local.rel), s.acked));
+                e.1.push((self.archive_dir.join(&local.rel), acked));
             }
         }
         let now = self.clock.now_ms();
@@ -576,38 +361,13 @@ type StreamKey = (String, String);
 /// Unacknowledged bytes, and (file, acknowledged offset) of each segment behind.
 type StreamLag = (u64, Vec<(PathBuf, u64)>);
 
-/// First wait before offering a segment again that the receiver could not write.
-const RETRY_MIN: Duration = Duration::from_millis(500);
-/// Longest such wait: a receiver whose disk recovered gets data within this.
-const RETRY_MAX: Duration = Duration::from_secs(5);
-
-/// The segment to send from next: live-first by share, then the oldest backlog.
-fn pick(segs: &BTreeMap<PathBuf, Seg>, live_sent: u64, backlog_sent: u64, live_share: f64) -> Option<PathBuf> {
-    let now = Instant::now();
-    let ready = |s: &&Seg| {
-        s.known
-            && !s.failed
-            && s.sent < s.local.len
-            && s.stalled_at.is_none()
-            && s.retry.is_none_or(|(at, _, _)| now >= at)
-    };
-    let live = segs.values().filter(ready).find(|s| s.live);
-    let backlog = segs.values().filter(ready).find(|s| !s.live);
-    let total = (live_sent + backlog_sent).max(1) as f64;
-    match (live, backlog) {
-        (Some(l), Some(b)) => {
-            Some(if (live_sent as f64) / total <= live_share { &l.local.rel } else { &b.local.rel }.clone())
-        }
-        (Some(l), None) => Some(l.local.rel.clone()),
-        (None, Some(b)) => Some(b.local.rel.clone()),
-        (None, None) => None,
-    }
-}
+/// Lag and wire bytes are reported at most this often.
+const REPORT_EVERY: Duration = Duration::from_millis(250);
 
 /// Write `out`, in slices paced by the token bucket when there is one.
 async fn write_paced(
     wr: &mut WriteHalf<Box<dyn Io>>,
-    out: &mut BytesMut,
+    out: &[u8],
     bucket: Option<&mut TokenBucket>,
     wire: &WireCounter,
 ) -> io::Result<()> {
@@ -627,18 +387,12 @@ async fn write_paced(
         wr.flush().await?;
         at += n;
     }
-    out.clear();
     Ok(())
 }
 
-async fn write(wr: &mut WriteHalf<Box<dyn Io>>, out: &mut BytesMut) -> io::Result<()> {
-    if out.is_empty() {
-        return Ok(());
-    }
+async fn write(wr: &mut WriteHalf<Box<dyn Io>>, out: &[u8]) -> io::Result<()> {
     wr.write_all(out).await?;
-    wr.flush().await?;
-    out.clear();
-    Ok(())
+    wr.flush().await
 }
 
 /// Read and decode messages until the stream ends; errors end the stream.

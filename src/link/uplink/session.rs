@@ -1,0 +1,542 @@
+//! One connected uplink session as a state machine with no I/O and no
+//! clock, in the spirit of quinn-proto: the task around it (`super`) moves
+//! bytes, reads files and keeps time; everything the protocol decides is
+//! here, so it runs the same under a simulated transport and virtual time
+//! (`tests/link_sim.rs`) as over TLS and QUIC.
+//!
+//! Inputs: messages from the receiver ([`Session::handle`]), the archive as
+//! listed ([`Session::archive`]) and as it grows ([`Session::grown`]),
+//! chunks read from files ([`Session::read_done`]), writes done
+//! ([`Session::on_written`]) and time ([`Session::handle_timeout`]).
+//! Outputs: bytes to send ([`Session::poll_transmit`]), chunks to read
+//! ([`Session::next_read`]), when to wake ([`Session::poll_timeout`]) and
+//! segments delivered ([`Session::poll_event`]).
+//!
+//! ## Protocol
+//! OPEN each undelivered segment, learn from HAVE how many bytes the receiver
+//! holds, APPEND whole frames from there with at most `window` bytes
+//! unacknowledged; once every byte of a locally sealed segment is
+//! acknowledged, SEAL it with its length and SHA-256 and, when the receiver
+//! confirms, it is delivered. When behind, `live_share` of the bytes go to
+//! the newest open segment of each stream and the rest to the backlog,
+//! oldest first. Every request gets exactly one reply, in order: the link is
+//! dead when a request waited longer than `dead_after` for its reply.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tracing::{error, info, warn};
+
+use super::scan::Local;
+use crate::link::proto::{Code, Msg, VERSION};
+use crate::metrics::Metrics;
+
+/// First wait before offering a segment again that the receiver could not write.
+pub const RETRY_MIN: Duration = Duration::from_millis(500);
+/// Longest such wait: a receiver whose disk recovered gets data within this.
+pub const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// What a session needs to know of its uplink's configuration.
+#[derive(Clone, Debug)]
+pub struct Params {
+    /// The uplink's name, for logs and metric labels.
+    pub name: String,
+    /// This node's name, sent in HELLO.
+    pub node: String,
+    pub window: u64,
+    pub live_share: f64,
+    /// Largest chunk of frames read for one APPEND.
+    pub chunk_max: usize,
+    pub keepalive: Duration,
+    pub dead_after: Duration,
+    /// How long WELCOME may take.
+    pub connect_timeout: Duration,
+}
+
+/// How a session ended (other than by the task's own cancellation).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum End {
+    Refused(Code, String),
+    Lost(String),
+}
+
+/// What the task around the session must do for it.
+#[derive(Debug)]
+pub enum Event {
+    /// Sealed and verified at the receiver: record it, release it to retention.
+    Delivered(Local),
+}
+
+/// A chunk to read: whole frames of `rel` from `from`, about `max` bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Read {
+    pub rel: PathBuf,
+    pub from: u64,
+    pub max: usize,
+}
+
+/// One segment's state within a session.
+#[derive(Debug)]
+struct Seg {
+    local: Local,
+    id: u32,
+    /// OPEN has been queued.
+    opened: bool,
+    /// The receiver's answer to OPEN has arrived.
+    known: bool,
+    acked: u64,
+    sent: u64,
+    seal_sent: bool,
+    /// Newest open segment of its stream: gets the live share.
+    live: bool,
+    /// Refused by the receiver this session (logged, counted); retried next session.
+    failed: bool,
+    /// File length at which no whole frame was left to send (wait for growth).
+    stalled_at: Option<u64>,
+    /// The receiver refused it for a reason it may lift (its disk is full,
+    /// read-only, failing): offered again from the acknowledged length at
+    /// this time, with the backoff doubling.
+    retry: Option<(Instant, Duration, Code)>,
+}
+
+impl Seg {
+    fn new(local: Local, id: u32) -> Seg {
+        Seg {
+            local,
+            id,
+            opened: false,
+            known: false,
+            acked: 0,
+            sent: 0,
+            seal_sent: false,
+            live: false,
+            failed: false,
+            stalled_at: None,
+            retry: None,
+        }
+    }
+}
+
+pub struct Session {
+    p: Params,
+    metrics: Metrics,
+    out: BytesMut,
+    /// Requests encoded in `out`, and those handed to the transport and not yet written.
+    queued: u64,
+    writing: u64,
+    /// Requests written whose reply has not come.
+    outstanding: u64,
+    waiting_since: Option<Instant>,
+    last_tx: Instant,
+    welcomed: bool,
+    listed: bool,
+    segs: BTreeMap<PathBuf, Seg>,
+    by_id: HashMap<u32, PathBuf>,
+    next_id: u32,
+    /// Paths that were being written but not listed at the last listing
+    /// (not ours to send): their growth does not ask for another listing.
+    unlisted: HashSet<PathBuf>,
+    live_sent: u64,
+    backlog_sent: u64,
+    /// A read handed out and not yet done.
+    reading: Option<PathBuf>,
+    progressed: bool,
+    lag_dirty: bool,
+    events: VecDeque<Event>,
+}
+
+impl Session {
+    /// A session on a fresh connection: HELLO is the first thing to send.
+    pub fn new(p: Params, metrics: Metrics, now: Instant) -> Session {
+        let mut out = BytesMut::with_capacity(64 << 10);
+        Msg::Hello { version: VERSION, node: p.node.clone() }.encode(&mut out);
+        Session {
+            p,
+            metrics,
+            out,
+            queued: 1,
+            writing: 0,
+            outstanding: 0,
+            waiting_since: None,
+            last_tx: now,
+            welcomed: false,
+            listed: false,
+            segs: BTreeMap::new(),
+            by_id: HashMap::new(),
+            next_id: 1,
+            unlisted: HashSet::new(),
+            live_sent: 0,
+            backlog_sent: 0,
+            reading: None,
+            progressed: false,
+            lag_dirty: true,
+            events: VecDeque::new(),
+        }
+    }
+
+    /// Whether any byte was acknowledged in this session.
+    pub fn progressed(&self) -> bool {
+        self.progressed
+    }
+
+    pub fn welcomed(&self) -> bool {
+        self.welcomed
+    }
+
+    /// Nothing deliverable is left (everything delivered or refused): a
+    /// draining uplink may stop.
+    pub fn drained(&self) -> bool {
+        self.listed && self.segs.values().all(|s| s.failed)
+    }
+
+    /// A message from the receiver.
+    pub fn handle(&mut self, msg: Msg, now: Instant) -> Result<(), End> {
+        self.outstanding = self.outstanding.saturating_sub(1);
+        self.waiting_since = (self.outstanding > 0).then_some(now);
+        let name = self.p.name.as_str();
+        let m = &self.metrics;
+        if !self.welcomed {
+            return match msg {
+                Msg::Welcome { .. } => {
+                    self.welcomed = true;
+                    Ok(())
+                }
+                Msg::Refuse { code, reason } => Err(End::Refused(code, reason)),
+                other => Err(End::Lost(format!("expected WELCOME, got {other:?}"))),
+            };
+        }
+        match msg {
+            Msg::Have { id, len, sealed } => {
+                let Some(rel) = self.by_id.get(&id).cloned() else { return Ok(()) };
+                let Some(s) = self.segs.get_mut(&rel) else { return Ok(()) };
+                s.known = true;
+                s.acked = len;
+                s.sent = len;
+                self.lag_dirty = true;
+                if sealed {
+                    if s.local.seal.as_ref().is_some_and(|l| l.len == len) {
+                        let s = self.segs.remove(&rel).expect("present");
+                        self.events.push_back(Event::Delivered(s.local));
+                    } else {
+                        s.failed = true;
+                        m.link_checksum_mismatches.with_label_values(&["uplink"]).inc();
+                        error!(uplink = name, path = %rel.display(), receiver_len = len,
+                            "receiver has this segment sealed at a length this node does not have");
+                    }
+                } else if len > s.local.len {
+                    s.failed = true;
+                    m.uplink_errors.with_label_values(&[name, "receiver_ahead"]).inc();
+                    error!(uplink = name, path = %rel.display(), receiver_len = len, local_len = s.local.len,
+                        "receiver holds more of this segment than this node (local data lost?); not sending it");
+                }
+            }
+            Msg::Ack { id, len } => {
+                let Some(s) = self.by_id.get(&id).and_then(|r| self.segs.get_mut(r)) else { return Ok(()) };
+                if s.retry.take().is_some() {
+                    info!(uplink = name, path = %s.local.rel.display(), "receiver takes this segment again");
+                }
+                if len > s.acked {
+                    let delta = len - s.acked;
+                    s.acked = len;
+                    self.progressed = true;
+                    self.lag_dirty = true;
+                    m.uplink_acked_bytes
+                        .with_label_values(&[name, &s.local.name.site, &s.local.name.stream])
+                        .inc_by(delta);
+                }
+            }
+            Msg::WrongOffset { id, expected } => {
+                let Some(s) = self.by_id.get(&id).and_then(|r| self.segs.get_mut(r)) else { return Ok(()) };
+                if s.retry.is_some() && expected == s.acked {
+                    // An APPEND sent before the refusal, after the one refused: expected.
+                    return Ok(());
+                }
+                warn!(uplink = name, path = %s.local.rel.display(), sent = s.sent, expected, "receiver asked to resume elsewhere");
+                s.acked = expected;
+                s.sent = expected;
+                s.stalled_at = None;
+            }
+            Msg::Sealed { id, ok } => {
+                let Some(rel) = self.by_id.get(&id).cloned() else { return Ok(()) };
+                if ok {
+                    if let Some(s) = self.segs.remove(&rel) {
+                        self.lag_dirty = true;
+                        self.events.push_back(Event::Delivered(s.local));
+                    }
+                } else if let Some(s) = self.segs.get_mut(&rel) {
+                    s.failed = true;
+                    m.link_checksum_mismatches.with_label_values(&["uplink"]).inc();
+                    error!(uplink = name, path = %rel.display(), "receiver refused the seal: its copy differs from this segment");
+                }
+            }
+            Msg::Error { id, code, reason } => {
+                m.uplink_errors.with_label_values(&[name, code.as_str()]).inc();
+                if let Some(s) = self.by_id.get(&id).and_then(|r| self.segs.get_mut(r)) {
+                    if code.is_transient() {
+                        // Its disk may recover: keep the backlog, offer the same bytes later.
+                        let backoff = s.retry.map_or(RETRY_MIN, |(_, b, _)| (b * 2).min(RETRY_MAX));
+                        if s.retry.is_none() {
+                            warn!(uplink = name, path = %s.local.rel.display(), code = code.as_str(), %reason,
+                                "receiver cannot write this segment now; keeping it here and retrying");
+                        }
+                        s.retry = Some((now + backoff, backoff, code));
+                        s.sent = s.acked;
+                        s.seal_sent = false;
+                    } else {
+                        s.failed = true;
+                        error!(uplink = name, path = %s.local.rel.display(), code = code.as_str(), %reason, "receiver refused a segment");
+                    }
+                }
+            }
+            Msg::Refuse { code, reason } => return Err(End::Refused(code, reason)),
+            Msg::Pong { .. } => {}
+            other => return Err(End::Lost(format!("unexpected message {other:?}"))),
+        }
+        Ok(())
+    }
+
+    /// The archive as listed now: every undelivered segment, oldest first,
+    /// and the length of every segment being written.
+    pub fn archive(&mut self, found: Vec<Local>, lens: &HashMap<PathBuf, u64>) {
+        self.listed = true;
+        self.lag_dirty = true;
+        let present: HashSet<&PathBuf> = found.iter().map(|l| &l.rel).collect();
+        self.segs.retain(|rel, _| present.contains(rel));
+        let mut newest: HashMap<(&str, &str), &PathBuf> = HashMap::new();
+        for l in &found {
+            if l.seal.is_none() {
+                newest.insert((&l.name.site, &l.name.stream), &l.rel);
+            }
+        }
+        let live: HashSet<PathBuf> = newest.into_values().cloned().collect();
+        for l in found {
+            match self.segs.get_mut(&l.rel) {
+                Some(s) => {
+                    if s.stalled_at.is_some_and(|at| at != l.len) {
+                        s.stalled_at = None;
+                    }
+                    // A listing may race a commit: never shrink what growth told.
+                    let len = s.local.len.max(l.len);
+                    s.local = l;
+                    s.local.len = len;
+                }
+                None => {
+                    let id = self.next_id;
+                    self.next_id += 1;
+                    self.by_id.insert(id, l.rel.clone());
+                    self.segs.insert(l.rel.clone(), Seg::new(l, id));
+                }
+            }
+        }
+        for (rel, s) in self.segs.iter_mut() {
+            s.live = live.contains(rel);
+        }
+        self.unlisted = lens.keys().filter(|r| !self.segs.contains_key(*r)).cloned().collect();
+        self.grown(lens);
+    }
+
+    /// Segments being written grew. Returns true when one of them is not
+    /// known to this session (created since the last listing): list again.
+    pub fn grown(&mut self, lens: &HashMap<PathBuf, u64>) -> bool {
+        let mut unknown = false;
+        for (rel, &len) in lens {
+            match self.segs.get_mut(rel) {
+                Some(s) if len > s.local.len && s.local.seal.is_none() => {
+                    s.local.len = len;
+                    s.stalled_at = None;
+                    self.lag_dirty = true;
+                }
+                Some(_) => {}
+                None => unknown |= !self.unlisted.contains(rel),
+            }
+        }
+        unknown || !self.listed
+    }
+
+    /// Bytes to hand to the transport now, if any. Call
+    /// [`on_written`](Self::on_written) once they are written.
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<Bytes> {
+        if self.writing > 0 {
+            return None;
+        }
+        if self.welcomed {
+            self.queue_opens();
+            self.queue_seals(now);
+        }
+        if self.out.is_empty() && now >= self.last_tx + self.p.keepalive {
+            Msg::Ping { nonce: 0 }.encode(&mut self.out);
+            self.queued += 1;
+        }
+        if self.out.is_empty() {
+            return None;
+        }
+        self.writing = std::mem::take(&mut self.queued).max(1);
+        Some(self.out.split().freeze())
+    }
+
+    /// What [`poll_transmit`](Self::poll_transmit) returned is written.
+    pub fn on_written(&mut self, now: Instant) {
+        self.last_tx = now;
+        self.outstanding += std::mem::take(&mut self.writing);
+        if self.outstanding > 0 && self.waiting_since.is_none() {
+            self.waiting_since = Some(now);
+        }
+    }
+
+    fn queue_opens(&mut self) {
+        for s in self.segs.values_mut().filter(|s| !s.opened) {
+            Msg::Open { id: s.id, path: s.local.rel.to_string_lossy().into_owned() }.encode(&mut self.out);
+            self.queued += 1;
+            s.opened = true;
+        }
+    }
+
+    fn queue_seals(&mut self, now: Instant) {
+        for s in self.segs.values_mut() {
+            let Some(seal) = &s.local.seal else { continue };
+            let waiting = s.retry.is_some_and(|(at, _, _)| now < at);
+            if s.known && !s.failed && !waiting && !s.seal_sent && s.acked == seal.len && s.sent == seal.len {
+                match seal.sha256_bytes() {
+                    Some(sha256) => {
+                        Msg::Seal { id: s.id, len: seal.len, sha256 }.encode(&mut self.out);
+                        self.queued += 1;
+                        s.seal_sent = true;
+                    }
+                    None => {
+                        s.failed = true;
+                        error!(uplink = %self.p.name, path = %s.local.rel.display(), "seal record holds no valid SHA-256; not sealing at the receiver");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The next chunk to read and send, if the window allows one. At most
+    /// one read is out at a time; answer it with [`read_done`](Self::read_done).
+    pub fn next_read(&mut self, now: Instant) -> Option<Read> {
+        if !self.welcomed || self.reading.is_some() {
+            return None;
+        }
+        let inflight: u64 = self.segs.values().map(|s| s.sent - s.acked.min(s.sent)).sum();
+        if inflight >= self.p.window {
+            return None;
+        }
+        let rel = pick(&self.segs, self.live_sent, self.backlog_sent, self.p.live_share, now)?;
+        let s = &self.segs[&rel];
+        let max = self.p.chunk_max.min((self.p.window - inflight) as usize).max(16 << 10);
+        self.reading = Some(rel.clone());
+        Some(Read { rel, from: s.sent, max })
+    }
+
+    /// The chunk asked for by [`next_read`](Self::next_read): whole frames
+    /// (empty when none was complete yet), or why the file could not be read.
+    pub fn read_done(&mut self, rel: &Path, from: u64, chunk: io::Result<Vec<u8>>) {
+        self.reading = None;
+        let Some(s) = self.segs.get_mut(rel) else { return };
+        if s.sent != from || s.failed || !s.known {
+            // The receiver moved it meanwhile (WRONG_OFFSET, an error): read again.
+            return;
+        }
+        match chunk {
+            Ok(bytes) if bytes.is_empty() => s.stalled_at = Some(s.local.len),
+            Ok(bytes) => {
+                let n = bytes.len() as u64;
+                Msg::Append { id: s.id, offset: from, frames: Bytes::from(bytes) }.encode(&mut self.out);
+                self.queued += 1;
+                s.sent += n;
+                if s.live {
+                    self.live_sent += n;
+                } else {
+                    self.backlog_sent += n;
+                }
+            }
+            Err(e) => {
+                warn!(uplink = %self.p.name, path = %rel.display(), error = %e, "cannot read segment");
+                s.failed = true;
+            }
+        }
+    }
+
+    /// When to call [`handle_timeout`](Self::handle_timeout) at the latest.
+    pub fn poll_timeout(&self, now: Instant) -> Instant {
+        let dead = if self.welcomed { self.p.dead_after } else { self.p.connect_timeout };
+        let mut at = self.last_tx + self.p.keepalive;
+        if let Some(w) = self.waiting_since {
+            at = at.min(w + dead);
+        }
+        if let Some(r) = self.segs.values().filter_map(|s| s.retry.map(|(t, _, _)| t)).filter(|t| *t > now).min() {
+            at = at.min(r);
+        }
+        at
+    }
+
+    /// Time passed: is the link dead?
+    pub fn handle_timeout(&mut self, now: Instant) -> Result<(), End> {
+        let (dead, what) =
+            if self.welcomed { (self.p.dead_after, "no answer") } else { (self.p.connect_timeout, "no WELCOME") };
+        match self.waiting_since {
+            Some(t) if now.saturating_duration_since(t) > dead => Err(End::Lost(format!("{what} for {dead:?}"))),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// Whether lag may have changed since the last call.
+    pub fn take_lag_dirty(&mut self) -> bool {
+        std::mem::take(&mut self.lag_dirty)
+    }
+
+    /// Whether lag may have changed since [`take_lag_dirty`](Self::take_lag_dirty).
+    pub fn lag_dirty(&self) -> bool {
+        self.lag_dirty && self.listed
+    }
+
+    /// Whether any byte is not acknowledged yet (its age grows).
+    pub fn lagging(&self) -> bool {
+        self.segs.values().any(|s| !s.failed && s.acked < s.local.len)
+    }
+
+    /// Every segment still to deliver, with its acknowledged length.
+    pub fn pending(&self) -> impl Iterator<Item = (&Local, u64)> {
+        self.segs.values().map(|s| (&s.local, s.acked))
+    }
+
+    /// Segments held back because the receiver cannot write them, for `code`.
+    pub fn blocked(&self, code: Code) -> usize {
+        self.segs.values().filter(|s| s.retry.is_some_and(|(_, _, c)| c == code)).count()
+    }
+}
+
+/// The segment to send from next: live-first by share, then the oldest backlog.
+fn pick(
+    segs: &BTreeMap<PathBuf, Seg>,
+    live_sent: u64,
+    backlog_sent: u64,
+    live_share: f64,
+    now: Instant,
+) -> Option<PathBuf> {
+    let ready = |s: &&Seg| {
+        s.known
+            && !s.failed
+            && s.sent < s.local.len
+            && s.stalled_at.is_none()
+            && s.retry.is_none_or(|(at, _, _)| now >= at)
+    };
+    let live = segs.values().filter(ready).find(|s| s.live);
+    let backlog = segs.values().filter(ready).find(|s| !s.live);
+    let total = (live_sent + backlog_sent).max(1) as f64;
+    match (live, backlog) {
+        (Some(l), Some(b)) => {
+            Some(if (live_sent as f64) / total <= live_share { &l.local.rel } else { &b.local.rel }.clone())
+        }
+        (Some(l), None) => Some(l.local.rel.clone()),
+        (None, Some(b)) => Some(b.local.rel.clone()),
+        (None, None) => None,
+    }
+}
