@@ -16,6 +16,9 @@ use std::time::{Duration, Instant};
 const DEFAULT_RECORDS: u64 = 2_000_000;
 
 fn ferry_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("FERRY_BENCH_BIN") {
+        return p.into();
+    }
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let st = Command::new(env!("CARGO"))
         .args(["build", "--release", "--bin", "ferry"])

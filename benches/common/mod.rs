@@ -10,9 +10,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The release `ferry` binary: the one cargo built for this bench, or
+/// The release `ferry` binary: `FERRY_BENCH_BIN` when set (to measure an
+/// older build back to back), else the one cargo built for this bench, or
 /// `target/release/ferry`, built first if missing.
 pub fn ferry_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("FERRY_BENCH_BIN") {
+        return p.into();
+    }
     if let Some(p) = option_env!("CARGO_BIN_EXE_ferry") {
         if Path::new(p).is_file() {
             return p.into();

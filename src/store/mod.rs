@@ -5,8 +5,17 @@
 //! frames (`frame.rs`) appended to hourly, size-capped segments
 //! (`segment.rs`), acknowledging after the fsync. On open, unsealed segments
 //! are recovered (`recover.rs`); retention (`retention.rs`) deletes by age and
-//! total size. Memory is bounded by the per-stream channel and one pending
-//! commit: the disk is the buffer.
+//! total size. Commits and new or closed segments are told to the forwarders
+//! (`changes.rs`).
+//!
+//! ## Bounded backlog
+//! Between the sockets and the disk a stream holds at most one pending
+//! commit and `commit_bytes` of queued batches (the queue *budget*): beyond
+//! that, stream listeners stop reading (the sender is slowed by TCP, its
+//! records wait in its own socket buffers) and datagram listeners drop and
+//! count. So memory is bounded whatever the input rate, and a crash loses
+//! at most about two commits of records that plain syslog had no way to see
+//! acknowledged. The disk is the buffer.
 
 pub mod changes;
 pub mod clock;
@@ -25,7 +34,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 
 use crate::config::{Config, StoreConfig};
 use crate::metrics::Metrics;
@@ -34,9 +43,8 @@ use clock::Clock;
 use commit::{Msg, Writer};
 use fs::{Fs, Trouble};
 
-/// Batches a stream's channel holds before senders wait (or datagrams drop).
-/// With listeners flushing at [`BATCH_BYTES`], this bounds queued memory per
-/// stream to about 16 MiB.
+/// Messages a stream's channel holds; batches are bounded by bytes (the
+/// budget, `commit_bytes`) well before this.
 pub const CHANNEL_BATCHES: usize = 256;
 /// Listeners hand over a batch when it reaches this size (or input pauses).
 pub const BATCH_BYTES: usize = 64 << 10;
@@ -143,6 +151,9 @@ pub struct StreamHandle {
     tx: mpsc::Sender<Msg>,
     full: Arc<AtomicBool>,
     health: Arc<Health>,
+    /// Bytes of queued batches not yet taken by the writer ([`Self::submit`]).
+    budget: Arc<Semaphore>,
+    budget_max: u32,
 }
 
 impl StreamHandle {
@@ -176,10 +187,18 @@ impl StreamHandle {
         if let Some(e) = self.refusal() {
             return Err((e, batch));
         }
-        self.tx.send(Msg::Batch(batch)).await.map_err(|e| match e.0 {
-            Msg::Batch(b) => (Error::Closed, b),
+        let Ok(permit) = self.budget.clone().acquire_many_owned(self.cost(&batch)).await else {
+            return Err((Error::Closed, batch));
+        };
+        self.tx.send(Msg::Batch(batch, permit)).await.map_err(|e| match e.0 {
+            Msg::Batch(b, _) => (Error::Closed, b),
             Msg::Flush(_) | Msg::Close => unreachable!("sent a batch"),
         })
+    }
+
+    /// A batch's share of the budget: its bytes (at least one, at most all).
+    fn cost(&self, batch: &Batch) -> u32 {
+        (batch.data.len() as u64).clamp(1, u64::from(self.budget_max)) as u32
     }
 
     /// Queue a batch only if there is room now (datagram listeners: drop and
@@ -188,9 +207,16 @@ impl StreamHandle {
         if let Some(e) = self.refusal() {
             return Err((e, batch));
         }
-        self.tx.try_send(Msg::Batch(batch)).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(Msg::Batch(b)) => (Error::Overloaded(self.name.to_string()), b),
-            mpsc::error::TrySendError::Closed(Msg::Batch(b)) => (Error::Closed, b),
+        let permit = match self.budget.clone().try_acquire_many_owned(self.cost(&batch)) {
+            Ok(p) => p,
+            Err(tokio::sync::TryAcquireError::NoPermits) => {
+                return Err((Error::Overloaded(self.name.to_string()), batch))
+            }
+            Err(tokio::sync::TryAcquireError::Closed) => return Err((Error::Closed, batch)),
+        };
+        self.tx.try_send(Msg::Batch(batch, permit)).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(Msg::Batch(b, _)) => (Error::Overloaded(self.name.to_string()), b),
+            mpsc::error::TrySendError::Closed(Msg::Batch(b, _)) => (Error::Closed, b),
             _ => unreachable!("sent a batch"),
         })
     }
@@ -284,7 +310,15 @@ impl Store {
                 .spawn(move || w.run(h))
                 .map_err(|source| Error::Open { path: archive_dir.clone(), source })?;
             threads.push(t);
-            streams.push(StreamHandle { name: name.as_str().into(), tx, full: full.clone(), health });
+            let budget_max = config.store.commit_bytes.min(u32::MAX as usize) as u32;
+            streams.push(StreamHandle {
+                name: name.as_str().into(),
+                tx,
+                full: full.clone(),
+                health,
+                budget: Arc::new(Semaphore::new(budget_max as usize)),
+                budget_max,
+            });
         }
         Ok(Store {
             streams,

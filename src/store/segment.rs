@@ -378,15 +378,21 @@ impl OpenSegment {
     /// the error says so ([`AppendError::Uncut`]) and the caller must
     /// [`finish`](Self::finish) the segment.
     pub fn append(&mut self, frame: &[u8], records: u32) -> Result<(), AppendError> {
-        if let Err(e) = self.file.write_all_at(frame, self.len) {
+        self.append_frames(frame, 1, records)
+    }
+
+    /// Append `frames` whole frames, back to back in `bytes`, as one write:
+    /// all of them land or none (as [`append`](Self::append)).
+    pub fn append_frames(&mut self, bytes: &[u8], frames: u64, records: u32) -> Result<(), AppendError> {
+        if let Err(e) = self.file.write_all_at(bytes, self.len) {
             return Err(match self.file.set_len(self.len) {
                 Ok(()) => AppendError::Cut(e),
                 Err(cut) => AppendError::Uncut { write: e, cut },
             });
         }
-        self.hasher.update(frame);
-        self.len += frame.len() as u64;
-        self.frames += 1;
+        self.hasher.update(bytes);
+        self.len += bytes.len() as u64;
+        self.frames += frames;
         self.records += u64::from(records);
         self.next_seq += u64::from(records);
         Ok(())
