@@ -229,6 +229,10 @@ struct Sim {
     welcomed_at: Vec<u64>,
     appends_sent_at: Vec<u64>,
     acks_at: Vec<u64>,
+    rotations: usize,
+    /// Records watched for: (segment, length that holds them, committed at,
+    /// in the mirror at).
+    watched: Vec<(PathBuf, u64, u64, Option<u64>)>,
 }
 
 fn new_mirror(dir: &Path, metrics: &Metrics) -> Mirror {
@@ -256,6 +260,8 @@ impl Sim {
             keepalive: Duration::from_millis(300),
             dead_after: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(2),
+            site: SITE.into(),
+            rotate_after: [2u64 << 10, 16 << 10, 256 << 10][rng.random_range(0..3)],
         };
         Sim {
             seed,
@@ -280,6 +286,8 @@ impl Sim {
             welcomed_at: Vec::new(),
             appends_sent_at: Vec::new(),
             acks_at: Vec::new(),
+            rotations: 0,
+            watched: Vec::new(),
         }
     }
 
@@ -406,11 +414,22 @@ impl Sim {
             let now = self.now();
             let vt = self.vt;
             let Some(c) = self.conn.as_mut() else { return };
-            if let Some(Event::Delivered(l)) = c.sess.poll_event() {
-                self.delivered_at.insert(l.rel.clone(), vt);
-                self.delivered.insert(l.rel.clone());
-                self.note(format!("delivered {}", l.rel.display()));
-                continue;
+            match c.sess.poll_event() {
+                Some(Event::Delivered(l)) => {
+                    self.delivered_at.insert(l.rel.clone(), vt);
+                    self.delivered.insert(l.rel.clone());
+                    self.note(format!("delivered {}", l.rel.display()));
+                    continue;
+                }
+                Some(Event::Rotate { stream }) => {
+                    // The store rotates at its next commit: here, at once.
+                    assert_eq!(stream, STREAM);
+                    self.rotations += 1;
+                    self.origin.seal(vt);
+                    self.note("rotated the open segment for the uplink".into());
+                    continue;
+                }
+                None => {}
             }
             if self.sub.has_changed() {
                 let u = self.sub.take();
@@ -476,7 +495,10 @@ impl Sim {
                     Step::Have { id, rel } => have_reply(id, self.mirror.have(&rel)),
                     Step::Append { id, rel, offset, frames } => {
                         let r = self.mirror.append(&rel, offset, &frames);
-                        if r.is_ok() {
+                        if let Ok(len) = r {
+                            for w in self.watched.iter_mut().filter(|w| w.0 == rel && w.1 <= len && w.3.is_none()) {
+                                w.3 = Some(vt);
+                            }
                             checks.push(rel);
                         }
                         append_reply(id, &r)
@@ -682,6 +704,7 @@ struct Totals {
     sessions: usize,
     appends: usize,
     acks: usize,
+    rotations: usize,
 }
 
 fn one_case(seed: u64, metrics: &Metrics, totals: &mut Totals) {
@@ -702,6 +725,7 @@ fn one_case(seed: u64, metrics: &Metrics, totals: &mut Totals) {
     totals.sessions += sim.welcomed_at.len();
     totals.appends += sim.appends_sent_at.len();
     totals.acks += sim.acks_at.len();
+    totals.rotations += sim.rotations;
 }
 
 #[test]
@@ -782,4 +806,46 @@ fn the_link_returns_within_a_second_after_outages_of_any_length() {
             );
         }
     }
+}
+
+#[test]
+fn fresh_records_do_not_wait_behind_the_backlog_of_their_segment() {
+    let metrics = Metrics::new();
+    let dir = Scratch::new("fresh");
+    let mut sim = Sim::new(3, &dir.0, &metrics);
+    // A slow link: 16 KiB in flight over a 50 ms round trip, about 330 kB/s.
+    sim.params.window = 16 << 10;
+    sim.params.chunk_max = 16 << 10;
+    sim.params.live_share = 0.5;
+    sim.params.rotate_after = 256 << 10;
+    sim.latency = (25, 25);
+    // The receiver is away for 5 s while the stream's one open segment grows a backlog.
+    let mut actions: VecDeque<(u64, Action)> = vec![(0, Action::Outage(5_000))].into();
+    for t in (0..5_000).step_by(20) {
+        actions.push_back((t, Action::Commit(4_000)));
+    }
+    sim.run(&mut actions, 5_000, |_| false);
+    let backlog = sim.origin.segs.last().unwrap().data.len();
+    assert!(backlog > 1 << 20, "a backlog of {backlog} bytes in the open segment");
+    // Then one fresh record a second while it drains.
+    for k in 0..15u64 {
+        // From the drain's first second (the link is back within 1 s of the receiver).
+        let t = 7_000 + k * 1_000;
+        sim.run(&mut VecDeque::new(), t, |_| false);
+        sim.origin.commit(1, t);
+        let seg = sim.origin.segs.last().unwrap();
+        sim.watched.push((seg.rel.clone(), seg.data.len() as u64, t, None));
+    }
+    sim.run(&mut VecDeque::new(), 30_000, |_| false);
+    assert!(sim.rotations >= 1, "the uplink asked for a new segment");
+    for (rel, _, at, got) in &sim.watched {
+        let delay = got.map(|g| g - at);
+        assert!(
+            delay.is_some_and(|d| d <= 300),
+            "a fresh record committed at {at} ms in {} reached the mirror after {delay:?} ms",
+            rel.display()
+        );
+    }
+    let drained = sim.delivered.contains(&sim.origin.segs[0].rel) || sim.origin.segs[0].seal.is_some();
+    assert!(drained, "the backlog went on draining");
 }

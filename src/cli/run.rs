@@ -130,6 +130,7 @@ pub async fn run_node(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<()> 
         let up = Uplink {
             cfg: u.clone(),
             node: cfg.node.name.clone(),
+            site: cfg.node.site.clone(),
             archive_dir: cfg.archive_dir(),
             state_dir: cfg.state_dir(),
             tls: cfg.tls.clone().expect("validated: uplinks have [tls]"),

@@ -10,12 +10,17 @@
 //! - a **layout** change (a segment created, sealed, removed): a counter that
 //!   tells the forwarder to list the archive again.
 //!
+//! The other way, a forwarder that is behind may ask a stream's writer to
+//! start a new segment ([`Changes::request_rotation`]): fresh records then
+//! no longer queue behind unsent bytes of the segment they would have
+//! shared, and the live share carries only them.
+//!
 //! Wake-ups may coalesce (a `watch` keeps only that something changed), but
 //! none is lost: a woken forwarder reads the current lengths and, when the
 //! layout counter moved, the files themselves, so whatever happened between
 //! two looks is seen at the second.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -31,11 +36,13 @@ struct State {
 pub struct Changes {
     state: Mutex<State>,
     version: watch::Sender<u64>,
+    /// Streams (of this node) whose open segment a forwarder asked to close.
+    rotations: Mutex<HashSet<String>>,
 }
 
 impl Default for Changes {
     fn default() -> Self {
-        Changes { state: Mutex::new(State::default()), version: watch::channel(0).0 }
+        Changes { state: Mutex::new(State::default()), version: watch::channel(0).0, rotations: Mutex::default() }
     }
 }
 
@@ -70,6 +77,17 @@ impl Changes {
             s.layout += 1;
         }
         self.version.send_modify(|v| *v += 1);
+    }
+
+    /// Ask the writer of `stream` to put its next commit in a new segment.
+    pub fn request_rotation(&self, stream: &str) {
+        self.rotations.lock().expect("not poisoned").insert(stream.to_owned());
+    }
+
+    /// For the writer of `stream`: was a new segment asked for? (Clears it.)
+    pub fn take_rotation(&self, stream: &str) -> bool {
+        let mut r = self.rotations.lock().expect("not poisoned");
+        !r.is_empty() && r.remove(stream)
     }
 
     /// A forwarder's view. Its first [`Subscriber::take`] asks for a listing.

@@ -575,6 +575,11 @@ impl Writer {
             Some(s) => {
                 s.name.hour_key() < hour_key(now)
                     || (s.len > 0 && s.len + frame.len() as u64 > self.cfg.segment_max_bytes)
+                    || (s.len > 0 && self.changes.take_rotation(&self.stream) && {
+                        info!(stream = %self.stream, path = %s.path.display(),
+                            "segment sealed early: an uplink is behind on it, fresh records go to a new one");
+                        true
+                    })
             }
             None => false,
         };

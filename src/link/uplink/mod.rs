@@ -46,6 +46,8 @@ use session::{Event, Params, Session};
 pub struct Uplink {
     pub cfg: UplinkConfig,
     pub node: String,
+    /// This node's site: the streams it may ask the store to rotate.
+    pub site: String,
     pub archive_dir: PathBuf,
     pub state_dir: PathBuf,
     pub tls: TlsFiles,
@@ -193,6 +195,8 @@ impl Uplink {
             keepalive: self.cfg.keepalive,
             dead_after: self.cfg.dead_after,
             connect_timeout: self.cfg.connect_timeout,
+            site: self.site.clone(),
+            rotate_after: ROTATE_AFTER.max(self.cfg.burst),
         }
     }
 
@@ -226,11 +230,20 @@ impl Uplink {
         let mut wire_reported = wire.sent();
         let mut seen_streams: HashSet<StreamKey> = HashSet::new();
         let mut next_report = Instant::now();
+        let mut rotated: HashMap<String, Instant> = HashMap::new();
         changes.force_relist();
         loop {
             while let Some(ev) = sess.poll_event() {
                 match ev {
                     Event::Delivered(l) => self.mark_delivered(&l),
+                    Event::Rotate { stream } => {
+                        let last = rotated.get(&stream);
+                        if last.is_none_or(|t| t.elapsed() >= ROTATE_EVERY) {
+                            info!(uplink = name, %stream, "behind on the newest segment: asking for a new one so fresh records go first");
+                            self.changes.request_rotation(&stream);
+                            rotated.insert(stream, Instant::now());
+                        }
+                    }
                 }
             }
             if drain.is_cancelled() && sess.drained() {
@@ -360,6 +373,15 @@ impl Uplink {
 type StreamKey = (String, String);
 /// Unacknowledged bytes, and (file, acknowledged offset) of each segment behind.
 type StreamLag = (u64, Vec<(PathBuf, u64)>);
+
+/// Unsent bytes in a stream's newest segment beyond which the uplink asks
+/// for a new segment (or `burst`, when larger: a paced link sends a burst
+/// at once).
+const ROTATE_AFTER: u64 = 256 << 10;
+/// A stream's segment is rotated for an uplink at most this often: a link
+/// that cannot even carry the live traffic does not cut the stream into
+/// tiny segments.
+const ROTATE_EVERY: Duration = Duration::from_secs(30);
 
 /// Lag and wire bytes are reported at most this often.
 const REPORT_EVERY: Duration = Duration::from_millis(250);

@@ -54,6 +54,11 @@ pub struct Params {
     pub dead_after: Duration,
     /// How long WELCOME may take.
     pub connect_timeout: Duration,
+    /// This node's site: only its own streams can be rotated.
+    pub site: String,
+    /// Unsent bytes in the newest segment of a stream beyond which a new
+    /// segment is asked for ([`Event::Rotate`]).
+    pub rotate_after: u64,
 }
 
 /// How a session ended (other than by the task's own cancellation).
@@ -67,7 +72,12 @@ pub enum End {
 #[derive(Debug)]
 pub enum Event {
     /// Sealed and verified at the receiver: record it, release it to retention.
-    Delivered(Local),
+    Delivered(Box<Local>),
+    /// The newest segment of this node's `stream` holds more unsent bytes
+    /// than `rotate_after`: fresh records appended to it would wait behind
+    /// them. Ask the store to start a new segment, whose records the live
+    /// share then carries alone.
+    Rotate { stream: String },
 }
 
 /// A chunk to read: whole frames of `rel` from `from`, about `max` bytes.
@@ -92,6 +102,8 @@ struct Seg {
     seal_sent: bool,
     /// Newest open segment of its stream: gets the live share.
     live: bool,
+    /// A new segment was asked for while this one was the newest.
+    rotate_asked: bool,
     /// Refused by the receiver this session (logged, counted); retried next session.
     failed: bool,
     /// File length at which no whole frame was left to send (wait for growth).
@@ -113,6 +125,7 @@ impl Seg {
             sent: 0,
             seal_sent: false,
             live: false,
+            rotate_asked: false,
             failed: false,
             stalled_at: None,
             retry: None,
@@ -219,7 +232,7 @@ impl Session {
                 if sealed {
                     if s.local.seal.as_ref().is_some_and(|l| l.len == len) {
                         let s = self.segs.remove(&rel).expect("present");
-                        self.events.push_back(Event::Delivered(s.local));
+                        self.events.push_back(Event::Delivered(Box::new(s.local)));
                     } else {
                         s.failed = true;
                         m.link_checksum_mismatches.with_label_values(&["uplink"]).inc();
@@ -231,6 +244,8 @@ impl Session {
                     m.uplink_errors.with_label_values(&[name, "receiver_ahead"]).inc();
                     error!(uplink = name, path = %rel.display(), receiver_len = len, local_len = s.local.len,
                         "receiver holds more of this segment than this node (local data lost?); not sending it");
+                } else {
+                    self.maybe_rotate(&rel);
                 }
             }
             Msg::Ack { id, len } => {
@@ -264,7 +279,7 @@ impl Session {
                 if ok {
                     if let Some(s) = self.segs.remove(&rel) {
                         self.lag_dirty = true;
-                        self.events.push_back(Event::Delivered(s.local));
+                        self.events.push_back(Event::Delivered(Box::new(s.local)));
                     }
                 } else if let Some(s) = self.segs.get_mut(&rel) {
                     s.failed = true;
@@ -348,12 +363,30 @@ impl Session {
                     s.local.len = len;
                     s.stalled_at = None;
                     self.lag_dirty = true;
+                    self.maybe_rotate(rel);
                 }
                 Some(_) => {}
                 None => unknown |= !self.unlisted.contains(rel),
             }
         }
         unknown || !self.listed
+    }
+
+    /// Ask for a new segment when fresh records appended to the newest one
+    /// of a stream would wait behind more than `rotate_after` unsent bytes.
+    fn maybe_rotate(&mut self, rel: &Path) {
+        let Some(s) = self.segs.get_mut(rel) else { return };
+        let due = s.live
+            && s.known
+            && !s.failed
+            && !s.rotate_asked
+            && s.local.seal.is_none()
+            && s.local.name.site == self.p.site
+            && s.local.len.saturating_sub(s.sent) > self.p.rotate_after;
+        if due {
+            s.rotate_asked = true;
+            self.events.push_back(Event::Rotate { stream: s.local.name.stream.clone() });
+        }
     }
 
     /// Bytes to hand to the transport now, if any. Call
