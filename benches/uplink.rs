@@ -104,7 +104,19 @@ fn pair(ferry: &Path, transport: &str, edge_store: &str, uplink: &str) -> Pair {
     };
     certs(&["ca", "--out", &p("ca")]);
     certs(&["issue", "--ca", &p("ca"), "--site", "edge1", "--node", "relay-1", "--out", &p("edge")]);
-    certs(&["issue", "--ca", &p("ca"), "--site", "central", "--node", "c1", "--ip", "127.0.0.1", "--out", &p("central")]);
+    certs(&[
+        "issue",
+        "--ca",
+        &p("ca"),
+        "--site",
+        "central",
+        "--node",
+        "c1",
+        "--ip",
+        "127.0.0.1",
+        "--out",
+        &p("central"),
+    ]);
     let tls =
         |who: &str| format!("[tls]\nca = \"{0}/ca.pem\"\ncert = \"{0}/node.pem\"\nkey = \"{0}/node.key\"\n", p(who));
     let (edge_admin, central_admin, edge_tcp, link) = (free_port(), free_port(), free_port(), free_port());
@@ -141,8 +153,8 @@ fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
     let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    let ticks: f64 =
+        f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0) + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
     ticks / 100.0
 }
 
@@ -254,8 +266,7 @@ fn scan_markers(p: &Pair, found: &mut std::collections::HashMap<u64, Instant>) {
         }
         for line in out.split(|b| *b == b'\n') {
             if let Some(at) = line.windows(9).position(|w| w == b"freshmark") {
-                let k: String =
-                    line[at + 10..].iter().take_while(|b| b.is_ascii_digit()).map(|b| *b as char).collect();
+                let k: String = line[at + 10..].iter().take_while(|b| b.is_ascii_digit()).map(|b| *b as char).collect();
                 if let Ok(k) = k.parse() {
                     found.entry(k).or_insert_with(Instant::now);
                 }

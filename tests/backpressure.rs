@@ -22,7 +22,7 @@ fn records_beyond_the_bounded_backlog_wait_in_the_senders_socket() {
     let ports = Ports { tcp: free_port(), udp: free_port(), admin: free_port() };
     // zstd level 19 on noise makes the commit thread the bottleneck (a few
     // MB/s), as a slow disk would; the budget is commit_bytes = 1 MiB.
-    let store = "zstd_level = 19\ncommit_bytes = \"1MiB\"\nfsync = \"always\"";
+    let store = "zstd_level = 19\ncommit_bytes = \"1MiB\"\nfsync = \"always\"\ncompress_threads = 2";
     let cfg = node_config(&dir, &ports, store, "", "");
     let mut node = Node::start(&dir, &cfg, ports.admin);
 

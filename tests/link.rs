@@ -57,7 +57,16 @@ both_transports!(million_records_arrive_byte_identical, |via: Via| {
     let pki_dir = TestDir::new("pki");
     let pki = Pki::new(&pki_dir, "pki");
     let port = free_port();
-    let p = pair("e2e", &pki, via, port, port, "commit_bytes = \"256KiB\"\nsegment_max_bytes = \"1MiB\"", "");
+    // Two compression threads: large commits become two frames each.
+    let p = pair(
+        "e2e",
+        &pki,
+        via,
+        port,
+        port,
+        "commit_bytes = \"256KiB\"\nsegment_max_bytes = \"1MiB\"\ncompress_threads = 2",
+        "",
+    );
     let mut central = Node::start(&p.central_dir, &p.central_cfg, p.central_ports.admin);
     let mut edge = Node::start(&p.edge_dir, &p.edge_cfg, p.edge_ports.admin);
     ferry_send(&["--to", &format!("127.0.0.1:{}", p.edge_ports.tcp)], &lines("e2e", 0, 1_000_000));

@@ -165,6 +165,8 @@ pub struct StoreConfig {
     pub segment_max_bytes: u64,
     pub compression: Compression,
     pub zstd_level: i32,
+    /// Threads that compress one large commit at once (one frame each).
+    pub compress_threads: usize,
     pub retention: RetentionConfig,
 }
 

@@ -260,6 +260,7 @@ fn validate_store(cx: &mut Ctx<'_>, raw: Option<&raw::RawStore>) -> StoreConfig 
         segment_max_bytes: 256 << 20,
         compression: Compression::Zstd,
         zstd_level: 1,
+        compress_threads: 1,
         retention: RetentionConfig {
             max_age: Some(Duration::from_secs(30 * 86400)),
             max_bytes: None,
@@ -315,6 +316,13 @@ fn validate_store(cx: &mut Ctx<'_>, raw: Option<&raw::RawStore>) -> StoreConfig 
             cx.at("store.zstd_level", v, "must be between 1 and 19");
         }
         s.zstd_level = l.clamp(1, 19) as i32;
+    }
+    if let Some(v) = &r.compress_threads {
+        let n = *v.get_ref();
+        if !(1..=8).contains(&n) {
+            cx.at("store.compress_threads", v, "must be between 1 and 8");
+        }
+        s.compress_threads = n.clamp(1, 8) as usize;
     }
     if let Some(ret) = &r.retention {
         if let Some(v) = &ret.max_age {

@@ -11,13 +11,14 @@
 //! because compression and fsync block; it reads its channel through the
 //! runtime's handle.
 //!
-//! A large commit (at least [`PARALLEL_MIN`]) is compressed as one frame per
-//! core at once, split at batch boundaries so each frame's header stays
-//! exact, and the frames are written back to back as one append: frame
-//! order, group commit and acknowledgement after the fsync are as for one
-//! frame. (On the development VM two zstd streams at once run barely faster
-//! than one, see benches/README.md; on machines whose cores do not share so
-//! much, the commit thread stops being the ceiling of a single stream.)
+//! With `compress_threads = N` a large commit (at least [`PARALLEL_MIN`]) is
+//! compressed as N frames at once, split at batch boundaries so each frame's
+//! header stays exact, and the frames are written back to back as one
+//! append: frame order, group commit and acknowledgement after the fsync are
+//! as for one frame. The default is 1: on the development VM two zstd
+//! streams at once run barely faster than one and cost a quarter more CPU
+//! (benches/README.md); where cores do not share so much, more threads lift
+//! the ceiling one commit thread puts on a single stream.
 //!
 //! ## When the disk fails
 //! A commit that fails leaves nothing of its frame in the segment
@@ -222,7 +223,7 @@ struct Work {
 impl Writer {
     /// Run until the channel closes; then commit what is pending and seal.
     pub fn run(mut self, handle: Handle) {
-        let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, MAX_WORKERS);
+        let workers = self.cfg.compress_threads.max(1);
         let encs: Result<Vec<FrameEncoder>, _> = (0..workers).map(|_| FrameEncoder::new(self.cfg.zstd_level)).collect();
         let encs = match encs {
             Ok(e) => e,
@@ -819,8 +820,6 @@ impl Writer {
 
 /// A commit at least this large is compressed as several frames at once.
 const PARALLEL_MIN: usize = 256 << 10;
-/// Compression threads per stream at most.
-const MAX_WORKERS: usize = 4;
 /// Consecutive batches of one listener merge into one part up to this
 /// size: parts are where a large commit may be split into frames.
 const PART_MAX: usize = 128 << 10;

@@ -25,6 +25,7 @@ fn transport_config(timing: &Timing) -> Arc<quinn::TransportConfig> {
 }
 
 /// The client side: one endpoint, reused across reconnects.
+#[derive(Clone)]
 pub struct Dialer {
     endpoint: quinn::Endpoint,
     config: quinn::ClientConfig,

@@ -45,6 +45,7 @@ impl AsyncWrite for Counting {
 }
 
 /// The client side.
+#[derive(Clone)]
 pub struct Dialer {
     connector: TlsConnector,
 }

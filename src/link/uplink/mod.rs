@@ -60,6 +60,7 @@ pub struct Uplink {
     pub changes: Arc<Changes>,
 }
 
+#[derive(Clone)]
 enum Dialer {
     Tls(tls::Dialer),
     Quic(quic::Dialer),
@@ -168,6 +169,13 @@ impl Uplink {
         }
     }
 
+    /// Dial `addr_str`. A receiver that is down drops the first packets and
+    /// the transport retries them ever more slowly (TCP SYN and QUIC Initial
+    /// both back off 1, 2, 4 s…), so one attempt could notice the receiver's
+    /// return seconds late. While an attempt is unanswered, another starts
+    /// every [`DIAL_RACE`] (at most [`DIAL_RACES`] at once); the first to
+    /// connect wins. The return is noticed within about `DIAL_RACE`, and a
+    /// slow handshake over a long path still completes.
     async fn dial(&self, dialer: &Dialer, addr_str: &str, timing: &Timing) -> io::Result<Link> {
         let addr: SocketAddr = tokio::net::lookup_host(addr_str)
             .await?
@@ -175,10 +183,34 @@ impl Uplink {
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("{addr_str} resolves to nothing")))?;
         let host =
             addr_str.rsplit_once(':').map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']')).unwrap_or(addr_str);
-        let server_name = self.cfg.server_name.as_deref().unwrap_or(host);
-        match dialer {
-            Dialer::Tls(d) => d.connect(addr, server_name, timing).await,
-            Dialer::Quic(d) => d.connect(addr, server_name, timing).await,
+        let server_name = self.cfg.server_name.as_deref().unwrap_or(host).to_owned();
+        let started = Instant::now();
+        let mut attempts = tokio::task::JoinSet::new();
+        let mut last_err = None;
+        loop {
+            if attempts.len() < DIAL_RACES && started.elapsed() < timing.connect_timeout {
+                let (d, name, t) = (dialer.clone(), server_name.clone(), timing.clone());
+                attempts.spawn(async move {
+                    match &d {
+                        Dialer::Tls(x) => x.connect(addr, &name, &t).await,
+                        Dialer::Quic(x) => x.connect(addr, &name, &t).await,
+                    }
+                });
+            }
+            tokio::select! {
+                r = attempts.join_next(), if !attempts.is_empty() => match r {
+                    Some(Ok(Ok(link))) => return Ok(link),
+                    Some(Ok(Err(e))) if e.kind() == io::ErrorKind::TimedOut => last_err = Some(e),
+                    // Refused, reset, a certificate problem: no point waiting for the others.
+                    Some(Ok(Err(e))) => return Err(e),
+                    Some(Err(e)) => last_err = Some(io::Error::other(e)),
+                    None => {}
+                },
+                _ = tokio::time::sleep(DIAL_RACE) => {}
+            }
+            if attempts.is_empty() && started.elapsed() >= timing.connect_timeout {
+                return Err(last_err.unwrap_or_else(|| io::Error::new(io::ErrorKind::TimedOut, "connect timed out")));
+            }
         }
     }
 
@@ -249,7 +281,29 @@ impl Uplink {
             if drain.is_cancelled() && sess.drained() {
                 return end_session(End::Drained, &sess);
             }
+            // 0. What the receiver said and what the store told, without waiting:
+            // a long paced write must not hold back acknowledgements or a new segment.
+            loop {
+                match rx.try_recv() {
+                    Ok(Ok(msg)) => {
+                        if let Err(e) = sess.handle(msg, Instant::now()) {
+                            return end_session(e.into(), &sess);
+                        }
+                    }
+                    Ok(Err(e)) => return end_session(End::Lost(e), &sess),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        return end_session(End::Lost("reader stopped".into()), &sess)
+                    }
+                }
+            }
+            if changes.has_changed() {
+                self.look(changes, &mut sess).await;
+            }
             let now = Instant::now();
+            if let Err(e) = sess.handle_timeout(now) {
+                return end_session(e.into(), &sess);
+            }
             // 1. Whatever the session has to say.
             if let Some(buf) = sess.poll_transmit(now) {
                 let w = tokio::select! {
@@ -304,20 +358,23 @@ impl Uplink {
                     Some(Err(e)) => return end_session(End::Lost(e), &sess),
                     None => return end_session(End::Lost("reader stopped".into()), &sess),
                 },
-                _ = changes.changed() => {
-                    let u = changes.take();
-                    if u.relist || sess.grown(&u.lens) {
-                        match self.list().await {
-                            Ok(found) => sess.archive(found, &u.lens),
-                            Err(e) => warn!(uplink = name, error = %e, "cannot list the archive"),
-                        }
-                    }
-                }
+                _ = changes.changed() => self.look(changes, &mut sess).await,
                 _ = tokio::time::sleep_until(until.into()) => {
                     if let Err(e) = sess.handle_timeout(Instant::now()) {
                         return end_session(e.into(), &sess);
                     }
                 }
+            }
+        }
+    }
+
+    /// What the store told: new lengths, and a new listing when segments came or went.
+    async fn look(&self, changes: &mut Subscriber, sess: &mut Session) {
+        let u = changes.take();
+        if u.relist || sess.grown(&u.lens) {
+            match self.list().await {
+                Ok(found) => sess.archive(found, &u.lens),
+                Err(e) => warn!(uplink = %self.cfg.name, error = %e, "cannot list the archive"),
             }
         }
     }
@@ -382,6 +439,11 @@ const ROTATE_AFTER: u64 = 256 << 10;
 /// that cannot even carry the live traffic does not cut the stream into
 /// tiny segments.
 const ROTATE_EVERY: Duration = Duration::from_secs(30);
+
+/// While a dial is unanswered, another starts this often ([`Uplink::dial`]).
+const DIAL_RACE: Duration = Duration::from_millis(500);
+/// Dial attempts in flight at once at most.
+const DIAL_RACES: usize = 4;
 
 /// Lag and wire bytes are reported at most this often.
 const REPORT_EVERY: Duration = Duration::from_millis(250);
