@@ -189,7 +189,7 @@ impl Uplink {
         let mut last_err = None;
         loop {
             if attempts.len() < DIAL_RACES && started.elapsed() < timing.connect_timeout {
-                let (d, name, t) = (dialer.clone(), server_name.clone(), timing.clone());
+                let (d, name, t) = (dialer.clone(), server_name.clone(), *timing);
                 attempts.spawn(async move {
                     match &d {
                         Dialer::Tls(x) => x.connect(addr, &name, &t).await,
