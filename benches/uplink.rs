@@ -15,9 +15,11 @@
 //!   (1 MiB writes of 200-byte lines), 3 runs: lines lost, of which ferry had
 //!   read and not committed; the edge's peak RSS at full rate.
 //!
-//!     cargo bench --bench uplink                        # everything
-//!     FERRY_BENCH_ONLY=freshness,idle cargo bench --bench uplink
-//!     FERRY_BENCH_BIN=/path/to/old/ferry cargo bench --bench uplink   # an older build
+//! ```text
+//! cargo bench --bench uplink                        # everything
+//! FERRY_BENCH_ONLY=freshness,idle cargo bench --bench uplink
+//! FERRY_BENCH_BIN=/path/to/old/ferry cargo bench --bench uplink   # an older build
+//! ```
 
 mod common;
 
