@@ -116,6 +116,9 @@ impl Uplink {
         };
         let mut backoff = Backoff::new(self.cfg.backoff_min, self.cfg.backoff_max);
         let mut changes = self.changes.subscribe();
+        // When each stream was last rotated for this uplink (across sessions:
+        // a flapping link must not cut the stream into small segments).
+        let mut rotated: HashMap<String, Instant> = HashMap::new();
         let mut attempt = 0usize;
         loop {
             if stop.is_cancelled() {
@@ -129,7 +132,7 @@ impl Uplink {
                     m.uplink_connected.with_label_values(&[&name]).set(1);
                     info!(uplink = %name, addr = %addr_str, receiver_site = %link.identity.site, receiver_node = %link.identity.node, "uplink connected");
                     let started = Instant::now();
-                    let (end, progressed) = self.session(link, &mut changes, &stop, &drain).await;
+                    let (end, progressed) = self.session(link, &mut changes, &mut rotated, &stop, &drain).await;
                     m.uplink_connected.with_label_values(&[&name]).set(0);
                     match &end {
                         End::Cancelled => return,
@@ -240,6 +243,7 @@ impl Uplink {
         &self,
         link: Link,
         changes: &mut Subscriber,
+        rotated: &mut HashMap<String, Instant>,
         stop: &CancellationToken,
         drain: &CancellationToken,
     ) -> (End, bool) {
@@ -262,7 +266,6 @@ impl Uplink {
         let mut wire_reported = wire.sent();
         let mut seen_streams: HashSet<StreamKey> = HashSet::new();
         let mut next_report = Instant::now();
-        let mut rotated: HashMap<String, Instant> = HashMap::new();
         changes.force_relist();
         loop {
             while let Some(ev) = sess.poll_event() {
