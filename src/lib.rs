@@ -30,6 +30,7 @@ pub mod link;
 pub mod metrics;
 pub mod mirror;
 pub mod pki;
+pub mod query;
 pub mod shutdown;
 pub mod sink;
 pub mod store;

@@ -1,5 +1,6 @@
 //! Subcommands, one file each. `anyhow` lives here and in `main.rs` only.
 
+mod cat;
 mod certs;
 mod check;
 mod run;
@@ -41,6 +42,8 @@ enum Command {
         #[arg(short, long)]
         verbose: bool,
     },
+    /// Print an archive's records by site, stream and receive time (frames outside the range are not read).
+    Cat(cat::CatArgs),
     /// Send lines from a file or stdin to a syslog listener (also the load generator).
     Send(send::SendArgs),
     /// Make the deployment CA and node certificates (`certs ca`, `certs issue`).
@@ -62,6 +65,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Check { config } => check::check(&config),
         Command::Verify { dir, verbose } => verify::verify(&dir, verbose),
         Command::Send(a) => send::send(a),
+        Command::Cat(a) => cat::cat(a),
         Command::Certs(a) => certs::certs(a),
         Command::Status { admin } => status::status(&admin),
         Command::DefaultConfig => {

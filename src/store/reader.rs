@@ -72,6 +72,39 @@ impl SegmentReader {
         }
     }
 
+    /// The next frame's header only: its data is neither read nor checked
+    /// (readers that select frames by header skip the rest unread; see
+    /// [`read_data`](Self::read_data)). A header whose frame does not fit in
+    /// the file is [`Step::Bad`] (a frame being written, or a torn tail).
+    pub fn next_header(&mut self) -> io::Result<Step> {
+        if self.offset >= self.len {
+            return Ok(Step::End);
+        }
+        let offset = self.offset;
+        let avail = self.len - offset;
+        let want = (8 + MAX_HEADER_LEN as u64).min(avail) as usize;
+        self.head.resize(want, 0);
+        self.file.read_exact_at(&mut self.head, offset)?;
+        match FrameHeader::decode(&self.head) {
+            Ok(h) if h.frame_len() <= avail => {
+                self.offset += h.frame_len();
+                Ok(Step::Frame { offset, header: h })
+            }
+            Ok(h) => Ok(Step::Bad { offset, error: FrameError::Incomplete { needed: h.frame_len() as usize } }),
+            Err(error) => Ok(Step::Bad { offset, error }),
+        }
+    }
+
+    /// Read and check the data of the frame at `offset` (as returned by
+    /// [`next_header`](Self::next_header)) into [`data`](Self::data).
+    pub fn read_data(&mut self, offset: u64, header: &FrameHeader) -> io::Result<Result<(), FrameError>> {
+        let data_at = offset + header.encoded_len() as u64;
+        let have = (self.len.saturating_sub(data_at)).min(u64::from(header.data_len)) as usize;
+        self.data.resize(have, 0);
+        self.file.read_exact_at(&mut self.data, data_at)?;
+        Ok(header.check_data(&self.data))
+    }
+
     /// Decode and check the frame at `offset`, reading its data into `self.data`.
     fn frame_at(&mut self, offset: u64) -> io::Result<Result<FrameHeader, FrameError>> {
         let avail = self.len - offset;

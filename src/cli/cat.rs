@@ -1,0 +1,263 @@
+//! `ferry cat`: the records of an archive (edge or central mirror), selected
+//! by site, stream and receive time, in order.
+//!
+//! Output forms:
+//! - default, for a terminal: each record as it was received (unescaped); a
+//!   record that held line breaks continues on lines that start with a tab
+//!   (as `journalctl` shows multi-line messages), so one record never looks
+//!   like several;
+//! - `--raw`: the archive lines as stored (`\n`, `\r`, `\0`, `\\` escaped),
+//!   exactly what `zstdcat` prints;
+//! - `--json`: one object per record with its origin, sequence number and
+//!   frame time range, and the record exactly (`record`, or `record_hex` when
+//!   it is not UTF-8): for scripts.
+//!
+//! Records are printed per origin (site, stream, node) in sequence order, or,
+//! with `--merge`, interleaved by receive time frame by frame. A closed pipe
+//! (`| head`) ends the output quietly.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use crate::query::{self, time::parse_time, Origin, Selection, Stats};
+use crate::store::clock::{Clock, SystemClock};
+use crate::store::escape::unescape_into;
+use crate::store::frame::FrameHeader;
+use crate::store::reader::{SegmentReader, Step};
+
+#[derive(Debug, clap::Args)]
+pub struct CatArgs {
+    /// A data_dir or its archive/.
+    #[arg(default_value = "data")]
+    dir: PathBuf,
+    /// Only this site (repeat for several).
+    #[arg(long)]
+    site: Vec<String>,
+    /// Only this stream (repeat for several).
+    #[arg(long)]
+    stream: Vec<String>,
+    /// Records received at or after this time: RFC 3339, 2026-11-30T14:05 (UTC), 2026-11-30, -15m, -2h, -1d.
+    #[arg(long)]
+    from: Option<String>,
+    /// Records received before this time (same forms).
+    #[arg(long)]
+    to: Option<String>,
+    /// Print the archive lines as stored (escaped), as zstdcat does.
+    #[arg(long, conflicts_with = "json")]
+    raw: bool,
+    /// One JSON object per record (origin, seq, frame times, the exact record).
+    #[arg(long)]
+    json: bool,
+    /// Interleave origins by receive time instead of one origin after another.
+    #[arg(long)]
+    merge: bool,
+    /// Print what was read and what was skipped to stderr.
+    #[arg(long)]
+    stats: bool,
+}
+
+#[derive(Clone, Copy)]
+enum Form {
+    Readable,
+    Raw,
+    Json,
+}
+
+pub fn cat(a: CatArgs) -> anyhow::Result<i32> {
+    let now = SystemClock.now_ms();
+    let time = |s: &Option<String>| s.as_deref().map(|t| parse_time(t, now)).transpose().map_err(anyhow::Error::msg);
+    let sel =
+        Selection { sites: a.site.clone(), streams: a.stream.clone(), from_ms: time(&a.from)?, to_ms: time(&a.to)? };
+    let archive = query::archive_of(&a.dir);
+    if !archive.is_dir() {
+        anyhow::bail!("{} is not a directory (give a data_dir or its archive/)", archive.display());
+    }
+    let form = if a.raw {
+        Form::Raw
+    } else if a.json {
+        Form::Json
+    } else {
+        Form::Readable
+    };
+    let origins = query::origins(&archive, &sel)?;
+    let mut out = BufWriter::with_capacity(1 << 16, io::stdout().lock());
+    let mut stats = Stats::default();
+    let result = if a.merge {
+        merged(&origins, &sel, form, &mut out, &mut stats)
+    } else {
+        in_order(&origins, &sel, form, &mut out, &mut stats)
+    };
+    let result = result.and_then(|()| out.flush());
+    if a.stats {
+        eprintln!(
+            "segments {}, frames {} (decompressed {}, skipped {}), records {}, raw bytes {}, damaged frames {}",
+            stats.segments,
+            stats.frames,
+            stats.frames_read,
+            stats.frames - stats.frames_read,
+            stats.records,
+            stats.raw_bytes,
+            stats.damaged
+        );
+    }
+    match result {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(0),
+        Err(e) => return Err(e.into()),
+    }
+    Ok(if stats.damaged > 0 { 1 } else { 0 })
+}
+
+fn report(path: &Path, offset: u64, error: String) {
+    eprintln!("{}: frame at offset {offset}: {error}; skipped", path.display());
+}
+
+/// Every origin in turn, each in sequence order.
+fn in_order(
+    origins: &[Origin],
+    sel: &Selection,
+    form: Form,
+    out: &mut impl Write,
+    stats: &mut Stats,
+) -> io::Result<()> {
+    let mut dec = zstd::bulk::Decompressor::new()?;
+    let (mut raw, mut buf) = (Vec::new(), Vec::new());
+    let mut failed: Option<io::Error> = None;
+    for o in origins {
+        for seg in &o.segments {
+            let go_on =
+                query::walk_segment(seg, sel, stats, &mut dec, &mut raw, &mut report, &mut |f| match print_frame(
+                    o, f.header, f.lines, form, &mut buf, out,
+                ) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        failed = Some(e);
+                        false
+                    }
+                })?;
+            if !go_on {
+                return Err(failed.take().unwrap_or_else(|| io::Error::other("stopped")));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Frames of every origin interleaved by their first receive time (each
+/// origin's own frames stay in sequence order).
+fn merged(origins: &[Origin], sel: &Selection, form: Form, out: &mut impl Write, stats: &mut Stats) -> io::Result<()> {
+    // Headers first (no data read), per origin in order.
+    let mut lists: Vec<Vec<(PathBuf, u64, FrameHeader)>> = Vec::new();
+    for o in origins {
+        let mut list = Vec::new();
+        for seg in &o.segments {
+            stats.segments += 1;
+            let mut r = SegmentReader::open(seg)?;
+            loop {
+                match r.next_header()? {
+                    Step::Frame { offset, header } => {
+                        stats.frames += 1;
+                        if sel.overlaps(&header) {
+                            list.push((seg.clone(), offset, header));
+                        }
+                    }
+                    Step::Bad { offset, error } => match r.next_valid_frame_after(offset)? {
+                        Some(next) => {
+                            stats.damaged += 1;
+                            report(seg, offset, error.to_string());
+                            r.seek(next);
+                        }
+                        None => break,
+                    },
+                    Step::End => break,
+                }
+            }
+        }
+        lists.push(list);
+    }
+    let mut next = vec![0usize; lists.len()];
+    let mut heads: BinaryHeap<Reverse<(i64, usize)>> =
+        lists.iter().enumerate().filter(|(_, l)| !l.is_empty()).map(|(i, l)| Reverse((l[0].2.first_ms, i))).collect();
+    let mut dec = zstd::bulk::Decompressor::new()?;
+    let (mut raw, mut buf) = (Vec::new(), Vec::new());
+    let mut reader: Option<(PathBuf, SegmentReader)> = None;
+    while let Some(Reverse((_, i))) = heads.pop() {
+        let (path, offset, header) = &lists[i][next[i]];
+        next[i] += 1;
+        if let Some(n) = lists[i].get(next[i]) {
+            heads.push(Reverse((n.2.first_ms, i)));
+        }
+        if reader.as_ref().is_none_or(|(p, _)| p != path) {
+            reader = Some((path.clone(), SegmentReader::open(path)?));
+        }
+        let r = &mut reader.as_mut().expect("opened above").1;
+        if let Err(e) = r.read_data(*offset, header)? {
+            stats.damaged += 1;
+            report(path, *offset, e.to_string());
+            continue;
+        }
+        raw.clear();
+        raw.reserve(header.raw_len as usize);
+        if let Err(e) = dec.decompress_to_buffer(r.data(), &mut raw) {
+            stats.damaged += 1;
+            report(path, *offset, format!("does not decompress: {e}"));
+            continue;
+        }
+        stats.frames_read += 1;
+        stats.raw_bytes += raw.len() as u64;
+        stats.records += u64::from(header.records);
+        print_frame(&origins[i], header, &raw, form, &mut buf, out)?;
+    }
+    Ok(())
+}
+
+fn print_frame(
+    o: &Origin,
+    h: &FrameHeader,
+    lines: &[u8],
+    form: Form,
+    buf: &mut Vec<u8>,
+    out: &mut impl Write,
+) -> io::Result<()> {
+    if let Form::Raw = form {
+        return out.write_all(lines);
+    }
+    let end = h.first_seq + u64::from(h.records);
+    for (seq, line) in (h.first_seq..).zip(lines.split(|b| *b == b'\n')) {
+        if line.is_empty() && seq == end {
+            break; // after the last LF
+        }
+        buf.clear();
+        unescape_into(line, buf);
+        match form {
+            Form::Readable => {
+                for (k, part) in buf.split(|b| *b == b'\n').enumerate() {
+                    if k > 0 {
+                        out.write_all(b"\n\t")?;
+                    }
+                    out.write_all(part)?;
+                }
+                out.write_all(b"\n")?;
+            }
+            Form::Json => {
+                let mut v = serde_json::json!({
+                    "site": o.site, "stream": o.stream, "node": o.node, "seq": seq,
+                    "first_ms": h.first_ms, "last_ms": h.last_ms,
+                });
+                match std::str::from_utf8(buf) {
+                    Ok(s) => v["record"] = serde_json::Value::from(s),
+                    Err(_) => {
+                        v["record_hex"] =
+                            serde_json::Value::from(buf.iter().map(|b| format!("{b:02x}")).collect::<String>())
+                    }
+                }
+                serde_json::to_writer(&mut *out, &v)?;
+                out.write_all(b"\n")?;
+            }
+            Form::Raw => unreachable!("handled above"),
+        }
+    }
+    Ok(())
+}
