@@ -259,3 +259,95 @@ async fn merge_interleaves_streams_by_receive_time_and_filters_by_stream() {
     let (live, _) = ferry_cat(&[&data, "--raw", "--stream", "live", "--merge"]);
     assert_eq!(String::from_utf8(live).unwrap().lines().count(), 5);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grep_matches_what_zstdcat_and_grep_match_in_the_same_order() {
+    let grep = require_tool("grep");
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let store = Store::open(&config(dir.path()), Arc::new(clock.clone()), Metrics::new()).unwrap();
+    let verbs = ["GET", "POST", "get", "DELETE"];
+    let words = ["ok", "ERROR disk", "error: a.b", "Error axb", "timeout", "x"];
+    let mut x: u64 = 7;
+    for c in 0..150i64 {
+        clock.set(T0 + c * 60_000); // two hours and a half: three segments
+        let lines: Vec<Vec<u8>> = (0..200)
+            .map(|i| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                format!(
+                    "<13>host-{} {} /api/v{}/items?id={} {} {}",
+                    x % 7,
+                    verbs[(x >> 8) as usize % 4],
+                    1 + (x >> 12) % 3,
+                    c * 200 + i,
+                    words[(x >> 20) as usize % 6],
+                    if (x >> 30) % 50 == 0 { "rare-needle" } else { "" }
+                )
+                .into_bytes()
+            })
+            .collect();
+        commit(&store, T0 + c * 60_000, &lines).await;
+    }
+    store.close().await;
+    let data = dir.path().display().to_string();
+    let files = segments(dir.path());
+    assert!(files.len() >= 3, "{files:?}");
+    let cases: &[&[&str]] = &[
+        &["GET /api/v[12]"],
+        &["-F", "a.b"],
+        &["-i", "error"],
+        &["-v", "GET"],
+        &["-c", "POST"],
+        &["-c", "-v", "-i", "get"],
+        &["-F", "-i", "ERROR DISK"],
+        &["^<13>host-3 "],
+        &["x$"],
+        &["rare-needle"],
+        &["-F", "no such thing anywhere"],
+    ];
+    let all = zstdcat(dir.path());
+    for args in cases {
+        let mut g = Command::new(&grep).args(*args).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+        let mut stdin = g.stdin.take().unwrap();
+        let input = all.clone();
+        let feeder = std::thread::spawn(move || stdin.write_all(&input).unwrap());
+        let want = g.wait_with_output().unwrap();
+        feeder.join().unwrap();
+        let got = Command::new(FERRY).args(["grep"]).args(*args).args([&data, "--raw"]).output().unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&got.stdout),
+            String::from_utf8_lossy(&want.stdout),
+            "ferry grep {args:?} {}",
+            String::from_utf8_lossy(&got.stderr)
+        );
+        assert_eq!(got.status.code(), want.status.code(), "exit status as grep's for {args:?}");
+    }
+    // -l names the segments with a match; a time range narrows the search.
+    let l = Command::new(FERRY).args(["grep", "-l", "rare-needle", &data]).output().unwrap();
+    let listed: Vec<String> = String::from_utf8(l.stdout).unwrap().lines().map(str::to_owned).collect();
+    assert!(!listed.is_empty() && listed.len() <= files.len());
+    let out = Command::new(FERRY)
+        .args(["grep", "-c", "GET", &data, "--from", "2026-11-30T10:10", "--to", "2026-11-30T10:11", "--stats"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(stat(&err, "decompressed"), 1, "one commit in that minute: {err}");
+    let in_minute: usize = String::from_utf8_lossy(&all)
+        .lines()
+        .filter(|l| {
+            let id: i64 = l.split("id=").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+            (10 * 200..11 * 200).contains(&id) && l.contains("GET")
+        })
+        .count();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), in_minute.to_string());
+    // JSON matches carry their own sequence numbers (the id is the sequence here).
+    let j = Command::new(FERRY).args(["grep", "rare-needle", &data, "--json"]).output().unwrap();
+    for l in String::from_utf8(j.stdout).unwrap().lines() {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        let rec = v["record"].as_str().unwrap();
+        let id: u64 = rec.split("id=").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+        assert_eq!(v["seq"].as_u64(), Some(id), "{rec}");
+    }
+}

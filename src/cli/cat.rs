@@ -27,8 +27,9 @@ use crate::store::escape::unescape_into;
 use crate::store::frame::FrameHeader;
 use crate::store::reader::{SegmentReader, Step};
 
+/// Which records: the archive, sites, streams, receive-time range (shared by `cat` and `grep`).
 #[derive(Debug, clap::Args)]
-pub struct CatArgs {
+pub struct SelectArgs {
     /// A data_dir or its archive/.
     #[arg(default_value = "data")]
     dir: PathBuf,
@@ -44,43 +45,79 @@ pub struct CatArgs {
     /// Records received before this time (same forms).
     #[arg(long)]
     to: Option<String>,
+    /// Print what was read and what was skipped to stderr.
+    #[arg(long)]
+    stats: bool,
+}
+
+impl SelectArgs {
+    /// The archive directory and the selection; times parsed against now.
+    pub fn resolve(&self) -> anyhow::Result<(PathBuf, Selection)> {
+        let now = SystemClock.now_ms();
+        let time =
+            |s: &Option<String>| s.as_deref().map(|t| parse_time(t, now)).transpose().map_err(anyhow::Error::msg);
+        let sel = Selection {
+            sites: self.site.clone(),
+            streams: self.stream.clone(),
+            from_ms: time(&self.from)?,
+            to_ms: time(&self.to)?,
+        };
+        let archive = query::archive_of(&self.dir);
+        if !archive.is_dir() {
+            anyhow::bail!("{} is not a directory (give a data_dir or its archive/)", archive.display());
+        }
+        Ok((archive, sel))
+    }
+
+    pub fn stats(&self) -> bool {
+        self.stats
+    }
+}
+
+/// How records are printed (shared by `cat` and `grep`).
+#[derive(Debug, clap::Args)]
+pub struct FormArgs {
     /// Print the archive lines as stored (escaped), as zstdcat does.
     #[arg(long, conflicts_with = "json")]
     raw: bool,
     /// One JSON object per record (origin, seq, frame times, the exact record).
     #[arg(long)]
     json: bool,
+}
+
+impl FormArgs {
+    pub fn form(&self) -> Form {
+        if self.raw {
+            Form::Raw
+        } else if self.json {
+            Form::Json
+        } else {
+            Form::Readable
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CatArgs {
+    #[command(flatten)]
+    select: SelectArgs,
+    #[command(flatten)]
+    format: FormArgs,
     /// Interleave origins by receive time instead of one origin after another.
     #[arg(long)]
     merge: bool,
-    /// Print what was read and what was skipped to stderr.
-    #[arg(long)]
-    stats: bool,
 }
 
 #[derive(Clone, Copy)]
-enum Form {
+pub enum Form {
     Readable,
     Raw,
     Json,
 }
 
 pub fn cat(a: CatArgs) -> anyhow::Result<i32> {
-    let now = SystemClock.now_ms();
-    let time = |s: &Option<String>| s.as_deref().map(|t| parse_time(t, now)).transpose().map_err(anyhow::Error::msg);
-    let sel =
-        Selection { sites: a.site.clone(), streams: a.stream.clone(), from_ms: time(&a.from)?, to_ms: time(&a.to)? };
-    let archive = query::archive_of(&a.dir);
-    if !archive.is_dir() {
-        anyhow::bail!("{} is not a directory (give a data_dir or its archive/)", archive.display());
-    }
-    let form = if a.raw {
-        Form::Raw
-    } else if a.json {
-        Form::Json
-    } else {
-        Form::Readable
-    };
+    let (archive, sel) = a.select.resolve()?;
+    let form = a.format.form();
     let origins = query::origins(&archive, &sel)?;
     let mut out = BufWriter::with_capacity(1 << 16, io::stdout().lock());
     let mut stats = Stats::default();
@@ -90,17 +127,8 @@ pub fn cat(a: CatArgs) -> anyhow::Result<i32> {
         in_order(&origins, &sel, form, &mut out, &mut stats)
     };
     let result = result.and_then(|()| out.flush());
-    if a.stats {
-        eprintln!(
-            "segments {}, frames {} (decompressed {}, skipped {}), records {}, raw bytes {}, damaged frames {}",
-            stats.segments,
-            stats.frames,
-            stats.frames_read,
-            stats.frames - stats.frames_read,
-            stats.records,
-            stats.raw_bytes,
-            stats.damaged
-        );
+    if a.select.stats() {
+        print_stats(&stats);
     }
     match result {
         Ok(()) => {}
@@ -110,7 +138,20 @@ pub fn cat(a: CatArgs) -> anyhow::Result<i32> {
     Ok(if stats.damaged > 0 { 1 } else { 0 })
 }
 
-fn report(path: &Path, offset: u64, error: String) {
+pub fn print_stats(stats: &Stats) {
+    eprintln!(
+        "segments {}, frames {} (decompressed {}, skipped {}), records {}, raw bytes {}, damaged frames {}",
+        stats.segments,
+        stats.frames,
+        stats.frames_read,
+        stats.frames - stats.frames_read,
+        stats.records,
+        stats.raw_bytes,
+        stats.damaged
+    );
+}
+
+pub fn report(path: &Path, offset: u64, error: String) {
     eprintln!("{}: frame at offset {offset}: {error}; skipped", path.display());
 }
 
@@ -213,7 +254,7 @@ fn merged(origins: &[Origin], sel: &Selection, form: Form, out: &mut impl Write,
     Ok(())
 }
 
-fn print_frame(
+pub fn print_frame(
     o: &Origin,
     h: &FrameHeader,
     lines: &[u8],

@@ -3,6 +3,7 @@
 mod cat;
 mod certs;
 mod check;
+mod grep;
 mod run;
 mod send;
 mod status;
@@ -44,6 +45,8 @@ enum Command {
     },
     /// Print an archive's records by site, stream and receive time (frames outside the range are not read).
     Cat(cat::CatArgs),
+    /// Search an archive's records (the `cat` selection) for a pattern, on every core, in archive order.
+    Grep(grep::GrepArgs),
     /// Send lines from a file or stdin to a syslog listener (also the load generator).
     Send(send::SendArgs),
     /// Make the deployment CA and node certificates (`certs ca`, `certs issue`).
@@ -66,6 +69,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Verify { dir, verbose } => verify::verify(&dir, verbose),
         Command::Send(a) => send::send(a),
         Command::Cat(a) => cat::cat(a),
+        Command::Grep(a) => grep::grep(a),
         Command::Certs(a) => certs::certs(a),
         Command::Status { admin } => status::status(&admin),
         Command::DefaultConfig => {

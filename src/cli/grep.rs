@@ -1,0 +1,289 @@
+//! `ferry grep PATTERN`: the records of a `ferry cat` selection that match,
+//! searched on every core, printed in archive order.
+//!
+//! A pattern matches the archive line as stored, which is what `zstdgrep`
+//! sees (a line break inside a record is `\n` there), so results are those of
+//! `zstdcat … | grep -E`. Frames outside the time range are skipped from
+//! their headers; the others are decompressed and searched in parallel, a
+//! batch at a time, and their matches written in order. A frame is searched
+//! as one buffer (the regex finds candidates across it and only their lines
+//! are checked), not line by line.
+
+use std::io::{self, BufWriter, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use memchr::{memchr, memrchr};
+use regex::bytes::{Regex, RegexBuilder};
+
+use super::cat::{print_frame, print_stats, report, Form, FormArgs, SelectArgs};
+use crate::query::{self, Origin, Stats};
+use crate::store::frame::FrameHeader;
+use crate::store::reader::{SegmentReader, Step};
+
+#[derive(Debug, clap::Args)]
+pub struct GrepArgs {
+    /// A regular expression (Rust `regex` syntax, like `grep -E`), or a fixed string with -F.
+    pattern: String,
+    #[command(flatten)]
+    select: SelectArgs,
+    #[command(flatten)]
+    format: FormArgs,
+    /// The pattern is a fixed string.
+    #[arg(short = 'F', long)]
+    fixed_strings: bool,
+    /// Ignore case.
+    #[arg(short, long)]
+    ignore_case: bool,
+    /// Records that do not match.
+    #[arg(short = 'v', long)]
+    invert_match: bool,
+    /// Print only the number of matching records.
+    #[arg(short, long)]
+    count: bool,
+    /// Print only the segment files that hold a match.
+    #[arg(short = 'l', long)]
+    files_with_matches: bool,
+}
+
+/// Frames decompressed and searched at once (bounds memory: a batch's
+/// frames and their matches).
+const BATCH: usize = 64;
+
+/// One frame to search.
+struct Job {
+    origin: usize,
+    path: usize,
+    offset: u64,
+    header: FrameHeader,
+}
+
+/// What a search found in one frame.
+#[derive(Default)]
+struct Found {
+    /// Matching lines, LF-terminated, as stored.
+    lines: Vec<u8>,
+    /// Their sequence numbers.
+    seqs: Vec<u64>,
+    count: u64,
+    raw_bytes: u64,
+    damaged: Option<String>,
+}
+
+pub fn grep(a: GrepArgs) -> anyhow::Result<i32> {
+    let (archive, sel) = a.select.resolve()?;
+    let pattern = if a.fixed_strings { regex::escape(&a.pattern) } else { a.pattern.clone() };
+    let re = RegexBuilder::new(&pattern)
+        .case_insensitive(a.ignore_case)
+        .multi_line(true)
+        .build()
+        .map_err(|e| anyhow::anyhow!("pattern {:?}: {e}", a.pattern))?;
+    let origins = query::origins(&archive, &sel)?;
+    let mut stats = Stats::default();
+    // Frame headers first (no data read): the work list, in archive order.
+    let mut paths: Vec<PathBuf> = Vec::new();
+    let mut jobs: Vec<Job> = Vec::new();
+    for (oi, o) in origins.iter().enumerate() {
+        for seg in &o.segments {
+            stats.segments += 1;
+            let pi = paths.len();
+            paths.push(seg.clone());
+            let mut r = SegmentReader::open(seg)?;
+            loop {
+                match r.next_header()? {
+                    Step::Frame { offset, header } => {
+                        stats.frames += 1;
+                        if sel.overlaps(&header) {
+                            jobs.push(Job { origin: oi, path: pi, offset, header });
+                        }
+                    }
+                    Step::Bad { offset, error } => match r.next_valid_frame_after(offset)? {
+                        Some(next) => {
+                            stats.damaged += 1;
+                            report(seg, offset, error.to_string());
+                            r.seek(next);
+                        }
+                        None => break,
+                    },
+                    Step::End => break,
+                }
+            }
+        }
+    }
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut out = BufWriter::with_capacity(1 << 16, io::stdout().lock());
+    let mut matched = 0u64;
+    let mut files_listed = vec![false; paths.len()];
+    let form = a.format.form();
+    let mut buf = Vec::new();
+    let result: io::Result<()> = (|| {
+        for batch in jobs.chunks(BATCH) {
+            let found = search(batch, &paths, &re, a.invert_match, workers);
+            for (job, f) in batch.iter().zip(found) {
+                stats.raw_bytes += f.raw_bytes;
+                if let Some(e) = f.damaged {
+                    stats.damaged += 1;
+                    report(&paths[job.path], job.offset, e);
+                    continue;
+                }
+                stats.frames_read += 1;
+                stats.records += u64::from(job.header.records);
+                matched += f.count;
+                if f.count == 0 || a.count {
+                    continue;
+                }
+                if a.files_with_matches {
+                    if !files_listed[job.path] {
+                        files_listed[job.path] = true;
+                        writeln!(out, "{}", paths[job.path].display())?;
+                    }
+                    continue;
+                }
+                write_matches(&origins[job.origin], &job.header, &f, form, &mut buf, &mut out)?;
+            }
+        }
+        if a.count {
+            writeln!(out, "{matched}")?;
+        }
+        out.flush()
+    })();
+    if a.select.stats() {
+        print_stats(&stats);
+    }
+    match result {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(0),
+        Err(e) => return Err(e.into()),
+    }
+    Ok(if stats.damaged > 0 {
+        2
+    } else if matched > 0 {
+        0
+    } else {
+        1
+    })
+}
+
+/// Matches are whole records, printed like `cat` prints them, each with its
+/// own sequence number.
+fn write_matches(
+    o: &Origin,
+    h: &FrameHeader,
+    f: &Found,
+    form: Form,
+    buf: &mut Vec<u8>,
+    out: &mut impl Write,
+) -> io::Result<()> {
+    if let Form::Raw = form {
+        return out.write_all(&f.lines);
+    }
+    let mut one = h.clone();
+    one.records = 1;
+    for (line, seq) in f.lines.split_inclusive(|b| *b == b'\n').zip(&f.seqs) {
+        one.first_seq = *seq;
+        print_frame(o, &one, line, form, buf, out)?;
+    }
+    Ok(())
+}
+
+/// Decompress and search `batch` on `workers` threads; results in order.
+fn search(batch: &[Job], paths: &[PathBuf], re: &Regex, invert: bool, workers: usize) -> Vec<Found> {
+    let next = AtomicUsize::new(0);
+    let mut results: Vec<Option<Found>> = (0..batch.len()).map(|_| None).collect();
+    let slots: Vec<std::sync::Mutex<&mut Option<Found>>> = results.iter_mut().map(std::sync::Mutex::new).collect();
+    std::thread::scope(|sc| {
+        for _ in 0..workers.min(batch.len()) {
+            sc.spawn(|| {
+                let mut dec = match zstd::bulk::Decompressor::new() {
+                    Ok(d) => d,
+                    Err(_) => return,
+                };
+                let mut raw = Vec::new();
+                let mut reader: Option<(usize, SegmentReader)> = None;
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(job) = batch.get(i) else { return };
+                    let f = search_one(job, paths, re, invert, &mut dec, &mut raw, &mut reader);
+                    **slots[i].lock().expect("not poisoned") = Some(f);
+                }
+            });
+        }
+    });
+    drop(slots);
+    results
+        .into_iter()
+        .map(|f| f.unwrap_or_else(|| Found { damaged: Some("not searched".into()), ..Found::default() }))
+        .collect()
+}
+
+fn search_one(
+    job: &Job,
+    paths: &[PathBuf],
+    re: &Regex,
+    invert: bool,
+    dec: &mut zstd::bulk::Decompressor<'static>,
+    raw: &mut Vec<u8>,
+    reader: &mut Option<(usize, SegmentReader)>,
+) -> Found {
+    let mut found = Found::default();
+    if reader.as_ref().is_none_or(|(p, _)| *p != job.path) {
+        match SegmentReader::open(&paths[job.path]) {
+            Ok(r) => *reader = Some((job.path, r)),
+            Err(e) => {
+                found.damaged = Some(e.to_string());
+                return found;
+            }
+        }
+    }
+    let r = &mut reader.as_mut().expect("opened above").1;
+    match r.read_data(job.offset, &job.header) {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            found.damaged = Some(e.to_string());
+            return found;
+        }
+        Err(e) => {
+            found.damaged = Some(e.to_string());
+            return found;
+        }
+    }
+    raw.clear();
+    raw.reserve(job.header.raw_len as usize);
+    if let Err(e) = dec.decompress_to_buffer(r.data(), raw) {
+        found.damaged = Some(format!("does not decompress: {e}"));
+        return found;
+    }
+    found.raw_bytes = raw.len() as u64;
+    if invert {
+        for (seq, line) in (job.header.first_seq..).zip(raw.split_inclusive(|b| *b == b'\n')) {
+            let body = line.strip_suffix(b"\n").unwrap_or(line);
+            if !re.is_match(body) {
+                found.lines.extend_from_slice(line);
+                found.seqs.push(seq);
+                found.count += 1;
+            }
+        }
+        return found;
+    }
+    // Candidates across the whole buffer; each confirmed on its own line
+    // (a match may not run from one record into the next).
+    let mut at = 0;
+    // Line number of `counted`: newlines are counted only up to each match.
+    let (mut counted, mut line_no) = (0usize, 0u64);
+    while at < raw.len() {
+        let Some(m) = re.find_at(raw, at) else { break };
+        let start = memrchr(b'\n', &raw[..m.start()]).map_or(0, |i| i + 1);
+        let end = memchr(b'\n', &raw[m.start()..]).map_or(raw.len(), |i| m.start() + i);
+        let line = &raw[start..end];
+        if m.end() <= end || re.is_match(line) {
+            line_no += memchr::memchr_iter(b'\n', &raw[counted..start]).count() as u64;
+            counted = start;
+            found.lines.extend_from_slice(line);
+            found.lines.push(b'\n');
+            found.seqs.push(job.header.first_seq + line_no);
+            found.count += 1;
+        }
+        at = end + 1;
+    }
+    found
+}
