@@ -1,5 +1,6 @@
 //! Subcommands, one file each. `anyhow` lives here and in `main.rs` only.
 
+mod audit;
 mod cat;
 mod certs;
 mod check;
@@ -45,6 +46,8 @@ enum Command {
     },
     /// Print an archive's records by site, stream and receive time (frames outside the range are not read).
     Cat(cat::CatArgs),
+    /// Per site/stream/node and hour: segments, records, sequence range, and every gap with its reason; exit 1 on a gap.
+    Audit(audit::AuditArgs),
     /// Search an archive's records (the `cat` selection) for a pattern, on every core, in archive order.
     Grep(grep::GrepArgs),
     /// Send lines from a file or stdin to a syslog listener (also the load generator).
@@ -70,6 +73,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Send(a) => send::send(a),
         Command::Cat(a) => cat::cat(a),
         Command::Grep(a) => grep::grep(a),
+        Command::Audit(a) => audit::audit(a),
         Command::Certs(a) => certs::certs(a),
         Command::Status { admin } => status::status(&admin),
         Command::DefaultConfig => {

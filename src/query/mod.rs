@@ -9,6 +9,7 @@
 //! disk, sealed or being written (a frame still being written is simply not
 //! there yet), read-only: the writer is never disturbed.
 
+pub mod audit;
 pub mod time;
 
 use std::collections::BTreeMap;

@@ -1,0 +1,276 @@
+//! Completeness of an archive, per origin (site, stream, node) and hour,
+//! from what the files and seal records say.
+//!
+//! Record sequence numbers run on across an origin's segments with no gap
+//! unless something was lost, and segment numbers (in the file names) with
+//! no gap unless a segment is missing; a seal records each segment's length,
+//! SHA-256 and sequence range. So, on an edge or on a central mirror alike:
+//! - a break in the record sequence between consecutive segments is a gap:
+//!   `segment_missing` when segment numbers are missing there too (deleted,
+//!   never delivered), `records_missing` when not (records cut after a failed
+//!   fsync keep their numbers, so the loss shows);
+//! - a sealed segment whose file is not its sealed length is `seal_mismatch`;
+//! - frames that fail their checksums are `damaged`.
+//!
+//! An hour is `complete` when every segment of it is sealed and nothing is
+//! wrong with it or with the way into it; `open` while a segment of it is
+//! still being written.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::store::reader::{SegmentReader, Step};
+use crate::store::segment::{seal_path, SealRecord, SegmentName};
+
+/// What one segment holds, from its frame headers and its seal record.
+#[derive(Debug, Clone)]
+pub struct Facts {
+    pub path: PathBuf,
+    pub name: SegmentName,
+    pub len: u64,
+    pub seal: Option<SealRecord>,
+    pub frames: u64,
+    pub records: u64,
+    pub first_seq: Option<u64>,
+    pub next_seq: Option<u64>,
+    pub damaged: u64,
+}
+
+impl Facts {
+    /// Walk the headers of `path` (no data read).
+    pub fn read(path: &Path, name: SegmentName, state: Option<&Path>, archive: &Path) -> io::Result<Facts> {
+        let seal = match state {
+            Some(st) => {
+                let rel = path.strip_prefix(archive).unwrap_or(path);
+                SealRecord::load(&seal_path(st, rel)).unwrap_or(None)
+            }
+            None => None,
+        };
+        let mut f = Facts {
+            path: path.to_owned(),
+            name,
+            len: 0,
+            seal,
+            frames: 0,
+            records: 0,
+            first_seq: None,
+            next_seq: None,
+            damaged: 0,
+        };
+        let mut r = SegmentReader::open(path)?;
+        f.len = r.len();
+        loop {
+            match r.next_header()? {
+                Step::Frame { header, .. } => {
+                    f.frames += 1;
+                    f.records += u64::from(header.records);
+                    f.first_seq.get_or_insert(header.first_seq);
+                    f.next_seq = Some(header.next_seq());
+                }
+                Step::Bad { offset, .. } => match r.next_valid_frame_after(offset)? {
+                    Some(next) => {
+                        f.damaged += 1;
+                        r.seek(next);
+                    }
+                    None => break,
+                },
+                Step::End => break,
+            }
+        }
+        Ok(f)
+    }
+
+    /// The sequence range it should hold: its seal's when sealed (a damaged
+    /// or cut file is reported once, as such, not again as a sequence gap).
+    fn first(&self) -> Option<u64> {
+        self.seal.as_ref().map(|s| s.first_seq).or(self.first_seq)
+    }
+
+    fn next(&self) -> Option<u64> {
+        self.seal.as_ref().map(|s| s.next_seq).or(self.next_seq)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Hour {
+    pub site: String,
+    pub stream: String,
+    pub node: String,
+    pub hour: String,
+    pub segments: u64,
+    pub sealed: u64,
+    pub open: u64,
+    pub records: u64,
+    pub first_seq: Option<u64>,
+    pub next_seq: Option<u64>,
+    /// `complete`, `open` or `gap`.
+    pub status: &'static str,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Gap {
+    pub site: String,
+    pub stream: String,
+    pub node: String,
+    pub hour: String,
+    pub reason: &'static str,
+    /// The records missing, `from_seq..to_seq`, when known.
+    pub from_seq: Option<u64>,
+    pub to_seq: Option<u64>,
+    pub detail: String,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    pub hours: Vec<Hour>,
+    pub gaps: Vec<Gap>,
+}
+
+/// Audit segments of any number of origins (each origin's in segment order).
+pub fn audit(segments: &[Facts]) -> Report {
+    let mut by_origin: BTreeMap<(String, String, String), Vec<&Facts>> = BTreeMap::new();
+    for f in segments {
+        by_origin.entry((f.name.site.clone(), f.name.stream.clone(), f.name.node.clone())).or_default().push(f);
+    }
+    let mut report = Report::default();
+    for ((site, stream, node), mut segs) in by_origin {
+        segs.sort_by_key(|f| f.name.seq);
+        let gap = |f: &Facts, reason, from_seq, to_seq, detail: String| Gap {
+            site: site.clone(),
+            stream: stream.clone(),
+            node: node.clone(),
+            hour: f.name.hour_key(),
+            reason,
+            from_seq,
+            to_seq,
+            detail,
+        };
+        let mut gaps = Vec::new();
+        let mut empty_hours: Vec<String> = Vec::new();
+        for (i, f) in segs.iter().enumerate() {
+            let file = f.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            if let Some(s) = &f.seal {
+                if s.len != f.len {
+                    gaps.push(gap(
+                        f,
+                        "seal_mismatch",
+                        None,
+                        None,
+                        format!("{file}: sealed at {} bytes, the file holds {}", s.len, f.len),
+                    ));
+                } else if f.first_seq.is_some() && (f.first_seq != Some(s.first_seq) || f.next_seq != Some(s.next_seq))
+                {
+                    gaps.push(gap(
+                        f,
+                        "seal_mismatch",
+                        None,
+                        None,
+                        format!("{file}: sequence range differs from its seal"),
+                    ));
+                }
+            }
+            if f.damaged > 0 {
+                gaps.push(gap(f, "damaged", None, None, format!("{file}: {} damaged frame(s)", f.damaged)));
+            }
+            let Some(prev) = i.checked_sub(1).map(|p| segs[p]) else { continue };
+            let (Some(want), Some(got)) = (prev.next(), f.first()) else { continue };
+            if got > want {
+                let missing_segments = f.name.seq > prev.name.seq + 1;
+                let (reason, detail) = if missing_segments {
+                    ("segment_missing", format!("segments {}..{} are not here", prev.name.seq + 1, f.name.seq))
+                } else {
+                    ("records_missing", format!("records {want}..{got} are missing before {file}"))
+                };
+                let mut g = gap(f, reason, Some(want), Some(got), detail);
+                // Segments rotate every hour: hours with no segment at all
+                // between the two are the missing ones (shown as rows too).
+                let between = hours_between(&prev.name.hour_key(), &f.name.hour_key());
+                if let (true, Some(first)) = (missing_segments, between.first()) {
+                    g.hour = first.clone();
+                    empty_hours.extend(between);
+                }
+                gaps.push(g);
+            } else if got < want {
+                gaps.push(gap(
+                    f,
+                    "sequence_overlap",
+                    Some(got),
+                    Some(want),
+                    format!("{file} starts at {got}, before {want}"),
+                ));
+            }
+        }
+        let mut hours: BTreeMap<String, Hour> = BTreeMap::new();
+        for f in &segs {
+            let h = hours.entry(f.name.hour_key()).or_insert_with(|| Hour {
+                site: site.clone(),
+                stream: stream.clone(),
+                node: node.clone(),
+                hour: f.name.hour_key(),
+                segments: 0,
+                sealed: 0,
+                open: 0,
+                records: 0,
+                first_seq: None,
+                next_seq: None,
+                status: "complete",
+            });
+            h.segments += 1;
+            if f.seal.is_some() {
+                h.sealed += 1;
+            } else {
+                h.open += 1;
+            }
+            h.records += f.records;
+            if h.first_seq.is_none() {
+                h.first_seq = f.first();
+            }
+            if f.next().is_some() {
+                h.next_seq = f.next();
+            }
+        }
+        for hour in empty_hours {
+            hours.entry(hour.clone()).or_insert_with(|| Hour {
+                site: site.clone(),
+                stream: stream.clone(),
+                node: node.clone(),
+                hour,
+                segments: 0,
+                sealed: 0,
+                open: 0,
+                records: 0,
+                first_seq: None,
+                next_seq: None,
+                status: "gap",
+            });
+        }
+        for h in hours.values_mut() {
+            h.status = if gaps.iter().any(|g| g.hour == h.hour) {
+                "gap"
+            } else if h.open > 0 {
+                "open"
+            } else {
+                "complete"
+            };
+        }
+        report.hours.extend(hours.into_values());
+        report.gaps.extend(gaps);
+    }
+    report
+}
+
+/// Hour keys strictly between two hour keys (`2026-11-30T10`), at most a week.
+fn hours_between(a: &str, b: &str) -> Vec<String> {
+    let ms = |k: &str| super::time::parse_time(k, 0).ok();
+    let (Some(a), Some(b)) = (ms(a), ms(b)) else { return Vec::new() };
+    let mut out = Vec::new();
+    let mut t = a + 3_600_000;
+    while t < b && out.len() < 24 * 7 {
+        out.push(crate::store::segment::hour_key(t));
+        t += 3_600_000;
+    }
+    out
+}

@@ -1,0 +1,196 @@
+//! `ferry audit`: a complete archive says so; a missing segment, a
+//! truncated one and a break in the record sequence are each a gap with the
+//! right origin, hour and reason, in the table and in `--json`, and a
+//! non-zero exit.
+
+mod util;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use ferry::config::validate;
+use ferry::metrics::Metrics;
+use ferry::store::clock::ManualClock;
+use ferry::store::escape::escape_into;
+use ferry::store::reader::{SegmentReader, Step};
+use ferry::store::segment::{seal_path, sha256_file, SealRecord};
+use ferry::store::{Batch, Store};
+use util::FERRY;
+
+/// 2026-11-30T10:00:00Z
+const T0: i64 = 1_796_032_800_000;
+const HOUR: i64 = 3_600_000;
+
+/// Four sealed hourly segments (10:00 to 13:00) of 5 commits of 100 records.
+async fn archive(dir: &Path) {
+    let text = format!(
+        "[node]\nsite = \"sg1\"\nname = \"relay-1\"\ndata_dir = \"{}\"\n[admin]\nlisten = \"\"\n[[stream]]\nname = \"live\"\n",
+        dir.display()
+    );
+    let clock = ManualClock::new(T0);
+    let store = Store::open(&validate(&text, "t.toml").unwrap(), Arc::new(clock.clone()), Metrics::new()).unwrap();
+    let h = store.stream("live").unwrap();
+    for hour in 0..4 {
+        for c in 0..5 {
+            let t = T0 + hour * HOUR + c * 600_000;
+            clock.set(t);
+            let mut data = Vec::new();
+            for i in 0..100 {
+                escape_into(format!("<13>h{hour} c{c} record {i}").as_bytes(), &mut data);
+                data.push(b'\n');
+            }
+            let b =
+                Batch { listener: "t".into(), data, records: 100, truncated: 0, first_ms: t, last_ms: t, ack: None };
+            h.submit(b).await.map_err(|e| e.0).unwrap();
+            h.flush().await.unwrap();
+        }
+    }
+    store.close().await;
+}
+
+fn segment(dir: &Path, hour: u32) -> PathBuf {
+    let mut v = util::segments(dir);
+    v.sort();
+    v.into_iter().find(|p| p.to_string_lossy().contains(&format!("T{hour:02}-"))).unwrap()
+}
+
+fn audit(dir: &Path) -> (i32, String, serde_json::Value) {
+    let d = dir.display().to_string();
+    let table = Command::new(FERRY).args(["audit", &d]).output().unwrap();
+    let json = Command::new(FERRY).args(["audit", &d, "--json"]).output().unwrap();
+    assert_eq!(table.status.code(), json.status.code());
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    (table.status.code().unwrap(), String::from_utf8(table.stdout).unwrap(), v)
+}
+
+fn statuses(v: &serde_json::Value) -> Vec<(String, String)> {
+    v["hours"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| (h["hour"].as_str().unwrap().to_owned(), h["status"].as_str().unwrap().to_owned()))
+        .collect()
+}
+
+fn only_gap(v: &serde_json::Value) -> (String, String) {
+    let gaps = v["gaps"].as_array().unwrap();
+    assert_eq!(gaps.len(), 1, "{gaps:?}");
+    let g = &gaps[0];
+    assert_eq!(
+        (g["site"].as_str(), g["stream"].as_str(), g["node"].as_str()),
+        (Some("sg1"), Some("live"), Some("relay-1"))
+    );
+    (g["hour"].as_str().unwrap().to_owned(), g["reason"].as_str().unwrap().to_owned())
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    for e in walkdir::WalkDir::new(from) {
+        let e = e.unwrap();
+        let dest = to.join(e.path().strip_prefix(from).unwrap());
+        if e.file_type().is_dir() {
+            std::fs::create_dir_all(&dest).unwrap();
+        } else {
+            std::fs::copy(e.path(), &dest).unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_complete_archive_then_each_kind_of_gap_with_its_hour_and_reason() {
+    let base = tempfile::tempdir().unwrap();
+    archive(base.path()).await;
+    let (code, table, v) = audit(base.path());
+    assert_eq!(code, 0, "{table}");
+    assert!(table.contains("no gaps"), "{table}");
+    let hours: Vec<(String, String)> = (10..14).map(|h| (format!("2026-11-30T{h}"), "complete".to_owned())).collect();
+    assert_eq!(statuses(&v), hours);
+    assert_eq!(v["hours"][1]["records"].as_u64(), Some(500));
+    assert_eq!((v["hours"][1]["first_seq"].as_u64(), v["hours"][1]["next_seq"].as_u64()), (Some(500), Some(1000)));
+    assert!(table.contains("sg1/live/relay-1") && table.contains("500..1000"), "{table}");
+
+    // A segment missing (deleted from the mirror, never delivered).
+    let d = tempfile::tempdir().unwrap();
+    copy_dir(base.path(), d.path());
+    let seg = segment(d.path(), 11);
+    std::fs::remove_file(&seg).unwrap();
+    let (code, table, v) = audit(d.path());
+    assert_eq!(code, 1);
+    assert_eq!(only_gap(&v), ("2026-11-30T11".into(), "segment_missing".into()));
+    assert!(table.contains("2026-11-30T11: segment_missing"), "{table}");
+    assert!(statuses(&v).contains(&("2026-11-30T11".into(), "gap".into())));
+
+    // A sealed segment cut short.
+    let d = tempfile::tempdir().unwrap();
+    copy_dir(base.path(), d.path());
+    let seg = segment(d.path(), 12);
+    let len = std::fs::metadata(&seg).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&seg).unwrap().set_len(len - 50).unwrap();
+    let (code, table, v) = audit(d.path());
+    assert_eq!(code, 1, "{table}");
+    assert_eq!(only_gap(&v), ("2026-11-30T12".into(), "seal_mismatch".into()));
+
+    // Records cut from the end of a segment (as after a failed fsync: the
+    // segment sealed at its durable length, the numbers lost with it).
+    let d = tempfile::tempdir().unwrap();
+    copy_dir(base.path(), d.path());
+    let seg = segment(d.path(), 10);
+    let mut r = SegmentReader::open(&seg).unwrap();
+    let mut last = (0, 0);
+    while let Step::Frame { offset, header } = r.next_frame().unwrap() {
+        last = (offset, header.records);
+    }
+    std::fs::OpenOptions::new().write(true).open(&seg).unwrap().set_len(last.0).unwrap();
+    let rel = seg.strip_prefix(d.path().join("archive")).unwrap();
+    let sp = seal_path(&d.path().join("state"), rel);
+    let mut seal = SealRecord::load(&sp).unwrap().unwrap();
+    seal.len = last.0;
+    seal.sha256 = sha256_file(&seg).unwrap();
+    seal.frames -= 1;
+    seal.records -= u64::from(last.1);
+    seal.next_seq -= u64::from(last.1);
+    std::fs::write(&sp, seal.to_text()).unwrap();
+    let (code, table, v) = audit(d.path());
+    assert_eq!(code, 1, "{table}");
+    assert_eq!(only_gap(&v), ("2026-11-30T11".into(), "records_missing".into()));
+    assert_eq!((v["gaps"][0]["from_seq"].as_u64(), v["gaps"][0]["to_seq"].as_u64()), (Some(400), Some(500)));
+}
+
+#[test]
+fn a_central_mirror_after_a_transfer_is_complete_and_a_deleted_mirror_segment_is_a_gap() {
+    use std::time::Duration;
+    use util::link::{pair, wait_mirrored, Pki, Via};
+    use util::{ferry_send, free_port, Node, TestDir};
+    let pki_dir = TestDir::new("pki");
+    let pki = Pki::new(&pki_dir, "pki");
+    let port = free_port();
+    let p = pair("audit", &pki, Via::Tls, port, port, "commit_bytes = \"64KiB\"\nsegment_max_bytes = \"256KiB\"", "");
+    let mut central = Node::start(&p.central_dir, &p.central_cfg, p.central_ports.admin);
+    let mut edge = Node::start(&p.edge_dir, &p.edge_cfg, p.edge_ports.admin);
+    let mut input = Vec::new();
+    for i in 0..30_000 {
+        input.extend_from_slice(format!("<13>audit-{i:06} {}\n", util::noise(i, 40)).as_bytes());
+    }
+    ferry_send(&["--to", &format!("127.0.0.1:{}", p.edge_ports.tcp)], &input);
+    edge.wait_metric("ferry_committed_records_total", &[], Duration::from_secs(30), |v| v >= 30_000.0);
+    edge.stop();
+    wait_mirrored(&edge.data, &central.data, Duration::from_secs(30));
+    central.stop();
+    for data in [&edge.data, &central.data] {
+        let (code, table, v) = audit(data);
+        assert_eq!(code, 0, "{table}");
+        let hours = v["hours"].as_array().unwrap();
+        assert!(hours.iter().all(|h| h["status"] == "complete" && h["site"] == "edge1"), "{table}");
+        let records: u64 = hours.iter().map(|h| h["records"].as_u64().unwrap()).sum();
+        assert_eq!(records, 30_000, "{table}");
+    }
+    let segs = util::segments(&central.data);
+    assert!(segs.len() >= 3, "{segs:?}");
+    let mut sorted = segs.clone();
+    sorted.sort();
+    std::fs::remove_file(&sorted[1]).unwrap();
+    let (code, table, v) = audit(&central.data);
+    assert_eq!(code, 1, "{table}");
+    assert_eq!(v["gaps"][0]["reason"], "segment_missing", "{table}");
+    assert_eq!(v["gaps"][0]["site"], "edge1");
+}
