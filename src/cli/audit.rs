@@ -5,6 +5,7 @@
 use std::io::{self, Write};
 
 use super::cat::SelectArgs;
+use super::progress::Progress;
 use crate::query::{self, audit};
 
 #[derive(Debug, clap::Args)]
@@ -20,8 +21,12 @@ pub fn audit(a: AuditArgs) -> anyhow::Result<i32> {
     let (archive, sel) = a.select.resolve()?;
     let state = archive.parent().map(|p| p.join("state")).filter(|s| s.is_dir());
     let mut facts = Vec::new();
-    for o in query::origins(&archive, &sel)? {
+    let origins = query::origins(&archive, &sel)?;
+    let size = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    let progress = Progress::bytes(origins.iter().flat_map(|o| &o.segments).map(|p| size(p)).sum(), "audit");
+    for o in origins {
         for seg in &o.segments {
+            progress.inc(size(seg));
             let Some(name) = seg.strip_prefix(&archive).ok().and_then(crate::store::segment::SegmentName::parse_rel)
             else {
                 continue;
@@ -29,6 +34,7 @@ pub fn audit(a: AuditArgs) -> anyhow::Result<i32> {
             facts.push(audit::Facts::read(seg, name, state.as_deref(), &archive)?);
         }
     }
+    progress.finish();
     let report = audit::audit(&facts);
     let mut out = io::stdout().lock();
     let written = if a.json { json(&report, &mut out) } else { table(&report, &mut out) };

@@ -17,6 +17,7 @@ use memchr::{memchr, memrchr};
 use regex::bytes::{Regex, RegexBuilder};
 
 use super::cat::{print_frame, print_stats, report, Form, FormArgs, SelectArgs};
+use super::progress::Progress;
 use crate::query::{self, Origin, Stats};
 use crate::store::frame::FrameHeader;
 use crate::store::reader::{SegmentReader, Step};
@@ -111,6 +112,7 @@ pub fn grep(a: GrepArgs) -> anyhow::Result<i32> {
         }
     }
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let progress = Progress::bytes(jobs.iter().map(|j| j.header.frame_len()).sum(), "grep");
     let mut out = BufWriter::with_capacity(1 << 16, io::stdout().lock());
     let mut matched = 0u64;
     let mut files_listed = vec![false; paths.len()];
@@ -119,6 +121,7 @@ pub fn grep(a: GrepArgs) -> anyhow::Result<i32> {
     let result: io::Result<()> = (|| {
         for batch in jobs.chunks(BATCH) {
             let found = search(batch, &paths, &re, a.invert_match, workers);
+            progress.inc(batch.iter().map(|j| j.header.frame_len()).sum());
             for (job, f) in batch.iter().zip(found) {
                 stats.raw_bytes += f.raw_bytes;
                 if let Some(e) = f.damaged {
@@ -147,6 +150,7 @@ pub fn grep(a: GrepArgs) -> anyhow::Result<i32> {
         }
         out.flush()
     })();
+    progress.finish();
     if a.select.stats() {
         print_stats(&stats);
     }

@@ -5,6 +5,7 @@ mod cat;
 mod certs;
 mod check;
 mod grep;
+mod progress;
 mod run;
 mod send;
 mod status;

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use walkdir::WalkDir;
 
+use super::progress::Progress;
 use crate::store::reader::{SegmentReader, Step};
 use crate::store::segment::{seal_path, sha256_file, SealRecord, SEGMENT_SUFFIX};
 
@@ -48,7 +49,10 @@ pub fn verify(dir: &Path, verbose: bool) -> anyhow::Result<i32> {
     }
     let mut dec = zstd::bulk::Decompressor::new()?;
     let mut raw = Vec::new();
+    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    let progress = Progress::bytes(files.iter().map(|p| size(p)).sum(), "verify");
     for path in &files {
+        progress.inc(size(path));
         t.segments += 1;
         let before = t.problems;
         let mut r = SegmentReader::open(path)?;
@@ -134,6 +138,7 @@ pub fn verify(dir: &Path, verbose: bool) -> anyhow::Result<i32> {
             println!("{}: {status}: {frames} frames, {records} records, {} bytes", path.display(), r.len());
         }
     }
+    progress.finish();
     println!(
         "verified {} segment(s) ({} sealed), {} frames, {} records, {} bytes: {} problem(s)",
         t.segments, t.sealed, t.frames, t.records, t.bytes, t.problems
