@@ -194,3 +194,39 @@ fn a_central_mirror_after_a_transfer_is_complete_and_a_deleted_mirror_segment_is
     assert_eq!(v["gaps"][0]["reason"], "segment_missing", "{table}");
     assert_eq!(v["gaps"][0]["site"], "edge1");
 }
+
+struct HoldAll;
+impl ferry::store::retention::Hold for HoldAll {
+    fn holds(&self, _: &Path) -> bool {
+        true
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undelivered_segment_deleted_by_drop_oldest_is_named_as_such() {
+    let base = tempfile::tempdir().unwrap();
+    archive(base.path()).await;
+    let d = tempfile::tempdir().unwrap();
+    copy_dir(base.path(), d.path());
+    // 12:30, max_age 1h: the 10:00 segment (sealed at 11:00) is too old, and
+    // drop_oldest deletes it although no uplink delivered it.
+    let text = format!(
+        "[node]\nsite = \"sg1\"\nname = \"relay-1\"\ndata_dir = \"{}\"\n[admin]\nlisten = \"\"\n[store.retention]\nmax_age = \"1h\"\non_full = \"drop_oldest\"\n[[stream]]\nname = \"live\"\n",
+        d.path().display()
+    );
+    let store = Store::open(
+        &validate(&text, "t.toml").unwrap(),
+        Arc::new(ManualClock::new(T0 + 2 * HOUR + HOUR / 2)),
+        Metrics::new(),
+    )
+    .unwrap();
+    let out = store.retention_pass(&HoldAll).unwrap();
+    assert_eq!(out.deleted.len(), 1, "{:?}", out.deleted);
+    store.close().await;
+    let (code, table, v) = audit(d.path());
+    assert_eq!(code, 1, "{table}");
+    assert_eq!(only_gap(&v), ("2026-11-30T10".into(), "deleted_undelivered".into()));
+    assert_eq!((v["gaps"][0]["from_seq"].as_u64(), v["gaps"][0]["to_seq"].as_u64()), (Some(0), Some(500)));
+    assert!(table.contains("deleted before delivery"), "{table}");
+    assert!(statuses(&v).contains(&("2026-11-30T11".into(), "complete".into())), "{table}");
+}

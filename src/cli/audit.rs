@@ -3,10 +3,12 @@
 //! for scripts; exit status 1 when there is a gap.
 
 use std::io::{self, Write};
+use std::path::Path;
 
 use super::cat::SelectArgs;
 use super::progress::Progress;
 use crate::query::{self, audit};
+use crate::store::segment::{SealRecord, SegmentName};
 
 #[derive(Debug, clap::Args)]
 pub struct AuditArgs {
@@ -27,14 +29,16 @@ pub fn audit(a: AuditArgs) -> anyhow::Result<i32> {
     for o in origins {
         for seg in &o.segments {
             progress.inc(size(seg));
-            let Some(name) = seg.strip_prefix(&archive).ok().and_then(crate::store::segment::SegmentName::parse_rel)
-            else {
+            let Some(name) = seg.strip_prefix(&archive).ok().and_then(SegmentName::parse_rel) else {
                 continue;
             };
             facts.push(audit::Facts::read(seg, name, state.as_deref(), &archive)?);
         }
     }
     progress.finish();
+    if let Some(st) = &state {
+        facts.extend(tombstones(&st.join("gone"), &sel)?);
+    }
     let report = audit::audit(&facts);
     let mut out = io::stdout().lock();
     let written = if a.json { json(&report, &mut out) } else { table(&report, &mut out) };
@@ -44,6 +48,30 @@ pub fn audit(a: AuditArgs) -> anyhow::Result<i32> {
         Err(e) => return Err(e.into()),
     }
     Ok(if report.gaps.is_empty() { 0 } else { 1 })
+}
+
+/// Undelivered segments deleted by `drop_oldest` (`state/gone/<rel>.gone`).
+fn tombstones(dir: &Path, sel: &query::Selection) -> anyhow::Result<Vec<audit::Facts>> {
+    let mut out = Vec::new();
+    if !dir.is_dir() {
+        return Ok(out);
+    }
+    for e in walkdir::WalkDir::new(dir) {
+        let e = e?;
+        let Some(rel) = e.path().strip_prefix(dir).ok().and_then(|r| r.to_str()?.strip_suffix(".gone")) else {
+            continue;
+        };
+        let Some(name) = SegmentName::parse_rel(Path::new(rel)) else { continue };
+        if !sel.wants(&name) {
+            continue;
+        }
+        match SealRecord::load(e.path()) {
+            Ok(Some(seal)) => out.push(audit::Facts::gone(name, e.path().to_owned(), seal)),
+            Ok(None) => {}
+            Err(err) => eprintln!("{}: {err}; skipped", e.path().display()),
+        }
+    }
+    Ok(out)
 }
 
 fn json(r: &audit::Report, out: &mut impl Write) -> io::Result<()> {

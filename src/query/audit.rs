@@ -10,7 +10,10 @@
 //!   never delivered), `records_missing` when not (records cut after a failed
 //!   fsync keep their numbers, so the loss shows);
 //! - a sealed segment whose file is not its sealed length is `seal_mismatch`;
-//! - frames that fail their checksums are `damaged`.
+//! - frames that fail their checksums are `damaged`;
+//! - a segment that `drop_oldest` deleted before any uplink delivered it
+//!   left a tombstone (`state/gone/`, its seal record): `deleted_undelivered`,
+//!   at its own hour, with its sequence range.
 //!
 //! An hour is `complete` when every segment of it is sealed and nothing is
 //! wrong with it or with the way into it; `open` while a segment of it is
@@ -37,9 +40,27 @@ pub struct Facts {
     pub first_seq: Option<u64>,
     pub next_seq: Option<u64>,
     pub damaged: u64,
+    /// Deleted undelivered (a tombstone): only its seal is left.
+    pub gone: bool,
 }
 
 impl Facts {
+    /// A tombstone left by `drop_oldest` (`state/gone/<rel>.gone`).
+    pub fn gone(name: SegmentName, path: PathBuf, seal: SealRecord) -> Facts {
+        Facts {
+            path,
+            name,
+            len: seal.len,
+            frames: seal.frames,
+            records: seal.records,
+            first_seq: Some(seal.first_seq),
+            next_seq: Some(seal.next_seq),
+            seal: Some(seal),
+            damaged: 0,
+            gone: true,
+        }
+    }
+
     /// Walk the headers of `path` (no data read).
     pub fn read(path: &Path, name: SegmentName, state: Option<&Path>, archive: &Path) -> io::Result<Facts> {
         let seal = match state {
@@ -59,6 +80,7 @@ impl Facts {
             first_seq: None,
             next_seq: None,
             damaged: 0,
+            gone: false,
         };
         let mut r = SegmentReader::open(path)?;
         f.len = r.len();
@@ -152,7 +174,15 @@ pub fn audit(segments: &[Facts]) -> Report {
         let mut empty_hours: Vec<String> = Vec::new();
         for (i, f) in segs.iter().enumerate() {
             let file = f.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            if let Some(s) = &f.seal {
+            if f.gone {
+                let detail = format!(
+                    "{} deleted before delivery (on_full = drop_oldest), records {}..{}",
+                    file.trim_end_matches(".gone"),
+                    f.first().unwrap_or(0),
+                    f.next().unwrap_or(0)
+                );
+                gaps.push(gap(f, "deleted_undelivered", f.first(), f.next(), detail));
+            } else if let Some(s) = &f.seal {
                 if s.len != f.len {
                     gaps.push(gap(
                         f,
@@ -218,6 +248,9 @@ pub fn audit(segments: &[Facts]) -> Report {
                 next_seq: None,
                 status: "complete",
             });
+            if f.gone {
+                continue;
+            }
             h.segments += 1;
             if f.seal.is_some() {
                 h.sealed += 1;

@@ -38,6 +38,11 @@ const NAME_SLACK_MS: i64 = 3_600_000;
 const HOUR_MS: i64 = 3_600_000;
 
 impl Selection {
+    /// Whether a segment of this name may hold records of the selection.
+    pub fn wants(&self, n: &SegmentName) -> bool {
+        self.wants_origin(n) && self.may_overlap_hour(n)
+    }
+
     fn wants_origin(&self, n: &SegmentName) -> bool {
         (self.sites.is_empty() || self.sites.contains(&n.site))
             && (self.streams.is_empty() || self.streams.contains(&n.stream))

@@ -14,7 +14,7 @@ use tracing::{info, warn};
 
 use super::fs::Fs;
 use super::recover::list_repaired;
-use super::segment::{list_segments, seal_path, SealRecord};
+use super::segment::{gone_path, list_segments, seal_path, SealRecord};
 use super::Store;
 use crate::config::{OnFull, RetentionConfig};
 use crate::metrics::Metrics;
@@ -73,11 +73,15 @@ pub fn pass(
         Outcome { total_bytes: segs.iter().map(|s| s.len).sum(), segments: segs.len() as u64, ..Outcome::default() };
     let deletable = |s: &Seg| s.seal.is_some() && (cfg.on_full == OnFull::DropOldest || !hold.holds(&s.rel));
     let delete = |s: &Seg, reason: &str, out: &mut Outcome| -> io::Result<()> {
-        if hold.holds(&s.rel) {
+        let undelivered = hold.holds(&s.rel);
+        if undelivered {
             warn!(path = %s.rel.display(), reason, "deleting a segment an uplink has not delivered (on_full = drop_oldest)");
             metrics.retention_deleted_segments.with_label_values(&["undelivered"]).inc();
         }
         remove(fs, archive_dir, state_dir, &s.rel)?;
+        if undelivered {
+            tombstone(fs, state_dir, &s.rel, s.seal.as_ref());
+        }
         metrics.retention_deleted_segments.with_label_values(&[reason]).inc();
         metrics.retention_deleted_bytes.with_label_values(&[reason]).inc_by(s.len);
         info!(path = %s.rel.display(), bytes = s.len, reason, "retention deleted segment");
@@ -113,6 +117,19 @@ pub fn pass(
     metrics.archive_segments.set(out.segments as i64);
     metrics.store_full.set(i64::from(out.full));
     Ok(out)
+}
+
+/// Keep the seal record of an undelivered segment just deleted as its
+/// tombstone (`state/gone/`), written after the deletion freed the space:
+/// `ferry audit` then reports the hole as `deleted_undelivered`, not as a
+/// segment gone missing. Failing to write it is logged; the deletion stands.
+fn tombstone(fs: &Fs, state_dir: &Path, rel: &Path, seal: Option<&SealRecord>) {
+    let Some(seal) = seal else { return };
+    let path = gone_path(state_dir, rel);
+    let written = path.parent().map_or(Ok(()), |d| fs.create_dir_all(d)).and_then(|()| seal.store(fs, &path));
+    if let Err(e) = written {
+        warn!(path = %rel.display(), error = %e, "cannot record the deletion of an undelivered segment");
+    }
 }
 
 fn remove(fs: &Fs, archive_dir: &Path, state_dir: &Path, rel: &Path) -> io::Result<()> {
@@ -155,6 +172,9 @@ pub fn make_room(
         }
         let undelivered = hold.holds(&d.rel);
         remove(fs, archive_dir, state_dir, &d.rel)?;
+        if undelivered {
+            tombstone(fs, state_dir, &d.rel, d.seal.as_ref());
+        }
         metrics.retention_deleted_segments.with_label_values(&["disk_full"]).inc();
         metrics.retention_deleted_bytes.with_label_values(&["disk_full"]).inc_by(d.len);
         if undelivered {

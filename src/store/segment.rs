@@ -128,6 +128,15 @@ pub fn seal_path(state_dir: &Path, rel: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
+/// Where the record of an undelivered segment deleted by `drop_oldest`
+/// lives (its seal record, kept under another name): `ferry audit` names
+/// the hole it leaves for what it is.
+pub fn gone_path(state_dir: &Path, rel: &Path) -> PathBuf {
+    let mut p = state_dir.join("gone").join(rel).into_os_string();
+    p.push(".gone");
+    PathBuf::from(p)
+}
+
 /// The proof that a segment is closed: its final length and checksum.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SealRecord {
