@@ -25,7 +25,7 @@ use crate::query::{self, time::parse_time, Origin, Selection, Stats};
 use crate::store::clock::{Clock, SystemClock};
 use crate::store::escape::unescape_into;
 use crate::store::frame::FrameHeader;
-use crate::store::reader::{SegmentReader, Step};
+use crate::store::reader::SegmentReader;
 
 /// Which records: the archive, sites, streams, receive-time range (shared by `cat` and `grep`).
 #[derive(Debug, clap::Args)]
@@ -194,27 +194,8 @@ fn merged(origins: &[Origin], sel: &Selection, form: Form, out: &mut impl Write,
     for o in origins {
         let mut list = Vec::new();
         for seg in &o.segments {
-            stats.segments += 1;
-            let mut r = SegmentReader::open(seg)?;
-            loop {
-                match r.next_header()? {
-                    Step::Frame { offset, header } => {
-                        stats.frames += 1;
-                        if sel.overlaps(&header) {
-                            list.push((seg.clone(), offset, header));
-                        }
-                    }
-                    Step::Bad { offset, error } => match r.next_valid_frame_after(offset)? {
-                        Some(next) => {
-                            stats.damaged += 1;
-                            report(seg, offset, error.to_string());
-                            r.seek(next);
-                        }
-                        None => break,
-                    },
-                    Step::End => break,
-                }
-            }
+            let frames = query::frames(seg, sel, stats, &mut report)?;
+            list.extend(frames.into_iter().map(|(offset, header)| (seg.clone(), offset, header)));
         }
         lists.push(list);
     }
@@ -234,21 +215,10 @@ fn merged(origins: &[Origin], sel: &Selection, form: Form, out: &mut impl Write,
             reader = Some((path.clone(), SegmentReader::open(path)?));
         }
         let r = &mut reader.as_mut().expect("opened above").1;
-        if let Err(e) = r.read_data(*offset, header)? {
-            stats.damaged += 1;
-            report(path, *offset, e.to_string());
+        if let Err(e) = query::decompress(r, *offset, header, &mut dec, &mut raw, stats)? {
+            report(path, *offset, e);
             continue;
         }
-        raw.clear();
-        raw.reserve(header.raw_len as usize);
-        if let Err(e) = dec.decompress_to_buffer(r.data(), &mut raw) {
-            stats.damaged += 1;
-            report(path, *offset, format!("does not decompress: {e}"));
-            continue;
-        }
-        stats.frames_read += 1;
-        stats.raw_bytes += raw.len() as u64;
-        stats.records += u64::from(header.records);
         print_frame(&origins[i], header, &raw, form, &mut buf, out)?;
     }
     Ok(())

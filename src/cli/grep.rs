@@ -20,7 +20,7 @@ use super::cat::{print_frame, print_stats, report, Form, FormArgs, SelectArgs};
 use super::progress::Progress;
 use crate::query::{self, Origin, Stats};
 use crate::store::frame::FrameHeader;
-use crate::store::reader::{SegmentReader, Step};
+use crate::store::reader::SegmentReader;
 
 #[derive(Debug, clap::Args)]
 pub struct GrepArgs {
@@ -86,28 +86,10 @@ pub fn grep(a: GrepArgs) -> anyhow::Result<i32> {
     let mut jobs: Vec<Job> = Vec::new();
     for (oi, o) in origins.iter().enumerate() {
         for seg in &o.segments {
-            stats.segments += 1;
             let pi = paths.len();
             paths.push(seg.clone());
-            let mut r = SegmentReader::open(seg)?;
-            loop {
-                match r.next_header()? {
-                    Step::Frame { offset, header } => {
-                        stats.frames += 1;
-                        if sel.overlaps(&header) {
-                            jobs.push(Job { origin: oi, path: pi, offset, header });
-                        }
-                    }
-                    Step::Bad { offset, error } => match r.next_valid_frame_after(offset)? {
-                        Some(next) => {
-                            stats.damaged += 1;
-                            report(seg, offset, error.to_string());
-                            r.seek(next);
-                        }
-                        None => break,
-                    },
-                    Step::End => break,
-                }
+            for (offset, header) in query::frames(seg, &sel, &mut stats, &mut report)? {
+                jobs.push(Job { origin: oi, path: pi, offset, header });
             }
         }
     }

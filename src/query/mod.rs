@@ -133,11 +133,74 @@ pub struct Frame<'a> {
     pub lines: &'a [u8],
 }
 
+/// The frames of `path` that overlap the selection, from their headers
+/// alone: (offset, header). Damage is reported through `damaged` and skipped
+/// to the next whole frame; a frame still being written at the end of the
+/// file ends the list. Counts the segment and its frames in `stats`.
+pub fn frames(
+    path: &Path,
+    sel: &Selection,
+    stats: &mut Stats,
+    damaged: &mut dyn FnMut(&Path, u64, String),
+) -> io::Result<Vec<(u64, FrameHeader)>> {
+    stats.segments += 1;
+    let mut r = SegmentReader::open(path)?;
+    let mut out = Vec::new();
+    loop {
+        match r.next_header()? {
+            Step::Frame { offset, header } => {
+                stats.frames += 1;
+                if sel.overlaps(&header) {
+                    out.push((offset, header));
+                }
+            }
+            Step::Bad { offset, error } => match r.next_valid_frame_after(offset)? {
+                Some(next) => {
+                    stats.damaged += 1;
+                    damaged(path, offset, error.to_string());
+                    r.seek(next);
+                }
+                // A frame being written, or a torn tail: the end for now.
+                None => return Ok(out),
+            },
+            Step::End => return Ok(out),
+        }
+    }
+}
+
+/// Read, check and decompress the frame at `offset` into `raw`; counts it
+/// in `stats`. `Err` describes a damaged frame (counted, for the caller to
+/// report).
+pub fn decompress(
+    r: &mut SegmentReader,
+    offset: u64,
+    header: &FrameHeader,
+    dec: &mut zstd::bulk::Decompressor<'static>,
+    raw: &mut Vec<u8>,
+    stats: &mut Stats,
+) -> io::Result<Result<(), String>> {
+    let checked = match r.read_data(offset, header)? {
+        Ok(()) => {
+            raw.clear();
+            raw.reserve(header.raw_len as usize);
+            dec.decompress_to_buffer(r.data(), raw).map(|_| ()).map_err(|e| format!("does not decompress: {e}"))
+        }
+        Err(e) => Err(e.to_string()),
+    };
+    match &checked {
+        Ok(()) => {
+            stats.frames_read += 1;
+            stats.raw_bytes += raw.len() as u64;
+            stats.records += u64::from(header.records);
+        }
+        Err(_) => stats.damaged += 1,
+    }
+    Ok(checked)
+}
+
 /// Walk the frames of `path` that overlap the selection, decompressing only
 /// those, and hand each to `f`; `f` returns false to stop everything (the
-/// reader of the output went away). Damage is reported through `damaged`
-/// and skipped to the next whole frame; a frame still being written at the
-/// end of the file ends the walk of that file. Returns whether to go on.
+/// reader of the output went away). Returns whether to go on.
 pub fn walk_segment(
     path: &Path,
     sel: &Selection,
@@ -147,44 +210,19 @@ pub fn walk_segment(
     damaged: &mut dyn FnMut(&Path, u64, String),
     f: &mut dyn FnMut(Frame<'_>) -> bool,
 ) -> io::Result<bool> {
-    stats.segments += 1;
+    let list = frames(path, sel, stats, damaged)?;
     let mut r = SegmentReader::open(path)?;
-    loop {
-        match r.next_header()? {
-            Step::End => return Ok(true),
-            Step::Bad { offset, error } => match r.next_valid_frame_after(offset)? {
-                Some(next) => {
-                    stats.damaged += 1;
-                    damaged(path, offset, error.to_string());
-                    r.seek(next);
-                }
-                // A frame being written, or a torn tail: the end for now.
-                None => return Ok(true),
-            },
-            Step::Frame { offset, header } => {
-                stats.frames += 1;
-                if !sel.overlaps(&header) {
-                    continue;
-                }
-                if let Err(e) = r.read_data(offset, &header)? {
-                    stats.damaged += 1;
-                    damaged(path, offset, e.to_string());
-                    continue;
-                }
-                raw.clear();
-                raw.reserve(header.raw_len as usize);
-                if let Err(e) = dec.decompress_to_buffer(r.data(), raw) {
-                    stats.damaged += 1;
-                    damaged(path, offset, format!("does not decompress: {e}"));
-                    continue;
-                }
-                stats.frames_read += 1;
-                stats.raw_bytes += raw.len() as u64;
-                stats.records += u64::from(header.records);
-                if !f(Frame { path, header: &header, lines: raw }) {
-                    return Ok(false);
-                }
+    for (offset, header) in &list {
+        match decompress(&mut r, *offset, header, dec, raw, stats)? {
+            Ok(()) => {}
+            Err(e) => {
+                damaged(path, *offset, e);
+                continue;
             }
         }
+        if !f(Frame { path, header, lines: raw }) {
+            return Ok(false);
+        }
     }
+    Ok(true)
 }
