@@ -96,6 +96,9 @@ pub struct Writer {
     /// Told of every commit and every segment created or closed: it wakes
     /// the forwarders.
     pub changes: Arc<Changes>,
+    /// The stream's queue budget: closed when the writer stops, so a sender
+    /// waiting for room is told the store closed.
+    pub budget: Arc<tokio::sync::Semaphore>,
 }
 
 struct Part {
@@ -410,6 +413,7 @@ impl Writer {
             }
         }
         self.seal(w.seg.take());
+        self.budget.close();
         info!(stream = %self.stream, "stream writer stopped");
     }
 

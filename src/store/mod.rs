@@ -187,8 +187,23 @@ impl StreamHandle {
         if let Some(e) = self.refusal() {
             return Err((e, batch));
         }
-        let Ok(permit) = self.budget.clone().acquire_many_owned(self.cost(&batch)).await else {
-            return Err((Error::Closed, batch));
+        // Wait for room, but not past the stream going down meanwhile: a
+        // sender waiting then is refused like one that comes later (its
+        // records stay with it), not held until the disk recovers.
+        let acquire = self.budget.clone().acquire_many_owned(self.cost(&batch));
+        tokio::pin!(acquire);
+        let permit = loop {
+            tokio::select! {
+                p = &mut acquire => match p {
+                    Ok(p) => break p,
+                    Err(_) => return Err((Error::Closed, batch)),
+                },
+                _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {
+                    if let Some(e) = self.refusal() {
+                        return Err((e, batch));
+                    }
+                }
+            }
         };
         self.tx.send(Msg::Batch(batch, permit)).await.map_err(|e| match e.0 {
             Msg::Batch(b, _) => (Error::Closed, b),
@@ -285,6 +300,8 @@ impl Store {
             for t in [Trouble::DiskFull, Trouble::ReadOnly, Trouble::Io] {
                 metrics.store_unwritable.with_label_values(&[name, t.as_str()]).set(0);
             }
+            let budget_max = config.store.commit_bytes.min(u32::MAX as usize) as u32;
+            let budget = Arc::new(Semaphore::new(budget_max as usize));
             let w = Writer {
                 stream: name.clone(),
                 site: config.node.site.clone(),
@@ -303,6 +320,7 @@ impl Store {
                 last_name: rec.last_name,
                 closing: Vec::new(),
                 changes: changes.clone(),
+                budget: budget.clone(),
             };
             let h = handle.clone();
             let t = std::thread::Builder::new()
@@ -310,13 +328,12 @@ impl Store {
                 .spawn(move || w.run(h))
                 .map_err(|source| Error::Open { path: archive_dir.clone(), source })?;
             threads.push(t);
-            let budget_max = config.store.commit_bytes.min(u32::MAX as usize) as u32;
             streams.push(StreamHandle {
                 name: name.as_str().into(),
                 tx,
                 full: full.clone(),
                 health,
-                budget: Arc::new(Semaphore::new(budget_max as usize)),
+                budget,
                 budget_max,
             });
         }
