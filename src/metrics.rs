@@ -100,6 +100,8 @@ pub struct Metrics {
     pub cut_records: IntCounterVec,
     pub state_repaired: IntCounterVec,
     pub mirror_errors: IntCounterVec,
+    pub audit_complete_hour: IntGaugeVec,
+    pub audit_gaps: IntGaugeVec,
     pub up_since: IntGauge,
     pub info: IntGaugeVec,
     // link
@@ -332,6 +334,18 @@ impl Metrics {
                 &["reason"],
             ),
             fsync_seconds,
+            audit_complete_hour: gv(
+                r,
+                "ferry_audit_complete_hour_seconds",
+                "End (Unix time) of the newest hour that is complete here and closed: every segment sealed, verified, the sequence unbroken, and the origin's next hour continuing it",
+                &["site", "stream", "node"],
+            ),
+            audit_gaps: gv(
+                r,
+                "ferry_audit_gaps",
+                "Gaps ferry audit finds in the archive now, per origin and reason (segment_missing, records_missing, seal_mismatch, sequence_overlap, deleted_undelivered)",
+                &["site", "stream", "node", "reason"],
+            ),
             up_since: g(r, "ferry_start_time_seconds", "Unix time the node started"),
             info: gv(r, "ferry_build_info", "Build information: always 1, the version is a label", &["version"]),
             uplink_connected: gv(

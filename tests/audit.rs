@@ -108,6 +108,20 @@ async fn a_complete_archive_then_each_kind_of_gap_with_its_hour_and_reason() {
     assert_eq!(v["hours"][1]["records"].as_u64(), Some(500));
     assert_eq!((v["hours"][1]["first_seq"].as_u64(), v["hours"][1]["next_seq"].as_u64()), (Some(500), Some(1000)));
     assert!(table.contains("sg1/live/relay-1") && table.contains("500..1000"), "{table}");
+    let closed: Vec<bool> = v["hours"].as_array().unwrap().iter().map(|h| h["closed"].as_bool().unwrap()).collect();
+    assert_eq!(closed, [true, true, true, false], "the last hour has no successor yet");
+    // The same facts as metrics: 12:00 is the newest hour complete and
+    // closed, so the gauge says 13:00; no gap.
+    let (m, mut seen) = (Metrics::new(), Default::default());
+    let st = base.path().join("state");
+    ferry::query::watch::refresh(&base.path().join("archive"), &st, &m, &mut seen).unwrap();
+    let origin = [("site", "sg1"), ("stream", "live"), ("node", "relay-1")];
+    let text = m.render();
+    assert_eq!(
+        util::metric_value(&text, "ferry_audit_complete_hour_seconds", &origin),
+        ((T0 + 3 * HOUR) / 1000) as f64
+    );
+    assert!(!text.contains("ferry_audit_gaps{"), "{text}");
 
     // A segment missing (deleted from the mirror, never delivered).
     let d = tempfile::tempdir().unwrap();
@@ -119,6 +133,14 @@ async fn a_complete_archive_then_each_kind_of_gap_with_its_hour_and_reason() {
     assert_eq!(only_gap(&v), ("2026-11-30T11".into(), "segment_missing".into()));
     assert!(table.contains("2026-11-30T11: segment_missing"), "{table}");
     assert!(statuses(&v).contains(&("2026-11-30T11".into(), "gap".into())));
+    let (st, archive) = (d.path().join("state"), d.path().join("archive"));
+    ferry::query::watch::refresh(&archive, &st, &m, &mut seen).unwrap();
+    let gap = [origin.as_slice(), &[("reason", "segment_missing")]].concat();
+    assert_eq!(util::metric_value(&m.render(), "ferry_audit_gaps", &gap), 1.0);
+    // Put back, the gap is gone from the metrics too (0, not a stale 1).
+    copy_dir(base.path(), d.path());
+    ferry::query::watch::refresh(&archive, &st, &m, &mut seen).unwrap();
+    assert_eq!(util::metric_value(&m.render(), "ferry_audit_gaps", &gap), 0.0);
 
     // A sealed segment cut short.
     let d = tempfile::tempdir().unwrap();
@@ -222,11 +244,71 @@ async fn an_undelivered_segment_deleted_by_drop_oldest_is_named_as_such() {
     .unwrap();
     let out = store.retention_pass(&HoldAll).unwrap();
     assert_eq!(out.deleted.len(), 1, "{:?}", out.deleted);
-    store.close().await;
+    // Kept by the next pass: its `max_age` counts from when it was written.
+    store.retention_pass(&HoldAll).unwrap();
+    let tomb = ferry::store::segment::gone_path(&d.path().join("state"), &out.deleted[0]);
+    assert!(tomb.exists());
     let (code, table, v) = audit(d.path());
     assert_eq!(code, 1, "{table}");
     assert_eq!(only_gap(&v), ("2026-11-30T10".into(), "deleted_undelivered".into()));
     assert_eq!((v["gaps"][0]["from_seq"].as_u64(), v["gaps"][0]["to_seq"].as_u64()), (Some(0), Some(500)));
     assert!(table.contains("deleted before delivery"), "{table}");
     assert!(statuses(&v).contains(&("2026-11-30T11".into(), "complete".into())), "{table}");
+    // Written more than `max_age` before the store's now (12:30): expired.
+    let f = std::fs::File::options().write(true).open(&tomb).unwrap();
+    f.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_millis((T0 + HOUR) as u64)).unwrap();
+    store.retention_pass(&HoldAll).unwrap();
+    assert!(!tomb.exists(), "expired with retention");
+    store.close().await;
+}
+
+/// The edge deletes undelivered segments (`drop_oldest`, archive over
+/// `max_bytes`) while central is down; once central is back the uplink
+/// delivers the rest and tells it what was deleted (GONE): `ferry audit` at
+/// central names each hole `deleted_undelivered` with the same sequence
+/// ranges as at the edge, and every record sent is either at central or in
+/// one of those ranges.
+#[test]
+fn a_drop_oldest_deletion_at_the_edge_before_delivery_is_a_gap_at_central() {
+    use std::time::Duration;
+    use util::link::{pair, wait_mirrored, Pki, Via};
+    use util::{ferry_send, free_port, Node, TestDir};
+    let pki_dir = TestDir::new("pki");
+    let pki = Pki::new(&pki_dir, "pki");
+    let port = free_port();
+    let store = "commit_bytes = \"64KiB\"\nsegment_max_bytes = \"256KiB\"\n[store.retention]\nmax_bytes = \"1MiB\"\non_full = \"drop_oldest\"\ncheck_interval = \"200ms\"";
+    let p = pair("gone", &pki, Via::Tls, port, port, store, "");
+    let mut edge = Node::start(&p.edge_dir, &p.edge_cfg, p.edge_ports.admin);
+    const N: usize = 80_000;
+    let mut input = Vec::new();
+    for i in 0..N {
+        input.extend_from_slice(format!("<13>gone-{i:06} {}\n", util::noise(i as u64, 60)).as_bytes());
+    }
+    ferry_send(&["--to", &format!("127.0.0.1:{}", p.edge_ports.tcp)], &input);
+    edge.wait_metric("ferry_committed_records_total", &[], Duration::from_secs(30), |v| v >= N as f64);
+    let undelivered = [("reason", "undelivered")];
+    edge.wait_metric("ferry_retention_deleted_segments_total", &undelivered, Duration::from_secs(30), |v| v >= 2.0);
+    // Central comes up; the edge delivers what is left and stops once
+    // everything, tombstones included, is taken.
+    let mut central = Node::start(&p.central_dir, &p.central_cfg, p.central_ports.admin);
+    edge.stop();
+    wait_mirrored(&edge.data, &central.data, Duration::from_secs(30));
+    // Central's metrics say so too (refreshed after the layout changed).
+    let gap = [("site", "edge1"), ("stream", "live"), ("node", "relay-1"), ("reason", "deleted_undelivered")];
+    central.wait_metric("ferry_audit_gaps", &gap, Duration::from_secs(30), |v| v >= 2.0);
+    central.stop();
+    let (code, table, at_edge) = audit(&edge.data);
+    assert_eq!(code, 1, "{table}");
+    let (code, table, at_central) = audit(&central.data);
+    assert_eq!(code, 1, "{table}");
+    let gaps = at_central["gaps"].as_array().unwrap();
+    assert!(gaps.len() >= 2, "{table}");
+    assert!(gaps.iter().all(|g| g["reason"] == "deleted_undelivered" && g["site"] == "edge1"), "{table}");
+    assert_eq!(at_central["gaps"], at_edge["gaps"], "{table}");
+    let held: u64 = at_central["hours"].as_array().unwrap().iter().map(|h| h["records"].as_u64().unwrap()).sum();
+    let lost: u64 = gaps.iter().map(|g| g["to_seq"].as_u64().unwrap() - g["from_seq"].as_u64().unwrap()).sum();
+    assert!(lost > 0);
+    assert_eq!(held + lost, N as u64, "{table}");
+    eprintln!("{table}");
+    assert!(table.contains("deleted before delivery"), "{table}");
 }

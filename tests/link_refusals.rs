@@ -180,7 +180,7 @@ fn refusals(via: Via) {
         // Another protocol version.
         let mut l = dial_client(via, &good, addr).await.unwrap();
         assert!(matches!(
-            exchange(&mut l, &enc(&[hello(99)])).await,
+            exchange(&mut l, &enc(&[hello(0)])).await,
             Some(Msg::Refuse { code: Code::VersionUnsupported, .. })
         ));
         wait_refused(&central, "version_unsupported");

@@ -5,9 +5,11 @@
 //! Each case draws, from its seed, a scenario: commits and seals at the
 //! origin, cuts, delays, outages short and long, restarts of either side with
 //! their on-disk state kept or lost, a crash of the receiver mid-append (a
-//! torn tail), windows and live shares. After every acknowledged append and
-//! every restart the mirror must be a byte-identical prefix of the origin;
-//! at the end, once the link is left alone, identical and sealed.
+//! torn tail), windows and live shares, undelivered segments deleted at the
+//! origin (`drop_oldest`). After every acknowledged append and every restart
+//! the mirror must be a byte-identical prefix of the origin; at the end, once
+//! the link is left alone, identical and sealed, and every deleted segment
+//! either sealed at the mirror or kept there as a tombstone.
 //!
 //! Files are real (segments of real frames, the real mirror code with its
 //! fsyncs) on tmpfs, so thousands of cases run in seconds. A failing case
@@ -24,7 +26,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use ferry::link::proto::Msg;
-use ferry::link::receiver::{append_reply, have_reply, seal_reply, Core, Step};
+use ferry::link::receiver::{append_reply, gone_reply, have_reply, seal_reply, Core, Step};
 use ferry::link::uplink::backoff::Backoff;
 use ferry::link::uplink::scan::read_chunk;
 use ferry::link::uplink::session::{Event, Params, Session};
@@ -34,7 +36,7 @@ use ferry::store::changes::{Changes, Subscriber};
 use ferry::store::clock::SystemClock;
 use ferry::store::frame::{FrameEncoder, FrameMeta};
 use ferry::store::fs::Fs;
-use ferry::store::segment::{sha256_file, OnDisk, SealRecord, SegmentName};
+use ferry::store::segment::{gone_path, sha256_file, OnDisk, SealRecord, SegmentName};
 
 const SITE: &str = "edge1";
 const STREAM: &str = "live";
@@ -69,6 +71,8 @@ struct Origin {
     next_record: u64,
     enc: FrameEncoder,
     changes: Arc<Changes>,
+    /// Tombstones of segments deleted undelivered.
+    gone: Vec<(PathBuf, SealRecord)>,
 }
 
 struct OSeg {
@@ -79,6 +83,8 @@ struct OSeg {
     records: u64,
     first_seq: u64,
     seal: Option<SealRecord>,
+    /// Deleted by `drop_oldest` before delivery.
+    deleted: bool,
 }
 
 impl Origin {
@@ -92,6 +98,7 @@ impl Origin {
             next_record: 0,
             enc: FrameEncoder::new(1).unwrap(),
             changes: Changes::new(),
+            gone: Vec::new(),
         }
     }
 
@@ -114,6 +121,7 @@ impl Origin {
                 records: 0,
                 first_seq: self.next_record,
                 seal: None,
+                deleted: false,
             });
             self.changes.layout_changed(None);
         }
@@ -156,11 +164,22 @@ impl Origin {
         self.changes.layout_changed(Some(&seg.rel));
     }
 
+    /// Retention under `drop_oldest`: the oldest sealed segment not yet
+    /// delivered is deleted and leaves a tombstone.
+    fn drop_oldest(&mut self, delivered: &HashSet<PathBuf>) -> Option<PathBuf> {
+        let s = self.segs.iter_mut().find(|s| s.seal.is_some() && !s.deleted && !delivered.contains(&s.rel))?;
+        std::fs::remove_file(self.archive.join(&s.rel)).unwrap();
+        s.deleted = true;
+        self.gone.push((s.rel.clone(), s.seal.clone().unwrap()));
+        self.changes.layout_changed(None);
+        Some(s.rel.clone())
+    }
+
     /// What the uplink's listing finds: every undelivered segment, oldest first.
     fn listing(&self, delivered: &HashSet<PathBuf>) -> Vec<OnDisk> {
         self.segs
             .iter()
-            .filter(|s| !delivered.contains(&s.rel))
+            .filter(|s| !delivered.contains(&s.rel) && !s.deleted)
             .map(|s| OnDisk {
                 rel: s.rel.clone(),
                 name: s.name.clone(),
@@ -201,6 +220,7 @@ enum Action {
     RestartUplink {
         lose_state: bool,
     },
+    DropOldest,
     Latency(u64, u64),
 }
 
@@ -262,6 +282,7 @@ impl Sim {
             connect_timeout: Duration::from_secs(2),
             site: SITE.into(),
             rotate_after: [2u64 << 10, 16 << 10, 256 << 10][rng.random_range(0..3)],
+            version: ferry::link::proto::VERSION,
         };
         Sim {
             seed,
@@ -358,6 +379,11 @@ impl Sim {
                 self.backoff = Backoff::new(Duration::from_millis(100), BACKOFF_MAX);
                 self.next_dial = self.vt;
             }
+            Action::DropOldest => {
+                if let Some(rel) = self.origin.drop_oldest(&self.delivered) {
+                    self.note(format!("deleted {} undelivered", rel.display()));
+                }
+            }
             Action::Latency(a, b) => self.latency = (a, b),
         }
     }
@@ -421,6 +447,10 @@ impl Sim {
                     self.note(format!("delivered {}", l.rel.display()));
                     continue;
                 }
+                Some(Event::Noted(rel)) => {
+                    self.note(format!("tombstone of {} noted", rel.display()));
+                    continue;
+                }
                 Some(Event::Rotate { stream }) => {
                     // The store rotates at its next commit: here, at once.
                     assert_eq!(stream, STREAM);
@@ -437,6 +467,7 @@ impl Sim {
                     let listing = self.origin.listing(&self.delivered);
                     let c = self.conn.as_mut().unwrap();
                     c.sess.archive(listing, &u.lens);
+                    c.sess.tombstones(self.origin.gone.clone());
                 }
                 continue;
             }
@@ -504,6 +535,9 @@ impl Sim {
                         append_reply(id, &r)
                     }
                     Step::Seal { id, rel, len, sha256 } => seal_reply(id, &self.mirror.seal(&rel, len, &sha256)),
+                    Step::Gone { id, rel, tombstone } => {
+                        gone_reply(id, &self.mirror.note_gone(&rel, &tombstone.to_seal()))
+                    }
                 };
                 replies.push(reply);
                 if c.closed {
@@ -618,7 +652,20 @@ impl Sim {
     }
 
     fn all_delivered(&self) -> bool {
-        self.origin.segs.iter().all(|s| s.seal.is_some() && self.delivered.contains(&s.rel))
+        self.origin.segs.iter().all(|s| {
+            if s.deleted {
+                self.gone_known(s)
+            } else {
+                s.seal.is_some() && self.delivered.contains(&s.rel)
+            }
+        })
+    }
+
+    /// A segment deleted at the origin is sealed at the mirror (it arrived
+    /// whole before) or kept there as a tombstone with its seal record.
+    fn gone_known(&self, s: &OSeg) -> bool {
+        self.mirror.have(&s.rel).is_ok_and(|(_, sealed)| sealed)
+            || SealRecord::load(&gone_path(&self.dir.join("mirror/state"), &s.rel)).ok().flatten() == s.seal
     }
 
     /// The end state: every segment delivered, the mirror identical to the
@@ -630,12 +677,12 @@ impl Sim {
                 .origin
                 .segs
                 .iter()
-                .filter(|s| !self.delivered.contains(&s.rel))
-                .map(|s| s.rel.display().to_string())
+                .filter(|s| if s.deleted { !self.gone_known(s) } else { !self.delivered.contains(&s.rel) })
+                .map(|s| format!("{}{}", s.rel.display(), if s.deleted { " (deleted: no tombstone)" } else { "" }))
                 .collect();
             self.fail(&format!("not delivered in the end: {missing:?}"));
         }
-        for s in &self.origin.segs {
+        for s in self.origin.segs.iter().filter(|s| !s.deleted) {
             let got = std::fs::read(self.dir.join("mirror/archive").join(&s.rel)).unwrap_or_default();
             if got != s.data {
                 self.fail(&format!("mirror of {} differs from its origin in the end", s.rel.display()));
@@ -680,6 +727,7 @@ fn scenario(rng: &mut StdRng, span: u64) -> VecDeque<(u64, Action)> {
             }),
             84..=89 => Action::RestartReceiver { lose_state: rng.random_bool(0.3), torn_tail: rng.random_bool(0.5) },
             90..=94 => Action::RestartUplink { lose_state: rng.random_bool(0.4) },
+            95..=96 => Action::DropOldest,
             _ => {
                 let a = rng.random_range(0..50);
                 Action::Latency(a, a + rng.random_range(0..200))
@@ -705,6 +753,7 @@ struct Totals {
     appends: usize,
     acks: usize,
     rotations: usize,
+    tombstones: usize,
 }
 
 fn one_case(seed: u64, metrics: &Metrics, totals: &mut Totals) {
@@ -726,6 +775,7 @@ fn one_case(seed: u64, metrics: &Metrics, totals: &mut Totals) {
     totals.appends += sim.appends_sent_at.len();
     totals.acks += sim.acks_at.len();
     totals.rotations += sim.rotations;
+    totals.tombstones += sim.origin.gone.len();
 }
 
 #[test]
@@ -746,6 +796,7 @@ fn seeded_random_sessions_keep_the_mirror_a_prefix_and_converge() {
     }
     eprintln!("link simulation: {cases} cases in {:.1} s: {totals:?}", started.elapsed().as_secs_f64());
     assert!(totals.sessions > cases as usize * 2, "the scenarios cut and restart links");
+    assert!(totals.tombstones > cases as usize / 10, "the scenarios delete undelivered segments");
 }
 
 #[test]

@@ -8,7 +8,7 @@ use std::path::Path;
 use super::cat::SelectArgs;
 use super::progress::Progress;
 use crate::query::{self, audit};
-use crate::store::segment::{SealRecord, SegmentName};
+use crate::store::segment::{list_tombstones, SegmentName};
 
 #[derive(Debug, clap::Args)]
 pub struct AuditArgs {
@@ -37,7 +37,7 @@ pub fn audit(a: AuditArgs) -> anyhow::Result<i32> {
     }
     progress.finish();
     if let Some(st) = &state {
-        facts.extend(tombstones(&st.join("gone"), &sel)?);
+        facts.extend(tombstones(st, &archive, &sel));
     }
     let report = audit::audit(&facts);
     let mut out = io::stdout().lock();
@@ -50,28 +50,20 @@ pub fn audit(a: AuditArgs) -> anyhow::Result<i32> {
     Ok(if report.gaps.is_empty() { 0 } else { 1 })
 }
 
-/// Undelivered segments deleted by `drop_oldest` (`state/gone/<rel>.gone`).
-fn tombstones(dir: &Path, sel: &query::Selection) -> anyhow::Result<Vec<audit::Facts>> {
+/// Undelivered segments deleted by `drop_oldest` (`state/gone/<rel>.gone`),
+/// here or, on central, at the origin.
+fn tombstones(state: &Path, archive: &Path, sel: &query::Selection) -> Vec<audit::Facts> {
     let mut out = Vec::new();
-    if !dir.is_dir() {
-        return Ok(out);
-    }
-    for e in walkdir::WalkDir::new(dir) {
-        let e = e?;
-        let Some(rel) = e.path().strip_prefix(dir).ok().and_then(|r| r.to_str()?.strip_suffix(".gone")) else {
-            continue;
-        };
-        let Some(name) = SegmentName::parse_rel(Path::new(rel)) else { continue };
+    for (rel, name, seal) in list_tombstones(state) {
         if !sel.wants(&name) {
             continue;
         }
-        match SealRecord::load(e.path()) {
-            Ok(Some(seal)) => out.push(audit::Facts::gone(name, e.path().to_owned(), seal)),
-            Ok(None) => {}
-            Err(err) => eprintln!("{}: {err}; skipped", e.path().display()),
+        match seal {
+            Ok(seal) => out.push(audit::Facts::gone(name, archive.join(rel), seal)),
+            Err(e) => eprintln!("{e}; skipped"),
         }
     }
-    Ok(out)
+    out
 }
 
 fn json(r: &audit::Report, out: &mut impl Write) -> io::Result<()> {

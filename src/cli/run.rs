@@ -170,6 +170,14 @@ pub async fn run_node(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<()> 
     let retention_stop = CancellationToken::new();
     let retention_task =
         tokio::spawn(retention::run(store.clone(), hold, cfg.store.retention.check_interval, retention_stop.clone()));
+    let watch_stop = CancellationToken::new();
+    let watch_task = tokio::spawn(crate::query::watch::run(
+        cfg.archive_dir(),
+        cfg.state_dir(),
+        metrics.clone(),
+        store.changes().clone(),
+        watch_stop.clone(),
+    ));
     ready.store(true, Ordering::Relaxed);
     metrics.ready.set(1);
     info!("ferry ready");
@@ -201,6 +209,8 @@ pub async fn run_node(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<()> 
     }
     retention_stop.cancel();
     let _ = retention_task.await;
+    watch_stop.cancel();
+    let _ = watch_task.await;
     store.close().await;
     // Give uplinks a moment to deliver the segments the store just sealed.
     uplink_drain.cancel();

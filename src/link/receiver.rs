@@ -15,7 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
-use super::proto::{Code, DecodeError, Msg, VERSION};
+use super::proto::{Code, DecodeError, Msg, Tombstone, MIN_VERSION, VERSION};
 use super::transport::{quic, tls, Link, Timing};
 use crate::config::{ListenerConfig, Transport};
 use crate::metrics::Metrics;
@@ -147,6 +147,8 @@ pub struct Core {
     /// Sites this peer may forward for (`relays`).
     relays: Vec<String>,
     hello: bool,
+    /// The version agreed in WELCOME.
+    version: u16,
     ids: HashMap<u32, PathBuf>,
 }
 
@@ -173,6 +175,12 @@ pub enum Step {
         len: u64,
         sha256: [u8; 32],
     },
+    /// Answer with [`gone_reply`] of `Mirror::note_gone`.
+    Gone {
+        id: u32,
+        rel: PathBuf,
+        tombstone: Tombstone,
+    },
     /// Send REFUSE and close.
     Refuse(Code, String),
 }
@@ -184,8 +192,23 @@ impl Core {
             node: node.to_owned(),
             relays: relays.to_vec(),
             hello: false,
+            version: 0,
             ids: HashMap::new(),
         }
+    }
+
+    /// `path` as a segment path this peer may write, or the refusal.
+    fn writable(&self, path: &str) -> Result<PathBuf, Step> {
+        let Some(name) = mirror::parse_path(path) else {
+            return Err(Step::Refuse(Code::InvalidPath, format!("{path:?} is not a segment path")));
+        };
+        if name.site != self.site && !self.relays.contains(&self.site) {
+            return Err(Step::Refuse(
+                Code::NotAuthorized,
+                format!("site {:?} may not write under {:?}", self.site, name.site),
+            ));
+        }
+        Ok(PathBuf::from(path))
     }
 
     pub fn handle(&mut self, msg: Msg) -> Step {
@@ -194,33 +217,34 @@ impl Core {
                 if self.hello {
                     return Step::Refuse(Code::ProtocolViolation, "second HELLO".into());
                 }
-                if version != VERSION {
+                if version < MIN_VERSION {
                     return Step::Refuse(
                         Code::VersionUnsupported,
-                        format!("peer speaks version {version}, this receiver speaks {VERSION}"),
+                        format!("peer speaks version {version}, this receiver speaks {MIN_VERSION} to {VERSION}"),
                     );
                 }
                 if claimed != self.node {
                     warn!(site = %self.site, cert_node = %self.node, hello_node = %claimed, "HELLO names another node than the certificate; the certificate wins");
                 }
                 self.hello = true;
-                Step::Reply(Msg::Welcome { version: VERSION })
+                self.version = version.min(VERSION);
+                Step::Reply(Msg::Welcome { version: self.version })
             }
             _ if !self.hello => Step::Refuse(Code::BadHello, "expected HELLO first".into()),
-            Msg::Open { id, path } => {
-                let Some(name) = mirror::parse_path(&path) else {
-                    return Step::Refuse(Code::InvalidPath, format!("{path:?} is not a segment path"));
-                };
-                if name.site != self.site && !self.relays.contains(&self.site) {
-                    return Step::Refuse(
-                        Code::NotAuthorized,
-                        format!("site {:?} may not write under {:?}", self.site, name.site),
-                    );
+            Msg::Open { id, path } => match self.writable(&path) {
+                Ok(rel) => {
+                    self.ids.insert(id, rel.clone());
+                    Step::Have { id, rel }
                 }
-                let rel = PathBuf::from(&path);
-                self.ids.insert(id, rel.clone());
-                Step::Have { id, rel }
+                Err(refuse) => refuse,
+            },
+            Msg::Gone { .. } if self.version < 2 => {
+                Step::Refuse(Code::ProtocolViolation, format!("GONE in a version {} session", self.version))
             }
+            Msg::Gone { id, path, tombstone } => match self.writable(&path) {
+                Ok(rel) => Step::Gone { id, rel, tombstone },
+                Err(refuse) => refuse,
+            },
             Msg::Append { id, offset, frames } => match self.ids.get(&id) {
                 Some(rel) => Step::Append { id, rel: rel.clone(), offset, frames },
                 None => Step::Refuse(Code::ProtocolViolation, format!("APPEND for unknown id {id}")),
@@ -260,6 +284,14 @@ pub fn seal_reply(id: u32, r: &Result<(), SealError>) -> Msg {
         Ok(()) => Msg::Sealed { id, ok: true },
         Err(SealError::Checksum { .. } | SealError::Length { .. }) => Msg::Sealed { id, ok: false },
         Err(SealError::Io(e)) => Msg::Error { id, code: Code::of_io(e), reason: e.to_string() },
+    }
+}
+
+/// SEALED ok: the tombstone is kept (or the segment is sealed here anyway).
+pub fn gone_reply(id: u32, r: &io::Result<()>) -> Msg {
+    match r {
+        Ok(()) => Msg::Sealed { id, ok: true },
+        Err(e) => Msg::Error { id, code: Code::of_io(e), reason: e.to_string() },
     }
 }
 
@@ -344,6 +376,19 @@ async fn session(mut link: Link, ctx: Arc<ReceiverCtx>, sd: Shutdown) {
                     }
                 }
                 seal_reply(id, &r)
+            }
+            Step::Gone { id, rel, tombstone } => {
+                let r2 = rel.clone();
+                let seal = tombstone.to_seal();
+                let r = tokio::task::spawn_blocking(move || mirror.note_gone(&r2, &seal)).await.expect("mirror task");
+                match &r {
+                    Ok(()) => warn!(listener = %ctx.cfg.name, %peer, %site, path = %rel.display(),
+                        first_seq = tombstone.first_seq, next_seq = tombstone.next_seq,
+                        "the origin deleted this segment before delivering it (on_full = drop_oldest); tombstone kept"),
+                    Err(e) => warn!(listener = %ctx.cfg.name, %peer, %site, path = %rel.display(), error = %e,
+                        "cannot keep the tombstone of a segment deleted at the origin; the uplink will tell again"),
+                }
+                gone_reply(id, &r)
             }
         };
         wbuf.clear();

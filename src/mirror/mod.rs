@@ -30,7 +30,7 @@ use crate::store::clock::Clock;
 use crate::store::frame::{FrameError, FrameHeader};
 use crate::store::fs::{Fs, FsFile, Trouble};
 use crate::store::recover::{reseal, walk_and_repair};
-use crate::store::segment::{hex, seal_path, sha256_file, SealRecord, SegmentName};
+use crate::store::segment::{gone_path, hex, seal_path, sha256_file, SealRecord, SegmentName};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppendError {
@@ -207,6 +207,28 @@ impl Mirror {
             self.changes.layout_changed(None);
         }
         self.changes.grown(&e.rel, e.len);
+        Ok(())
+    }
+
+    /// The origin deleted `rel` before delivering it (`drop_oldest`): keep
+    /// its seal record as a tombstone (`state/gone/`) so `ferry audit` here
+    /// names the hole, unless the segment is sealed here anyway (another
+    /// uplink of the origin had not delivered it). Any part of it already
+    /// mirrored stays: those records are real. A regional hop forwards the
+    /// tombstone on like a segment.
+    pub fn note_gone(&self, rel: &Path, seal: &SealRecord) -> io::Result<()> {
+        if matches!(SealRecord::load(&seal_path(&self.state_dir, rel)), Ok(Some(_))) {
+            return Ok(());
+        }
+        let path = gone_path(&self.state_dir, rel);
+        if matches!(SealRecord::load(&path), Ok(Some(s)) if s == *seal) {
+            return Ok(());
+        }
+        if let Some(dir) = path.parent() {
+            self.fs.create_dir_all(dir)?;
+        }
+        seal.store(&self.fs, &path)?;
+        self.changes.layout_changed(None);
         Ok(())
     }
 

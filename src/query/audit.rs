@@ -17,7 +17,10 @@
 //!
 //! An hour is `complete` when every segment of it is sealed and nothing is
 //! wrong with it or with the way into it; `open` while a segment of it is
-//! still being written.
+//! still being written. It is also `closed` when the origin's next segment,
+//! in a later hour, continues its sequence: nothing of it can still arrive
+//! (central cannot otherwise tell a finished hour from one whose last
+//! segments are still on their way).
 
 use std::collections::BTreeMap;
 use std::io;
@@ -58,6 +61,23 @@ impl Facts {
             seal: Some(seal),
             damaged: 0,
             gone: true,
+        }
+    }
+
+    /// A sealed segment from its seal record alone (the metrics refresh:
+    /// no file read; `len` is the file's length as listed).
+    pub fn sealed(path: PathBuf, name: SegmentName, len: u64, seal: SealRecord) -> Facts {
+        Facts {
+            path,
+            name,
+            len,
+            frames: seal.frames,
+            records: seal.records,
+            first_seq: Some(seal.first_seq),
+            next_seq: Some(seal.next_seq),
+            seal: Some(seal),
+            damaged: 0,
+            gone: false,
         }
     }
 
@@ -130,6 +150,9 @@ pub struct Hour {
     pub next_seq: Option<u64>,
     /// `complete`, `open` or `gap`.
     pub status: &'static str,
+    /// The origin's next segment, of a later hour, follows this hour's last
+    /// without a break.
+    pub closed: bool,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -159,7 +182,25 @@ pub fn audit(segments: &[Facts]) -> Report {
     }
     let mut report = Report::default();
     for ((site, stream, node), mut segs) in by_origin {
-        segs.sort_by_key(|f| f.name.seq);
+        // A segment's file before its tombstone, if both are here.
+        segs.sort_by_key(|f| (f.name.seq, f.gone));
+        // Both: a sealed file means it arrived after all (by another uplink),
+        // otherwise the tombstone stands for it and the part that arrived
+        // before the origin deleted it is said.
+        let mut partial: BTreeMap<u64, u64> = BTreeMap::new();
+        let mut merged: Vec<&Facts> = Vec::with_capacity(segs.len());
+        for f in segs {
+            match merged.last_mut() {
+                Some(prev) if prev.name.seq == f.name.seq => {
+                    if f.gone && prev.seal.is_none() {
+                        partial.insert(f.name.seq, prev.records);
+                        *prev = f;
+                    }
+                }
+                _ => merged.push(f),
+            }
+        }
+        let segs = merged;
         let gap = |f: &Facts, reason, from_seq, to_seq, detail: String| Gap {
             site: site.clone(),
             stream: stream.clone(),
@@ -172,15 +213,20 @@ pub fn audit(segments: &[Facts]) -> Report {
         };
         let mut gaps = Vec::new();
         let mut empty_hours: Vec<String> = Vec::new();
+        // Hours that missing segments may belong to, besides the gap's own.
+        let mut suspect: Vec<String> = Vec::new();
+        let mut closed: Vec<String> = Vec::new();
         for (i, f) in segs.iter().enumerate() {
             let file = f.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             if f.gone {
-                let detail = format!(
-                    "{} deleted before delivery (on_full = drop_oldest), records {}..{}",
-                    file.trim_end_matches(".gone"),
+                let mut detail = format!(
+                    "{file} deleted before delivery (on_full = drop_oldest), records {}..{}",
                     f.first().unwrap_or(0),
                     f.next().unwrap_or(0)
                 );
+                if let Some(n) = partial.get(&f.name.seq) {
+                    detail.push_str(&format!(" ({n} of them arrived here before)"));
+                }
                 gaps.push(gap(f, "deleted_undelivered", f.first(), f.next(), detail));
             } else if let Some(s) = &f.seal {
                 if s.len != f.len {
@@ -207,6 +253,10 @@ pub fn audit(segments: &[Facts]) -> Report {
             }
             let Some(prev) = i.checked_sub(1).map(|p| segs[p]) else { continue };
             let (Some(want), Some(got)) = (prev.next(), f.first()) else { continue };
+            let later = f.name.hour_key() > prev.name.hour_key();
+            if got == want && later && f.name.seq == prev.name.seq + 1 && !prev.gone && !f.gone {
+                closed.push(prev.name.hour_key());
+            }
             if got > want {
                 let missing_segments = f.name.seq > prev.name.seq + 1;
                 let (reason, detail) = if missing_segments {
@@ -221,6 +271,9 @@ pub fn audit(segments: &[Facts]) -> Report {
                 if let (true, Some(first)) = (missing_segments, between.first()) {
                     g.hour = first.clone();
                     empty_hours.extend(between);
+                } else if missing_segments && later {
+                    // The missing segments follow `prev`: of its hour or of `f`'s.
+                    suspect.push(prev.name.hour_key());
                 }
                 gaps.push(g);
             } else if got < want {
@@ -247,6 +300,7 @@ pub fn audit(segments: &[Facts]) -> Report {
                 first_seq: None,
                 next_seq: None,
                 status: "complete",
+                closed: false,
             });
             if f.gone {
                 continue;
@@ -278,10 +332,12 @@ pub fn audit(segments: &[Facts]) -> Report {
                 first_seq: None,
                 next_seq: None,
                 status: "gap",
+                closed: false,
             });
         }
         for h in hours.values_mut() {
-            h.status = if gaps.iter().any(|g| g.hour == h.hour) {
+            h.closed = closed.contains(&h.hour);
+            h.status = if gaps.iter().any(|g| g.hour == h.hour) || suspect.contains(&h.hour) {
                 "gap"
             } else if h.open > 0 {
                 "open"
@@ -293,6 +349,22 @@ pub fn audit(segments: &[Facts]) -> Report {
         report.gaps.extend(gaps);
     }
     report
+}
+
+impl Report {
+    /// Per origin (site, stream, node), the newest hour that is complete and
+    /// closed: the hour key.
+    pub fn newest_complete(&self) -> BTreeMap<(String, String, String), String> {
+        let mut out: BTreeMap<(String, String, String), String> = BTreeMap::new();
+        for h in self.hours.iter().filter(|h| h.status == "complete" && h.closed) {
+            let key = (h.site.clone(), h.stream.clone(), h.node.clone());
+            let e = out.entry(key).or_default();
+            if h.hour > *e {
+                e.clone_from(&h.hour);
+            }
+        }
+        out
+    }
 }
 
 /// Hour keys strictly between two hour keys (`2026-11-30T10`), at most a week.

@@ -11,6 +11,7 @@
 
 pub mod audit;
 pub mod time;
+pub mod watch;
 
 use std::collections::BTreeMap;
 use std::io;

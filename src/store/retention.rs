@@ -113,6 +113,7 @@ pub fn pass(
         }
         out.full = out.total_bytes > max && cfg.on_full == OnFull::Reject;
     }
+    expire_tombstones(fs, state_dir, cfg, now_ms);
     metrics.archive_bytes.set(out.total_bytes as i64);
     metrics.archive_segments.set(out.segments as i64);
     metrics.store_full.set(i64::from(out.full));
@@ -129,6 +130,40 @@ fn tombstone(fs: &Fs, state_dir: &Path, rel: &Path, seal: Option<&SealRecord>) {
     let written = path.parent().map_or(Ok(()), |d| fs.create_dir_all(d)).and_then(|()| seal.store(fs, &path));
     if let Err(e) = written {
         warn!(path = %rel.display(), error = %e, "cannot record the deletion of an undelivered segment");
+    }
+}
+
+/// How long a tombstone is kept without `max_age`.
+pub const TOMBSTONE_KEEP: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
+
+/// A tombstone is kept `max_age` (or [`TOMBSTONE_KEEP`]) from when it was
+/// written (its file's time): a segment deleted for its age would
+/// otherwise take its tombstone with it at once. A damaged one is left for
+/// the operator (`ferry audit` names it).
+fn expire_tombstones(fs: &Fs, state_dir: &Path, cfg: &RetentionConfig, now_ms: i64) {
+    let keep = cfg.max_age.unwrap_or(TOMBSTONE_KEEP).as_millis() as i64;
+    for (rel, _, seal) in super::segment::list_tombstones(state_dir) {
+        if seal.is_err() {
+            continue;
+        }
+        let path = gone_path(state_dir, &rel);
+        let written_ms = std::fs::metadata(&path)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_millis() as i64);
+        let Some(written_ms) = written_ms else { continue };
+        if now_ms.saturating_sub(written_ms) > keep {
+            match fs.remove_file(&path) {
+                Ok(()) => {
+                    info!(path = %rel.display(), "tombstone expired");
+                    if let Some(day) = path.parent() {
+                        fs.remove_dir_if_empty(day);
+                    }
+                }
+                Err(e) => warn!(path = %rel.display(), error = %e, "cannot remove an expired tombstone"),
+            }
+        }
     }
 }
 

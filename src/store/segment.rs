@@ -137,6 +137,31 @@ pub fn gone_path(state_dir: &Path, rel: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
+/// Every tombstone under `state/gone/`: the deleted segment's path
+/// (relative to `archive/`), its name and its seal record. A damaged
+/// record is skipped with the reason (`ferry audit` then calls the hole
+/// `segment_missing`, and an uplink does not forward it).
+pub fn list_tombstones(state_dir: &Path) -> Vec<(PathBuf, SegmentName, Result<SealRecord, String>)> {
+    let dir = state_dir.join("gone");
+    let mut out = Vec::new();
+    if !dir.is_dir() {
+        return out;
+    }
+    for e in walkdir::WalkDir::new(&dir).into_iter().filter_map(Result::ok) {
+        let Some(rel) = e.path().strip_prefix(&dir).ok().and_then(|r| r.to_str()?.strip_suffix(".gone")) else {
+            continue;
+        };
+        let rel = PathBuf::from(rel);
+        let Some(name) = SegmentName::parse_rel(&rel) else { continue };
+        match SealRecord::load(e.path()) {
+            Ok(Some(seal)) => out.push((rel, name, Ok(seal))),
+            Ok(None) => {}
+            Err(err) => out.push((rel, name, Err(err.to_string()))),
+        }
+    }
+    out
+}
+
 /// The proof that a segment is closed: its final length and checksum.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SealRecord {

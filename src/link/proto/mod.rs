@@ -1,4 +1,4 @@
-//! The link protocol, version 1: a pure codec (bytes ⇄ messages), with no
+//! The link protocol, version 2: a pure codec (bytes ⇄ messages), with no
 //! sockets and no clock, so it is tested and fuzzed on its own.
 //!
 //! ## Design constraints
@@ -23,12 +23,26 @@
 //! 3 APPEND id:u32 offset:u64 frames..    131 HAVE  id:u32 len:u64 sealed:u8
 //! 4 SEAL   id:u32 len:u64 sha256[32]     132 ACK   id:u32 len:u64       (durable length)
 //! 5 PING   nonce:u64                     133 WRONG_OFFSET id:u32 expected:u64
-//!                                        134 SEALED id:u32 ok:u8
+//! 6 GONE   id:u32 tombstone path (v2)    134 SEALED id:u32 ok:u8
 //!                                        135 PONG  nonce:u64
 //!                                        136 ERROR id:u32 code:u16 reason (segment-level)
 //! ```
 //! `id` names a segment for the life of one connection (OPEN binds it to a
 //! path relative to `archive/`). APPEND carries whole frames only.
+//!
+//! GONE (version 2) says that the origin deleted a segment before any
+//! uplink delivered it (`on_full = "drop_oldest"`), with what its seal
+//! record said: `len:u64 frames:u64 records:u64 first_seq:u64 next_seq:u64
+//! sealed_ms:i64 sha256[32]`, then the path. The receiver keeps it as a
+//! tombstone for `ferry audit` and answers SEALED (ok = 1: noted, or the
+//! segment is sealed here anyway) or ERROR.
+//!
+//! ## Versions
+//! HELLO carries the highest version the uplink speaks; a receiver answers
+//! WELCOME with the highest both speak, or REFUSE `version_unsupported`
+//! below [`MIN_VERSION`]. An uplink refused that way by an older receiver
+//! offers the version below on its next connection, so edges can be
+//! upgraded before central.
 
 use std::fmt;
 
@@ -36,8 +50,10 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 /// TLS ALPN protocol name; a peer without it fails the handshake.
 pub const ALPN: &[u8] = b"ferry/1";
-/// Protocol version this build speaks.
-pub const VERSION: u16 = 1;
+/// Highest protocol version this build speaks.
+pub const VERSION: u16 = 2;
+/// Lowest version this build still speaks (receivers of version 1 know no GONE).
+pub const MIN_VERSION: u16 = 1;
 const MAGIC: &[u8; 5] = b"FERRY";
 /// Largest message accepted (a chunk of whole frames plus headers).
 pub const MAX_MESSAGE: usize = 16 << 20;
@@ -127,6 +143,7 @@ pub enum Msg {
     Append { id: u32, offset: u64, frames: Bytes },
     Seal { id: u32, len: u64, sha256: [u8; 32] },
     Ping { nonce: u64 },
+    Gone { id: u32, path: String, tombstone: Tombstone },
     Welcome { version: u16 },
     Refuse { code: Code, reason: String },
     Have { id: u32, len: u64, sealed: bool },
@@ -135,6 +152,47 @@ pub enum Msg {
     Sealed { id: u32, ok: bool },
     Pong { nonce: u64 },
     Error { id: u32, code: Code, reason: String },
+}
+
+/// A deleted segment's seal record as GONE carries it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tombstone {
+    pub len: u64,
+    pub frames: u64,
+    pub records: u64,
+    pub first_seq: u64,
+    pub next_seq: u64,
+    pub sealed_ms: i64,
+    pub sha256: [u8; 32],
+}
+
+const TOMBSTONE_LEN: usize = 6 * 8 + 32;
+
+impl Tombstone {
+    /// `None` when the record holds no valid SHA-256.
+    pub fn of_seal(s: &crate::store::segment::SealRecord) -> Option<Tombstone> {
+        Some(Tombstone {
+            len: s.len,
+            frames: s.frames,
+            records: s.records,
+            first_seq: s.first_seq,
+            next_seq: s.next_seq,
+            sealed_ms: s.sealed_ms,
+            sha256: s.sha256_bytes()?,
+        })
+    }
+
+    pub fn to_seal(&self) -> crate::store::segment::SealRecord {
+        crate::store::segment::SealRecord {
+            len: self.len,
+            sha256: crate::store::segment::hex(&self.sha256),
+            frames: self.frames,
+            records: self.records,
+            first_seq: self.first_seq,
+            next_seq: self.next_seq,
+            sealed_ms: self.sealed_ms,
+        }
+    }
 }
 
 /// Why bytes are not a message.
@@ -173,6 +231,7 @@ impl Msg {
             Msg::Append { .. } => 3,
             Msg::Seal { .. } => 4,
             Msg::Ping { .. } => 5,
+            Msg::Gone { .. } => 6,
             Msg::Welcome { .. } => 129,
             Msg::Refuse { .. } => 130,
             Msg::Have { .. } => 131,
@@ -210,6 +269,15 @@ impl Msg {
                 out.put_slice(sha256);
             }
             Msg::Ping { nonce } | Msg::Pong { nonce } => out.put_u64(*nonce),
+            Msg::Gone { id, path, tombstone: t } => {
+                out.put_u32(*id);
+                for v in [t.len, t.frames, t.records, t.first_seq, t.next_seq] {
+                    out.put_u64(v);
+                }
+                out.put_i64(t.sealed_ms);
+                out.put_slice(&t.sha256);
+                put_str(out, path);
+            }
             Msg::Welcome { version } => out.put_u16(*version),
             Msg::Refuse { code, reason } => {
                 out.put_u16(*code as u16);
@@ -323,6 +391,17 @@ fn decode_body(kind: u8, b: &mut Bytes) -> Result<Msg, DecodeError> {
                 Msg::Pong { nonce }
             }
         }
+        6 => {
+            need(b, 4 + TOMBSTONE_LEN, "GONE")?;
+            let id = b.get_u32();
+            let (len, frames, records, first_seq, next_seq) =
+                (b.get_u64(), b.get_u64(), b.get_u64(), b.get_u64(), b.get_u64());
+            let sealed_ms = b.get_i64();
+            let mut sha256 = [0u8; 32];
+            b.copy_to_slice(&mut sha256);
+            let tombstone = Tombstone { len, frames, records, first_seq, next_seq, sealed_ms, sha256 };
+            Msg::Gone { id, tombstone, path: get_str(b, "GONE")? }
+        }
         129 => {
             need(b, 2, "WELCOME")?;
             Msg::Welcome { version: b.get_u16() }
@@ -388,6 +467,19 @@ mod tests {
             Msg::Append { id: 7, offset: 1234, frames: Bytes::from_static(b"frames") },
             Msg::Seal { id: 7, len: 99, sha256: [3; 32] },
             Msg::Ping { nonce: 5 },
+            Msg::Gone {
+                id: 8,
+                path: "sg1/live/2026-11-23/x.log.zst".into(),
+                tombstone: Tombstone {
+                    len: 1,
+                    frames: 2,
+                    records: 3,
+                    first_seq: 4,
+                    next_seq: 7,
+                    sealed_ms: -1,
+                    sha256: [9; 32],
+                },
+            },
             Msg::Welcome { version: 1 },
             Msg::Refuse { code: Code::NotAuthorized, reason: "no".into() },
             Msg::Have { id: 1, len: 2, sealed: true },

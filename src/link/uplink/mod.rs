@@ -29,7 +29,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use super::proto::{Code, Msg, MAX_APPEND};
+use super::proto::{Code, Msg, MAX_APPEND, MIN_VERSION, VERSION};
 use super::transport::{quic, tls, Io, Link, Timing, WireCounter};
 use crate::config::{LinkTransport, UplinkConfig};
 use crate::metrics::Metrics;
@@ -37,6 +37,7 @@ use crate::pki::TlsFiles;
 use crate::store::changes::{Changes, Subscriber};
 use crate::store::clock::Clock;
 use crate::store::fs::Fs;
+use crate::store::segment::{list_tombstones, SealRecord};
 use backoff::Backoff;
 use bucket::TokenBucket;
 use scan::{Delivered, Local};
@@ -119,6 +120,8 @@ impl Uplink {
         // When each stream was last rotated for this uplink (across sessions:
         // a flapping link must not cut the stream into small segments).
         let mut rotated: HashMap<String, Instant> = HashMap::new();
+        // Lowered once when a receiver of an older version refuses this one.
+        let mut offer = VERSION;
         let mut attempt = 0usize;
         loop {
             if stop.is_cancelled() {
@@ -132,10 +135,15 @@ impl Uplink {
                     m.uplink_connected.with_label_values(&[&name]).set(1);
                     info!(uplink = %name, addr = %addr_str, receiver_site = %link.identity.site, receiver_node = %link.identity.node, "uplink connected");
                     let started = Instant::now();
-                    let (end, progressed) = self.session(link, &mut changes, &mut rotated, &stop, &drain).await;
+                    let (end, progressed) = self.session(link, offer, &mut changes, &mut rotated, &stop, &drain).await;
                     m.uplink_connected.with_label_values(&[&name]).set(0);
                     match &end {
                         End::Cancelled => return,
+                        End::Refused(Code::VersionUnsupported, reason) if offer > MIN_VERSION => {
+                            offer -= 1;
+                            warn!(uplink = %name, addr = %addr_str, %reason, version = offer,
+                                "receiver speaks an older protocol: offering the version below (deletions at this node are not told to it)");
+                        }
                         End::Refused(code, reason) => {
                             m.uplink_errors.with_label_values(&[&name, code.as_str()]).inc();
                             refused = *code != Code::ShuttingDown;
@@ -217,7 +225,7 @@ impl Uplink {
         }
     }
 
-    fn params(&self) -> Params {
+    fn params(&self, version: u16) -> Params {
         Params {
             name: self.cfg.name.clone(),
             node: self.node.clone(),
@@ -232,6 +240,7 @@ impl Uplink {
             connect_timeout: self.cfg.connect_timeout,
             site: self.site.clone(),
             rotate_after: ROTATE_AFTER.max(self.cfg.burst),
+            version,
         }
     }
 
@@ -242,6 +251,7 @@ impl Uplink {
     async fn session(
         &self,
         link: Link,
+        version: u16,
         changes: &mut Subscriber,
         rotated: &mut HashMap<String, Instant>,
         stop: &CancellationToken,
@@ -254,7 +264,7 @@ impl Uplink {
         let (rd, mut wr) = tokio::io::split(link.io);
         let (tx, mut rx) = mpsc::unbounded_channel();
         let reader = tokio::spawn(read_loop(rd, tx));
-        let mut sess = Session::new(self.params(), self.metrics.clone(), Instant::now());
+        let mut sess = Session::new(self.params(version), self.metrics.clone(), Instant::now());
         let end_session = |end: End, sess: &Session| {
             reader.abort();
             if let Some(c) = &quic {
@@ -271,6 +281,9 @@ impl Uplink {
             while let Some(ev) = sess.poll_event() {
                 match ev {
                     Event::Delivered(l) => self.mark_delivered(&l),
+                    Event::Noted(rel) => {
+                        info!(uplink = name, path = %rel.display(), "receiver noted the deletion of an undelivered segment")
+                    }
                     Event::Rotate { stream } => {
                         let last = rotated.get(&stream);
                         if last.is_none_or(|t| t.elapsed() >= ROTATE_EVERY) {
@@ -376,17 +389,34 @@ impl Uplink {
         let u = changes.take();
         if u.relist || sess.grown(&u.lens) {
             match self.list().await {
-                Ok(found) => sess.archive(found, &u.lens),
+                Ok((found, gone)) => {
+                    sess.archive(found, &u.lens);
+                    sess.tombstones(gone);
+                }
                 Err(e) => warn!(uplink = %self.cfg.name, error = %e, "cannot list the archive"),
             }
         }
     }
 
-    /// Every undelivered segment (a damaged seal is re-derived on the way).
-    async fn list(&self) -> io::Result<Vec<Local>> {
+    /// Every undelivered segment (a damaged seal is re-derived on the way),
+    /// and every tombstone of one deleted undelivered.
+    async fn list(&self) -> io::Result<(Vec<Local>, Vec<(PathBuf, SealRecord)>)> {
         let (a, st, d) = (self.archive_dir.clone(), self.state_dir.clone(), self.delivered.clone());
         let (fs, now, sm) = (self.fs.clone(), self.clock.now_ms(), self.metrics.clone());
-        tokio::task::spawn_blocking(move || scan::scan(&fs, &a, &st, &d, now, &sm)).await.expect("scan task")
+        let name = self.cfg.name.clone();
+        tokio::task::spawn_blocking(move || {
+            let found = scan::scan(&fs, &a, &st, &d, now, &sm)?;
+            let mut gone = Vec::new();
+            for (rel, _, seal) in list_tombstones(&st) {
+                match seal {
+                    Ok(seal) => gone.push((rel, seal)),
+                    Err(e) => warn!(uplink = %name, error = %e, "damaged tombstone; not told to the receiver"),
+                }
+            }
+            Ok((found, gone))
+        })
+        .await
+        .expect("scan task")
     }
 
     fn mark_delivered(&self, l: &Local) {

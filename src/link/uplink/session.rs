@@ -17,7 +17,9 @@
 //! holds, APPEND whole frames from there with at most `window` bytes
 //! unacknowledged; once every byte of a locally sealed segment is
 //! acknowledged, SEAL it with its length and SHA-256 and, when the receiver
-//! confirms, it is delivered. When behind, `live_share` of the bytes go to
+//! confirms, it is delivered. A segment the origin deleted undelivered
+//! (`drop_oldest`) is told with GONE, once the receiver speaks version 2,
+//! so central can name the hole. When behind, `live_share` of the bytes go to
 //! the newest open segment of each stream and the rest to the backlog,
 //! oldest first. Every request gets exactly one reply, in order: the link is
 //! dead when a request waited longer than `dead_after` for its reply.
@@ -31,8 +33,9 @@ use bytes::{Bytes, BytesMut};
 use tracing::{error, info, warn};
 
 use super::scan::Local;
-use crate::link::proto::{Code, Msg, VERSION};
+use crate::link::proto::{Code, Msg, Tombstone, MIN_VERSION};
 use crate::metrics::Metrics;
+use crate::store::segment::SealRecord;
 
 /// First wait before offering a segment again that the receiver could not write.
 pub const RETRY_MIN: Duration = Duration::from_millis(500);
@@ -59,6 +62,8 @@ pub struct Params {
     /// Unsent bytes in the newest segment of a stream beyond which a new
     /// segment is asked for ([`Event::Rotate`]).
     pub rotate_after: u64,
+    /// The protocol version offered in HELLO.
+    pub version: u16,
 }
 
 /// How a session ended (other than by the task's own cancellation).
@@ -78,6 +83,21 @@ pub enum Event {
     /// them. Ask the store to start a new segment, whose records the live
     /// share then carries alone.
     Rotate { stream: String },
+    /// The receiver keeps the tombstone of this deleted segment (for the log).
+    Noted(PathBuf),
+}
+
+/// A tombstone to tell the receiver about. Every session tells every
+/// tombstone once (they are few, and expire with retention): a receiver
+/// that lost its state learns them again when it comes back.
+#[derive(Debug)]
+struct Gone {
+    id: u32,
+    tombstone: Tombstone,
+    sent: bool,
+    noted: bool,
+    /// The receiver could not keep it: told again next session.
+    failed: bool,
 }
 
 /// A chunk to read: whole frames of `rel` from `from`, about `max` bytes.
@@ -145,9 +165,13 @@ pub struct Session {
     waiting_since: Option<Instant>,
     last_tx: Instant,
     welcomed: bool,
+    /// The version agreed in WELCOME.
+    version: u16,
     listed: bool,
     segs: BTreeMap<PathBuf, Seg>,
     by_id: HashMap<u32, PathBuf>,
+    gone: BTreeMap<PathBuf, Gone>,
+    gone_by_id: HashMap<u32, PathBuf>,
     next_id: u32,
     /// Paths that were being written but not listed at the last listing
     /// (not ours to send): their growth does not ask for another listing.
@@ -165,7 +189,7 @@ impl Session {
     /// A session on a fresh connection: HELLO is the first thing to send.
     pub fn new(p: Params, metrics: Metrics, now: Instant) -> Session {
         let mut out = BytesMut::with_capacity(64 << 10);
-        Msg::Hello { version: VERSION, node: p.node.clone() }.encode(&mut out);
+        Msg::Hello { version: p.version, node: p.node.clone() }.encode(&mut out);
         Session {
             p,
             metrics,
@@ -176,9 +200,12 @@ impl Session {
             waiting_since: None,
             last_tx: now,
             welcomed: false,
+            version: 0,
             listed: false,
             segs: BTreeMap::new(),
             by_id: HashMap::new(),
+            gone: BTreeMap::new(),
+            gone_by_id: HashMap::new(),
             next_id: 1,
             unlisted: HashSet::new(),
             live_sent: 0,
@@ -202,7 +229,14 @@ impl Session {
     /// Nothing deliverable is left (everything delivered or refused): a
     /// draining uplink may stop.
     pub fn drained(&self) -> bool {
-        self.listed && self.segs.values().all(|s| s.failed)
+        self.listed
+            && self.segs.values().all(|s| s.failed)
+            && (self.version < 2 || self.gone.values().all(|g| g.failed || g.noted))
+    }
+
+    /// The version agreed with the receiver (0 before WELCOME).
+    pub fn version(&self) -> u16 {
+        self.version
     }
 
     /// A message from the receiver.
@@ -213,9 +247,13 @@ impl Session {
         let m = &self.metrics;
         if !self.welcomed {
             return match msg {
-                Msg::Welcome { .. } => {
+                Msg::Welcome { version } if (MIN_VERSION..=self.p.version).contains(&version) => {
                     self.welcomed = true;
+                    self.version = version;
                     Ok(())
+                }
+                Msg::Welcome { version } => {
+                    Err(End::Lost(format!("receiver chose protocol version {version}, offered {}", self.p.version)))
                 }
                 Msg::Refuse { code, reason } => Err(End::Refused(code, reason)),
                 other => Err(End::Lost(format!("expected WELCOME, got {other:?}"))),
@@ -273,6 +311,21 @@ impl Session {
                 s.acked = expected;
                 s.sent = expected;
                 s.stalled_at = None;
+            }
+            Msg::Sealed { id, .. } if self.gone_by_id.contains_key(&id) => {
+                let rel = &self.gone_by_id[&id];
+                if let Some(g) = self.gone.get_mut(rel) {
+                    g.noted = true;
+                    self.events.push_back(Event::Noted(rel.clone()));
+                }
+            }
+            Msg::Error { id, code, reason } if self.gone_by_id.contains_key(&id) => {
+                m.uplink_errors.with_label_values(&[name, code.as_str()]).inc();
+                if let Some(g) = self.gone.get_mut(&self.gone_by_id[&id]) {
+                    g.failed = true;
+                    warn!(uplink = name, path = %self.gone_by_id[&id].display(), code = code.as_str(), %reason,
+                        "receiver cannot keep the tombstone of a deleted segment; telling it again next session");
+                }
             }
             Msg::Sealed { id, ok } => {
                 let Some(rel) = self.by_id.get(&id).cloned() else { return Ok(()) };
@@ -353,6 +406,26 @@ impl Session {
         self.grown(lens);
     }
 
+    /// Tombstones of segments deleted undelivered (as listed now).
+    pub fn tombstones(&mut self, found: Vec<(PathBuf, SealRecord)>) {
+        let present: HashSet<&PathBuf> = found.iter().map(|(r, _)| r).collect();
+        self.gone.retain(|rel, _| present.contains(rel));
+        self.gone_by_id.retain(|_, rel| present.contains(rel));
+        for (rel, seal) in found {
+            if self.gone.contains_key(&rel) {
+                continue;
+            }
+            let Some(tombstone) = Tombstone::of_seal(&seal) else {
+                warn!(uplink = %self.p.name, path = %rel.display(), "tombstone holds no valid SHA-256; not told to the receiver");
+                continue;
+            };
+            let id = self.next_id;
+            self.next_id += 1;
+            self.gone_by_id.insert(id, rel.clone());
+            self.gone.insert(rel, Gone { id, tombstone, sent: false, noted: false, failed: false });
+        }
+    }
+
     /// Segments being written grew. Returns true when one of them is not
     /// known to this session (created since the last listing): list again.
     pub fn grown(&mut self, lens: &HashMap<PathBuf, u64>) -> bool {
@@ -398,6 +471,7 @@ impl Session {
         if self.welcomed {
             self.queue_opens();
             self.queue_seals(now);
+            self.queue_gones();
         }
         if self.out.is_empty() && now >= self.last_tx + self.p.keepalive {
             Msg::Ping { nonce: 0 }.encode(&mut self.out);
@@ -424,6 +498,18 @@ impl Session {
             Msg::Open { id: s.id, path: s.local.rel.to_string_lossy().into_owned() }.encode(&mut self.out);
             self.queued += 1;
             s.opened = true;
+        }
+    }
+
+    fn queue_gones(&mut self) {
+        if self.version < 2 {
+            return;
+        }
+        for (rel, g) in self.gone.iter_mut().filter(|(_, g)| !g.sent) {
+            let path = rel.to_string_lossy().into_owned();
+            Msg::Gone { id: g.id, path, tombstone: g.tombstone.clone() }.encode(&mut self.out);
+            self.queued += 1;
+            g.sent = true;
         }
     }
 
@@ -571,5 +657,108 @@ fn pick(
         (Some(l), None) => Some(l.local.rel.clone()),
         (None, Some(b)) => Some(b.local.rel.clone()),
         (None, None) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::link::proto::VERSION;
+    use crate::link::receiver::{Core, Step};
+
+    fn params() -> Params {
+        Params {
+            name: "central".into(),
+            node: "relay-1".into(),
+            window: 1 << 20,
+            live_share: 0.5,
+            chunk_max: 1 << 20,
+            keepalive: Duration::from_secs(1),
+            dead_after: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            site: "sg1".into(),
+            rotate_after: 1 << 20,
+            version: VERSION,
+        }
+    }
+
+    const REL: &str = "sg1/live/2026-11-30/live-2026-11-30T10-relay-1-00000003.log.zst";
+
+    fn tombstone() -> (PathBuf, SealRecord) {
+        let seal = SealRecord {
+            len: 10,
+            sha256: "ab".repeat(32),
+            frames: 1,
+            records: 5,
+            first_seq: 100,
+            next_seq: 105,
+            sealed_ms: 1,
+        };
+        (PathBuf::from(REL), seal)
+    }
+
+    /// Everything the session sends once welcomed at `version`, as the receiver's core sees it.
+    fn sent_after_welcome(version: u16) -> Vec<Step> {
+        let now = Instant::now();
+        let mut s = Session::new(params(), Metrics::new(), now);
+        let mut core = Core::new("sg1", "relay-1", &[]);
+        let mut wire = BytesMut::new();
+        wire.extend_from_slice(&s.poll_transmit(now).unwrap());
+        s.on_written(now);
+        let hello = Msg::decode(&mut wire).unwrap().unwrap();
+        let Msg::Hello { version: offered, .. } = hello else { panic!("{hello:?}") };
+        assert_eq!(offered, VERSION);
+        s.handle(Msg::Welcome { version }, now).unwrap();
+        s.archive(Vec::new(), &HashMap::new());
+        s.tombstones(vec![tombstone()]);
+        let mut steps = Vec::new();
+        // The receiver's core at that version: a HELLO naming it.
+        assert!(matches!(core.handle(Msg::Hello { version, node: "relay-1".into() }), Step::Reply(_)));
+        if let Some(b) = s.poll_transmit(now) {
+            wire.extend_from_slice(&b);
+            while let Some(m) = Msg::decode(&mut wire).unwrap() {
+                steps.push(core.handle(m));
+            }
+        }
+        steps
+    }
+
+    #[test]
+    fn tombstones_go_to_a_version_2_receiver_and_not_to_a_version_1_one() {
+        let steps = sent_after_welcome(2);
+        assert_eq!(steps.len(), 1, "{steps:?}");
+        let Step::Gone { rel, tombstone: told, .. } = &steps[0] else { panic!("{steps:?}") };
+        assert_eq!(rel, Path::new(REL));
+        assert_eq!(told.to_seal(), tombstone().1);
+        assert!(sent_after_welcome(1).is_empty());
+    }
+
+    #[test]
+    fn a_receiver_answers_the_highest_common_version_and_refuses_gone_in_version_1() {
+        let welcome = |v| match Core::new("sg1", "n", &[]).handle(Msg::Hello { version: v, node: "n".into() }) {
+            Step::Reply(Msg::Welcome { version }) => Some(version),
+            _ => None,
+        };
+        assert_eq!((welcome(1), welcome(2), welcome(9), welcome(0)), (Some(1), Some(2), Some(VERSION), None));
+        let mut core = Core::new("sg1", "n", &[]);
+        core.handle(Msg::Hello { version: 1, node: "n".into() });
+        let (rel, seal) = tombstone();
+        let gone = Msg::Gone {
+            id: 1,
+            path: rel.to_string_lossy().into_owned(),
+            tombstone: Tombstone::of_seal(&seal).unwrap(),
+        };
+        assert!(matches!(core.handle(gone), Step::Refuse(Code::ProtocolViolation, _)));
+    }
+
+    #[test]
+    fn a_welcome_above_the_offer_ends_the_session() {
+        let now = Instant::now();
+        let mut p = params();
+        p.version = 1;
+        let mut s = Session::new(p, Metrics::new(), now);
+        s.poll_transmit(now);
+        s.on_written(now);
+        assert!(matches!(s.handle(Msg::Welcome { version: 2 }, now), Err(End::Lost(_))));
     }
 }
