@@ -8,8 +8,10 @@
 //! torn tail), windows and live shares, undelivered segments deleted at the
 //! origin (`drop_oldest`). After every acknowledged append and every restart
 //! the mirror must be a byte-identical prefix of the origin; at the end, once
-//! the link is left alone, identical and sealed, and every deleted segment
-//! either sealed at the mirror or kept there as a tombstone.
+//! the link is left alone, identical and sealed (also when the receiver lost
+//! its seal records after confirming them: its new state epoch makes the
+//! uplink offer everything again), and every deleted segment either sealed
+//! at the mirror or kept there as a tombstone.
 //!
 //! Files are real (segments of real frames, the real mirror code with its
 //! fsyncs) on tmpfs, so thousands of cases run in seconds. A failing case
@@ -238,6 +240,8 @@ struct Sim {
     /// When each segment was delivered, and when the receiver last lost its state.
     delivered_at: HashMap<PathBuf, u64>,
     receiver_state_lost_at: Option<u64>,
+    /// The receiver's epoch as the uplink stored it (`Delivered::check_epoch`).
+    uplink_epoch: Option<u64>,
     sub: Subscriber,
     conn: Option<Conn>,
     backoff: Backoff,
@@ -297,6 +301,7 @@ impl Sim {
             delivered: HashSet::new(),
             delivered_at: HashMap::new(),
             receiver_state_lost_at: None,
+            uplink_epoch: None,
             sub,
             conn: None,
             backoff: Backoff::new(Duration::from_millis(100), BACKOFF_MAX),
@@ -374,6 +379,7 @@ impl Sim {
                 self.cut("uplink restarts");
                 if lose_state {
                     self.delivered.clear();
+                    self.uplink_epoch = None;
                 }
                 self.sub = self.origin.changes.subscribe();
                 self.backoff = Backoff::new(Duration::from_millis(100), BACKOFF_MAX);
@@ -567,10 +573,20 @@ impl Sim {
             if let Msg::Refuse { code, reason } = &msg {
                 self.fail(&format!("receiver refused the link: {code:?} {reason}"));
             }
+            let welcome = matches!(msg, Msg::Welcome { .. });
             let r = self.conn.as_mut().unwrap().sess.handle(msg, now);
             self.note(format!("uplink got {what}"));
             if let Err(e) = r {
                 self.cut(&format!("session ended: {e:?}"));
+            } else if welcome {
+                // As the uplink task does: a new receiver epoch forgets every delivery.
+                let epoch = self.conn.as_ref().unwrap().sess.epoch();
+                if self.uplink_epoch.is_some_and(|e| e != epoch) {
+                    self.delivered.clear();
+                    self.sub.force_relist();
+                    self.note("receiver epoch changed: offering everything again".into());
+                }
+                self.uplink_epoch = Some(epoch);
             }
             return true;
         }
@@ -595,7 +611,7 @@ impl Sim {
                     let site = SITE;
                     self.conn = Some(Conn {
                         sess: Session::new(self.params.clone(), self.metrics.clone(), self.now()),
-                        core: Core::new(site, NODE, &[]),
+                        core: Core::new(site, NODE, &[], self.mirror.epoch().unwrap()),
                         to_recv: VecDeque::new(),
                         to_up: VecDeque::new(),
                         rbuf: BytesMut::new(),
@@ -687,11 +703,8 @@ impl Sim {
             if got != s.data {
                 self.fail(&format!("mirror of {} differs from its origin in the end", s.rel.display()));
             }
-            let confirmed_before_loss = self
-                .receiver_state_lost_at
-                .is_some_and(|lost| self.delivered_at.get(&s.rel).is_some_and(|d| *d <= lost));
             let (len, sealed) = self.mirror.have(&s.rel).unwrap();
-            if len != s.data.len() as u64 || (!sealed && !confirmed_before_loss) {
+            if len != s.data.len() as u64 || !sealed {
                 self.fail(&format!("mirror of {} is not sealed at its length ({len}, {sealed})", s.rel.display()));
             }
         }
@@ -768,7 +781,7 @@ fn one_case(seed: u64, metrics: &Metrics, totals: &mut Totals) {
     sim.origin.seal(sim.vt);
     sim.latency = (1, 20);
     let limit = sim.vt.max(sim.receiver_down_until) + 120_000;
-    sim.run(&mut VecDeque::new(), limit, |s| s.all_delivered());
+    sim.run(&mut VecDeque::new(), limit, |s| s.all_delivered() && s.conn.as_ref().is_some_and(|c| c.sess.welcomed()));
     sim.check_end();
     totals.segments += sim.origin.segs.len();
     totals.sessions += sim.welcomed_at.len();

@@ -110,8 +110,9 @@ pub async fn run_node(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<()> 
             metrics.clone(),
             store.changes().clone(),
         ));
+        let epoch = mirror.epoch().context("cannot read or create state/mirror.epoch")?;
         for (b, l, timing) in receivers {
-            let ctx = Arc::new(ReceiverCtx::new(l, mirror.clone(), metrics.clone(), timing));
+            let ctx = Arc::new(ReceiverCtx::new(l, mirror.clone(), metrics.clone(), timing, epoch));
             sd.spawn(receiver::serve(b, ctx, sd.clone()));
         }
     }

@@ -29,13 +29,15 @@ pub struct ReceiverCtx {
     pub mirror: Arc<Mirror>,
     pub metrics: Metrics,
     pub timing: Timing,
+    /// The mirror's state epoch, sent in WELCOME.
+    pub epoch: u64,
     /// A failing mirror disk logs once a second, not per append.
     warn_limit: crate::metrics::WarnLimit,
 }
 
 impl ReceiverCtx {
-    pub fn new(cfg: ListenerConfig, mirror: Arc<Mirror>, metrics: Metrics, timing: Timing) -> ReceiverCtx {
-        ReceiverCtx { cfg, mirror, metrics, timing, warn_limit: Default::default() }
+    pub fn new(cfg: ListenerConfig, mirror: Arc<Mirror>, metrics: Metrics, timing: Timing, epoch: u64) -> ReceiverCtx {
+        ReceiverCtx { cfg, mirror, metrics, timing, epoch, warn_limit: Default::default() }
     }
 }
 
@@ -149,6 +151,8 @@ pub struct Core {
     hello: bool,
     /// The version agreed in WELCOME.
     version: u16,
+    /// This receiver's state epoch ([`Mirror::epoch`]).
+    epoch: u64,
     ids: HashMap<u32, PathBuf>,
 }
 
@@ -186,13 +190,14 @@ pub enum Step {
 }
 
 impl Core {
-    pub fn new(site: &str, node: &str, relays: &[String]) -> Core {
+    pub fn new(site: &str, node: &str, relays: &[String], epoch: u64) -> Core {
         Core {
             site: site.to_owned(),
             node: node.to_owned(),
             relays: relays.to_vec(),
             hello: false,
             version: 0,
+            epoch,
             ids: HashMap::new(),
         }
     }
@@ -228,7 +233,7 @@ impl Core {
                 }
                 self.hello = true;
                 self.version = version.min(VERSION);
-                Step::Reply(Msg::Welcome { version: self.version })
+                Step::Reply(Msg::Welcome { version: self.version, epoch: self.epoch })
             }
             _ if !self.hello => Step::Refuse(Code::BadHello, "expected HELLO first".into()),
             Msg::Open { id, path } => match self.writable(&path) {
@@ -303,7 +308,7 @@ async fn session(mut link: Link, ctx: Arc<ReceiverCtx>, sd: Shutdown) {
     m.link_sessions_active.with_label_values(&[&ctx.cfg.name]).inc();
     let mut rbuf = BytesMut::with_capacity(1 << 20);
     let mut wbuf = BytesMut::with_capacity(4096);
-    let mut core = Core::new(&site, &node, &ctx.cfg.relays);
+    let mut core = Core::new(&site, &node, &ctx.cfg.relays, ctx.epoch);
     let end = loop {
         let msg = match Msg::decode(&mut rbuf) {
             Ok(Some(m)) => m,

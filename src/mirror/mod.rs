@@ -210,6 +210,29 @@ impl Mirror {
         Ok(())
     }
 
+    /// This receiver's state epoch (`state/mirror.epoch`), drawn when the
+    /// file is first needed: seal records and tombstones live next to it,
+    /// so a state directory lost or replaced comes back with a new epoch,
+    /// and uplinks that see it change offer their segments again
+    /// (`link::proto`). A damaged file is replaced (that costs a re-offer).
+    pub fn epoch(&self) -> io::Result<u64> {
+        let path = self.state_dir.join("mirror.epoch");
+        match std::fs::read_to_string(&path) {
+            Ok(t) => match u64::from_str_radix(t.trim(), 16) {
+                Ok(e) if e != 0 => return Ok(e),
+                _ => {
+                    warn!(path = %path.display(), "damaged mirror epoch; drawing a new one (uplinks will offer their segments again)")
+                }
+            },
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let epoch = rand::random::<u64>().max(1);
+        self.fs.create_dir_all(&self.state_dir)?;
+        self.fs.write_atomic(&path, format!("{epoch:016x}\n").as_bytes())?;
+        Ok(epoch)
+    }
+
     /// The origin deleted `rel` before delivering it (`drop_oldest`): keep
     /// its seal record as a tombstone (`state/gone/`) so `ferry audit` here
     /// names the hole, unless the segment is sealed here anyway (another

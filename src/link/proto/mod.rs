@@ -18,7 +18,7 @@
 //! `u16 length | UTF-8`.
 //! ```text
 //! uplink → receiver                      receiver → uplink
-//! 1 HELLO  magic "FERRY" ver:u16 node    129 WELCOME ver:u16
+//! 1 HELLO  magic "FERRY" ver:u16 node    129 WELCOME ver:u16 [epoch:u64, v2]
 //! 2 OPEN   id:u32 path                   130 REFUSE code:u16 reason     (then close)
 //! 3 APPEND id:u32 offset:u64 frames..    131 HAVE  id:u32 len:u64 sealed:u8
 //! 4 SEAL   id:u32 len:u64 sha256[32]     132 ACK   id:u32 len:u64       (durable length)
@@ -36,6 +36,12 @@
 //! sealed_ms:i64 sha256[32]`, then the path. The receiver keeps it as a
 //! tombstone for `ferry audit` and answers SEALED (ok = 1: noted, or the
 //! segment is sealed here anyway) or ERROR.
+//!
+//! WELCOME (version 2) carries the receiver's state epoch: a number drawn
+//! when its state directory was created. An uplink that finds it changed
+//! (the receiver lost its seal records and tombstones, or it is another
+//! receiver) offers every segment it still holds again, so the receiver
+//! seals what it has, against the origin's checksums, and gets the rest.
 //!
 //! ## Versions
 //! HELLO carries the highest version the uplink speaks; a receiver answers
@@ -138,20 +144,66 @@ impl Code {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Msg {
-    Hello { version: u16, node: String },
-    Open { id: u32, path: String },
-    Append { id: u32, offset: u64, frames: Bytes },
-    Seal { id: u32, len: u64, sha256: [u8; 32] },
-    Ping { nonce: u64 },
-    Gone { id: u32, path: String, tombstone: Tombstone },
-    Welcome { version: u16 },
-    Refuse { code: Code, reason: String },
-    Have { id: u32, len: u64, sealed: bool },
-    Ack { id: u32, len: u64 },
-    WrongOffset { id: u32, expected: u64 },
-    Sealed { id: u32, ok: bool },
-    Pong { nonce: u64 },
-    Error { id: u32, code: Code, reason: String },
+    Hello {
+        version: u16,
+        node: String,
+    },
+    Open {
+        id: u32,
+        path: String,
+    },
+    Append {
+        id: u32,
+        offset: u64,
+        frames: Bytes,
+    },
+    Seal {
+        id: u32,
+        len: u64,
+        sha256: [u8; 32],
+    },
+    Ping {
+        nonce: u64,
+    },
+    Gone {
+        id: u32,
+        path: String,
+        tombstone: Tombstone,
+    },
+    /// `epoch` is 0 (and not on the wire) in version 1.
+    Welcome {
+        version: u16,
+        epoch: u64,
+    },
+    Refuse {
+        code: Code,
+        reason: String,
+    },
+    Have {
+        id: u32,
+        len: u64,
+        sealed: bool,
+    },
+    Ack {
+        id: u32,
+        len: u64,
+    },
+    WrongOffset {
+        id: u32,
+        expected: u64,
+    },
+    Sealed {
+        id: u32,
+        ok: bool,
+    },
+    Pong {
+        nonce: u64,
+    },
+    Error {
+        id: u32,
+        code: Code,
+        reason: String,
+    },
 }
 
 /// A deleted segment's seal record as GONE carries it.
@@ -278,7 +330,12 @@ impl Msg {
                 out.put_slice(&t.sha256);
                 put_str(out, path);
             }
-            Msg::Welcome { version } => out.put_u16(*version),
+            Msg::Welcome { version, epoch } => {
+                out.put_u16(*version);
+                if *version >= 2 {
+                    out.put_u64(*epoch);
+                }
+            }
             Msg::Refuse { code, reason } => {
                 out.put_u16(*code as u16);
                 put_str(out, reason);
@@ -404,7 +461,14 @@ fn decode_body(kind: u8, b: &mut Bytes) -> Result<Msg, DecodeError> {
         }
         129 => {
             need(b, 2, "WELCOME")?;
-            Msg::Welcome { version: b.get_u16() }
+            let version = b.get_u16();
+            let epoch = if version >= 2 {
+                need(b, 8, "WELCOME")?;
+                b.get_u64()
+            } else {
+                0
+            };
+            Msg::Welcome { version, epoch }
         }
         130 => {
             need(b, 2, "REFUSE")?;
@@ -480,7 +544,8 @@ mod tests {
                     sha256: [9; 32],
                 },
             },
-            Msg::Welcome { version: 1 },
+            Msg::Welcome { version: 1, epoch: 0 },
+            Msg::Welcome { version: 2, epoch: 77 },
             Msg::Refuse { code: Code::NotAuthorized, reason: "no".into() },
             Msg::Have { id: 1, len: 2, sealed: true },
             Msg::Ack { id: 1, len: 2 },

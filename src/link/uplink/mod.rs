@@ -277,7 +277,21 @@ impl Uplink {
         let mut seen_streams: HashSet<StreamKey> = HashSet::new();
         let mut next_report = Instant::now();
         changes.force_relist();
+        let mut epoch_checked = false;
         loop {
+            if !epoch_checked && sess.welcomed() {
+                epoch_checked = true;
+                if sess.epoch() != 0 {
+                    match self.delivered.check_epoch(sess.epoch()) {
+                        Ok(true) => {
+                            warn!(uplink = name, "the receiver's state is new (lost, or another receiver): offering every segment still here again so it can seal them");
+                            changes.force_relist();
+                        }
+                        Ok(false) => {}
+                        Err(e) => warn!(uplink = name, error = %e, "cannot record the receiver's state epoch"),
+                    }
+                }
+            }
             while let Some(ev) = sess.poll_event() {
                 match ev {
                     Event::Delivered(l) => self.mark_delivered(&l),

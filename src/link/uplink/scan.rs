@@ -57,6 +57,28 @@ impl Delivered {
         self.fs.append_line(&self.file, &rel.to_string_lossy())
     }
 
+    /// The receiver's state epoch, as WELCOME said (`<name>.epoch` next to
+    /// the list). When it differs from the one stored, the receiver lost
+    /// its seal records (or is another receiver): forget every delivery,
+    /// so every segment still here is offered again and sealed there
+    /// against this node's checksums. Returns whether it changed. The list
+    /// is cleared before the new epoch is stored: a crash between clears
+    /// it again, never keeps it.
+    pub fn check_epoch(&self, epoch: u64) -> io::Result<bool> {
+        let path = self.file.with_extension("epoch");
+        let stored = std::fs::read_to_string(&path).ok().and_then(|t| u64::from_str_radix(t.trim(), 16).ok());
+        if stored == Some(epoch) {
+            return Ok(false);
+        }
+        let changed = stored.is_some();
+        if changed {
+            self.set.write().expect("not poisoned").clear();
+            self.fs.write_atomic(&self.file, b"")?;
+        }
+        self.fs.write_atomic(&path, format!("{epoch:016x}\n").as_bytes())?;
+        Ok(changed)
+    }
+
     /// Forget segments that no longer exist (deleted by retention).
     pub fn retain_existing(&self, archive_dir: &Path) {
         self.set.write().expect("not poisoned").retain(|r| archive_dir.join(r).exists());

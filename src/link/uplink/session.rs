@@ -167,6 +167,8 @@ pub struct Session {
     welcomed: bool,
     /// The version agreed in WELCOME.
     version: u16,
+    /// The receiver's state epoch from WELCOME (0 in version 1).
+    epoch: u64,
     listed: bool,
     segs: BTreeMap<PathBuf, Seg>,
     by_id: HashMap<u32, PathBuf>,
@@ -201,6 +203,7 @@ impl Session {
             last_tx: now,
             welcomed: false,
             version: 0,
+            epoch: 0,
             listed: false,
             segs: BTreeMap::new(),
             by_id: HashMap::new(),
@@ -239,6 +242,11 @@ impl Session {
         self.version
     }
 
+    /// The receiver's state epoch (0 before WELCOME and in version 1).
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
     /// A message from the receiver.
     pub fn handle(&mut self, msg: Msg, now: Instant) -> Result<(), End> {
         self.outstanding = self.outstanding.saturating_sub(1);
@@ -247,12 +255,13 @@ impl Session {
         let m = &self.metrics;
         if !self.welcomed {
             return match msg {
-                Msg::Welcome { version } if (MIN_VERSION..=self.p.version).contains(&version) => {
+                Msg::Welcome { version, epoch } if (MIN_VERSION..=self.p.version).contains(&version) => {
                     self.welcomed = true;
                     self.version = version;
+                    self.epoch = epoch;
                     Ok(())
                 }
-                Msg::Welcome { version } => {
+                Msg::Welcome { version, .. } => {
                     Err(End::Lost(format!("receiver chose protocol version {version}, offered {}", self.p.version)))
                 }
                 Msg::Refuse { code, reason } => Err(End::Refused(code, reason)),
@@ -701,14 +710,14 @@ mod tests {
     fn sent_after_welcome(version: u16) -> Vec<Step> {
         let now = Instant::now();
         let mut s = Session::new(params(), Metrics::new(), now);
-        let mut core = Core::new("sg1", "relay-1", &[]);
+        let mut core = Core::new("sg1", "relay-1", &[], 5);
         let mut wire = BytesMut::new();
         wire.extend_from_slice(&s.poll_transmit(now).unwrap());
         s.on_written(now);
         let hello = Msg::decode(&mut wire).unwrap().unwrap();
         let Msg::Hello { version: offered, .. } = hello else { panic!("{hello:?}") };
         assert_eq!(offered, VERSION);
-        s.handle(Msg::Welcome { version }, now).unwrap();
+        s.handle(Msg::Welcome { version, epoch: 5 }, now).unwrap();
         s.archive(Vec::new(), &HashMap::new());
         s.tombstones(vec![tombstone()]);
         let mut steps = Vec::new();
@@ -735,12 +744,12 @@ mod tests {
 
     #[test]
     fn a_receiver_answers_the_highest_common_version_and_refuses_gone_in_version_1() {
-        let welcome = |v| match Core::new("sg1", "n", &[]).handle(Msg::Hello { version: v, node: "n".into() }) {
-            Step::Reply(Msg::Welcome { version }) => Some(version),
+        let welcome = |v| match Core::new("sg1", "n", &[], 5).handle(Msg::Hello { version: v, node: "n".into() }) {
+            Step::Reply(Msg::Welcome { version, .. }) => Some(version),
             _ => None,
         };
         assert_eq!((welcome(1), welcome(2), welcome(9), welcome(0)), (Some(1), Some(2), Some(VERSION), None));
-        let mut core = Core::new("sg1", "n", &[]);
+        let mut core = Core::new("sg1", "n", &[], 5);
         core.handle(Msg::Hello { version: 1, node: "n".into() });
         let (rel, seal) = tombstone();
         let gone = Msg::Gone {
@@ -759,6 +768,6 @@ mod tests {
         let mut s = Session::new(p, Metrics::new(), now);
         s.poll_transmit(now);
         s.on_written(now);
-        assert!(matches!(s.handle(Msg::Welcome { version: 2 }, now), Err(End::Lost(_))));
+        assert!(matches!(s.handle(Msg::Welcome { version: 2, epoch: 5 }, now), Err(End::Lost(_))));
     }
 }
