@@ -75,6 +75,8 @@ pub struct Metrics {
     pub connections_active: IntGaugeVec,
     pub connections_refused: IntCounterVec,
     pub connections_closed: IntCounterVec,
+    pub source_limit_shared: IntCounterVec,
+    pub source_limit_tracked: IntGaugeVec,
     // store
     pub committed_records: IntCounterVec,
     pub committed_bytes: IntCounterVec,
@@ -215,6 +217,18 @@ impl Metrics {
                 "ferry_connections_refused_total",
                 "Stream connections refused, per reason",
                 &["listener", "reason"],
+            ),
+            source_limit_shared: cv(
+                r,
+                "ferry_source_limit_shared_records_total",
+                "Records of sources beyond max_sources, charged to a shared bucket (bucket: aggregate = the source's /24 or /48, global)",
+                &["listener", "bucket"],
+            ),
+            source_limit_tracked: gv(
+                r,
+                "ferry_source_limit_tracked_sources",
+                "Sources the per-source limits track one by one (at most max_sources; idle ones leave within 2 minutes)",
+                &["listener"],
             ),
             connections_closed: cv(
                 r,

@@ -259,6 +259,10 @@ pub struct ListenerConfig {
     pub source_records_per_sec: Option<f64>,
     pub source_bytes_per_sec: Option<f64>,
     pub max_connections_per_source: Option<usize>,
+    /// Sources tracked one by one by the per-source limits.
+    pub max_sources: usize,
+    /// IPv6 sources are keyed by this prefix length.
+    pub source_ipv6_prefix: u8,
     /// `transport = "tls"` (syslog, RELP, HTTP): client certificate policy.
     pub client_cert: ClientCert,
 }

@@ -138,6 +138,10 @@ pub struct RawListener {
     pub source_records_per_sec: Option<Spanned<i64>>,
     pub source_bytes_per_sec: Option<Spanned<Rate>>,
     pub max_connections_per_source: Option<Spanned<i64>>,
+    /// Sources tracked one by one for the limits (then per /24 or /48, then one bucket).
+    pub max_sources: Option<Spanned<i64>>,
+    /// IPv6 sources are told apart by this prefix length (default 64).
+    pub source_ipv6_prefix: Option<Spanned<i64>>,
     /// `kind = "ferry"`: peer sites allowed to forward other sites' segments (regional hops).
     pub relays: Option<Spanned<Vec<String>>>,
     /// `transport = "tls"` syslog, RELP and HTTP listeners: "required" or "optional".

@@ -809,6 +809,22 @@ fn validate_listener(cx: &mut Ctx<'_>, i: usize, l: &RawListener, streams: &[Str
         Some(v) => Some(*v.get_ref() as usize),
         None => untrusted.then_some(16),
     };
+    let max_sources = match &l.max_sources {
+        Some(v) if !(64..=10_000_000).contains(v.get_ref()) => {
+            cx.at(&k("max_sources"), v, "must be between 64 and 10000000");
+            100_000
+        }
+        Some(v) => *v.get_ref() as usize,
+        None => 100_000,
+    };
+    let source_ipv6_prefix = match &l.source_ipv6_prefix {
+        Some(v) if !(1..=128).contains(v.get_ref()) => {
+            cx.at(&k("source_ipv6_prefix"), v, "must be between 1 and 128");
+            64
+        }
+        Some(v) => *v.get_ref() as u8,
+        None => 64,
+    };
     if !routes.is_empty() && kind == Some(ListenerKind::Ferry) {
         cx.at(&k("route"), &l.name, "ferry receivers mirror segments as they are: no routes");
     }
@@ -853,6 +869,8 @@ fn validate_listener(cx: &mut Ctx<'_>, i: usize, l: &RawListener, streams: &[Str
         source_records_per_sec,
         source_bytes_per_sec,
         max_connections_per_source,
+        max_sources,
+        source_ipv6_prefix,
     })
 }
 

@@ -1,64 +1,281 @@
 //! Per-source limits: token buckets in records/s and bytes/s keyed by the
 //! source address, so one noisy or hostile source cannot take what others
 //! need. Untrusted listeners get them by default.
+//!
+//! ## Bounded cost whatever the number of sources
+//! A flood of datagrams from many addresses (trivial with UDP; with IPv6 one
+//! host owns 2^64 of them) must cost neither time per record nor memory:
+//! - IPv6 sources are keyed by their /64 (`source_ipv6_prefix`): one host,
+//!   one bucket.
+//! - Buckets live in [`SHARDS`] maps, each behind its own lock: a record
+//!   costs one hash and one uncontended lock, whatever the count.
+//! - Each shard keeps two generations: a source is looked up in the current
+//!   one, then in the previous one (and moved back); every [`FORGET_AFTER`]
+//!   the previous generation is dropped whole and the current one becomes
+//!   previous. Nothing ever scans the map per record, and a source idle for
+//!   a generation is forgotten (its bucket would be full again anyway: the
+//!   burst is one second's worth).
+//! - At most `max_sources` are tracked. Beyond that, a new source shares a
+//!   bucket with its /24 (IPv4) or /48 (IPv6) neighbours, and once those
+//!   aggregates are full too, one global bucket: every record is still
+//!   charged to some bucket with the per-source rate (a flood from many
+//!   addresses gets one source's share), and each record charged to a
+//!   shared bucket is counted (`ferry_source_limit_shared_records_total`).
+//!
+//! Memory is therefore bounded by `max_sources` (about 100 bytes each).
 
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use prometheus::{IntCounter, IntGauge};
+
+/// Independent maps, each with its own lock.
+pub const SHARDS: usize = 64;
+/// A generation's length: a source idle this long (up to twice) is forgotten.
+pub const FORGET_AFTER: Duration = Duration::from_secs(60);
+
+/// How sources are told apart and how many are tracked.
+#[derive(Clone, Copy, Debug)]
+pub struct Tracking {
+    /// Sources tracked one by one at most (per listener).
+    pub max_sources: usize,
+    /// IPv6 sources are keyed by this prefix length (bits, 1 to 128).
+    pub ipv6_prefix: u8,
+}
+
+impl Default for Tracking {
+    fn default() -> Tracking {
+        Tracking { max_sources: 100_000, ipv6_prefix: 64 }
+    }
+}
+
+/// Which bucket a record was charged to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Level {
+    Source,
+    /// Shared with the source's /24 (IPv4) or /48 (IPv6).
+    Aggregate,
+    Global,
+}
+
+/// Counters of records charged to shared buckets, and of tracked sources.
+#[derive(Clone, Default)]
+pub struct Meters {
+    pub aggregate: Option<IntCounter>,
+    pub global: Option<IntCounter>,
+    pub tracked: Option<IntGauge>,
+}
 
 /// Limits of one listener, per source address.
 pub struct SourceLimits {
     records: Option<f64>,
     bytes: Option<f64>,
-    buckets: Mutex<HashMap<IpAddr, Bucket>>,
+    tracking: Tracking,
+    shards: Box<[Mutex<Shard>]>,
+    /// Per shard: individual sources, and aggregates.
+    source_cap: usize,
+    aggregate_cap: usize,
+    global: Mutex<Bucket>,
+    hasher: std::collections::hash_map::RandomState,
+    meters: Meters,
 }
 
+#[derive(Clone, Copy)]
 struct Bucket {
     records: f64,
     bytes: f64,
     last: Instant,
 }
 
-/// Sources idle this long are forgotten (their bucket would be full anyway).
-const FORGET_AFTER: Duration = Duration::from_secs(60);
+/// A source or an aggregate: (kind, address bits).
+type Key = (Kind, u128);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Kind {
+    V4,
+    V6,
+    /// An IPv4 /24.
+    Net4,
+    /// An IPv6 /48.
+    Net6,
+}
+
+/// Two generations of buckets.
+struct Generations {
+    cur: HashMap<Key, Bucket>,
+    old: HashMap<Key, Bucket>,
+}
+
+impl Generations {
+    fn new() -> Generations {
+        Generations { cur: HashMap::new(), old: HashMap::new() }
+    }
+
+    fn len(&self) -> usize {
+        self.cur.len() + self.old.len()
+    }
+
+    /// The bucket of `key`, created full if there is room; `None` if not.
+    fn get(&mut self, key: Key, cap: usize, fresh: Bucket) -> Option<(&mut Bucket, bool)> {
+        if !self.cur.contains_key(&key) {
+            if let Some(b) = self.old.remove(&key) {
+                self.cur.insert(key, b);
+            } else if self.len() >= cap {
+                return None;
+            } else {
+                return Some((self.cur.entry(key).or_insert(fresh), true));
+            }
+        }
+        Some((self.cur.get_mut(&key).expect("present"), false))
+    }
+}
+
+struct Shard {
+    sources: Generations,
+    aggregates: Generations,
+    since: Instant,
+}
 
 impl SourceLimits {
     /// `records`/`bytes` per second; `None` = unlimited. Bursts up to one second's worth.
     pub fn new(records: Option<f64>, bytes: Option<f64>) -> SourceLimits {
-        SourceLimits { records, bytes, buckets: Mutex::new(HashMap::new()) }
+        SourceLimits::with(records, bytes, Tracking::default(), Meters::default())
+    }
+
+    pub fn with(records: Option<f64>, bytes: Option<f64>, tracking: Tracking, meters: Meters) -> SourceLimits {
+        let now = Instant::now();
+        let source_cap = tracking.max_sources.div_ceil(SHARDS).max(1);
+        SourceLimits {
+            records,
+            bytes,
+            tracking,
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(Shard { sources: Generations::new(), aggregates: Generations::new(), since: now }))
+                .collect(),
+            source_cap,
+            // Aggregates stand for many sources each: a sixteenth as many.
+            aggregate_cap: (source_cap / 16).max(1),
+            global: Mutex::new(Bucket { records: records.unwrap_or(0.0), bytes: bytes.unwrap_or(0.0), last: now }),
+            hasher: Default::default(),
+            meters,
+        }
     }
 
     pub fn is_unlimited(&self) -> bool {
         self.records.is_none() && self.bytes.is_none()
     }
 
-    fn with_bucket<T>(&self, ip: IpAddr, now: Instant, f: impl FnOnce(&mut Bucket) -> T) -> T {
-        let mut map = self.buckets.lock().expect("not poisoned");
-        if map.len() > 100_000 {
-            map.retain(|_, b| now.duration_since(b.last) < FORGET_AFTER);
+    /// The key of a source: IPv4 whole, IPv6 by its prefix.
+    fn source_key(&self, ip: IpAddr) -> Key {
+        match ip {
+            IpAddr::V4(v4) => (Kind::V4, u128::from(u32::from(v4))),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => (Kind::V4, u128::from(u32::from(v4))),
+                None => {
+                    let bits = u32::from(self.tracking.ipv6_prefix.clamp(1, 128));
+                    let mask = if bits == 128 { u128::MAX } else { !(u128::MAX >> bits) };
+                    (Kind::V6, u128::from(v6) & mask)
+                }
+            },
         }
-        let b = map.entry(ip).or_insert(Bucket {
-            records: self.records.unwrap_or(0.0),
-            bytes: self.bytes.unwrap_or(0.0),
-            last: now,
-        });
+    }
+
+    /// The key of the aggregate a source falls back to: its /24 or /48.
+    fn aggregate_key(ip: IpAddr) -> Key {
+        match ip {
+            IpAddr::V4(v4) => (Kind::Net4, u128::from(u32::from(v4) & 0xffff_ff00)),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => SourceLimits::aggregate_key(IpAddr::V4(v4)),
+                None => (Kind::Net6, u128::from(v6) & !(u128::MAX >> 48)),
+            },
+        }
+    }
+
+    fn shard_of(&self, key: Key) -> &Mutex<Shard> {
+        &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS]
+    }
+
+    fn refill(&self, b: &mut Bucket, now: Instant) {
         let dt = now.saturating_duration_since(b.last).as_secs_f64();
-        b.last = now;
+        b.last = b.last.max(now);
         if let Some(r) = self.records {
             b.records = (b.records + dt * r).min(r);
         }
         if let Some(r) = self.bytes {
             b.bytes = (b.bytes + dt * r).min(r);
         }
-        f(b)
+    }
+
+    fn fresh(&self, now: Instant) -> Bucket {
+        Bucket { records: self.records.unwrap_or(0.0), bytes: self.bytes.unwrap_or(0.0), last: now }
+    }
+
+    /// Run `f` on the bucket `ip` is charged to.
+    fn with_bucket<T>(&self, ip: IpAddr, now: Instant, f: impl Fn(&mut Bucket) -> T) -> (T, Level) {
+        let key = self.source_key(ip);
+        if let Some(t) = self.in_shard(key, now, false, &f) {
+            return (t, Level::Source);
+        }
+        let agg = SourceLimits::aggregate_key(ip);
+        if let Some(t) = self.in_shard(agg, now, true, &f) {
+            if let Some(c) = &self.meters.aggregate {
+                c.inc();
+            }
+            return (t, Level::Aggregate);
+        }
+        if let Some(c) = &self.meters.global {
+            c.inc();
+        }
+        let mut g = self.global.lock().expect("not poisoned");
+        self.refill(&mut g, now);
+        (f(&mut g), Level::Global)
+    }
+
+    fn in_shard<T>(&self, key: Key, now: Instant, aggregate: bool, f: &impl Fn(&mut Bucket) -> T) -> Option<T> {
+        let mut shard = self.shard_of(key).lock().expect("not poisoned");
+        let age = now.saturating_duration_since(shard.since);
+        if age >= FORGET_AFTER {
+            // A new generation: the previous one goes whole, at most once a
+            // minute; both when the shard was idle longer than a generation.
+            let mut dropped = shard.sources.old.len();
+            shard.sources.old = std::mem::take(&mut shard.sources.cur);
+            shard.aggregates.old = std::mem::take(&mut shard.aggregates.cur);
+            if age >= FORGET_AFTER * 2 {
+                dropped += shard.sources.old.len();
+                shard.sources.old.clear();
+                shard.aggregates.old.clear();
+            }
+            shard.since = now;
+            if let Some(g) = &self.meters.tracked {
+                g.sub(dropped as i64);
+            }
+        }
+        let fresh = self.fresh(now);
+        let (gens, cap) =
+            if aggregate { (&mut shard.aggregates, self.aggregate_cap) } else { (&mut shard.sources, self.source_cap) };
+        let (b, created) = gens.get(key, cap, fresh)?;
+        if created && !aggregate {
+            if let Some(g) = &self.meters.tracked {
+                g.inc();
+            }
+        }
+        self.refill(b, now);
+        Some(f(b))
     }
 
     /// All or nothing (a batch with one answer, e.g. HTTP): take `records`
     /// and `bytes`, or say how long until they would fit.
     pub fn take_all(&self, ip: IpAddr, records: u64, bytes: u64, now: Instant) -> Result<(), Duration> {
+        self.take_all_at(ip, records, bytes, now).0
+    }
+
+    /// [`take_all`](Self::take_all), and which bucket paid.
+    pub fn take_all_at(&self, ip: IpAddr, records: u64, bytes: u64, now: Instant) -> (Result<(), Duration>, Level) {
         if self.is_unlimited() {
-            return Ok(());
+            return (Ok(()), Level::Source);
         }
         self.with_bucket(ip, now, |b| {
             let mut wait: f64 = 0.0;
@@ -97,6 +314,11 @@ impl SourceLimits {
     pub fn take_one(&self, ip: IpAddr, bytes: usize, now: Instant) -> bool {
         self.is_unlimited() || self.take_all(ip, 1, bytes as u64, now).is_ok()
     }
+
+    /// Sources tracked one by one now (both generations).
+    pub fn tracked(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().expect("not poisoned").sources.len()).sum()
+    }
 }
 
 #[cfg(test)]
@@ -132,5 +354,69 @@ mod tests {
         let wait = l.pace_one(ip, 5_000, t0).unwrap_err();
         assert!(wait <= Duration::from_secs(1) && wait > Duration::from_millis(900), "{wait:?}");
         assert_eq!(l.pace_one(ip, 5_000, t0 + wait + Duration::from_millis(1)), Ok(()));
+    }
+
+    #[test]
+    fn ipv6_sources_are_keyed_by_their_64_and_v4_mapped_ones_as_v4() {
+        let l = SourceLimits::new(Some(5.0), None);
+        let t0 = Instant::now();
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff:1:2:3".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(l.source_key(a), l.source_key(b));
+        assert_ne!(l.source_key(a), l.source_key(c));
+        // One host walking its /64 gets one source's rate.
+        let passed = (0..100u128)
+            .filter(|i| {
+                l.take_one(
+                    IpAddr::V6(
+                        (u128::from_be_bytes([0x20, 1, 0xd, 0xb8, 0, 1, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0]) + i).into(),
+                    ),
+                    1,
+                    t0,
+                )
+            })
+            .count();
+        assert_eq!(passed, 5);
+        assert!(l.take_one(c, 1, t0), "the next /64 is another source");
+        let v4: IpAddr = "10.1.2.3".parse().unwrap();
+        let mapped: IpAddr = "::ffff:10.1.2.3".parse().unwrap();
+        assert_eq!(l.source_key(v4), l.source_key(mapped));
+        let whole = SourceLimits::with(
+            Some(5.0),
+            None,
+            Tracking { ipv6_prefix: 128, ..Tracking::default() },
+            Meters::default(),
+        );
+        assert_ne!(whole.source_key(a), whole.source_key(b));
+    }
+
+    #[test]
+    fn beyond_max_sources_new_ones_share_their_24_then_one_global_bucket() {
+        let meters = Meters {
+            aggregate: Some(IntCounter::new("a", "a").unwrap()),
+            global: Some(IntCounter::new("g", "g").unwrap()),
+            tracked: Some(IntGauge::new("t", "t").unwrap()),
+        };
+        let l = SourceLimits::with(Some(1.0), None, Tracking { max_sources: 640, ipv6_prefix: 64 }, meters.clone());
+        let t0 = Instant::now();
+        let ip = |i: u32| IpAddr::V4((0x0a00_0000 + i).into());
+        // 200,000 sources: memory stays at the cap, every record is charged somewhere.
+        let mut levels = HashMap::new();
+        for i in 0..200_000u32 {
+            let (_, level) = l.take_all_at(ip(i), 1, 0, t0);
+            *levels.entry(format!("{level:?}")).or_insert(0u64) += 1;
+        }
+        assert!(l.tracked() <= 640, "{}", l.tracked());
+        assert_eq!(meters.tracked.as_ref().unwrap().get() as usize, l.tracked());
+        let (src, agg, glob) = (levels["Source"], levels["Aggregate"], levels["Global"]);
+        assert_eq!(src + agg + glob, 200_000);
+        assert_eq!((agg, glob), (meters.aggregate.unwrap().get(), meters.global.unwrap().get()));
+        assert!(src >= 500 && agg > 0 && glob > 0, "{levels:?}");
+        // Two generations later the idle sources are forgotten: room again
+        // for as many new ones.
+        let t1 = t0 + FORGET_AFTER * 2 + Duration::from_secs(1);
+        let own = (300_000..300_100u32).filter(|i| l.take_all_at(ip(*i), 1, 0, t1).1 == Level::Source).count();
+        assert_eq!(own, 100);
     }
 }

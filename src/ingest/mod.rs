@@ -55,7 +55,16 @@ impl ListenerCtx {
         }
         metrics.received_records.with_label_values(&[&cfg.name]);
         Ok(ListenerCtx {
-            limits: limits::SourceLimits::new(cfg.source_records_per_sec, cfg.source_bytes_per_sec),
+            limits: limits::SourceLimits::with(
+                cfg.source_records_per_sec,
+                cfg.source_bytes_per_sec,
+                limits::Tracking { max_sources: cfg.max_sources, ipv6_prefix: cfg.source_ipv6_prefix },
+                limits::Meters {
+                    aggregate: Some(metrics.source_limit_shared.with_label_values(&[&cfg.name, "aggregate"])),
+                    global: Some(metrics.source_limit_shared.with_label_values(&[&cfg.name, "global"])),
+                    tracked: Some(metrics.source_limit_tracked.with_label_values(&[&cfg.name])),
+                },
+            ),
             per_source: Default::default(),
             name: cfg.name.as_str().into(),
             router: Arc::new(router),
