@@ -25,7 +25,7 @@
 //! Memory is therefore bounded by `max_sources` (about 100 bytes each).
 
 use std::collections::HashMap;
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, Hasher};
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -79,7 +79,7 @@ pub struct SourceLimits {
     source_cap: usize,
     aggregate_cap: usize,
     global: Mutex<Bucket>,
-    hasher: std::collections::hash_map::RandomState,
+    hasher: Keyed,
     meters: Meters,
 }
 
@@ -93,6 +93,46 @@ struct Bucket {
 /// A source or an aggregate: (kind, address bits).
 type Key = (Kind, u128);
 
+/// A multiply-xor hash keyed per process: the keys are 17 bytes, and
+/// SipHash cost as much as the rest of a lookup. Collisions chosen by a
+/// sender cannot cost more than a scan of one shard, whose size the cap
+/// bounds, and the key is random, so they cannot be chosen blind.
+#[derive(Clone, Copy)]
+struct Keyed(u64);
+
+impl BuildHasher for Keyed {
+    type Hasher = Mix;
+    fn build_hasher(&self) -> Mix {
+        Mix(self.0)
+    }
+}
+
+struct Mix(u64);
+
+impl Hasher for Mix {
+    fn finish(&self) -> u64 {
+        let x = self.0 ^ (self.0 >> 32);
+        x.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (x >> 29)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for c in bytes.chunks(8) {
+            let mut b = [0u8; 8];
+            b[..c.len()].copy_from_slice(c);
+            self.write_u64(u64::from_le_bytes(b));
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0 ^ v).wrapping_mul(0x5851_f42d_4c95_7f2d).rotate_left(23);
+    }
+    fn write_u128(&mut self, v: u128) {
+        self.write_u64(v as u64);
+        self.write_u64((v >> 64) as u64);
+    }
+    fn write_isize(&mut self, v: isize) {
+        self.write_u64(v as u64);
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Kind {
     V4,
@@ -105,13 +145,13 @@ enum Kind {
 
 /// Two generations of buckets.
 struct Generations {
-    cur: HashMap<Key, Bucket>,
-    old: HashMap<Key, Bucket>,
+    cur: HashMap<Key, Bucket, Keyed>,
+    old: HashMap<Key, Bucket, Keyed>,
 }
 
 impl Generations {
-    fn new() -> Generations {
-        Generations { cur: HashMap::new(), old: HashMap::new() }
+    fn new(k: Keyed) -> Generations {
+        Generations { cur: HashMap::with_hasher(k), old: HashMap::with_hasher(k) }
     }
 
     fn len(&self) -> usize {
@@ -147,19 +187,26 @@ impl SourceLimits {
 
     pub fn with(records: Option<f64>, bytes: Option<f64>, tracking: Tracking, meters: Meters) -> SourceLimits {
         let now = Instant::now();
-        let source_cap = tracking.max_sources.div_ceil(SHARDS).max(1);
+        let source_cap = (tracking.max_sources / SHARDS).max(1);
+        let hasher = Keyed(rand::random::<u64>() | 1);
         SourceLimits {
             records,
             bytes,
             tracking,
             shards: (0..SHARDS)
-                .map(|_| Mutex::new(Shard { sources: Generations::new(), aggregates: Generations::new(), since: now }))
+                .map(|_| {
+                    Mutex::new(Shard {
+                        sources: Generations::new(hasher),
+                        aggregates: Generations::new(hasher),
+                        since: now,
+                    })
+                })
                 .collect(),
             source_cap,
             // Aggregates stand for many sources each: a sixteenth as many.
             aggregate_cap: (source_cap / 16).max(1),
             global: Mutex::new(Bucket { records: records.unwrap_or(0.0), bytes: bytes.unwrap_or(0.0), last: now }),
-            hasher: Default::default(),
+            hasher,
             meters,
         }
     }
@@ -195,7 +242,8 @@ impl SourceLimits {
     }
 
     fn shard_of(&self, key: Key) -> &Mutex<Shard> {
-        &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS]
+        // The top bits: the maps inside use the low ones.
+        &self.shards[(self.hasher.hash_one(key) >> 58) as usize % SHARDS]
     }
 
     fn refill(&self, b: &mut Bucket, now: Instant) {
@@ -241,8 +289,9 @@ impl SourceLimits {
             // A new generation: the previous one goes whole, at most once a
             // minute; both when the shard was idle longer than a generation.
             let mut dropped = shard.sources.old.len();
-            shard.sources.old = std::mem::take(&mut shard.sources.cur);
-            shard.aggregates.old = std::mem::take(&mut shard.aggregates.cur);
+            let k = self.hasher;
+            shard.sources.old = std::mem::replace(&mut shard.sources.cur, HashMap::with_hasher(k));
+            shard.aggregates.old = std::mem::replace(&mut shard.aggregates.cur, HashMap::with_hasher(k));
             if age >= FORGET_AFTER * 2 {
                 dropped += shard.sources.old.len();
                 shard.sources.old.clear();
