@@ -68,20 +68,6 @@ fn an_untrusted_source_at_10x_its_limit_gets_its_limit_and_a_trusted_one_loses_n
 /// most `max_sources` (10,000 here, about 1 MB) whatever the flood.
 const FLOOD_RSS_MAX: u64 = 64 << 20;
 
-fn rss(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: u64 = s
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .unwrap()
-        .trim()
-        .trim_end_matches(" kB")
-        .trim()
-        .parse()
-        .unwrap();
-    kb << 10
-}
-
 /// 200,000 distinct source addresses (across 127.0.0.0/8) flood an untrusted
 /// UDP listener while a trusted TCP sender on the same node sends at a
 /// steady rate: the trusted stream loses nothing and keeps its rate, the
@@ -98,7 +84,7 @@ fn a_flood_from_200000_source_addresses_costs_bounded_memory_and_spares_a_truste
     );
     let mut node = Node::start(&dir, &node_config(&dir, &ports, "", "", &extra), ports.admin);
     let pid = node.pid();
-    let before = rss(pid);
+    let before = rss_bytes(pid);
     const N: usize = 20_000;
     const RATE: f64 = 5_000.0;
     const SOURCES: u32 = 200_000;
@@ -135,7 +121,7 @@ fn a_flood_from_200000_source_addresses_costs_bounded_memory_and_spares_a_truste
         .collect();
     let mut peak = before;
     while senders.iter().any(|s| !s.is_finished()) {
-        peak = peak.max(rss(pid));
+        peak = peak.max(rss_bytes(pid));
         std::thread::sleep(Duration::from_millis(50));
     }
     let sent: u64 = senders.into_iter().map(|s| s.join().unwrap()).sum();
@@ -156,7 +142,7 @@ fn a_flood_from_200000_source_addresses_costs_bounded_memory_and_spares_a_truste
     node.wait_metric("ferry_committed_records_total", &[("stream", "live")], Duration::from_secs(20), |v| {
         v >= N as f64
     });
-    peak = peak.max(rss(pid));
+    peak = peak.max(rss_bytes(pid));
     let m = node.metrics();
     let received = metric_value(&m, "ferry_received_records_total", &fl);
     let kernel = metric_value(&m, "ferry_socket_dropped_datagrams_total", &fl);
@@ -194,4 +180,133 @@ fn a_flood_from_200000_source_addresses_costs_bounded_memory_and_spares_a_truste
     node.stop();
     let lines = archive_lines(&node.data);
     assert_eq!(lines.iter().filter(|l| l.starts_with("<13>trusted ")).count(), N);
+}
+
+/// 60 source addresses open 20 connections each to a TLS listener and
+/// never finish a handshake (half of them send nothing, half send half a
+/// ClientHello): the 17th and later of each source are refused at once
+/// (`max_connections_per_source`), the rest are closed at the
+/// `handshake_timeout` and counted; meanwhile a well-behaved TLS client on
+/// the same listener delivers every record, and keeps doing so through a
+/// second wave.
+#[test]
+fn half_open_tls_handshakes_are_closed_at_the_timeout_and_a_good_client_delivers_throughout() {
+    use std::io::Write as _;
+    use util::link::Pki;
+    let dir = TestDir::new("handshake");
+    let pki_dir = TestDir::new("pki");
+    let pki = Pki::new(&pki_dir, "pki");
+    let ports = Ports { tcp: free_port(), udp: free_port(), admin: free_port() };
+    let tls = free_port();
+    let extra = format!(
+        "\n[[listener]]\nname = \"tls\"\nkind = \"syslog\"\ntransport = \"tls\"\nlisten = \"127.0.0.1:{tls}\"\nstream = \"live\"\ntrust = \"untrusted\"\nclient_cert = \"optional\"\nhandshake_timeout = \"1s\"\nsource_records_per_sec = 100000\nsource_bytes_per_sec = \"100MiB/s\"\n\n{}",
+        pki.tls_section("central")
+    );
+    let mut node = Node::start(&dir, &node_config(&dir, &ports, "", "", &extra), ports.admin);
+    const SOURCES: u8 = 60;
+    const PER_SOURCE: usize = 20;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    // Each connection with the time it was opened.
+    let wave = || {
+        let mut held = Vec::new();
+        for s in 0..SOURCES {
+            for c in 0..PER_SOURCE {
+                let t = rt.block_on(async {
+                    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+                    sock.bind(([127, 3, 0, s + 1], 0).into()).unwrap();
+                    sock.connect(([127, 0, 0, 1], tls).into()).await.unwrap()
+                });
+                let mut t = t.into_std().unwrap();
+                t.set_nonblocking(false).unwrap();
+                if c % 2 == 1 {
+                    // A ClientHello record header announcing 512 bytes, and 20 of them.
+                    let _ = t.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03]);
+                    let _ = t.write_all(&[7u8; 20]);
+                }
+                held.push((t, Instant::now()));
+            }
+        }
+        held
+    };
+    let ca = pki.dir.join("edge/ca.pem");
+    let (cert, key) = (pki.dir.join("edge/node.pem"), pki.dir.join("edge/node.key"));
+    const N: usize = 20_000;
+    let body = (0..N).map(|i| format!("<13>good {i}\n")).collect::<String>().into_bytes();
+    let first = wave();
+    let args: Vec<String> = [
+        "--to",
+        &format!("127.0.0.1:{tls}"),
+        "--transport",
+        "tls",
+        "--ca",
+        &ca.display().to_string(),
+        "--cert",
+        &cert.display().to_string(),
+        "--key",
+        &key.display().to_string(),
+        "--server-name",
+        "localhost",
+        "--rate",
+        "5000",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let input = dir.join("good.txt");
+    std::fs::write(&input, &body).unwrap();
+    let good = std::thread::spawn(move || {
+        let out = std::process::Command::new(FERRY).arg("send").args(&args).arg(&input).output().unwrap();
+        assert!(out.status.success(), "the good client failed: {}", String::from_utf8_lossy(&out.stderr));
+    });
+    // The node closes the first wave at the timeout: each held connection
+    // ends within 1 s of opening (+ slack), or was refused at once.
+    let mut open = first;
+    for (c, _) in &open {
+        c.set_nonblocking(true).unwrap();
+    }
+    let (mut closed_after, t) = (Duration::ZERO, Instant::now());
+    let mut b = [0u8; 64];
+    while !open.is_empty() && t.elapsed() < Duration::from_secs(10) {
+        open.retain_mut(|(c, opened)| match std::io::Read::read(c, &mut b) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => true,
+            Ok(1..) => true,
+            _ => {
+                closed_after = closed_after.max(opened.elapsed());
+                false
+            }
+        });
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(open.is_empty(), "{} half-open handshakes still open after 10 s", open.len());
+    assert!(closed_after < Duration::from_secs(2), "a half-open handshake was held for {closed_after:?}");
+    let second = wave();
+    good.join().unwrap();
+    drop(second);
+    // Each attacking connection is refused at once or closed at the timeout, and counted.
+    let attempts = 2.0 * f64::from(SOURCES) * PER_SOURCE as f64;
+    let refused = |r: &str| node.metric("ferry_connections_refused_total", &[("listener", "tls"), ("reason", r)]);
+    let t = Instant::now();
+    while refused("tls_handshake") + refused("max_connections_per_source") < attempts
+        && t.elapsed() < Duration::from_secs(10)
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (timed_out, over) = (refused("tls_handshake"), refused("max_connections_per_source"));
+    assert_eq!(
+        timed_out + over,
+        attempts,
+        "{timed_out} closed at the handshake timeout, {over} refused over 16 per source"
+    );
+    assert!(over > 0.0 && over <= attempts - 2.0 * 16.0 * f64::from(SOURCES), "{over}");
+    assert_eq!(refused("max_connections"), 0.0);
+    node.wait_metric("ferry_committed_records_total", &[("stream", "live")], Duration::from_secs(20), |v| {
+        v >= N as f64
+    });
+    node.stop();
+    let lines = archive_lines(&node.data);
+    assert_eq!(lines.iter().filter(|l| l.starts_with("<13>good ")).count(), N);
+    eprintln!(
+        "handshake flood: 2 waves of {} connections, the first closed within {closed_after:?}; the good client delivered {N}",
+        usize::from(SOURCES) * PER_SOURCE
+    );
 }

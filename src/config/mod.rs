@@ -250,6 +250,9 @@ pub struct ListenerConfig {
     pub max_connections: usize,
     pub max_record_bytes: usize,
     pub idle_timeout: Duration,
+    /// TLS listeners: a connection that has not completed its handshake by
+    /// then is closed (and counted); it holds a connection slot until then.
+    pub handshake_timeout: Duration,
     pub routes: Vec<Route>,
     /// `kind = "ferry"`: peer sites that may forward other sites' segments.
     pub relays: Vec<String>,

@@ -132,6 +132,8 @@ pub struct RawListener {
     pub max_connections: Option<Spanned<i64>>,
     pub max_record_bytes: Option<Spanned<ByteSize>>,
     pub idle_timeout: Option<Spanned<HumanDuration>>,
+    /// `transport = "tls"`: how long a client has for its TLS handshake.
+    pub handshake_timeout: Option<Spanned<HumanDuration>>,
     /// `kind = "http"`: largest request body, compressed or not.
     pub max_body_bytes: Option<Spanned<ByteSize>>,
     /// Per source address (default for untrusted listeners: 1000 and 1MiB/s).

@@ -747,6 +747,16 @@ fn validate_listener(cx: &mut Ctx<'_>, i: usize, l: &RawListener, streams: &[Str
         None if l.trust.as_ref().is_some_and(|t| t.get_ref() == "untrusted") => Duration::from_secs(60),
         None => Duration::from_secs(300),
     };
+    let handshake_timeout = match &l.handshake_timeout {
+        Some(v) => {
+            if !(Duration::from_millis(100)..=Duration::from_secs(60)).contains(&v.get_ref().0) {
+                cx.at(&k("handshake_timeout"), v, "must be between 100ms and 60s");
+            }
+            v.get_ref().0
+        }
+        None if l.trust.as_ref().is_some_and(|t| t.get_ref() == "untrusted") => Duration::from_secs(5),
+        None => Duration::from_secs(10),
+    };
     let mut routes = Vec::new();
     for (j, r) in l.route.iter().enumerate() {
         let rk = |f: &str| format!("listener[{i}].route[{j}].{f}");
@@ -863,6 +873,7 @@ fn validate_listener(cx: &mut Ctx<'_>, i: usize, l: &RawListener, streams: &[Str
         max_connections,
         max_record_bytes,
         idle_timeout,
+        handshake_timeout,
         routes,
         relays,
         max_body_bytes,

@@ -5,7 +5,6 @@
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -35,7 +34,9 @@ impl Conn {
 }
 
 /// The TLS handshake of a collector connection, bounded by the listener's
-/// idle timeout (at most 30 s). A failure (a certificate from another CA,
+/// `handshake_timeout` (10 s, 5 s untrusted): a client that connects and
+/// sends nothing, or half a ClientHello, holds its connection slot (and its
+/// source's) no longer than that. A failure (a certificate from another CA,
 /// none where one is required, a client speaking plain text) is logged with
 /// the peer and the reason, and counted as a refused connection.
 async fn handshake(
@@ -44,7 +45,7 @@ async fn handshake(
     peer: &str,
     ctx: &ListenerCtx,
 ) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
-    let limit = ctx.cfg.idle_timeout.min(Duration::from_secs(30));
+    let limit = ctx.cfg.handshake_timeout;
     let refuse = |detail: String| {
         ctx.metrics.connections_refused.with_label_values(&[&ctx.name, "tls_handshake"]).inc();
         let cause = crate::pki::classify_tls(&detail);
@@ -76,7 +77,7 @@ async fn handshake(
             None
         }
         Err(_) => {
-            refuse(format!("no handshake within {limit:?}"));
+            refuse(format!("handshake timed out: none within {limit:?}"));
             None
         }
     }

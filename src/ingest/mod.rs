@@ -169,6 +169,19 @@ impl Bound {
     }
 }
 
+/// Connections the kernel completes and queues before ferry accepts them
+/// (capped by `net.core.somaxconn`): a burst of connections (a flood, every
+/// collector reconnecting at once) waits there instead of being retried by
+/// the clients a second later.
+const ACCEPT_BACKLOG: u32 = 4096;
+
+fn listen_tcp(a: std::net::SocketAddr) -> io::Result<TcpListener> {
+    let s = if a.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    s.set_reuseaddr(true)?;
+    s.bind(a)?;
+    s.listen(ACCEPT_BACKLOG)
+}
+
 /// Bind a listener's socket. A stale unix socket file is replaced. TLS
 /// listeners load `tls` (the deployment CA, the node's certificate and key)
 /// here, so a bad file fails the start, not the first connection.
@@ -178,9 +191,9 @@ pub async fn bind(cfg: &ListenerConfig, tls: Option<&crate::pki::TlsFiles>) -> i
             let files = tls.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "TLS listener without [tls]"))?;
             let config = crate::pki::collector_server_config(files, cfg.client_cert)
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
-            Ok(Bound::Tcp(TcpListener::bind(a).await?, Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))))
+            Ok(Bound::Tcp(listen_tcp(*a)?, Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))))
         }
-        (ListenAddr::Socket(a), Transport::Tcp) => Ok(Bound::Tcp(TcpListener::bind(a).await?, None)),
+        (ListenAddr::Socket(a), Transport::Tcp) => Ok(Bound::Tcp(listen_tcp(*a)?, None)),
         (ListenAddr::Socket(a), Transport::Udp) => {
             let s = UdpSocket::bind(a).await?;
             syslog::datagram::check_receive_buffer(&cfg.name, syslog::datagram::grow_receive_buffer(&s));
