@@ -54,3 +54,26 @@ fi
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
 cargo test --locked "$@"
+
+# Coverage-guided fuzzing (docs/fuzzing.md): cargo-fuzz from crates.io, built
+# once into target/tools; every target runs FERRY_FUZZ_SECONDS (20) on its
+# checked-in corpus (what it finds goes to a scratch directory; a crash fails
+# here and leaves its input in fuzz/artifacts/). No sanitizer: librdkafka's
+# configure cannot link against an ASan-built zstd; debug assertions are on.
+if [ ! -x target/tools/bin/cargo-fuzz ]; then
+  cargo install --locked --root target/tools cargo-fuzz --version 0.13.2
+fi
+fuzz() { PATH="$PWD/target/tools/bin:$PATH" cargo +nightly fuzz "$1" -s none -a --target-dir target/fuzz --fuzz-dir fuzz "${@:2}"; }
+fuzz build
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
+for t in $(PATH="$PWD/target/tools/bin:$PATH" cargo +nightly fuzz list --fuzz-dir fuzz); do
+  mkdir -p "$scratch/$t"
+  if ! fuzz run "$t" "$scratch/$t" "fuzz/corpus/$t" -- -max_total_time="${FERRY_FUZZ_SECONDS:-20}" -rss_limit_mb=2048 \
+      >"$scratch/$t.log" 2>&1; then
+    tail -n 60 "$scratch/$t.log"
+    echo "fuzz target $t failed: its input is in fuzz/artifacts/$t/"
+    exit 1
+  fi
+  echo "fuzz $t: $(grep -E '^Done' "$scratch/$t.log")"
+done

@@ -199,31 +199,49 @@ impl SealRecord {
             next_seq: 0,
             sealed_ms: 0,
         };
-        let mut seen = 0;
+        // Each key once at least (a bit per key): a repeated key is not another.
+        let mut seen = 0u8;
         for (i, line) in text.lines().enumerate() {
             let (k, v) = line.split_once('=').ok_or_else(|| format!("line {}: not key=value", i + 1))?;
             let num = |v: &str| v.parse::<u64>().map_err(|_| format!("line {}: {k} is not a number", i + 1));
-            match k {
-                "len" => r.len = num(v)?,
+            let bit = match k {
+                "len" => {
+                    r.len = num(v)?;
+                    0
+                }
                 "sha256" => {
                     if v.len() != 64 || !v.bytes().all(|b| b.is_ascii_hexdigit()) {
                         return Err(format!("line {}: sha256 is not 64 hex digits", i + 1));
                     }
                     r.sha256 = v.to_ascii_lowercase();
+                    1
                 }
-                "frames" => r.frames = num(v)?,
-                "records" => r.records = num(v)?,
-                "first_seq" => r.first_seq = num(v)?,
-                "next_seq" => r.next_seq = num(v)?,
+                "frames" => {
+                    r.frames = num(v)?;
+                    2
+                }
+                "records" => {
+                    r.records = num(v)?;
+                    3
+                }
+                "first_seq" => {
+                    r.first_seq = num(v)?;
+                    4
+                }
+                "next_seq" => {
+                    r.next_seq = num(v)?;
+                    5
+                }
                 "sealed_ms" => {
-                    r.sealed_ms = v.parse().map_err(|_| format!("line {}: sealed_ms is not a number", i + 1))?
+                    r.sealed_ms = v.parse().map_err(|_| format!("line {}: sealed_ms is not a number", i + 1))?;
+                    6
                 }
                 _ => continue,
-            }
-            seen += 1;
+            };
+            seen |= 1 << bit;
         }
-        if seen < 7 {
-            return Err(format!("only {seen} of the 7 keys (truncated?)"));
+        if seen != 0x7f {
+            return Err(format!("only {} of the 7 keys (truncated?)", seen.count_ones()));
         }
         Ok(r)
     }
@@ -546,6 +564,14 @@ mod tests {
             SegmentName::parse_rel(Path::new("sg1/live/2026-11-24/live-2026-11-23T17-r-00000001.log.zst")),
             None
         );
+    }
+
+    /// Found by `cargo fuzz` (fuzz/artifacts, target seal_record): one key
+    /// repeated seven times passed for all seven, with no sha256.
+    #[test]
+    fn a_repeated_key_does_not_stand_for_a_missing_one() {
+        let text = "len=1234\nlen=1\nlen=2\nnext_seq=3\nnext_seq=3\nnext_seq=3\nnext_seq=3\n";
+        assert_eq!(SealRecord::parse(text), Err("only 2 of the 7 keys (truncated?)".into()));
     }
 
     #[test]

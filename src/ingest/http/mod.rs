@@ -94,7 +94,9 @@ fn refuse(
     (status, format!("{msg}\n")).into_response()
 }
 
-fn decode_body<'a>(
+/// The request body as sent: decompressed (gzip, zstd) within `limit`, or
+/// the status, reason and message to refuse it with.
+pub fn decode_body<'a>(
     encoding: Option<&str>,
     body: &'a [u8],
     limit: usize,
@@ -128,6 +130,25 @@ fn decode_body<'a>(
             format!("Content-Encoding {other:?} is not supported (gzip, zstd)"),
         )),
     }
+}
+
+/// The records of a decoded body: its non-empty lines (a CR before the LF
+/// dropped), each a JSON value when `ndjson`; else which line is not.
+pub fn body_lines(raw: &[u8], ndjson: bool) -> Result<Vec<&[u8]>, String> {
+    let mut lines = Vec::new();
+    for (i, line) in raw.split(|b| *b == b'\n').enumerate() {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            continue;
+        }
+        if ndjson {
+            if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(line) {
+                return Err(format!("line {}: not valid JSON: {e}", i + 1));
+            }
+        }
+        lines.push(line);
+    }
+    Ok(lines)
 }
 
 async fn ingest(
@@ -167,27 +188,13 @@ async fn ingest(
         .is_some_and(|t| t.contains("ndjson") || t.contains("json"));
 
     // Validate everything before anything is queued: a refused request leaves nothing behind.
-    let mut lines: Vec<&[u8]> = Vec::new();
-    for (i, line) in raw.split(|b| *b == b'\n').enumerate() {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.is_empty() {
-            continue;
+    let lines = match body_lines(&raw, ndjson) {
+        Ok(lines) => lines,
+        Err(msg) => {
+            let records = raw.split(|b| *b == b'\n').filter(|l| !l.is_empty()).count() as u64;
+            return refuse(&ctx, peer, StatusCode::BAD_REQUEST, "bad_request", records, msg);
         }
-        if ndjson {
-            if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(line) {
-                let records = raw.split(|b| *b == b'\n').filter(|l| !l.is_empty()).count() as u64;
-                return refuse(
-                    &ctx,
-                    peer,
-                    StatusCode::BAD_REQUEST,
-                    "bad_request",
-                    records,
-                    format!("line {}: not valid JSON: {e}", i + 1),
-                );
-            }
-        }
-        lines.push(line);
-    }
+    };
     let records = lines.len() as u64;
     let bytes: u64 = lines.iter().map(|l| l.len() as u64).sum();
     if records == 0 {
