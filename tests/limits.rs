@@ -8,8 +8,17 @@ use std::time::{Duration, Instant};
 
 use util::*;
 
+/// The tests here measure rates and time: one at a time, or the flood of
+/// one would slow the others' senders on a 2-core machine.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[test]
 fn an_untrusted_source_at_10x_its_limit_gets_its_limit_and_a_trusted_one_loses_nothing() {
+    let _serial = serial();
     let dir = TestDir::new("limits");
     let ports = Ports { tcp: free_port(), udp: free_port(), admin: free_port() };
     let untrusted = free_port();
@@ -76,6 +85,7 @@ const FLOOD_RSS_MAX: u64 = 64 << 20;
 /// committed + dropped (rate_limited, ...) + dropped by the kernel.
 #[test]
 fn a_flood_from_200000_source_addresses_costs_bounded_memory_and_spares_a_trusted_stream() {
+    let _serial = serial();
     let dir = TestDir::new("flood");
     let ports = Ports { tcp: free_port(), udp: free_port(), admin: free_port() };
     let flood = free_port();
@@ -191,6 +201,7 @@ fn a_flood_from_200000_source_addresses_costs_bounded_memory_and_spares_a_truste
 /// second wave.
 #[test]
 fn half_open_tls_handshakes_are_closed_at_the_timeout_and_a_good_client_delivers_throughout() {
+    let _serial = serial();
     use std::io::Write as _;
     use util::link::Pki;
     let dir = TestDir::new("handshake");

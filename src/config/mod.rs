@@ -2,6 +2,7 @@
 //! `validate` (a typed [`Config`] or every problem found, each naming the
 //! file, the line and the key). `ferry check` and `ferry run` share this path.
 
+pub mod facility;
 pub mod raw;
 pub mod units;
 mod validate;

@@ -763,7 +763,7 @@ fn validate_listener(cx: &mut Ctx<'_>, i: usize, l: &RawListener, streams: &[Str
         if !streams.contains(r.stream.get_ref()) {
             cx.at(&rk("stream"), &r.stream, format!("no [[stream]] named {:?}", r.stream.get_ref()));
         }
-        let facility = r.facility.as_ref().and_then(|f| match crate::ingest::syslog::parse::facility_by_name(f.get_ref()) {
+        let facility = r.facility.as_ref().and_then(|f| match crate::config::facility::facility_by_name(f.get_ref()) {
             Some(n) => Some(n),
             None => {
                 cx.at(&rk("facility"), f, format!("{:?} is not a syslog facility (kern, user, mail, daemon, auth, syslog, lpr, news, uucp, cron, authpriv, ftp, local0..local7)", f.get_ref()));

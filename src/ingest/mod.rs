@@ -5,10 +5,10 @@
 //! [`serve`]; adding one means adding a variant, not registering a plugin.
 
 pub mod batcher;
-pub mod conn;
 pub mod gelf;
 pub mod http;
 pub mod limits;
+pub mod net;
 pub mod relp;
 pub mod router;
 pub mod syslog;
@@ -50,8 +50,8 @@ impl ListenerCtx {
             .iter()
             .map(|s| store.stream(s).ok_or_else(|| format!("listener {}: no stream {s:?}", cfg.name)))
             .collect::<Result<Vec<_>, _>>()?;
-        for r in ["eof", "idle_timeout", "framing_error", "read_error", "shutdown", "store_error"] {
-            metrics.connections_closed.with_label_values(&[&cfg.name, r]);
+        for r in net::guard::Close::ALL {
+            metrics.connections_closed.with_label_values(&[&cfg.name, r.as_str()]);
         }
         metrics.received_records.with_label_values(&[&cfg.name]);
         Ok(ListenerCtx {
@@ -169,19 +169,6 @@ impl Bound {
     }
 }
 
-/// Connections the kernel completes and queues before ferry accepts them
-/// (capped by `net.core.somaxconn`): a burst of connections (a flood, every
-/// collector reconnecting at once) waits there instead of being retried by
-/// the clients a second later.
-const ACCEPT_BACKLOG: u32 = 4096;
-
-fn listen_tcp(a: std::net::SocketAddr) -> io::Result<TcpListener> {
-    let s = if a.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
-    s.set_reuseaddr(true)?;
-    s.bind(a)?;
-    s.listen(ACCEPT_BACKLOG)
-}
-
 /// Bind a listener's socket. A stale unix socket file is replaced. TLS
 /// listeners load `tls` (the deployment CA, the node's certificate and key)
 /// here, so a bad file fails the start, not the first connection.
@@ -191,12 +178,12 @@ pub async fn bind(cfg: &ListenerConfig, tls: Option<&crate::pki::TlsFiles>) -> i
             let files = tls.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "TLS listener without [tls]"))?;
             let config = crate::pki::collector_server_config(files, cfg.client_cert)
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
-            Ok(Bound::Tcp(listen_tcp(*a)?, Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))))
+            Ok(Bound::Tcp(net::accept::listen_tcp(*a)?, Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))))
         }
-        (ListenAddr::Socket(a), Transport::Tcp) => Ok(Bound::Tcp(listen_tcp(*a)?, None)),
+        (ListenAddr::Socket(a), Transport::Tcp) => Ok(Bound::Tcp(net::accept::listen_tcp(*a)?, None)),
         (ListenAddr::Socket(a), Transport::Udp) => {
             let s = UdpSocket::bind(a).await?;
-            syslog::datagram::check_receive_buffer(&cfg.name, syslog::datagram::grow_receive_buffer(&s));
+            net::datagram::check_receive_buffer(&cfg.name, net::datagram::grow_receive_buffer(&s));
             Ok(Bound::Udp(s))
         }
         (ListenAddr::Path(p), Transport::UnixStream) => {
@@ -210,7 +197,7 @@ pub async fn bind(cfg: &ListenerConfig, tls: Option<&crate::pki::TlsFiles>) -> i
             let s = UnixDatagram::bind(p)?;
             world_writable(p)?;
             // Local senders block when it is full rather than lose: no warning needed.
-            syslog::datagram::grow_receive_buffer(&s);
+            net::datagram::grow_receive_buffer(&s);
             Ok(Bound::UnixDatagram(s, p.clone()))
         }
         (addr, t) => {
@@ -257,9 +244,9 @@ pub async fn serve(bound: Bound, ctx: Arc<ListenerCtx>, store: Arc<Store>, sd: S
             syslog::stream::serve_unix(l, ctx, sd).await;
             let _ = std::fs::remove_file(p);
         }
-        Bound::Udp(s) => syslog::datagram::serve(syslog::datagram::Udp(s), syslog::datagram::Syslog, ctx, sd).await,
+        Bound::Udp(s) => net::datagram::serve(net::datagram::Udp(s), syslog::datagram::Syslog, ctx, sd).await,
         Bound::UnixDatagram(s, p) => {
-            syslog::datagram::serve(syslog::datagram::Unix(s), syslog::datagram::Syslog, ctx, sd).await;
+            net::datagram::serve(net::datagram::Unix(s), syslog::datagram::Syslog, ctx, sd).await;
             let _ = std::fs::remove_file(p);
         }
     }

@@ -353,9 +353,39 @@ fn parse_identity(uri: &str) -> Result<Identity, Error> {
 #[cfg(test)]
 mod tests;
 
-/// Classify a TLS failure for logs and the `reason` label. rustls errors are
-/// matched by type where tokio-rustls hands them over, and by their display
-/// text where quinn only gives text.
+/// Classify a failed TLS handshake over TCP (tokio-rustls) for logs and the
+/// `reason` label, from rustls's error type when the I/O error carries one
+/// (our side refused the peer, or the peer's alert said why it refused
+/// ours), else from the I/O error's kind.
+pub fn classify_tls_error(e: &std::io::Error) -> &'static str {
+    use rustls::{AlertDescription as A, CertificateError as C, Error as E};
+    if let Some(r) = e.get_ref().and_then(|i| i.downcast_ref::<E>()) {
+        return match r {
+            // UnknownIssuer: no trusted CA of that name; BadSignature: a CA of
+            // the same name but another key. Either way not this deployment's.
+            E::InvalidCertificate(C::UnknownIssuer | C::BadSignature) => "unknown_ca",
+            E::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => "expired",
+            E::NoCertificatesPresented => "no_client_cert",
+            E::NoApplicationProtocol => "alpn",
+            E::AlertReceived(A::UnknownCA | A::BadCertificate) => "unknown_ca",
+            E::AlertReceived(A::CertificateExpired) => "expired",
+            E::AlertReceived(A::CertificateRequired) => "no_client_cert",
+            E::AlertReceived(A::NoApplicationProtocol) => "alpn",
+            _ => "tls",
+        };
+    }
+    match e.kind() {
+        std::io::ErrorKind::TimedOut => "timeout",
+        std::io::ErrorKind::UnexpectedEof
+        | std::io::ErrorKind::ConnectionReset
+        | std::io::ErrorKind::ConnectionAborted
+        | std::io::ErrorKind::BrokenPipe => "aborted",
+        _ => "tls",
+    }
+}
+
+/// Classify a TLS failure known only by its text (quinn reports rustls's
+/// errors as a transport error's reason string).
 pub fn classify_tls(detail: &str) -> &'static str {
     let d = detail.to_ascii_lowercase();
     if d.contains("aborted by peer") || d.contains("connection lost") || d.contains("timed out") {

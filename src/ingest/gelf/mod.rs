@@ -23,5 +23,5 @@ pub async fn serve_tcp(listener: TcpListener, ctx: Arc<ListenerCtx>, sd: Shutdow
 
 pub async fn serve_udp(sock: UdpSocket, ctx: Arc<ListenerCtx>, sd: Shutdown) {
     let gelf = udp::Gelf::new(&ctx);
-    crate::ingest::syslog::datagram::serve(crate::ingest::syslog::datagram::Udp(sock), gelf, ctx, sd).await
+    crate::ingest::net::datagram::serve(crate::ingest::net::datagram::Udp(sock), gelf, ctx, sd).await
 }

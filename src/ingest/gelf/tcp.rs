@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
+use crate::ingest::net::accept::accept_tcp;
 use crate::ingest::syslog::framing::Decoder;
-use crate::ingest::syslog::stream::{accept_tcp, connection_with};
+use crate::ingest::syslog::stream::connection_with;
 use crate::ingest::ListenerCtx;
 use crate::shutdown::Shutdown;
 

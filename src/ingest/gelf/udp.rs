@@ -13,7 +13,7 @@ use tracing::warn;
 use super::chunk::{parse, Datagram, Limits, LostWhy, Outcome, Reassembler};
 use super::decode::decode;
 use crate::ingest::batcher::Batcher;
-use crate::ingest::syslog::datagram::Datagrams;
+use crate::ingest::net::datagram::Datagrams;
 use crate::ingest::ListenerCtx;
 use crate::metrics::DropReason;
 
@@ -22,7 +22,7 @@ const CHUNK_TIMEOUT: &str = "gelf_chunk_timeout";
 const CHUNK_EVICTED: &str = "gelf_chunk_evicted";
 
 /// The GELF side of a datagram listener; the receive loop is
-/// [`crate::ingest::syslog::datagram::serve`]. Partial messages are checked
+/// [`crate::ingest::net::datagram::serve`]. Partial messages are checked
 /// for expiry every `TICK` (500 ms), traffic or not: a lost message is
 /// reported at most that late.
 pub struct Gelf {

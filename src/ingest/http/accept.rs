@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use prometheus::IntGauge;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
@@ -20,7 +19,8 @@ use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
 use tracing::info;
 
-use crate::ingest::syslog::stream::accept_tcp;
+use crate::ingest::net::accept::accept_tcp;
+use crate::ingest::net::guard::{Close, ConnGuard};
 use crate::ingest::ListenerCtx;
 use crate::shutdown::Shutdown;
 
@@ -44,26 +44,18 @@ pub fn incoming(
         async move {
             let Ok(addr) = peer.parse::<SocketAddr>() else { return };
             let (closed, on_close) = oneshot::channel();
-            let m = &ctx.metrics;
-            m.connections_accepted.with_label_values(&[&ctx.name]).inc();
-            let active = m.connections_active.with_label_values(&[&ctx.name]);
-            active.inc();
+            let guard = ConnGuard::open(&ctx);
             let idle = ctx.cfg.idle_timeout;
-            let conn = Conn {
-                io,
-                idle,
-                deadline: Box::pin(tokio::time::sleep(idle)),
-                timed_out: false,
-                closed: Some(closed),
-                active,
-            };
+            let conn =
+                Conn { io, idle, deadline: Box::pin(tokio::time::sleep(idle)), timed_out: false, closed: Some(closed) };
             if tx.send((conn, addr)).await.is_err() {
+                // axum stopped taking connections: shutting down.
+                guard.close(Close::Shutdown);
                 return;
             }
             // The permit and the per-source count live until axum drops the connection.
             let timed_out = on_close.await.unwrap_or(false);
-            let reason = if timed_out { "idle_timeout" } else { "eof" };
-            ctx.metrics.connections_closed.with_label_values(&[&ctx.name, reason]).inc();
+            guard.close(if timed_out { Close::IdleTimeout } else { Close::Eof });
             if timed_out {
                 ctx.metrics.framing_errors.with_label_values(&[&ctx.name, "idle_timeout"]).inc();
                 info!(listener = %ctx.name, %peer, idle_timeout = ?idle, "idle timeout: closing HTTP connection");
@@ -94,18 +86,16 @@ impl axum::serve::Listener for Incoming {
 /// One accepted connection: closed with `TimedOut` when nothing has been
 /// read for the listener's `idle_timeout` while axum waits for bytes.
 pub struct Conn {
-    io: crate::ingest::conn::Conn,
+    io: crate::ingest::net::conn::Conn,
     idle: Duration,
     deadline: Pin<Box<Sleep>>,
     timed_out: bool,
     /// Tells the accept task that the connection is gone (and whether it timed out).
     closed: Option<oneshot::Sender<bool>>,
-    active: IntGauge,
 }
 
 impl Drop for Conn {
     fn drop(&mut self) {
-        self.active.dec();
         if let Some(c) = self.closed.take() {
             let _ = c.send(self.timed_out);
         }

@@ -29,8 +29,9 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
 use super::batcher::Batcher;
-use super::conn::Conn;
-use super::syslog::stream::accept_tcp;
+use super::net::accept::accept_tcp;
+use super::net::conn::Conn;
+use super::net::guard::{Close, ConnGuard};
 use super::ListenerCtx;
 use crate::shutdown::Shutdown;
 use crate::store::clock::{Clock, SystemClock};
@@ -64,9 +65,7 @@ async fn connection(
     _permit: OwnedSemaphorePermit,
 ) {
     let m = &ctx.metrics;
-    m.connections_accepted.with_label_values(&[&ctx.name]).inc();
-    let active = m.connections_active.with_label_values(&[&ctx.name]);
-    active.inc();
+    let guard = ConnGuard::open(&ctx);
     let (mut rd, mut wr) = tokio::io::split(sock);
     let mut buf = BytesMut::with_capacity(64 << 10);
     let mut out: Vec<u8> = Vec::with_capacity(4096);
@@ -78,28 +77,28 @@ async fn connection(
     // A RELP frame may carry a record longer than max_record_bytes (it is cut,
     // flagged and counted), up to this much.
     let max_frame = crate::config::MAX_RECORD_BYTES_CEILING;
-    let reason: &'static str = loop {
+    let reason: Close = loop {
         if close_txnr.is_some() && inflight.is_empty() {
             encode_rsp(close_txnr.take().expect("checked"), b"", &mut out);
             out.extend_from_slice(b"0 serverclose 0\n");
             let _ = wr.write_all(&out).await;
-            break "eof";
+            break Close::Eof;
         }
         tokio::select! {
             biased;
-            _ = sd.token.cancelled() => break "shutdown",
+            _ = sd.token.cancelled() => break Close::Shutdown,
             (ok, done) = oldest(&mut inflight) => {
                 if !ok {
                     warn!(listener = %ctx.name, %peer, transactions = done.len(),
                         "commit failed: closing the RELP session unanswered so the client resends");
-                    break "store_error";
+                    break Close::StoreError;
                 }
                 for t in done {
                     encode_rsp(t, b"200 OK", &mut out);
                 }
                 if let Err(e) = wr.write_all(&out).await {
                     warn!(listener = %ctx.name, %peer, error = %e, "cannot send RELP acks");
-                    break "read_error";
+                    break Close::ReadError;
                 }
                 out.clear();
             }
@@ -108,13 +107,13 @@ async fn connection(
                     Err(_) => {
                         m.framing_errors.with_label_values(&[&ctx.name, "idle_timeout"]).inc();
                         warn!(listener = %ctx.name, %peer, "idle timeout: closing RELP session");
-                        break "idle_timeout";
+                        break Close::IdleTimeout;
                     }
                     Ok(Err(e)) => {
                         warn!(listener = %ctx.name, %peer, error = %e, "read error; closing RELP session");
-                        break "read_error";
+                        break Close::ReadError;
                     }
-                    Ok(Ok(0)) => break "eof",
+                    Ok(Ok(0)) => break Close::Eof,
                     Ok(Ok(_)) => {}
                 }
                 let now = SystemClock.now_ms();
@@ -162,17 +161,17 @@ async fn connection(
                 }
                 if !out.is_empty() {
                     if wr.write_all(&out).await.is_err() {
-                        break "read_error";
+                        break Close::ReadError;
                     }
                     out.clear();
                 }
                 if refused {
-                    break "shutdown";
+                    break Close::Shutdown;
                 }
                 if let Some(e) = fatal {
                     m.framing_errors.with_label_values(&[&ctx.name, e.reason()]).inc();
                     warn!(listener = %ctx.name, %peer, error = %e, "RELP framing error: closing session (records before it were kept)");
-                    break "framing_error";
+                    break Close::FramingError;
                 }
             }
         }
@@ -188,9 +187,9 @@ async fn connection(
         }
     }
     let _ = wr.write_all(&out).await;
-    m.connections_closed.with_label_values(&[&ctx.name, reason]).inc();
-    active.dec();
-    if reason == "eof" || reason == "shutdown" {
+    guard.close(reason);
+    let reason = reason.as_str();
+    if matches!(reason, "eof" | "shutdown") {
         debug!(listener = %ctx.name, %peer, reason, "RELP session closed");
     } else {
         info!(listener = %ctx.name, %peer, reason, "RELP session closed");

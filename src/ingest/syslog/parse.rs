@@ -11,37 +11,7 @@ pub struct Header<'a> {
     pub app_name: Option<&'a [u8]>,
 }
 
-const FACILITIES: [&str; 24] = [
-    "kern",
-    "user",
-    "mail",
-    "daemon",
-    "auth",
-    "syslog",
-    "lpr",
-    "news",
-    "uucp",
-    "cron",
-    "authpriv",
-    "ftp",
-    "ntp",
-    "security",
-    "console",
-    "solaris-cron",
-    "local0",
-    "local1",
-    "local2",
-    "local3",
-    "local4",
-    "local5",
-    "local6",
-    "local7",
-];
-
-/// Facility number by its conventional name.
-pub fn facility_by_name(name: &str) -> Option<u8> {
-    FACILITIES.iter().position(|f| *f == name).map(|i| i as u8)
-}
+pub use crate::config::facility::facility_by_name;
 
 /// Parse RFC 5424 or RFC 3164 (BSD) headers, as far as they go.
 pub fn parse(msg: &[u8]) -> Header<'_> {

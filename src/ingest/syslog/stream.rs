@@ -6,9 +6,7 @@
 //! TCP flow control and memory stays bounded. Nothing downstream of the store
 //! (the link) can slow a connection.
 
-use std::io;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -20,7 +18,8 @@ use tracing::{debug, info, warn};
 use super::framing::{Decoder, Next};
 use crate::config::MAX_RECORD_BYTES_CEILING;
 use crate::ingest::batcher::Batcher;
-use crate::ingest::conn::Conn;
+use crate::ingest::net::accept::{accept_error, accept_tcp, admit};
+use crate::ingest::net::guard::{Close, ConnGuard};
 use crate::ingest::ListenerCtx;
 use crate::metrics::DropReason;
 use crate::shutdown::Shutdown;
@@ -35,56 +34,6 @@ pub async fn serve_tcp(listener: TcpListener, tls: Option<TlsAcceptor>, ctx: Arc
         connection(conn, peer, Some(ip), ctx, sd, permit)
     })
     .await
-}
-
-/// Accept TCP connections under `max_connections` and
-/// `max_connections_per_source`, and serve each with `serve` in a tracked
-/// task, after its TLS handshake when the listener has `tls`. Shared by
-/// every TCP listener kind.
-pub(crate) async fn accept_tcp<F, Fut>(
-    listener: TcpListener,
-    tls: Option<TlsAcceptor>,
-    ctx: Arc<ListenerCtx>,
-    sd: Shutdown,
-    serve: F,
-) where
-    F: Fn(Conn, String, std::net::IpAddr, Arc<ListenerCtx>, Shutdown, OwnedSemaphorePermit) -> Fut
-        + Clone
-        + Send
-        + 'static,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let limit = Arc::new(Semaphore::new(ctx.cfg.max_connections));
-    loop {
-        let accepted = tokio::select! {
-            _ = sd.token.cancelled() => return,
-            r = listener.accept() => r,
-        };
-        match accepted {
-            Ok((sock, addr)) => {
-                let peer = addr.to_string();
-                let Some(permit) = admit(&ctx, &limit, &peer) else {
-                    continue;
-                };
-                if !ctx.enter_source(addr.ip()) {
-                    ctx.metrics.connections_refused.with_label_values(&[&ctx.name, "max_connections_per_source"]).inc();
-                    if ctx.may_warn() {
-                        warn!(listener = %ctx.name, %peer, "connection refused: max_connections_per_source reached");
-                    }
-                    continue;
-                }
-                let _ = sock.set_nodelay(true);
-                let (ctx, sd2, tls, serve, ip) = (ctx.clone(), sd.clone(), tls.clone(), serve.clone(), addr.ip());
-                sd.spawn(async move {
-                    if let Some(conn) = Conn::open(sock, tls.as_ref(), &peer, &ctx).await {
-                        serve(conn, peer, ip, ctx.clone(), sd2, permit).await;
-                    }
-                    ctx.leave_source(ip);
-                });
-            }
-            Err(e) => accept_error(&ctx, e).await,
-        }
-    }
 }
 
 pub async fn serve_unix(listener: UnixListener, ctx: Arc<ListenerCtx>, sd: Shutdown) {
@@ -109,31 +58,6 @@ pub async fn serve_unix(listener: UnixListener, ctx: Arc<ListenerCtx>, sd: Shutd
             Err(e) => accept_error(&ctx, e).await,
         }
     }
-}
-
-/// A permit under `max_connections`, or a refusal that is logged and counted.
-/// The refused socket is dropped at once: it never costs a task.
-pub(crate) fn admit(ctx: &ListenerCtx, limit: &Arc<Semaphore>, peer: &str) -> Option<OwnedSemaphorePermit> {
-    match limit.clone().try_acquire_owned() {
-        Ok(p) => Some(p),
-        Err(_) => {
-            ctx.metrics.connections_refused.with_label_values(&[&ctx.name, "max_connections"]).inc();
-            if ctx.may_warn() {
-                warn!(listener = %ctx.name, %peer, max_connections = ctx.cfg.max_connections,
-                    "connection refused: max_connections reached (further refusals this second are only counted)");
-            }
-            None
-        }
-    }
-}
-
-/// Accept errors (EMFILE, ENFILE, ...) are transient: log, back off, go on.
-pub(crate) async fn accept_error(ctx: &ListenerCtx, e: io::Error) {
-    ctx.metrics.connections_refused.with_label_values(&[&ctx.name, "accept_error"]).inc();
-    if ctx.may_warn() {
-        warn!(listener = %ctx.name, error = %e, "accept failed; backing off");
-    }
-    tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
 /// Serve one syslog connection to its end.
@@ -162,20 +86,18 @@ pub(crate) async fn connection_with<S: AsyncRead + Unpin>(
     _permit: OwnedSemaphorePermit,
 ) {
     let m = &ctx.metrics;
-    m.connections_accepted.with_label_values(&[&ctx.name]).inc();
-    let active = m.connections_active.with_label_values(&[&ctx.name]);
-    active.inc();
+    let guard = ConnGuard::open(&ctx);
     debug!(listener = %ctx.name, %peer, "connection opened");
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut batcher = Batcher::new(&ctx, peer.clone());
     let idle = ctx.cfg.idle_timeout;
-    let reason: &'static str = loop {
+    let reason: Close = loop {
         if buf.capacity() - buf.len() < READ_CHUNK / 4 {
             buf.reserve(READ_CHUNK);
         }
         let read = tokio::select! {
             biased;
-            _ = sd.token.cancelled() => break "shutdown",
+            _ = sd.token.cancelled() => break Close::Shutdown,
             // Cancel safety: read_buf is cancel safe; nothing is lost if shutdown wins.
             r = tokio::time::timeout(idle, sock.read_buf(&mut buf)) => r,
         };
@@ -188,14 +110,14 @@ pub(crate) async fn connection_with<S: AsyncRead + Unpin>(
                 }
                 warn!(listener = %ctx.name, %peer, idle_timeout = ?idle, incomplete_bytes = buf.len(),
                     "idle timeout: closing connection{}", if pending { " with an incomplete frame (dropped, counted)" } else { "" });
-                break "idle_timeout";
+                break Close::IdleTimeout;
             }
             Ok(Err(e)) => {
                 warn!(listener = %ctx.name, %peer, error = %e, "read error; closing connection");
                 if dec.mid_record(&buf) {
                     m.drop_records(&ctx.name, DropReason::IncompleteFrame, 1);
                 }
-                break "read_error";
+                break Close::ReadError;
             }
             Ok(Ok(0)) => {
                 if let Some((rec, truncated)) = dec.finish(&buf) {
@@ -206,7 +128,7 @@ pub(crate) async fn connection_with<S: AsyncRead + Unpin>(
                     m.drop_records(&ctx.name, DropReason::IncompleteFrame, 1);
                     warn!(listener = %ctx.name, %peer, incomplete_bytes = buf.len(), "connection closed mid-frame; partial frame dropped (counted)");
                 }
-                break "eof";
+                break Close::Eof;
             }
             Ok(Ok(_)) => {}
         }
@@ -234,13 +156,13 @@ pub(crate) async fn connection_with<S: AsyncRead + Unpin>(
         if let Some(e) = fatal {
             m.framing_errors.with_label_values(&[&ctx.name, e.reason()]).inc();
             warn!(listener = %ctx.name, %peer, error = %e, "framing error: closing connection (records before it were kept)");
-            break "framing_error";
+            break Close::FramingError;
         }
     };
     batcher.flush().await;
-    m.connections_closed.with_label_values(&[&ctx.name, reason]).inc();
-    active.dec();
-    if reason == "eof" || reason == "shutdown" {
+    guard.close(reason);
+    let reason = reason.as_str();
+    if matches!(reason, "eof" | "shutdown") {
         debug!(listener = %ctx.name, %peer, reason, "connection closed");
     } else {
         info!(listener = %ctx.name, %peer, reason, "connection closed");

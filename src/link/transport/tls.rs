@@ -12,7 +12,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-use super::{classify_tls, Link, Refused, Timing, WireCounter};
+use super::{Link, Refused, Timing, WireCounter};
 use crate::link::proto::ALPN;
 use crate::pki::{self, identity_from_cert, TlsFiles};
 
@@ -125,7 +125,7 @@ pub async fn handshake(
                 Some(r) => format!("{r:?}: {r}"),
                 None => e.to_string(),
             };
-            return Err(Refused { reason: classify_tls(&detail), detail });
+            return Err(Refused { reason: crate::pki::classify_tls_error(&e), detail });
         }
         Ok(Ok(t)) => t,
     };

@@ -11,7 +11,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, warn};
 
-use super::ListenerCtx;
+use crate::ingest::ListenerCtx;
 
 pub enum Conn {
     Plain(TcpStream),
@@ -46,14 +46,14 @@ async fn handshake(
     ctx: &ListenerCtx,
 ) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
     let limit = ctx.cfg.handshake_timeout;
-    let refuse = |detail: String| {
+    let refuse = |cause: &'static str, detail: String| {
         ctx.metrics.connections_refused.with_label_values(&[&ctx.name, "tls_handshake"]).inc();
-        let cause = crate::pki::classify_tls(&detail);
         let what = match cause {
             "unknown_ca" => "the client certificate is not issued by the deployment CA",
             "no_client_cert" => "the client sent no certificate and this listener requires one (client_cert)",
             "expired" => "the client certificate has expired",
             "timeout" => "no handshake in time",
+            "aborted" => "the client went away during the handshake",
             _ => "TLS handshake failed",
         };
         if ctx.may_warn() {
@@ -73,11 +73,11 @@ async fn handshake(
             Some(tls)
         }
         Ok(Err(e)) => {
-            refuse(e.to_string());
+            refuse(crate::pki::classify_tls_error(&e), e.to_string());
             None
         }
         Err(_) => {
-            refuse(format!("handshake timed out: none within {limit:?}"));
+            refuse("timeout", format!("no handshake within {limit:?}"));
             None
         }
     }

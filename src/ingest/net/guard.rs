@@ -1,0 +1,87 @@
+//! The account of one connection from the moment a protocol starts serving
+//! it to its close: `ferry_connections_accepted_total`,
+//! `ferry_connections_active` and `ferry_connections_closed_total{reason}`,
+//! kept by one guard so no path forgets one of them. A connection that ends
+//! without saying why (its task aborted) is counted as `aborted`.
+
+use prometheus::IntGauge;
+
+use crate::ingest::ListenerCtx;
+
+/// Why a connection closed: the `reason` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Close {
+    /// The peer closed it.
+    Eof,
+    IdleTimeout,
+    FramingError,
+    ReadError,
+    Shutdown,
+    /// A commit failed (RELP closes the session unanswered so the client resends).
+    StoreError,
+    /// Ended without a reason (the task was cancelled).
+    Aborted,
+}
+
+impl Close {
+    pub const ALL: [Close; 7] = [
+        Close::Eof,
+        Close::IdleTimeout,
+        Close::FramingError,
+        Close::ReadError,
+        Close::Shutdown,
+        Close::StoreError,
+        Close::Aborted,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Close::Eof => "eof",
+            Close::IdleTimeout => "idle_timeout",
+            Close::FramingError => "framing_error",
+            Close::ReadError => "read_error",
+            Close::Shutdown => "shutdown",
+            Close::StoreError => "store_error",
+            Close::Aborted => "aborted",
+        }
+    }
+
+    /// An ordinary end, not worth more than a debug line.
+    pub fn is_quiet(self) -> bool {
+        matches!(self, Close::Eof | Close::Shutdown)
+    }
+}
+
+/// Counts a connection open on creation, and closed (with its reason) once.
+pub struct ConnGuard<'a> {
+    ctx: &'a ListenerCtx,
+    active: IntGauge,
+    closed: bool,
+}
+
+impl<'a> ConnGuard<'a> {
+    pub fn open(ctx: &'a ListenerCtx) -> ConnGuard<'a> {
+        let m = &ctx.metrics;
+        m.connections_accepted.with_label_values(&[&ctx.name]).inc();
+        let active = m.connections_active.with_label_values(&[&ctx.name]);
+        active.inc();
+        ConnGuard { ctx, active, closed: false }
+    }
+
+    pub fn close(mut self, why: Close) {
+        self.count(why);
+    }
+
+    fn count(&mut self, why: Close) {
+        if !std::mem::replace(&mut self.closed, true) {
+            self.ctx.metrics.connections_closed.with_label_values(&[&self.ctx.name, why.as_str()]).inc();
+            self.active.dec();
+        }
+    }
+}
+
+impl Drop for ConnGuard<'_> {
+    fn drop(&mut self) {
+        self.count(Close::Aborted);
+    }
+}
