@@ -98,7 +98,7 @@ pub async fn run_node(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<()> 
 
     let sd = Shutdown::new();
     for (b, l) in bound {
-        let ctx = Arc::new(ListenerCtx::new(l, &store, metrics.clone()).map_err(anyhow::Error::msg)?);
+        let ctx = Arc::new(ListenerCtx::new(l, &store, metrics.clone())?);
         sd.spawn(ingest::serve(b, ctx, store.clone(), sd.clone()));
     }
     if !receivers.is_empty() {

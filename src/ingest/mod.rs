@@ -27,6 +27,14 @@ use crate::shutdown::Shutdown;
 use crate::store::{Error as StoreError, Store, StreamHandle};
 use router::Router;
 
+/// Why a listener cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The config was validated against the same streams: a bug if seen.
+    #[error("listener {listener}: no stream {stream:?}")]
+    UnknownStream { listener: String, stream: String },
+}
+
 /// What every task of one listener shares.
 pub struct ListenerCtx {
     pub cfg: ListenerConfig,
@@ -43,12 +51,14 @@ pub struct ListenerCtx {
 }
 
 impl ListenerCtx {
-    pub fn new(cfg: ListenerConfig, store: &Store, metrics: Metrics) -> Result<ListenerCtx, String> {
+    pub fn new(cfg: ListenerConfig, store: &Store, metrics: Metrics) -> Result<ListenerCtx, Error> {
         let router = Router::new(&cfg);
         let streams = router
             .streams
             .iter()
-            .map(|s| store.stream(s).ok_or_else(|| format!("listener {}: no stream {s:?}", cfg.name)))
+            .map(|s| {
+                store.stream(s).ok_or_else(|| Error::UnknownStream { listener: cfg.name.clone(), stream: s.clone() })
+            })
             .collect::<Result<Vec<_>, _>>()?;
         for r in net::guard::Close::ALL {
             metrics.connections_closed.with_label_values(&[&cfg.name, r.as_str()]);

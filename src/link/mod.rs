@@ -7,6 +7,7 @@
 //!
 //! The link never imports ingest: the store's files are the only hand-off.
 
+pub mod error;
 pub mod proto;
 pub mod receiver;
 pub mod transport;

@@ -50,8 +50,6 @@
 //! offers the version below on its next connection, so edges can be
 //! upgraded before central.
 
-use std::fmt;
-
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 /// TLS ALPN protocol name; a peer without it fails the handshake.
@@ -248,11 +246,14 @@ impl Tombstone {
 }
 
 /// Why bytes are not a message.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
+    #[error("message of {0} bytes exceeds the limit of {MAX_MESSAGE}")]
     TooLarge(usize),
+    #[error("unknown message type {0}")]
     UnknownType(u8),
     /// The body is shorter or longer than its type requires, or a string is not UTF-8.
+    #[error("malformed {0} message")]
     Malformed(&'static str),
 }
 
@@ -261,16 +262,6 @@ impl DecodeError {
         match self {
             DecodeError::TooLarge(_) => Code::MessageTooLarge,
             _ => Code::ProtocolViolation,
-        }
-    }
-}
-
-impl fmt::Display for DecodeError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            DecodeError::TooLarge(n) => write!(f, "message of {n} bytes exceeds the limit of {MAX_MESSAGE}"),
-            DecodeError::UnknownType(t) => write!(f, "unknown message type {t}"),
-            DecodeError::Malformed(what) => write!(f, "malformed {what} message"),
         }
     }
 }

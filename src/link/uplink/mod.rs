@@ -74,7 +74,7 @@ enum End {
     /// Shutdown grace: nothing deliverable was left.
     Drained,
     Refused(Code, String),
-    Lost(String),
+    Lost(session::Lost),
 }
 
 impl From<session::End> for End {
@@ -323,7 +323,7 @@ impl Uplink {
                     Ok(Err(e)) => return end_session(End::Lost(e), &sess),
                     Err(mpsc::error::TryRecvError::Empty) => break,
                     Err(mpsc::error::TryRecvError::Disconnected) => {
-                        return end_session(End::Lost("reader stopped".into()), &sess)
+                        return end_session(End::Lost(session::Lost::Closed), &sess)
                     }
                 }
             }
@@ -342,10 +342,8 @@ impl Uplink {
                 };
                 match w {
                     Ok(Ok(())) => sess.on_written(Instant::now()),
-                    Ok(Err(e)) => return end_session(End::Lost(e.to_string()), &sess),
-                    Err(_) => {
-                        return end_session(End::Lost(format!("write blocked for {:?}", self.cfg.dead_after)), &sess)
-                    }
+                    Ok(Err(e)) => return end_session(End::Lost(session::Lost::io(&e)), &sess),
+                    Err(_) => return end_session(End::Lost(session::Lost::WriteBlocked(self.cfg.dead_after)), &sess),
                 }
                 continue;
             }
@@ -386,7 +384,7 @@ impl Uplink {
                         return end_session(e.into(), &sess);
                     },
                     Some(Err(e)) => return end_session(End::Lost(e), &sess),
-                    None => return end_session(End::Lost("reader stopped".into()), &sess),
+                    None => return end_session(End::Lost(session::Lost::Closed), &sess),
                 },
                 _ = changes.changed() => self.look(changes, &mut sess).await,
                 _ = tokio::time::sleep_until(until.into()) => {
@@ -527,7 +525,7 @@ async fn write(wr: &mut WriteHalf<Box<dyn Io>>, out: &[u8]) -> io::Result<()> {
 }
 
 /// Read and decode messages until the stream ends; errors end the stream.
-async fn read_loop(mut rd: ReadHalf<Box<dyn Io>>, tx: mpsc::UnboundedSender<Result<Msg, String>>) {
+async fn read_loop(mut rd: ReadHalf<Box<dyn Io>>, tx: mpsc::UnboundedSender<Result<Msg, session::Lost>>) {
     let mut buf = BytesMut::with_capacity(64 << 10);
     loop {
         loop {
@@ -539,19 +537,19 @@ async fn read_loop(mut rd: ReadHalf<Box<dyn Io>>, tx: mpsc::UnboundedSender<Resu
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    let _ = tx.send(Err(format!("receiver sent garbage: {e}")));
+                    let _ = tx.send(Err(session::Lost::Garbage(e)));
                     return;
                 }
             }
         }
         match rd.read_buf(&mut buf).await {
             Ok(0) => {
-                let _ = tx.send(Err("receiver closed the connection".into()));
+                let _ = tx.send(Err(session::Lost::Closed));
                 return;
             }
             Ok(_) => {}
             Err(e) => {
-                let _ = tx.send(Err(e.to_string()));
+                let _ = tx.send(Err(session::Lost::io(&e)));
                 return;
             }
         }

@@ -66,12 +66,7 @@ pub struct Params {
     pub version: u16,
 }
 
-/// How a session ended (other than by the task's own cancellation).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum End {
-    Refused(Code, String),
-    Lost(String),
-}
+pub use crate::link::error::{End, Lost};
 
 /// What the task around the session must do for it.
 #[derive(Debug)]
@@ -261,11 +256,9 @@ impl Session {
                     self.epoch = epoch;
                     Ok(())
                 }
-                Msg::Welcome { version, .. } => {
-                    Err(End::Lost(format!("receiver chose protocol version {version}, offered {}", self.p.version)))
-                }
+                Msg::Welcome { version, .. } => Err(Lost::Version { chose: version, offered: self.p.version }.into()),
                 Msg::Refuse { code, reason } => Err(End::Refused(code, reason)),
-                other => Err(End::Lost(format!("expected WELCOME, got {other:?}"))),
+                other => Err(Lost::unexpected(&other).into()),
             };
         }
         match msg {
@@ -370,7 +363,7 @@ impl Session {
             }
             Msg::Refuse { code, reason } => return Err(End::Refused(code, reason)),
             Msg::Pong { .. } => {}
-            other => return Err(End::Lost(format!("unexpected message {other:?}"))),
+            other => return Err(Lost::unexpected(&other).into()),
         }
         Ok(())
     }
@@ -603,10 +596,11 @@ impl Session {
 
     /// Time passed: is the link dead?
     pub fn handle_timeout(&mut self, now: Instant) -> Result<(), End> {
-        let (dead, what) =
-            if self.welcomed { (self.p.dead_after, "no answer") } else { (self.p.connect_timeout, "no WELCOME") };
+        let dead = if self.welcomed { self.p.dead_after } else { self.p.connect_timeout };
         match self.waiting_since {
-            Some(t) if now.saturating_duration_since(t) > dead => Err(End::Lost(format!("{what} for {dead:?}"))),
+            Some(t) if now.saturating_duration_since(t) > dead => {
+                Err(if self.welcomed { Lost::NoAnswer(dead) } else { Lost::NoWelcome(dead) }.into())
+            }
             _ => Ok(()),
         }
     }
@@ -768,6 +762,9 @@ mod tests {
         let mut s = Session::new(p, Metrics::new(), now);
         s.poll_transmit(now);
         s.on_written(now);
-        assert!(matches!(s.handle(Msg::Welcome { version: 2, epoch: 5 }, now), Err(End::Lost(_))));
+        assert!(matches!(
+            s.handle(Msg::Welcome { version: 2, epoch: 5 }, now),
+            Err(End::Lost(Lost::Version { chose: 2, offered: 1 }))
+        ));
     }
 }

@@ -1,0 +1,49 @@
+//! Why a link session ends, as the uplink sees it: the errors at the link's
+//! boundary, one enum each, so the log says which and a caller can match.
+
+use std::time::Duration;
+
+use super::proto::{Code, DecodeError};
+
+/// A session's end other than its own task's cancellation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum End {
+    /// The receiver said no (REFUSE), with its code and reason.
+    #[error("receiver refused the link ({code}): {reason}", code = .0.as_str(), reason = .1)]
+    Refused(Code, String),
+    #[error(transparent)]
+    Lost(#[from] Lost),
+}
+
+/// The connection is gone or useless; the uplink connects again.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Lost {
+    #[error("no answer for {0:?}")]
+    NoAnswer(Duration),
+    #[error("no WELCOME for {0:?}")]
+    NoWelcome(Duration),
+    #[error("receiver chose protocol version {chose}, offered {offered}")]
+    Version { chose: u16, offered: u16 },
+    /// A message the protocol does not allow here (its start, for the log).
+    #[error("unexpected message from the receiver: {0}")]
+    Unexpected(String),
+    #[error("receiver sent garbage: {0}")]
+    Garbage(DecodeError),
+    #[error("receiver closed the connection")]
+    Closed,
+    #[error("connection failed: {0}")]
+    Io(String),
+    #[error("write blocked for {0:?}")]
+    WriteBlocked(Duration),
+}
+
+impl Lost {
+    pub fn io(e: &std::io::Error) -> Lost {
+        Lost::Io(e.to_string())
+    }
+
+    /// `msg` as the log shows it: its start only (an APPEND carries megabytes).
+    pub fn unexpected(msg: &impl std::fmt::Debug) -> Lost {
+        Lost::Unexpected(format!("{msg:?}").chars().take(200).collect())
+    }
+}
