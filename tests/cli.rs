@@ -129,3 +129,31 @@ fn a_second_signal_exits_at_once_while_the_first_is_still_committing() {
     };
     assert_eq!(status.code(), Some(130));
 }
+
+/// A central node that only receives (a `kind = "ferry"` listener, no
+/// ingest) needs no `[[stream]]` of its own: `ferry check` passes it and it
+/// runs. Before, check refused it ("no [[stream]] defined").
+#[test]
+fn a_receive_only_central_needs_no_stream() {
+    let dir = TestDir::new("central-only");
+    let pki_dir = TestDir::new("pki");
+    let pki = util::link::Pki::new(&pki_dir, "pki");
+    let (admin, link) = (free_port(), free_port());
+    let text = format!(
+        "[node]\nsite = \"central\"\nname = \"c1\"\ndata_dir = \"{}\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\n[[listener]]\nname = \"link\"\nkind = \"ferry\"\ntransport = \"tls\"\nlisten = \"127.0.0.1:{link}\"\n\n{}",
+        dir.join("data").display(),
+        pki.tls_section("central")
+    );
+    let path = dir.join("central.toml");
+    std::fs::write(&path, &text).unwrap();
+    let out = check(&path);
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let mut node = Node::start(&dir, &text, admin);
+    node.stop();
+    // A syslog listener on it still needs a stream, and says so.
+    let with_ingest = format!("{text}\n[[listener]]\nname = \"tcp\"\nkind = \"syslog\"\ntransport = \"tcp\"\nlisten = \"127.0.0.1:{}\"\nstream = \"live\"\n", free_port());
+    std::fs::write(&path, with_ingest).unwrap();
+    let out = check(&path);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no [[stream]]"), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -166,7 +166,10 @@ pub fn validate(text: &str, file: &str) -> Result<Config, Error> {
         }
         streams.push(n);
     }
-    if streams.is_empty() {
+    // A central node that only receives (`kind = "ferry"`) mirrors segments
+    // as they are: it needs no stream of its own.
+    let receives_only = !raw.listener.is_empty() && raw.listener.iter().all(|l| l.kind.get_ref() == "ferry");
+    if streams.is_empty() && !receives_only {
         cx.err("stream", None, "no [[stream]] defined: records need somewhere to go");
     }
 
@@ -364,7 +367,12 @@ fn validate_uplink(cx: &mut Ctx<'_>, i: usize, u: &raw::RawUplink) -> Option<Upl
     let before = cx.problems.len();
     let name = cx.name(&k("name"), &u.name);
     let transport =
-        cx.one_of(&k("transport"), &u.transport, &[("tcp", LinkTransport::Tcp), ("quic", LinkTransport::Quic)]);
+        // `tls` as the receiver spells it (`kind = "ferry"`), `tcp` as before: TLS 1.3 over TCP either way.
+        cx.one_of(
+            &k("transport"),
+            &u.transport,
+            &[("tls", LinkTransport::Tcp), ("tcp", LinkTransport::Tcp), ("quic", LinkTransport::Quic)],
+        );
     let addresses = u.addresses.get_ref().clone();
     if addresses.is_empty() {
         cx.at(&k("addresses"), &u.addresses, "needs at least one receiver address (host:port)");

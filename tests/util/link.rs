@@ -62,7 +62,7 @@ pub enum Via {
 impl Via {
     pub fn uplink(self) -> &'static str {
         match self {
-            Via::Tls => "tcp",
+            Via::Tls => "tls",
             Via::Quic => "quic",
         }
     }
