@@ -227,3 +227,32 @@ fn tls_receiver_refuses_bad_peers_and_bad_messages_and_writes_nothing() {
 fn quic_receiver_refuses_bad_peers_and_bad_messages_and_writes_nothing() {
     refusals(Via::Quic)
 }
+
+/// An uplink dialling a name the receiver's certificate does not hold says
+/// so, with the fix: the log line and `ferry status` name `ferry certs issue
+/// --dns/--ip`, and the error is counted as `certificate_name` (before: only
+/// rustls's message, counted as `connect`).
+#[test]
+fn an_uplink_to_a_name_the_certificate_lacks_is_told_how_to_fix_it() {
+    use util::{free_port, Node, TestDir, FERRY};
+    for via in [Via::Tls, Via::Quic] {
+        let pki_dir = TestDir::new("pki");
+        let pki = Pki::new(&pki_dir, "pki");
+        let port = free_port();
+        let p = pair("name", &pki, via, port, port, "", "server_name = \"wrong.example\"");
+        let mut central = Node::start(&p.central_dir, &p.central_cfg, p.central_ports.admin);
+        let mut edge = Node::start(&p.edge_dir, &p.edge_cfg, p.edge_ports.admin);
+        let reason = [("uplink", "central"), ("reason", "certificate_name")];
+        edge.wait_metric("ferry_uplink_errors_total", &reason, Duration::from_secs(20), |v| v >= 1.0);
+        let log = edge.log_text();
+        assert!(log.contains("ferry certs issue --dns"), "{log}");
+        let out = std::process::Command::new(FERRY)
+            .args(["status", "--admin", &format!("127.0.0.1:{}", p.edge_ports.admin)])
+            .output()
+            .unwrap();
+        let status = String::from_utf8(out.stdout).unwrap();
+        assert!(status.contains("certificate_name") && status.contains("ferry certs issue --dns/--ip"), "{status}");
+        edge.stop();
+        central.stop();
+    }
+}

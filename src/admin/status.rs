@@ -136,6 +136,7 @@ pub fn render(m: &Metrics, site: &str, node: &str) -> String {
         let rec = by_first(&get("ferry_uplink_reconnects_total", &["uplink"]));
         let deliv = by_first(&get("ferry_uplink_segments_delivered_total", &["uplink"]));
         let blocked = get("ferry_uplink_blocked_segments", &["uplink", "reason"]);
+        let errors = get("ferry_uplink_errors_total", &["uplink", "reason"]);
         let _ = writeln!(
             s,
             "\nuplinks\n  {:<16} {:>9} {:>12} {:>14} {:>10} {:>9}  RECEIVER REFUSES",
@@ -144,11 +145,16 @@ pub fn render(m: &Metrics, site: &str, node: &str) -> String {
         for (k, v) in &connected {
             let name = &k[0];
             let c = cap.get(name).copied().unwrap_or(0.0);
-            let refusing: Vec<String> = blocked
+            let mut refusing: Vec<String> = blocked
                 .iter()
                 .filter(|(l, n)| l[0] == *name && **n > 0.0)
                 .map(|(l, n)| format!("{} ({} segments, retrying)", l[1], *n as u64))
                 .collect();
+            if errors.get(&vec![name.clone(), "certificate_name".into()]).is_some_and(|n| *n > 0.0) {
+                refusing.push(
+                    "certificate_name: the receiver's certificate does not name the address dialled (ferry certs issue --dns/--ip, or server_name)".into(),
+                );
+            }
             let _ = writeln!(
                 s,
                 "  {:<16} {:>9} {:>12} {:>14} {:>10} {:>9}  {}",

@@ -384,6 +384,18 @@ pub fn classify_tls_error(e: &std::io::Error) -> &'static str {
     }
 }
 
+/// Whether a failed dial is the receiver's certificate not naming the
+/// address dialled (or `server_name`): rustls's error type over TCP, its
+/// text where quinn gives only text.
+pub fn is_name_mismatch(e: &std::io::Error) -> bool {
+    use rustls::{CertificateError as C, Error as E};
+    if let Some(r) = e.get_ref().and_then(|i| i.downcast_ref::<E>()) {
+        return matches!(r, E::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. }));
+    }
+    let t = e.to_string().to_ascii_lowercase();
+    t.contains("notvalidforname") || t.contains("not valid for name")
+}
+
 /// Classify a TLS failure known only by its text (quinn reports rustls's
 /// errors as a transport error's reason string).
 pub fn classify_tls(detail: &str) -> &'static str {

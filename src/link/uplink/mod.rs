@@ -166,6 +166,13 @@ impl Uplink {
                     }
                 }
                 Err(_) if drain.is_cancelled() => return,
+                Err(e) if crate::pki::is_name_mismatch(&e) => {
+                    m.uplink_errors.with_label_values(&[&name, "certificate_name"]).inc();
+                    let server_name = self.cfg.server_name.as_deref().unwrap_or("the host of the address");
+                    warn!(uplink = %name, addr = %addr_str, error = %e, %server_name,
+                        "cannot connect: the receiver's certificate does not name the address dialled; issue it with `ferry certs issue --dns <name>` (or `--ip <address>`) for that address, or set the uplink's server_name to a name it holds");
+                    attempt += 1;
+                }
                 Err(e) => {
                     m.uplink_errors.with_label_values(&[&name, "connect"]).inc();
                     warn!(uplink = %name, addr = %addr_str, error = %e, "cannot connect");
