@@ -48,20 +48,10 @@ pub struct Facts {
 }
 
 impl Facts {
-    /// A tombstone left by `drop_oldest` (`state/gone/<rel>.gone`).
+    /// A tombstone left by `drop_oldest` (`state/gone/<rel>.gone`): only
+    /// its seal is left.
     pub fn gone(name: SegmentName, path: PathBuf, seal: SealRecord) -> Facts {
-        Facts {
-            path,
-            name,
-            len: seal.len,
-            frames: seal.frames,
-            records: seal.records,
-            first_seq: Some(seal.first_seq),
-            next_seq: Some(seal.next_seq),
-            seal: Some(seal),
-            damaged: 0,
-            gone: true,
-        }
+        Facts { gone: true, ..Facts::sealed(path, name, seal.len, seal) }
     }
 
     /// A sealed segment from its seal record alone (the metrics refresh:
