@@ -142,6 +142,17 @@ async fn a_complete_archive_then_each_kind_of_gap_with_its_hour_and_reason() {
     ferry::query::watch::refresh(&archive, &st, &m, &mut seen).unwrap();
     assert_eq!(util::metric_value(&m.render(), "ferry_audit_gaps", &gap), 0.0);
 
+    // Two hours missing in a row: both are gaps, not only the first.
+    let d = tempfile::tempdir().unwrap();
+    copy_dir(base.path(), d.path());
+    std::fs::remove_file(segment(d.path(), 11)).unwrap();
+    std::fs::remove_file(segment(d.path(), 12)).unwrap();
+    let (code, table, v) = audit(d.path());
+    assert_eq!(code, 1, "{table}");
+    for h in ["2026-11-30T11", "2026-11-30T12"] {
+        assert!(statuses(&v).contains(&(h.into(), "gap".into())), "{h}: {table}");
+    }
+
     // A sealed segment cut short.
     let d = tempfile::tempdir().unwrap();
     copy_dir(base.path(), d.path());

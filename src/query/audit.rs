@@ -203,7 +203,8 @@ pub fn audit(segments: &[Facts]) -> Report {
         };
         let mut gaps = Vec::new();
         let mut empty_hours: Vec<String> = Vec::new();
-        // Hours that missing segments may belong to, besides the gap's own.
+        // Hours that missing segments may belong to, besides the gap's own
+        // (every hour with no segment between two that have one, too).
         let mut suspect: Vec<String> = Vec::new();
         let mut closed: Vec<String> = Vec::new();
         for (i, f) in segs.iter().enumerate() {
@@ -260,6 +261,7 @@ pub fn audit(segments: &[Facts]) -> Report {
                 let between = hours_between(&prev.name.hour_key(), &f.name.hour_key());
                 if let (true, Some(first)) = (missing_segments, between.first()) {
                     g.hour = first.clone();
+                    suspect.extend(between.iter().cloned());
                     empty_hours.extend(between);
                 } else if missing_segments && later {
                     // The missing segments follow `prev`: of its hour or of `f`'s.
@@ -276,22 +278,24 @@ pub fn audit(segments: &[Facts]) -> Report {
                 ));
             }
         }
+        // A row with nothing counted yet; its status is set below, from the gaps.
+        let row = |hour: String| Hour {
+            site: site.clone(),
+            stream: stream.clone(),
+            node: node.clone(),
+            hour,
+            segments: 0,
+            sealed: 0,
+            open: 0,
+            records: 0,
+            first_seq: None,
+            next_seq: None,
+            status: "complete",
+            closed: false,
+        };
         let mut hours: BTreeMap<String, Hour> = BTreeMap::new();
         for f in &segs {
-            let h = hours.entry(f.name.hour_key()).or_insert_with(|| Hour {
-                site: site.clone(),
-                stream: stream.clone(),
-                node: node.clone(),
-                hour: f.name.hour_key(),
-                segments: 0,
-                sealed: 0,
-                open: 0,
-                records: 0,
-                first_seq: None,
-                next_seq: None,
-                status: "complete",
-                closed: false,
-            });
+            let h = hours.entry(f.name.hour_key()).or_insert_with(|| row(f.name.hour_key()));
             if f.gone {
                 continue;
             }
@@ -310,20 +314,7 @@ pub fn audit(segments: &[Facts]) -> Report {
             }
         }
         for hour in empty_hours {
-            hours.entry(hour.clone()).or_insert_with(|| Hour {
-                site: site.clone(),
-                stream: stream.clone(),
-                node: node.clone(),
-                hour,
-                segments: 0,
-                sealed: 0,
-                open: 0,
-                records: 0,
-                first_seq: None,
-                next_seq: None,
-                status: "gap",
-                closed: false,
-            });
+            hours.entry(hour.clone()).or_insert_with(|| row(hour));
         }
         for h in hours.values_mut() {
             h.closed = closed.contains(&h.hour);
