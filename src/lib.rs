@@ -20,6 +20,7 @@
 //! - [`config`]: one TOML file, validated with file, line and key in every error.
 //! - [`pki`]: the deployment CA and node identities (`ferry://site/node`).
 //! - [`cli`]: `ferry run | check | verify | send | status | certs`.
+//! - [`node`]: a running node: starts, reloads (`SIGHUP`) and stops the rest.
 //! - [`shutdown`]: the stop order.
 
 pub mod admin;
@@ -27,8 +28,10 @@ pub mod cli;
 pub mod config;
 pub mod ingest;
 pub mod link;
+pub mod logging;
 pub mod metrics;
 pub mod mirror;
+pub mod node;
 pub mod pki;
 pub mod query;
 pub mod shutdown;

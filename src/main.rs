@@ -1,14 +1,8 @@
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 
 fn main() {
     let cli = ferry::cli::Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_env("FERRY_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    ferry::logging::init();
     let code = match ferry::cli::run(cli) {
         Ok(c) => c,
         Err(e) => {

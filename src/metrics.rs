@@ -106,6 +106,16 @@ pub struct Metrics {
     pub audit_gaps: IntGaugeVec,
     pub up_since: IntGauge,
     pub info: IntGaugeVec,
+    /// Reloads by result: applied, unchanged, invalid, refused.
+    pub config_reloads: IntCounterVec,
+    /// Always 1; the config in force's SHA-256 (first 16 hex digits) is a label.
+    pub config_info: IntGaugeVec,
+    /// When the config in force was loaded.
+    pub config_loaded: IntGauge,
+    /// 1 if the last reload was applied (or none was asked), 0 if refused.
+    pub config_last_reload_ok: IntGauge,
+    /// Each loaded certificate's notAfter (role node or ca).
+    pub certificate_expiry: IntGaugeVec,
     // link
     pub uplink_connected: IntGaugeVec,
     pub uplink_acked_bytes: IntCounterVec,
@@ -362,6 +372,30 @@ impl Metrics {
             ),
             up_since: g(r, "ferry_start_time_seconds", "Unix time the node started"),
             info: gv(r, "ferry_build_info", "Build information: always 1, the version is a label", &["version"]),
+            config_reloads: cv(
+                r,
+                "ferry_config_reloads_total",
+                "Reloads asked (SIGHUP) by result: applied, unchanged, invalid (the file has problems), refused (a key that needs a restart, or TLS files that do not verify)",
+                &["result"],
+            ),
+            config_info: gv(
+                r,
+                "ferry_config_info",
+                "The config in force: always 1, its SHA-256 (first 16 hex digits) and file are labels",
+                &["hash", "file"],
+            ),
+            config_loaded: g(r, "ferry_config_loaded_timestamp_seconds", "When the config in force was loaded (start or reload)"),
+            config_last_reload_ok: g(
+                r,
+                "ferry_config_last_reload_successful",
+                "1 if the last reload was applied (or none was asked yet), 0 if it was refused",
+            ),
+            certificate_expiry: gv(
+                r,
+                "ferry_certificate_expiry_timestamp_seconds",
+                "notAfter of each certificate ferry has loaded: its own (role node) and every CA of the bundle (role ca)",
+                &["role", "subject"],
+            ),
             uplink_connected: gv(
                 r,
                 "ferry_uplink_connected",

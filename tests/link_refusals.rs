@@ -26,9 +26,10 @@ fn timing() -> Timing {
 }
 
 async fn dial(via: Via, files: &TlsFiles, addr: SocketAddr) -> std::io::Result<Link> {
+    let live = ferry::pki::Live::new(ferry::pki::Material::load(files).map_err(std::io::Error::other)?);
     match via {
-        Via::Tls => tls::Dialer::new(files).map_err(std::io::Error::other)?.connect(addr, "127.0.0.1", &timing()).await,
-        Via::Quic => quic::Dialer::new(files, &timing(), false)?.connect(addr, "127.0.0.1", &timing()).await,
+        Via::Tls => tls::Dialer::new(&live).map_err(std::io::Error::other)?.connect(addr, "127.0.0.1", &timing()).await,
+        Via::Quic => quic::Dialer::new(&live, &timing(), false)?.connect(addr, "127.0.0.1", &timing()).await,
     }
 }
 

@@ -18,12 +18,14 @@ pub use validate::{validate, DEFAULT_MAX_RECORD_BYTES, MAX_RECORD_BYTES_CEILING}
 pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
 
 /// A validated configuration. Every field holds a value that makes sense.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Config {
     /// Where the config came from, for messages.
     pub source: String,
     pub node: NodeConfig,
     pub admin: AdminConfig,
+    /// `[log] level`: a `tracing` filter (`FERRY_LOG`, when set, wins).
+    pub log_level: String,
     pub store: StoreConfig,
     /// Stream names, in file order.
     pub streams: Vec<String>,
@@ -35,7 +37,7 @@ pub struct Config {
 }
 
 /// `[[sink]]`: delivery of archived records (mirrored or local) into a bus.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct SinkConfig {
     pub name: String,
     /// Sites to deliver; empty: every site in the archive.
@@ -57,13 +59,13 @@ pub struct SinkConfig {
     pub bus: BusConfig,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum BusConfig {
     Kafka(KafkaConfig),
     RabbitMq(RabbitMqConfig),
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct KafkaConfig {
     /// `host:port` bootstrap brokers.
     pub brokers: Vec<String>,
@@ -77,7 +79,7 @@ pub struct KafkaConfig {
     pub options: Vec<(String, String)>,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct RabbitMqConfig {
     /// `amqp://user:pass@host:port/vhost` (or `amqps://`).
     pub url: String,
@@ -98,7 +100,7 @@ pub enum LinkTransport {
 }
 
 /// `[[uplink]]`: forwarding of this node's archive to a receiver.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct UplinkConfig {
     pub name: String,
     pub transport: LinkTransport,
@@ -120,7 +122,7 @@ pub struct UplinkConfig {
     pub backoff_max: Duration,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct NodeConfig {
     /// The datacenter this node archives for; a path component of the archive.
     pub site: String,
@@ -129,7 +131,7 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct AdminConfig {
     /// `/metrics`, `/healthz`, `/readyz`; `None` disables the admin listener.
     pub listen: Option<SocketAddr>,
@@ -158,7 +160,7 @@ pub enum OnFull {
     DropOldest,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct StoreConfig {
     pub commit_interval: Duration,
     pub commit_bytes: usize,
@@ -171,7 +173,7 @@ pub struct StoreConfig {
     pub retention: RetentionConfig,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct RetentionConfig {
     pub max_age: Option<Duration>,
     pub max_bytes: Option<u64>,
@@ -239,7 +241,7 @@ pub enum Trust {
     Untrusted,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ListenerConfig {
     pub name: String,
     pub kind: ListenerKind,
@@ -272,7 +274,7 @@ pub struct ListenerConfig {
 }
 
 /// A routing rule: every field that is set must match.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Route {
     pub app_name: Option<String>,
     pub facility: Option<u8>,

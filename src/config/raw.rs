@@ -14,6 +14,7 @@ pub struct RawConfig {
     pub admin: Option<RawAdmin>,
     pub store: Option<RawStore>,
     pub tls: Option<RawTls>,
+    pub log: Option<RawLog>,
     #[serde(default)]
     pub stream: Vec<RawStream>,
     #[serde(default)]
@@ -49,6 +50,14 @@ pub struct RawSink {
     pub exchange: Option<Spanned<String>>,
     pub exchange_kind: Option<Spanned<String>>,
     pub routing_key: Option<Spanned<String>>,
+}
+
+/// `[log]`: what ferry logs (stderr, the journal under systemd).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    /// A `tracing` filter: `info`, `debug`, `warn,ferry::link=debug`.
+    pub level: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -156,6 +156,22 @@ pub fn validate(text: &str, file: &str) -> Result<Config, Error> {
 
     let store = validate_store(&mut cx, raw.store.as_ref());
 
+    // [log]
+    let log_level = match raw.log.as_ref().and_then(|l| l.level.as_ref()) {
+        Some(l) => match tracing_subscriber::EnvFilter::try_new(l.get_ref()) {
+            Ok(_) => l.get_ref().clone(),
+            Err(e) => {
+                cx.at(
+                    "log.level",
+                    l,
+                    format!("{:?} is not a log filter such as \"info\" or \"warn,ferry=debug\" ({e})", l.get_ref()),
+                );
+                String::new()
+            }
+        },
+        None => "info".to_owned(),
+    };
+
     // [[stream]]
     let mut streams = Vec::new();
     for (i, s) in raw.stream.iter().enumerate() {
@@ -238,6 +254,7 @@ pub fn validate(text: &str, file: &str) -> Result<Config, Error> {
             source: file.to_owned(),
             node: NodeConfig { site, name, data_dir },
             admin: AdminConfig { listen: admin_listen },
+            log_level,
             store,
             streams,
             listeners,

@@ -162,7 +162,7 @@ impl ListenerCtx {
 pub enum Bound {
     /// With an acceptor for `transport = "tls"` (syslog per RFC 5425, RELP,
     /// HTTP): each connection's handshake runs in that connection's task.
-    Tcp(TcpListener, Option<tokio_rustls::TlsAcceptor>),
+    Tcp(TcpListener, Option<net::conn::TlsServer>),
     UnixStream(UnixListener, PathBuf),
     Udp(UdpSocket),
     UnixDatagram(UnixDatagram, PathBuf),
@@ -182,13 +182,16 @@ impl Bound {
 /// Bind a listener's socket. A stale unix socket file is replaced. TLS
 /// listeners load `tls` (the deployment CA, the node's certificate and key)
 /// here, so a bad file fails the start, not the first connection.
-pub async fn bind(cfg: &ListenerConfig, tls: Option<&crate::pki::TlsFiles>) -> io::Result<Bound> {
+pub async fn bind(cfg: &ListenerConfig, tls: Option<&Arc<crate::pki::Live>>) -> io::Result<Bound> {
     match (&cfg.listen, cfg.transport) {
         (ListenAddr::Socket(a), Transport::Tls) => {
-            let files = tls.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "TLS listener without [tls]"))?;
-            let config = crate::pki::collector_server_config(files, cfg.client_cert)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
-            Ok(Bound::Tcp(net::accept::listen_tcp(*a)?, Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))))
+            let live = tls.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "TLS listener without [tls]"))?;
+            let client_cert = cfg.client_cert;
+            let server = crate::pki::Derived::new(live.clone(), move |m| {
+                Ok(tokio_rustls::TlsAcceptor::from(Arc::new(crate::pki::collector_server_config_from(m, client_cert)?)))
+            })
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+            Ok(Bound::Tcp(net::accept::listen_tcp(*a)?, Some(Arc::new(server))))
         }
         (ListenAddr::Socket(a), Transport::Tcp) => Ok(Bound::Tcp(net::accept::listen_tcp(*a)?, None)),
         (ListenAddr::Socket(a), Transport::Udp) => {

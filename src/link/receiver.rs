@@ -20,7 +20,7 @@ use super::transport::{quic, tls, Link, Timing};
 use crate::config::{ListenerConfig, Transport};
 use crate::metrics::Metrics;
 use crate::mirror::{self, AppendError, Mirror, SealError};
-use crate::pki::TlsFiles;
+use crate::pki::Live;
 use crate::shutdown::Shutdown;
 
 /// What every session of one receiver shares.
@@ -48,7 +48,7 @@ pub enum Bound {
 }
 
 impl Bound {
-    pub async fn bind(cfg: &ListenerConfig, files: &TlsFiles, timing: &Timing) -> std::io::Result<Bound> {
+    pub async fn bind(cfg: &ListenerConfig, tls: &Arc<Live>, timing: &Timing) -> std::io::Result<Bound> {
         let crate::config::ListenAddr::Socket(addr) = &cfg.listen else {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
@@ -56,8 +56,8 @@ impl Bound {
             ));
         };
         match cfg.transport {
-            Transport::Quic => Ok(Bound::Quic(quic::Acceptor::bind(*addr, files, timing)?)),
-            _ => Ok(Bound::Tls(tls::Acceptor::bind(*addr, files).await?)),
+            Transport::Quic => Ok(Bound::Quic(quic::Acceptor::bind(*addr, tls, timing)?)),
+            _ => Ok(Bound::Tls(tls::Acceptor::bind(*addr, tls).await?)),
         }
     }
 
@@ -115,10 +115,10 @@ pub async fn serve(bound: Bound, ctx: Arc<ReceiverCtx>, sd: Shutdown) {
                     refused(&ctx, peer, "max_connections", "too many links");
                     continue;
                 };
-                let (ctx, sd2) = (ctx.clone(), sd.clone());
+                let (ctx, sd2, config) = (ctx.clone(), sd.clone(), acc.config());
                 sd.spawn(async move {
                     let _permit = permit;
-                    match quic::handshake(incoming, &ctx.timing).await {
+                    match quic::handshake(incoming, config, &ctx.timing).await {
                         Ok(link) => session(link, ctx, sd2).await,
                         Err(r) => refused(&ctx, peer, r.reason, &r.detail),
                     }

@@ -57,6 +57,7 @@
 
 mod files;
 mod issue;
+pub mod live;
 mod tls;
 
 use std::fmt;
@@ -69,7 +70,11 @@ use x509_parser::extensions::GeneralName;
 
 pub use files::{load_certs, load_key};
 pub use issue::{create_ca, issue};
-pub use tls::{client_config, collector_client_config, collector_server_config, server_config, TlsFiles};
+pub use live::{Derived, Expiry, Live, Material};
+pub use tls::{
+    client_config, client_config_from, collector_client_config, collector_server_config, collector_server_config_from,
+    server_config, server_config_from, TlsFiles,
+};
 
 /// The URI scheme of a node identity: `ferry://<site>/<node>`.
 const IDENTITY_SCHEME: &str = "ferry://";
@@ -177,6 +182,9 @@ pub enum Error {
         #[source]
         source: rustls_pki_types::pem::Error,
     },
+    /// A rustls config QUIC cannot use (a bug if seen: ours are TLS 1.3).
+    #[error("QUIC cannot use this TLS config: {0}")]
+    Quic(String),
     /// A file with no PEM `CERTIFICATE` block.
     #[error("{what} {}: no certificate in it{note}", .path.display())]
     NoCertificate {

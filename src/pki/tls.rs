@@ -7,13 +7,13 @@ use std::sync::Arc;
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use super::files::{read_certs, read_key};
+use super::live::Material;
 use super::Error;
 
 /// Paths of a node's TLS material (config section `[tls]` maps onto this).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TlsFiles {
     /// The CA certificates to trust for peers: one, or a bundle of several
     /// during a CA rotation. Usually `/etc/ferry/ca.pem`.
@@ -40,9 +40,13 @@ pub struct TlsFiles {
 /// not a usable trust anchor or the key does not match the certificate;
 /// [`Error::Verifier`] if no trust anchor could be built.
 pub fn server_config(files: &TlsFiles, alpn: &[&[u8]]) -> Result<ServerConfig, Error> {
+    server_config_from(&Material::load(files)?, alpn)
+}
+
+/// [`server_config`] from material already read (see [`super::live`]).
+pub fn server_config_from(m: &Material, alpn: &[&[u8]]) -> Result<ServerConfig, Error> {
     let provider = provider();
-    let roots = roots(&files.ca)?;
-    let (certs, key) = own(files)?;
+    let (files, roots, certs, key) = (&m.files, m.roots.clone(), m.certs.clone(), m.key());
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .build()
         .map_err(|source| Error::Verifier { path: files.ca.clone(), source })?;
@@ -69,9 +73,16 @@ pub fn collector_server_config(
     files: &TlsFiles,
     client_cert: crate::config::ClientCert,
 ) -> Result<ServerConfig, Error> {
+    collector_server_config_from(&Material::load(files)?, client_cert)
+}
+
+/// [`collector_server_config`] from material already read.
+pub fn collector_server_config_from(
+    m: &Material,
+    client_cert: crate::config::ClientCert,
+) -> Result<ServerConfig, Error> {
     let provider = provider();
-    let roots = roots(&files.ca)?;
-    let (certs, key) = own(files)?;
+    let (files, roots, certs, key) = (&m.files, m.roots.clone(), m.certs.clone(), m.key());
     let mut verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
     if client_cert == crate::config::ClientCert::Optional {
         verifier = verifier.allow_unauthenticated();
@@ -97,8 +108,12 @@ pub fn collector_server_config(
 ///
 /// As [`server_config`].
 pub fn client_config(files: &TlsFiles, alpn: &[&[u8]]) -> Result<ClientConfig, Error> {
-    let roots = roots(&files.ca)?;
-    let (certs, key) = own(files)?;
+    client_config_from(&Material::load(files)?, alpn)
+}
+
+/// [`client_config`] from material already read.
+pub fn client_config_from(m: &Material, alpn: &[&[u8]]) -> Result<ClientConfig, Error> {
+    let (files, roots, certs, key) = (&m.files, m.roots.clone(), m.certs.clone(), m.key());
     let mut config = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|source| tls_error("cannot select TLS 1.3 with the ring provider", source))?
@@ -132,7 +147,7 @@ pub fn collector_client_config(ca: &Path, own_files: Option<(&Path, &Path)>) -> 
     }
 }
 
-fn provider() -> Arc<CryptoProvider> {
+pub(super) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
@@ -148,10 +163,6 @@ fn roots(path: &Path) -> Result<RootCertStore, Error> {
         })?;
     }
     Ok(roots)
-}
-
-fn own(files: &TlsFiles) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), Error> {
-    Ok((read_certs(&files.cert, "certificate file")?, read_key(&files.key, "private key file")?))
 }
 
 fn mismatch(files: &TlsFiles) -> String {

@@ -250,6 +250,8 @@ pub struct Store {
     threads: Mutex<Vec<JoinHandle<()>>>,
     full: Arc<AtomicBool>,
     cfg: StoreConfig,
+    /// `cfg.retention` as reloaded (ages, sizes, interval; `on_full` stays).
+    retention: std::sync::RwLock<crate::config::RetentionConfig>,
     archive_dir: PathBuf,
     state_dir: PathBuf,
     site: String,
@@ -342,6 +344,7 @@ impl Store {
             threads: Mutex::new(threads),
             full,
             cfg: config.store.clone(),
+            retention: std::sync::RwLock::new(config.store.retention.clone()),
             archive_dir,
             state_dir,
             site: config.node.site.clone(),
@@ -387,13 +390,25 @@ impl Store {
         Ok(())
     }
 
+    /// The retention settings in force.
+    pub fn retention(&self) -> crate::config::RetentionConfig {
+        self.retention.read().expect("not poisoned").clone()
+    }
+
+    /// Reload: new ages, sizes and interval, used from the next pass on.
+    /// `on_full` is fixed at start (the writers act on it).
+    pub fn set_retention(&self, r: crate::config::RetentionConfig) {
+        debug_assert_eq!(r.on_full, self.cfg.retention.on_full);
+        *self.retention.write().expect("not poisoned") = r;
+    }
+
     /// One retention pass now (also run periodically by [`retention::run`]).
     pub fn retention_pass(&self, hold: &dyn retention::Hold) -> io::Result<retention::Outcome> {
         let out = retention::pass(
             &self.fs,
             &self.archive_dir,
             &self.state_dir,
-            &self.cfg.retention,
+            &self.retention(),
             self.age_clock.now_ms(&*self.clock),
             hold,
             &self.metrics,

@@ -224,13 +224,9 @@ pub fn make_room(
     Ok(deleted)
 }
 
-/// Run retention every `check_interval` until `stop` is cancelled.
-pub async fn run(
-    store: Arc<Store>,
-    hold: Arc<dyn Hold>,
-    every: std::time::Duration,
-    stop: tokio_util::sync::CancellationToken,
-) {
+/// Run retention every `check_interval` (as in force: a reload changes it
+/// from the next wait on) until `stop` is cancelled.
+pub async fn run(store: Arc<Store>, hold: Arc<dyn Hold>, stop: tokio_util::sync::CancellationToken) {
     let mut was_full = false;
     loop {
         let s = store.clone();
@@ -255,7 +251,7 @@ pub async fn run(
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(every) => break,
+                _ = tokio::time::sleep(store.retention().check_interval) => break,
                 _ = store.room_wanted() => {
                     let (s, h) = (store.clone(), hold.clone());
                     match tokio::task::spawn_blocking(move || s.make_room(&*h)).await {

@@ -12,11 +12,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use crate::ingest::net::conn::TlsServer;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, Sleep};
-use tokio_rustls::TlsAcceptor;
 use tracing::info;
 
 use crate::ingest::net::accept::accept_tcp;
@@ -33,7 +33,7 @@ pub struct Incoming {
 /// Start accepting on `listener` (TLS with `tls`) in a tracked task.
 pub fn incoming(
     listener: TcpListener,
-    tls: Option<TlsAcceptor>,
+    tls: Option<TlsServer>,
     ctx: Arc<ListenerCtx>,
     sd: Shutdown,
 ) -> io::Result<Incoming> {

@@ -49,7 +49,7 @@ struct HttpCtx {
 /// Serve HTTP ingest until shutdown.
 pub async fn serve(
     listener: TcpListener,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<crate::ingest::net::conn::TlsServer>,
     ctx: Arc<ListenerCtx>,
     store: Arc<Store>,
     sd: Shutdown,

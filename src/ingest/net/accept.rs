@@ -8,9 +8,9 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::ingest::net::conn::TlsServer;
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio_rustls::TlsAcceptor;
 use tracing::warn;
 
 use super::conn::Conn;
@@ -36,7 +36,7 @@ pub fn listen_tcp(a: std::net::SocketAddr) -> io::Result<TcpListener> {
 /// every TCP listener kind.
 pub(crate) async fn accept_tcp<F, Fut>(
     listener: TcpListener,
-    tls: Option<TlsAcceptor>,
+    tls: Option<TlsServer>,
     ctx: Arc<ListenerCtx>,
     sd: Shutdown,
     serve: F,
@@ -69,7 +69,7 @@ pub(crate) async fn accept_tcp<F, Fut>(
                 let _ = sock.set_nodelay(true);
                 let (ctx, sd2, tls, serve, ip) = (ctx.clone(), sd.clone(), tls.clone(), serve.clone(), addr.ip());
                 sd.spawn(async move {
-                    if let Some(conn) = Conn::open(sock, tls.as_ref(), &peer, &ctx).await {
+                    if let Some(conn) = Conn::open(sock, tls.as_ref().map(|t| t.get()).as_ref(), &peer, &ctx).await {
                         serve(conn, peer, ip, ctx.clone(), sd2, permit).await;
                     }
                     ctx.leave_source(ip);

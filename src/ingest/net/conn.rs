@@ -13,6 +13,10 @@ use tracing::{debug, warn};
 
 use crate::ingest::ListenerCtx;
 
+/// A TLS listener's server config: the TLS material in force at each
+/// handshake (replaced on reload; established connections keep theirs).
+pub type TlsServer = std::sync::Arc<crate::pki::Derived<TlsAcceptor>>;
+
 pub enum Conn {
     Plain(TcpStream),
     Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),

@@ -21,11 +21,11 @@ pub mod codec;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use crate::ingest::net::conn::TlsServer;
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
-use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
 use super::batcher::Batcher;
@@ -41,7 +41,7 @@ use codec::{decode, encode_rsp, Frame};
 type Ack = oneshot::Receiver<Result<Committed, StoreError>>;
 
 /// RELP over TCP, or over TLS (rsyslog's omrelp `tls="on"`) with `tls`.
-pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, ctx: Arc<ListenerCtx>, sd: Shutdown) {
+pub async fn serve(listener: TcpListener, tls: Option<TlsServer>, ctx: Arc<ListenerCtx>, sd: Shutdown) {
     accept_tcp(listener, tls, ctx, sd, connection).await
 }
 

@@ -8,11 +8,11 @@
 
 use std::sync::Arc;
 
+use crate::ingest::net::conn::TlsServer;
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
 use super::framing::{Decoder, Next};
@@ -29,7 +29,7 @@ use crate::store::clock::{Clock, SystemClock};
 const READ_CHUNK: usize = 64 << 10;
 
 /// Syslog over TCP, or over TLS (RFC 5425) with `tls`: RFC 6587 frames.
-pub async fn serve_tcp(listener: TcpListener, tls: Option<TlsAcceptor>, ctx: Arc<ListenerCtx>, sd: Shutdown) {
+pub async fn serve_tcp(listener: TcpListener, tls: Option<TlsServer>, ctx: Arc<ListenerCtx>, sd: Shutdown) {
     accept_tcp(listener, tls, ctx, sd, |conn, peer, ip, ctx, sd, permit| {
         connection(conn, peer, Some(ip), ctx, sd, permit)
     })

@@ -11,7 +11,7 @@ use rustls_pki_types::CertificateDer;
 
 use super::{classify_tls, Link, Refused, Timing, WireCounter};
 use crate::link::proto::ALPN;
-use crate::pki::{self, identity_from_cert, TlsFiles};
+use crate::pki::{self, identity_from_cert, Derived, Live, TlsFiles};
 
 fn transport_config(timing: &Timing) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
@@ -24,30 +24,36 @@ fn transport_config(timing: &Timing) -> Arc<quinn::TransportConfig> {
     Arc::new(t)
 }
 
-/// The client side: one endpoint, reused across reconnects.
+/// The client side: one endpoint, reused across reconnects; each
+/// connection uses the TLS material in force.
 #[derive(Clone)]
 pub struct Dialer {
     endpoint: quinn::Endpoint,
-    config: quinn::ClientConfig,
+    config: Arc<Derived<quinn::ClientConfig>>,
 }
 
 impl Dialer {
-    pub fn new(files: &TlsFiles, timing: &Timing, ipv6: bool) -> io::Result<Dialer> {
-        let tls = pki::client_config(files, &[ALPN]).map_err(io::Error::other)?;
-        let crypto = QuicClientConfig::try_from(tls).map_err(io::Error::other)?;
-        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-        config.transport_config(transport_config(timing));
+    pub fn new(live: &Arc<Live>, timing: &Timing, ipv6: bool) -> io::Result<Dialer> {
+        let timing = *timing;
+        let config = Derived::new(live.clone(), move |m| {
+            let tls = pki::client_config_from(m, &[ALPN])?;
+            let crypto = QuicClientConfig::try_from(tls).map_err(|e| pki::Error::Quic(e.to_string()))?;
+            let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+            config.transport_config(transport_config(&timing));
+            Ok(config)
+        })
+        .map_err(io::Error::other)?;
         let bind: SocketAddr =
             if ipv6 { "[::]:0".parse().expect("literal") } else { "0.0.0.0:0".parse().expect("literal") };
         let endpoint = quinn::Endpoint::client(bind)?;
-        Ok(Dialer { endpoint, config })
+        Ok(Dialer { endpoint, config: Arc::new(config) })
     }
 
     pub async fn connect(&self, addr: SocketAddr, server_name: &str, timing: &Timing) -> io::Result<Link> {
         let fut = async {
             let conn = self
                 .endpoint
-                .connect_with(self.config.clone(), addr, server_name)
+                .connect_with(self.config.get(), addr, server_name)
                 .map_err(io::Error::other)?
                 .await
                 .map_err(io::Error::other)?;
@@ -77,23 +83,30 @@ fn peer_identity(conn: &quinn::Connection) -> Result<crate::pki::Identity, Refus
     identity_from_cert(der).map_err(|e| Refused { reason: "bad_identity", detail: e.to_string() })
 }
 
-/// The receiver side.
+/// The receiver side: each handshake uses the TLS material in force.
 pub struct Acceptor {
     endpoint: quinn::Endpoint,
+    config: Derived<Arc<quinn::ServerConfig>>,
 }
 
 impl Acceptor {
-    pub fn bind(addr: SocketAddr, files: &TlsFiles, timing: &Timing) -> io::Result<Acceptor> {
-        let tls = pki::server_config(files, &[ALPN]).map_err(io::Error::other)?;
-        let crypto = QuicServerConfig::try_from(tls).map_err(io::Error::other)?;
-        let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-        config.transport_config(transport_config(timing));
-        let (reset, cid_key) = restart_keys(files)?;
+    pub fn bind(addr: SocketAddr, live: &Arc<Live>, timing: &Timing) -> io::Result<Acceptor> {
+        let t = *timing;
+        let server = Derived::new(live.clone(), move |m| {
+            let tls = pki::server_config_from(m, &[ALPN])?;
+            let crypto = QuicServerConfig::try_from(tls).map_err(|e| pki::Error::Quic(e.to_string()))?;
+            let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+            config.transport_config(transport_config(&t));
+            Ok(Arc::new(config))
+        })
+        .map_err(io::Error::other)?;
+        let config = (*server.get()).clone();
+        let (reset, cid_key) = restart_keys(&live.files())?;
         let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(reset));
         endpoint_config.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
         let socket = std::net::UdpSocket::bind(addr)?;
         let runtime = quinn::default_runtime().ok_or_else(|| io::Error::other("no async runtime for QUIC"))?;
-        Ok(Acceptor { endpoint: quinn::Endpoint::new(endpoint_config, Some(config), socket, runtime)? })
+        Ok(Acceptor { endpoint: quinn::Endpoint::new(endpoint_config, Some(config), socket, runtime)?, config: server })
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -103,6 +116,11 @@ impl Acceptor {
     /// Next incoming connection attempt; `None` once the endpoint is closed.
     pub async fn accept(&self) -> Option<quinn::Incoming> {
         self.endpoint.accept().await
+    }
+
+    /// The server config for the next handshake.
+    pub fn config(&self) -> Arc<quinn::ServerConfig> {
+        self.config.get()
     }
 
     /// Stop accepting; existing connections are closed with `code`.
@@ -131,10 +149,17 @@ fn restart_keys(files: &TlsFiles) -> io::Result<(ring::hmac::Key, u64)> {
 }
 
 /// Complete the server side of a QUIC handshake and authenticate the peer.
-pub async fn handshake(incoming: quinn::Incoming, timing: &Timing) -> Result<Link, Refused> {
+pub async fn handshake(
+    incoming: quinn::Incoming,
+    config: Arc<quinn::ServerConfig>,
+    timing: &Timing,
+) -> Result<Link, Refused> {
     let peer = incoming.remote_address();
     let fut = async {
-        let conn = incoming.await.map_err(|e| {
+        let connecting = incoming
+            .accept_with(config)
+            .map_err(|e| Refused { reason: classify_tls(&e.to_string()), detail: e.to_string() })?;
+        let conn = connecting.await.map_err(|e| {
             let detail = e.to_string();
             Refused { reason: classify_tls(&detail), detail }
         })?;

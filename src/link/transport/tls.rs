@@ -14,7 +14,7 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use super::{Link, Refused, Timing, WireCounter};
 use crate::link::proto::ALPN;
-use crate::pki::{self, identity_from_cert, TlsFiles};
+use crate::pki::{self, identity_from_cert, Derived, Live};
 
 /// A TCP stream that counts the bytes written to it (TLS records).
 pub struct Counting {
@@ -44,16 +44,17 @@ impl AsyncWrite for Counting {
     }
 }
 
-/// The client side.
+/// The client side: each connection uses the TLS material in force.
 #[derive(Clone)]
 pub struct Dialer {
-    connector: TlsConnector,
+    connector: Arc<Derived<TlsConnector>>,
 }
 
 impl Dialer {
-    pub fn new(files: &TlsFiles) -> Result<Dialer, pki::Error> {
-        let cfg = pki::client_config(files, &[ALPN])?;
-        Ok(Dialer { connector: TlsConnector::from(Arc::new(cfg)) })
+    pub fn new(live: &Arc<Live>) -> Result<Dialer, pki::Error> {
+        let connector =
+            Derived::new(live.clone(), |m| Ok(TlsConnector::from(Arc::new(pki::client_config_from(m, &[ALPN])?))))?;
+        Ok(Dialer { connector: Arc::new(connector) })
     }
 
     /// Connect to `addr`, verifying the receiver's certificate for `server_name`.
@@ -65,7 +66,7 @@ impl Dialer {
             let tcp = TcpStream::connect(addr).await?;
             tcp.set_nodelay(true)?;
             let sent = Arc::new(AtomicU64::new(0));
-            let tls = self.connector.connect(name, Counting { inner: tcp, sent: sent.clone() }).await?;
+            let tls = self.connector.get().connect(name, Counting { inner: tcp, sent: sent.clone() }).await?;
             let identity = {
                 let (_, conn) = tls.get_ref();
                 let der = conn
@@ -82,16 +83,18 @@ impl Dialer {
     }
 }
 
-/// The receiver side.
+/// The receiver side: each handshake uses the TLS material in force.
 pub struct Acceptor {
     listener: TcpListener,
-    acceptor: TlsAcceptor,
+    acceptor: Derived<TlsAcceptor>,
 }
 
 impl Acceptor {
-    pub async fn bind(addr: SocketAddr, files: &TlsFiles) -> io::Result<Acceptor> {
-        let cfg = pki::server_config(files, &[ALPN]).map_err(io::Error::other)?;
-        Ok(Acceptor { listener: TcpListener::bind(addr).await?, acceptor: TlsAcceptor::from(Arc::new(cfg)) })
+    pub async fn bind(addr: SocketAddr, live: &Arc<Live>) -> io::Result<Acceptor> {
+        let acceptor =
+            Derived::new(live.clone(), |m| Ok(TlsAcceptor::from(Arc::new(pki::server_config_from(m, &[ALPN])?))))
+                .map_err(io::Error::other)?;
+        Ok(Acceptor { listener: TcpListener::bind(addr).await?, acceptor })
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -104,7 +107,7 @@ impl Acceptor {
     }
 
     pub fn tls(&self) -> TlsAcceptor {
-        self.acceptor.clone()
+        self.acceptor.get()
     }
 }
 

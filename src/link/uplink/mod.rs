@@ -33,7 +33,7 @@ use super::proto::{Code, Msg, MAX_APPEND, MIN_VERSION, VERSION};
 use super::transport::{quic, tls, Io, Link, Timing, WireCounter};
 use crate::config::{LinkTransport, UplinkConfig};
 use crate::metrics::Metrics;
-use crate::pki::TlsFiles;
+use crate::pki::Live;
 use crate::store::changes::{Changes, Subscriber};
 use crate::store::clock::Clock;
 use crate::store::fs::Fs;
@@ -51,7 +51,10 @@ pub struct Uplink {
     pub site: String,
     pub archive_dir: PathBuf,
     pub state_dir: PathBuf,
-    pub tls: TlsFiles,
+    /// The TLS material in force (replaced on reload).
+    pub tls: Arc<Live>,
+    /// `max_rate`, `burst`, `live_share`, changed in place on reload.
+    pub tune: tokio::sync::watch::Receiver<Tuning>,
     pub metrics: Metrics,
     pub clock: Arc<dyn Clock>,
     pub delivered: Arc<Delivered>,
@@ -59,6 +62,38 @@ pub struct Uplink {
     pub fs: Fs,
     /// Wakes the uplink when the archive grows or changes.
     pub changes: Arc<Changes>,
+}
+
+/// What a reload changes in a running uplink without ending its session.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Tuning {
+    pub max_rate: Option<f64>,
+    pub burst: u64,
+    pub live_share: f64,
+}
+
+impl Tuning {
+    pub fn of(cfg: &UplinkConfig) -> Tuning {
+        Tuning { max_rate: cfg.max_rate, burst: cfg.burst, live_share: cfg.live_share }
+    }
+
+    /// Largest APPEND: under a cap, about a burst, so one write does not
+    /// overrun the bucket by much.
+    fn chunk_max(&self) -> usize {
+        match self.max_rate {
+            Some(_) => (self.burst as usize).clamp(16 << 10, MAX_APPEND),
+            None => MAX_APPEND,
+        }
+    }
+}
+
+/// What outlives a session: the store's news, the reload's tuning, and
+/// when each stream was last rotated (a flapping link must not cut the
+/// stream into small segments).
+struct Across {
+    changes: Subscriber,
+    tune: tokio::sync::watch::Receiver<Tuning>,
+    rotated: HashMap<String, Instant>,
 }
 
 #[derive(Clone)]
@@ -102,7 +137,8 @@ impl Uplink {
         let m = &self.metrics;
         let name = self.cfg.name.clone();
         m.uplink_connected.with_label_values(&[&name]).set(0);
-        m.uplink_max_rate.with_label_values(&[&name]).set(self.cfg.max_rate.unwrap_or(0.0) as i64);
+        let mut tune = self.tune.clone();
+        m.uplink_max_rate.with_label_values(&[&name]).set(tune.borrow_and_update().max_rate.unwrap_or(0.0) as i64);
         let timing = self.timing();
         let dialer = match self.cfg.transport {
             LinkTransport::Tcp => tls::Dialer::new(&self.tls).map(Dialer::Tls).map_err(io::Error::other),
@@ -116,10 +152,7 @@ impl Uplink {
             }
         };
         let mut backoff = Backoff::new(self.cfg.backoff_min, self.cfg.backoff_max);
-        let mut changes = self.changes.subscribe();
-        // When each stream was last rotated for this uplink (across sessions:
-        // a flapping link must not cut the stream into small segments).
-        let mut rotated: HashMap<String, Instant> = HashMap::new();
+        let mut across = Across { changes: self.changes.subscribe(), tune, rotated: HashMap::new() };
         // Lowered once when a receiver of an older version refuses this one.
         let mut offer = VERSION;
         let mut attempt = 0usize;
@@ -135,7 +168,7 @@ impl Uplink {
                     m.uplink_connected.with_label_values(&[&name]).set(1);
                     info!(uplink = %name, addr = %addr_str, receiver_site = %link.identity.site, receiver_node = %link.identity.node, "uplink connected");
                     let started = Instant::now();
-                    let (end, progressed) = self.session(link, offer, &mut changes, &mut rotated, &stop, &drain).await;
+                    let (end, progressed) = self.session(link, offer, &mut across, &stop, &drain).await;
                     m.uplink_connected.with_label_values(&[&name]).set(0);
                     match &end {
                         End::Cancelled => return,
@@ -232,21 +265,18 @@ impl Uplink {
         }
     }
 
-    fn params(&self, version: u16) -> Params {
+    fn params(&self, version: u16, t: &Tuning) -> Params {
         Params {
             name: self.cfg.name.clone(),
             node: self.node.clone(),
             window: self.cfg.window,
-            live_share: self.cfg.live_share,
-            chunk_max: match self.cfg.max_rate {
-                Some(_) => (self.cfg.burst as usize).clamp(16 << 10, MAX_APPEND),
-                None => MAX_APPEND,
-            },
+            live_share: t.live_share,
+            chunk_max: t.chunk_max(),
             keepalive: self.cfg.keepalive,
             dead_after: self.cfg.dead_after,
             connect_timeout: self.cfg.connect_timeout,
             site: self.site.clone(),
-            rotate_after: ROTATE_AFTER.max(self.cfg.burst),
+            rotate_after: ROTATE_AFTER.max(t.burst),
             version,
         }
     }
@@ -259,8 +289,7 @@ impl Uplink {
         &self,
         link: Link,
         version: u16,
-        changes: &mut Subscriber,
-        rotated: &mut HashMap<String, Instant>,
+        across: &mut Across,
         stop: &CancellationToken,
         drain: &CancellationToken,
     ) -> (End, bool) {
@@ -271,7 +300,9 @@ impl Uplink {
         let (rd, mut wr) = tokio::io::split(link.io);
         let (tx, mut rx) = mpsc::unbounded_channel();
         let reader = tokio::spawn(read_loop(rd, tx));
-        let mut sess = Session::new(self.params(version), self.metrics.clone(), Instant::now());
+        let Across { changes, tune, rotated } = across;
+        let mut tuning = *tune.borrow_and_update();
+        let mut sess = Session::new(self.params(version, &tuning), self.metrics.clone(), Instant::now());
         let end_session = |end: End, sess: &Session| {
             reader.abort();
             if let Some(c) = &quic {
@@ -279,13 +310,25 @@ impl Uplink {
             }
             (end, sess.progressed())
         };
-        let mut bucket = self.cfg.max_rate.map(|r| TokenBucket::new(r, self.cfg.burst, Instant::now(), wire.sent()));
+        let mut bucket = tuning.max_rate.map(|r| TokenBucket::new(r, tuning.burst, Instant::now(), wire.sent()));
         let mut wire_reported = wire.sent();
         let mut seen_streams: HashSet<StreamKey> = HashSet::new();
         let mut next_report = Instant::now();
         changes.force_relist();
         let mut epoch_checked = false;
         loop {
+            if tune.has_changed().unwrap_or(false) {
+                let t = *tune.borrow_and_update();
+                if t != tuning {
+                    info!(uplink = name, max_rate = ?t.max_rate, burst = t.burst, live_share = t.live_share, "reload: new rate settings in force");
+                    if (t.max_rate, t.burst) != (tuning.max_rate, tuning.burst) {
+                        bucket = t.max_rate.map(|r| TokenBucket::new(r, t.burst, Instant::now(), wire.sent()));
+                    }
+                    sess.retune(t.live_share, t.chunk_max(), ROTATE_AFTER.max(t.burst));
+                    m.uplink_max_rate.with_label_values(&[name]).set(t.max_rate.unwrap_or(0.0) as i64);
+                    tuning = t;
+                }
+            }
             if !epoch_checked && sess.welcomed() {
                 epoch_checked = true;
                 if sess.epoch() != 0 {
@@ -394,6 +437,8 @@ impl Uplink {
                     None => return end_session(End::Lost(session::Lost::Closed), &sess),
                 },
                 _ = changes.changed() => self.look(changes, &mut sess).await,
+                // A reload: handled at the top of the loop.
+                Ok(()) = tune.changed() => {}
                 _ = tokio::time::sleep_until(until.into()) => {
                     if let Err(e) = sess.handle_timeout(Instant::now()) {
                         return end_session(e.into(), &sess);

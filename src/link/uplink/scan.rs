@@ -86,11 +86,24 @@ impl Delivered {
 }
 
 /// Retention must keep what any uplink or sink has not delivered.
-pub struct DeliveryHold(pub Vec<std::sync::Arc<Delivered>>);
+#[derive(Default)]
+pub struct DeliveryHold(std::sync::RwLock<Vec<std::sync::Arc<Delivered>>>);
+
+impl DeliveryHold {
+    /// An uplink or sink (started, or added by a reload) holds from now on.
+    pub fn add(&self, d: std::sync::Arc<Delivered>) {
+        self.0.write().expect("not poisoned").push(d);
+    }
+
+    /// An uplink or sink removed by a reload no longer holds anything.
+    pub fn remove(&self, d: &std::sync::Arc<Delivered>) {
+        self.0.write().expect("not poisoned").retain(|x| !std::sync::Arc::ptr_eq(x, d));
+    }
+}
 
 impl Hold for DeliveryHold {
     fn holds(&self, rel: &Path) -> bool {
-        self.0.iter().any(|d| !d.contains(rel))
+        self.0.read().expect("not poisoned").iter().any(|d| !d.contains(rel))
     }
 }
 

@@ -1,0 +1,602 @@
+//! A running node: what `ferry run` starts, changes on `SIGHUP`, and stops.
+//!
+//! Every listener runs under its own [`Shutdown`], every uplink and sink
+//! under its own token, so a reload can stop, start or replace one of them
+//! and leave every other connection alone. The stop order at exit stays the
+//! one [`crate::shutdown`] describes: listeners drain, the store seals,
+//! uplinks get a grace to deliver, sinks write their cursors.
+
+pub mod reload;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+use crate::admin::{self, AdminState};
+use crate::config::{Config, ListenAddr, ListenerConfig, ListenerKind, SinkConfig, UplinkConfig};
+use crate::ingest::{self, ListenerCtx};
+use crate::link::receiver::{self, ReceiverCtx};
+use crate::link::transport::Timing;
+use crate::link::uplink::scan::{Delivered, DeliveryHold};
+use crate::link::uplink::{Tuning, Uplink};
+use crate::metrics::Metrics;
+use crate::mirror::Mirror;
+use crate::pki::{Live, Material};
+use crate::shutdown::Shutdown;
+use crate::sink::Sink;
+use crate::store::clock::Clock;
+use crate::store::fs::Fs;
+use crate::store::retention;
+use crate::store::Store;
+
+/// How long connections get to hand over their last batches at shutdown
+/// (and a listener a reload removes or replaces).
+const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
+/// How long uplinks get at shutdown to deliver what the store just sealed.
+const UPLINK_GRACE: Duration = Duration::from_secs(5);
+
+/// A socket bound for a listener, not yet served.
+enum Bound {
+    Ingest(ingest::Bound),
+    Receiver(receiver::Bound, Timing),
+}
+
+struct RunningUplink {
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+    tune: watch::Sender<Tuning>,
+    delivered: Arc<Delivered>,
+}
+
+struct RunningSink {
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+    delivered: Arc<Delivered>,
+}
+
+/// The node and what runs in it.
+pub struct Node {
+    cfg: Config,
+    /// The file to read again on reload; `None` for the embedded default.
+    file: Option<PathBuf>,
+    metrics: Metrics,
+    clock: Arc<dyn Clock>,
+    fs: Fs,
+    store: Arc<Store>,
+    tls: Option<Arc<Live>>,
+    /// Created with the first receiver, and its state epoch.
+    mirror: Option<(Arc<Mirror>, u64)>,
+    listeners: HashMap<String, Shutdown>,
+    uplinks: HashMap<String, RunningUplink>,
+    sinks: HashMap<String, RunningSink>,
+    hold: Arc<DeliveryHold>,
+    uplink_stop: CancellationToken,
+    uplink_drain: CancellationToken,
+    uplink_tasks: TaskTracker,
+    sink_stop: CancellationToken,
+    sink_tasks: TaskTracker,
+}
+
+/// The first 16 hex digits of the SHA-256 of a config's text.
+fn config_hash(text: &str) -> String {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(text.as_bytes());
+    d[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Run a node until SIGTERM/SIGINT (a second signal exits at once);
+/// SIGHUP reloads `file`.
+pub async fn run(file: Option<PathBuf>, cfg: Config, text: &str, clock: Arc<dyn Clock>) -> anyhow::Result<()> {
+    let metrics = Metrics::new();
+    metrics.up_since.set(clock.now_ms() / 1000);
+    info!(site = %cfg.node.site, node = %cfg.node.name, data_dir = %cfg.node.data_dir.display(), config = %cfg.source, "ferry starting");
+    crate::logging::set_level(&cfg.log_level);
+    let fs = Fs::from_env().map_err(|e| anyhow::anyhow!("FERRY_FAULTS: {e}"))?;
+    if fs.faults().is_some() {
+        warn!("FERRY_FAULTS is set: disk faults are being injected on purpose (a test); never run a production node like this");
+    }
+    let tls = match &cfg.tls {
+        Some(files) => {
+            let m = Material::load(files).context("[tls]")?;
+            if let Err(e) = m.check() {
+                warn!(error = %e, "this node's certificate does not pass its own checks: peers will refuse it");
+            }
+            Some(Live::new(m))
+        }
+        None => None,
+    };
+    let store =
+        Arc::new(Store::open_with(&cfg, clock.clone(), metrics.clone(), fs.clone()).context("opening the store")?);
+    let mut node = Node {
+        file,
+        metrics: metrics.clone(),
+        clock,
+        fs,
+        store: store.clone(),
+        tls,
+        mirror: None,
+        listeners: HashMap::new(),
+        uplinks: HashMap::new(),
+        sinks: HashMap::new(),
+        hold: Arc::new(DeliveryHold::default()),
+        uplink_stop: CancellationToken::new(),
+        uplink_drain: CancellationToken::new(),
+        uplink_tasks: TaskTracker::new(),
+        sink_stop: CancellationToken::new(),
+        sink_tasks: TaskTracker::new(),
+        cfg: cfg.clone(),
+    };
+    node.config_in_force(text);
+
+    // Bind everything before serving anything: a port in use fails the start.
+    let mut bound = Vec::new();
+    for l in &cfg.listeners {
+        let b = node.bind(l).await?;
+        bound.push((l.clone(), b));
+    }
+    let ready = Arc::new(AtomicBool::new(false));
+    let admin_stop = CancellationToken::new();
+    let mut admin_task = None;
+    if let Some(addr) = cfg.admin.listen {
+        let l = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("admin: cannot listen on {addr}"))?;
+        info!(addr = %l.local_addr()?, "admin listening (/metrics /healthz /readyz)");
+        let st = AdminState {
+            metrics: metrics.clone(),
+            ready: ready.clone(),
+            store: store.clone(),
+            site: cfg.node.site.clone(),
+            node: cfg.node.name.clone(),
+        };
+        let stop = admin_stop.clone();
+        admin_task = Some(tokio::spawn(async move {
+            if let Err(e) = admin::serve(l, st, stop).await {
+                error!(error = %e, "admin listener failed");
+            }
+        }));
+    }
+    for (l, b) in bound {
+        node.serve(&l, b)?;
+    }
+    for u in &cfg.uplinks {
+        node.start_uplink(u, None)?;
+    }
+    for k in &cfg.sinks {
+        node.start_sink(k, None)?;
+    }
+    let retention_stop = CancellationToken::new();
+    let retention_task = tokio::spawn(retention::run(store.clone(), node.hold.clone(), retention_stop.clone()));
+    let watch_stop = CancellationToken::new();
+    let watch_task = tokio::spawn(crate::query::watch::run(
+        cfg.archive_dir(),
+        cfg.state_dir(),
+        metrics.clone(),
+        store.changes().clone(),
+        watch_stop.clone(),
+    ));
+    ready.store(true, Ordering::Relaxed);
+    metrics.ready.set(1);
+    info!("ferry ready");
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => node.reload().await,
+        }
+    }
+    info!("signal received: stopping (a second signal exits at once)");
+    ready.store(false, Ordering::Relaxed);
+    metrics.ready.set(0);
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
+        eprintln!("second signal: exiting now without committing");
+        std::process::exit(130);
+    });
+
+    let all: Vec<Shutdown> = node.listeners.drain().map(|(_, sd)| sd).collect();
+    if !stop_all(&all, DRAIN_DEADLINE).await {
+        warn!(deadline = ?DRAIN_DEADLINE, "some connections did not finish in time");
+    }
+    retention_stop.cancel();
+    let _ = retention_task.await;
+    watch_stop.cancel();
+    let _ = watch_task.await;
+    store.close().await;
+    // Give uplinks a moment to deliver the segments the store just sealed.
+    node.uplink_tasks.close();
+    node.uplink_drain.cancel();
+    if tokio::time::timeout(UPLINK_GRACE, node.uplink_tasks.wait()).await.is_err() {
+        info!(grace = ?UPLINK_GRACE, "uplinks still had data to deliver; it stays on disk for the next start");
+    }
+    node.uplink_stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(5), node.uplink_tasks.wait()).await;
+    // Sinks last: they write their cursors on the way out.
+    node.sink_tasks.close();
+    node.sink_stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(5), node.sink_tasks.wait()).await;
+    admin_stop.cancel();
+    if let Some(t) = admin_task {
+        let _ = t.await;
+    }
+    info!("ferry stopped");
+    Ok(())
+}
+
+/// Stop listeners together: all stop accepting at once, then their
+/// connections get `deadline` in all to hand over their last batches.
+async fn stop_all(sds: &[Shutdown], deadline: Duration) -> bool {
+    for sd in sds {
+        sd.token.cancel();
+        sd.tracker.close();
+    }
+    tokio::time::timeout(deadline, async {
+        for sd in sds {
+            sd.tracker.wait().await;
+        }
+    })
+    .await
+    .is_ok()
+}
+
+impl Node {
+    /// Metrics and log of the config (and certificates) in force.
+    fn config_in_force(&self, text: &str) {
+        let m = &self.metrics;
+        m.config_info.reset();
+        m.config_info.with_label_values(&[&config_hash(text), &self.cfg.source]).set(1);
+        m.config_loaded.set(self.clock.now_ms() / 1000);
+        m.config_last_reload_ok.set(1);
+        m.certificate_expiry.reset();
+        if let Some(live) = &self.tls {
+            let now = self.clock.now_ms() / 1000;
+            for e in live.current().expiries() {
+                m.certificate_expiry.with_label_values(&[e.role, &e.subject]).set(e.not_after);
+                let days = (e.not_after - now) / 86_400;
+                if days < 30 {
+                    warn!(role = e.role, subject = %e.subject, days, "certificate expires soon: see certs/README.md, rotation");
+                }
+            }
+        }
+    }
+
+    /// Bind a listener's socket (TLS from the material in force).
+    async fn bind(&self, l: &ListenerConfig) -> anyhow::Result<Bound> {
+        let what = || format!("listener {}: cannot listen on {}", l.name, l.listen);
+        if l.kind == ListenerKind::Ferry {
+            let tls = self.tls.as_ref().context("validated: ferry listeners have [tls]")?;
+            let timing = Timing {
+                keepalive: Duration::from_secs(2),
+                dead_after: l.idle_timeout.min(Duration::from_secs(60)),
+                connect_timeout: Duration::from_secs(10),
+            };
+            let b = receiver::Bound::bind(l, tls, &timing).await.with_context(what)?;
+            Ok(Bound::Receiver(b, timing))
+        } else {
+            Ok(Bound::Ingest(ingest::bind(l, self.tls.as_ref()).await.with_context(what)?))
+        }
+    }
+
+    /// Serve a bound listener under its own shutdown.
+    fn serve(&mut self, l: &ListenerConfig, b: Bound) -> anyhow::Result<()> {
+        let sd = Shutdown::new();
+        match b {
+            Bound::Ingest(b) => {
+                info!(listener = %l.name, transport = ?l.transport, addr = %b.local_addr(), stream = %l.stream, "listening");
+                let ctx = Arc::new(ListenerCtx::new(l.clone(), &self.store, self.metrics.clone())?);
+                sd.spawn(ingest::serve(b, ctx, self.store.clone(), sd.clone()));
+            }
+            Bound::Receiver(b, timing) => {
+                info!(listener = %l.name, transport = ?l.transport, addr = %b.local_addr(), "receiving links");
+                let (mirror, epoch) = self.mirror()?;
+                let ctx = Arc::new(ReceiverCtx::new(l.clone(), mirror, self.metrics.clone(), timing, epoch));
+                sd.spawn(receiver::serve(b, ctx, sd.clone()));
+            }
+        }
+        self.listeners.insert(l.name.clone(), sd);
+        Ok(())
+    }
+
+    fn mirror(&mut self) -> anyhow::Result<(Arc<Mirror>, u64)> {
+        if self.mirror.is_none() {
+            let mirror = Arc::new(Mirror::new(
+                self.cfg.archive_dir(),
+                self.cfg.state_dir(),
+                self.fs.clone(),
+                self.clock.clone(),
+                self.metrics.clone(),
+                self.store.changes().clone(),
+            ));
+            let epoch = mirror.epoch().context("cannot read or create state/mirror.epoch")?;
+            self.mirror = Some((mirror, epoch));
+        }
+        Ok(self.mirror.clone().expect("just set"))
+    }
+
+    fn delivered(&self, dir: &str, name: &str) -> anyhow::Result<Arc<Delivered>> {
+        let d = Arc::new(
+            Delivered::load(&self.fs, self.cfg.state_dir().join(dir).join(format!("{name}.delivered")), &self.metrics)
+                .with_context(|| format!("{name}: reading its state"))?,
+        );
+        d.retain_existing(&self.cfg.archive_dir());
+        Ok(d)
+    }
+
+    /// Start an uplink; `delivered` is kept across a restart by reload.
+    fn start_uplink(&mut self, u: &UplinkConfig, delivered: Option<Arc<Delivered>>) -> anyhow::Result<()> {
+        let delivered = match delivered {
+            Some(d) => d,
+            None => {
+                let d = self.delivered("uplinks", &u.name)?;
+                self.hold.add(d.clone());
+                d
+            }
+        };
+        let (tune, tune_rx) = watch::channel(Tuning::of(u));
+        let stop = self.uplink_stop.child_token();
+        let up = Uplink {
+            cfg: u.clone(),
+            node: self.cfg.node.name.clone(),
+            site: self.cfg.node.site.clone(),
+            archive_dir: self.cfg.archive_dir(),
+            state_dir: self.cfg.state_dir(),
+            tls: self.tls.clone().context("validated: uplinks have [tls]")?,
+            tune: tune_rx,
+            metrics: self.metrics.clone(),
+            clock: self.clock.clone(),
+            delivered: delivered.clone(),
+            fs: self.fs.clone(),
+            changes: self.store.changes().clone(),
+        };
+        let task = self.uplink_tasks.spawn(up.run(stop.clone(), self.uplink_drain.clone()));
+        self.uplinks.insert(u.name.clone(), RunningUplink { stop, task, tune, delivered });
+        Ok(())
+    }
+
+    /// Stop an uplink (its session ends; what it acknowledged is recorded).
+    async fn stop_uplink(&mut self, name: &str) -> Option<Arc<Delivered>> {
+        let r = self.uplinks.remove(name)?;
+        r.stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(10), r.task).await;
+        Some(r.delivered)
+    }
+
+    fn start_sink(&mut self, k: &SinkConfig, delivered: Option<Arc<Delivered>>) -> anyhow::Result<()> {
+        let delivered = match delivered {
+            Some(d) => d,
+            None => {
+                let d = self.delivered("sinks", &k.name)?;
+                self.hold.add(d.clone());
+                d
+            }
+        };
+        let stop = self.sink_stop.child_token();
+        let sink = Sink {
+            cfg: k.clone(),
+            archive_dir: self.cfg.archive_dir(),
+            state_dir: self.cfg.state_dir(),
+            metrics: self.metrics.clone(),
+            clock: self.clock.clone(),
+            delivered: delivered.clone(),
+            fs: self.fs.clone(),
+            changes: self.store.changes().clone(),
+        };
+        let task = self.sink_tasks.spawn(sink.run(stop.clone()));
+        self.sinks.insert(k.name.clone(), RunningSink { stop, task, delivered });
+        Ok(())
+    }
+
+    async fn stop_sink(&mut self, name: &str) -> Option<Arc<Delivered>> {
+        let r = self.sinks.remove(name)?;
+        r.stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(10), r.task).await;
+        Some(r.delivered)
+    }
+
+    /// `SIGHUP`: read the file again and apply what changed, or change
+    /// nothing and say why.
+    pub async fn reload(&mut self) {
+        let Some(file) = self.file.clone() else {
+            warn!("SIGHUP: running on the embedded default config: nothing to reload (start with -c FILE)");
+            self.metrics.config_reloads.with_label_values(&["unchanged"]).inc();
+            return;
+        };
+        info!(config = %file.display(), "SIGHUP: reloading the config");
+        match self.try_reload(&file).await {
+            Ok(true) => {
+                self.metrics.config_reloads.with_label_values(&["applied"]).inc();
+            }
+            Ok(false) => {
+                info!("reload: nothing changed");
+                self.metrics.config_reloads.with_label_values(&["unchanged"]).inc();
+                self.metrics.config_last_reload_ok.set(1);
+            }
+            Err(Refusal::Invalid(problems)) => {
+                for p in &problems {
+                    error!("reload refused: {p}");
+                }
+                error!(problems = problems.len(), "reload refused: the config has problems; the config in force stays");
+                self.metrics.config_reloads.with_label_values(&["invalid"]).inc();
+                self.metrics.config_last_reload_ok.set(0);
+            }
+            Err(Refusal::Refused(why)) => {
+                for w in &why {
+                    error!("reload refused: {w}");
+                }
+                error!("reload refused; the config in force stays");
+                self.metrics.config_reloads.with_label_values(&["refused"]).inc();
+                self.metrics.config_last_reload_ok.set(0);
+            }
+        }
+    }
+
+    /// True if something changed.
+    async fn try_reload(&mut self, file: &Path) -> Result<bool, Refusal> {
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| Refusal::Invalid(vec![format!("{}: cannot read: {e}", file.display())]))?;
+        let new = crate::config::validate(&text, &file.display().to_string()).map_err(|e| match e {
+            crate::config::Error::Invalid(ps) => Refusal::Invalid(ps.iter().map(|p| p.to_string()).collect()),
+            other => Refusal::Invalid(vec![other.to_string()]),
+        })?;
+        let plan = reload::plan(&self.cfg, &new)
+            .map_err(|fixed| Refusal::Refused(fixed.iter().map(|f| f.to_string()).collect()))?;
+        // TLS: read and checked before anything changes.
+        let material = match &new.tls {
+            Some(files) => Some(Material::load_checked(files).map_err(|e| {
+                Refusal::Refused(vec![format!("tls: {:#}; the certificates in force stay", anyhow::Error::from(e))])
+            })?),
+            None => None,
+        };
+        let tls_changed = match (&material, &self.tls) {
+            (Some(m), Some(live)) => !live.current().same_as(m),
+            (None, None) => false,
+            _ => true,
+        };
+        if plan.is_empty() && !tls_changed {
+            self.cfg = new;
+            self.config_in_force(&text);
+            return Ok(false);
+        }
+
+        // Listeners that bind a socket no listener in force holds are bound
+        // first: if one cannot, nothing has changed yet.
+        let leaving: Vec<&ListenerConfig> =
+            plan.listeners.removed.iter().chain(plan.listeners.changed.iter().map(|(o, _)| o)).collect();
+        let coming: Vec<&ListenerConfig> =
+            plan.listeners.added.iter().chain(plan.listeners.changed.iter().map(|(_, n)| n)).collect();
+        let frees = |l: &ListenerConfig| leaving.iter().any(|o| same_socket(&o.listen, &l.listen));
+        // New TLS material first, so new sockets and handshakes use it.
+        if let Some(m) = material {
+            match &self.tls {
+                Some(live) if tls_changed => live.replace(m),
+                Some(_) => {}
+                None => self.tls = Some(Live::new(m)),
+            }
+        }
+        let mut early = Vec::new();
+        for l in coming.iter().filter(|l| !frees(l)) {
+            match self.bind(l).await {
+                Ok(b) => early.push(((*l).clone(), b)),
+                Err(e) => return Err(Refusal::Refused(vec![format!("{e:#}")])),
+            }
+        }
+        for line in plan.describe() {
+            info!("reload: {line}");
+        }
+        if tls_changed {
+            info!("reload: TLS material re-read: new handshakes use it, established sessions keep theirs");
+        }
+        // Listeners leave together, then the ones that reuse their sockets bind.
+        let stopping: Vec<Shutdown> = leaving.iter().filter_map(|l| self.listeners.remove(&l.name)).collect();
+        if !stop_all(&stopping, DRAIN_DEADLINE).await {
+            warn!(deadline = ?DRAIN_DEADLINE, "reload: some connections of removed or changed listeners did not finish in time");
+        }
+        for (l, b) in early {
+            if let Err(e) = self.serve(&l, b) {
+                error!(listener = %l.name, error = %format!("{e:#}"), "reload: cannot start listener");
+            }
+        }
+        for l in coming.iter().filter(|l| frees(l)) {
+            let started = match self.bind(l).await {
+                Ok(b) => self.serve(l, b),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = started {
+                error!(listener = %l.name, error = %format!("{e:#}"), "reload: cannot start the listener; starting the one it replaces again");
+                self.metrics.config_last_reload_ok.set(0);
+                if let Some(old) = plan.listeners.changed.iter().find(|(_, n)| n.name == l.name).map(|(o, _)| o) {
+                    match self.bind(old).await {
+                        Ok(b) => {
+                            let _ = self.serve(old, b);
+                        }
+                        Err(e) => {
+                            error!(listener = %old.name, error = %format!("{e:#}"), "reload: cannot start the old listener either")
+                        }
+                    }
+                }
+            }
+        }
+
+        for u in &plan.uplinks.removed {
+            if let Some(d) = self.stop_uplink(&u.name).await {
+                self.hold.remove(&d);
+            }
+        }
+        for (_, u) in &plan.uplinks.changed {
+            let d = self.stop_uplink(&u.name).await;
+            if let Err(e) = self.start_uplink(u, d) {
+                error!(uplink = %u.name, error = %format!("{e:#}"), "reload: cannot start uplink");
+            }
+        }
+        for u in &plan.uplinks.added {
+            if let Err(e) = self.start_uplink(u, None) {
+                error!(uplink = %u.name, error = %format!("{e:#}"), "reload: cannot start uplink");
+            }
+        }
+        for (name, t) in &plan.tuned {
+            if let Some(r) = self.uplinks.get(name) {
+                let _ = r.tune.send(*t);
+            }
+        }
+        for k in &plan.sinks.removed {
+            if let Some(d) = self.stop_sink(&k.name).await {
+                self.hold.remove(&d);
+            }
+        }
+        for (_, k) in &plan.sinks.changed {
+            let d = self.stop_sink(&k.name).await;
+            if let Err(e) = self.start_sink(k, d) {
+                error!(sink = %k.name, error = %format!("{e:#}"), "reload: cannot start sink");
+            }
+        }
+        for k in &plan.sinks.added {
+            if let Err(e) = self.start_sink(k, None) {
+                error!(sink = %k.name, error = %format!("{e:#}"), "reload: cannot start sink");
+            }
+        }
+        if plan.retention {
+            self.store.set_retention(new.store.retention.clone());
+        }
+        if plan.log_level && !crate::logging::set_level(&new.log_level) {
+            info!(level = %new.log_level, "reload: FERRY_LOG is set and keeps its filter");
+        }
+        let ok = self.metrics.config_last_reload_ok.get();
+        self.cfg = new;
+        self.config_in_force(&text);
+        self.metrics.config_last_reload_ok.set(ok);
+        info!(hash = %config_hash(&text), "reload applied");
+        Ok(true)
+    }
+}
+
+/// Why a reload changed nothing.
+enum Refusal {
+    /// The file does not validate: each problem with file:line: key.
+    Invalid(Vec<String>),
+    /// A key that needs a restart, TLS files that do not verify, a socket
+    /// that cannot be bound.
+    Refused(Vec<String>),
+}
+
+fn same_socket(a: &ListenAddr, b: &ListenAddr) -> bool {
+    match (a, b) {
+        (ListenAddr::Socket(x), ListenAddr::Socket(y)) => x.port() == y.port(),
+        (ListenAddr::Path(x), ListenAddr::Path(y)) => x == y,
+        _ => false,
+    }
+}

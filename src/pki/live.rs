@@ -1,0 +1,211 @@
+//! TLS material that can be replaced while the node runs (on reload).
+//!
+//! The files named by `[tls]` are read into a [`Material`] once; every TLS
+//! config the node uses (collector listeners, link receivers, uplinks) is a
+//! [`Derived`] value built from the [`Live`] material and rebuilt on its first
+//! use after a replacement. New handshakes use the new material; sessions
+//! already established keep theirs (a TLS session is never re-verified).
+//!
+//! A replacement is checked before it is made ([`Material::load_checked`]):
+//! the key must match the certificate and the CA bundle must verify it, else
+//! the node keeps what it has. Operators rotate by editing files then
+//! reloading; a half-done edit must not take the links down.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use rustls::RootCertStore;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+
+use super::files::{read_certs, read_key};
+use super::{Error, TlsFiles};
+
+/// The CA bundle, the node's certificate chain and key, as read.
+pub struct Material {
+    /// Where it was read from.
+    pub files: TlsFiles,
+    /// The CA bundle's certificates, in file order.
+    pub ca: Vec<CertificateDer<'static>>,
+    /// The same, as trust anchors.
+    pub roots: RootCertStore,
+    /// This node's certificate, then any intermediates.
+    pub certs: Vec<CertificateDer<'static>>,
+    pub(super) key: PrivateKeyDer<'static>,
+}
+
+/// One loaded certificate's expiry, for the metric and `ferry status`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Expiry {
+    /// `node` (this node's certificate) or `ca` (a certificate of the bundle).
+    pub role: &'static str,
+    /// The certificate's subject, e.g. `CN=ferry-ca-2026, O=ferry`.
+    pub subject: String,
+    /// Seconds since the epoch.
+    pub not_after: i64,
+}
+
+impl Material {
+    /// Read the three files.
+    ///
+    /// # Errors
+    ///
+    /// The errors of [`load_certs`](super::load_certs) and
+    /// [`load_key`](super::load_key), naming the file; [`Error::Tls`] when a
+    /// CA certificate is not a usable trust anchor.
+    pub fn load(files: &TlsFiles) -> Result<Material, Error> {
+        let ca = read_certs(&files.ca, "CA file")?;
+        let mut roots = RootCertStore::empty();
+        for (i, cert) in ca.iter().enumerate() {
+            roots.add(cert.clone()).map_err(|source| Error::Tls {
+                what: format!("certificate #{} in CA file {} is not a usable trust anchor", i + 1, files.ca.display()),
+                source,
+            })?;
+        }
+        Ok(Material {
+            files: files.clone(),
+            ca,
+            roots,
+            certs: read_certs(&files.cert, "certificate file")?,
+            key: read_key(&files.key, "private key file")?,
+        })
+    }
+
+    /// [`load`](Self::load), then check that the key is the certificate's and
+    /// that the CA bundle verifies the certificate now: what a reload demands
+    /// before it replaces working material.
+    ///
+    /// # Errors
+    ///
+    /// As [`load`](Self::load); [`Error::Tls`] naming the files when the key
+    /// does not match or the bundle does not verify the certificate.
+    pub fn load_checked(files: &TlsFiles) -> Result<Material, Error> {
+        let m = Material::load(files)?;
+        m.check()?;
+        Ok(m)
+    }
+
+    /// The key matches the certificate, and the bundle verifies the chain.
+    pub fn check(&self) -> Result<(), Error> {
+        // Building a server config checks the key against the certificate.
+        super::tls::server_config_from(self, &[])?;
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(self.roots.clone()),
+            super::tls::provider(),
+        )
+        .build()
+        .map_err(|source| Error::Verifier { path: self.files.ca.clone(), source })?;
+        let (leaf, chain) = self.certs.split_first().expect("read_certs returns at least one");
+        verifier.verify_client_cert(leaf, chain, UnixTime::now()).map_err(|source| Error::Tls {
+            what: format!(
+                "certificate {} is not verified by the CA bundle {}",
+                self.files.cert.display(),
+                self.files.ca.display()
+            ),
+            source,
+        })?;
+        Ok(())
+    }
+
+    /// Every loaded certificate's expiry: the node's leaf, then each CA.
+    pub fn expiries(&self) -> Vec<Expiry> {
+        let mut out = Vec::new();
+        let mut one = |role: &'static str, der: &CertificateDer<'_>| {
+            if let Ok((_, c)) = x509_parser::parse_x509_certificate(der) {
+                out.push(Expiry {
+                    role,
+                    subject: c.subject().to_string(),
+                    not_after: c.validity().not_after.timestamp(),
+                });
+            }
+        };
+        if let Some(leaf) = self.certs.first() {
+            one("node", leaf);
+        }
+        for c in &self.ca {
+            one("ca", c);
+        }
+        out
+    }
+
+    /// The same certificates and key (whatever the paths).
+    pub fn same_as(&self, other: &Material) -> bool {
+        self.ca == other.ca && self.certs == other.certs && self.key.secret_der() == other.key.secret_der()
+    }
+
+    pub(super) fn key(&self) -> PrivateKeyDer<'static> {
+        self.key.clone_key()
+    }
+}
+
+/// The material in force, replaceable.
+pub struct Live {
+    current: RwLock<Arc<Material>>,
+    generation: AtomicU64,
+}
+
+impl Live {
+    /// Material put in force at start.
+    pub fn new(m: Material) -> Arc<Live> {
+        Arc::new(Live { current: RwLock::new(Arc::new(m)), generation: AtomicU64::new(1) })
+    }
+
+    /// The material in force.
+    pub fn current(&self) -> Arc<Material> {
+        self.current.read().expect("not poisoned").clone()
+    }
+
+    /// Bumped by every [`replace`](Self::replace).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Put `m` in force: handshakes from now on use it.
+    pub fn replace(&self, m: Material) {
+        *self.current.write().expect("not poisoned") = Arc::new(m);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The paths in force.
+    pub fn files(&self) -> TlsFiles {
+        self.current().files.clone()
+    }
+}
+
+type Build<T> = Box<dyn Fn(&Material) -> Result<T, Error> + Send + Sync>;
+
+/// A TLS config built from the live material, rebuilt (once) on its first
+/// use after the material was replaced.
+pub struct Derived<T: Clone> {
+    live: Arc<Live>,
+    build: Build<T>,
+    cache: Mutex<(u64, T)>,
+}
+
+impl<T: Clone> Derived<T> {
+    /// Build it now from what is in force (a failure fails the caller's start).
+    pub fn new(
+        live: Arc<Live>,
+        build: impl Fn(&Material) -> Result<T, Error> + Send + Sync + 'static,
+    ) -> Result<Derived<T>, Error> {
+        let generation = live.generation();
+        let first = build(&live.current())?;
+        Ok(Derived { live, build: Box::new(build), cache: Mutex::new((generation, first)) })
+    }
+
+    /// The config for a new handshake.
+    pub fn get(&self) -> T {
+        let g = self.live.generation();
+        let mut c = self.cache.lock().expect("not poisoned");
+        if c.0 != g {
+            match (self.build)(&self.live.current()) {
+                Ok(t) => *c = (g, t),
+                // Checked before it was put in force: cannot fail but for a bug.
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot build a TLS config from the reloaded material; keeping the previous one");
+                    c.0 = g;
+                }
+            }
+        }
+        c.1.clone()
+    }
+}
