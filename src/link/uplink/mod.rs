@@ -317,17 +317,16 @@ impl Uplink {
         changes.force_relist();
         let mut epoch_checked = false;
         loop {
-            if tune.has_changed().unwrap_or(false) {
-                let t = *tune.borrow_and_update();
-                if t != tuning {
-                    info!(uplink = name, max_rate = ?t.max_rate, burst = t.burst, live_share = t.live_share, "reload: new rate settings in force");
-                    if (t.max_rate, t.burst) != (tuning.max_rate, tuning.burst) {
-                        bucket = t.max_rate.map(|r| TokenBucket::new(r, t.burst, Instant::now(), wire.sent()));
-                    }
-                    sess.retune(t.live_share, t.chunk_max(), ROTATE_AFTER.max(t.burst));
-                    m.uplink_max_rate.with_label_values(&[name]).set(t.max_rate.unwrap_or(0.0) as i64);
-                    tuning = t;
+            // A reload's tuning (woken by `tune.changed()` below, which marks it seen).
+            let t = *tune.borrow();
+            if t != tuning {
+                info!(uplink = name, max_rate = ?t.max_rate, burst = t.burst, live_share = t.live_share, "reload: new rate settings in force");
+                if (t.max_rate, t.burst) != (tuning.max_rate, tuning.burst) {
+                    bucket = t.max_rate.map(|r| TokenBucket::new(r, t.burst, Instant::now(), wire.sent()));
                 }
+                sess.retune(t.live_share, t.chunk_max(), ROTATE_AFTER.max(t.burst));
+                m.uplink_max_rate.with_label_values(&[name]).set(t.max_rate.unwrap_or(0.0) as i64);
+                tuning = t;
             }
             if !epoch_checked && sess.welcomed() {
                 epoch_checked = true;
