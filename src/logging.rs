@@ -1,6 +1,6 @@
-//! The log subscriber, with a filter a reload can replace (`[log] level`).
-//! `FERRY_LOG`, when set, wins over the config: an operator debugging a
-//! node keeps the filter they asked for across reloads.
+//! The log subscriber, with a filter a reload can replace. `[log] level`,
+//! when the config sets it, wins; else `FERRY_LOG` (the units set it), else
+//! `info`.
 
 use std::sync::OnceLock;
 
@@ -25,14 +25,14 @@ pub fn init() {
                 .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
         )
         .init();
-    if env.is_none() {
-        let _ = SET.set(Box::new(move |f| handle.reload(f).map_err(|e| e.to_string())));
-    }
+    let _ = SET.set(Box::new(move |f| handle.reload(f).map_err(|e| e.to_string())));
 }
 
-/// Put `level` (validated by the config) in force, unless `FERRY_LOG` is
-/// set or no subscriber was installed by [`init`] (tests). True if applied.
-pub fn set_level(level: &str) -> bool {
+/// Put the config's `[log] level` (validated) in force; `None`: `FERRY_LOG`
+/// or `info`. False when no subscriber was installed by [`init`] (tests).
+pub fn set_level(level: Option<&str>) -> bool {
+    let env = std::env::var("FERRY_LOG").ok();
+    let level = level.or(env.as_deref()).unwrap_or("info");
     match (SET.get(), EnvFilter::try_new(level)) {
         (Some(set), Ok(f)) => set(f).is_ok(),
         _ => false,

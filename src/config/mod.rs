@@ -24,8 +24,8 @@ pub struct Config {
     pub source: String,
     pub node: NodeConfig,
     pub admin: AdminConfig,
-    /// `[log] level`: a `tracing` filter (`FERRY_LOG`, when set, wins).
-    pub log_level: String,
+    /// `[log] level`: a `tracing` filter; unset: `FERRY_LOG`, else `info`.
+    pub log_level: Option<String>,
     pub store: StoreConfig,
     /// Stream names, in file order.
     pub streams: Vec<String>,

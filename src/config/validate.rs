@@ -159,17 +159,17 @@ pub fn validate(text: &str, file: &str) -> Result<Config, Error> {
     // [log]
     let log_level = match raw.log.as_ref().and_then(|l| l.level.as_ref()) {
         Some(l) => match tracing_subscriber::EnvFilter::try_new(l.get_ref()) {
-            Ok(_) => l.get_ref().clone(),
+            Ok(_) => Some(l.get_ref().clone()),
             Err(e) => {
                 cx.at(
                     "log.level",
                     l,
                     format!("{:?} is not a log filter such as \"info\" or \"warn,ferry=debug\" ({e})", l.get_ref()),
                 );
-                String::new()
+                None
             }
         },
-        None => "info".to_owned(),
+        None => None,
     };
 
     // [[stream]]

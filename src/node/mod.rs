@@ -100,7 +100,7 @@ pub async fn run(file: Option<PathBuf>, cfg: Config, text: &str, clock: Arc<dyn 
     let metrics = Metrics::new();
     metrics.up_since.set(clock.now_ms() / 1000);
     info!(site = %cfg.node.site, node = %cfg.node.name, data_dir = %cfg.node.data_dir.display(), config = %cfg.source, "ferry starting");
-    crate::logging::set_level(&cfg.log_level);
+    crate::logging::set_level(cfg.log_level.as_deref());
     let fs = Fs::from_env().map_err(|e| anyhow::anyhow!("FERRY_FAULTS: {e}"))?;
     if fs.faults().is_some() {
         warn!("FERRY_FAULTS is set: disk faults are being injected on purpose (a test); never run a production node like this");
@@ -572,8 +572,8 @@ impl Node {
         if plan.retention {
             self.store.set_retention(new.store.retention.clone());
         }
-        if plan.log_level && !crate::logging::set_level(&new.log_level) {
-            info!(level = %new.log_level, "reload: FERRY_LOG is set and keeps its filter");
+        if plan.log_level {
+            crate::logging::set_level(new.log_level.as_deref());
         }
         let ok = self.metrics.config_last_reload_ok.get();
         self.cfg = new;
