@@ -154,3 +154,160 @@ fn reload_changes_listeners_rate_and_addresses_in_place_and_refuses_what_it_must
     assert_eq!(ids.len(), 100);
     assert!(ids.values().all(|&n| n == 1));
 }
+
+fn certs(args: &[&str]) {
+    let out = std::process::Command::new(FERRY).arg("certs").args(args).output().unwrap();
+    assert!(out.status.success(), "ferry certs {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn ca_count(node: &Node) -> usize {
+    node.metrics().lines().filter(|l| l.starts_with("ferry_certificate_expiry_timestamp_seconds{role=\"ca\"")).count()
+}
+
+/// certs/README.md, "Rotation", run step by step while an edge delivers to
+/// central: new CA into both bundles, reload; new node certificates, reload;
+/// old CA out, reload. After each reload the uplink dials again (a new
+/// handshake with what is now in force), and delivery never pauses longer
+/// than a reconnect.
+#[test]
+fn the_ca_rotation_procedure_keeps_the_link_delivering() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    let pki_dir = TestDir::new("pki");
+    let pki = Pki::new(&pki_dir, "pki");
+    let link = free_port();
+    let p = pair("rotate", &pki, Via::Tls, link, link, "", "");
+    let central = Node::start(&p.central_dir, &p.central_cfg, p.central_ports.admin);
+    let mut edge = Node::start(&p.edge_dir, &p.edge_cfg, p.edge_ports.admin);
+    assert_eq!(ca_count(&edge), 1);
+
+    // Records flow all along; acknowledged bytes are sampled every 100 ms.
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(Mutex::new(0usize));
+    let sender = {
+        let (stop, sent, port) = (stop.clone(), sent.clone(), p.edge_ports.tcp);
+        std::thread::spawn(move || {
+            let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let batch: String = (i..i + 20).map(|j| line("rot", j)).collect();
+                c.write_all(batch.as_bytes()).unwrap();
+                i += 20;
+                *sent.lock().unwrap() = i;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    let samples = Arc::new(Mutex::new(Vec::<(Instant, f64)>::new()));
+    let sampler = {
+        let (stop, samples, admin) = (stop.clone(), samples.clone(), p.edge_ports.admin);
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok((_, text)) = http_get(admin, "/metrics") {
+                    samples
+                        .lock()
+                        .unwrap()
+                        .push((Instant::now(), metric_value(&text, "ferry_uplink_acked_bytes_total", &[])));
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    let (edge_dir, central_dir) = (pki.dir.join("edge"), pki.dir.join("central"));
+    let old_ca = std::fs::read_to_string(edge_dir.join("ca.pem")).unwrap();
+    let mut edge_cfg = p.edge_cfg.clone();
+    let mut flip = false;
+    // Reload both with the files as they are now, then make the uplink dial
+    // again (a changed connect_timeout restarts it) and see it deliver.
+    let mut step = |edge: &Node, what: &str| {
+        reload(&central, &p.central_cfg, "applied");
+        reload(edge, &edge_cfg, "applied");
+        flip = !flip;
+        edge_cfg = if flip {
+            edge_cfg.replace("connect_timeout = \"2s\"", "connect_timeout = \"3s\"")
+        } else {
+            edge_cfg.replace("connect_timeout = \"3s\"", "connect_timeout = \"2s\"")
+        };
+        let dials = edge.log_text().matches("uplink connected").count();
+        reload(edge, &edge_cfg, "applied");
+        let t = Instant::now();
+        while edge.log_text().matches("uplink connected").count() == dials {
+            assert!(t.elapsed() < Duration::from_secs(15), "{what}: the uplink did not connect again");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let acked = edge.metric("ferry_uplink_acked_bytes_total", &[]);
+        edge.wait_metric("ferry_uplink_acked_bytes_total", &[], Duration::from_secs(15), |v| v > acked);
+        eprintln!("{what}: delivering");
+    };
+
+    // 1. A new CA, added to every bundle.
+    let new_ca_dir = pki_dir.join("new-ca");
+    certs(&["ca", "--out", &new_ca_dir.display().to_string(), "--name", "ferry CA 2027"]);
+    let new_ca = std::fs::read_to_string(new_ca_dir.join("ca.pem")).unwrap();
+    for d in [&edge_dir, &central_dir] {
+        std::fs::write(d.join("ca.pem"), format!("{old_ca}{new_ca}")).unwrap();
+    }
+    step(&edge, "bundle of both CAs");
+    assert_eq!(ca_count(&edge), 2);
+    assert_eq!(ca_count(&central), 2);
+
+    // 2. Every node reissued by the new CA.
+    let issued = pki_dir.join("reissued");
+    let s = |p: std::path::PathBuf| p.display().to_string();
+    let ca = s(new_ca_dir.clone());
+    certs(&["issue", "--ca", &ca, "--site", "edge1", "--node", "relay-1", "--out", &s(issued.join("edge"))]);
+    certs(&[
+        "issue",
+        "--ca",
+        &ca,
+        "--site",
+        "central",
+        "--node",
+        "c1",
+        "--ip",
+        "127.0.0.1",
+        "--dns",
+        "localhost",
+        "--out",
+        &s(issued.join("central")),
+    ]);
+    for (from, to) in [(issued.join("edge"), &edge_dir), (issued.join("central"), &central_dir)] {
+        for f in ["node.pem", "node.key"] {
+            std::fs::copy(from.join(f), to.join(f)).unwrap();
+        }
+    }
+    step(&edge, "new node certificates");
+
+    // 3. The old CA out of every bundle.
+    for d in [&edge_dir, &central_dir] {
+        std::fs::write(d.join("ca.pem"), &new_ca).unwrap();
+    }
+    step(&edge, "new CA alone");
+    assert_eq!(ca_count(&edge), 1);
+    let m = edge.metrics();
+    assert!(m.contains("ferry CA 2027"), "the CA in force is the new one:\n{m}");
+
+    stop.store(true, Ordering::Relaxed);
+    sender.join().unwrap();
+    sampler.join().unwrap();
+    let n = *sent.lock().unwrap();
+    // The longest time acknowledged bytes did not move while records flowed.
+    let samples = samples.lock().unwrap();
+    let mut longest = Duration::ZERO;
+    let mut since = samples[0].0;
+    for w in samples.windows(2) {
+        if w[1].1 > w[0].1 {
+            longest = longest.max(w[1].0 - since);
+            since = w[1].0;
+        }
+    }
+    eprintln!("{n} records sent; longest pause in delivery {longest:?}");
+    assert!(longest < Duration::from_secs(5), "delivery paused {longest:?} (more than a reconnect)");
+    edge.wait_metric("ferry_committed_records_total", &[], Duration::from_secs(20), |v| v >= n as f64);
+    edge.stop();
+    wait_mirrored(&edge.data, &central.data, Duration::from_secs(60));
+    assert_byte_identical(&edge.data, &central.data);
+    let ids = id_counts(&central.data, "rot-").unwrap();
+    assert_eq!(ids.len(), n);
+    assert!(ids.values().all(|&c| c == 1));
+}
