@@ -157,3 +157,42 @@ fn a_receive_only_central_needs_no_stream() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no [[stream]]"), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// `ferry status` shows rates over the last seconds (records/s, bytes/s per
+/// listener and stream) and counts the open segment in "archive" (it used
+/// to say `archive: 0 B in 0 segments` with one open segment, and totals only).
+#[test]
+fn status_shows_rates_and_counts_the_open_segment() {
+    use std::io::Write;
+    let dir = TestDir::new("status-rates");
+    let ports = Ports { tcp: free_port(), udp: free_port(), admin: free_port() };
+    let mut node = Node::start(&dir, &node_config(&dir, &ports, "", "", ""), ports.admin);
+    std::thread::sleep(Duration::from_millis(500));
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", ports.tcp)).unwrap();
+    let t = Instant::now();
+    let mut n = 0;
+    while t.elapsed() < Duration::from_secs(3) {
+        for _ in 0..20 {
+            c.write_all(format!("<13>Nov 30 10:00:00 h app: rate-{n:06}\n").as_bytes()).unwrap();
+            n += 1;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    node.wait_metric("ferry_committed_records_total", &[], Duration::from_secs(10), |v| v >= n as f64);
+    let out = Command::new(FERRY).args(["status", "--admin", &format!("127.0.0.1:{}", ports.admin)]).output().unwrap();
+    let s = String::from_utf8_lossy(&out.stdout).into_owned();
+    let archive = s.lines().find(|l| l.starts_with("archive: ")).unwrap_or_default();
+    assert!(archive.contains("in 1 segments (1 open)") && !archive.starts_with("archive: 0 B"), "{s}");
+    // About 200 records/s for 3 s, over the time since the first sample.
+    let row = s.lines().find(|l| l.trim_start().starts_with("tcp ")).unwrap_or_else(|| panic!("{s}"));
+    let per_sec: f64 = row
+        .split_whitespace()
+        .nth(3)
+        .and_then(|r| r.strip_suffix("/s"))
+        .and_then(|r| r.parse().ok())
+        .unwrap_or_else(|| panic!("{row}\n{s}"));
+    assert!((50.0..=400.0).contains(&per_sec), "tcp at {per_sec}/s:\n{s}");
+    assert!(s.contains("RECORDS/S") && s.contains("RAW/S"), "{s}");
+    assert!(s.contains("config: ") && s.contains("sha256"), "{s}");
+    node.stop();
+}

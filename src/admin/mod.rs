@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics::Metrics;
 
 pub mod client;
+pub mod rates;
 pub mod status;
 
 /// What the admin endpoints read.
@@ -28,6 +29,8 @@ pub struct AdminState {
     pub node: String,
     /// For `/readyz`: streams whose disk refuses writes.
     pub store: Arc<crate::store::Store>,
+    /// Counters sampled for the rates of `/status`.
+    pub rates: Arc<rates::Rates>,
 }
 
 /// Serve until `stop` is cancelled.
@@ -38,9 +41,28 @@ pub async fn serve(listener: TcpListener, state: AdminState, stop: CancellationT
         .route("/readyz", get(readyz))
         .route(
             "/status",
-            get(|State(s): State<AdminState>| async move { status::render(&s.metrics, &s.site, &s.node) }),
+            get(|State(s): State<AdminState>| async move {
+                let dir = s.store.archive_dir().to_owned();
+                let archive = tokio::task::spawn_blocking(move || status::archive_now(&dir))
+                    .await
+                    .unwrap_or(status::Archive { bytes: 0, segments: 0 });
+                status::render(&s.metrics, &s.site, &s.node, &archive, &s.rates)
+            }),
         )
-        .with_state(state);
+        .with_state(state.clone());
+    // Ends with the admin server (same token).
+    {
+        let (st, stop) = (state, stop.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(rates::EVERY);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => st.rates.sample(&st.metrics),
+                }
+            }
+        });
+    }
     axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await
 }
 

@@ -10,7 +10,7 @@ use crate::metrics::Metrics;
 
 /// Sample values of one metric family, keyed by the values of `labels`, in
 /// that order (the registry returns labels sorted by name).
-fn series(fams: &[MetricFamily], name: &str, labels: &[&str]) -> BTreeMap<Vec<String>, f64> {
+pub(super) fn series(fams: &[MetricFamily], name: &str, labels: &[&str]) -> BTreeMap<Vec<String>, f64> {
     let mut out = BTreeMap::new();
     if let Some(f) = fams.iter().find(|f| f.name() == name) {
         for m in f.get_metric() {
@@ -53,17 +53,67 @@ fn bytes(v: f64) -> String {
     }
 }
 
+/// `12.3k/s`, or `-` while no rate is known yet.
+fn rate(r: Option<f64>, unit_bytes: bool) -> String {
+    match r {
+        None => "-".into(),
+        Some(v) if unit_bytes => format!("{}/s", bytes(v)),
+        Some(v) if v >= 10_000.0 => format!("{:.1}k/s", v / 1000.0),
+        Some(v) => format!("{v:.0}/s"),
+    }
+}
+
+/// What the page shows besides metrics: the archive as it is on disk now.
+pub struct Archive {
+    pub bytes: u64,
+    pub segments: u64,
+}
+
+/// The archive's files now (open segments included), for the page.
+pub fn archive_now(dir: &std::path::Path) -> Archive {
+    let mut a = Archive { bytes: 0, segments: 0 };
+    for e in walkdir::WalkDir::new(dir).into_iter().filter_map(Result::ok) {
+        if e.file_type().is_file() && e.file_name().to_string_lossy().ends_with(".zst") {
+            a.segments += 1;
+            a.bytes += e.metadata().map(|m| m.len()).unwrap_or(0);
+        }
+    }
+    a
+}
+
 /// Render the status page.
-pub fn render(m: &Metrics, site: &str, node: &str) -> String {
+pub fn render(m: &Metrics, site: &str, node: &str, archive: &Archive, rates: &super::rates::Rates) -> String {
     let fams = m.registry.gather();
     let get = |n: &str, l: &[&str]| series(&fams, n, l);
+    let per_sec = rates.per_sec(&fams);
+    let r = |name: &'static str, key: &str| {
+        per_sec.as_ref().map(|p| p.get(&(name, key.to_owned())).copied().unwrap_or(0.0))
+    };
     let mut s = String::new();
     let up = crate::store::clock::Clock::now_ms(&crate::store::clock::SystemClock) / 1000 - m.up_since.get();
     let ready = if m.ready.get() == 1 { "ready" } else { "not ready" };
     let _ = writeln!(s, "ferry {} — site {site}, node {node}, up {up}s, {ready}", env!("CARGO_PKG_VERSION"));
     let full = if m.store_full.get() == 1 { "  (FULL: refusing records, on_full = reject)" } else { "" };
-    let _ =
-        writeln!(s, "archive: {} in {} segments{full}", bytes(m.archive_bytes.get() as f64), m.archive_segments.get());
+    let open_segments: f64 = get("ferry_segments_open", &["stream"]).values().sum();
+    let _ = writeln!(
+        s,
+        "archive: {} in {} segments ({} open){full}",
+        bytes(archive.bytes as f64),
+        archive.segments,
+        open_segments as u64
+    );
+    let hash = get("ferry_config_info", &["hash", "file"]).keys().next().cloned().unwrap_or_default();
+    if hash.len() == 2 {
+        let reload = if m.config_last_reload_ok.get() == 1 { "" } else { "  (LAST RELOAD REFUSED: see the log)" };
+        let _ = writeln!(s, "config: {} sha256 {}…{reload}", hash[1], hash[0]);
+    }
+    let certs = get("ferry_certificate_expiry_timestamp_seconds", &["role", "subject"]);
+    let now = crate::store::clock::Clock::now_ms(&crate::store::clock::SystemClock) / 1000;
+    for (k, v) in &certs {
+        let days = (*v as i64 - now) / 86_400;
+        let warn = if days < 30 { "  EXPIRES SOON: certs/README.md, rotation" } else { "" };
+        let _ = writeln!(s, "certificate ({}): {} expires in {days} days{warn}", k[0], k[1]);
+    }
 
     let committed = by_first(&get("ferry_committed_records_total", &["stream"]));
     let cbytes = by_first(&get("ferry_committed_bytes_total", &["stream"]));
@@ -72,20 +122,22 @@ pub fn render(m: &Metrics, site: &str, node: &str) -> String {
     let unwritable = get("ferry_store_unwritable", &["stream", "reason"]);
     let _ = writeln!(
         s,
-        "\nstreams\n  {:<16} {:>14} {:>12} {:>12} {:>5}  DISK",
-        "STREAM", "RECORDS", "RAW", "ON DISK", "OPEN"
+        "\nstreams\n  {:<16} {:>14} {:>12} {:>12} {:>5} {:>10} {:>12}  DISK",
+        "STREAM", "RECORDS", "RAW", "ON DISK", "OPEN", "RECORDS/S", "RAW/S"
     );
     for (k, v) in &committed {
         let down: Vec<&str> =
             unwritable.iter().filter(|(l, n)| l[0] == *k && **n > 0.0).map(|(l, _)| l[1].as_str()).collect();
         let _ = writeln!(
             s,
-            "  {:<16} {:>14} {:>12} {:>12} {:>5}  {}",
+            "  {:<16} {:>14} {:>12} {:>12} {:>5} {:>10} {:>12}  {}",
             k,
             *v as u64,
             bytes(cbytes.get(k).copied().unwrap_or(0.0)),
             bytes(written.get(k).copied().unwrap_or(0.0)),
             open.get(k).copied().unwrap_or(0.0) as u64,
+            rate(r("ferry_committed_records_total", k), false),
+            rate(r("ferry_committed_bytes_total", k), true),
             if down.is_empty() { "ok".to_owned() } else { format!("REFUSING RECORDS: {}", down.join(",")) }
         );
     }
@@ -96,7 +148,11 @@ pub fn render(m: &Metrics, site: &str, node: &str) -> String {
     let kernel = by_first(&get("ferry_socket_dropped_datagrams_total", &["listener"]));
     let refused = get("ferry_refused_records_total", &["listener", "reason"]);
     let conns_refused = get("ferry_connections_refused_total", &["listener", "reason"]);
-    let _ = writeln!(s, "\nlisteners\n  {:<16} {:>14} {:>6}  DROPPED, REFUSED", "LISTENER", "RECEIVED", "CONNS");
+    let _ = writeln!(
+        s,
+        "\nlisteners\n  {:<16} {:>14} {:>6} {:>10} {:>12}  DROPPED, REFUSED",
+        "LISTENER", "RECEIVED", "CONNS", "RECORDS/S", "BYTES/S"
+    );
     for (k, v) in &received {
         let mut drops: Vec<String> = dropped
             .iter()
@@ -121,10 +177,12 @@ pub fn render(m: &Metrics, site: &str, node: &str) -> String {
         );
         let _ = writeln!(
             s,
-            "  {:<16} {:>14} {:>6}  {}",
+            "  {:<16} {:>14} {:>6} {:>10} {:>12}  {}",
             k,
             *v as u64,
             active.get(k).copied().unwrap_or(0.0) as u64,
+            rate(r("ferry_received_records_total", k), false),
+            rate(r("ferry_received_bytes_total", k), true),
             if drops.is_empty() { "-".to_owned() } else { drops.join(" ") }
         );
     }
@@ -139,8 +197,8 @@ pub fn render(m: &Metrics, site: &str, node: &str) -> String {
         let errors = get("ferry_uplink_errors_total", &["uplink", "reason"]);
         let _ = writeln!(
             s,
-            "\nuplinks\n  {:<16} {:>9} {:>12} {:>14} {:>10} {:>9}  RECEIVER REFUSES",
-            "UPLINK", "CONNECTED", "WIRE", "CAP", "RECONNECTS", "DELIVERED"
+            "\nuplinks\n  {:<16} {:>9} {:>12} {:>14} {:>10} {:>9} {:>12} {:>12}  RECEIVER REFUSES",
+            "UPLINK", "CONNECTED", "WIRE", "CAP", "RECONNECTS", "DELIVERED", "WIRE/S", "ACKED/S"
         );
         for (k, v) in &connected {
             let name = &k[0];
@@ -157,13 +215,15 @@ pub fn render(m: &Metrics, site: &str, node: &str) -> String {
             }
             let _ = writeln!(
                 s,
-                "  {:<16} {:>9} {:>12} {:>14} {:>10} {:>9}  {}",
+                "  {:<16} {:>9} {:>12} {:>14} {:>10} {:>9} {:>12} {:>12}  {}",
                 name,
                 if *v > 0.0 { "yes" } else { "NO" },
                 bytes(wire.get(name).copied().unwrap_or(0.0)),
                 if c > 0.0 { format!("{:.1} Mbit/s", c * 8.0 / 1e6) } else { "none".into() },
                 rec.get(name).copied().unwrap_or(0.0) as u64,
                 deliv.get(name).copied().unwrap_or(0.0) as u64,
+                rate(r("ferry_uplink_wire_bytes_total", name), true),
+                rate(r("ferry_uplink_acked_bytes_total", name), true),
                 if refusing.is_empty() { "-".to_owned() } else { refusing.join(" ") }
             );
         }

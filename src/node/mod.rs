@@ -156,6 +156,7 @@ pub async fn run(file: Option<PathBuf>, cfg: Config, text: &str, clock: Arc<dyn 
             store: store.clone(),
             site: cfg.node.site.clone(),
             node: cfg.node.name.clone(),
+            rates: Default::default(),
         };
         let stop = admin_stop.clone();
         admin_task = Some(tokio::spawn(async move {

@@ -390,6 +390,11 @@ impl Store {
         Ok(())
     }
 
+    /// `data_dir/archive`.
+    pub fn archive_dir(&self) -> &std::path::Path {
+        &self.archive_dir
+    }
+
     /// The retention settings in force.
     pub fn retention(&self) -> crate::config::RetentionConfig {
         self.retention.read().expect("not poisoned").clone()
