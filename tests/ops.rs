@@ -509,8 +509,75 @@ all:
     let (st, out) = playbook(&w.path, &inventory, &site, &["-e", &format!("@{}", vars.display())]);
     assert!(st.success(), "run with a valid change failed:\n{out}");
     assert_eq!(recap(&out, "relay-ci")["changed"], 1, "only the config changed:\n{out}");
-    assert!(out.contains(handler), "a config change runs the restart handler:\n{out}");
+    assert!(!out.contains(handler), "a reloadable change does not restart:\n{out}");
+    assert!(
+        out.contains("ferry config applied by reload")
+            && out.contains("RUNNING HANDLER [ferry : Reload ferry for the config]"),
+        "a max_rate change is applied by reload:\n{out}"
+    );
     assert!(std::fs::read_to_string(&config).unwrap().contains("max_rate = \"20Mbit/s\""));
+    assert!(
+        !std::fs::read_dir(root.join("etc/ferry")).unwrap().any(|e| e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .contains('~')),
+        "the backup kept for the decision is removed"
+    );
+    // What `systemctl reload ferry` does (ExecReload: SIGHUP to the main
+    // pid): the same process takes the new rate.
+    let pid = node.child.as_ref().unwrap().id();
+    let reloads = |result: &str| {
+        metric_value(&http_get(admin, "/metrics").unwrap().1, "ferry_config_reloads_total", &[("result", result)])
+    };
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(pid as i32, libc::SIGHUP) };
+    let t = Instant::now();
+    while reloads("applied") < 1.0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "reload not applied:\n{}",
+            std::fs::read_to_string(&log).unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(node.child.as_ref().unwrap().id(), pid);
+    assert!(node.child.as_mut().unwrap().try_wait().unwrap().is_none(), "still running after the reload");
+    assert_eq!(
+        metric_value(&http_get(admin, "/metrics").unwrap().1, "ferry_uplink_max_rate_bytes", &[]),
+        2_500_000.0,
+        "the new cap is in force"
+    );
+
+    // 3b. A change a reload cannot take ([node] site): the role restarts, and
+    // the node itself would refuse it by name.
+    let vars = w.join("other-site.json");
+    std::fs::write(&vars, format!(r#"{{"ferry_uplinks": {}, "ferry_site": "edge9"}}"#, uplinks_json(link, "20Mbit/s")))
+        .unwrap();
+    // The relay only: the collector of site edge1 would have no relay.
+    let (st, out) = playbook(&w.path, &inventory, &site, &["-l", "relay-ci", "-e", &format!("@{}", vars.display())]);
+    assert!(st.success(), "run with a site change failed:\n{out}");
+    assert!(
+        out.contains("ferry config applied by restart") && out.contains("node.site"),
+        "a site change is applied by restart, naming the key:\n{out}"
+    );
+    assert!(out.contains("RUNNING HANDLER [ferry : Restart ferry for the config]"), "{out}");
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(pid as i32, libc::SIGHUP) };
+    let t = Instant::now();
+    while reloads("refused") < 1.0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "reload not refused:\n{}",
+            std::fs::read_to_string(&log).unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(std::fs::read_to_string(&log).unwrap().contains("reload refused: node.site"));
+    // Back to the inventory's site for what follows.
+    let vars = w.join("faster.json");
+    let (st, out) = playbook(&w.path, &inventory, &site, &["-l", "relay-ci", "-e", &format!("@{}", vars.display())]);
+    assert!(st.success(), "run back to the inventory's site failed:\n{out}");
 
     // 4. Broken configs: the play fails at the template task, the installed
     // config is untouched, no handler runs (even one notified earlier in the

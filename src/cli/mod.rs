@@ -37,6 +37,11 @@ enum Command {
     Check {
         #[arg(short, long)]
         config: PathBuf,
+        /// Also say whether a node running on this (older) file can take the
+        /// new one by reload: exit 0 if so, 3 if it needs a restart (each key
+        /// named). A missing or invalid old file needs a restart.
+        #[arg(long, value_name = "OLD")]
+        reloadable_from: Option<PathBuf>,
     },
     /// Check every frame and checksum of an archive (a data_dir or its archive/).
     Verify {
@@ -69,7 +74,7 @@ enum Command {
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Run { config } => run::run(config),
-        Command::Check { config } => check::check(&config),
+        Command::Check { config, reloadable_from } => check::check(&config, reloadable_from.as_deref()),
         Command::Verify { dir, verbose } => verify::verify(&dir, verbose),
         Command::Send(a) => send::send(a),
         Command::Cat(a) => cat::cat(a),

@@ -551,7 +551,9 @@ impl Node {
         }
         for (name, t) in &plan.tuned {
             if let Some(r) = self.uplinks.get(name) {
+                // The session (if any) takes it at once; the next one starts with it.
                 let _ = r.tune.send(*t);
+                self.metrics.uplink_max_rate.with_label_values(&[name]).set(t.max_rate.unwrap_or(0.0) as i64);
             }
         }
         for k in &plan.sinks.removed {
