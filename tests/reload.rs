@@ -253,24 +253,7 @@ fn the_ca_rotation_procedure_keeps_the_link_delivering() {
 
     // 2. Every node reissued by the new CA.
     let issued = pki_dir.join("reissued");
-    let s = |p: std::path::PathBuf| p.display().to_string();
-    let ca = s(new_ca_dir.clone());
-    certs(&["issue", "--ca", &ca, "--site", "edge1", "--node", "relay-1", "--out", &s(issued.join("edge"))]);
-    certs(&[
-        "issue",
-        "--ca",
-        &ca,
-        "--site",
-        "central",
-        "--node",
-        "c1",
-        "--ip",
-        "127.0.0.1",
-        "--dns",
-        "localhost",
-        "--out",
-        &s(issued.join("central")),
-    ]);
+    issue_nodes(&new_ca_dir, &issued);
     for (from, to) in [(issued.join("edge"), &edge_dir), (issued.join("central"), &central_dir)] {
         for f in ["node.pem", "node.key"] {
             std::fs::copy(from.join(f), to.join(f)).unwrap();

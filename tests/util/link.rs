@@ -19,24 +19,8 @@ impl Pki {
             let out = Command::new(FERRY).arg("certs").args(args).output().unwrap();
             assert!(out.status.success(), "ferry certs {args:?}: {}", String::from_utf8_lossy(&out.stderr));
         };
-        let p = |s: &str| root.join(s).display().to_string();
-        run(&["ca", "--out", &p("ca")]);
-        run(&["issue", "--ca", &p("ca"), "--site", "edge1", "--node", "relay-1", "--out", &p("edge")]);
-        run(&[
-            "issue",
-            "--ca",
-            &p("ca"),
-            "--site",
-            "central",
-            "--node",
-            "c1",
-            "--ip",
-            "127.0.0.1",
-            "--dns",
-            "localhost",
-            "--out",
-            &p("central"),
-        ]);
+        run(&["ca", "--out", &root.join("ca").display().to_string()]);
+        issue_nodes(&root.join("ca"), &root);
         Pki { dir: root }
     }
 
@@ -50,6 +34,32 @@ impl Pki {
             d.join("node.key").display()
         )
     }
+}
+
+/// Issue the edge's (`out/edge`) and central's (`out/central`, for
+/// 127.0.0.1 and localhost) certificates with the CA in `ca`.
+pub fn issue_nodes(ca: &Path, out: &Path) {
+    let run = |args: &[&str]| {
+        let o = Command::new(FERRY).arg("certs").args(args).output().unwrap();
+        assert!(o.status.success(), "ferry certs {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    };
+    let (ca, p) = (ca.display().to_string(), |s: &str| out.join(s).display().to_string());
+    run(&["issue", "--ca", &ca, "--site", "edge1", "--node", "relay-1", "--out", &p("edge")]);
+    run(&[
+        "issue",
+        "--ca",
+        &ca,
+        "--site",
+        "central",
+        "--node",
+        "c1",
+        "--ip",
+        "127.0.0.1",
+        "--dns",
+        "localhost",
+        "--out",
+        &p("central"),
+    ]);
 }
 
 /// Link transport of a scenario.
