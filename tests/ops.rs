@@ -527,20 +527,23 @@ all:
     // What `systemctl reload ferry` does (ExecReload: SIGHUP to the main
     // pid): the same process takes the new rate.
     let pid = node.child.as_ref().unwrap().id();
-    let reloads = |result: &str| {
-        metric_value(&http_get(admin, "/metrics").unwrap().1, "ferry_config_reloads_total", &[("result", result)])
+    // What ExecReload does, then wait until the node counts a reload as `result`.
+    let hup_until = |result: &str| {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(pid as i32, libc::SIGHUP) };
+        let t = Instant::now();
+        while metric_value(&http_get(admin, "/metrics").unwrap().1, "ferry_config_reloads_total", &[("result", result)])
+            < 1.0
+        {
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "reload not {result}:\n{}",
+                std::fs::read_to_string(&log).unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     };
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe { libc::kill(pid as i32, libc::SIGHUP) };
-    let t = Instant::now();
-    while reloads("applied") < 1.0 {
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "reload not applied:\n{}",
-            std::fs::read_to_string(&log).unwrap()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    hup_until("applied");
     assert_eq!(node.child.as_ref().unwrap().id(), pid);
     assert!(node.child.as_mut().unwrap().try_wait().unwrap().is_none(), "still running after the reload");
     assert_eq!(
@@ -562,17 +565,7 @@ all:
         "a site change is applied by restart, naming the key:\n{out}"
     );
     assert!(out.contains("RUNNING HANDLER [ferry : Restart ferry for the config]"), "{out}");
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe { libc::kill(pid as i32, libc::SIGHUP) };
-    let t = Instant::now();
-    while reloads("refused") < 1.0 {
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "reload not refused:\n{}",
-            std::fs::read_to_string(&log).unwrap()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    hup_until("refused");
     assert!(std::fs::read_to_string(&log).unwrap().contains("reload refused: node.site"));
     // Back to the inventory's site for what follows.
     let vars = w.join("faster.json");
