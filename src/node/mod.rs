@@ -137,6 +137,7 @@ pub async fn run(file: Option<PathBuf>, cfg: Config, text: &str, clock: Arc<dyn 
         cfg: cfg.clone(),
     };
     node.config_in_force(text);
+    metrics.config_last_reload_ok.set(1);
 
     // Bind everything before serving anything: a port in use fails the start.
     let mut bound = Vec::new();
@@ -262,7 +263,6 @@ impl Node {
         m.config_info.reset();
         m.config_info.with_label_values(&[&config_hash(text), &self.cfg.source]).set(1);
         m.config_loaded.set(self.clock.now_ms() / 1000);
-        m.config_last_reload_ok.set(1);
         m.certificate_expiry.reset();
         if let Some(live) = &self.tls {
             let now = self.clock.now_ms() / 1000;
@@ -419,10 +419,12 @@ impl Node {
         };
         info!(config = %file.display(), "SIGHUP: reloading the config");
         match self.try_reload(&file).await {
-            Ok(true) => {
+            Ok(Some(complete)) => {
                 self.metrics.config_reloads.with_label_values(&["applied"]).inc();
+                // A listener that could not start again leaves the reload incomplete.
+                self.metrics.config_last_reload_ok.set(i64::from(complete));
             }
-            Ok(false) => {
+            Ok(None) => {
                 info!("reload: nothing changed");
                 self.metrics.config_reloads.with_label_values(&["unchanged"]).inc();
                 self.metrics.config_last_reload_ok.set(1);
@@ -446,8 +448,8 @@ impl Node {
         }
     }
 
-    /// True if something changed.
-    async fn try_reload(&mut self, file: &Path) -> Result<bool, Refusal> {
+    /// `None` if nothing changed, else whether everything was applied.
+    async fn try_reload(&mut self, file: &Path) -> Result<Option<bool>, Refusal> {
         let text = std::fs::read_to_string(file)
             .map_err(|e| Refusal::Invalid(vec![format!("{}: cannot read: {e}", file.display())]))?;
         let new = crate::config::validate(&text, &file.display().to_string()).map_err(|e| match e {
@@ -471,7 +473,7 @@ impl Node {
         if plan.is_empty() && !tls_changed {
             self.cfg = new;
             self.config_in_force(&text);
-            return Ok(false);
+            return Ok(None);
         }
 
         // Listeners that bind a socket no listener in force holds are bound
@@ -512,6 +514,7 @@ impl Node {
                 error!(listener = %l.name, error = %format!("{e:#}"), "reload: cannot start listener");
             }
         }
+        let mut complete = true;
         for l in coming.iter().filter(|l| frees(l)) {
             let started = match self.bind(l).await {
                 Ok(b) => self.serve(l, b),
@@ -519,7 +522,7 @@ impl Node {
             };
             if let Err(e) = started {
                 error!(listener = %l.name, error = %format!("{e:#}"), "reload: cannot start the listener; starting the one it replaces again");
-                self.metrics.config_last_reload_ok.set(0);
+                complete = false;
                 if let Some(old) = plan.listeners.changed.iter().find(|(_, n)| n.name == l.name).map(|(o, _)| o) {
                     match self.bind(old).await {
                         Ok(b) => {
@@ -578,12 +581,10 @@ impl Node {
         if plan.log_level {
             crate::logging::set_level(new.log_level.as_deref());
         }
-        let ok = self.metrics.config_last_reload_ok.get();
         self.cfg = new;
         self.config_in_force(&text);
-        self.metrics.config_last_reload_ok.set(ok);
         info!(hash = %config_hash(&text), "reload applied");
-        Ok(true)
+        Ok(Some(complete))
     }
 }
 
