@@ -282,6 +282,48 @@ both_transports!(max_rate_holds_within_5_percent_over_every_10_second_window, |v
     central.stop();
 });
 
+// A chunk on the link holds whole frames, and a frame is a commit batch (up
+// to `commit_bytes`): at a low cap one takes longer to send than the write
+// timeout (`dead_after`, at least 5 s). That timeout is for a socket that
+// does not move, not for pacing: the frame arrives in the first session.
+// (Before, the uplink gave the session up after 5 s and sent the same
+// frame again, forever.)
+both_transports!(a_frame_that_takes_longer_than_the_write_timeout_at_the_cap_arrives, |via: Via| {
+    use rand::Rng;
+    let pki_dir = TestDir::new("pki");
+    let pki = Pki::new(&pki_dir, "pki");
+    let port = free_port();
+    let p =
+        pair("bigframe", &pki, via, port, port, "commit_bytes = \"4MiB\"", "max_rate = \"100KB/s\"\nburst = \"64KiB\"");
+    let mut central = Node::start(&p.central_dir, &p.central_cfg, p.central_ports.admin);
+    let mut edge = Node::start(&p.edge_dir, &p.edge_cfg, p.edge_ports.admin);
+    edge.wait_metric("ferry_uplink_connected", &[], Duration::from_secs(20), |v| v == 1.0);
+    // ~1.5 MB of barely compressible lines at once: one or two frames, the
+    // larger well over 500 kB (5 s at the cap).
+    let mut rng = seeded_rng("a_frame_that_takes_longer_than_the_write_timeout_at_the_cap_arrives");
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut input = Vec::with_capacity(2 << 20);
+    let mut n = 0;
+    while input.len() < 1_500_000 {
+        input.extend_from_slice(format!("<13>Nov 30 10:00:00 h app: big-{n:06} ").as_bytes());
+        input.extend((0..200).map(|_| ALPHABET[rng.random_range(0..64)]));
+        input.push(b'\n');
+        n += 1;
+    }
+    ferry_send(&["--to", &format!("127.0.0.1:{}", p.edge_ports.tcp)], &input);
+    edge.wait_metric("ferry_committed_records_total", &[], Duration::from_secs(20), |v| v >= n as f64);
+    let t = std::time::Instant::now();
+    edge.wait_metric("ferry_uplink_acked_bytes_total", &[], Duration::from_secs(40), |v| {
+        v >= archive_bytes(&edge.data, "edge1") as f64
+    });
+    eprintln!("{via:?}: {} bytes delivered in {:?}", archive_bytes(&edge.data, "edge1"), t.elapsed());
+    assert_eq!(edge.metric("ferry_uplink_reconnects_total", &[]), 0.0, "one session: {}", edge.log_text());
+    edge.stop();
+    wait_mirrored(&edge.data, &central.data, Duration::from_secs(30));
+    assert_byte_identical(&edge.data, &central.data);
+    central.stop();
+});
+
 both_transports!(uplink_fails_over_to_the_next_receiver_address, |via: Via| {
     let pki_dir = TestDir::new("pki");
     let pki = Pki::new(&pki_dir, "pki");

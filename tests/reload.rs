@@ -294,3 +294,196 @@ fn the_ca_rotation_procedure_keeps_the_link_delivering() {
     assert_eq!(ids.len(), n);
     assert!(ids.values().all(|&c| c == 1));
 }
+
+/// A line of `len` bytes that zstd cannot shrink much (random base64), so
+/// a backlog of them keeps the link at its cap for seconds.
+fn noise_line(rng: &mut impl rand::Rng, n: usize, len: usize) -> Vec<u8> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut l = format!("<13>Nov 30 10:00:00 h app: backlog-{n:08} ").into_bytes();
+    l.extend((0..len).map(|_| ALPHABET[rng.random_range(0..64)]));
+    l.push(b'\n');
+    l
+}
+
+/// Wire bytes through `proxy` per second over `span`, starting now.
+fn wire_rate(proxy: &proxy::Proxy, span: Duration) -> f64 {
+    let (b0, t0) = (proxy.bytes_up(), Instant::now());
+    std::thread::sleep(span);
+    (proxy.bytes_up() - b0) as f64 / t0.elapsed().as_secs_f64()
+}
+
+/// The reload under traffic, with the real clients: rsyslog keeps
+/// one RELP connection open and curl posts batches over HTTP while the
+/// edge's uplink drains a backlog to central through a proxy that counts
+/// wire bytes. One reload removes a listener, adds one, lowers the HTTP
+/// listener's body limit and the uplink's `max_rate`; the next moves the
+/// uplink to central's other address. The RELP connection is never
+/// touched, the wire rate follows the new cap within one 10 s window,
+/// every acknowledged record is archived once and the mirror is
+/// byte-identical.
+#[test]
+fn reload_under_rsyslog_and_curl_traffic_loses_nothing_and_the_wire_follows_the_cap() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    let pki_dir = TestDir::new("pki");
+    let pki = Pki::new(&pki_dir, "pki");
+    let (port_a, port_b) = (free_port(), free_port());
+    let proxy = proxy::Proxy::tcp(format!("127.0.0.1:{port_a}").parse().unwrap());
+    let mut p =
+        pair("traffic", &pki, Via::Tls, proxy.port(), port_a, "segment_max_bytes = \"8MiB\"", "max_rate = \"2MB/s\"");
+    p.central_cfg.push_str(&format!(
+        "\n[[listener]]\nname = \"link2\"\nkind = \"ferry\"\ntransport = \"tls\"\nlisten = \"127.0.0.1:{port_b}\"\nidle_timeout = \"3s\"\n"
+    ));
+    let (relp, http) = (free_port(), free_port());
+    let http_block = format!(
+        "[[listener]]\nname = \"http\"\nkind = \"http\"\ntransport = \"tcp\"\nlisten = \"127.0.0.1:{http}\"\nstream = \"live\"\nmax_body_bytes = \"64KiB\"\n"
+    );
+    p.edge_cfg.push_str(&format!(
+        "\n[[listener]]\nname = \"relp\"\nkind = \"relp\"\ntransport = \"tcp\"\nlisten = \"127.0.0.1:{relp}\"\nstream = \"live\"\n\n{http_block}"
+    ));
+    let central = Node::start(&p.central_dir, &p.central_cfg, p.central_ports.admin);
+    let mut edge = Node::start(&p.edge_dir, &p.edge_cfg, p.edge_ports.admin);
+    let v1 = p.edge_cfg.clone();
+
+    // The backlog: ~48 MB of barely compressible lines (~37 MB on the wire), 20 s of link at the caps.
+    let mut rng = seeded_rng("reload_under_rsyslog_and_curl_traffic");
+    let mut backlog = Vec::with_capacity(50 << 20);
+    let mut n = 0;
+    while backlog.len() < 48 << 20 {
+        backlog.extend(noise_line(&mut rng, n, 200));
+        n += 1;
+    }
+    ferry_send(&["--to", &format!("127.0.0.1:{}", p.edge_ports.tcp)], &backlog);
+    edge.wait_metric("ferry_committed_records_total", &[], Duration::from_secs(60), |v| v >= n as f64);
+
+    // rsyslog (RELP to the edge) fed over its TCP input; curl posting batches.
+    let input = free_port();
+    let rs_dir = TestDir::new("traffic-rsyslog");
+    let _rsyslog = rsyslog::Rsyslog::shipped_relp(&rs_dir, relp, input);
+    let stop = Arc::new(AtomicBool::new(false));
+    let relp_sent = Arc::new(AtomicUsize::new(0));
+    let feeder = {
+        let (stop, sent) = (stop.clone(), relp_sent.clone());
+        std::thread::spawn(move || {
+            let mut c = TcpStream::connect(("127.0.0.1", input)).unwrap();
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let batch: String = (i..i + 50).map(|j| line("relp", j)).collect();
+                c.write_all(batch.as_bytes()).unwrap();
+                i += 50;
+                sent.store(i, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(25));
+            }
+        })
+    };
+    // Each post's ids and the status curl got.
+    let posts = Arc::new(Mutex::new(Vec::<(usize, u16)>::new()));
+    let poster = {
+        let (stop, posts, dir) = (stop.clone(), posts.clone(), rs_dir.join("posts"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::thread::spawn(move || {
+            let mut k = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let body = dir.join(format!("{k}"));
+                if std::fs::write(&body, (k * 20..k * 20 + 20).map(|j| line("http", j)).collect::<String>()).is_err() {
+                    break; // the test failed and its directory is gone
+                }
+                let status = post_status(http, &body);
+                posts.lock().unwrap().push((k, status));
+                k += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    edge.wait_metric("ferry_connections_accepted_total", &[("listener", "relp")], Duration::from_secs(20), |v| {
+        v == 1.0
+    });
+    edge.wait_metric("ferry_received_records_total", &[("listener", "http")], Duration::from_secs(20), |v| v >= 100.0);
+    // A 32 KiB batch is within the HTTP listener's limit.
+    let big = rs_dir.join("big");
+    std::fs::write(&big, (0..800).map(|j| line("big", j)).collect::<String>()).unwrap();
+    assert!(std::fs::metadata(&big).unwrap().len() > 16 << 10);
+    assert_eq!(post_status(http, &big), 200);
+
+    // At the first cap.
+    edge.wait_metric("ferry_uplink_connected", &[], Duration::from_secs(20), |v| v == 1.0);
+    std::thread::sleep(Duration::from_millis(500));
+    let before = wire_rate(&proxy, Duration::from_secs(2));
+    let reconnects = edge.metric("ferry_uplink_reconnects_total", &[]);
+
+    // A refused reload first: the applied one after it is a success again.
+    reload(&edge, &v1.replace("max_rate = \"2MB/s\"", "max_rate = \"slow\""), "invalid");
+    assert_eq!(edge.metric("ferry_config_last_reload_successful", &[]), 0.0);
+
+    // v2: tcp removed, tcp2 added, the HTTP body limit and the cap lowered.
+    let tcp_block = format!(
+        "[[listener]]\nname = \"tcp\"\nkind = \"syslog\"\ntransport = \"tcp\"\nlisten = \"127.0.0.1:{}\"\nstream = \"live\"\n",
+        p.edge_ports.tcp
+    );
+    assert!(v1.contains(&tcp_block), "{v1}");
+    let tcp2 = free_port();
+    let v2 = v1
+        .replace(
+            &tcp_block,
+            &format!("[[listener]]\nname = \"tcp2\"\nkind = \"syslog\"\ntransport = \"tcp\"\nlisten = \"127.0.0.1:{tcp2}\"\nstream = \"live\"\n"),
+        )
+        .replace(&http_block, &http_block.replace("64KiB", "16KiB"))
+        .replace("max_rate = \"2MB/s\"", "max_rate = \"500KB/s\"");
+    reload(&edge, &v2, "applied");
+    assert_eq!(edge.metric("ferry_config_last_reload_successful", &[]), 1.0);
+    // The wire follows within one 10 s window (the first half second is what was already in flight).
+    std::thread::sleep(Duration::from_millis(500));
+    let after = wire_rate(&proxy, Duration::from_secs(10));
+    eprintln!("wire rate {before:.0} B/s at 2 MB/s, {after:.0} B/s in the 10 s after the reload to 500 KB/s");
+    assert!(before > 1_500_000.0, "the first cap was in force and saturated: {before:.0} B/s");
+    assert!((after - 500_000.0).abs() < 50_000.0, "{after:.0} B/s in the window after the reload");
+    assert_eq!(edge.metric("ferry_uplink_reconnects_total", &[]), reconnects, "a rate change keeps the session");
+    // The new body limit is in force; the removed listener's port is free; tcp2 takes records.
+    assert_eq!(post_status(http, &big), 413);
+    drop(std::net::TcpListener::bind(("127.0.0.1", p.edge_ports.tcp)).expect("the removed listener's port is free"));
+    let mut c2 = TcpStream::connect(("127.0.0.1", tcp2)).unwrap();
+    c2.write_all((0..100).map(|j| line("tcp2", j)).collect::<String>().as_bytes()).unwrap();
+    drop(c2);
+
+    // v3: the uplink's address changes (straight to link2) and the cap goes: the backlog drains.
+    let v3 = v2
+        .replace(&format!("127.0.0.1:{}\"]", proxy.port()), &format!("127.0.0.1:{port_b}\"]"))
+        .replace("max_rate = \"500KB/s\"", "");
+    reload(&edge, &v3, "applied");
+    central.wait_metric("ferry_link_sessions_active", &[("listener", "link2")], Duration::from_secs(20), |v| v == 1.0);
+    std::thread::sleep(Duration::from_secs(1));
+
+    stop.store(true, Ordering::Relaxed);
+    feeder.join().unwrap();
+    poster.join().unwrap();
+    let relp_n = relp_sent.load(Ordering::Relaxed);
+    // rsyslog hands over everything it was given (its own startup lines too).
+    edge.wait_metric("ferry_received_records_total", &[("listener", "relp")], Duration::from_secs(30), |v| {
+        v >= relp_n as f64
+    });
+    assert_eq!(edge.metric("ferry_connections_accepted_total", &[("listener", "relp")]), 1.0, "one RELP connection");
+    assert_eq!(edge.metric("ferry_connections_closed_total", &[("listener", "relp")]), 0.0, "never closed");
+    edge.stop();
+    wait_mirrored(&edge.data, &central.data, Duration::from_secs(60));
+    assert_byte_identical(&edge.data, &central.data);
+
+    let relp_ids = id_counts(&central.data, "relp-").unwrap();
+    assert_eq!(relp_ids.len(), relp_n, "every line rsyslog was given");
+    assert!(relp_ids.values().all(|&c| c == 1), "none twice");
+    let http_ids = id_counts(&central.data, "http-").unwrap();
+    let posts = posts.lock().unwrap();
+    let acked: Vec<usize> = posts.iter().filter(|p| p.1 == 200).map(|p| p.0).collect();
+    let failed: Vec<&(usize, u16)> = posts.iter().filter(|p| p.1 != 200).collect();
+    eprintln!("{relp_n} lines through rsyslog; {} posts acknowledged, not acknowledged: {failed:?}", acked.len());
+    for k in acked {
+        for j in k * 20..k * 20 + 20 {
+            assert_eq!(http_ids.get(&format!("http-{j:06}")), Some(&1), "acknowledged post {k}, line {j}");
+        }
+    }
+    assert!(http_ids.values().all(|&c| c == 1), "no HTTP line twice");
+    for (prefix, want) in [("big-", 800), ("tcp2-", 100), ("backlog-", n)] {
+        let ids = id_counts(&central.data, prefix).unwrap();
+        assert_eq!(ids.len(), want, "{prefix}");
+        assert!(ids.values().all(|&c| c == 1), "{prefix} once");
+    }
+}

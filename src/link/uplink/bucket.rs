@@ -55,6 +55,17 @@ impl TokenBucket {
         }
     }
 
+    /// New settings from a reload. What was sent stays paid for: the
+    /// tokens (or the debt) carry over, capped by the new burst, so a lower
+    /// cap is not preceded by a fresh burst and a higher one starts where
+    /// the old one stood.
+    pub fn retune(&mut self, rate: f64, burst: u64, now: Instant, wire: u64) {
+        let _ = self.wait_time(now, wire);
+        self.rate = rate;
+        self.burst = burst as f64;
+        self.tokens = self.tokens.min(self.burst);
+    }
+
     /// `n` payload bytes are being handed to the transport now.
     pub fn debit(&mut self, n: usize) {
         self.tokens -= n as f64;
@@ -83,6 +94,32 @@ mod tests {
             }
         }
         wire / 10.0
+    }
+
+    /// A reload from 1 MB/s to 200 kB/s mid-transfer: the 10 s after it
+    /// carry 200 kB/s, not a fresh burst on top.
+    #[test]
+    fn a_retune_takes_effect_at_once_and_keeps_what_was_sent_paid_for() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(1_000_000.0, 256 << 10, t0, 0);
+        let (mut now, mut wire) = (t0, 0u64);
+        let mut at_retune = None;
+        while now < t0 + Duration::from_secs(15) {
+            if at_retune.is_none() && now >= t0 + Duration::from_secs(5) {
+                b.retune(200_000.0, 256 << 10, now, wire);
+                at_retune = Some(wire);
+            }
+            let w = b.wait_time(now, wire);
+            if w.is_zero() {
+                let n = b.slice();
+                b.debit(n);
+                wire += n as u64;
+            } else {
+                now += w;
+            }
+        }
+        let after = (wire - at_retune.unwrap()) as f64 / 10.0;
+        assert!((after - 200_000.0).abs() / 200_000.0 < 0.02, "{after} B/s after the retune");
     }
 
     #[test]

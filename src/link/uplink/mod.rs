@@ -310,7 +310,7 @@ impl Uplink {
             }
             (end, sess.progressed())
         };
-        let mut bucket = tuning.max_rate.map(|r| TokenBucket::new(r, tuning.burst, Instant::now(), wire.sent()));
+        let mut pacer = Pacer::new(&tuning, wire.sent());
         let mut wire_reported = wire.sent();
         let mut seen_streams: HashSet<StreamKey> = HashSet::new();
         let mut next_report = Instant::now();
@@ -321,9 +321,7 @@ impl Uplink {
             let t = *tune.borrow();
             if t != tuning {
                 info!(uplink = name, max_rate = ?t.max_rate, burst = t.burst, live_share = t.live_share, "reload: new rate settings in force");
-                if (t.max_rate, t.burst) != (tuning.max_rate, tuning.burst) {
-                    bucket = t.max_rate.map(|r| TokenBucket::new(r, t.burst, Instant::now(), wire.sent()));
-                }
+                pacer.follow(&t, wire.sent());
                 sess.retune(t.live_share, t.chunk_max(), ROTATE_AFTER.max(t.burst));
                 m.uplink_max_rate.with_label_values(&[name]).set(t.max_rate.unwrap_or(0.0) as i64);
                 tuning = t;
@@ -387,12 +385,14 @@ impl Uplink {
             if let Some(buf) = sess.poll_transmit(now) {
                 let w = tokio::select! {
                     _ = stop.cancelled() => return end_session(End::Cancelled, &sess),
-                    r = tokio::time::timeout(self.cfg.dead_after.max(Duration::from_secs(5)), write_paced(&mut wr, &buf, bucket.as_mut(), &wire)) => r,
+                    r = write_paced(&mut wr, &buf, &mut pacer, tune, &wire, self.cfg.dead_after.max(Duration::from_secs(5))) => r,
                 };
                 match w {
-                    Ok(Ok(())) => sess.on_written(Instant::now()),
-                    Ok(Err(e)) => return end_session(End::Lost(session::Lost::io(&e)), &sess),
-                    Err(_) => return end_session(End::Lost(session::Lost::WriteBlocked(self.cfg.dead_after)), &sess),
+                    Ok(()) => sess.on_written(Instant::now()),
+                    Err(WriteEnd::Io(e)) => return end_session(End::Lost(session::Lost::io(&e)), &sess),
+                    Err(WriteEnd::Blocked) => {
+                        return end_session(End::Lost(session::Lost::WriteBlocked(self.cfg.dead_after)), &sess)
+                    }
                 }
                 continue;
             }
@@ -544,35 +544,93 @@ const DIAL_RACES: usize = 4;
 /// Lag and wire bytes are reported at most this often.
 const REPORT_EVERY: Duration = Duration::from_millis(250);
 
-/// Write `out`, in slices paced by the token bucket when there is one.
+/// The token bucket of the rate settings in force, if there is a cap.
+struct Pacer {
+    bucket: Option<TokenBucket>,
+    rate: Option<f64>,
+    burst: u64,
+}
+
+impl Pacer {
+    fn new(t: &Tuning, wire: u64) -> Pacer {
+        Pacer {
+            bucket: t.max_rate.map(|r| TokenBucket::new(r, t.burst, Instant::now(), wire)),
+            rate: t.max_rate,
+            burst: t.burst,
+        }
+    }
+
+    /// Take a reload's rate and burst; what was sent stays paid for.
+    fn follow(&mut self, t: &Tuning, wire: u64) {
+        if (t.max_rate, t.burst) == (self.rate, self.burst) {
+            return;
+        }
+        self.bucket = match (self.bucket.take(), t.max_rate) {
+            (Some(mut b), Some(r)) => {
+                b.retune(r, t.burst, Instant::now(), wire);
+                Some(b)
+            }
+            (_, r) => r.map(|r| TokenBucket::new(r, t.burst, Instant::now(), wire)),
+        };
+        (self.rate, self.burst) = (t.max_rate, t.burst);
+    }
+}
+
+/// Why [`write_paced`] stopped short.
+enum WriteEnd {
+    Io(io::Error),
+    /// One slice made no progress for the stall time: the peer or the path is stuck.
+    Blocked,
+}
+
+/// Largest slice written at once without a cap.
+const UNPACED_SLICE: usize = 256 << 10;
+
+/// Write `out` in slices, paced by the token bucket when there is a cap.
+/// Each slice must leave within `stall`: what times out is a socket that
+/// does not move, never the pacing itself (a chunk holds whole frames, up to
+/// a commit batch of megabytes, which at a low cap takes longer than any
+/// fixed timeout). A reload's new cap applies from the next slice.
 async fn write_paced(
     wr: &mut WriteHalf<Box<dyn Io>>,
     out: &[u8],
-    bucket: Option<&mut TokenBucket>,
+    pacer: &mut Pacer,
+    tune: &tokio::sync::watch::Receiver<Tuning>,
     wire: &WireCounter,
-) -> io::Result<()> {
-    let Some(b) = bucket else { return write(wr, out).await };
+    stall: Duration,
+) -> Result<(), WriteEnd> {
+    // Its own receiver: waking on a reload must not mark it seen for the
+    // session loop, which retunes the rest.
+    let mut tune = tune.clone();
     let mut at = 0;
     while at < out.len() {
-        loop {
+        let n = loop {
+            pacer.follow(&tune.borrow_and_update(), wire.sent());
+            let Some(b) = pacer.bucket.as_mut() else { break UNPACED_SLICE.min(out.len() - at) };
             let wait = b.wait_time(Instant::now(), wire.sent());
             if wait.is_zero() {
-                break;
+                let n = b.slice().min(out.len() - at);
+                b.debit(n);
+                break n;
             }
-            tokio::time::sleep(wait).await;
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                Ok(()) = tune.changed() => {}
+            }
+        };
+        let slice = &out[at..at + n];
+        match tokio::time::timeout(stall, async {
+            wr.write_all(slice).await?;
+            wr.flush().await
+        })
+        .await
+        {
+            Ok(Ok(())) => at += n,
+            Ok(Err(e)) => return Err(WriteEnd::Io(e)),
+            Err(_) => return Err(WriteEnd::Blocked),
         }
-        let n = b.slice().min(out.len() - at);
-        b.debit(n);
-        wr.write_all(&out[at..at + n]).await?;
-        wr.flush().await?;
-        at += n;
     }
     Ok(())
-}
-
-async fn write(wr: &mut WriteHalf<Box<dyn Io>>, out: &[u8]) -> io::Result<()> {
-    wr.write_all(out).await?;
-    wr.flush().await
 }
 
 /// Read and decode messages until the stream ends; errors end the stream.
