@@ -58,8 +58,9 @@ cargo test --locked "$@"
 # Coverage-guided fuzzing (docs/fuzzing.md): cargo-fuzz from crates.io, built
 # once into target/tools; every target runs FERRY_FUZZ_SECONDS (20) on its
 # checked-in corpus (what it finds goes to a scratch directory; a crash fails
-# here and leaves its input in fuzz/artifacts/). No sanitizer: librdkafka's
-# configure cannot link against an ASan-built zstd; debug assertions are on.
+# here and leaves its input in fuzz/artifacts/). The fuzz crate builds ferry
+# without the Kafka sink (no librdkafka C build). No sanitizer: the decoders
+# are safe Rust; debug assertions are on.
 if [ ! -x target/tools/bin/cargo-fuzz ]; then
   cargo install --locked --root target/tools cargo-fuzz --version 0.13.2
 fi

@@ -20,6 +20,7 @@
 
 pub mod cursor;
 pub mod deadletter;
+#[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod rabbitmq;
 pub mod records;
@@ -89,7 +90,11 @@ pub enum Outcome {
     RetryCarefully(String),
 }
 
+/// Why a Kafka sink cannot run in a build without the `kafka` feature.
+pub const NO_KAFKA: &str = "this ferry is built without Kafka support (cargo feature \"kafka\")";
+
 enum Bus {
+    #[cfg(feature = "kafka")]
     Kafka(kafka::Kafka),
     Rabbit(Box<rabbitmq::Rabbit>),
 }
@@ -102,7 +107,13 @@ impl Bus {
         careful: usize,
     ) -> Result<Bus, String> {
         match &cfg.bus {
+            #[cfg(feature = "kafka")]
             BusConfig::Kafka(k) => kafka::Kafka::connect(cfg, k, tx, metrics).await.map(Bus::Kafka),
+            #[cfg(not(feature = "kafka"))]
+            BusConfig::Kafka(_) => {
+                let _ = (tx, metrics);
+                Err(NO_KAFKA.to_owned())
+            }
             BusConfig::RabbitMq(r) => {
                 let mut b = rabbitmq::Rabbit::connect(&cfg.name, r, tx).await?;
                 b.careful = careful;
@@ -113,6 +124,7 @@ impl Bus {
 
     async fn publish(&mut self, batch: Arc<Batch>, token: u32) -> Result<Vec<(u32, Outcome)>, String> {
         match self {
+            #[cfg(feature = "kafka")]
             Bus::Kafka(k) => k.publish(batch, token).await,
             Bus::Rabbit(r) => r.publish(batch, token).await,
         }
@@ -120,6 +132,7 @@ impl Bus {
 
     fn take_broken(&mut self) -> Option<String> {
         match self {
+            #[cfg(feature = "kafka")]
             Bus::Kafka(_) => None,
             Bus::Rabbit(r) => r.take_broken(),
         }
@@ -127,6 +140,7 @@ impl Bus {
 
     async fn close(self) {
         match self {
+            #[cfg(feature = "kafka")]
             Bus::Kafka(k) => k.close().await,
             Bus::Rabbit(r) => r.close().await,
         }
