@@ -219,7 +219,6 @@ both_transports!(kill_9_of_either_side_and_lost_uplink_state_change_nothing, |vi
 });
 
 both_transports!(max_rate_holds_within_5_percent_over_every_10_second_window, |via: Via| {
-    use rand::Rng;
     let pki_dir = TestDir::new("pki");
     let pki = Pki::new(&pki_dir, "pki");
     let port = free_port();
@@ -233,15 +232,7 @@ both_transports!(max_rate_holds_within_5_percent_over_every_10_second_window, |v
     // The backlog builds while central is down: ~50 MB of barely compressible lines.
     let mut edge = Node::start(&p.edge_dir, &p.edge_cfg, p.edge_ports.admin);
     let mut rng = seeded_rng("max_rate_holds_within_5_percent_over_every_10_second_window");
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut input = Vec::with_capacity(70 << 20);
-    let mut n = 0;
-    while input.len() < 70 << 20 {
-        input.extend_from_slice(format!("<13>rate-{n:08} ").as_bytes());
-        input.extend((0..200).map(|_| ALPHABET[rng.random_range(0..64)]));
-        input.push(b'\n');
-        n += 1;
-    }
+    let (input, n) = incompressible_lines(&mut rng, "rate", 80 << 20);
     ferry_send(&["--to", &format!("127.0.0.1:{}", p.edge_ports.tcp)], &input);
     edge.wait_metric("ferry_committed_records_total", &[], Duration::from_secs(60), |v| v >= n as f64);
     let backlog = archive_bytes(&edge.data, "edge1");
@@ -289,7 +280,6 @@ both_transports!(max_rate_holds_within_5_percent_over_every_10_second_window, |v
 // (Before, the uplink gave the session up after 5 s and sent the same
 // frame again, forever.)
 both_transports!(a_frame_that_takes_longer_than_the_write_timeout_at_the_cap_arrives, |via: Via| {
-    use rand::Rng;
     let pki_dir = TestDir::new("pki");
     let pki = Pki::new(&pki_dir, "pki");
     let port = free_port();
@@ -301,15 +291,7 @@ both_transports!(a_frame_that_takes_longer_than_the_write_timeout_at_the_cap_arr
     // ~1.5 MB of barely compressible lines at once: one or two frames, the
     // larger well over 500 kB (5 s at the cap).
     let mut rng = seeded_rng("a_frame_that_takes_longer_than_the_write_timeout_at_the_cap_arrives");
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut input = Vec::with_capacity(2 << 20);
-    let mut n = 0;
-    while input.len() < 1_500_000 {
-        input.extend_from_slice(format!("<13>Nov 30 10:00:00 h app: big-{n:06} ").as_bytes());
-        input.extend((0..200).map(|_| ALPHABET[rng.random_range(0..64)]));
-        input.push(b'\n');
-        n += 1;
-    }
+    let (input, n) = incompressible_lines(&mut rng, "big", 1_500_000);
     ferry_send(&["--to", &format!("127.0.0.1:{}", p.edge_ports.tcp)], &input);
     edge.wait_metric("ferry_committed_records_total", &[], Duration::from_secs(20), |v| v >= n as f64);
     let t = std::time::Instant::now();

@@ -295,16 +295,6 @@ fn the_ca_rotation_procedure_keeps_the_link_delivering() {
     assert!(ids.values().all(|&c| c == 1));
 }
 
-/// A line of `len` bytes that zstd cannot shrink much (random base64), so
-/// a backlog of them keeps the link at its cap for seconds.
-fn noise_line(rng: &mut impl rand::Rng, n: usize, len: usize) -> Vec<u8> {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut l = format!("<13>Nov 30 10:00:00 h app: backlog-{n:08} ").into_bytes();
-    l.extend((0..len).map(|_| ALPHABET[rng.random_range(0..64)]));
-    l.push(b'\n');
-    l
-}
-
 /// Wire bytes through `proxy` per second over `span`, starting now.
 fn wire_rate(proxy: &proxy::Proxy, span: Duration) -> f64 {
     let (b0, t0) = (proxy.bytes_up(), Instant::now());
@@ -347,12 +337,7 @@ fn reload_under_rsyslog_and_curl_traffic_loses_nothing_and_the_wire_follows_the_
 
     // The backlog: ~48 MB of barely compressible lines (~37 MB on the wire), 20 s of link at the caps.
     let mut rng = seeded_rng("reload_under_rsyslog_and_curl_traffic");
-    let mut backlog = Vec::with_capacity(50 << 20);
-    let mut n = 0;
-    while backlog.len() < 48 << 20 {
-        backlog.extend(noise_line(&mut rng, n, 200));
-        n += 1;
-    }
+    let (backlog, n) = incompressible_lines(&mut rng, "backlog", 48 << 20);
     ferry_send(&["--to", &format!("127.0.0.1:{}", p.edge_ports.tcp)], &backlog);
     edge.wait_metric("ferry_committed_records_total", &[], Duration::from_secs(60), |v| v >= n as f64);
 

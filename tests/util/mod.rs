@@ -330,6 +330,22 @@ pub fn noise(seed: u64, len: usize) -> String {
         .collect()
 }
 
+/// Syslog lines `<tag>-<n>` followed by 200 random base64 characters (zstd
+/// keeps about three quarters of them), `bytes` or a line more in all: a
+/// backlog that keeps a capped link busy for a known time. Also how many.
+pub fn incompressible_lines(rng: &mut impl rand::Rng, tag: &str, bytes: usize) -> (Vec<u8>, usize) {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = Vec::with_capacity(bytes + 256);
+    let mut n = 0;
+    while out.len() < bytes {
+        out.extend_from_slice(format!("<13>Nov 30 10:00:00 h app: {tag}-{n:08} ").as_bytes());
+        out.extend((0..200).map(|_| ALPHABET[rng.random_range(0..64)]));
+        out.push(b'\n');
+        n += 1;
+    }
+    (out, n)
+}
+
 /// How often each id (the first word starting with `prefix`) is in the
 /// archive; `None` while zstdcat cannot read it whole (a segment being
 /// created or cut at that moment on a running node).
