@@ -307,9 +307,10 @@ fn wire_rate(proxy: &proxy::Proxy, span: Duration) -> f64 {
 /// edge's uplink drains a backlog to central through a proxy that counts
 /// wire bytes. One reload removes a listener, adds one, lowers the HTTP
 /// listener's body limit and the uplink's `max_rate`; the next moves the
-/// uplink to central's other address. The RELP connection is never
-/// touched, the wire rate follows the new cap within one 10 s window,
-/// every acknowledged record is archived once and the mirror is
+/// uplink to central's other address; the RELP connection is untouched by
+/// both, and the wire rate follows the new cap within one 10 s window. A
+/// last one changes the RELP listener's limits under rsyslog: it reconnects.
+/// Every acknowledged record is archived once and the mirror is
 /// byte-identical.
 #[test]
 fn reload_under_rsyslog_and_curl_traffic_loses_nothing_and_the_wire_follows_the_cap() {
@@ -325,12 +326,13 @@ fn reload_under_rsyslog_and_curl_traffic_loses_nothing_and_the_wire_follows_the_
         "\n[[listener]]\nname = \"link2\"\nkind = \"ferry\"\ntransport = \"tls\"\nlisten = \"127.0.0.1:{port_b}\"\nidle_timeout = \"3s\"\n"
     ));
     let (relp, http) = (free_port(), free_port());
+    let relp_block = format!(
+        "[[listener]]\nname = \"relp\"\nkind = \"relp\"\ntransport = \"tcp\"\nlisten = \"127.0.0.1:{relp}\"\nstream = \"live\"\n"
+    );
     let http_block = format!(
         "[[listener]]\nname = \"http\"\nkind = \"http\"\ntransport = \"tcp\"\nlisten = \"127.0.0.1:{http}\"\nstream = \"live\"\nmax_body_bytes = \"64KiB\"\n"
     );
-    p.edge_cfg.push_str(&format!(
-        "\n[[listener]]\nname = \"relp\"\nkind = \"relp\"\ntransport = \"tcp\"\nlisten = \"127.0.0.1:{relp}\"\nstream = \"live\"\n\n{http_block}"
-    ));
+    p.edge_cfg.push_str(&format!("\n{relp_block}\n{http_block}"));
     let central = Node::start(&p.central_dir, &p.central_cfg, p.central_ports.admin);
     let mut edge = Node::start(&p.edge_dir, &p.edge_cfg, p.edge_ports.admin);
     let v1 = p.edge_cfg.clone();
@@ -436,6 +438,17 @@ fn reload_under_rsyslog_and_curl_traffic_loses_nothing_and_the_wire_follows_the_
         .replace("max_rate = \"500KB/s\"", "");
     reload(&edge, &v3, "applied");
     central.wait_metric("ferry_link_sessions_active", &[("listener", "link2")], Duration::from_secs(20), |v| v == 1.0);
+    // No reload so far touched the RELP listener: its connection is the first one, never closed.
+    assert_eq!(edge.metric("ferry_connections_accepted_total", &[("listener", "relp")]), 1.0, "one RELP connection");
+    assert_eq!(edge.metric("ferry_connections_closed_total", &[("listener", "relp")]), 0.0, "never closed");
+
+    // v4: the RELP listener's limits change: it is replaced under rsyslog, which
+    // reconnects and sends again what had no answer; what was answered stays.
+    let v4 = v3.replace(&relp_block, &format!("{relp_block}max_connections_per_source = 8\n"));
+    reload(&edge, &v4, "applied");
+    edge.wait_metric("ferry_connections_accepted_total", &[("listener", "relp")], Duration::from_secs(20), |v| {
+        v == 2.0
+    });
     std::thread::sleep(Duration::from_secs(1));
 
     stop.store(true, Ordering::Relaxed);
@@ -446,8 +459,6 @@ fn reload_under_rsyslog_and_curl_traffic_loses_nothing_and_the_wire_follows_the_
     edge.wait_metric("ferry_received_records_total", &[("listener", "relp")], Duration::from_secs(30), |v| {
         v >= relp_n as f64
     });
-    assert_eq!(edge.metric("ferry_connections_accepted_total", &[("listener", "relp")]), 1.0, "one RELP connection");
-    assert_eq!(edge.metric("ferry_connections_closed_total", &[("listener", "relp")]), 0.0, "never closed");
     edge.stop();
     wait_mirrored(&edge.data, &central.data, Duration::from_secs(60));
     assert_byte_identical(&edge.data, &central.data);
