@@ -140,3 +140,92 @@ fn an_untrusted_relp_source_over_its_rate_is_slowed_and_loses_nothing() {
     let (lines, ids) = ids(&node.data);
     assert_eq!((lines, ids.len()), (N, N), "every message once");
 }
+
+/// A RELP session ended by a stop (SIGTERM here; a reload that replaces the
+/// listener ends it the same way) answers what it committed, and those
+/// answers reach a client that reads them slowly: every record in the
+/// archive was answered, so a client that sends again what had no answer
+/// doubles nothing. (Closing a socket with unread input makes the kernel
+/// send a reset and throw away answers still queued for sending.)
+#[test]
+fn a_relp_session_ended_by_a_stop_delivers_every_answer_it_owes() {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let dir = TestDir::new("relp-answers");
+    let ports = Ports { tcp: free_port(), udp: free_port(), admin: free_port() };
+    let relp = free_port();
+    let extra = format!("\n[[listener]]\nname = \"relp\"\nkind = \"relp\"\ntransport = \"tcp\"\nlisten = \"127.0.0.1:{relp}\"\nstream = \"live\"\n");
+    let mut node = Node::start(&dir, &node_config(&dir, &ports, "", "", &extra), ports.admin);
+
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", relp)).unwrap();
+    let offer = "relp_version=0\nrelp_software=ferry-test\ncommands=syslog";
+    c.write_all(format!("1 open {} {offer}\n", offer.len()).as_bytes()).unwrap();
+    // Frames as fast as the socket takes them; nothing is read yet.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (mut w, stop) = (c.try_clone().unwrap(), stop.clone());
+        std::thread::spawn(move || {
+            let mut txnr = 2u64;
+            let mut buf = Vec::with_capacity(16 << 10);
+            while !stop.load(Ordering::Relaxed) {
+                buf.clear();
+                for _ in 0..100 {
+                    let msg = format!("<13>Nov 30 10:00:00 h app: answer-{txnr:09} x");
+                    writeln!(buf, "{txnr} syslog {} {msg}", msg.len()).unwrap();
+                    txnr += 1;
+                }
+                if w.write_all(&buf).is_err() {
+                    break;
+                }
+            }
+        })
+    };
+    // Ferry commits until its answers fill the client's window and its own
+    // send buffer, then it waits; stop it there, and only then read.
+    let mut last = 0.0;
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = node.metric("ferry_committed_records_total", &[]);
+        if now > 10_000.0 && now == last {
+            break;
+        }
+        last = now;
+    }
+    let stopper = std::thread::spawn(move || {
+        node.stop();
+        node
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let mut answers = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match c.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => answers.extend_from_slice(&chunk[..n]),
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    stop.store(true, Ordering::Relaxed);
+    drop(c);
+    writer.join().unwrap();
+    let node = stopper.join().unwrap();
+    let answered: HashSet<String> = String::from_utf8_lossy(&answers)
+        .lines()
+        .filter(|l| l.contains(" rsp ") && l.ends_with("200 OK"))
+        .filter_map(|l| l.split(' ').next()?.parse::<u64>().ok())
+        .filter(|&t| t >= 2)
+        .map(|t| format!("answer-{t:09}"))
+        .collect();
+    let lines = archive_lines(&node.data);
+    let archived: HashSet<String> =
+        lines.iter().filter_map(|l| l.split(' ').find(|w| w.starts_with("answer-")).map(str::to_owned)).collect();
+    let unanswered = archived.difference(&answered).count();
+    eprintln!(
+        "{} records archived, {} answered, {unanswered} archived without an answer",
+        archived.len(),
+        answered.len()
+    );
+    assert!(answered.is_subset(&archived), "an answered record is archived");
+    assert_eq!(unanswered, 0, "every archived record was answered (a resending client would double the rest)");
+}

@@ -40,6 +40,11 @@ use codec::{decode, encode_rsp, Frame};
 
 type Ack = oneshot::Receiver<Result<Committed, StoreError>>;
 
+/// How long a closing session may take to hand over its last answers and
+/// see the client close in turn (a client that neither reads nor closes is
+/// let go then).
+const CLOSE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// RELP over TCP, or over TLS (rsyslog's omrelp `tls="on"`) with `tls`.
 pub async fn serve(listener: TcpListener, tls: Option<TlsServer>, ctx: Arc<ListenerCtx>, sd: Shutdown) {
     accept_tcp(listener, tls, ctx, sd, connection).await
@@ -79,9 +84,9 @@ async fn connection(
     let max_frame = crate::config::MAX_RECORD_BYTES_CEILING;
     let reason: Close = loop {
         if close_txnr.is_some() && inflight.is_empty() {
+            // Written with the session's last answers below.
             encode_rsp(close_txnr.take().expect("checked"), b"", &mut out);
             out.extend_from_slice(b"0 serverclose 0\n");
-            let _ = wr.write_all(&out).await;
             break Close::Eof;
         }
         tokio::select! {
@@ -186,7 +191,25 @@ async fn connection(
             }
         }
     }
-    let _ = wr.write_all(&out).await;
+    if reason == Close::Shutdown {
+        out.extend_from_slice(b"0 serverclose 0\n");
+    }
+    if reason != Close::ReadError {
+        let _ = tokio::time::timeout(CLOSE_DEADLINE, async {
+            wr.write_all(&out).await?;
+            wr.shutdown().await?;
+            // The client may still be sending: read (and drop: unanswered, it
+            // is sent again) until it closes too. Closing with unread input
+            // makes the kernel send a reset and throw away whatever answers
+            // are still queued for sending: records committed but never
+            // answered, which the client would send again and double.
+            while rd.read_buf(&mut buf).await? > 0 {
+                buf.clear();
+            }
+            std::io::Result::Ok(())
+        })
+        .await;
+    }
     guard.close(reason);
     let reason = reason.as_str();
     if matches!(reason, "eof" | "shutdown") {
