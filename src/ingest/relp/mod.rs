@@ -15,6 +15,12 @@
 //! transactions unanswered, and the client resends every unanswered one
 //! when it reconnects, while the stream refuses records the reconnected
 //! session is held as above.
+//!
+//! A session that ends (a stop, a reload that replaces its listener) answers
+//! everything already committing, says `serverclose`, half-closes, and reads
+//! what the client still sends until it closes: a socket closed with unread
+//! input is reset by the kernel, which throws away answers still queued, and
+//! a record archived but unanswered would be sent again and doubled.
 
 pub mod codec;
 
