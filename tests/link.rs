@@ -306,6 +306,45 @@ both_transports!(a_frame_that_takes_longer_than_the_write_timeout_at_the_cap_arr
     central.stop();
 });
 
+/// A thin path behind a fast first hop (a local proxy or tunnel onto a slow
+/// WAN), no cap: the edge's send buffer fills at loopback speed and drains at
+/// 100 kB/s, so answers come back many seconds (well over `dead_after`, 2 s
+/// here) after the data was written. The path moves all along (TCP
+/// acknowledges bytes), so the uplink waits instead of calling it dead and
+/// starting over: one session delivers it all. (Before: every session ended
+/// "no answer for 2s" and nothing was ever acknowledged. TLS only: QUIC's
+/// congestion control does not queue megabytes ahead of the answers.)
+#[test]
+fn a_thin_path_behind_a_fast_first_hop_delivers_in_one_session() {
+    let pki_dir = TestDir::new("pki");
+    let pki = Pki::new(&pki_dir, "pki");
+    let port = free_port();
+    let proxy = proxy::Proxy::tcp_thin(format!("127.0.0.1:{port}").parse().unwrap(), 100_000);
+    let p = pair("thin", &pki, Via::Tls, proxy.port(), port, "", "");
+    let mut central = Node::start(&p.central_dir, &p.central_cfg, p.central_ports.admin);
+    let mut edge = Node::start(&p.edge_dir, &p.edge_cfg, p.edge_ports.admin);
+    edge.wait_metric("ferry_uplink_connected", &[], Duration::from_secs(20), |v| v == 1.0);
+    let mut rng = seeded_rng("a_thin_path_behind_a_fast_first_hop_delivers_in_one_session");
+    let (input, n) = incompressible_lines(&mut rng, "thin", 2_000_000);
+    ferry_send(&["--to", &format!("127.0.0.1:{}", p.edge_ports.tcp)], &input);
+    edge.wait_metric("ferry_committed_records_total", &[], Duration::from_secs(20), |v| v >= n as f64);
+    let t = std::time::Instant::now();
+    edge.wait_metric("ferry_uplink_acked_bytes_total", &[], Duration::from_secs(60), |v| {
+        v >= archive_bytes(&edge.data, "edge1") as f64
+    });
+    eprintln!(
+        "{} bytes delivered in {:?}; {} bytes through the thin path",
+        archive_bytes(&edge.data, "edge1"),
+        t.elapsed(),
+        proxy.bytes_up()
+    );
+    assert_eq!(edge.metric("ferry_uplink_reconnects_total", &[]), 0.0, "one session: {}", edge.log_text());
+    edge.stop();
+    wait_mirrored(&edge.data, &central.data, Duration::from_secs(30));
+    assert_byte_identical(&edge.data, &central.data);
+    central.stop();
+}
+
 both_transports!(uplink_fails_over_to_the_next_receiver_address, |via: Via| {
     let pki_dir = TestDir::new("pki");
     let pki = Pki::new(&pki_dir, "pki");

@@ -16,6 +16,9 @@
 //!   dropped. TCP bytes are held back rather than discarded, as TCP
 //!   retransmission would do on a real dead path: once the blackhole is
 //!   lifted the same connections carry on with an intact byte stream.
+//! * [`Proxy::tcp_thin`] forwards the client's bytes at a fixed rate: a thin
+//!   WAN behind a fast first hop (the client's send buffer fills at loopback
+//!   speed and drains at the thin one's).
 
 use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -39,6 +42,8 @@ const SAMPLE_EVERY: Duration = Duration::from_millis(100);
 
 /// State shared by the handle and the proxy's tasks.
 struct Shared {
+    /// Bytes per second client → upstream, 0 for no limit.
+    up_rate: u64,
     up: AtomicU64,
     down: AtomicU64,
     connections: AtomicU64,
@@ -70,17 +75,22 @@ pub struct Proxy {
 impl Proxy {
     /// Listen on 127.0.0.1:<free port> and forward every TCP connection to `upstream`.
     pub fn tcp(upstream: SocketAddr) -> Proxy {
-        Proxy::start(upstream, false)
+        Proxy::start(upstream, false, 0)
+    }
+
+    /// Like [`tcp`](Self::tcp), but client → upstream at `rate` bytes/s.
+    pub fn tcp_thin(upstream: SocketAddr, rate: u64) -> Proxy {
+        Proxy::start(upstream, false, rate)
     }
 
     /// Listen on 127.0.0.1:<free port> (UDP) and forward datagrams to
     /// `upstream`, each client address getting its own upstream socket (like
     /// a NAT), replies sent back to that client.
     pub fn udp(upstream: SocketAddr) -> Proxy {
-        Proxy::start(upstream, true)
+        Proxy::start(upstream, true, 0)
     }
 
-    fn start(upstream: SocketAddr, udp: bool) -> Proxy {
+    fn start(upstream: SocketAddr, udp: bool, up_rate: u64) -> Proxy {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name(if udp { "proxy-udp" } else { "proxy-tcp" })
@@ -88,6 +98,7 @@ impl Proxy {
             .build()
             .expect("proxy runtime");
         let shared = Arc::new(Shared {
+            up_rate,
             up: AtomicU64::new(0),
             down: AtomicU64::new(0),
             connections: AtomicU64::new(0),
@@ -291,8 +302,8 @@ async fn tcp_conn(mut client: TcpStream, upstream: SocketAddr, shared: &Shared, 
     let end = {
         let (mut cr, mut cw) = client.split();
         let (mut sr, mut sw) = server.split();
-        let up = pump(&mut cr, &mut sw, &shared.up, shared.blackhole.subscribe());
-        let down = pump(&mut sr, &mut cw, &shared.down, shared.blackhole.subscribe());
+        let up = pump(&mut cr, &mut sw, &shared.up, shared.blackhole.subscribe(), shared.up_rate);
+        let down = pump(&mut sr, &mut cw, &shared.down, shared.blackhole.subscribe(), 0);
         tokio::select! {
             r = async { tokio::try_join!(up, down) } => match r {
                 Ok(_) => End::Clean,
@@ -308,14 +319,27 @@ async fn tcp_conn(mut client: TcpStream, upstream: SocketAddr, shared: &Shared, 
 }
 
 /// Copy `r` to `w` until EOF (then pass the EOF on), counting into `count`,
-/// holding everything back while the link is blackholed.
-async fn pump<R, W>(r: &mut R, w: &mut W, count: &AtomicU64, mut bh: watch::Receiver<bool>) -> std::io::Result<()>
+/// holding everything back while the link is blackholed, at most `rate`
+/// bytes/s if not 0.
+async fn pump<R, W>(
+    r: &mut R,
+    w: &mut W,
+    count: &AtomicU64,
+    mut bh: watch::Receiver<bool>,
+    rate: u64,
+) -> std::io::Result<()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut buf = vec![0u8; TCP_BUF];
+    // Thin: reads of 1/50 s worth, each followed by its time on the wire.
+    let size = if rate == 0 { TCP_BUF } else { (rate as usize / 50).clamp(512, TCP_BUF) };
+    let mut buf = vec![0u8; size];
+    let mut next = tokio::time::Instant::now();
     loop {
+        if rate > 0 {
+            tokio::time::sleep_until(next).await;
+        }
         open(&mut bh).await;
         let n = r.read(&mut buf).await;
         open(&mut bh).await;
@@ -327,6 +351,9 @@ where
             n => {
                 w.write_all(&buf[..n]).await?;
                 count.fetch_add(n as u64, Ordering::SeqCst);
+                if rate > 0 {
+                    next = next.max(tokio::time::Instant::now()) + Duration::from_secs_f64(n as f64 / rate as f64);
+                }
             }
         }
     }

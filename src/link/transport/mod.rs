@@ -23,15 +23,33 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
 /// socket, or UDP payloads sent by QUIC), for the token bucket.
 #[derive(Clone)]
 pub enum WireCounter {
-    Tcp(Arc<AtomicU64>),
+    /// The count, and the socket (valid as long as the link's stream).
+    Tcp(Arc<AtomicU64>, std::os::fd::RawFd),
     Quic(quinn::Connection),
 }
 
 impl WireCounter {
     pub fn sent(&self) -> u64 {
         match self {
-            WireCounter::Tcp(c) => c.load(Ordering::Relaxed),
+            WireCounter::Tcp(c, _) => c.load(Ordering::Relaxed),
             WireCounter::Quic(c) => c.stats().udp_tx.bytes,
+        }
+    }
+
+    /// TCP: bytes the peer's TCP has acknowledged (written less what is
+    /// still queued in the socket). While it grows the path is moving, even
+    /// when the receiver's answers are held up behind megabytes queued on a
+    /// thin path. QUIC: `None` (its congestion control keeps little in
+    /// flight, so answers are not held up that way).
+    pub fn delivered(&self) -> Option<u64> {
+        match self {
+            WireCounter::Tcp(c, fd) => {
+                let mut queued: libc::c_int = 0;
+                // SAFETY: TIOCOUTQ on a socket descriptor writes one c_int.
+                let r = unsafe { libc::ioctl(*fd, libc::TIOCOUTQ, &mut queued) };
+                (r == 0).then(|| c.load(Ordering::Relaxed).saturating_sub(queued.max(0) as u64))
+            }
+            WireCounter::Quic(_) => None,
         }
     }
 }

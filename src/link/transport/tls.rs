@@ -2,6 +2,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -66,6 +67,7 @@ impl Dialer {
             let tcp = TcpStream::connect(addr).await?;
             tcp.set_nodelay(true)?;
             let sent = Arc::new(AtomicU64::new(0));
+            let fd = tcp.as_raw_fd();
             let tls = self.connector.get().connect(name, Counting { inner: tcp, sent: sent.clone() }).await?;
             let identity = {
                 let (_, conn) = tls.get_ref();
@@ -75,7 +77,7 @@ impl Dialer {
                     .ok_or_else(|| io::Error::other("receiver sent no certificate"))?;
                 identity_from_cert(der).map_err(io::Error::other)?
             };
-            Ok(Link { io: Box::new(tls), peer: addr, identity, wire: WireCounter::Tcp(sent), quic: None })
+            Ok(Link { io: Box::new(tls), peer: addr, identity, wire: WireCounter::Tcp(sent, fd), quic: None })
         };
         tokio::time::timeout(timing.connect_timeout, fut)
             .await
@@ -120,6 +122,7 @@ pub async fn handshake(
 ) -> Result<Link, Refused> {
     let _ = tcp.set_nodelay(true);
     let sent = Arc::new(AtomicU64::new(0));
+    let fd = tcp.as_raw_fd();
     let fut = acceptor.accept(Counting { inner: tcp, sent: sent.clone() });
     let tls = match tokio::time::timeout(timing.connect_timeout, fut).await {
         Err(_) => return Err(Refused { reason: "timeout", detail: "TLS handshake timed out".into() }),
@@ -144,5 +147,5 @@ pub async fn handshake(
         .and_then(|c| c.first())
         .ok_or(Refused { reason: "no_client_cert", detail: "no client certificate".into() })?;
     let identity = identity_from_cert(der).map_err(|e| Refused { reason: "bad_identity", detail: e.to_string() })?;
-    Ok(Link { io: Box::new(tls), peer, identity, wire: WireCounter::Tcp(sent), quic: None })
+    Ok(Link { io: Box::new(tls), peer, identity, wire: WireCounter::Tcp(sent, fd), quic: None })
 }

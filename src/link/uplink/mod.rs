@@ -311,6 +311,7 @@ impl Uplink {
             (end, sess.progressed())
         };
         let mut pacer = Pacer::new(&tuning, wire.sent());
+        let mut progress = Progress::new(&wire);
         let mut wire_reported = wire.sent();
         let mut seen_streams: HashSet<StreamKey> = HashSet::new();
         let mut next_report = Instant::now();
@@ -378,6 +379,9 @@ impl Uplink {
                 self.look(changes, &mut sess).await;
             }
             let now = Instant::now();
+            if progress.moved(&wire) {
+                sess.on_transport_progress(now);
+            }
             if let Err(e) = sess.handle_timeout(now) {
                 return end_session(e.into(), &sess);
             }
@@ -385,7 +389,7 @@ impl Uplink {
             if let Some(buf) = sess.poll_transmit(now) {
                 let w = tokio::select! {
                     _ = stop.cancelled() => return end_session(End::Cancelled, &sess),
-                    r = write_paced(&mut wr, &buf, &mut pacer, tune, &wire, self.cfg.dead_after.max(Duration::from_secs(5))) => r,
+                    r = write_paced(&mut wr, &buf, &mut pacer, tune, &wire, &mut progress, self.cfg.dead_after.max(Duration::from_secs(5))) => r,
                 };
                 match w {
                     Ok(()) => sess.on_written(Instant::now()),
@@ -439,6 +443,9 @@ impl Uplink {
                 // A reload: handled at the top of the loop.
                 Ok(()) = tune.changed() => {}
                 _ = tokio::time::sleep_until(until.into()) => {
+                    if progress.moved(&wire) {
+                        sess.on_transport_progress(Instant::now());
+                    }
                     if let Err(e) = sess.handle_timeout(Instant::now()) {
                         return end_session(e.into(), &sess);
                     }
@@ -576,6 +583,22 @@ impl Pacer {
     }
 }
 
+/// Whether the transport delivered bytes since the last look (TCP only).
+struct Progress(Option<u64>);
+
+impl Progress {
+    fn new(wire: &WireCounter) -> Progress {
+        Progress(wire.delivered())
+    }
+
+    fn moved(&mut self, wire: &WireCounter) -> bool {
+        let now = wire.delivered();
+        let moved = matches!((self.0, now), (Some(a), Some(b)) if b > a);
+        self.0 = now;
+        moved
+    }
+}
+
 /// Why [`write_paced`] stopped short.
 enum WriteEnd {
     Io(io::Error),
@@ -587,16 +610,19 @@ enum WriteEnd {
 const UNPACED_SLICE: usize = 256 << 10;
 
 /// Write `out` in slices, paced by the token bucket when there is a cap.
-/// Each slice must leave within `stall`: what times out is a socket that
-/// does not move, never the pacing itself (a chunk holds whole frames, up to
-/// a commit batch of megabytes, which at a low cap takes longer than any
-/// fixed timeout). A reload's new cap applies from the next slice.
+/// What ends the session (`Blocked`) is a slice that does not leave within
+/// `stall` while the transport delivers nothing either: never the pacing (a
+/// chunk holds whole frames, up to a commit batch of megabytes, which at a
+/// low cap takes longer than any fixed timeout) nor a thin path that moves,
+/// however slowly, behind a send buffer filled at first-hop speed. A
+/// reload's new cap applies from the next slice.
 async fn write_paced(
     wr: &mut WriteHalf<Box<dyn Io>>,
     out: &[u8],
     pacer: &mut Pacer,
     tune: &tokio::sync::watch::Receiver<Tuning>,
     wire: &WireCounter,
+    progress: &mut Progress,
     stall: Duration,
 ) -> Result<(), WriteEnd> {
     // Its own receiver: waking on a reload must not mark it seen for the
@@ -619,16 +645,20 @@ async fn write_paced(
             }
         };
         let slice = &out[at..at + n];
-        match tokio::time::timeout(stall, async {
+        let write = async {
             wr.write_all(slice).await?;
             wr.flush().await
-        })
-        .await
-        {
-            Ok(Ok(())) => at += n,
-            Ok(Err(e)) => return Err(WriteEnd::Io(e)),
-            Err(_) => return Err(WriteEnd::Blocked),
+        };
+        tokio::pin!(write);
+        loop {
+            match tokio::time::timeout(stall, &mut write).await {
+                Ok(Ok(())) => break,
+                Ok(Err(e)) => return Err(WriteEnd::Io(e)),
+                Err(_) if progress.moved(wire) => {}
+                Err(_) => return Err(WriteEnd::Blocked),
+            }
         }
+        at += n;
     }
     Ok(())
 }

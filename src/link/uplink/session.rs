@@ -493,6 +493,15 @@ impl Session {
         Some(self.out.split().freeze())
     }
 
+    /// The transport delivered bytes to the peer (TCP acknowledgements): the
+    /// path is moving, so an answer held up behind what is queued on it is
+    /// late, not lost. `dead_after` counts again from now.
+    pub fn on_transport_progress(&mut self, now: Instant) {
+        if self.outstanding > 0 {
+            self.waiting_since = Some(now);
+        }
+    }
+
     /// What [`poll_transmit`](Self::poll_transmit) returned is written.
     pub fn on_written(&mut self, now: Instant) {
         self.last_tx = now;
@@ -731,6 +740,25 @@ mod tests {
             }
         }
         steps
+    }
+
+    /// An unanswered message is `dead_after` old: dead, unless the transport
+    /// delivered bytes meanwhile (the answer is queued behind them).
+    #[test]
+    fn transport_progress_keeps_a_slow_answer_from_counting_as_a_dead_link() {
+        let t0 = Instant::now();
+        let dead = params().dead_after;
+        let mut s = Session::new(params(), Metrics::new(), t0);
+        s.poll_transmit(t0).unwrap();
+        s.on_written(t0);
+        let mut t = t0;
+        for _ in 0..5 {
+            t += dead - Duration::from_millis(100);
+            s.on_transport_progress(t);
+            assert!(s.handle_timeout(t).is_ok());
+        }
+        t += dead + Duration::from_millis(100);
+        assert!(s.handle_timeout(t).is_err(), "nothing moved for longer than dead_after");
     }
 
     #[test]
