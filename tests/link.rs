@@ -273,6 +273,28 @@ both_transports!(max_rate_holds_within_5_percent_over_every_10_second_window, |v
     central.stop();
 });
 
+/// Start `p`'s central and edge, send `bytes` of barely compressible lines
+/// into the edge at once, and see them delivered within `limit` in the one
+/// session the edge started with; the mirror byte-identical. Prints how long
+/// the delivery took.
+fn deliver_in_one_session(p: &Pair, test: &str, bytes: usize, limit: Duration) {
+    let mut central = Node::start(&p.central_dir, &p.central_cfg, p.central_ports.admin);
+    let mut edge = Node::start(&p.edge_dir, &p.edge_cfg, p.edge_ports.admin);
+    edge.wait_metric("ferry_uplink_connected", &[], Duration::from_secs(20), |v| v == 1.0);
+    let mut rng = seeded_rng(test);
+    let (input, n) = incompressible_lines(&mut rng, "slow", bytes);
+    ferry_send(&["--to", &format!("127.0.0.1:{}", p.edge_ports.tcp)], &input);
+    edge.wait_metric("ferry_committed_records_total", &[], Duration::from_secs(20), |v| v >= n as f64);
+    let t = std::time::Instant::now();
+    edge.wait_metric("ferry_uplink_acked_bytes_total", &[], limit, |v| v >= archive_bytes(&edge.data, "edge1") as f64);
+    eprintln!("{test}: {} bytes delivered in {:?}", archive_bytes(&edge.data, "edge1"), t.elapsed());
+    assert_eq!(edge.metric("ferry_uplink_reconnects_total", &[]), 0.0, "one session: {}", edge.log_text());
+    edge.stop();
+    wait_mirrored(&edge.data, &central.data, Duration::from_secs(30));
+    assert_byte_identical(&edge.data, &central.data);
+    central.stop();
+}
+
 // A chunk on the link holds whole frames, and a frame is a commit batch (up
 // to `commit_bytes`): at a low cap one takes longer to send than the write
 // timeout (`dead_after`, at least 5 s). That timeout is for a socket that
@@ -285,25 +307,9 @@ both_transports!(a_frame_that_takes_longer_than_the_write_timeout_at_the_cap_arr
     let port = free_port();
     let p =
         pair("bigframe", &pki, via, port, port, "commit_bytes = \"4MiB\"", "max_rate = \"100KB/s\"\nburst = \"64KiB\"");
-    let mut central = Node::start(&p.central_dir, &p.central_cfg, p.central_ports.admin);
-    let mut edge = Node::start(&p.edge_dir, &p.edge_cfg, p.edge_ports.admin);
-    edge.wait_metric("ferry_uplink_connected", &[], Duration::from_secs(20), |v| v == 1.0);
-    // ~1.5 MB of barely compressible lines at once: one or two frames, the
-    // larger well over 500 kB (5 s at the cap).
-    let mut rng = seeded_rng("a_frame_that_takes_longer_than_the_write_timeout_at_the_cap_arrives");
-    let (input, n) = incompressible_lines(&mut rng, "big", 1_500_000);
-    ferry_send(&["--to", &format!("127.0.0.1:{}", p.edge_ports.tcp)], &input);
-    edge.wait_metric("ferry_committed_records_total", &[], Duration::from_secs(20), |v| v >= n as f64);
-    let t = std::time::Instant::now();
-    edge.wait_metric("ferry_uplink_acked_bytes_total", &[], Duration::from_secs(40), |v| {
-        v >= archive_bytes(&edge.data, "edge1") as f64
-    });
-    eprintln!("{via:?}: {} bytes delivered in {:?}", archive_bytes(&edge.data, "edge1"), t.elapsed());
-    assert_eq!(edge.metric("ferry_uplink_reconnects_total", &[]), 0.0, "one session: {}", edge.log_text());
-    edge.stop();
-    wait_mirrored(&edge.data, &central.data, Duration::from_secs(30));
-    assert_byte_identical(&edge.data, &central.data);
-    central.stop();
+    // ~1.5 MB at once: one or two frames, the larger well over 500 kB (5 s at the cap).
+    let test = format!("a_frame_that_takes_longer_than_the_write_timeout_at_the_cap_arrives::{via:?}");
+    deliver_in_one_session(&p, &test, 1_500_000, Duration::from_secs(40));
 });
 
 /// A thin path behind a fast first hop (a local proxy or tunnel onto a slow
@@ -321,28 +327,13 @@ fn a_thin_path_behind_a_fast_first_hop_delivers_in_one_session() {
     let port = free_port();
     let proxy = proxy::Proxy::tcp_thin(format!("127.0.0.1:{port}").parse().unwrap(), 100_000);
     let p = pair("thin", &pki, Via::Tls, proxy.port(), port, "", "");
-    let mut central = Node::start(&p.central_dir, &p.central_cfg, p.central_ports.admin);
-    let mut edge = Node::start(&p.edge_dir, &p.edge_cfg, p.edge_ports.admin);
-    edge.wait_metric("ferry_uplink_connected", &[], Duration::from_secs(20), |v| v == 1.0);
-    let mut rng = seeded_rng("a_thin_path_behind_a_fast_first_hop_delivers_in_one_session");
-    let (input, n) = incompressible_lines(&mut rng, "thin", 2_000_000);
-    ferry_send(&["--to", &format!("127.0.0.1:{}", p.edge_ports.tcp)], &input);
-    edge.wait_metric("ferry_committed_records_total", &[], Duration::from_secs(20), |v| v >= n as f64);
-    let t = std::time::Instant::now();
-    edge.wait_metric("ferry_uplink_acked_bytes_total", &[], Duration::from_secs(60), |v| {
-        v >= archive_bytes(&edge.data, "edge1") as f64
-    });
-    eprintln!(
-        "{} bytes delivered in {:?}; {} bytes through the thin path",
-        archive_bytes(&edge.data, "edge1"),
-        t.elapsed(),
-        proxy.bytes_up()
+    deliver_in_one_session(
+        &p,
+        "a_thin_path_behind_a_fast_first_hop_delivers_in_one_session",
+        2_000_000,
+        Duration::from_secs(60),
     );
-    assert_eq!(edge.metric("ferry_uplink_reconnects_total", &[]), 0.0, "one session: {}", edge.log_text());
-    edge.stop();
-    wait_mirrored(&edge.data, &central.data, Duration::from_secs(30));
-    assert_byte_identical(&edge.data, &central.data);
-    central.stop();
+    eprintln!("{} bytes through the thin path", proxy.bytes_up());
 }
 
 both_transports!(uplink_fails_over_to_the_next_receiver_address, |via: Via| {
