@@ -321,10 +321,10 @@ impl Uplink {
             // A reload's tuning (woken by `tune.changed()` below, which marks it seen).
             let t = *tune.borrow();
             if t != tuning {
+                // The cap itself is followed slice by slice in `write_paced`;
+                // the node sets the cap's gauge.
                 info!(uplink = name, max_rate = ?t.max_rate, burst = t.burst, live_share = t.live_share, "reload: new rate settings in force");
-                pacer.follow(&t, wire.sent());
                 sess.retune(t.live_share, t.chunk_max(), ROTATE_AFTER.max(t.burst));
-                m.uplink_max_rate.with_label_values(&[name]).set(t.max_rate.unwrap_or(0.0) as i64);
                 tuning = t;
             }
             if !epoch_checked && sess.welcomed() {

@@ -184,13 +184,6 @@ pub struct Session {
 
 impl Session {
     /// A session on a fresh connection: HELLO is the first thing to send.
-    /// New rate settings from a reload, for the reads from now on.
-    pub fn retune(&mut self, live_share: f64, chunk_max: usize, rotate_after: u64) {
-        self.p.live_share = live_share;
-        self.p.chunk_max = chunk_max;
-        self.p.rotate_after = rotate_after;
-    }
-
     pub fn new(p: Params, metrics: Metrics, now: Instant) -> Session {
         let mut out = BytesMut::with_capacity(64 << 10);
         Msg::Hello { version: p.version, node: p.node.clone() }.encode(&mut out);
@@ -491,6 +484,13 @@ impl Session {
         }
         self.writing = std::mem::take(&mut self.queued).max(1);
         Some(self.out.split().freeze())
+    }
+
+    /// New rate settings from a reload, for the reads from now on.
+    pub fn retune(&mut self, live_share: f64, chunk_max: usize, rotate_after: u64) {
+        self.p.live_share = live_share;
+        self.p.chunk_max = chunk_max;
+        self.p.rotate_after = rotate_after;
     }
 
     /// The transport delivered bytes to the peer (TCP acknowledgements): the
