@@ -13,6 +13,11 @@ fn rsyslog_with_shipped_relp_config(dir: &TestDir, relay_port: u16, input_port: 
     Rsyslog::shipped_relp(dir, relay_port, input_port)
 }
 
+/// A RELP listener over TCP on `port` into stream `live`, with `keys` added.
+fn relp_listener(port: u16, keys: &str) -> String {
+    format!("\n[[listener]]\nname = \"relp\"\nkind = \"relp\"\ntransport = \"tcp\"\nlisten = \"127.0.0.1:{port}\"\nstream = \"live\"\n{keys}")
+}
+
 fn ids(data: &std::path::Path) -> (usize, HashSet<String>) {
     let lines = archive_lines(data);
     let ids: HashSet<String> =
@@ -25,7 +30,7 @@ fn rsyslog_omrelp_loses_nothing_when_ferry_is_killed_twice() {
     let dir = TestDir::new("relp");
     let ports = Ports { tcp: free_port(), udp: free_port(), admin: free_port() };
     let relp = free_port();
-    let extra = format!("\n[[listener]]\nname = \"relp\"\nkind = \"relp\"\ntransport = \"tcp\"\nlisten = \"127.0.0.1:{relp}\"\nstream = \"live\"\n");
+    let extra = relp_listener(relp, "");
     let cfg = node_config(&dir, &ports, "", "", &extra);
     let mut node = Node::start(&dir, &cfg, ports.admin);
     let input = free_port();
@@ -121,7 +126,7 @@ fn an_untrusted_relp_source_over_its_rate_is_slowed_and_loses_nothing() {
     let dir = TestDir::new("relp-limited");
     let ports = Ports { tcp: free_port(), udp: free_port(), admin: free_port() };
     let relp = free_port();
-    let extra = format!("\n[[listener]]\nname = \"relp\"\nkind = \"relp\"\ntransport = \"tcp\"\nlisten = \"127.0.0.1:{relp}\"\nstream = \"live\"\ntrust = \"untrusted\"\nsource_records_per_sec = 200\n");
+    let extra = relp_listener(relp, "trust = \"untrusted\"\nsource_records_per_sec = 200\n");
     let mut node = Node::start(&dir, &node_config(&dir, &ports, "", "", &extra), ports.admin);
     let input = free_port();
     let _rs = rsyslog_with_shipped_relp_config(&dir, relp, input);
@@ -155,7 +160,7 @@ fn a_relp_session_ended_by_a_stop_delivers_every_answer_it_owes() {
     let dir = TestDir::new("relp-answers");
     let ports = Ports { tcp: free_port(), udp: free_port(), admin: free_port() };
     let relp = free_port();
-    let extra = format!("\n[[listener]]\nname = \"relp\"\nkind = \"relp\"\ntransport = \"tcp\"\nlisten = \"127.0.0.1:{relp}\"\nstream = \"live\"\n");
+    let extra = relp_listener(relp, "");
     let mut node = Node::start(&dir, &node_config(&dir, &ports, "", "", &extra), ports.admin);
 
     let mut c = std::net::TcpStream::connect(("127.0.0.1", relp)).unwrap();
