@@ -134,6 +134,8 @@ pub struct Metrics {
     pub ready: IntGauge,
     // sinks
     pub sink_connected: IntGaugeVec,
+    pub sink_stalled: IntGaugeVec,
+    pub sink_missing_topic: IntGaugeVec,
     pub sink_records: IntCounterVec,
     pub sink_bytes: IntCounterVec,
     pub sink_lag_records: IntGaugeVec,
@@ -483,6 +485,18 @@ impl Metrics {
             ),
             ready: g(r, "ferry_ready", "1 when every listener is bound and the store is open"),
             sink_connected: gv(r, "ferry_sink_connected", "1 while the sink has a working broker connection", &["sink"]),
+            sink_stalled: gv(
+                r,
+                "ferry_sink_stalled",
+                "1 while records wait and the broker has acknowledged nothing for stall_after",
+                &["sink"],
+            ),
+            sink_missing_topic: gv(
+                r,
+                "ferry_sink_missing_topic",
+                "1 while a Kafka topic the sink delivers to does not exist",
+                &["sink", "topic"],
+            ),
             sink_records: cv(
                 r,
                 "ferry_sink_records_total",

@@ -254,10 +254,12 @@ pub fn render(m: &Metrics, site: &str, node: &str, archive: &Archive, rates: &su
         let errors = get("ferry_sink_errors_total", &["sink", "reason"]);
         let dead = get("ferry_sink_dead_letters_total", &["sink", "reason"]);
         let deliv = by_first(&get("ferry_sink_segments_delivered_total", &["sink"]));
+        let stalled = by_first(&get("ferry_sink_stalled", &["sink"]));
+        let missing = get("ferry_sink_missing_topic", &["sink", "topic"]);
         let _ = writeln!(
             s,
-            "\nsinks\n  {:<16} {:>9} {:>14} {:>9}  ERRORS / DEAD-LETTERED",
-            "SINK", "CONNECTED", "DELIVERED", "SEGMENTS"
+            "\nsinks\n  {:<16} {:>9} {:>8} {:>14} {:>9}  ERRORS / DEAD-LETTERED",
+            "SINK", "CONNECTED", "STALLED", "DELIVERED", "SEGMENTS"
         );
         for (k, v) in &sink_up {
             let name = &k[0];
@@ -274,13 +276,21 @@ pub fn render(m: &Metrics, site: &str, node: &str, archive: &Archive, rates: &su
                 .collect();
             let _ = writeln!(
                 s,
-                "  {:<16} {:>9} {:>14} {:>9}  {} / {}",
+                "  {:<16} {:>9} {:>8} {:>14} {:>9}  {} / {}",
                 name,
                 if *v > 0.0 { "yes" } else { "NO" },
+                if stalled.get(name).copied().unwrap_or(0.0) > 0.0 { "STALLED" } else { "no" },
                 total as u64,
                 deliv.get(name).copied().unwrap_or(0.0) as u64,
                 if errs.is_empty() { "-".to_owned() } else { errs.join(" ") },
                 if deads.is_empty() { "-".to_owned() } else { deads.join(" ") }
+            );
+        }
+        for (k, _) in missing.iter().filter(|(_, v)| **v > 0.0) {
+            let _ = writeln!(
+                s,
+                "  {:<16} topic {} does not exist; create it or allow auto-creation on the brokers",
+                k[0], k[1]
             );
         }
         let _ = writeln!(

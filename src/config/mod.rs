@@ -56,6 +56,15 @@ pub struct SinkConfig {
     pub max_message_bytes: Option<usize>,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+    /// A connection, its channel and confirm mode (RabbitMQ) or a first
+    /// metadata answer (Kafka), at most. Default 10s.
+    pub connect_timeout: Duration,
+    /// Any other broker call (declare, publish, produce, close), at most.
+    /// Default 10s.
+    pub request_timeout: Duration,
+    /// Records waiting and no acknowledgement for this long: the sink is
+    /// stalled, says so, and starts again. Default 30s.
+    pub stall_after: Duration,
     pub bus: BusConfig,
 }
 

@@ -39,6 +39,9 @@ pub struct RawSink {
     pub max_message_bytes: Option<Spanned<ByteSize>>,
     pub backoff_min: Option<Spanned<HumanDuration>>,
     pub backoff_max: Option<Spanned<HumanDuration>>,
+    pub connect_timeout: Option<Spanned<HumanDuration>>,
+    pub request_timeout: Option<Spanned<HumanDuration>>,
+    pub stall_after: Option<Spanned<HumanDuration>>,
     // kafka
     pub brokers: Option<Spanned<Vec<String>>>,
     pub topic: Option<Spanned<String>>,

@@ -545,9 +545,18 @@ fn validate_sink(cx: &mut Ctx<'_>, i: usize, k: &raw::RawSink) -> Option<SinkCon
         None => default,
     };
     let backoff_min = dur(cx, &k.backoff_min, "backoff_min", Duration::from_millis(200));
-    let backoff_max = dur(cx, &k.backoff_max, "backoff_max", Duration::from_secs(10));
+    // Low: a broker back from a restart gets its records within seconds.
+    let backoff_max = dur(cx, &k.backoff_max, "backoff_max", Duration::from_secs(2));
     if backoff_min > backoff_max {
         cx.err(&key("backoff_min"), k.backoff_min.as_ref().map(|v| v.span()), "must not exceed backoff_max");
+    }
+    let connect_timeout = dur(cx, &k.connect_timeout, "connect_timeout", Duration::from_secs(10));
+    let request_timeout = dur(cx, &k.request_timeout, "request_timeout", Duration::from_secs(10));
+    let stall_after = dur(cx, &k.stall_after, "stall_after", Duration::from_secs(30));
+    if let Some(v) = &k.stall_after {
+        if stall_after < Duration::from_secs(1) {
+            cx.at(&key("stall_after"), v, "must be at least 1s");
+        }
     }
     // Keys of the other kind are a mistake worth naming, not something to ignore.
     let misplaced: &[(&str, bool)] = match kind {
@@ -662,6 +671,9 @@ fn validate_sink(cx: &mut Ctx<'_>, i: usize, k: &raw::RawSink) -> Option<SinkCon
         max_message_bytes,
         backoff_min,
         backoff_max,
+        connect_timeout,
+        request_timeout,
+        stall_after,
         bus,
     })
 }

@@ -6,10 +6,23 @@
 //! The cursor only ever lags the broker: it is written after the
 //! acknowledgements it records. A crash therefore re-sends what was acked
 //! since the last write (duplicates with the same message ids), never skips.
+//!
+//! The [`Writer`] follows the acknowledgements closely without slowing
+//! them: the sink offers the positions at most every [`WRITE_EVERY`], a
+//! task of its own writes and fsyncs them, and an offer made while a write
+//! is under way replaces any older one still waiting. After a crash the
+//! sink therefore repeats what was in flight plus what the broker
+//! acknowledged in the last write interval and one write's time.
 
 use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
 
 use crate::metrics::Metrics;
 use crate::store::fs::Fs;
@@ -63,6 +76,77 @@ pub fn store<'a>(fs: &Fs, file: &Path, positions: impl Iterator<Item = (&'a Path
         }
     }
     fs.write_atomic(file, text.as_bytes())
+}
+
+/// How often the sink offers its positions to the writer, at most.
+pub const WRITE_EVERY: Duration = Duration::from_millis(10);
+
+/// Positions to write: every segment in progress.
+pub type Positions = Arc<Vec<(PathBuf, Pos)>>;
+
+/// The cursor file's own writer task.
+pub struct Writer {
+    tx: watch::Sender<Option<Positions>>,
+    task: JoinHandle<()>,
+}
+
+impl Writer {
+    pub fn start(fs: Fs, file: PathBuf, sink: String, metrics: Metrics) -> Writer {
+        let (tx, rx) = watch::channel(None);
+        let task = tokio::spawn(write_loop(fs, file, sink, metrics, rx));
+        Writer { tx, task }
+    }
+
+    /// Write these positions soon; replaces an offer not yet taken.
+    pub fn offer(&self, positions: Positions) {
+        self.tx.send_replace(Some(positions));
+    }
+
+    /// Write the last offer (if not written yet) and stop.
+    pub async fn finish(self) {
+        drop(self.tx);
+        let _ = self.task.await;
+    }
+}
+
+/// Write what is offered, newest first; a failed write is counted, logged
+/// and tried again (with any newer offer) after a pause.
+async fn write_loop(fs: Fs, file: PathBuf, sink: String, m: Metrics, mut rx: watch::Receiver<Option<Positions>>) {
+    const RETRY: Duration = Duration::from_secs(1);
+    let mut failing = false;
+    // `changed` still yields an offer made before the sink let go.
+    while rx.changed().await.is_ok() {
+        let Some(positions) = rx.borrow_and_update().clone() else { continue };
+        let (fs2, file2) = (fs.clone(), file.clone());
+        let r =
+            tokio::task::spawn_blocking(move || store(&fs2, &file2, positions.iter().map(|(r, p)| (r.as_path(), *p))))
+                .await
+                .expect("cursor write task");
+        match r {
+            Ok(()) if failing => {
+                failing = false;
+                info!(sink = %sink, "the sink cursor is written again");
+            }
+            Ok(()) => {}
+            Err(e) => {
+                m.sink_errors.with_label_values(&[&sink, "state_write"]).inc();
+                if !failing {
+                    warn!(sink = %sink, file = %file.display(), error = %e,
+                        "cannot write the sink cursor (kept in memory; retried every second)");
+                }
+                failing = true;
+                if rx.has_changed().is_err() {
+                    // Stopping: the cursor on disk is older (duplicates, never loss).
+                    return;
+                }
+                tokio::time::sleep(RETRY).await;
+                // Retry with these positions unless newer ones came.
+                if matches!(rx.has_changed(), Ok(false)) {
+                    rx.mark_changed();
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! by an opaque token (frame, record index) with no allocation per record.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -14,6 +14,7 @@ use rdkafka::ClientContext;
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{info, warn};
 
+use super::bus::{bounded, BusError, Limits, Op};
 use super::records::Batch;
 use super::{Ack, Outcome};
 use crate::config::{KafkaConfig, SinkConfig};
@@ -22,6 +23,7 @@ use crate::metrics::Metrics;
 pub struct Kafka {
     producer: Arc<ThreadedProducer<Reports>>,
     topic: String,
+    limits: Limits,
 }
 
 /// Where librdkafka's threads report deliveries and errors.
@@ -29,6 +31,7 @@ pub struct Reports {
     tx: UnboundedSender<Ack>,
     sink: String,
     metrics: Metrics,
+    session: u32,
 }
 
 impl ClientContext for Reports {
@@ -39,7 +42,7 @@ impl ClientContext for Reports {
                 warn!(sink = %self.sink, %reason, "no Kafka broker reachable; records wait on disk");
             }
             Some(RDKafkaErrorCode::Fatal) => {
-                let _ = self.tx.send(Ack::broken(format!("fatal producer error: {reason}")));
+                let _ = self.tx.send(Ack::broken(self.session, format!("fatal producer error: {reason}")));
             }
             _ => warn!(sink = %self.sink, error = %error, %reason, "kafka client error"),
         }
@@ -52,7 +55,12 @@ impl ProducerContext for Reports {
     fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
         let outcome = match result {
             Ok(_) => Outcome::Ok,
-            Err((e, _)) => classify(e),
+            Err((e, m)) => match e.rdkafka_error_code() {
+                Some(RDKafkaErrorCode::UnknownTopic | RDKafkaErrorCode::UnknownTopicOrPartition) => {
+                    Outcome::UnknownTopic(rdkafka::Message::topic(m).to_owned())
+                }
+                _ => classify(e),
+            },
         };
         let _ = self.tx.send(Ack { token: (opaque >> 32) as u32, idx: opaque as u32, outcome });
     }
@@ -79,7 +87,9 @@ impl Kafka {
         k: &KafkaConfig,
         tx: UnboundedSender<Ack>,
         metrics: &Metrics,
-    ) -> Result<Kafka, String> {
+        limits: Limits,
+        session: u32,
+    ) -> Result<Kafka, BusError> {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", k.brokers.join(","))
             .set("client.id", format!("ferry-{}", sink.name))
@@ -92,6 +102,10 @@ impl Kafka {
             .set("batch.num.messages", "100000")
             .set("batch.size", "4000000")
             .set("message.timeout.ms", k.message_timeout.as_millis().to_string())
+            // librdkafka reconnects by itself: as promptly as the sink would
+            // (its own default backs off to 10 s).
+            .set("reconnect.backoff.ms", sink.backoff_min.as_millis().max(1).to_string())
+            .set("reconnect.backoff.max.ms", sink.backoff_max.as_millis().max(1).to_string())
             // The sink's own in-flight limit is the real bound; librdkafka's
             // queue only has to hold it.
             .set("queue.buffering.max.messages", (sink.max_in_flight * 2).max(100_000).to_string())
@@ -102,39 +116,55 @@ impl Kafka {
         for (key, v) in &k.options {
             c.set(key, v);
         }
-        let reports = Reports { tx, sink: sink.name.clone(), metrics: metrics.clone() };
+        let reports = Reports { tx, sink: sink.name.clone(), metrics: metrics.clone(), session };
         let producer: ThreadedProducer<Reports> =
-            c.create_with_context(reports).map_err(|e| format!("cannot create the Kafka producer: {e}"))?;
+            c.create_with_context(reports).map_err(|source| BusError::Kafka { op: Op::Connect, source })?;
         let producer = Arc::new(producer);
         let p = producer.clone();
-        let meta = tokio::task::spawn_blocking(move || {
-            p.client().fetch_metadata(None, Duration::from_secs(5)).map(|m| m.brokers().len())
+        // librdkafka bounds its own wait; the outer bound covers the blocking pool.
+        let wait = limits.connect;
+        let meta = bounded(Op::Metadata, wait + Duration::from_secs(1), async move {
+            tokio::task::spawn_blocking(move || p.client().fetch_metadata(None, wait).map(|m| m.brokers().len()))
+                .await
+                .expect("metadata task")
+                .map_err(|source| BusError::Kafka { op: Op::Metadata, source })
         })
-        .await
-        .expect("metadata task");
+        .await;
+        let kafka = Kafka { producer, topic: k.topic.clone(), limits };
         match meta {
             Ok(n) => info!(sink = %sink.name, brokers = n, "connected to Kafka"),
             Err(e) => {
-                tokio::task::spawn_blocking(move || drop(producer));
-                return Err(format!("no Kafka broker answers ({}): {e}", k.brokers.join(",")));
+                kafka.close().await;
+                return Err(e);
             }
         }
-        Ok(Kafka { producer, topic: k.topic.clone() })
+        Ok(kafka)
     }
 
     /// Hand every record of `batch` to librdkafka. Refusals at the door (a
     /// record too large for `message.max.bytes`) come back at once; the
     /// rest are answered by delivery reports carrying `token`.
-    pub async fn publish(&self, batch: Arc<Batch>, token: u32) -> Result<Vec<(u32, Outcome)>, String> {
+    ///
+    /// Bounded by `request_timeout`: a queue that stays full that long (the
+    /// broker takes nothing) is a timeout, not a wait without end.
+    pub async fn publish(&self, batch: Arc<Batch>, token: u32) -> Result<Vec<(u32, Outcome)>, BusError> {
         let producer = self.producer.clone();
         let topic = batch.origin.render(&self.topic);
-        tokio::task::spawn_blocking(move || produce(&producer, &topic, &batch, token)).await.expect("produce task")
+        let limit = self.limits.request;
+        bounded(Op::Produce, limit + Duration::from_secs(1), async move {
+            tokio::task::spawn_blocking(move || produce(&producer, &topic, &batch, token, limit))
+                .await
+                .expect("produce task")
+        })
+        .await
     }
 
     /// Stop: queued records are purged (their reports are ignored: the
-    /// sink starts again from its acknowledged positions).
+    /// sink starts again from its acknowledged positions). librdkafka's
+    /// teardown is waited for at most `request_timeout`.
     pub async fn close(self) {
-        let _ = tokio::task::spawn_blocking(move || drop(self.producer)).await;
+        let producer = self.producer;
+        let _ = tokio::time::timeout(self.limits.request, tokio::task::spawn_blocking(move || drop(producer))).await;
     }
 }
 
@@ -143,7 +173,9 @@ fn produce(
     topic: &str,
     batch: &Batch,
     token: u32,
-) -> Result<Vec<(u32, Outcome)>, String> {
+    limit: Duration,
+) -> Result<Vec<(u32, Outcome)>, BusError> {
+    let deadline = Instant::now() + limit;
     let o = &batch.origin;
     let mut refused = Vec::new();
     let mut seq_buf = itoa_buf();
@@ -172,6 +204,9 @@ fn produce(
                     // Only when librdkafka's queue is fuller than the sink's
                     // own limit allows: let its thread drain it.
                     record = r;
+                    if Instant::now() >= deadline {
+                        return Err(BusError::Timeout { op: Op::Produce, limit });
+                    }
                     std::thread::sleep(Duration::from_millis(2));
                 }
                 Err((e, _)) => match classify(&e) {
@@ -179,7 +214,7 @@ fn produce(
                         refused.push((i as u32, Outcome::Refused(why)));
                         break;
                     }
-                    _ => return Err(format!("cannot queue a record for {topic}: {e}")),
+                    _ => return Err(BusError::Kafka { op: Op::Produce, source: e }),
                 },
             }
         }

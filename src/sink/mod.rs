@@ -18,12 +18,14 @@
 //! refuses for good goes to the dead-letter file ([`deadletter`]) and is
 //! counted; transient failures back off and retry.
 
+pub mod bus;
 pub mod cursor;
 pub mod deadletter;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod rabbitmq;
 pub mod records;
+pub mod watchdog;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
@@ -43,9 +45,11 @@ use crate::store::frame::{FrameHeader, MAX_HEADER_LEN};
 use crate::store::fs::Fs;
 use crate::store::recover::list_repaired;
 use crate::store::segment::SegmentName;
+use bus::{Bus, BusError};
 use cursor::Pos;
 use deadletter::DeadLetters;
 use records::{Batch, FrameDecoder, Origin, Read};
+use watchdog::{Verdict, Watchdog};
 
 /// Everything a sink needs; `run` drives it until cancelled.
 pub struct Sink {
@@ -68,12 +72,15 @@ pub struct Ack {
     pub outcome: Outcome,
 }
 
-/// Token of an [`Ack`] that reports the connection itself broken.
+/// Token of an [`Ack`] that reports the connection itself broken; its
+/// `idx` is the connection's session number.
 const BROKEN: u32 = u32::MAX;
 
 impl Ack {
-    pub fn broken(detail: String) -> Ack {
-        Ack { token: BROKEN, idx: 0, outcome: Outcome::Retry("fatal", detail) }
+    /// The connection of `session` is broken (a report from a session
+    /// already replaced is ignored).
+    pub fn broken(session: u32, detail: String) -> Ack {
+        Ack { token: BROKEN, idx: session, outcome: Outcome::Retry("fatal", detail) }
     }
 }
 
@@ -88,61 +95,36 @@ pub enum Outcome {
     /// Like `Retry`, but the broker refused one of the unconfirmed records
     /// without saying which: send them again one at a time to find it.
     RetryCarefully(String),
+    /// The Kafka topic does not exist (and the brokers do not create it).
+    UnknownTopic(String),
 }
 
 /// Why a Kafka sink cannot run in a build without the `kafka` feature.
 pub const NO_KAFKA: &str = "this ferry is built without Kafka support (cargo feature \"kafka\")";
 
-enum Bus {
-    #[cfg(feature = "kafka")]
-    Kafka(kafka::Kafka),
-    Rabbit(Box<rabbitmq::Rabbit>),
+/// Why the sink drops its connection and starts again from its
+/// acknowledged positions.
+#[derive(Debug, thiserror::Error)]
+enum Restart {
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    /// A record's answer said the connection is unusable (reason, detail).
+    #[error("{1}")]
+    Answer(&'static str, String),
+    #[error("topic {0:?} does not exist; create it or allow auto-creation on the brokers")]
+    UnknownTopic(String),
+    #[error("no acknowledgement for {0:?} while records wait")]
+    Stalled(Duration),
 }
 
-impl Bus {
-    async fn connect(
-        cfg: &SinkConfig,
-        tx: mpsc::UnboundedSender<Ack>,
-        metrics: &Metrics,
-        careful: usize,
-    ) -> Result<Bus, String> {
-        match &cfg.bus {
-            #[cfg(feature = "kafka")]
-            BusConfig::Kafka(k) => kafka::Kafka::connect(cfg, k, tx, metrics).await.map(Bus::Kafka),
-            #[cfg(not(feature = "kafka"))]
-            BusConfig::Kafka(_) => {
-                let _ = (tx, metrics);
-                Err(NO_KAFKA.to_owned())
-            }
-            BusConfig::RabbitMq(r) => {
-                let mut b = rabbitmq::Rabbit::connect(&cfg.name, r, tx).await?;
-                b.careful = careful;
-                Ok(Bus::Rabbit(Box::new(b)))
-            }
-        }
-    }
-
-    async fn publish(&mut self, batch: Arc<Batch>, token: u32) -> Result<Vec<(u32, Outcome)>, String> {
+impl Restart {
+    /// The `reason` label of `ferry_sink_errors_total`.
+    fn reason(&self) -> &'static str {
         match self {
-            #[cfg(feature = "kafka")]
-            Bus::Kafka(k) => k.publish(batch, token).await,
-            Bus::Rabbit(r) => r.publish(batch, token).await,
-        }
-    }
-
-    fn take_broken(&mut self) -> Option<String> {
-        match self {
-            #[cfg(feature = "kafka")]
-            Bus::Kafka(_) => None,
-            Bus::Rabbit(r) => r.take_broken(),
-        }
-    }
-
-    async fn close(self) {
-        match self {
-            #[cfg(feature = "kafka")]
-            Bus::Kafka(k) => k.close().await,
-            Bus::Rabbit(r) => r.close().await,
+            Restart::Bus(e) => e.reason(),
+            Restart::Answer(r, _) => r,
+            Restart::UnknownTopic(_) => "unknown_topic",
+            Restart::Stalled(_) => "stalled",
         }
     }
 }
@@ -183,10 +165,64 @@ struct Flight {
     ok: u64,
     ok_bytes: u64,
     batch: Arc<Batch>,
+    /// Records answered (acknowledged, refused, or skipped), one bit each.
+    answered: Vec<u64>,
+    /// Records 0..prefix are all answered: the cursor may move past them
+    /// before the whole frame is (a crash then repeats less than a frame).
+    prefix: u32,
 }
 
-/// How often the cursor is written (the crash-duplicate window).
-const PERSIST_EVERY: Duration = Duration::from_millis(500);
+impl Flight {
+    fn new(token: u32, end: Pos, outstanding: u32, batch: Arc<Batch>) -> Flight {
+        let mut f = Flight {
+            token,
+            end,
+            outstanding,
+            ok: 0,
+            ok_bytes: 0,
+            answered: vec![0; batch.len().div_ceil(64)],
+            prefix: 0,
+            batch,
+        };
+        for i in f.batch.skip.clone() {
+            f.answer(i);
+        }
+        f
+    }
+
+    /// Record `idx` is answered; true when the answered prefix grew.
+    fn answer(&mut self, idx: u32) -> bool {
+        let i = idx as usize;
+        if let Some(w) = self.answered.get_mut(i / 64) {
+            *w |= 1 << (i % 64);
+        }
+        let before = self.prefix;
+        while (self.prefix as usize) < self.batch.len() {
+            let p = self.prefix as usize;
+            if self.answered[p / 64] & (1 << (p % 64)) == 0 {
+                break;
+            }
+            self.prefix += 1;
+        }
+        self.prefix > before
+    }
+
+    /// Where a restart resumes if this is the oldest flight of its segment.
+    fn resume_at(&self) -> Pos {
+        Pos { offset: self.batch.offset, next_seq: self.batch.first_seq + u64::from(self.prefix) }
+    }
+}
+
+/// What [`Run::next_flight`] found.
+enum Next {
+    /// Nothing readable now.
+    Nothing,
+    /// A frame passed over (damaged, or nothing in it to send): more may be ready.
+    Skipped,
+    /// A flight to hand to the broker.
+    Publish(Arc<Batch>, u32),
+}
+
 const LAG_EVERY: Duration = Duration::from_secs(1);
 const READ_RETRY: Duration = Duration::from_secs(5);
 
@@ -211,6 +247,11 @@ struct Run<'a> {
     rr: usize,
     dirty: bool,
     careful: usize,
+    /// Number of the current broker connection (stamps its breakage reports).
+    session: u32,
+    watchdog: Watchdog,
+    /// Kafka topics found missing (named once each, until delivery to them works).
+    missing_topics: HashSet<String>,
     seen_streams: HashSet<(String, String)>,
     /// Paths being written that the last listing did not select (other
     /// sites or streams, delivered): their growth asks for no listing.
@@ -227,6 +268,7 @@ impl Sink {
         let name = self.cfg.name.clone();
         let m = self.metrics.clone();
         m.sink_connected.with_label_values(&[&name]).set(0);
+        m.sink_stalled.with_label_values(&[&name]).set(0);
         m.sink_segments_delivered.with_label_values(&[&name]);
         m.sink_dead_letters.with_label_values(&[&name, "too_large"]);
         let cursor_file = cursor::cursor_file(&self.state_dir, &name);
@@ -244,6 +286,7 @@ impl Sink {
                 return;
             }
         };
+        let writer = cursor::Writer::start(self.fs.clone(), cursor_file, name.clone(), m.clone());
         let (tx, mut rx) = mpsc::unbounded_channel();
         let mut run = Run {
             sink: &self,
@@ -263,6 +306,9 @@ impl Sink {
             rr: 0,
             dirty: false,
             careful: 0,
+            session: 0,
+            watchdog: Watchdog::new(self.cfg.stall_after, Instant::now()),
+            missing_topics: HashSet::new(),
             seen_streams: HashSet::new(),
             unlisted: HashSet::new(),
         };
@@ -270,17 +316,19 @@ impl Sink {
         let mut backoff = self.cfg.backoff_min;
         let mut next_connect = Instant::now();
         let mut changes = self.changes.subscribe();
-        let mut next_persist = Instant::now() + PERSIST_EVERY;
+        let mut next_write = Instant::now();
         let mut next_lag = Instant::now();
         let mut inbox: VecDeque<Ack> = VecDeque::new();
+        // A publish that failed: the session starts again at the next turn.
+        let mut failed: Option<Restart> = None;
         info!(sink = %name, "sink started");
         loop {
             if stop.is_cancelled() {
                 break;
             }
             // 1. What the broker said.
-            let mut broken: Option<(&'static str, String)> = None;
-            while broken.is_none() {
+            let mut restart = failed.take();
+            while restart.is_none() {
                 let ack = match inbox.pop_front() {
                     Some(a) => a,
                     None => match rx.try_recv() {
@@ -291,11 +339,27 @@ impl Sink {
                 if matches!(ack.outcome, Outcome::Ok) {
                     backoff = self.cfg.backoff_min;
                 }
-                broken = run.apply(ack);
+                restart = run.apply(ack);
             }
-            if let Some((reason, detail)) = broken {
-                m.sink_errors.with_label_values(&[&name, reason]).inc();
-                warn!(sink = %name, reason, %detail, retry_in = ?backoff, "broker failed; starting again from the acknowledged positions");
+            // 2. The archive: new segments, growth, seals, deletions, as the store tells.
+            if changes.has_changed() {
+                let u = changes.take();
+                if u.relist || run.grown(&u.lens) {
+                    run.scan(&u.lens).await;
+                }
+            }
+            // 3. The watchdog, and what is shown each second.
+            let now = Instant::now();
+            if now >= next_lag {
+                next_lag = now + LAG_EVERY;
+                run.report_lag().await;
+                let verdict = run.watchdog.check(run.pending(), now);
+                if let Some(r) = run.judged(verdict, bus.is_some()) {
+                    restart.get_or_insert(r);
+                }
+            }
+            if let Some(why) = restart {
+                run.restart_noted(&why, backoff);
                 if let Some(b) = bus.take() {
                     b.close().await;
                 }
@@ -308,9 +372,10 @@ impl Sink {
                 backoff = (backoff * 2).min(self.cfg.backoff_max);
             }
 
-            // 2. Connect.
+            // 4. Connect.
             if bus.is_none() && Instant::now() >= next_connect {
-                match Bus::connect(&self.cfg, run.tx.clone(), &m, run.careful).await {
+                run.session = run.session.wrapping_add(1);
+                match Bus::connect(&self.cfg, run.tx.clone(), &m, run.careful, run.session).await {
                     Ok(b) => {
                         m.sink_connected.with_label_values(&[&name]).set(1);
                         bus = Some(b);
@@ -318,48 +383,76 @@ impl Sink {
                         run.careful = 0;
                     }
                     Err(e) => {
-                        m.sink_errors.with_label_values(&[&name, "connect"]).inc();
-                        warn!(sink = %name, error = %e, retry_in = ?backoff, "cannot reach the broker");
+                        m.sink_errors.with_label_values(&[&name, e.reason()]).inc();
+                        warn!(sink = %name, reason = e.reason(), error = %e, retry_in = ?backoff, "cannot reach the broker");
                         next_connect = Instant::now() + backoff;
                         backoff = (backoff * 2).min(self.cfg.backoff_max);
                     }
                 }
             }
 
-            // 3. The archive: new segments, growth, seals, deletions, as the store tells.
-            if changes.has_changed() {
-                let u = changes.take();
-                if u.relist || run.grown(&u.lens) {
-                    run.scan(&u.lens).await;
-                }
-            }
-            if Instant::now() >= next_persist {
-                next_persist = Instant::now() + PERSIST_EVERY;
-                run.persist().await;
-            }
-            if Instant::now() >= next_lag {
-                next_lag = Instant::now() + LAG_EVERY;
-                run.report_lag().await;
-            }
+            // The cursor follows the acknowledgements, written off this loop.
+            run.offer_cursor(&writer, &mut next_write);
 
-            // 4. The next frame, if the in-flight limits allow.
+            // 5. The next frame, if the in-flight limits allow. Answers are
+            // taken while it is handed over (a frame may take a while), so
+            // the cursor keeps following them.
             let mut published = false;
             if let Some(b) = bus.as_mut() {
                 if run.in_flight_records < self.cfg.max_in_flight && run.in_flight_bytes < self.cfg.max_in_flight_bytes
                 {
-                    match run.publish_next(b).await {
-                        Ok(p) => published = p,
-                        Err(detail) => {
-                            inbox.push_back(Ack { token: BROKEN, idx: 0, outcome: Outcome::Retry("publish", detail) })
+                    match run.next_flight().await {
+                        Ok(Next::Nothing) => {}
+                        Ok(Next::Skipped) => published = true,
+                        Ok(Next::Publish(batch, token)) => {
+                            published = true;
+                            let handed = {
+                                let publish = b.publish(batch, token);
+                                tokio::pin!(publish);
+                                loop {
+                                    tokio::select! {
+                                        r = &mut publish => break Some(r),
+                                        Some(a) = rx.recv() => {
+                                            if matches!(a.outcome, Outcome::Ok) {
+                                                backoff = self.cfg.backoff_min;
+                                            }
+                                            if let Some(r) = run.apply(a) {
+                                                failed = Some(r);
+                                                break None;
+                                            }
+                                            run.offer_cursor(&writer, &mut next_write);
+                                        }
+                                    }
+                                }
+                            };
+                            match handed {
+                                Some(Ok(answers)) => {
+                                    for (idx, outcome) in answers {
+                                        if let Some(r) = run.apply(Ack { token, idx, outcome }) {
+                                            failed.get_or_insert(r);
+                                            break;
+                                        }
+                                    }
+                                    if let Some(e) = b.take_broken() {
+                                        failed.get_or_insert(e.into());
+                                    }
+                                }
+                                Some(Err(e)) => failed = Some(e.into()),
+                                None => {}
+                            }
                         }
+                        Err(e) => failed = Some(e),
                     }
                 }
             }
-            if published || !inbox.is_empty() {
+            if published || failed.is_some() || !inbox.is_empty() {
                 continue;
             }
-            // 5. Nothing to do now: wait for an answer or the next timer.
-            let mut until = next_persist.min(next_lag);
+            // 6. Nothing to do now: wait for an answer or the next timer.
+            let mut until = next_lag;
+            if run.dirty {
+                until = until.min(next_write);
+            }
             if bus.is_none() {
                 until = until.min(next_connect);
             }
@@ -370,7 +463,8 @@ impl Sink {
                 _ = tokio::time::sleep_until(until.into()) => {}
             }
         }
-        run.persist_now().await;
+        writer.offer(run.positions());
+        writer.finish().await;
         if let Some(b) = bus.take() {
             b.close().await;
         }
@@ -385,11 +479,14 @@ impl Run<'_> {
     }
 
     /// Apply one answer; `Some` when the session must start again.
-    fn apply(&mut self, ack: Ack) -> Option<(&'static str, String)> {
+    fn apply(&mut self, ack: Ack) -> Option<Restart> {
         if ack.token == BROKEN {
+            if ack.idx != self.session {
+                return None;
+            }
             return match ack.outcome {
-                Outcome::Retry(r, d) => Some((r, d)),
-                other => Some(("fatal", format!("{other:?}"))),
+                Outcome::Retry(r, d) => Some(Restart::Answer(r, d)),
+                other => Some(Restart::Answer("fatal", format!("{other:?}"))),
             };
         }
         let rel = self.tokens.get(&ack.token)?.clone();
@@ -400,12 +497,16 @@ impl Run<'_> {
                 f.outstanding = f.outstanding.saturating_sub(1);
                 f.ok += 1;
                 f.ok_bytes += f.batch.record(ack.idx as usize).len() as u64;
+                self.dirty |= f.answer(ack.idx);
             }
             Outcome::Refused(reason) => {
                 let b = f.batch.clone();
                 let i = ack.idx as usize;
                 if let Err(e) = self.dead.add(&b.origin, b.seq(i), b.last_ms, &b.rel, reason, b.record(i)) {
-                    return Some(("dead_letter_write", format!("cannot write the dead-letter file: {e}")));
+                    return Some(Restart::Answer(
+                        "dead_letter_write",
+                        format!("cannot write the dead-letter file: {e}"),
+                    ));
                 }
                 let m = &self.sink.metrics;
                 m.sink_dead_letters.with_label_values(&[&self.sink.cfg.name, reason]).inc();
@@ -413,13 +514,17 @@ impl Run<'_> {
                     "broker refused a record for good; written to the dead-letter file");
                 let f = seg.flights.iter_mut().find(|f| f.token == ack.token)?;
                 f.outstanding = f.outstanding.saturating_sub(1);
+                self.dirty |= f.answer(ack.idx);
             }
-            Outcome::Retry(r, d) => return Some((r, d)),
+            Outcome::Retry(r, d) => return Some(Restart::Answer(r, d)),
             Outcome::RetryCarefully(d) => {
                 self.careful = self.in_flight_records.max(1);
-                return Some(("refused_unknown_record", d));
+                return Some(Restart::Answer("refused_unknown_record", d));
             }
+            Outcome::UnknownTopic(t) => return Some(Restart::UnknownTopic(t)),
         }
+        let verdict = self.watchdog.progress(Instant::now());
+        self.judged(verdict, true);
         self.advance(&rel);
         None
     }
@@ -442,6 +547,15 @@ impl Run<'_> {
             // reports that it is gone, not that it is back).
             m.sink_connected.with_label_values(&[name]).set(1);
             self.dirty = true;
+            if f.ok > 0 && !self.missing_topics.is_empty() {
+                if let BusConfig::Kafka(k) = &self.sink.cfg.bus {
+                    let topic = o.render(&k.topic);
+                    if self.missing_topics.remove(&topic) {
+                        m.sink_missing_topic.with_label_values(&[name, &topic]).set(0);
+                        info!(sink = %name, %topic, "the topic exists now: delivering to it");
+                    }
+                }
+            }
         }
         self.check_done(rel);
     }
@@ -615,10 +729,9 @@ impl Run<'_> {
         None
     }
 
-    /// Read the next frame of the picked segment and publish it. `Ok(true)`
-    /// when something was published or skipped (more may be ready).
-    async fn publish_next(&mut self, bus: &mut Bus) -> Result<bool, String> {
-        let Some((rel, live)) = self.pick() else { return Ok(false) };
+    /// Read the next frame of the picked segment and make it a flight.
+    async fn next_flight(&mut self) -> Result<Next, Restart> {
+        let Some((rel, live)) = self.pick() else { return Ok(Next::Nothing) };
         let seg = &self.segs[&rel];
         let (origin, pos) = (seg.origin.clone(), seg.read);
         let archive = self.sink.archive_dir.clone();
@@ -637,7 +750,7 @@ impl Run<'_> {
         let mut batch = match read {
             Ok(Read::Nothing) => {
                 seg.stalled_at = Some(seg.local.len);
-                return Ok(false);
+                return Ok(Next::Nothing);
             }
             Ok(Read::Damaged { at, next, error }) => {
                 m.sink_errors.with_label_values(&[&name, "damaged_frame"]).inc();
@@ -647,13 +760,13 @@ impl Run<'_> {
                 if seg.flights.is_empty() {
                     seg.acked = seg.read;
                 }
-                return Ok(true);
+                return Ok(Next::Skipped);
             }
             Err(e) => {
                 m.sink_errors.with_label_values(&[&name, "read"]).inc();
                 warn!(sink = %name, path = %rel.display(), error = %e, "cannot read a segment; trying again later");
                 seg.retry_at = Some(Instant::now() + READ_RETRY);
-                return Ok(false);
+                return Ok(Next::Nothing);
             }
             Ok(Read::Batch(b)) => b,
         };
@@ -678,7 +791,7 @@ impl Run<'_> {
         let n = batch.len();
         let outstanding = (n - batch.skip.len() + refused.len()) as u32;
         seg.read = Pos { offset: batch.end, next_seq: batch.next_seq };
-        seg.flights.push_back(Flight { token, end: seg.read, outstanding, ok: 0, ok_bytes: 0, batch: batch.clone() });
+        seg.flights.push_back(Flight::new(token, seg.read, outstanding, batch.clone()));
         self.tokens.insert(token, rel.clone());
         self.in_flight_records += n;
         self.in_flight_bytes += batch.bytes();
@@ -688,48 +801,90 @@ impl Run<'_> {
             self.backlog_sent += n as u64;
         }
         for (idx, outcome) in refused {
-            if let Some(b) = self.apply(Ack { token, idx, outcome }) {
-                return Err(b.1);
+            if let Some(r) = self.apply(Ack { token, idx, outcome }) {
+                return Err(r);
             }
         }
         if n > batch.skip.len() {
-            let more = bus.publish(batch, token).await?;
-            for (idx, outcome) in more {
-                if let Some(b) = self.apply(Ack { token, idx, outcome }) {
-                    return Err(b.1);
-                }
-            }
-            if let Some(e) = bus.take_broken() {
-                return Err(e);
-            }
+            Ok(Next::Publish(batch, token))
         } else {
             self.advance(&rel);
-        }
-        Ok(true)
-    }
-
-    async fn persist(&mut self) {
-        if self.dirty {
-            self.persist_now().await;
+            Ok(Next::Skipped)
         }
     }
 
-    async fn persist_now(&mut self) {
-        let file = cursor::cursor_file(&self.sink.state_dir, &self.sink.cfg.name);
-        let positions: Vec<(PathBuf, Pos)> = self.segs.iter().map(|(r, s)| (r.clone(), s.acked)).collect();
-        let fs = self.sink.fs.clone();
-        let r = tokio::task::spawn_blocking(move || {
-            cursor::store(&fs, &file, positions.iter().map(|(r, p)| (r.as_path(), *p)))
-        })
-        .await
-        .expect("cursor task");
-        match r {
-            Ok(()) => self.dirty = false,
-            Err(e) => {
-                self.sink.metrics.sink_errors.with_label_values(&[self.name(), "state_write"]).inc();
-                warn!(sink = %self.name(), error = %e, "cannot write the sink cursor (kept in memory; retried)");
+    /// Hand the positions to the cursor writer when they moved and the last
+    /// offer is [`cursor::WRITE_EVERY`] old.
+    fn offer_cursor(&mut self, writer: &cursor::Writer, next: &mut Instant) {
+        let now = Instant::now();
+        if self.dirty && now >= *next {
+            *next = now + cursor::WRITE_EVERY;
+            writer.offer(self.positions());
+            self.dirty = false;
+        }
+    }
+
+    /// Every segment in progress with its acknowledged position: what the
+    /// cursor file holds.
+    fn positions(&self) -> cursor::Positions {
+        let at = |s: &Seg| match s.flights.front() {
+            Some(f) if f.prefix > 0 => f.resume_at(),
+            _ => s.acked,
+        };
+        Arc::new(self.segs.iter().map(|(r, s)| (r.clone(), at(s))).collect())
+    }
+
+    /// Records wait for the broker: published and unacknowledged, or on
+    /// disk past the acknowledged position.
+    fn pending(&self) -> bool {
+        self.in_flight_records > 0 || self.segs.values().any(|s| s.acked.offset < s.local.len)
+    }
+
+    /// Act on the watchdog's verdict: a stall is said (every `stall_after`
+    /// while it lasts, whatever the cause) and, when connected, ends the
+    /// session.
+    fn judged(&self, verdict: Verdict, connected: bool) -> Option<Restart> {
+        let (m, name) = (&self.sink.metrics, self.name());
+        match verdict {
+            Verdict::Fine => None,
+            Verdict::Recovered { after } => {
+                m.sink_stalled.with_label_values(&[name]).set(0);
+                info!(sink = %name, stalled_for = ?after, "the sink delivers again");
+                None
+            }
+            Verdict::Stalled { silent, .. } => {
+                m.sink_stalled.with_label_values(&[name]).set(1);
+                m.sink_errors.with_label_values(&[name, "stalled"]).inc();
+                if connected {
+                    warn!(sink = %name, silent = ?silent, in_flight = self.in_flight_records,
+                        "sink stalled: no acknowledgement from the broker while records wait; dropping the connection and starting again from the acknowledged positions");
+                    Some(Restart::Stalled(silent))
+                } else {
+                    warn!(sink = %name, silent = ?silent,
+                        "sink stalled: no acknowledgement while records wait; the broker cannot be reached");
+                    None
+                }
             }
         }
+    }
+
+    /// Count and log why the session starts again. A missing Kafka topic
+    /// is named and counted once per topic, not at every retry.
+    fn restart_noted(&mut self, why: &Restart, backoff: Duration) {
+        let (m, name) = (&self.sink.metrics, self.sink.cfg.name.as_str());
+        if let Restart::UnknownTopic(t) = why {
+            if self.missing_topics.insert(t.clone()) {
+                m.sink_errors.with_label_values(&[name, why.reason()]).inc();
+                m.sink_missing_topic.with_label_values(&[name, t]).set(1);
+                error!(sink = %name, topic = %t, retry_in = ?backoff, "{why}");
+            }
+            return;
+        }
+        if !matches!(why, Restart::Stalled(_)) {
+            m.sink_errors.with_label_values(&[name, why.reason()]).inc();
+        }
+        warn!(sink = %name, reason = why.reason(), error = %why, retry_in = ?backoff,
+            "broker failed; starting again from the acknowledged positions");
     }
 
     /// Lag per (site, stream): records, bytes and the age of the oldest

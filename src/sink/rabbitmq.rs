@@ -5,6 +5,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
@@ -12,8 +13,10 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use lapin::{Confirmation, PublisherConfirm};
 use tokio::sync::mpsc::UnboundedSender;
+use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use super::bus::{bounded, BusError, Limits, Op};
 use super::records::Batch;
 use super::{Ack, Outcome};
 use crate::config::RabbitMqConfig;
@@ -29,25 +32,73 @@ pub struct Rabbit {
     /// finds which one it was without guessing.
     pub careful: usize,
     /// Set when the channel is known to be gone after a publish returned.
-    broken: Option<String>,
+    broken: Option<BusError>,
+    limits: Limits,
+    /// Ends the tasks awaiting this connection's confirms when it closes
+    /// (a confirm of a dead connection may never resolve).
+    closed: CancellationToken,
 }
 
 impl Rabbit {
-    pub async fn connect(sink: &str, cfg: &RabbitMqConfig, tx: UnboundedSender<Ack>) -> Result<Rabbit, String> {
+    /// Connect, open a channel and put it in confirm mode, each step within
+    /// `limits.connect` (a broker still booting accepts TCP and may not
+    /// answer yet). `_session` is for the reports of a later breakage.
+    pub async fn connect(
+        sink: &str,
+        cfg: &RabbitMqConfig,
+        tx: UnboundedSender<Ack>,
+        limits: Limits,
+        _session: u32,
+    ) -> Result<Rabbit, BusError> {
         let props = ConnectionProperties::default().with_connection_name(format!("ferry-{sink}").into());
-        let conn = Connection::connect(&cfg.url, props).await.map_err(|e| format!("cannot connect: {e}"))?;
-        let channel = conn.create_channel().await.map_err(|e| format!("cannot open a channel: {e}"))?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(|e| format!("broker does not do publisher confirms: {e}"))?;
+        let rabbit = |op: Op| move |source| BusError::Rabbit { op, source };
+        let t = limits.connect;
+        let conn =
+            bounded(Op::Connect, t, async { Connection::connect(&cfg.url, props).await.map_err(rabbit(Op::Connect)) })
+                .await?;
+        let opened = async {
+            let channel =
+                bounded(Op::OpenChannel, t, async { conn.create_channel().await.map_err(rabbit(Op::OpenChannel)) })
+                    .await?;
+            bounded(Op::ConfirmSelect, t, async {
+                channel.confirm_select(ConfirmSelectOptions::default()).await.map_err(rabbit(Op::ConfirmSelect))
+            })
+            .await?;
+            Ok::<_, BusError>(channel)
+        }
+        .await;
+        let channel = match opened {
+            Ok(c) => c,
+            Err(e) => {
+                close_conn(&conn, limits.request).await;
+                return Err(e);
+            }
+        };
         info!(sink, "connected to RabbitMQ");
-        Ok(Rabbit { conn, channel, cfg: cfg.clone(), declared: HashSet::new(), tx, careful: 0, broken: None })
+        Ok(Rabbit {
+            conn,
+            channel,
+            cfg: cfg.clone(),
+            declared: HashSet::new(),
+            tx,
+            careful: 0,
+            broken: None,
+            limits,
+            closed: CancellationToken::new(),
+        })
     }
 
     /// Publish every record of `batch`; a task awaits the confirms in order
     /// and reports them with `token`.
-    pub async fn publish(&mut self, batch: Arc<Batch>, token: u32) -> Result<Vec<(u32, Outcome)>, String> {
+    ///
+    /// The whole call is bounded by `request_timeout`; a confirm awaited
+    /// here in careful mode too.
+    pub async fn publish(&mut self, batch: Arc<Batch>, token: u32) -> Result<Vec<(u32, Outcome)>, BusError> {
+        let limit = self.limits.request;
+        bounded(Op::Publish, limit, self.publish_unbounded(batch, token)).await
+    }
+
+    async fn publish_unbounded(&mut self, batch: Arc<Batch>, token: u32) -> Result<Vec<(u32, Outcome)>, BusError> {
         let o = batch.origin.clone();
         let exchange = o.render(&self.cfg.exchange);
         if !self.declared.contains(&exchange) {
@@ -61,7 +112,7 @@ impl Rabbit {
             self.channel
                 .exchange_declare(exchange.clone().into(), kind, opts, FieldTable::default())
                 .await
-                .map_err(|e| format!("cannot declare exchange {exchange:?}: {e}"))?;
+                .map_err(|source| BusError::Rabbit { op: Op::Declare, source })?;
             self.declared.insert(exchange.clone());
         }
         let routing_key: ShortString = o.render(&self.cfg.routing_key).into();
@@ -99,12 +150,14 @@ impl Rabbit {
                             if refused {
                                 // Found. The channel is closed now: reconnect.
                                 self.careful = 0;
-                                self.broken = Some("the broker refused a message and closed the channel".into());
+                                self.broken = Some(BusError::Broken(
+                                    "the broker refused a message and closed the channel".into(),
+                                ));
                                 return Ok(answered);
                             }
                         }
-                        Outcome::Retry(_, d) | Outcome::RetryCarefully(d) => {
-                            self.broken = Some(d);
+                        Outcome::Retry(_, d) | Outcome::RetryCarefully(d) | Outcome::UnknownTopic(d) => {
+                            self.broken = Some(BusError::Broken(d));
                             return Ok(answered);
                         }
                     }
@@ -113,7 +166,7 @@ impl Rabbit {
                 Err(e) => {
                     // What was published before still gets its confirms.
                     self.await_confirms(confirms, token);
-                    return Err(format!("publish failed: {e}"));
+                    return Err(BusError::Rabbit { op: Op::Publish, source: e });
                 }
             }
         }
@@ -122,15 +175,21 @@ impl Rabbit {
     }
 
     /// Why the connection cannot be used any more, if it cannot.
-    pub fn take_broken(&mut self) -> Option<String> {
+    pub fn take_broken(&mut self) -> Option<BusError> {
         self.broken.take()
     }
 
+    /// A task awaits the confirms in order and reports them; it ends when
+    /// they are all in or the connection is closed, whichever comes first.
     fn await_confirms(&self, confirms: Vec<(u32, PublisherConfirm)>, token: u32) {
         let tx = self.tx.clone();
+        let closed = self.closed.clone();
         tokio::spawn(async move {
             for (idx, c) in confirms {
-                let outcome = confirmed(c.await, false);
+                let outcome = tokio::select! {
+                    c = c => confirmed(c, false),
+                    _ = closed.cancelled() => return,
+                };
                 if tx.send(Ack { token, idx, outcome }).is_err() {
                     return;
                 }
@@ -139,8 +198,15 @@ impl Rabbit {
     }
 
     pub async fn close(self) {
-        let _ = self.conn.close(200, "ferry sink closing".into()).await;
+        self.closed.cancel();
+        close_conn(&self.conn, self.limits.request).await;
     }
+}
+
+/// Close the connection, waiting at most `limit` for the broker's answer:
+/// a broker gone or hung is let go (the socket closes with the value).
+async fn close_conn(conn: &Connection, limit: Duration) {
+    let _ = tokio::time::timeout(limit, conn.close(200, "ferry sink closing".into())).await;
 }
 
 fn confirmed(c: lapin::Result<Confirmation>, alone: bool) -> Outcome {

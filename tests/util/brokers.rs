@@ -70,7 +70,9 @@ impl Rabbit {
         rb
     }
 
-    fn boot(&mut self) {
+    /// Start the node (after [`stop`](Self::stop) or [`kill9`](Self::kill9))
+    /// and wait until it answers a ping and accepts AMQP connections.
+    pub fn boot(&mut self) {
         let _ = std::fs::remove_file(self.dir.join("pid"));
         let wrapper = Command::new("rabbitmq-server")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -111,8 +113,12 @@ impl Rabbit {
     /// Stop the node (SIGTERM to its pid: a clean shutdown) and wait.
     pub fn stop(&mut self) {
         if let Some(pid) = self.pid.take() {
-            // SAFETY: kill(2) on the broker's pid, read from its pid file.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
+            // SAFETY: kill(2) on the broker's pid, read from its pid file
+            // (a frozen broker is woken first, or it could not stop).
+            unsafe {
+                libc::kill(pid, libc::SIGCONT);
+                libc::kill(pid, libc::SIGTERM)
+            };
             let t = Instant::now();
             // SAFETY: signal 0 only checks that the process exists.
             while unsafe { libc::kill(pid, 0) } == 0 {
@@ -132,6 +138,59 @@ impl Rabbit {
     pub fn restart(&mut self) {
         self.stop();
         self.boot();
+    }
+
+    /// SIGKILL to the broker's Erlang VM: no goodbye to any client.
+    pub fn kill9(&mut self) {
+        if let Some(pid) = self.pid.take() {
+            // SAFETY: kill(2) on the broker's pid, read from its pid file.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            let t = Instant::now();
+            // SAFETY: signal 0 only checks that the process exists.
+            while unsafe { libc::kill(pid, 0) } == 0 {
+                assert!(t.elapsed() < Duration::from_secs(30), "RabbitMQ {pid} survived SIGKILL");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        if let Some(mut w) = self.wrapper.take() {
+            let _ = w.kill();
+            let _ = w.wait();
+        }
+    }
+
+    /// `rabbitmqctl stop_app`: the node stays, the broker closes every
+    /// connection and stops listening.
+    pub fn stop_app(&self) {
+        self.ctl(&["stop_app"]);
+    }
+
+    /// `rabbitmqctl start_app`, then wait until AMQP connections are accepted.
+    pub fn start_app(&self) {
+        self.ctl(&["start_app"]);
+        let t = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(t.elapsed() < Duration::from_secs(60), "RabbitMQ did not listen again after start_app");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn ctl(&self, args: &[&str]) {
+        let out = Command::new("rabbitmqctl")
+            .args(["-q", "-n", &self.node])
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "rabbitmqctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// SIGSTOP (`true`) or SIGCONT (`false`) to the broker: a frozen broker
+    /// keeps its sockets open (the kernel still accepts connections) and
+    /// answers nothing.
+    pub fn freeze(&self, frozen: bool) {
+        let pid = self.pid.expect("RabbitMQ running");
+        // SAFETY: kill(2) on the broker's pid, read from its pid file.
+        unsafe { libc::kill(pid, if frozen { libc::SIGSTOP } else { libc::SIGCONT }) };
     }
 
     /// Declare a durable topic exchange and a durable queue bound with `#`.
@@ -220,12 +279,13 @@ pub fn run_python(code: &str, args: &[&str], limit: Duration) -> String {
         }
         if t.elapsed() > limit {
             let _ = child.kill();
-            break;
+            let out = child.wait_with_output().unwrap();
+            panic!("python program killed after {limit:?}: {}", String::from_utf8_lossy(&out.stderr));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "python consumer failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "python program failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -251,8 +311,10 @@ with open(out, 'w') as f:
     for method, props, body in ch.consume(queue, auto_ack=True, inactivity_timeout=0.2):
         now = time.time()
         if method is None:
-            if (len(ids) >= want and now - last > idle) or now - start > limit:
+            if len(ids) >= want and now - last > idle:
                 break
+            if now - start > limit:
+                sys.exit('consumer timed out: %d of %d distinct message ids after %.0f s' % (len(ids), want, now - start))
             continue
         h = props.headers or {}
         f.write('\t'.join([method.exchange + '/' + method.routing_key, '-', props.message_id or '',
@@ -304,7 +366,8 @@ impl Kafka {
         k
     }
 
-    fn boot(&mut self) {
+    /// Start the broker (after [`stop`](Self::stop)) and wait until it listens.
+    pub fn boot(&mut self) {
         let url = format!("tcp://127.0.0.1:{}", self.port);
         let n = std::fs::read_dir(&self.dir).unwrap().count();
         let child = Command::new(tansu_bin())
@@ -390,13 +453,14 @@ ids = set(); start = time.time(); last = time.time()
 with open(out, 'w') as f:
     while True:
         now = time.time()
-        if (len(ids) >= want and now - last > idle) or now - start > limit:
+        if len(ids) >= want and now - last > idle:
             break
+        if now - start > limit:
+            sys.exit('consumer timed out: %d of %d distinct (key, seq) after %.0f s' % (len(ids), want, now - start))
         ms = c.consume(10000, 0.2)
         for m in ms:
             if m.error():
-                print('consumer error:', m.error(), file=sys.stderr)
-                continue
+                sys.exit('consumer error: %s' % m.error())
             h = {k: v.decode() for k, v in (m.headers() or [])}
             key = m.key().decode()
             mid = key + '/' + h.get('seq', '')
