@@ -12,7 +12,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 use tokio::sync::mpsc::UnboundedSender;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::bus::{bounded, BusError, Limits, Op};
 use super::records::Batch;
@@ -37,12 +37,25 @@ pub struct Reports {
 impl ClientContext for Reports {
     fn error(&self, error: KafkaError, reason: &str) {
         match error.rdkafka_error_code() {
+            // A broker that comes back may not know this producer any more
+            // (its idempotence state, its topics): librdkafka then waits
+            // without end. A new producer, made once a broker answers
+            // again, starts clean from the acknowledged positions.
             Some(RDKafkaErrorCode::AllBrokersDown) => {
                 self.metrics.sink_connected.with_label_values(&[&self.sink]).set(0);
-                warn!(sink = %self.sink, %reason, "no Kafka broker reachable; records wait on disk");
+                let _ = self.tx.send(Ack::broken(
+                    self.session,
+                    "disconnected",
+                    format!("no Kafka broker reachable ({reason}); records wait on disk"),
+                ));
             }
             Some(RDKafkaErrorCode::Fatal) => {
-                let _ = self.tx.send(Ack::broken(self.session, format!("fatal producer error: {reason}")));
+                let _ = self.tx.send(Ack::broken(self.session, "fatal", format!("fatal producer error: {reason}")));
+            }
+            // One per failed dial: what the sink says about being
+            // disconnected is the line an operator needs.
+            Some(RDKafkaErrorCode::BrokerTransportFailure) => {
+                debug!(sink = %self.sink, error = %error, %reason, "kafka broker connection failed")
             }
             _ => warn!(sink = %self.sink, error = %error, %reason, "kafka client error"),
         }

@@ -77,10 +77,10 @@ pub struct Ack {
 const BROKEN: u32 = u32::MAX;
 
 impl Ack {
-    /// The connection of `session` is broken (a report from a session
-    /// already replaced is ignored).
-    pub fn broken(session: u32, detail: String) -> Ack {
-        Ack { token: BROKEN, idx: session, outcome: Outcome::Retry("fatal", detail) }
+    /// The connection of `session` is broken (`reason` is the label it is
+    /// counted by; a report from a session already replaced is ignored).
+    pub fn broken(session: u32, reason: &'static str, detail: String) -> Ack {
+        Ack { token: BROKEN, idx: session, outcome: Outcome::Retry(reason, detail) }
     }
 }
 
