@@ -184,7 +184,8 @@ impl Flight {
             prefix: 0,
             batch,
         };
-        for i in f.batch.skip.clone() {
+        let batch = f.batch.clone();
+        for &i in &batch.skip {
             f.answer(i);
         }
         f
@@ -412,6 +413,8 @@ impl Sink {
                                 loop {
                                     tokio::select! {
                                         r = &mut publish => break Some(r),
+                                        // Checked at the top of the loop.
+                                        _ = stop.cancelled() => break None,
                                         Some(a) = rx.recv() => {
                                             if matches!(a.outcome, Outcome::Ok) {
                                                 backoff = self.cfg.backoff_min;
