@@ -253,6 +253,8 @@ struct Run<'a> {
     watchdog: Watchdog,
     /// Kafka topics found missing (named once each, until delivery to them works).
     missing_topics: HashSet<String>,
+    /// Why the last session ended or the last connect failed (said with a stall).
+    last_failure: String,
     seen_streams: HashSet<(String, String)>,
     /// Paths being written that the last listing did not select (other
     /// sites or streams, delivered): their growth asks for no listing.
@@ -310,6 +312,7 @@ impl Sink {
             session: 0,
             watchdog: Watchdog::new(self.cfg.stall_after, Instant::now()),
             missing_topics: HashSet::new(),
+            last_failure: String::new(),
             seen_streams: HashSet::new(),
             unlisted: HashSet::new(),
         };
@@ -367,8 +370,13 @@ impl Sink {
                 m.sink_connected.with_label_values(&[&name]).set(0);
                 run.reset();
                 // Reports of the old session may still be queued: they name
-                // tokens that no longer exist and are ignored.
-                inbox.clear();
+                // tokens that no longer exist and are ignored, but every
+                // missing topic among them is named, not only the first.
+                for a in inbox.drain(..).chain(std::iter::from_fn(|| rx.try_recv().ok())) {
+                    if let Outcome::UnknownTopic(t) = a.outcome {
+                        run.restart_noted(&Restart::UnknownTopic(t), backoff);
+                    }
+                }
                 next_connect = Instant::now() + backoff;
                 backoff = (backoff * 2).min(self.cfg.backoff_max);
             }
@@ -384,6 +392,7 @@ impl Sink {
                         run.careful = 0;
                     }
                     Err(e) => {
+                        run.last_failure = e.to_string();
                         m.sink_errors.with_label_values(&[&name, e.reason()]).inc();
                         warn!(sink = %name, reason = e.reason(), error = %e, retry_in = ?backoff, "cannot reach the broker");
                         next_connect = Instant::now() + backoff;
@@ -863,8 +872,8 @@ impl Run<'_> {
                         "sink stalled: no acknowledgement from the broker while records wait; dropping the connection and starting again from the acknowledged positions");
                     Some(Restart::Stalled(silent))
                 } else {
-                    warn!(sink = %name, silent = ?silent,
-                        "sink stalled: no acknowledgement while records wait; the broker cannot be reached");
+                    warn!(sink = %name, silent = ?silent, last_failure = %self.last_failure,
+                        "sink stalled: no acknowledgement while records wait; no working broker connection");
                     None
                 }
             }
@@ -874,6 +883,9 @@ impl Run<'_> {
     /// Count and log why the session starts again. A missing Kafka topic
     /// is named and counted once per topic, not at every retry.
     fn restart_noted(&mut self, why: &Restart, backoff: Duration) {
+        if !matches!(why, Restart::Stalled(_)) {
+            self.last_failure = why.to_string();
+        }
         let (m, name) = (&self.sink.metrics, self.sink.cfg.name.as_str());
         if let Restart::UnknownTopic(t) = why {
             if self.missing_topics.insert(t.clone()) {
