@@ -344,7 +344,9 @@ async fn grep_matches_what_zstdcat_and_grep_match_in_the_same_order() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), in_minute.to_string());
     // JSON matches carry their own sequence numbers (the id is the sequence here).
     let j = Command::new(FERRY).args(["grep", "rare-needle", &data, "--json"]).output().unwrap();
-    for l in String::from_utf8(j.stdout).unwrap().lines() {
+    let json = String::from_utf8(j.stdout).unwrap();
+    assert!(json.lines().count() > 0, "grep --json finds the needles");
+    for l in json.lines() {
         let v: serde_json::Value = serde_json::from_str(l).unwrap();
         let rec = v["record"].as_str().unwrap();
         let id: u64 = rec.split("id=").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();

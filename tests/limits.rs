@@ -137,7 +137,6 @@ fn a_flood_from_200000_source_addresses_costs_bounded_memory_and_spares_a_truste
     let sent: u64 = senders.into_iter().map(|s| s.join().unwrap()).sum();
     let flood_secs = t0.elapsed().as_secs_f64();
     let trusted_took = trusted.join().unwrap();
-    assert!(sent >= u64::from(SOURCES) && sent % u64::from(SOURCES / 2) == 0, "{sent}");
     let fl = [("listener", "flood")];
     let accounted = |n: &Node| {
         let m = n.metrics();
