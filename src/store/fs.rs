@@ -490,7 +490,12 @@ impl Fs {
         }
         self.track(|u| u.dirs.entry(parent(dir)).or_default().push(Entry::Created(dir.to_owned())));
         match dir.parent() {
-            Some(p) if !p.as_os_str().is_empty() => self.sync_dir(p),
+            Some(p) if !p.as_os_str().is_empty() => self.sync_dir(p).inspect_err(|_| {
+                // Not durable as a name: take it back, or the next call would
+                // find it there and never sync its parent (a power cut could
+                // then take the directory with every segment written in it).
+                let _ = fs::remove_dir(dir);
+            }),
             _ => Ok(()),
         }
     }
@@ -740,6 +745,24 @@ mod tests {
         assert_eq!(scene(dir.path(), true).power_cut(7).unwrap(), PowerCut::default(), "all durable: nothing to take");
         assert_eq!(std::fs::read(dir.path().join("seg")).unwrap().len(), 30_000);
         assert_eq!(std::fs::read(dir.path().join("state")).unwrap(), b"new");
+    }
+
+    #[test]
+    fn a_directory_whose_parent_sync_failed_is_made_again_and_synced() {
+        // Found by the power-loss model: the directory stayed, the next call
+        // found it and returned, and a power cut could take it with its segments.
+        let root = tempfile::tempdir().unwrap();
+        let faults = Arc::new(Faults::default());
+        faults.track_power();
+        let fs = Fs::with_faults(faults.clone());
+        let dir = root.path().join("archive/s1");
+        faults.add(Some(Op::DirSync), None, Kind::ReadOnly, 2, 1);
+        assert!(fs.create_dir_all(&dir).is_err(), "the sync of archive/ after making s1 fails");
+        assert!(!dir.exists(), "a directory whose name is not durable is taken back");
+        fs.create_dir_all(&dir).unwrap();
+        assert!(dir.is_dir());
+        assert_eq!(faults.power_cut(3).unwrap().entries_undone, 0, "made again and synced: nothing to undo");
+        assert!(dir.is_dir());
     }
 
     #[test]
