@@ -425,11 +425,19 @@ impl Sink {
                                         // Checked at the top of the loop.
                                         _ = stop.cancelled() => break None,
                                         Some(a) = rx.recv() => {
-                                            if matches!(a.outcome, Outcome::Ok) {
-                                                backoff = self.cfg.backoff_min;
+                                            // Every answer already there, then one look at the cursor.
+                                            let mut next = Some(a);
+                                            while let Some(a) = next.take() {
+                                                if matches!(a.outcome, Outcome::Ok) {
+                                                    backoff = self.cfg.backoff_min;
+                                                }
+                                                if let Some(r) = run.apply(a) {
+                                                    failed = Some(r);
+                                                    break;
+                                                }
+                                                next = rx.try_recv().ok();
                                             }
-                                            if let Some(r) = run.apply(a) {
-                                                failed = Some(r);
+                                            if failed.is_some() {
                                                 break None;
                                             }
                                             run.offer_cursor(&writer, &mut next_write);
