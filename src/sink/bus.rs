@@ -147,7 +147,7 @@ impl Bus {
             }
             BusConfig::RabbitMq(r) => {
                 let _ = metrics;
-                let mut b = rabbitmq::Rabbit::connect(&cfg.name, r, tx, limits, session).await?;
+                let mut b = rabbitmq::Rabbit::connect(&cfg.name, r, tx, limits).await?;
                 b.careful = careful;
                 Ok(Bus::Rabbit(Box::new(b)))
             }

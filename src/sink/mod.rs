@@ -251,6 +251,8 @@ struct Run<'a> {
     /// Number of the current broker connection (stamps its breakage reports).
     session: u32,
     watchdog: Watchdog,
+    /// The broker acknowledged or refused a record since the watchdog's last look.
+    heard: bool,
     /// Kafka topics found missing (named once each, until delivery to them works).
     missing_topics: HashSet<String>,
     /// Why the last session ended or the last connect failed (said with a stall).
@@ -311,6 +313,7 @@ impl Sink {
             careful: 0,
             session: 0,
             watchdog: Watchdog::new(self.cfg.stall_after, Instant::now()),
+            heard: false,
             missing_topics: HashSet::new(),
             last_failure: String::new(),
             seen_streams: HashSet::new(),
@@ -357,6 +360,11 @@ impl Sink {
             if now >= next_lag {
                 next_lag = now + LAG_EVERY;
                 run.report_lag().await;
+                // Answers since the last look are progress (noted here, not per record).
+                if std::mem::take(&mut run.heard) {
+                    let verdict = run.watchdog.progress(now);
+                    run.judged(verdict, true);
+                }
                 let verdict = run.watchdog.check(run.pending(), now);
                 if let Some(r) = run.judged(verdict, bus.is_some()) {
                     restart.get_or_insert(r);
@@ -543,8 +551,7 @@ impl Run<'_> {
             }
             Outcome::UnknownTopic(t) => return Some(Restart::UnknownTopic(t)),
         }
-        let verdict = self.watchdog.progress(Instant::now());
-        self.judged(verdict, true);
+        self.heard = true;
         self.advance(&rel);
         None
     }

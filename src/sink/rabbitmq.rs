@@ -42,13 +42,12 @@ pub struct Rabbit {
 impl Rabbit {
     /// Connect, open a channel and put it in confirm mode, each step within
     /// `limits.connect` (a broker still booting accepts TCP and may not
-    /// answer yet). `_session` is for the reports of a later breakage.
+    /// answer yet).
     pub async fn connect(
         sink: &str,
         cfg: &RabbitMqConfig,
         tx: UnboundedSender<Ack>,
         limits: Limits,
-        _session: u32,
     ) -> Result<Rabbit, BusError> {
         let props = ConnectionProperties::default().with_connection_name(format!("ferry-{sink}").into());
         let rabbit = |op: Op| move |source| BusError::Rabbit { op, source };
