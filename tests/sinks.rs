@@ -249,8 +249,13 @@ impl Sender {
 }
 
 impl Drop for Sender {
+    /// Stop and wait for the thread: it holds the world, whose nodes are
+    /// killed only when the last holder lets go (before the test process ends).
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
