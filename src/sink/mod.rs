@@ -372,8 +372,13 @@ impl Sink {
             }
             if let Some(why) = restart {
                 run.restart_noted(&why, backoff);
+                // The old connection is let go off this loop: closing one the
+                // broker reset can wait the whole `request_timeout` for an
+                // answer that never comes (CI saw a RabbitMQ `stop_app` cost
+                // 10 s of delivery that way), and the next session must not
+                // wait for it.
                 if let Some(b) = bus.take() {
-                    b.close().await;
+                    tokio::spawn(b.close());
                 }
                 m.sink_connected.with_label_values(&[&name]).set(0);
                 run.reset();
