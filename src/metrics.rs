@@ -144,6 +144,8 @@ pub struct Metrics {
     pub sink_errors: IntCounterVec,
     pub sink_dead_letters: IntCounterVec,
     pub sink_segments_delivered: IntCounterVec,
+    /// `[[bucket]]` uploads (their own area: `ferry_bucket_*`).
+    pub bucket: BucketMetrics,
 }
 
 impl Metrics {
@@ -551,6 +553,7 @@ impl Metrics {
                 "Segments whose every record the broker acknowledged",
                 &["sink"],
             ),
+            bucket: BucketMetrics::register(r),
             registry,
         };
         m.info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
@@ -570,6 +573,86 @@ impl Metrics {
         let mut buf = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding into a Vec cannot fail");
         String::from_utf8(buf).expect("prometheus text is UTF-8")
+    }
+}
+
+/// The uploads into object storage, each labelled by bucket (the config name).
+#[derive(Clone)]
+pub struct BucketMetrics {
+    pub segments: IntCounterVec,
+    pub bytes: IntCounterVec,
+    pub seals: IntCounterVec,
+    pub tombstones: IntCounterVec,
+    pub already_there: IntCounterVec,
+    pub conflicts: IntCounterVec,
+    pub conflicted: IntGaugeVec,
+    pub errors: IntCounterVec,
+    pub requests: IntCounterVec,
+    pub aborted_uploads: IntCounterVec,
+    pub up: IntGaugeVec,
+    pub lag_segments: IntGaugeVec,
+    pub lag_bytes: IntGaugeVec,
+    pub lag_seconds: prometheus::GaugeVec,
+}
+
+impl BucketMetrics {
+    fn register(r: &Registry) -> BucketMetrics {
+        let cv = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            r.register(Box::new(c.clone())).expect("unique metric");
+            c
+        };
+        let gv = |name: &str, help: &str| {
+            let c = IntGaugeVec::new(Opts::new(name, help), &["bucket"]).expect("valid metric");
+            r.register(Box::new(c.clone())).expect("unique metric");
+            c
+        };
+        let lag_seconds = prometheus::GaugeVec::new(
+            Opts::new("ferry_bucket_lag_seconds", "Age of the oldest sealed segment not yet in the bucket"),
+            &["bucket"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(lag_seconds.clone())).expect("unique metric");
+        BucketMetrics {
+            segments: cv(
+                "ferry_bucket_segments_total",
+                "Segments uploaded and confirmed (length and SHA-256)",
+                &["bucket"],
+            ),
+            bytes: cv("ferry_bucket_bytes_total", "Segment bytes uploaded and confirmed", &["bucket"]),
+            seals: cv("ferry_bucket_seals_total", "Seal records put beside their segments", &["bucket"]),
+            tombstones: cv(
+                "ferry_bucket_tombstones_total",
+                "Tombstones of segments deleted undelivered put in the bucket",
+                &["bucket"],
+            ),
+            already_there: cv(
+                "ferry_bucket_already_there_total",
+                "Segments found in the bucket with the same length and SHA-256 (another node, or a retry)",
+                &["bucket"],
+            ),
+            conflicts: cv(
+                "ferry_bucket_conflicts_total",
+                "Keys found in the bucket with other bytes than the sealed segment (never overwritten)",
+                &["bucket"],
+            ),
+            conflicted: gv("ferry_bucket_conflicted_segments", "Segments held back by a conflict in the bucket now"),
+            errors: cv("ferry_bucket_errors_total", "Failed bucket operations, by reason", &["bucket", "reason"]),
+            requests: cv(
+                "ferry_bucket_requests_total",
+                "Requests made to the bucket, by operation (retry storms show here)",
+                &["bucket", "op"],
+            ),
+            aborted_uploads: cv(
+                "ferry_bucket_aborted_uploads_total",
+                "Multipart uploads of this node aborted (failed, or orphaned by a crash)",
+                &["bucket"],
+            ),
+            up: gv("ferry_bucket_up", "1 while the last request to the bucket succeeded"),
+            lag_segments: gv("ferry_bucket_lag_segments", "Sealed segments not yet in the bucket"),
+            lag_bytes: gv("ferry_bucket_lag_bytes", "Bytes of sealed segments not yet in the bucket"),
+            lag_seconds,
+        }
     }
 }
 

@@ -34,6 +34,41 @@ pub struct Config {
     pub tls: Option<crate::pki::TlsFiles>,
     pub uplinks: Vec<UplinkConfig>,
     pub sinks: Vec<SinkConfig>,
+    pub buckets: Vec<BucketConfig>,
+}
+
+/// `[[bucket]]`: every sealed segment, its seal and the tombstones into an
+/// S3-compatible bucket, by create-only writes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BucketConfig {
+    pub name: String,
+    pub bucket: String,
+    /// `http(s)://host:port`; unset: AWS for `region`.
+    pub endpoint: Option<String>,
+    pub region: String,
+    /// Key prefix, without leading or trailing `/` (may be empty).
+    pub prefix: String,
+    /// `https://endpoint/bucket/key` rather than `https://bucket.endpoint/key`.
+    pub path_style: bool,
+    /// PEM roots to trust (the deployment CA) besides the system roots.
+    pub ca: Option<std::path::PathBuf>,
+    /// AWS shared-credentials style file; unset: the `AWS_*` environment.
+    pub credentials_file: Option<std::path::PathBuf>,
+    /// Sites to upload; empty: every site in the archive.
+    pub sites: Vec<String>,
+    /// Streams to upload; empty: every stream.
+    pub streams: Vec<String>,
+    /// Segments larger than this go up in parts of `part_size`.
+    pub multipart_above: u64,
+    pub part_size: u64,
+    /// Parts in flight at once.
+    pub concurrency: usize,
+    /// Bytes per second of segment data sent, at most.
+    pub max_rate: Option<f64>,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+    /// One request (a part, a HEAD, a listing), at most.
+    pub request_timeout: Duration,
 }
 
 /// `[[sink]]`: delivery of archived records (mirrored or local) into a bus.

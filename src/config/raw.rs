@@ -23,6 +23,31 @@ pub struct RawConfig {
     pub uplink: Vec<RawUplink>,
     #[serde(default)]
     pub sink: Vec<RawSink>,
+    #[serde(default)]
+    pub bucket: Vec<RawBucket>,
+}
+
+/// `[[bucket]]`: sealed segments into S3-compatible object storage.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBucket {
+    pub name: Spanned<String>,
+    pub bucket: Spanned<String>,
+    pub endpoint: Option<Spanned<String>>,
+    pub region: Option<Spanned<String>>,
+    pub prefix: Option<Spanned<String>>,
+    pub path_style: Option<Spanned<bool>>,
+    pub ca: Option<Spanned<String>>,
+    pub credentials_file: Option<Spanned<String>>,
+    pub sites: Option<Spanned<Vec<String>>>,
+    pub streams: Option<Spanned<Vec<String>>>,
+    pub part_size: Option<Spanned<ByteSize>>,
+    pub multipart_above: Option<Spanned<ByteSize>>,
+    pub concurrency: Option<Spanned<i64>>,
+    pub max_rate: Option<Spanned<Rate>>,
+    pub backoff_min: Option<Spanned<HumanDuration>>,
+    pub backoff_max: Option<Spanned<HumanDuration>>,
+    pub request_timeout: Option<Spanned<HumanDuration>>,
 }
 
 /// `[[sink]]`: delivery of archived records into a message bus.

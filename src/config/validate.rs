@@ -13,6 +13,8 @@ use super::raw::{RawConfig, RawListener};
 use super::units::{ByteSize, HumanDuration};
 use super::*;
 
+mod bucket;
+
 /// Default `max_record_bytes` for trusted listeners.
 pub const DEFAULT_MAX_RECORD_BYTES: usize = 64 * 1024;
 /// Hard ceiling on any record; above this the framing itself is treated as garbage.
@@ -246,11 +248,22 @@ pub fn validate(text: &str, file: &str) -> Result<Config, Error> {
         }
     }
 
+    let mut buckets: Vec<BucketConfig> = Vec::new();
+    for (i, b) in raw.bucket.iter().enumerate() {
+        if let Some(bc) = bucket::validate_bucket(&mut cx, i, b) {
+            if buckets.iter().any(|o| o.name == bc.name) {
+                cx.at(&format!("bucket[{i}].name"), &b.name, format!("bucket {:?} is defined twice", bc.name));
+            }
+            buckets.push(bc);
+        }
+    }
+
     if cx.problems.is_empty() {
         Ok(Config {
             tls,
             uplinks,
             sinks,
+            buckets,
             source: file.to_owned(),
             node: NodeConfig { site, name, data_dir },
             admin: AdminConfig { listen: admin_listen },

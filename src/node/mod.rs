@@ -23,7 +23,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::admin::{self, AdminState};
-use crate::config::{Config, ListenAddr, ListenerConfig, ListenerKind, SinkConfig, UplinkConfig};
+use crate::config::{BucketConfig, Config, ListenAddr, ListenerConfig, ListenerKind, SinkConfig, UplinkConfig};
 use crate::ingest::{self, ListenerCtx};
 use crate::link::receiver::{self, ReceiverCtx};
 use crate::link::transport::Timing;
@@ -79,6 +79,8 @@ pub struct Node {
     listeners: HashMap<String, Shutdown>,
     uplinks: HashMap<String, RunningUplink>,
     sinks: HashMap<String, RunningSink>,
+    /// `[[bucket]]` uploaders: stopped with the sinks.
+    buckets: HashMap<String, RunningSink>,
     hold: Arc<DeliveryHold>,
     uplink_stop: CancellationToken,
     uplink_drain: CancellationToken,
@@ -128,6 +130,7 @@ pub async fn run(file: Option<PathBuf>, cfg: Config, text: &str, clock: Arc<dyn 
         listeners: HashMap::new(),
         uplinks: HashMap::new(),
         sinks: HashMap::new(),
+        buckets: HashMap::new(),
         hold: Arc::new(DeliveryHold::default()),
         uplink_stop: CancellationToken::new(),
         uplink_drain: CancellationToken::new(),
@@ -174,6 +177,9 @@ pub async fn run(file: Option<PathBuf>, cfg: Config, text: &str, clock: Arc<dyn 
     }
     for k in &cfg.sinks {
         node.start_sink(k, None)?;
+    }
+    for b in &cfg.buckets {
+        node.start_bucket(b, None)?;
     }
     let retention_stop = CancellationToken::new();
     let retention_task = tokio::spawn(retention::run(store.clone(), node.hold.clone(), retention_stop.clone()));
@@ -402,6 +408,39 @@ impl Node {
         Ok(())
     }
 
+    fn start_bucket(&mut self, b: &BucketConfig, delivered: Option<Arc<Delivered>>) -> anyhow::Result<()> {
+        let delivered = match delivered {
+            Some(d) => d,
+            None => {
+                let d = self.delivered("buckets", &b.name)?;
+                self.hold.add(d.clone());
+                d
+            }
+        };
+        let stop = self.sink_stop.child_token();
+        let up = crate::bucket::Uploader {
+            cfg: b.clone(),
+            node: self.cfg.node.name.clone(),
+            archive_dir: self.cfg.archive_dir(),
+            state_dir: self.cfg.state_dir(),
+            metrics: self.metrics.clone(),
+            clock: self.clock.clone(),
+            delivered: delivered.clone(),
+            fs: self.fs.clone(),
+            changes: self.store.changes().clone(),
+        };
+        let task = self.sink_tasks.spawn(up.run(stop.clone()));
+        self.buckets.insert(b.name.clone(), RunningSink { stop, task, delivered });
+        Ok(())
+    }
+
+    async fn stop_bucket(&mut self, name: &str) -> Option<Arc<Delivered>> {
+        let r = self.buckets.remove(name)?;
+        r.stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(10), r.task).await;
+        Some(r.delivered)
+    }
+
     async fn stop_sink(&mut self, name: &str) -> Option<Arc<Delivered>> {
         let r = self.sinks.remove(name)?;
         r.stop.cancel();
@@ -573,6 +612,22 @@ impl Node {
         for k in &plan.sinks.added {
             if let Err(e) = self.start_sink(k, None) {
                 error!(sink = %k.name, error = %format!("{e:#}"), "reload: cannot start sink");
+            }
+        }
+        for b in &plan.buckets.removed {
+            if let Some(d) = self.stop_bucket(&b.name).await {
+                self.hold.remove(&d);
+            }
+        }
+        for (_, b) in &plan.buckets.changed {
+            let d = self.stop_bucket(&b.name).await;
+            if let Err(e) = self.start_bucket(b, d) {
+                error!(bucket = %b.name, error = %format!("{e:#}"), "reload: cannot start bucket");
+            }
+        }
+        for b in &plan.buckets.added {
+            if let Err(e) = self.start_bucket(b, None) {
+                error!(bucket = %b.name, error = %format!("{e:#}"), "reload: cannot start bucket");
             }
         }
         if plan.retention {

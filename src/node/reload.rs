@@ -10,7 +10,7 @@
 //! directory, the admin address, the store's write path, the stream set,
 //! `store.retention.on_full` (the writers act on it).
 
-use crate::config::{Config, ListenerConfig, SinkConfig, UplinkConfig};
+use crate::config::{BucketConfig, Config, ListenerConfig, SinkConfig, UplinkConfig};
 use crate::link::uplink::Tuning;
 
 /// A key that cannot change in place.
@@ -55,6 +55,7 @@ pub struct Plan {
     /// Uplinks whose only change is their rate settings.
     pub tuned: Vec<(String, Tuning)>,
     pub sinks: Diff<SinkConfig>,
+    pub buckets: Diff<BucketConfig>,
     pub retention: bool,
     pub log_level: bool,
     pub tls_paths: bool,
@@ -66,6 +67,7 @@ impl Plan {
             && self.uplinks.is_empty()
             && self.tuned.is_empty()
             && self.sinks.is_empty()
+            && self.buckets.is_empty()
             && !self.retention
             && !self.log_level
             && !self.tls_paths
@@ -77,6 +79,7 @@ impl Plan {
         lines(&mut out, "listener", &self.listeners, |l| &l.name);
         lines(&mut out, "uplink", &self.uplinks, |u| &u.name);
         lines(&mut out, "sink", &self.sinks, |k| &k.name);
+        lines(&mut out, "bucket", &self.buckets, |b| &b.name);
         for (n, t) in &self.tuned {
             out.push(format!(
                 "uplink {n}: max_rate {:?}, burst {}, live_share {} (in place)",
@@ -131,6 +134,7 @@ pub fn plan(old: &Config, new: &Config) -> Result<Plan, Vec<Fixed>> {
     let mut p = Plan {
         listeners: diff(&old.listeners, &new.listeners, |l| &l.name),
         sinks: diff(&old.sinks, &new.sinks, |s| &s.name),
+        buckets: diff(&old.buckets, &new.buckets, |b| &b.name),
         retention: o.retention != n.retention,
         log_level: old.log_level != new.log_level,
         tls_paths: old.tls != new.tls,

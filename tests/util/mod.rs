@@ -16,7 +16,9 @@ pub mod brokers;
 pub mod link;
 pub mod proxy;
 pub mod rsyslog;
+pub mod seaweed;
 pub mod syslog_ng;
+pub mod world;
 
 pub const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
 

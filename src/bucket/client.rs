@@ -1,0 +1,455 @@
+//! The S3 side of an upload: create-only writes, the comparison that tells
+//! "already delivered" from a conflict, multipart through a staging key of
+//! this node's own, and the aborting of its orphaned uploads.
+//!
+//! `object_store` (Apache Arrow) speaks S3 with SigV4 and checks a
+//! SHA-256 of every PUT and part on the server (`x-amz-checksum-sha256`).
+//! It cannot complete a multipart upload create-only, so a large segment
+//! goes up in parts to `prefix/.ferry/uploads/<node>/<path>` (no other
+//! node writes there) and is then copied to its key with a create-only
+//! complete: the key is never overwritten, whoever wins a race.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use object_store::aws::{AmazonS3, AmazonS3Builder, Checksum, S3CopyIfNotExists};
+use object_store::multipart::{MultipartStore, PartId};
+use object_store::path::Path as Key;
+use object_store::{
+    Attribute, AttributeValue, Attributes, ClientOptions, GetOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions,
+    PutPayload, RetryConfig,
+};
+use sha2::{Digest, Sha256};
+use tokio::sync::Mutex;
+
+use super::uploads::Uploads;
+use super::{BucketError, Op};
+use crate::config::BucketConfig;
+use crate::metrics::Metrics;
+use crate::store::segment::SealRecord;
+
+/// What became of one object.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Put {
+    /// Written by this call and confirmed.
+    Written,
+    /// Already there with the same length and SHA-256 (another node, a retry).
+    AlreadyThere,
+    /// Already there with other bytes: never overwritten.
+    Conflict(String),
+}
+
+pub struct Client {
+    s3: Arc<AmazonS3>,
+    cfg: BucketConfig,
+    node: String,
+    metrics: Metrics,
+    pacer: Pacer,
+}
+
+/// Credentials from `credentials_file` (AWS shared-credentials style:
+/// `aws_access_key_id = …`, `aws_secret_access_key = …`, optionally
+/// `aws_session_token = …`; the first profile, section lines ignored).
+struct FileCredentials {
+    key_id: String,
+    secret: String,
+    token: Option<String>,
+}
+
+fn read_credentials(path: &Path) -> Result<FileCredentials, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let (mut key_id, mut secret, mut token) = (None, None, None);
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        if line.starts_with('[') {
+            if key_id.is_some() || secret.is_some() {
+                break; // the next profile
+            }
+            continue;
+        }
+        let Some((k, v)) = line.split_once('=') else {
+            return Err(format!("{} line {}: not `key = value`", path.display(), n + 1));
+        };
+        let v = v.trim().to_owned();
+        match k.trim() {
+            "aws_access_key_id" => key_id = Some(v),
+            "aws_secret_access_key" => secret = Some(v),
+            "aws_session_token" => token = Some(v),
+            _ => {}
+        }
+    }
+    match (key_id, secret) {
+        (Some(key_id), Some(secret)) => Ok(FileCredentials { key_id, secret, token }),
+        _ => Err(format!("{}: needs aws_access_key_id and aws_secret_access_key", path.display())),
+    }
+}
+
+impl Client {
+    pub fn new(cfg: &BucketConfig, node: &str, metrics: &Metrics) -> Result<Client, BucketError> {
+        let setup = |detail: String| BucketError::Setup(detail);
+        // The `AWS_*` environment first; a credentials file wins over it.
+        let mut b = AmazonS3Builder::from_env()
+            .with_bucket_name(&cfg.bucket)
+            .with_region(&cfg.region)
+            .with_virtual_hosted_style_request(!cfg.path_style)
+            .with_checksum_algorithm(Checksum::SHA256)
+            .with_copy_if_not_exists(S3CopyIfNotExists::Multipart)
+            // Retried here, with the backoff and counting of the uploader:
+            // object_store's own retries only for a lost connection.
+            .with_retry(RetryConfig { max_retries: 1, retry_timeout: cfg.request_timeout, ..RetryConfig::default() });
+        if let Some(e) = &cfg.endpoint {
+            b = b.with_endpoint(e);
+        }
+        if let Some(f) = &cfg.credentials_file {
+            let c = read_credentials(f).map_err(setup)?;
+            b = b.with_access_key_id(c.key_id).with_secret_access_key(c.secret);
+            if let Some(t) = c.token {
+                b = b.with_token(t);
+            }
+        }
+        let mut opts = ClientOptions::new()
+            .with_timeout(cfg.request_timeout)
+            .with_connect_timeout(cfg.request_timeout.min(Duration::from_secs(10)))
+            .with_allow_http(cfg.endpoint.as_deref().is_some_and(|e| e.starts_with("http://")));
+        if let Some(ca) = &cfg.ca {
+            let pem = std::fs::read(ca).map_err(|e| setup(format!("ca {}: {e}", ca.display())))?;
+            let certs = object_store::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| setup(format!("ca {}: {e}", ca.display())))?;
+            for c in certs {
+                opts = opts.with_root_certificate(c);
+            }
+        }
+        let s3 = b.with_client_options(opts).build().map_err(|e| setup(e.to_string()))?;
+        Ok(Client {
+            s3: Arc::new(s3),
+            cfg: cfg.clone(),
+            node: node.to_owned(),
+            metrics: metrics.clone(),
+            pacer: Pacer::new(cfg.max_rate),
+        })
+    }
+
+    /// The key of a path relative to `archive/` (or of a file beside it).
+    pub fn key(&self, rel: &str) -> Key {
+        if self.cfg.prefix.is_empty() {
+            Key::from(rel)
+        } else {
+            Key::from(format!("{}/{rel}", self.cfg.prefix))
+        }
+    }
+
+    fn staging(&self, rel: &str) -> Key {
+        self.key(&format!(".ferry/uploads/{}/{rel}", self.node))
+    }
+
+    fn count(&self, op: Op) {
+        self.metrics.bucket.requests.with_label_values(&[&self.cfg.name, op.as_str()]).inc();
+    }
+
+    /// Upload a sealed segment and confirm it, or find it there already.
+    pub async fn put_segment(
+        &self,
+        path: &Path,
+        rel: &str,
+        seal: &SealRecord,
+        uploads: &Uploads,
+    ) -> Result<Put, BucketError> {
+        let key = self.key(rel);
+        let put = if seal.len <= self.cfg.multipart_above {
+            let data = read_range(path, 0, seal.len).await?;
+            self.pacer.take(seal.len).await;
+            let opts = PutOptions { mode: PutMode::Create, attributes: seal_attributes(seal), ..Default::default() };
+            self.count(Op::Put);
+            match self.s3.put_opts(&key, PutPayload::from(data), opts).await {
+                Ok(_) => Put::Written,
+                Err(object_store::Error::AlreadyExists { .. }) => return self.compare(&key, seal).await,
+                Err(e) => return Err(BucketError::from_store(Op::Put, e)),
+            }
+        } else {
+            // A key already there needs no upload at all.
+            match self.head(&key).await? {
+                Some(_) => return self.compare(&key, seal).await,
+                None => self.put_multipart(path, rel, &key, seal, uploads).await?,
+            }
+        };
+        if put == Put::Written {
+            self.confirm(&key, seal).await?;
+        }
+        Ok(put)
+    }
+
+    async fn put_multipart(
+        &self,
+        path: &Path,
+        rel: &str,
+        key: &Key,
+        seal: &SealRecord,
+        uploads: &Uploads,
+    ) -> Result<Put, BucketError> {
+        let staging = self.staging(rel);
+        self.count(Op::CreateMultipart);
+        let id =
+            self.s3.create_multipart(&staging).await.map_err(|e| BucketError::from_store(Op::CreateMultipart, e))?;
+        // Written down before any part: a crash from here on leaves an
+        // upload that the next start aborts.
+        uploads.add(staging.as_ref(), &id).map_err(|e| BucketError::State(e.to_string()))?;
+        let parts = self.put_parts(path, &staging, &id, seal.len).await;
+        let parts = match parts {
+            Ok(p) => p,
+            Err(e) => {
+                self.abort(&staging, &id, uploads).await;
+                return Err(e);
+            }
+        };
+        self.count(Op::CompleteMultipart);
+        if let Err(e) = self.s3.complete_multipart(&staging, &id, parts).await {
+            self.abort(&staging, &id, uploads).await;
+            return Err(BucketError::from_store(Op::CompleteMultipart, e));
+        }
+        uploads.remove(staging.as_ref(), &id).map_err(|e| BucketError::State(e.to_string()))?;
+        self.confirm(&staging, seal).await?;
+        self.count(Op::Copy);
+        let put = match self.s3.copy_if_not_exists(&staging, key).await {
+            Ok(()) => Put::Written,
+            Err(object_store::Error::AlreadyExists { .. }) => Put::AlreadyThere,
+            Err(e) => return Err(BucketError::from_store(Op::Copy, e)),
+        };
+        self.count(Op::Delete);
+        if let Err(e) = self.s3.delete(&staging).await {
+            tracing::warn!(bucket = %self.cfg.name, key = %staging, error = %e, "cannot delete a staging object");
+        }
+        match put {
+            Put::AlreadyThere => self.compare(key, seal).await,
+            p => Ok(p),
+        }
+    }
+
+    /// Parts of `part_size`, `concurrency` at a time, each read from the
+    /// file when it goes (memory: `concurrency` parts).
+    async fn put_parts(&self, path: &Path, staging: &Key, id: &str, len: u64) -> Result<Vec<PartId>, BucketError> {
+        let size = self.cfg.part_size;
+        let n = len.div_ceil(size) as usize;
+        let mut parts: Vec<Option<PartId>> = vec![None; n];
+        let mut set = tokio::task::JoinSet::new();
+        let mut next = 0usize;
+        let id: Arc<String> = Arc::new(id.to_owned());
+        while next < n || !set.is_empty() {
+            while next < n && set.len() < self.cfg.concurrency {
+                let (idx, from) = (next, next as u64 * size);
+                let take = size.min(len - from);
+                let data = read_range(path, from, take).await?;
+                self.pacer.take(take).await;
+                self.count(Op::PutPart);
+                let (s3, staging, id) = (self.s3.clone(), staging.clone(), id.clone());
+                set.spawn(async move { (idx, s3.put_part(&staging, &id, idx, PutPayload::from(data)).await) });
+                next += 1;
+            }
+            match set.join_next().await {
+                Some(Ok((idx, Ok(p)))) => parts[idx] = Some(p),
+                Some(Ok((_, Err(e)))) => return Err(BucketError::from_store(Op::PutPart, e)),
+                Some(Err(e)) => return Err(BucketError::State(format!("part task: {e}"))),
+                None => {}
+            }
+        }
+        Ok(parts.into_iter().map(|p| p.expect("every part joined")).collect())
+    }
+
+    /// Abort an upload of ours; it stays listed (aborted at the next start) if that fails.
+    pub async fn abort(&self, staging: &Key, id: &str, uploads: &Uploads) {
+        self.count(Op::Abort);
+        match self.s3.abort_multipart(staging, &id.to_owned()).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {
+                self.metrics.bucket.aborted_uploads.with_label_values(&[&self.cfg.name]).inc();
+                let _ = uploads.remove(staging.as_ref(), id);
+            }
+            Err(e) => {
+                tracing::warn!(bucket = %self.cfg.name, key = %staging, error = %e, "cannot abort a multipart upload; tried again at the next start");
+            }
+        }
+    }
+
+    /// Abort every upload a previous run left open, and delete its staging objects.
+    pub async fn abort_orphans(&self, uploads: &Uploads) -> Result<usize, BucketError> {
+        let mut n = 0;
+        for (staging, id) in uploads.list() {
+            let key = Key::from(staging.as_str());
+            self.count(Op::Abort);
+            match self.s3.abort_multipart(&key, &id).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(BucketError::from_store(Op::Abort, e)),
+            }
+            self.metrics.bucket.aborted_uploads.with_label_values(&[&self.cfg.name]).inc();
+            uploads.remove(&staging, &id).map_err(|e| BucketError::State(e.to_string()))?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// A small text object beside the segment (its seal, a tombstone),
+    /// create-only; one already there must say the same.
+    pub async fn put_text(&self, rel: &str, text: &str, op: Op) -> Result<Put, BucketError> {
+        let key = self.key(rel);
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            attributes: Attributes::from_iter([(Attribute::ContentType, AttributeValue::from("text/plain"))]),
+            ..Default::default()
+        };
+        self.count(op);
+        match self.s3.put_opts(&key, PutPayload::from(text.to_owned()), opts).await {
+            Ok(_) => Ok(Put::Written),
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                self.count(Op::Get);
+                let got = self.s3.get(&key).await.map_err(|e| BucketError::from_store(Op::Get, e))?;
+                let bytes = got.bytes().await.map_err(|e| BucketError::from_store(Op::Get, e))?;
+                let there = SealRecord::parse(&String::from_utf8_lossy(&bytes));
+                let here = SealRecord::parse(text);
+                match (there, here) {
+                    (Ok(a), Ok(b)) if a.len == b.len && a.sha256 == b.sha256 => Ok(Put::AlreadyThere),
+                    (a, _) => Ok(Put::Conflict(format!("{key} holds another record: {a:?}"))),
+                }
+            }
+            Err(e) => Err(BucketError::from_store(op, e)),
+        }
+    }
+
+    /// Length and checksum of the object at `key`, if there is one.
+    async fn head(&self, key: &Key) -> Result<Option<(u64, Option<String>)>, BucketError> {
+        self.count(Op::Head);
+        match self.s3.get_opts(key, GetOptions { head: true, ..Default::default() }).await {
+            Ok(r) => {
+                let sha = r.attributes.get(&Attribute::Metadata("ferry-sha256".into())).map(|v| v.to_string());
+                Ok(Some((r.meta.size, sha)))
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(BucketError::from_store(Op::Head, e)),
+        }
+    }
+
+    /// After a write: the object is there with the sealed length.
+    async fn confirm(&self, key: &Key, seal: &SealRecord) -> Result<(), BucketError> {
+        match self.head(key).await? {
+            Some((len, _)) if len == seal.len => Ok(()),
+            Some((len, _)) => {
+                Err(BucketError::Mismatch(format!("{key}: {len} bytes after upload, sealed at {}", seal.len)))
+            }
+            None => Err(BucketError::Mismatch(format!("{key}: not there after upload"))),
+        }
+    }
+
+    /// A key that exists: the same length and SHA-256 as the seal means
+    /// delivered; anything else is a conflict. Objects without our
+    /// checksum in their metadata (a multipart copy, another tool) are
+    /// read and hashed.
+    async fn compare(&self, key: &Key, seal: &SealRecord) -> Result<Put, BucketError> {
+        let Some((len, sha)) = self.head(key).await? else {
+            return Err(BucketError::Mismatch(format!("{key}: said to exist, then not found")));
+        };
+        if len != seal.len {
+            return Ok(Put::Conflict(format!("{key} holds {len} bytes, the sealed segment {}", seal.len)));
+        }
+        let sha = match sha {
+            Some(s) => s,
+            None => {
+                self.count(Op::Get);
+                let mut h = Sha256::new();
+                let got = self.s3.get(key).await.map_err(|e| BucketError::from_store(Op::Get, e))?;
+                let mut stream = got.into_stream();
+                use futures_util::StreamExt;
+                while let Some(chunk) = stream.next().await {
+                    h.update(chunk.map_err(|e| BucketError::from_store(Op::Get, e))?);
+                }
+                hex(&h.finalize())
+            }
+        };
+        if sha == seal.sha256 {
+            Ok(Put::AlreadyThere)
+        } else {
+            Ok(Put::Conflict(format!("{key} has SHA-256 {sha}, the sealed segment {}", seal.sha256)))
+        }
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The seal travels with the segment as metadata, so a HEAD compares.
+fn seal_attributes(seal: &SealRecord) -> Attributes {
+    let m = |k: &'static str| Attribute::Metadata(k.into());
+    let v = AttributeValue::from;
+    Attributes::from_iter([
+        (Attribute::ContentType, v("application/zstd".into())),
+        (m("ferry-sha256"), v(seal.sha256.clone())),
+        (m("ferry-len"), v(seal.len.to_string())),
+        (m("ferry-records"), v(seal.records.to_string())),
+        (m("ferry-first-seq"), v(seal.first_seq.to_string())),
+        (m("ferry-next-seq"), v(seal.next_seq.to_string())),
+    ])
+}
+
+async fn read_range(path: &Path, from: u64, len: u64) -> Result<Bytes, BucketError> {
+    let p = path.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let f = File::open(&p)?;
+        let mut buf = vec![0u8; len as usize];
+        f.read_exact_at(&mut buf, from)?;
+        Ok::<_, std::io::Error>(Bytes::from(buf))
+    })
+    .await
+    .map_err(|e| BucketError::State(e.to_string()))?
+    .map_err(|e| BucketError::Read(format!("{}: {e}", path.display())))
+}
+
+/// The bandwidth cap: bytes are paid for before they are handed over, so
+/// the average over a second stays under `max_rate` (a part is a burst).
+struct Pacer {
+    rate: Option<f64>,
+    next: Mutex<Instant>,
+}
+
+impl Pacer {
+    fn new(rate: Option<f64>) -> Pacer {
+        Pacer { rate, next: Mutex::new(Instant::now()) }
+    }
+
+    async fn take(&self, bytes: u64) {
+        let Some(rate) = self.rate else { return };
+        let wait = {
+            let mut next = self.next.lock().await;
+            let now = Instant::now();
+            let start = (*next).max(now);
+            *next = start + Duration::from_secs_f64(bytes as f64 / rate);
+            start.saturating_duration_since(now)
+        };
+        tokio::time::sleep(wait).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_file_takes_the_first_profile() {
+        let d = std::env::temp_dir().join(format!("ferry-cred-{}", std::process::id()));
+        std::fs::write(
+            &d,
+            "[default]\naws_access_key_id = AK1\naws_secret_access_key = s1\n[other]\naws_access_key_id = AK2\n",
+        )
+        .unwrap();
+        let c = read_credentials(&d).unwrap();
+        assert_eq!((c.key_id.as_str(), c.secret.as_str(), c.token), ("AK1", "s1", None));
+        std::fs::write(&d, "aws_access_key_id = AK1\n").unwrap();
+        assert!(read_credentials(&d).err().unwrap().contains("aws_secret_access_key"));
+        std::fs::write(&d, "garbage\n").unwrap();
+        assert!(read_credentials(&d).err().unwrap().contains("line 1"));
+        let _ = std::fs::remove_file(&d);
+    }
+}

@@ -1,0 +1,381 @@
+//! `[[bucket]]`: the archive into S3-compatible object storage.
+//!
+//! A follower like the uplinks and the sinks: woken by the store (a seal, a
+//! deletion), it puts every sealed segment at `prefix/<same relative path>`
+//! with its seal record beside it (`….log.zst.seal`) and every tombstone
+//! (`….log.zst.gone`), by create-only writes. A segment is delivered (its
+//! path in `state/buckets/<name>.delivered`, so retention may delete it)
+//! only once the bucket holds it with the sealed length and SHA-256, and
+//! its seal. A key holding other bytes is a conflict: counted, logged once,
+//! the local copy kept, nothing overwritten.
+
+pub mod client;
+pub mod uploads;
+
+use std::collections::{HashSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::config::BucketConfig;
+use crate::link::uplink::scan::Delivered;
+use crate::metrics::Metrics;
+use crate::store::changes::Changes;
+use crate::store::clock::Clock;
+use crate::store::fs::Fs;
+use crate::store::recover::list_repaired;
+use crate::store::segment::{list_tombstones, OnDisk, SegmentName};
+use client::{Client, Put};
+use uploads::Uploads;
+
+/// A bucket operation, the `op` label of `ferry_bucket_requests_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    Put,
+    PutSeal,
+    PutTombstone,
+    CreateMultipart,
+    PutPart,
+    CompleteMultipart,
+    Copy,
+    Delete,
+    Abort,
+    Head,
+    Get,
+}
+
+impl Op {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Put => "put",
+            Op::PutSeal => "put_seal",
+            Op::PutTombstone => "put_tombstone",
+            Op::CreateMultipart => "create_multipart",
+            Op::PutPart => "put_part",
+            Op::CompleteMultipart => "complete_multipart",
+            Op::Copy => "copy",
+            Op::Delete => "delete",
+            Op::Abort => "abort",
+            Op::Head => "head",
+            Op::Get => "get",
+        }
+    }
+}
+
+/// Why an upload did not happen; `reason()` is the metric label.
+#[derive(Debug, thiserror::Error)]
+pub enum BucketError {
+    #[error("bucket setup: {0}")]
+    Setup(String),
+    #[error("{op}: {source}", op = .0.as_str(), source = .1)]
+    Store(Op, #[source] object_store::Error),
+    #[error("after upload: {0}")]
+    Mismatch(String),
+    #[error("reading the segment: {0}")]
+    Read(String),
+    #[error("state: {0}")]
+    State(String),
+}
+
+impl BucketError {
+    fn from_store(op: Op, e: object_store::Error) -> BucketError {
+        BucketError::Store(op, e)
+    }
+
+    /// The `reason` label of `ferry_bucket_errors_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            BucketError::Setup(_) => "setup",
+            BucketError::Mismatch(_) => "length_mismatch",
+            BucketError::Read(_) => "read",
+            BucketError::State(_) => "state_write",
+            BucketError::Store(_, e) => match e {
+                object_store::Error::Unauthenticated { .. } | object_store::Error::PermissionDenied { .. } => "auth",
+                object_store::Error::NotFound { .. } => "not_found",
+                e => {
+                    // object_store keeps HTTP status and transport errors in
+                    // its message; the few a dashboard tells apart:
+                    let s = format!("{e:?}");
+                    if s.contains("SlowDown") || s.contains("503") {
+                        "throttled"
+                    } else if s.contains("BadDigest") || s.contains("XAmzContentChecksumMismatch") {
+                        "checksum"
+                    } else if s.contains("SignatureDoesNotMatch")
+                        || s.contains("InvalidAccessKeyId")
+                        || s.contains("AccessDenied")
+                        || s.contains("403")
+                    {
+                        "auth"
+                    } else if s.contains("NoSuchBucket") {
+                        "not_found"
+                    } else if s.contains("imed out") || s.contains("Timeout") || s.contains("timeout") {
+                        "timeout"
+                    } else if s.contains("500") || s.contains("502") || s.contains("504") || s.contains("Server") {
+                        "server"
+                    } else if s.contains("onnect") || s.contains("error sending request") {
+                        "connect"
+                    } else {
+                        "other"
+                    }
+                }
+            },
+        }
+    }
+}
+
+/// One `[[bucket]]`, running.
+pub struct Uploader {
+    pub cfg: BucketConfig,
+    pub node: String,
+    pub archive_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub metrics: Metrics,
+    pub clock: Arc<dyn Clock>,
+    /// Segments in the bucket with their seals (retention may delete them here).
+    pub delivered: Arc<Delivered>,
+    pub fs: Fs,
+    pub changes: Arc<Changes>,
+}
+
+/// How often lag is shown and tombstones are looked for without a wake-up.
+const LOOK_EVERY: Duration = Duration::from_secs(1);
+
+impl Uploader {
+    pub async fn run(self, stop: CancellationToken) {
+        let name = self.cfg.name.clone();
+        let bm = self.metrics.bucket.clone();
+        for g in [&bm.up, &bm.conflicted, &bm.lag_segments, &bm.lag_bytes] {
+            g.with_label_values(&[&name]).set(0);
+        }
+        for c in [&bm.segments, &bm.bytes, &bm.conflicts, &bm.already_there, &bm.aborted_uploads] {
+            c.with_label_values(&[&name]);
+        }
+        let client = match Client::new(&self.cfg, &self.node, &self.metrics) {
+            Ok(c) => c,
+            Err(e) => {
+                bm.errors.with_label_values(&[&name, e.reason()]).inc();
+                error!(bucket = %name, error = %e, "cannot set up the bucket; it does not run");
+                return;
+            }
+        };
+        let dir = self.state_dir.join("buckets");
+        let loaded = Uploads::load(&self.fs, dir.join(format!("{name}.uploads")))
+            .and_then(|u| Ok((u, Delivered::load(&self.fs, dir.join(format!("{name}.gone")), &self.metrics)?)));
+        let (uploads, tombs_done) = match loaded {
+            Ok(x) => x,
+            Err(e) => {
+                error!(bucket = %name, error = %e, "cannot read the bucket's state; it does not run");
+                return;
+            }
+        };
+        info!(bucket = %name, target = %client.key(""), "bucket uploader started");
+        let mut changes = self.changes.subscribe();
+        let mut queue: VecDeque<OnDisk> = VecDeque::new();
+        let mut conflicted: HashSet<PathBuf> = HashSet::new();
+        let mut orphans_done = uploads.list().is_empty();
+        let mut backoff = self.cfg.backoff_min;
+        let mut retry_at: Option<Instant> = None;
+        let mut next_look = Instant::now();
+        let mut last_error: Option<&'static str> = None;
+        // Tombstones appear with deletions (a layout change): looked for then.
+        let mut tombs_due = true;
+        loop {
+            if stop.is_cancelled() {
+                break;
+            }
+            if changes.has_changed() {
+                let u = changes.take();
+                if u.relist {
+                    queue = self.scan(&conflicted).await;
+                    tombs_due = true;
+                }
+            }
+            let now = Instant::now();
+            if now >= next_look {
+                next_look = now + LOOK_EVERY;
+                self.report_lag(&queue);
+            }
+            let work = !orphans_done || tombs_due || !queue.is_empty();
+            let ready = work && retry_at.is_none_or(|t| now >= t);
+            if ready {
+                let step = async {
+                    if !orphans_done {
+                        let n = client.abort_orphans(&uploads).await?;
+                        warn!(bucket = %name, uploads = n, "aborted the multipart uploads a previous run left open");
+                        orphans_done = true;
+                    }
+                    let tombs = if tombs_due { self.put_tombstones(&client, &tombs_done).await? } else { 0 };
+                    tombs_due = false;
+                    let did = match queue.front() {
+                        Some(seg) => self.put_one(&client, seg, &uploads).await.map(|p| Some((seg.rel.clone(), p)))?,
+                        None => None,
+                    };
+                    Ok::<_, BucketError>((tombs, did))
+                };
+                let result = tokio::select! {
+                    r = step => r,
+                    _ = stop.cancelled() => break,
+                };
+                match result {
+                    Ok((tombs, did)) => {
+                        bm.up.with_label_values(&[&name]).set(1);
+                        if last_error.take().is_some() {
+                            info!(bucket = %name, "the bucket answers again");
+                        }
+                        backoff = self.cfg.backoff_min;
+                        retry_at = None;
+                        let progressed = did.is_some() || tombs > 0;
+                        match did {
+                            Some((rel, Put::Conflict(why))) => {
+                                bm.conflicts.with_label_values(&[&name]).inc();
+                                error!(bucket = %name, path = %rel.display(), conflict = %why,
+                                    "the bucket holds other bytes under this segment's key: nothing overwritten, the local copy is kept");
+                                conflicted.insert(rel);
+                                bm.conflicted.with_label_values(&[&name]).set(conflicted.len() as i64);
+                                queue.pop_front();
+                            }
+                            Some(_) => {
+                                queue.pop_front();
+                            }
+                            None => {}
+                        }
+                        if progressed {
+                            continue;
+                        }
+                    }
+                    Err(e) => {
+                        bm.up.with_label_values(&[&name]).set(0);
+                        bm.errors.with_label_values(&[&name, e.reason()]).inc();
+                        // Said at every failure of a new kind, then once per backoff step.
+                        warn!(bucket = %name, reason = e.reason(), error = %e, retry_in = ?backoff, "bucket upload failed");
+                        last_error = Some(e.reason());
+                        retry_at = Some(Instant::now() + jitter(backoff));
+                        backoff = (backoff * 2).min(self.cfg.backoff_max);
+                        // A segment deleted under us or a state change: look again.
+                        if matches!(e, BucketError::Read(_)) {
+                            changes.force_relist();
+                        }
+                    }
+                }
+            }
+            let until = match retry_at {
+                Some(t) => t.min(next_look),
+                None => next_look,
+            };
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = changes.changed() => {}
+                _ = tokio::time::sleep_until(until.into()) => {}
+            }
+        }
+        bm.up.with_label_values(&[&name]).set(0);
+        info!(bucket = %name, "bucket uploader stopped");
+    }
+
+    /// Sealed segments not yet in the bucket, of the selected sites and
+    /// streams, oldest first (conflicts are left aside until a restart).
+    async fn scan(&self, conflicted: &HashSet<PathBuf>) -> VecDeque<OnDisk> {
+        let (fs, a, st, d) =
+            (self.fs.clone(), self.archive_dir.clone(), self.state_dir.clone(), self.delivered.clone());
+        let (now, m, cfg) = (self.clock.now_ms(), self.metrics.clone(), self.cfg.clone());
+        let skip_c: HashSet<PathBuf> = conflicted.clone();
+        let found = tokio::task::spawn_blocking(move || {
+            let sel = |rel: &Path| {
+                SegmentName::parse_rel(rel).is_some_and(|n| {
+                    (cfg.sites.is_empty() || cfg.sites.contains(&n.site))
+                        && (cfg.streams.is_empty() || cfg.streams.contains(&n.stream))
+                })
+            };
+            list_repaired(&fs, &a, &st, |r| d.contains(r) || !sel(r) || skip_c.contains(r), now, &m)
+        })
+        .await
+        .expect("scan task");
+        match found {
+            Ok(f) => f.into_iter().filter(|l| l.seal.is_some()).collect(),
+            Err(e) => {
+                warn!(bucket = %self.cfg.name, error = %e, "cannot scan the archive");
+                VecDeque::new()
+            }
+        }
+    }
+
+    /// The segment, then its seal; delivered once both are there.
+    async fn put_one(&self, client: &Client, seg: &OnDisk, uploads: &Uploads) -> Result<Put, BucketError> {
+        let seal = seg.seal.as_ref().expect("only sealed segments are queued");
+        let rel = seg.rel.to_string_lossy().into_owned();
+        let path = self.archive_dir.join(&seg.rel);
+        let name = &self.cfg.name;
+        let bm = &self.metrics.bucket;
+        let put = client.put_segment(&path, &rel, seal, uploads).await?;
+        if let Put::Conflict(_) = put {
+            return Ok(put);
+        }
+        let seal_put = client.put_text(&format!("{rel}.seal"), &seal.to_text(), Op::PutSeal).await?;
+        if let Put::Conflict(why) = seal_put {
+            return Ok(Put::Conflict(why));
+        }
+        self.delivered.add(&seg.rel).map_err(|e| BucketError::State(e.to_string()))?;
+        match put {
+            Put::Written => {
+                bm.segments.with_label_values(&[name]).inc();
+                bm.bytes.with_label_values(&[name]).inc_by(seal.len);
+            }
+            _ => bm.already_there.with_label_values(&[name]).inc(),
+        }
+        if seal_put == Put::Written {
+            bm.seals.with_label_values(&[name]).inc();
+        }
+        Ok(put)
+    }
+
+    /// Tombstones of segments deleted undelivered, so the bucket alone
+    /// tells what is missing and why. Returns how many went up.
+    async fn put_tombstones(&self, client: &Client, done: &Delivered) -> Result<usize, BucketError> {
+        let st = self.state_dir.clone();
+        let all = tokio::task::spawn_blocking(move || list_tombstones(&st)).await.expect("tombstone listing");
+        let mut n = 0;
+        for (rel, name, rec) in all {
+            if done.contains(&rel) {
+                continue;
+            }
+            let sel = (self.cfg.sites.is_empty() || self.cfg.sites.contains(&name.site))
+                && (self.cfg.streams.is_empty() || self.cfg.streams.contains(&name.stream));
+            let Ok(rec) = rec else { continue };
+            if !sel {
+                continue;
+            }
+            let r = rel.to_string_lossy();
+            match client.put_text(&format!("{r}.gone"), &rec.to_text(), Op::PutTombstone).await? {
+                Put::Conflict(why) => {
+                    warn!(bucket = %self.cfg.name, path = %r, conflict = %why, "a tombstone differs from the bucket's");
+                }
+                Put::Written => {
+                    self.metrics.bucket.tombstones.with_label_values(&[&self.cfg.name]).inc();
+                    n += 1;
+                }
+                Put::AlreadyThere => {}
+            }
+            done.add(&rel).map_err(|e| BucketError::State(e.to_string()))?;
+        }
+        Ok(n)
+    }
+
+    fn report_lag(&self, queue: &VecDeque<OnDisk>) {
+        let bm = &self.metrics.bucket;
+        let name = &self.cfg.name;
+        let bytes: u64 = queue.iter().map(|s| s.len).sum();
+        bm.lag_segments.with_label_values(&[name]).set(queue.len() as i64);
+        bm.lag_bytes.with_label_values(&[name]).set(bytes as i64);
+        let oldest = queue.iter().filter_map(|s| s.seal.as_ref().map(|x| x.sealed_ms)).min();
+        let secs = oldest.map(|ms| ((self.clock.now_ms() - ms).max(0) as f64) / 1000.0).unwrap_or(0.0);
+        bm.lag_seconds.with_label_values(&[name]).set(secs);
+    }
+}
+
+/// ±20%, so nodes that failed together do not retry together.
+fn jitter(d: Duration) -> Duration {
+    d.mul_f64(rand::random_range(0.8..1.2))
+}

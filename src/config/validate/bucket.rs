@@ -1,0 +1,134 @@
+//! `[[bucket]]`: checked key by key like the sinks. Credentials are never
+//! read from the TOML: a file or the `AWS_*` environment.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::super::raw::RawBucket;
+use super::super::units::HumanDuration;
+use super::super::BucketConfig;
+use super::Ctx;
+
+/// S3's own limits on a multipart upload's parts.
+const MIN_PART: u64 = 5 << 20;
+const MAX_PART: u64 = 5 << 30;
+
+pub(super) fn validate_bucket(cx: &mut Ctx<'_>, i: usize, b: &RawBucket) -> Option<BucketConfig> {
+    let key = |f: &str| format!("bucket[{i}].{f}");
+    let before = cx.problems.len();
+    let name = cx.name(&key("name"), &b.name);
+    let bucket = b.bucket.get_ref().clone();
+    // S3 bucket names: 3-63 of a-z 0-9 . - (SeaweedFS, MinIO and RGW agree).
+    let bucket_ok = (3..=63).contains(&bucket.len())
+        && bucket.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'.' || c == b'-');
+    if !bucket_ok {
+        cx.at(&key("bucket"), &b.bucket, format!("{bucket:?} is not a bucket name (3-63 of a-z 0-9 . -)"));
+    }
+    let endpoint = b.endpoint.as_ref().map(|e| {
+        let s = e.get_ref().trim_end_matches('/').to_owned();
+        if !(s.starts_with("http://") || s.starts_with("https://")) || s.len() <= "https://".len() {
+            cx.at(&key("endpoint"), e, format!("{s:?} must be http://host:port or https://host:port"));
+        }
+        s
+    });
+    let region = b.region.as_ref().map(|r| r.get_ref().clone()).unwrap_or_else(|| "us-east-1".into());
+    let prefix = match &b.prefix {
+        Some(p) => {
+            let s = p.get_ref().trim_matches('/').to_owned();
+            if s.split('/').any(|c| c.is_empty() || c == "." || c == "..") && !s.is_empty() {
+                cx.at(&key("prefix"), p, format!("{s:?}: empty, `.` or `..` path components are not allowed"));
+            }
+            s
+        }
+        None => String::new(),
+    };
+    // A custom endpoint (MinIO, SeaweedFS, RGW, Garage) is path-style unless told.
+    let path_style = b.path_style.as_ref().map(|v| *v.get_ref()).unwrap_or(endpoint.is_some());
+    let file = |cx: &mut Ctx<'_>, v: &Option<Spanned<String>>, f: &str| {
+        v.as_ref().map(|p| {
+            let path = PathBuf::from(p.get_ref());
+            if !path.is_absolute() {
+                cx.at(&key(f), p, format!("{:?} must be an absolute path", p.get_ref()));
+            }
+            path
+        })
+    };
+    let ca = file(cx, &b.ca, "ca");
+    let credentials_file = file(cx, &b.credentials_file, "credentials_file");
+    let list = |v: &Option<Spanned<Vec<String>>>| v.as_ref().map(|v| v.get_ref().clone()).unwrap_or_default();
+    let (sites, streams) = (list(&b.sites), list(&b.streams));
+    let part_size = match &b.part_size {
+        Some(v) => {
+            if !(MIN_PART..=MAX_PART).contains(&v.get_ref().0) {
+                cx.at(&key("part_size"), v, "must be between 5MiB and 5GiB (S3's limits on a part)");
+            }
+            v.get_ref().0
+        }
+        None => 16 << 20,
+    };
+    let multipart_above = match &b.multipart_above {
+        Some(v) => {
+            if !(MIN_PART..=MAX_PART).contains(&v.get_ref().0) {
+                cx.at(&key("multipart_above"), v, "must be between 5MiB and 5GiB (S3's limit on one PUT)");
+            }
+            v.get_ref().0
+        }
+        None => 64 << 20,
+    };
+    let concurrency = match &b.concurrency {
+        Some(v) => {
+            if !(1..=64).contains(v.get_ref()) {
+                cx.at(&key("concurrency"), v, "must be between 1 and 64 parts in flight");
+            }
+            *v.get_ref() as usize
+        }
+        None => 4,
+    };
+    let max_rate = b.max_rate.as_ref().map(|r| {
+        if r.get_ref().bytes_per_sec < 1024.0 {
+            cx.at(&key("max_rate"), r, "must be at least 1KiB/s");
+        }
+        r.get_ref().bytes_per_sec
+    });
+    let dur = |cx: &mut Ctx<'_>, v: &Option<Spanned<HumanDuration>>, f: &str, min: Duration, default: Duration| match v
+    {
+        Some(d) => {
+            if d.get_ref().0 < min {
+                cx.at(&key(f), d, format!("must be at least {min:?}"));
+            }
+            d.get_ref().0
+        }
+        None => default,
+    };
+    let ms = Duration::from_millis;
+    let backoff_min = dur(cx, &b.backoff_min, "backoff_min", ms(10), ms(500));
+    let backoff_max = dur(cx, &b.backoff_max, "backoff_max", ms(10), Duration::from_secs(30));
+    if backoff_min > backoff_max {
+        cx.err(&key("backoff_min"), b.backoff_min.as_ref().map(|v| v.span()), "must not exceed backoff_max");
+    }
+    let request_timeout = dur(cx, &b.request_timeout, "request_timeout", ms(100), Duration::from_secs(60));
+    if cx.problems.len() > before {
+        return None;
+    }
+    Some(BucketConfig {
+        name,
+        bucket,
+        endpoint,
+        region,
+        prefix,
+        path_style,
+        ca,
+        credentials_file,
+        sites,
+        streams,
+        multipart_above,
+        part_size,
+        concurrency,
+        max_rate,
+        backoff_min,
+        backoff_max,
+        request_timeout,
+    })
+}
