@@ -186,3 +186,164 @@ fn zstd_decompress(bytes: &[u8]) -> Vec<u8> {
     assert!(out.status.success(), "zstdcat on a bucket object");
     out.stdout
 }
+
+/// One node with a bucket: what it archives itself (site `test`) is what
+/// it uploads. `store` and `bucket` are extra keys of each section.
+fn lone_node(dir: &TestDir, weed: &Weed, store: &str, bucket: &str) -> (Node, Ports, String) {
+    let ports = Ports { tcp: free_port(), udp: free_port(), admin: free_port() };
+    let section = weed.ferry_section(&dir.path, "s3", bucket);
+    let cfg = node_config(dir, &ports, store, "max_record_bytes = \"64KiB\"", &section);
+    (Node::start(dir, &cfg, ports.admin), ports, cfg)
+}
+
+/// `n` records of `size` bytes of incompressible text into the node.
+fn send_noise(ports: &Ports, n: usize, size: usize, seed: u64) {
+    let mut input = String::new();
+    for i in 0..n {
+        input.push_str(&format!("<14>noise {i:06} {}\n", noise(seed + i as u64, size)));
+    }
+    ferry_send(&["--to", &format!("127.0.0.1:{}", ports.tcp)], input.as_bytes());
+}
+
+/// Sealed segments of the lone node, by relative path.
+fn lone_sealed(dir: &TestDir) -> Segs {
+    sealed_segments(&dir.join("data"), &["test"])
+}
+
+/// The bucket server killed (SIGKILL) for 30 s while central uploads and
+/// both edges keep sending: lag grows and shows, the bucket is reported
+/// down, nothing local is deleted; after it returns every sealed segment
+/// arrives once, byte-identical, with its seal.
+#[test]
+fn bucket_killed_for_30s_lag_shows_and_everything_arrives_once_after() {
+    let name = "bucket-outage";
+    let dir = TestDir::new(name);
+    let mut weed = Weed::start(&dir.path, "archive");
+    let section = weed.ferry_section(&dir.path, "s3", "backoff_max = \"2s\"\nsites = [\"edge1\", \"edge2\"]");
+    let mut w = World::start(name, &section, "commit_bytes = \"256KiB\"\nsegment_max_bytes = \"1MiB\"");
+    let mut sent = w.send_padded(10_000, "before", 300);
+    w.central().wait_metric("ferry_bucket_segments_total", &[("bucket", "s3")], Duration::from_secs(60), |v| v >= 2.0);
+    weed.kill9();
+    let down = Instant::now();
+    sent.extend(w.send_padded(10_000, "during", 300));
+    let c = w.central();
+    c.wait_metric("ferry_bucket_lag_segments", &[("bucket", "s3")], Duration::from_secs(25), |v| v >= 2.0);
+    c.wait_metric("ferry_bucket_up", &[("bucket", "s3")], Duration::from_secs(25), |v| v == 0.0);
+    let lag_before = c.metric("ferry_bucket_lag_segments", &[("bucket", "s3")]);
+    let status = http_get(w.central_ports.admin, "/status").unwrap().1;
+    assert!(status.contains("buckets") && status.contains(" NO "), "the bucket shows as down:\n{status}");
+    let local_during = sealed_segments(&central_data(&w), &["edge1", "edge2"]).len();
+    std::thread::sleep(Duration::from_secs(30).saturating_sub(down.elapsed()));
+    let c = w.central();
+    assert!(c.metric("ferry_bucket_lag_seconds", &[("bucket", "s3")]) > 0.0, "lag in seconds shows");
+    assert!(c.metric("ferry_bucket_lag_bytes", &[("bucket", "s3")]) > 0.0, "lag in bytes shows");
+    let errors = metric_value(&c.metrics(), "ferry_bucket_errors_total", &[("bucket", "s3")]);
+    // Backoff to 2 s over 30 s: a few attempts, never a spin.
+    let attempts = metric_value(&c.metrics(), "ferry_bucket_requests_total", &[("bucket", "s3")]);
+    eprintln!(
+        "bucket down {:?}: {errors} errors, {attempts} requests in all, lag {lag_before} segments",
+        down.elapsed()
+    );
+    assert!(errors >= 3.0, "errors counted while the bucket is down: {errors}");
+    assert!(errors <= 40.0, "a retry storm: {errors} failed attempts in 30 s");
+    let local_after = sealed_segments(&central_data(&w), &["edge1", "edge2"]).len();
+    assert!(local_after >= local_during, "a segment not in the bucket was deleted locally");
+    weed.boot();
+    seal_everything(&mut w);
+    let (_, mirror) = mirror_complete(&w);
+    wait_uploaded(&w, "s3", mirror.len(), Duration::from_secs(120));
+    let keys = weed.keys("");
+    let objects: Vec<&String> = keys.keys().filter(|k| k.ends_with(".log.zst")).collect();
+    assert_eq!(objects.len(), mirror.len(), "one object per segment");
+    for (rel, bytes) in &mirror {
+        assert!(weed.get(rel) == *bytes, "{rel}: differs in the bucket");
+        assert!(keys.contains_key(&format!("{rel}.seal")), "{rel}.seal");
+    }
+    let mut lines: Vec<String> = Vec::new();
+    for bytes in mirror.values() {
+        lines.extend(String::from_utf8(zstd_decompress(bytes)).unwrap().lines().map(str::to_owned));
+    }
+    lines.sort();
+    sent.sort();
+    assert!(lines == sent, "{} records in the bucket for {} sent", lines.len(), sent.len());
+    assert_eq!(w.central().metric("ferry_bucket_up", &[("bucket", "s3")]), 1.0);
+}
+
+/// kill -9 of the uploading node in the middle of a multipart upload (a
+/// 12 MiB segment, 5 MiB parts, capped at 2 MiB/s): after the restart
+/// the object is there once, complete and equal to the segment, and no
+/// multipart upload is left open in the bucket.
+#[test]
+fn kill9_in_a_multipart_upload_leaves_one_whole_object_and_no_open_upload() {
+    let name = "bucket-multipart-kill";
+    let dir = TestDir::new(name);
+    let weed = Weed::start(&dir.path, "archive");
+    let bucket = "multipart_above = \"5MiB\"\npart_size = \"5MiB\"\nconcurrency = 1\nmax_rate = \"2MiB/s\"";
+    let (mut node, ports, cfg) = lone_node(&dir, &weed, "segment_max_bytes = \"64MiB\"", bucket);
+    send_noise(&ports, 20 * 1024, 1024, 1);
+    // Stopped: the open segment is sealed on the way out (the uploader
+    // stops with the node before it gets far).
+    node.stop();
+    let segs = lone_sealed(&dir);
+    let sizes: Vec<usize> = segs.values().map(Vec::len).collect();
+    let (rel, bytes) =
+        segs.iter().find(|(_, b)| b.len() > 8 << 20).unwrap_or_else(|| panic!("no segment over 8 MiB: {sizes:?}"));
+    let mut node = Node::start(&dir, &cfg, ports.admin);
+    let parts = &[("bucket", "s3"), ("op", "put_part")];
+    node.wait_metric("ferry_bucket_requests_total", parts, Duration::from_secs(30), |v| v >= 2.0);
+    node.kill9();
+    let open = weed.open_uploads();
+    assert!(!open.is_empty(), "the kill came after the upload was done: nothing was interrupted");
+    let node = Node::start(&dir, &cfg, ports.admin);
+    node.wait_metric("ferry_bucket_segments_total", &[("bucket", "s3")], Duration::from_secs(60), |v| {
+        v as usize >= segs.len()
+    });
+    assert!(weed.open_uploads().is_empty(), "multipart uploads left open: {:?}", weed.open_uploads());
+    assert!(node.metric("ferry_bucket_aborted_uploads_total", &[("bucket", "s3")]) >= 1.0);
+    let keys = weed.keys("");
+    assert_eq!(keys.get(rel.as_str()), Some(&(bytes.len() as u64)));
+    assert!(weed.get(rel) == *bytes, "the object differs from the segment");
+    assert!(keys.keys().all(|k| !k.contains(".ferry/")), "staging objects left: {keys:#?}");
+    assert!(node.log_text().contains("aborted the multipart uploads a previous run left open"));
+}
+
+/// Wrong credentials: every attempt refused, counted as `auth`, named in
+/// the log and in `ferry status`, retried with backoff (no storm), and
+/// nothing marked delivered.
+#[test]
+fn wrong_credentials_are_refused_named_and_retried_without_a_storm() {
+    let name = "bucket-auth";
+    let dir = TestDir::new(name);
+    let weed = Weed::start(&dir.path, "archive");
+    let (mut node, ports, cfg) = lone_node(&dir, &weed, "", "backoff_min = \"500ms\"\nbackoff_max = \"8s\"");
+    send_noise(&ports, 100, 100, 7);
+    node.stop();
+    // The same node with a secret that is not the bucket's.
+    std::fs::write(
+        dir.path.join("s3.credentials"),
+        format!("[default]\naws_access_key_id = {}\naws_secret_access_key = wrong\n", util::seaweed::ACCESS_KEY),
+    )
+    .unwrap();
+    let node = Node::start(&dir, &cfg, ports.admin);
+    let t = Instant::now();
+    node.wait_metric(
+        "ferry_bucket_errors_total",
+        &[("bucket", "s3"), ("reason", "auth")],
+        Duration::from_secs(10),
+        |v| v >= 1.0,
+    );
+    std::thread::sleep(Duration::from_secs(20).saturating_sub(t.elapsed()));
+    let m = node.metrics();
+    let requests = metric_value(&m, "ferry_bucket_requests_total", &[("bucket", "s3")]);
+    let auth = metric_value(&m, "ferry_bucket_errors_total", &[("bucket", "s3"), ("reason", "auth")]);
+    eprintln!("wrong credentials for 20 s: {requests} requests, {auth} refused");
+    // 0.5 s doubling to 8 s: attempts at about 0, 0.5, 1.5, 3.5, 7.5, 15.5 s.
+    assert!(requests <= 10.0, "a retry storm: {requests} requests in 20 s");
+    assert!(auth >= 3.0, "retried: {auth}");
+    assert_eq!(metric_value(&m, "ferry_bucket_segments_total", &[("bucket", "s3")]), 0.0);
+    let log = node.log_text();
+    assert!(log.contains("bucket upload failed") && log.contains("reason=\"auth\""), "named in the log:\n{log}");
+    let status = http_get(ports.admin, "/status").unwrap().1;
+    assert!(status.contains("auth=") && status.contains(" NO "), "named in the status:\n{status}");
+    assert!(weed.keys("").keys().all(|k| !k.ends_with(".log.zst")), "uploaded with a wrong secret?");
+}

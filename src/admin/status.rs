@@ -312,6 +312,45 @@ pub fn render(m: &Metrics, site: &str, node: &str, archive: &Archive, rates: &su
         }
     }
 
+    let bucket_up = get("ferry_bucket_up", &["bucket"]);
+    if !bucket_up.is_empty() {
+        let one = |n: &str| by_first(&get(n, &["bucket"]));
+        let (segs, up_bytes, lag_n, lag_b) = (
+            one("ferry_bucket_segments_total"),
+            one("ferry_bucket_bytes_total"),
+            one("ferry_bucket_lag_segments"),
+            one("ferry_bucket_lag_bytes"),
+        );
+        let (lag_s, conflicted) = (one("ferry_bucket_lag_seconds"), one("ferry_bucket_conflicted_segments"));
+        let errors = get("ferry_bucket_errors_total", &["bucket", "reason"]);
+        let _ = writeln!(
+            s,
+            "\nbuckets\n  {:<16} {:>4} {:>9} {:>12} {:>8} {:>12} {:>9} {:>10}  ERRORS",
+            "BUCKET", "UP", "SEGMENTS", "UPLOADED", "LAG SEGS", "LAG", "LAG SECS", "CONFLICTS"
+        );
+        for (name, v) in by_first(&bucket_up) {
+            let g = |m: &BTreeMap<String, f64>| m.get(&name).copied().unwrap_or(0.0);
+            let errs: Vec<String> = errors
+                .iter()
+                .filter(|(l, n)| l[0] == name && **n > 0.0)
+                .map(|(l, n)| format!("{}={}", l[1], *n as u64))
+                .collect();
+            let _ = writeln!(
+                s,
+                "  {:<16} {:>4} {:>9} {:>12} {:>8} {:>12} {:>9.1} {:>10}  {}",
+                name,
+                if v > 0.0 { "yes" } else { "NO" },
+                g(&segs) as u64,
+                bytes(g(&up_bytes)),
+                g(&lag_n) as u64,
+                bytes(g(&lag_b)),
+                g(&lag_s),
+                if g(&conflicted) > 0.0 { format!("{} HELD", g(&conflicted) as u64) } else { "0".into() },
+                if errs.is_empty() { "-".to_owned() } else { errs.join(" ") }
+            );
+        }
+    }
+
     let sessions = by_first(&get("ferry_link_sessions_active", &["listener"]));
     if !sessions.is_empty() {
         let recv = get("ferry_link_received_bytes_total", &["listener", "site"]);
