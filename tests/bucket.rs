@@ -347,3 +347,71 @@ fn wrong_credentials_are_refused_named_and_retried_without_a_storm() {
     assert!(status.contains("auth=") && status.contains(" NO "), "named in the status:\n{status}");
     assert!(weed.keys("").keys().all(|k| !k.ends_with(".log.zst")), "uploaded with a wrong secret?");
 }
+
+/// `keep_local`: central keeps at most 6 MiB (`on_full = "reject"`) and
+/// 2 MiB of what the bucket holds. With the bucket up it takes 20+ MiB
+/// from the edges, deleting only uploaded copies; with the bucket down it
+/// deletes nothing that is not uploaded and says it is full; back up, it
+/// uploads and frees the space again.
+#[test]
+fn keep_local_deletes_only_what_the_bucket_confirmed() {
+    let name = "bucket-keep-local";
+    let dir = TestDir::new(name);
+    let mut weed = Weed::start(&dir.path, "archive");
+    let section = weed.ferry_section(&dir.path, "s3", "keep_local = \"2MiB\"\nbackoff_max = \"1s\"");
+    let store = "commit_bytes = \"256KiB\"\nsegment_max_bytes = \"1MiB\"\n\n[store.retention]\nmax_bytes = \"6MiB\"\n\
+                 on_full = \"reject\"\ncheck_interval = \"200ms\"";
+    let w = World::start(name, &section, store);
+    let deleted =
+        |w: &World, reason: &str| w.central().metric("ferry_retention_deleted_segments_total", &[("reason", reason)]);
+    let edges_delivered = |w: &World| {
+        for (i, (edge, ..)) in w.edges.iter().enumerate() {
+            let n = w.sent[i].load(std::sync::atomic::Ordering::SeqCst) as f64;
+            edge.wait_metric("ferry_committed_records_total", &[], Duration::from_secs(120), |v| v >= n);
+            edge.wait_metric("ferry_uplink_lag_bytes", &[], Duration::from_secs(120), |v| v == 0.0);
+        }
+    };
+    // 1. Bucket up: everything is taken, uploaded copies are deleted here.
+    w.send_padded(25_000, "up", 300);
+    edges_delivered(&w);
+    let c = w.central();
+    c.wait_metric("ferry_bucket_lag_segments", &[("bucket", "s3")], Duration::from_secs(60), |v| v == 0.0);
+    c.wait_metric("ferry_archive_bytes", &[], Duration::from_secs(30), |v| v <= (6 << 20) as f64);
+    let uploaded = c.metric("ferry_bucket_segments_total", &[("bucket", "s3")]);
+    let received = c.metric("ferry_link_received_bytes_total", &[]);
+    eprintln!(
+        "bucket up: {received} bytes received, {uploaded} segments uploaded, {} deleted as offloaded",
+        deleted(&w, "offloaded")
+    );
+    assert!(received > (12 << 20) as f64, "central took twice its 6 MiB and more: {received} bytes");
+    assert!(deleted(&w, "offloaded") >= 10.0, "uploaded copies deleted to make room");
+    assert_eq!(c.metric("ferry_store_full", &[]), 0.0);
+    // Every sealed segment still here is either in the bucket or the newest.
+    let keys = weed.keys("");
+    let here = sealed_segments(&central_data(&w), &["edge1", "edge2"]);
+    assert!(here.keys().all(|r| keys.contains_key(r)), "a sealed segment is here and not in the bucket");
+
+    // 2. Bucket down: nothing not uploaded is deleted; the store says it is full.
+    weed.kill9();
+    let offloaded_before = deleted(&w, "offloaded");
+    w.send_padded(25_000, "down", 300);
+    edges_delivered(&w);
+    let c = w.central();
+    c.wait_metric("ferry_store_full", &[], Duration::from_secs(30), |v| v == 1.0);
+    std::thread::sleep(Duration::from_secs(2));
+    let here = sealed_segments(&central_data(&w), &["edge1", "edge2"]);
+    let not_up: Vec<&String> = here.keys().filter(|r| !keys.contains_key(*r)).collect();
+    assert!(not_up.len() >= 10, "segments sealed while the bucket was down are kept: {}", not_up.len());
+    assert!(deleted(&w, "offloaded") - offloaded_before <= 2.0, "only copies uploaded before the outage may go");
+    assert_eq!(deleted(&w, "undelivered"), 0.0, "a segment not in the bucket was deleted");
+    assert!(!central_data(&w).join("state/gone").exists(), "tombstones: something was deleted undelivered");
+
+    // 3. Back up: uploaded, freed again.
+    weed.boot();
+    let c = w.central();
+    c.wait_metric("ferry_bucket_lag_segments", &[("bucket", "s3")], Duration::from_secs(90), |v| v == 0.0);
+    c.wait_metric("ferry_store_full", &[], Duration::from_secs(30), |v| v == 0.0);
+    c.wait_metric("ferry_archive_bytes", &[], Duration::from_secs(30), |v| v <= (6 << 20) as f64);
+    let keys = weed.keys("");
+    assert!(not_up.iter().all(|r| keys.contains_key(*r)), "every segment kept during the outage is uploaded");
+}

@@ -69,6 +69,18 @@ pub struct BucketConfig {
     pub backoff_max: Duration,
     /// One request (a part, a HEAD, a listing), at most.
     pub request_timeout: Duration,
+    /// Local copies of segments the bucket confirmed are deleted past this
+    /// (the store's retention still applies to the rest).
+    pub keep_local: Option<KeepLocal>,
+}
+
+/// How much of what the bucket holds stays on the local disk too.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeepLocal {
+    /// Uploaded segments sealed longer ago than this are deleted here.
+    Age(Duration),
+    /// Uploaded segments beyond this many bytes (oldest first) are deleted here.
+    Bytes(u64),
 }
 
 /// `[[sink]]`: delivery of archived records (mirrored or local) into a bus.

@@ -48,6 +48,7 @@ pub struct RawBucket {
     pub backoff_min: Option<Spanned<HumanDuration>>,
     pub backoff_max: Option<Spanned<HumanDuration>>,
     pub request_timeout: Option<Spanned<HumanDuration>>,
+    pub keep_local: Option<Spanned<String>>,
 }
 
 /// `[[sink]]`: delivery of archived records into a message bus.

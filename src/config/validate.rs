@@ -1012,6 +1012,47 @@ listen = "127.0.0.1:0"
     }
 
     #[test]
+    fn buckets_are_checked_key_by_key() {
+        let ok = format!(
+            "{MINIMAL}\n[[bucket]]\nname = \"s3\"\nbucket = \"logs\"\nendpoint = \"http://127.0.0.1:8333\"\nprefix = \"/ferry/\"\n\
+             keep_local = \"7d\"\n\n[[bucket]]\nname = \"aws\"\nbucket = \"logs-eu\"\nkeep_local = \"200GiB\"\n"
+        );
+        let c = validate(&ok, "t.toml").unwrap();
+        let (a, b) = (&c.buckets[0], &c.buckets[1]);
+        assert_eq!((a.prefix.as_str(), a.path_style, a.part_size, a.concurrency), ("ferry", true, 16 << 20, 4));
+        assert_eq!(a.keep_local, Some(KeepLocal::Age(Duration::from_secs(7 * 86400))));
+        assert_eq!(
+            (b.path_style, b.region.as_str(), b.keep_local),
+            (false, "us-east-1", Some(KeepLocal::Bytes(200 << 30)))
+        );
+
+        let bad = format!(
+            "{MINIMAL}\n[[bucket]]\nname = \"s3\"\nbucket = \"Logs_\"\nendpoint = \"ftp://x\"\npart_size = \"1MiB\"\n\
+             keep_local = \"soon\"\nconcurrency = 0\ncredentials_file = \"rel/path\"\nprefix = \"a/../b\"\n\
+             \n[[bucket]]\nname = \"s3\"\nbucket = \"logs\"\nsecret_access_key = \"x\"\n"
+        );
+        let msgs = match validate(&bad, "t.toml") {
+            Err(Error::Invalid(p)) => p.iter().map(|p| format!("{}: {}", p.key, p.message)).collect::<Vec<_>>(),
+            other => panic!("{other:?}"),
+        };
+        let text = msgs.join("\n");
+        assert!(text.contains("secret_access_key"), "credentials are never a TOML key: {text}");
+        let ok_keys = validate(&bad.replace("secret_access_key = \"x\"\n", ""), "t.toml");
+        let Err(Error::Invalid(p)) = ok_keys else { panic!() };
+        let msgs: Vec<String> = p.iter().map(|p| format!("{}: {}", p.key, p.message)).collect();
+        let has = |k: &str, m: &str| msgs.iter().any(|x| x.starts_with(k) && x.contains(m));
+        assert!(has("bucket[0].bucket", "not a bucket name"), "{msgs:#?}");
+        assert!(has("bucket[0].endpoint", "http://"), "{msgs:#?}");
+        assert!(has("bucket[0].part_size", "5MiB"), "{msgs:#?}");
+        assert!(has("bucket[0].keep_local", "neither a duration"), "{msgs:#?}");
+        assert!(has("bucket[0].concurrency", "between 1 and 64"), "{msgs:#?}");
+        assert!(has("bucket[0].credentials_file", "absolute"), "{msgs:#?}");
+        assert!(has("bucket[0].prefix", ".."), "{msgs:#?}");
+        let Err(Error::Invalid(p)) = validate(&ok.replace("\"aws\"", "\"s3\""), "t.toml") else { panic!() };
+        assert!(p.iter().any(|p| p.key == "bucket[1].name" && p.message.contains("defined twice")), "{p:?}");
+    }
+
+    #[test]
     fn every_problem_is_reported() {
         let text = format!("{MINIMAL}\n[store]\ncommit_bytes = \"1B\"\nfsync = \"sometimes\"\nzstd_level = 40\n");
         let Err(Error::Invalid(p)) = validate(&text, "t.toml") else { panic!() };

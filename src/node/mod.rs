@@ -413,7 +413,7 @@ impl Node {
             Some(d) => d,
             None => {
                 let d = self.delivered("buckets", &b.name)?;
-                self.hold.add(d.clone());
+                self.hold.add_bucket(d.clone(), b.keep_local);
                 d
             }
         };

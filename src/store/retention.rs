@@ -16,13 +16,23 @@ use super::fs::Fs;
 use super::recover::list_repaired;
 use super::segment::{gone_path, list_segments, seal_path, SealRecord};
 use super::Store;
-use crate::config::{OnFull, RetentionConfig};
+use crate::config::{KeepLocal, OnFull, RetentionConfig};
 use crate::metrics::Metrics;
 
 /// Says whether a segment is still needed by someone (an uplink).
 pub trait Hold: Send + Sync {
     /// `rel` is relative to `archive/`.
     fn holds(&self, rel: &Path) -> bool;
+
+    /// Every bucket confirmed this segment (its local copy is a cache).
+    fn offloaded(&self, _rel: &Path) -> bool {
+        false
+    }
+
+    /// How much of what the buckets hold stays here too.
+    fn keep_local(&self) -> Option<KeepLocal> {
+        None
+    }
 }
 
 /// Nothing holds anything (a node without uplinks).
@@ -101,6 +111,31 @@ pub fn pass(
         } else {
             kept.push(s);
         }
+    }
+    // Local copies of what the buckets hold, beyond `keep_local`: never a
+    // segment someone still needs, never a tombstone (it is in the bucket).
+    if let Some(keep) = hold.keep_local() {
+        let mut offloaded: u64 =
+            kept.iter().filter(|s| s.seal.is_some() && hold.offloaded(&s.rel)).map(|s| s.len).sum();
+        let mut rest = Vec::with_capacity(kept.len());
+        for s in kept {
+            let go = s.seal.is_some()
+                && !hold.holds(&s.rel)
+                && hold.offloaded(&s.rel)
+                && match keep {
+                    KeepLocal::Age(age) => {
+                        now_ms.saturating_sub(s.seal.as_ref().map_or(now_ms, |x| x.sealed_ms)) > age.as_millis() as i64
+                    }
+                    KeepLocal::Bytes(max) => offloaded > max,
+                };
+            if go {
+                offloaded -= s.len;
+                delete(&s, "offloaded", &mut out)?;
+            } else {
+                rest.push(s);
+            }
+        }
+        kept = rest;
     }
     if let Some(max) = cfg.max_bytes {
         for s in &kept {

@@ -7,8 +7,8 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::super::raw::RawBucket;
-use super::super::units::HumanDuration;
-use super::super::BucketConfig;
+use super::super::units::{ByteSize, HumanDuration};
+use super::super::{BucketConfig, KeepLocal};
 use super::Ctx;
 
 /// S3's own limits on a multipart upload's parts.
@@ -109,6 +109,17 @@ pub(super) fn validate_bucket(cx: &mut Ctx<'_>, i: usize, b: &RawBucket) -> Opti
         cx.err(&key("backoff_min"), b.backoff_min.as_ref().map(|v| v.span()), "must not exceed backoff_max");
     }
     let request_timeout = dur(cx, &b.request_timeout, "request_timeout", ms(100), Duration::from_secs(60));
+    let keep_local = b.keep_local.as_ref().and_then(|v| {
+        let t = v.get_ref();
+        if let Ok(d) = t.parse::<HumanDuration>() {
+            return Some(KeepLocal::Age(d.0));
+        }
+        if let Ok(n) = t.parse::<ByteSize>() {
+            return Some(KeepLocal::Bytes(n.0));
+        }
+        cx.at(&key("keep_local"), v, format!("{t:?} is neither a duration (\"7d\") nor a size (\"200GiB\")"));
+        None
+    });
     if cx.problems.len() > before {
         return None;
     }
@@ -130,5 +141,6 @@ pub(super) fn validate_bucket(cx: &mut Ctx<'_>, i: usize, b: &RawBucket) -> Opti
         backoff_min,
         backoff_max,
         request_timeout,
+        keep_local,
     })
 }

@@ -9,6 +9,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
+use crate::config::KeepLocal;
 use crate::metrics::Metrics;
 use crate::store::frame::FrameHeader;
 use crate::store::fs::Fs;
@@ -85,25 +86,59 @@ impl Delivered {
     }
 }
 
-/// Retention must keep what any uplink or sink has not delivered.
+/// Retention must keep what any uplink, sink or bucket has not delivered.
 #[derive(Default)]
-pub struct DeliveryHold(std::sync::RwLock<Vec<std::sync::Arc<Delivered>>>);
+pub struct DeliveryHold {
+    all: std::sync::RwLock<Vec<std::sync::Arc<Delivered>>>,
+    /// The buckets among them, with their `keep_local`.
+    buckets: std::sync::RwLock<Vec<(std::sync::Arc<Delivered>, Option<KeepLocal>)>>,
+}
 
 impl DeliveryHold {
     /// An uplink or sink (started, or added by a reload) holds from now on.
     pub fn add(&self, d: std::sync::Arc<Delivered>) {
-        self.0.write().expect("not poisoned").push(d);
+        self.all.write().expect("not poisoned").push(d);
     }
 
-    /// An uplink or sink removed by a reload no longer holds anything.
+    /// A bucket holds what it has not uploaded, and releases the rest past `keep`.
+    pub fn add_bucket(&self, d: std::sync::Arc<Delivered>, keep: Option<KeepLocal>) {
+        self.add(d.clone());
+        self.buckets.write().expect("not poisoned").push((d, keep));
+    }
+
+    /// An uplink, sink or bucket removed by a reload no longer holds anything.
     pub fn remove(&self, d: &std::sync::Arc<Delivered>) {
-        self.0.write().expect("not poisoned").retain(|x| !std::sync::Arc::ptr_eq(x, d));
+        self.all.write().expect("not poisoned").retain(|x| !std::sync::Arc::ptr_eq(x, d));
+        self.buckets.write().expect("not poisoned").retain(|(x, _)| !std::sync::Arc::ptr_eq(x, d));
     }
 }
 
 impl Hold for DeliveryHold {
     fn holds(&self, rel: &Path) -> bool {
-        self.0.read().expect("not poisoned").iter().any(|d| !d.contains(rel))
+        self.all.read().expect("not poisoned").iter().any(|d| !d.contains(rel))
+    }
+
+    fn offloaded(&self, rel: &Path) -> bool {
+        let b = self.buckets.read().expect("not poisoned");
+        !b.is_empty() && b.iter().all(|(d, _)| d.contains(rel))
+    }
+
+    /// The most a bucket asks to keep: none at all if one keeps everything.
+    fn keep_local(&self) -> Option<KeepLocal> {
+        let b = self.buckets.read().expect("not poisoned");
+        let mut keep: Option<KeepLocal> = None;
+        for (_, k) in b.iter() {
+            keep = match (keep, (*k)?) {
+                (None, k) => Some(k),
+                (Some(KeepLocal::Age(a)), KeepLocal::Age(b)) => Some(KeepLocal::Age(a.max(b))),
+                (Some(KeepLocal::Bytes(a)), KeepLocal::Bytes(b)) => Some(KeepLocal::Bytes(a.max(b))),
+                // An age and a size: keep by the age (the size may be far smaller).
+                (Some(KeepLocal::Age(a)), KeepLocal::Bytes(_)) | (Some(KeepLocal::Bytes(_)), KeepLocal::Age(a)) => {
+                    Some(KeepLocal::Age(a))
+                }
+            };
+        }
+        keep
     }
 }
 
