@@ -415,3 +415,104 @@ fn keep_local_deletes_only_what_the_bucket_confirmed() {
     let keys = weed.keys("");
     assert!(not_up.iter().all(|r| keys.contains_key(*r)), "every segment kept during the outage is uploaded");
 }
+
+/// Two central nodes (c1, c2) mirror the same edge (one uplink to each)
+/// and upload into one bucket at once: one object per segment, each
+/// written by exactly one of them (the other finds it there), zero
+/// conflicts, and both delivered lists complete.
+#[test]
+fn two_centrals_uploading_the_same_site_give_one_object_per_segment() {
+    use util::link::Pki;
+    let name = "bucket-two-centrals";
+    let dir = TestDir::new(name);
+    let weed = Weed::start(&dir.path, "archive");
+    let pki = Pki::new(&dir, "pki");
+    let o = std::process::Command::new(FERRY)
+        .args(["certs", "issue", "--ca"])
+        .arg(pki.dir.join("ca"))
+        .args(["--site", "central", "--node", "c2", "--ip", "127.0.0.1", "--out"])
+        .arg(pki.dir.join("central2"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut centrals = Vec::new();
+    let mut links = Vec::new();
+    for (node, certs) in [("c1", "central"), ("c2", "central2")] {
+        let cdir = TestDir::new(&format!("{name}-{node}"));
+        let ports = Ports { tcp: free_port(), udp: free_port(), admin: free_port() };
+        let link = free_port();
+        let extra = format!(
+            "{tls}\n[[listener]]\nname = \"link\"\nkind = \"ferry\"\ntransport = \"tls\"\nlisten = \"127.0.0.1:{link}\"\n{bucket}",
+            tls = pki.tls_section(certs),
+            bucket = weed.ferry_section(&cdir.path, "s3", "prefix = \"shared\"\nsites = [\"edge1\"]"),
+        );
+        let cfg = node_config(&cdir, &ports, "", "", &extra)
+            .replace("site = \"test\"", "site = \"central\"")
+            .replace("name = \"n1\"", &format!("name = \"{node}\""));
+        centrals.push((Node::start(&cdir, &cfg, ports.admin), cdir));
+        links.push(link);
+    }
+    let edir = TestDir::new(&format!("{name}-edge"));
+    let eports = Ports { tcp: free_port(), udp: free_port(), admin: free_port() };
+    let mut extra = pki.tls_section("edge");
+    for (up, link) in ["a", "b"].iter().zip(&links) {
+        extra.push_str(&format!(
+            "\n[[uplink]]\nname = \"{up}\"\ntransport = \"tls\"\naddresses = [\"127.0.0.1:{link}\"]\nbackoff_min = \"50ms\"\nbackoff_max = \"500ms\"\n"
+        ));
+    }
+    let ecfg = node_config(&edir, &eports, "commit_bytes = \"256KiB\"\nsegment_max_bytes = \"1MiB\"", "", &extra)
+        .replace("site = \"test\"", "site = \"edge1\"")
+        .replace("name = \"n1\"", "name = \"relay-1\"");
+    let mut edge = Node::start(&edir, &ecfg, eports.admin);
+    let mut input = String::new();
+    for i in 0..40_000 {
+        input.push_str(&format!("<14>two centrals {i:06} {}\n", noise(i, 300)));
+    }
+    ferry_send(&["--to", &format!("127.0.0.1:{}", eports.tcp)], input.as_bytes());
+    edge.wait_metric("ferry_committed_records_total", &[], Duration::from_secs(60), |v| v >= 40_000.0);
+    edge.stop();
+    let origin = sealed_segments(&edir.join("data"), &["edge1"]);
+    assert!(origin.len() >= 8, "{} segments", origin.len());
+    let t = Instant::now();
+    for (c, cdir) in &centrals {
+        loop {
+            let m = sealed_segments(&cdir.join("data"), &["edge1"]);
+            if m.len() >= origin.len() {
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_secs(120), "{} of {} sealed at a central", m.len(), origin.len());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let n = origin.len() as f64;
+        let b = &[("bucket", "s3")];
+        let t = Instant::now();
+        while c.metric("ferry_bucket_segments_total", b) + c.metric("ferry_bucket_already_there_total", b) < n {
+            assert!(t.elapsed() < Duration::from_secs(120), "uploads did not finish:\n{}", c.log_text());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    let b = &[("bucket", "s3")];
+    let written: Vec<f64> = centrals.iter().map(|(c, _)| c.metric("ferry_bucket_segments_total", b)).collect();
+    let there: Vec<f64> = centrals.iter().map(|(c, _)| c.metric("ferry_bucket_already_there_total", b)).collect();
+    eprintln!(
+        "{} segments: written by c1 {}, c2 {}; found there by c1 {}, c2 {}",
+        origin.len(),
+        written[0],
+        written[1],
+        there[0],
+        there[1]
+    );
+    assert_eq!(written[0] + written[1], origin.len() as f64, "each object written by exactly one central");
+    for (c, cdir) in &centrals {
+        assert_eq!(c.metric("ferry_bucket_conflicts_total", b), 0.0);
+        let delivered = std::fs::read_to_string(cdir.join("data/state/buckets/s3.delivered")).unwrap();
+        for rel in origin.keys() {
+            assert!(delivered.lines().any(|l| l == rel), "{rel} missing from a central's delivered list");
+        }
+    }
+    let keys = weed.keys("shared/");
+    assert_eq!(keys.keys().filter(|k| k.ends_with(".log.zst")).count(), origin.len(), "{keys:#?}");
+    for (rel, bytes) in &origin {
+        assert!(weed.get(&format!("shared/{rel}")) == *bytes, "{rel}");
+    }
+}
