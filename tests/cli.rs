@@ -25,6 +25,7 @@ fn shipped_central_config_passes_check() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/central.toml");
     let out = check(&path);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 sink(s), 1 bucket(s))"));
 }
 
 #[test]

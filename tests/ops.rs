@@ -291,6 +291,14 @@ all:
               listen: "127.0.0.1:{udp}"
               stream: live
           ferry_uplinks: {uplinks}
+          ferry_buckets:
+            - name: archive
+              bucket: ferry-archive
+              endpoint: "http://127.0.0.1:9"
+              keep_local: 7d
+              credentials:
+                aws_access_key_id: AKCI
+                aws_secret_access_key: ci-secret
     site_collectors:
       hosts:
         collector-ci:
@@ -336,6 +344,7 @@ all:
         ("root/etc/ferry/ca.pem", 0, 0, 0o644),
         ("root/etc/ferry/node.pem", 0, 0, 0o644),
         ("root/etc/ferry/node.key", uid, gid, 0o600),
+        ("root/etc/ferry/bucket-archive.credentials", uid, gid, 0o600),
         ("root/var/lib/ferry", uid, gid, 0o750),
         ("root/var/lib/ferry/archive", uid, gid, 0o750),
         ("root/var/lib/ferry/state", uid, gid, 0o750),
@@ -382,13 +391,15 @@ all:
         "commit_interval = \"50ms\"".to_owned(),
         "  [[listener.route]]".to_owned(),
         format!("key = \"{}/etc/ferry/node.key\"", root.display()),
+        format!("credentials_file = \"{}/etc/ferry/bucket-archive.credentials\"", root.display()),
     ] {
         assert!(text.contains(&want), "rendered config lacks {want:?}:\n{text}");
     }
     let out = Command::new(FERRY).args(["check", "-c"]).arg(&config).output().unwrap();
     assert!(out.status.success(), "ferry check refused the rendered config:\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("ok (site edge1, node relay-1, 2 stream(s), 2 listener(s))"),
+        String::from_utf8_lossy(&out.stdout)
+            .contains("ok (site edge1, node relay-1, 2 stream(s), 2 listener(s), 1 bucket(s))"),
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
@@ -698,7 +709,7 @@ fn example_inventory_renders_a_valid_config_for_every_node_and_collector() {
     for (host, summary, rate) in [
         (
             "central-1.logs.example.net",
-            "ok (site central, node central-1, 1 stream(s), 2 listener(s), 1 sink(s))",
+            "ok (site central, node central-1, 1 stream(s), 2 listener(s), 1 sink(s), 1 bucket(s))",
             None,
         ),
         ("relay-1.sg1.example.net", "ok (site sg1, node relay-1, 2 stream(s), 4 listener(s))", Some("20Mbit/s")),

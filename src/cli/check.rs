@@ -13,7 +13,10 @@ pub fn check(path: &Path, old: Option<&Path>) -> anyhow::Result<i32> {
             if let Some(old) = old {
                 return Ok(reloadable(&c, old));
             }
-            let sinks = if c.sinks.is_empty() { String::new() } else { format!(", {} sink(s)", c.sinks.len()) };
+            let mut sinks = if c.sinks.is_empty() { String::new() } else { format!(", {} sink(s)", c.sinks.len()) };
+            if !c.buckets.is_empty() {
+                sinks.push_str(&format!(", {} bucket(s)", c.buckets.len()));
+            }
             println!(
                 "{}: ok (site {}, node {}, {} stream(s), {} listener(s){sinks})",
                 path.display(),
