@@ -315,15 +315,19 @@ fn wrong_credentials_are_refused_named_and_retried_without_a_storm() {
     let name = "bucket-auth";
     let dir = TestDir::new(name);
     let weed = Weed::start(&dir.path, "archive");
-    let (mut node, ports, cfg) = lone_node(&dir, &weed, "", "backoff_min = \"500ms\"\nbackoff_max = \"8s\"");
-    send_noise(&ports, 100, 100, 7);
-    node.stop();
-    // The same node with a secret that is not the bucket's.
+    // A secret that is not the bucket's, from the first start on.
+    let ports = Ports { tcp: free_port(), udp: free_port(), admin: free_port() };
+    let section = weed.ferry_section(&dir.path, "s3", "backoff_min = \"500ms\"\nbackoff_max = \"8s\"");
     std::fs::write(
         dir.path.join("s3.credentials"),
         format!("[default]\naws_access_key_id = {}\naws_secret_access_key = wrong\n", util::seaweed::ACCESS_KEY),
     )
     .unwrap();
+    let cfg = node_config(&dir, &ports, "", "", &section);
+    let mut node = Node::start(&dir, &cfg, ports.admin);
+    send_noise(&ports, 100, 100, 7);
+    // Stopped and started again: the segment is sealed, the uploader tries.
+    node.stop();
     let node = Node::start(&dir, &cfg, ports.admin);
     let t = Instant::now();
     node.wait_metric(
@@ -514,5 +518,111 @@ fn two_centrals_uploading_the_same_site_give_one_object_per_segment() {
     assert_eq!(keys.keys().filter(|k| k.ends_with(".log.zst")).count(), origin.len(), "{keys:#?}");
     for (rel, bytes) in &origin {
         assert!(weed.get(&format!("shared/{rel}")) == *bytes, "{rel}");
+    }
+}
+
+/// An S3 endpoint that misbehaves, played by a small Python server on
+/// loopback: `mode` is `503` (SlowDown to everything), `garbage` (200 with
+/// random bytes and no S3 headers) or `truncated` (a Content-Length it
+/// never sends in full). Killed on drop.
+struct BadS3 {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl BadS3 {
+    fn start(mode: &str) -> BadS3 {
+        let port = free_port();
+        let script = format!(
+            r#"
+import http.server, os, socketserver
+MODE = {mode:?}
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *a): pass
+    def answer(self):
+        n = int(self.headers.get("Content-Length") or 0)
+        if n: self.rfile.read(n)
+        if MODE == "503":
+            body = b"<?xml version='1.0'?><Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
+            self.send_response(503); self.send_header("Content-Length", str(len(body))); self.end_headers(); self.wfile.write(body)
+        elif MODE == "garbage":
+            body = os.urandom(300)
+            self.send_response(200); self.send_header("Content-Length", str(len(body))); self.end_headers()
+            if self.command != "HEAD": self.wfile.write(body)
+        else:
+            self.send_response(200); self.send_header("Content-Length", "100000"); self.end_headers()
+            if self.command != "HEAD": self.wfile.write(b"x" * 1000)
+            self.close_connection = True
+    do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = answer
+class S(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+S(("127.0.0.1", {port}), H).serve_forever()
+"#
+        );
+        let child = std::process::Command::new(require_tool("python3"))
+            .arg("-c")
+            .arg(script)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let t = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(t.elapsed() < Duration::from_secs(10), "the fake S3 did not listen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        BadS3 { child, port }
+    }
+}
+
+impl Drop for BadS3 {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// 503 SlowDown, garbage and truncated answers: each retried with backoff,
+/// counted by reason, and nothing marked delivered (the segment stays).
+#[test]
+fn a_bucket_answering_503_garbage_or_truncated_bodies_never_gets_a_segment_delivered() {
+    for (mode, reason) in [("503", "throttled"), ("garbage", "bad_response"), ("truncated", "")] {
+        let name = format!("bucket-bad-{mode}");
+        let dir = TestDir::new(&name);
+        let bad = BadS3::start(mode);
+        let ports = Ports { tcp: free_port(), udp: free_port(), admin: free_port() };
+        let cred = dir.join("s3.credentials");
+        std::fs::write(&cred, "aws_access_key_id = AK\naws_secret_access_key = s\n").unwrap();
+        let section = format!(
+            "\n[[bucket]]\nname = \"s3\"\nbucket = \"archive\"\nendpoint = \"http://127.0.0.1:{}\"\ncredentials_file = \"{}\"\n\
+             backoff_min = \"200ms\"\nbackoff_max = \"2s\"\nrequest_timeout = \"3s\"\n",
+            bad.port,
+            cred.display()
+        );
+        let cfg = node_config(&dir, &ports, "", "", &section);
+        let mut node = Node::start(&dir, &cfg, ports.admin);
+        send_noise(&ports, 200, 100, 3);
+        node.stop();
+        let sealed = lone_sealed(&dir);
+        assert!(!sealed.is_empty());
+        let node = Node::start(&dir, &cfg, ports.admin);
+        let b = &[("bucket", "s3")];
+        node.wait_metric("ferry_bucket_errors_total", b, Duration::from_secs(20), |v| v >= 3.0);
+        std::thread::sleep(Duration::from_secs(3));
+        let m = node.metrics();
+        let errors = metric_value(&m, "ferry_bucket_errors_total", b);
+        let requests = metric_value(&m, "ferry_bucket_requests_total", b);
+        let reasons: Vec<&str> = m.lines().filter(|l| l.starts_with("ferry_bucket_errors_total{")).collect();
+        eprintln!("{mode}: {errors} errors, {requests} requests: {reasons:?}");
+        if !reason.is_empty() {
+            let by = metric_value(&m, "ferry_bucket_errors_total", &[("bucket", "s3"), ("reason", reason)]);
+            assert!(by >= 1.0, "{mode}: counted as {reason}:\n{m}\n{}", node.log_text());
+        }
+        assert!(requests <= 40.0, "{mode}: a retry storm: {requests} requests");
+        assert_eq!(metric_value(&m, "ferry_bucket_segments_total", b), 0.0, "{mode}: delivered?");
+        assert_eq!(metric_value(&m, "ferry_bucket_up", b), 0.0);
+        let delivered = std::fs::read_to_string(dir.join("data/state/buckets/s3.delivered")).unwrap_or_default();
+        assert!(delivered.trim().is_empty(), "{mode}: marked delivered: {delivered}");
+        assert_eq!(lone_sealed(&dir).len(), sealed.len(), "{mode}: a segment went missing locally");
     }
 }

@@ -95,34 +95,38 @@ impl BucketError {
             BucketError::Store(_, e) => match e {
                 object_store::Error::Unauthenticated { .. } | object_store::Error::PermissionDenied { .. } => "auth",
                 object_store::Error::NotFound { .. } => "not_found",
-                e => {
-                    // object_store keeps HTTP status and transport errors in
-                    // its message; the few a dashboard tells apart:
-                    let s = format!("{e:?}");
-                    if s.contains("SlowDown") || s.contains("503") {
-                        "throttled"
-                    } else if s.contains("BadDigest") || s.contains("XAmzContentChecksumMismatch") {
-                        "checksum"
-                    } else if s.contains("SignatureDoesNotMatch")
-                        || s.contains("InvalidAccessKeyId")
-                        || s.contains("AccessDenied")
-                        || s.contains("403")
-                    {
-                        "auth"
-                    } else if s.contains("NoSuchBucket") {
-                        "not_found"
-                    } else if s.contains("imed out") || s.contains("Timeout") || s.contains("timeout") {
-                        "timeout"
-                    } else if s.contains("500") || s.contains("502") || s.contains("504") || s.contains("Server") {
-                        "server"
-                    } else if s.contains("onnect") || s.contains("error sending request") {
-                        "connect"
-                    } else {
-                        "other"
-                    }
-                }
+                e => classify(&format!("{e} {e:?}")),
             },
         }
+    }
+}
+
+/// The reason of an error object_store reports only in words: it keeps
+/// the HTTP status ("… status code: 503 Service Unavailable") and the
+/// store's error code (`SlowDown`, `BadDigest`) in its message. Statuses
+/// are matched with their phrase, never as bare digits (a port or a key
+/// may hold "503").
+fn classify(s: &str) -> &'static str {
+    let has = |words: &[&str]| words.iter().any(|w| s.contains(w));
+    if has(&["SlowDown", "503 Service", "429 Too Many"]) {
+        "throttled"
+    } else if has(&["BadDigest", "XAmzContentChecksumMismatch", "InvalidDigest"]) {
+        "checksum"
+    } else if has(&["SignatureDoesNotMatch", "InvalidAccessKeyId", "AccessDenied", "403 Forbidden", "401 Unauthorized"])
+    {
+        "auth"
+    } else if has(&["NoSuchBucket", "404 Not Found"]) {
+        "not_found"
+    } else if has(&["Unable to extract", "missing from response", "parse", "deserialize", "decoding response body"]) {
+        "bad_response"
+    } else if has(&["imed out", "Timeout", "timeout"]) {
+        "timeout"
+    } else if has(&["500 Internal", "502 Bad Gateway", "504 Gateway", "InternalError"]) {
+        "server"
+    } else if has(&["onnect", "error sending request"]) {
+        "connect"
+    } else {
+        "other"
     }
 }
 
@@ -378,4 +382,25 @@ impl Uploader {
 /// ±20%, so nodes that failed together do not retry together.
 fn jitter(d: Duration) -> Duration {
     d.mul_f64(rand::random_range(0.8..1.2))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::classify;
+
+    #[test]
+    fn reasons_come_from_status_phrases_and_store_codes_not_bare_digits() {
+        let put = "Error performing PUT http://127.0.0.1:45035/archive/x in 3ms";
+        assert_eq!(
+            classify(&format!("{put} - Server returned non-2xx status code: 503 Service Unavailable")),
+            "throttled"
+        );
+        assert_eq!(classify("<Code>SlowDown</Code>"), "throttled");
+        assert_eq!(classify(&format!("{put}: 403 Forbidden <Code>SignatureDoesNotMatch</Code>")), "auth");
+        assert_eq!(classify("ETag Header missing from response"), "bad_response");
+        assert_eq!(classify(&format!("{put} - operation timed out")), "timeout");
+        assert_eq!(classify("<Code>BadDigest</Code>"), "checksum");
+        assert_eq!(classify(&format!("{put} - error sending request")), "connect");
+        assert_eq!(classify("http://127.0.0.1:40503/k/503/403: something new"), "other");
+    }
 }

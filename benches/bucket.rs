@@ -1,0 +1,204 @@
+//! Upload throughput into object storage: a `ferry run` node with a
+//! `[[bucket]]` puts an archive of sealed segments (2 GiB by default) into a
+//! private SeaweedFS on loopback, from node start until the bucket confirmed
+//! every segment; beside it boto3's `upload_file` puts the same files into
+//! the same server with the same part size and concurrency. Wall time and
+//! CPU seconds per GiB for both. See `benches/README.md`.
+//!
+//! `cargo bench --bench bucket` (needs the test command's tools: weed in
+//! target/tools/bin, python3 with boto3). `FERRY_BENCH_BUCKET_MIB` sets the
+//! total (2048), `FERRY_BENCH_SEGMENT_MIB` the segment size (128).
+//!
+//! The segments are one real segment of the e2e corpus repeated to the
+//! segment size (whole frames, real zstd data), each with a seal record of
+//! its length and SHA-256: the uploader reads them as it reads any sealed
+//! segment; their records would not pass an audit (sequence numbers repeat),
+//! which an upload never looks at.
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use sha2::Digest;
+
+mod common;
+#[path = "../tests/util/seaweed.rs"]
+#[allow(dead_code)]
+mod seaweed;
+
+use common::corpus::generate_corpus;
+pub use common::free_port;
+use common::*;
+
+fn main() {
+    let env = |k: &str, d: u64| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+    let total_mib = env("FERRY_BENCH_BUCKET_MIB", 2048);
+    let seg_mib = env("FERRY_BENCH_SEGMENT_MIB", 128);
+    let ferry = ferry_binary();
+    println!("ferry bucket bench: {total_mib} MiB in segments of {seg_mib} MiB, part 16 MiB, 4 parts in flight");
+    println!("machine: {} cores", std::thread::available_parallelism().map_or(0, |n| n.get()));
+    let work = tempfile::Builder::new().prefix("ferry-bucket-bench-").tempdir().expect("temp dir");
+    let seed = seed_segment(&ferry, work.path());
+    let data = work.path().join("data");
+    let files = fabricate(&seed, &data, total_mib, seg_mib);
+    let bytes: u64 = files.iter().map(|f| std::fs::metadata(f).unwrap().len()).sum();
+    let gib = bytes as f64 / (1u64 << 30) as f64;
+    let weed = seaweed::Weed::start(work.path(), "bench");
+
+    // ferry
+    let admin = free_port();
+    let cfg = work.path().join("bucket.toml");
+    let section = weed.ferry_section(work.path(), "s3", "prefix = \"ferry\"");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[node]\nsite = \"sg1\"\nname = \"relay-1\"\ndata_dir = \"{}\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
+             [[stream]]\nname = \"live\"\n[[listener]]\nname = \"tcp\"\nkind = \"syslog\"\ntransport = \"tcp\"\n\
+             listen = \"127.0.0.1:{}\"\nstream = \"live\"\n{section}",
+            data.display(),
+            free_port()
+        ),
+    )
+    .unwrap();
+    let mut node = Node::start(&ferry, &cfg, &work.path().join("bucket.log"), admin);
+    let t = Instant::now();
+    let cpu0 = cpu_secs(node.pid);
+    loop {
+        let m = http_get(admin, "/metrics").map(|(_, t)| t).unwrap_or_default();
+        if metric_value(&m, "ferry_bucket_segments_total", &[("bucket", "s3")]) >= files.len() as f64 {
+            break;
+        }
+        node.check_running("while uploading");
+        assert!(t.elapsed() < Duration::from_secs(1800), "not uploaded in 30 min:\n{}", node.tail());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let cpu = cpu_secs(node.pid) - cpu0;
+    let rss = hwm_kib(node.pid);
+    node.stop();
+    println!(
+        "ferry:  {:>8.1} MiB/s  {secs:>7.2} s  CPU {cpu:>6.2} s ({:.2} CPU s per GiB)  peak RSS {} MiB",
+        bytes as f64 / (1 << 20) as f64 / secs,
+        cpu / gib,
+        rss >> 10
+    );
+
+    // boto3, same files, same part size and concurrency.
+    let list = work.path().join("files.txt");
+    std::fs::write(&list, files.iter().map(|f| format!("{}\n", f.display())).collect::<String>()).unwrap();
+    let script = format!(
+        r#"
+import time, resource
+from boto3.s3.transfer import TransferConfig
+cfg = TransferConfig(multipart_threshold=64 << 20, multipart_chunksize=16 << 20, max_concurrency=4, use_threads=True)
+files = [l.strip() for l in open({list:?}) if l.strip()]
+t = time.time()
+for i, f in enumerate(files):
+    s3.upload_file(f, B, "boto3/%d.log.zst" % i, Config=cfg)
+wall = time.time() - t
+ru = resource.getrusage(resource.RUSAGE_SELF)
+print(wall, ru.ru_utime + ru.ru_stime)
+"#,
+        list = list.display().to_string()
+    );
+    let out = weed.py(&script).expect("boto3 upload");
+    let v: Vec<f64> = out.split_whitespace().map(|x| x.parse().unwrap()).collect();
+    let (bsecs, bcpu) = (v[0], v[1]);
+    println!(
+        "boto3:  {:>8.1} MiB/s  {bsecs:>7.2} s  CPU {bcpu:>6.2} s ({:.2} CPU s per GiB, interpreter start included)",
+        bytes as f64 / (1 << 20) as f64 / bsecs,
+        bcpu / gib
+    );
+    println!("ferry / boto3 throughput: {:.2}x", bsecs / secs);
+}
+
+/// One real sealed segment of the e2e corpus.
+fn seed_segment(ferry: &Path, work: &Path) -> PathBuf {
+    let records = 400_000;
+    let corpus = generate_corpus(records);
+    let data = work.join("seed");
+    let (tcp, admin) = (free_port(), free_port());
+    let cfg = work.join("seed.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[node]\nsite = \"seed\"\nname = \"relay-1\"\ndata_dir = \"{}\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
+             [[stream]]\nname = \"live\"\n[[listener]]\nname = \"tcp\"\nkind = \"syslog\"\ntransport = \"tcp\"\n\
+             listen = \"127.0.0.1:{tcp}\"\nstream = \"live\"\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    let mut node = Node::start(ferry, &cfg, &work.join("seed.log"), admin);
+    let mut s = TcpStream::connect(("127.0.0.1", tcp)).unwrap();
+    for chunk in corpus.chunks(1 << 20) {
+        s.write_all(chunk).unwrap();
+    }
+    drop(s);
+    let t = Instant::now();
+    loop {
+        let m = http_get(admin, "/metrics").map(|(_, t)| t).unwrap_or_default();
+        if metric_value(&m, "ferry_committed_records_total", &[]) >= records as f64 {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(300), "seed not built:\n{}", node.tail());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    node.stop();
+    walkdir::WalkDir::new(data.join("archive"))
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_file())
+        .max_by_key(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+        .expect("a segment")
+        .into_path()
+}
+
+/// Segments of about `seg_mib` made of the seed repeated, `total_mib` in
+/// all, with their seal records, under `data`.
+fn fabricate(seed: &Path, data: &Path, total_mib: u64, seg_mib: u64) -> Vec<PathBuf> {
+    let one = std::fs::read(seed).unwrap();
+    let reps = ((seg_mib << 20) as usize).div_ceil(one.len()).max(1);
+    let body: Vec<u8> = one.iter().copied().cycle().take(one.len() * reps).collect();
+    let sha: String = sha2::Sha256::digest(&body).iter().map(|b| format!("{b:02x}")).collect();
+    let n = ((total_mib << 20) as usize).div_ceil(body.len());
+    let date = "2026-12-01";
+    let mut out = Vec::new();
+    for i in 0..n {
+        let rel = format!("sg1/live/{date}/live-{date}T10-relay-1-{i:08}.log.zst");
+        let path = data.join("archive").join(&rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, &body).unwrap();
+        let seal = data.join("state/seals").join(format!("{rel}.seal"));
+        std::fs::create_dir_all(seal.parent().unwrap()).unwrap();
+        std::fs::write(
+            &seal,
+            format!(
+                "len={}\nsha256={sha}\nframes=1\nrecords=1\nfirst_seq={i}\nnext_seq={}\nsealed_ms=1764583200000\n",
+                body.len(),
+                i + 1
+            ),
+        )
+        .unwrap();
+        out.push(path);
+    }
+    out
+}
+
+fn cpu_secs(pid: u32) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &s[s.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = after.split(' ').collect();
+    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+fn hwm_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
