@@ -626,3 +626,43 @@ fn a_bucket_answering_503_garbage_or_truncated_bodies_never_gets_a_segment_deliv
         assert_eq!(lone_sealed(&dir).len(), sealed.len(), "{mode}: a segment went missing locally");
     }
 }
+
+/// A bucket added by SIGHUP starts uploading what is already sealed; one
+/// removed by SIGHUP stops, and retention no longer keeps segments for it.
+#[test]
+fn a_bucket_added_and_removed_by_reload() {
+    let name = "bucket-reload";
+    let dir = TestDir::new(name);
+    let weed = Weed::start(&dir.path, "archive");
+    let ports = Ports { tcp: free_port(), udp: free_port(), admin: free_port() };
+    let plain = node_config(&dir, &ports, "", "", "");
+    let mut node = Node::start(&dir, &plain, ports.admin);
+    send_noise(&ports, 500, 200, 11);
+    node.stop();
+    let node = Node::start(&dir, &plain, ports.admin);
+    let sealed = lone_sealed(&dir);
+    assert!(!sealed.is_empty());
+    let reload = |cfg: &str| {
+        let before = node.metric("ferry_config_reloads_total", &[("result", "applied")]);
+        std::fs::write(&node.config, cfg).unwrap();
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(node.pid() as i32, libc::SIGHUP) };
+        node.wait_metric("ferry_config_reloads_total", &[("result", "applied")], Duration::from_secs(30), |v| {
+            v > before
+        });
+    };
+    let with_bucket = format!("{plain}{}", weed.ferry_section(&dir.path, "s3", ""));
+    reload(&with_bucket);
+    let b = &[("bucket", "s3")];
+    node.wait_metric("ferry_bucket_segments_total", b, Duration::from_secs(30), |v| v as usize >= sealed.len());
+    let keys = weed.keys("");
+    for (rel, bytes) in &sealed {
+        assert_eq!(keys.get(rel.as_str()), Some(&(bytes.len() as u64)), "{rel}");
+    }
+    reload(&plain);
+    let t = Instant::now();
+    while !node.log_text().contains("bucket uploader stopped") {
+        assert!(t.elapsed() < Duration::from_secs(15), "the removed bucket did not stop:\n{}", node.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -410,7 +410,12 @@ impl Node {
 
     fn start_bucket(&mut self, b: &BucketConfig, delivered: Option<Arc<Delivered>>) -> anyhow::Result<()> {
         let delivered = match delivered {
-            Some(d) => d,
+            // Restarted by a reload: its keep_local may have changed.
+            Some(d) => {
+                self.hold.remove(&d);
+                self.hold.add_bucket(d.clone(), b.keep_local);
+                d
+            }
             None => {
                 let d = self.delivered("buckets", &b.name)?;
                 self.hold.add_bucket(d.clone(), b.keep_local);
