@@ -5,7 +5,7 @@
 mod util;
 
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use util::*;
 
@@ -243,4 +243,83 @@ fn http_connections_are_capped_per_source_and_closed_when_idle() {
     // The source's places are free again.
     let (s, r) = post(http, "/v1/streams/live", &batch("after-idle", 2), &[], &dir);
     assert_eq!(s, 200, "{r}");
+}
+
+/// Acknowledged means durable, with the real curl and a real kill -9: a
+/// poster sends numbered batches of 50 lines while the node is killed
+/// right after the 5th, 30th and 80th 200 it gave (three kill points, each
+/// within milliseconds of an acknowledgement) and started again. Every
+/// batch curl got a 200 for is in the archive afterwards, and every batch
+/// is there whole or not at all.
+#[test]
+fn batches_acknowledged_right_before_kill9_are_in_the_archive_after_restart() {
+    let curl = require_tool("curl");
+    let dir = TestDir::new("http-ack-kill");
+    let ports = Ports { tcp: free_port(), udp: free_port(), admin: free_port() };
+    let http = free_port();
+    let extra = format!(
+        "\n[[listener]]\nname = \"http\"\nkind = \"http\"\ntransport = \"tcp\"\nlisten = \"127.0.0.1:{http}\"\nstream = \"live\"\n"
+    );
+    let cfg = node_config(&dir, &ports, "", "", &extra);
+    let mut node = Node::start(&dir, &cfg, ports.admin);
+    const BATCHES: usize = 200;
+    const LINES: usize = 50;
+    let (tx, rx) = std::sync::mpsc::channel::<usize>();
+    let body_dir = dir.path.clone();
+    let poster = std::thread::spawn(move || {
+        let mut acked = Vec::new();
+        let t = Instant::now();
+        let mut i = 0;
+        while i < BATCHES {
+            assert!(t.elapsed() < Duration::from_secs(120), "posting {BATCHES} batches took over 120 s");
+            let file = body_dir.join("ack-body.txt");
+            std::fs::write(&file, batch(&format!("ackkill b{i:04}"), LINES)).unwrap();
+            let out = Command::new(&curl)
+                .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5", "-X", "POST", "--data-binary"])
+                .arg(format!("@{}", file.display()))
+                .arg(format!("http://127.0.0.1:{http}/v1/streams/live"))
+                .output()
+                .unwrap();
+            if String::from_utf8_lossy(&out.stdout) == "200" {
+                acked.push(i);
+                let _ = tx.send(acked.len());
+                i += 1;
+            } else {
+                // Refused or cut (the node is down or dying): not acknowledged,
+                // so it may be archived or not (whole either way); the next
+                // batch has a new number.
+                std::thread::sleep(Duration::from_millis(100));
+                i += 1;
+            }
+        }
+        acked
+    });
+    for kill_at in [5, 30, 80] {
+        let t = Instant::now();
+        loop {
+            let n = rx.recv_timeout(Duration::from_secs(60)).expect("acknowledgements stopped coming");
+            if n >= kill_at {
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_secs(60));
+        }
+        node.kill9();
+        node = Node::start(&dir, &cfg, ports.admin);
+    }
+    let acked = poster.join().unwrap();
+    node.stop();
+    let lines = archive_lines(&dir.join("data"));
+    let mut per_batch = vec![0usize; BATCHES];
+    for l in &lines {
+        if let Some(b) = l.split("ackkill b").nth(1).and_then(|r| r.get(..4)).and_then(|n| n.parse::<usize>().ok()) {
+            per_batch[b] += 1;
+        }
+    }
+    let lost: Vec<usize> = acked.iter().copied().filter(|&b| per_batch[b] != LINES).collect();
+    eprintln!("{} batches acknowledged of {BATCHES}, 3 kills; {} lines archived", acked.len(), lines.len());
+    assert!(acked.len() >= 100, "too few acknowledged to mean anything: {}", acked.len());
+    assert!(lost.is_empty(), "acknowledged batches missing or partial after kill -9: {lost:?}");
+    let partial: Vec<(usize, usize)> =
+        per_batch.iter().enumerate().filter(|(_, &n)| n != 0 && n != LINES).map(|(b, &n)| (b, n)).collect();
+    assert!(partial.is_empty(), "batches archived in part (batch, lines): {partial:?}");
 }

@@ -189,12 +189,17 @@ fn a_relp_session_ended_by_a_stop_delivers_every_answer_it_owes() {
     // Ferry commits until its answers fill the client's window and its own
     // send buffer, then it waits; stop it there, and only then read.
     let mut last = 0.0;
+    let waiting = Instant::now();
     loop {
         std::thread::sleep(Duration::from_millis(500));
         let now = node.metric("ferry_committed_records_total", &[]);
         if now > 10_000.0 && now == last {
             break;
         }
+        assert!(
+            waiting.elapsed() < Duration::from_secs(60),
+            "ferry never waited for the client to read its answers: {now} records committed after 60 s"
+        );
         last = now;
     }
     let stopper = std::thread::spawn(move || {
