@@ -165,16 +165,6 @@ fn deliver(ferry: &Path, dir: &Path, archive: &Path, sink: &str, records: u64) -
     (secs, cpu, rss)
 }
 
-fn cpu_secs(pid: u32) -> f64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let after = &s[s.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = after.split(' ').collect();
-    // utime, stime: fields 14 and 15 (1-based), 11 and 12 after the state.
-    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
-    // SAFETY: sysconf has no preconditions.
-    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
-}
-
 /// CPU seconds used by this process so far (the minimal clients run here).
 fn self_cpu_secs() -> f64 {
     // SAFETY: getrusage writes into the zeroed struct we pass.
@@ -182,14 +172,6 @@ fn self_cpu_secs() -> f64 {
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
     let t = |v: libc::timeval| v.tv_sec as f64 + v.tv_usec as f64 / 1e6;
     t(u.ru_utime) + t(u.ru_stime)
-}
-
-fn hwm_kib(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
 }
 
 /// librdkafka alone: the same settings and headers, every delivery awaited.
