@@ -21,10 +21,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::BucketConfig;
-use crate::link::uplink::scan::Delivered;
 use crate::metrics::Metrics;
 use crate::store::changes::Changes;
 use crate::store::clock::Clock;
+use crate::store::delivered::Delivered;
 use crate::store::fs::Fs;
 use crate::store::recover::list_repaired;
 use crate::store::segment::{list_tombstones, OnDisk, SegmentName};

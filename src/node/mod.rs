@@ -27,7 +27,6 @@ use crate::config::{BucketConfig, Config, ListenAddr, ListenerConfig, ListenerKi
 use crate::ingest::{self, ListenerCtx};
 use crate::link::receiver::{self, ReceiverCtx};
 use crate::link::transport::Timing;
-use crate::link::uplink::scan::{Delivered, DeliveryHold};
 use crate::link::uplink::{Tuning, Uplink};
 use crate::metrics::Metrics;
 use crate::mirror::Mirror;
@@ -35,6 +34,7 @@ use crate::pki::{Live, Material};
 use crate::shutdown::Shutdown;
 use crate::sink::Sink;
 use crate::store::clock::Clock;
+use crate::store::delivered::{Delivered, DeliveryHold};
 use crate::store::fs::Fs;
 use crate::store::retention;
 use crate::store::Store;

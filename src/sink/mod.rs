@@ -37,13 +37,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::{BusConfig, SinkConfig};
-use crate::link::uplink::scan::{Delivered, Local};
 use crate::metrics::Metrics;
 use crate::store::changes::Changes;
 use crate::store::clock::Clock;
+use crate::store::delivered::Delivered;
 use crate::store::frame::{FrameHeader, MAX_HEADER_LEN};
 use crate::store::fs::Fs;
 use crate::store::recover::list_repaired;
+use crate::store::segment::OnDisk as Local;
 use crate::store::segment::SegmentName;
 use bus::{Bus, BusError};
 use cursor::Pos;

@@ -20,6 +20,7 @@
 pub mod changes;
 pub mod clock;
 mod commit;
+pub mod delivered;
 pub mod escape;
 pub mod frame;
 pub mod fs;
