@@ -15,8 +15,6 @@
 //! segment; their records would not pass an audit (sequence numbers repeat),
 //! which an upload never looks at.
 
-use std::io::Write;
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -113,39 +111,10 @@ print(wall, ru.ru_utime + ru.ru_stime)
     println!("ferry / boto3 throughput: {:.2}x", bsecs / secs);
 }
 
-/// One real sealed segment of the e2e corpus.
+/// One real sealed segment of the e2e corpus (the largest the ingest made).
 fn seed_segment(ferry: &Path, work: &Path) -> PathBuf {
     let records = 400_000;
-    let corpus = generate_corpus(records);
-    let data = work.join("seed");
-    let (tcp, admin) = (free_port(), free_port());
-    let cfg = work.join("seed.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[node]\nsite = \"seed\"\nname = \"relay-1\"\ndata_dir = \"{}\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
-             [[stream]]\nname = \"live\"\n[[listener]]\nname = \"tcp\"\nkind = \"syslog\"\ntransport = \"tcp\"\n\
-             listen = \"127.0.0.1:{tcp}\"\nstream = \"live\"\n",
-            data.display()
-        ),
-    )
-    .unwrap();
-    let mut node = Node::start(ferry, &cfg, &work.join("seed.log"), admin);
-    let mut s = TcpStream::connect(("127.0.0.1", tcp)).unwrap();
-    for chunk in corpus.chunks(1 << 20) {
-        s.write_all(chunk).unwrap();
-    }
-    drop(s);
-    let t = Instant::now();
-    loop {
-        let m = http_get(admin, "/metrics").map(|(_, t)| t).unwrap_or_default();
-        if metric_value(&m, "ferry_committed_records_total", &[]) >= records as f64 {
-            break;
-        }
-        assert!(t.elapsed() < Duration::from_secs(300), "seed not built:\n{}", node.tail());
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    node.stop();
+    let data = build_archive(ferry, work, &generate_corpus(records), records);
     walkdir::WalkDir::new(data.join("archive"))
         .into_iter()
         .filter_map(Result::ok)

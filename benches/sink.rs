@@ -10,8 +10,6 @@
 //! target/tools, rabbitmq-server). `FERRY_BENCH_RECORDS` sets the corpus
 //! size, `FERRY_BENCH_SINKS` = `kafka,rabbitmq` which buses to run.
 
-use std::io::Write;
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -92,36 +90,6 @@ fn main() {
             cpu / (records as f64 / 1e6)
         );
     }
-}
-
-/// Ingest the corpus into a single node's archive (stream `live`) and stop it.
-fn build_archive(ferry: &Path, work: &Path, corpus: &[u8], records: u64) -> PathBuf {
-    let data = work.join("archive-node");
-    let (tcp, admin) = (free_port(), free_port());
-    let cfg = work.join("ingest.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[node]\nsite = \"sg1\"\nname = \"relay-1\"\ndata_dir = \"{}\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
-             [[stream]]\nname = \"live\"\n[[listener]]\nname = \"tcp\"\nkind = \"syslog\"\ntransport = \"tcp\"\n\
-             listen = \"127.0.0.1:{tcp}\"\nstream = \"live\"\n",
-            data.display()
-        ),
-    )
-    .unwrap();
-    let mut node = Node::start(ferry, &cfg, &work.join("ingest.log"), admin);
-    let mut s = TcpStream::connect(("127.0.0.1", tcp)).unwrap();
-    for chunk in corpus.chunks(1 << 20) {
-        s.write_all(chunk).unwrap();
-    }
-    drop(s);
-    let t = Instant::now();
-    while metric(admin, "ferry_committed_records_total") < records as f64 {
-        assert!(t.elapsed() < Duration::from_secs(300), "archive not built:\n{}", node.tail());
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    node.stop();
-    data
 }
 
 fn metric(admin: u16, name: &str) -> f64 {

@@ -146,3 +146,38 @@ pub fn hwm_kib(pid: u32) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
 }
+
+/// Ingest the corpus into a single node's archive (stream `live`) and stop it.
+pub fn build_archive(ferry: &Path, work: &Path, corpus: &[u8], records: u64) -> PathBuf {
+    let data = work.join("archive-node");
+    let (tcp, admin) = (free_port(), free_port());
+    let cfg = work.join("ingest.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[node]\nsite = \"sg1\"\nname = \"relay-1\"\ndata_dir = \"{}\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
+             [[stream]]\nname = \"live\"\n[[listener]]\nname = \"tcp\"\nkind = \"syslog\"\ntransport = \"tcp\"\n\
+             listen = \"127.0.0.1:{tcp}\"\nstream = \"live\"\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    let mut node = Node::start(ferry, &cfg, &work.join("ingest.log"), admin);
+    use std::io::Write as _;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", tcp)).unwrap();
+    for chunk in corpus.chunks(1 << 20) {
+        s.write_all(chunk).unwrap();
+    }
+    drop(s);
+    let t = Instant::now();
+    while http_get(admin, "/metrics")
+        .map(|(_, t)| metric_value(&t, "ferry_committed_records_total", &[]))
+        .unwrap_or(0.0)
+        < records as f64
+    {
+        assert!(t.elapsed() < Duration::from_secs(300), "archive not built:\n{}", node.tail());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    node.stop();
+    data
+}
