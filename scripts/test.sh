@@ -5,6 +5,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The fuzz targets build with nightly's cargo-fuzz; rustup installs it if absent.
+if ! rustup run nightly cargo --version >/dev/null 2>&1; then
+  rustup toolchain install nightly --profile minimal
+fi
+
+# Both lock files are checked first: fuzz/Cargo.lock lists ferry's crates too,
+# and a stale one used to fail this script only after the whole test run.
+# The crates are fetched retried, so a download that keeps failing is named.
+CARGO_NET_RETRY=10 cargo fetch --locked
+CARGO_NET_RETRY=10 cargo +nightly fetch --locked --manifest-path fuzz/Cargo.toml --target x86_64-unknown-linux-gnu
+
 need=()
 command -v zstdcat >/dev/null 2>&1 || need+=(zstd)
 command -v logger >/dev/null 2>&1 || need+=(bsdutils)
@@ -93,9 +104,6 @@ fi
 fuzz() { PATH="$PWD/target/tools/bin:$PATH" cargo +nightly fuzz "$1" -s none -a --target-dir target/fuzz --fuzz-dir fuzz "${@:2}"; }
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
-# The fuzz crate's own crates (libfuzzer-sys, arbitrary) are fetched first,
-# retried, so that a download that keeps failing is named as one.
-CARGO_NET_RETRY=10 cargo +nightly fetch --locked --manifest-path fuzz/Cargo.toml --target x86_64-unknown-linux-gnu
 # The build prints hundreds of lines and cargo-fuzz ends with its own
 # backtrace; on failure, the compiler's errors are printed last, where a CI
 # log's tail shows them, with what the disk and memory looked like.
