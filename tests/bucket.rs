@@ -134,6 +134,110 @@ fn every_sealed_segment_of_two_sites_is_in_the_bucket_byte_identical_with_its_se
     lines.sort();
     assert_eq!(lines.len(), want.len(), "records in the bucket");
     assert!(lines == want, "the bucket holds other records than were sent");
+
+    read_back_from_the_bucket(&w, &weed, &mirror);
+}
+
+fn ferry_cli(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(FERRY).args(args).output().unwrap()
+}
+
+/// `ferry verify`, `ferry audit` and `ferry cat --from/--to` of the bucket
+/// alone (its listing, seals, indexes, ranged GETs) say what they say of
+/// central's mirror, and a time range fetches only part of the bucket.
+fn read_back_from_the_bucket(w: &World, weed: &Weed, mirror: &Segs) {
+    let cfg = w.central_dir.join("ferry.toml");
+    let cfg = cfg.to_str().unwrap();
+    let url = format!("s3://{}/ferry/v1", weed.bucket);
+    let local = central_data(w);
+    let local = local.to_str().unwrap();
+    let sites = ["--site", "edge1", "--site", "edge2"];
+    let keys = weed.keys("ferry/v1/");
+    for rel in mirror.keys() {
+        assert!(keys.contains_key(&format!("ferry/v1/{rel}.idx")), "{rel}: no time index beside it");
+    }
+    let total: u64 = mirror.values().map(|b| b.len() as u64).sum();
+
+    let v = ferry_cli(&["verify", &url, "--config", cfg]);
+    let text = String::from_utf8_lossy(&v.stdout);
+    let n = mirror.len();
+    assert!(v.status.success(), "verify {url}: {text}{}", String::from_utf8_lossy(&v.stderr));
+    assert!(text.contains(&format!("verified {n} segment(s) ({n} sealed)")), "{text}");
+    assert!(text.contains(": 0 problem(s)"), "{text}");
+
+    let audit = |at: &str| {
+        let o = ferry_cli(&[&["audit", at, "--config", cfg][..], &sites[..]].concat());
+        (o.status.code(), String::from_utf8(o.stdout).unwrap(), String::from_utf8_lossy(&o.stderr).into_owned())
+    };
+    let (code, from_bucket, err) = audit(&url);
+    assert_eq!(code, Some(0), "audit {url}:\n{from_bucket}{err}");
+    assert!(from_bucket.contains("no gaps"), "{from_bucket}");
+    let (_, from_mirror, _) = audit(local);
+    assert_eq!(from_bucket, from_mirror, "the bucket's audit differs from the mirror's");
+
+    // The middle third of the receive times.
+    let all = ferry_cli(&[&["cat", local, "--json"][..], &sites[..]].concat());
+    let times: Vec<i64> = String::from_utf8(all.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["first_ms"].as_i64().unwrap())
+        .collect();
+    assert_eq!(times.len(), 200_000);
+    let (lo, hi) = (*times.iter().min().unwrap(), *times.iter().max().unwrap());
+    let (from, to) = (rfc3339(lo + (hi - lo) / 3), rfc3339(lo + 2 * (hi - lo) / 3));
+    let cat = |at: &str| {
+        let o = ferry_cli(
+            &[&["cat", at, "--config", cfg, "--json", "--stats", "--from", &from, "--to", &to][..], &sites[..]]
+                .concat(),
+        );
+        assert!(o.status.success(), "cat {at}: {}", String::from_utf8_lossy(&o.stderr));
+        (String::from_utf8(o.stdout).unwrap(), String::from_utf8(o.stderr).unwrap())
+    };
+    let (bucket_records, stats) = cat(&url);
+    let (mirror_records, _) = cat(local);
+    let got = bucket_records.lines().count();
+    assert!(got > 0 && got < 200_000, "{got} records from {from} to {to}");
+    assert!(bucket_records == mirror_records, "cat {url} --from {from} --to {to} differs from the mirror's");
+    let fetched: u64 = stats
+        .lines()
+        .find_map(|l| l.strip_prefix("fetched ")?.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no fetched bytes in {stats}"));
+    eprintln!("cat {from}..{to}: {got} records, fetched {fetched} of {total} bytes\n{stats}");
+    assert!(fetched < total * 4 / 5, "a third of the time fetched {fetched} of {total} bytes");
+
+    // grep of the bucket, on every core, finds what grep of the mirror finds.
+    let grep = |at: &str| {
+        let o = ferry_cli(
+            &[&["grep", "99", at, "--config", cfg, "--json", "--from", &from, "--to", &to][..], &sites[..]].concat(),
+        );
+        assert!(o.status.success(), "grep {at}: {}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let (in_bucket, in_mirror) = (grep(&url), grep(local));
+    assert!(in_bucket.lines().count() > 0, "grep found nothing");
+    assert!(in_bucket == in_mirror, "grep of {url} differs from grep of the mirror");
+}
+
+/// `ms` since the epoch as RFC 3339 UTC with milliseconds.
+fn rfc3339(ms: i64) -> String {
+    let (days, rem) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3_600_000,
+        rem / 60_000 % 60,
+        rem / 1000 % 60,
+        rem % 1000
+    )
 }
 
 /// A key planted with other bytes before central uploads: a conflict,

@@ -91,42 +91,49 @@ fn read_credentials(path: &Path) -> Result<FileCredentials, String> {
     }
 }
 
+/// The S3 client of a bucket section: endpoint, region, addressing, the
+/// deployment CA, credentials from the file or the `AWS_*` environment.
+/// The uploader and the readers (`query::bucket`) connect the same way.
+pub fn connect(cfg: &BucketConfig) -> Result<AmazonS3, BucketError> {
+    let setup = |detail: String| BucketError::Setup(detail);
+    // The `AWS_*` environment first; a credentials file wins over it.
+    let mut b = AmazonS3Builder::from_env()
+        .with_bucket_name(&cfg.bucket)
+        .with_region(&cfg.region)
+        .with_virtual_hosted_style_request(!cfg.path_style)
+        .with_checksum_algorithm(Checksum::SHA256)
+        .with_copy_if_not_exists(S3CopyIfNotExists::Multipart)
+        // Retried here, with the backoff and counting of the uploader:
+        // object_store's own retries only for a lost connection.
+        .with_retry(RetryConfig { max_retries: 1, retry_timeout: cfg.request_timeout, ..RetryConfig::default() });
+    if let Some(e) = &cfg.endpoint {
+        b = b.with_endpoint(e);
+    }
+    if let Some(f) = &cfg.credentials_file {
+        let c = read_credentials(f).map_err(setup)?;
+        b = b.with_access_key_id(c.key_id).with_secret_access_key(c.secret);
+        if let Some(t) = c.token {
+            b = b.with_token(t);
+        }
+    }
+    let mut opts = ClientOptions::new()
+        .with_timeout(cfg.request_timeout)
+        .with_connect_timeout(cfg.request_timeout.min(Duration::from_secs(10)))
+        .with_allow_http(cfg.endpoint.as_deref().is_some_and(|e| e.starts_with("http://")));
+    if let Some(ca) = &cfg.ca {
+        let pem = std::fs::read(ca).map_err(|e| setup(format!("ca {}: {e}", ca.display())))?;
+        let certs =
+            object_store::Certificate::from_pem_bundle(&pem).map_err(|e| setup(format!("ca {}: {e}", ca.display())))?;
+        for c in certs {
+            opts = opts.with_root_certificate(c);
+        }
+    }
+    b.with_client_options(opts).build().map_err(|e| setup(e.to_string()))
+}
+
 impl Client {
     pub fn new(cfg: &BucketConfig, node: &str, metrics: &Metrics) -> Result<Client, BucketError> {
-        let setup = |detail: String| BucketError::Setup(detail);
-        // The `AWS_*` environment first; a credentials file wins over it.
-        let mut b = AmazonS3Builder::from_env()
-            .with_bucket_name(&cfg.bucket)
-            .with_region(&cfg.region)
-            .with_virtual_hosted_style_request(!cfg.path_style)
-            .with_checksum_algorithm(Checksum::SHA256)
-            .with_copy_if_not_exists(S3CopyIfNotExists::Multipart)
-            // Retried here, with the backoff and counting of the uploader:
-            // object_store's own retries only for a lost connection.
-            .with_retry(RetryConfig { max_retries: 1, retry_timeout: cfg.request_timeout, ..RetryConfig::default() });
-        if let Some(e) = &cfg.endpoint {
-            b = b.with_endpoint(e);
-        }
-        if let Some(f) = &cfg.credentials_file {
-            let c = read_credentials(f).map_err(setup)?;
-            b = b.with_access_key_id(c.key_id).with_secret_access_key(c.secret);
-            if let Some(t) = c.token {
-                b = b.with_token(t);
-            }
-        }
-        let mut opts = ClientOptions::new()
-            .with_timeout(cfg.request_timeout)
-            .with_connect_timeout(cfg.request_timeout.min(Duration::from_secs(10)))
-            .with_allow_http(cfg.endpoint.as_deref().is_some_and(|e| e.starts_with("http://")));
-        if let Some(ca) = &cfg.ca {
-            let pem = std::fs::read(ca).map_err(|e| setup(format!("ca {}: {e}", ca.display())))?;
-            let certs = object_store::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| setup(format!("ca {}: {e}", ca.display())))?;
-            for c in certs {
-                opts = opts.with_root_certificate(c);
-            }
-        }
-        let s3 = b.with_client_options(opts).build().map_err(|e| setup(e.to_string()))?;
+        let s3 = connect(cfg)?;
         Ok(Client {
             s3: Arc::new(s3),
             cfg: cfg.clone(),
@@ -292,8 +299,9 @@ impl Client {
         Ok(n)
     }
 
-    /// A small text object beside the segment (its seal, a tombstone),
-    /// create-only; one already there must say the same.
+    /// A small text object beside the segment (its seal, its index, a
+    /// tombstone), create-only; a seal or tombstone already there must say
+    /// the same.
     pub async fn put_text(&self, rel: &str, text: &str, op: Op) -> Result<Put, BucketError> {
         let key = self.key(rel);
         let opts = PutOptions {
@@ -304,6 +312,9 @@ impl Client {
         self.count(op);
         match self.s3.put_opts(&key, PutPayload::from(text.to_owned()), opts).await {
             Ok(_) => Ok(Put::Written),
+            // An index is derived from the segment already compared: one
+            // there is the same (a reader checks it before trusting it).
+            Err(object_store::Error::AlreadyExists { .. }) if op == Op::PutIndex => Ok(Put::AlreadyThere),
             Err(object_store::Error::AlreadyExists { .. }) => {
                 self.count(Op::Get);
                 let got = self.s3.get(&key).await.map_err(|e| BucketError::from_store(Op::Get, e))?;

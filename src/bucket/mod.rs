@@ -10,6 +10,7 @@
 //! the local copy kept, nothing overwritten.
 
 pub mod client;
+pub mod index;
 pub mod uploads;
 
 use std::collections::{HashSet, VecDeque};
@@ -36,6 +37,7 @@ use uploads::Uploads;
 pub enum Op {
     Put,
     PutSeal,
+    PutIndex,
     PutTombstone,
     CreateMultipart,
     PutPart,
@@ -52,6 +54,7 @@ impl Op {
         match self {
             Op::Put => "put",
             Op::PutSeal => "put_seal",
+            Op::PutIndex => "put_index",
             Op::PutTombstone => "put_tombstone",
             Op::CreateMultipart => "create_multipart",
             Op::PutPart => "put_part",
@@ -317,6 +320,14 @@ impl Uploader {
         if let Put::Conflict(_) = put {
             return Ok(put);
         }
+        // The time index before the seal: a segment with a seal in the
+        // bucket has its index too (readers without one read it whole).
+        let (p, len) = (path.clone(), seal.len);
+        let blocks = tokio::task::spawn_blocking(move || index::build(&p, len))
+            .await
+            .map_err(|e| BucketError::State(e.to_string()))?
+            .map_err(|e| BucketError::Read(format!("{}: {e}", path.display())))?;
+        client.put_text(&format!("{rel}.idx"), &index::to_text(&blocks), Op::PutIndex).await?;
         let seal_put = client.put_text(&format!("{rel}.seal"), &seal.to_text(), Op::PutSeal).await?;
         if let Put::Conflict(why) = seal_put {
             return Ok(Put::Conflict(why));

@@ -7,8 +7,9 @@ use std::path::Path;
 
 use super::cat::SelectArgs;
 use super::progress::Progress;
-use crate::query::{self, audit};
-use crate::store::segment::{list_tombstones, SegmentName};
+use crate::query::bucket::BucketArchive;
+use crate::query::{self, audit, Archive, Segment};
+use crate::store::segment::{list_tombstones, SealRecord, SegmentName};
 
 #[derive(Debug, clap::Args)]
 pub struct AuditArgs {
@@ -21,24 +22,10 @@ pub struct AuditArgs {
 
 pub fn audit(a: AuditArgs) -> anyhow::Result<i32> {
     let (archive, sel) = a.select.resolve()?;
-    let state = archive.parent().map(|p| p.join("state")).filter(|s| s.is_dir());
-    let mut facts = Vec::new();
-    let origins = query::origins(&archive, &sel)?;
-    let size = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-    let progress = Progress::bytes(origins.iter().flat_map(|o| &o.segments).map(|p| size(p)).sum(), "audit");
-    for o in origins {
-        for seg in &o.segments {
-            progress.inc(size(seg));
-            let Some(name) = seg.strip_prefix(&archive).ok().and_then(SegmentName::parse_rel) else {
-                continue;
-            };
-            facts.push(audit::Facts::read(seg, name, state.as_deref(), &archive)?);
-        }
-    }
-    progress.finish();
-    if let Some(st) = &state {
-        facts.extend(tombstones(st, &archive, &sel));
-    }
+    let facts = match &archive {
+        Archive::Dir(dir) => dir_facts(dir, archive.state_dir().as_deref(), &sel)?,
+        Archive::Bucket(b) => bucket_facts(b, &sel)?,
+    };
     let report = audit::audit(&facts);
     let mut out = io::stdout().lock();
     let written = if a.json { json(&report, &mut out) } else { table(&report, &mut out) };
@@ -48,6 +35,83 @@ pub fn audit(a: AuditArgs) -> anyhow::Result<i32> {
         Err(e) => return Err(e.into()),
     }
     Ok(if report.gaps.is_empty() { 0 } else { 1 })
+}
+
+fn dir_facts(archive: &Path, state: Option<&Path>, sel: &query::Selection) -> anyhow::Result<Vec<audit::Facts>> {
+    let mut facts = Vec::new();
+    let origins = query::origins(&Archive::Dir(archive.to_owned()), sel)?;
+    let progress = Progress::bytes(origins.iter().flat_map(|o| &o.segments).map(Segment::len).sum(), "audit");
+    for o in origins {
+        for seg in &o.segments {
+            progress.inc(seg.len());
+            let Segment::File(path) = seg else { continue };
+            let Some(name) = path.strip_prefix(archive).ok().and_then(SegmentName::parse_rel) else {
+                continue;
+            };
+            facts.push(audit::Facts::read(path, name, state, archive)?);
+        }
+    }
+    progress.finish();
+    if let Some(st) = state {
+        facts.extend(tombstones(st, archive, sel));
+    }
+    Ok(facts)
+}
+
+/// From the bucket alone: the listing, the seal records beside the
+/// segments, the tombstones (small GETs, in parallel). A segment there
+/// without its seal (an upload cut between the two) has its frame headers
+/// walked, which reads it whole.
+fn bucket_facts(b: &BucketArchive, sel: &query::Selection) -> anyhow::Result<Vec<audit::Facts>> {
+    let listing = b.list()?;
+    let mut wanted = Vec::new();
+    for (rel, len) in &listing.segments {
+        if let Some(n) = SegmentName::parse_rel(Path::new(rel)).filter(|n| sel.wants(n)) {
+            wanted.push((rel.clone(), *len, n));
+        }
+    }
+    let seals: Vec<String> =
+        wanted.iter().filter(|(rel, ..)| listing.seals.contains(rel)).map(|(rel, ..)| format!("{rel}.seal")).collect();
+    let mut seal_of = std::collections::BTreeMap::new();
+    for (key, text) in b.texts(seals) {
+        let rel = key.trim_end_matches(".seal").to_owned();
+        match text.map(|t| t.map(|t| SealRecord::parse(&t))) {
+            Ok(Some(Ok(seal))) => {
+                seal_of.insert(rel, seal);
+            }
+            Ok(Some(Err(e))) => eprintln!("{}: {e}; its segment is walked instead", b.name(&key)),
+            Ok(None) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let mut facts = Vec::new();
+    for (rel, len, name) in wanted {
+        let path = std::path::PathBuf::from(b.name(&rel));
+        match seal_of.remove(&rel) {
+            Some(seal) => facts.push(audit::Facts::sealed(path, name, len, seal)),
+            None => {
+                let seg = Segment::Object(b.segment(&rel, len, vec![(0, len)]));
+                facts.push(audit::Facts::walk(seg.open()?, path, name, None)?);
+            }
+        }
+    }
+    let gone: Vec<String> = listing
+        .tombstones
+        .iter()
+        .filter(|rel| SegmentName::parse_rel(Path::new(rel)).is_some_and(|n| sel.wants(&n)))
+        .map(|rel| format!("{rel}.gone"))
+        .collect();
+    for (key, text) in b.texts(gone) {
+        let rel = key.trim_end_matches(".gone");
+        let Some(name) = SegmentName::parse_rel(Path::new(rel)) else { continue };
+        match text.map(|t| t.map(|t| SealRecord::parse(&t))) {
+            Ok(Some(Ok(seal))) => facts.push(audit::Facts::gone(name, b.name(rel).into(), seal)),
+            Ok(Some(Err(e))) => eprintln!("{}: {e}; skipped", b.name(&key)),
+            Ok(None) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(facts)
 }
 
 /// Undelivered segments deleted by `drop_oldest` (`state/gone/<rel>.gone`),

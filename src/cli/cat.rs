@@ -17,22 +17,25 @@
 //! (`| head`) ends the output quietly.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 use std::io::{self, BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use crate::query::{self, time::parse_time, Origin, Selection, Stats};
+use crate::query::{self, time::parse_time, Archive, Origin, Segment, Selection, Stats};
 use crate::store::clock::{Clock, SystemClock};
 use crate::store::escape::unescape_into;
 use crate::store::frame::FrameHeader;
-use crate::store::reader::SegmentReader;
 
 /// Which records: the archive, sites, streams, receive-time range (shared by `cat` and `grep`).
 #[derive(Debug, clap::Args)]
 pub struct SelectArgs {
-    /// A data_dir or its archive/.
-    #[arg(default_value = "data")]
-    dir: PathBuf,
+    /// A data_dir or its archive/, or a bucket the nodes upload to: s3://bucket/prefix.
+    #[arg(default_value = "data", value_name = "ARCHIVE")]
+    location: String,
+    /// For s3://: a node config whose [[bucket]] names the bucket gives endpoint, region, CA and
+    /// credentials (without it: AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, ... from the environment).
+    #[arg(long)]
+    config: Option<PathBuf>,
     /// Only this site (repeat for several).
     #[arg(long)]
     site: Vec<String>,
@@ -51,8 +54,8 @@ pub struct SelectArgs {
 }
 
 impl SelectArgs {
-    /// The archive directory and the selection; times parsed against now.
-    pub fn resolve(&self) -> anyhow::Result<(PathBuf, Selection)> {
+    /// The archive and the selection; times parsed against now.
+    pub fn resolve(&self) -> anyhow::Result<(Archive, Selection)> {
         let now = SystemClock.now_ms();
         let time =
             |s: &Option<String>| s.as_deref().map(|t| parse_time(t, now)).transpose().map_err(anyhow::Error::msg);
@@ -62,10 +65,7 @@ impl SelectArgs {
             from_ms: time(&self.from)?,
             to_ms: time(&self.to)?,
         };
-        let archive = query::archive_of(&self.dir);
-        if !archive.is_dir() {
-            anyhow::bail!("{} is not a directory (give a data_dir or its archive/)", archive.display());
-        }
+        let archive = Archive::open(&self.location, self.config.as_deref())?;
         Ok((archive, sel))
     }
 
@@ -128,7 +128,7 @@ pub fn cat(a: CatArgs) -> anyhow::Result<i32> {
     };
     let result = result.and_then(|()| out.flush());
     if a.select.stats() {
-        print_stats(&stats);
+        print_stats(&stats, &archive);
     }
     match result {
         Ok(()) => {}
@@ -138,7 +138,7 @@ pub fn cat(a: CatArgs) -> anyhow::Result<i32> {
     Ok(if stats.damaged > 0 { 1 } else { 0 })
 }
 
-pub fn print_stats(stats: &Stats) {
+pub fn print_stats(stats: &Stats, archive: &Archive) {
     eprintln!(
         "segments {}, frames {} (decompressed {}, skipped {}), records {}, raw bytes {}, damaged frames {}",
         stats.segments,
@@ -149,10 +149,18 @@ pub fn print_stats(stats: &Stats) {
         stats.raw_bytes,
         stats.damaged
     );
+    if let Archive::Bucket(b) = archive {
+        let f = b.fetched();
+        eprintln!(
+            "fetched {} bytes in {} requests",
+            f.bytes.load(std::sync::atomic::Ordering::Relaxed),
+            f.requests.load(std::sync::atomic::Ordering::Relaxed)
+        );
+    }
 }
 
-pub fn report(path: &Path, offset: u64, error: String) {
-    eprintln!("{}: frame at offset {offset}: {error}; skipped", path.display());
+pub fn report(seg: &Segment, offset: u64, error: String) {
+    eprintln!("{}: frame at offset {offset}: {error}; skipped", seg.name());
 }
 
 /// Every origin in turn, each in sequence order.
@@ -187,39 +195,56 @@ fn in_order(
 }
 
 /// Frames of every origin interleaved by their first receive time (each
-/// origin's own frames stay in sequence order).
+/// origin's own frames stay in sequence order). Each origin is read one
+/// segment at a time, its headers and then its data through one reader:
+/// memory is one segment's frame list per origin, and a bucket segment is
+/// fetched once.
 fn merged(origins: &[Origin], sel: &Selection, form: Form, out: &mut impl Write, stats: &mut Stats) -> io::Result<()> {
-    // Headers first (no data read), per origin in order.
-    let mut lists: Vec<Vec<(PathBuf, u64, FrameHeader)>> = Vec::new();
-    for o in origins {
-        let mut list = Vec::new();
-        for seg in &o.segments {
-            let frames = query::frames(seg, sel, stats, &mut report)?;
-            list.extend(frames.into_iter().map(|(offset, header)| (seg.clone(), offset, header)));
-        }
-        lists.push(list);
+    struct Cursor<'a> {
+        segments: std::slice::Iter<'a, Segment>,
+        walk: Option<query::Walk<'a>>,
+        frames: VecDeque<(u64, FrameHeader)>,
     }
-    let mut next = vec![0usize; lists.len()];
-    let mut heads: BinaryHeap<Reverse<(i64, usize)>> =
-        lists.iter().enumerate().filter(|(_, l)| !l.is_empty()).map(|(i, l)| Reverse((l[0].2.first_ms, i))).collect();
+    // Move an origin's cursor to its next frame, window by window and
+    // segment by segment; false when the origin has no more.
+    let advance = |c: &mut Cursor<'_>, stats: &mut Stats| -> io::Result<bool> {
+        while c.frames.is_empty() {
+            if let Some(w) = c.walk.as_mut() {
+                match w.next_window(sel, stats, &mut report)? {
+                    Some(list) => c.frames = list.into(),
+                    None => c.walk = None, // a bucket segment's cache goes before the next one's
+                }
+                continue;
+            }
+            match c.segments.next() {
+                Some(seg) => c.walk = Some(query::Walk::open(seg, stats)?),
+                None => return Ok(false),
+            }
+        }
+        Ok(true)
+    };
+    let mut cursors: Vec<Cursor<'_>> = Vec::with_capacity(origins.len());
+    let mut heads: BinaryHeap<Reverse<(i64, usize)>> = BinaryHeap::new();
+    for (i, o) in origins.iter().enumerate() {
+        let mut c = Cursor { segments: o.segments.iter(), walk: None, frames: VecDeque::new() };
+        if advance(&mut c, stats)? {
+            heads.push(Reverse((c.frames[0].1.first_ms, i)));
+        }
+        cursors.push(c);
+    }
     let mut dec = zstd::bulk::Decompressor::new()?;
     let (mut raw, mut buf) = (Vec::new(), Vec::new());
-    let mut reader: Option<(PathBuf, SegmentReader)> = None;
     while let Some(Reverse((_, i))) = heads.pop() {
-        let (path, offset, header) = &lists[i][next[i]];
-        next[i] += 1;
-        if let Some(n) = lists[i].get(next[i]) {
-            heads.push(Reverse((n.2.first_ms, i)));
+        let c = &mut cursors[i];
+        let (offset, header) = c.frames.pop_front().expect("a head has a frame");
+        let w = c.walk.as_mut().expect("walking while it has frames");
+        match query::decompress(w.reader(), offset, &header, &mut dec, &mut raw, stats)? {
+            Ok(()) => print_frame(&origins[i], &header, &raw, form, &mut buf, out)?,
+            Err(e) => report(w.segment(), offset, e),
         }
-        if reader.as_ref().is_none_or(|(p, _)| p != path) {
-            reader = Some((path.clone(), SegmentReader::open(path)?));
+        if advance(c, stats)? {
+            heads.push(Reverse((c.frames[0].1.first_ms, i)));
         }
-        let r = &mut reader.as_mut().expect("opened above").1;
-        if let Err(e) = query::decompress(r, *offset, header, &mut dec, &mut raw, stats)? {
-            report(path, *offset, e);
-            continue;
-        }
-        print_frame(&origins[i], header, &raw, form, &mut buf, out)?;
     }
     Ok(())
 }

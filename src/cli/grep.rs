@@ -10,7 +10,6 @@
 //! are checked), not line by line.
 
 use std::io::{self, BufWriter, Write};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use memchr::{memchr, memrchr};
@@ -18,7 +17,7 @@ use regex::bytes::{Regex, RegexBuilder};
 
 use super::cat::{print_frame, print_stats, report, Form, FormArgs, SelectArgs};
 use super::progress::Progress;
-use crate::query::{self, Origin, Stats};
+use crate::query::{self, Origin, Segment, Stats};
 use crate::store::frame::FrameHeader;
 use crate::store::reader::SegmentReader;
 
@@ -81,50 +80,54 @@ pub fn grep(a: GrepArgs) -> anyhow::Result<i32> {
         .map_err(|e| anyhow::anyhow!("pattern {:?}: {e}", a.pattern))?;
     let origins = query::origins(&archive, &sel)?;
     let mut stats = Stats::default();
-    // Frame headers first (no data read): the work list, in archive order.
-    let mut paths: Vec<PathBuf> = Vec::new();
-    let mut jobs: Vec<Job> = Vec::new();
-    for (oi, o) in origins.iter().enumerate() {
-        for seg in &o.segments {
-            let pi = paths.len();
-            paths.push(seg.clone());
-            for (offset, header) in query::frames(seg, &sel, &mut stats, &mut report)? {
-                jobs.push(Job { origin: oi, path: pi, offset, header });
-            }
-        }
-    }
+    let paths: Vec<Segment> = origins.iter().flat_map(|o| o.segments.iter().cloned()).collect();
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let progress = Progress::bytes(jobs.iter().map(|j| j.header.frame_len()).sum(), "grep");
+    let progress = Progress::bytes(paths.iter().map(Segment::walk_len).sum(), "grep");
     let mut out = BufWriter::with_capacity(1 << 16, io::stdout().lock());
     let mut matched = 0u64;
     let mut files_listed = vec![false; paths.len()];
     let form = a.format.form();
     let mut buf = Vec::new();
+    // Segment by segment, window by window (a file is one window): the
+    // frame headers first (no data read), then the frames chosen, searched
+    // on every core in batches, printed in archive order. The walk's reader
+    // keeps a bucket segment's fetched bytes for the workers.
     let result: io::Result<()> = (|| {
-        for batch in jobs.chunks(BATCH) {
-            let found = search(batch, &paths, &re, a.invert_match, workers);
-            progress.inc(batch.iter().map(|j| j.header.frame_len()).sum());
-            for (job, f) in batch.iter().zip(found) {
-                stats.raw_bytes += f.raw_bytes;
-                if let Some(e) = f.damaged {
-                    stats.damaged += 1;
-                    report(&paths[job.path], job.offset, e);
-                    continue;
-                }
-                stats.frames_read += 1;
-                stats.records += u64::from(job.header.records);
-                matched += f.count;
-                if f.count == 0 || a.count {
-                    continue;
-                }
-                if a.files_with_matches {
-                    if !files_listed[job.path] {
-                        files_listed[job.path] = true;
-                        writeln!(out, "{}", paths[job.path].display())?;
+        let mut pi = 0;
+        for (oi, o) in origins.iter().enumerate() {
+            for seg in &o.segments {
+                let mut walk = query::Walk::open(seg, &mut stats)?;
+                while let Some(list) = walk.next_window(&sel, &mut stats, &mut report)? {
+                    let jobs: Vec<Job> =
+                        list.into_iter().map(|(offset, header)| Job { origin: oi, path: pi, offset, header }).collect();
+                    for batch in jobs.chunks(BATCH) {
+                        let found = search(batch, &paths, &re, a.invert_match, workers);
+                        progress.inc(batch.iter().map(|j| j.header.frame_len()).sum());
+                        for (job, f) in batch.iter().zip(found) {
+                            stats.raw_bytes += f.raw_bytes;
+                            if let Some(e) = f.damaged {
+                                stats.damaged += 1;
+                                report(&paths[job.path], job.offset, e);
+                                continue;
+                            }
+                            stats.frames_read += 1;
+                            stats.records += u64::from(job.header.records);
+                            matched += f.count;
+                            if f.count == 0 || a.count {
+                                continue;
+                            }
+                            if a.files_with_matches {
+                                if !files_listed[job.path] {
+                                    files_listed[job.path] = true;
+                                    writeln!(out, "{}", paths[job.path].name())?;
+                                }
+                                continue;
+                            }
+                            write_matches(&origins[job.origin], &job.header, &f, form, &mut buf, &mut out)?;
+                        }
                     }
-                    continue;
                 }
-                write_matches(&origins[job.origin], &job.header, &f, form, &mut buf, &mut out)?;
+                pi += 1;
             }
         }
         if a.count {
@@ -134,7 +137,7 @@ pub fn grep(a: GrepArgs) -> anyhow::Result<i32> {
     })();
     progress.finish();
     if a.select.stats() {
-        print_stats(&stats);
+        print_stats(&stats, &archive);
     }
     match result {
         Ok(()) => {}
@@ -173,7 +176,7 @@ fn write_matches(
 }
 
 /// Decompress and search `batch` on `workers` threads; results in order.
-fn search(batch: &[Job], paths: &[PathBuf], re: &Regex, invert: bool, workers: usize) -> Vec<Found> {
+fn search(batch: &[Job], paths: &[Segment], re: &Regex, invert: bool, workers: usize) -> Vec<Found> {
     let next = AtomicUsize::new(0);
     let mut results: Vec<Option<Found>> = (0..batch.len()).map(|_| None).collect();
     let slots: Vec<std::sync::Mutex<&mut Option<Found>>> = results.iter_mut().map(std::sync::Mutex::new).collect();
@@ -204,7 +207,7 @@ fn search(batch: &[Job], paths: &[PathBuf], re: &Regex, invert: bool, workers: u
 
 fn search_one(
     job: &Job,
-    paths: &[PathBuf],
+    paths: &[Segment],
     re: &Regex,
     invert: bool,
     dec: &mut zstd::bulk::Decompressor<'static>,
@@ -213,7 +216,8 @@ fn search_one(
 ) -> Found {
     let mut found = Found::default();
     if reader.as_ref().is_none_or(|(p, _)| *p != job.path) {
-        match SegmentReader::open(&paths[job.path]) {
+        *reader = None; // a bucket segment's cache goes before the next one's
+        match paths[job.path].open() {
             Ok(r) => *reader = Some((job.path, r)),
             Err(e) => {
                 found.damaged = Some(e.to_string());

@@ -43,9 +43,13 @@ enum Command {
         #[arg(long, value_name = "OLD")]
         reloadable_from: Option<PathBuf>,
     },
-    /// Check every frame and checksum of an archive (a data_dir or its archive/).
+    /// Check every frame and checksum of an archive (a data_dir or its archive/, or s3://bucket/prefix).
     Verify {
-        dir: PathBuf,
+        #[arg(value_name = "ARCHIVE")]
+        location: String,
+        /// For s3://: a node config whose [[bucket]] names the bucket (else the AWS_* environment).
+        #[arg(long)]
+        config: Option<PathBuf>,
         /// Print one line per segment.
         #[arg(short, long)]
         verbose: bool,
@@ -75,7 +79,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Run { config } => run::run(config),
         Command::Check { config, reloadable_from } => check::check(&config, reloadable_from.as_deref()),
-        Command::Verify { dir, verbose } => verify::verify(&dir, verbose),
+        Command::Verify { location, config, verbose } => verify::verify(&location, config.as_deref(), verbose),
         Command::Send(a) => send::send(a),
         Command::Cat(a) => cat::cat(a),
         Command::Grep(a) => grep::grep(a),

@@ -80,8 +80,14 @@ impl Facts {
             }
             None => None,
         };
+        Facts::walk(SegmentReader::open(path)?, path.to_owned(), name, seal)
+    }
+
+    /// Walk the headers of the segment `r` reads (a file, an object in a
+    /// bucket), named `path` in reports.
+    pub fn walk(mut r: SegmentReader, path: PathBuf, name: SegmentName, seal: Option<SealRecord>) -> io::Result<Facts> {
         let mut f = Facts {
-            path: path.to_owned(),
+            path,
             name,
             len: 0,
             seal,
@@ -92,7 +98,6 @@ impl Facts {
             damaged: 0,
             gone: false,
         };
-        let mut r = SegmentReader::open(path)?;
         f.len = r.len();
         loop {
             match r.next_header()? {

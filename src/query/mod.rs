@@ -8,8 +8,13 @@
 //! `commit_interval`, 100 ms by default). Segments are read as they are on
 //! disk, sealed or being written (a frame still being written is simply not
 //! there yet), read-only: the writer is never disturbed.
+//!
+//! An archive is a directory (an edge's or a central's `archive/`) or a
+//! bucket the nodes upload to (`s3://bucket/prefix`, [`bucket`]): the same
+//! selection, the same walk, the bytes fetched by range.
 
 pub mod audit;
+pub mod bucket;
 pub mod time;
 pub mod watch;
 
@@ -17,6 +22,7 @@ use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use self::bucket::{BucketArchive, RemoteSegment};
 use crate::store::frame::FrameHeader;
 use crate::store::reader::{SegmentReader, Step};
 use crate::store::segment::{SegmentName, SEGMENT_SUFFIX};
@@ -67,13 +73,93 @@ fn hour_start_ms(n: &SegmentName) -> Option<i64> {
     time::parse_time(&format!("{}T{:02}", n.date, n.hour), 0).ok()
 }
 
-/// One origin (site, stream, node) and its segment files in sequence order.
-#[derive(Debug)]
+/// One origin (site, stream, node) and its segments in sequence order.
 pub struct Origin {
     pub site: String,
     pub stream: String,
     pub node: String,
-    pub segments: Vec<PathBuf>,
+    pub segments: Vec<Segment>,
+}
+
+/// Where an archive is read from.
+pub enum Archive {
+    /// An `archive/` directory.
+    Dir(PathBuf),
+    Bucket(BucketArchive),
+}
+
+impl Archive {
+    /// A data_dir or its `archive/`, or an `s3://bucket/prefix` location
+    /// (connected with the `[[bucket]]` of `config` that names the bucket,
+    /// or the `AWS_*` environment).
+    pub fn open(location: &str, config: Option<&Path>) -> io::Result<Archive> {
+        if bucket::is_url(location) {
+            return Ok(Archive::Bucket(BucketArchive::open(location, config)?));
+        }
+        let archive = archive_of(Path::new(location));
+        if !archive.is_dir() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!(
+                    "{} is not a directory (give a data_dir, its archive/, or s3://bucket/prefix)",
+                    archive.display()
+                ),
+            ));
+        }
+        Ok(Archive::Dir(archive))
+    }
+
+    /// The `state/` beside a directory archive (seal records, tombstones).
+    pub fn state_dir(&self) -> Option<PathBuf> {
+        match self {
+            Archive::Dir(a) => a.parent().map(|p| p.join("state")).filter(|s| s.is_dir()),
+            Archive::Bucket(_) => None,
+        }
+    }
+}
+
+/// One segment: a file, or an object in a bucket.
+#[derive(Clone)]
+pub enum Segment {
+    File(PathBuf),
+    Object(RemoteSegment),
+}
+
+impl Segment {
+    /// Its path or `s3://` name, for messages and `grep -l`.
+    pub fn name(&self) -> std::borrow::Cow<'_, str> {
+        match self {
+            Segment::File(p) => p.to_string_lossy(),
+            Segment::Object(o) => o.name().into(),
+        }
+    }
+
+    pub fn open(&self) -> io::Result<SegmentReader> {
+        match self {
+            Segment::File(p) => SegmentReader::open(p),
+            Segment::Object(o) => Ok(SegmentReader::new(Box::new(o.open()), o.len())),
+        }
+    }
+
+    /// Its length as listed (a file being written: as it is now).
+    pub fn len(&self) -> u64 {
+        match self {
+            Segment::File(p) => std::fs::metadata(p).map_or(0, |m| m.len()),
+            Segment::Object(o) => o.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes a walk covers: the whole file, or the spans of an object.
+    pub fn walk_len(&self) -> u64 {
+        match self {
+            Segment::File(_) => self.len(),
+            Segment::Object(o) => o.spans().iter().map(|(a, b)| b - a).sum(),
+        }
+    }
 }
 
 /// The archive directory of `dir`: a data_dir (with `archive/`) or an
@@ -88,8 +174,79 @@ pub fn archive_of(dir: &Path) -> PathBuf {
 
 /// The origins the selection wants, sorted by site, stream, node; each with
 /// the segments that may hold records of the range, in sequence order.
-pub fn origins(archive: &Path, sel: &Selection) -> io::Result<Vec<Origin>> {
-    let mut by: BTreeMap<(String, String, String), Vec<(u64, PathBuf)>> = BTreeMap::new();
+pub fn origins(archive: &Archive, sel: &Selection) -> io::Result<Vec<Origin>> {
+    match archive {
+        Archive::Dir(dir) => dir_origins(dir, sel),
+        Archive::Bucket(b) => bucket_origins(b, sel),
+    }
+}
+
+fn group(found: Vec<(SegmentName, Segment)>) -> Vec<Origin> {
+    let mut by: BTreeMap<(String, String, String), Vec<(u64, Segment)>> = BTreeMap::new();
+    for (n, seg) in found {
+        by.entry((n.site, n.stream, n.node)).or_default().push((n.seq, seg));
+    }
+    by.into_iter()
+        .map(|((site, stream, node), mut segs)| {
+            segs.sort_by_key(|(seq, _)| *seq);
+            Origin { site, stream, node, segments: segs.into_iter().map(|(_, s)| s).collect() }
+        })
+        .collect()
+}
+
+/// With a time range, each segment's index says which of its bytes to walk
+/// (one small GET each, in parallel); without one, or without an index, the
+/// whole object.
+fn bucket_origins(b: &BucketArchive, sel: &Selection) -> io::Result<Vec<Origin>> {
+    let listing = b.list()?;
+    let wanted: Vec<(SegmentName, String, u64)> = listing
+        .segments
+        .into_iter()
+        .filter_map(|(rel, len)| {
+            let n = SegmentName::parse_rel(Path::new(&rel))?;
+            sel.wants(&n).then_some((n, rel, len))
+        })
+        .collect();
+    let ranged = sel.from_ms.is_some() || sel.to_ms.is_some();
+    let idx: Vec<String> = if ranged {
+        wanted
+            .iter()
+            .filter(|(_, rel, _)| listing.indexes.contains(rel))
+            .map(|(_, rel, _)| format!("{rel}.idx"))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let mut indexes: BTreeMap<String, String> = BTreeMap::new();
+    for (rel, text) in b.texts(idx) {
+        match text {
+            Ok(Some(t)) => {
+                indexes.insert(rel.trim_end_matches(".idx").to_owned(), t);
+            }
+            Ok(None) => {}
+            Err(e) => eprintln!("{e}; the segment is read whole"),
+        }
+    }
+    let mut found = Vec::new();
+    for (n, rel, len) in wanted {
+        let spans = match indexes.get(&rel).map(|t| crate::bucket::index::parse(t, len)) {
+            Some(Ok(blocks)) => crate::bucket::index::spans(&blocks, sel.from_ms, sel.to_ms),
+            Some(Err(e)) => {
+                eprintln!("{}.idx: {e}; the segment is read whole", b.name(&rel));
+                vec![(0, len)]
+            }
+            None => vec![(0, len)],
+        };
+        if spans.is_empty() {
+            continue;
+        }
+        found.push((n, Segment::Object(b.segment(&rel, len, spans))));
+    }
+    Ok(group(found))
+}
+
+fn dir_origins(archive: &Path, sel: &Selection) -> io::Result<Vec<Origin>> {
+    let mut found = Vec::new();
     for e in walkdir::WalkDir::new(archive) {
         let e = e.map_err(io::Error::other)?;
         if !e.file_type().is_file() || !e.file_name().to_string_lossy().ends_with(SEGMENT_SUFFIX) {
@@ -97,18 +254,12 @@ pub fn origins(archive: &Path, sel: &Selection) -> io::Result<Vec<Origin>> {
         }
         let Ok(rel) = e.path().strip_prefix(archive) else { continue };
         let Some(n) = SegmentName::parse_rel(rel) else { continue };
-        if !sel.wants_origin(&n) || !sel.may_overlap_hour(&n) {
+        if !sel.wants(&n) {
             continue;
         }
-        by.entry((n.site.clone(), n.stream.clone(), n.node.clone())).or_default().push((n.seq, e.into_path()));
+        found.push((n, Segment::File(e.into_path())));
     }
-    Ok(by
-        .into_iter()
-        .map(|((site, stream, node), mut segs)| {
-            segs.sort();
-            Origin { site, stream, node, segments: segs.into_iter().map(|(_, p)| p).collect() }
-        })
-        .collect())
+    Ok(group(found))
 }
 
 /// What a walk did: shown by `--stats`, and how the tests know frames
@@ -128,45 +279,120 @@ pub struct Stats {
 
 /// One decompressed frame of a walk.
 pub struct Frame<'a> {
-    pub path: &'a Path,
+    pub segment: &'a Segment,
     pub header: &'a FrameHeader,
     /// Its lines, escaped, each LF-terminated.
     pub lines: &'a [u8],
 }
 
-/// The frames of `path` that overlap the selection, from their headers
-/// alone: (offset, header). Damage is reported through `damaged` and skipped
-/// to the next whole frame; a frame still being written at the end of the
-/// file ends the list. Counts the segment and its frames in `stats`.
-pub fn frames(
-    path: &Path,
-    sel: &Selection,
-    stats: &mut Stats,
-    damaged: &mut dyn FnMut(&Path, u64, String),
-) -> io::Result<Vec<(u64, FrameHeader)>> {
-    stats.segments += 1;
-    let mut r = SegmentReader::open(path)?;
-    let mut out = Vec::new();
-    loop {
-        match r.next_header()? {
-            Step::Frame { offset, header } => {
-                stats.frames += 1;
-                if sel.overlaps(&header) {
-                    out.push((offset, header));
+/// Bytes of frames whose headers a walk of a bucket segment reads before
+/// their data: both come from the same fetched chunks (a file is walked
+/// whole: its headers cost no transfer).
+const OBJECT_WINDOW: u64 = 4 << 20;
+
+/// The frames of one segment that overlap the selection, window by window:
+/// the headers of a window (no data read), then, through [`reader`](Walk::reader),
+/// the data of the frames chosen. Damage is reported through `damaged` and
+/// skipped to the next whole frame; a frame still being written at the end
+/// of the file ends the walk. An object in a bucket is walked only within
+/// the spans its index chose.
+pub struct Walk<'a> {
+    seg: &'a Segment,
+    r: SegmentReader,
+    spans: Vec<(u64, u64)>,
+    span: usize,
+    window: u64,
+    ended: bool,
+}
+
+impl<'a> Walk<'a> {
+    /// Counts the segment in `stats`.
+    pub fn open(seg: &'a Segment, stats: &mut Stats) -> io::Result<Walk<'a>> {
+        stats.segments += 1;
+        let r = seg.open()?;
+        let (spans, window) = match seg {
+            Segment::Object(o) => (o.spans().to_vec(), OBJECT_WINDOW),
+            Segment::File(_) => (vec![(0, r.len())], u64::MAX),
+        };
+        Ok(Walk { seg, r, spans, span: 0, window, ended: false })
+    }
+
+    pub fn reader(&mut self) -> &mut SegmentReader {
+        &mut self.r
+    }
+
+    pub fn segment(&self) -> &'a Segment {
+        self.seg
+    }
+
+    /// The frames of the next window that overlap the selection (possibly
+    /// none); `None` at the end. Counts frames in `stats`.
+    pub fn next_window(
+        &mut self,
+        sel: &Selection,
+        stats: &mut Stats,
+        damaged: &mut dyn FnMut(&Segment, u64, String),
+    ) -> io::Result<Option<Vec<(u64, FrameHeader)>>> {
+        let r = &mut self.r;
+        loop {
+            if self.ended {
+                return Ok(None);
+            }
+            let Some(&(start, end)) = self.spans.get(self.span) else { return Ok(None) };
+            if r.offset() < start {
+                r.seek(start);
+            }
+            if r.offset() >= end {
+                self.span += 1;
+                continue;
+            }
+            let limit = r.offset().saturating_add(self.window).min(end);
+            let mut out = Vec::new();
+            while r.offset() < limit {
+                match r.next_header()? {
+                    Step::Frame { offset, header } => {
+                        stats.frames += 1;
+                        if sel.overlaps(&header) {
+                            out.push((offset, header));
+                        }
+                    }
+                    Step::Bad { offset, error } => match r.next_valid_frame_after(offset)? {
+                        Some(next) => {
+                            stats.damaged += 1;
+                            damaged(self.seg, offset, error.to_string());
+                            r.seek(next);
+                        }
+                        // A frame being written, or a torn tail: the end for now.
+                        None => {
+                            self.ended = true;
+                            break;
+                        }
+                    },
+                    Step::End => {
+                        self.ended = true;
+                        break;
+                    }
                 }
             }
-            Step::Bad { offset, error } => match r.next_valid_frame_after(offset)? {
-                Some(next) => {
-                    stats.damaged += 1;
-                    damaged(path, offset, error.to_string());
-                    r.seek(next);
-                }
-                // A frame being written, or a torn tail: the end for now.
-                None => return Ok(out),
-            },
-            Step::End => return Ok(out),
+            return Ok(Some(out));
         }
     }
+}
+
+/// Every frame of `seg` that overlaps the selection, from headers alone:
+/// (offset, header).
+pub fn frames(
+    seg: &Segment,
+    sel: &Selection,
+    stats: &mut Stats,
+    damaged: &mut dyn FnMut(&Segment, u64, String),
+) -> io::Result<Vec<(u64, FrameHeader)>> {
+    let mut w = Walk::open(seg, stats)?;
+    let mut out = Vec::new();
+    while let Some(list) = w.next_window(sel, stats, damaged)? {
+        out.extend(list);
+    }
+    Ok(out)
 }
 
 /// Read, check and decompress the frame at `offset` into `raw`; counts it
@@ -199,30 +425,31 @@ pub fn decompress(
     Ok(checked)
 }
 
-/// Walk the frames of `path` that overlap the selection, decompressing only
+/// Walk the frames of `seg` that overlap the selection, decompressing only
 /// those, and hand each to `f`; `f` returns false to stop everything (the
 /// reader of the output went away). Returns whether to go on.
 pub fn walk_segment(
-    path: &Path,
+    seg: &Segment,
     sel: &Selection,
     stats: &mut Stats,
     dec: &mut zstd::bulk::Decompressor<'static>,
     raw: &mut Vec<u8>,
-    damaged: &mut dyn FnMut(&Path, u64, String),
+    damaged: &mut dyn FnMut(&Segment, u64, String),
     f: &mut dyn FnMut(Frame<'_>) -> bool,
 ) -> io::Result<bool> {
-    let list = frames(path, sel, stats, damaged)?;
-    let mut r = SegmentReader::open(path)?;
-    for (offset, header) in &list {
-        match decompress(&mut r, *offset, header, dec, raw, stats)? {
-            Ok(()) => {}
-            Err(e) => {
-                damaged(path, *offset, e);
-                continue;
+    let mut w = Walk::open(seg, stats)?;
+    while let Some(list) = w.next_window(sel, stats, damaged)? {
+        for (offset, header) in &list {
+            match decompress(w.reader(), *offset, header, dec, raw, stats)? {
+                Ok(()) => {}
+                Err(e) => {
+                    damaged(seg, *offset, e);
+                    continue;
+                }
             }
-        }
-        if !f(Frame { path, header, lines: raw }) {
-            return Ok(false);
+            if !f(Frame { segment: seg, header, lines: raw }) {
+                return Ok(false);
+            }
         }
     }
     Ok(true)

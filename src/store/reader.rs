@@ -1,5 +1,6 @@
 //! Reading segments frame by frame, from headers alone. Recovery, `ferry
-//! verify` and (later) the uplink all walk files through this one reader.
+//! verify`, `cat`/`grep`/`audit` walk segments through this one reader,
+//! whether the bytes come from a file or, by ranged GETs, from a bucket.
 
 use std::fs::File;
 use std::io;
@@ -21,9 +22,21 @@ pub enum Step {
     Bad { offset: u64, error: FrameError },
 }
 
-/// Walks the frames of one segment file with positional reads.
+/// Positional reads of a segment's bytes: a file, or an object in a
+/// bucket (`query::bucket`).
+pub trait ReadAt: Send {
+    fn read_exact_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+}
+
+impl ReadAt for File {
+    fn read_exact_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        FileExt::read_exact_at(self, buf, offset)
+    }
+}
+
+/// Walks the frames of one segment with positional reads.
 pub struct SegmentReader {
-    file: File,
+    file: Box<dyn ReadAt>,
     len: u64,
     offset: u64,
     head: Vec<u8>,
@@ -34,7 +47,12 @@ impl SegmentReader {
     pub fn open(path: &Path) -> io::Result<SegmentReader> {
         let file = File::open(path)?;
         let len = file.metadata()?.len();
-        Ok(SegmentReader { file, len, offset: 0, head: Vec::new(), data: Vec::new() })
+        Ok(SegmentReader::new(Box::new(file), len))
+    }
+
+    /// A reader of `len` bytes from `source`.
+    pub fn new(source: Box<dyn ReadAt>, len: u64) -> SegmentReader {
+        SegmentReader { file: source, len, offset: 0, head: Vec::new(), data: Vec::new() }
     }
 
     /// File length when opened.
