@@ -109,6 +109,156 @@ print(wall, ru.ru_utime + ru.ru_stime)
         bcpu / gib
     );
     println!("ferry / boto3 throughput: {:.2}x", bsecs / secs);
+
+    if env("FERRY_BENCH_RANGE_MIB", 256) > 0 {
+        range_read(&ferry, work.path(), &weed, &seed, env("FERRY_BENCH_RANGE_MIB", 256));
+    }
+}
+
+/// `ferry cat s3://… --from/--to` of a 5-minute window in the middle of a
+/// 1-hour segment of `mib` MiB (receive times spread evenly over the hour,
+/// as a steady site writes them): bytes fetched and wall time, against
+/// downloading the object whole (boto3, in-process, to /dev/null).
+fn range_read(ferry: &Path, work: &Path, weed: &seaweed::Weed, seed: &Path, mib: u64) {
+    use ferry::store::reader::{SegmentReader, Step};
+    let mut frames = Vec::new();
+    let mut r = SegmentReader::open(seed).unwrap();
+    while let Step::Frame { header, .. } = r.next_frame().unwrap() {
+        frames.push((header, r.data().to_vec()));
+    }
+    let t0: i64 = 1_764_583_200_000; // 2025-12-01T10:00Z
+    let hour = 3_600_000i64;
+    let total = mib << 20;
+    let (mut body, mut seq) = (Vec::with_capacity(total as usize + (1 << 20)), 0u64);
+    let mut window_bytes = 0u64;
+    let (from, to) = (t0 + hour / 2, t0 + hour / 2 + 300_000);
+    for (h, data) in frames.iter().cycle() {
+        if body.len() as u64 >= total {
+            break;
+        }
+        let mut h = h.clone();
+        let at = t0 + (body.len() as u128 * hour as u128 / total as u128) as i64;
+        (h.first_seq, h.first_ms, h.last_ms) = (seq, at, at + 99);
+        seq += u64::from(h.records);
+        let before = body.len();
+        h.encode_into(&mut body);
+        body.extend_from_slice(data);
+        if h.last_ms >= from && h.first_ms < to {
+            window_bytes += (body.len() - before) as u64;
+        }
+    }
+    let sha: String = sha2::Sha256::digest(&body).iter().map(|b| format!("{b:02x}")).collect();
+    let data = work.join("range-data");
+    let rel = "sg1/live/2025-12-01/live-2025-12-01T10-relay-1-00000000.log.zst";
+    let path = data.join("archive").join(rel);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, &body).unwrap();
+    let seal = data.join("state/seals").join(format!("{rel}.seal"));
+    std::fs::create_dir_all(seal.parent().unwrap()).unwrap();
+    std::fs::write(
+        &seal,
+        format!(
+            "len={}\nsha256={sha}\nframes=0\nrecords={seq}\nfirst_seq=0\nnext_seq={seq}\nsealed_ms={}\n",
+            body.len(),
+            t0 + hour
+        ),
+    )
+    .unwrap();
+    let admin = free_port();
+    let cfg = work.join("range.toml");
+    let section = weed.ferry_section(work, "s3", "prefix = \"range\"");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[node]\nsite = \"sg1\"\nname = \"relay-1\"\ndata_dir = \"{}\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
+             [[stream]]\nname = \"live\"\n[[listener]]\nname = \"tcp\"\nkind = \"syslog\"\ntransport = \"tcp\"\n\
+             listen = \"127.0.0.1:{}\"\nstream = \"live\"\n{section}",
+            data.display(),
+            free_port()
+        ),
+    )
+    .unwrap();
+    let mut node = Node::start(ferry, &cfg, &work.join("range.log"), admin);
+    let t = Instant::now();
+    while metric_value(
+        &http_get(admin, "/metrics").map(|(_, t)| t).unwrap_or_default(),
+        "ferry_bucket_segments_total",
+        &[("bucket", "s3")],
+    ) < 1.0
+    {
+        node.check_running("while uploading the range segment");
+        assert!(t.elapsed() < Duration::from_secs(600), "not uploaded:\n{}", node.tail());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    node.stop();
+    let fmt = |ms: i64| {
+        let s = ms / 1000 - t0 / 1000;
+        format!("2025-12-01T{:02}:{:02}:{:02}Z", 10 + s / 3600, s / 60 % 60, s % 60)
+    };
+    let url = format!("s3://{}/range", weed.bucket);
+    let idx = weed.get(&format!("range/{rel}.idx"));
+    let idx = String::from_utf8_lossy(&idx);
+    let avg = frames.iter().map(|(h, _)| h.frame_len()).sum::<u64>() / frames.len().max(1) as u64;
+    println!(
+        "range segment: {} frames of {} KiB on average, {} index blocks",
+        seq / frames.iter().map(|(h, _)| u64::from(h.records)).sum::<u64>().max(1) * frames.len() as u64,
+        avg >> 10,
+        idx.lines().count() - 1
+    );
+    if std::env::var("FERRY_BENCH_SHOW_INDEX").is_ok() {
+        println!("{idx}");
+    }
+    let mut times = Vec::new();
+    let mut fetched = 0u64;
+    let mut waited = Vec::new();
+    for _ in 0..3 {
+        let t = Instant::now();
+        let out = std::process::Command::new(ferry)
+            .args(["cat", &url, "--config"])
+            .arg(&cfg)
+            .args(["--raw", "--stats", "--from", &fmt(from), "--to", &fmt(to)])
+            .stdout(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        times.push(t.elapsed().as_secs_f64());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "ferry cat: {err}");
+        if std::env::var("FERRY_BENCH_SHOW_INDEX").is_ok() {
+            eprintln!("{err}");
+        }
+        let line = err.lines().find(|l| l.starts_with("fetched ")).expect("--stats prints what was fetched");
+        fetched = line["fetched ".len()..].split(' ').next().unwrap().parse().unwrap();
+        let w: f64 = line.rsplit_once('(').unwrap().1.split(' ').next().unwrap().parse().unwrap();
+        waited.push(w);
+    }
+    let script = format!(
+        r#"
+import time
+best = None
+for _ in range(3):
+    t = time.time()
+    s3.download_file(B, "range/{rel}", "/dev/null")
+    d = time.time() - t
+    best = d if best is None or d < best else best
+print(best)
+"#
+    );
+    let whole: f64 = weed.py(&script).expect("boto3 download").trim().parse().unwrap();
+    let best = times.iter().cloned().fold(f64::MAX, f64::min);
+    let wait = waited.iter().cloned().fold(f64::MAX, f64::min);
+    let len = body.len() as u64;
+    println!(
+        "range: 5 min of a 1 h {} MiB segment: fetched {:.1} MiB = {:.1}% of the object (the window's own frames are {:.1} MiB = {:.1}%), \
+         ferry cat {best:.3} s (best of 3, output to /dev/null; {wait:.3} s of it waiting for GETs) vs whole download {whole:.3} s \
+         (boto3, best of 3): {:.2}x in all, {:.2}x of the transfer",
+        len >> 20,
+        fetched as f64 / (1 << 20) as f64,
+        100.0 * fetched as f64 / len as f64,
+        window_bytes as f64 / (1 << 20) as f64,
+        100.0 * window_bytes as f64 / len as f64,
+        best / whole,
+        wait / whole
+    );
 }
 
 /// One real sealed segment of the e2e corpus (the largest the ingest made).

@@ -151,10 +151,12 @@ pub fn print_stats(stats: &Stats, archive: &Archive) {
     );
     if let Archive::Bucket(b) = archive {
         let f = b.fetched();
+        let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
         eprintln!(
-            "fetched {} bytes in {} requests",
-            f.bytes.load(std::sync::atomic::Ordering::Relaxed),
-            f.requests.load(std::sync::atomic::Ordering::Relaxed)
+            "fetched {} bytes in {} requests ({:.3} s waiting for segment bytes)",
+            get(&f.bytes),
+            get(&f.requests),
+            get(&f.waited_us) as f64 / 1e6
         );
     }
 }

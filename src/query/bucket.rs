@@ -36,8 +36,9 @@ use crate::store::segment::SEGMENT_SUFFIX;
 
 /// Largest single GET when reading an object front to back.
 const CHUNK: u64 = 8 << 20;
-/// Chunks a segment's readers keep (grep's workers read near each other).
-const CACHED: usize = 3;
+/// Chunks a segment's readers keep: a window of headers, the gaps its
+/// data reads fill, the next window (grep's workers read near each other).
+const CACHED: usize = 4;
 /// Seals and tombstones fetched at once by `texts`.
 const PARALLEL: usize = 16;
 
@@ -47,6 +48,8 @@ const PARALLEL: usize = 16;
 pub struct Fetched {
     pub bytes: AtomicU64,
     pub requests: AtomicU64,
+    /// Time spent waiting for segment bytes (ranged GETs), in microseconds.
+    pub waited_us: AtomicU64,
 }
 
 pub struct BucketArchive {
@@ -336,9 +339,11 @@ impl Object {
 
     fn fetch(&self, from: u64, to: u64) -> io::Result<Bytes> {
         let i = &self.inner;
+        let t = std::time::Instant::now();
         let b =
             i.rt.block_on(i.s3.get_range(&i.key, from..to))
                 .map_err(|e| io::Error::other(format!("{} bytes {from}..{to}: {e}", i.key)))?;
+        i.fetched.waited_us.fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
         i.fetched.requests.fetch_add(1, Ordering::Relaxed);
         i.fetched.bytes.fetch_add(b.len() as u64, Ordering::Relaxed);
         if b.len() as u64 != to - from {
@@ -369,7 +374,13 @@ impl ReadAt for Object {
                     // at least what was asked.
                     let span_end = i.spans.iter().find(|(a, b)| *a <= pos && pos < *b).map_or(pos, |s| s.1);
                     let want = offset + buf.len() as u64;
-                    let to = want.max(span_end.min(pos + CHUNK)).min(i.len);
+                    let mut to = want.max(span_end.min(pos + CHUNK)).min(i.len);
+                    // Only up to bytes already here: a header walk that
+                    // stepped over a frame's data leaves a gap that its
+                    // data read fills, without fetching the rest again.
+                    if let Some(next) = c.chunks.iter().map(|(s, _)| *s).filter(|s| *s > pos).min() {
+                        to = to.min(next);
+                    }
                     let bytes = self.fetch(pos, to)?;
                     if pos <= c.hashed && c.hashed < to {
                         let from = (c.hashed - pos) as usize;
