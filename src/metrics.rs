@@ -304,7 +304,7 @@ impl Metrics {
             mirror_errors: cv(
                 r,
                 "ferry_mirror_errors_total",
-                "Mirror appends and seals refused because the mirror's disk failed (trouble: disk_full, read_only, io_error)",
+                "Mirror appends and seals refused because the mirror's disk failed or the archive is full (trouble: disk_full, read_only, io_error, archive_full: over max_bytes with on_full = reject)",
                 &["trouble"],
             ),
             segments_open: gv(r, "ferry_segments_open", "Segments open for writing", &["stream"]),

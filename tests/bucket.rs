@@ -456,20 +456,23 @@ fn wrong_credentials_are_refused_named_and_retried_without_a_storm() {
     assert!(weed.keys("").keys().all(|k| !k.ends_with(".log.zst")), "uploaded with a wrong secret?");
 }
 
-/// `keep_local`: central keeps at most 6 MiB (`on_full = "reject"`) and
-/// 2 MiB of what the bucket holds. With the bucket up it takes 20+ MiB
-/// from the edges, deleting only uploaded copies; with the bucket down it
-/// deletes nothing that is not uploaded and says it is full; back up, it
-/// uploads and frees the space again.
+/// `keep_local` on a small real disk: central's data_dir is a 24 MiB tmpfs,
+/// `max_bytes` 6 MiB with `on_full = "reject"`. With the bucket up central
+/// keeps taking far more than its disk because uploaded copies are deleted;
+/// with the bucket down it refuses the edges' bytes (they keep them, the
+/// link says `no_space`) instead of deleting anything not uploaded, and
+/// never runs its disk out; back up, everything the edges sealed arrives.
 #[test]
-fn keep_local_deletes_only_what_the_bucket_confirmed() {
+fn keep_local_on_a_small_disk_deletes_only_what_the_bucket_confirmed() {
     let name = "bucket-keep-local";
     let dir = TestDir::new(name);
     let mut weed = Weed::start(&dir.path, "archive");
     let section = weed.ferry_section(&dir.path, "s3", "keep_local = \"2MiB\"\nbackoff_max = \"1s\"");
     let store = "commit_bytes = \"256KiB\"\nsegment_max_bytes = \"1MiB\"\n\n[store.retention]\nmax_bytes = \"6MiB\"\n\
                  on_full = \"reject\"\ncheck_interval = \"200ms\"";
-    let w = World::start(name, &section, store);
+    let w = World::start_with_disk(name, &section, store, Some("24m"));
+    let disk = w.central_disk.as_ref().unwrap().path.clone();
+    let free = || ferry::store::fs::Fs::real().space(&disk).unwrap().free_bytes;
     let deleted =
         |w: &World, reason: &str| w.central().metric("ferry_retention_deleted_segments_total", &[("reason", reason)]);
     let edges_delivered = |w: &World| {
@@ -480,7 +483,7 @@ fn keep_local_deletes_only_what_the_bucket_confirmed() {
         }
     };
     // 1. Bucket up: everything is taken, uploaded copies are deleted here.
-    w.send_padded(25_000, "up", 300);
+    w.send_padded(40_000, "up", 300);
     edges_delivered(&w);
     let c = w.central();
     c.wait_metric("ferry_bucket_lag_segments", &[("bucket", "s3")], Duration::from_secs(60), |v| v == 0.0);
@@ -491,7 +494,7 @@ fn keep_local_deletes_only_what_the_bucket_confirmed() {
         "bucket up: {received} bytes received, {uploaded} segments uploaded, {} deleted as offloaded",
         deleted(&w, "offloaded")
     );
-    assert!(received > (12 << 20) as f64, "central took twice its 6 MiB and more: {received} bytes");
+    assert!(received > (24 << 20) as f64, "central took more than its 24 MiB disk: {received} bytes");
     assert!(deleted(&w, "offloaded") >= 10.0, "uploaded copies deleted to make room");
     assert_eq!(c.metric("ferry_store_full", &[]), 0.0);
     // Every sealed segment still here is either in the bucket or the newest.
@@ -499,29 +502,47 @@ fn keep_local_deletes_only_what_the_bucket_confirmed() {
     let here = sealed_segments(&central_data(&w), &["edge1", "edge2"]);
     assert!(here.keys().all(|r| keys.contains_key(r)), "a sealed segment is here and not in the bucket");
 
-    // 2. Bucket down: nothing not uploaded is deleted; the store says it is full.
+    // 2. Bucket down: nothing not uploaded is deleted; central is full and
+    // refuses the edges' bytes, which they keep.
     weed.kill9();
     let offloaded_before = deleted(&w, "offloaded");
     w.send_padded(25_000, "down", 300);
-    edges_delivered(&w);
     let c = w.central();
-    c.wait_metric("ferry_store_full", &[], Duration::from_secs(30), |v| v == 1.0);
+    c.wait_metric("ferry_store_full", &[], Duration::from_secs(60), |v| v == 1.0);
+    c.wait_metric("ferry_mirror_errors_total", &[("trouble", "archive_full")], Duration::from_secs(60), |v| v > 0.0);
     std::thread::sleep(Duration::from_secs(2));
+    let kept_at_edges: f64 = w.edges.iter().map(|(e, ..)| e.metric("ferry_uplink_lag_bytes", &[])).sum();
+    assert!(kept_at_edges > (4 << 20) as f64, "the edges keep what central refused: {kept_at_edges} bytes");
     let here = sealed_segments(&central_data(&w), &["edge1", "edge2"]);
     let not_up: Vec<&String> = here.keys().filter(|r| !keys.contains_key(*r)).collect();
-    assert!(not_up.len() >= 10, "segments sealed while the bucket was down are kept: {}", not_up.len());
+    eprintln!(
+        "bucket down: {} segments kept here not uploaded, {kept_at_edges} bytes kept at the edges, {} bytes free",
+        not_up.len(),
+        free()
+    );
+    assert!(not_up.len() >= 2, "segments sealed while the bucket was down are kept: {}", not_up.len());
     assert!(deleted(&w, "offloaded") - offloaded_before <= 2.0, "only copies uploaded before the outage may go");
     assert_eq!(deleted(&w, "undelivered"), 0.0, "a segment not in the bucket was deleted");
     assert!(!central_data(&w).join("state/gone").exists(), "tombstones: something was deleted undelivered");
+    assert_eq!(c.metric("ferry_mirror_errors_total", &[("trouble", "disk_full")]), 0.0, "the disk itself ran out");
+    assert!(free() > 8 << 20, "central's disk kept room: {} bytes free", free());
 
-    // 3. Back up: uploaded, freed again.
+    // 3. Back up: uploaded, freed, and the edges' backlog taken.
     weed.boot();
+    edges_delivered(&w);
     let c = w.central();
     c.wait_metric("ferry_bucket_lag_segments", &[("bucket", "s3")], Duration::from_secs(90), |v| v == 0.0);
     c.wait_metric("ferry_store_full", &[], Duration::from_secs(30), |v| v == 0.0);
     c.wait_metric("ferry_archive_bytes", &[], Duration::from_secs(30), |v| v <= (6 << 20) as f64);
     let keys = weed.keys("");
     assert!(not_up.iter().all(|r| keys.contains_key(*r)), "every segment kept during the outage is uploaded");
+    let mut origin = BTreeMap::new();
+    for (i, (_, edir, ..)) in w.edges.iter().enumerate() {
+        origin.extend(sealed_segments(&edir.join("data"), &[&format!("edge{}", i + 1)]));
+    }
+    let missing: Vec<&String> = origin.keys().filter(|r| !keys.contains_key(*r)).collect();
+    assert!(missing.is_empty(), "sealed at an edge, not in the bucket: {missing:?}");
+    assert_eq!(c.metric("ferry_mirror_errors_total", &[("trouble", "disk_full")]), 0.0, "the disk itself ran out");
 }
 
 /// Two central nodes (c1, c2) mirror the same edge (one uplink to each)

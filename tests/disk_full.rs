@@ -15,54 +15,8 @@ use std::time::{Duration, Instant};
 
 use util::link::{assert_byte_identical, pair, wait_mirrored, Pki, Via};
 use util::rsyslog::Rsyslog;
+use util::tmpfs::Tmpfs;
 use util::*;
-
-/// A tmpfs mounted for one test, unmounted on drop (also when it fails).
-struct Tmpfs {
-    path: PathBuf,
-}
-
-impl Tmpfs {
-    fn mount(path: &Path, size: &str) -> Tmpfs {
-        std::fs::create_dir_all(path).unwrap();
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0755"), "tmpfs"])
-            .arg(path)
-            .output()
-            .expect("run mount");
-        assert!(
-            out.status.success(),
-            "cannot mount a {size} tmpfs at {} (the tests run as root in CI): {}",
-            path.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Tmpfs { path: path.to_owned() }
-    }
-
-    /// Take all but `leave` bytes of the free space with a filler file.
-    fn fill_leaving(&self, leave: u64) -> PathBuf {
-        let free = ferry::store::fs::Fs::real().space(&self.path).unwrap().free_bytes;
-        let filler = self.path.join("filler");
-        let f = std::fs::File::create(&filler).unwrap();
-        // Written, not sparse: tmpfs counts only pages that exist.
-        let mut left = free.saturating_sub(leave);
-        let chunk = vec![0x5au8; 1 << 20];
-        let mut w = std::io::BufWriter::new(f);
-        while left > 0 {
-            let n = left.min(chunk.len() as u64) as usize;
-            std::io::Write::write_all(&mut w, &chunk[..n]).unwrap();
-            left -= n as u64;
-        }
-        std::io::Write::flush(&mut w).unwrap();
-        filler
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
-    }
-}
 
 /// A line that barely compresses, so a few MB of them fill a small disk.
 fn noisy_line(tag: &str, i: usize) -> String {

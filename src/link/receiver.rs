@@ -280,6 +280,7 @@ pub fn append_reply(id: u32, r: &Result<u64, AppendError>) -> Msg {
         Err(AppendError::WrongOffset { expected, .. }) => Msg::WrongOffset { id, expected: *expected },
         Err(e @ AppendError::InvalidFrame { .. }) => Msg::Error { id, code: Code::InvalidFrame, reason: e.to_string() },
         Err(AppendError::Io(e)) => Msg::Error { id, code: Code::of_io(e), reason: e.to_string() },
+        Err(e @ AppendError::Full) => Msg::Error { id, code: Code::NoSpace, reason: e.to_string() },
         Err(e @ AppendError::Sealed) => Msg::Error { id, code: Code::Io, reason: e.to_string() },
     }
 }
@@ -359,6 +360,12 @@ async fn session(mut link: Link, ctx: Arc<ReceiverCtx>, sd: Shutdown) {
                         }
                     }
                     Err(AppendError::WrongOffset { .. }) => {}
+                    Err(e @ AppendError::Full) => {
+                        if ctx.warn_limit.may_warn() {
+                            warn!(listener = %ctx.cfg.name, %peer, %site, path = %rel.display(), code = "no_space", error = %e,
+                                "mirror append refused: the origin keeps it and offers it again");
+                        }
+                    }
                     Err(e) => {
                         warn!(listener = %ctx.cfg.name, %peer, path = %rel.display(), error = %e, "mirror append refused")
                     }

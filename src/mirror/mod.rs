@@ -20,6 +20,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tracing::{error, info, warn};
@@ -40,6 +41,12 @@ pub enum AppendError {
     Sealed,
     #[error("invalid frame at chunk offset {at}: {error}")]
     InvalidFrame { at: usize, error: FrameError },
+    /// The store is over `max_bytes` with `on_full = "reject"`: mirrored
+    /// bytes are refused like records (a `NO_SPACE` on the wire; the origin
+    /// keeps them), so the disk keeps room for state and for what
+    /// retention may not delete yet (e.g. segments a bucket has not taken).
+    #[error("the archive is over max_bytes and on_full = reject")]
+    Full,
     #[error("mirror write failed")]
     Io(#[from] io::Error),
 }
@@ -70,6 +77,8 @@ pub struct Mirror {
     metrics: Metrics,
     clock: Arc<dyn Clock>,
     entries: Mutex<HashMap<PathBuf, Arc<Mutex<Entry>>>>,
+    /// The store's "full" flag (retention sets it under `on_full = "reject"`).
+    full: Arc<AtomicBool>,
     /// Told of every append and seal: uplinks of a regional hop forward
     /// mirror segments as they grow.
     changes: Arc<Changes>,
@@ -105,8 +114,9 @@ impl Mirror {
         clock: Arc<dyn Clock>,
         metrics: Metrics,
         changes: Arc<Changes>,
+        full: Arc<AtomicBool>,
     ) -> Mirror {
-        Mirror { archive_dir, state_dir, fs, metrics, clock, entries: Mutex::new(HashMap::new()), changes }
+        Mirror { archive_dir, state_dir, fs, metrics, clock, entries: Mutex::new(HashMap::new()), full, changes }
     }
 
     fn stream_of(rel: &Path) -> String {
@@ -159,6 +169,10 @@ impl Mirror {
         }
         if offset != e.len {
             return Err(AppendError::WrongOffset { offset, expected: e.len });
+        }
+        if self.full.load(Ordering::Relaxed) {
+            self.metrics.mirror_errors.with_label_values(&["archive_full"]).inc();
+            return Err(AppendError::Full);
         }
         check_frames(frames).map_err(|(at, error)| AppendError::InvalidFrame { at, error })?;
         if let Err(err) = self.write(&mut e, frames) {

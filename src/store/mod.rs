@@ -402,6 +402,12 @@ impl Store {
     }
 
     /// Reload: new ages, sizes and interval, used from the next pass on.
+    /// True while the archive is over `max_bytes` with `on_full =
+    /// "reject"`; the mirror refuses appends on it as ingest does.
+    pub fn full_flag(&self) -> Arc<AtomicBool> {
+        self.full.clone()
+    }
+
     /// `on_full` is fixed at start (the writers act on it).
     pub fn set_retention(&self, r: crate::config::RetentionConfig) {
         debug_assert_eq!(r.on_full, self.cfg.retention.on_full);

@@ -18,6 +18,7 @@ pub mod proxy;
 pub mod rsyslog;
 pub mod seaweed;
 pub mod syslog_ng;
+pub mod tmpfs;
 pub mod world;
 
 pub const FERRY: &str = env!("CARGO_BIN_EXE_ferry");

@@ -21,6 +21,8 @@ pub struct World {
     pub central_dir: TestDir,
     pub central_ports: Ports,
     pub central_cfg: String,
+    /// Central's data_dir on a small real disk, if asked for.
+    pub central_disk: Option<super::tmpfs::Tmpfs>,
 }
 
 pub const STREAMS: [&str; 2] = ["live", "audit"];
@@ -28,6 +30,11 @@ pub const STREAMS: [&str; 2] = ["live", "audit"];
 impl World {
     /// `sink` is the `[[sink]]` table; `central_store` extra `[store]` keys.
     pub fn start(name: &str, sink: &str, central_store: &str) -> World {
+        World::start_with_disk(name, sink, central_store, None)
+    }
+
+    /// [`start`](Self::start) with central's data_dir on a tmpfs of `size` (e.g. "16m").
+    pub fn start_with_disk(name: &str, sink: &str, central_store: &str, size: Option<&str>) -> World {
         let pki_dir = TestDir::new(&format!("{name}-pki"));
         let pki = Pki::new(&pki_dir, "pki");
         let issue = |site: &str, node: &str, out: &str| {
@@ -42,6 +49,7 @@ impl World {
         };
         issue("edge2", "relay-2", "edge2");
         let central_dir = TestDir::new(&format!("{name}-central"));
+        let central_disk = size.map(|s| super::tmpfs::Tmpfs::mount(&central_dir.join("data"), s));
         let central_ports = Ports { tcp: free_port(), udp: free_port(), admin: free_port() };
         let (tls_port, quic_port) = (free_port(), free_port());
         let central_extra = format!(
@@ -89,6 +97,7 @@ impl World {
             edges,
             sent: [AtomicUsize::new(0), AtomicUsize::new(0)],
             central: Some(central),
+            central_disk,
         }
     }
 
