@@ -113,6 +113,92 @@ print(wall, ru.ru_utime + ru.ru_stime)
     if env("FERRY_BENCH_RANGE_MIB", 256) > 0 {
         range_read(&ferry, work.path(), &weed, &seed, env("FERRY_BENCH_RANGE_MIB", 256));
     }
+    let mut weed = weed;
+    if env("FERRY_BENCH_RSS_SECS", 60) > 0 {
+        rss_with_bucket_down(&ferry, work.path(), &mut weed, env("FERRY_BENCH_RSS_SECS", 60));
+    }
+}
+
+/// A node taking records as fast as a TCP sender gives them (the e2e
+/// corpus, over and over) while its bucket is up for `secs`, down (SIGKILL)
+/// for `secs`, then up again until it caught up: its resident set sampled
+/// every 250 ms in each phase. The backlog is on disk; memory must not
+/// follow it.
+fn rss_with_bucket_down(ferry: &Path, work: &Path, weed: &mut seaweed::Weed, secs: u64) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let data = work.join("rss-data");
+    let (admin, tcp) = (free_port(), free_port());
+    let cfg = work.join("rss.toml");
+    let section = weed.ferry_section(work, "s3", "prefix = \"rss\"\nkeep_local = \"256MiB\"");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[node]\nsite = \"sg1\"\nname = \"relay-1\"\ndata_dir = \"{}\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
+             [store]\nsegment_max_bytes = \"16MiB\"\n\
+             [[stream]]\nname = \"live\"\n[[listener]]\nname = \"tcp\"\nkind = \"syslog\"\ntransport = \"tcp\"\n\
+             listen = \"127.0.0.1:{tcp}\"\nstream = \"live\"\n{section}",
+            data.display(),
+        ),
+    )
+    .unwrap();
+    let mut node = Node::start(ferry, &cfg, &work.join("rss.log"), admin);
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let corpus = generate_corpus(200_000);
+    let sender = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            use std::io::Write as _;
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", tcp)).unwrap();
+            while !stop.load(Ordering::Relaxed) {
+                for chunk in corpus.chunks(1 << 20) {
+                    if s.write_all(chunk).is_err() {
+                        return;
+                    }
+                }
+            }
+        })
+    };
+    let metrics = || http_get(admin, "/metrics").map(|(_, t)| t).unwrap_or_default();
+    let records = || metric_value(&metrics(), "ferry_committed_records_total", &[]);
+    let phase = |node: &mut Node, name: &str, until: &dyn Fn(Duration) -> bool| {
+        let (t, r0) = (Instant::now(), records());
+        let (mut max, mut sum, mut n) = (0u64, 0u64, 0u64);
+        while !until(t.elapsed()) {
+            node.check_running(name);
+            let r = rss_kib(node.pid);
+            (max, sum, n) = (max.max(r), sum + r, n + 1);
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        let m = metrics();
+        println!(
+            "rss: {name:<26} {:>6.1} s  {:>9.0} records/s  RSS mean {:>4} MiB, max {:>4} MiB  bucket lag {} segments ({} MiB)",
+            t.elapsed().as_secs_f64(),
+            (records() - r0) / t.elapsed().as_secs_f64(),
+            (sum / n.max(1)) >> 10,
+            max >> 10,
+            metric_value(&m, "ferry_bucket_lag_segments", &[("bucket", "s3")]),
+            metric_value(&m, "ferry_bucket_lag_bytes", &[("bucket", "s3")]) as u64 >> 20,
+        );
+        max
+    };
+    let d = Duration::from_secs(secs);
+    let up = phase(&mut node, "bucket up", &|e| e >= d);
+    weed.kill9();
+    let down = phase(&mut node, "bucket down (SIGKILL)", &|e| e >= d);
+    weed.boot();
+    let lag = || metric_value(&metrics(), "ferry_bucket_lag_segments", &[("bucket", "s3")]);
+    let back =
+        phase(&mut node, "bucket back, catching up", &|e| e >= Duration::from_secs(5) && (lag() <= 1.0 || e >= 4 * d));
+    stop.store(true, Ordering::Relaxed);
+    let _ = sender.join();
+    node.stop();
+    println!(
+        "rss: max with the bucket down {} MiB vs up {} MiB ({:+} MiB), catching up {} MiB",
+        down >> 10,
+        up >> 10,
+        (down as i64 - up as i64) >> 10,
+        back >> 10
+    );
 }
 
 /// `ferry cat s3://… --from/--to` of a 5-minute window in the middle of a

@@ -835,11 +835,17 @@ fn live_scrapes_pass_promtool_and_hold_every_dashboard_metric() {
     let pki = Pki::new(&dir, "pki");
     let link_port = free_port();
     let p = pair("ops-scrape", &pki, Via::Tls, link_port, link_port, "", "max_rate = \"10Mbit/s\"");
-    // A sink whose broker is not there: its series exist all the same.
+    // A sink whose broker is not there and a bucket whose store is not
+    // there: their series exist all the same.
+    let cred = dir.join("bucket.credentials");
+    std::fs::write(&cred, "aws_access_key_id = k\naws_secret_access_key = s\n").unwrap();
     let central_cfg = format!(
-        "{}\n[[sink]]\nname = \"bus\"\nkind = \"rabbitmq\"\nurl = \"amqp://guest:guest@127.0.0.1:{}/%2f\"\n",
+        "{}\n[[sink]]\nname = \"bus\"\nkind = \"rabbitmq\"\nurl = \"amqp://guest:guest@127.0.0.1:{}/%2f\"\n\
+         \n[[bucket]]\nname = \"s3\"\nbucket = \"archive\"\nendpoint = \"http://127.0.0.1:{}\"\ncredentials_file = \"{}\"\n",
         p.central_cfg,
-        free_port()
+        free_port(),
+        free_port(),
+        cred.display()
     );
     let central = Node::start(&p.central_dir, &central_cfg, p.central_ports.admin);
     let edge = Node::start(&p.edge_dir, &p.edge_cfg, p.edge_ports.admin);
@@ -871,7 +877,9 @@ fn live_scrapes_pass_promtool_and_hold_every_dashboard_metric() {
         assert!(t.elapsed() < limit, "no lag gauges:\n{}", edge.metrics());
         std::thread::sleep(Duration::from_millis(100));
     }
-    while !central.metrics().contains("ferry_sink_lag_seconds{") {
+    while !central.metrics().contains("ferry_sink_lag_seconds{")
+        || !central.metrics().contains("ferry_bucket_lag_seconds{")
+    {
         assert!(t.elapsed() < limit, "no sink lag gauges:\n{}", central.metrics());
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -909,6 +917,8 @@ walk(json.load(open(sys.argv[1])))
         "ferry_uplink_max_rate_bytes{instance=~\\\"$instance\\\"} * 8",
         "ferry_archive_bytes",
         "histogram_quantile(0.99, sum by (instance, le) (rate(ferry_commit_duration_seconds_bucket",
+        "ferry_bucket_lag_seconds",
+        "increase(ferry_bucket_errors_total",
     ] {
         assert!(exprs.contains(want), "the dashboard has no query with {want}:\n{exprs}");
     }

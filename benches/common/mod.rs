@@ -147,6 +147,15 @@ pub fn hwm_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// Resident set of a process now, KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// Ingest the corpus into a single node's archive (stream `live`) and stop it.
 pub fn build_archive(ferry: &Path, work: &Path, corpus: &[u8], records: u64) -> PathBuf {
     let data = work.join("archive-node");

@@ -104,6 +104,23 @@ impl BucketError {
     }
 }
 
+/// Every `reason` label of `ferry_bucket_errors_total`.
+const REASONS: [&str; 13] = [
+    "setup",
+    "length_mismatch",
+    "read",
+    "state_write",
+    "auth",
+    "not_found",
+    "throttled",
+    "checksum",
+    "bad_response",
+    "timeout",
+    "server",
+    "connect",
+    "other",
+];
+
 /// The reason of an error object_store reports only in words: it keeps
 /// the HTTP status ("… status code: 503 Service Unavailable") and the
 /// store's error code (`SlowDown`, `BadDigest`) in its message. Statuses
@@ -159,6 +176,10 @@ impl Uploader {
         }
         for c in [&bm.segments, &bm.bytes, &bm.conflicts, &bm.already_there, &bm.aborted_uploads] {
             c.with_label_values(&[&name]);
+        }
+        // Every reason at 0 from the start, so `increase()` sees the first error.
+        for reason in REASONS {
+            bm.errors.with_label_values(&[&name, reason]);
         }
         let client = match Client::new(&self.cfg, &self.node, &self.metrics) {
             Ok(c) => c,
@@ -216,39 +237,52 @@ impl Uploader {
                     }
                     let tombs = if tombs_due { self.put_tombstones(&client, &tombs_done).await? } else { 0 };
                     tombs_due = false;
-                    let did = match queue.front() {
-                        Some(seg) => self.put_one(&client, seg, &uploads).await.map(|p| Some((seg.rel.clone(), p)))?,
-                        None => None,
-                    };
+                    // The oldest `segments_in_flight` at once: one's
+                    // checksum and requests overlap another's transfer.
+                    let batch = queue.iter().take(self.cfg.segments_in_flight);
+                    let did = futures_util::future::join_all(
+                        batch.map(|seg| async { (seg.rel.clone(), self.put_one(&client, seg, &uploads).await) }),
+                    )
+                    .await;
                     Ok::<_, BucketError>((tombs, did))
                 };
                 let result = tokio::select! {
                     r = step => r,
                     _ = stop.cancelled() => break,
                 };
+                // Successes count even when a segment beside them failed.
+                let result = result.and_then(|(tombs, did)| {
+                    let mut progressed = tombs > 0;
+                    let mut failed = None;
+                    for (rel, r) in did {
+                        match r {
+                            Ok(put) => {
+                                progressed = true;
+                                queue.retain(|s| s.rel != rel);
+                                if let Put::Conflict(why) = put {
+                                    bm.conflicts.with_label_values(&[&name]).inc();
+                                    error!(bucket = %name, path = %rel.display(), conflict = %why,
+                                        "the bucket holds other bytes under this segment's key: nothing overwritten, the local copy is kept");
+                                    conflicted.insert(rel);
+                                    bm.conflicted.with_label_values(&[&name]).set(conflicted.len() as i64);
+                                }
+                            }
+                            Err(e) => failed = failed.or(Some(e)),
+                        }
+                    }
+                    match failed {
+                        Some(e) => Err(e),
+                        None => Ok(progressed),
+                    }
+                });
                 match result {
-                    Ok((tombs, did)) => {
+                    Ok(progressed) => {
                         bm.up.with_label_values(&[&name]).set(1);
                         if last_error.take().is_some() {
                             info!(bucket = %name, "the bucket answers again");
                         }
                         backoff = self.cfg.backoff_min;
                         retry_at = None;
-                        let progressed = did.is_some() || tombs > 0;
-                        match did {
-                            Some((rel, Put::Conflict(why))) => {
-                                bm.conflicts.with_label_values(&[&name]).inc();
-                                error!(bucket = %name, path = %rel.display(), conflict = %why,
-                                    "the bucket holds other bytes under this segment's key: nothing overwritten, the local copy is kept");
-                                conflicted.insert(rel);
-                                bm.conflicted.with_label_values(&[&name]).set(conflicted.len() as i64);
-                                queue.pop_front();
-                            }
-                            Some(_) => {
-                                queue.pop_front();
-                            }
-                            None => {}
-                        }
                         if progressed {
                             continue;
                         }

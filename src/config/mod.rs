@@ -63,6 +63,9 @@ pub struct BucketConfig {
     pub part_size: u64,
     /// Parts in flight at once.
     pub concurrency: usize,
+    /// Segments uploaded at once (each reads its body or its parts into
+    /// memory: at most this × `multipart_above`, or × `concurrency` parts).
+    pub segments_in_flight: usize,
     /// Bytes per second of segment data sent, at most.
     pub max_rate: Option<f64>,
     pub backoff_min: Duration,

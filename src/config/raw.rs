@@ -44,6 +44,7 @@ pub struct RawBucket {
     pub part_size: Option<Spanned<ByteSize>>,
     pub multipart_above: Option<Spanned<ByteSize>>,
     pub concurrency: Option<Spanned<i64>>,
+    pub segments_in_flight: Option<Spanned<i64>>,
     pub max_rate: Option<Spanned<Rate>>,
     pub backoff_min: Option<Spanned<HumanDuration>>,
     pub backoff_max: Option<Spanned<HumanDuration>>,

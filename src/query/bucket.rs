@@ -277,6 +277,7 @@ fn from_env(bucket: &str) -> BucketConfig {
         multipart_above: u64::MAX,
         part_size: 8 << 20,
         concurrency: 1,
+        segments_in_flight: 1,
         max_rate: None,
         backoff_min: Duration::from_millis(200),
         backoff_max: Duration::from_secs(2),

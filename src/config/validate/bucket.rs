@@ -86,6 +86,15 @@ pub(super) fn validate_bucket(cx: &mut Ctx<'_>, i: usize, b: &RawBucket) -> Opti
         }
         None => 4,
     };
+    let segments_in_flight = match &b.segments_in_flight {
+        Some(v) => {
+            if !(1..=16).contains(v.get_ref()) {
+                cx.at(&key("segments_in_flight"), v, "must be between 1 and 16 segments uploaded at once");
+            }
+            *v.get_ref() as usize
+        }
+        None => 2,
+    };
     let max_rate = b.max_rate.as_ref().map(|r| {
         if r.get_ref().bytes_per_sec < 1024.0 {
             cx.at(&key("max_rate"), r, "must be at least 1KiB/s");
@@ -137,6 +146,7 @@ pub(super) fn validate_bucket(cx: &mut Ctx<'_>, i: usize, b: &RawBucket) -> Opti
         multipart_above,
         part_size,
         concurrency,
+        segments_in_flight,
         max_rate,
         backoff_min,
         backoff_max,
