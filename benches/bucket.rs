@@ -59,9 +59,11 @@ fn main() {
         ),
     )
     .unwrap();
+    let weed_cpu = || weed.pid().map_or(0.0, cpu_secs);
     let mut node = Node::start(&ferry, &cfg, &work.path().join("bucket.log"), admin);
     let t = Instant::now();
     let cpu0 = cpu_secs(node.pid);
+    let wcpu0 = weed_cpu();
     loop {
         let m = http_get(admin, "/metrics").map(|(_, t)| t).unwrap_or_default();
         if metric_value(&m, "ferry_bucket_segments_total", &[("bucket", "s3")]) >= files.len() as f64 {
@@ -73,10 +75,11 @@ fn main() {
     }
     let secs = t.elapsed().as_secs_f64();
     let cpu = cpu_secs(node.pid) - cpu0;
+    let wcpu = weed_cpu() - wcpu0;
     let rss = hwm_kib(node.pid);
     node.stop();
     println!(
-        "ferry:  {:>8.1} MiB/s  {secs:>7.2} s  CPU {cpu:>6.2} s ({:.2} CPU s per GiB)  peak RSS {} MiB",
+        "ferry:  {:>8.1} MiB/s  {secs:>7.2} s  CPU {cpu:>6.2} s ({:.2} CPU s per GiB)  peak RSS {} MiB  SeaweedFS CPU {wcpu:.2} s",
         bytes as f64 / (1 << 20) as f64 / secs,
         cpu / gib,
         rss >> 10
@@ -100,11 +103,13 @@ print(wall, ru.ru_utime + ru.ru_stime)
 "#,
         list = list.display().to_string()
     );
+    let wcpu0 = weed_cpu();
     let out = weed.py(&script).expect("boto3 upload");
+    let wcpu = weed_cpu() - wcpu0;
     let v: Vec<f64> = out.split_whitespace().map(|x| x.parse().unwrap()).collect();
     let (bsecs, bcpu) = (v[0], v[1]);
     println!(
-        "boto3:  {:>8.1} MiB/s  {bsecs:>7.2} s  CPU {bcpu:>6.2} s ({:.2} CPU s per GiB, interpreter start included)",
+        "boto3:  {:>8.1} MiB/s  {bsecs:>7.2} s  CPU {bcpu:>6.2} s ({:.2} CPU s per GiB, interpreter start included)  SeaweedFS CPU {wcpu:.2} s",
         bytes as f64 / (1 << 20) as f64 / bsecs,
         bcpu / gib
     );

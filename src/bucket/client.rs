@@ -102,6 +102,10 @@ pub fn connect(cfg: &BucketConfig) -> Result<AmazonS3, BucketError> {
         .with_region(&cfg.region)
         .with_virtual_hosted_style_request(!cfg.path_style)
         .with_checksum_algorithm(Checksum::SHA256)
+        // The body is covered by its SHA-256 checksum header, which is
+        // signed; signing the payload too made the store hash every byte a
+        // second time (SeaweedFS: 26 -> 22 CPU s per GiB, benches/README).
+        .with_unsigned_payload(true)
         .with_copy_if_not_exists(S3CopyIfNotExists::Multipart)
         // Retried here, with the backoff and counting of the uploader:
         // object_store's own retries only for a lost connection.

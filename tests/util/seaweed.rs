@@ -117,6 +117,11 @@ impl Weed {
         t.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
     }
 
+    /// The server's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     /// SIGKILL, and wait until it is gone.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
