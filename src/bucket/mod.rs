@@ -26,9 +26,10 @@ use crate::metrics::Metrics;
 use crate::store::changes::Changes;
 use crate::store::clock::Clock;
 use crate::store::delivered::Delivered;
+use crate::store::follow;
 use crate::store::fs::Fs;
 use crate::store::recover::list_repaired;
-use crate::store::segment::{list_tombstones, OnDisk, SegmentName};
+use crate::store::segment::{list_tombstones, OnDisk};
 use client::{Client, Put};
 use uploads::Uploads;
 
@@ -324,12 +325,7 @@ impl Uploader {
         let (now, m, cfg) = (self.clock.now_ms(), self.metrics.clone(), self.cfg.clone());
         let skip_c: HashSet<PathBuf> = conflicted.clone();
         let found = tokio::task::spawn_blocking(move || {
-            let sel = |rel: &Path| {
-                SegmentName::parse_rel(rel).is_some_and(|n| {
-                    (cfg.sites.is_empty() || cfg.sites.contains(&n.site))
-                        && (cfg.streams.is_empty() || cfg.streams.contains(&n.stream))
-                })
-            };
+            let sel = |rel: &Path| follow::selects(&cfg.sites, &cfg.streams, rel);
             list_repaired(&fs, &a, &st, |r| d.contains(r) || !sel(r) || skip_c.contains(r), now, &m)
         })
         .await

@@ -41,6 +41,7 @@ use crate::metrics::Metrics;
 use crate::store::changes::Changes;
 use crate::store::clock::Clock;
 use crate::store::delivered::Delivered;
+use crate::store::follow::{self, Following};
 use crate::store::frame::{FrameHeader, MAX_HEADER_LEN};
 use crate::store::fs::Fs;
 use crate::store::recover::list_repaired;
@@ -145,6 +146,22 @@ struct Seg {
     retry_at: Option<Instant>,
 }
 
+impl follow::Followed for Seg {
+    fn local(&mut self) -> &mut Local {
+        &mut self.local
+    }
+    fn stalled_at(&mut self) -> &mut Option<u64> {
+        &mut self.stalled_at
+    }
+}
+
+/// The one `Origin` of a site/stream/node, shared by its segments.
+fn intern(map: &mut HashMap<(String, String, String), Arc<Origin>>, n: &SegmentName) -> Arc<Origin> {
+    map.entry((n.site.clone(), n.stream.clone(), n.node.clone()))
+        .or_insert_with(|| Arc::new(Origin::new(&n.site, &n.stream, &n.node)))
+        .clone()
+}
+
 impl Seg {
     fn fully_read(&self) -> bool {
         self.local.seal.as_ref().is_some_and(|s| self.read.offset >= s.len)
@@ -232,7 +249,7 @@ const READ_RETRY: Duration = Duration::from_secs(5);
 struct Run<'a> {
     sink: &'a Sink,
     tx: mpsc::UnboundedSender<Ack>,
-    segs: BTreeMap<PathBuf, Seg>,
+    segs: Following<Seg>,
     /// Undelivered segments per origin, oldest first.
     origins: Vec<(Arc<Origin>, Vec<PathBuf>)>,
     interned: HashMap<(String, String, String), Arc<Origin>>,
@@ -259,9 +276,6 @@ struct Run<'a> {
     /// Why the last session ended or the last connect failed (said with a stall).
     last_failure: String,
     seen_streams: HashSet<(String, String)>,
-    /// Paths being written that the last listing did not select (other
-    /// sites or streams, delivered): their growth asks for no listing.
-    unlisted: HashSet<PathBuf>,
 }
 
 impl Sink {
@@ -297,7 +311,7 @@ impl Sink {
         let mut run = Run {
             sink: &self,
             tx,
-            segs: BTreeMap::new(),
+            segs: Following::default(),
             origins: Vec::new(),
             interned: HashMap::new(),
             saved,
@@ -318,7 +332,6 @@ impl Sink {
             missing_topics: HashSet::new(),
             last_failure: String::new(),
             seen_streams: HashSet::new(),
-            unlisted: HashSet::new(),
         };
         let mut bus: Option<Bus> = None;
         let mut backoff = self.cfg.backoff_min;
@@ -630,30 +643,14 @@ impl Run<'_> {
     /// Segments being written grew. Returns true when one of them, of this
     /// sink's sites and streams, is not known yet: list again.
     fn grown(&mut self, lens: &HashMap<PathBuf, u64>) -> bool {
-        let mut unknown = false;
-        for (rel, &len) in lens {
-            match self.segs.get_mut(rel) {
-                Some(s) if len > s.local.len && s.local.seal.is_none() => {
-                    s.local.len = len;
-                    s.stalled_at = None;
-                }
-                Some(_) => {}
-                None => unknown |= !self.unlisted.contains(rel),
-            }
-        }
-        unknown
+        self.segs.grown(lens).1
     }
 
     async fn scan(&mut self, lens: &HashMap<PathBuf, u64>) {
         let s = self.sink;
         let (fs, a, st, d) = (s.fs.clone(), s.archive_dir.clone(), s.state_dir.clone(), s.delivered.clone());
         let (now, m, cfg) = (s.clock.now_ms(), s.metrics.clone(), s.cfg.clone());
-        let sel = move |rel: &Path| {
-            SegmentName::parse_rel(rel).is_some_and(|n| {
-                (cfg.sites.is_empty() || cfg.sites.contains(&n.site))
-                    && (cfg.streams.is_empty() || cfg.streams.contains(&n.stream))
-            })
-        };
+        let sel = move |rel: &Path| follow::selects(&cfg.sites, &cfg.streams, rel);
         let found =
             tokio::task::spawn_blocking(move || list_repaired(&fs, &a, &st, |r| d.contains(r) || !sel(r), now, &m))
                 .await
@@ -665,68 +662,34 @@ impl Run<'_> {
                 return;
             }
         };
-        let present: HashSet<&PathBuf> = found.iter().map(|l| &l.rel).collect();
-        let gone: Vec<PathBuf> = self.segs.keys().filter(|r| !present.contains(r)).cloned().collect();
-        for rel in gone {
-            // Deleted under the sink (retention with on_full = "drop_oldest").
-            if let Some(s) = self.segs.remove(&rel) {
-                for f in s.flights {
-                    self.tokens.remove(&f.token);
-                    self.in_flight_records -= f.batch.len();
-                    self.in_flight_bytes -= f.batch.bytes();
-                }
-                if s.local.seal.as_ref().is_none_or(|x| s.acked.offset < x.len) {
-                    self.sink.metrics.sink_errors.with_label_values(&[self.name(), "deleted_undelivered"]).inc();
-                    warn!(sink = %self.name(), path = %rel.display(), "segment deleted before the sink delivered it");
-                }
-                self.dirty = true;
-            }
-        }
         let mut origins: BTreeMap<Arc<Origin>, Vec<PathBuf>> = BTreeMap::new();
-        let mut to_check = Vec::new();
-        for l in found {
-            let key = (l.name.site.clone(), l.name.stream.clone(), l.name.node.clone());
-            let origin = self
-                .interned
-                .entry(key)
-                .or_insert_with(|| Arc::new(Origin::new(&l.name.site, &l.name.stream, &l.name.node)))
-                .clone();
-            origins.entry(origin.clone()).or_default().push(l.rel.clone());
-            match self.segs.get_mut(&l.rel) {
-                Some(s) => {
-                    if s.stalled_at.is_some_and(|at| at != l.len) {
-                        s.stalled_at = None;
-                    }
-                    let newly_sealed = s.local.seal.is_none() && l.seal.is_some();
-                    s.local = l;
-                    if newly_sealed {
-                        to_check.push(s.local.rel.clone());
-                    }
-                }
-                None => {
-                    let pos = self.saved.remove(&l.rel).unwrap_or_default();
-                    to_check.push(l.rel.clone());
-                    self.segs.insert(
-                        l.rel.clone(),
-                        Seg {
-                            local: l,
-                            origin,
-                            acked: pos,
-                            read: pos,
-                            flights: VecDeque::new(),
-                            stalled_at: None,
-                            retry_at: None,
-                        },
-                    );
-                }
+        for l in &found {
+            origins.entry(intern(&mut self.interned, &l.name)).or_default().push(l.rel.clone());
+        }
+        let (interned, saved) = (&mut self.interned, &mut self.saved);
+        let merged = self.segs.merge(found, lens, |l| {
+            let origin = intern(interned, &l.name);
+            let pos = saved.remove(&l.rel).unwrap_or_default();
+            Seg { local: l, origin, acked: pos, read: pos, flights: VecDeque::new(), stalled_at: None, retry_at: None }
+        });
+        for (rel, s) in merged.removed {
+            // Deleted under the sink (retention with on_full = "drop_oldest").
+            for f in s.flights {
+                self.tokens.remove(&f.token);
+                self.in_flight_records -= f.batch.len();
+                self.in_flight_bytes -= f.batch.bytes();
             }
+            if s.local.seal.as_ref().is_none_or(|x| s.acked.offset < x.len) {
+                self.sink.metrics.sink_errors.with_label_values(&[self.name(), "deleted_undelivered"]).inc();
+                warn!(sink = %self.name(), path = %rel.display(), "segment deleted before the sink delivered it");
+            }
+            self.dirty = true;
         }
         self.origins = origins.into_iter().collect();
-        for rel in to_check {
+        for rel in merged.added.into_iter().chain(merged.sealed) {
             self.check_done(&rel);
         }
-        self.unlisted = lens.keys().filter(|r| !self.segs.contains_key(*r)).cloned().collect();
-        self.grown(lens);
+        self.segs.grown(lens);
     }
 
     /// The segment to read next: origins in turn; within one, its oldest

@@ -22,6 +22,7 @@ pub mod clock;
 mod commit;
 pub mod delivered;
 pub mod escape;
+pub mod follow;
 pub mod frame;
 pub mod fs;
 pub mod reader;

@@ -35,6 +35,7 @@ use tracing::{error, info, warn};
 use super::scan::Local;
 use crate::link::proto::{Code, Msg, Tombstone, MIN_VERSION};
 use crate::metrics::Metrics;
+use crate::store::follow::{self, Following};
 use crate::store::segment::SealRecord;
 
 /// First wait before offering a segment again that the receiver could not write.
@@ -129,6 +130,15 @@ struct Seg {
     retry: Option<(Instant, Duration, Code)>,
 }
 
+impl follow::Followed for Seg {
+    fn local(&mut self) -> &mut Local {
+        &mut self.local
+    }
+    fn stalled_at(&mut self) -> &mut Option<u64> {
+        &mut self.stalled_at
+    }
+}
+
 impl Seg {
     fn new(local: Local, id: u32) -> Seg {
         Seg {
@@ -165,14 +175,11 @@ pub struct Session {
     /// The receiver's state epoch from WELCOME (0 in version 1).
     epoch: u64,
     listed: bool,
-    segs: BTreeMap<PathBuf, Seg>,
+    segs: Following<Seg>,
     by_id: HashMap<u32, PathBuf>,
     gone: BTreeMap<PathBuf, Gone>,
     gone_by_id: HashMap<u32, PathBuf>,
     next_id: u32,
-    /// Paths that were being written but not listed at the last listing
-    /// (not ours to send): their growth does not ask for another listing.
-    unlisted: HashSet<PathBuf>,
     live_sent: u64,
     backlog_sent: u64,
     /// A read handed out and not yet done.
@@ -200,12 +207,11 @@ impl Session {
             version: 0,
             epoch: 0,
             listed: false,
-            segs: BTreeMap::new(),
+            segs: Following::default(),
             by_id: HashMap::new(),
             gone: BTreeMap::new(),
             gone_by_id: HashMap::new(),
             next_id: 1,
-            unlisted: HashSet::new(),
             live_sent: 0,
             backlog_sent: 0,
             reading: None,
@@ -373,39 +379,24 @@ impl Session {
     pub fn archive(&mut self, found: Vec<Local>, lens: &HashMap<PathBuf, u64>) {
         self.listed = true;
         self.lag_dirty = true;
-        let present: HashSet<&PathBuf> = found.iter().map(|l| &l.rel).collect();
-        self.segs.retain(|rel, _| present.contains(rel));
-        let mut newest: HashMap<(&str, &str), &PathBuf> = HashMap::new();
-        for l in &found {
-            if l.seal.is_none() {
-                newest.insert((&l.name.site, &l.name.stream), &l.rel);
-            }
-        }
-        let live: HashSet<PathBuf> = newest.into_values().cloned().collect();
-        for l in found {
-            match self.segs.get_mut(&l.rel) {
-                Some(s) => {
-                    if s.stalled_at.is_some_and(|at| at != l.len) {
-                        s.stalled_at = None;
-                    }
-                    // A listing may race a commit: never shrink what growth told.
-                    let len = s.local.len.max(l.len);
-                    s.local = l;
-                    s.local.len = len;
-                }
-                None => {
-                    let id = self.next_id;
-                    self.next_id += 1;
-                    self.by_id.insert(id, l.rel.clone());
-                    self.segs.insert(l.rel.clone(), Seg::new(l, id));
-                }
-            }
+        let live = follow::newest_open(&found);
+        let (next_id, by_id) = (&mut self.next_id, &mut self.by_id);
+        let merged = self.segs.merge(found, lens, |l| {
+            let id = *next_id;
+            *next_id += 1;
+            by_id.insert(id, l.rel.clone());
+            Seg::new(l, id)
+        });
+        for (_, s) in merged.removed {
+            self.by_id.remove(&s.id);
         }
         for (rel, s) in self.segs.iter_mut() {
             s.live = live.contains(rel);
         }
-        self.unlisted = lens.keys().filter(|r| !self.segs.contains_key(*r)).cloned().collect();
-        self.grown(lens);
+        for rel in self.segs.grown(lens).0 {
+            self.lag_dirty = true;
+            self.maybe_rotate(&rel);
+        }
     }
 
     /// Tombstones of segments deleted undelivered (as listed now).
@@ -431,18 +422,10 @@ impl Session {
     /// Segments being written grew. Returns true when one of them is not
     /// known to this session (created since the last listing): list again.
     pub fn grown(&mut self, lens: &HashMap<PathBuf, u64>) -> bool {
-        let mut unknown = false;
-        for (rel, &len) in lens {
-            match self.segs.get_mut(rel) {
-                Some(s) if len > s.local.len && s.local.seal.is_none() => {
-                    s.local.len = len;
-                    s.stalled_at = None;
-                    self.lag_dirty = true;
-                    self.maybe_rotate(rel);
-                }
-                Some(_) => {}
-                None => unknown |= !self.unlisted.contains(rel),
-            }
+        let (grew, unknown) = self.segs.grown(lens);
+        for rel in grew {
+            self.lag_dirty = true;
+            self.maybe_rotate(&rel);
         }
         unknown || !self.listed
     }
