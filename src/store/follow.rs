@@ -174,15 +174,7 @@ mod tests {
             name: SegmentName::parse_rel(&rel).unwrap(),
             rel,
             len,
-            seal: sealed.then(|| SealRecord {
-                len,
-                sha256: String::new(),
-                frames: 0,
-                records: 0,
-                first_seq: 0,
-                next_seq: 0,
-                sealed_ms: 0,
-            }),
+            seal: sealed.then(|| SealRecord { len, ..SealRecord::default() }),
             damaged_seal: None,
         }
     }

@@ -163,7 +163,7 @@ pub fn list_tombstones(state_dir: &Path) -> Vec<(PathBuf, SegmentName, Result<Se
 }
 
 /// The proof that a segment is closed: its final length and checksum.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SealRecord {
     pub len: u64,
     pub sha256: String,
