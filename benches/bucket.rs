@@ -222,20 +222,12 @@ fn range_read(ferry: &Path, work: &Path, weed: &seaweed::Weed, seed: &Path, mib:
     let sha: String = sha2::Sha256::digest(&body).iter().map(|b| format!("{b:02x}")).collect();
     let data = work.join("range-data");
     let rel = "sg1/live/2025-12-01/live-2025-12-01T10-relay-1-00000000.log.zst";
-    let path = data.join("archive").join(rel);
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(&path, &body).unwrap();
-    let seal = data.join("state/seals").join(format!("{rel}.seal"));
-    std::fs::create_dir_all(seal.parent().unwrap()).unwrap();
-    std::fs::write(
-        &seal,
-        format!(
-            "len={}\nsha256={sha}\nframes=0\nrecords={seq}\nfirst_seq=0\nnext_seq={seq}\nsealed_ms={}\n",
-            body.len(),
-            t0 + hour
-        ),
-    )
-    .unwrap();
+    let seal = format!(
+        "len={}\nsha256={sha}\nframes=0\nrecords={seq}\nfirst_seq=0\nnext_seq={seq}\nsealed_ms={}\n",
+        body.len(),
+        t0 + hour
+    );
+    put_sealed(&data, rel, &body, &seal);
     let admin = free_port();
     let cfg = work.join("range.toml");
     let section = weed.ferry_section(work, "s3", "prefix = \"range\"");
@@ -348,21 +340,24 @@ fn fabricate(seed: &Path, data: &Path, total_mib: u64, seg_mib: u64) -> Vec<Path
     let mut out = Vec::new();
     for i in 0..n {
         let rel = format!("sg1/live/{date}/live-{date}T10-relay-1-{i:08}.log.zst");
-        let path = data.join("archive").join(&rel);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, &body).unwrap();
-        let seal = data.join("state/seals").join(format!("{rel}.seal"));
-        std::fs::create_dir_all(seal.parent().unwrap()).unwrap();
-        std::fs::write(
-            &seal,
-            format!(
-                "len={}\nsha256={sha}\nframes=1\nrecords=1\nfirst_seq={i}\nnext_seq={}\nsealed_ms=1764583200000\n",
-                body.len(),
-                i + 1
-            ),
-        )
-        .unwrap();
+        let seal = format!(
+            "len={}\nsha256={sha}\nframes=1\nrecords=1\nfirst_seq={i}\nnext_seq={}\nsealed_ms=1764583200000\n",
+            body.len(),
+            i + 1
+        );
+        let path = put_sealed(data, &rel, &body, &seal);
         out.push(path);
     }
     out
+}
+
+/// A sealed segment under `data/archive/<rel>` with its seal record; its path.
+fn put_sealed(data: &Path, rel: &str, body: &[u8], seal: &str) -> PathBuf {
+    let path = data.join("archive").join(rel);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, body).unwrap();
+    let seal_path = data.join("state/seals").join(format!("{rel}.seal"));
+    std::fs::create_dir_all(seal_path.parent().unwrap()).unwrap();
+    std::fs::write(&seal_path, seal).unwrap();
+    path
 }
