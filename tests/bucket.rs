@@ -205,6 +205,18 @@ fn read_back_from_the_bucket(w: &World, weed: &Weed, mirror: &Segs) {
     eprintln!("cat {from}..{to}: {got} records, fetched {fetched} of {total} bytes\n{stats}");
     assert!(fetched < total * 4 / 5, "a third of the time fetched {fetched} of {total} bytes");
 
+    // Interleaved by receive time (`--merge`), the bucket reads as the mirror does.
+    let merged = |at: &str| {
+        let o = ferry_cli(
+            &[&["cat", at, "--config", cfg, "--merge", "--raw", "--from", &from, "--to", &to][..], &sites[..]].concat(),
+        );
+        assert!(o.status.success(), "cat --merge {at}: {}", String::from_utf8_lossy(&o.stderr));
+        o.stdout
+    };
+    let (from_bucket, from_mirror) = (merged(&url), merged(local));
+    assert_eq!(from_bucket.iter().filter(|b| **b == b'\n').count(), got, "cat --merge of {url}: every record");
+    assert!(from_bucket == from_mirror, "cat --merge of {url} differs from the mirror's");
+
     // grep of the bucket, on every core, finds what grep of the mirror finds.
     let grep = |at: &str| {
         let o = ferry_cli(
