@@ -393,10 +393,7 @@ impl Session {
         for (rel, s) in self.segs.iter_mut() {
             s.live = live.contains(rel);
         }
-        for rel in self.segs.grown(lens).0 {
-            self.lag_dirty = true;
-            self.maybe_rotate(&rel);
-        }
+        self.grown(lens);
     }
 
     /// Tombstones of segments deleted undelivered (as listed now).
