@@ -41,8 +41,8 @@ pub enum AppendError {
     Sealed,
     #[error("invalid frame at chunk offset {at}: {error}")]
     InvalidFrame { at: usize, error: FrameError },
-    /// The store is over `max_bytes` with `on_full = "reject"`: a new
-    /// mirror segment is refused like records are (a `NO_SPACE` on the
+    /// The sealed segments the store must keep are over `max_bytes` with
+    /// `on_full = "reject"`: a new mirror segment is refused like records are (a `NO_SPACE` on the
     /// wire; the origin keeps it), so the disk keeps room for state and for
     /// what retention may not delete yet (segments a bucket or a sink has
     /// not taken).
@@ -78,7 +78,8 @@ pub struct Mirror {
     metrics: Metrics,
     clock: Arc<dyn Clock>,
     entries: Mutex<HashMap<PathBuf, Arc<Mutex<Entry>>>>,
-    /// The store's "full" flag (retention sets it under `on_full = "reject"`).
+    /// The store's "sealed segments kept are over max_bytes" flag (retention
+    /// sets it under `on_full = "reject"`).
     full: Arc<AtomicBool>,
     /// Told of every append and seal: uplinks of a regional hop forward
     /// mirror segments as they grow.
@@ -171,10 +172,10 @@ impl Mirror {
         if offset != e.len {
             return Err(AppendError::WrongOffset { offset, expected: e.len });
         }
-        // Only new segments are refused: one already begun may complete and
-        // be sealed, so that it can be delivered and deleted (refusing its
-        // tail could leave a store full of open segments forever). The
-        // overshoot is at most one segment per origin stream.
+        // Only new segments are refused, and only while the *sealed*
+        // segments kept are over max_bytes: one already begun may complete
+        // and be sealed, and open segments (which cannot be deleted before
+        // their origin seals them) never hold the door shut.
         if e.len == 0 && self.full.load(Ordering::Relaxed) {
             self.metrics.mirror_errors.with_label_values(&["archive_full"]).inc();
             return Err(AppendError::Full);

@@ -251,6 +251,7 @@ pub struct Store {
     streams: Vec<StreamHandle>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     full: Arc<AtomicBool>,
+    sealed_full: Arc<AtomicBool>,
     cfg: StoreConfig,
     /// `cfg.retention` as reloaded (ages, sizes, interval; `on_full` stays).
     retention: std::sync::RwLock<crate::config::RetentionConfig>,
@@ -345,6 +346,7 @@ impl Store {
             streams,
             threads: Mutex::new(threads),
             full,
+            sealed_full: Arc::new(AtomicBool::new(false)),
             cfg: config.store.clone(),
             retention: std::sync::RwLock::new(config.store.retention.clone()),
             archive_dir,
@@ -403,10 +405,11 @@ impl Store {
     }
 
     /// Reload: new ages, sizes and interval, used from the next pass on.
-    /// True while the archive is over `max_bytes` with `on_full =
-    /// "reject"`; the mirror refuses appends on it as ingest does.
-    pub fn full_flag(&self) -> Arc<AtomicBool> {
-        self.full.clone()
+    /// True while the sealed segments retention must keep are over
+    /// `max_bytes` with `on_full = "reject"` ([`retention::Outcome::sealed_full`]):
+    /// the mirror takes no new segment then.
+    pub fn sealed_full_flag(&self) -> Arc<AtomicBool> {
+        self.sealed_full.clone()
     }
 
     /// `on_full` is fixed at start (the writers act on it).
@@ -427,6 +430,7 @@ impl Store {
             &self.metrics,
         )?;
         self.full.store(out.full, Ordering::Relaxed);
+        self.sealed_full.store(out.sealed_full, Ordering::Relaxed);
         if !out.deleted.is_empty() {
             self.changes.layout_changed(None);
         }

@@ -52,6 +52,12 @@ pub struct Outcome {
     pub deleted: Vec<PathBuf>,
     /// The archive is over `max_bytes` and `on_full = "reject"`.
     pub full: bool,
+    /// Sealed segments that must be kept (undelivered) alone are over
+    /// `max_bytes`, with `on_full = "reject"`: the mirror takes no new
+    /// segment. Open segments do not count: they cannot be deleted before
+    /// their origin seals them, and refusing because of them would stall
+    /// every origin until its next rotation.
+    pub sealed_full: bool,
 }
 
 struct Seg {
@@ -138,15 +144,18 @@ pub fn pass(
         kept = rest;
     }
     if let Some(max) = cfg.max_bytes {
+        let mut sealed_bytes: u64 = kept.iter().filter(|s| s.seal.is_some()).map(|s| s.len).sum();
         for s in &kept {
             if out.total_bytes <= max {
                 break;
             }
             if deletable(s) {
                 delete(s, "bytes", &mut out)?;
+                sealed_bytes -= s.len;
             }
         }
         out.full = out.total_bytes > max && cfg.on_full == OnFull::Reject;
+        out.sealed_full = sealed_bytes > max && cfg.on_full == OnFull::Reject;
     }
     expire_tombstones(fs, state_dir, cfg, now_ms);
     metrics.archive_bytes.set(out.total_bytes as i64);
