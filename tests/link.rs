@@ -157,8 +157,13 @@ both_transports!(cuts_and_blackholes_lose_and_double_nothing, |via: Via| {
     edge.wait_metric("ferry_committed_records_total", &[], Duration::from_secs(30), |v| v >= N as f64);
     wait_mirrored(&edge.data, &central.data, Duration::from_secs(60));
     match via {
-        // TLS: every cut resets the TCP connection and forces a reconnect.
-        Via::Tls => assert!(edge.metric("ferry_uplink_reconnects_total", &[]) >= 20.0, "the link was really cut"),
+        // TLS: a cut resets the TCP connection and forces a reconnect; a
+        // cut that lands while the uplink is still reconnecting (backoff up
+        // to 500 ms, cuts 100-350 ms apart) adds none, so not all 20 count.
+        Via::Tls => {
+            let n = edge.metric("ferry_uplink_reconnects_total", &[]);
+            assert!(n >= 15.0, "the link was really cut: {n} reconnects for 20 cuts");
+        }
         // QUIC: a cut moves the client to a new source port; the connection
         // migrates (as it would across a NAT rebinding), and only the
         // blackholes, longer than dead_after, force reconnects.
