@@ -30,7 +30,7 @@ use super::uploads::Uploads;
 use super::{BucketError, Op};
 use crate::config::BucketConfig;
 use crate::metrics::Metrics;
-use crate::store::segment::SealRecord;
+use crate::store::segment::{hex, SealRecord};
 
 /// What became of one object.
 #[derive(Debug, PartialEq, Eq)]
@@ -389,10 +389,6 @@ impl Client {
             Ok(Put::Conflict(format!("{key} has SHA-256 {sha}, the sealed segment {}", seal.sha256)))
         }
     }
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// The seal travels with the segment as metadata, so a HEAD compares.

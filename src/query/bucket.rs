@@ -32,7 +32,7 @@ use sha2::{Digest, Sha256};
 use crate::bucket::client::connect;
 use crate::config::{BucketConfig, Config};
 use crate::store::reader::ReadAt;
-use crate::store::segment::SEGMENT_SUFFIX;
+use crate::store::segment::{hex, SEGMENT_SUFFIX};
 
 /// Largest single GET when reading an object front to back.
 const CHUNK: u64 = 8 << 20;
@@ -404,8 +404,4 @@ impl ReadAt for Object {
         }
         Ok(())
     }
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
