@@ -9,7 +9,7 @@ use super::cat::SelectArgs;
 use super::progress::Progress;
 use crate::query::bucket::BucketArchive;
 use crate::query::{self, audit, Archive, Segment};
-use crate::store::segment::{list_tombstones, SealRecord, SegmentName};
+use crate::store::segment::{list_tombstones, SegmentName};
 
 #[derive(Debug, clap::Args)]
 pub struct AuditArgs {
@@ -70,45 +70,34 @@ fn bucket_facts(b: &BucketArchive, sel: &query::Selection) -> anyhow::Result<Vec
             wanted.push((rel.clone(), *len, n));
         }
     }
-    let seals: Vec<String> =
-        wanted.iter().filter(|(rel, ..)| listing.seals.contains(rel)).map(|(rel, ..)| format!("{rel}.seal")).collect();
-    let mut seal_of = std::collections::BTreeMap::new();
-    for (key, text) in b.texts(seals) {
-        let rel = key.trim_end_matches(".seal").to_owned();
-        match text.map(|t| t.map(|t| SealRecord::parse(&t))) {
-            Ok(Some(Ok(seal))) => {
-                seal_of.insert(rel, seal);
-            }
-            Ok(Some(Err(e))) => eprintln!("{}: {e}; its segment is walked instead", b.name(&key)),
-            Ok(None) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
+    let sealed: Vec<&str> =
+        wanted.iter().filter(|(rel, ..)| listing.seals.contains(rel)).map(|(rel, ..)| rel.as_str()).collect();
+    let mut seal_of = b.records(&sealed, "seal")?;
     let mut facts = Vec::new();
     for (rel, len, name) in wanted {
         let path = std::path::PathBuf::from(b.name(&rel));
         match seal_of.remove(&rel) {
-            Some(seal) => facts.push(audit::Facts::sealed(path, name, len, seal)),
-            None => {
+            Some(Ok(seal)) => facts.push(audit::Facts::sealed(path, name, len, seal)),
+            bad => {
+                if let Some(Err(e)) = bad {
+                    eprintln!("{e}; its segment is walked instead");
+                }
                 let seg = Segment::Object(b.segment(&rel, len, vec![(0, len)]));
                 facts.push(audit::Facts::walk(seg.open()?, path, name, None)?);
             }
         }
     }
-    let gone: Vec<String> = listing
+    let gone: Vec<&str> = listing
         .tombstones
         .iter()
         .filter(|rel| SegmentName::parse_rel(Path::new(rel)).is_some_and(|n| sel.wants(&n)))
-        .map(|rel| format!("{rel}.gone"))
+        .map(String::as_str)
         .collect();
-    for (key, text) in b.texts(gone) {
-        let rel = key.trim_end_matches(".gone");
-        let Some(name) = SegmentName::parse_rel(Path::new(rel)) else { continue };
-        match text.map(|t| t.map(|t| SealRecord::parse(&t))) {
-            Ok(Some(Ok(seal))) => facts.push(audit::Facts::gone(name, b.name(rel).into(), seal)),
-            Ok(Some(Err(e))) => eprintln!("{}: {e}; skipped", b.name(&key)),
-            Ok(None) => {}
-            Err(e) => return Err(e.into()),
+    for (rel, seal) in b.records(&gone, "gone")? {
+        let Some(name) = SegmentName::parse_rel(Path::new(&rel)) else { continue };
+        match seal {
+            Ok(seal) => facts.push(audit::Facts::gone(name, b.name(&rel).into(), seal)),
+            Err(e) => eprintln!("{e}; skipped"),
         }
     }
     Ok(facts)

@@ -181,23 +181,12 @@ fn from_dir(dir: &Path, t: &mut Totals) -> anyhow::Result<(Vec<Segment>, Vec<Opt
 fn from_bucket(b: &BucketArchive) -> anyhow::Result<(Vec<Segment>, Vec<Option<Result<SealRecord, String>>>)> {
     let mut listing = b.list()?;
     listing.segments.sort();
-    let asked: Vec<String> = listing
-        .segments
-        .iter()
-        .filter(|(rel, _)| listing.seals.contains(rel))
-        .map(|(rel, _)| format!("{rel}.seal"))
-        .collect();
-    let mut texts = b.texts(asked).into_iter().peekable();
+    let sealed: Vec<&str> =
+        listing.segments.iter().filter(|(rel, _)| listing.seals.contains(rel)).map(|(rel, _)| rel.as_str()).collect();
+    let mut seal_of = b.records(&sealed, "seal")?;
     let (mut files, mut seals) = (Vec::new(), Vec::new());
     for (rel, len) in &listing.segments {
-        let seal = match texts.peek() {
-            Some((key, _)) if key.strip_suffix(".seal") == Some(rel.as_str()) => {
-                let (_, text) = texts.next().expect("peeked");
-                text?.map(|t| SealRecord::parse(&t).map_err(|e| format!("{}.seal: {e}", b.name(rel))))
-            }
-            _ => None,
-        };
-        seals.push(seal);
+        seals.push(seal_of.remove(rel));
         files.push(Segment::Object(b.segment(rel, *len, vec![(0, *len)])));
     }
     Ok((files, seals))

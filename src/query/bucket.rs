@@ -15,7 +15,7 @@
 //! (`AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`,
 //! `AWS_SECRET_ACCESS_KEY`, `AWS_CA_BUNDLE`).
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,7 +32,7 @@ use sha2::{Digest, Sha256};
 use crate::bucket::client::connect;
 use crate::config::{BucketConfig, Config};
 use crate::store::reader::ReadAt;
-use crate::store::segment::{hex, SEGMENT_SUFFIX};
+use crate::store::segment::{hex, SealRecord, SEGMENT_SUFFIX};
 
 /// Largest single GET when reading an object front to back.
 const CHUNK: u64 = 8 << 20;
@@ -183,6 +183,20 @@ impl BucketArchive {
                 .collect()
                 .await
         })
+    }
+
+    /// The records beside segments `rels` at `<rel>.<kind>` (`seal`,
+    /// `gone`), fetched in parallel, by segment; one that does not parse
+    /// says why (naming the object), one that is absent is left out.
+    pub fn records(&self, rels: &[&str], kind: &str) -> io::Result<BTreeMap<String, Result<SealRecord, String>>> {
+        let mut out = BTreeMap::new();
+        for (key, text) in self.texts(rels.iter().map(|r| format!("{r}.{kind}")).collect()) {
+            if let Some(t) = text? {
+                let rel = key[..key.len() - kind.len() - 1].to_owned();
+                out.insert(rel, SealRecord::parse(&t).map_err(|e| format!("{}: {e}", self.name(&key))));
+            }
+        }
+        Ok(out)
     }
 
     /// The segment at `rel`, `len` bytes long, to be read within `spans`
