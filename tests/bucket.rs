@@ -427,6 +427,39 @@ fn kill9_in_a_multipart_upload_leaves_one_whole_object_and_no_open_upload() {
     assert!(node.log_text().contains("aborted the multipart uploads a previous run left open"));
 }
 
+/// Another writer puts the key while this node's parts are going up: the
+/// create-only completion is refused (412), the upload aborted, the key
+/// compared: a conflict, the other object untouched, nothing left open.
+#[test]
+fn a_key_put_during_a_multipart_upload_is_never_overwritten_by_its_completion() {
+    let name = "bucket-multipart-race";
+    let dir = TestDir::new(name);
+    let weed = Weed::start(&dir.path, "archive");
+    let bucket = "multipart_above = \"5MiB\"\npart_size = \"5MiB\"\nconcurrency = 1\nmax_rate = \"2MiB/s\"";
+    let (mut node, ports, cfg) = lone_node(&dir, &weed, "segment_max_bytes = \"64MiB\"", bucket);
+    send_noise(&node, &ports, 20 * 1024, 1024, 2);
+    node.stop();
+    let segs = lone_sealed(&dir);
+    let sizes: Vec<usize> = segs.values().map(Vec::len).collect();
+    let (rel, bytes) =
+        segs.iter().find(|(_, b)| b.len() > 8 << 20).unwrap_or_else(|| panic!("no segment over 8 MiB: {sizes:?}"));
+    let node = Node::start(&dir, &cfg, ports.admin);
+    let parts = &[("bucket", "s3"), ("op", "put_part")];
+    node.wait_metric("ferry_bucket_requests_total", parts, Duration::from_secs(30), |v| v >= 1.0);
+    assert!(!weed.open_uploads().is_empty(), "the upload was over before the key was planted");
+    let planted = b"another writer's object".to_vec();
+    weed.plant(rel, &planted);
+    node.wait_metric("ferry_bucket_conflicts_total", &[("bucket", "s3")], Duration::from_secs(60), |v| v == 1.0);
+    assert_eq!(weed.get(rel), planted, "the completion overwrote the key");
+    assert_ne!(&planted, bytes);
+    assert!(weed.open_uploads().is_empty(), "multipart uploads left open: {:?}", weed.open_uploads());
+    assert!(node.metric("ferry_bucket_aborted_uploads_total", &[("bucket", "s3")]) >= 1.0);
+    let done = &[("bucket", "s3"), ("op", "complete_multipart")];
+    assert!(node.metric("ferry_bucket_requests_total", done) >= 1.0, "no completion was tried");
+    let delivered = std::fs::read_to_string(dir.join("data/state/buckets/s3.delivered")).unwrap_or_default();
+    assert!(!delivered.contains(rel.as_str()), "a conflicted segment was marked delivered");
+}
+
 /// Wrong credentials: every attempt refused, counted as `auth`, named in
 /// the log and in `ferry status`, retried with backoff (no storm), and
 /// nothing marked delivered.

@@ -43,8 +43,6 @@ pub enum Op {
     CreateMultipart,
     PutPart,
     CompleteMultipart,
-    Copy,
-    Delete,
     Abort,
     Head,
     Get,
@@ -60,8 +58,6 @@ impl Op {
             Op::CreateMultipart => "create_multipart",
             Op::PutPart => "put_part",
             Op::CompleteMultipart => "complete_multipart",
-            Op::Copy => "copy",
-            Op::Delete => "delete",
             Op::Abort => "abort",
             Op::Head => "head",
             Op::Get => "get",
@@ -76,6 +72,9 @@ pub enum BucketError {
     Setup(String),
     #[error("{op}: {source}", op = .0.as_str(), source = .1)]
     Store(Op, #[source] object_store::Error),
+    /// A request ferry signs itself (see `client::Raw`): status and body.
+    #[error("{op}: {1}", op = .0.as_str())]
+    Http(Op, String),
     #[error("after upload: {0}")]
     Mismatch(String),
     #[error("reading the segment: {0}")]
@@ -101,6 +100,7 @@ impl BucketError {
                 object_store::Error::NotFound { .. } => "not_found",
                 e => classify(&format!("{e} {e:?}")),
             },
+            BucketError::Http(_, detail) => classify(detail),
         }
     }
 }
@@ -182,7 +182,7 @@ impl Uploader {
         for reason in REASONS {
             bm.errors.with_label_values(&[&name, reason]);
         }
-        let client = match Client::new(&self.cfg, &self.node, &self.metrics) {
+        let client = match Client::new(&self.cfg, &self.metrics) {
             Ok(c) => c,
             Err(e) => {
                 bm.errors.with_label_values(&[&name, e.reason()]).inc();

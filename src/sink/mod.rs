@@ -41,8 +41,7 @@ use crate::metrics::Metrics;
 use crate::store::changes::Changes;
 use crate::store::clock::Clock;
 use crate::store::delivered::Delivered;
-use crate::store::follow::{self, Following};
-use crate::store::frame::{FrameHeader, MAX_HEADER_LEN};
+use crate::store::follow::{self, Following, Shares};
 use crate::store::fs::Fs;
 use crate::store::recover::list_repaired;
 use crate::store::segment::OnDisk as Local;
@@ -261,8 +260,7 @@ struct Run<'a> {
     decoder: Option<FrameDecoder>,
     in_flight_records: usize,
     in_flight_bytes: usize,
-    live_sent: u64,
-    backlog_sent: u64,
+    shares: Shares,
     rr: usize,
     dirty: bool,
     careful: usize,
@@ -321,8 +319,7 @@ impl Sink {
             decoder: Some(FrameDecoder::new().expect("zstd decompressor")),
             in_flight_records: 0,
             in_flight_bytes: 0,
-            live_sent: 0,
-            backlog_sent: 0,
+            shares: Shares::default(),
             rr: 0,
             dirty: false,
             careful: 0,
@@ -704,22 +701,15 @@ impl Run<'_> {
             let list = &self.origins[i].1;
             let head = list.iter().find(|r| self.segs.get(*r).is_some_and(|s| !s.fully_read()));
             let Some(head) = head else { continue };
-            let head_ok = self.segs[head].readable(now);
+            let backlog = Some(head).filter(|h| self.segs[*h].readable(now));
             let live = (share > 0.0)
                 .then(|| list.last())
                 .flatten()
                 .filter(|l| *l != head)
                 .filter(|l| self.segs.get(*l).is_some_and(|s| s.local.seal.is_none() && s.readable(now)));
-            let total = (self.live_sent + self.backlog_sent).max(1) as f64;
-            let choice = match (head_ok, live) {
-                (true, Some(l)) if (self.live_sent as f64) / total <= share => Some((l.clone(), true)),
-                (true, _) => Some((head.clone(), false)),
-                (false, Some(l)) => Some((l.clone(), true)),
-                (false, None) => None,
-            };
-            if choice.is_some() {
+            if let Some((rel, live)) = self.shares.choose(live, backlog, share) {
                 self.rr = (i + 1) % n.max(1);
-                return choice;
+                return Some((rel.clone(), live));
             }
         }
         None
@@ -791,11 +781,7 @@ impl Run<'_> {
         self.tokens.insert(token, rel.clone());
         self.in_flight_records += n;
         self.in_flight_bytes += batch.bytes();
-        if live {
-            self.live_sent += n as u64;
-        } else {
-            self.backlog_sent += n as u64;
-        }
+        self.shares.sent(n as u64, live);
         for (idx, outcome) in refused {
             if let Some(r) = self.apply(Ack { token, idx, outcome }) {
                 return Err(r);
@@ -889,16 +875,6 @@ impl Run<'_> {
     /// Lag per (site, stream): records, bytes and the age of the oldest
     /// record not yet acknowledged. Streams caught up report 0.
     async fn report_lag(&mut self) {
-        struct Behind {
-            path: PathBuf,
-            acked: Pos,
-            len: u64,
-            sealed: Option<(u64, u64)>,
-        }
-        let mut per: HashMap<(String, String), Vec<Behind>> = HashMap::new();
-        for k in &self.seen_streams {
-            per.entry(k.clone()).or_default();
-        }
         for s in self.segs.values() {
             let key = (s.origin.site.clone(), s.origin.stream.clone());
             if self.seen_streams.insert(key.clone()) {
@@ -907,56 +883,20 @@ impl Run<'_> {
                 m.sink_records.with_label_values(&[&self.sink.cfg.name, &key.0, &key.1]);
                 m.sink_bytes.with_label_values(&[&self.sink.cfg.name, &key.0, &key.1]);
             }
-            per.entry(key).or_default().push(Behind {
-                path: self.sink.archive_dir.join(&s.local.rel),
-                acked: s.acked,
-                len: s.local.len,
-                sealed: s.local.seal.as_ref().map(|x| (x.first_seq, x.next_seq)),
-            });
         }
+        let behind: Vec<follow::Behind> =
+            self.segs.values().map(|s| follow::Behind::new(&s.local, s.acked.offset, s.acked.next_seq)).collect();
+        let (archive, streams) = (self.sink.archive_dir.clone(), self.seen_streams.clone());
         let now = self.sink.clock.now_ms();
         let m = self.sink.metrics.clone();
         let name = self.sink.cfg.name.clone();
         let _ = tokio::task::spawn_blocking(move || {
-            for ((site, stream), segs) in per {
-                let (mut records, mut bytes, mut oldest) = (0u64, 0u64, None::<i64>);
-                for b in segs {
-                    if b.acked.offset >= b.len {
-                        continue;
-                    }
-                    bytes += b.len - b.acked.offset;
-                    let (n, first_ms) = headers_from(&b.path, b.acked.offset, b.len);
-                    records += match b.sealed {
-                        Some((first, next)) => next.saturating_sub(b.acked.next_seq.max(first)),
-                        None => n,
-                    };
-                    if let Some(ms) = first_ms {
-                        oldest = Some(oldest.map_or(ms, |o: i64| o.min(ms)));
-                    }
-                }
-                m.sink_lag_records.with_label_values(&[&name, &site, &stream]).set(records as i64);
-                m.sink_lag_bytes.with_label_values(&[&name, &site, &stream]).set(bytes as i64);
-                let secs = oldest.map(|ms| (now - ms).max(0) as f64 / 1000.0).unwrap_or(0.0);
-                m.sink_lag_seconds.with_label_values(&[&name, &site, &stream]).set(secs);
+            for ((site, stream), lag) in follow::lag_by_stream(&archive, behind, &streams, true) {
+                m.sink_lag_records.with_label_values(&[&name, &site, &stream]).set(lag.records as i64);
+                m.sink_lag_bytes.with_label_values(&[&name, &site, &stream]).set(lag.bytes as i64);
+                m.sink_lag_seconds.with_label_values(&[&name, &site, &stream]).set(lag.seconds(now));
             }
         })
         .await;
     }
-}
-
-/// Records in the frames from `offset` to `len` (headers only, no data
-/// read), and the first record time there. Stops at anything not a header.
-fn headers_from(path: &Path, mut offset: u64, len: u64) -> (u64, Option<i64>) {
-    use std::os::unix::fs::FileExt;
-    let Ok(f) = std::fs::File::open(path) else { return (0, None) };
-    let mut head = vec![0u8; 8 + MAX_HEADER_LEN];
-    let (mut records, mut first) = (0u64, None);
-    while offset < len {
-        let Ok(n) = f.read_at(&mut head, offset) else { break };
-        let Ok(h) = FrameHeader::decode(&head[..n]) else { break };
-        records += u64::from(h.records);
-        first.get_or_insert(h.first_ms);
-        offset += h.frame_len();
-    }
-    (records, first)
 }

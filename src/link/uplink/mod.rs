@@ -36,6 +36,7 @@ use crate::metrics::Metrics;
 use crate::pki::Live;
 use crate::store::changes::{Changes, Subscriber};
 use crate::store::clock::Clock;
+use crate::store::follow::{self, Behind, StreamKey};
 use crate::store::fs::Fs;
 use crate::store::segment::{list_tombstones, SealRecord};
 use backoff::Backoff;
@@ -501,38 +502,21 @@ impl Uplink {
     /// oldest unacknowledged record. Streams seen before and now caught up
     /// are reported as 0.
     async fn report_lag(&self, sess: &Session, seen: &mut HashSet<StreamKey>) {
-        let mut pending: HashMap<StreamKey, StreamLag> = HashMap::new();
-        for key in seen.iter() {
-            pending.insert(key.clone(), StreamLag::default());
-        }
-        for (local, acked) in sess.pending() {
-            seen.insert((local.name.site.clone(), local.name.stream.clone()));
-            let e = pending.entry((local.name.site.clone(), local.name.stream.clone())).or_default();
-            let lag = local.len.saturating_sub(acked);
-            e.0 += lag;
-            if lag > 0 {
-                e.1.push((self.archive_dir.join(&local.rel), acked));
-            }
-        }
+        let behind: Vec<Behind> = sess.pending().map(|(local, acked)| Behind::new(local, acked, 0)).collect();
+        seen.extend(behind.iter().map(|b| b.stream.clone()));
+        let (archive, streams) = (self.archive_dir.clone(), seen.clone());
         let now = self.clock.now_ms();
         let m = self.metrics.clone();
         let name = self.cfg.name.clone();
         let _ = tokio::task::spawn_blocking(move || {
-            for ((site, stream), (bytes, at)) in pending {
-                let oldest = at.iter().filter_map(|(p, off)| scan::first_ms_at(p, *off)).min();
-                m.uplink_lag_bytes.with_label_values(&[&name, &site, &stream]).set(bytes as i64);
-                let secs = oldest.map(|ms| (now - ms).max(0) as f64 / 1000.0).unwrap_or(0.0);
-                m.uplink_lag_seconds.with_label_values(&[&name, &site, &stream]).set(secs);
+            for ((site, stream), lag) in follow::lag_by_stream(&archive, behind, &streams, false) {
+                m.uplink_lag_bytes.with_label_values(&[&name, &site, &stream]).set(lag.bytes as i64);
+                m.uplink_lag_seconds.with_label_values(&[&name, &site, &stream]).set(lag.seconds(now));
             }
         })
         .await;
     }
 }
-
-/// (site, stream)
-type StreamKey = (String, String);
-/// Unacknowledged bytes, and (file, acknowledged offset) of each segment behind.
-type StreamLag = (u64, Vec<(PathBuf, u64)>);
 
 /// Unsent bytes in a stream's newest segment beyond which the uplink asks
 /// for a new segment (or `burst`, when larger: a paced link sends a burst

@@ -9,7 +9,6 @@ use std::path::Path;
 
 use crate::metrics::Metrics;
 pub use crate::store::delivered::Delivered;
-use crate::store::frame::FrameHeader;
 use crate::store::fs::Fs;
 use crate::store::reader::{SegmentReader, Step};
 use crate::store::recover::list_repaired;
@@ -53,12 +52,4 @@ pub fn read_chunk(path: &Path, from: u64, max: usize) -> io::Result<(Vec<u8>, i6
     let mut buf = vec![0u8; (end - from) as usize];
     File::open(path)?.read_exact_at(&mut buf, from)?;
     Ok((buf, first_ms))
-}
-
-/// Receive time of the first record of the frame at `offset` (lag in seconds).
-pub fn first_ms_at(path: &Path, offset: u64) -> Option<i64> {
-    let f = File::open(path).ok()?;
-    let mut head = vec![0u8; 8 + crate::store::frame::MAX_HEADER_LEN];
-    let n = f.read_at(&mut head, offset).ok()?;
-    FrameHeader::decode(&head[..n]).ok().map(|h| h.first_ms)
 }

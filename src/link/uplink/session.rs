@@ -35,7 +35,7 @@ use tracing::{error, info, warn};
 use super::scan::Local;
 use crate::link::proto::{Code, Msg, Tombstone, MIN_VERSION};
 use crate::metrics::Metrics;
-use crate::store::follow::{self, Following};
+use crate::store::follow::{self, Following, Shares};
 use crate::store::segment::SealRecord;
 
 /// First wait before offering a segment again that the receiver could not write.
@@ -180,8 +180,7 @@ pub struct Session {
     gone: BTreeMap<PathBuf, Gone>,
     gone_by_id: HashMap<u32, PathBuf>,
     next_id: u32,
-    live_sent: u64,
-    backlog_sent: u64,
+    shares: Shares,
     /// A read handed out and not yet done.
     reading: Option<PathBuf>,
     progressed: bool,
@@ -212,8 +211,7 @@ impl Session {
             gone: BTreeMap::new(),
             gone_by_id: HashMap::new(),
             next_id: 1,
-            live_sent: 0,
-            backlog_sent: 0,
+            shares: Shares::default(),
             reading: None,
             progressed: false,
             lag_dirty: true,
@@ -541,7 +539,7 @@ impl Session {
         if inflight >= self.p.window {
             return None;
         }
-        let rel = pick(&self.segs, self.live_sent, self.backlog_sent, self.p.live_share, now)?;
+        let rel = pick(&self.segs, &self.shares, self.p.live_share, now)?;
         let s = &self.segs[&rel];
         let max = self.p.chunk_max.min((self.p.window - inflight) as usize).max(16 << 10);
         self.reading = Some(rel.clone());
@@ -564,11 +562,7 @@ impl Session {
                 Msg::Append { id: s.id, offset: from, frames: Bytes::from(bytes) }.encode(&mut self.out);
                 self.queued += 1;
                 s.sent += n;
-                if s.live {
-                    self.live_sent += n;
-                } else {
-                    self.backlog_sent += n;
-                }
+                self.shares.sent(n, s.live);
             }
             Err(e) => {
                 warn!(uplink = %self.p.name, path = %rel.display(), error = %e, "cannot read segment");
@@ -631,14 +625,9 @@ impl Session {
     }
 }
 
-/// The segment to send from next: live-first by share, then the oldest backlog.
-fn pick(
-    segs: &BTreeMap<PathBuf, Seg>,
-    live_sent: u64,
-    backlog_sent: u64,
-    live_share: f64,
-    now: Instant,
-) -> Option<PathBuf> {
+/// The segment to send from next: the first live one or the oldest of the
+/// backlog, by the live share.
+fn pick(segs: &BTreeMap<PathBuf, Seg>, shares: &Shares, live_share: f64, now: Instant) -> Option<PathBuf> {
     let ready = |s: &&Seg| {
         s.known
             && !s.failed
@@ -648,15 +637,7 @@ fn pick(
     };
     let live = segs.values().filter(ready).find(|s| s.live);
     let backlog = segs.values().filter(ready).find(|s| !s.live);
-    let total = (live_sent + backlog_sent).max(1) as f64;
-    match (live, backlog) {
-        (Some(l), Some(b)) => {
-            Some(if (live_sent as f64) / total <= live_share { &l.local.rel } else { &b.local.rel }.clone())
-        }
-        (Some(l), None) => Some(l.local.rel.clone()),
-        (None, Some(b)) => Some(b.local.rel.clone()),
-        (None, None) => None,
-    }
+    shares.choose(live, backlog, live_share).map(|(s, _)| s.local.rel.clone())
 }
 
 #[cfg(test)]
