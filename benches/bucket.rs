@@ -282,6 +282,17 @@ fn range_read(ferry: &Path, work: &Path, weed: &seaweed::Weed, seed: &Path, mib:
     if std::env::var("FERRY_BENCH_SHOW_INDEX").is_ok() {
         println!("{idx}");
     }
+    if let Ok(secs) = std::env::var("FERRY_BENCH_RANGE_HOLD") {
+        // To look at the read with other tools: the bucket stays up a while.
+        println!(
+            "holding {secs} s: {} cat {url} --config {} --raw --stats --from {} --to {}",
+            ferry.display(),
+            cfg.display(),
+            fmt(from),
+            fmt(to)
+        );
+        std::thread::sleep(Duration::from_secs(secs.parse().unwrap_or(300)));
+    }
     let mut times = Vec::new();
     let mut fetched = 0u64;
     let mut waited = Vec::new();
@@ -332,6 +343,26 @@ print(best)
         100.0 * window_bytes as f64 / len as f64,
         best / whole,
         wait / whole
+    );
+    // Without ferry, the window's records come from the whole object
+    // decompressed: zstdcat of the local copy, best of 3, beside the download.
+    let local = data.join("archive").join(rel);
+    let zcat = (0..3)
+        .map(|_| {
+            let t = Instant::now();
+            let st = std::process::Command::new("zstdcat")
+                .arg(&local)
+                .stdout(std::process::Stdio::null())
+                .status()
+                .expect("zstdcat");
+            assert!(st.success());
+            t.elapsed().as_secs_f64()
+        })
+        .fold(f64::MAX, f64::min);
+    println!(
+        "range: download + zstdcat of the whole object {:.3} s (zstdcat alone {zcat:.3} s): ferry cat is {:.2}x of it",
+        whole + zcat,
+        best / (whole + zcat)
     );
 }
 

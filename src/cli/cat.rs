@@ -173,21 +173,20 @@ fn in_order(
     out: &mut impl Write,
     stats: &mut Stats,
 ) -> io::Result<()> {
-    let mut dec = zstd::bulk::Decompressor::new()?;
-    let (mut raw, mut buf) = (Vec::new(), Vec::new());
+    let mut pool = query::Pool::new()?;
+    let mut buf = Vec::new();
     let mut failed: Option<io::Error> = None;
     for o in origins {
         for seg in &o.segments {
-            let go_on =
-                query::walk_segment(seg, sel, stats, &mut dec, &mut raw, &mut report, &mut |f| match print_frame(
-                    o, f.header, f.lines, form, &mut buf, out,
-                ) {
-                    Ok(()) => true,
-                    Err(e) => {
-                        failed = Some(e);
-                        false
-                    }
-                })?;
+            let go_on = query::walk_segment(seg, sel, stats, &mut pool, &mut report, &mut |f| match print_frame(
+                o, f.header, f.lines, form, &mut buf, out,
+            ) {
+                Ok(()) => true,
+                Err(e) => {
+                    failed = Some(e);
+                    false
+                }
+            })?;
             if !go_on {
                 return Err(failed.take().unwrap_or_else(|| io::Error::other("stopped")));
             }

@@ -10,7 +10,6 @@
 //! are checked), not line by line.
 
 use std::io::{self, BufWriter, Write};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use memchr::{memchr, memrchr};
 use regex::bytes::{Regex, RegexBuilder};
@@ -19,7 +18,6 @@ use super::cat::{print_frame, print_stats, report, Form, FormArgs, SelectArgs};
 use super::progress::Progress;
 use crate::query::{self, Origin, Segment, Stats};
 use crate::store::frame::FrameHeader;
-use crate::store::reader::SegmentReader;
 
 #[derive(Debug, clap::Args)]
 pub struct GrepArgs {
@@ -50,14 +48,6 @@ pub struct GrepArgs {
 /// frames and their matches).
 const BATCH: usize = 64;
 
-/// One frame to search.
-struct Job {
-    origin: usize,
-    path: usize,
-    offset: u64,
-    header: FrameHeader,
-}
-
 /// What a search found in one frame.
 #[derive(Default)]
 struct Found {
@@ -67,7 +57,6 @@ struct Found {
     seqs: Vec<u64>,
     count: u64,
     raw_bytes: u64,
-    damaged: Option<String>,
 }
 
 pub fn grep(a: GrepArgs) -> anyhow::Result<i32> {
@@ -81,53 +70,54 @@ pub fn grep(a: GrepArgs) -> anyhow::Result<i32> {
     let origins = query::origins(&archive, &sel)?;
     let mut stats = Stats::default();
     let paths: Vec<Segment> = origins.iter().flat_map(|o| o.segments.iter().cloned()).collect();
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut pool = query::Pool::new()?;
     let progress = Progress::bytes(paths.iter().map(Segment::walk_len).sum(), "grep");
     let mut out = BufWriter::with_capacity(1 << 16, io::stdout().lock());
     let mut matched = 0u64;
-    let mut files_listed = vec![false; paths.len()];
     let form = a.format.form();
     let mut buf = Vec::new();
+    let search = |h: &FrameHeader, raw: &mut Vec<u8>| search(h, raw, &re, a.invert_match);
     // Segment by segment, window by window (a file is one window): the
     // frame headers first (no data read), then the frames chosen, searched
-    // on every core in batches, printed in archive order. The walk's reader
-    // keeps a bucket segment's fetched bytes for the workers.
+    // on every core in batches, printed in archive order. The pool's
+    // readers share a bucket segment's fetched bytes.
     let result: io::Result<()> = (|| {
-        let mut pi = 0;
-        for (oi, o) in origins.iter().enumerate() {
+        for o in &origins {
             for seg in &o.segments {
                 let mut walk = query::Walk::open(seg, &mut stats)?;
+                let mut listed = false;
                 while let Some(list) = walk.next_window(&sel, &mut stats, &mut report)? {
-                    let jobs: Vec<Job> =
-                        list.into_iter().map(|(offset, header)| Job { origin: oi, path: pi, offset, header }).collect();
-                    for batch in jobs.chunks(BATCH) {
-                        let found = search(batch, &paths, &re, a.invert_match, workers);
-                        progress.inc(batch.iter().map(|j| j.header.frame_len()).sum());
-                        for (job, f) in batch.iter().zip(found) {
+                    for batch in list.chunks(BATCH) {
+                        let found = pool.run(seg, batch, &search);
+                        progress.inc(batch.iter().map(|(_, h)| h.frame_len()).sum());
+                        for ((offset, header), f) in batch.iter().zip(found) {
+                            let f = match f? {
+                                Ok(f) => f,
+                                Err(e) => {
+                                    stats.damaged += 1;
+                                    report(seg, *offset, e);
+                                    continue;
+                                }
+                            };
                             stats.raw_bytes += f.raw_bytes;
-                            if let Some(e) = f.damaged {
-                                stats.damaged += 1;
-                                report(&paths[job.path], job.offset, e);
-                                continue;
-                            }
                             stats.frames_read += 1;
-                            stats.records += u64::from(job.header.records);
+                            stats.records += u64::from(header.records);
                             matched += f.count;
                             if f.count == 0 || a.count {
                                 continue;
                             }
                             if a.files_with_matches {
-                                if !files_listed[job.path] {
-                                    files_listed[job.path] = true;
-                                    writeln!(out, "{}", paths[job.path].name())?;
+                                if !listed {
+                                    listed = true;
+                                    writeln!(out, "{}", seg.name())?;
                                 }
                                 continue;
                             }
-                            write_matches(&origins[job.origin], &job.header, &f, form, &mut buf, &mut out)?;
+                            write_matches(o, header, &f, form, &mut buf, &mut out)?;
                         }
                     }
                 }
-                pi += 1;
+                pool.done();
             }
         }
         if a.count {
@@ -175,77 +165,11 @@ fn write_matches(
     Ok(())
 }
 
-/// Decompress and search `batch` on `workers` threads; results in order.
-fn search(batch: &[Job], paths: &[Segment], re: &Regex, invert: bool, workers: usize) -> Vec<Found> {
-    let next = AtomicUsize::new(0);
-    let mut results: Vec<Option<Found>> = (0..batch.len()).map(|_| None).collect();
-    let slots: Vec<std::sync::Mutex<&mut Option<Found>>> = results.iter_mut().map(std::sync::Mutex::new).collect();
-    std::thread::scope(|sc| {
-        for _ in 0..workers.min(batch.len()) {
-            sc.spawn(|| {
-                let mut dec = match zstd::bulk::Decompressor::new() {
-                    Ok(d) => d,
-                    Err(_) => return,
-                };
-                let mut raw = Vec::new();
-                let mut reader: Option<(usize, SegmentReader)> = None;
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(job) = batch.get(i) else { return };
-                    let f = search_one(job, paths, re, invert, &mut dec, &mut raw, &mut reader);
-                    **slots[i].lock().expect("not poisoned") = Some(f);
-                }
-            });
-        }
-    });
-    drop(slots);
-    results
-        .into_iter()
-        .map(|f| f.unwrap_or_else(|| Found { damaged: Some("not searched".into()), ..Found::default() }))
-        .collect()
-}
-
-fn search_one(
-    job: &Job,
-    paths: &[Segment],
-    re: &Regex,
-    invert: bool,
-    dec: &mut zstd::bulk::Decompressor<'static>,
-    raw: &mut Vec<u8>,
-    reader: &mut Option<(usize, SegmentReader)>,
-) -> Found {
-    let mut found = Found::default();
-    if reader.as_ref().is_none_or(|(p, _)| *p != job.path) {
-        *reader = None; // a bucket segment's cache goes before the next one's
-        match paths[job.path].open() {
-            Ok(r) => *reader = Some((job.path, r)),
-            Err(e) => {
-                found.damaged = Some(e.to_string());
-                return found;
-            }
-        }
-    }
-    let r = &mut reader.as_mut().expect("opened above").1;
-    match r.read_data(job.offset, &job.header) {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            found.damaged = Some(e.to_string());
-            return found;
-        }
-        Err(e) => {
-            found.damaged = Some(e.to_string());
-            return found;
-        }
-    }
-    raw.clear();
-    raw.reserve(job.header.raw_len as usize);
-    if let Err(e) = dec.decompress_to_buffer(r.data(), raw) {
-        found.damaged = Some(format!("does not decompress: {e}"));
-        return found;
-    }
-    found.raw_bytes = raw.len() as u64;
+/// The matching records of one frame's lines.
+fn search(h: &FrameHeader, raw: &[u8], re: &Regex, invert: bool) -> Found {
+    let mut found = Found { raw_bytes: raw.len() as u64, ..Found::default() };
     if invert {
-        for (seq, line) in (job.header.first_seq..).zip(raw.split_inclusive(|b| *b == b'\n')) {
+        for (seq, line) in (h.first_seq..).zip(raw.split_inclusive(|b| *b == b'\n')) {
             let body = line.strip_suffix(b"\n").unwrap_or(line);
             if !re.is_match(body) {
                 found.lines.extend_from_slice(line);
@@ -270,7 +194,7 @@ fn search_one(
             counted = start;
             found.lines.extend_from_slice(line);
             found.lines.push(b'\n');
-            found.seqs.push(job.header.first_seq + line_no);
+            found.seqs.push(h.first_seq + line_no);
             found.count += 1;
         }
         at = end + 1;

@@ -39,6 +39,9 @@ const CHUNK: u64 = 8 << 20;
 /// Chunks a segment's readers keep: a window of headers, the gaps its
 /// data reads fill, the next window (grep's workers read near each other).
 const CACHED: usize = 4;
+/// Chunks fetched at once on a miss, ahead in the span being read: a walk
+/// then waits for one round trip, not one per chunk.
+const AHEAD: usize = 3;
 /// Seals and tombstones fetched at once by `texts`.
 const PARALLEL: usize = 16;
 
@@ -123,7 +126,7 @@ impl BucketArchive {
     }
 
     /// Every segment, seal, index and tombstone under the prefix (the
-    /// uploader's staging area, `.ferry/`, left out).
+    /// staging area, `.ferry/`, of earlier uploaders left out).
     pub fn list(&self) -> io::Result<Listing> {
         let prefix = (!self.prefix.is_empty()).then(|| Key::from(self.prefix.as_str()));
         let strip = if self.prefix.is_empty() { 0 } else { self.prefix.len() + 1 };
@@ -352,22 +355,30 @@ impl Object {
         })
     }
 
-    fn fetch(&self, from: u64, to: u64) -> io::Result<Bytes> {
+    /// Ranges by GETs in parallel, each checked for its length.
+    fn fetch_all(&self, ranges: &[(u64, u64)]) -> io::Result<Vec<Bytes>> {
         let i = &self.inner;
         let t = std::time::Instant::now();
-        let b =
-            i.rt.block_on(i.s3.get_range(&i.key, from..to))
-                .map_err(|e| io::Error::other(format!("{} bytes {from}..{to}: {e}", i.key)))?;
+        let got = i.rt.block_on(futures_util::future::join_all(
+            ranges.iter().map(|(from, to)| i.s3.get_range(&i.key, *from..*to)),
+        ));
         i.fetched.waited_us.fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
-        i.fetched.requests.fetch_add(1, Ordering::Relaxed);
-        i.fetched.bytes.fetch_add(b.len() as u64, Ordering::Relaxed);
-        if b.len() as u64 != to - from {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!("{} bytes {from}..{to}: {} bytes came", i.key, b.len()),
-            ));
-        }
-        Ok(b)
+        ranges
+            .iter()
+            .zip(got)
+            .map(|((from, to), b)| {
+                let b = b.map_err(|e| io::Error::other(format!("{} bytes {from}..{to}: {e}", i.key)))?;
+                i.fetched.requests.fetch_add(1, Ordering::Relaxed);
+                i.fetched.bytes.fetch_add(b.len() as u64, Ordering::Relaxed);
+                if b.len() as u64 != to - from {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("{} bytes {from}..{to}: {} bytes came", i.key, b.len()),
+                    ));
+                }
+                Ok(b)
+            })
+            .collect()
     }
 }
 
@@ -396,19 +407,33 @@ impl ReadAt for Object {
                     if let Some(next) = c.chunks.iter().map(|(s, _)| *s).filter(|s| *s > pos).min() {
                         to = to.min(next);
                     }
-                    let bytes = self.fetch(pos, to)?;
-                    if pos <= c.hashed && c.hashed < to {
-                        let from = (c.hashed - pos) as usize;
-                        if let Some(h) = c.hasher.as_mut() {
-                            h.update(&bytes[from..]);
+                    // And the chunks after it in the span, together, up to
+                    // the next bytes already here.
+                    let mut ranges = vec![(pos, to)];
+                    let limit = c.chunks.iter().map(|(s, _)| *s).filter(|s| *s >= to).min().unwrap_or(u64::MAX);
+                    while ranges.len() < AHEAD {
+                        let from = ranges[ranges.len() - 1].1;
+                        let end = span_end.min(from + CHUNK).min(limit).min(i.len);
+                        if end <= from {
+                            break;
                         }
-                        c.hashed = to;
+                        ranges.push((from, end));
                     }
-                    if c.chunks.len() == CACHED {
-                        c.chunks.pop_front();
+                    let got = self.fetch_all(&ranges)?;
+                    for ((from, to), bytes) in ranges.iter().zip(&got) {
+                        if *from <= c.hashed && c.hashed < *to {
+                            let skip = (c.hashed - from) as usize;
+                            if let Some(h) = c.hasher.as_mut() {
+                                h.update(&bytes[skip..]);
+                            }
+                            c.hashed = *to;
+                        }
+                        if c.chunks.len() == CACHED {
+                            c.chunks.pop_front();
+                        }
+                        c.chunks.push_back((*from, bytes.clone()));
                     }
-                    c.chunks.push_back((pos, bytes.clone()));
-                    (pos, bytes)
+                    (pos, got[0].clone())
                 }
             };
             let at = (pos - start) as usize;

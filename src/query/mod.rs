@@ -425,32 +425,143 @@ pub fn decompress(
     Ok(checked)
 }
 
+/// Frames of one segment decompressed at once by [`walk_segment`] per
+/// worker: bounds memory to a few frames' lines.
+const FRAMES_PER_WORKER: usize = 2;
+
 /// Walk the frames of `seg` that overlap the selection, decompressing only
-/// those, and hand each to `f`; `f` returns false to stop everything (the
-/// reader of the output went away). Returns whether to go on.
+/// those (on the pool's workers, a few at a time), and hand each to `f` in
+/// order; `f` returns false to stop everything (the reader of the output
+/// went away). Returns whether to go on.
 pub fn walk_segment(
     seg: &Segment,
     sel: &Selection,
     stats: &mut Stats,
-    dec: &mut zstd::bulk::Decompressor<'static>,
-    raw: &mut Vec<u8>,
+    pool: &mut Pool,
     damaged: &mut dyn FnMut(&Segment, u64, String),
     f: &mut dyn FnMut(Frame<'_>) -> bool,
 ) -> io::Result<bool> {
     let mut w = Walk::open(seg, stats)?;
+    let batch = pool.len() * FRAMES_PER_WORKER;
     while let Some(list) = w.next_window(sel, stats, damaged)? {
-        for (offset, header) in &list {
-            match decompress(w.reader(), *offset, header, dec, raw, stats)? {
-                Ok(()) => {}
-                Err(e) => {
-                    damaged(seg, *offset, e);
-                    continue;
+        for chunk in list.chunks(batch) {
+            let lines = pool.run(seg, chunk, &|_, raw| std::mem::take(raw));
+            for ((offset, header), lines) in chunk.iter().zip(lines) {
+                match lines? {
+                    Ok(lines) => {
+                        stats.frames_read += 1;
+                        stats.raw_bytes += lines.len() as u64;
+                        stats.records += u64::from(header.records);
+                        if !f(Frame { segment: seg, header, lines: &lines }) {
+                            return Ok(false);
+                        }
+                    }
+                    Err(e) => {
+                        stats.damaged += 1;
+                        damaged(seg, *offset, e);
+                    }
                 }
-            }
-            if !f(Frame { segment: seg, header, lines: raw }) {
-                return Ok(false);
             }
         }
     }
+    pool.done();
     Ok(true)
+}
+
+/// Threads that read, check and decompress frames of a segment in
+/// parallel (`cat` and `grep`), each with its own zstd context, buffer and
+/// reader: a bucket segment's readers share its fetched chunks, so two
+/// workers fetch two ranges at once.
+pub struct Pool {
+    workers: Vec<Worker>,
+}
+
+struct Worker {
+    dec: zstd::bulk::Decompressor<'static>,
+    raw: Vec<u8>,
+    /// The segment it reads (its name) and its reader.
+    reader: Option<(String, SegmentReader)>,
+}
+
+impl Pool {
+    /// One worker per core.
+    pub fn new() -> io::Result<Pool> {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let workers = (0..n)
+            .map(|_| Ok(Worker { dec: zstd::bulk::Decompressor::new()?, raw: Vec::new(), reader: None }))
+            .collect::<io::Result<_>>()?;
+        Ok(Pool { workers })
+    }
+
+    pub fn len(&self) -> usize {
+        self.workers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.workers.is_empty()
+    }
+
+    /// The segment is done: its readers go (a bucket segment's cache with them).
+    pub fn done(&mut self) {
+        for w in &mut self.workers {
+            w.reader = None;
+        }
+    }
+
+    /// Decompress `frames` of `seg` and hand each frame's lines to `work`
+    /// on the worker that decompressed it (it may take the buffer); results
+    /// in the order of `frames`. The inner `Err` describes a damaged frame,
+    /// the outer one a segment that cannot be read (a bucket not answering).
+    pub fn run<T: Send>(
+        &mut self,
+        seg: &Segment,
+        frames: &[(u64, FrameHeader)],
+        work: &(dyn Fn(&FrameHeader, &mut Vec<u8>) -> T + Sync),
+    ) -> Vec<io::Result<Result<T, String>>> {
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        type Slot<T> = std::sync::Mutex<Option<io::Result<Result<T, String>>>>;
+        let slots: Vec<Slot<T>> = frames.iter().map(|_| std::sync::Mutex::new(None)).collect();
+        let name = seg.name();
+        std::thread::scope(|sc| {
+            for w in self.workers.iter_mut().take(frames.len()) {
+                let (next, slots, name) = (&next, &slots, &name);
+                sc.spawn(move || loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some((offset, header)) = frames.get(i) else { return };
+                    let r = w.decompress(seg, name, *offset, header).map(|d| d.map(|()| work(header, &mut w.raw)));
+                    *slots[i].lock().expect("not poisoned") = Some(r);
+                });
+            }
+        });
+        slots
+            .into_iter()
+            .map(|s| s.into_inner().expect("not poisoned").unwrap_or_else(|| Err(io::Error::other("not read"))))
+            .collect()
+    }
+}
+
+impl Worker {
+    fn decompress(
+        &mut self,
+        seg: &Segment,
+        name: &str,
+        offset: u64,
+        header: &FrameHeader,
+    ) -> io::Result<Result<(), String>> {
+        if self.reader.as_ref().is_none_or(|(n, _)| n != name) {
+            self.reader = None; // a bucket segment's cache goes before the next one's
+            self.reader = Some((name.to_owned(), seg.open()?));
+        }
+        let r = &mut self.reader.as_mut().expect("opened above").1;
+        if let Err(e) = r.read_data(offset, header)? {
+            return Ok(Err(e.to_string()));
+        }
+        self.raw.clear();
+        self.raw.reserve(header.raw_len as usize);
+        Ok(self
+            .dec
+            .decompress_to_buffer(r.data(), &mut self.raw)
+            .map(|_| ())
+            .map_err(|e| format!("does not decompress: {e}")))
+    }
 }
