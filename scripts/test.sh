@@ -5,7 +5,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# The fuzz targets build with nightly's cargo-fuzz; rustup installs it if absent.
+# The fuzz targets build with nightly's cargo-fuzz; rustup installs it if
+# absent. Without rustup (a distribution's cargo) say so now, not after the tests.
+if ! command -v rustup >/dev/null 2>&1; then
+  echo "scripts/test.sh: needs rustup to install the nightly toolchain the fuzz targets build with:" >&2
+  echo "  curl https://sh.rustup.rs -sSf | sh" >&2
+  exit 1
+fi
 if ! rustup run nightly cargo --version >/dev/null 2>&1; then
   rustup toolchain install nightly --profile minimal
 fi

@@ -118,6 +118,11 @@ async fn a_time_range_gives_exactly_its_records_and_frames_outside_are_not_decom
     assert_eq!(String::from_utf8(all).unwrap(), everything);
     let (none, _) = ferry_cat(&[&data, "--stream", "other"]);
     assert!(none.is_empty());
+    // A relative time is taken as the value of --from, not as an option
+    // (`--from -5m` as the docs write it): nothing that recent here.
+    let out = Command::new(FERRY).args(["cat", &data, "--from", "-5m", "--to", "-1m"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.stdout.is_empty());
     // A bad time names itself.
     let out = Command::new(FERRY).args(["cat", &data, "--from", "yesterday"]).output().unwrap();
     assert!(!out.status.success());
@@ -306,6 +311,13 @@ async fn grep_matches_what_zstdcat_and_grep_match_in_the_same_order() {
         &["x$"],
         &["rare-needle"],
         &["-F", "no such thing anywhere"],
+        // grep users' habits: -E (always so here), several -e, -w.
+        &["-E", "POST|DELETE /x"],
+        &["-e", "POST", "-e", "timeout"],
+        &["-c", "-e", "x$", "-e", "^<13>"],
+        &["-w", "x"],
+        &["-w", "-i", "error"],
+        &["-w", "-F", "a.b"],
     ];
     let all = zstdcat(dir.path());
     for args in cases {
@@ -324,6 +336,12 @@ async fn grep_matches_what_zstdcat_and_grep_match_in_the_same_order() {
         );
         assert_eq!(got.status.code(), want.status.code(), "exit status as grep's for {args:?}");
     }
+    // With -e the word after the options is the archive; given twice, refused by name.
+    let twice = Command::new(FERRY).args(["grep", "-e", "x", &data, &data]).output().unwrap();
+    assert!(!twice.status.success());
+    assert!(String::from_utf8_lossy(&twice.stderr).contains("name the archive once"));
+    let p = Command::new(FERRY).args(["grep", "-P", "x", &data]).output().unwrap();
+    assert!(String::from_utf8_lossy(&p.stderr).contains("'-P'"), "an option grep has and ferry not is named");
     // -l names the segments with a match; a time range narrows the search.
     let l = Command::new(FERRY).args(["grep", "-l", "rare-needle", &data]).output().unwrap();
     let listed: Vec<String> = String::from_utf8(l.stdout).unwrap().lines().map(str::to_owned).collect();

@@ -29,9 +29,9 @@ use crate::store::frame::FrameHeader;
 /// Which records: the archive, sites, streams, receive-time range (shared by `cat` and `grep`).
 #[derive(Debug, clap::Args)]
 pub struct SelectArgs {
-    /// A data_dir or its archive/, or a bucket the nodes upload to: s3://bucket/prefix.
-    #[arg(default_value = "data", value_name = "ARCHIVE")]
-    location: String,
+    /// A data_dir or its archive/, or a bucket the nodes upload to: s3://bucket/prefix [default: data].
+    #[arg(value_name = "ARCHIVE")]
+    location: Option<String>,
     /// For s3://: a node config whose [[bucket]] names the bucket gives endpoint, region, CA and
     /// credentials (without it: AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, ... from the environment).
     #[arg(long)]
@@ -43,10 +43,10 @@ pub struct SelectArgs {
     #[arg(long)]
     stream: Vec<String>,
     /// Records received at or after this time: RFC 3339, 2026-11-30T14:05 (UTC), 2026-11-30, -15m, -2h, -1d.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     from: Option<String>,
     /// Records received before this time (same forms).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     to: Option<String>,
     /// Print what was read and what was skipped to stderr.
     #[arg(long)]
@@ -54,6 +54,18 @@ pub struct SelectArgs {
 }
 
 impl SelectArgs {
+    pub fn location(&self) -> &str {
+        self.location.as_deref().unwrap_or("data")
+    }
+
+    pub fn location_given(&self) -> bool {
+        self.location.is_some()
+    }
+
+    pub fn set_location(&mut self, l: String) {
+        self.location = Some(l);
+    }
+
     /// The archive and the selection; times parsed against now.
     pub fn resolve(&self) -> anyhow::Result<(Archive, Selection)> {
         let now = SystemClock.now_ms();
@@ -65,7 +77,7 @@ impl SelectArgs {
             from_ms: time(&self.from)?,
             to_ms: time(&self.to)?,
         };
-        let archive = Archive::open(&self.location, self.config.as_deref())?;
+        let archive = Archive::open(self.location(), self.config.as_deref())?;
         Ok((archive, sel))
     }
 

@@ -22,14 +22,25 @@ use crate::store::frame::FrameHeader;
 #[derive(Debug, clap::Args)]
 pub struct GrepArgs {
     /// A regular expression (Rust `regex` syntax, like `grep -E`), or a fixed string with -F.
-    pattern: String,
+    /// Absent when patterns are given with -e.
+    #[arg(required_unless_present = "regexp")]
+    pattern: Option<String>,
     #[command(flatten)]
     select: SelectArgs,
     #[command(flatten)]
     format: FormArgs,
+    /// A pattern (repeat for several: a record matching any of them matches).
+    #[arg(short = 'e', long = "regexp", value_name = "PATTERN", allow_hyphen_values = true)]
+    regexp: Vec<String>,
+    /// Patterns are extended regular expressions: always so here (accepted for grep's habit).
+    #[arg(short = 'E', long)]
+    extended_regexp: bool,
     /// The pattern is a fixed string.
-    #[arg(short = 'F', long)]
+    #[arg(short = 'F', long, conflicts_with = "extended_regexp")]
     fixed_strings: bool,
+    /// Match whole words only.
+    #[arg(short = 'w', long)]
+    word_regexp: bool,
     /// Ignore case.
     #[arg(short, long)]
     ignore_case: bool,
@@ -59,14 +70,49 @@ struct Found {
     raw_bytes: u64,
 }
 
-pub fn grep(a: GrepArgs) -> anyhow::Result<i32> {
+impl GrepArgs {
+    /// The patterns, and the archive when the positional word meant it:
+    /// with -e the first word after the options is the archive, as in
+    /// `grep -e PATTERN FILE`.
+    fn patterns(&self) -> anyhow::Result<(Vec<String>, Option<String>)> {
+        match (&self.pattern, self.regexp.is_empty()) {
+            (Some(p), true) => Ok((vec![p.clone()], None)),
+            (None, false) => Ok((self.regexp.clone(), None)),
+            (Some(p), false) if self.select.location_given() => {
+                anyhow::bail!("with -e, name the archive once ({p:?} and {:?} given)", self.select.location())
+            }
+            (Some(p), false) => Ok((self.regexp.clone(), Some(p.clone()))),
+            (None, true) => anyhow::bail!("no pattern: give one, or -e PATTERN"),
+        }
+    }
+}
+
+/// One regular expression for every pattern: alternatives, each escaped
+/// with -F and held to word boundaries with -w.
+fn pattern_of(patterns: &[String], fixed: bool, word: bool) -> String {
+    let one = |p: &String| {
+        let p = if fixed { regex::escape(p) } else { p.clone() };
+        if word {
+            format!(r"\b(?:{p})\b")
+        } else {
+            format!("(?:{p})")
+        }
+    };
+    patterns.iter().map(one).collect::<Vec<_>>().join("|")
+}
+
+pub fn grep(mut a: GrepArgs) -> anyhow::Result<i32> {
+    let (patterns, location) = a.patterns()?;
+    if let Some(l) = location {
+        a.select.set_location(l);
+    }
     let (archive, sel) = a.select.resolve()?;
-    let pattern = if a.fixed_strings { regex::escape(&a.pattern) } else { a.pattern.clone() };
+    let pattern = pattern_of(&patterns, a.fixed_strings, a.word_regexp);
     let re = RegexBuilder::new(&pattern)
         .case_insensitive(a.ignore_case)
         .multi_line(true)
         .build()
-        .map_err(|e| anyhow::anyhow!("pattern {:?}: {e}", a.pattern))?;
+        .map_err(|e| anyhow::anyhow!("pattern {:?}: {e}", patterns.join(" | ")))?;
     let origins = query::origins(&archive, &sel)?;
     let mut stats = Stats::default();
     let paths: Vec<Segment> = origins.iter().flat_map(|o| o.segments.iter().cloned()).collect();

@@ -62,19 +62,56 @@ pub struct SendArgs {
 
 /// A stream transport's writer, and how to end it.
 trait StreamOut: Write {
-    /// Flush, and for TLS say goodbye and hear the server's answer.
-    fn finish(&mut self) -> io::Result<()> {
-        self.flush()
+    /// Flush and end the stream. True when the listener is known to have
+    /// read everything: it closed its side after ours (syslog over TCP has
+    /// no acknowledgement; this is the nearest thing), or, for TLS, answered
+    /// our close_notify.
+    fn finish(&mut self) -> io::Result<bool>;
+}
+
+impl StreamOut for io::BufWriter<TcpStream> {
+    fn finish(&mut self) -> io::Result<bool> {
+        self.flush()?;
+        let s = self.get_mut();
+        s.set_read_timeout(Some(CLOSE_WAIT))?;
+        s.shutdown(std::net::Shutdown::Write)?;
+        drain(s)
     }
 }
 
-impl StreamOut for io::BufWriter<TcpStream> {}
-impl StreamOut for io::BufWriter<UnixStream> {}
+impl StreamOut for io::BufWriter<UnixStream> {
+    fn finish(&mut self) -> io::Result<bool> {
+        self.flush()?;
+        let s = self.get_mut();
+        s.set_read_timeout(Some(CLOSE_WAIT))?;
+        s.shutdown(std::net::Shutdown::Write)?;
+        drain(s)
+    }
+}
 
 impl StreamOut for io::BufWriter<TlsOut> {
-    fn finish(&mut self) -> io::Result<()> {
+    fn finish(&mut self) -> io::Result<bool> {
         self.flush()?;
-        self.get_mut().finish()
+        self.get_mut().finish()?;
+        Ok(true)
+    }
+}
+
+/// How long `ferry send` waits for the listener to close after it.
+const CLOSE_WAIT: Duration = Duration::from_secs(10);
+
+/// Read until the peer closes (true) or `CLOSE_WAIT` passes (false).
+fn drain(r: &mut impl Read) -> io::Result<bool> {
+    let mut buf = [0u8; 4096];
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) => return Ok(true),
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => return Ok(false),
+            // A reset once our side is closed: the listener is gone too.
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Ok(true),
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -214,10 +251,19 @@ pub fn send(a: SendArgs) -> anyhow::Result<i32> {
         }
         sent += 1;
     }
-    if let Out::Stream(w) = &mut out {
-        w.finish().map_err(|e| lost(&a, e))?;
-    }
+    let read_all = match &mut out {
+        Out::Stream(w) => Some(w.finish().map_err(|e| lost(&a, e))?),
+        _ => None,
+    };
     let secs = started.elapsed().as_secs_f64();
-    eprintln!("ferry send: {sent} lines in {secs:.3}s ({:.0} lines/s)", sent as f64 / secs.max(1e-9));
+    let rate = sent as f64 / secs.max(1e-9);
+    match read_all {
+        Some(true) => eprintln!("ferry send: {sent} lines in {secs:.3}s ({rate:.0} lines/s), read to the end by the listener"),
+        Some(false) => eprintln!(
+            "ferry send: {sent} lines written in {secs:.3}s; the listener did not close within {}s, so how many it read is not known",
+            CLOSE_WAIT.as_secs()
+        ),
+        None => eprintln!("ferry send: {sent} datagrams sent in {secs:.3}s ({rate:.0}/s; datagrams are not acknowledged)"),
+    }
     Ok(0)
 }

@@ -389,7 +389,8 @@ pub fn seeded_rng(test: &str) -> rand::rngs::StdRng {
 }
 
 /// Run `ferry send` with `args`, feeding `input` on stdin.
-pub fn ferry_send(args: &[&str], input: &[u8]) {
+/// `ferry send` of `input`; its report (stderr).
+pub fn ferry_send(args: &[&str], input: &[u8]) -> String {
     let mut c = Command::new(FERRY)
         .arg("send")
         .args(args)
@@ -401,6 +402,7 @@ pub fn ferry_send(args: &[&str], input: &[u8]) {
     c.stdin.take().unwrap().write_all(input).unwrap();
     let out = c.wait_with_output().unwrap();
     assert!(out.status.success(), "ferry send {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// Resident set size of a process, in bytes (from /proc).
