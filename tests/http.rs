@@ -114,13 +114,10 @@ fn http_batches_are_acknowledged_after_commit_and_refusals_write_nothing() {
     assert_eq!(lines.len(), 25);
 }
 
-#[test]
-fn a_full_archive_with_on_full_reject_answers_503_and_keeps_earlier_batches() {
-    let dir = TestDir::new("http-full");
-    let ports = Ports { tcp: free_port(), udp: free_port(), admin: free_port() };
-    let store = "segment_max_bytes = \"64MiB\"\n[store.retention]\nmax_bytes = \"1MiB\"\non_full = \"reject\"\ncheck_interval = \"100ms\"";
-    let (mut node, http, _) = http_node(&dir, &ports, store);
-    // Barely compressible lines: the open segment (never deleted) outgrows max_bytes.
+/// Post batches of barely compressible lines (150 of ~310 bytes) until the
+/// node answers 503 (or 200 batches went in): the batches accepted, and the
+/// last status.
+fn post_until_full(http: u16, dir: &TestDir) -> (Vec<usize>, u16) {
     let mut x: u64 = 0x9E3779B97F4A7C15;
     let mut accepted = Vec::new();
     let mut status = 200;
@@ -137,7 +134,7 @@ fn a_full_archive_with_on_full_reject_answers_503_and_keeps_earlier_batches() {
                 .collect();
             body.push_str(&format!("full-{b:03}-{i:03} {noise}\n"));
         }
-        let (s, r) = post(http, "/v1/streams/live", body.as_bytes(), &[], &dir);
+        let (s, r) = post(http, "/v1/streams/live", body.as_bytes(), &[], dir);
         status = s;
         if s == 503 {
             assert!(r.to_ascii_lowercase().contains("retry-after:") && r.contains("full"), "{r}");
@@ -147,6 +144,17 @@ fn a_full_archive_with_on_full_reject_answers_503_and_keeps_earlier_batches() {
         accepted.push(b);
         std::thread::sleep(Duration::from_millis(20));
     }
+    (accepted, status)
+}
+
+#[test]
+fn a_full_archive_with_on_full_reject_answers_503_and_keeps_earlier_batches() {
+    let dir = TestDir::new("http-full");
+    let ports = Ports { tcp: free_port(), udp: free_port(), admin: free_port() };
+    let store = "segment_max_bytes = \"64MiB\"\n[store.retention]\nmax_bytes = \"1MiB\"\non_full = \"reject\"\ncheck_interval = \"100ms\"";
+    let (mut node, http, _) = http_node(&dir, &ports, store);
+    // Barely compressible lines: the open segment (never deleted) outgrows max_bytes.
+    let (accepted, status) = post_until_full(http, &dir);
     assert_eq!(status, 503, "the store filled up and refused");
     let (s, _) = http_get(ports.admin, "/readyz").unwrap();
     assert_eq!(s, 503, "not ready while full");
@@ -155,6 +163,27 @@ fn a_full_archive_with_on_full_reject_answers_503_and_keeps_earlier_batches() {
     assert_eq!(lines.len(), accepted.len() * 150, "every accepted batch intact, nothing of the refused one");
     let refused = format!("full-{:03}-", accepted.len());
     assert!(!lines.iter().any(|l| l.starts_with(&refused)));
+}
+
+/// "Full" does not wait for the next retention pass: with one a minute (the
+/// default interval) the door closes once what was written since the last
+/// pass takes the archive over `max_bytes`, not after a minute's intake
+/// (here 200 batches, about 5 MB compressed, in 5 s).
+#[test]
+fn on_full_reject_closes_at_max_bytes_between_retention_passes() {
+    let dir = TestDir::new("http-full-between");
+    let ports = Ports { tcp: free_port(), udp: free_port(), admin: free_port() };
+    let store = "segment_max_bytes = \"64MiB\"\n[store.retention]\nmax_bytes = \"1MiB\"\non_full = \"reject\"\ncheck_interval = \"60s\"";
+    let (mut node, http, _) = http_node(&dir, &ports, store);
+    let t = std::time::Instant::now();
+    let (accepted, status) = post_until_full(http, &dir);
+    assert_eq!(status, 503, "{} batches taken in {:?} without a refusal", accepted.len(), t.elapsed());
+    assert!(t.elapsed() < Duration::from_secs(60), "refused before the next pass");
+    node.stop();
+    let bytes: u64 = segments(&node.data).iter().map(|p| std::fs::metadata(p).unwrap().len()).sum();
+    // At most one commit past the limit (commits of ~30 KB of frames here).
+    assert!(bytes <= (1 << 20) + (256 << 10), "{bytes} bytes archived for max_bytes = 1 MiB");
+    assert!(bytes > 1 << 20, "{bytes} bytes: closed before the limit");
 }
 
 /// HTTPS with the deployment CA: curl with a deployment certificate gets its

@@ -20,7 +20,6 @@
 use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tracing::{error, info, warn};
@@ -80,7 +79,7 @@ pub struct Mirror {
     entries: Mutex<HashMap<PathBuf, Arc<Mutex<Entry>>>>,
     /// The store's "sealed segments kept are over max_bytes" flag (retention
     /// sets it under `on_full = "reject"`).
-    full: Arc<AtomicBool>,
+    full: Arc<crate::store::retention::Fullness>,
     /// Told of every append and seal: uplinks of a regional hop forward
     /// mirror segments as they grow.
     changes: Arc<Changes>,
@@ -116,7 +115,7 @@ impl Mirror {
         clock: Arc<dyn Clock>,
         metrics: Metrics,
         changes: Arc<Changes>,
-        full: Arc<AtomicBool>,
+        full: Arc<crate::store::retention::Fullness>,
     ) -> Mirror {
         Mirror { archive_dir, state_dir, fs, metrics, clock, entries: Mutex::new(HashMap::new()), full, changes }
     }
@@ -173,10 +172,11 @@ impl Mirror {
             return Err(AppendError::WrongOffset { offset, expected: e.len });
         }
         // Only new segments are refused, and only while the *sealed*
-        // segments kept are over max_bytes: one already begun may complete
-        // and be sealed, and open segments (which cannot be deleted before
-        // their origin seals them) never hold the door shut.
-        if e.len == 0 && self.full.load(Ordering::Relaxed) {
+        // segments kept are over max_bytes (as of the last retention pass
+        // plus those sealed since): one already begun may complete and be
+        // sealed, and open segments (which cannot be deleted before their
+        // origin seals them) never hold the door shut.
+        if e.len == 0 && self.full.sealed_full() {
             self.metrics.mirror_errors.with_label_values(&["archive_full"]).inc();
             return Err(AppendError::Full);
         }
@@ -186,6 +186,7 @@ impl Mirror {
             self.metrics.mirror_errors.with_label_values(&[trouble.as_str()]).inc();
             return Err(AppendError::Io(err));
         }
+        self.full.wrote(frames.len() as u64);
         Ok(e.len)
     }
 
@@ -315,6 +316,7 @@ impl Mirror {
         };
         rec.store(&self.fs, &seal_path(&self.state_dir, &e.rel))?;
         info!(path = %e.rel.display(), len, records = rec.records, "mirror segment sealed, byte-identical to origin");
+        self.full.sealed(len);
         e.file = None;
         e.seal = Some(rec);
         let rel = e.rel.clone();

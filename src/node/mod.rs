@@ -328,7 +328,7 @@ impl Node {
                 self.clock.clone(),
                 self.metrics.clone(),
                 self.store.changes().clone(),
-                self.store.sealed_full_flag(),
+                self.store.fullness(),
             ));
             let epoch = mirror.epoch().context("cannot read or create state/mirror.epoch")?;
             self.mirror = Some((mirror, epoch));

@@ -96,6 +96,8 @@ pub struct Writer {
     /// Told of every commit and every segment created or closed: it wakes
     /// the forwarders.
     pub changes: Arc<Changes>,
+    /// Told of every byte written (`on_full = "reject"` between passes).
+    pub fullness: Arc<super::retention::Fullness>,
     /// The stream's queue budget: closed when the writer stops, so a sender
     /// waiting for room is told the store closed.
     pub budget: Arc<tokio::sync::Semaphore>,
@@ -481,6 +483,7 @@ impl Writer {
                 self.metrics.committed_records.with_label_values(&[s]).inc_by(u64::from(records));
                 self.metrics.committed_bytes.with_label_values(&[s]).inc_by(p.raw.len() as u64);
                 self.metrics.written_bytes.with_label_values(&[s]).inc_by(frame.len() as u64);
+                self.fullness.wrote(frame.len() as u64);
                 self.metrics.commits.with_label_values(&[s]).inc();
                 self.metrics.commit_seconds.with_label_values(&[s]).observe(started.elapsed().as_secs_f64());
                 let mut seq = first_seq;
@@ -803,6 +806,7 @@ impl Writer {
                     self.changes.layout_changed(Some(&rel));
                     // Cut records keep their sequence numbers: the gap shows the loss.
                     self.metrics.segments_sealed.with_label_values(&[&self.stream]).inc();
+                    self.fullness.sealed(rec.len);
                     info!(stream = %self.stream, path = %path.display(), len = rec.len, records = rec.records, "segment sealed");
                 }
                 Err((s, e)) => {

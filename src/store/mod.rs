@@ -32,7 +32,7 @@ pub mod segment;
 
 use std::io;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -151,7 +151,7 @@ impl Health {
 pub struct StreamHandle {
     name: Arc<str>,
     tx: mpsc::Sender<Msg>,
-    full: Arc<AtomicBool>,
+    full: Arc<retention::Fullness>,
     health: Arc<Health>,
     /// Bytes of queued batches not yet taken by the writer ([`Self::submit`]).
     budget: Arc<Semaphore>,
@@ -163,9 +163,10 @@ impl StreamHandle {
         &self.name
     }
 
-    /// True while retention says the archive is full and `on_full = "reject"`.
+    /// True while the archive is over `max_bytes` and `on_full = "reject"`
+    /// (as retention last counted it, plus what was written since).
     pub fn is_full(&self) -> bool {
-        self.full.load(Ordering::Relaxed)
+        self.full.is_full()
     }
 
     /// Why the stream's disk refuses writes now, if it does.
@@ -250,8 +251,7 @@ impl StreamHandle {
 pub struct Store {
     streams: Vec<StreamHandle>,
     threads: Mutex<Vec<JoinHandle<()>>>,
-    full: Arc<AtomicBool>,
-    sealed_full: Arc<AtomicBool>,
+    full: Arc<retention::Fullness>,
     cfg: StoreConfig,
     /// `cfg.retention` as reloaded (ages, sizes, interval; `on_full` stays).
     retention: std::sync::RwLock<crate::config::RetentionConfig>,
@@ -284,7 +284,7 @@ impl Store {
         let room = Arc::new(Notify::new());
         let changes = Changes::new();
         let handle = tokio::runtime::Handle::current();
-        let full = Arc::new(AtomicBool::new(false));
+        let full = Arc::new(retention::Fullness::new(metrics.store_full.clone()));
         let mut streams = Vec::new();
         let mut threads = Vec::new();
         for name in &config.streams {
@@ -325,6 +325,7 @@ impl Store {
                 last_name: rec.last_name,
                 closing: Vec::new(),
                 changes: changes.clone(),
+                fullness: full.clone(),
                 budget: budget.clone(),
             };
             let h = handle.clone();
@@ -346,7 +347,6 @@ impl Store {
             streams,
             threads: Mutex::new(threads),
             full,
-            sealed_full: Arc::new(AtomicBool::new(false)),
             cfg: config.store.clone(),
             retention: std::sync::RwLock::new(config.store.retention.clone()),
             archive_dir,
@@ -404,14 +404,13 @@ impl Store {
         self.retention.read().expect("not poisoned").clone()
     }
 
-    /// Reload: new ages, sizes and interval, used from the next pass on.
-    /// True while the sealed segments retention must keep are over
-    /// `max_bytes` with `on_full = "reject"` ([`retention::Outcome::sealed_full`]):
-    /// the mirror takes no new segment then.
-    pub fn sealed_full_flag(&self) -> Arc<AtomicBool> {
-        self.sealed_full.clone()
+    /// Whether the archive is full under `on_full = "reject"`, for the
+    /// mirror ([`retention::Fullness::sealed_full`]) and what it writes.
+    pub fn fullness(&self) -> Arc<retention::Fullness> {
+        self.full.clone()
     }
 
+    /// Reload: new ages, sizes and interval, used from the next pass on.
     /// `on_full` is fixed at start (the writers act on it).
     pub fn set_retention(&self, r: crate::config::RetentionConfig) {
         debug_assert_eq!(r.on_full, self.cfg.retention.on_full);
@@ -429,8 +428,7 @@ impl Store {
             hold,
             &self.metrics,
         )?;
-        self.full.store(out.full, Ordering::Relaxed);
-        self.sealed_full.store(out.sealed_full, Ordering::Relaxed);
+        self.full.passed(&self.retention(), &out);
         if !out.deleted.is_empty() {
             self.changes.layout_changed(None);
         }

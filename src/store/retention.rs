@@ -8,6 +8,7 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tracing::{info, warn};
@@ -52,12 +53,9 @@ pub struct Outcome {
     pub deleted: Vec<PathBuf>,
     /// The archive is over `max_bytes` and `on_full = "reject"`.
     pub full: bool,
-    /// Sealed segments that must be kept (undelivered) alone are over
-    /// `max_bytes`, with `on_full = "reject"`: the mirror takes no new
-    /// segment. Open segments do not count: they cannot be deleted before
-    /// their origin seals them, and refusing because of them would stall
-    /// every origin until its next rotation.
-    pub sealed_full: bool,
+    /// Bytes of the sealed segments kept (after deletions): over
+    /// `max_bytes` the mirror takes no new segment ([`Fullness::sealed_full`]).
+    pub sealed_bytes: u64,
 }
 
 struct Seg {
@@ -155,13 +153,91 @@ pub fn pass(
             }
         }
         out.full = out.total_bytes > max && cfg.on_full == OnFull::Reject;
-        out.sealed_full = sealed_bytes > max && cfg.on_full == OnFull::Reject;
+        out.sealed_bytes = sealed_bytes;
     }
     expire_tombstones(fs, state_dir, cfg, now_ms);
     metrics.archive_bytes.set(out.total_bytes as i64);
     metrics.archive_segments.set(out.segments as i64);
     metrics.store_full.set(i64::from(out.full));
     Ok(out)
+}
+
+/// Whether the archive is over `max_bytes` under `on_full = "reject"`,
+/// between retention passes too. A pass sets what it counted; writers add
+/// what they write; so a burst closes the door when it crosses the limit,
+/// not at the next pass (`check_interval`, 60 s by default, in which a
+/// relay can take gigabytes).
+#[derive(Debug)]
+pub struct Fullness {
+    /// `ferry_store_full`, which `/readyz` and `ferry status` read: set as
+    /// soon as writes cross the limit, not at the next pass.
+    gauge: prometheus::IntGauge,
+    /// `u64::MAX` without a limit or when `on_full` is not `reject`.
+    max: AtomicU64,
+    /// Archive bytes, and sealed bytes kept, at the last pass.
+    total: AtomicU64,
+    sealed: AtomicU64,
+    /// Bytes written since the last pass (commits and mirror appends), and
+    /// bytes of the segments sealed since.
+    written: AtomicU64,
+    sealed_since: AtomicU64,
+}
+
+impl Fullness {
+    pub fn new(gauge: prometheus::IntGauge) -> Fullness {
+        Fullness {
+            gauge,
+            max: AtomicU64::new(u64::MAX),
+            total: AtomicU64::new(0),
+            sealed: AtomicU64::new(0),
+            written: AtomicU64::new(0),
+            sealed_since: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Fullness {
+    pub fn wrote(&self, bytes: u64) {
+        self.written.fetch_add(bytes, Ordering::Relaxed);
+        if self.gauge.get() == 0 && self.is_full() {
+            self.gauge.set(1);
+            warn!("archive reached max_bytes and on_full = reject: refusing new records until retention frees room");
+        }
+    }
+
+    /// A segment of `bytes` was sealed (local or mirrored).
+    pub fn sealed(&self, bytes: u64) {
+        self.sealed_since.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// A pass counted the archive: the count starts again from it.
+    pub fn passed(&self, cfg: &RetentionConfig, out: &Outcome) {
+        let max = match (cfg.max_bytes, cfg.on_full) {
+            (Some(m), OnFull::Reject) => m,
+            _ => u64::MAX,
+        };
+        self.total.store(out.total_bytes, Ordering::Relaxed);
+        self.sealed.store(out.sealed_bytes, Ordering::Relaxed);
+        self.written.store(0, Ordering::Relaxed);
+        self.sealed_since.store(0, Ordering::Relaxed);
+        self.max.store(max, Ordering::Relaxed);
+    }
+
+    /// Ingest stops: the archive as last counted plus what came since is
+    /// over `max_bytes`.
+    pub fn is_full(&self) -> bool {
+        let since = self.written.load(Ordering::Relaxed);
+        self.total.load(Ordering::Relaxed).saturating_add(since) > self.max.load(Ordering::Relaxed)
+    }
+
+    /// The mirror takes no new segment: the sealed segments retention must
+    /// keep, plus those sealed since, are over `max_bytes`. Open segments
+    /// never close it: they cannot be deleted before their origin seals
+    /// them, so counting them shut the door until the edges rotated.
+    pub fn sealed_full(&self) -> bool {
+        let since = self.sealed_since.load(Ordering::Relaxed);
+        self.sealed.load(Ordering::Relaxed).saturating_add(since) > self.max.load(Ordering::Relaxed)
+    }
 }
 
 /// Keep the seal record of an undelivered segment just deleted as its
@@ -268,10 +344,19 @@ pub fn make_room(
     Ok(deleted)
 }
 
+/// Under `on_full = "reject"` with `max_bytes`, a pass at most this soon
+/// after a segment came, was sealed or went.
+const RELOOK_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Run retention every `check_interval` (as in force: a reload changes it
-/// from the next wait on) until `stop` is cancelled.
+/// from the next wait on) until `stop` is cancelled. Under `on_full =
+/// "reject"` with `max_bytes`, also when segments come, are sealed or go
+/// (at most every [`RELOOK_AFTER`]): "full" is decided by passes, and with
+/// only one every `check_interval` (60 s by default) what arrived between
+/// two passes overshot `max_bytes` by a whole interval's intake.
 pub async fn run(store: Arc<Store>, hold: Arc<dyn Hold>, stop: tokio_util::sync::CancellationToken) {
     let mut was_full = false;
+    let mut changes = store.changes().subscribe();
     loop {
         let s = store.clone();
         let h = hold.clone();
@@ -292,10 +377,18 @@ pub async fn run(store: Arc<Store>, hold: Arc<dyn Hold>, stop: tokio_util::sync:
             Ok(Err(e)) => warn!(error = %e, "retention pass failed"),
             Err(e) => warn!(error = %e, "retention task failed"),
         }
+        let passed = tokio::time::Instant::now();
+        let mut relook = false;
         loop {
+            let r = store.retention();
+            let watch = r.max_bytes.is_some() && r.on_full == OnFull::Reject;
+            let due = passed + if relook { RELOOK_AFTER.min(r.check_interval) } else { r.check_interval };
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(store.retention().check_interval) => break,
+                _ = tokio::time::sleep_until(due) => break,
+                // Growth wakes this too (every commit); only a new, sealed
+                // or deleted segment calls for a pass.
+                _ = changes.changed(), if watch && !relook => relook = changes.take().relist,
                 _ = store.room_wanted() => {
                     let (s, h) = (store.clone(), hold.clone());
                     match tokio::task::spawn_blocking(move || s.make_room(&*h)).await {
