@@ -389,25 +389,32 @@ fn bucket_killed_for_30s_lag_shows_and_everything_arrives_once_after() {
     assert_eq!(w.central().metric("ferry_bucket_up", &[("bucket", "s3")]), 1.0);
 }
 
+/// A lone node (multipart above 5 MiB, 5 MiB parts, one at a time, 2 MiB/s)
+/// stopped with one sealed segment of over 8 MiB that it has not uploaded
+/// (the uploader stops with the node before it gets far): every sealed
+/// segment, that one's path and bytes, the ports and config to start it.
+fn one_large_segment(dir: &TestDir, weed: &Weed, seed: u64) -> (Segs, String, Vec<u8>, Ports, String) {
+    let bucket = "multipart_above = \"5MiB\"\npart_size = \"5MiB\"\nconcurrency = 1\nmax_rate = \"2MiB/s\"";
+    let (mut node, ports, cfg) = lone_node(dir, weed, "segment_max_bytes = \"64MiB\"", bucket);
+    send_noise(&node, &ports, 20 * 1024, 1024, seed);
+    node.stop();
+    let segs = lone_sealed(dir);
+    let sizes: Vec<usize> = segs.values().map(Vec::len).collect();
+    let (rel, bytes) =
+        segs.iter().find(|(_, b)| b.len() > 8 << 20).unwrap_or_else(|| panic!("no segment over 8 MiB: {sizes:?}"));
+    let (rel, bytes) = (rel.clone(), bytes.clone());
+    (segs, rel, bytes, ports, cfg)
+}
+
 /// kill -9 of the uploading node in the middle of a multipart upload (a
 /// 12 MiB segment, 5 MiB parts, capped at 2 MiB/s): after the restart
 /// the object is there once, complete and equal to the segment, and no
 /// multipart upload is left open in the bucket.
 #[test]
 fn kill9_in_a_multipart_upload_leaves_one_whole_object_and_no_open_upload() {
-    let name = "bucket-multipart-kill";
-    let dir = TestDir::new(name);
+    let dir = TestDir::new("bucket-multipart-kill");
     let weed = Weed::start(&dir.path, "archive");
-    let bucket = "multipart_above = \"5MiB\"\npart_size = \"5MiB\"\nconcurrency = 1\nmax_rate = \"2MiB/s\"";
-    let (mut node, ports, cfg) = lone_node(&dir, &weed, "segment_max_bytes = \"64MiB\"", bucket);
-    send_noise(&node, &ports, 20 * 1024, 1024, 1);
-    // Stopped: the open segment is sealed on the way out (the uploader
-    // stops with the node before it gets far).
-    node.stop();
-    let segs = lone_sealed(&dir);
-    let sizes: Vec<usize> = segs.values().map(Vec::len).collect();
-    let (rel, bytes) =
-        segs.iter().find(|(_, b)| b.len() > 8 << 20).unwrap_or_else(|| panic!("no segment over 8 MiB: {sizes:?}"));
+    let (segs, rel, bytes, ports, cfg) = one_large_segment(&dir, &weed, 1);
     let mut node = Node::start(&dir, &cfg, ports.admin);
     let parts = &[("bucket", "s3"), ("op", "put_part")];
     node.wait_metric("ferry_bucket_requests_total", parts, Duration::from_secs(30), |v| v >= 2.0);
@@ -422,7 +429,7 @@ fn kill9_in_a_multipart_upload_leaves_one_whole_object_and_no_open_upload() {
     assert!(node.metric("ferry_bucket_aborted_uploads_total", &[("bucket", "s3")]) >= 1.0);
     let keys = weed.keys("");
     assert_eq!(keys.get(rel.as_str()), Some(&(bytes.len() as u64)));
-    assert!(weed.get(rel) == *bytes, "the object differs from the segment");
+    assert!(weed.get(&rel) == bytes, "the object differs from the segment");
     assert!(keys.keys().all(|k| !k.contains(".ferry/")), "staging objects left: {keys:#?}");
     assert!(node.log_text().contains("aborted the multipart uploads a previous run left open"));
 }
@@ -432,26 +439,18 @@ fn kill9_in_a_multipart_upload_leaves_one_whole_object_and_no_open_upload() {
 /// compared: a conflict, the other object untouched, nothing left open.
 #[test]
 fn a_key_put_during_a_multipart_upload_is_never_overwritten_by_its_completion() {
-    let name = "bucket-multipart-race";
-    let dir = TestDir::new(name);
+    let dir = TestDir::new("bucket-multipart-race");
     let weed = Weed::start(&dir.path, "archive");
-    let bucket = "multipart_above = \"5MiB\"\npart_size = \"5MiB\"\nconcurrency = 1\nmax_rate = \"2MiB/s\"";
-    let (mut node, ports, cfg) = lone_node(&dir, &weed, "segment_max_bytes = \"64MiB\"", bucket);
-    send_noise(&node, &ports, 20 * 1024, 1024, 2);
-    node.stop();
-    let segs = lone_sealed(&dir);
-    let sizes: Vec<usize> = segs.values().map(Vec::len).collect();
-    let (rel, bytes) =
-        segs.iter().find(|(_, b)| b.len() > 8 << 20).unwrap_or_else(|| panic!("no segment over 8 MiB: {sizes:?}"));
+    let (_, rel, bytes, ports, cfg) = one_large_segment(&dir, &weed, 2);
     let node = Node::start(&dir, &cfg, ports.admin);
     let parts = &[("bucket", "s3"), ("op", "put_part")];
     node.wait_metric("ferry_bucket_requests_total", parts, Duration::from_secs(30), |v| v >= 1.0);
     assert!(!weed.open_uploads().is_empty(), "the upload was over before the key was planted");
     let planted = b"another writer's object".to_vec();
-    weed.plant(rel, &planted);
+    weed.plant(&rel, &planted);
     node.wait_metric("ferry_bucket_conflicts_total", &[("bucket", "s3")], Duration::from_secs(60), |v| v == 1.0);
-    assert_eq!(weed.get(rel), planted, "the completion overwrote the key");
-    assert_ne!(&planted, bytes);
+    assert_eq!(weed.get(&rel), planted, "the completion overwrote the key");
+    assert_ne!(planted, bytes);
     assert!(weed.open_uploads().is_empty(), "multipart uploads left open: {:?}", weed.open_uploads());
     assert!(node.metric("ferry_bucket_aborted_uploads_total", &[("bucket", "s3")]) >= 1.0);
     let done = &[("bucket", "s3"), ("op", "complete_multipart")];

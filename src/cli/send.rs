@@ -69,23 +69,30 @@ trait StreamOut: Write {
     fn finish(&mut self) -> io::Result<bool>;
 }
 
-impl StreamOut for io::BufWriter<TcpStream> {
-    fn finish(&mut self) -> io::Result<bool> {
-        self.flush()?;
-        let s = self.get_mut();
-        s.set_read_timeout(Some(CLOSE_WAIT))?;
-        s.shutdown(std::net::Shutdown::Write)?;
-        drain(s)
+/// A socket that can stop sending and still read (TCP, unix stream).
+trait HalfClose: Read + Write {
+    fn half_close(&self) -> io::Result<()>;
+}
+
+impl HalfClose for TcpStream {
+    fn half_close(&self) -> io::Result<()> {
+        self.set_read_timeout(Some(CLOSE_WAIT))?;
+        self.shutdown(std::net::Shutdown::Write)
     }
 }
 
-impl StreamOut for io::BufWriter<UnixStream> {
+impl HalfClose for UnixStream {
+    fn half_close(&self) -> io::Result<()> {
+        self.set_read_timeout(Some(CLOSE_WAIT))?;
+        self.shutdown(std::net::Shutdown::Write)
+    }
+}
+
+impl<S: HalfClose> StreamOut for io::BufWriter<S> {
     fn finish(&mut self) -> io::Result<bool> {
         self.flush()?;
-        let s = self.get_mut();
-        s.set_read_timeout(Some(CLOSE_WAIT))?;
-        s.shutdown(std::net::Shutdown::Write)?;
-        drain(s)
+        self.get_mut().half_close()?;
+        drain(self.get_mut())
     }
 }
 
