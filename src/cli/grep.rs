@@ -122,7 +122,7 @@ pub fn grep(mut a: GrepArgs) -> anyhow::Result<i32> {
     let mut matched = 0u64;
     let form = a.format.form();
     let mut buf = Vec::new();
-    let search = |h: &FrameHeader, raw: &mut Vec<u8>| search(h, raw, &re, a.invert_match);
+    let matches = |h: &FrameHeader, raw: &mut Vec<u8>| search(h, raw, &re, a.invert_match);
     // Segment by segment, window by window (a file is one window): the
     // frame headers first (no data read), then the frames chosen, searched
     // on every core in batches, printed in archive order. The pool's
@@ -134,7 +134,7 @@ pub fn grep(mut a: GrepArgs) -> anyhow::Result<i32> {
                 let mut listed = false;
                 while let Some(list) = walk.next_window(&sel, &mut stats, &mut report)? {
                     for batch in list.chunks(BATCH) {
-                        let found = pool.run(seg, batch, &search);
+                        let found = pool.run(seg, batch, &matches);
                         progress.inc(batch.iter().map(|(_, h)| h.frame_len()).sum());
                         for ((offset, header), f) in batch.iter().zip(found) {
                             let f = match f? {

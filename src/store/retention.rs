@@ -194,9 +194,7 @@ impl Fullness {
             sealed_since: AtomicU64::new(0),
         }
     }
-}
 
-impl Fullness {
     pub fn wrote(&self, bytes: u64) {
         self.written.fetch_add(bytes, Ordering::Relaxed);
         if self.gauge.get() == 0 && self.is_full() {
