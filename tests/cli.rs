@@ -117,7 +117,12 @@ fn a_second_signal_exits_at_once_while_the_first_is_still_committing() {
     });
     let mut child = node.child.take().unwrap();
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    std::thread::sleep(Duration::from_millis(300));
+    // The first signal is taken (logged), and the node is still committing.
+    let t = Instant::now();
+    while !node.log_text().contains("signal received: stopping") {
+        assert!(t.elapsed() < Duration::from_secs(10), "the first signal was not taken:\n{}", node.log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert!(child.try_wait().unwrap().is_none(), "still committing after the first signal");
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let t = Instant::now();

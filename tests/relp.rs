@@ -209,10 +209,16 @@ fn a_relp_session_ended_by_a_stop_delivers_every_answer_it_owes() {
     std::thread::sleep(Duration::from_millis(300));
     let mut answers = Vec::new();
     let mut chunk = [0u8; 4096];
+    // Bounded: a node that neither answers nor closes fails the test, not hangs it.
+    c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     loop {
         match c.read(&mut chunk) {
-            Ok(0) | Err(_) => break,
+            Ok(0) => break,
             Ok(n) => answers.extend_from_slice(&chunk[..n]),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                panic!("the stopping node neither answered nor closed the session within 60 s")
+            }
+            Err(_) => break,
         }
         std::thread::sleep(Duration::from_millis(1));
     }
