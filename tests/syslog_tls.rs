@@ -194,7 +194,13 @@ fn clients_without_a_certificate_from_the_deployment_ca_are_refused() {
         status.lines().any(|l| l.trim_start().starts_with("tls ") && l.contains("connections_refused:tls_handshake=2")),
         "ferry status shows the refusals per listener:\n{status}"
     );
-    std::thread::sleep(Duration::from_millis(300));
+    // Each refusal is logged (one line a second at most per listener: the
+    // clients above were spaced for it); wait for the third, bounded.
+    let t = Instant::now();
+    while node.log_text().lines().filter(|l| l.contains("TLS connection refused")).count() < 3 {
+        assert!(t.elapsed() < Duration::from_secs(10), "refusals not logged:\n{}", node.log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
     node.stop();
     let log = node.log_text();
     let refusals: Vec<&str> = log.lines().filter(|l| l.contains("TLS connection refused")).collect();
