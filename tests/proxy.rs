@@ -479,10 +479,14 @@ fn samples_grow_with_traffic() {
     let server = TcpServer::sink();
     let p = Proxy::tcp(server.addr);
     let mut c = connect(&p);
-    std::thread::sleep(Duration::from_millis(250));
+    // Samples of the idle start first, then of the write.
+    assert!(wait_until(Duration::from_secs(2), || p.samples().len() >= 2));
     c.write_all(&[1u8; 5000]).unwrap();
     assert!(wait_until(Duration::from_secs(2), || p.bytes_up() == 5000));
-    std::thread::sleep(Duration::from_millis(250));
+    assert!(wait_until(Duration::from_secs(2), || {
+        let s = p.samples();
+        s.len() >= 4 && s.last().is_some_and(|l| l.1 == 5000)
+    }));
 
     let s = p.samples();
     assert!(s.len() >= 4, "{s:?}");
@@ -494,12 +498,10 @@ fn samples_grow_with_traffic() {
         let gap = w[1].0 - w[0].0;
         assert!(gap >= Duration::from_millis(90) && gap < Duration::from_millis(500), "{s:?}");
     }
-    std::thread::sleep(Duration::from_millis(150));
-    assert!(p.samples().len() > s.len());
+    assert!(wait_until(Duration::from_secs(2), || p.samples().len() > s.len()), "sampling went on");
 
     let u = Proxy::udp(UdpServer::start(false).addr);
-    std::thread::sleep(Duration::from_millis(150));
-    assert!(u.samples().len() >= 2);
+    assert!(wait_until(Duration::from_secs(2), || u.samples().len() >= 2), "a UDP proxy samples too");
 }
 
 #[test]
