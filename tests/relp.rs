@@ -19,7 +19,10 @@ fn relp_listener(port: u16, keys: &str) -> String {
 }
 
 fn ids(data: &std::path::Path) -> (usize, HashSet<String>) {
-    let lines = archive_lines(data);
+    // Also read while the node runs: a frame being written is read again.
+    let text = zstdcat_running(data);
+    let text = String::from_utf8_lossy(&text);
+    let lines: Vec<&str> = text.lines().collect();
     let ids: HashSet<String> =
         lines.iter().filter_map(|l| l.split(' ').find(|w| w.starts_with("relp-")).map(str::to_owned)).collect();
     (lines.len(), ids)

@@ -304,6 +304,28 @@ pub fn archive_lines(data: &Path) -> Vec<String> {
     String::from_utf8_lossy(&zstdcat(data)).lines().map(str::to_owned).collect()
 }
 
+/// zstdcat of a running node's archive: a frame being written makes it fail
+/// for a moment, so it reads again (10 s at most, then fails naming it).
+pub fn zstdcat_running(data: &Path) -> Vec<u8> {
+    let t = std::time::Instant::now();
+    loop {
+        let files = segments(data);
+        if files.is_empty() {
+            return Vec::new();
+        }
+        let out = Command::new(require_tool("zstdcat")).args(&files).output().unwrap();
+        if out.status.success() {
+            return out.stdout;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "zstdcat could not read the archive for 10 s: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Run `ferry verify` on a data dir.
 pub fn verify(data: &Path) -> Output {
     Command::new(FERRY).arg("verify").arg(data).output().unwrap()
@@ -355,16 +377,22 @@ pub fn incompressible_lines(rng: &mut impl rand::Rng, tag: &str, bytes: usize) -
 pub fn id_counts(data: &Path, prefix: &str) -> Option<std::collections::HashMap<String, usize>> {
     let files = segments(data);
     let out = Command::new(require_tool("zstdcat")).args(&files).output().unwrap();
-    if !out.status.success() {
-        return None;
-    }
+    out.status.success().then(|| count_ids(&out.stdout, prefix))
+}
+
+/// [`id_counts`] of a running node's archive ([`zstdcat_running`]).
+pub fn id_counts_running(data: &Path, prefix: &str) -> std::collections::HashMap<String, usize> {
+    count_ids(&zstdcat_running(data), prefix)
+}
+
+fn count_ids(text: &[u8], prefix: &str) -> std::collections::HashMap<String, usize> {
     let mut m = std::collections::HashMap::new();
-    for l in String::from_utf8_lossy(&out.stdout).lines() {
+    for l in String::from_utf8_lossy(text).lines() {
         if let Some(id) = l.split(' ').find(|w| w.starts_with(prefix)) {
             *m.entry(id.to_owned()).or_default() += 1;
         }
     }
-    Some(m)
+    m
 }
 
 /// POST the file `body` to stream `live` of an HTTP listener with curl; the
