@@ -41,10 +41,12 @@ fn acked_records_survive_kill_9_and_torn_tail_is_truncated_and_counted() {
         let _ = s.write_all(&buf);
         1_000_000
     });
-    let committed =
-        node.wait_metric("ferry_committed_records_total", &[("stream", "live")], Duration::from_secs(60), |v| {
-            v >= 300_000.0
-        });
+    node.wait_metric("ferry_committed_records_total", &[("stream", "live")], Duration::from_secs(60), |v| {
+        v >= 300_000.0
+    });
+    // Read again the instant before the kill: the bound below is what the
+    // node had acknowledged then, not when the wait above returned.
+    let committed = node.metric("ferry_committed_records_total", &[("stream", "live")]);
     node.kill9();
     let sent = sender.join().unwrap();
     assert!(sent < 1_000_000, "the node was killed mid-stream (sender wrote {sent} lines)");
