@@ -140,9 +140,9 @@ fn udp_whole_compressed_and_chunked_messages_arrive_and_an_incomplete_one_is_cou
 
     node.wait_metric("ferry_committed_records_total", &[("stream", "live")], Duration::from_secs(10), |v| v >= 6.0);
     let labels = |reason| [("listener", "gelf-udp"), ("reason", reason)];
-    if t0.elapsed() < Duration::from_secs(4) {
-        assert_eq!(node.metric("ferry_dropped_records_total", &labels("incomplete_frame")), 0.0, "not before 5 s");
-    }
+    // "Not before 5 s" is asserted by when the expiry first shows (polled
+    // every 50 ms from here): a check guarded by the clock, as before, went
+    // unchecked on a slow machine.
     node.wait_metric(
         "ferry_dropped_records_total",
         &labels("incomplete_frame"),
