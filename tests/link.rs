@@ -198,6 +198,8 @@ both_transports!(kill_9_of_either_side_and_lost_uplink_state_change_nothing, |vi
     std::thread::sleep(Duration::from_millis(300));
     central = Node::start(&p.central_dir, &p.central_cfg, p.central_ports.admin);
     std::thread::sleep(Duration::from_millis(rng.random_range(500..1500)));
+    // What the edge had committed of the first phase the instant before its kill.
+    let committed_first = edge.metric("ferry_committed_records_total", &[]);
     edge.kill9();
     let sent_first = first.join().unwrap();
     // The uplink's own record of what was delivered is lost too.
@@ -221,6 +223,17 @@ both_transports!(kill_9_of_either_side_and_lost_uplink_state_change_nothing, |vi
     assert!(edge_lines == central_lines, "central holds exactly the edge's records, in order");
     let ids = unique_ids(&central_lines);
     assert!(ids.len() >= 100_000 && ids.len() <= sent_first + 100_000, "{} lines", ids.len());
+    // Both phases, not only the second: every record the edge committed
+    // before its kill is at central, as a prefix without a hole.
+    let nums: Vec<usize> = ids.iter().filter_map(|id| id.strip_prefix("kill-")?.parse().ok()).collect();
+    let first: Vec<usize> = nums.iter().copied().filter(|n| *n < 1_000_000).collect();
+    assert!(
+        first.len() as f64 >= committed_first,
+        "{} first-phase records at central, {committed_first} committed at the edge before its kill",
+        first.len()
+    );
+    assert!(first.iter().all(|n| *n < first.len()), "the first phase reached central without a hole");
+    assert_eq!(nums.len() - first.len(), 100_000, "every second-phase record");
 });
 
 both_transports!(max_rate_holds_within_5_percent_over_every_10_second_window, |via: Via| {
