@@ -77,8 +77,8 @@ pub struct Mirror {
     metrics: Metrics,
     clock: Arc<dyn Clock>,
     entries: Mutex<HashMap<PathBuf, Arc<Mutex<Entry>>>>,
-    /// The store's "sealed segments kept are over max_bytes" flag (retention
-    /// sets it under `on_full = "reject"`).
+    /// Whether the store is full under `on_full = "reject"`: told of every
+    /// append and seal here, asked before a new segment.
     full: Arc<crate::store::retention::Fullness>,
     /// Told of every append and seal: uplinks of a regional hop forward
     /// mirror segments as they grow.

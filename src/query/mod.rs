@@ -425,9 +425,10 @@ pub fn decompress(
     Ok(checked)
 }
 
-/// Frames of one segment decompressed at once by [`walk_segment`] per
-/// worker: bounds memory to a few frames' lines.
-const FRAMES_PER_WORKER: usize = 2;
+/// Decompressed bytes per worker that [`walk_segment`] hands the pool at
+/// once (at least two frames each): bounds memory, and small frames go
+/// many to a batch instead of paying a thread start per few frames.
+const RAW_PER_WORKER: u64 = 8 << 20;
 
 /// Walk the frames of `seg` that overlap the selection, decompressing only
 /// those (on the pool's workers, a few at a time), and hand each to `f` in
@@ -442,9 +443,18 @@ pub fn walk_segment(
     f: &mut dyn FnMut(Frame<'_>) -> bool,
 ) -> io::Result<bool> {
     let mut w = Walk::open(seg, stats)?;
-    let batch = pool.len() * FRAMES_PER_WORKER;
+    let (budget, min_frames) = (pool.len() as u64 * RAW_PER_WORKER, pool.len() * 2);
     while let Some(list) = w.next_window(sel, stats, damaged)? {
-        for chunk in list.chunks(batch) {
+        let mut rest = &list[..];
+        while !rest.is_empty() {
+            let mut n = 0;
+            let mut raw = 0u64;
+            while n < rest.len() && (n < min_frames || raw + u64::from(rest[n].1.raw_len) <= budget) {
+                raw += u64::from(rest[n].1.raw_len);
+                n += 1;
+            }
+            let (chunk, tail) = rest.split_at(n);
+            rest = tail;
             let lines = pool.run(seg, chunk, &|_, raw| std::mem::take(raw));
             for ((offset, header), lines) in chunk.iter().zip(lines) {
                 match lines? {
