@@ -32,6 +32,8 @@ command -v gzip >/dev/null 2>&1 || need+=(gzip)
 # tests/syslog_tls.rs: rsyslog's GnuTLS driver, openssl s_client for handshakes.
 [ -e /usr/lib/x86_64-linux-gnu/rsyslog/lmnsd_gtls.so ] || need+=(rsyslog-gnutls)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+# tests/files.rs: logrotate rotating the files a file listener tails.
+[ -x /usr/sbin/logrotate ] || need+=(logrotate)
 # tests/ops.rs: the Ansible roles, the systemd unit, promtool on rules and scrapes.
 command -v ansible-playbook >/dev/null 2>&1 || need+=(ansible)
 command -v ansible-lint >/dev/null 2>&1 || need+=(ansible-lint)

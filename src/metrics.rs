@@ -41,6 +41,9 @@ pub enum DropReason {
     Malformed,
     /// The stream's disk is full: datagrams are dropped, streams wait.
     DiskFull,
+    /// A tailed file wrote more than its `quota` in the period: the rest of
+    /// the period is skipped.
+    FileQuota,
 }
 
 impl DropReason {
@@ -54,6 +57,7 @@ impl DropReason {
             DropReason::RateLimited => "rate_limited",
             DropReason::Malformed => "malformed",
             DropReason::DiskFull => "disk_full",
+            DropReason::FileQuota => "file_quota",
         }
     }
 }
@@ -146,6 +150,8 @@ pub struct Metrics {
     pub sink_segments_delivered: IntCounterVec,
     /// `[[bucket]]` uploads (their own area: `ferry_bucket_*`).
     pub bucket: BucketMetrics,
+    /// `kind = "file"` listeners (their own area: `ferry_file_*`).
+    pub files: FileMetrics,
 }
 
 impl Metrics {
@@ -554,6 +560,7 @@ impl Metrics {
                 &["sink"],
             ),
             bucket: BucketMetrics::register(r),
+            files: FileMetrics::register(r),
             registry,
         };
         m.info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
@@ -573,6 +580,60 @@ impl Metrics {
         let mut buf = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding into a Vec cannot fail");
         String::from_utf8(buf).expect("prometheus text is UTF-8")
+    }
+}
+
+/// Tailed files, each labelled by listener.
+#[derive(Clone)]
+pub struct FileMetrics {
+    pub watched: IntGaugeVec,
+    pub open: IntGaugeVec,
+    pub finished: IntCounterVec,
+    pub truncations: IntCounterVec,
+    pub quota_bytes: IntCounterVec,
+    pub repeated_bytes: IntCounterVec,
+    pub lag_bytes: IntGaugeVec,
+    pub errors: IntCounterVec,
+}
+
+impl FileMetrics {
+    fn register(r: &Registry) -> FileMetrics {
+        let cv = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            r.register(Box::new(c.clone())).expect("unique metric");
+            c
+        };
+        let gv = |name: &str, help: &str| {
+            let c = IntGaugeVec::new(Opts::new(name, help), &["listener"]).expect("valid metric");
+            r.register(Box::new(c.clone())).expect("unique metric");
+            c
+        };
+        FileMetrics {
+            watched: gv("ferry_file_watched", "Files tailed (matched by the globs, or renamed or deleted and still read)"),
+            open: gv("ferry_file_open", "Tailed files held open (at most max_open_files)"),
+            finished: cv(
+                "ferry_file_finished_total",
+                "Renamed or deleted files read to their end and closed",
+                &["listener"],
+            ),
+            truncations: cv(
+                "ferry_file_truncations_total",
+                "Files found shorter than read (copytruncate): read again from their start",
+                &["listener"],
+            ),
+            quota_bytes: cv(
+                "ferry_file_quota_skipped_bytes_total",
+                "Bytes of files over their quota, skipped (their lines are dropped records, reason file_quota)",
+                &["listener"],
+            ),
+            repeated_bytes: cv(
+                "ferry_file_repeated_bytes_total",
+                "Bytes read again at a start that the commits in flight at the last stop may already hold (an upper bound of what is archived twice)",
+                &["listener"],
+            ),
+            lag_bytes: gv("ferry_file_lag_bytes", "Bytes written to tailed files and not yet read"),
+            errors: cv("ferry_file_errors_total", "Failures opening, reading or checkpointing files, by reason", &["listener", "reason"]),
+        }
     }
 }
 

@@ -252,6 +252,8 @@ pub enum ListenerKind {
     /// GELF (Graylog, Docker's gelf driver): NUL-delimited over TCP, chunked
     /// and possibly compressed datagrams over UDP. One message is one record.
     Gelf,
+    /// Application log files, tailed (no socket).
+    File,
 }
 
 /// Whether a TLS listener asks its clients for a certificate from the
@@ -277,12 +279,16 @@ pub enum Transport {
     Tls,
     /// `kind = "ferry"`: QUIC.
     Quic,
+    /// `kind = "file"`: files read from the local disk.
+    File,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ListenAddr {
     Socket(SocketAddr),
     Path(PathBuf),
+    /// `kind = "file"`: the glob patterns tailed.
+    Files(Vec<String>),
 }
 
 impl fmt::Display for ListenAddr {
@@ -290,6 +296,7 @@ impl fmt::Display for ListenAddr {
         match self {
             ListenAddr::Socket(a) => write!(f, "{a}"),
             ListenAddr::Path(p) => write!(f, "{}", p.display()),
+            ListenAddr::Files(p) => write!(f, "{}", p.join(", ")),
         }
     }
 }
@@ -330,6 +337,33 @@ pub struct ListenerConfig {
     pub source_ipv6_prefix: u8,
     /// `transport = "tls"` (syslog, RELP, HTTP): client certificate policy.
     pub client_cert: ClientCert,
+    /// `kind = "file"`: what to tail and how.
+    pub files: Option<FileConfig>,
+}
+
+/// `kind = "file"`: tailing application log files.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FileConfig {
+    /// Glob patterns (`*`, `?`, `[..]`, `**`) of whole paths.
+    pub paths: Vec<String>,
+    pub exclude: Vec<String>,
+    /// Where files found at the listener's very first start begin.
+    pub start_at: StartAt,
+    pub quota: Option<units::Quota>,
+    /// A line matching it starts a record; other lines join the record before.
+    pub multiline_start: Option<String>,
+    pub partial_timeout: Duration,
+    pub max_open_files: usize,
+    pub poll_interval: Duration,
+    pub rotate_wait: Duration,
+    /// Written into each record.
+    pub host: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartAt {
+    Beginning,
+    End,
 }
 
 /// A routing rule: every field that is set must match.

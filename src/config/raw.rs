@@ -164,8 +164,9 @@ pub struct RawStream {
 pub struct RawListener {
     pub name: Spanned<String>,
     pub kind: Spanned<String>,
-    pub transport: Spanned<String>,
-    pub listen: Spanned<String>,
+    /// Every kind but `file`.
+    pub transport: Option<Spanned<String>>,
+    pub listen: Option<Spanned<String>>,
     pub stream: Option<Spanned<String>>,
     pub trust: Option<Spanned<String>>,
     pub max_connections: Option<Spanned<i64>>,
@@ -189,6 +190,26 @@ pub struct RawListener {
     pub client_cert: Option<Spanned<String>>,
     #[serde(default)]
     pub route: Vec<RawRoute>,
+    /// `kind = "file"`: glob patterns of the files to tail.
+    pub paths: Option<Spanned<Vec<String>>>,
+    /// `kind = "file"`: glob patterns (of whole paths) never tailed.
+    pub exclude: Option<Spanned<Vec<String>>>,
+    /// `kind = "file"`: "beginning" or "end", for files found at the very first start.
+    pub start_at: Option<Spanned<String>>,
+    /// `kind = "file"`: bytes per file per period, e.g. "64MiB/h".
+    pub quota: Option<Spanned<String>>,
+    /// `kind = "file"`: a regex; lines not matching it join the record before.
+    pub multiline_start: Option<Spanned<String>>,
+    /// `kind = "file"`: a line without its newline (or a multi-line record) is
+    /// taken as it is after this long without more.
+    pub partial_timeout: Option<Spanned<HumanDuration>>,
+    pub max_open_files: Option<Spanned<i64>>,
+    /// `kind = "file"`: the safety net under inotify: every file looked at this often.
+    pub poll_interval: Option<Spanned<HumanDuration>>,
+    /// `kind = "file"`: a renamed or deleted file is read until it has not grown for this long.
+    pub rotate_wait: Option<Spanned<HumanDuration>>,
+    /// `kind = "file"`: the host name written into each record (default: this machine's).
+    pub host: Option<Spanned<String>>,
 }
 
 /// `[[listener.route]]`: the first rule whose every given field matches sends

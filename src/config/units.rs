@@ -121,6 +121,37 @@ impl FromStr for Rate {
     }
 }
 
+/// A byte quota per period: `"64MiB/h"`, `"1MiB/10s"` (a bare unit is one of it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Quota {
+    pub bytes: u64,
+    pub period: Duration,
+}
+
+impl FromStr for Quota {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (size, per) = s
+            .trim()
+            .split_once('/')
+            .ok_or_else(|| format!("quota {s:?} must be bytes per period, e.g. \"64MiB/h\""))?;
+        let bytes = ByteSize::from_str(size)?.0;
+        let per = per.trim();
+        let period = if per.starts_with(|c: char| c.is_ascii_digit()) {
+            HumanDuration::from_str(per)?.0
+        } else {
+            HumanDuration::from_str(&format!("1{per}"))?.0
+        };
+        if bytes == 0 {
+            return Err(format!("quota {s:?} must allow some bytes"));
+        }
+        if period < Duration::from_secs(1) {
+            return Err(format!("quota {s:?}: the period must be at least 1s"));
+        }
+        Ok(Quota { bytes, period })
+    }
+}
+
 fn split_number(s: &str) -> Result<(f64, &str), String> {
     let t = s.trim();
     let end = t.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '_')).unwrap_or(t.len());
@@ -172,6 +203,12 @@ mod tests {
         assert_eq!("123".parse::<ByteSize>().unwrap().0, 123);
         assert!("12 parsecs".parse::<ByteSize>().is_err());
         assert!("MiB".parse::<ByteSize>().is_err());
+        let q: Quota = "64MiB/h".parse().unwrap();
+        assert_eq!((q.bytes, q.period), (64 << 20, Duration::from_secs(3600)));
+        let q: Quota = "1MiB/10s".parse().unwrap();
+        assert_eq!((q.bytes, q.period), (1 << 20, Duration::from_secs(10)));
+        assert!("64MiB".parse::<Quota>().is_err());
+        assert!("0B/h".parse::<Quota>().is_err());
         assert_eq!(ByteSize(256 << 20).to_string(), "256MiB");
     }
 

@@ -14,6 +14,7 @@ use super::units::{ByteSize, HumanDuration};
 use super::*;
 
 mod bucket;
+mod files;
 
 /// Default `max_record_bytes` for trusted listeners.
 pub const DEFAULT_MAX_RECORD_BYTES: usize = 64 * 1024;
@@ -199,9 +200,13 @@ pub fn validate(text: &str, file: &str) -> Result<Config, Error> {
                 cx.at(&format!("listener[{i}].name"), &l.name, format!("listener {:?} is defined twice", lc.name));
             }
             if listeners.iter().any(|o| o.listen == lc.listen && same_socket_kind(o.transport, lc.transport)) {
+                let (key, at) = match &l.listen {
+                    Some(a) => ("listen", a),
+                    None => ("paths", &l.kind),
+                };
                 cx.at(
-                    &format!("listener[{i}].listen"),
-                    &l.listen,
+                    &format!("listener[{i}].{key}"),
+                    at,
                     format!("{} is already used by another listener", lc.listen),
                 );
             }
@@ -217,12 +222,8 @@ pub fn validate(text: &str, file: &str) -> Result<Config, Error> {
     for (i, l) in raw.listener.iter().enumerate() {
         if l.kind.get_ref() == "ferry" && tls.is_none() {
             cx.at(&format!("listener[{i}].kind"), &l.kind, "a ferry receiver needs a [tls] section (ca, cert, key)");
-        } else if l.transport.get_ref() == "tls" && tls.is_none() {
-            cx.at(
-                &format!("listener[{i}].transport"),
-                &l.transport,
-                "a TLS listener needs a [tls] section (ca, cert, key)",
-            );
+        } else if let Some(t) = l.transport.as_ref().filter(|t| t.get_ref() == "tls" && tls.is_none()) {
+            cx.at(&format!("listener[{i}].transport"), t, "a TLS listener needs a [tls] section (ca, cert, key)");
         }
     }
     let mut uplinks: Vec<UplinkConfig> = Vec::new();
@@ -279,6 +280,9 @@ pub fn validate(text: &str, file: &str) -> Result<Config, Error> {
 
 fn same_socket_kind(a: Transport, b: Transport) -> bool {
     let stream = |t| matches!(t, Transport::Tcp | Transport::UnixStream | Transport::Tls);
+    if a == Transport::File || b == Transport::File {
+        return a == b;
+    }
     match (a, b) {
         (Transport::Unix | Transport::UnixStream, Transport::Unix | Transport::UnixStream) => true,
         _ => stream(a) == stream(b),
@@ -704,48 +708,23 @@ fn validate_listener(cx: &mut Ctx<'_>, i: usize, l: &RawListener, streams: &[Str
             ("http", ListenerKind::Http),
             ("gelf", ListenerKind::Gelf),
             ("ferry", ListenerKind::Ferry),
+            ("file", ListenerKind::File),
         ],
     );
-    let transport = match kind {
-        Some(ListenerKind::Http | ListenerKind::Relp) => {
-            cx.one_of(&k("transport"), &l.transport, &[("tcp", Transport::Tcp), ("tls", Transport::Tls)])
-        }
-        Some(ListenerKind::Gelf) => {
-            cx.one_of(&k("transport"), &l.transport, &[("tcp", Transport::Tcp), ("udp", Transport::Udp)])
-        }
-        Some(ListenerKind::Ferry) => {
-            cx.one_of(&k("transport"), &l.transport, &[("tls", Transport::Tls), ("quic", Transport::Quic)])
-        }
-        _ => cx.one_of(
-            &k("transport"),
-            &l.transport,
-            &[
-                ("tcp", Transport::Tcp),
-                ("udp", Transport::Udp),
-                ("unix", Transport::Unix),
-                ("unix-stream", Transport::UnixStream),
-                ("tls", Transport::Tls),
-            ],
-        ),
-    };
-    let listen = match transport {
-        Some(Transport::Unix | Transport::UnixStream) => {
-            if l.listen.get_ref().is_empty() {
-                cx.at(&k("listen"), &l.listen, "must be a socket path");
+    let (transport, listen) = if kind == Some(ListenerKind::File) {
+        for (key, v) in [("transport", &l.transport), ("listen", &l.listen)] {
+            if let Some(v) = v {
+                cx.at(&k(key), v, "a file listener reads files (paths = [...]): no socket");
             }
-            ListenAddr::Path(PathBuf::from(l.listen.get_ref()))
         }
-        _ => match l.listen.get_ref().parse::<SocketAddr>() {
-            Ok(a) => ListenAddr::Socket(a),
-            Err(_) => {
-                cx.at(
-                    &k("listen"),
-                    &l.listen,
-                    format!("{:?} is not an address:port such as \"0.0.0.0:6514\"", l.listen.get_ref()),
-                );
-                ListenAddr::Path(PathBuf::new())
-            }
-        },
+        let paths = l.paths.as_ref().map(|p| p.get_ref().clone()).unwrap_or_default();
+        (Some(Transport::File), ListenAddr::Files(paths))
+    } else {
+        let (Some(t), Some(a)) = (&l.transport, &l.listen) else {
+            cx.at(&k("kind"), &l.kind, "this listener kind needs transport and listen");
+            return None;
+        };
+        socket_of(cx, i, kind, t, a)
     };
     let stream = match &l.stream {
         Some(s) => {
@@ -898,6 +877,15 @@ fn validate_listener(cx: &mut Ctx<'_>, i: usize, l: &RawListener, streams: &[Str
             "untrusted listeners cannot route by record content: their sources must not choose their stream",
         );
     }
+    let files = if kind == Some(ListenerKind::File) {
+        if !routes.is_empty() {
+            cx.at(&k("route"), &l.name, "a file listener acknowledges by checkpoint of one stream: no routes");
+        }
+        files::validate_files(cx, i, l)
+    } else {
+        files::refuse_file_keys(cx, i, l);
+        None
+    };
     let client_cert = match &l.client_cert {
         Some(c) => {
             if transport != Some(Transport::Tls) || kind == Some(ListenerKind::Ferry) {
@@ -935,7 +923,55 @@ fn validate_listener(cx: &mut Ctx<'_>, i: usize, l: &RawListener, streams: &[Str
         max_connections_per_source,
         max_sources,
         source_ipv6_prefix,
+        files,
     })
+}
+
+/// A socket listener's transport and address.
+fn socket_of(
+    cx: &mut Ctx<'_>,
+    i: usize,
+    kind: Option<ListenerKind>,
+    t: &Spanned<String>,
+    a: &Spanned<String>,
+) -> (Option<Transport>, ListenAddr) {
+    let k = |f: &str| format!("listener[{i}].{f}");
+    let transport = match kind {
+        Some(ListenerKind::Http | ListenerKind::Relp) => {
+            cx.one_of(&k("transport"), t, &[("tcp", Transport::Tcp), ("tls", Transport::Tls)])
+        }
+        Some(ListenerKind::Gelf) => cx.one_of(&k("transport"), t, &[("tcp", Transport::Tcp), ("udp", Transport::Udp)]),
+        Some(ListenerKind::Ferry) => {
+            cx.one_of(&k("transport"), t, &[("tls", Transport::Tls), ("quic", Transport::Quic)])
+        }
+        _ => cx.one_of(
+            &k("transport"),
+            t,
+            &[
+                ("tcp", Transport::Tcp),
+                ("udp", Transport::Udp),
+                ("unix", Transport::Unix),
+                ("unix-stream", Transport::UnixStream),
+                ("tls", Transport::Tls),
+            ],
+        ),
+    };
+    let listen = match transport {
+        Some(Transport::Unix | Transport::UnixStream) => {
+            if a.get_ref().is_empty() {
+                cx.at(&k("listen"), a, "must be a socket path");
+            }
+            ListenAddr::Path(PathBuf::from(a.get_ref()))
+        }
+        _ => match a.get_ref().parse::<SocketAddr>() {
+            Ok(addr) => ListenAddr::Socket(addr),
+            Err(_) => {
+                cx.at(&k("listen"), a, format!("{:?} is not an address:port such as \"0.0.0.0:6514\"", a.get_ref()));
+                ListenAddr::Path(PathBuf::new())
+            }
+        },
+    };
+    (transport, listen)
 }
 
 #[cfg(test)]

@@ -266,6 +266,22 @@ impl Batcher {
         }
     }
 
+    /// Whether any record is buffered.
+    pub fn has_buffered(&self) -> bool {
+        self.has_records()
+    }
+
+    /// Forget what is buffered: the file listener reads it again after a
+    /// failed commit (counted when read again, not dropped).
+    pub fn discard(&mut self) {
+        for s in &mut self.slots {
+            s.data.clear();
+            s.records = 0;
+            s.truncated = 0;
+        }
+        self.first_ms = 0;
+    }
+
     /// Whether records are waiting (held by [`try_flush`](Self::try_flush)).
     pub fn has_records(&self) -> bool {
         self.slots.iter().any(|s| s.records > 0)

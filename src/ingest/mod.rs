@@ -5,6 +5,7 @@
 //! [`serve`]; adding one means adding a variant, not registering a plugin.
 
 pub mod batcher;
+pub mod file;
 pub mod gelf;
 pub mod http;
 pub mod limits;
@@ -166,6 +167,8 @@ pub enum Bound {
     UnixStream(UnixListener, PathBuf),
     Udp(UdpSocket),
     UnixDatagram(UnixDatagram, PathBuf),
+    /// `kind = "file"`: no socket, its checkpoints loaded.
+    Files(file::Prepared),
 }
 
 impl Bound {
@@ -175,6 +178,7 @@ impl Bound {
             Bound::Tcp(l, _) => l.local_addr().map(|a| a.to_string()).unwrap_or_default(),
             Bound::Udp(s) => s.local_addr().map(|a| a.to_string()).unwrap_or_default(),
             Bound::UnixStream(_, p) | Bound::UnixDatagram(_, p) => p.display().to_string(),
+            Bound::Files(p) => p.paths.clone(),
         }
     }
 }
@@ -182,8 +186,13 @@ impl Bound {
 /// Bind a listener's socket. A stale unix socket file is replaced. TLS
 /// listeners load `tls` (the deployment CA, the node's certificate and key)
 /// here, so a bad file fails the start, not the first connection.
-pub async fn bind(cfg: &ListenerConfig, tls: Option<&Arc<crate::pki::Live>>) -> io::Result<Bound> {
+pub async fn bind(
+    cfg: &ListenerConfig,
+    tls: Option<&Arc<crate::pki::Live>>,
+    state_dir: &std::path::Path,
+) -> io::Result<Bound> {
     match (&cfg.listen, cfg.transport) {
+        (_, Transport::File) => Ok(Bound::Files(file::Prepared::open(state_dir, cfg)?)),
         (ListenAddr::Socket(a), Transport::Tls) => {
             let live = tls.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "TLS listener without [tls]"))?;
             let client_cert = cfg.client_cert;
@@ -250,7 +259,9 @@ pub async fn serve(bound: Bound, ctx: Arc<ListenerCtx>, store: Arc<Store>, sd: S
             ListenerKind::Http => http::serve(l, tls, ctx, store, sd).await,
             ListenerKind::Relp => relp::serve(l, tls, ctx, sd).await,
             ListenerKind::Gelf => gelf::serve_tcp(l, ctx, sd).await,
-            ListenerKind::Syslog | ListenerKind::Ferry => syslog::stream::serve_tcp(l, tls, ctx, sd).await,
+            ListenerKind::Syslog | ListenerKind::Ferry | ListenerKind::File => {
+                syslog::stream::serve_tcp(l, tls, ctx, sd).await
+            }
         },
         Bound::Udp(s) if ctx.cfg.kind == ListenerKind::Gelf => gelf::serve_udp(s, ctx, sd).await,
         Bound::UnixStream(l, p) => {
@@ -262,6 +273,7 @@ pub async fn serve(bound: Bound, ctx: Arc<ListenerCtx>, store: Arc<Store>, sd: S
             net::datagram::serve(net::datagram::Unix(s), syslog::datagram::Syslog, ctx, sd).await;
             let _ = std::fs::remove_file(p);
         }
+        Bound::Files(p) => file::serve(p, ctx, sd.token.clone()).await,
     }
 }
 

@@ -96,6 +96,22 @@ fn config_hash(text: &str) -> String {
     d[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A relay holds a descriptor per collector connection and per tailed file:
+/// the soft limit (often 1024) is raised to the hard one, as daemons do.
+fn raise_open_files_limit() {
+    let mut l = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to an rlimit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 && l.rlim_cur < l.rlim_max {
+            let was = l.rlim_cur;
+            l.rlim_cur = l.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &l) == 0 {
+                tracing::debug!(from = was, to = l.rlim_max, "open files limit raised");
+            }
+        }
+    }
+}
+
 /// Run a node until SIGTERM/SIGINT (a second signal exits at once);
 /// SIGHUP reloads `file`.
 pub async fn run(file: Option<PathBuf>, cfg: Config, text: &str, clock: Arc<dyn Clock>) -> anyhow::Result<()> {
@@ -103,6 +119,7 @@ pub async fn run(file: Option<PathBuf>, cfg: Config, text: &str, clock: Arc<dyn 
     metrics.up_since.set(clock.now_ms() / 1000);
     info!(site = %cfg.node.site, node = %cfg.node.name, data_dir = %cfg.node.data_dir.display(), config = %cfg.source, "ferry starting");
     crate::logging::set_level(cfg.log_level.as_deref());
+    raise_open_files_limit();
     let fs = Fs::from_env().map_err(|e| anyhow::anyhow!("FERRY_FAULTS: {e}"))?;
     if fs.faults().is_some() {
         warn!("FERRY_FAULTS is set: disk faults are being injected on purpose (a test); never run a production node like this");
@@ -295,7 +312,7 @@ impl Node {
             let b = receiver::Bound::bind(l, tls, &timing).await.with_context(what)?;
             Ok(Bound::Receiver(b, timing))
         } else {
-            Ok(Bound::Ingest(ingest::bind(l, self.tls.as_ref()).await.with_context(what)?))
+            Ok(Bound::Ingest(ingest::bind(l, self.tls.as_ref(), &self.cfg.state_dir()).await.with_context(what)?))
         }
     }
 
