@@ -604,3 +604,58 @@ fn five_thousand_files_one_line_a_second_each() {
     assert!(rss_idle < 96 << 20, "RSS {rss_idle} with {FILES} files");
     node.stop();
 }
+
+/// Stack traces joined by `multiline_start`, a last line without its newline
+/// taken after `partial_timeout`, a line over `max_record_bytes` cut and
+/// counted, CRLF endings, a path with a quote escaped in the record; and the
+/// file keys checked by `ferry check`.
+#[test]
+fn multiline_partial_and_long_lines_become_the_records_expected() {
+    let dir = TestDir::new("files-lines");
+    let logs = dir.join("lo\"gs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let admin = free_port();
+    let cfg = file_node_config(
+        &dir,
+        admin,
+        &[logs.join("*.log")],
+        "multiline_start = '^\\d{4}-'\npartial_timeout = \"500ms\"\nmax_record_bytes = \"1KiB\"\nhost = \"web-7\"",
+    );
+    let mut node = Node::start(&dir, &cfg, admin);
+    let long = "y".repeat(3000);
+    let body = format!(
+        "2026-12-04 10:00:00 ERROR boom\n  at a.b(C.java:1)\n  at d.e(F.java:2)\r\n2026-12-04 10:00:01 INFO ok\r\n2026-12-04 {long}\n2026-12-04 10:00:02 no newline yet"
+    );
+    std::fs::write(logs.join("app.log"), body).unwrap();
+    node.wait_metric("ferry_received_records_total", &[("listener", "files")], Duration::from_secs(10), |v| v >= 4.0);
+    let truncated = node.metric("ferry_truncated_records_total", &[("listener", "files")]);
+    node.stop();
+    let lines = archive_lines(&node.data);
+    let msgs: Vec<&str> = lines.iter().map(|l| l.split_once("\"] ").unwrap().1).collect();
+    assert_eq!(msgs.len(), 4, "{lines:#?}");
+    assert_eq!(msgs[0], "2026-12-04 10:00:00 ERROR boom\\n  at a.b(C.java:1)\\n  at d.e(F.java:2)");
+    assert_eq!(msgs[1], "2026-12-04 10:00:01 INFO ok");
+    assert_eq!(msgs[2].len(), 1024, "a long line is cut at max_record_bytes");
+    assert_eq!(msgs[3], "2026-12-04 10:00:02 no newline yet");
+    assert_eq!(truncated, 1.0);
+    // RFC 5424 escapes the quote (`\"`), and the archive escapes that backslash (`\\`).
+    let want = format!(
+        " web-7 app.log - - [file@32473 path=\"{}\"] ",
+        logs.join("app.log").display().to_string().replace('"', "\\\\\"")
+    );
+    assert!(lines.iter().all(|l| l.starts_with("<133>1 20") && l.contains(&want)), "{lines:#?}");
+
+    // Keys checked one by one, with the line.
+    let bad = cfg.replace(
+        "partial_timeout = \"500ms\"",
+        "partial_timeout = \"500ms\"\nquota = \"64MiB\"\nlisten = \"127.0.0.1:1\"\nstart_at = \"middle\"",
+    );
+    let path = dir.join("bad.toml");
+    std::fs::write(&path, bad).unwrap();
+    let out = std::process::Command::new(FERRY).args(["check", "-c"]).arg(&path).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    for key in ["listener[0].quota", "listener[0].listen", "listener[0].start_at"] {
+        assert!(err.contains(key), "{key} not named in:\n{err}");
+    }
+}
