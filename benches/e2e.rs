@@ -117,13 +117,6 @@ impl Sender {
     }
 }
 
-fn env_or(name: &str, default: u64) -> u64 {
-    match std::env::var(name) {
-        Ok(v) => v.replace('_', "").parse().unwrap_or_else(|_| panic!("{name} must be a whole number, not {v:?}")),
-        Err(_) => default,
-    }
-}
-
 // ---------------------------------------------------------------------------
 // Corpus
 
@@ -581,15 +574,6 @@ fn machine_ticks() -> MachineTicks {
     // already counted in user and nice).
     let f: Vec<f64> = line.split_whitespace().skip(1).take(8).map(|x| x.parse().expect("tick count")).collect();
     MachineTicks { total: f.iter().sum(), idle: f[3], iowait: f[4], steal: f[7] }
-}
-
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("model name"))
-        .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
-        .unwrap_or_else(|| "unknown CPU".to_owned())
 }
 
 /// Total bytes of the files under `p`.

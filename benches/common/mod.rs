@@ -193,3 +193,21 @@ pub fn build_archive(ferry: &Path, work: &Path, corpus: &[u8], records: u64) -> 
     node.stop();
     data
 }
+
+/// A whole number from the environment (`_` separators allowed), else `default`.
+pub fn env_or(name: &str, default: u64) -> u64 {
+    match std::env::var(name) {
+        Ok(v) => v.replace('_', "").parse().unwrap_or_else(|_| panic!("{name} must be a whole number, not {v:?}")),
+        Err(_) => default,
+    }
+}
+
+/// The CPU's model name, for the figures' machine line.
+pub fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+        .unwrap_or_else(|| "unknown CPU".to_owned())
+}

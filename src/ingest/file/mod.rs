@@ -223,6 +223,8 @@ impl Tailer {
         self.save();
         while !stop.is_cancelled() && !self.closed {
             let wait = match self.batch_since {
+                // Files with more to read go on at once.
+                _ if !self.dirty.is_empty() => Duration::ZERO,
                 Some(s) => BATCH_WAIT.saturating_sub(s.elapsed()),
                 None => TICK,
             };
