@@ -232,16 +232,22 @@ fn raise_open_files_limit(want: u64) {
     assert!(l.rlim_cur >= want, "the open files hard limit {} is below the {want} this test needs", l.rlim_max);
 }
 
-/// Wait until every file's archived lines reach what was written.
+/// Wait until every file's archived lines reach what was written, or
+/// nothing more arrives for 3 s (a copytruncate file never reaches it).
 fn wait_archived(node: &Node, written: &HashMap<String, u64>, limit: Duration) -> HashMap<String, Vec<Seen>> {
     let t = Instant::now();
+    let (mut last_total, mut since) = (0usize, Instant::now());
     loop {
         let got = archived(&node.data);
         let done = written.iter().all(|(f, n)| {
             let distinct: std::collections::HashSet<u64> = got.get(f).into_iter().flatten().map(|s| s.seq).collect();
             distinct.len() as u64 >= *n
         });
-        if done || t.elapsed() > limit {
+        let total: usize = got.values().map(|v| v.len()).sum();
+        if total != last_total {
+            (last_total, since) = (total, Instant::now());
+        }
+        if done || t.elapsed() > limit || since.elapsed() > Duration::from_secs(3) {
             return got;
         }
         std::thread::sleep(Duration::from_millis(250));
