@@ -73,7 +73,7 @@ pub struct Archive {
 pub fn archive_now(dir: &std::path::Path) -> Archive {
     let mut a = Archive { bytes: 0, segments: 0 };
     for e in walkdir::WalkDir::new(dir).into_iter().filter_map(Result::ok) {
-        if e.file_type().is_file() && e.file_name().to_string_lossy().ends_with(".zst") {
+        if e.file_type().is_file() && crate::store::segment::is_segment_file(&e.file_name().to_string_lossy()) {
             a.segments += 1;
             a.bytes += e.metadata().map(|m| m.len()).unwrap_or(0);
         }

@@ -181,7 +181,8 @@ impl Client {
         let put = if seal.len <= self.cfg.multipart_above {
             let data = read_range(path, 0, seal.len).await?;
             self.pacer.take(seal.len).await;
-            let opts = PutOptions { mode: PutMode::Create, attributes: seal_attributes(seal), ..Default::default() };
+            let opts =
+                PutOptions { mode: PutMode::Create, attributes: seal_attributes(rel, seal), ..Default::default() };
             self.count(Op::Put);
             match self.s3.put_opts(&key, PutPayload::from(data), opts).await {
                 Ok(_) => Put::Written,
@@ -407,12 +408,21 @@ fn seal_metadata(seal: &SealRecord) -> [(&'static str, String); 5] {
     ]
 }
 
-fn seal_attributes(seal: &SealRecord) -> Attributes {
+fn seal_attributes(rel: &str, seal: &SealRecord) -> Attributes {
     let meta = seal_metadata(seal).into_iter().map(|(k, v)| (Attribute::Metadata(k.into()), AttributeValue::from(v)));
-    Attributes::from_iter(std::iter::once((Attribute::ContentType, AttributeValue::from(SEGMENT_TYPE))).chain(meta))
+    Attributes::from_iter(
+        std::iter::once((Attribute::ContentType, AttributeValue::from(segment_type(rel)))).chain(meta),
+    )
 }
 
-const SEGMENT_TYPE: &str = "application/zstd";
+/// The media type of a segment, by its codec (its suffix).
+fn segment_type(key: &str) -> &'static str {
+    if key.ends_with(crate::store::segment::GZIP_SEGMENT_SUFFIX) {
+        "application/gzip"
+    } else {
+        "application/zstd"
+    }
+}
 
 /// The two multipart requests object_store cannot make as ferry needs
 /// them, made with its HTTP client (same TLS roots, timeouts) and signed by
@@ -474,7 +484,7 @@ impl Raw {
     ) -> Result<String, BucketError> {
         let mut req = request("POST", &self.url(key, "uploads"), HttpRequestBody::empty())?;
         let h = req.headers_mut();
-        h.insert("content-type", http::HeaderValue::from_static(SEGMENT_TYPE));
+        h.insert("content-type", http::HeaderValue::from_static(segment_type(key.as_ref())));
         h.insert("x-amz-checksum-algorithm", http::HeaderValue::from_static("SHA256"));
         for (name, value) in seal_metadata(seal) {
             let name = http::HeaderName::try_from(format!("x-amz-meta-{name}")).expect("a valid header name");

@@ -245,7 +245,7 @@ fn merged(origins: &[Origin], sel: &Selection, form: Form, out: &mut impl Write,
         }
         cursors.push(c);
     }
-    let mut dec = zstd::bulk::Decompressor::new()?;
+    let mut dec = crate::store::frame::DataDecoder::new()?;
     let (mut raw, mut buf) = (Vec::new(), Vec::new());
     while let Some(Reverse((_, i))) = heads.pop() {
         let c = &mut cursors[i];

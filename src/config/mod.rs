@@ -209,6 +209,8 @@ pub enum FsyncPolicy {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Compression {
     Zstd,
+    /// One gzip member per frame (`.log.gz`): `zcat` and `zgrep` read it.
+    Gzip,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -227,6 +229,8 @@ pub struct StoreConfig {
     pub segment_max_bytes: u64,
     pub compression: Compression,
     pub zstd_level: i32,
+    /// `compression = "gzip"`: deflate level, 1 (fastest) to 9.
+    pub gzip_level: i32,
     /// Threads that compress one large commit at once (one frame each).
     pub compress_threads: usize,
     pub retention: RetentionConfig,

@@ -140,6 +140,7 @@ pub struct RawStore {
     pub segment_max_bytes: Option<Spanned<ByteSize>>,
     pub compression: Option<Spanned<String>>,
     pub zstd_level: Option<Spanned<i64>>,
+    pub gzip_level: Option<Spanned<i64>>,
     pub compress_threads: Option<Spanned<i64>>,
     pub retention: Option<RawRetention>,
 }

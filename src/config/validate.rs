@@ -297,6 +297,7 @@ fn validate_store(cx: &mut Ctx<'_>, raw: Option<&raw::RawStore>) -> StoreConfig 
         segment_max_bytes: 256 << 20,
         compression: Compression::Zstd,
         zstd_level: 1,
+        gzip_level: 1,
         compress_threads: 1,
         retention: RetentionConfig {
             max_age: Some(Duration::from_secs(30 * 86400)),
@@ -343,9 +344,17 @@ fn validate_store(cx: &mut Ctx<'_>, raw: Option<&raw::RawStore>) -> StoreConfig 
         };
     }
     if let Some(v) = &r.compression {
-        if let Some(c) = cx.one_of("store.compression", v, &[("zstd", Compression::Zstd)]) {
+        if let Some(c) = cx.one_of("store.compression", v, &[("zstd", Compression::Zstd), ("gzip", Compression::Gzip)])
+        {
             s.compression = c;
         }
+    }
+    if let Some(v) = &r.gzip_level {
+        let l = *v.get_ref();
+        if !(1..=9).contains(&l) {
+            cx.at("store.gzip_level", v, "must be between 1 and 9");
+        }
+        s.gzip_level = l.clamp(1, 9) as i32;
     }
     if let Some(v) = &r.zstd_level {
         let l = *v.get_ref();

@@ -119,6 +119,7 @@ pub fn plan(old: &Config, new: &Config) -> Result<Plan, Vec<Fixed>> {
     must("store.segment_max_bytes", o.segment_max_bytes == n.segment_max_bytes, restart);
     must("store.compression", o.compression == n.compression, restart);
     must("store.zstd_level", o.zstd_level == n.zstd_level, restart);
+    must("store.gzip_level", o.gzip_level == n.gzip_level, restart);
     must("store.compress_threads", o.compress_threads == n.compress_threads, restart);
     must("store.retention.on_full", o.retention.on_full == n.retention.on_full, restart);
     for s in old.streams.iter().filter(|s| !new.streams.contains(s)) {

@@ -32,7 +32,7 @@ use sha2::{Digest, Sha256};
 use crate::bucket::client::connect;
 use crate::config::{BucketConfig, Config};
 use crate::store::reader::ReadAt;
-use crate::store::segment::{hex, SealRecord, SEGMENT_SUFFIX};
+use crate::store::segment::{hex, is_segment_file, SealRecord};
 
 /// Largest single GET when reading an object front to back.
 const CHUNK: u64 = 8 << 20;
@@ -140,7 +140,7 @@ impl BucketArchive {
                 if rel.starts_with(".ferry/") {
                     continue;
                 }
-                if rel.ends_with(SEGMENT_SUFFIX) {
+                if is_segment_file(rel) {
                     out.segments.push((rel.to_owned(), meta.size));
                 } else if let Some(r) = rel.strip_suffix(".seal") {
                     out.seals.insert(r.to_owned());

@@ -23,9 +23,10 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use self::bucket::{BucketArchive, RemoteSegment};
+use crate::store::frame::DataDecoder;
 use crate::store::frame::FrameHeader;
 use crate::store::reader::{SegmentReader, Step};
-use crate::store::segment::{SegmentName, SEGMENT_SUFFIX};
+use crate::store::segment::{is_segment_file, SegmentName};
 
 /// What to read.
 #[derive(Debug, Clone, Default)]
@@ -249,7 +250,7 @@ fn dir_origins(archive: &Path, sel: &Selection) -> io::Result<Vec<Origin>> {
     let mut found = Vec::new();
     for e in walkdir::WalkDir::new(archive) {
         let e = e.map_err(io::Error::other)?;
-        if !e.file_type().is_file() || !e.file_name().to_string_lossy().ends_with(SEGMENT_SUFFIX) {
+        if !e.file_type().is_file() || !is_segment_file(&e.file_name().to_string_lossy()) {
             continue;
         }
         let Ok(rel) = e.path().strip_prefix(archive) else { continue };
@@ -402,16 +403,12 @@ pub fn decompress(
     r: &mut SegmentReader,
     offset: u64,
     header: &FrameHeader,
-    dec: &mut zstd::bulk::Decompressor<'static>,
+    dec: &mut DataDecoder,
     raw: &mut Vec<u8>,
     stats: &mut Stats,
 ) -> io::Result<Result<(), String>> {
     let checked = match r.read_data(offset, header)? {
-        Ok(()) => {
-            raw.clear();
-            raw.reserve(header.raw_len as usize);
-            dec.decompress_to_buffer(r.data(), raw).map(|_| ()).map_err(|e| format!("does not decompress: {e}"))
-        }
+        Ok(()) => dec.decompress(header, r.data(), raw),
         Err(e) => Err(e.to_string()),
     };
     match &checked {
@@ -487,7 +484,7 @@ pub struct Pool {
 }
 
 struct Worker {
-    dec: zstd::bulk::Decompressor<'static>,
+    dec: DataDecoder,
     raw: Vec<u8>,
     /// The segment it reads (its name) and its reader.
     reader: Option<(String, SegmentReader)>,
@@ -498,7 +495,7 @@ impl Pool {
     pub fn new() -> io::Result<Pool> {
         let n = std::thread::available_parallelism().map_or(1, |n| n.get());
         let workers = (0..n)
-            .map(|_| Ok(Worker { dec: zstd::bulk::Decompressor::new()?, raw: Vec::new(), reader: None }))
+            .map(|_| Ok(Worker { dec: DataDecoder::new()?, raw: Vec::new(), reader: None }))
             .collect::<io::Result<_>>()?;
         Ok(Pool { workers })
     }
@@ -566,12 +563,6 @@ impl Worker {
         if let Err(e) = r.read_data(offset, header)? {
             return Ok(Err(e.to_string()));
         }
-        self.raw.clear();
-        self.raw.reserve(header.raw_len as usize);
-        Ok(self
-            .dec
-            .decompress_to_buffer(r.data(), &mut self.raw)
-            .map(|_| ())
-            .map_err(|e| format!("does not decompress: {e}")))
+        Ok(self.dec.decompress(header, r.data(), &mut self.raw))
     }
 }

@@ -229,11 +229,12 @@ impl Writer {
     /// Run until the channel closes; then commit what is pending and seal.
     pub fn run(mut self, handle: Handle) {
         let workers = self.cfg.compress_threads.max(1);
-        let encs: Result<Vec<FrameEncoder>, _> = (0..workers).map(|_| FrameEncoder::new(self.cfg.zstd_level)).collect();
+        let (codec, level) = codec_of(&self.cfg);
+        let encs: Result<Vec<FrameEncoder>, _> = (0..workers).map(|_| FrameEncoder::with(codec, level)).collect();
         let encs = match encs {
             Ok(e) => e,
             Err(e) => {
-                error!(stream = %self.stream, error = %e, "cannot create zstd encoder; stream writer stops");
+                error!(stream = %self.stream, error = %e, "cannot create the compressor; stream writer stops");
                 return;
             }
         };
@@ -602,7 +603,8 @@ impl Writer {
                 self.next_segment_seq,
                 now,
                 self.last_name.as_ref(),
-            );
+            )
+            .with_codec(codec_of(&self.cfg).0);
             // The sequence number is used up even if the create fails: names never repeat.
             self.next_segment_seq += 1;
             let s =
@@ -878,6 +880,14 @@ fn pieces(parts: &[Part], raw_len: usize, workers: usize) -> Vec<Piece> {
 }
 
 /// Free space `drop_oldest` keeps: room for two commits and some.
+/// The codec and level new segments are written with.
+pub fn codec_of(cfg: &StoreConfig) -> (super::frame::Codec, i32) {
+    match cfg.compression {
+        crate::config::Compression::Zstd => (super::frame::Codec::Zstd, cfg.zstd_level),
+        crate::config::Compression::Gzip => (super::frame::Codec::Gzip, cfg.gzip_level),
+    }
+}
+
 pub fn room_target(cfg: &StoreConfig) -> u64 {
     2 * cfg.commit_bytes as u64 + (1 << 20)
 }

@@ -20,6 +20,17 @@
 //! `data_crc32` covers the data frame's bytes as stored; `header_crc32`
 //! covers the header before it. A frame is whole when both check and the
 //! file holds all `data_len` bytes.
+//!
+//! ## gzip segments (`compression = "gzip"`, `.log.gz`)
+//! Each frame is one gzip member (RFC 1952), so `zcat`, `zgrep` and `gzip -t`
+//! read a segment, sealed or open, as the concatenation it is:
+//! ```text
+//! gzip header      1f 8b 08 | FLG = FEXTRA (04) | MTIME 0 (u32) | XFL 0 | OS 3 |
+//!                  XLEN u16 | subfield "FY" | LEN u16 | header (as above, from b"FRY")
+//! data             raw deflate of the records | CRC32 of the records u32 | ISIZE u32
+//! ```
+//! `data_len` and `data_crc32` cover the data part (deflate and trailer) as
+//! stored, exactly as they cover a zstd data frame.
 
 use std::fmt;
 
@@ -35,9 +46,25 @@ pub const MAX_HEADER_LEN: usize = FIXED_LEN + 255 + 4;
 /// Largest data frame we accept when reading (a commit is at most 64 MiB raw).
 pub const MAX_DATA_LEN: u32 = 256 << 20;
 
+/// How a segment's frames are compressed (its file name says which).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Codec {
+    /// A skippable frame with the header, then a zstd frame (`.log.zst`).
+    #[default]
+    Zstd,
+    /// One gzip member, the header in FEXTRA (`.log.gz`).
+    Gzip,
+}
+
+/// The gzip member header up to XLEN: FEXTRA only, no time, Unix.
+const GZIP_HEAD: [u8; 10] = [0x1f, 0x8b, 8, 4, 0, 0, 0, 0, 0, 3];
+/// Bytes before ferry's header in a gzip member: fixed header, XLEN, SI1 SI2, LEN.
+const GZIP_PREFIX: usize = 10 + 2 + 2 + 2;
+
 /// What a frame header says about its data frame.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FrameHeader {
+    pub codec: Codec,
     pub flags: u16,
     /// Length in bytes of the zstd data frame that follows the header.
     pub data_len: u32,
@@ -96,9 +123,14 @@ impl fmt::Display for FrameError {
 }
 
 impl FrameHeader {
-    /// Bytes of the skippable frame (magic, length, header).
+    /// Bytes before the data: the skippable frame (magic, length, header),
+    /// or the gzip member's header.
     pub fn encoded_len(&self) -> usize {
-        8 + FIXED_LEN + self.stream.len() + 4
+        let prefix = match self.codec {
+            Codec::Zstd => 8,
+            Codec::Gzip => GZIP_PREFIX,
+        };
+        prefix + FIXED_LEN + self.stream.len() + 4
     }
 
     /// Bytes of the whole frame: skippable header frame plus data frame.
@@ -119,8 +151,18 @@ impl FrameHeader {
         let name = self.stream.as_bytes();
         let name_len = u8::try_from(name.len()).expect("stream names are at most 64 bytes");
         let hlen = FIXED_LEN + name.len() + 4;
-        out.extend_from_slice(&SKIPPABLE_MAGIC.to_le_bytes());
-        out.extend_from_slice(&(hlen as u32).to_le_bytes());
+        match self.codec {
+            Codec::Zstd => {
+                out.extend_from_slice(&SKIPPABLE_MAGIC.to_le_bytes());
+                out.extend_from_slice(&(hlen as u32).to_le_bytes());
+            }
+            Codec::Gzip => {
+                out.extend_from_slice(&GZIP_HEAD);
+                out.extend_from_slice(&(hlen as u16 + 4).to_le_bytes());
+                out.extend_from_slice(b"FY");
+                out.extend_from_slice(&(hlen as u16).to_le_bytes());
+            }
+        }
         let start = out.len();
         out.extend_from_slice(HEADER_MAGIC);
         out.push(VERSION);
@@ -139,9 +181,12 @@ impl FrameHeader {
         out.extend_from_slice(&crc.to_le_bytes());
     }
 
-    /// Decode the skippable frame at the start of `buf`. Does not look at the
-    /// data frame; see [`check_data`].
+    /// Decode the header at the start of `buf` (a zstd skippable frame or a
+    /// gzip member's header). Does not look at the data; see [`check_data`].
     pub fn decode(buf: &[u8]) -> Result<FrameHeader, FrameError> {
+        if buf.len() >= 2 && buf[0] == GZIP_HEAD[0] && buf[1] == GZIP_HEAD[1] {
+            return Self::decode_gzip(buf);
+        }
         if buf.len() < 8 {
             return Err(FrameError::Incomplete { needed: 8 - buf.len() });
         }
@@ -150,14 +195,34 @@ impl FrameHeader {
             return Err(FrameError::BadMagic(magic));
         }
         let hlen = u32::from_le_bytes(buf[4..8].try_into().expect("4 bytes"));
+        Self::decode_body(buf, 8, hlen, Codec::Zstd)
+    }
+
+    fn decode_gzip(buf: &[u8]) -> Result<FrameHeader, FrameError> {
+        if buf.len() < GZIP_PREFIX {
+            return Err(FrameError::Incomplete { needed: GZIP_PREFIX - buf.len() });
+        }
+        if buf[..10] != GZIP_HEAD || &buf[12..14] != b"FY" {
+            return Err(FrameError::BadHeaderMagic);
+        }
+        let xlen = u16::from_le_bytes([buf[10], buf[11]]);
+        let hlen = u16::from_le_bytes([buf[14], buf[15]]);
+        if xlen != hlen.wrapping_add(4) {
+            return Err(FrameError::BadHeaderLength(u32::from(xlen)));
+        }
+        Self::decode_body(buf, GZIP_PREFIX, u32::from(hlen), Codec::Gzip)
+    }
+
+    /// The header proper (from b"FRY"), `hlen` bytes at `at` in `buf`.
+    fn decode_body(buf: &[u8], at: usize, hlen: u32, codec: Codec) -> Result<FrameHeader, FrameError> {
         if (hlen as usize) < FIXED_LEN + 4 || hlen as usize > MAX_HEADER_LEN {
             return Err(FrameError::BadHeaderLength(hlen));
         }
         let hlen = hlen as usize;
-        if buf.len() < 8 + hlen {
-            return Err(FrameError::Incomplete { needed: 8 + hlen - buf.len() });
+        if buf.len() < at + hlen {
+            return Err(FrameError::Incomplete { needed: at + hlen - buf.len() });
         }
-        let h = &buf[8..8 + hlen];
+        let h = &buf[at..at + hlen];
         let (body, crc) = h.split_at(hlen - 4);
         if crc32fast::hash(body) != u32::from_le_bytes(crc.try_into().expect("4 bytes")) {
             return Err(FrameError::HeaderChecksum);
@@ -187,7 +252,19 @@ impl FrameHeader {
             return Err(FrameError::DataTooLarge(data_len));
         }
         let stream = String::from_utf8_lossy(&body[r.at..]).into_owned();
-        Ok(FrameHeader { flags, data_len, raw_len, records, truncated, first_seq, first_ms, last_ms, data_crc, stream })
+        Ok(FrameHeader {
+            codec,
+            flags,
+            data_len,
+            raw_len,
+            records,
+            truncated,
+            first_seq,
+            first_ms,
+            last_ms,
+            data_crc,
+            stream,
+        })
     }
 
     /// Check that `data` is this header's data frame, whole and unaltered.
@@ -225,10 +302,12 @@ impl Cursor<'_> {
     }
 }
 
-/// Compresses commit payloads into frames, reusing its zstd context and
-/// output buffer across commits.
+/// Compresses commit payloads into frames, reusing its compression context
+/// and output buffer across commits.
 pub struct FrameEncoder {
-    zstd: zstd::bulk::Compressor<'static>,
+    codec: Codec,
+    zstd: Option<zstd::bulk::Compressor<'static>>,
+    deflate: Option<flate2::Compress>,
     scratch: Vec<u8>,
 }
 
@@ -244,20 +323,42 @@ pub struct FrameMeta<'a> {
 }
 
 impl FrameEncoder {
+    /// A zstd encoder at `level`.
     pub fn new(level: i32) -> std::io::Result<FrameEncoder> {
-        let mut zstd = zstd::bulk::Compressor::new(level)?;
-        zstd.include_checksum(true)?;
-        zstd.include_contentsize(true)?;
-        Ok(FrameEncoder { zstd, scratch: Vec::new() })
+        FrameEncoder::with(Codec::Zstd, level)
+    }
+
+    /// An encoder of `codec` frames at `level` (zstd 1-19, gzip 1-9).
+    pub fn with(codec: Codec, level: i32) -> std::io::Result<FrameEncoder> {
+        let (zstd, deflate) = match codec {
+            Codec::Zstd => {
+                let mut z = zstd::bulk::Compressor::new(level)?;
+                z.include_checksum(true)?;
+                z.include_contentsize(true)?;
+                (Some(z), None)
+            }
+            Codec::Gzip => {
+                let level = flate2::Compression::new(level.clamp(1, 9) as u32);
+                (None, Some(flate2::Compress::new(level, false)))
+            }
+        };
+        Ok(FrameEncoder { codec, zstd, deflate, scratch: Vec::new() })
     }
 
     /// Compress `raw` (escaped, LF-terminated lines) and write the whole frame
     /// into `out` (cleared first). Returns the header written.
     pub fn encode(&mut self, meta: &FrameMeta<'_>, raw: &[u8], out: &mut Vec<u8>) -> std::io::Result<FrameHeader> {
         self.scratch.clear();
-        self.scratch.reserve(zstd::zstd_safe::compress_bound(raw.len()));
-        self.zstd.compress_to_buffer(raw, &mut self.scratch)?;
+        match (&mut self.zstd, &mut self.deflate) {
+            (Some(z), _) => {
+                self.scratch.reserve(zstd::zstd_safe::compress_bound(raw.len()));
+                z.compress_to_buffer(raw, &mut self.scratch)?;
+            }
+            (None, Some(d)) => deflate_member_data(d, raw, &mut self.scratch)?,
+            (None, None) => unreachable!("an encoder has one codec"),
+        }
         let header = FrameHeader {
+            codec: self.codec,
             flags: 0,
             data_len: self.scratch.len() as u32,
             raw_len: raw.len() as u32,
@@ -274,6 +375,76 @@ impl FrameEncoder {
         header.encode_into(out);
         out.extend_from_slice(&self.scratch);
         Ok(header)
+    }
+}
+
+/// Raw deflate of `raw` and the gzip trailer (CRC32 and length of `raw`).
+fn deflate_member_data(d: &mut flate2::Compress, raw: &[u8], out: &mut Vec<u8>) -> std::io::Result<()> {
+    d.reset();
+    // Stored blocks bound what deflate can grow to: 5 bytes per 16 KiB block.
+    out.reserve(raw.len() + raw.len() / 16_000 * 5 + 64);
+    loop {
+        let before_in = d.total_in() as usize;
+        let status = d
+            .compress_vec(&raw[before_in..], out, flate2::FlushCompress::Finish)
+            .map_err(|e| std::io::Error::other(format!("deflate: {e}")))?;
+        match status {
+            flate2::Status::StreamEnd => break,
+            _ => out.reserve(out.capacity().max(4096)),
+        }
+    }
+    out.extend_from_slice(&crc32fast::hash(raw).to_le_bytes());
+    out.extend_from_slice(&(raw.len() as u32).to_le_bytes());
+    Ok(())
+}
+
+/// Decompresses data frames of either codec, keeping its contexts between
+/// frames: the one place a frame's data becomes its records.
+pub struct DataDecoder {
+    zstd: zstd::bulk::Decompressor<'static>,
+    inflate: flate2::Decompress,
+}
+
+impl DataDecoder {
+    pub fn new() -> std::io::Result<DataDecoder> {
+        Ok(DataDecoder { zstd: zstd::bulk::Decompressor::new()?, inflate: flate2::Decompress::new(false) })
+    }
+
+    /// The records of frame `h` whose data (checked by [`FrameHeader::check_data`])
+    /// is `data`, into `raw` (cleared first). `Err` says why they cannot be had.
+    pub fn decompress(&mut self, h: &FrameHeader, data: &[u8], raw: &mut Vec<u8>) -> Result<(), String> {
+        raw.clear();
+        raw.reserve(h.raw_len as usize);
+        let data = &data[..data.len().min(h.data_len as usize)];
+        match h.codec {
+            Codec::Zstd => {
+                self.zstd.decompress_to_buffer(data, raw).map_err(|e| format!("does not decompress: {e}"))?;
+            }
+            Codec::Gzip => {
+                let Some(body) = data.len().checked_sub(8).map(|n| &data[..n]) else {
+                    return Err("gzip member shorter than its trailer".into());
+                };
+                let trailer = &data[body.len()..];
+                self.inflate.reset(false);
+                // One extra byte of room: a stream longer than raw_len shows as more output.
+                raw.reserve(1);
+                let status = self
+                    .inflate
+                    .decompress_vec(body, raw, flate2::FlushDecompress::Finish)
+                    .map_err(|e| format!("does not inflate: {e}"))?;
+                if status != flate2::Status::StreamEnd {
+                    return Err("deflate stream does not end where the member does".into());
+                }
+                let crc = u32::from_le_bytes(trailer[..4].try_into().expect("4 bytes"));
+                if crc != crc32fast::hash(raw) {
+                    return Err("gzip CRC32 of the records does not match".into());
+                }
+            }
+        }
+        if raw.len() != h.raw_len as usize {
+            return Err(format!("{} bytes decompressed, header says {}", raw.len(), h.raw_len));
+        }
+        Ok(())
     }
 }
 
@@ -301,6 +472,47 @@ mod tests {
         assert_eq!(plain, b"one\ntwo\n");
     }
 
+    fn gzip_sample() -> (FrameHeader, Vec<u8>) {
+        let mut enc = FrameEncoder::with(Codec::Gzip, 1).unwrap();
+        let meta = FrameMeta { stream: "live", records: 2, truncated: 0, first_seq: 7, first_ms: 1, last_ms: 2 };
+        let mut out = Vec::new();
+        let h = enc.encode(&meta, b"one\ntwo\n", &mut out).unwrap();
+        (h, out)
+    }
+
+    #[test]
+    fn a_gzip_frame_is_a_gzip_member_that_decodes_back() {
+        use std::io::Read;
+        let (h, out) = gzip_sample();
+        let d = FrameHeader::decode(&out).unwrap();
+        assert_eq!(d, h);
+        assert_eq!(d.frame_len(), out.len() as u64);
+        d.check_data(&out[d.encoded_len()..]).unwrap();
+        let mut raw = Vec::new();
+        DataDecoder::new().unwrap().decompress(&d, &out[d.encoded_len()..], &mut raw).unwrap();
+        assert_eq!(raw, b"one\ntwo\n");
+        // Two members read as one text by a standard gzip reader.
+        let twice = [out.clone(), out].concat();
+        let mut plain = Vec::new();
+        flate2::read::MultiGzDecoder::new(&twice[..]).read_to_end(&mut plain).unwrap();
+        assert_eq!(plain, b"one\ntwo\none\ntwo\n");
+    }
+
+    #[test]
+    fn every_truncation_of_a_gzip_frame_is_incomplete_and_flips_are_detected() {
+        let (_, out) = gzip_sample();
+        for cut in 0..out.len() {
+            let r = FrameHeader::decode(&out[..cut]).and_then(|h| h.check_data(&out[h.encoded_len()..cut]));
+            assert!(matches!(r, Err(FrameError::Incomplete { .. })), "cut {cut}: {r:?}");
+        }
+        for i in 0..out.len() {
+            let mut bad = out.clone();
+            bad[i] ^= 0x10;
+            let r = FrameHeader::decode(&bad).and_then(|h| h.check_data(&bad[h.encoded_len()..]));
+            assert!(r.is_err(), "flip at {i} went unnoticed");
+        }
+    }
+
     #[test]
     fn every_truncation_is_incomplete() {
         let (_, out) = sample();
@@ -325,6 +537,13 @@ mod tests {
         #[test]
         fn decode_never_panics(b in proptest::collection::vec(any::<u8>(), 0..300)) {
             let _ = FrameHeader::decode(&b);
+        }
+
+        #[test]
+        fn decode_never_panics_after_gzip_magic(b in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let mut v = GZIP_HEAD.to_vec();
+            v.extend_from_slice(&b);
+            let _ = FrameHeader::decode(&v);
         }
 
         #[test]

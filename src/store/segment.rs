@@ -24,10 +24,26 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use super::clock::utc_hour;
+use super::frame::Codec;
 use super::fs::{Fs, FsFile};
 
-/// Suffix of every segment file.
+/// Suffix of zstd segment files (the default).
 pub const SEGMENT_SUFFIX: &str = ".log.zst";
+/// Suffix of gzip segment files (`compression = "gzip"`).
+pub const GZIP_SEGMENT_SUFFIX: &str = ".log.gz";
+
+/// Whether a file name is a segment's, of either codec.
+pub fn is_segment_file(name: &str) -> bool {
+    name.ends_with(SEGMENT_SUFFIX) || name.ends_with(GZIP_SEGMENT_SUFFIX)
+}
+
+/// The suffix of a codec's segment files.
+pub fn suffix(codec: Codec) -> &'static str {
+    match codec {
+        Codec::Zstd => SEGMENT_SUFFIX,
+        Codec::Gzip => GZIP_SEGMENT_SUFFIX,
+    }
+}
 const SEAL_SUFFIX: &str = ".seal";
 
 /// The parts of a segment file name.
@@ -39,9 +55,17 @@ pub struct SegmentName {
     pub hour: u32,
     pub node: String,
     pub seq: u64,
+    /// How its frames are compressed; the suffix says it.
+    pub codec: Codec,
 }
 
 impl SegmentName {
+    /// The same name for a segment of `codec`.
+    pub fn with_codec(mut self, codec: Codec) -> SegmentName {
+        self.codec = codec;
+        self
+    }
+
     /// The name for a segment first written at `ms`.
     pub fn new(site: &str, stream: &str, node: &str, seq: u64, ms: i64) -> SegmentName {
         let (y, m, d, h) = utc_hour(ms);
@@ -52,6 +76,7 @@ impl SegmentName {
             hour: h,
             node: node.to_owned(),
             seq,
+            codec: Codec::Zstd,
         }
     }
 
@@ -77,7 +102,7 @@ impl SegmentName {
     }
 
     pub fn file_name(&self) -> String {
-        format!("{}-{}T{:02}-{}-{:08}{}", self.stream, self.date, self.hour, self.node, self.seq, SEGMENT_SUFFIX)
+        format!("{}-{}T{:02}-{}-{:08}{}", self.stream, self.date, self.hour, self.node, self.seq, suffix(self.codec))
     }
 
     /// Path relative to `archive/`: `<site>/<stream>/<date>/<file>`.
@@ -91,7 +116,11 @@ impl SegmentName {
         let [site, stream, date, file] = parts.as_slice() else {
             return None;
         };
-        let rest = file.strip_suffix(SEGMENT_SUFFIX)?.strip_prefix(stream)?.strip_prefix('-')?;
+        let (rest, codec) = match file.strip_suffix(SEGMENT_SUFFIX) {
+            Some(r) => (r, Codec::Zstd),
+            None => (file.strip_suffix(GZIP_SEGMENT_SUFFIX)?, Codec::Gzip),
+        };
+        let rest = rest.strip_prefix(stream)?.strip_prefix('-')?;
         // rest = YYYY-MM-DDTHH-<node>-<seq>
         let (when, rest) = (rest.get(..13)?, rest.get(13..)?);
         let (node, seq) = rest.strip_prefix('-')?.rsplit_once('-')?;
@@ -106,6 +135,7 @@ impl SegmentName {
             hour: hour.parse().ok().filter(|h| *h < 24)?,
             node: node.to_owned(),
             seq: seq.parse().ok()?,
+            codec,
         })
     }
 

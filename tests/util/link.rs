@@ -130,7 +130,7 @@ pub fn pair(
 
 /// Relative paths and SHA-256 of every segment under `data/archive/<site>`.
 pub fn segment_files(data: &Path, site: &str) -> Vec<PathBuf> {
-    segments(data)
+    all_segments(data)
         .into_iter()
         .filter_map(|p| p.strip_prefix(data.join("archive")).ok().map(Path::to_path_buf))
         .filter(|r| r.starts_with(site))

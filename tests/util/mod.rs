@@ -272,6 +272,30 @@ pub fn segments(data: &Path) -> Vec<PathBuf> {
     v
 }
 
+/// Segments of both codecs (`.log.zst` and `.log.gz`), sorted by file name.
+pub fn all_segments(data: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = walkdir(&data.join("archive"))
+        .into_iter()
+        .filter(|p| {
+            let s = p.to_string_lossy();
+            s.ends_with(".log.zst") || s.ends_with(".log.gz")
+        })
+        .collect();
+    v.sort_by_key(|p| p.file_name().unwrap().to_owned());
+    v
+}
+
+/// The gzip segments as the real `zcat` prints them, segment after segment.
+pub fn zcat(data: &Path) -> Vec<u8> {
+    let files: Vec<PathBuf> = all_segments(data).into_iter().filter(|p| p.to_string_lossy().ends_with(".gz")).collect();
+    if files.is_empty() {
+        return Vec::new();
+    }
+    let out = Command::new(require_tool("zcat")).args(&files).output().unwrap();
+    assert!(out.status.success(), "zcat failed: {}", String::from_utf8_lossy(&out.stderr));
+    out.stdout
+}
+
 fn walkdir(p: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     if let Ok(rd) = std::fs::read_dir(p) {
