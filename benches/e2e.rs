@@ -9,6 +9,8 @@
 //! - `FERRY_BENCH_SENDER` (default `threads`): `threads` sends from two
 //!   threads of this process (std `TcpStream`, 1 MiB writes); `send` runs two
 //!   `ferry send` processes instead.
+//! - `FERRY_BENCH_STORE`: more `[store]` keys, `;`-separated (e.g.
+//!   `compression = "gzip";gzip_level = 6`).
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -243,6 +245,7 @@ listen = "127.0.0.1:{admin}"
 commit_interval = "100ms"
 commit_bytes = "4MiB"
 fsync = "always"
+{store_extra}
 
 [[stream]]
 name = "{STREAM}"
@@ -258,6 +261,7 @@ trust = "trusted"
 {tls_section}"#,
         data = data.display(),
         transport = if tls { "tls" } else { "tcp" },
+        store_extra = std::env::var("FERRY_BENCH_STORE").unwrap_or_default().replace(';', "\n"),
     );
     let cfg_path = dir.path().join("ferry.toml");
     std::fs::write(&cfg_path, config).expect("write config");
