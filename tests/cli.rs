@@ -17,7 +17,7 @@ fn shipped_edge_config_passes_check() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/edge.toml");
     let out = check(&path);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (site sg1, node relay-1, 2 stream(s), 7 listener(s))"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (site sg1, node relay-1, 2 stream(s), 8 listener(s))"));
 }
 
 #[test]

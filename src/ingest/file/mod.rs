@@ -122,7 +122,7 @@ struct Tailer {
     batcher: Batcher,
     scratch: Vec<u8>,
     buf: Vec<u8>,
-    multiline: Option<Regex>,
+    rules: tail::Rules,
     includes: Vec<glob::Pattern>,
     excludes: Vec<glob::Pattern>,
     files: HashMap<Key, Tail>,
@@ -180,6 +180,7 @@ impl Tailer {
             warn!(listener = %ctx.name, lines = p.checkpoints.skipped_lines,
                 "checkpoint lines torn or corrupt were skipped (an older position of those files is used: lines may repeat, none are lost)");
         }
+        let rules = tail::Rules { max_record: ctx.cfg.max_record_bytes, multiline, quota: cfg.quota };
         let now = Instant::now();
         Ok(Tailer {
             batcher: Batcher::new(&ctx, format!("files {}", cfg.paths.join(", "))),
@@ -189,7 +190,7 @@ impl Tailer {
             handle,
             scratch: Vec::with_capacity(8 << 10),
             buf: vec![0; READ_CHUNK],
-            multiline,
+            rules,
             includes,
             excludes,
             files: HashMap::new(),
@@ -442,6 +443,11 @@ impl Tailer {
             None => 0,
         };
         let fp = Fingerprint::of(&file, size).unwrap_or_default();
+        if self.cp.get(&key).is_none_or(|e| e.offset != start) {
+            // Where it starts, saved now: a restart before its first commit
+            // starts there again (not at 0 for a file begun at its end).
+            self.cp.set(key, Entry { fp, offset: start, sent: start, path: path.clone() });
+        }
         debug!(listener = %self.ctx.name, file = %path.display(), offset = start, "tailing");
         self.files.insert(key, Tail::new(key, path, file, fp, start, &self.cfg.host, now));
         self.open_files += 1;
@@ -546,19 +552,7 @@ impl Tailer {
                 t.fp = fp;
             }
         }
-        let mut emit = Emit {
-            batcher: &mut self.batcher,
-            scratch: &mut self.scratch,
-            stamp,
-            now_ms,
-            now,
-            max_record: self.ctx.cfg.max_record_bytes,
-            multiline: self.multiline.as_ref(),
-            quota: self.cfg.quota,
-            quota_records: 0,
-            quota_bytes: 0,
-            over_quota: Vec::new(),
-        };
+        let mut emit = Emit::new(&mut self.batcher, &mut self.scratch, &self.rules, stamp, now, now_ms);
         let mut round = 0u64;
         let before = t.done;
         let mut more = false;
@@ -629,19 +623,7 @@ impl Tailer {
                 continue;
             }
             let before = t.done;
-            let mut emit = Emit {
-                batcher: &mut self.batcher,
-                scratch: &mut self.scratch,
-                stamp: &stamp,
-                now_ms,
-                now,
-                max_record: self.ctx.cfg.max_record_bytes,
-                multiline: self.multiline.as_ref(),
-                quota: self.cfg.quota,
-                quota_records: 0,
-                quota_bytes: 0,
-                over_quota: Vec::new(),
-            };
+            let mut emit = Emit::new(&mut self.batcher, &mut self.scratch, &self.rules, &stamp, now, now_ms);
             t.flush_held(self.cfg.partial_timeout, finished, &mut emit);
             let qr = emit.quota_records;
             drop(emit);

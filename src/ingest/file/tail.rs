@@ -14,6 +14,13 @@ use super::identity::{Fingerprint, Key};
 use crate::config::units::Quota;
 use crate::ingest::batcher::Batcher;
 
+/// How a listener's files become records: fixed for its life.
+pub struct Rules {
+    pub max_record: usize,
+    pub multiline: Option<Regex>,
+    pub quota: Option<Quota>,
+}
+
 /// What the lines of one read go into.
 pub struct Emit<'a> {
     pub batcher: &'a mut Batcher,
@@ -30,6 +37,31 @@ pub struct Emit<'a> {
     pub quota_bytes: u64,
     /// Files that went over their quota in this read: logged by the caller.
     pub over_quota: Vec<PathBuf>,
+}
+
+impl<'a> Emit<'a> {
+    pub fn new(
+        batcher: &'a mut Batcher,
+        scratch: &'a mut Vec<u8>,
+        rules: &'a Rules,
+        stamp: &'a [u8],
+        now: Instant,
+        now_ms: i64,
+    ) -> Emit<'a> {
+        Emit {
+            batcher,
+            scratch,
+            stamp,
+            now_ms,
+            now,
+            max_record: rules.max_record,
+            multiline: rules.multiline.as_ref(),
+            quota: rules.quota,
+            quota_records: 0,
+            quota_bytes: 0,
+            over_quota: Vec::new(),
+        }
+    }
 }
 
 pub struct Tail {
