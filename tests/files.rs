@@ -119,18 +119,18 @@ impl Writer {
                 let n = (due - written).min(lines_per_sec / 10 + 1);
                 for i in (0..files.len()).filter(|_| follow) {
                     // The application notices its file was renamed away and opens a new one.
+                    // Between logrotate's rename and its create there is no file:
+                    // the application goes on writing to the old one (creating
+                    // it itself would make logrotate move that one aside as a
+                    // `.backup`, outside the globs).
                     if let Ok(m) = std::fs::metadata(&files[i]) {
                         if m.ino() != fds[i].1 {
-                            let g = fds[i].2 + 1;
-                            let f = open(&files[i]);
-                            let ino = f.metadata().unwrap().ino();
-                            fds[i] = (f, ino, g);
+                            if let Ok(f) = std::fs::OpenOptions::new().append(true).open(&files[i]) {
+                                let ino = f.metadata().unwrap().ino();
+                                let g = fds[i].2 + 1;
+                                fds[i] = (f, ino, g);
+                            }
                         }
-                    } else {
-                        let g = fds[i].2 + 1;
-                        let f = open(&files[i]);
-                        let ino = f.metadata().unwrap().ino();
-                        fds[i] = (f, ino, g);
                     }
                 }
                 let mut per = vec![Vec::new(); files.len()];
