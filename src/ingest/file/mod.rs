@@ -239,7 +239,12 @@ impl Tailer {
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => self.watcher = None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    // No inotify (it failed to start, or its thread ended): the
+                    // channel answers at once from now on, so wait here instead.
+                    self.watcher = None;
+                    std::thread::sleep(wait);
+                }
             }
             let now = Instant::now();
             if now.duration_since(self.last_poll) >= self.cfg.poll_interval {
