@@ -109,25 +109,40 @@ impl Proxy {
             live: Mutex::new(HashSet::new()),
             nat: Mutex::new(HashMap::new()),
         });
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, super::free_port()));
-        if udp {
+        // The kernel picks the port as it binds: a port chosen first and bound
+        // after can be taken meanwhile by another test's outgoing connection
+        // (seen once: AddrInUse in reload.rs).
+        let any = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+        let addr = if udp {
             let sock = {
                 let _g = rt.enter();
-                let s = std::net::UdpSocket::bind(addr).expect("proxy udp bind");
+                let s = std::net::UdpSocket::bind(any).expect("proxy udp bind");
                 s.set_nonblocking(true).unwrap();
                 set_bufs(&s);
-                Arc::new(UdpSocket::from_std(s).unwrap())
+                s
+            };
+            let addr = sock.local_addr().unwrap();
+            let sock = {
+                let _g = rt.enter();
+                Arc::new(UdpSocket::from_std(sock).unwrap())
             };
             rt.spawn(udp_main(sock, upstream, shared.clone()));
+            addr
         } else {
             let listener = {
                 let _g = rt.enter();
-                let l = std::net::TcpListener::bind(addr).expect("proxy tcp bind");
+                let l = std::net::TcpListener::bind(any).expect("proxy tcp bind");
                 l.set_nonblocking(true).unwrap();
-                TcpListener::from_std(l).unwrap()
+                l
+            };
+            let addr = listener.local_addr().unwrap();
+            let listener = {
+                let _g = rt.enter();
+                TcpListener::from_std(listener).unwrap()
             };
             rt.spawn(tcp_accept(listener, upstream, shared.clone()));
-        }
+            addr
+        };
         rt.spawn(sampler(shared.clone()));
         Proxy { addr, udp, shared, rt: Some(rt) }
     }
