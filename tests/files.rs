@@ -540,7 +540,7 @@ fn a_file_over_its_quota_gets_its_quota_per_period_and_the_rest_is_counted() {
     }
     let mut periods: Vec<_> = per_period.into_iter().collect();
     periods.sort_unstable();
-    eprintln!("quota {QUOTA} B per {PERIOD} s; archived per period: {periods:?}; {archived} of {written} lines archived, {dropped} dropped ({skipped} bytes skipped)");
+    eprintln!("quota {QUOTA} B per {PERIOD} s; archived per period: {periods:?}; {archived} of {written} lines archived, {dropped} dropped ({skipped} bytes passed over)");
     assert_eq!(archived + dropped as u64, written, "every line archived or counted as dropped");
     assert!(periods.iter().all(|(_, b)| *b <= QUOTA), "a period got more than its quota");
     // The periods the writer covered whole got their quota to the line.

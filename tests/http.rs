@@ -323,18 +323,7 @@ fn batches_acknowledged_right_before_kill9_are_in_the_archive_after_restart() {
         }
         acked
     });
-    for kill_at in [5, 30, 80] {
-        let t = Instant::now();
-        loop {
-            let n = rx.recv_timeout(Duration::from_secs(60)).expect("acknowledgements stopped coming");
-            if n >= kill_at {
-                break;
-            }
-            assert!(t.elapsed() < Duration::from_secs(60));
-        }
-        node.kill9();
-        node = Node::start(&dir, &cfg, ports.admin);
-    }
+    kill_after_acks(&mut node, &dir, &cfg, &rx, &[5, 30, 80]);
     let acked = poster.join().unwrap();
     node.stop();
     let lines = archive_lines(&dir.join("data"));

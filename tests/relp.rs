@@ -356,18 +356,7 @@ fn relp_messages_acknowledged_right_before_kill9_are_in_the_archive_after_restar
         }
         acked
     });
-    for kill_at in [2_000, 20_000, 60_000] {
-        let t = Instant::now();
-        loop {
-            let n = rx.recv_timeout(Duration::from_secs(60)).expect("acknowledgements stopped coming");
-            if n >= kill_at {
-                break;
-            }
-            assert!(t.elapsed() < Duration::from_secs(60));
-        }
-        node.kill9();
-        node = Node::start(&dir, &cfg, ports.admin);
-    }
+    kill_after_acks(&mut node, &dir, &cfg, &rx, &[2_000, 20_000, 60_000]);
     let acked = client.join().unwrap();
     node.stop();
     let text = String::from_utf8_lossy(&zstdcat(&dir.join("data"))).into_owned();

@@ -254,6 +254,30 @@ impl Drop for Node {
     }
 }
 
+/// Ack-then-kill: `kill -9` the node right after the client reported (on
+/// `acks`, its running count) each of `points` acknowledgements, and start
+/// it again from `config`. Fails if acknowledgements stop for 60 s.
+pub fn kill_after_acks(
+    node: &mut Node,
+    dir: &TestDir,
+    config: &str,
+    acks: &std::sync::mpsc::Receiver<usize>,
+    points: &[usize],
+) {
+    for &kill_at in points {
+        let t = Instant::now();
+        loop {
+            let n = acks.recv_timeout(Duration::from_secs(60)).expect("acknowledgements stopped coming");
+            if n >= kill_at {
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_secs(60), "{kill_at} acknowledgements not reached in 60 s");
+        }
+        node.kill9();
+        *node = Node::start(dir, config, node.admin);
+    }
+}
+
 /// GET from a node's admin listener on loopback: (status, body).
 pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
     ferry::admin::client::get(&format!("127.0.0.1:{port}"), path, Duration::from_secs(5))
