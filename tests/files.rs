@@ -523,7 +523,7 @@ fn a_file_over_its_quota_gets_its_quota_per_period_and_the_rest_is_counted() {
     std::thread::sleep(Duration::from_secs(1));
     node.wait_metric("ferry_file_lag_bytes", &[("listener", "files")], Duration::from_secs(5), |v| v == 0.0);
     let dropped = node.metric("ferry_dropped_records_total", &[("listener", "files"), ("reason", "file_quota")]);
-    let skipped = node.metric("ferry_file_quota_skipped_bytes_total", &[("listener", "files")]);
+    let passed_over = node.metric("ferry_file_quota_skipped_bytes_total", &[("listener", "files")]);
     node.stop();
     let text = String::from_utf8_lossy(&zstdcat(&node.data)).into_owned();
     // Bytes per period, by the time each record was read (its timestamp).
@@ -540,7 +540,7 @@ fn a_file_over_its_quota_gets_its_quota_per_period_and_the_rest_is_counted() {
     }
     let mut periods: Vec<_> = per_period.into_iter().collect();
     periods.sort_unstable();
-    eprintln!("quota {QUOTA} B per {PERIOD} s; archived per period: {periods:?}; {archived} of {written} lines archived, {dropped} dropped ({skipped} bytes passed over)");
+    eprintln!("quota {QUOTA} B per {PERIOD} s; archived per period: {periods:?}; {archived} of {written} lines archived, {dropped} dropped ({passed_over} bytes passed over)");
     assert_eq!(archived + dropped as u64, written, "every line archived or counted as dropped");
     assert!(periods.iter().all(|(_, b)| *b <= QUOTA), "a period got more than its quota");
     // The periods the writer covered whole got their quota to the line.
@@ -556,7 +556,7 @@ fn a_file_over_its_quota_gets_its_quota_per_period_and_the_rest_is_counted() {
         .filter(|s| !kept.contains(s))
         .map(|s| format!("f=q.log g=0 seq={s} {}\n", "x".repeat(70)).len() as u64)
         .sum();
-    assert_eq!(skipped as u64, dropped_bytes, "skipped bytes are the dropped lines");
+    assert_eq!(passed_over as u64, dropped_bytes, "skipped bytes are the dropped lines");
 }
 
 /// 5,000 files in one glob, one line a second each: every line archived;
