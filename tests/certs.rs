@@ -84,7 +84,7 @@ impl Deployment {
     /// A node directory as TLS material.
     fn files(&self, node_dir: &str) -> TlsFiles {
         let d = self.path(node_dir);
-        TlsFiles { ca: d.join("ca.pem"), cert: d.join("node.pem"), key: d.join("node.key") }
+        TlsFiles { ca: d.join("ca.pem"), cert: d.join("node.pem"), key: d.join("node.key"), crl: Vec::new() }
     }
 }
 

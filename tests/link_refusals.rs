@@ -78,7 +78,7 @@ const OWN: &str = "edge1/live/2026-11-23/live-2026-11-23T10-relay-1-00000001.log
 
 fn files(pki: &Pki, who: &str) -> TlsFiles {
     let d = pki.dir.join(who);
-    TlsFiles { ca: d.join("ca.pem"), cert: d.join("node.pem"), key: d.join("node.key") }
+    TlsFiles { ca: d.join("ca.pem"), cert: d.join("node.pem"), key: d.join("node.key"), crl: Vec::new() }
 }
 
 /// A client with no certificate at all (plain rustls, trusting the real CA).
@@ -159,7 +159,12 @@ fn refusals(via: Via) {
         let day = Duration::from_secs(86_400);
         let v = Validity { not_before: SystemTime::now() - 30 * day, not_after: SystemTime::now() - day };
         pki::issue(&pki.dir.join("ca"), "edge1", "old", &[], &[], &v, &old).unwrap();
-        let f = TlsFiles { ca: pki.dir.join("ca/ca.pem"), cert: old.join("node.pem"), key: old.join("node.key") };
+        let f = TlsFiles {
+            ca: pki.dir.join("ca/ca.pem"),
+            cert: old.join("node.pem"),
+            key: old.join("node.key"),
+            crl: Vec::new(),
+        };
         if let Ok(mut l) = dial_client(via, &f, addr).await {
             assert!(!matches!(exchange(&mut l, &enc(&[hello(VERSION)])).await, Some(Msg::Welcome { .. })));
         }
@@ -256,4 +261,123 @@ fn an_uplink_to_a_name_the_certificate_lacks_is_told_how_to_fix_it() {
         edge.stop();
         central.stop();
     }
+}
+
+/// Issue `ferry://<site>/<node>` into `pki/<dir>` with the deployment CA.
+fn issue(pki: &Pki, site: &str, node: &str, dir: &str) {
+    let out = std::process::Command::new(util::FERRY)
+        .args(["certs", "issue", "--ca"])
+        .arg(pki.dir.join("ca"))
+        .args(["--site", site, "--node", node, "--out"])
+        .arg(pki.dir.join(dir))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Issue 28: a peer writes only its own node's segments. relay-2 (a real
+/// edge) delivers and seals its segments; then relay-1's certificate, saying
+/// HELLO as relay-2, tries to open relay-2's sealed segment and a future one
+/// of relay-2, to tombstone relay-2's segment, to write under another site,
+/// and to append to and seal ids it never opened: every one refused with
+/// not_authorized (or protocol_violation for the ids), counted each time,
+/// logged once for the peer; relay-2's mirror is byte for byte what it was.
+fn own_segments_only(via: Via) {
+    let dir = TestDir::new("own-segments");
+    let pki = Pki::new(&dir, "pki");
+    issue(&pki, "edge1", "relay-2", "r2");
+    let port = free_port();
+    let p = pair("own", &pki, via, port, port, "commit_bytes = \"16KiB\"\nsegment_max_bytes = \"64KiB\"", "");
+    let r2_cfg = p
+        .edge_cfg
+        .replace(&pki.dir.join("edge").display().to_string(), &pki.dir.join("r2").display().to_string())
+        .replace("name = \"relay-1\"", "name = \"relay-2\"");
+    let mut central = Node::start(&p.central_dir, &p.central_cfg, p.central_ports.admin);
+    let mut r2 = Node::start(&p.edge_dir, &r2_cfg, p.edge_ports.admin);
+    let input: String =
+        (0..5_000).map(|i| format!("<13>Nov 23 10:00:00 h app: r2-{i:06} {}\n", noise(i as u64, 80))).collect();
+    ferry_send(&["--to", &format!("127.0.0.1:{}", p.edge_ports.tcp)], input.as_bytes());
+    r2.wait_metric("ferry_committed_records_total", &[], Duration::from_secs(30), |v| v >= 5_000.0);
+    r2.stop();
+    wait_mirrored(&r2.data, &central.data, Duration::from_secs(30));
+    let theirs = segment_files(&central.data, "edge1");
+    let sealed = theirs.iter().find(|r| is_sealed(&central.data, r)).expect("relay-2 sealed a segment").clone();
+    assert!(sealed.to_string_lossy().contains("-relay-2-"), "{}", sealed.display());
+    let snapshot = |d: &std::path::Path| -> Vec<(std::path::PathBuf, Vec<u8>)> {
+        segment_files(d, "edge1")
+            .into_iter()
+            .map(|r| (r.clone(), std::fs::read(d.join("archive").join(&r)).unwrap()))
+            .collect()
+    };
+    let before = snapshot(&central.data);
+
+    let sealed_path = sealed.to_string_lossy().into_owned();
+    let dash = sealed_path.rfind('-').unwrap();
+    let future = format!("{}-00000099{}", &sealed_path[..dash], &sealed_path[dash + 9..]);
+    assert!(future.ends_with(".log.zst") && future != sealed_path, "{future}");
+    let other_site = "edge2/live/2026-11-23/live-2026-11-23T10-relay-1-00000001.log.zst";
+    let tombstone = ferry::link::proto::Tombstone {
+        len: 0,
+        frames: 0,
+        records: 10,
+        first_seq: 0,
+        next_seq: 10,
+        sealed_ms: 0,
+        sha256: [0; 32],
+    };
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mine = files(&pki, "edge");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let attempts = [
+        Msg::Open { id: 1, path: sealed_path.clone() },
+        Msg::Open { id: 1, path: future.clone() },
+        Msg::Gone { id: 1, path: sealed_path.clone(), tombstone },
+        Msg::Open { id: 1, path: other_site.into() },
+    ];
+    rt.block_on(async {
+        for m in &attempts {
+            let mut l = dial_client(via, &mine, addr).await.unwrap();
+            let hello = Msg::Hello { version: VERSION, node: "relay-2".into() };
+            assert!(matches!(exchange(&mut l, &enc(&[hello])).await, Some(Msg::Welcome { .. })));
+            let got = exchange(&mut l, &enc(std::slice::from_ref(m))).await;
+            assert!(
+                matches!(&got, Some(Msg::Refuse { code: Code::NotAuthorized, reason }) if reason.contains("relay-1")),
+                "{m:?} answered {got:?}"
+            );
+        }
+        for m in [
+            Msg::Append { id: 1, offset: 0, frames: bytes::Bytes::from_static(b"x") },
+            Msg::Seal { id: 1, len: 0, sha256: [0; 32] },
+        ] {
+            let mut l = dial_client(via, &mine, addr).await.unwrap();
+            assert!(matches!(exchange(&mut l, &enc(&[hello(VERSION)])).await, Some(Msg::Welcome { .. })));
+            let got = exchange(&mut l, &enc(std::slice::from_ref(&m))).await;
+            assert!(matches!(got, Some(Msg::Refuse { code: Code::ProtocolViolation, .. })), "{m:?} answered {got:?}");
+        }
+    });
+    let n = central.wait_metric(
+        "ferry_link_refused_total",
+        &[("reason", "not_authorized")],
+        Duration::from_secs(10),
+        |v| v >= 4.0,
+    );
+    assert_eq!(n, 4.0, "each attempt counted");
+    let log = central.log_text();
+    let logged = log.lines().filter(|l| l.contains("link refused") && l.contains("not_authorized")).count();
+    assert_eq!(logged, 1, "one log line for the peer within a minute:\n{log}");
+    assert!(log.contains("a node writes only its own segments"), "{log}");
+    central.stop();
+    assert!(snapshot(&central.data) == before, "relay-2's mirror is untouched");
+    assert!(!central.data.join("archive/edge2").exists());
+    assert!(!central.data.join("archive").join(&future).exists());
+}
+
+#[test]
+fn over_tls_a_node_writes_only_its_own_segments() {
+    own_segments_only(Via::Tls)
+}
+
+#[test]
+fn over_quic_a_node_writes_only_its_own_segments() {
+    own_segments_only(Via::Quic)
 }

@@ -26,7 +26,10 @@ pub fn audit(a: AuditArgs) -> anyhow::Result<i32> {
         Archive::Dir(dir) => dir_facts(dir, archive.state_dir().as_deref(), &sel)?,
         Archive::Bucket(b) => bucket_facts(b, &sel)?,
     };
-    let report = audit::audit(&facts);
+    let mut report = audit::audit(&facts);
+    if let Some(state) = archive.state_dir() {
+        report.mark_revoked(&crate::mirror::peers::revoked(&state));
+    }
     let mut out = io::stdout().lock();
     let written = if a.json { json(&report, &mut out) } else { table(&report, &mut out) };
     match written {
@@ -146,6 +149,13 @@ fn table(r: &audit::Report, out: &mut impl Write) -> io::Result<()> {
             h.records,
             seq,
             h.status
+        )?;
+    }
+    for v in &r.revoked {
+        writeln!(
+            out,
+            "{}/{}: written by a node revoked at {} (certificate serial {}); its segments here predate the revocation and are kept",
+            v.site, v.node, v.revoked_at, v.serial
         )?;
     }
     if r.gaps.is_empty() {

@@ -6,7 +6,7 @@ use clap::{Args, Subcommand};
 
 use crate::pki::{self, Validity};
 
-/// `ferry certs ca | issue`.
+/// `ferry certs ca | issue | revoke`.
 #[derive(Debug, Args)]
 pub struct CertsArgs {
     #[command(subcommand)]
@@ -51,6 +51,33 @@ enum CertsCommand {
         #[arg(long, default_value_t = 825, value_parser = clap::value_parser!(u32).range(1..=36_500))]
         days: u32,
     },
+    /// Revoke a node's certificate: add it to the CA's revocation list DIR/crl.pem (created if
+    /// missing, re-signed with every earlier entry kept). Copy crl.pem to every node's `[tls] crl`
+    /// and reload them: its sessions end, its handshakes fail with certificate_revoked.
+    Revoke {
+        /// The CA directory (ca.pem, ca.key); the list is written beside them.
+        #[arg(long, value_name = "DIR")]
+        ca: PathBuf,
+        /// The certificate to revoke (the node's node.pem).
+        #[arg(long, value_name = "FILE")]
+        cert: PathBuf,
+        /// Why, recorded in the list.
+        #[arg(long, value_enum, default_value = "key-compromise")]
+        reason: RevokeReason,
+    },
+}
+
+/// `--reason` of `ferry certs revoke`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum RevokeReason {
+    /// The node's key may be known to someone else.
+    KeyCompromise,
+    /// The node was retired.
+    CessationOfOperation,
+    /// The node has a new certificate.
+    Superseded,
+    /// No reason recorded.
+    Unspecified,
 }
 
 /// Run `ferry certs ...`: 0 on success; errors say which file and why.
@@ -81,6 +108,28 @@ pub fn certs(args: CertsArgs) -> anyhow::Result<i32> {
                 ca.join("ca.pem").display(),
                 pki::load_certs(&bundle)?.len()
             );
+        }
+        CertsCommand::Revoke { ca, cert, reason } => {
+            let reason = match reason {
+                RevokeReason::KeyCompromise => pki::Reason::KeyCompromise,
+                RevokeReason::CessationOfOperation => pki::Reason::CessationOfOperation,
+                RevokeReason::Superseded => pki::Reason::Superseded,
+                RevokeReason::Unspecified => pki::Reason::Unspecified,
+            };
+            let r = pki::revoke(&ca, &cert, reason)
+                .with_context(|| format!("cannot revoke {} with the CA in {}", cert.display(), ca.display()))?;
+            let who =
+                r.identity.as_ref().map(|i| i.to_string()).unwrap_or_else(|| "a certificate without identity".into());
+            let at = crate::store::clock::rfc3339_secs(
+                r.at.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0),
+            );
+            if r.new {
+                println!("revoked {who} (serial {}) at {at}", r.serial);
+                println!("wrote {} ({} certificate(s) revoked)", r.crl.display(), r.count);
+                println!("next: copy it to every node's [tls] crl path and reload them (systemctl reload ferry, or the Ansible role with ferry_crl_src)");
+            } else {
+                println!("{who} (serial {}) was already revoked at {at}; {} unchanged", r.serial, r.crl.display());
+            }
         }
     }
     Ok(0)

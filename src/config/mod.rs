@@ -192,8 +192,14 @@ pub struct NodeConfig {
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct AdminConfig {
-    /// `/metrics`, `/healthz`, `/readyz`; `None` disables the admin listener.
+    /// `/metrics`, `/healthz`, `/readyz`, `/status`; `None` disables the
+    /// admin listener.
     pub listen: Option<SocketAddr>,
+    /// The operator's word that `listen` may be a non-loopback address: the
+    /// admin listener has no authentication, and what it serves (site, node,
+    /// listeners, peer addresses, lag, certificate expiry) maps the pipeline
+    /// for whoever reaches it.
+    pub allow_remote: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -96,6 +96,25 @@ pub struct RawTls {
     pub ca: Spanned<String>,
     pub cert: Spanned<String>,
     pub key: Spanned<String>,
+    /// One CRL file, or a list of them.
+    pub crl: Option<Spanned<OneOrMany>>,
+}
+
+/// A key that takes one string or a list of them.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn to_vec(&self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s.clone()],
+            OneOrMany::Many(v) => v.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -128,6 +147,7 @@ pub struct RawNode {
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
     pub listen: Option<Spanned<String>>,
+    pub allow_remote: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]

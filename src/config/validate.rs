@@ -156,6 +156,20 @@ pub fn validate(text: &str, file: &str) -> Result<Config, Error> {
         },
         None => Some("127.0.0.1:9750".parse().expect("literal address")),
     };
+    let allow_remote = raw.admin.as_ref().and_then(|a| a.allow_remote.as_ref()).is_some_and(|a| *a.get_ref());
+    if let (Some(addr), Some(l)) = (admin_listen, raw.admin.as_ref().and_then(|a| a.listen.as_ref())) {
+        if !addr.ip().is_loopback() && !allow_remote {
+            cx.at(
+                "admin.listen",
+                l,
+                format!(
+                    "{addr} is not a loopback address: the admin listener answers /metrics and /status without \
+                     authentication (site, node, listeners, peers' addresses, lag, certificate expiry); bind it to \
+                     127.0.0.1, or set admin.allow_remote = true and firewall it to the Prometheus hosts"
+                ),
+            );
+        }
+    }
 
     let store = validate_store(&mut cx, raw.store.as_ref());
 
@@ -214,10 +228,19 @@ pub fn validate(text: &str, file: &str) -> Result<Config, Error> {
         }
     }
 
-    let tls = raw.tls.as_ref().map(|t| crate::pki::TlsFiles {
-        ca: PathBuf::from(t.ca.get_ref()),
-        cert: PathBuf::from(t.cert.get_ref()),
-        key: PathBuf::from(t.key.get_ref()),
+    let tls = raw.tls.as_ref().map(|t| {
+        let crl = t.crl.as_ref().map(|c| c.get_ref().to_vec()).unwrap_or_default();
+        if let Some(c) = &t.crl {
+            if crl.is_empty() || crl.iter().any(String::is_empty) {
+                cx.at("tls.crl", c, "a CRL file's path, or a list of them (e.g. \"/etc/ferry/crl.pem\")");
+            }
+        }
+        crate::pki::TlsFiles {
+            ca: PathBuf::from(t.ca.get_ref()),
+            cert: PathBuf::from(t.cert.get_ref()),
+            key: PathBuf::from(t.key.get_ref()),
+            crl: crl.into_iter().map(PathBuf::from).collect(),
+        }
     });
     for (i, l) in raw.listener.iter().enumerate() {
         if l.kind.get_ref() == "ferry" && tls.is_none() {
@@ -267,7 +290,7 @@ pub fn validate(text: &str, file: &str) -> Result<Config, Error> {
             buckets,
             source: file.to_owned(),
             node: NodeConfig { site, name, data_dir },
-            admin: AdminConfig { listen: admin_listen },
+            admin: AdminConfig { listen: admin_listen, allow_remote },
             log_level,
             store,
             streams,

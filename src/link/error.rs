@@ -33,13 +33,22 @@ pub enum Lost {
     Closed,
     #[error("connection failed: {0}")]
     Io(String),
+    /// The TLS layer ended the connection: the receiver refused this node's
+    /// certificate (e.g. `certificate_revoked`), or this node refused the
+    /// receiver's. `reason` is the metric label.
+    /// `by_peer`: the receiver refused this node's certificate (its alert).
+    #[error("TLS refused ({reason}): {detail}")]
+    Tls { reason: &'static str, by_peer: bool, detail: String },
     #[error("write blocked for {0:?}")]
     WriteBlocked(Duration),
 }
 
 impl Lost {
     pub fn io(e: &std::io::Error) -> Lost {
-        Lost::Io(e.to_string())
+        match crate::pki::tls_failure(e) {
+            Some(reason) => Lost::Tls { reason, by_peer: crate::pki::refused_by_peer(e), detail: e.to_string() },
+            None => Lost::Io(e.to_string()),
+        }
     }
 
     /// `msg` as the log shows it: its start only (an APPEND carries megabytes).

@@ -1,8 +1,10 @@
 //! The receiver (`kind = "ferry"` listener): authenticates each uplink by its
 //! certificate, then serves OPEN/APPEND/SEAL against the [`Mirror`]. The site
 //! comes from the certificate, never from the payload: a peer writes only
-//! under `archive/<its site>/` (or, if listed in `relays`, under the sites it
-//! forwards for). Every refusal is logged with the peer and counted.
+//! its own node's segments under `archive/<its site>/` (and, if its site is
+//! listed in `relays`, other sites' segments it forwards). Every refusal is
+//! counted and logged with the peer (an unauthorized path at most once a
+//! minute per peer: a misconfigured relay retries forever).
 
 use std::collections::HashMap;
 use std::io;
@@ -31,13 +33,52 @@ pub struct ReceiverCtx {
     pub timing: Timing,
     /// The mirror's state epoch, sent in WELCOME.
     pub epoch: u64,
+    /// The TLS material in force: a session whose peer a reloaded CRL
+    /// revokes ends at once.
+    pub tls: Arc<Live>,
     /// A failing mirror disk logs once a second, not per append.
     warn_limit: crate::metrics::WarnLimit,
+    /// When each peer (`site/node`) last had an unauthorized path logged.
+    unauthorized_logged: std::sync::Mutex<HashMap<String, std::time::Instant>>,
+}
+
+/// A peer refused for a path it may not write is logged at most this often.
+const UNAUTHORIZED_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl ReceiverCtx {
+    pub fn new(
+        cfg: ListenerConfig,
+        mirror: Arc<Mirror>,
+        metrics: Metrics,
+        timing: Timing,
+        epoch: u64,
+        tls: Arc<Live>,
+    ) -> ReceiverCtx {
+        ReceiverCtx {
+            cfg,
+            mirror,
+            metrics,
+            timing,
+            epoch,
+            tls,
+            warn_limit: Default::default(),
+            unauthorized_logged: Default::default(),
+        }
+    }
 }
 
 impl ReceiverCtx {
-    pub fn new(cfg: ListenerConfig, mirror: Arc<Mirror>, metrics: Metrics, timing: Timing, epoch: u64) -> ReceiverCtx {
-        ReceiverCtx { cfg, mirror, metrics, timing, epoch, warn_limit: Default::default() }
+    /// Whether an unauthorized path from this peer may be logged now.
+    fn may_log_unauthorized(&self, site: &str, node: &str) -> bool {
+        let now = std::time::Instant::now();
+        let mut seen = self.unauthorized_logged.lock().expect("not poisoned");
+        seen.retain(|_, at| now.duration_since(*at) < UNAUTHORIZED_LOG_EVERY);
+        let key = format!("{site}/{node}");
+        if seen.contains_key(&key) {
+            return false;
+        }
+        seen.insert(key, now);
+        true
     }
 }
 
@@ -207,10 +248,21 @@ impl Core {
         let Some(name) = mirror::parse_path(path) else {
             return Err(Step::Refuse(Code::InvalidPath, format!("{path:?} is not a segment path")));
         };
-        if name.site != self.site && !self.relays.contains(&self.site) {
+        // Its own site: only its own node's segments (a compromised relay must
+        // not write in a sibling's name). Another site: only as a relay.
+        let allowed = if name.site == self.site { name.node == self.node } else { self.relays.contains(&self.site) };
+        if !allowed {
+            let why = if name.site == self.site {
+                "a node writes only its own segments"
+            } else {
+                "only a peer whose site is listed in the receiver's relays forwards other sites' segments"
+            };
             return Err(Step::Refuse(
                 Code::NotAuthorized,
-                format!("site {:?} may not write under {:?}", self.site, name.site),
+                format!(
+                    "ferry://{}/{} may not write {path:?} (site {:?}, node {:?}): {why}",
+                    self.site, self.node, name.site, name.node
+                ),
             ));
         }
         Ok(PathBuf::from(path))
@@ -301,6 +353,33 @@ pub fn gone_reply(id: u32, r: &io::Result<()>) -> Msg {
     }
 }
 
+/// A session's peer checked against the TLS material a reload just put in
+/// force: a revoked certificate ends the session (the handshake would now
+/// fail); any other failure (a CA taken out of the bundle) is logged and the
+/// session kept, as a TLS session is never re-verified otherwise.
+fn still_trusted(
+    ctx: &ReceiverCtx,
+    certs: &[rustls_pki_types::CertificateDer<'static>],
+    identity: &crate::pki::Identity,
+    peer: SocketAddr,
+) -> Result<(), End> {
+    match ctx.tls.current().verify_peer(certs) {
+        Ok(()) => Ok(()),
+        Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked)) => {
+            let serial = certs.first().and_then(|c| crate::pki::serial_hex(c)).unwrap_or_default();
+            Err(End::Refuse(
+                Code::CertificateRevoked,
+                format!("the certificate of {identity} (serial {serial}) is revoked by the CRL now in force"),
+            ))
+        }
+        Err(e) => {
+            warn!(listener = %ctx.cfg.name, %peer, %identity, error = %e,
+                "after the TLS reload this peer's certificate would not verify; its session stays until it reconnects");
+            Ok(())
+        }
+    }
+}
+
 async fn session(mut link: Link, ctx: Arc<ReceiverCtx>, sd: Shutdown) {
     let peer = link.peer;
     let site = link.identity.site.clone();
@@ -310,12 +389,18 @@ async fn session(mut link: Link, ctx: Arc<ReceiverCtx>, sd: Shutdown) {
     let mut rbuf = BytesMut::with_capacity(1 << 20);
     let mut wbuf = BytesMut::with_capacity(4096);
     let mut core = Core::new(&site, &node, &ctx.cfg.relays, ctx.epoch);
+    let mut tls_replaced = ctx.tls.subscribe();
+    tls_replaced.mark_unchanged();
     let end = loop {
         let msg = match Msg::decode(&mut rbuf) {
             Ok(Some(m)) => m,
             Ok(None) => {
                 let read = tokio::select! {
                     _ = sd.token.cancelled() => break End::Shutdown,
+                    Ok(()) = tls_replaced.changed() => match still_trusted(&ctx, &link.peer_certs, &link.identity, peer) {
+                        Ok(()) => continue,
+                        Err(end) => break end,
+                    },
                     r = tokio::time::timeout(ctx.timing.dead_after, link.io.read_buf(&mut rbuf)) => r,
                 };
                 match read {
@@ -334,6 +419,13 @@ async fn session(mut link: Link, ctx: Arc<ReceiverCtx>, sd: Shutdown) {
             Step::Reply(r) => {
                 if matches!(r, Msg::Welcome { .. }) {
                     info!(listener = %ctx.cfg.name, %peer, %site, %node, "uplink connected");
+                    if let Some(serial) = link.peer_certs.first().and_then(|c| crate::pki::serial_hex(c)) {
+                        let (s, n) = (site.clone(), node.clone());
+                        let r = tokio::task::spawn_blocking(move || mirror.saw_peer(&s, &n, &serial)).await;
+                        if let Ok(Err(e)) = r {
+                            warn!(listener = %ctx.cfg.name, %site, %node, error = %e, "cannot note this peer in state/peers (ferry audit would not name its data if it is revoked)");
+                        }
+                    }
                 }
                 r
             }
@@ -415,7 +507,11 @@ async fn session(mut link: Link, ctx: Arc<ReceiverCtx>, sd: Shutdown) {
     };
     match end {
         End::Refuse(code, reason) => {
-            refused(&ctx, peer, code.as_str(), &format!("site={site} node={node}: {reason}"));
+            if code == Code::NotAuthorized && !ctx.may_log_unauthorized(&site, &node) {
+                m.link_refused.with_label_values(&[&ctx.cfg.name, code.as_str()]).inc();
+            } else {
+                refused(&ctx, peer, code.as_str(), &format!("site={site} node={node}: {reason}"));
+            }
             wbuf.clear();
             Msg::Refuse { code, reason }.encode(&mut wbuf);
             let _ = link.io.write_all(&wbuf).await;

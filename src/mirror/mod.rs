@@ -17,6 +17,8 @@
 //! acknowledged length and reopened, never trusted. The uplink keeps its
 //! backlog and offers the same bytes again later.
 
+pub mod peers;
+
 use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -83,6 +85,8 @@ pub struct Mirror {
     /// Told of every append and seal: uplinks of a regional hop forward
     /// mirror segments as they grow.
     changes: Arc<Changes>,
+    /// The certificates that wrote here (`state/peers`).
+    peers: peers::PeerBook,
 }
 
 /// Check that `rel` is a segment path (no `..`, no absolute path, the
@@ -108,6 +112,12 @@ pub fn check_frames(frames: &[u8]) -> Result<(), (usize, FrameError)> {
 }
 
 impl Mirror {
+    /// Note a peer authenticated on a link (its first time: one line in
+    /// `state/peers`), so a later revocation can name the data it wrote.
+    pub fn saw_peer(&self, site: &str, node: &str, serial: &str) -> io::Result<()> {
+        self.peers.saw(site, node, serial, self.clock.now_ms())
+    }
+
     pub fn new(
         archive_dir: PathBuf,
         state_dir: PathBuf,
@@ -117,7 +127,8 @@ impl Mirror {
         changes: Arc<Changes>,
         full: Arc<crate::store::retention::Fullness>,
     ) -> Mirror {
-        Mirror { archive_dir, state_dir, fs, metrics, clock, entries: Mutex::new(HashMap::new()), full, changes }
+        let peers = peers::PeerBook::open(&state_dir);
+        Mirror { archive_dir, state_dir, fs, metrics, clock, entries: Mutex::new(HashMap::new()), full, changes, peers }
     }
 
     fn stream_of(rel: &Path) -> String {

@@ -130,6 +130,9 @@ pub async fn run(file: Option<PathBuf>, cfg: Config, text: &str, clock: Arc<dyn 
             if let Err(e) = m.check() {
                 warn!(error = %e, "this node's certificate does not pass its own checks: peers will refuse it");
             }
+            if m.own_revoked() {
+                error!(cert = %files.cert.display(), "this node's certificate is revoked by a CRL in [tls] crl: peers refuse it (certificate_revoked); it needs a new certificate");
+            }
             Some(Live::new(m))
         }
         None => None,
@@ -189,6 +192,7 @@ pub async fn run(file: Option<PathBuf>, cfg: Config, text: &str, clock: Arc<dyn 
     for (l, b) in bound {
         node.serve(&l, b)?;
     }
+    note_revoked(&cfg);
     for u in &cfg.uplinks {
         node.start_uplink(u, None)?;
     }
@@ -328,7 +332,8 @@ impl Node {
             Bound::Receiver(b, timing) => {
                 info!(listener = %l.name, transport = ?l.transport, addr = %b.local_addr(), "receiving links");
                 let (mirror, epoch) = self.mirror()?;
-                let ctx = Arc::new(ReceiverCtx::new(l.clone(), mirror, self.metrics.clone(), timing, epoch));
+                let tls = self.tls.clone().context("a ferry receiver needs a [tls] section")?;
+                let ctx = Arc::new(ReceiverCtx::new(l.clone(), mirror, self.metrics.clone(), timing, epoch, tls));
                 sd.spawn(receiver::serve(b, ctx, sd.clone()));
             }
         }
@@ -564,7 +569,11 @@ impl Node {
             info!("reload: {line}");
         }
         if tls_changed {
-            info!("reload: TLS material re-read: new handshakes use it, established sessions keep theirs");
+            info!("reload: TLS material re-read: new handshakes use it; established sessions keep theirs, but for peers a CRL now revokes (their sessions end)");
+            if self.tls.as_ref().is_some_and(|l| l.current().own_revoked()) {
+                error!("reload: this node's own certificate is revoked by a CRL in [tls] crl: peers refuse it (certificate_revoked)");
+            }
+            note_revoked(&new);
         }
         // Listeners leave together, then the ones that reuse their sockets bind.
         let stopping: Vec<Shutdown> = leaving.iter().filter_map(|l| self.listeners.remove(&l.name)).collect();
@@ -683,5 +692,31 @@ fn same_socket(a: &ListenAddr, b: &ListenAddr) -> bool {
         // the new one starts after the old one saved them.
         (ListenAddr::Files(_), ListenAddr::Files(_)) => true,
         _ => false,
+    }
+}
+
+/// Tell `state/revoked` which peers that wrote into this node's mirror the
+/// CRLs in force revoke (`ferry audit` marks their data), and log them.
+fn note_revoked(cfg: &Config) {
+    let crl = cfg.tls.as_ref().map(|t| t.crl.clone()).unwrap_or_default();
+    let serials = match crate::pki::revoked_serials(&crl) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "cannot read the CRLs to mark revoked peers' data");
+            return;
+        }
+    };
+    let ms =
+        |t: std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+    let serials: Vec<(String, i64)> = serials.into_iter().map(|(s, t)| (s, ms(t))).collect();
+    match crate::mirror::peers::note_revoked(&cfg.state_dir(), &serials) {
+        Ok(peers) => {
+            for p in peers {
+                warn!(site = %p.site, node = %p.node, serial = %p.serial,
+                    revoked_at = %crate::store::clock::rfc3339_secs(p.at_ms),
+                    "a node whose segments this mirror holds is revoked: its data is kept, marked in ferry audit");
+            }
+        }
+        Err(e) => warn!(error = %e, "cannot write state/revoked"),
     }
 }

@@ -112,6 +112,7 @@ pub fn plan(old: &Config, new: &Config) -> Result<Plan, Vec<Fixed>> {
     must("node.name", old.node.name == new.node.name, restart);
     must("node.data_dir", old.node.data_dir == new.node.data_dir, restart);
     must("admin.listen", old.admin.listen == new.admin.listen, restart);
+    must("admin.allow_remote", old.admin.allow_remote == new.admin.allow_remote, restart);
     let (o, n) = (&old.store, &new.store);
     must("store.commit_interval", o.commit_interval == n.commit_interval, restart);
     must("store.commit_bytes", o.commit_bytes == n.commit_bytes, restart);

@@ -6,7 +6,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use rustls_pki_types::pem::{self, PemObject, SectionKind};
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 
 use super::Error;
 
@@ -67,6 +67,47 @@ pub(super) fn read_key(path: &Path, what: &'static str) -> Result<PrivateKeyDer<
         }
         Err(source) => Err(pem_error(path, what, source)),
     }
+}
+
+/// Every CRL (`X509 CRL` block) in a PEM file, in file order.
+///
+/// # Errors
+///
+/// [`Error::Read`], [`Error::Pem`] as for certificates; [`Error::Crl`] if the
+/// file holds no CRL (saying what it holds instead).
+pub(super) fn read_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, Error> {
+    let what = "CRL file";
+    let bytes = read(path, what)?;
+    let crls = CertificateRevocationListDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| pem_error(path, what, source))?;
+    if crls.is_empty() {
+        let note = holds_instead(&bytes, SectionKind::Crl);
+        return Err(Error::Crl { path: path.to_owned(), reason: format!("no CRL in it{note}") });
+    }
+    Ok(crls)
+}
+
+/// Replace `path` with `contents` atomically and durably (a temporary file
+/// beside it, fsync, rename, directory fsync): a CRL is rewritten in place,
+/// and a reader must see the old list or the new one, never half of one.
+pub(super) fn replace(path: &Path, contents: &[u8], mode: u32) -> Result<(), Error> {
+    let err = |source| Error::Write { path: path.to_owned(), source };
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let _ = fs::remove_file(&tmp);
+    let mut f = OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp).map_err(err)?;
+    let written = f
+        .set_permissions(Permissions::from_mode(mode))
+        .and_then(|_| f.write_all(contents))
+        .and_then(|_| f.sync_all())
+        .and_then(|_| fs::rename(&tmp, path))
+        .and_then(|_| fs::File::open(dir)?.sync_all());
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written.map_err(err)
 }
 
 pub(super) fn read(path: &Path, what: &'static str) -> Result<Vec<u8>, Error> {

@@ -107,20 +107,7 @@ pub fn issue(
     let ca_certs = files::read_certs(&ca_pem, "CA certificate")?;
     let ca_keypair = KeyPair::try_from(&files::read_key(&ca_key, "CA key")?)
         .map_err(|source| Error::UnusableKey { path: ca_key.clone(), source })?;
-    let mut ca = None;
-    for (i, der) in ca_certs.iter().enumerate() {
-        let (_, c) = x509_parser::parse_x509_certificate(der).map_err(|e| Error::Parse {
-            what: format!("certificate #{} in {}", i + 1, ca_pem.display()),
-            source: x509_error(e),
-        })?;
-        if c.public_key().raw == ca_keypair.public_key_der() {
-            ca = Some(c);
-            break;
-        }
-    }
-    let Some(ca) = ca else {
-        return Err(Error::KeyMismatch { key: ca_key, ca: ca_pem });
-    };
+    let ca = signing_ca(&ca_certs, &ca_keypair, &ca_pem, &ca_key)?;
     let issuer = issuer_of(&ca, &ca_keypair, &ca_pem, validity)?;
 
     let key = generate_key("a node key")?;
@@ -159,7 +146,32 @@ pub fn issue(
 
 /// An rcgen stand-in for the CA certificate `ca`: same Subject, same key,
 /// same key identifier, so what it signs chains to `ca`.
-fn issuer_of(ca: &X509Certificate<'_>, key: &KeyPair, path: &Path, validity: &Validity) -> Result<Certificate, Error> {
+/// The certificate of the bundle whose public key is `key`'s: the CA that
+/// signs with it (a bundle may hold the old and the new CA).
+pub(super) fn signing_ca<'a>(
+    ca_certs: &'a [rustls_pki_types::CertificateDer<'static>],
+    key: &KeyPair,
+    ca_pem: &Path,
+    ca_key: &Path,
+) -> Result<X509Certificate<'a>, Error> {
+    for (i, der) in ca_certs.iter().enumerate() {
+        let (_, c) = x509_parser::parse_x509_certificate(der).map_err(|e| Error::Parse {
+            what: format!("certificate #{} in {}", i + 1, ca_pem.display()),
+            source: x509_error(e),
+        })?;
+        if c.public_key().raw == key.public_key_der() {
+            return Ok(c);
+        }
+    }
+    Err(Error::KeyMismatch { key: ca_key.to_owned(), ca: ca_pem.to_owned() })
+}
+
+pub(super) fn issuer_of(
+    ca: &X509Certificate<'_>,
+    key: &KeyPair,
+    path: &Path,
+    validity: &Validity,
+) -> Result<Certificate, Error> {
     if !ca.is_ca() {
         return Err(unusable(path, "it is not a CA (basicConstraints CA:TRUE is missing)"));
     }
@@ -215,13 +227,13 @@ fn issuer_of(ca: &X509Certificate<'_>, key: &KeyPair, path: &Path, validity: &Va
         Some(id) => KeyIdMethod::PreSpecified(id),
         None => KeyIdMethod::Sha256,
     };
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     params
         .self_signed(key)
         .map_err(|source| Error::Generate { what: format!("a signer for CA {}", path.display()), source })
 }
 
-fn unusable(path: &Path, reason: &str) -> Error {
+pub(super) fn unusable(path: &Path, reason: &str) -> Error {
     Error::UnusableCa { path: path.to_owned(), reason: reason.to_owned() }
 }
 
@@ -264,7 +276,7 @@ fn secs(t: SystemTime) -> i64 {
 }
 
 /// Copy a (checked) [`Validity`] into rcgen's parameters.
-fn set_validity(params: &mut CertificateParams, v: &Validity) {
+pub(super) fn set_validity(params: &mut CertificateParams, v: &Validity) {
     let epoch = rcgen::date_time_ymd(1970, 1, 1);
     let at = |t: SystemTime| epoch + t.duration_since(UNIX_EPOCH).unwrap_or_default();
     params.not_before = at(v.not_before);

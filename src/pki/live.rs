@@ -15,9 +15,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use rustls::RootCertStore;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use std::path::Path;
 
-use super::files::{read_certs, read_key};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
+
+use super::files::{read_certs, read_crls, read_key};
 use super::{Error, TlsFiles};
 
 /// The CA bundle, the node's certificate chain and key, as read.
@@ -30,6 +32,8 @@ pub struct Material {
     pub roots: RootCertStore,
     /// This node's certificate, then any intermediates.
     pub certs: Vec<CertificateDer<'static>>,
+    /// The revocation lists of `files.crl`, in order.
+    pub crls: Vec<CertificateRevocationListDer<'static>>,
     pub(super) key: PrivateKeyDer<'static>,
 }
 
@@ -61,11 +65,19 @@ impl Material {
                 source,
             })?;
         }
+        let mut crls = Vec::new();
+        for path in &files.crl {
+            for crl in read_crls(path)? {
+                check_crl_issuer(path, &crl, &ca)?;
+                crls.push(crl);
+            }
+        }
         Ok(Material {
             files: files.clone(),
             ca,
             roots,
             certs: read_certs(&files.cert, "certificate file")?,
+            crls,
             key: read_key(&files.key, "private key file")?,
         })
     }
@@ -103,7 +115,37 @@ impl Material {
             ),
             source,
         })?;
-        Ok(())
+        // The CRLs' signatures are checked when a certificate of their CA is:
+        // our own certificate shows a CRL the CA did not sign before any
+        // peer meets it (which would refuse every peer of that CA).
+        match self.verify_peer(&self.certs) {
+            Err(rustls::Error::InvalidCertRevocationList(e)) => Err(Error::Crl {
+                path: self.files.crl.first().cloned().unwrap_or_default(),
+                reason: format!("not usable with the CA bundle {}: {e:?}", self.files.ca.display()),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Verify a peer's chain (leaf first) as a handshake now would: against
+    /// the CA bundle and the CRLs. A session established before a reload
+    /// is checked with this against the reloaded material.
+    pub fn verify_peer(&self, chain: &[CertificateDer<'static>]) -> Result<(), rustls::Error> {
+        let Some((leaf, rest)) = chain.split_first() else {
+            return Err(rustls::Error::NoCertificatesPresented);
+        };
+        let verifier = super::tls::client_verifier(self, false)
+            .map_err(|e| rustls::Error::General(format!("cannot build the verifier: {e}")))?;
+        verifier.verify_client_cert(leaf, rest, UnixTime::now()).map(|_| ())
+    }
+
+    /// Whether a CRL in force revokes this node's own certificate (its peers
+    /// will refuse it: worth an error in the log at start and reload).
+    pub fn own_revoked(&self) -> bool {
+        matches!(
+            self.verify_peer(&self.certs),
+            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked))
+        )
     }
 
     /// Every loaded certificate's expiry: the node's leaf, then each CA.
@@ -129,7 +171,10 @@ impl Material {
 
     /// The same certificates and key (whatever the paths).
     pub fn same_as(&self, other: &Material) -> bool {
-        self.ca == other.ca && self.certs == other.certs && self.key.secret_der() == other.key.secret_der()
+        self.ca == other.ca
+            && self.certs == other.certs
+            && self.crls == other.crls
+            && self.key.secret_der() == other.key.secret_der()
     }
 
     pub(super) fn key(&self) -> PrivateKeyDer<'static> {
@@ -137,16 +182,49 @@ impl Material {
     }
 }
 
+/// A CRL must come from a CA of the bundle: one from elsewhere would never
+/// apply (its issuer matches no chain), and the operator would believe a
+/// certificate revoked that is not.
+fn check_crl_issuer(
+    path: &Path,
+    crl: &CertificateRevocationListDer<'_>,
+    ca: &[CertificateDer<'_>],
+) -> Result<(), Error> {
+    let (_, parsed) = x509_parser::parse_x509_crl(crl)
+        .map_err(|e| Error::Crl { path: path.to_owned(), reason: format!("cannot parse it: {e}") })?;
+    let issuer = parsed.issuer();
+    let known = ca
+        .iter()
+        .any(|c| x509_parser::parse_x509_certificate(c).is_ok_and(|(_, c)| c.subject().as_raw() == issuer.as_raw()));
+    if known {
+        Ok(())
+    } else {
+        Err(Error::Crl {
+            path: path.to_owned(),
+            reason: format!("issued by {issuer}, which is not a CA of the bundle"),
+        })
+    }
+}
+
 /// The material in force, replaceable.
 pub struct Live {
     current: RwLock<Arc<Material>>,
     generation: AtomicU64,
+    /// The generation, for tasks that must act on a replacement at once
+    /// (a receiver ends the sessions of peers a new CRL revokes).
+    replaced: tokio::sync::watch::Sender<u64>,
 }
 
 impl Live {
     /// Material put in force at start.
     pub fn new(m: Material) -> Arc<Live> {
-        Arc::new(Live { current: RwLock::new(Arc::new(m)), generation: AtomicU64::new(1) })
+        let (replaced, _) = tokio::sync::watch::channel(1);
+        Arc::new(Live { current: RwLock::new(Arc::new(m)), generation: AtomicU64::new(1), replaced })
+    }
+
+    /// Changes whenever the material is replaced.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.replaced.subscribe()
     }
 
     /// The material in force.
@@ -162,7 +240,8 @@ impl Live {
     /// Put `m` in force: handshakes from now on use it.
     pub fn replace(&self, m: Material) {
         *self.current.write().expect("not poisoned") = Arc::new(m);
-        self.generation.fetch_add(1, Ordering::AcqRel);
+        let g = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        self.replaced.send_replace(g);
     }
 
     /// The paths in force.
@@ -190,6 +269,11 @@ impl<T: Clone> Derived<T> {
         let generation = live.generation();
         let first = build(&live.current())?;
         Ok(Derived { live, build: Box::new(build), cache: Mutex::new((generation, first)) })
+    }
+
+    /// The material it is built from.
+    pub fn live(&self) -> &Arc<Live> {
+        &self.live
     }
 
     /// The config for a new handshake.

@@ -58,6 +58,7 @@
 mod files;
 mod issue;
 pub mod live;
+mod revoke;
 mod tls;
 
 use std::fmt;
@@ -71,6 +72,7 @@ use x509_parser::extensions::GeneralName;
 pub use files::{load_certs, load_key};
 pub use issue::{create_ca, issue};
 pub use live::{Derived, Expiry, Live, Material};
+pub use revoke::{revoke, revoked_serials, serial_hex, Reason, Revoked};
 pub use tls::{
     client_config, client_config_from, collector_client_config, collector_server_config, collector_server_config_from,
     server_config, server_config_from, TlsFiles,
@@ -273,6 +275,25 @@ pub enum Error {
         #[source]
         source: rustls::Error,
     },
+    /// A CRL file that cannot be used: none in it, not issued by a CA of the
+    /// bundle, or refused by the verifier (bad signature, malformed).
+    #[error("CRL file {}: {reason}", .path.display())]
+    Crl {
+        /// The CRL file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// `ferry certs revoke` was given a certificate this CA did not issue.
+    #[error("certificate {} was not issued by the CA in {} (its issuer is {issuer}); revoke it with its own CA", .cert.display(), .ca.display())]
+    NotIssuedBy {
+        /// The certificate to revoke.
+        cert: PathBuf,
+        /// The CA directory.
+        ca: PathBuf,
+        /// The certificate's issuer.
+        issuer: String,
+    },
     /// The client-certificate verifier could not be built from the CA file.
     #[error("cannot build a client-certificate verifier from CA file {}", .path.display())]
     Verifier {
@@ -366,21 +387,8 @@ mod tests;
 /// (our side refused the peer, or the peer's alert said why it refused
 /// ours), else from the I/O error's kind.
 pub fn classify_tls_error(e: &std::io::Error) -> &'static str {
-    use rustls::{AlertDescription as A, CertificateError as C, Error as E};
-    if let Some(r) = e.get_ref().and_then(|i| i.downcast_ref::<E>()) {
-        return match r {
-            // UnknownIssuer: no trusted CA of that name; BadSignature: a CA of
-            // the same name but another key. Either way not this deployment's.
-            E::InvalidCertificate(C::UnknownIssuer | C::BadSignature) => "unknown_ca",
-            E::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => "expired",
-            E::NoCertificatesPresented => "no_client_cert",
-            E::NoApplicationProtocol => "alpn",
-            E::AlertReceived(A::UnknownCA | A::BadCertificate) => "unknown_ca",
-            E::AlertReceived(A::CertificateExpired) => "expired",
-            E::AlertReceived(A::CertificateRequired) => "no_client_cert",
-            E::AlertReceived(A::NoApplicationProtocol) => "alpn",
-            _ => "tls",
-        };
+    if let Some(reason) = tls_failure(e) {
+        return reason;
     }
     match e.kind() {
         std::io::ErrorKind::TimedOut => "timeout",
@@ -388,6 +396,98 @@ pub fn classify_tls_error(e: &std::io::Error) -> &'static str {
         | std::io::ErrorKind::ConnectionReset
         | std::io::ErrorKind::ConnectionAborted
         | std::io::ErrorKind::BrokenPipe => "aborted",
+        _ => "tls",
+    }
+}
+
+/// The `reason` of an I/O error that is a TLS refusal, by either side: a
+/// rustls error (TCP), or a QUIC connection closed with a TLS alert's code.
+/// `None` for an error that is not about TLS (reset, timeout, ...).
+pub fn tls_failure(e: &std::io::Error) -> Option<&'static str> {
+    let inner = e.get_ref()?;
+    if let Some(r) = inner.downcast_ref::<rustls::Error>() {
+        return Some(rustls_reason(r));
+    }
+    let conn = if let Some(c) = inner.downcast_ref::<quinn::ConnectionError>() {
+        c
+    } else if let Some(quinn::ReadError::ConnectionLost(c)) = inner.downcast_ref::<quinn::ReadError>() {
+        c
+    } else if let Some(quinn::WriteError::ConnectionLost(c)) = inner.downcast_ref::<quinn::WriteError>() {
+        c
+    } else {
+        return None;
+    };
+    quic_tls_reason(conn)
+}
+
+/// Whether a TLS failure ([`tls_failure`]) is the peer's refusal of this
+/// node (its alert, or its QUIC close with an alert's code) rather than this
+/// node's refusal of the peer's certificate.
+pub fn refused_by_peer(e: &std::io::Error) -> bool {
+    let Some(inner) = e.get_ref() else { return false };
+    if let Some(r) = inner.downcast_ref::<rustls::Error>() {
+        return matches!(r, rustls::Error::AlertReceived(_));
+    }
+    let conn = inner.downcast_ref::<quinn::ConnectionError>().or_else(|| {
+        match (inner.downcast_ref::<quinn::ReadError>(), inner.downcast_ref::<quinn::WriteError>()) {
+            (Some(quinn::ReadError::ConnectionLost(c)), _) | (_, Some(quinn::WriteError::ConnectionLost(c))) => Some(c),
+            _ => None,
+        }
+    });
+    matches!(conn, Some(quinn::ConnectionError::ConnectionClosed(_)))
+}
+
+/// Classify a failed QUIC handshake for logs and the `reason` label: from
+/// the TLS alert in the connection's error code (QUIC carries an alert as
+/// CRYPTO_ERROR 0x100 + alert, RFC 9001 §4.8), whichever side sent it.
+pub fn classify_quic(e: &quinn::ConnectionError) -> &'static str {
+    use quinn::ConnectionError as Q;
+    if let Some(reason) = quic_tls_reason(e) {
+        return reason;
+    }
+    match e {
+        Q::TimedOut => "timeout",
+        Q::Reset | Q::ApplicationClosed(_) | Q::LocallyClosed => "aborted",
+        _ => "tls",
+    }
+}
+
+fn quic_tls_reason(e: &quinn::ConnectionError) -> Option<&'static str> {
+    use quinn::ConnectionError as Q;
+    let code = match e {
+        Q::TransportError(t) => u64::from(t.code),
+        Q::ConnectionClosed(c) => u64::from(c.error_code),
+        _ => return None,
+    };
+    let alert = u8::try_from(code.checked_sub(0x100)?).ok()?;
+    Some(alert_reason(rustls::AlertDescription::from(alert)))
+}
+
+fn rustls_reason(r: &rustls::Error) -> &'static str {
+    use rustls::{CertificateError as C, Error as E};
+    match r {
+        // UnknownIssuer: no trusted CA of that name; BadSignature: a CA of
+        // the same name but another key. Either way not this deployment's.
+        E::InvalidCertificate(C::UnknownIssuer | C::BadSignature) => "unknown_ca",
+        E::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => "expired",
+        E::InvalidCertificate(C::Revoked) => "certificate_revoked",
+        E::NoCertificatesPresented => "no_client_cert",
+        E::NoApplicationProtocol => "alpn",
+        E::AlertReceived(a) => alert_reason(*a),
+        _ => "tls",
+    }
+}
+
+fn alert_reason(a: rustls::AlertDescription) -> &'static str {
+    use rustls::AlertDescription as A;
+    match a {
+        // rustls answers a certificate signed by another key of the same CA
+        // name (BadSignature) with decrypt_error.
+        A::UnknownCA | A::BadCertificate | A::DecryptError => "unknown_ca",
+        A::CertificateExpired => "expired",
+        A::CertificateRevoked => "certificate_revoked",
+        A::CertificateRequired => "no_client_cert",
+        A::NoApplicationProtocol => "alpn",
         _ => "tls",
     }
 }
@@ -402,37 +502,4 @@ pub fn is_name_mismatch(e: &std::io::Error) -> bool {
     }
     let t = e.to_string().to_ascii_lowercase();
     t.contains("notvalidforname") || t.contains("not valid for name")
-}
-
-/// Classify a TLS failure known only by its text (quinn reports rustls's
-/// errors as a transport error's reason string).
-pub fn classify_tls(detail: &str) -> &'static str {
-    let d = detail.to_ascii_lowercase();
-    if d.contains("aborted by peer") || d.contains("connection lost") || d.contains("timed out") {
-        return if d.contains("timed out") { "timeout" } else { "aborted" };
-    }
-    // UnknownIssuer: no trusted CA of that name; BadSignature: a CA of the same
-    // name but another key. Either way the certificate is not from this deployment.
-    if d.contains("unknownissuer")
-        || d.contains("badsignature")
-        || d.contains("unknown issuer")
-        || d.contains("unknownca")
-        || d.contains("unknown_ca")
-    {
-        "unknown_ca"
-    } else if d.contains("expired") {
-        "expired"
-    } else if d.contains("nocertificatespresented")
-        || d.contains("no certificates")
-        || d.contains("certificate required")
-        || d.contains("certificaterequired")
-    {
-        "no_client_cert"
-    } else if d.contains("application protocol") || d.contains("applicationprotocol") || d.contains("alpn") {
-        "alpn"
-    } else if d.contains("timed out") || d.contains("timeout") {
-        "timeout"
-    } else {
-        "tls"
-    }
 }

@@ -281,7 +281,7 @@ fn tls_configs_build_and_key_mismatch_names_files() {
     let (a, b) = (t.path().join("a"), t.path().join("b"));
     node(&ca_dir, "dc1", "a", &a).unwrap();
     node(&ca_dir, "dc1", "b", &b).unwrap();
-    let files = TlsFiles { ca: a.join("ca.pem"), cert: a.join("node.pem"), key: a.join("node.key") };
+    let files = TlsFiles { ca: a.join("ca.pem"), cert: a.join("node.pem"), key: a.join("node.key"), crl: Vec::new() };
     let server = server_config(&files, &[b"ferry/1"]).unwrap();
     assert_eq!(server.alpn_protocols, vec![b"ferry/1".to_vec()]);
     client_config(&files, &[b"ferry/1"]).unwrap();
@@ -296,4 +296,74 @@ fn tls_configs_build_and_key_mismatch_names_files() {
     let swapped = TlsFiles { cert: files.key.clone(), key: files.cert.clone(), ..files };
     let msg = client_config(&swapped, &[]).unwrap_err().to_string();
     assert!(msg.contains("certificate file") && msg.contains("holds a private key"), "{msg}");
+}
+
+#[test]
+fn revoke_builds_a_list_that_the_verifiers_apply() {
+    let t = tempfile::tempdir().unwrap();
+    let ca_dir = t.path().join("ca");
+    ca(&ca_dir);
+    let (a, b, c) = (t.path().join("a"), t.path().join("b"), t.path().join("c"));
+    node(&ca_dir, "dc1", "a", &a).unwrap();
+    node(&ca_dir, "dc1", "b", &b).unwrap();
+    node(&ca_dir, "dc1", "c", &c).unwrap();
+    let crl = ca_dir.join("crl.pem");
+
+    let r = revoke(&ca_dir, &b.join("node.pem"), Reason::KeyCompromise).unwrap();
+    assert!(r.new && r.count == 1 && r.crl == crl);
+    assert_eq!(r.identity.unwrap().to_string(), "ferry://dc1/b");
+    assert_eq!(Some(r.serial.clone()), serial_hex(&leaf(&b)));
+    let again = revoke(&ca_dir, &b.join("node.pem"), Reason::Unspecified).unwrap();
+    assert!(!again.new && again.count == 1, "revoking twice changes nothing");
+    let r2 = revoke(&ca_dir, &c.join("node.pem"), Reason::CessationOfOperation).unwrap();
+    assert_eq!(r2.count, 2, "the earlier entry is kept");
+    let listed: Vec<String> = revoked_serials(std::slice::from_ref(&crl)).unwrap().into_iter().map(|x| x.0).collect();
+    assert_eq!(listed, vec![r.serial.clone(), r2.serial.clone()]);
+    let der = files::read_crls(&crl).unwrap().remove(0);
+    let (_, parsed) = x509_parser::parse_x509_crl(&der).unwrap();
+    assert_eq!(parsed.crl_number().map(|n| n.to_string()), Some("2".into()));
+
+    // a's material with the list: b and c refused as revoked, a itself fine.
+    let files =
+        TlsFiles { ca: a.join("ca.pem"), cert: a.join("node.pem"), key: a.join("node.key"), crl: vec![crl.clone()] };
+    let m = Material::load_checked(&files).unwrap();
+    assert!(!m.own_revoked());
+    let chain = |d: &Path| load_certs(&d.join("node.pem")).unwrap();
+    assert_eq!(m.verify_peer(&chain(&b)), Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked)));
+    assert!(m.verify_peer(&chain(&a)).is_ok());
+    let mb = Material::load(&TlsFiles {
+        ca: b.join("ca.pem"),
+        cert: b.join("node.pem"),
+        key: b.join("node.key"),
+        crl: vec![crl.clone()],
+    })
+    .unwrap();
+    assert!(mb.own_revoked(), "a node can tell that its own certificate is revoked");
+    assert!(
+        !m.same_as(&Material::load(&TlsFiles { crl: Vec::new(), ..files.clone() }).unwrap()),
+        "a new list is a change"
+    );
+
+    // A list from another CA is refused with the file named, and so is a
+    // file without a list; a certificate of another CA cannot be revoked here.
+    let other = t.path().join("other");
+    create_ca(&other, "other CA", &Validity::days_from_now(30)).unwrap();
+    let o = t.path().join("o");
+    node(&other, "dc1", "o", &o).unwrap();
+    revoke(&other, &o.join("node.pem"), Reason::KeyCompromise).unwrap();
+    let err = Material::load(&TlsFiles { crl: vec![other.join("crl.pem")], ..files.clone() }).err().unwrap();
+    assert!(matches!(err, Error::Crl { .. }) && err.to_string().contains("not a CA of the bundle"), "{err}");
+    // A CA of the same name but another key: its list passes the name check,
+    // and the check of the node's own certificate refuses it.
+    let twin = t.path().join("twin");
+    ca(&twin);
+    let w = t.path().join("w");
+    node(&twin, "dc1", "w", &w).unwrap();
+    revoke(&twin, &w.join("node.pem"), Reason::KeyCompromise).unwrap();
+    let err = Material::load_checked(&TlsFiles { crl: vec![twin.join("crl.pem")], ..files.clone() }).err().unwrap();
+    assert!(matches!(err, Error::Crl { .. }), "{err}");
+    let err = Material::load(&TlsFiles { crl: vec![a.join("node.pem")], ..files.clone() }).err().unwrap();
+    assert!(err.to_string().contains("no CRL in it") && err.to_string().contains("holds a certificate"), "{err}");
+    let err = revoke(&ca_dir, &o.join("node.pem"), Reason::KeyCompromise).unwrap_err();
+    assert!(matches!(err, Error::NotIssuedBy { .. }), "{err}");
 }

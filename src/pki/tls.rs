@@ -4,7 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
@@ -23,6 +25,12 @@ pub struct TlsFiles {
     pub cert: PathBuf,
     /// This node's private key. Usually `/etc/ferry/node.key`.
     pub key: PathBuf,
+    /// Certificate revocation lists (PEM `X509 CRL`), e.g.
+    /// `/etc/ferry/crl.pem` from `ferry certs revoke`: a peer or collector
+    /// whose certificate one of them lists is refused (`certificate_revoked`).
+    /// A certificate from a CA no list covers is accepted (several CAs
+    /// during a rotation, only one of them revoking).
+    pub crl: Vec<PathBuf>,
 }
 
 /// A server config that requires every client to present a certificate
@@ -46,10 +54,8 @@ pub fn server_config(files: &TlsFiles, alpn: &[&[u8]]) -> Result<ServerConfig, E
 /// [`server_config`] from material already read (see [`super::live`]).
 pub fn server_config_from(m: &Material, alpn: &[&[u8]]) -> Result<ServerConfig, Error> {
     let provider = provider();
-    let (files, roots, certs, key) = (&m.files, m.roots.clone(), m.certs.clone(), m.key());
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()
-        .map_err(|source| Error::Verifier { path: files.ca.clone(), source })?;
+    let (files, certs, key) = (&m.files, m.certs.clone(), m.key());
+    let verifier = client_verifier(m, false)?;
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|source| tls_error("cannot select TLS 1.3 with the ring provider", source))?
@@ -82,12 +88,8 @@ pub fn collector_server_config_from(
     client_cert: crate::config::ClientCert,
 ) -> Result<ServerConfig, Error> {
     let provider = provider();
-    let (files, roots, certs, key) = (&m.files, m.roots.clone(), m.certs.clone(), m.key());
-    let mut verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
-    if client_cert == crate::config::ClientCert::Optional {
-        verifier = verifier.allow_unauthenticated();
-    }
-    let verifier = verifier.build().map_err(|source| Error::Verifier { path: files.ca.clone(), source })?;
+    let (files, certs, key) = (&m.files, m.certs.clone(), m.key());
+    let verifier = client_verifier(m, client_cert == crate::config::ClientCert::Optional)?;
     ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|source| tls_error("cannot select TLS 1.2 and 1.3 with the ring provider", source))?
@@ -113,11 +115,16 @@ pub fn client_config(files: &TlsFiles, alpn: &[&[u8]]) -> Result<ClientConfig, E
 
 /// [`client_config`] from material already read.
 pub fn client_config_from(m: &Material, alpn: &[&[u8]]) -> Result<ClientConfig, Error> {
-    let (files, roots, certs, key) = (&m.files, m.roots.clone(), m.certs.clone(), m.key());
+    let (files, certs, key) = (&m.files, m.certs.clone(), m.key());
+    let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(m.roots.clone()), provider())
+        .with_crls(m.crls.iter().cloned())
+        .allow_unknown_revocation_status()
+        .build()
+        .map_err(|source| verifier_error(m, source))?;
     let mut config = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|source| tls_error("cannot select TLS 1.3 with the ring provider", source))?
-        .with_root_certificates(roots)
+        .with_webpki_verifier(verifier)
         .with_client_auth_cert(certs, key)
         .map_err(|source| tls_error(&mismatch(files), source))?;
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
@@ -144,6 +151,32 @@ pub fn collector_client_config(ca: &Path, own_files: Option<(&Path, &Path)>) -> 
             })
         }
         None => Ok(builder.with_no_client_auth()),
+    }
+}
+
+/// The verifier of client certificates: chains to the CA bundle, not listed
+/// in a CRL of the material (a certificate from a CA no CRL covers passes).
+/// `optional`: a client may present none (a presented one must still verify).
+pub(super) fn client_verifier(m: &Material, optional: bool) -> Result<Arc<dyn ClientCertVerifier>, Error> {
+    let mut b = WebPkiClientVerifier::builder_with_provider(Arc::new(m.roots.clone()), provider())
+        .with_crls(m.crls.iter().cloned())
+        .allow_unknown_revocation_status();
+    if optional {
+        b = b.allow_unauthenticated();
+    }
+    b.build().map_err(|source| verifier_error(m, source))
+}
+
+/// A builder error, named by the file at fault: a CRL rustls cannot parse
+/// names the CRL files, anything else the CA file.
+fn verifier_error(m: &Material, source: rustls::server::VerifierBuilderError) -> Error {
+    use rustls::server::VerifierBuilderError as V;
+    match &source {
+        V::InvalidCrl(e) => Error::Crl {
+            path: m.files.crl.first().cloned().unwrap_or_default(),
+            reason: format!("rustls cannot use it: {e:?}"),
+        },
+        _ => Error::Verifier { path: m.files.ca.clone(), source },
     }
 }
 

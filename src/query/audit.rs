@@ -167,6 +167,36 @@ pub struct Gap {
 pub struct Report {
     pub hours: Vec<Hour>,
     pub gaps: Vec<Gap>,
+    /// Origins here whose node's certificate is revoked: their segments
+    /// were written before the revocation and are kept, marked.
+    pub revoked: Vec<RevokedOrigin>,
+}
+
+/// A node whose certificate was revoked, and whose data this archive holds.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct RevokedOrigin {
+    pub site: String,
+    pub node: String,
+    /// The revoked certificate's serial, hex.
+    pub serial: String,
+    /// When, RFC 3339 UTC.
+    pub revoked_at: String,
+}
+
+impl Report {
+    /// Mark the origins of `peers` (from `state/revoked`) that have hours here.
+    pub fn mark_revoked(&mut self, peers: &[crate::mirror::peers::Peer]) {
+        for p in peers {
+            if self.hours.iter().any(|h| h.site == p.site && h.node == p.node) {
+                self.revoked.push(RevokedOrigin {
+                    site: p.site.clone(),
+                    node: p.node.clone(),
+                    serial: p.serial.clone(),
+                    revoked_at: crate::store::clock::rfc3339_secs(p.at_ms),
+                });
+            }
+        }
+    }
 }
 
 /// Audit segments of any number of origins (each origin's in segment order).

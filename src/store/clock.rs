@@ -95,6 +95,13 @@ pub fn utc_hour(ms: i64) -> (i32, u32, u32, u32) {
     (y, m, d, hour)
 }
 
+/// `YYYY-MM-DDTHH:MM:SSZ` for a Unix time in ms (for people: logs, reports).
+pub fn rfc3339_secs(ms: i64) -> String {
+    let (y, mo, d, h) = utc_hour(ms);
+    let s = ms.div_euclid(1000).rem_euclid(3600);
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{:02}:{:02}Z", s / 60, s % 60)
+}
+
 /// Howard Hinnant's days-to-civil algorithm (proleptic Gregorian).
 fn civil_from_days(z: i64) -> (i32, u32, u32) {
     let z = z + 719_468;

@@ -69,7 +69,7 @@ pub(crate) async fn accept_tcp<F, Fut>(
                 let _ = sock.set_nodelay(true);
                 let (ctx, sd2, tls, serve, ip) = (ctx.clone(), sd.clone(), tls.clone(), serve.clone(), addr.ip());
                 sd.spawn(async move {
-                    if let Some(conn) = Conn::open(sock, tls.as_ref().map(|t| t.get()).as_ref(), &peer, &ctx).await {
+                    if let Some(conn) = Conn::open(sock, tls.as_ref(), &peer, &ctx).await {
                         serve(conn, peer, ip, ctx.clone(), sd2, permit).await;
                     }
                     ctx.leave_source(ip);

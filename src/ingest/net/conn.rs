@@ -6,6 +6,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use rustls_pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
@@ -19,20 +20,55 @@ pub type TlsServer = std::sync::Arc<crate::pki::Derived<TlsAcceptor>>;
 
 pub enum Conn {
     Plain(TcpStream),
-    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>, Revoked),
+}
+
+/// Completes when a reload puts in force a CRL that revokes the client's
+/// certificate: its connection then ends at its next read (none for a
+/// client without a certificate).
+pub struct Revoked(Option<Pin<Box<dyn std::future::Future<Output = ()> + Send>>>);
+
+impl Revoked {
+    fn watch(live: &std::sync::Arc<crate::pki::Live>, certs: Option<&[CertificateDer<'_>]>) -> Revoked {
+        let Some(certs) = certs.filter(|c| !c.is_empty()) else { return Revoked(None) };
+        let certs: Vec<CertificateDer<'static>> = certs.iter().map(|c| c.clone().into_owned()).collect();
+        let live = live.clone();
+        let mut replaced = live.subscribe();
+        replaced.mark_unchanged();
+        Revoked(Some(Box::pin(async move {
+            loop {
+                if replaced.changed().await.is_err() {
+                    return std::future::pending().await;
+                }
+                let revoked = matches!(
+                    live.current().verify_peer(&certs),
+                    Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked))
+                );
+                if revoked {
+                    return;
+                }
+            }
+        })))
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        match &mut self.0 {
+            Some(f) => f.as_mut().poll(cx),
+            None => Poll::Pending,
+        }
+    }
 }
 
 impl Conn {
     /// `sock` as is, or after a TLS handshake with `tls`; `None` if refused.
-    pub(crate) async fn open(
-        sock: TcpStream,
-        tls: Option<&TlsAcceptor>,
-        peer: &str,
-        ctx: &ListenerCtx,
-    ) -> Option<Conn> {
+    pub(crate) async fn open(sock: TcpStream, tls: Option<&TlsServer>, peer: &str, ctx: &ListenerCtx) -> Option<Conn> {
         match tls {
             None => Some(Conn::Plain(sock)),
-            Some(acceptor) => handshake(acceptor, sock, peer, ctx).await.map(|s| Conn::Tls(Box::new(s))),
+            Some(server) => {
+                let s = handshake(&server.get(), sock, peer, ctx).await?;
+                let revoked = Revoked::watch(server.live(), s.get_ref().1.peer_certificates());
+                Some(Conn::Tls(Box::new(s), revoked))
+            }
         }
     }
 }
@@ -56,6 +92,7 @@ async fn handshake(
             "unknown_ca" => "the client certificate is not issued by the deployment CA",
             "no_client_cert" => "the client sent no certificate and this listener requires one (client_cert)",
             "expired" => "the client certificate has expired",
+            "certificate_revoked" => "the client certificate is revoked (a CRL in [tls] crl lists it)",
             "timeout" => "no handshake in time",
             "aborted" => "the client went away during the handshake",
             _ => "TLS handshake failed",
@@ -91,7 +128,7 @@ macro_rules! io {
     ($self:ident, $s:ident => $e:expr) => {
         match $self.get_mut() {
             Conn::Plain($s) => $e,
-            Conn::Tls($s) => $e,
+            Conn::Tls($s, _) => $e,
         }
     };
 }
@@ -102,10 +139,18 @@ impl AsyncRead for Conn {
             Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
             // A TLS client that closes without close_notify (rsyslog's gtls often
             // does) has still ended its stream: an end, not a read error.
-            Conn::Tls(s) => match Pin::new(s).poll_read(cx, buf) {
-                Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => Poll::Ready(Ok(())),
-                r => r,
-            },
+            Conn::Tls(s, revoked) => {
+                if revoked.poll(cx).is_ready() {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::PermissionDenied,
+                        "the client certificate is revoked by the CRL a reload put in force",
+                    )));
+                }
+                match Pin::new(s).poll_read(cx, buf) {
+                    Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => Poll::Ready(Ok(())),
+                    r => r,
+                }
+            }
         }
     }
 }
@@ -124,7 +169,7 @@ impl AsyncWrite for Conn {
     fn is_write_vectored(&self) -> bool {
         match self {
             Conn::Plain(s) => s.is_write_vectored(),
-            Conn::Tls(s) => s.is_write_vectored(),
+            Conn::Tls(s, _) => s.is_write_vectored(),
         }
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -83,6 +83,9 @@ pub enum Code {
     NoSpace = 11,
     /// The receiver's filesystem is read-only: nothing was written; retry later.
     ReadOnly = 12,
+    /// The peer's certificate was revoked (a CRL reloaded while it was
+    /// connected); its next handshake fails too.
+    CertificateRevoked = 13,
     Unknown = 0xffff,
 }
 
@@ -116,6 +119,7 @@ impl Code {
             10 => Code::ShuttingDown,
             11 => Code::NoSpace,
             12 => Code::ReadOnly,
+            13 => Code::CertificateRevoked,
             _ => Code::Unknown,
         }
     }
@@ -135,6 +139,7 @@ impl Code {
             Code::ShuttingDown => "shutting_down",
             Code::NoSpace => "no_space",
             Code::ReadOnly => "read_only",
+            Code::CertificateRevoked => "certificate_revoked",
             Code::Unknown => "unknown",
         }
     }

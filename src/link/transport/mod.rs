@@ -60,6 +60,9 @@ pub struct Link {
     pub peer: SocketAddr,
     /// Who the peer's certificate says it is.
     pub identity: Identity,
+    /// The peer's certificate chain (leaf first): checked again when a
+    /// reload brings a new CRL.
+    pub peer_certs: Vec<rustls_pki_types::CertificateDer<'static>>,
     pub wire: WireCounter,
     /// Keeps a QUIC connection (and its endpoint) open; closed with a code on drop of the session.
     pub quic: Option<quinn::Connection>,
@@ -93,8 +96,6 @@ pub struct Refused {
     pub reason: &'static str,
     pub detail: String,
 }
-
-pub use crate::pki::classify_tls;
 
 /// Timeouts and keepalives of a link.
 #[derive(Clone, Copy, Debug)]

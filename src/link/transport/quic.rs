@@ -9,7 +9,7 @@ use std::sync::Arc;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls_pki_types::CertificateDer;
 
-use super::{classify_tls, Link, Refused, Timing, WireCounter};
+use super::{Link, Refused, Timing, WireCounter};
 use crate::link::proto::ALPN;
 use crate::pki::{self, identity_from_cert, Derived, Live, TlsFiles};
 
@@ -57,12 +57,13 @@ impl Dialer {
                 .map_err(io::Error::other)?
                 .await
                 .map_err(io::Error::other)?;
-            let identity = peer_identity(&conn).map_err(|r| io::Error::other(r.detail))?;
+            let (identity, peer_certs) = peer_identity(&conn).map_err(|r| io::Error::other(r.detail))?;
             let (send, recv) = conn.open_bi().await.map_err(io::Error::other)?;
             Ok(Link {
                 io: Box::new(tokio::io::join(recv, send)),
                 peer: addr,
                 identity,
+                peer_certs,
                 wire: WireCounter::Quic(conn.clone()),
                 quic: Some(conn),
             })
@@ -73,14 +74,16 @@ impl Dialer {
     }
 }
 
-fn peer_identity(conn: &quinn::Connection) -> Result<crate::pki::Identity, Refused> {
+/// The peer's identity and certificate chain.
+fn peer_identity(conn: &quinn::Connection) -> Result<(crate::pki::Identity, Vec<CertificateDer<'static>>), Refused> {
     let certs = conn
         .peer_identity()
         .and_then(|a| a.downcast::<Vec<CertificateDer<'static>>>().ok())
         .ok_or(Refused { reason: "no_client_cert", detail: "peer presented no certificate".into() })?;
     let der =
         certs.first().ok_or(Refused { reason: "no_client_cert", detail: "peer presented no certificate".into() })?;
-    identity_from_cert(der).map_err(|e| Refused { reason: "bad_identity", detail: e.to_string() })
+    let identity = identity_from_cert(der).map_err(|e| Refused { reason: "bad_identity", detail: e.to_string() })?;
+    Ok((identity, *certs))
 }
 
 /// The receiver side: each handshake uses the TLS material in force.
@@ -158,17 +161,15 @@ pub async fn handshake(
     let fut = async {
         let connecting = incoming
             .accept_with(config)
-            .map_err(|e| Refused { reason: classify_tls(&e.to_string()), detail: e.to_string() })?;
-        let conn = connecting.await.map_err(|e| {
-            let detail = e.to_string();
-            Refused { reason: classify_tls(&detail), detail }
-        })?;
-        let identity = peer_identity(&conn)?;
+            .map_err(|e| Refused { reason: pki::classify_quic(&e), detail: e.to_string() })?;
+        let conn = connecting.await.map_err(|e| Refused { reason: pki::classify_quic(&e), detail: e.to_string() })?;
+        let (identity, peer_certs) = peer_identity(&conn)?;
         let (send, recv) = conn.accept_bi().await.map_err(|e| Refused { reason: "stream", detail: e.to_string() })?;
         Ok(Link {
             io: Box::new(tokio::io::join(recv, send)),
             peer,
             identity,
+            peer_certs,
             wire: WireCounter::Quic(conn.clone()),
             quic: Some(conn),
         })

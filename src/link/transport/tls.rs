@@ -69,15 +69,20 @@ impl Dialer {
             let sent = Arc::new(AtomicU64::new(0));
             let fd = tcp.as_raw_fd();
             let tls = self.connector.get().connect(name, Counting { inner: tcp, sent: sent.clone() }).await?;
-            let identity = {
+            let (identity, peer_certs) = {
                 let (_, conn) = tls.get_ref();
-                let der = conn
-                    .peer_certificates()
-                    .and_then(|c| c.first())
-                    .ok_or_else(|| io::Error::other("receiver sent no certificate"))?;
-                identity_from_cert(der).map_err(io::Error::other)?
+                let certs = conn.peer_certificates().unwrap_or_default();
+                let der = certs.first().ok_or_else(|| io::Error::other("receiver sent no certificate"))?;
+                (identity_from_cert(der).map_err(io::Error::other)?, certs.to_vec())
             };
-            Ok(Link { io: Box::new(tls), peer: addr, identity, wire: WireCounter::Tcp(sent, fd), quic: None })
+            Ok(Link {
+                io: Box::new(tls),
+                peer: addr,
+                identity,
+                peer_certs,
+                wire: WireCounter::Tcp(sent, fd),
+                quic: None,
+            })
         };
         tokio::time::timeout(timing.connect_timeout, fut)
             .await
@@ -142,10 +147,9 @@ pub async fn handshake(
             detail: format!("peer did not negotiate ALPN {:?}", String::from_utf8_lossy(ALPN)),
         });
     }
-    let der = conn
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .ok_or(Refused { reason: "no_client_cert", detail: "no client certificate".into() })?;
+    let certs = conn.peer_certificates().unwrap_or_default();
+    let der = certs.first().ok_or(Refused { reason: "no_client_cert", detail: "no client certificate".into() })?;
     let identity = identity_from_cert(der).map_err(|e| Refused { reason: "bad_identity", detail: e.to_string() })?;
-    Ok(Link { io: Box::new(tls), peer, identity, wire: WireCounter::Tcp(sent, fd), quic: None })
+    let peer_certs = certs.to_vec();
+    Ok(Link { io: Box::new(tls), peer, identity, peer_certs, wire: WireCounter::Tcp(sent, fd), quic: None })
 }

@@ -183,6 +183,11 @@ impl Uplink {
                             refused = *code != Code::ShuttingDown;
                             error!(uplink = %name, addr = %addr_str, code = code.as_str(), %reason, "receiver refused the link")
                         }
+                        End::Lost(session::Lost::Tls { reason, by_peer, detail }) => {
+                            m.uplink_errors.with_label_values(&[name.as_str(), reason]).inc();
+                            refused = true;
+                            tls_refused(&name, addr_str, reason, *by_peer, detail);
+                        }
                         End::Lost(e) => warn!(uplink = %name, addr = %addr_str, error = %e, "link lost"),
                         End::Drained => {
                             info!(uplink = %name, "everything deliverable delivered; uplink stopped");
@@ -207,11 +212,18 @@ impl Uplink {
                         "cannot connect: the receiver's certificate does not name the address dialled; issue it with `ferry certs issue --dns <name>` (or `--ip <address>`) for that address, or set the uplink's server_name to a name it holds");
                     attempt += 1;
                 }
-                Err(e) => {
-                    m.uplink_errors.with_label_values(&[&name, "connect"]).inc();
-                    warn!(uplink = %name, addr = %addr_str, error = %e, "cannot connect");
-                    attempt += 1;
-                }
+                Err(e) => match crate::pki::tls_failure(&e) {
+                    Some(reason) => {
+                        m.uplink_errors.with_label_values(&[name.as_str(), reason]).inc();
+                        tls_refused(&name, addr_str, reason, crate::pki::refused_by_peer(&e), &e.to_string());
+                        attempt += 1;
+                    }
+                    None => {
+                        m.uplink_errors.with_label_values(&[&name, "connect"]).inc();
+                        warn!(uplink = %name, addr = %addr_str, error = %e, "cannot connect");
+                        attempt += 1;
+                    }
+                },
             }
             let sleep = if refused { backoff.next_refused(&mut rand::rng()) } else { backoff.next(&mut rand::rng()) };
             tokio::select! {
@@ -298,6 +310,9 @@ impl Uplink {
         let m = &self.metrics;
         let wire = link.wire.clone();
         let quic = link.quic.clone();
+        let (receiver_id, receiver_certs) = (link.identity.clone(), link.peer_certs.clone());
+        let mut tls_replaced = self.tls.subscribe();
+        tls_replaced.mark_unchanged();
         let (rd, mut wr) = tokio::io::split(link.io);
         let (tx, mut rx) = mpsc::unbounded_channel();
         let reader = tokio::spawn(read_loop(rd, tx));
@@ -443,6 +458,17 @@ impl Uplink {
                 _ = changes.changed() => self.look(changes, &mut sess).await,
                 // A reload: handled at the top of the loop.
                 Ok(()) = tune.changed() => {}
+                // New TLS material: a receiver whose certificate a CRL now
+                // revokes is not sent another byte.
+                Ok(()) = tls_replaced.changed() => {
+                    if let Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked)) =
+                        self.tls.current().verify_peer(&receiver_certs)
+                    {
+                        let detail = format!("the receiver's certificate ({receiver_id}) is revoked by the CRL now in force");
+                        let lost = session::Lost::Tls { reason: "certificate_revoked", by_peer: false, detail };
+                        return end_session(End::Lost(lost), &sess);
+                    }
+                }
                 _ = tokio::time::sleep_until(until.into()) => {
                     if progress.moved(&wire) {
                         sess.on_transport_progress(Instant::now());
@@ -676,5 +702,18 @@ async fn read_loop(mut rd: ReadHalf<Box<dyn Io>>, tx: mpsc::UnboundedSender<Resu
                 return;
             }
         }
+    }
+}
+
+/// A TLS refusal in the log, said as what the operator must do.
+fn tls_refused(name: &str, addr: &str, reason: &str, by_peer: bool, detail: &str) {
+    if reason == "certificate_revoked" && !by_peer {
+        error!(uplink = %name, %addr, reason, error = %detail,
+            "the receiver's certificate is revoked by a CRL in [tls] crl: nothing is delivered to it");
+    } else if reason == "certificate_revoked" {
+        error!(uplink = %name, %addr, reason, error = %detail,
+            "the receiver refuses this node's certificate: it is revoked; nothing can be delivered until this node has a new certificate (`ferry certs issue`) and reloads");
+    } else {
+        warn!(uplink = %name, %addr, reason, error = %detail, "cannot connect: TLS refused");
     }
 }
