@@ -15,7 +15,8 @@ impl WarnLimit {
     /// True at most once per wall-clock second.
     pub fn may_warn(&self) -> bool {
         use std::sync::atomic::Ordering;
-        let now = crate::store::clock::Clock::now_ms(&crate::store::clock::SystemClock) / 1000;
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
         let last = self.0.load(Ordering::Relaxed);
         now != last && self.0.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
     }

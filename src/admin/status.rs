@@ -4,31 +4,8 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use prometheus::proto::{MetricFamily, MetricType};
-
+use super::rates::series;
 use crate::metrics::Metrics;
-
-/// Sample values of one metric family, keyed by the values of `labels`, in
-/// that order (the registry returns labels sorted by name).
-pub(super) fn series(fams: &[MetricFamily], name: &str, labels: &[&str]) -> BTreeMap<Vec<String>, f64> {
-    let mut out = BTreeMap::new();
-    if let Some(f) = fams.iter().find(|f| f.name() == name) {
-        for m in f.get_metric() {
-            let pairs = m.get_label();
-            let labels = labels
-                .iter()
-                .map(|want| pairs.iter().find(|l| l.name() == *want).map(|l| l.value().to_owned()).unwrap_or_default())
-                .collect();
-            let v = match f.get_field_type() {
-                MetricType::COUNTER => m.get_counter().get_value(),
-                MetricType::GAUGE => m.get_gauge().get_value(),
-                _ => continue,
-            };
-            out.insert(labels, v);
-        }
-    }
-    out
-}
 
 fn by_first(s: &BTreeMap<Vec<String>, f64>) -> BTreeMap<String, f64> {
     let mut out = BTreeMap::new();

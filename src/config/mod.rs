@@ -17,6 +17,9 @@ pub use validate::{validate, DEFAULT_MAX_RECORD_BYTES, MAX_RECORD_BYTES_CEILING}
 /// The embedded default: a single-node edge on loopback with `./data`.
 pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
 
+/// Why a Kafka sink is refused by a ferry built without the cargo feature.
+pub const NO_KAFKA: &str = "this ferry is built without Kafka support (cargo feature \"kafka\")";
+
 /// A validated configuration. Every field holds a value that makes sense.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {

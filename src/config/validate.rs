@@ -632,7 +632,7 @@ fn validate_sink(cx: &mut Ctx<'_>, i: usize, k: &raw::RawSink) -> Option<SinkCon
     let bus = match kind? {
         Kind::Kafka => {
             if cfg!(not(feature = "kafka")) {
-                cx.at(&key("kind"), &k.kind, crate::sink::NO_KAFKA);
+                cx.at(&key("kind"), &k.kind, super::NO_KAFKA);
             }
             let brokers = match &k.brokers {
                 Some(b) => {

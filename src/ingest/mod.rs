@@ -195,9 +195,9 @@ pub async fn bind(
         (_, Transport::File) => Ok(Bound::Files(file::Prepared::open(state_dir, cfg)?)),
         (ListenAddr::Socket(a), Transport::Tls) => {
             let live = tls.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "TLS listener without [tls]"))?;
-            let client_cert = cfg.client_cert;
+            let optional = cfg.client_cert == crate::config::ClientCert::Optional;
             let server = crate::pki::Derived::new(live.clone(), move |m| {
-                Ok(tokio_rustls::TlsAcceptor::from(Arc::new(crate::pki::collector_server_config_from(m, client_cert)?)))
+                Ok(tokio_rustls::TlsAcceptor::from(Arc::new(crate::pki::collector_server_config_from(m, optional)?)))
             })
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
             Ok(Bound::Tcp(net::accept::listen_tcp(*a)?, Some(Arc::new(server))))

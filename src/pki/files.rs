@@ -197,3 +197,22 @@ impl Drop for NewFiles {
         }
     }
 }
+
+/// Paths of a node's TLS material (config section `[tls]` maps onto this).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The CA certificates to trust for peers: one, or a bundle of several
+    /// during a CA rotation. Usually `/etc/ferry/ca.pem`.
+    pub ca: PathBuf,
+    /// This node's certificate (leaf first, then any intermediates). Usually
+    /// `/etc/ferry/node.pem`.
+    pub cert: PathBuf,
+    /// This node's private key. Usually `/etc/ferry/node.key`.
+    pub key: PathBuf,
+    /// Certificate revocation lists (PEM `X509 CRL`), e.g.
+    /// `/etc/ferry/crl.pem` from `ferry certs revoke`: a peer or collector
+    /// whose certificate one of them lists is refused (`certificate_revoked`).
+    /// A certificate from a CA no list covers is accepted (several CAs
+    /// during a rotation, only one of them revoking).
+    pub crl: Vec<PathBuf>,
+}

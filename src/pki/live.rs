@@ -19,8 +19,12 @@ use std::path::Path;
 
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
 
-use super::files::{read_certs, read_crls, read_key};
-use super::{Error, TlsFiles};
+use rustls::crypto::CryptoProvider;
+use rustls::server::danger::ClientCertVerifier;
+use rustls::server::WebPkiClientVerifier;
+
+use super::files::{read_certs, read_crls, read_key, TlsFiles};
+use super::Error;
 
 /// The CA bundle, the node's certificate chain and key, as read.
 pub struct Material {
@@ -98,14 +102,20 @@ impl Material {
 
     /// The key matches the certificate, and the bundle verifies the chain.
     pub fn check(&self) -> Result<(), Error> {
-        // Building a server config checks the key against the certificate.
-        super::tls::server_config_from(self, &[])?;
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-            Arc::new(self.roots.clone()),
-            super::tls::provider(),
-        )
-        .build()
-        .map_err(|source| Error::Verifier { path: self.files.ca.clone(), source })?;
+        rustls::sign::CertifiedKey::from_der(self.certs.clone(), self.key(), &provider()).map_err(|source| {
+            Error::Tls {
+                what: format!(
+                    "cannot use certificate {} with key {}",
+                    self.files.cert.display(),
+                    self.files.key.display()
+                ),
+                source,
+            }
+        })?;
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(self.roots.clone()), provider())
+                .build()
+                .map_err(|source| Error::Verifier { path: self.files.ca.clone(), source })?;
         let (leaf, chain) = self.certs.split_first().expect("read_certs returns at least one");
         verifier.verify_client_cert(leaf, chain, UnixTime::now()).map_err(|source| Error::Tls {
             what: format!(
@@ -134,7 +144,7 @@ impl Material {
         let Some((leaf, rest)) = chain.split_first() else {
             return Err(rustls::Error::NoCertificatesPresented);
         };
-        let verifier = super::tls::client_verifier(self, false)
+        let verifier = client_verifier(self, false)
             .map_err(|e| rustls::Error::General(format!("cannot build the verifier: {e}")))?;
         verifier.verify_client_cert(leaf, rest, UnixTime::now()).map(|_| ())
     }
@@ -292,4 +302,34 @@ impl<T: Clone> Derived<T> {
         }
         c.1.clone()
     }
+}
+
+/// The verifier of client certificates: chains to the CA bundle, not listed
+/// in a CRL of the material (a certificate from a CA no CRL covers passes).
+/// `optional`: a client may present none (a presented one must still verify).
+pub(super) fn client_verifier(m: &Material, optional: bool) -> Result<Arc<dyn ClientCertVerifier>, Error> {
+    let mut b = WebPkiClientVerifier::builder_with_provider(Arc::new(m.roots.clone()), provider())
+        .with_crls(m.crls.iter().cloned())
+        .allow_unknown_revocation_status();
+    if optional {
+        b = b.allow_unauthenticated();
+    }
+    b.build().map_err(|source| verifier_error(m, source))
+}
+
+/// A builder error, named by the file at fault: a CRL rustls cannot parse
+/// names the CRL files, anything else the CA file.
+pub(super) fn verifier_error(m: &Material, source: rustls::server::VerifierBuilderError) -> Error {
+    use rustls::server::VerifierBuilderError as V;
+    match &source {
+        V::InvalidCrl(e) => Error::Crl {
+            path: m.files.crl.first().cloned().unwrap_or_default(),
+            reason: format!("rustls cannot use it: {e:?}"),
+        },
+        _ => Error::Verifier { path: m.files.ca.clone(), source },
+    }
+}
+
+pub(super) fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
 }

@@ -69,13 +69,13 @@ use std::time::{Duration, SystemTime};
 use x509_parser::error::X509Error;
 use x509_parser::extensions::GeneralName;
 
-pub use files::{load_certs, load_key};
+pub use files::{load_certs, load_key, TlsFiles};
 pub use issue::{create_ca, issue};
 pub use live::{Derived, Expiry, Live, Material};
 pub use revoke::{revoke, revoked_serials, serial_hex, Reason, Revoked};
 pub use tls::{
     client_config, client_config_from, collector_client_config, collector_server_config, collector_server_config_from,
-    server_config, server_config_from, TlsFiles,
+    server_config, server_config_from,
 };
 
 /// The URI scheme of a node identity: `ferry://<site>/<node>`.

@@ -1,37 +1,15 @@
 //! rustls configs for the link: TLS 1.3 only, `ring`, mutual authentication
 //! against the deployment CA.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use rustls::client::WebPkiServerVerifier;
-use rustls::crypto::CryptoProvider;
-use rustls::server::danger::ClientCertVerifier;
-use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
-use super::files::{read_certs, read_key};
-use super::live::Material;
+use super::files::{read_certs, read_key, TlsFiles};
+use super::live::{client_verifier, provider, verifier_error, Material};
 use super::Error;
-
-/// Paths of a node's TLS material (config section `[tls]` maps onto this).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TlsFiles {
-    /// The CA certificates to trust for peers: one, or a bundle of several
-    /// during a CA rotation. Usually `/etc/ferry/ca.pem`.
-    pub ca: PathBuf,
-    /// This node's certificate (leaf first, then any intermediates). Usually
-    /// `/etc/ferry/node.pem`.
-    pub cert: PathBuf,
-    /// This node's private key. Usually `/etc/ferry/node.key`.
-    pub key: PathBuf,
-    /// Certificate revocation lists (PEM `X509 CRL`), e.g.
-    /// `/etc/ferry/crl.pem` from `ferry certs revoke`: a peer or collector
-    /// whose certificate one of them lists is refused (`certificate_revoked`).
-    /// A certificate from a CA no list covers is accepted (several CAs
-    /// during a rotation, only one of them revoking).
-    pub crl: Vec<PathBuf>,
-}
 
 /// A server config that requires every client to present a certificate
 /// chaining to `files.ca`, and presents `files.cert`. TLS 1.3 only, `ring`
@@ -70,26 +48,21 @@ pub fn server_config_from(m: &Material, alpn: &[&[u8]]) -> Result<ServerConfig, 
 /// or RELP over TLS: the same CA and node certificate as the link, but TLS
 /// 1.2 as well as 1.3 (rsyslog's and syslog-ng's TLS libraries on older
 /// hosts), no ALPN, and the client certificate required or optional per
-/// listener. An optional certificate that is presented must still verify.
+/// listener (`optional_client_cert`). An optional certificate that is
+/// presented must still verify.
 ///
 /// # Errors
 ///
 /// As [`server_config`].
-pub fn collector_server_config(
-    files: &TlsFiles,
-    client_cert: crate::config::ClientCert,
-) -> Result<ServerConfig, Error> {
-    collector_server_config_from(&Material::load(files)?, client_cert)
+pub fn collector_server_config(files: &TlsFiles, optional_client_cert: bool) -> Result<ServerConfig, Error> {
+    collector_server_config_from(&Material::load(files)?, optional_client_cert)
 }
 
 /// [`collector_server_config`] from material already read.
-pub fn collector_server_config_from(
-    m: &Material,
-    client_cert: crate::config::ClientCert,
-) -> Result<ServerConfig, Error> {
+pub fn collector_server_config_from(m: &Material, optional_client_cert: bool) -> Result<ServerConfig, Error> {
     let provider = provider();
     let (files, certs, key) = (&m.files, m.certs.clone(), m.key());
-    let verifier = client_verifier(m, client_cert == crate::config::ClientCert::Optional)?;
+    let verifier = client_verifier(m, optional_client_cert)?;
     ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|source| tls_error("cannot select TLS 1.2 and 1.3 with the ring provider", source))?
@@ -152,36 +125,6 @@ pub fn collector_client_config(ca: &Path, own_files: Option<(&Path, &Path)>) -> 
         }
         None => Ok(builder.with_no_client_auth()),
     }
-}
-
-/// The verifier of client certificates: chains to the CA bundle, not listed
-/// in a CRL of the material (a certificate from a CA no CRL covers passes).
-/// `optional`: a client may present none (a presented one must still verify).
-pub(super) fn client_verifier(m: &Material, optional: bool) -> Result<Arc<dyn ClientCertVerifier>, Error> {
-    let mut b = WebPkiClientVerifier::builder_with_provider(Arc::new(m.roots.clone()), provider())
-        .with_crls(m.crls.iter().cloned())
-        .allow_unknown_revocation_status();
-    if optional {
-        b = b.allow_unauthenticated();
-    }
-    b.build().map_err(|source| verifier_error(m, source))
-}
-
-/// A builder error, named by the file at fault: a CRL rustls cannot parse
-/// names the CRL files, anything else the CA file.
-fn verifier_error(m: &Material, source: rustls::server::VerifierBuilderError) -> Error {
-    use rustls::server::VerifierBuilderError as V;
-    match &source {
-        V::InvalidCrl(e) => Error::Crl {
-            path: m.files.crl.first().cloned().unwrap_or_default(),
-            reason: format!("rustls cannot use it: {e:?}"),
-        },
-        _ => Error::Verifier { path: m.files.ca.clone(), source },
-    }
-}
-
-pub(super) fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
 }
 
 /// Every certificate in the CA file as a trust anchor; all of them must be.

@@ -14,7 +14,7 @@ use rdkafka::ClientContext;
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{debug, info, warn};
 
-use super::bus::{bounded, BusError, Limits, Op};
+use super::broker::{bounded, BusError, Limits, Op};
 use super::records::Batch;
 use super::{Ack, Outcome};
 use crate::config::{KafkaConfig, SinkConfig};

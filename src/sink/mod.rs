@@ -18,6 +18,7 @@
 //! refuses for good goes to the dead-letter file ([`deadletter`]) and is
 //! counted; transient failures back off and retry.
 
+pub mod broker;
 pub mod bus;
 pub mod cursor;
 pub mod deadletter;
@@ -46,7 +47,8 @@ use crate::store::fs::Fs;
 use crate::store::recover::list_repaired;
 use crate::store::segment::OnDisk as Local;
 use crate::store::segment::SegmentName;
-use bus::{Bus, BusError};
+use broker::BusError;
+use bus::Bus;
 use cursor::Pos;
 use deadletter::DeadLetters;
 use records::{Batch, FrameDecoder, Origin, Read};
@@ -101,7 +103,7 @@ pub enum Outcome {
 }
 
 /// Why a Kafka sink cannot run in a build without the `kafka` feature.
-pub const NO_KAFKA: &str = "this ferry is built without Kafka support (cargo feature \"kafka\")";
+pub use crate::config::NO_KAFKA;
 
 /// Why the sink drops its connection and starts again from its
 /// acknowledged positions.

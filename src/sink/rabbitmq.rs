@@ -16,7 +16,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use super::bus::{bounded, BusError, Limits, Op};
+use super::broker::{bounded, BusError, Limits, Op};
 use super::records::Batch;
 use super::{Ack, Outcome};
 use crate::config::RabbitMqConfig;

@@ -113,7 +113,7 @@ pub(super) fn validate_files(cx: &mut Ctx<'_>, i: usize, l: &RawListener) -> Opt
             }
             s.clone()
         }
-        None => crate::ingest::file::this_host(),
+        None => this_host(),
     };
     if cx.problems.len() > before {
         return None;
@@ -150,5 +150,18 @@ pub(super) fn refuse_file_keys(cx: &mut Ctx<'_>, i: usize, l: &RawListener) {
         if let Some(span) = span {
             cx.err(&format!("listener[{i}].{key}"), Some(span), "only file listeners (kind = \"file\") take this key");
         }
+    }
+}
+
+/// This machine's host name, for records of files read here.
+pub fn this_host() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates
+    // within it or truncates.
+    let r = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    match std::str::from_utf8(&buf[..end]) {
+        Ok(h) if r == 0 && !h.is_empty() && h.bytes().all(|b| b.is_ascii_graphic()) => h.to_owned(),
+        _ => "localhost".to_owned(),
     }
 }

@@ -41,19 +41,6 @@ use checkpoint::{Checkpoints, Entry};
 use identity::{Fingerprint, Key};
 use tail::{Emit, Tail};
 
-/// This machine's host name, for records of files read here.
-pub fn this_host() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates
-    // within it or truncates.
-    let r = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
-    match std::str::from_utf8(&buf[..end]) {
-        Ok(h) if r == 0 && !h.is_empty() && h.bytes().all(|b| b.is_ascii_graphic()) => h.to_owned(),
-        _ => "localhost".to_owned(),
-    }
-}
-
 /// A file listener ready to run: its checkpoints loaded (a bad state
 /// directory fails the start, not the first commit).
 pub struct Prepared {
