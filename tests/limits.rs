@@ -320,3 +320,93 @@ fn half_open_tls_handshakes_are_closed_at_the_timeout_and_a_good_client_delivers
         usize::from(SOURCES) * PER_SOURCE
     );
 }
+
+/// Raise this process's open-file limit to its hard limit (each client
+/// connection here is a descriptor).
+fn raise_nofile() -> u64 {
+    let mut l = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to an rlimit.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut l), 0);
+        l.rlim_cur = l.rlim_max;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &l), 0);
+    }
+    l.rlim_cur
+}
+
+/// Issue 26: 5,000 syslog TCP connections that each sent one line and
+/// 5,000 RELP sessions that each opened, all then idle, cost a few KiB
+/// each (RSS from /proc), and closing them gives the memory back.
+#[test]
+fn idle_connections_cost_a_few_kib_each_and_closing_them_gives_it_back() {
+    use std::io::Write;
+    let _serial = serial();
+    const N: usize = 5_000;
+    assert!(raise_nofile() >= (2 * N + 200) as u64, "the open-file limit allows the connections");
+    let dir = TestDir::new("idle-conns");
+    let ports = Ports { tcp: free_port(), udp: free_port(), admin: free_port() };
+    let relp = free_port();
+    let extra = format!(
+        "\n[[listener]]\nname = \"relp\"\nkind = \"relp\"\ntransport = \"tcp\"\nlisten = \"127.0.0.1:{relp}\"\nstream = \"live\"\nmax_connections = {m}\ntrust = \"trusted\"\n",
+        m = N + 100
+    );
+    let keys = format!("max_connections = {}\ntrust = \"trusted\"", N + 100);
+    let mut node = Node::start(&dir, &node_config(&dir, &ports, "", &keys, &extra), ports.admin);
+    let pid = node.pid();
+    // A first connection of each kind, so what is allocated once is in the start figure.
+    let warm = |n: &str| node.metric("ferry_connections_active", &[("listener", n)]);
+    let mut first = std::net::TcpStream::connect(("127.0.0.1", ports.tcp)).unwrap();
+    first.write_all(b"<13>Dec  5 10:00:00 h app: warm-up\n").unwrap();
+    node.wait_metric("ferry_committed_records_total", &[], Duration::from_secs(20), |v| v >= 1.0);
+    drop(first);
+    let t = Instant::now();
+    while warm("tcp") > 0.0 {
+        assert!(t.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let start = rss_bytes(pid);
+
+    let offer = "relp_version=0\nrelp_software=ferry-test\ncommands=syslog";
+    let open = format!("1 open {} {offer}\n", offer.len());
+    let mut conns = Vec::with_capacity(2 * N);
+    for i in 0..N {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", ports.tcp)).unwrap();
+        s.write_all(format!("<13>Dec  5 10:00:00 h app: idle-{i:05}\n").as_bytes()).unwrap();
+        conns.push(s);
+        let mut r = std::net::TcpStream::connect(("127.0.0.1", relp)).unwrap();
+        r.write_all(open.as_bytes()).unwrap();
+        conns.push(r);
+    }
+    // Every RELP session answered its open, every line committed: then idle.
+    for r in conns.iter_mut().skip(1).step_by(2) {
+        r.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut answer = [0u8; 256];
+        let n = r.read(&mut answer).unwrap();
+        assert!(answer[..n].starts_with(b"1 rsp "), "{}", String::from_utf8_lossy(&answer[..n]));
+    }
+    node.wait_metric("ferry_committed_records_total", &[], Duration::from_secs(60), |v| v >= (N + 1) as f64);
+    assert_eq!(warm("tcp") + warm("relp"), (2 * N) as f64, "every connection is open");
+    std::thread::sleep(Duration::from_secs(1));
+    let held = rss_bytes(pid);
+    let per = held.saturating_sub(start) as f64 / (2 * N) as f64;
+    eprintln!("RSS {} KiB at start, {} KiB with {} idle connections: {per:.0} B each", start >> 10, held >> 10, 2 * N);
+    assert!(per <= 4096.0, "{per:.0} bytes of RSS per idle connection (bound 4 KiB)");
+
+    drop(conns);
+    let t = Instant::now();
+    while warm("tcp") + warm("relp") > 0.0 {
+        assert!(t.elapsed() < Duration::from_secs(30), "connections not closed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The memory goes back within a few seconds (not at the next storm).
+    let t = Instant::now();
+    let mut after = rss_bytes(pid);
+    while after > start + (4 << 20) && t.elapsed() < Duration::from_secs(15) {
+        std::thread::sleep(Duration::from_millis(200));
+        after = rss_bytes(pid);
+    }
+    eprintln!("RSS {} KiB after they closed ({} KiB above the start)", after >> 10, after.saturating_sub(start) >> 10);
+    assert!(after <= start + (4 << 20), "RSS {} KiB after closing, {} KiB at start", after >> 10, start >> 10);
+    node.stop();
+}

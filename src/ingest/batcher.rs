@@ -52,7 +52,8 @@ impl Batcher {
                 .iter()
                 .map(|h| Slot {
                     handle: h.clone(),
-                    data: Vec::with_capacity(crate::store::BATCH_BYTES + 1024),
+                    // Allocated at the first record: an idle connection holds none.
+                    data: Vec::new(),
                     records: 0,
                     truncated: 0,
                 })
@@ -85,6 +86,9 @@ impl Batcher {
             self.first_ms = now_ms;
         }
         self.last_ms = now_ms;
+        if slot.data.capacity() == 0 {
+            slot.data.reserve(crate::store::BATCH_BYTES + 1024);
+        }
         let nul = escape_into(record, &mut slot.data);
         slot.data.push(b'\n');
         slot.records += 1;
@@ -128,8 +132,9 @@ impl Batcher {
         if slot.records == 0 {
             return None;
         }
-        let cap = slot.data.capacity();
-        let data = std::mem::replace(&mut slot.data, Vec::with_capacity(cap.min(crate::store::BATCH_BYTES + 1024)));
+        // The next batch allocates at its first record (one allocation per
+        // batch as before, none held while the connection is idle).
+        let data = std::mem::take(&mut slot.data);
         let b = Batch {
             listener: self.listener.clone(),
             data,

@@ -59,6 +59,51 @@ impl Revoked {
     }
 }
 
+/// A stream whose readiness can be awaited without a buffer: an idle
+/// connection waits holding no read buffer, and allocates one only when
+/// bytes are there (issue 26: thousands of idle collectors).
+pub trait ReadReady: AsyncRead + Unpin {
+    /// Ready when a read would not block (or would end the stream).
+    fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+}
+
+impl ReadReady for tokio::net::UnixStream {
+    fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        tokio::net::UnixStream::poll_read_ready(self, cx)
+    }
+}
+
+impl ReadReady for Conn {
+    /// TLS: the socket's readiness. Valid because readers drain the stream
+    /// until a read is pending before they wait, so rustls holds no
+    /// plaintext then. A revocation makes it ready (the read then fails).
+    fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Conn::Plain(s) => s.poll_read_ready(cx),
+            Conn::Tls(s, revoked) => {
+                if revoked.poll(cx).is_ready() {
+                    return Poll::Ready(Ok(()));
+                }
+                s.get_ref().0.poll_read_ready(cx)
+            }
+        }
+    }
+}
+
+/// Wait until `sock` is readable.
+pub async fn readable<S: ReadReady>(sock: &mut S) -> io::Result<()> {
+    std::future::poll_fn(|cx| sock.poll_read_ready(cx)).await
+}
+
+/// Read what `sock` has now into `buf` without waiting: `None` when a read
+/// would block (the task then waits with [`readable`]), else the read's
+/// result (`Ok(0)`: the stream ended).
+pub fn read_now<S: AsyncRead + Unpin>(sock: &mut S, buf: &mut bytes::BytesMut) -> Option<io::Result<usize>> {
+    use futures_util::FutureExt;
+    use tokio::io::AsyncReadExt;
+    sock.read_buf(buf).now_or_never()
+}
+
 impl Conn {
     /// `sock` as is, or after a TLS handshake with `tls`; `None` if refused.
     pub(crate) async fn open(sock: TcpStream, tls: Option<&TlsServer>, peer: &str, ctx: &ListenerCtx) -> Option<Conn> {

@@ -36,7 +36,7 @@ use tracing::{debug, info, warn};
 
 use super::batcher::Batcher;
 use super::net::accept::accept_tcp;
-use super::net::conn::Conn;
+use super::net::conn::{read_now, readable, Conn};
 use super::net::guard::{Close, ConnGuard};
 use super::ListenerCtx;
 use crate::shutdown::Shutdown;
@@ -67,6 +67,31 @@ async fn oldest(q: &mut VecDeque<(Ack, Vec<u64>)>) -> (bool, Vec<u64>) {
     (ok, txnrs)
 }
 
+/// Read buffer growth step.
+const READ_CHUNK: usize = 64 << 10;
+
+/// Ready at once when the last read gave bytes (`more`), else when the
+/// socket is readable, within `idle`.
+async fn ready_or_more(
+    sock: &mut Conn,
+    more: bool,
+    idle: std::time::Duration,
+) -> Result<std::io::Result<()>, tokio::time::error::Elapsed> {
+    if more {
+        return Ok(Ok(()));
+    }
+    tokio::time::timeout(idle, readable(sock)).await
+}
+
+/// Before waiting idle: no buffer, or just a cut frame's own bytes.
+fn release(buf: &mut BytesMut) {
+    if buf.is_empty() {
+        *buf = BytesMut::new();
+    } else if buf.capacity() > buf.len() + 1024 {
+        *buf = BytesMut::from(&buf[..]);
+    }
+}
+
 async fn connection(
     sock: Conn,
     peer: String,
@@ -77,9 +102,13 @@ async fn connection(
 ) {
     let m = &ctx.metrics;
     let guard = ConnGuard::open(&ctx);
-    let (mut rd, mut wr) = tokio::io::split(sock);
-    let mut buf = BytesMut::with_capacity(64 << 10);
-    let mut out: Vec<u8> = Vec::with_capacity(4096);
+    let mut sock = sock;
+    // Allocated when bytes arrive; while idle only a cut frame's own bytes.
+    let mut buf = BytesMut::new();
+    let mut out: Vec<u8> = Vec::new();
+    // A read gave bytes: read again before waiting for readiness (TLS may
+    // hold decrypted bytes the socket's readiness does not show).
+    let mut more = true;
     let mut batcher = Batcher::new(&ctx, peer.clone());
     let mut inflight: VecDeque<(Ack, Vec<u64>)> = VecDeque::new();
     let mut txnrs: Vec<u64> = Vec::new();
@@ -107,13 +136,13 @@ async fn connection(
                 for t in done {
                     encode_rsp(t, b"200 OK", &mut out);
                 }
-                if let Err(e) = wr.write_all(&out).await {
+                if let Err(e) = sock.write_all(&out).await {
                     warn!(listener = %ctx.name, %peer, error = %e, "cannot send RELP acks");
                     break Close::ReadError;
                 }
-                out.clear();
+                out = Vec::new();
             }
-            r = tokio::time::timeout(ctx.cfg.idle_timeout, rd.read_buf(&mut buf)), if close_txnr.is_none() => {
+            r = ready_or_more(&mut sock, more, ctx.cfg.idle_timeout), if close_txnr.is_none() => {
                 match r {
                     Err(_) => {
                         m.framing_errors.with_label_values(&[&ctx.name, "idle_timeout"]).inc();
@@ -124,8 +153,23 @@ async fn connection(
                         warn!(listener = %ctx.name, %peer, error = %e, "read error; closing RELP session");
                         break Close::ReadError;
                     }
-                    Ok(Ok(0)) => break Close::Eof,
-                    Ok(Ok(_)) => {}
+                    Ok(Ok(())) => {}
+                }
+                if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+                    buf.reserve(READ_CHUNK);
+                }
+                match read_now(&mut sock, &mut buf) {
+                    None => {
+                        more = false;
+                        release(&mut buf);
+                        continue;
+                    }
+                    Some(Err(e)) => {
+                        warn!(listener = %ctx.name, %peer, error = %e, "read error; closing RELP session");
+                        break Close::ReadError;
+                    }
+                    Some(Ok(0)) => break Close::Eof,
+                    Some(Ok(_)) => more = true,
                 }
                 let now = SystemClock.now_ms();
                 let mut fatal = None;
@@ -171,10 +215,10 @@ async fn connection(
                     }
                 }
                 if !out.is_empty() {
-                    if wr.write_all(&out).await.is_err() {
+                    if sock.write_all(&out).await.is_err() {
                         break Close::ReadError;
                     }
-                    out.clear();
+                    out = Vec::new();
                 }
                 if refused {
                     break Close::Shutdown;
@@ -202,14 +246,14 @@ async fn connection(
     }
     if reason != Close::ReadError {
         let _ = tokio::time::timeout(CLOSE_DEADLINE, async {
-            wr.write_all(&out).await?;
-            wr.shutdown().await?;
+            sock.write_all(&out).await?;
+            sock.shutdown().await?;
             // The client may still be sending: read (and drop: unanswered, it
             // is sent again) until it closes too. Closing with unread input
             // makes the kernel send a reset and throw away whatever answers
             // are still queued for sending: records committed but never
             // answered, which the client would send again and double.
-            while rd.read_buf(&mut buf).await? > 0 {
+            while sock.read_buf(&mut buf).await? > 0 {
                 buf.clear();
             }
             std::io::Result::Ok(())

@@ -8,9 +8,8 @@
 
 use std::sync::Arc;
 
-use crate::ingest::net::conn::TlsServer;
+use crate::ingest::net::conn::{read_now, readable, ReadReady, TlsServer};
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
@@ -61,7 +60,7 @@ pub async fn serve_unix(listener: UnixListener, ctx: Arc<ListenerCtx>, sd: Shutd
 }
 
 /// Serve one syslog connection to its end.
-pub async fn connection<S: AsyncRead + Unpin>(
+pub async fn connection<S: ReadReady>(
     sock: S,
     peer: String,
     source: Option<std::net::IpAddr>,
@@ -76,7 +75,13 @@ pub async fn connection<S: AsyncRead + Unpin>(
 
 /// Serve one connection framed by `dec` to its end (syslog's RFC 6587
 /// decoder, or GELF's NUL-delimited one).
-pub(crate) async fn connection_with<S: AsyncRead + Unpin>(
+///
+/// Memory: the connection drains what the socket holds, a read at a time
+/// (each read's records handed to the store before the next: backpressure),
+/// then waits for readiness holding no read buffer, only the bytes of a
+/// record cut by the last read. Thousands of idle collectors cost their
+/// sockets and tasks, not 64 KiB each.
+pub(crate) async fn connection_with<S: ReadReady>(
     mut dec: Decoder,
     mut sock: S,
     peer: String,
@@ -88,20 +93,80 @@ pub(crate) async fn connection_with<S: AsyncRead + Unpin>(
     let m = &ctx.metrics;
     let guard = ConnGuard::open(&ctx);
     debug!(listener = %ctx.name, %peer, "connection opened");
-    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut buf = BytesMut::new();
     let mut batcher = Batcher::new(&ctx, peer.clone());
     let idle = ctx.cfg.idle_timeout;
-    let reason: Close = loop {
-        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-            buf.reserve(READ_CHUNK);
+    let reason: Close = 'conn: loop {
+        // 1. Drain: rustls may hold plaintext from the handshake, so this
+        // comes first, and readiness is awaited only after a read was pending.
+        loop {
+            if sd.token.is_cancelled() {
+                break 'conn Close::Shutdown;
+            }
+            if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+                buf.reserve(READ_CHUNK);
+            }
+            match read_now(&mut sock, &mut buf) {
+                None => break,
+                Some(Err(e)) => {
+                    warn!(listener = %ctx.name, %peer, error = %e, "read error; closing connection");
+                    if dec.mid_record(&buf) {
+                        m.drop_records(&ctx.name, DropReason::IncompleteFrame, 1);
+                    }
+                    break 'conn Close::ReadError;
+                }
+                Some(Ok(0)) => {
+                    if let Some((rec, truncated)) = dec.finish(&buf) {
+                        if ctx.admit_record(source, rec.len()) {
+                            batcher.push(rec, truncated, SystemClock.now_ms());
+                        }
+                    } else if dec.mid_record(&buf) {
+                        m.drop_records(&ctx.name, DropReason::IncompleteFrame, 1);
+                        warn!(listener = %ctx.name, %peer, incomplete_bytes = buf.len(), "connection closed mid-frame; partial frame dropped (counted)");
+                    }
+                    break 'conn Close::Eof;
+                }
+                Some(Ok(_)) => {}
+            }
+            let now = SystemClock.now_ms();
+            let mut pos = 0;
+            let mut fatal = None;
+            loop {
+                match dec.next(&buf[pos..]) {
+                    Next::Incomplete => break,
+                    Next::Skip { consumed } => pos += consumed,
+                    Next::Record { start, len, consumed, truncated } => {
+                        if ctx.admit_record(source, len) {
+                            batcher.push(&buf[pos + start..pos + start + len], truncated, now);
+                        }
+                        pos += consumed;
+                    }
+                    Next::Error(e) => {
+                        fatal = Some(e);
+                        break;
+                    }
+                }
+            }
+            buf.advance(pos);
+            batcher.flush().await;
+            if let Some(e) = fatal {
+                m.framing_errors.with_label_values(&[&ctx.name, e.reason()]).inc();
+                warn!(listener = %ctx.name, %peer, error = %e, "framing error: closing connection (records before it were kept)");
+                break 'conn Close::FramingError;
+            }
         }
-        let read = tokio::select! {
+        // 2. Idle: keep only the bytes of a record cut by the last read.
+        if buf.is_empty() {
+            buf = BytesMut::new();
+        } else if buf.capacity() > buf.len() + 1024 {
+            buf = BytesMut::from(&buf[..]);
+        }
+        let ready = tokio::select! {
             biased;
             _ = sd.token.cancelled() => break Close::Shutdown,
-            // Cancel safety: read_buf is cancel safe; nothing is lost if shutdown wins.
-            r = tokio::time::timeout(idle, sock.read_buf(&mut buf)) => r,
+            r = tokio::time::timeout(idle, readable(&mut sock)) => r,
         };
-        match read {
+        match ready {
             Err(_) => {
                 let pending = dec.mid_record(&buf);
                 m.framing_errors.with_label_values(&[&ctx.name, "idle_timeout"]).inc();
@@ -119,44 +184,7 @@ pub(crate) async fn connection_with<S: AsyncRead + Unpin>(
                 }
                 break Close::ReadError;
             }
-            Ok(Ok(0)) => {
-                if let Some((rec, truncated)) = dec.finish(&buf) {
-                    if ctx.admit_record(source, rec.len()) {
-                        batcher.push(rec, truncated, SystemClock.now_ms());
-                    }
-                } else if dec.mid_record(&buf) {
-                    m.drop_records(&ctx.name, DropReason::IncompleteFrame, 1);
-                    warn!(listener = %ctx.name, %peer, incomplete_bytes = buf.len(), "connection closed mid-frame; partial frame dropped (counted)");
-                }
-                break Close::Eof;
-            }
-            Ok(Ok(_)) => {}
-        }
-        let now = SystemClock.now_ms();
-        let mut pos = 0;
-        let mut fatal = None;
-        loop {
-            match dec.next(&buf[pos..]) {
-                Next::Incomplete => break,
-                Next::Skip { consumed } => pos += consumed,
-                Next::Record { start, len, consumed, truncated } => {
-                    if ctx.admit_record(source, len) {
-                        batcher.push(&buf[pos + start..pos + start + len], truncated, now);
-                    }
-                    pos += consumed;
-                }
-                Next::Error(e) => {
-                    fatal = Some(e);
-                    break;
-                }
-            }
-        }
-        buf.advance(pos);
-        batcher.flush().await;
-        if let Some(e) = fatal {
-            m.framing_errors.with_label_values(&[&ctx.name, e.reason()]).inc();
-            warn!(listener = %ctx.name, %peer, error = %e, "framing error: closing connection (records before it were kept)");
-            break Close::FramingError;
+            Ok(Ok(())) => {}
         }
     };
     batcher.flush().await;
