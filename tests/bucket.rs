@@ -603,14 +603,7 @@ fn two_centrals_uploading_the_same_site_give_one_object_per_segment() {
     let dir = TestDir::new(name);
     let weed = Weed::start(&dir.path, "archive");
     let pki = Pki::new(&dir, "pki");
-    let o = std::process::Command::new(FERRY)
-        .args(["certs", "issue", "--ca"])
-        .arg(pki.dir.join("ca"))
-        .args(["--site", "central", "--node", "c2", "--ip", "127.0.0.1", "--out"])
-        .arg(pki.dir.join("central2"))
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    pki.issue("central", "c2", "central2", &["--ip", "127.0.0.1"]);
     let mut centrals = Vec::new();
     let mut links = Vec::new();
     for (node, certs) in [("c1", "central"), ("c2", "central2")] {

@@ -387,14 +387,7 @@ both_transports!(uplink_fails_over_to_the_next_receiver_address, |via: Via| {
 fn a_regional_hop_forwards_mirrored_segments_byte_identical_to_central() {
     let dir = TestDir::new("hop");
     let pki = Pki::new(&dir, "pki");
-    let out = std::process::Command::new(FERRY)
-        .args(["certs", "issue", "--ca"])
-        .arg(pki.dir.join("ca"))
-        .args(["--site", "hub", "--node", "hub-1", "--ip", "127.0.0.1", "--out"])
-        .arg(pki.dir.join("hub"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    pki.issue("hub", "hub-1", "hub", &["--ip", "127.0.0.1"]);
     let (hub_port, central_port) = (free_port(), free_port());
     // edge1 → hub (TLS); hub → central (QUIC), central trusting hub to relay other sites.
     let p = pair(

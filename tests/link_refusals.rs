@@ -263,18 +263,6 @@ fn an_uplink_to_a_name_the_certificate_lacks_is_told_how_to_fix_it() {
     }
 }
 
-/// Issue `ferry://<site>/<node>` into `pki/<dir>` with the deployment CA.
-fn issue(pki: &Pki, site: &str, node: &str, dir: &str) {
-    let out = std::process::Command::new(util::FERRY)
-        .args(["certs", "issue", "--ca"])
-        .arg(pki.dir.join("ca"))
-        .args(["--site", site, "--node", node, "--out"])
-        .arg(pki.dir.join(dir))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-}
-
 /// Issue 28: a peer writes only its own node's segments. relay-2 (a real
 /// edge) delivers and seals its segments; then relay-1's certificate, saying
 /// HELLO as relay-2, tries to open relay-2's sealed segment and a future one
@@ -285,7 +273,7 @@ fn issue(pki: &Pki, site: &str, node: &str, dir: &str) {
 fn own_segments_only(via: Via) {
     let dir = TestDir::new("own-segments");
     let pki = Pki::new(&dir, "pki");
-    issue(&pki, "edge1", "relay-2", "r2");
+    pki.issue("edge1", "relay-2", "r2", &[]);
     let port = free_port();
     let p = pair("own", &pki, via, port, port, "commit_bytes = \"16KiB\"\nsegment_max_bytes = \"64KiB\"", "");
     let r2_cfg = p

@@ -6,7 +6,7 @@ mod util;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use util::rsyslog::{wait_port, Rsyslog};
+use util::rsyslog::Rsyslog;
 use util::*;
 
 fn rsyslog_with_shipped_relp_config(dir: &TestDir, relay_port: u16, input_port: u16) -> Rsyslog {
@@ -92,23 +92,7 @@ fn rsyslog_omrelp_over_tls_delivers_every_message() {
     let mut node = Node::start(&dir, &node_config(&dir, &ports, "", "", &extra), ports.admin);
     let input = free_port();
     let edge = pki.dir.join("edge");
-    let conf = format!(
-        r#"global(workDirectory="{work}")
-module(load="imtcp")
-module(load="omrelp")
-input(type="imtcp" port="{input}" address="127.0.0.1")
-*.* action(type="omrelp" target="127.0.0.1" port="{relp}" template="RSYSLOG_SyslogProtocol23Format"
-    tls="on" tls.caCert="{ca}" tls.myCert="{cert}" tls.myPrivKey="{key}"
-    tls.authMode="name" tls.permittedPeer=["localhost"]
-    queue.type="LinkedList" queue.size="100000" action.resumeRetryCount="-1" action.resumeInterval="1")
-"#,
-        work = dir.join("rsyslog-work").display(),
-        ca = edge.join("ca.pem").display(),
-        cert = edge.join("node.pem").display(),
-        key = edge.join("node.key").display(),
-    );
-    let _rs = Rsyslog::start(&dir, &conf);
-    wait_port(input);
+    let _rs = Rsyslog::omrelp_tls(&dir, relp, input, &edge.join("ca.pem"), &edge);
     const N: usize = 20_000;
     let mut msgs = String::new();
     for i in 0..N {

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use util::link::*;
-use util::rsyslog::{wait_port, Rsyslog};
+use util::rsyslog::Rsyslog;
 use util::*;
 
 fn hup(node: &Node) {
@@ -69,17 +69,7 @@ fn keep_sending(port: u16, tag: &'static str, stop: Arc<AtomicBool>) -> std::thr
 fn revocation_under_traffic(via: Via) {
     let dir = TestDir::new("revoke-link");
     let pki = Pki::new(&dir, "pki");
-    certs(&[
-        "issue",
-        "--ca",
-        &pki.dir.join("ca").display().to_string(),
-        "--site",
-        "edge2",
-        "--node",
-        "relay-b",
-        "--out",
-        &pki.dir.join("edge2").display().to_string(),
-    ]);
+    pki.issue("edge2", "relay-b", "edge2", &[]);
     let port = free_port();
     let store = "commit_bytes = \"64KiB\"\nsegment_max_bytes = \"256KiB\"";
     let a = pair("revoke-a", &pki, via, port, port, store, "");
@@ -256,17 +246,7 @@ fn s_client(port: u16, ca: &Path, who: &Path, line: &str) {
 fn collectors_with_a_revoked_certificate_are_refused_after_a_reload() {
     let dir = TestDir::new("revoke-collectors");
     let pki = Pki::new(&dir, "pki");
-    certs(&[
-        "issue",
-        "--ca",
-        &pki.dir.join("ca").display().to_string(),
-        "--site",
-        "edge1",
-        "--node",
-        "collector-2",
-        "--out",
-        &pki.dir.join("collector-2").display().to_string(),
-    ]);
+    pki.issue("edge1", "collector-2", "collector-2", &[]);
     let ports = Ports { tcp: free_port(), udp: free_port(), admin: free_port() };
     let (tls_port, relp_port) = (free_port(), free_port());
     let extra = format!(
@@ -309,24 +289,7 @@ fn collectors_with_a_revoked_certificate_are_refused_after_a_reload() {
 
     // RELP over TLS from rsyslog holding the revoked certificate.
     let input = free_port();
-    let conf = format!(
-        r#"global(workDirectory="{work}")
-module(load="imtcp")
-module(load="omrelp")
-input(type="imtcp" port="{input}" address="127.0.0.1")
-*.* action(type="omrelp" target="127.0.0.1" port="{relp_port}" template="RSYSLOG_SyslogProtocol23Format"
-    tls="on" tls.caCert="{ca}" tls.myCert="{cert}" tls.myPrivKey="{key}"
-    tls.authMode="name" tls.permittedPeer=["localhost"]
-    queue.type="LinkedList" queue.size="1000" action.resumeRetryCount="-1" action.resumeInterval="1")
-"#,
-        work = dir.join("rsyslog-work").display(),
-        ca = ca.display(),
-        cert = revoked.join("node.pem").display(),
-        key = revoked.join("node.key").display(),
-    );
-    std::fs::create_dir_all(dir.join("rsyslog-work")).unwrap();
-    let rs = Rsyslog::start(&dir, &conf);
-    wait_port(input);
+    let rs = Rsyslog::omrelp_tls(&dir, relp_port, input, &ca, &revoked);
     ferry_send(&["--to", &format!("127.0.0.1:{input}")], b"<13>Dec  5 10:00:00 h app: relp-from-revoked\n");
     node.wait_metric("ferry_connections_refused_total", &[("listener", "relp-tls")], Duration::from_secs(30), |v| {
         v >= 2.0

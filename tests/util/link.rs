@@ -24,6 +24,20 @@ impl Pki {
         Pki { dir: root }
     }
 
+    /// Issue `ferry://<site>/<node>` with the deployment CA into
+    /// `<pki>/<dir>`, with `extra` arguments (`--ip`, `--dns`).
+    pub fn issue(&self, site: &str, node: &str, dir: &str, extra: &[&str]) {
+        let out = Command::new(FERRY)
+            .args(["certs", "issue", "--ca"])
+            .arg(self.dir.join("ca"))
+            .args(["--site", site, "--node", node, "--out"])
+            .arg(self.dir.join(dir))
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "ferry certs issue {site}/{node}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
     /// A `[tls]` section for the node whose certificate is in `who/`.
     pub fn tls_section(&self, who: &str) -> String {
         let d = self.dir.join(who);

@@ -39,6 +39,36 @@ impl Rsyslog {
         rs
     }
 
+    /// rsyslogd forwarding over RELP with TLS (`tls="on"`, librelp's
+    /// GnuTLS) to `relay_port`, presenting the certificate in `who` (its
+    /// node.pem and node.key) and trusting `ca`, fed by imtcp on `input_port`.
+    pub fn omrelp_tls(
+        dir: &TestDir,
+        relay_port: u16,
+        input_port: u16,
+        ca: &std::path::Path,
+        who: &std::path::Path,
+    ) -> Rsyslog {
+        let conf = format!(
+            r#"global(workDirectory="{work}")
+module(load="imtcp")
+module(load="omrelp")
+input(type="imtcp" port="{input_port}" address="127.0.0.1")
+*.* action(type="omrelp" target="127.0.0.1" port="{relay_port}" template="RSYSLOG_SyslogProtocol23Format"
+    tls="on" tls.caCert="{ca}" tls.myCert="{cert}" tls.myPrivKey="{key}"
+    tls.authMode="name" tls.permittedPeer=["localhost"]
+    queue.type="LinkedList" queue.size="100000" action.resumeRetryCount="-1" action.resumeInterval="1")
+"#,
+            work = dir.join("rsyslog-work").display(),
+            ca = ca.display(),
+            cert = who.join("node.pem").display(),
+            key = who.join("node.key").display(),
+        );
+        let rs = Rsyslog::start(dir, &conf);
+        wait_port(input_port);
+        rs
+    }
+
     /// Validate `conf` with `rsyslogd -N1` (a bad config fails loudly), then
     /// start it. `<dir>/rsyslog-work` exists for its `workDirectory`.
     pub fn start(dir: &TestDir, conf: &str) -> Rsyslog {
