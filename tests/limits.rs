@@ -392,6 +392,18 @@ fn idle_connections_cost_a_few_kib_each_and_closing_them_gives_it_back() {
     let per = held.saturating_sub(start) as f64 / (2 * N) as f64;
     eprintln!("RSS {} KiB at start, {} KiB with {} idle connections: {per:.0} B each", start >> 10, held >> 10, 2 * N);
     assert!(per <= 4096.0, "{per:.0} bytes of RSS per idle connection (bound 4 KiB)");
+    let status = std::process::Command::new(FERRY)
+        .args(["status", "--admin", &format!("127.0.0.1:{}", ports.admin)])
+        .output()
+        .unwrap();
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("memory: ") && l.contains(&format!("{} collector connections open", 2 * N))),
+        "ferry status shows the memory and the connections:
+{status}"
+    );
 
     drop(conns);
     let t = Instant::now();

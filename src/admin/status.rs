@@ -58,6 +58,16 @@ pub fn archive_now(dir: &std::path::Path) -> Archive {
     a
 }
 
+/// A field of `/proc/self/status` in KiB (0 where there is none).
+fn proc_status_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// Render the status page.
 pub fn render(m: &Metrics, site: &str, node: &str, archive: &Archive, rates: &super::rates::Rates) -> String {
     let fams = m.registry.gather();
@@ -78,6 +88,17 @@ pub fn render(m: &Metrics, site: &str, node: &str, archive: &Archive, rates: &su
         bytes(archive.bytes as f64),
         archive.segments,
         open_segments as u64
+    );
+    // Memory beside the connections that hold most of it (a relay for
+    // thousands of collectors is sized by these two figures).
+    let connections: f64 = get("ferry_connections_active", &["listener"]).values().sum();
+    let (rss, peak) = (proc_status_kib("VmRSS:"), proc_status_kib("VmHWM:"));
+    let _ = writeln!(
+        s,
+        "memory: {} resident (peak {}), {} collector connections open",
+        bytes(rss as f64 * 1024.0),
+        bytes(peak as f64 * 1024.0),
+        connections as u64
     );
     let hash = get("ferry_config_info", &["hash", "file"]).keys().next().cloned().unwrap_or_default();
     if hash.len() == 2 {
