@@ -275,15 +275,7 @@ fn the_ca_rotation_procedure_keeps_the_link_delivering() {
     sampler.join().unwrap();
     let n = *sent.lock().unwrap();
     // The longest time acknowledged bytes did not move while records flowed.
-    let samples = samples.lock().unwrap();
-    let mut longest = Duration::ZERO;
-    let mut since = samples[0].0;
-    for w in samples.windows(2) {
-        if w[1].1 > w[0].1 {
-            longest = longest.max(w[1].0 - since);
-            since = w[1].0;
-        }
-    }
+    let longest = longest_pause(&samples.lock().unwrap(), false);
     eprintln!("{n} records sent; longest pause in delivery {longest:?}");
     assert!(longest < Duration::from_secs(5), "delivery paused {longest:?} (more than a reconnect)");
     edge.wait_metric("ferry_committed_records_total", &[], Duration::from_secs(20), |v| v >= n as f64);

@@ -142,15 +142,7 @@ fn revocation_under_traffic(via: Via) {
     assert!(acked > 0.0);
 
     // edge2 never paused longer than a reconnect (it did not even reconnect).
-    let mut longest = Duration::ZERO;
-    let mut last_growth = samples[0].0;
-    for w in samples.windows(2) {
-        if w[1].1 > w[0].1 {
-            longest = longest.max(w[1].0 - last_growth);
-            last_growth = w[1].0;
-        }
-    }
-    longest = longest.max(samples.last().unwrap().0 - last_growth);
+    let longest = longest_pause(&samples, true);
     assert!(longest < Duration::from_millis(1500), "edge2's bytes stopped arriving for {longest:?}");
     assert_eq!(edge_b.metric("ferry_uplink_reconnects_total", &[("uplink", "central")]), b_reconnects);
     assert_eq!(
@@ -302,6 +294,11 @@ fn collectors_with_a_revoked_certificate_are_refused_after_a_reload() {
         log.lines().any(|l| l.contains("TLS connection refused") && l.contains("revoked")),
         "the refusal says the certificate is revoked:\n{log}"
     );
+    assert!(
+        log.contains("the client certificate is revoked by the CRL a reload put in force"),
+        "the held session was ended by ferry, saying why:\n{log}"
+    );
+    assert!(!log.contains("panicked"), "no connection task panicked:\n{log}");
     let lines = archive_lines(&node.data);
     let tags: Vec<&str> = lines.iter().filter_map(|l| l.rsplit(' ').next()).collect();
     assert_eq!(tags, ["before-revocation", "held-open", "other-collector"], "{lines:?}");

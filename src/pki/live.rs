@@ -11,7 +11,6 @@
 //! the node keeps what it has. Operators rotate by editing files then
 //! reloading; a half-done edit must not take the links down.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use rustls::RootCertStore;
@@ -112,28 +111,27 @@ impl Material {
                 source,
             }
         })?;
-        let verifier =
-            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(self.roots.clone()), provider())
-                .build()
-                .map_err(|source| Error::Verifier { path: self.files.ca.clone(), source })?;
+        // The verifier peers meet, CRLs included: the CRLs' signatures are
+        // checked when a certificate of their CA is, so our own certificate
+        // shows a CRL the CA did not sign before any peer meets it (which
+        // would refuse every peer of that CA). Our own revocation is not a
+        // reason to keep old material: `own_revoked` reports it.
+        let verifier = client_verifier(self, false)?;
         let (leaf, chain) = self.certs.split_first().expect("read_certs returns at least one");
-        verifier.verify_client_cert(leaf, chain, UnixTime::now()).map_err(|source| Error::Tls {
-            what: format!(
-                "certificate {} is not verified by the CA bundle {}",
-                self.files.cert.display(),
-                self.files.ca.display()
-            ),
-            source,
-        })?;
-        // The CRLs' signatures are checked when a certificate of their CA is:
-        // our own certificate shows a CRL the CA did not sign before any
-        // peer meets it (which would refuse every peer of that CA).
-        match self.verify_peer(&self.certs) {
+        match verifier.verify_client_cert(leaf, chain, UnixTime::now()) {
+            Ok(_) | Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked)) => Ok(()),
             Err(rustls::Error::InvalidCertRevocationList(e)) => Err(Error::Crl {
                 path: self.files.crl.first().cloned().unwrap_or_default(),
                 reason: format!("not usable with the CA bundle {}: {e:?}", self.files.ca.display()),
             }),
-            _ => Ok(()),
+            Err(source) => Err(Error::Tls {
+                what: format!(
+                    "certificate {} is not verified by the CA bundle {}",
+                    self.files.cert.display(),
+                    self.files.ca.display()
+                ),
+                source,
+            }),
         }
     }
 
@@ -219,9 +217,9 @@ fn check_crl_issuer(
 /// The material in force, replaceable.
 pub struct Live {
     current: RwLock<Arc<Material>>,
-    generation: AtomicU64,
-    /// The generation, for tasks that must act on a replacement at once
-    /// (a receiver ends the sessions of peers a new CRL revokes).
+    /// The generation, bumped by every replacement: configs built from the
+    /// material compare it, and tasks that must act on a replacement at once
+    /// (a receiver ends the sessions of peers a new CRL revokes) watch it.
     replaced: tokio::sync::watch::Sender<u64>,
 }
 
@@ -229,7 +227,7 @@ impl Live {
     /// Material put in force at start.
     pub fn new(m: Material) -> Arc<Live> {
         let (replaced, _) = tokio::sync::watch::channel(1);
-        Arc::new(Live { current: RwLock::new(Arc::new(m)), generation: AtomicU64::new(1), replaced })
+        Arc::new(Live { current: RwLock::new(Arc::new(m)), replaced })
     }
 
     /// Changes whenever the material is replaced.
@@ -244,14 +242,13 @@ impl Live {
 
     /// Bumped by every [`replace`](Self::replace).
     pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
+        *self.replaced.borrow()
     }
 
     /// Put `m` in force: handshakes from now on use it.
     pub fn replace(&self, m: Material) {
         *self.current.write().expect("not poisoned") = Arc::new(m);
-        let g = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
-        self.replaced.send_replace(g);
+        self.replaced.send_modify(|g| *g += 1);
     }
 
     /// The paths in force.

@@ -283,6 +283,23 @@ pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
     ferry::admin::client::get(&format!("127.0.0.1:{port}"), path, Duration::from_secs(5))
 }
 
+/// The longest time a sampled counter did not grow: between two growths,
+/// and with `to_end` also from the last growth to the last sample.
+pub fn longest_pause(samples: &[(Instant, f64)], to_end: bool) -> Duration {
+    let Some(first) = samples.first() else { return Duration::ZERO };
+    let (mut longest, mut since) = (Duration::ZERO, first.0);
+    for w in samples.windows(2) {
+        if w[1].1 > w[0].1 {
+            longest = longest.max(w[1].0 - since);
+            since = w[1].0;
+        }
+    }
+    if to_end {
+        longest = longest.max(samples[samples.len() - 1].0 - since);
+    }
+    longest
+}
+
 /// Sum of samples of `name` whose label set includes all `labels`.
 pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     ferry::admin::client::metric_value(text, name, labels)

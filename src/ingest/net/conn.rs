@@ -2,13 +2,16 @@
 //! hands every stream listener kind. The TLS handshake happens in the
 //! connection's own task, so a slow or hostile client never holds up accepts.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use rustls_pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, warn};
 
@@ -23,38 +26,55 @@ pub enum Conn {
     Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>, Revoked),
 }
 
-/// Completes when a reload puts in force a CRL that revokes the client's
-/// certificate: its connection then ends at its next read (none for a
-/// client without a certificate).
-pub struct Revoked(Option<Pin<Box<dyn std::future::Future<Output = ()> + Send>>>);
+/// Ready when a reload has put in force a CRL that revokes the client's
+/// certificate: its connection then ends at its next read. It holds the
+/// material and a watch of its replacements, not a copy of the chain: the
+/// chain is rustls's, read when the material changes. `None` for a client
+/// without a certificate. Once revoked, it stays ready.
+pub struct Revoked {
+    watch: Option<(Arc<crate::pki::Live>, Replaced)>,
+    revoked: bool,
+}
+
+type Replaced = Pin<Box<dyn Future<Output = Option<watch::Receiver<u64>>> + Send>>;
+
+/// Completes (with the receiver, to wait again) at the next replacement.
+fn next_replacement(mut rx: watch::Receiver<u64>) -> Replaced {
+    Box::pin(async move { rx.changed().await.ok().map(|_| rx) })
+}
 
 impl Revoked {
-    fn watch(live: &std::sync::Arc<crate::pki::Live>, certs: Option<&[CertificateDer<'_>]>) -> Revoked {
-        let Some(certs) = certs.filter(|c| !c.is_empty()) else { return Revoked(None) };
-        let certs: Vec<CertificateDer<'static>> = certs.iter().map(|c| c.clone().into_owned()).collect();
-        let live = live.clone();
-        let mut replaced = live.subscribe();
-        replaced.mark_unchanged();
-        Revoked(Some(Box::pin(async move {
-            loop {
-                if replaced.changed().await.is_err() {
-                    return std::future::pending().await;
-                }
-                let revoked = matches!(
-                    live.current().verify_peer(&certs),
-                    Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked))
-                );
-                if revoked {
-                    return;
-                }
-            }
-        })))
+    fn watch(live: &Arc<crate::pki::Live>, has_cert: bool) -> Revoked {
+        if !has_cert {
+            return Revoked { watch: None, revoked: false };
+        }
+        let mut rx = live.subscribe();
+        rx.mark_unchanged();
+        Revoked { watch: Some((live.clone(), next_replacement(rx))), revoked: false }
     }
 
-    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        match &mut self.0 {
-            Some(f) => f.as_mut().poll(cx),
-            None => Poll::Pending,
+    fn poll(&mut self, cx: &mut Context<'_>, chain: Option<&[CertificateDer<'static>]>) -> Poll<()> {
+        if self.revoked {
+            return Poll::Ready(());
+        }
+        let Some((live, replaced)) = &mut self.watch else { return Poll::Pending };
+        loop {
+            match replaced.as_mut().poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => {
+                    self.watch = None;
+                    return Poll::Pending;
+                }
+                Poll::Ready(Some(rx)) => {
+                    *replaced = next_replacement(rx);
+                    let verdict = live.current().verify_peer(chain.unwrap_or_default());
+                    if let Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked)) = verdict {
+                        self.revoked = true;
+                        self.watch = None;
+                        return Poll::Ready(());
+                    }
+                }
+            }
         }
     }
 }
@@ -81,7 +101,7 @@ impl ReadReady for Conn {
         match self {
             Conn::Plain(s) => s.poll_read_ready(cx),
             Conn::Tls(s, revoked) => {
-                if revoked.poll(cx).is_ready() {
+                if revoked.poll(cx, s.get_ref().1.peer_certificates()).is_ready() {
                     return Poll::Ready(Ok(()));
                 }
                 s.get_ref().0.poll_read_ready(cx)
@@ -111,7 +131,8 @@ impl Conn {
             None => Some(Conn::Plain(sock)),
             Some(server) => {
                 let s = handshake(&server.get(), sock, peer, ctx).await?;
-                let revoked = Revoked::watch(server.live(), s.get_ref().1.peer_certificates());
+                let revoked =
+                    Revoked::watch(server.live(), s.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty()));
                 Some(Conn::Tls(Box::new(s), revoked))
             }
         }
@@ -185,7 +206,7 @@ impl AsyncRead for Conn {
             // A TLS client that closes without close_notify (rsyslog's gtls often
             // does) has still ended its stream: an end, not a read error.
             Conn::Tls(s, revoked) => {
-                if revoked.poll(cx).is_ready() {
+                if revoked.poll(cx, s.get_ref().1.peer_certificates()).is_ready() {
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::PermissionDenied,
                         "the client certificate is revoked by the CRL a reload put in force",
