@@ -37,6 +37,8 @@ pub struct Batcher {
     warned_utf8: bool,
     warned_nul: bool,
     warned_trunc: bool,
+    /// Bytes a batch reserves at its first record (see [`Self::expect`]).
+    reserve: usize,
     ctx: Arc<ListenerCtx>,
 }
 
@@ -68,8 +70,17 @@ impl Batcher {
             warned_utf8: false,
             warned_nul: false,
             warned_trunc: false,
+            reserve: FULL_BATCH,
             ctx: ctx.clone(),
         }
+    }
+
+    /// Size the next batch for about `bytes` of records (a read's worth): a
+    /// collector waking up with one line does not allocate a full batch
+    /// (thousands of them at once, after a restart, left the heap
+    /// fragmented: issue 26); a full read still takes one allocation.
+    pub fn expect(&mut self, bytes: usize) {
+        self.reserve = (bytes + bytes / 8 + 256).min(FULL_BATCH);
     }
 
     /// Bytes buffered across streams.
@@ -87,7 +98,7 @@ impl Batcher {
         }
         self.last_ms = now_ms;
         if slot.data.capacity() == 0 {
-            slot.data.reserve(crate::store::BATCH_BYTES + 1024);
+            slot.data.reserve(self.reserve);
         }
         let nul = escape_into(record, &mut slot.data);
         slot.data.push(b'\n');
@@ -156,12 +167,47 @@ impl Batcher {
         self.pending_bytes = 0;
     }
 
+    /// Put a batch that the store did not take back into its slot, to be
+    /// offered again.
+    fn put_back(&mut self, i: usize, b: Batch) {
+        let slot = &mut self.slots[i];
+        slot.data = b.data;
+        slot.records = b.records;
+        slot.truncated = b.truncated;
+    }
+
+    /// Queue every slot's batch if the store has room now: the usual case,
+    /// with no future to hold. False if one is left for [`Self::flush`]'s
+    /// waiting path.
+    fn queue_now(&mut self) -> bool {
+        for i in 0..self.slots.len() {
+            let Some((h, b)) = self.take(i) else { continue };
+            if let Err((_, back)) = h.try_submit(b) {
+                self.put_back(i, back);
+                return false;
+            }
+        }
+        self.first_ms = 0;
+        true
+    }
+
     /// Hand everything to the store, waiting for room (stream listeners). If
     /// the store refuses for now (archive full, disk full or failing), wait
     /// and retry: the sender is held back (TCP backpressure) rather than its
     /// records dropped.
+    ///
+    /// Memory (issue 26): what waits for room is a boxed future made only
+    /// when the store has none now, so a connection's task is not sized for
+    /// it while it idles.
     pub async fn flush(&mut self) {
         self.count_received();
+        if self.queue_now() {
+            return;
+        }
+        Box::pin(self.flush_waiting()).await
+    }
+
+    async fn flush_waiting(&mut self) {
         for i in 0..self.slots.len() {
             let Some((h, mut b)) = self.take(i) else {
                 continue;
@@ -198,6 +244,20 @@ impl Batcher {
         let (h, mut b) = self.take(0)?;
         let (tx, rx) = oneshot::channel();
         b.ack = Some(tx);
+        match h.try_submit(b) {
+            Ok(()) => Some(rx),
+            Err((_, back)) => Box::pin(self.submit_acked(h, back, rx)).await,
+        }
+    }
+
+    /// [`Self::flush_acked`]'s waiting path, boxed for the reason
+    /// [`Self::flush`] gives.
+    async fn submit_acked(
+        &self,
+        h: StreamHandle,
+        mut b: Batch,
+        rx: oneshot::Receiver<Result<Committed, StoreError>>,
+    ) -> Option<oneshot::Receiver<Result<Committed, StoreError>>> {
         let mut logged = false;
         loop {
             match h.submit(b).await {
@@ -292,6 +352,10 @@ impl Batcher {
         self.slots.iter().any(|s| s.records > 0)
     }
 }
+
+/// A batch's buffer when the records to come are not known: the store's
+/// batch size and room for the record that crosses it.
+const FULL_BATCH: usize = crate::store::BATCH_BYTES + 1024;
 
 /// Records a datagram listener holds per stream while the stream's queue is
 /// full, before it drops (counted as `overload`): about half a second of a

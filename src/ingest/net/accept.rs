@@ -30,10 +30,32 @@ pub fn listen_tcp(a: std::net::SocketAddr) -> io::Result<TcpListener> {
     s.listen(ACCEPT_BACKLOG)
 }
 
+/// A connection's place under its listener's caps: the `max_connections`
+/// permit and, for TCP, its count under `max_connections_per_source`. Both
+/// are given back when it drops, however the connection ends.
+pub struct Admission {
+    _permit: OwnedSemaphorePermit,
+    source: Option<(Arc<ListenerCtx>, std::net::IpAddr)>,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        if let Some((ctx, ip)) = &self.source {
+            ctx.leave_source(*ip);
+        }
+    }
+}
+
 /// Accept TCP connections under `max_connections` and
 /// `max_connections_per_source`, and serve each with `serve` in a tracked
 /// task, after its TLS handshake when the listener has `tls`. Shared by
 /// every TCP listener kind.
+///
+/// Memory (issue 26): `serve`'s future is the connection's task itself, not
+/// wrapped in another: a wrapping future holds a second copy of it (rustc
+/// lays out the awaited future beside the wrapper's own state), which
+/// doubled what every idle connection cost. A TLS handshake runs in a task
+/// of its own that hands the connection to a new one.
 pub(crate) async fn accept_tcp<F, Fut>(
     listener: TcpListener,
     tls: Option<TlsServer>,
@@ -41,10 +63,7 @@ pub(crate) async fn accept_tcp<F, Fut>(
     sd: Shutdown,
     serve: F,
 ) where
-    F: Fn(Conn, String, std::net::IpAddr, Arc<ListenerCtx>, Shutdown, OwnedSemaphorePermit) -> Fut
-        + Clone
-        + Send
-        + 'static,
+    F: Fn(Conn, String, std::net::IpAddr, Arc<ListenerCtx>, Shutdown, Admission) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let limit = Arc::new(Semaphore::new(ctx.cfg.max_connections));
@@ -56,7 +75,7 @@ pub(crate) async fn accept_tcp<F, Fut>(
         match accepted {
             Ok((sock, addr)) => {
                 let peer = addr.to_string();
-                let Some(permit) = admit(&ctx, &limit, &peer) else {
+                let Some(mut admission) = admit(&ctx, &limit, &peer) else {
                     continue;
                 };
                 if !ctx.enter_source(addr.ip()) {
@@ -66,25 +85,31 @@ pub(crate) async fn accept_tcp<F, Fut>(
                     }
                     continue;
                 }
+                admission.source = Some((ctx.clone(), addr.ip()));
                 let _ = sock.set_nodelay(true);
-                let (ctx, sd2, tls, serve, ip) = (ctx.clone(), sd.clone(), tls.clone(), serve.clone(), addr.ip());
-                sd.spawn(async move {
-                    if let Some(conn) = Conn::open(sock, tls.as_ref(), &peer, &ctx).await {
-                        serve(conn, peer, ip, ctx.clone(), sd2, permit).await;
+                let ip = addr.ip();
+                match &tls {
+                    None => sd.spawn(serve(Conn::Plain(sock), peer, ip, ctx.clone(), sd.clone(), admission)),
+                    Some(tls) => {
+                        let (ctx, sd2, tls, serve) = (ctx.clone(), sd.clone(), tls.clone(), serve.clone());
+                        sd.spawn(async move {
+                            if let Some(conn) = Conn::tls(sock, &tls, &peer, &ctx).await {
+                                sd2.clone().spawn(serve(conn, peer, ip, ctx, sd2, admission));
+                            }
+                        });
                     }
-                    ctx.leave_source(ip);
-                });
+                }
             }
             Err(e) => accept_error(&ctx, e).await,
         }
     }
 }
 
-/// A permit under `max_connections`, or a refusal that is logged and counted.
+/// A place under `max_connections`, or a refusal that is logged and counted.
 /// The refused socket is dropped at once: it never costs a task.
-pub(crate) fn admit(ctx: &ListenerCtx, limit: &Arc<Semaphore>, peer: &str) -> Option<OwnedSemaphorePermit> {
+pub(crate) fn admit(ctx: &ListenerCtx, limit: &Arc<Semaphore>, peer: &str) -> Option<Admission> {
     match limit.clone().try_acquire_owned() {
-        Ok(p) => Some(p),
+        Ok(p) => Some(Admission { _permit: p, source: None }),
         Err(_) => {
             ctx.metrics.connections_refused.with_label_values(&[&ctx.name, "max_connections"]).inc();
             if ctx.may_warn() {

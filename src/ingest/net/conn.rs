@@ -125,17 +125,11 @@ pub fn read_now<S: AsyncRead + Unpin>(sock: &mut S, buf: &mut bytes::BytesMut) -
 }
 
 impl Conn {
-    /// `sock` as is, or after a TLS handshake with `tls`; `None` if refused.
-    pub(crate) async fn open(sock: TcpStream, tls: Option<&TlsServer>, peer: &str, ctx: &ListenerCtx) -> Option<Conn> {
-        match tls {
-            None => Some(Conn::Plain(sock)),
-            Some(server) => {
-                let s = handshake(&server.get(), sock, peer, ctx).await?;
-                let revoked =
-                    Revoked::watch(server.live(), s.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty()));
-                Some(Conn::Tls(Box::new(s), revoked))
-            }
-        }
+    /// `sock` after a TLS handshake with `tls`; `None` if refused.
+    pub(crate) async fn tls(sock: TcpStream, server: &TlsServer, peer: &str, ctx: &ListenerCtx) -> Option<Conn> {
+        let s = handshake(&server.get(), sock, peer, ctx).await?;
+        let revoked = Revoked::watch(server.live(), s.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty()));
+        Some(Conn::Tls(Box::new(s), revoked))
     }
 }
 

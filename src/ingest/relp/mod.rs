@@ -31,11 +31,11 @@ use crate::ingest::net::conn::TlsServer;
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio::sync::{oneshot, OwnedSemaphorePermit};
+use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
 use super::batcher::Batcher;
-use super::net::accept::accept_tcp;
+use super::net::accept::{accept_tcp, Admission};
 use super::net::conn::{read_now, readable, Conn};
 use super::net::guard::{Close, ConnGuard};
 use super::ListenerCtx;
@@ -98,7 +98,7 @@ async fn connection(
     ip: std::net::IpAddr,
     ctx: Arc<ListenerCtx>,
     sd: Shutdown,
-    _permit: OwnedSemaphorePermit,
+    _admission: Admission,
 ) {
     let m = &ctx.metrics;
     let guard = ConnGuard::open(&ctx);

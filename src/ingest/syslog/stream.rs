@@ -11,13 +11,13 @@ use std::sync::Arc;
 use crate::ingest::net::conn::{read_now, readable, ReadReady, TlsServer};
 use bytes::{Buf, BytesMut};
 use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
 use super::framing::{Decoder, Next};
 use crate::config::MAX_RECORD_BYTES_CEILING;
 use crate::ingest::batcher::Batcher;
-use crate::ingest::net::accept::{accept_error, accept_tcp, admit};
+use crate::ingest::net::accept::{accept_error, accept_tcp, admit, Admission};
 use crate::ingest::net::guard::{Close, ConnGuard};
 use crate::ingest::ListenerCtx;
 use crate::metrics::DropReason;
@@ -26,6 +26,12 @@ use crate::store::clock::{Clock, SystemClock};
 
 /// Read buffer growth step; also about one batch per read at full speed.
 const READ_CHUNK: usize = 64 << 10;
+
+/// The read size after a read that brought less than this: most wake-ups of
+/// an idle collector are a few lines, and thousands of connections waking at
+/// once with 64 KiB each fragmented the heap for good (issue 26). A read
+/// that fills its buffer grows the next to [`READ_CHUNK`].
+const FIRST_READ: usize = 4 << 10;
 
 /// Syslog over TCP, or over TLS (RFC 5425) with `tls`: RFC 6587 frames.
 pub async fn serve_tcp(listener: TcpListener, tls: Option<TlsServer>, ctx: Arc<ListenerCtx>, sd: Shutdown) {
@@ -48,29 +54,30 @@ pub async fn serve_unix(listener: UnixListener, ctx: Arc<ListenerCtx>, sd: Shutd
                     Ok(c) => format!("unix:pid={},uid={}", c.pid().unwrap_or(0), c.uid()),
                     Err(_) => "unix".to_owned(),
                 };
-                let Some(permit) = admit(&ctx, &limit, &peer) else {
+                let Some(admission) = admit(&ctx, &limit, &peer) else {
                     continue;
                 };
                 let (ctx, sd2) = (ctx.clone(), sd.clone());
-                sd.spawn(connection(sock, peer, None, ctx, sd2, permit));
+                sd.spawn(connection(sock, peer, None, ctx, sd2, admission));
             }
             Err(e) => accept_error(&ctx, e).await,
         }
     }
 }
 
-/// Serve one syslog connection to its end.
-pub async fn connection<S: ReadReady>(
+/// Serve one syslog connection to its end. Not an `async fn`: the task is
+/// [`connection_with`]'s future itself, not a wrapper holding a copy of it.
+pub fn connection<S: ReadReady + Send + 'static>(
     sock: S,
     peer: String,
     source: Option<std::net::IpAddr>,
     ctx: Arc<ListenerCtx>,
     sd: Shutdown,
-    permit: OwnedSemaphorePermit,
-) {
+    admission: Admission,
+) -> impl std::future::Future<Output = ()> + Send {
     let max_record = ctx.cfg.max_record_bytes;
     let dec = Decoder::new(max_record, MAX_RECORD_BYTES_CEILING.max(max_record));
-    connection_with(dec, sock, peer, source, ctx, sd, permit).await
+    connection_with(dec, sock, peer, source, ctx, sd, admission)
 }
 
 /// Serve one connection framed by `dec` to its end (syslog's RFC 6587
@@ -88,7 +95,7 @@ pub(crate) async fn connection_with<S: ReadReady>(
     source: Option<std::net::IpAddr>,
     ctx: Arc<ListenerCtx>,
     sd: Shutdown,
-    _permit: OwnedSemaphorePermit,
+    _admission: Admission,
 ) {
     let m = &ctx.metrics;
     let guard = ConnGuard::open(&ctx);
@@ -96,6 +103,7 @@ pub(crate) async fn connection_with<S: ReadReady>(
     let mut buf = BytesMut::new();
     let mut batcher = Batcher::new(&ctx, peer.clone());
     let idle = ctx.cfg.idle_timeout;
+    let mut chunk = FIRST_READ;
     let reason: Close = 'conn: loop {
         // 1. Drain: rustls may hold plaintext from the handshake, so this
         // comes first, and readiness is awaited only after a read was pending.
@@ -103,9 +111,10 @@ pub(crate) async fn connection_with<S: ReadReady>(
             if sd.token.is_cancelled() {
                 break 'conn Close::Shutdown;
             }
-            if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-                buf.reserve(READ_CHUNK);
+            if buf.capacity() - buf.len() < chunk / 4 {
+                buf.reserve(chunk);
             }
+            let before = buf.len();
             match read_now(&mut sock, &mut buf) {
                 None => break,
                 Some(Err(e)) => {
@@ -126,7 +135,14 @@ pub(crate) async fn connection_with<S: ReadReady>(
                     }
                     break 'conn Close::Eof;
                 }
-                Some(Ok(_)) => {}
+                Some(Ok(n)) => {
+                    if buf.len() == buf.capacity() {
+                        chunk = READ_CHUNK;
+                    } else if n < FIRST_READ {
+                        chunk = FIRST_READ;
+                    }
+                    batcher.expect(before + n);
+                }
             }
             let now = SystemClock.now_ms();
             let mut pos = 0;
