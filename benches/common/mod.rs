@@ -54,9 +54,14 @@ pub struct Node {
 impl Node {
     /// Start `ferry run -c config` and wait until `/readyz` answers 200.
     pub fn start(ferry: &Path, config: &Path, log: &Path, admin: u16) -> Node {
+        // FERRY_BENCH_NODE_ENV="K=V;K=V": the node's environment, e.g. another
+        // allocator (LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2).
+        let extra = std::env::var("FERRY_BENCH_NODE_ENV").unwrap_or_default();
+        let extra = extra.split(';').filter_map(|kv| kv.split_once('='));
         let child = Command::new(ferry)
             .args(["run", "-c"])
             .arg(config)
+            .envs(extra)
             .env("FERRY_LOG", "info")
             .stdout(Stdio::null())
             .stderr(File::create(log).expect("log file"))

@@ -16,6 +16,7 @@ pub fn run(config: Option<PathBuf>) -> anyhow::Result<i32> {
         }
         None => (Config::default_embedded(), DEFAULT_CONFIG.to_owned()),
     };
+    crate::node::memory::one_arena();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("ferry").build()?;
     rt.block_on(crate::node::run(config, cfg, &text, Arc::new(SystemClock)))?;
     Ok(0)

@@ -233,6 +233,8 @@ pub enum OnFull {
 #[derive(Clone, Debug, PartialEq)]
 pub struct StoreConfig {
     pub commit_interval: Duration,
+    /// A commit's raw bytes at most (default 2 MiB), and the bytes of
+    /// batches queued for the writer: memory at full rate is about twice it.
     pub commit_bytes: usize,
     pub fsync: FsyncPolicy,
     pub segment_max_bytes: u64,

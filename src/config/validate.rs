@@ -20,6 +20,9 @@ mod files;
 pub const DEFAULT_MAX_RECORD_BYTES: usize = 64 * 1024;
 /// Hard ceiling on any record; above this the framing itself is treated as garbage.
 pub const MAX_RECORD_BYTES_CEILING: usize = 16 << 20;
+/// A collector listener's `max_connections` when the config says none:
+/// 10,000 hosts and room for their reconnect storm.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
 
 struct Ctx<'a> {
     file: &'a str,
@@ -315,7 +318,11 @@ fn same_socket_kind(a: Transport, b: Transport) -> bool {
 fn validate_store(cx: &mut Ctx<'_>, raw: Option<&raw::RawStore>) -> StoreConfig {
     let mut s = StoreConfig {
         commit_interval: Duration::from_millis(100),
-        commit_bytes: 4 << 20,
+        // What a commit and the queue in front of it hold (each up to this):
+        // 2 MiB keeps a node at full rate near 18 MiB resident, 4 MiB cost
+        // 5 MiB more for 4% more records/s, within the run-to-run spread
+        // (issue 26, benches/README.md "Full-rate memory").
+        commit_bytes: 2 << 20,
         fsync: FsyncPolicy::Always,
         segment_max_bytes: 256 << 20,
         compression: Compression::Zstd,
@@ -784,7 +791,12 @@ fn validate_listener(cx: &mut Ctx<'_>, i: usize, l: &RawListener, streams: &[Str
             }
             n.max(1) as usize
         }
-        None => 1024,
+        // Collectors: a datacenter's hosts, each with a persistent connection,
+        // and room for a reconnect storm (sockets of the old session still
+        // closing). Idle, one costs about 2 KiB plain, 9 KiB with TLS (issue 26,
+        // benches/README.md "Idle connections"). Relays on a link: a few.
+        None if kind == Some(ListenerKind::Ferry) => 1024,
+        None => DEFAULT_MAX_CONNECTIONS,
     };
     let max_record_bytes = match &l.max_record_bytes {
         Some(v) => {
@@ -1030,7 +1042,7 @@ listen = "127.0.0.1:0"
     fn minimal_is_valid() {
         let c = validate(MINIMAL, "t.toml").unwrap();
         assert_eq!(c.listeners[0].stream, "live");
-        assert_eq!(c.store.commit_bytes, 4 << 20);
+        assert_eq!(c.store.commit_bytes, 2 << 20);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! one [`crate::shutdown`] describes: listeners drain, the store seals,
 //! uplinks get a grace to deliver, sinks write their cursors.
 
+pub mod memory;
 pub mod reload;
 
 use std::collections::HashMap;
@@ -171,7 +172,7 @@ pub async fn run(file: Option<PathBuf>, cfg: Config, text: &str, clock: Arc<dyn 
     let ready = Arc::new(AtomicBool::new(false));
     let admin_stop = CancellationToken::new();
     // Ends with the admin listener (same token): the last thing to stop.
-    tokio::spawn(crate::ingest::net::guard::give_back_memory(Duration::from_secs(2), admin_stop.clone()));
+    tokio::spawn(memory::give_back_memory(Duration::from_secs(2), admin_stop.clone()));
     let mut admin_task = None;
     if let Some(addr) = cfg.admin.listen {
         let l = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("admin: cannot listen on {addr}"))?;

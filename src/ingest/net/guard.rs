@@ -55,27 +55,10 @@ impl Close {
 /// Connections closed since the start, for [`give_back_memory`].
 static CLOSED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-/// Hand freed heap memory back to the kernel after connections closed.
-///
-/// glibc keeps what a connection freed in its arenas for reuse, so after a
-/// storm of thousands of connections the process would keep their peak
-/// for good. Every `every`, if any connection closed meanwhile, the
-/// arenas' free pages are returned (`malloc_trim`, a walk of the free
-/// lists: cheap next to thousands of connections, and only after closes).
-pub async fn give_back_memory(every: std::time::Duration, stop: tokio_util::sync::CancellationToken) {
-    let mut seen = CLOSED.load(std::sync::atomic::Ordering::Relaxed);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(every) => {}
-        }
-        let now = CLOSED.load(std::sync::atomic::Ordering::Relaxed);
-        if now != seen {
-            seen = now;
-            // SAFETY: malloc_trim has no preconditions; glibc's allocator is the one in use.
-            let _ = tokio::task::spawn_blocking(|| unsafe { libc::malloc_trim(0) }).await;
-        }
-    }
+/// Connections closed since the start: [`crate::node::memory`] hands freed
+/// memory back after closes.
+pub fn closed_so_far() -> u64 {
+    CLOSED.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Counts a connection open on creation, and closed (with its reason) once.
