@@ -38,7 +38,7 @@ use ferry::store::changes::{Changes, Subscriber};
 use ferry::store::clock::SystemClock;
 use ferry::store::frame::{FrameEncoder, FrameMeta};
 use ferry::store::fs::Fs;
-use ferry::store::segment::{gone_path, sha256_file, OnDisk, SealRecord, SegmentName};
+use ferry::store::segment::{gone_path, seal_path, sha256_file, OnDisk, SealRecord, SegmentName};
 
 const SITE: &str = "edge1";
 const STREAM: &str = "live";
@@ -707,6 +707,19 @@ impl Sim {
             let (len, sealed) = self.mirror.have(&s.rel).unwrap();
             if len != s.data.len() as u64 || !sealed {
                 self.fail(&format!("mirror of {} is not sealed at its length ({len}, {sealed})", s.rel.display()));
+            }
+            // The mirror's seal record, kept from its appends (through receiver
+            // restarts and torn tails), says what the origin's says.
+            let rec = SealRecord::load(&seal_path(&self.dir.join("mirror/state"), &s.rel)).ok().flatten();
+            let key = |r: &SealRecord| {
+                (r.len, r.sha256.clone(), r.frames, r.records, (r.records > 0).then_some((r.first_seq, r.next_seq)))
+            };
+            if rec.as_ref().map(key) != s.seal.as_ref().map(key) {
+                self.fail(&format!(
+                    "the mirror's seal record of {} differs from the origin's: {rec:?}, origin {:?}",
+                    s.rel.display(),
+                    s.seal
+                ));
             }
         }
     }

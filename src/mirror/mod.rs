@@ -32,7 +32,7 @@ use crate::store::clock::Clock;
 use crate::store::frame::{FrameError, FrameHeader};
 use crate::store::fs::{Fs, FsFile, Trouble};
 use crate::store::recover::{reseal, walk_and_repair};
-use crate::store::segment::{gone_path, hex, seal_path, sha256_file, SealRecord, SegmentName};
+use crate::store::segment::{gone_path, hex, seal_path, SealRecord, SegmentName};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppendError {
@@ -69,6 +69,8 @@ struct Entry {
     file: Option<FsFile>,
     len: u64,
     seal: Option<SealRecord>,
+    /// Unsealed: what the file's `len` bytes hash to and hold.
+    tally: Tally,
 }
 
 /// Mirror segments being written, by relative path.
@@ -101,14 +103,76 @@ pub fn parse_path(rel: &str) -> Option<SegmentName> {
 
 /// Check that `frames` is a sequence of whole, checksummed frames.
 pub fn check_frames(frames: &[u8]) -> Result<(), (usize, FrameError)> {
+    count_frames(frames).map(|_| ())
+}
+
+/// [`check_frames`], and what the frames hold.
+fn count_frames(frames: &[u8]) -> Result<Counts, (usize, FrameError)> {
+    let mut c = Counts::default();
     let mut at = 0;
     while at < frames.len() {
         let h = FrameHeader::decode(&frames[at..]).map_err(|e| (at, e))?;
         let data = at + h.encoded_len();
         h.check_data(&frames[data.min(frames.len())..]).map_err(|e| (at, e))?;
         at = data + h.data_len as usize;
+        c.frames += 1;
+        c.records += u64::from(h.records);
+        c.first_seq.get_or_insert(h.first_seq);
+        c.next_seq = c.next_seq.max(h.next_seq());
     }
-    Ok(())
+    Ok(c)
+}
+
+/// Frames, records and sequence numbers of a run of frames.
+#[derive(Clone, Copy, Debug, Default)]
+struct Counts {
+    frames: u64,
+    records: u64,
+    first_seq: Option<u64>,
+    next_seq: u64,
+}
+
+impl Counts {
+    fn add(&mut self, o: Counts) {
+        self.frames += o.frames;
+        self.records += o.records;
+        if self.first_seq.is_none() {
+            self.first_seq = o.first_seq;
+        }
+        self.next_seq = self.next_seq.max(o.next_seq);
+    }
+}
+
+/// What an unsealed mirror file holds, kept up to date as frames are
+/// appended: its SHA-256 so far and its counts. A seal needs no read of the
+/// file (it re-read and re-hashed the whole segment: O(segment) at every
+/// seal, issue 25). Built from the file once when an entry is opened on a
+/// file already there (after a restart).
+#[derive(Clone, Default)]
+struct Tally {
+    sha: sha2::Sha256,
+    counts: Counts,
+}
+
+impl Tally {
+    /// The first `len` bytes of `path`, whose frames `walk` counted.
+    fn of_file(path: &Path, len: u64, walk: &crate::store::recover::Walk) -> io::Result<Tally> {
+        use sha2::Digest;
+        use std::io::Read;
+        let mut sha = sha2::Sha256::new();
+        let mut f = std::fs::File::open(path)?.take(len);
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = f.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            sha.update(&buf[..n]);
+        }
+        let counts =
+            Counts { frames: walk.frames, records: walk.records, first_seq: walk.first_seq, next_seq: walk.next_seq };
+        Ok(Tally { sha, counts })
+    }
 }
 
 impl Mirror {
@@ -155,12 +219,15 @@ impl Mirror {
             )?,
             Err(e) => return Err(e),
         };
-        let len = match (&seal, path.exists()) {
-            (Some(s), _) => s.len,
-            (None, true) => walk_and_repair(&self.fs, &path, &Self::stream_of(rel), &self.metrics)?.len,
-            (None, false) => 0,
+        let (len, tally) = match (&seal, path.exists()) {
+            (Some(s), _) => (s.len, Tally::default()),
+            (None, true) => {
+                let w = walk_and_repair(&self.fs, &path, &Self::stream_of(rel), &self.metrics)?;
+                (w.len, Tally::of_file(&path, w.len, &w)?)
+            }
+            (None, false) => (0, Tally::default()),
         };
-        let e = Arc::new(Mutex::new(Entry { path, rel: rel.to_owned(), file: None, len, seal }));
+        let e = Arc::new(Mutex::new(Entry { path, rel: rel.to_owned(), file: None, len, seal, tally }));
         Ok(self.entries.lock().expect("not poisoned").entry(rel.to_owned()).or_insert(e).clone())
     }
 
@@ -191,12 +258,15 @@ impl Mirror {
             self.metrics.mirror_errors.with_label_values(&["archive_full"]).inc();
             return Err(AppendError::Full);
         }
-        check_frames(frames).map_err(|(at, error)| AppendError::InvalidFrame { at, error })?;
+        let counts = count_frames(frames).map_err(|(at, error)| AppendError::InvalidFrame { at, error })?;
         if let Err(err) = self.write(&mut e, frames) {
             let trouble = Trouble::of(&err);
             self.metrics.mirror_errors.with_label_values(&[trouble.as_str()]).inc();
             return Err(AppendError::Io(err));
         }
+        // Only bytes that are in the file: a failed write was cut back out.
+        sha2::Digest::update(&mut e.tally.sha, frames);
+        e.tally.counts.add(counts);
         self.full.wrote(frames.len() as u64);
         Ok(e.len)
     }
@@ -305,24 +375,19 @@ impl Mirror {
         if let Some(f) = &e.file {
             f.sync_all()?;
         }
-        let mirror = if e.path.exists() { sha256_file(&e.path)? } else { hex(&sha2_empty()) };
+        let mirror = hex(&sha2::Digest::finalize(e.tally.sha.clone()));
         if mirror != origin {
             error!(path = %e.rel.display(), %origin, %mirror, "mirror segment differs from its origin; not sealed");
             return Err(SealError::Checksum { origin, mirror });
         }
-        let stream = Self::stream_of(&e.rel);
-        let w = if e.path.exists() {
-            walk_and_repair(&self.fs, &e.path, &stream, &self.metrics)?
-        } else {
-            Default::default()
-        };
+        let c = e.tally.counts;
         let rec = SealRecord {
             len,
             sha256: mirror,
-            frames: w.frames,
-            records: w.records,
-            first_seq: w.first_seq.unwrap_or(0),
-            next_seq: w.next_seq,
+            frames: c.frames,
+            records: c.records,
+            first_seq: c.first_seq.unwrap_or(0),
+            next_seq: c.next_seq,
             sealed_ms: self.clock.now_ms(),
         };
         rec.store(&self.fs, &seal_path(&self.state_dir, &e.rel))?;
@@ -336,9 +401,4 @@ impl Mirror {
         self.changes.layout_changed(Some(&rel));
         Ok(())
     }
-}
-
-fn sha2_empty() -> [u8; 32] {
-    use sha2::Digest;
-    sha2::Sha256::digest([]).into()
 }
