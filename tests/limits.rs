@@ -391,7 +391,9 @@ fn idle_connections_cost_a_few_kib_each_and_closing_them_gives_it_back() {
     let held = rss_bytes(pid);
     let per = held.saturating_sub(start) as f64 / (2 * N) as f64;
     eprintln!("RSS {} KiB at start, {} KiB with {} idle connections: {per:.0} B each", start >> 10, held >> 10, 2 * N);
-    assert!(per <= 4096.0, "{per:.0} bytes of RSS per idle connection (bound 4 KiB)");
+    // About 1.7 KiB in debug and release builds (benches/README.md, "Idle
+    // connections"); a task holding its serve future twice was 4.2.
+    assert!(per <= 3072.0, "{per:.0} bytes of RSS per idle connection (bound 3 KiB)");
     let status = std::process::Command::new(FERRY)
         .args(["status", "--admin", &format!("127.0.0.1:{}", ports.admin)])
         .output()

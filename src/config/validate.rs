@@ -1043,6 +1043,18 @@ listen = "127.0.0.1:0"
         let c = validate(MINIMAL, "t.toml").unwrap();
         assert_eq!(c.listeners[0].stream, "live");
         assert_eq!(c.store.commit_bytes, 2 << 20);
+        assert_eq!(c.listeners[0].max_connections, DEFAULT_MAX_CONNECTIONS);
+    }
+
+    #[test]
+    fn a_link_listener_takes_fewer_connections_by_default() {
+        let text = format!(
+            "{MINIMAL}\n[tls]\nca = \"/x/ca.pem\"\ncert = \"/x/node.pem\"\nkey = \"/x/node.key\"\n\
+             [[listener]]\nname = \"link\"\nkind = \"ferry\"\ntransport = \"tls\"\nlisten = \"127.0.0.1:7443\"\n"
+        );
+        let c = validate(&text, "t.toml").unwrap();
+        let max = |n: &str| c.listeners.iter().find(|l| l.name == n).unwrap().max_connections;
+        assert_eq!((max("tcp"), max("link")), (16_384, 1024));
     }
 
     #[test]
