@@ -32,7 +32,7 @@ use crate::store::clock::Clock;
 use crate::store::frame::{FrameError, FrameHeader};
 use crate::store::fs::{Fs, FsFile, Trouble};
 use crate::store::recover::{reseal, walk_and_repair};
-use crate::store::segment::{gone_path, hex, seal_path, SealRecord, SegmentName};
+use crate::store::segment::{gone_path, hex, seal_path, sha256_of, SealRecord, SegmentName};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppendError {
@@ -157,18 +157,8 @@ struct Tally {
 impl Tally {
     /// The first `len` bytes of `path`, whose frames `walk` counted.
     fn of_file(path: &Path, len: u64, walk: &crate::store::recover::Walk) -> io::Result<Tally> {
-        use sha2::Digest;
         use std::io::Read;
-        let mut sha = sha2::Sha256::new();
-        let mut f = std::fs::File::open(path)?.take(len);
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = f.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            sha.update(&buf[..n]);
-        }
+        let sha = sha256_of(std::fs::File::open(path)?.take(len))?;
         let counts =
             Counts { frames: walk.frames, records: walk.records, first_seq: walk.first_seq, next_seq: walk.next_seq };
         Ok(Tally { sha, counts })

@@ -371,17 +371,21 @@ pub fn list_segments(archive_dir: &Path, state_dir: &Path, skip: impl Fn(&Path) 
 
 /// SHA-256 of a whole file, hex.
 pub fn sha256_file(path: &Path) -> io::Result<String> {
-    let mut f = File::open(path)?;
+    Ok(hex(&sha256_of(File::open(path)?)?.finalize()))
+}
+
+/// The SHA-256 state after all of `r`'s bytes (to go on hashing, or finalize).
+pub fn sha256_of(mut r: impl Read) -> io::Result<Sha256> {
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = f.read(&mut buf)?;
+        let n = r.read(&mut buf)?;
         if n == 0 {
             break;
         }
         h.update(&buf[..n]);
     }
-    Ok(hex(&h.finalize()))
+    Ok(h)
 }
 
 pub(crate) fn hex(b: &[u8]) -> String {
