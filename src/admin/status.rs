@@ -68,20 +68,66 @@ fn proc_status_kib(field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Render the status page.
+/// The metrics a page is rendered from: one gather, and the rates since an
+/// earlier one.
+struct View<'a> {
+    m: &'a Metrics,
+    fams: Vec<prometheus::proto::MetricFamily>,
+    per_sec: Option<BTreeMap<(&'static str, String), f64>>,
+}
+
+impl View<'_> {
+    /// The series of `name` by the values of `labels`.
+    fn get(&self, name: &str, labels: &[&str]) -> BTreeMap<Vec<String>, f64> {
+        series(&self.fams, name, labels)
+    }
+
+    /// Per second of counter `name` for the series whose first label is `key`.
+    fn rate(&self, name: &'static str, key: &str) -> Option<f64> {
+        self.per_sec.as_ref().map(|p| p.get(&(name, key.to_owned())).copied().unwrap_or(0.0))
+    }
+}
+
+/// `second_label=count` of each nonzero series whose first label is `key`
+/// (drops by reason, errors by reason, ...).
+fn counts_for(s: &BTreeMap<Vec<String>, f64>, key: &str) -> Vec<String> {
+    s.iter().filter(|(l, n)| l[0] == key && **n > 0.0).map(|(l, n)| format!("{}={}", l[1], *n as u64)).collect()
+}
+
+/// `items` joined by spaces, or `-` when there are none.
+fn or_dash(items: &[String]) -> String {
+    if items.is_empty() {
+        "-".to_owned()
+    } else {
+        items.join(" ")
+    }
+}
+
+/// Render the status page: the node, then one table per part that runs on
+/// it (streams and listeners always; uplinks, sinks, buckets and receivers
+/// when configured).
 pub fn render(m: &Metrics, site: &str, node: &str, archive: &Archive, rates: &super::rates::Rates) -> String {
     let fams = m.registry.gather();
-    let get = |n: &str, l: &[&str]| series(&fams, n, l);
     let per_sec = rates.per_sec(&fams);
-    let r = |name: &'static str, key: &str| {
-        per_sec.as_ref().map(|p| p.get(&(name, key.to_owned())).copied().unwrap_or(0.0))
-    };
+    let w = View { m, fams, per_sec };
     let mut s = String::new();
-    let up = crate::store::clock::Clock::now_ms(&crate::store::clock::SystemClock) / 1000 - m.up_since.get();
-    let ready = if m.ready.get() == 1 { "ready" } else { "not ready" };
+    head(&w, &mut s, site, node, archive);
+    streams(&w, &mut s);
+    listeners(&w, &mut s);
+    uplinks(&w, &mut s);
+    sinks(&w, &mut s);
+    buckets(&w, &mut s);
+    receivers(&w, &mut s);
+    s
+}
+
+/// The node: version, uptime, readiness, archive, memory, config, certificates.
+fn head(w: &View<'_>, s: &mut String, site: &str, node: &str, archive: &Archive) {
+    let up = crate::store::clock::Clock::now_ms(&crate::store::clock::SystemClock) / 1000 - w.m.up_since.get();
+    let ready = if w.m.ready.get() == 1 { "ready" } else { "not ready" };
     let _ = writeln!(s, "ferry {} — site {site}, node {node}, up {up}s, {ready}", env!("CARGO_PKG_VERSION"));
-    let full = if m.store_full.get() == 1 { "  (FULL: refusing records, on_full = reject)" } else { "" };
-    let open_segments: f64 = get("ferry_segments_open", &["stream"]).values().sum();
+    let full = if w.m.store_full.get() == 1 { "  (FULL: refusing records, on_full = reject)" } else { "" };
+    let open_segments: f64 = w.get("ferry_segments_open", &["stream"]).values().sum();
     let _ = writeln!(
         s,
         "archive: {} in {} segments ({} open){full}",
@@ -91,7 +137,7 @@ pub fn render(m: &Metrics, site: &str, node: &str, archive: &Archive, rates: &su
     );
     // Memory beside the connections that hold most of it (a relay for
     // thousands of collectors is sized by these two figures).
-    let connections: f64 = get("ferry_connections_active", &["listener"]).values().sum();
+    let connections: f64 = w.get("ferry_connections_active", &["listener"]).values().sum();
     let (rss, peak) = (proc_status_kib("VmRSS:"), proc_status_kib("VmHWM:"));
     let _ = writeln!(
         s,
@@ -100,24 +146,27 @@ pub fn render(m: &Metrics, site: &str, node: &str, archive: &Archive, rates: &su
         bytes(peak as f64 * 1024.0),
         connections as u64
     );
-    let hash = get("ferry_config_info", &["hash", "file"]).keys().next().cloned().unwrap_or_default();
+    let hash = w.get("ferry_config_info", &["hash", "file"]).keys().next().cloned().unwrap_or_default();
     if hash.len() == 2 {
-        let reload = if m.config_last_reload_ok.get() == 1 { "" } else { "  (LAST RELOAD REFUSED: see the log)" };
+        let reload = if w.m.config_last_reload_ok.get() == 1 { "" } else { "  (LAST RELOAD REFUSED: see the log)" };
         let _ = writeln!(s, "config: {} sha256 {}…{reload}", hash[1], hash[0]);
     }
-    let certs = get("ferry_certificate_expiry_timestamp_seconds", &["role", "subject"]);
+    let certs = w.get("ferry_certificate_expiry_timestamp_seconds", &["role", "subject"]);
     let now = crate::store::clock::Clock::now_ms(&crate::store::clock::SystemClock) / 1000;
     for (k, v) in &certs {
         let days = (*v as i64 - now) / 86_400;
         let warn = if days < 30 { "  EXPIRES SOON: certs/README.md, rotation" } else { "" };
         let _ = writeln!(s, "certificate ({}): {} expires in {days} days{warn}", k[0], k[1]);
     }
+}
 
-    let committed = by_first(&get("ferry_committed_records_total", &["stream"]));
-    let cbytes = by_first(&get("ferry_committed_bytes_total", &["stream"]));
-    let written = by_first(&get("ferry_written_bytes_total", &["stream"]));
-    let open = by_first(&get("ferry_segments_open", &["stream"]));
-    let unwritable = get("ferry_store_unwritable", &["stream", "reason"]);
+/// Per stream: records, bytes raw and on disk, open segments, rates, the disk.
+fn streams(w: &View<'_>, s: &mut String) {
+    let committed = by_first(&w.get("ferry_committed_records_total", &["stream"]));
+    let cbytes = by_first(&w.get("ferry_committed_bytes_total", &["stream"]));
+    let written = by_first(&w.get("ferry_written_bytes_total", &["stream"]));
+    let open = by_first(&w.get("ferry_segments_open", &["stream"]));
+    let unwritable = w.get("ferry_store_unwritable", &["stream", "reason"]);
     let _ = writeln!(
         s,
         "\nstreams\n  {:<16} {:>14} {:>12} {:>12} {:>5} {:>10} {:>12}  DISK",
@@ -134,29 +183,28 @@ pub fn render(m: &Metrics, site: &str, node: &str, archive: &Archive, rates: &su
             bytes(cbytes.get(k).copied().unwrap_or(0.0)),
             bytes(written.get(k).copied().unwrap_or(0.0)),
             open.get(k).copied().unwrap_or(0.0) as u64,
-            rate(r("ferry_committed_records_total", k), false),
-            rate(r("ferry_committed_bytes_total", k), true),
+            rate(w.rate("ferry_committed_records_total", k), false),
+            rate(w.rate("ferry_committed_bytes_total", k), true),
             if down.is_empty() { "ok".to_owned() } else { format!("REFUSING RECORDS: {}", down.join(",")) }
         );
     }
+}
 
-    let received = by_first(&get("ferry_received_records_total", &["listener"]));
-    let dropped = get("ferry_dropped_records_total", &["listener", "reason"]);
-    let active = by_first(&get("ferry_connections_active", &["listener"]));
-    let kernel = by_first(&get("ferry_socket_dropped_datagrams_total", &["listener"]));
-    let refused = get("ferry_refused_records_total", &["listener", "reason"]);
-    let conns_refused = get("ferry_connections_refused_total", &["listener", "reason"]);
+/// Per listener: records received, connections, rates, drops and refusals.
+fn listeners(w: &View<'_>, s: &mut String) {
+    let received = by_first(&w.get("ferry_received_records_total", &["listener"]));
+    let dropped = w.get("ferry_dropped_records_total", &["listener", "reason"]);
+    let active = by_first(&w.get("ferry_connections_active", &["listener"]));
+    let kernel = by_first(&w.get("ferry_socket_dropped_datagrams_total", &["listener"]));
+    let refused = w.get("ferry_refused_records_total", &["listener", "reason"]);
+    let conns_refused = w.get("ferry_connections_refused_total", &["listener", "reason"]);
     let _ = writeln!(
         s,
         "\nlisteners\n  {:<16} {:>14} {:>6} {:>10} {:>12}  DROPPED, REFUSED",
         "LISTENER", "RECEIVED", "CONNS", "RECORDS/S", "BYTES/S"
     );
     for (k, v) in &received {
-        let mut drops: Vec<String> = dropped
-            .iter()
-            .filter(|(l, n)| l[0] == *k && **n > 0.0)
-            .map(|(l, n)| format!("{}={}", l[1], *n as u64))
-            .collect();
+        let mut drops: Vec<String> = counts_for(&dropped, k);
         // Lost before ferry could read them, and refused back to the sender: shown beside the drops.
         if let Some(n) = kernel.get(k).filter(|n| **n > 0.0) {
             drops.push(format!("kernel_socket_buffer={}", *n as u64));
@@ -179,20 +227,23 @@ pub fn render(m: &Metrics, site: &str, node: &str, archive: &Archive, rates: &su
             k,
             *v as u64,
             active.get(k).copied().unwrap_or(0.0) as u64,
-            rate(r("ferry_received_records_total", k), false),
-            rate(r("ferry_received_bytes_total", k), true),
-            if drops.is_empty() { "-".to_owned() } else { drops.join(" ") }
+            rate(w.rate("ferry_received_records_total", k), false),
+            rate(w.rate("ferry_received_bytes_total", k), true),
+            or_dash(&drops)
         );
     }
+}
 
-    let connected = get("ferry_uplink_connected", &["uplink"]);
+/// Per uplink: connection, bytes, cap, what the receiver refuses; lag per stream.
+fn uplinks(w: &View<'_>, s: &mut String) {
+    let connected = w.get("ferry_uplink_connected", &["uplink"]);
     if !connected.is_empty() {
-        let wire = by_first(&get("ferry_uplink_wire_bytes_total", &["uplink"]));
-        let cap = by_first(&get("ferry_uplink_max_rate_bytes", &["uplink"]));
-        let rec = by_first(&get("ferry_uplink_reconnects_total", &["uplink"]));
-        let deliv = by_first(&get("ferry_uplink_segments_delivered_total", &["uplink"]));
-        let blocked = get("ferry_uplink_blocked_segments", &["uplink", "reason"]);
-        let errors = get("ferry_uplink_errors_total", &["uplink", "reason"]);
+        let wire = by_first(&w.get("ferry_uplink_wire_bytes_total", &["uplink"]));
+        let cap = by_first(&w.get("ferry_uplink_max_rate_bytes", &["uplink"]));
+        let rec = by_first(&w.get("ferry_uplink_reconnects_total", &["uplink"]));
+        let deliv = by_first(&w.get("ferry_uplink_segments_delivered_total", &["uplink"]));
+        let blocked = w.get("ferry_uplink_blocked_segments", &["uplink", "reason"]);
+        let errors = w.get("ferry_uplink_errors_total", &["uplink", "reason"]);
         let _ = writeln!(
             s,
             "\nuplinks\n  {:<16} {:>9} {:>12} {:>14} {:>10} {:>9} {:>12} {:>12}  RECEIVER REFUSES",
@@ -220,14 +271,14 @@ pub fn render(m: &Metrics, site: &str, node: &str, archive: &Archive, rates: &su
                 if c > 0.0 { format!("{:.1} Mbit/s", c * 8.0 / 1e6) } else { "none".into() },
                 rec.get(name).copied().unwrap_or(0.0) as u64,
                 deliv.get(name).copied().unwrap_or(0.0) as u64,
-                rate(r("ferry_uplink_wire_bytes_total", name), true),
-                rate(r("ferry_uplink_acked_bytes_total", name), true),
-                if refusing.is_empty() { "-".to_owned() } else { refusing.join(" ") }
+                rate(w.rate("ferry_uplink_wire_bytes_total", name), true),
+                rate(w.rate("ferry_uplink_acked_bytes_total", name), true),
+                or_dash(&refusing)
             );
         }
-        let lag_b = get("ferry_uplink_lag_bytes", &["uplink", "site", "stream"]);
-        let lag_s = get("ferry_uplink_lag_seconds", &["uplink", "site", "stream"]);
-        let acked = get("ferry_uplink_acked_bytes_total", &["uplink", "site", "stream"]);
+        let lag_b = w.get("ferry_uplink_lag_bytes", &["uplink", "site", "stream"]);
+        let lag_s = w.get("ferry_uplink_lag_seconds", &["uplink", "site", "stream"]);
+        let acked = w.get("ferry_uplink_acked_bytes_total", &["uplink", "site", "stream"]);
         let _ =
             writeln!(s, "  {:<16} {:<24} {:>12} {:>10} {:>12}", "UPLINK", "SITE/STREAM", "LAG", "LAG SECS", "ACKED");
         for (k, v) in &lag_b {
@@ -242,18 +293,21 @@ pub fn render(m: &Metrics, site: &str, node: &str, archive: &Archive, rates: &su
             );
         }
     }
+}
 
-    let sink_up = get("ferry_sink_connected", &["sink"]);
+/// Per sink: connection, stalls, deliveries, errors; lag per stream.
+fn sinks(w: &View<'_>, s: &mut String) {
+    let sink_up = w.get("ferry_sink_connected", &["sink"]);
     if !sink_up.is_empty() {
-        let recs = get("ferry_sink_records_total", &["sink", "site", "stream"]);
-        let lag_r = get("ferry_sink_lag_records", &["sink", "site", "stream"]);
-        let lag_b = get("ferry_sink_lag_bytes", &["sink", "site", "stream"]);
-        let lag_s = get("ferry_sink_lag_seconds", &["sink", "site", "stream"]);
-        let errors = get("ferry_sink_errors_total", &["sink", "reason"]);
-        let dead = get("ferry_sink_dead_letters_total", &["sink", "reason"]);
-        let deliv = by_first(&get("ferry_sink_segments_delivered_total", &["sink"]));
-        let stalled = by_first(&get("ferry_sink_stalled", &["sink"]));
-        let missing = get("ferry_sink_missing_topic", &["sink", "topic"]);
+        let recs = w.get("ferry_sink_records_total", &["sink", "site", "stream"]);
+        let lag_r = w.get("ferry_sink_lag_records", &["sink", "site", "stream"]);
+        let lag_b = w.get("ferry_sink_lag_bytes", &["sink", "site", "stream"]);
+        let lag_s = w.get("ferry_sink_lag_seconds", &["sink", "site", "stream"]);
+        let errors = w.get("ferry_sink_errors_total", &["sink", "reason"]);
+        let dead = w.get("ferry_sink_dead_letters_total", &["sink", "reason"]);
+        let deliv = by_first(&w.get("ferry_sink_segments_delivered_total", &["sink"]));
+        let stalled = by_first(&w.get("ferry_sink_stalled", &["sink"]));
+        let missing = w.get("ferry_sink_missing_topic", &["sink", "topic"]);
         let _ = writeln!(
             s,
             "\nsinks\n  {:<16} {:>9} {:>8} {:>14} {:>9}  ERRORS / DEAD-LETTERED",
@@ -262,16 +316,8 @@ pub fn render(m: &Metrics, site: &str, node: &str, archive: &Archive, rates: &su
         for (k, v) in &sink_up {
             let name = &k[0];
             let total: f64 = recs.iter().filter(|(l, _)| l[0] == *name).map(|(_, n)| n).sum();
-            let errs: Vec<String> = errors
-                .iter()
-                .filter(|(l, n)| l[0] == *name && **n > 0.0)
-                .map(|(l, n)| format!("{}={}", l[1], *n as u64))
-                .collect();
-            let deads: Vec<String> = dead
-                .iter()
-                .filter(|(l, n)| l[0] == *name && **n > 0.0)
-                .map(|(l, n)| format!("{}={}", l[1], *n as u64))
-                .collect();
+            let errs: Vec<String> = counts_for(&errors, name);
+            let deads: Vec<String> = counts_for(&dead, name);
             let _ = writeln!(
                 s,
                 "  {:<16} {:>9} {:>8} {:>14} {:>9}  {} / {}",
@@ -280,8 +326,8 @@ pub fn render(m: &Metrics, site: &str, node: &str, archive: &Archive, rates: &su
                 if stalled.get(name).copied().unwrap_or(0.0) > 0.0 { "STALLED" } else { "no" },
                 total as u64,
                 deliv.get(name).copied().unwrap_or(0.0) as u64,
-                if errs.is_empty() { "-".to_owned() } else { errs.join(" ") },
-                if deads.is_empty() { "-".to_owned() } else { deads.join(" ") }
+                or_dash(&errs),
+                or_dash(&deads)
             );
         }
         for (k, _) in missing.iter().filter(|(_, v)| **v > 0.0) {
@@ -309,10 +355,13 @@ pub fn render(m: &Metrics, site: &str, node: &str, archive: &Archive, rates: &su
             );
         }
     }
+}
 
-    let bucket_up = get("ferry_bucket_up", &["bucket"]);
+/// Per bucket: uploads, lag, conflicts, errors.
+fn buckets(w: &View<'_>, s: &mut String) {
+    let bucket_up = w.get("ferry_bucket_up", &["bucket"]);
     if !bucket_up.is_empty() {
-        let one = |n: &str| by_first(&get(n, &["bucket"]));
+        let one = |n: &str| by_first(&w.get(n, &["bucket"]));
         let (segs, up_bytes, lag_n, lag_b) = (
             one("ferry_bucket_segments_total"),
             one("ferry_bucket_bytes_total"),
@@ -320,7 +369,7 @@ pub fn render(m: &Metrics, site: &str, node: &str, archive: &Archive, rates: &su
             one("ferry_bucket_lag_bytes"),
         );
         let (lag_s, conflicted) = (one("ferry_bucket_lag_seconds"), one("ferry_bucket_conflicted_segments"));
-        let errors = get("ferry_bucket_errors_total", &["bucket", "reason"]);
+        let errors = w.get("ferry_bucket_errors_total", &["bucket", "reason"]);
         let _ = writeln!(
             s,
             "\nbuckets\n  {:<16} {:>4} {:>9} {:>12} {:>8} {:>12} {:>9} {:>10}  ERRORS",
@@ -328,11 +377,7 @@ pub fn render(m: &Metrics, site: &str, node: &str, archive: &Archive, rates: &su
         );
         for (name, v) in by_first(&bucket_up) {
             let g = |m: &BTreeMap<String, f64>| m.get(&name).copied().unwrap_or(0.0);
-            let errs: Vec<String> = errors
-                .iter()
-                .filter(|(l, n)| l[0] == name && **n > 0.0)
-                .map(|(l, n)| format!("{}={}", l[1], *n as u64))
-                .collect();
+            let errs: Vec<String> = counts_for(&errors, &name);
             let _ = writeln!(
                 s,
                 "  {:<16} {:>4} {:>9} {:>12} {:>8} {:>12} {:>9.1} {:>10}  {}",
@@ -344,38 +389,29 @@ pub fn render(m: &Metrics, site: &str, node: &str, archive: &Archive, rates: &su
                 bytes(g(&lag_b)),
                 g(&lag_s),
                 if g(&conflicted) > 0.0 { format!("{} HELD", g(&conflicted) as u64) } else { "0".into() },
-                if errs.is_empty() { "-".to_owned() } else { errs.join(" ") }
+                or_dash(&errs)
             );
         }
     }
+}
 
-    let sessions = by_first(&get("ferry_link_sessions_active", &["listener"]));
+/// Per link listener: sessions, bytes by site, refusals; checksum mismatches.
+fn receivers(w: &View<'_>, s: &mut String) {
+    let sessions = by_first(&w.get("ferry_link_sessions_active", &["listener"]));
     if !sessions.is_empty() {
-        let recv = get("ferry_link_received_bytes_total", &["listener", "site"]);
-        let refused = get("ferry_link_refused_total", &["listener", "reason"]);
+        let recv = w.get("ferry_link_received_bytes_total", &["listener", "site"]);
+        let refused = w.get("ferry_link_refused_total", &["listener", "reason"]);
         let _ = writeln!(s, "\nreceivers\n  {:<16} {:>8}  RECEIVED BY SITE / REFUSED", "LISTENER", "LINKS");
         for (k, v) in &sessions {
             let sites: Vec<String> =
                 recv.iter().filter(|(l, _)| l[0] == *k).map(|(l, n)| format!("{}={}", l[1], bytes(*n))).collect();
-            let refs: Vec<String> = refused
-                .iter()
-                .filter(|(l, n)| l[0] == *k && **n > 0.0)
-                .map(|(l, n)| format!("{}={}", l[1], *n as u64))
-                .collect();
-            let _ = writeln!(
-                s,
-                "  {:<16} {:>8}  {} / {}",
-                k,
-                *v as u64,
-                sites.join(" "),
-                if refs.is_empty() { "-".into() } else { refs.join(" ") }
-            );
+            let refs: Vec<String> = counts_for(&refused, k);
+            let _ = writeln!(s, "  {:<16} {:>8}  {} / {}", k, *v as u64, sites.join(" "), or_dash(&refs));
         }
     }
-    let mism: f64 = get("ferry_link_checksum_mismatches_total", &["side"]).values().sum();
+    let mism: f64 = w.get("ferry_link_checksum_mismatches_total", &["side"]).values().sum();
     if mism > 0.0 {
         let _ =
             writeln!(s, "\nCHECKSUM MISMATCHES: {mism} (see the log; the affected segments are kept and not released)");
     }
-    s
 }
