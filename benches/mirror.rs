@@ -48,7 +48,7 @@ fn main() {
         Arc::new(SystemClock),
         metrics.clone(),
         Changes::new(),
-        Arc::new(ferry::store::retention::Fullness::new(metrics.store_full.clone())),
+        Arc::new(ferry::store::retention::Fullness::new(metrics.store.store_full.clone())),
     );
     let rels: Vec<PathBuf> = (0..segments)
         .map(|i| PathBuf::from(format!("edge1/live/2027-01-15/live-2027-01-15T08-relay-1-{i:08}.log.zst")))

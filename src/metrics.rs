@@ -1,4 +1,7 @@
-//! Every metric ferry exports, in one registry. Each drop has exactly one
+//! Every metric ferry exports, in one registry, by area: each area (ingest,
+//! store, node, link, sink, files, bucket) registers its own families and is
+//! a field of [`Metrics`], so a module reads the counters of its own area
+//! (`metrics.ingest.received_records`). Each drop has exactly one
 //! [`DropReason`], which is also its label, so "received = committed +
 //! dropped" can be checked from `/metrics` alone.
 
@@ -67,7 +70,71 @@ impl DropReason {
 #[derive(Clone)]
 pub struct Metrics {
     pub registry: Registry,
-    // ingest
+    pub ingest: IngestMetrics,
+    pub store: StoreMetrics,
+    pub node: NodeMetrics,
+    pub link: LinkMetrics,
+    pub sink: SinkMetrics,
+    /// `[[bucket]]` uploads (their own area: `ferry_bucket_*`).
+    pub bucket: BucketMetrics,
+    /// `kind = "file"` listeners (their own area: `ferry_file_*`).
+    pub files: FileMetrics,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let r = &registry;
+        let m = Metrics {
+            ingest: IngestMetrics::register(r),
+            store: StoreMetrics::register(r),
+            node: NodeMetrics::register(r),
+            link: LinkMetrics::register(r),
+            sink: SinkMetrics::register(r),
+            bucket: BucketMetrics::register(r),
+            files: FileMetrics::register(r),
+            registry,
+        };
+        m.node.info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        for side in ["uplink", "receiver"] {
+            m.link.link_checksum_mismatches.with_label_values(&[side]);
+        }
+        m
+    }
+
+    /// Count one listener's drop of `n` records for `reason`.
+    pub fn drop_records(&self, listener: &str, reason: DropReason, n: u64) {
+        self.ingest.dropped_records.with_label_values(&[listener, reason.as_str()]).inc_by(n);
+    }
+
+    /// Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding into a Vec cannot fail");
+        String::from_utf8(buf).expect("prometheus text is UTF-8")
+    }
+}
+
+fn cv(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+fn gv(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let c = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+fn g(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let c = IntGauge::new(name, help).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+/// What listeners received, dropped, refused and flagged, and their
+/// connections (`ferry_received_*`, `ferry_connections_*`, ...).
+#[derive(Clone)]
+pub struct IngestMetrics {
     pub received_records: IntCounterVec,
     pub received_bytes: IntCounterVec,
     pub dropped_records: IntCounterVec,
@@ -82,112 +149,11 @@ pub struct Metrics {
     pub connections_closed: IntCounterVec,
     pub source_limit_shared: IntCounterVec,
     pub source_limit_tracked: IntGaugeVec,
-    // store
-    pub committed_records: IntCounterVec,
-    pub committed_bytes: IntCounterVec,
-    pub written_bytes: IntCounterVec,
-    pub commits: IntCounterVec,
-    pub commit_seconds: HistogramVec,
-    pub commit_errors: IntCounterVec,
-    pub segments_open: IntGaugeVec,
-    pub segments_sealed: IntCounterVec,
-    pub archive_bytes: IntGauge,
-    pub archive_segments: IntGauge,
-    pub store_full: IntGauge,
-    pub recovered_segments: IntCounterVec,
-    pub recovery_truncated_bytes: IntCounterVec,
-    pub recovery_truncated_frames: IntCounterVec,
-    pub recovery_corrupt_segments: IntCounterVec,
-    pub retention_deleted_segments: IntCounterVec,
-    pub retention_deleted_bytes: IntCounterVec,
-    pub fsync_seconds: Histogram,
-    pub disk_errors: IntCounterVec,
-    pub store_unwritable: IntGaugeVec,
-    pub abandoned_segments: IntCounterVec,
-    pub cut_records: IntCounterVec,
-    pub state_repaired: IntCounterVec,
-    pub mirror_errors: IntCounterVec,
-    pub audit_complete_hour: IntGaugeVec,
-    pub audit_gaps: IntGaugeVec,
-    pub up_since: IntGauge,
-    pub info: IntGaugeVec,
-    /// Reloads by result: applied, unchanged, invalid, refused.
-    pub config_reloads: IntCounterVec,
-    /// Always 1; the config in force's SHA-256 (first 16 hex digits) is a label.
-    pub config_info: IntGaugeVec,
-    /// When the config in force was loaded.
-    pub config_loaded: IntGauge,
-    /// 1 if the last reload was applied (or none was asked), 0 if refused.
-    pub config_last_reload_ok: IntGauge,
-    /// Each loaded certificate's notAfter (role node or ca).
-    pub certificate_expiry: IntGaugeVec,
-    // link
-    pub uplink_connected: IntGaugeVec,
-    pub uplink_acked_bytes: IntCounterVec,
-    pub uplink_lag_bytes: IntGaugeVec,
-    pub uplink_lag_seconds: prometheus::GaugeVec,
-    pub uplink_wire_bytes: IntCounterVec,
-    pub uplink_reconnects: IntCounterVec,
-    pub uplink_segments_delivered: IntCounterVec,
-    pub uplink_max_rate: IntGaugeVec,
-    pub uplink_errors: IntCounterVec,
-    pub uplink_blocked_segments: IntGaugeVec,
-    pub link_refused: IntCounterVec,
-    pub link_sessions_active: IntGaugeVec,
-    pub link_received_bytes: IntCounterVec,
-    pub link_checksum_mismatches: IntCounterVec,
-    pub ready: IntGauge,
-    // sinks
-    pub sink_connected: IntGaugeVec,
-    pub sink_stalled: IntGaugeVec,
-    pub sink_missing_topic: IntGaugeVec,
-    pub sink_records: IntCounterVec,
-    pub sink_bytes: IntCounterVec,
-    pub sink_lag_records: IntGaugeVec,
-    pub sink_lag_bytes: IntGaugeVec,
-    pub sink_lag_seconds: prometheus::GaugeVec,
-    pub sink_errors: IntCounterVec,
-    pub sink_dead_letters: IntCounterVec,
-    pub sink_segments_delivered: IntCounterVec,
-    /// `[[bucket]]` uploads (their own area: `ferry_bucket_*`).
-    pub bucket: BucketMetrics,
-    /// `kind = "file"` listeners (their own area: `ferry_file_*`).
-    pub files: FileMetrics,
 }
 
-impl Metrics {
-    pub fn new() -> Metrics {
-        let registry = Registry::new();
-        fn cv(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            r.register(Box::new(c.clone())).expect("unique metric");
-            c
-        }
-        fn gv(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-            let c = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-            r.register(Box::new(c.clone())).expect("unique metric");
-            c
-        }
-        fn g(r: &Registry, name: &str, help: &str) -> IntGauge {
-            let c = IntGauge::new(name, help).expect("valid metric");
-            r.register(Box::new(c.clone())).expect("unique metric");
-            c
-        }
-        let r = &registry;
-        let commit_seconds = HistogramVec::new(
-            HistogramOpts::new("ferry_commit_duration_seconds", "Time to compress, write and fsync one commit")
-                .buckets(vec![0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
-            &["stream"],
-        )
-        .expect("valid metric");
-        r.register(Box::new(commit_seconds.clone())).expect("unique metric");
-        let fsync_seconds = Histogram::with_opts(
-            HistogramOpts::new("ferry_fsync_duration_seconds", "Time spent in fsync of segment files")
-                .buckets(vec![0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0]),
-        )
-        .expect("valid metric");
-        r.register(Box::new(fsync_seconds.clone())).expect("unique metric");
-        let m = Metrics {
+impl IngestMetrics {
+    fn register(r: &Registry) -> IngestMetrics {
+        IngestMetrics {
             received_records: cv(r, "ferry_received_records_total", "Records received, per listener", &["listener"]),
             received_bytes: cv(r, "ferry_received_bytes_total", "Record bytes received, per listener", &["listener"]),
             dropped_records: cv(
@@ -196,10 +162,10 @@ impl Metrics {
                 "Records that did not reach the archive, per listener and reason",
                 &["listener", "reason"],
             ),
-            socket_dropped_datagrams: cv(
+            truncated_records: cv(
                 r,
-                "ferry_socket_dropped_datagrams_total",
-                "Datagrams the kernel dropped at a UDP listener's socket (receive buffer full) before ferry could read them",
+                "ferry_truncated_records_total",
+                "Records cut to max_record_bytes (kept, flagged in the frame header)",
                 &["listener"],
             ),
             refused_records: cv(
@@ -208,10 +174,10 @@ impl Metrics {
                 "Records refused with an error the sender sees (it keeps them): HTTP 4xx/5xx, per reason",
                 &["listener", "reason"],
             ),
-            truncated_records: cv(
+            socket_dropped_datagrams: cv(
                 r,
-                "ferry_truncated_records_total",
-                "Records cut to max_record_bytes (kept, flagged in the frame header)",
+                "ferry_socket_dropped_datagrams_total",
+                "Datagrams the kernel dropped at a UDP listener's socket (receive buffer full) before ferry could read them",
                 &["listener"],
             ),
             flagged_records: cv(
@@ -239,6 +205,12 @@ impl Metrics {
                 "Stream connections refused, per reason",
                 &["listener", "reason"],
             ),
+            connections_closed: cv(
+                r,
+                "ferry_connections_closed_total",
+                "Stream connections closed, per reason",
+                &["listener", "reason"],
+            ),
             source_limit_shared: cv(
                 r,
                 "ferry_source_limit_shared_records_total",
@@ -251,12 +223,56 @@ impl Metrics {
                 "Sources the per-source limits track one by one (at most max_sources; idle ones leave within 2 minutes)",
                 &["listener"],
             ),
-            connections_closed: cv(
-                r,
-                "ferry_connections_closed_total",
-                "Stream connections closed, per reason",
-                &["listener", "reason"],
-            ),
+        }
+    }
+}
+
+/// The archive: commits, segments, recovery, retention, disk faults, audits.
+#[derive(Clone)]
+pub struct StoreMetrics {
+    pub committed_records: IntCounterVec,
+    pub committed_bytes: IntCounterVec,
+    pub written_bytes: IntCounterVec,
+    pub commits: IntCounterVec,
+    pub commit_seconds: HistogramVec,
+    pub commit_errors: IntCounterVec,
+    pub segments_open: IntGaugeVec,
+    pub segments_sealed: IntCounterVec,
+    pub archive_bytes: IntGauge,
+    pub archive_segments: IntGauge,
+    pub store_full: IntGauge,
+    pub recovered_segments: IntCounterVec,
+    pub recovery_truncated_bytes: IntCounterVec,
+    pub recovery_truncated_frames: IntCounterVec,
+    pub recovery_corrupt_segments: IntCounterVec,
+    pub retention_deleted_segments: IntCounterVec,
+    pub retention_deleted_bytes: IntCounterVec,
+    pub fsync_seconds: Histogram,
+    pub disk_errors: IntCounterVec,
+    pub store_unwritable: IntGaugeVec,
+    pub abandoned_segments: IntCounterVec,
+    pub cut_records: IntCounterVec,
+    pub state_repaired: IntCounterVec,
+    pub audit_complete_hour: IntGaugeVec,
+    pub audit_gaps: IntGaugeVec,
+}
+
+impl StoreMetrics {
+    fn register(r: &Registry) -> StoreMetrics {
+        let commit_seconds = HistogramVec::new(
+            HistogramOpts::new("ferry_commit_duration_seconds", "Time to compress, write and fsync one commit")
+                .buckets(vec![0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
+            &["stream"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(commit_seconds.clone())).expect("unique metric");
+        let fsync_seconds = Histogram::with_opts(
+            HistogramOpts::new("ferry_fsync_duration_seconds", "Time spent in fsync of segment files")
+                .buckets(vec![0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0]),
+        )
+        .expect("valid metric");
+        r.register(Box::new(fsync_seconds.clone())).expect("unique metric");
+        StoreMetrics {
             committed_records: cv(
                 r,
                 "ferry_committed_records_total",
@@ -278,42 +294,6 @@ impl Metrics {
             commits: cv(r, "ferry_commits_total", "Commits (frames written)", &["stream"]),
             commit_seconds,
             commit_errors: cv(r, "ferry_commit_errors_total", "Commits that failed on disk", &["stream"]),
-            disk_errors: cv(
-                r,
-                "ferry_disk_errors_total",
-                "Failed disk operations of a stream's writer (op: create, write, fsync, seal, probe; trouble: disk_full, read_only, io_error)",
-                &["stream", "op", "trouble"],
-            ),
-            store_unwritable: gv(
-                r,
-                "ferry_store_unwritable",
-                "1 while a stream refuses records because its disk does (reason: disk_full, read_only, io_error)",
-                &["stream", "reason"],
-            ),
-            abandoned_segments: cv(
-                r,
-                "ferry_abandoned_segments_total",
-                "Segments closed early after a disk fault (a failed fsync, or a failed write that could not be cut): cut back to their last durable length and sealed there",
-                &["stream"],
-            ),
-            cut_records: cv(
-                r,
-                "ferry_cut_records_total",
-                "Acknowledged records cut with a segment's untrusted tail after a failed fsync (fsync = interval or never)",
-                &["stream"],
-            ),
-            state_repaired: cv(
-                r,
-                "ferry_state_repaired_total",
-                "Damaged state files found and repaired or worked around (kind: seal, delivered)",
-                &["kind"],
-            ),
-            mirror_errors: cv(
-                r,
-                "ferry_mirror_errors_total",
-                "Mirror appends and seals refused because the mirror's disk failed or the archive is full (trouble: disk_full, read_only, io_error, archive_full: over max_bytes with on_full = reject)",
-                &["trouble"],
-            ),
             segments_open: gv(r, "ferry_segments_open", "Segments open for writing", &["stream"]),
             segments_sealed: cv(
                 r,
@@ -369,6 +349,36 @@ impl Metrics {
                 &["reason"],
             ),
             fsync_seconds,
+            disk_errors: cv(
+                r,
+                "ferry_disk_errors_total",
+                "Failed disk operations of a stream's writer (op: create, write, fsync, seal, probe; trouble: disk_full, read_only, io_error)",
+                &["stream", "op", "trouble"],
+            ),
+            store_unwritable: gv(
+                r,
+                "ferry_store_unwritable",
+                "1 while a stream refuses records because its disk does (reason: disk_full, read_only, io_error)",
+                &["stream", "reason"],
+            ),
+            abandoned_segments: cv(
+                r,
+                "ferry_abandoned_segments_total",
+                "Segments closed early after a disk fault (a failed fsync, or a failed write that could not be cut): cut back to their last durable length and sealed there",
+                &["stream"],
+            ),
+            cut_records: cv(
+                r,
+                "ferry_cut_records_total",
+                "Acknowledged records cut with a segment's untrusted tail after a failed fsync (fsync = interval or never)",
+                &["stream"],
+            ),
+            state_repaired: cv(
+                r,
+                "ferry_state_repaired_total",
+                "Damaged state files found and repaired or worked around (kind: seal, delivered)",
+                &["kind"],
+            ),
             audit_complete_hour: gv(
                 r,
                 "ferry_audit_complete_hour_seconds",
@@ -381,6 +391,32 @@ impl Metrics {
                 "Gaps ferry audit finds in the archive now, per origin and reason (segment_missing, records_missing, seal_mismatch, sequence_overlap, deleted_undelivered)",
                 &["site", "stream", "node", "reason"],
             ),
+        }
+    }
+}
+
+/// The node itself: version, uptime, readiness, the config in force and its
+/// reloads, certificates.
+#[derive(Clone)]
+pub struct NodeMetrics {
+    pub up_since: IntGauge,
+    pub info: IntGaugeVec,
+    /// Reloads by result: applied, unchanged, invalid, refused.
+    pub config_reloads: IntCounterVec,
+    /// Always 1; the config in force's SHA-256 (first 16 hex digits) is a label.
+    pub config_info: IntGaugeVec,
+    /// When the config in force was loaded.
+    pub config_loaded: IntGauge,
+    /// 1 if the last reload was applied (or none was asked), 0 if refused.
+    pub config_last_reload_ok: IntGauge,
+    /// Each loaded certificate's notAfter (role node or ca).
+    pub certificate_expiry: IntGaugeVec,
+    pub ready: IntGauge,
+}
+
+impl NodeMetrics {
+    fn register(r: &Registry) -> NodeMetrics {
+        NodeMetrics {
             up_since: g(r, "ferry_start_time_seconds", "Unix time the node started"),
             info: gv(r, "ferry_build_info", "Build information: always 1, the version is a label", &["version"]),
             config_reloads: cv(
@@ -407,6 +443,35 @@ impl Metrics {
                 "notAfter of each certificate ferry has loaded: its own (role node) and every CA of the bundle (role ca)",
                 &["role", "subject"],
             ),
+            ready: g(r, "ferry_ready", "1 when every listener is bound and the store is open"),
+        }
+    }
+}
+
+/// The link both ways: uplinks (`ferry_uplink_*`), receivers (`ferry_link_*`)
+/// and the mirror they write.
+#[derive(Clone)]
+pub struct LinkMetrics {
+    pub uplink_connected: IntGaugeVec,
+    pub uplink_acked_bytes: IntCounterVec,
+    pub uplink_lag_bytes: IntGaugeVec,
+    pub uplink_lag_seconds: prometheus::GaugeVec,
+    pub uplink_wire_bytes: IntCounterVec,
+    pub uplink_reconnects: IntCounterVec,
+    pub uplink_segments_delivered: IntCounterVec,
+    pub uplink_max_rate: IntGaugeVec,
+    pub uplink_errors: IntCounterVec,
+    pub uplink_blocked_segments: IntGaugeVec,
+    pub link_refused: IntCounterVec,
+    pub link_sessions_active: IntGaugeVec,
+    pub link_received_bytes: IntCounterVec,
+    pub link_checksum_mismatches: IntCounterVec,
+    pub mirror_errors: IntCounterVec,
+}
+
+impl LinkMetrics {
+    fn register(r: &Registry) -> LinkMetrics {
+        LinkMetrics {
             uplink_connected: gv(
                 r,
                 "ferry_uplink_connected",
@@ -456,16 +521,16 @@ impl Metrics {
                 "Configured bandwidth cap in bytes/s (0 = none)",
                 &["uplink"],
             ),
-            uplink_blocked_segments: gv(
-                r,
-                "ferry_uplink_blocked_segments",
-                "Segments the receiver cannot write now (reason: no_space, read_only, io_error), kept and retried",
-                &["uplink", "reason"],
-            ),
             uplink_errors: cv(
                 r,
                 "ferry_uplink_errors_total",
                 "Uplink failures by reason (connect, refusals by code, receiver_ahead)",
+                &["uplink", "reason"],
+            ),
+            uplink_blocked_segments: gv(
+                r,
+                "ferry_uplink_blocked_segments",
+                "Segments the receiver cannot write now (reason: no_space, read_only, io_error), kept and retried",
                 &["uplink", "reason"],
             ),
             link_refused: cv(
@@ -492,8 +557,41 @@ impl Metrics {
                 "Sealed segments whose mirror differs from the origin",
                 &["side"],
             ),
-            ready: g(r, "ferry_ready", "1 when every listener is bound and the store is open"),
-            sink_connected: gv(r, "ferry_sink_connected", "1 while the sink has a working broker connection", &["sink"]),
+            mirror_errors: cv(
+                r,
+                "ferry_mirror_errors_total",
+                "Mirror appends and seals refused because the mirror's disk failed or the archive is full (trouble: disk_full, read_only, io_error, archive_full: over max_bytes with on_full = reject)",
+                &["trouble"],
+            ),
+        }
+    }
+}
+
+/// Deliveries to brokers (`ferry_sink_*`).
+#[derive(Clone)]
+pub struct SinkMetrics {
+    pub sink_connected: IntGaugeVec,
+    pub sink_stalled: IntGaugeVec,
+    pub sink_missing_topic: IntGaugeVec,
+    pub sink_records: IntCounterVec,
+    pub sink_bytes: IntCounterVec,
+    pub sink_lag_records: IntGaugeVec,
+    pub sink_lag_bytes: IntGaugeVec,
+    pub sink_lag_seconds: prometheus::GaugeVec,
+    pub sink_errors: IntCounterVec,
+    pub sink_dead_letters: IntCounterVec,
+    pub sink_segments_delivered: IntCounterVec,
+}
+
+impl SinkMetrics {
+    fn register(r: &Registry) -> SinkMetrics {
+        SinkMetrics {
+            sink_connected: gv(
+                r,
+                "ferry_sink_connected",
+                "1 while the sink has a working broker connection",
+                &["sink"],
+            ),
             sink_stalled: gv(
                 r,
                 "ferry_sink_stalled",
@@ -560,27 +658,7 @@ impl Metrics {
                 "Segments whose every record the broker acknowledged",
                 &["sink"],
             ),
-            bucket: BucketMetrics::register(r),
-            files: FileMetrics::register(r),
-            registry,
-        };
-        m.info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
-        for side in ["uplink", "receiver"] {
-            m.link_checksum_mismatches.with_label_values(&[side]);
         }
-        m
-    }
-
-    /// Count one listener's drop of `n` records for `reason`.
-    pub fn drop_records(&self, listener: &str, reason: DropReason, n: u64) {
-        self.dropped_records.with_label_values(&[listener, reason.as_str()]).inc_by(n);
-    }
-
-    /// Prometheus text exposition of every metric.
-    pub fn render(&self) -> String {
-        let mut buf = Vec::new();
-        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding into a Vec cannot fail");
-        String::from_utf8(buf).expect("prometheus text is UTF-8")
     }
 }
 

@@ -267,7 +267,7 @@ fn new_mirror(dir: &Path, metrics: &Metrics) -> Mirror {
         Arc::new(SystemClock),
         metrics.clone(),
         Changes::new(),
-        Arc::new(ferry::store::retention::Fullness::new(metrics.store_full.clone())),
+        Arc::new(ferry::store::retention::Fullness::new(metrics.store.store_full.clone())),
     )
 }
 

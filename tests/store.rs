@@ -220,7 +220,7 @@ async fn retention_by_bytes_deletes_oldest_first_and_on_full_decides_for_undeliv
         if on_full == "reject" {
             assert!(out.deleted.is_empty(), "undelivered segments are kept with on_full = reject");
             assert!(out.full);
-            assert_eq!(metrics.store_full.get(), 1);
+            assert_eq!(metrics.store.store_full.get(), 1);
             let refused = h.submit(batch(&text_lines("more", 1))).await;
             assert!(matches!(refused, Err((Error::Full, _))), "the store pushes back on ingest");
         } else {
@@ -228,7 +228,7 @@ async fn retention_by_bytes_deletes_oldest_first_and_on_full_decides_for_undeliv
             assert!(out.total_bytes <= 1 << 20);
             assert!(!out.full);
             assert!(
-                metrics.retention_deleted_segments.with_label_values(&["undelivered"]).get() > 0,
+                metrics.store.retention_deleted_segments.with_label_values(&["undelivered"]).get() > 0,
                 "and counts them"
             );
         }
@@ -273,8 +273,8 @@ async fn damage_in_the_middle_of_a_segment_is_kept_counted_and_reported_by_verif
     let metrics = Metrics::new();
     let store = Store::open(&cfg, Arc::new(ManualClock::new(T0)), metrics.clone()).unwrap();
     assert_eq!(std::fs::metadata(&seg).unwrap().len(), len as u64, "not truncated");
-    assert_eq!(metrics.recovery_corrupt_segments.with_label_values(&["live"]).get(), 1);
-    assert_eq!(metrics.recovery_truncated_bytes.with_label_values(&["live"]).get(), 0);
+    assert_eq!(metrics.store.recovery_corrupt_segments.with_label_values(&["live"]).get(), 1);
+    assert_eq!(metrics.store.recovery_truncated_bytes.with_label_values(&["live"]).get(), 0);
     store.close().await;
 }
 

@@ -74,7 +74,7 @@ async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
     if !s.ready.load(Ordering::Relaxed) {
         return (StatusCode::SERVICE_UNAVAILABLE, "not ready: starting or stopping\n".to_string());
     }
-    if s.metrics.store_full.get() != 0 {
+    if s.metrics.store.store_full.get() != 0 {
         return (StatusCode::SERVICE_UNAVAILABLE, "not ready: archive full (on_full = reject)\n".to_string());
     }
     let down = s.store.unwritable();

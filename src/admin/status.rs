@@ -123,10 +123,10 @@ pub fn render(m: &Metrics, site: &str, node: &str, archive: &Archive, rates: &su
 
 /// The node: version, uptime, readiness, archive, memory, config, certificates.
 fn head(w: &View<'_>, s: &mut String, site: &str, node: &str, archive: &Archive) {
-    let up = crate::store::clock::Clock::now_ms(&crate::store::clock::SystemClock) / 1000 - w.m.up_since.get();
-    let ready = if w.m.ready.get() == 1 { "ready" } else { "not ready" };
+    let up = crate::store::clock::Clock::now_ms(&crate::store::clock::SystemClock) / 1000 - w.m.node.up_since.get();
+    let ready = if w.m.node.ready.get() == 1 { "ready" } else { "not ready" };
     let _ = writeln!(s, "ferry {} — site {site}, node {node}, up {up}s, {ready}", env!("CARGO_PKG_VERSION"));
-    let full = if w.m.store_full.get() == 1 { "  (FULL: refusing records, on_full = reject)" } else { "" };
+    let full = if w.m.store.store_full.get() == 1 { "  (FULL: refusing records, on_full = reject)" } else { "" };
     let open_segments: f64 = w.get("ferry_segments_open", &["stream"]).values().sum();
     let _ = writeln!(
         s,
@@ -148,7 +148,8 @@ fn head(w: &View<'_>, s: &mut String, site: &str, node: &str, archive: &Archive)
     );
     let hash = w.get("ferry_config_info", &["hash", "file"]).keys().next().cloned().unwrap_or_default();
     if hash.len() == 2 {
-        let reload = if w.m.config_last_reload_ok.get() == 1 { "" } else { "  (LAST RELOAD REFUSED: see the log)" };
+        let reload =
+            if w.m.node.config_last_reload_ok.get() == 1 { "" } else { "  (LAST RELOAD REFUSED: see the log)" };
         let _ = writeln!(s, "config: {} sha256 {}…{reload}", hash[1], hash[0]);
     }
     let certs = w.get("ferry_certificate_expiry_timestamp_seconds", &["role", "subject"]);

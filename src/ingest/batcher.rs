@@ -62,8 +62,8 @@ impl Batcher {
                 .collect(),
             first_ms: 0,
             last_ms: 0,
-            received_records: m.received_records.with_label_values(&[name]),
-            received_bytes: m.received_bytes.with_label_values(&[name]),
+            received_records: m.ingest.received_records.with_label_values(&[name]),
+            received_bytes: m.ingest.received_bytes.with_label_values(&[name]),
             pending_bytes: 0,
             pending_records: 0,
             peer,
@@ -119,7 +119,7 @@ impl Batcher {
 
     #[cold]
     fn flag(&mut self, flag: &'static str) {
-        self.ctx.metrics.flagged_records.with_label_values(&[&self.listener, flag]).inc();
+        self.ctx.metrics.ingest.flagged_records.with_label_values(&[&self.listener, flag]).inc();
         let warned = if flag == "nul_byte" { &mut self.warned_nul } else { &mut self.warned_utf8 };
         if !*warned {
             *warned = true;
@@ -130,7 +130,7 @@ impl Batcher {
 
     #[cold]
     fn flag_truncated(&mut self, kept: usize) {
-        self.ctx.metrics.truncated_records.with_label_values(&[&self.listener]).inc();
+        self.ctx.metrics.ingest.truncated_records.with_label_values(&[&self.listener]).inc();
         if !self.warned_trunc {
             self.warned_trunc = true;
             warn!(listener = %self.listener, peer = %self.peer, kept_bytes = kept,

@@ -62,18 +62,18 @@ impl ListenerCtx {
             })
             .collect::<Result<Vec<_>, _>>()?;
         for r in net::guard::Close::ALL {
-            metrics.connections_closed.with_label_values(&[&cfg.name, r.as_str()]);
+            metrics.ingest.connections_closed.with_label_values(&[&cfg.name, r.as_str()]);
         }
-        metrics.received_records.with_label_values(&[&cfg.name]);
+        metrics.ingest.received_records.with_label_values(&[&cfg.name]);
         Ok(ListenerCtx {
             limits: limits::SourceLimits::with(
                 cfg.source_records_per_sec,
                 cfg.source_bytes_per_sec,
                 limits::Tracking { max_sources: cfg.max_sources, ipv6_prefix: cfg.source_ipv6_prefix },
                 limits::Meters {
-                    aggregate: Some(metrics.source_limit_shared.with_label_values(&[&cfg.name, "aggregate"])),
-                    global: Some(metrics.source_limit_shared.with_label_values(&[&cfg.name, "global"])),
-                    tracked: Some(metrics.source_limit_tracked.with_label_values(&[&cfg.name])),
+                    aggregate: Some(metrics.ingest.source_limit_shared.with_label_values(&[&cfg.name, "aggregate"])),
+                    global: Some(metrics.ingest.source_limit_shared.with_label_values(&[&cfg.name, "global"])),
+                    tracked: Some(metrics.ingest.source_limit_tracked.with_label_values(&[&cfg.name])),
                 },
             ),
             per_source: Default::default(),

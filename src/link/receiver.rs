@@ -111,7 +111,7 @@ impl Bound {
 }
 
 fn refused(ctx: &ReceiverCtx, peer: SocketAddr, reason: &str, detail: &str) {
-    ctx.metrics.link_refused.with_label_values(&[&ctx.cfg.name, reason]).inc();
+    ctx.metrics.link.link_refused.with_label_values(&[&ctx.cfg.name, reason]).inc();
     warn!(listener = %ctx.cfg.name, %peer, reason, detail, "link refused");
 }
 
@@ -385,7 +385,7 @@ async fn session(mut link: Link, ctx: Arc<ReceiverCtx>, sd: Shutdown) {
     let site = link.identity.site.clone();
     let node = link.identity.node.clone();
     let m = &ctx.metrics;
-    m.link_sessions_active.with_label_values(&[&ctx.cfg.name]).inc();
+    m.link.link_sessions_active.with_label_values(&[&ctx.cfg.name]).inc();
     let mut rbuf = BytesMut::with_capacity(1 << 20);
     let mut wbuf = BytesMut::with_capacity(4096);
     let mut core = Core::new(&site, &node, &ctx.cfg.relays, ctx.epoch);
@@ -440,9 +440,9 @@ async fn session(mut link: Link, ctx: Arc<ReceiverCtx>, sd: Shutdown) {
                     .await
                     .expect("mirror task");
                 match &r {
-                    Ok(_) => m.link_received_bytes.with_label_values(&[&ctx.cfg.name, &site]).inc_by(n),
+                    Ok(_) => m.link.link_received_bytes.with_label_values(&[&ctx.cfg.name, &site]).inc_by(n),
                     Err(e @ AppendError::InvalidFrame { .. }) => {
-                        m.link_refused.with_label_values(&[&ctx.cfg.name, "invalid_frame"]).inc();
+                        m.link.link_refused.with_label_values(&[&ctx.cfg.name, "invalid_frame"]).inc();
                         warn!(listener = %ctx.cfg.name, %peer, %site, reason = "invalid_frame", path = %rel.display(), error = %e, "link refused invalid frames; nothing written");
                     }
                     Err(AppendError::Io(e)) => {
@@ -470,12 +470,12 @@ async fn session(mut link: Link, ctx: Arc<ReceiverCtx>, sd: Shutdown) {
                 match &r {
                     Ok(()) => {}
                     Err(e @ (SealError::Checksum { .. } | SealError::Length { .. })) => {
-                        m.link_checksum_mismatches.with_label_values(&["receiver"]).inc();
+                        m.link.link_checksum_mismatches.with_label_values(&["receiver"]).inc();
                         warn!(listener = %ctx.cfg.name, %peer, %site, path = %rel.display(), error = %e, "seal refused: mirror differs from origin");
                     }
                     Err(SealError::Io(e)) => {
                         let trouble = crate::store::fs::Trouble::of(e);
-                        m.mirror_errors.with_label_values(&[trouble.as_str()]).inc();
+                        m.link.mirror_errors.with_label_values(&[trouble.as_str()]).inc();
                         warn!(listener = %ctx.cfg.name, %peer, %site, path = %rel.display(), error = %e, "mirror seal failed; the uplink will seal again");
                     }
                 }
@@ -508,7 +508,7 @@ async fn session(mut link: Link, ctx: Arc<ReceiverCtx>, sd: Shutdown) {
     match end {
         End::Refuse(code, reason) => {
             if code == Code::NotAuthorized && !ctx.may_log_unauthorized(&site, &node) {
-                m.link_refused.with_label_values(&[&ctx.cfg.name, code.as_str()]).inc();
+                m.link.link_refused.with_label_values(&[&ctx.cfg.name, code.as_str()]).inc();
             } else {
                 refused(&ctx, peer, code.as_str(), &format!("site={site} node={node}: {reason}"));
             }
@@ -522,5 +522,5 @@ async fn session(mut link: Link, ctx: Arc<ReceiverCtx>, sd: Shutdown) {
         End::Io(e) => warn!(listener = %ctx.cfg.name, %peer, %site, %node, error = %e, "uplink connection lost"),
         End::Shutdown => link.close(Code::ShuttingDown as u32, "receiver shutting down").await,
     }
-    m.link_sessions_active.with_label_values(&[&ctx.cfg.name]).dec();
+    m.link.link_sessions_active.with_label_values(&[&ctx.cfg.name]).dec();
 }

@@ -245,13 +245,13 @@ impl Mirror {
         // sealed, and open segments (which cannot be deleted before their
         // origin seals them) never hold the door shut.
         if e.len == 0 && self.full.sealed_full() {
-            self.metrics.mirror_errors.with_label_values(&["archive_full"]).inc();
+            self.metrics.link.mirror_errors.with_label_values(&["archive_full"]).inc();
             return Err(AppendError::Full);
         }
         let counts = count_frames(frames).map_err(|(at, error)| AppendError::InvalidFrame { at, error })?;
         if let Err(err) = self.write(&mut e, frames) {
             let trouble = Trouble::of(&err);
-            self.metrics.mirror_errors.with_label_values(&[trouble.as_str()]).inc();
+            self.metrics.link.mirror_errors.with_label_values(&[trouble.as_str()]).inc();
             return Err(AppendError::Io(err));
         }
         // Only bytes that are in the file: a failed write was cut back out.

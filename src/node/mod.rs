@@ -117,7 +117,7 @@ fn raise_open_files_limit() {
 /// SIGHUP reloads `file`.
 pub async fn run(file: Option<PathBuf>, cfg: Config, text: &str, clock: Arc<dyn Clock>) -> anyhow::Result<()> {
     let metrics = Metrics::new();
-    metrics.up_since.set(clock.now_ms() / 1000);
+    metrics.node.up_since.set(clock.now_ms() / 1000);
     info!(site = %cfg.node.site, node = %cfg.node.name, data_dir = %cfg.node.data_dir.display(), config = %cfg.source, "ferry starting");
     crate::logging::set_level(cfg.log_level.as_deref());
     raise_open_files_limit();
@@ -161,7 +161,7 @@ pub async fn run(file: Option<PathBuf>, cfg: Config, text: &str, clock: Arc<dyn 
         cfg: cfg.clone(),
     };
     node.config_in_force(text);
-    metrics.config_last_reload_ok.set(1);
+    metrics.node.config_last_reload_ok.set(1);
 
     // Bind everything before serving anything: a port in use fails the start.
     let mut bound = Vec::new();
@@ -216,7 +216,7 @@ pub async fn run(file: Option<PathBuf>, cfg: Config, text: &str, clock: Arc<dyn 
         watch_stop.clone(),
     ));
     ready.store(true, Ordering::Relaxed);
-    metrics.ready.set(1);
+    metrics.node.ready.set(1);
     info!("ferry ready");
 
     let mut term = signal(SignalKind::terminate())?;
@@ -231,7 +231,7 @@ pub async fn run(file: Option<PathBuf>, cfg: Config, text: &str, clock: Arc<dyn 
     }
     info!("signal received: stopping (a second signal exits at once)");
     ready.store(false, Ordering::Relaxed);
-    metrics.ready.set(0);
+    metrics.node.ready.set(0);
     tokio::spawn(async move {
         tokio::select! {
             _ = term.recv() => {},
@@ -290,14 +290,14 @@ impl Node {
     /// Metrics and log of the config (and certificates) in force.
     fn config_in_force(&self, text: &str) {
         let m = &self.metrics;
-        m.config_info.reset();
-        m.config_info.with_label_values(&[&config_hash(text), &self.cfg.source]).set(1);
-        m.config_loaded.set(self.clock.now_ms() / 1000);
-        m.certificate_expiry.reset();
+        m.node.config_info.reset();
+        m.node.config_info.with_label_values(&[&config_hash(text), &self.cfg.source]).set(1);
+        m.node.config_loaded.set(self.clock.now_ms() / 1000);
+        m.node.certificate_expiry.reset();
         if let Some(live) = &self.tls {
             let now = self.clock.now_ms() / 1000;
             for e in live.current().expiries() {
-                m.certificate_expiry.with_label_values(&[e.role, &e.subject]).set(e.not_after);
+                m.node.certificate_expiry.with_label_values(&[e.role, &e.subject]).set(e.not_after);
                 let days = (e.not_after - now) / 86_400;
                 if days < 30 {
                     warn!(role = e.role, subject = %e.subject, days, "certificate expires soon: see certs/README.md, rotation");
@@ -484,36 +484,36 @@ impl Node {
     pub async fn reload(&mut self) {
         let Some(file) = self.file.clone() else {
             warn!("SIGHUP: running on the embedded default config: nothing to reload (start with -c FILE)");
-            self.metrics.config_reloads.with_label_values(&["unchanged"]).inc();
+            self.metrics.node.config_reloads.with_label_values(&["unchanged"]).inc();
             return;
         };
         info!(config = %file.display(), "SIGHUP: reloading the config");
         match self.try_reload(&file).await {
             Ok(Some(complete)) => {
-                self.metrics.config_reloads.with_label_values(&["applied"]).inc();
+                self.metrics.node.config_reloads.with_label_values(&["applied"]).inc();
                 // A listener that could not start again leaves the reload incomplete.
-                self.metrics.config_last_reload_ok.set(i64::from(complete));
+                self.metrics.node.config_last_reload_ok.set(i64::from(complete));
             }
             Ok(None) => {
                 info!("reload: nothing changed");
-                self.metrics.config_reloads.with_label_values(&["unchanged"]).inc();
-                self.metrics.config_last_reload_ok.set(1);
+                self.metrics.node.config_reloads.with_label_values(&["unchanged"]).inc();
+                self.metrics.node.config_last_reload_ok.set(1);
             }
             Err(Refusal::Invalid(problems)) => {
                 for p in &problems {
                     error!("reload refused: {p}");
                 }
                 error!(problems = problems.len(), "reload refused: the config has problems; the config in force stays");
-                self.metrics.config_reloads.with_label_values(&["invalid"]).inc();
-                self.metrics.config_last_reload_ok.set(0);
+                self.metrics.node.config_reloads.with_label_values(&["invalid"]).inc();
+                self.metrics.node.config_last_reload_ok.set(0);
             }
             Err(Refusal::Refused(why)) => {
                 for w in &why {
                     error!("reload refused: {w}");
                 }
                 error!("reload refused; the config in force stays");
-                self.metrics.config_reloads.with_label_values(&["refused"]).inc();
-                self.metrics.config_last_reload_ok.set(0);
+                self.metrics.node.config_reloads.with_label_values(&["refused"]).inc();
+                self.metrics.node.config_last_reload_ok.set(0);
             }
         }
     }
@@ -630,7 +630,7 @@ impl Node {
             if let Some(r) = self.uplinks.get(name) {
                 // The session (if any) takes it at once; the next one starts with it.
                 let _ = r.tune.send(*t);
-                self.metrics.uplink_max_rate.with_label_values(&[name]).set(t.max_rate.unwrap_or(0.0) as i64);
+                self.metrics.link.uplink_max_rate.with_label_values(&[name]).set(t.max_rate.unwrap_or(0.0) as i64);
             }
         }
         for k in &plan.sinks.removed {

@@ -61,7 +61,7 @@ pub fn publish(report: &Report, metrics: &Metrics, seen: &mut HashSet<Labels>) {
     let mut now: HashSet<Labels> = HashSet::new();
     for ((site, stream, node), hour) in report.newest_complete() {
         if let Ok(ms) = super::time::parse_time(&hour, 0) {
-            metrics.audit_complete_hour.with_label_values(&[&site, &stream, &node]).set((ms + 3_600_000) / 1000);
+            metrics.store.audit_complete_hour.with_label_values(&[&site, &stream, &node]).set((ms + 3_600_000) / 1000);
         }
     }
     let mut counts: std::collections::BTreeMap<Labels, i64> = Default::default();
@@ -70,12 +70,12 @@ pub fn publish(report: &Report, metrics: &Metrics, seen: &mut HashSet<Labels>) {
     }
     for (labels, n) in counts {
         let l: Vec<&str> = labels.iter().map(String::as_str).collect();
-        metrics.audit_gaps.with_label_values(&l).set(n);
+        metrics.store.audit_gaps.with_label_values(&l).set(n);
         now.insert(labels);
     }
     for old in seen.difference(&now) {
         let l: Vec<&str> = old.iter().map(String::as_str).collect();
-        metrics.audit_gaps.with_label_values(&l).set(0);
+        metrics.store.audit_gaps.with_label_values(&l).set(0);
     }
     seen.extend(now);
 }

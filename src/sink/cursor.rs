@@ -129,7 +129,7 @@ async fn write_loop(fs: Fs, file: PathBuf, sink: String, m: Metrics, mut rx: wat
             }
             Ok(()) => {}
             Err(e) => {
-                m.sink_errors.with_label_values(&[&sink, "state_write"]).inc();
+                m.sink.sink_errors.with_label_values(&[&sink, "state_write"]).inc();
                 if !failing {
                     warn!(sink = %sink, file = %file.display(), error = %e,
                         "cannot write the sink cursor (kept in memory; retried every second)");
@@ -168,6 +168,6 @@ mod tests {
         std::fs::write(&file, text).unwrap();
         let got = load(&file, &m).unwrap();
         assert_eq!(got.len(), 1);
-        assert_eq!(m.state_repaired.with_label_values(&["sink_cursor"]).get(), 2);
+        assert_eq!(m.store.state_repaired.with_label_values(&["sink_cursor"]).get(), 2);
     }
 }

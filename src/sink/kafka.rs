@@ -42,7 +42,7 @@ impl ClientContext for Reports {
             // without end. A new producer, made once a broker answers
             // again, starts clean from the acknowledged positions.
             Some(RDKafkaErrorCode::AllBrokersDown) => {
-                self.metrics.sink_connected.with_label_values(&[&self.sink]).set(0);
+                self.metrics.sink.sink_connected.with_label_values(&[&self.sink]).set(0);
                 let _ = self.tx.send(Ack::broken(
                     self.session,
                     "disconnected",

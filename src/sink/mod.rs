@@ -287,10 +287,10 @@ impl Sink {
     pub async fn run(self, stop: CancellationToken) {
         let name = self.cfg.name.clone();
         let m = self.metrics.clone();
-        m.sink_connected.with_label_values(&[&name]).set(0);
-        m.sink_stalled.with_label_values(&[&name]).set(0);
-        m.sink_segments_delivered.with_label_values(&[&name]);
-        m.sink_dead_letters.with_label_values(&[&name, "too_large"]);
+        m.sink.sink_connected.with_label_values(&[&name]).set(0);
+        m.sink.sink_stalled.with_label_values(&[&name]).set(0);
+        m.sink.sink_segments_delivered.with_label_values(&[&name]);
+        m.sink.sink_dead_letters.with_label_values(&[&name, "too_large"]);
         let cursor_file = cursor::cursor_file(&self.state_dir, &name);
         let saved = match cursor::load(&cursor_file, &m) {
             Ok(s) => s,
@@ -393,7 +393,7 @@ impl Sink {
                 if let Some(b) = bus.take() {
                     tokio::spawn(b.close());
                 }
-                m.sink_connected.with_label_values(&[&name]).set(0);
+                m.sink.sink_connected.with_label_values(&[&name]).set(0);
                 run.reset();
                 // Reports of the old session may still be queued: they name
                 // tokens that no longer exist and are ignored, but every
@@ -412,14 +412,14 @@ impl Sink {
                 run.session = run.session.wrapping_add(1);
                 match Bus::connect(&self.cfg, run.tx.clone(), &m, run.careful, run.session).await {
                     Ok(b) => {
-                        m.sink_connected.with_label_values(&[&name]).set(1);
+                        m.sink.sink_connected.with_label_values(&[&name]).set(1);
                         bus = Some(b);
                         // Handed to this connection; a later failure sets it anew.
                         run.careful = 0;
                     }
                     Err(e) => {
                         run.last_failure = e.to_string();
-                        m.sink_errors.with_label_values(&[&name, e.reason()]).inc();
+                        m.sink.sink_errors.with_label_values(&[&name, e.reason()]).inc();
                         warn!(sink = %name, reason = e.reason(), error = %e, retry_in = ?backoff, "cannot reach the broker");
                         next_connect = Instant::now() + backoff;
                         backoff = (backoff * 2).min(self.cfg.backoff_max);
@@ -514,7 +514,7 @@ impl Sink {
         if let Some(b) = bus.take() {
             b.close().await;
         }
-        m.sink_connected.with_label_values(&[&name]).set(0);
+        m.sink.sink_connected.with_label_values(&[&name]).set(0);
         info!(sink = %name, "sink stopped");
     }
 }
@@ -555,7 +555,7 @@ impl Run<'_> {
                     ));
                 }
                 let m = &self.sink.metrics;
-                m.sink_dead_letters.with_label_values(&[&self.sink.cfg.name, reason]).inc();
+                m.sink.sink_dead_letters.with_label_values(&[&self.sink.cfg.name, reason]).inc();
                 warn!(sink = %self.sink.cfg.name, origin = %b.origin.key, seq = b.seq(i), bytes = b.record(i).len(), reason,
                     "broker refused a record for good; written to the dead-letter file");
                 let f = seg.flights.iter_mut().find(|f| f.token == ack.token)?;
@@ -586,17 +586,17 @@ impl Run<'_> {
             self.in_flight_records -= f.batch.len();
             self.in_flight_bytes -= f.batch.bytes();
             let o = &f.batch.origin;
-            m.sink_records.with_label_values(&[name, &o.site, &o.stream]).inc_by(f.ok);
-            m.sink_bytes.with_label_values(&[name, &o.site, &o.stream]).inc_by(f.ok_bytes);
+            m.sink.sink_records.with_label_values(&[name, &o.site, &o.stream]).inc_by(f.ok);
+            m.sink.sink_bytes.with_label_values(&[name, &o.site, &o.stream]).inc_by(f.ok_bytes);
             // Acknowledgements flow: the broker is there (librdkafka only
             // reports that it is gone, not that it is back).
-            m.sink_connected.with_label_values(&[name]).set(1);
+            m.sink.sink_connected.with_label_values(&[name]).set(1);
             self.dirty = true;
             if f.ok > 0 && !self.missing_topics.is_empty() {
                 if let BusConfig::Kafka(k) = &self.sink.cfg.bus {
                     let topic = o.render(&k.topic);
                     if self.missing_topics.remove(&topic) {
-                        m.sink_missing_topic.with_label_values(&[name, &topic]).set(0);
+                        m.sink.sink_missing_topic.with_label_values(&[name, &topic]).set(0);
                         info!(sink = %name, %topic, "the topic exists now: delivering to it");
                     }
                 }
@@ -614,11 +614,11 @@ impl Run<'_> {
         }
         if let Err(e) = self.sink.delivered.add(rel) {
             // Kept as undelivered: delivered again after a restart (duplicates), never lost.
-            self.sink.metrics.sink_errors.with_label_values(&[self.name(), "state_write"]).inc();
+            self.sink.metrics.sink.sink_errors.with_label_values(&[self.name(), "state_write"]).inc();
             warn!(sink = %self.name(), error = %e, "cannot record a delivered segment");
             return;
         }
-        self.sink.metrics.sink_segments_delivered.with_label_values(&[self.name()]).inc();
+        self.sink.metrics.sink.sink_segments_delivered.with_label_values(&[self.name()]).inc();
         let origin = seg.origin.clone();
         self.segs.remove(rel);
         if let Some((_, list)) = self.origins.iter_mut().find(|(o, _)| *o == origin) {
@@ -679,7 +679,7 @@ impl Run<'_> {
                 self.in_flight_bytes -= f.batch.bytes();
             }
             if s.local.seal.as_ref().is_none_or(|x| s.acked.offset < x.len) {
-                self.sink.metrics.sink_errors.with_label_values(&[self.name(), "deleted_undelivered"]).inc();
+                self.sink.metrics.sink.sink_errors.with_label_values(&[self.name(), "deleted_undelivered"]).inc();
                 warn!(sink = %self.name(), path = %rel.display(), "segment deleted before the sink delivered it");
             }
             self.dirty = true;
@@ -741,7 +741,7 @@ impl Run<'_> {
                 return Ok(Next::Nothing);
             }
             Ok(Read::Damaged { at, next, error }) => {
-                m.sink_errors.with_label_values(&[&name, "damaged_frame"]).inc();
+                m.sink.sink_errors.with_label_values(&[&name, "damaged_frame"]).inc();
                 error!(sink = %name, path = %rel.display(), offset = at, resumes_at = next, %error,
                     "damaged frame in the archive: its records cannot be delivered (ferry verify tells more)");
                 seg.read = Pos { offset: next, next_seq: 0 };
@@ -751,7 +751,7 @@ impl Run<'_> {
                 return Ok(Next::Skipped);
             }
             Err(e) => {
-                m.sink_errors.with_label_values(&[&name, "read"]).inc();
+                m.sink.sink_errors.with_label_values(&[&name, "read"]).inc();
                 warn!(sink = %name, path = %rel.display(), error = %e, "cannot read a segment; trying again later");
                 seg.retry_at = Some(Instant::now() + READ_RETRY);
                 return Ok(Next::Nothing);
@@ -832,13 +832,13 @@ impl Run<'_> {
         match verdict {
             Verdict::Fine => None,
             Verdict::Recovered { after } => {
-                m.sink_stalled.with_label_values(&[name]).set(0);
+                m.sink.sink_stalled.with_label_values(&[name]).set(0);
                 info!(sink = %name, stalled_for = ?after, "the sink delivers again");
                 None
             }
             Verdict::Stalled { silent, .. } => {
-                m.sink_stalled.with_label_values(&[name]).set(1);
-                m.sink_errors.with_label_values(&[name, "stalled"]).inc();
+                m.sink.sink_stalled.with_label_values(&[name]).set(1);
+                m.sink.sink_errors.with_label_values(&[name, "stalled"]).inc();
                 if connected {
                     warn!(sink = %name, silent = ?silent, in_flight = self.in_flight_records,
                         "sink stalled: no acknowledgement from the broker while records wait; dropping the connection and starting again from the acknowledged positions");
@@ -861,14 +861,14 @@ impl Run<'_> {
         let (m, name) = (&self.sink.metrics, self.sink.cfg.name.as_str());
         if let Restart::UnknownTopic(t) = why {
             if self.missing_topics.insert(t.clone()) {
-                m.sink_errors.with_label_values(&[name, why.reason()]).inc();
-                m.sink_missing_topic.with_label_values(&[name, t]).set(1);
+                m.sink.sink_errors.with_label_values(&[name, why.reason()]).inc();
+                m.sink.sink_missing_topic.with_label_values(&[name, t]).set(1);
                 error!(sink = %name, topic = %t, retry_in = ?backoff, "{why}");
             }
             return;
         }
         if !matches!(why, Restart::Stalled(_)) {
-            m.sink_errors.with_label_values(&[name, why.reason()]).inc();
+            m.sink.sink_errors.with_label_values(&[name, why.reason()]).inc();
         }
         warn!(sink = %name, reason = why.reason(), error = %why, retry_in = ?backoff,
             "broker failed; starting again from the acknowledged positions");
@@ -882,8 +882,8 @@ impl Run<'_> {
             if self.seen_streams.insert(key.clone()) {
                 // Every site/stream the sink carries has its series from the start.
                 let m = &self.sink.metrics;
-                m.sink_records.with_label_values(&[&self.sink.cfg.name, &key.0, &key.1]);
-                m.sink_bytes.with_label_values(&[&self.sink.cfg.name, &key.0, &key.1]);
+                m.sink.sink_records.with_label_values(&[&self.sink.cfg.name, &key.0, &key.1]);
+                m.sink.sink_bytes.with_label_values(&[&self.sink.cfg.name, &key.0, &key.1]);
             }
         }
         let behind: Vec<follow::Behind> =
@@ -894,9 +894,9 @@ impl Run<'_> {
         let name = self.sink.cfg.name.clone();
         let _ = tokio::task::spawn_blocking(move || {
             for ((site, stream), lag) in follow::lag_by_stream(&archive, behind, &streams, true) {
-                m.sink_lag_records.with_label_values(&[&name, &site, &stream]).set(lag.records as i64);
-                m.sink_lag_bytes.with_label_values(&[&name, &site, &stream]).set(lag.bytes as i64);
-                m.sink_lag_seconds.with_label_values(&[&name, &site, &stream]).set(lag.seconds(now));
+                m.sink.sink_lag_records.with_label_values(&[&name, &site, &stream]).set(lag.records as i64);
+                m.sink.sink_lag_bytes.with_label_values(&[&name, &site, &stream]).set(lag.bytes as i64);
+                m.sink.sink_lag_seconds.with_label_values(&[&name, &site, &stream]).set(lag.seconds(now));
             }
         })
         .await;

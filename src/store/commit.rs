@@ -481,12 +481,12 @@ impl Writer {
             Ok(()) => {
                 self.next_record_seq += u64::from(records);
                 let s = self.stream.as_str();
-                self.metrics.committed_records.with_label_values(&[s]).inc_by(u64::from(records));
-                self.metrics.committed_bytes.with_label_values(&[s]).inc_by(p.raw.len() as u64);
-                self.metrics.written_bytes.with_label_values(&[s]).inc_by(frame.len() as u64);
+                self.metrics.store.committed_records.with_label_values(&[s]).inc_by(u64::from(records));
+                self.metrics.store.committed_bytes.with_label_values(&[s]).inc_by(p.raw.len() as u64);
+                self.metrics.store.written_bytes.with_label_values(&[s]).inc_by(frame.len() as u64);
                 self.fullness.wrote(frame.len() as u64);
-                self.metrics.commits.with_label_values(&[s]).inc();
-                self.metrics.commit_seconds.with_label_values(&[s]).observe(started.elapsed().as_secs_f64());
+                self.metrics.store.commits.with_label_values(&[s]).inc();
+                self.metrics.store.commit_seconds.with_label_values(&[s]).observe(started.elapsed().as_secs_f64());
                 let mut seq = first_seq;
                 for part in p.parts.drain(..) {
                     if let Some(ack) = part.ack {
@@ -505,8 +505,8 @@ impl Writer {
             Err(fault) => {
                 let trouble = Trouble::of(fault.io());
                 let s = self.stream.as_str();
-                self.metrics.commit_errors.with_label_values(&[s]).inc();
-                self.metrics.disk_errors.with_label_values(&[s, fault.op(), trouble.as_str()]).inc();
+                self.metrics.store.commit_errors.with_label_values(&[s]).inc();
+                self.metrics.store.disk_errors.with_label_values(&[s, fault.op(), trouble.as_str()]).inc();
                 let e = fault.io();
                 if down.is_none() {
                     error!(stream = s, records, op = fault.op(), trouble = trouble.as_str(), error = %e,
@@ -610,7 +610,7 @@ impl Writer {
             let s =
                 OpenSegment::create(&self.fs, &self.archive_dir, name, self.next_record_seq).map_err(Fault::Create)?;
             self.last_name = Some(s.name.clone());
-            self.metrics.segments_open.with_label_values(&[&self.stream]).set(1);
+            self.metrics.store.segments_open.with_label_values(&[&self.stream]).set(1);
             *seg = Some(s);
             self.changes.layout_changed(None);
         }
@@ -640,7 +640,7 @@ impl Writer {
                 self.abandon(seg);
                 return Err(Fault::Abandoned("fsync", e));
             }
-            self.metrics.fsync_seconds.observe(t.elapsed().as_secs_f64());
+            self.metrics.store.fsync_seconds.observe(t.elapsed().as_secs_f64());
         }
         Ok(())
     }
@@ -651,7 +651,7 @@ impl Writer {
     fn fsync_failed(&mut self, w: &mut Work, e: std::io::Error) {
         let Work { seg, down, .. } = w;
         let trouble = Trouble::of(&e);
-        self.metrics.disk_errors.with_label_values(&[&self.stream, "fsync", trouble.as_str()]).inc();
+        self.metrics.store.disk_errors.with_label_values(&[&self.stream, "fsync", trouble.as_str()]).inc();
         error!(stream = %self.stream, error = %e, "fsync failed: the segment is cut back to its last durable length and sealed");
         self.abandon(seg);
         self.go_down(down, trouble, 64 << 10);
@@ -662,8 +662,8 @@ impl Writer {
     /// stream continues in a new one.
     fn abandon(&mut self, seg: &mut Option<OpenSegment>) {
         let Some(s) = seg.take() else { return };
-        self.metrics.segments_open.with_label_values(&[&self.stream]).set(0);
-        self.metrics.abandoned_segments.with_label_values(&[&self.stream]).inc();
+        self.metrics.store.segments_open.with_label_values(&[&self.stream]).set(0);
+        self.metrics.store.abandoned_segments.with_label_values(&[&self.stream]).inc();
         warn!(stream = %self.stream, path = %s.path.display(), durable_len = s.durable_len(),
             "segment closed at its last durable length after a disk fault; writing continues in a new one");
         self.closing.push(s);
@@ -685,7 +685,11 @@ impl Writer {
         }
         self.health.set(Some(trouble));
         for t in [Trouble::DiskFull, Trouble::ReadOnly, Trouble::Io] {
-            self.metrics.store_unwritable.with_label_values(&[&self.stream, t.as_str()]).set(i64::from(t == trouble));
+            self.metrics
+                .store
+                .store_unwritable
+                .with_label_values(&[&self.stream, t.as_str()])
+                .set(i64::from(t == trouble));
         }
         if trouble == Trouble::DiskFull && self.cfg.retention.on_full == OnFull::DropOldest {
             self.room.notify_one();
@@ -695,7 +699,7 @@ impl Writer {
     fn up(&mut self, d: Down) {
         self.health.set(None);
         for t in [Trouble::DiskFull, Trouble::ReadOnly, Trouble::Io] {
-            self.metrics.store_unwritable.with_label_values(&[&self.stream, t.as_str()]).set(0);
+            self.metrics.store.store_unwritable.with_label_values(&[&self.stream, t.as_str()]).set(0);
         }
         info!(stream = %self.stream, was = d.trouble.as_str(), after = ?d.since.elapsed(),
             "the disk takes writes again: stream accepting records");
@@ -734,7 +738,7 @@ impl Writer {
                 }
                 Err(e) => {
                     let trouble = Trouble::of(&e);
-                    self.metrics.disk_errors.with_label_values(&[&self.stream, "probe", trouble.as_str()]).inc();
+                    self.metrics.store.disk_errors.with_label_values(&[&self.stream, "probe", trouble.as_str()]).inc();
                     self.go_down(&mut w.down, trouble, need);
                 }
             }
@@ -770,10 +774,10 @@ impl Writer {
     /// the disk refuses (it is full) is retried later ([`Self::closing`]).
     fn seal(&mut self, seg: Option<OpenSegment>) {
         let Some(mut s) = seg else { return };
-        self.metrics.segments_open.with_label_values(&[&self.stream]).set(0);
+        self.metrics.store.segments_open.with_label_values(&[&self.stream]).set(0);
         if let Err(e) = s.sync() {
             let trouble = Trouble::of(&e);
-            self.metrics.disk_errors.with_label_values(&[&self.stream, "fsync", trouble.as_str()]).inc();
+            self.metrics.store.disk_errors.with_label_values(&[&self.stream, "fsync", trouble.as_str()]).inc();
             error!(stream = %self.stream, path = %s.path.display(), error = %e,
                 "fsync failed while sealing: the segment is cut back to its last durable length");
             self.abandon(&mut Some(s));
@@ -801,20 +805,20 @@ impl Writer {
                     // With fsync = "always" what a cut removes was never acknowledged.
                     let acked_cut = if matches!(self.cfg.fsync, FsyncPolicy::Always) { 0 } else { cut_records };
                     if let Some(n) = (acked_cut > 0).then_some(acked_cut) {
-                        self.metrics.cut_records.with_label_values(&[&self.stream]).inc_by(n);
+                        self.metrics.store.cut_records.with_label_values(&[&self.stream]).inc_by(n);
                         error!(stream = %self.stream, path = %path.display(), records = n,
                             "acknowledged records were cut with the untrusted tail after a failed fsync (fsync is not \"always\")");
                     }
                     self.changes.layout_changed(Some(&rel));
                     // Cut records keep their sequence numbers: the gap shows the loss.
-                    self.metrics.segments_sealed.with_label_values(&[&self.stream]).inc();
+                    self.metrics.store.segments_sealed.with_label_values(&[&self.stream]).inc();
                     self.fullness.sealed(rec.len);
                     info!(stream = %self.stream, path = %path.display(), len = rec.len, records = rec.records, "segment sealed");
                 }
                 Err((s, e)) => {
                     let trouble = Trouble::of(&e);
                     let op = if s.needs_cut() { "cut" } else { "seal" };
-                    self.metrics.disk_errors.with_label_values(&[&self.stream, op, trouble.as_str()]).inc();
+                    self.metrics.store.disk_errors.with_label_values(&[&self.stream, op, trouble.as_str()]).inc();
                     warn!(stream = %self.stream, path = %path.display(), op, error = %e,
                         "cannot close the segment now; retried while the disk recovers (or by recovery at the next start)");
                     if s.needs_cut() {

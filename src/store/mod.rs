@@ -284,7 +284,7 @@ impl Store {
         let room = Arc::new(Notify::new());
         let changes = Changes::new();
         let handle = tokio::runtime::Handle::current();
-        let full = Arc::new(retention::Fullness::new(metrics.store_full.clone()));
+        let full = Arc::new(retention::Fullness::new(metrics.store.store_full.clone()));
         let mut streams = Vec::new();
         let mut threads = Vec::new();
         for name in &config.streams {
@@ -299,11 +299,11 @@ impl Store {
                 &metrics,
             )
             .map_err(|source| Error::Open { path: archive_dir.join(&config.node.site).join(name), source })?;
-            metrics.segments_open.with_label_values(&[name]).set(0);
+            metrics.store.segments_open.with_label_values(&[name]).set(0);
             let (tx, rx) = mpsc::channel(CHANNEL_BATCHES);
             let health = Arc::new(Health::default());
             for t in [Trouble::DiskFull, Trouble::ReadOnly, Trouble::Io] {
-                metrics.store_unwritable.with_label_values(&[name, t.as_str()]).set(0);
+                metrics.store.store_unwritable.with_label_values(&[name, t.as_str()]).set(0);
             }
             let budget_max = config.store.commit_bytes.min(u32::MAX as usize) as u32;
             let budget = Arc::new(Semaphore::new(budget_max as usize));

@@ -135,7 +135,7 @@ pub fn reseal(
     let path = archive_dir.join(rel);
     let stream = rel.iter().nth(1).and_then(|s| s.to_str()).unwrap_or("-").to_owned();
     warn!(seal = %seal_path(state_dir, rel).display(), problem = %why, "damaged seal record: re-deriving it from the segment");
-    metrics.state_repaired.with_label_values(&["seal"]).inc();
+    metrics.store.state_repaired.with_label_values(&["seal"]).inc();
     let (rec, _) = seal_from_file(fs, &path, rel, state_dir, now_ms, &stream, metrics)?;
     Ok(rec)
 }
@@ -183,15 +183,15 @@ pub fn walk_and_repair(fs: &Fs, path: &Path, stream: &str, metrics: &Metrics) ->
                     let f = fs.open_write(path)?;
                     f.set_len(offset)?;
                     f.sync_all()?;
-                    metrics.recovery_truncated_bytes.with_label_values(&[stream]).inc_by(w.cut);
-                    metrics.recovery_truncated_frames.with_label_values(&[stream]).inc();
+                    metrics.store.recovery_truncated_bytes.with_label_values(&[stream]).inc_by(w.cut);
+                    metrics.store.recovery_truncated_frames.with_label_values(&[stream]).inc();
                     break;
                 }
             },
         }
     }
     if w.damaged {
-        metrics.recovery_corrupt_segments.with_label_values(&[stream]).inc();
+        metrics.store.recovery_corrupt_segments.with_label_values(&[stream]).inc();
     }
     w.len = r.len() - w.cut;
     Ok(w)
@@ -211,7 +211,7 @@ pub fn recover_segment(
     metrics: &Metrics,
 ) -> io::Result<(Option<SealRecord>, u64)> {
     let (rec, w) = seal_from_file(fs, path, rel, state_dir, now_ms, stream, metrics)?;
-    metrics.recovered_segments.with_label_values(&[stream]).inc();
+    metrics.store.recovered_segments.with_label_values(&[stream]).inc();
     info!(path = %path.display(), len = w.len, frames = w.frames, records = w.records, truncated_bytes = w.cut, "recovered and sealed unsealed segment");
     Ok((rec, w.cut))
 }
@@ -280,7 +280,7 @@ pub fn read_state_lines(
         }
     }
     if bad > 0 {
-        metrics.state_repaired.with_label_values(&[kind]).inc_by(bad);
+        metrics.store.state_repaired.with_label_values(&[kind]).inc_by(bad);
     }
     Ok(())
 }

@@ -90,14 +90,14 @@ pub fn pass(
         let undelivered = hold.holds(&s.rel);
         if undelivered {
             warn!(path = %s.rel.display(), reason, "deleting a segment an uplink has not delivered (on_full = drop_oldest)");
-            metrics.retention_deleted_segments.with_label_values(&["undelivered"]).inc();
+            metrics.store.retention_deleted_segments.with_label_values(&["undelivered"]).inc();
         }
         remove(fs, archive_dir, state_dir, &s.rel)?;
         if undelivered {
             tombstone(fs, state_dir, &s.rel, s.seal.as_ref());
         }
-        metrics.retention_deleted_segments.with_label_values(&[reason]).inc();
-        metrics.retention_deleted_bytes.with_label_values(&[reason]).inc_by(s.len);
+        metrics.store.retention_deleted_segments.with_label_values(&[reason]).inc();
+        metrics.store.retention_deleted_bytes.with_label_values(&[reason]).inc_by(s.len);
         info!(path = %s.rel.display(), bytes = s.len, reason, "retention deleted segment");
         out.total_bytes -= s.len;
         out.segments -= 1;
@@ -156,9 +156,9 @@ pub fn pass(
         out.sealed_bytes = sealed_bytes;
     }
     expire_tombstones(fs, state_dir, cfg, now_ms);
-    metrics.archive_bytes.set(out.total_bytes as i64);
-    metrics.archive_segments.set(out.segments as i64);
-    metrics.store_full.set(i64::from(out.full));
+    metrics.store.archive_bytes.set(out.total_bytes as i64);
+    metrics.store.archive_segments.set(out.segments as i64);
+    metrics.store.store_full.set(i64::from(out.full));
     Ok(out)
 }
 
@@ -328,10 +328,10 @@ pub fn make_room(
         if undelivered {
             tombstone(fs, state_dir, &d.rel, d.seal.as_ref());
         }
-        metrics.retention_deleted_segments.with_label_values(&["disk_full"]).inc();
-        metrics.retention_deleted_bytes.with_label_values(&["disk_full"]).inc_by(d.len);
+        metrics.store.retention_deleted_segments.with_label_values(&["disk_full"]).inc();
+        metrics.store.retention_deleted_bytes.with_label_values(&["disk_full"]).inc_by(d.len);
         if undelivered {
-            metrics.retention_deleted_segments.with_label_values(&["undelivered"]).inc();
+            metrics.store.retention_deleted_segments.with_label_values(&["undelivered"]).inc();
         }
         warn!(path = %d.rel.display(), bytes = d.len, undelivered, "disk full and on_full = drop_oldest: deleted a sealed segment to make room");
         deleted.push(d.rel);

@@ -162,7 +162,7 @@ impl Tailer {
         m.files.truncations.with_label_values(&[&ctx.name]);
         m.files.quota_bytes.with_label_values(&[&ctx.name]);
         m.files.repeated_bytes.with_label_values(&[&ctx.name]);
-        m.dropped_records.with_label_values(&[&ctx.name, DropReason::FileQuota.as_str()]);
+        m.ingest.dropped_records.with_label_values(&[&ctx.name, DropReason::FileQuota.as_str()]);
         if p.checkpoints.skipped_lines > 0 {
             warn!(listener = %ctx.name, lines = p.checkpoints.skipped_lines,
                 "checkpoint lines torn or corrupt were skipped (an older position of those files is used: lines may repeat, none are lost)");

@@ -35,10 +35,10 @@ pub struct Gelf {
 impl Gelf {
     pub fn new(ctx: &ListenerCtx) -> Gelf {
         for r in [DropReason::Malformed, DropReason::IncompleteFrame, DropReason::Overload] {
-            ctx.metrics.dropped_records.with_label_values(&[&ctx.name, r.as_str()]);
+            ctx.metrics.ingest.dropped_records.with_label_values(&[&ctx.name, r.as_str()]);
         }
         for r in [BAD_CHUNK, CHUNK_TIMEOUT, CHUNK_EVICTED] {
-            ctx.metrics.framing_errors.with_label_values(&[&ctx.name, r]);
+            ctx.metrics.ingest.framing_errors.with_label_values(&[&ctx.name, r]);
         }
         Gelf { reasm: Reassembler::new(Limits::default()), origin: Instant::now() }
     }
@@ -90,7 +90,7 @@ impl Gelf {
                 }
             };
             ctx.metrics.drop_records(&ctx.name, reason, 1);
-            ctx.metrics.framing_errors.with_label_values(&[&ctx.name, label]).inc();
+            ctx.metrics.ingest.framing_errors.with_label_values(&[&ctx.name, label]).inc();
             if ctx.may_warn() {
                 warn!(listener = %ctx.name, source = %l.source, message_id = %format_args!("{:016x}", l.id),
                     chunks = l.received, of = l.count, timeout_ms = Limits::default().timeout_ms, "GELF message dropped: {why} (counted as {})", reason.as_str());
@@ -119,7 +119,7 @@ fn message(ctx: &ListenerCtx, batcher: &mut Batcher, src: SocketAddr, msg: &[u8]
 
 #[cold]
 fn bad_chunk(ctx: &ListenerCtx, src: SocketAddr, e: &impl std::fmt::Display) {
-    ctx.metrics.framing_errors.with_label_values(&[&ctx.name, BAD_CHUNK]).inc();
+    ctx.metrics.ingest.framing_errors.with_label_values(&[&ctx.name, BAD_CHUNK]).inc();
     if ctx.may_warn() {
         warn!(listener = %ctx.name, peer = %src, error = %e, "GELF chunk ignored (counted in ferry_framing_errors_total)");
     }

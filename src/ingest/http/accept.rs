@@ -57,7 +57,7 @@ pub fn incoming(
             let timed_out = on_close.await.unwrap_or(false);
             guard.close(if timed_out { Close::IdleTimeout } else { Close::Eof });
             if timed_out {
-                ctx.metrics.framing_errors.with_label_values(&[&ctx.name, "idle_timeout"]).inc();
+                ctx.metrics.ingest.framing_errors.with_label_values(&[&ctx.name, "idle_timeout"]).inc();
                 info!(listener = %ctx.name, %peer, idle_timeout = ?idle, "idle timeout: closing HTTP connection");
             }
             drop(permit);

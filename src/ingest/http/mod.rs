@@ -87,7 +87,7 @@ fn refuse(
     msg: String,
 ) -> Response {
     let l = &ctx.listener;
-    l.metrics.refused_records.with_label_values(&[&l.name, reason]).inc_by(records);
+    l.metrics.ingest.refused_records.with_label_values(&[&l.name, reason]).inc_by(records);
     if l.may_warn() {
         warn!(listener = %l.name, %peer, status = status.as_u16(), reason, "{msg}");
     }
@@ -226,7 +226,7 @@ async fn ingest(
         }
     }
     if truncated > 0 {
-        l.metrics.truncated_records.with_label_values(&[&l.name]).inc_by(u64::from(truncated));
+        l.metrics.ingest.truncated_records.with_label_values(&[&l.name]).inc_by(u64::from(truncated));
     }
     let now = SystemClock.now_ms();
     let (tx, rx) = oneshot::channel();
@@ -262,8 +262,8 @@ async fn ingest(
         }
         Err((e, _)) => return unavailable(&ctx, &e, "store_unavailable", format!("the store refused the batch: {e}")),
     }
-    l.metrics.received_records.with_label_values(&[&l.name]).inc_by(records);
-    l.metrics.received_bytes.with_label_values(&[&l.name]).inc_by(bytes);
+    l.metrics.ingest.received_records.with_label_values(&[&l.name]).inc_by(records);
+    l.metrics.ingest.received_bytes.with_label_values(&[&l.name]).inc_by(bytes);
     match rx.await {
         Ok(Ok(_)) => {
             (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], format!("{{\"accepted\":{records}}}\n"))

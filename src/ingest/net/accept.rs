@@ -79,7 +79,11 @@ pub(crate) async fn accept_tcp<F, Fut>(
                     continue;
                 };
                 if !ctx.enter_source(addr.ip()) {
-                    ctx.metrics.connections_refused.with_label_values(&[&ctx.name, "max_connections_per_source"]).inc();
+                    ctx.metrics
+                        .ingest
+                        .connections_refused
+                        .with_label_values(&[&ctx.name, "max_connections_per_source"])
+                        .inc();
                     if ctx.may_warn() {
                         warn!(listener = %ctx.name, %peer, "connection refused: max_connections_per_source reached");
                     }
@@ -111,7 +115,7 @@ pub(crate) fn admit(ctx: &ListenerCtx, limit: &Arc<Semaphore>, peer: &str) -> Op
     match limit.clone().try_acquire_owned() {
         Ok(p) => Some(Admission { _permit: p, source: None }),
         Err(_) => {
-            ctx.metrics.connections_refused.with_label_values(&[&ctx.name, "max_connections"]).inc();
+            ctx.metrics.ingest.connections_refused.with_label_values(&[&ctx.name, "max_connections"]).inc();
             if ctx.may_warn() {
                 warn!(listener = %ctx.name, %peer, max_connections = ctx.cfg.max_connections,
                     "connection refused: max_connections reached (further refusals this second are only counted)");
@@ -123,7 +127,7 @@ pub(crate) fn admit(ctx: &ListenerCtx, limit: &Arc<Semaphore>, peer: &str) -> Op
 
 /// Accept errors (EMFILE, ENFILE, ...) are transient: log, back off, go on.
 pub(crate) async fn accept_error(ctx: &ListenerCtx, e: io::Error) {
-    ctx.metrics.connections_refused.with_label_values(&[&ctx.name, "accept_error"]).inc();
+    ctx.metrics.ingest.connections_refused.with_label_values(&[&ctx.name, "accept_error"]).inc();
     if ctx.may_warn() {
         warn!(listener = %ctx.name, error = %e, "accept failed; backing off");
     }

@@ -147,7 +147,7 @@ async fn handshake(
 ) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
     let limit = ctx.cfg.handshake_timeout;
     let refuse = |cause: &'static str, detail: String| {
-        ctx.metrics.connections_refused.with_label_values(&[&ctx.name, "tls_handshake"]).inc();
+        ctx.metrics.ingest.connections_refused.with_label_values(&[&ctx.name, "tls_handshake"]).inc();
         let what = match cause {
             "unknown_ca" => "the client certificate is not issued by the deployment CA",
             "no_client_cert" => "the client sent no certificate and this listener requires one (client_cert)",

@@ -95,7 +95,7 @@ impl KernelDrops {
                 0
             }
         };
-        let counter = ctx.metrics.socket_dropped_datagrams.with_label_values(&[&ctx.name]);
+        let counter = ctx.metrics.ingest.socket_dropped_datagrams.with_label_values(&[&ctx.name]);
         KernelDrops { inode, seen: 0, counter }
     }
 

@@ -71,8 +71,8 @@ pub struct ConnGuard<'a> {
 impl<'a> ConnGuard<'a> {
     pub fn open(ctx: &'a ListenerCtx) -> ConnGuard<'a> {
         let m = &ctx.metrics;
-        m.connections_accepted.with_label_values(&[&ctx.name]).inc();
-        let active = m.connections_active.with_label_values(&[&ctx.name]);
+        m.ingest.connections_accepted.with_label_values(&[&ctx.name]).inc();
+        let active = m.ingest.connections_active.with_label_values(&[&ctx.name]);
         active.inc();
         ConnGuard { ctx, active, closed: false }
     }
@@ -83,7 +83,7 @@ impl<'a> ConnGuard<'a> {
 
     fn count(&mut self, why: Close) {
         if !std::mem::replace(&mut self.closed, true) {
-            self.ctx.metrics.connections_closed.with_label_values(&[&self.ctx.name, why.as_str()]).inc();
+            self.ctx.metrics.ingest.connections_closed.with_label_values(&[&self.ctx.name, why.as_str()]).inc();
             self.active.dec();
             CLOSED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }

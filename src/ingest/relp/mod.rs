@@ -145,7 +145,7 @@ async fn connection(
             r = ready_or_more(&mut sock, more, ctx.cfg.idle_timeout), if close_txnr.is_none() => {
                 match r {
                     Err(_) => {
-                        m.framing_errors.with_label_values(&[&ctx.name, "idle_timeout"]).inc();
+                        m.ingest.framing_errors.with_label_values(&[&ctx.name, "idle_timeout"]).inc();
                         warn!(listener = %ctx.name, %peer, "idle timeout: closing RELP session");
                         break Close::IdleTimeout;
                     }
@@ -224,7 +224,7 @@ async fn connection(
                     break Close::Shutdown;
                 }
                 if let Some(e) = fatal {
-                    m.framing_errors.with_label_values(&[&ctx.name, e.reason()]).inc();
+                    m.ingest.framing_errors.with_label_values(&[&ctx.name, e.reason()]).inc();
                     warn!(listener = %ctx.name, %peer, error = %e, "RELP framing error: closing session (records before it were kept)");
                     break Close::FramingError;
                 }

@@ -166,7 +166,7 @@ pub(crate) async fn connection_with<S: ReadReady>(
             buf.advance(pos);
             batcher.flush().await;
             if let Some(e) = fatal {
-                m.framing_errors.with_label_values(&[&ctx.name, e.reason()]).inc();
+                m.ingest.framing_errors.with_label_values(&[&ctx.name, e.reason()]).inc();
                 warn!(listener = %ctx.name, %peer, error = %e, "framing error: closing connection (records before it were kept)");
                 break 'conn Close::FramingError;
             }
@@ -185,7 +185,7 @@ pub(crate) async fn connection_with<S: ReadReady>(
         match ready {
             Err(_) => {
                 let pending = dec.mid_record(&buf);
-                m.framing_errors.with_label_values(&[&ctx.name, "idle_timeout"]).inc();
+                m.ingest.framing_errors.with_label_values(&[&ctx.name, "idle_timeout"]).inc();
                 if pending {
                     m.drop_records(&ctx.name, DropReason::IncompleteFrame, 1);
                 }

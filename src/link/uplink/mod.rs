@@ -137,9 +137,9 @@ impl Uplink {
     pub async fn run(self, stop: CancellationToken, drain: CancellationToken) {
         let m = &self.metrics;
         let name = self.cfg.name.clone();
-        m.uplink_connected.with_label_values(&[&name]).set(0);
+        m.link.uplink_connected.with_label_values(&[&name]).set(0);
         let mut tune = self.tune.clone();
-        m.uplink_max_rate.with_label_values(&[&name]).set(tune.borrow_and_update().max_rate.unwrap_or(0.0) as i64);
+        m.link.uplink_max_rate.with_label_values(&[&name]).set(tune.borrow_and_update().max_rate.unwrap_or(0.0) as i64);
         let timing = self.timing();
         let dialer = match self.cfg.transport {
             LinkTransport::Tcp => tls::Dialer::new(&self.tls).map(Dialer::Tls).map_err(io::Error::other),
@@ -166,11 +166,11 @@ impl Uplink {
             let mut refused = false;
             match connected {
                 Ok(link) => {
-                    m.uplink_connected.with_label_values(&[&name]).set(1);
+                    m.link.uplink_connected.with_label_values(&[&name]).set(1);
                     info!(uplink = %name, addr = %addr_str, receiver_site = %link.identity.site, receiver_node = %link.identity.node, "uplink connected");
                     let started = Instant::now();
                     let (end, progressed) = self.session(link, offer, &mut across, &stop, &drain).await;
-                    m.uplink_connected.with_label_values(&[&name]).set(0);
+                    m.link.uplink_connected.with_label_values(&[&name]).set(0);
                     match &end {
                         End::Cancelled => return,
                         End::Refused(Code::VersionUnsupported, reason) if offer > MIN_VERSION => {
@@ -179,12 +179,12 @@ impl Uplink {
                                 "receiver speaks an older protocol: offering the version below (deletions at this node are not told to it)");
                         }
                         End::Refused(code, reason) => {
-                            m.uplink_errors.with_label_values(&[&name, code.as_str()]).inc();
+                            m.link.uplink_errors.with_label_values(&[&name, code.as_str()]).inc();
                             refused = *code != Code::ShuttingDown;
                             error!(uplink = %name, addr = %addr_str, code = code.as_str(), %reason, "receiver refused the link")
                         }
                         End::Lost(session::Lost::Tls { reason, by_peer, detail }) => {
-                            m.uplink_errors.with_label_values(&[name.as_str(), reason]).inc();
+                            m.link.uplink_errors.with_label_values(&[name.as_str(), reason]).inc();
                             refused = true;
                             tls_refused(&name, addr_str, reason, *by_peer, detail);
                         }
@@ -197,7 +197,7 @@ impl Uplink {
                     if drain.is_cancelled() {
                         return;
                     }
-                    m.uplink_reconnects.with_label_values(&[&name]).inc();
+                    m.link.uplink_reconnects.with_label_values(&[&name]).inc();
                     if progressed || started.elapsed() > self.cfg.backoff_max.max(Duration::from_secs(10)) {
                         backoff.reset();
                     } else {
@@ -206,7 +206,7 @@ impl Uplink {
                 }
                 Err(_) if drain.is_cancelled() => return,
                 Err(e) if crate::pki::is_name_mismatch(&e) => {
-                    m.uplink_errors.with_label_values(&[&name, "certificate_name"]).inc();
+                    m.link.uplink_errors.with_label_values(&[&name, "certificate_name"]).inc();
                     let server_name = self.cfg.server_name.as_deref().unwrap_or("the host of the address");
                     warn!(uplink = %name, addr = %addr_str, error = %e, %server_name,
                         "cannot connect: the receiver's certificate does not name the address dialled; issue it with `ferry certs issue --dns <name>` (or `--ip <address>`) for that address, or set the uplink's server_name to a name it holds");
@@ -214,12 +214,12 @@ impl Uplink {
                 }
                 Err(e) => match crate::pki::tls_failure(&e) {
                     Some(reason) => {
-                        m.uplink_errors.with_label_values(&[name.as_str(), reason]).inc();
+                        m.link.uplink_errors.with_label_values(&[name.as_str(), reason]).inc();
                         tls_refused(&name, addr_str, reason, crate::pki::refused_by_peer(&e), &e.to_string());
                         attempt += 1;
                     }
                     None => {
-                        m.uplink_errors.with_label_values(&[&name, "connect"]).inc();
+                        m.link.uplink_errors.with_label_values(&[&name, "connect"]).inc();
                         warn!(uplink = %name, addr = %addr_str, error = %e, "cannot connect");
                         attempt += 1;
                     }
@@ -434,10 +434,13 @@ impl Uplink {
                 next_report = now + REPORT_EVERY;
                 self.report_lag(&sess, &mut seen_streams).await;
                 for code in [Code::NoSpace, Code::ReadOnly, Code::Io] {
-                    m.uplink_blocked_segments.with_label_values(&[name, code.as_str()]).set(sess.blocked(code) as i64);
+                    m.link
+                        .uplink_blocked_segments
+                        .with_label_values(&[name, code.as_str()])
+                        .set(sess.blocked(code) as i64);
                 }
                 let w = wire.sent();
-                m.uplink_wire_bytes.with_label_values(&[name]).inc_by(w.saturating_sub(wire_reported));
+                m.link.uplink_wire_bytes.with_label_values(&[name]).inc_by(w.saturating_sub(wire_reported));
                 wire_reported = w;
             }
             // 4. Wait for the receiver, the store, or the session's next deadline.
@@ -520,7 +523,7 @@ impl Uplink {
         if let Err(e) = self.delivered.add(&l.rel) {
             warn!(uplink = %self.cfg.name, error = %e, "cannot record delivery (will ask the receiver again)");
         }
-        self.metrics.uplink_segments_delivered.with_label_values(&[&self.cfg.name]).inc();
+        self.metrics.link.uplink_segments_delivered.with_label_values(&[&self.cfg.name]).inc();
         info!(uplink = %self.cfg.name, path = %l.rel.display(), "segment delivered: sealed and verified at the receiver");
     }
 
@@ -536,8 +539,8 @@ impl Uplink {
         let name = self.cfg.name.clone();
         let _ = tokio::task::spawn_blocking(move || {
             for ((site, stream), lag) in follow::lag_by_stream(&archive, behind, &streams, false) {
-                m.uplink_lag_bytes.with_label_values(&[&name, &site, &stream]).set(lag.bytes as i64);
-                m.uplink_lag_seconds.with_label_values(&[&name, &site, &stream]).set(lag.seconds(now));
+                m.link.uplink_lag_bytes.with_label_values(&[&name, &site, &stream]).set(lag.bytes as i64);
+                m.link.uplink_lag_seconds.with_label_values(&[&name, &site, &stream]).set(lag.seconds(now));
             }
         })
         .await;

@@ -279,13 +279,13 @@ impl Session {
                         self.events.push_back(Event::Delivered(Box::new(s.local)));
                     } else {
                         s.failed = true;
-                        m.link_checksum_mismatches.with_label_values(&["uplink"]).inc();
+                        m.link.link_checksum_mismatches.with_label_values(&["uplink"]).inc();
                         error!(uplink = name, path = %rel.display(), receiver_len = len,
                             "receiver has this segment sealed at a length this node does not have");
                     }
                 } else if len > s.local.len {
                     s.failed = true;
-                    m.uplink_errors.with_label_values(&[name, "receiver_ahead"]).inc();
+                    m.link.uplink_errors.with_label_values(&[name, "receiver_ahead"]).inc();
                     error!(uplink = name, path = %rel.display(), receiver_len = len, local_len = s.local.len,
                         "receiver holds more of this segment than this node (local data lost?); not sending it");
                 } else {
@@ -302,7 +302,8 @@ impl Session {
                     s.acked = len;
                     self.progressed = true;
                     self.lag_dirty = true;
-                    m.uplink_acked_bytes
+                    m.link
+                        .uplink_acked_bytes
                         .with_label_values(&[name, &s.local.name.site, &s.local.name.stream])
                         .inc_by(delta);
                 }
@@ -326,7 +327,7 @@ impl Session {
                 }
             }
             Msg::Error { id, code, reason } if self.gone_by_id.contains_key(&id) => {
-                m.uplink_errors.with_label_values(&[name, code.as_str()]).inc();
+                m.link.uplink_errors.with_label_values(&[name, code.as_str()]).inc();
                 if let Some(g) = self.gone.get_mut(&self.gone_by_id[&id]) {
                     g.failed = true;
                     warn!(uplink = name, path = %self.gone_by_id[&id].display(), code = code.as_str(), %reason,
@@ -342,12 +343,12 @@ impl Session {
                     }
                 } else if let Some(s) = self.segs.get_mut(&rel) {
                     s.failed = true;
-                    m.link_checksum_mismatches.with_label_values(&["uplink"]).inc();
+                    m.link.link_checksum_mismatches.with_label_values(&["uplink"]).inc();
                     error!(uplink = name, path = %rel.display(), "receiver refused the seal: its copy differs from this segment");
                 }
             }
             Msg::Error { id, code, reason } => {
-                m.uplink_errors.with_label_values(&[name, code.as_str()]).inc();
+                m.link.uplink_errors.with_label_values(&[name, code.as_str()]).inc();
                 if let Some(s) = self.by_id.get(&id).and_then(|r| self.segs.get_mut(r)) {
                     if code.is_transient() {
                         // Its disk may recover: keep the backlog, offer the same bytes later.
