@@ -32,7 +32,7 @@ pub enum Lost {
     #[error("receiver closed the connection")]
     Closed,
     #[error("connection failed: {0}")]
-    Io(String),
+    Io(#[source] IoCause),
     /// The TLS layer ended the connection: the receiver refused this node's
     /// certificate (e.g. `certificate_revoked`), or this node refused the
     /// receiver's. `reason` is the metric label.
@@ -44,15 +44,42 @@ pub enum Lost {
 }
 
 impl Lost {
-    pub fn io(e: &std::io::Error) -> Lost {
-        match crate::pki::tls_failure(e) {
-            Some(reason) => Lost::Tls { reason, by_peer: crate::pki::refused_by_peer(e), detail: e.to_string() },
-            None => Lost::Io(e.to_string()),
+    pub fn io(e: std::io::Error) -> Lost {
+        match crate::pki::tls_failure(&e) {
+            Some(reason) => Lost::Tls { reason, by_peer: crate::pki::refused_by_peer(&e), detail: e.to_string() },
+            None => Lost::Io(IoCause(std::sync::Arc::new(e))),
         }
     }
 
     /// `msg` as the log shows it: its start only (an APPEND carries megabytes).
     pub fn unexpected(msg: &impl std::fmt::Debug) -> Lost {
         Lost::Unexpected(format!("{msg:?}").chars().take(200).collect())
+    }
+}
+
+/// The I/O error that ended a connection, kept whole (its kind, its
+/// source) for the log and for callers that match on it. Shared, because a
+/// session's end is cloned; equal when kind and text are (tests compare
+/// ends).
+#[derive(Debug, Clone)]
+pub struct IoCause(pub std::sync::Arc<std::io::Error>);
+
+impl PartialEq for IoCause {
+    fn eq(&self, other: &IoCause) -> bool {
+        self.0.kind() == other.0.kind() && self.0.to_string() == other.0.to_string()
+    }
+}
+
+impl Eq for IoCause {}
+
+impl std::fmt::Display for IoCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for IoCause {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
     }
 }

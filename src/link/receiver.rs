@@ -174,7 +174,10 @@ pub async fn serve(bound: Bound, ctx: Arc<ReceiverCtx>, sd: Shutdown) {
 enum End {
     Closed,
     Refuse(Code, String),
-    Io(String),
+    /// Reading or writing the connection failed (the cause kept for the log).
+    Io(std::io::Error),
+    /// Nothing arrived for `dead_after`: not even a keepalive.
+    Silent(std::time::Duration),
     Shutdown,
 }
 
@@ -404,10 +407,10 @@ async fn session(mut link: Link, ctx: Arc<ReceiverCtx>, sd: Shutdown) {
                     r = tokio::time::timeout(ctx.timing.dead_after, link.io.read_buf(&mut rbuf)) => r,
                 };
                 match read {
-                    Err(_) => break End::Io(format!("no traffic for {:?}", ctx.timing.dead_after)),
+                    Err(_) => break End::Silent(ctx.timing.dead_after),
                     Ok(Ok(0)) => break End::Closed,
                     Ok(Ok(_)) => continue,
-                    Ok(Err(e)) => break End::Io(e.to_string()),
+                    Ok(Err(e)) => break End::Io(e),
                 }
             }
             Err(e @ (DecodeError::TooLarge(_) | DecodeError::UnknownType(_) | DecodeError::Malformed(_))) => {
@@ -502,7 +505,7 @@ async fn session(mut link: Link, ctx: Arc<ReceiverCtx>, sd: Shutdown) {
             link.io.flush().await
         };
         if let Err(e) = w.await {
-            break End::Io(e.to_string());
+            break End::Io(e);
         }
     };
     match end {
@@ -520,6 +523,9 @@ async fn session(mut link: Link, ctx: Arc<ReceiverCtx>, sd: Shutdown) {
         }
         End::Closed => info!(listener = %ctx.cfg.name, %peer, %site, %node, "uplink disconnected"),
         End::Io(e) => warn!(listener = %ctx.cfg.name, %peer, %site, %node, error = %e, "uplink connection lost"),
+        End::Silent(after) => {
+            warn!(listener = %ctx.cfg.name, %peer, %site, %node, error = %format!("no traffic for {after:?}"), "uplink connection lost")
+        }
         End::Shutdown => link.close(Code::ShuttingDown as u32, "receiver shutting down").await,
     }
     m.link.link_sessions_active.with_label_values(&[&ctx.cfg.name]).dec();

@@ -409,7 +409,7 @@ impl Uplink {
                 };
                 match w {
                     Ok(()) => sess.on_written(Instant::now()),
-                    Err(WriteEnd::Io(e)) => return end_session(End::Lost(session::Lost::io(&e)), &sess),
+                    Err(WriteEnd::Io(e)) => return end_session(End::Lost(session::Lost::io(e)), &sess),
                     Err(WriteEnd::Blocked) => {
                         return end_session(End::Lost(session::Lost::WriteBlocked(self.cfg.dead_after)), &sess)
                     }
@@ -701,7 +701,7 @@ async fn read_loop(mut rd: ReadHalf<Box<dyn Io>>, tx: mpsc::UnboundedSender<Resu
             }
             Ok(_) => {}
             Err(e) => {
-                let _ = tx.send(Err(session::Lost::io(&e)));
+                let _ = tx.send(Err(session::Lost::io(e)));
                 return;
             }
         }
