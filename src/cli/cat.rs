@@ -173,7 +173,7 @@ pub fn print_stats(stats: &Stats, archive: &Archive) {
     }
 }
 
-pub fn report(seg: &Segment, offset: u64, error: String) {
+pub fn report(seg: &Segment, offset: u64, error: crate::store::frame::DecodeError) {
     eprintln!("{}: frame at offset {offset}: {error}; skipped", seg.name());
 }
 

@@ -23,8 +23,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use self::bucket::{BucketArchive, RemoteSegment};
-use crate::store::frame::DataDecoder;
 use crate::store::frame::FrameHeader;
+use crate::store::frame::{DataDecoder, DecodeError};
 use crate::store::reader::{SegmentReader, Step};
 use crate::store::segment::{is_segment_file, SegmentName};
 
@@ -332,7 +332,7 @@ impl<'a> Walk<'a> {
         &mut self,
         sel: &Selection,
         stats: &mut Stats,
-        damaged: &mut dyn FnMut(&Segment, u64, String),
+        damaged: &mut dyn FnMut(&Segment, u64, DecodeError),
     ) -> io::Result<Option<Vec<(u64, FrameHeader)>>> {
         let r = &mut self.r;
         loop {
@@ -360,7 +360,7 @@ impl<'a> Walk<'a> {
                     Step::Bad { offset, error } => match r.next_valid_frame_after(offset)? {
                         Some(next) => {
                             stats.damaged += 1;
-                            damaged(self.seg, offset, error.to_string());
+                            damaged(self.seg, offset, error.into());
                             r.seek(next);
                         }
                         // A frame being written, or a torn tail: the end for now.
@@ -386,7 +386,7 @@ pub fn frames(
     seg: &Segment,
     sel: &Selection,
     stats: &mut Stats,
-    damaged: &mut dyn FnMut(&Segment, u64, String),
+    damaged: &mut dyn FnMut(&Segment, u64, DecodeError),
 ) -> io::Result<Vec<(u64, FrameHeader)>> {
     let mut w = Walk::open(seg, stats)?;
     let mut out = Vec::new();
@@ -406,10 +406,10 @@ pub fn decompress(
     dec: &mut DataDecoder,
     raw: &mut Vec<u8>,
     stats: &mut Stats,
-) -> io::Result<Result<(), String>> {
+) -> io::Result<Result<(), DecodeError>> {
     let checked = match r.read_data(offset, header)? {
-        Ok(()) => dec.decompress(header, r.data(), raw),
-        Err(e) => Err(e.to_string()),
+        Ok(()) => dec.decompress(header, r.data(), raw).map_err(DecodeError::from),
+        Err(e) => Err(DecodeError::from(e)),
     };
     match &checked {
         Ok(()) => {
@@ -436,7 +436,7 @@ pub fn walk_segment(
     sel: &Selection,
     stats: &mut Stats,
     pool: &mut Pool,
-    damaged: &mut dyn FnMut(&Segment, u64, String),
+    damaged: &mut dyn FnMut(&Segment, u64, DecodeError),
     f: &mut dyn FnMut(Frame<'_>) -> bool,
 ) -> io::Result<bool> {
     let mut w = Walk::open(seg, stats)?;
@@ -524,9 +524,9 @@ impl Pool {
         seg: &Segment,
         frames: &[(u64, FrameHeader)],
         work: &(dyn Fn(&FrameHeader, &mut Vec<u8>) -> T + Sync),
-    ) -> Vec<io::Result<Result<T, String>>> {
+    ) -> Vec<io::Result<Result<T, DecodeError>>> {
         let next = std::sync::atomic::AtomicUsize::new(0);
-        type Slot<T> = std::sync::Mutex<Option<io::Result<Result<T, String>>>>;
+        type Slot<T> = std::sync::Mutex<Option<io::Result<Result<T, DecodeError>>>>;
         let slots: Vec<Slot<T>> = frames.iter().map(|_| std::sync::Mutex::new(None)).collect();
         let name = seg.name();
         std::thread::scope(|sc| {
@@ -554,15 +554,15 @@ impl Worker {
         name: &str,
         offset: u64,
         header: &FrameHeader,
-    ) -> io::Result<Result<(), String>> {
+    ) -> io::Result<Result<(), DecodeError>> {
         if self.reader.as_ref().is_none_or(|(n, _)| n != name) {
             self.reader = None; // a bucket segment's cache goes before the next one's
             self.reader = Some((name.to_owned(), seg.open()?));
         }
         let r = &mut self.reader.as_mut().expect("opened above").1;
         if let Err(e) = r.read_data(offset, header)? {
-            return Ok(Err(e.to_string()));
+            return Ok(Err(e.into()));
         }
-        Ok(self.dec.decompress(header, r.data(), &mut self.raw))
+        Ok(self.dec.decompress(header, r.data(), &mut self.raw).map_err(DecodeError::from))
     }
 }

@@ -122,6 +122,36 @@ impl fmt::Display for FrameError {
     }
 }
 
+impl std::error::Error for FrameError {}
+
+/// Why a checked frame's data does not give its records.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("does not decompress: {0}")]
+    Zstd(#[source] std::io::Error),
+    #[error("gzip member shorter than its trailer")]
+    ShortGzip,
+    #[error("does not inflate: {0}")]
+    Inflate(#[source] flate2::DecompressError),
+    #[error("deflate stream does not end where the member does")]
+    DeflateEnd,
+    #[error("gzip CRC32 of the records does not match")]
+    GzipCrc,
+    #[error("{got} bytes decompressed, header says {want}")]
+    RawLen { got: usize, want: u32 },
+}
+
+/// Why a frame cannot be read: its bytes are not a whole, checksummed
+/// frame, or its data does not give its records. What every reader of the
+/// archive (cat, grep, verify, audit, sinks) reports.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    #[error(transparent)]
+    Data(#[from] DataError),
+}
+
 impl FrameHeader {
     /// Bytes before the data: the skippable frame (magic, length, header),
     /// or the gzip member's header.
@@ -412,17 +442,17 @@ impl DataDecoder {
 
     /// The records of frame `h` whose data (checked by [`FrameHeader::check_data`])
     /// is `data`, into `raw` (cleared first). `Err` says why they cannot be had.
-    pub fn decompress(&mut self, h: &FrameHeader, data: &[u8], raw: &mut Vec<u8>) -> Result<(), String> {
+    pub fn decompress(&mut self, h: &FrameHeader, data: &[u8], raw: &mut Vec<u8>) -> Result<(), DataError> {
         raw.clear();
         raw.reserve(h.raw_len as usize);
         let data = &data[..data.len().min(h.data_len as usize)];
         match h.codec {
             Codec::Zstd => {
-                self.zstd.decompress_to_buffer(data, raw).map_err(|e| format!("does not decompress: {e}"))?;
+                self.zstd.decompress_to_buffer(data, raw).map_err(DataError::Zstd)?;
             }
             Codec::Gzip => {
                 let Some(body) = data.len().checked_sub(8).map(|n| &data[..n]) else {
-                    return Err("gzip member shorter than its trailer".into());
+                    return Err(DataError::ShortGzip);
                 };
                 let trailer = &data[body.len()..];
                 self.inflate.reset(false);
@@ -431,18 +461,18 @@ impl DataDecoder {
                 let status = self
                     .inflate
                     .decompress_vec(body, raw, flate2::FlushDecompress::Finish)
-                    .map_err(|e| format!("does not inflate: {e}"))?;
+                    .map_err(DataError::Inflate)?;
                 if status != flate2::Status::StreamEnd {
-                    return Err("deflate stream does not end where the member does".into());
+                    return Err(DataError::DeflateEnd);
                 }
                 let crc = u32::from_le_bytes(trailer[..4].try_into().expect("4 bytes"));
                 if crc != crc32fast::hash(raw) {
-                    return Err("gzip CRC32 of the records does not match".into());
+                    return Err(DataError::GzipCrc);
                 }
             }
         }
         if raw.len() != h.raw_len as usize {
-            return Err(format!("{} bytes decompressed, header says {}", raw.len(), h.raw_len));
+            return Err(DataError::RawLen { got: raw.len(), want: h.raw_len });
         }
         Ok(())
     }
