@@ -293,10 +293,7 @@ impl Batcher {
                 // busy CPU): hold the records and retry on the next flush, up to
                 // HOLD_BYTES per stream; only beyond that are they dropped.
                 Err((StoreError::Overloaded(_), back)) if back.data.len() < HOLD_BYTES => {
-                    let slot = &mut self.slots[i];
-                    slot.data = back.data;
-                    slot.records = back.records;
-                    slot.truncated = back.truncated;
+                    self.put_back(i, back);
                     held = true;
                 }
                 Err((e, back)) => {
