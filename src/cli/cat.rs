@@ -24,7 +24,7 @@ use std::path::PathBuf;
 use crate::query::{self, time::parse_time, Archive, Origin, Segment, Selection, Stats};
 use crate::store::clock::{Clock, SystemClock};
 use crate::store::escape::unescape_into;
-use crate::store::frame::FrameHeader;
+use crate::store::frame::{Frame, FrameHeader};
 
 /// Which records: the archive, sites, streams, receive-time range (shared by `cat` and `grep`).
 #[derive(Debug, clap::Args)]
@@ -273,11 +273,7 @@ pub fn print_frame(
     if let Form::Raw = form {
         return out.write_all(lines);
     }
-    let end = h.first_seq + u64::from(h.records);
-    for (seq, line) in (h.first_seq..).zip(lines.split(|b| *b == b'\n')) {
-        if line.is_empty() && seq == end {
-            break; // after the last LF
-        }
+    for (seq, line) in (Frame { header: h, records: lines }).records() {
         buf.clear();
         unescape_into(line, buf);
         match form {

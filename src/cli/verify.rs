@@ -51,21 +51,9 @@ pub fn verify(location: &str, config: Option<&Path>, verbose: bool) -> anyhow::R
                 Step::Frame { offset, header } => {
                     frames += 1;
                     records += u64::from(header.records);
-                    match dec.decompress(&header, r.data(), &mut raw) {
-                        Ok(()) => {
-                            let lines = memchr::memchr_iter(b'\n', &raw).count() as u64;
-                            if lines != u64::from(header.records) || raw.last() != Some(&b'\n') {
-                                println!(
-                                    "{}: offset {offset}: frame says {} records, data has {lines} lines",
-                                    path, header.records
-                                );
-                                t.problems += 1;
-                            }
-                        }
-                        Err(e) => {
-                            println!("{}: offset {offset}: data frame: {e}", path);
-                            t.problems += 1;
-                        }
+                    if let Err(e) = r.records(&header, &mut dec, &mut raw) {
+                        println!("{}: offset {offset}: data frame: {e}", path);
+                        t.problems += 1;
                     }
                 }
                 Step::End => break,

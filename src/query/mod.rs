@@ -407,10 +407,7 @@ pub fn decompress(
     raw: &mut Vec<u8>,
     stats: &mut Stats,
 ) -> io::Result<Result<(), DecodeError>> {
-    let checked = match r.read_data(offset, header)? {
-        Ok(()) => dec.decompress(header, r.data(), raw).map_err(DecodeError::from),
-        Err(e) => Err(DecodeError::from(e)),
-    };
+    let checked = r.read_records(offset, header, dec, raw)?;
     match &checked {
         Ok(()) => {
             stats.frames_read += 1;
@@ -560,9 +557,6 @@ impl Worker {
             self.reader = Some((name.to_owned(), seg.open()?));
         }
         let r = &mut self.reader.as_mut().expect("opened above").1;
-        if let Err(e) = r.read_data(offset, header)? {
-            return Ok(Err(e.into()));
-        }
-        Ok(self.dec.decompress(header, r.data(), &mut self.raw).map_err(DecodeError::from))
+        r.read_records(offset, header, &mut self.dec, &mut self.raw)
     }
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::store::escape::unescape_into;
-use crate::store::frame::FrameHeader;
+use crate::store::frame::{DataDecoder, DecodeError, Frame, FrameHeader};
 use crate::store::reader::{SegmentReader, Step};
 
 /// Where records come from: one node's stream of one site. Sequence numbers
@@ -98,19 +98,19 @@ pub enum Read {
     Damaged {
         at: u64,
         next: u64,
-        error: String,
+        error: DecodeError,
     },
 }
 
 /// Reads and decodes frames; keeps its decompressor and scratch between calls.
 pub struct FrameDecoder {
-    dec: crate::store::frame::DataDecoder,
+    dec: DataDecoder,
     raw: Vec<u8>,
 }
 
 impl FrameDecoder {
     pub fn new() -> io::Result<FrameDecoder> {
-        Ok(FrameDecoder { dec: crate::store::frame::DataDecoder::new()?, raw: Vec::new() })
+        Ok(FrameDecoder { dec: DataDecoder::new()?, raw: Vec::new() })
     }
 
     /// The frame at `offset` of `path`, without the records before `from_seq`.
@@ -129,15 +129,17 @@ impl FrameDecoder {
             Step::End => return Ok(Read::Nothing),
             Step::Bad { offset, error } => {
                 return Ok(match r.next_valid_frame_after(offset)? {
-                    Some(next) => Read::Damaged { at: offset, next, error: error.to_string() },
+                    Some(next) => Read::Damaged { at: offset, next, error: error.into() },
                     // A torn or growing tail: whole frames may still come.
                     None => Read::Nothing,
                 });
             }
         };
-        self.dec
-            .decompress(&header, r.data(), &mut self.raw)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("frame at {offset}: data {e}")))?;
+        // A whole frame whose data does not give its records is damage too:
+        // the next frame starts right after it.
+        if let Err(error) = r.records(&header, &mut self.dec, &mut self.raw) {
+            return Ok(Read::Damaged { at: offset, next: offset + header.frame_len(), error });
+        }
         Ok(Read::Batch(self.split(&header, origin, rel, offset, from_seq)))
     }
 
@@ -145,7 +147,7 @@ impl FrameDecoder {
         let skip_n = from_seq.saturating_sub(h.first_seq).min(u64::from(h.records)) as usize;
         let mut buf = Vec::with_capacity(self.raw.len());
         let mut ends = Vec::with_capacity(h.records as usize - skip_n);
-        for line in self.raw.split(|b| *b == b'\n').take(h.records as usize).skip(skip_n) {
+        for (_, line) in (Frame { header: h, records: &self.raw }).records().skip(skip_n) {
             unescape_into(line, &mut buf);
             ends.push(buf.len() as u32);
         }

@@ -139,6 +139,9 @@ pub enum DataError {
     GzipCrc,
     #[error("{got} bytes decompressed, header says {want}")]
     RawLen { got: usize, want: u32 },
+    /// The records are LF-terminated lines, one per record the header counts.
+    #[error("frame says {want} records, data has {lines} lines")]
+    Records { lines: u64, want: u32 },
 }
 
 /// Why a frame cannot be read: its bytes are not a whole, checksummed
@@ -428,6 +431,23 @@ fn deflate_member_data(d: &mut flate2::Compress, raw: &[u8], out: &mut Vec<u8>) 
     Ok(())
 }
 
+/// A frame read whole: its header and its records as
+/// [`DataDecoder::decompress`] gave them (escaped, each LF-terminated, as
+/// many as the header counts: checked there).
+#[derive(Clone, Copy)]
+pub struct Frame<'a> {
+    pub header: &'a FrameHeader,
+    pub records: &'a [u8],
+}
+
+impl<'a> Frame<'a> {
+    /// Each record with its sequence number, escaped, without its LF.
+    pub fn records(&self) -> impl Iterator<Item = (u64, &'a [u8])> + 'a {
+        let records: &'a [u8] = self.records;
+        (self.header.first_seq..).zip(records.split_inclusive(|b| *b == b'\n').map(|l| &l[..l.len() - 1]))
+    }
+}
+
 /// Decompresses data frames of either codec, keeping its contexts between
 /// frames: the one place a frame's data becomes its records.
 pub struct DataDecoder {
@@ -474,6 +494,10 @@ impl DataDecoder {
         if raw.len() != h.raw_len as usize {
             return Err(DataError::RawLen { got: raw.len(), want: h.raw_len });
         }
+        let lines = memchr::memchr_iter(b'\n', raw).count() as u64;
+        if lines != u64::from(h.records) || raw.last().is_some_and(|b| *b != b'\n') {
+            return Err(DataError::Records { lines, want: h.records });
+        }
         Ok(())
     }
 }
@@ -508,6 +532,29 @@ mod tests {
         let mut out = Vec::new();
         let h = enc.encode(&meta, b"one\ntwo\n", &mut out).unwrap();
         (h, out)
+    }
+
+    #[test]
+    fn data_that_does_not_hold_the_counted_records_is_a_data_error() {
+        for (codec, records, raw) in [
+            (Codec::Zstd, 3, &b"one\ntwo\n"[..]),
+            (Codec::Gzip, 1, &b"one\ntwo\n"[..]),
+            (Codec::Zstd, 2, &b"one\ntwo"[..]),
+        ] {
+            let mut enc = FrameEncoder::with(codec, 1).unwrap();
+            let meta = FrameMeta { stream: "live", records, truncated: 0, first_seq: 7, first_ms: 1, last_ms: 2 };
+            let mut out = Vec::new();
+            let h = enc.encode(&meta, raw, &mut out).unwrap();
+            h.check_data(&out[h.encoded_len()..]).unwrap();
+            let mut got = Vec::new();
+            let e = DataDecoder::new().unwrap().decompress(&h, &out[h.encoded_len()..], &mut got).unwrap_err();
+            assert!(matches!(e, DataError::Records { want, .. } if want == records), "{codec:?} {records}: {e}");
+        }
+        let (h, out) = sample();
+        let mut raw = Vec::new();
+        DataDecoder::new().unwrap().decompress(&h, &out[h.encoded_len()..], &mut raw).unwrap();
+        let got: Vec<(u64, &[u8])> = Frame { header: &h, records: &raw }.records().collect();
+        assert_eq!(got, [(7, &b"one"[..]), (8, &b"two"[..])]);
     }
 
     #[test]

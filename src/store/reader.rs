@@ -9,7 +9,7 @@ use std::path::Path;
 
 use memchr::memmem;
 
-use super::frame::{FrameError, FrameHeader, MAX_HEADER_LEN, SKIPPABLE_MAGIC};
+use super::frame::{DataDecoder, DecodeError, FrameError, FrameHeader, MAX_HEADER_LEN, SKIPPABLE_MAGIC};
 
 /// One step of a walk through a segment.
 #[derive(Debug)]
@@ -121,6 +121,30 @@ impl SegmentReader {
         self.data.resize(have, 0);
         self.file.read_exact_at(&mut self.data, data_at)?;
         Ok(header.check_data(&self.data))
+    }
+
+    /// The records of the frame at `offset` (as returned by
+    /// [`next_header`](Self::next_header)) into `raw`: its data read,
+    /// checked and decompressed. The inner `Err` says why this frame cannot
+    /// be read; the outer one that the source could not be read at all.
+    pub fn read_records(
+        &mut self,
+        offset: u64,
+        header: &FrameHeader,
+        dec: &mut DataDecoder,
+        raw: &mut Vec<u8>,
+    ) -> io::Result<Result<(), DecodeError>> {
+        if let Err(e) = self.read_data(offset, header)? {
+            return Ok(Err(e.into()));
+        }
+        Ok(dec.decompress(header, &self.data, raw).map_err(DecodeError::from))
+    }
+
+    /// The records of the frame the last [`Step::Frame`] of
+    /// [`next_frame`](Self::next_frame) returned, whose data is already read
+    /// and checked.
+    pub fn records(&self, header: &FrameHeader, dec: &mut DataDecoder, raw: &mut Vec<u8>) -> Result<(), DecodeError> {
+        dec.decompress(header, &self.data, raw).map_err(DecodeError::from)
     }
 
     /// Decode and check the frame at `offset`, reading its data into `self.data`.
