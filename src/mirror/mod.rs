@@ -6,16 +6,19 @@
 //! right offset instead of being written twice. Only whole, checksummed
 //! frames are written, each append is fsynced before it is acknowledged, and
 //! a mirror segment left half-written by a crash is repaired by the same walk
-//! that recovers local segments. Sealing checks the origin's length and
-//! SHA-256 against the bytes on disk and records the same seal record as the
+//! that recovers local segments. The file is written by the store's own
+//! segment writer ([`OpenSegment`]), at the origin's offsets, with the same
+//! running SHA-256 and counts and the same cut rule after a failed write or
+//! fsync. Sealing checks the origin's length and SHA-256 against those
+//! (the file is not read again) and records the same seal record as the
 //! origin; a mismatch is refused, logged and counted, never accepted.
 //!
 //! When the mirror's disk fails, an append is refused with what went wrong
 //! ([`AppendError::Io`], a `NO_SPACE`, `READ_ONLY` or `IO_ERROR` code on the
 //! wire) and nothing of it stays: the write is positional and its remains
 //! are cut; after a failed fsync the file is cut back to its last
-//! acknowledged length and reopened, never trusted. The uplink keeps its
-//! backlog and offers the same bytes again later.
+//! acknowledged length ([`OpenSegment::cut_to_durable`]). The uplink keeps
+//! its backlog and offers the same bytes again later.
 
 pub mod peers;
 
@@ -30,9 +33,11 @@ use crate::metrics::Metrics;
 use crate::store::changes::Changes;
 use crate::store::clock::Clock;
 use crate::store::frame::{FrameError, FrameHeader};
-use crate::store::fs::{Fs, FsFile, Trouble};
+use crate::store::fs::{Fs, Trouble};
 use crate::store::recover::{reseal, walk_and_repair};
-use crate::store::segment::{gone_path, hex, seal_path, sha256_of, SealRecord, SegmentName};
+use crate::store::segment::{
+    gone_path, hex, seal_path, AppendError as SegmentAppendError, OpenSegment, SealRecord, SegmentName,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppendError {
@@ -64,13 +69,23 @@ pub enum SealError {
 }
 
 struct Entry {
-    path: PathBuf,
     rel: PathBuf,
-    file: Option<FsFile>,
-    len: u64,
+    name: SegmentName,
+    /// Sealed here: the file is not written again.
     seal: Option<SealRecord>,
-    /// Unsealed: what the file's `len` bytes hash to and hold.
-    tally: Tally,
+    /// Unsealed and begun: the file being written, with its running
+    /// SHA-256 and counts (the store's own segment writer).
+    seg: Option<OpenSegment>,
+}
+
+impl Entry {
+    fn len(&self) -> u64 {
+        match (&self.seal, &self.seg) {
+            (Some(s), _) => s.len,
+            (None, Some(seg)) => seg.len,
+            (None, None) => 0,
+        }
+    }
 }
 
 /// Mirror segments being written, by relative path.
@@ -106,7 +121,7 @@ pub fn check_frames(frames: &[u8]) -> Result<(), (usize, FrameError)> {
     count_frames(frames).map(|_| ())
 }
 
-/// [`check_frames`], and what the frames hold.
+/// [`check_frames`], and how many frames and records they hold.
 fn count_frames(frames: &[u8]) -> Result<Counts, (usize, FrameError)> {
     let mut c = Counts::default();
     let mut at = 0;
@@ -118,51 +133,16 @@ fn count_frames(frames: &[u8]) -> Result<Counts, (usize, FrameError)> {
         c.frames += 1;
         c.records += u64::from(h.records);
         c.first_seq.get_or_insert(h.first_seq);
-        c.next_seq = c.next_seq.max(h.next_seq());
     }
     Ok(c)
 }
 
-/// Frames, records and sequence numbers of a run of frames.
+/// Frames, records and the first sequence number of a run of frames.
 #[derive(Clone, Copy, Debug, Default)]
 struct Counts {
     frames: u64,
     records: u64,
     first_seq: Option<u64>,
-    next_seq: u64,
-}
-
-impl Counts {
-    fn add(&mut self, o: Counts) {
-        self.frames += o.frames;
-        self.records += o.records;
-        if self.first_seq.is_none() {
-            self.first_seq = o.first_seq;
-        }
-        self.next_seq = self.next_seq.max(o.next_seq);
-    }
-}
-
-/// What an unsealed mirror file holds, kept up to date as frames are
-/// appended: its SHA-256 so far and its counts. A seal needs no read of the
-/// file (it re-read and re-hashed the whole segment: O(segment) at every
-/// seal, issue 25). Built from the file once when an entry is opened on a
-/// file already there (after a restart).
-#[derive(Clone, Default)]
-struct Tally {
-    sha: sha2::Sha256,
-    counts: Counts,
-}
-
-impl Tally {
-    /// The first `len` bytes of `path`, whose frames `walk` counted.
-    fn of_file(path: &Path, len: u64, walk: &crate::store::recover::Walk) -> io::Result<Tally> {
-        use std::io::Read;
-        let sha = sha256_of(std::fs::File::open(path)?.take(len))?;
-        let counts =
-            Counts { frames: walk.frames, records: walk.records, first_seq: walk.first_seq, next_seq: walk.next_seq };
-        Ok(Tally { sha, counts })
-    }
 }
 
 impl Mirror {
@@ -193,6 +173,9 @@ impl Mirror {
         if let Some(e) = self.entries.lock().expect("not poisoned").get(rel) {
             return Ok(e.clone());
         }
+        let name = SegmentName::parse_rel(rel).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, format!("{} is not a segment path", rel.display()))
+        })?;
         let path = self.archive_dir.join(rel);
         let seal = match SealRecord::load(&seal_path(&self.state_dir, rel)) {
             Ok(s) => s,
@@ -209,23 +192,31 @@ impl Mirror {
             )?,
             Err(e) => return Err(e),
         };
-        let (len, tally) = match (&seal, path.exists()) {
-            (Some(s), _) => (s.len, Tally::default()),
-            (None, true) => {
-                let w = walk_and_repair(&self.fs, &path, &Self::stream_of(rel), &self.metrics)?;
-                (w.len, Tally::of_file(&path, w.len, &w)?)
-            }
-            (None, false) => (0, Tally::default()),
-        };
-        let e = Arc::new(Mutex::new(Entry { path, rel: rel.to_owned(), file: None, len, seal, tally }));
+        let mut e = Entry { rel: rel.to_owned(), name, seal, seg: None };
+        self.resume(&mut e)?;
+        let e = Arc::new(Mutex::new(e));
         Ok(self.entries.lock().expect("not poisoned").entry(rel.to_owned()).or_insert(e).clone())
+    }
+
+    /// An unsealed entry without a writer whose file is there (after a
+    /// restart, or after a failed append that could not be cut back) gets
+    /// one: the file walked, a torn tail cut, its frames hashed once.
+    fn resume(&self, e: &mut Entry) -> io::Result<()> {
+        let path = self.archive_dir.join(&e.rel);
+        if e.seal.is_some() || e.seg.is_some() || !path.exists() {
+            return Ok(());
+        }
+        let w = walk_and_repair(&self.fs, &path, &Self::stream_of(&e.rel), &self.metrics)?;
+        e.seg = Some(OpenSegment::resume(&self.fs, &self.archive_dir, e.name.clone(), &w)?);
+        Ok(())
     }
 
     /// Bytes held and whether the segment is sealed here.
     pub fn have(&self, rel: &Path) -> io::Result<(u64, bool)> {
         let e = self.entry(rel)?;
-        let e = e.lock().expect("not poisoned");
-        Ok((e.len, e.seal.is_some()))
+        let mut e = e.lock().expect("not poisoned");
+        self.resume(&mut e)?;
+        Ok((e.len(), e.seal.is_some()))
     }
 
     /// Append whole frames at `offset`; durable when this returns. Returns
@@ -233,73 +224,74 @@ impl Mirror {
     pub fn append(&self, rel: &Path, offset: u64, frames: &[u8]) -> Result<u64, AppendError> {
         let e = self.entry(rel)?;
         let mut e = e.lock().expect("not poisoned");
+        self.resume(&mut e)?;
+        let len = e.len();
         if e.seal.is_some() {
-            return if offset + frames.len() as u64 <= e.len { Ok(e.len) } else { Err(AppendError::Sealed) };
+            return if offset + frames.len() as u64 <= len { Ok(len) } else { Err(AppendError::Sealed) };
         }
-        if offset != e.len {
-            return Err(AppendError::WrongOffset { offset, expected: e.len });
+        if offset != len {
+            return Err(AppendError::WrongOffset { offset, expected: len });
         }
         // Only new segments are refused, and only while the *sealed*
         // segments kept are over max_bytes (as of the last retention pass
         // plus those sealed since): one already begun may complete and be
         // sealed, and open segments (which cannot be deleted before their
         // origin seals them) never hold the door shut.
-        if e.len == 0 && self.full.sealed_full() {
+        if len == 0 && self.full.sealed_full() {
             self.metrics.link.mirror_errors.with_label_values(&["archive_full"]).inc();
             return Err(AppendError::Full);
         }
         let counts = count_frames(frames).map_err(|(at, error)| AppendError::InvalidFrame { at, error })?;
-        if let Err(err) = self.write(&mut e, frames) {
+        if let Err(err) = self.write(&mut e, frames, counts) {
             let trouble = Trouble::of(&err);
             self.metrics.link.mirror_errors.with_label_values(&[trouble.as_str()]).inc();
             return Err(AppendError::Io(err));
         }
-        // Only bytes that are in the file: a failed write was cut back out.
-        sha2::Digest::update(&mut e.tally.sha, frames);
-        e.tally.counts.add(counts);
         self.full.wrote(frames.len() as u64);
-        Ok(e.len)
+        Ok(e.len())
     }
 
-    /// Write `frames` at the entry's length and fsync; on any failure cut the
-    /// file back to that length and drop the handle (after a failed fsync
-    /// the file's cached state is not trusted again).
-    fn write(&self, e: &mut Entry, frames: &[u8]) -> io::Result<()> {
-        let mut created = false;
-        if e.file.is_none() {
-            let dir = e.path.parent().expect("segment paths have a parent").to_owned();
-            self.fs.create_dir_all(&dir)?;
-            created = !e.path.exists();
-            let f = self.fs.open_write(&e.path)?;
-            if created {
-                if let Err(err) = self.fs.sync_dir(&dir) {
-                    let _ = std::fs::remove_file(&e.path);
-                    return Err(err);
-                }
-            }
-            e.file = Some(f);
-        }
-        let len = e.len;
-        let f = e.file.as_mut().expect("opened above");
-        let written = f.write_all_at(frames, len).and_then(|()| f.sync_data());
-        if let Err(err) = written {
-            let cut = f.set_len(len).and_then(|()| f.sync_all());
-            e.file = None;
-            if let Err(c) = cut {
-                // The next touch walks the file again and cuts a torn tail; whole
-                // frames that stayed are the origin's bytes at their own offsets.
-                warn!(path = %e.rel.display(), error = %c, "cannot cut a failed mirror append back out");
-                let rel = e.rel.clone();
-                self.entries.lock().expect("not poisoned").remove(&rel);
-            }
-            return Err(err);
-        }
-        e.len += frames.len() as u64;
+    /// Write `frames` at the segment's end through the store's segment
+    /// writer and fsync. A failed write or fsync is cut back out by the
+    /// writer's one rule ([`OpenSegment::cut_to_durable`]); if even the cut
+    /// fails the writer is dropped, and the next touch walks the file again
+    /// and cuts a torn tail (whole frames that stayed are the origin's bytes
+    /// at their own offsets).
+    fn write(&self, e: &mut Entry, frames: &[u8], counts: Counts) -> io::Result<()> {
+        let created = e.seg.is_none();
         if created {
-            self.changes.layout_changed(None);
+            let first_seq = counts.first_seq.unwrap_or(0);
+            e.seg = Some(OpenSegment::create(&self.fs, &self.archive_dir, e.name.clone(), first_seq)?);
         }
-        self.changes.grown(&e.rel, e.len);
-        Ok(())
+        let seg = e.seg.as_mut().expect("created above");
+        if let Some(first) = counts.first_seq {
+            seg.start_at(first);
+        }
+        let written = match seg.append_frames(frames, counts.frames, counts.records) {
+            Ok(()) => seg.sync(),
+            Err(SegmentAppendError::Cut(err)) => Err(err),
+            Err(SegmentAppendError::Uncut { write, cut }) => Err(self.drop_writer(e, write, cut)),
+        };
+        let Err(err) = written else {
+            if created {
+                self.changes.layout_changed(None);
+            }
+            self.changes.grown(&e.rel, e.len());
+            return Ok(());
+        };
+        if let Some(seg) = e.seg.as_mut() {
+            if let Err(cut) = seg.cut_to_durable() {
+                return Err(self.drop_writer(e, err, cut));
+            }
+        }
+        Err(err)
+    }
+
+    /// After a cut that failed: the writer goes; `resume` walks the file again.
+    fn drop_writer(&self, e: &mut Entry, err: io::Error, cut: io::Error) -> io::Error {
+        warn!(path = %e.rel.display(), error = %cut, "cannot cut a failed mirror append back out");
+        e.seg = None;
+        err
     }
 
     /// This receiver's state epoch (`state/mirror.epoch`), drawn when the
@@ -347,10 +339,12 @@ impl Mirror {
         Ok(())
     }
 
-    /// Seal a mirror segment after checking the origin's length and checksum.
+    /// Seal a mirror segment after checking the origin's length and
+    /// checksum against the running ones (the file is not read again).
     pub fn seal(&self, rel: &Path, len: u64, sha256: &[u8; 32]) -> Result<(), SealError> {
         let e = self.entry(rel)?;
         let mut e = e.lock().expect("not poisoned");
+        self.resume(&mut e)?;
         let origin = hex(sha256);
         if let Some(s) = &e.seal {
             return if s.len == len && s.sha256 == origin {
@@ -359,31 +353,19 @@ impl Mirror {
                 Err(SealError::Checksum { origin, mirror: s.sha256.clone() })
             };
         }
-        if e.len != len {
-            return Err(SealError::Length { origin: len, mirror: e.len });
-        }
-        if let Some(f) = &e.file {
-            f.sync_all()?;
-        }
-        let mirror = hex(&sha2::Digest::finalize(e.tally.sha.clone()));
-        if mirror != origin {
-            error!(path = %e.rel.display(), %origin, %mirror, "mirror segment differs from its origin; not sealed");
-            return Err(SealError::Checksum { origin, mirror });
-        }
-        let c = e.tally.counts;
-        let rec = SealRecord {
-            len,
-            sha256: mirror,
-            frames: c.frames,
-            records: c.records,
-            first_seq: c.first_seq.unwrap_or(0),
-            next_seq: c.next_seq,
-            sealed_ms: self.clock.now_ms(),
+        let Some(seg) = e.seg.as_mut().filter(|s| s.len == len) else {
+            return Err(SealError::Length { origin: len, mirror: e.len() });
         };
+        seg.sync()?;
+        let rec = seg.seal_record(self.clock.now_ms());
+        if rec.sha256 != origin {
+            error!(path = %e.rel.display(), %origin, mirror = %rec.sha256, "mirror segment differs from its origin; not sealed");
+            return Err(SealError::Checksum { origin, mirror: rec.sha256 });
+        }
         rec.store(&self.fs, &seal_path(&self.state_dir, &e.rel))?;
         info!(path = %e.rel.display(), len, records = rec.records, "mirror segment sealed, byte-identical to origin");
         self.full.sealed(len);
-        e.file = None;
+        e.seg = None;
         e.seal = Some(rec);
         let rel = e.rel.clone();
         drop(e);

@@ -615,7 +615,7 @@ impl Writer {
             self.changes.layout_changed(None);
         }
         let s = seg.as_mut().expect("opened above");
-        match s.append_frames(frame, frames, p.records) {
+        match s.append_frames(frame, frames, u64::from(p.records)) {
             Ok(()) => {}
             Err(AppendError::Cut(e)) => {
                 // A segment whose first frame failed is empty: remove it rather

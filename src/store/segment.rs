@@ -459,17 +459,58 @@ impl OpenSegment {
         })
     }
 
+    /// Go on writing a segment file already there (a mirror segment after a
+    /// restart) whose first `walk.len` bytes are whole frames, as
+    /// [`walk_and_repair`](super::recover::walk_and_repair) found them: they
+    /// are hashed once here, so the seal needs no read of the file.
+    pub fn resume(
+        fs: &Fs,
+        archive_dir: &Path,
+        name: SegmentName,
+        walk: &super::recover::Walk,
+    ) -> io::Result<OpenSegment> {
+        use std::io::Read;
+        let rel = name.rel_path();
+        let path = archive_dir.join(&rel);
+        let file = fs.open_write(&path)?;
+        let hasher = sha256_of(std::fs::File::open(&path)?.take(walk.len))?;
+        let first_seq = walk.first_seq.unwrap_or(walk.next_seq);
+        let mut seg = OpenSegment {
+            name,
+            rel,
+            path,
+            file,
+            durable: Durable { hasher: hasher.clone(), len: 0, frames: 0, records: 0, next_seq: first_seq },
+            hasher,
+            len: walk.len,
+            frames: walk.frames,
+            records: walk.records,
+            first_seq,
+            next_seq: walk.next_seq.max(first_seq),
+        };
+        seg.mark_durable();
+        Ok(seg)
+    }
+
+    /// Number a segment that has no frame yet from `first_seq`: a mirror
+    /// learns it from the origin's first frame. No effect once it has one.
+    pub fn start_at(&mut self, first_seq: u64) {
+        if self.frames == 0 {
+            (self.first_seq, self.next_seq, self.durable.next_seq) = (first_seq, first_seq, first_seq);
+        }
+    }
+
     /// Append one whole frame at the end. On error whatever part of it
     /// landed is cut, and the segment is as before; if even the cut fails
     /// the error says so ([`AppendError::Uncut`]) and the caller must
     /// [`finish`](Self::finish) the segment.
     pub fn append(&mut self, frame: &[u8], records: u32) -> Result<(), AppendError> {
-        self.append_frames(frame, 1, records)
+        self.append_frames(frame, 1, u64::from(records))
     }
 
     /// Append `frames` whole frames, back to back in `bytes`, as one write:
     /// all of them land or none (as [`append`](Self::append)).
-    pub fn append_frames(&mut self, bytes: &[u8], frames: u64, records: u32) -> Result<(), AppendError> {
+    pub fn append_frames(&mut self, bytes: &[u8], frames: u64, records: u64) -> Result<(), AppendError> {
         if let Err(e) = self.file.write_all_at(bytes, self.len) {
             return Err(match self.file.set_len(self.len) {
                 Ok(()) => AppendError::Cut(e),
@@ -479,8 +520,8 @@ impl OpenSegment {
         self.hasher.update(bytes);
         self.len += bytes.len() as u64;
         self.frames += frames;
-        self.records += u64::from(records);
-        self.next_seq += u64::from(records);
+        self.records += records;
+        self.next_seq += records;
         Ok(())
     }
 
@@ -530,25 +571,47 @@ impl OpenSegment {
         state_dir: &Path,
         now_ms: i64,
     ) -> Result<(Option<SealRecord>, u64), (Box<OpenSegment>, io::Error)> {
-        let mut cut_records = 0;
-        if self.needs_cut() {
-            if let Err(e) = self.file.set_len(self.durable.len).and_then(|()| self.file.sync_all()) {
-                return Err((Box::new(self), e));
-            }
-            cut_records = self.records - self.durable.records;
-            let d = self.durable.clone();
-            (self.hasher, self.len, self.frames, self.records, self.next_seq) =
-                (d.hasher, d.len, d.frames, d.records, d.next_seq);
-        }
-        if self.durable.len == 0 {
+        let cut_records = match self.cut_to_durable() {
+            Ok(n) => n,
+            Err(e) => return Err((Box::new(self), e)),
+        };
+        if self.len == 0 {
             let dir = self.path.parent().expect("segment paths have a parent").to_owned();
             return match fs.remove_file(&self.path).and_then(|()| fs.sync_dir(&dir)) {
                 Ok(()) => Ok((None, cut_records)),
                 Err(e) => Err((Box::new(self), e)),
             };
         }
+        let rec = self.seal_record(now_ms);
+        match rec.store(fs, &seal_path(state_dir, &self.rel)) {
+            Ok(()) => Ok((Some(rec), cut_records)),
+            Err(e) => Err((Box::new(self), e)),
+        }
+    }
+
+    /// The one cut rule, after a failed write or fsync: the file goes back
+    /// to what the last fsync confirmed (the cut fsynced too), and so do
+    /// its length, counts and checksum. Returns the records cut. On error
+    /// the file may still hold bytes past that point: not to be written
+    /// again (the commit writer retries [`finish`](Self::finish); the mirror
+    /// walks the file again when next touched).
+    pub fn cut_to_durable(&mut self) -> io::Result<u64> {
+        if !self.needs_cut() {
+            return Ok(0);
+        }
+        self.file.set_len(self.durable.len).and_then(|()| self.file.sync_all())?;
+        let cut_records = self.records - self.durable.records;
+        let d = self.durable.clone();
+        (self.hasher, self.len, self.frames, self.records, self.next_seq) =
+            (d.hasher, d.len, d.frames, d.records, d.next_seq);
+        Ok(cut_records)
+    }
+
+    /// The seal record of what is durable now: length, SHA-256 and counts,
+    /// from the running state (the file is not read).
+    pub fn seal_record(&self, now_ms: i64) -> SealRecord {
         let d = &self.durable;
-        let rec = SealRecord {
+        SealRecord {
             len: d.len,
             sha256: hex(&d.hasher.clone().finalize()),
             frames: d.frames,
@@ -556,10 +619,6 @@ impl OpenSegment {
             first_seq: self.first_seq,
             next_seq: d.next_seq,
             sealed_ms: now_ms,
-        };
-        match rec.store(fs, &seal_path(state_dir, &self.rel)) {
-            Ok(()) => Ok((Some(rec), cut_records)),
-            Err(e) => Err((Box::new(self), e)),
         }
     }
 }
