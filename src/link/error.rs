@@ -1,15 +1,22 @@
-//! Why a link session ends, as the uplink sees it: the errors at the link's
-//! boundary, one enum each, so the log says which and a caller can match.
+//! How a link session ends, on either side of the link: one [`End`] for the
+//! uplink and the receiver, so the log says which and a caller can match.
 
 use std::time::Duration;
 
 use super::proto::{Code, DecodeError};
 
-/// A session's end other than its own task's cancellation.
+/// How a session ended.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum End {
-    /// The receiver said no (REFUSE), with its code and reason.
-    #[error("receiver refused the link ({code}): {reason}", code = .0.as_str(), reason = .1)]
+    /// This node stopped it: its shutdown, or the uplink's task cancelled.
+    #[error("stopped by this node")]
+    Stopped,
+    /// The uplink's shutdown grace: nothing deliverable was left.
+    #[error("nothing left to deliver")]
+    Drained,
+    /// REFUSE, with its code and reason: the receiver's, as the uplink reads
+    /// it, or the one a receiver sends.
+    #[error("link refused ({code}): {reason}", code = .0.as_str(), reason = .1)]
     Refused(Code, String),
     #[error(transparent)]
     Lost(#[from] Lost),
@@ -29,7 +36,7 @@ pub enum Lost {
     Unexpected(String),
     #[error("receiver sent garbage: {0}")]
     Garbage(DecodeError),
-    #[error("receiver closed the connection")]
+    #[error("the peer closed the connection")]
     Closed,
     #[error("connection failed: {0}")]
     Io(#[source] IoCause),

@@ -17,6 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
+use super::error::{End, Lost};
 use super::proto::{Code, DecodeError, Msg, Tombstone, MIN_VERSION, VERSION};
 use super::transport::{quic, tls, Link, Timing};
 use crate::config::{ListenerConfig, Transport};
@@ -168,17 +169,6 @@ pub async fn serve(bound: Bound, ctx: Arc<ReceiverCtx>, sd: Shutdown) {
             acc.close(Code::ShuttingDown as u32, "receiver shutting down");
         }
     }
-}
-
-/// Why a session ended.
-enum End {
-    Closed,
-    Refuse(Code, String),
-    /// Reading or writing the connection failed (the cause kept for the log).
-    Io(std::io::Error),
-    /// Nothing arrived for `dead_after`: not even a keepalive.
-    Silent(std::time::Duration),
-    Shutdown,
 }
 
 /// The receiver's side of one session with no I/O: it checks each message
@@ -370,7 +360,7 @@ fn still_trusted(
         Ok(()) => Ok(()),
         Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked)) => {
             let serial = certs.first().and_then(|c| crate::pki::serial_hex(c)).unwrap_or_default();
-            Err(End::Refuse(
+            Err(End::Refused(
                 Code::CertificateRevoked,
                 format!("the certificate of {identity} (serial {serial}) is revoked by the CRL now in force"),
             ))
@@ -399,7 +389,7 @@ async fn session(mut link: Link, ctx: Arc<ReceiverCtx>, sd: Shutdown) {
             Ok(Some(m)) => m,
             Ok(None) => {
                 let read = tokio::select! {
-                    _ = sd.token.cancelled() => break End::Shutdown,
+                    _ = sd.token.cancelled() => break End::Stopped,
                     Ok(()) = tls_replaced.changed() => match still_trusted(&ctx, &link.peer_certs, &link.identity, peer) {
                         Ok(()) => continue,
                         Err(end) => break end,
@@ -407,14 +397,14 @@ async fn session(mut link: Link, ctx: Arc<ReceiverCtx>, sd: Shutdown) {
                     r = tokio::time::timeout(ctx.timing.dead_after, link.io.read_buf(&mut rbuf)) => r,
                 };
                 match read {
-                    Err(_) => break End::Silent(ctx.timing.dead_after),
-                    Ok(Ok(0)) => break End::Closed,
+                    Err(_) => break End::Lost(Lost::NoAnswer(ctx.timing.dead_after)),
+                    Ok(Ok(0)) => break End::Lost(Lost::Closed),
                     Ok(Ok(_)) => continue,
-                    Ok(Err(e)) => break End::Io(e),
+                    Ok(Err(e)) => break End::Lost(Lost::io(e)),
                 }
             }
             Err(e @ (DecodeError::TooLarge(_) | DecodeError::UnknownType(_) | DecodeError::Malformed(_))) => {
-                break End::Refuse(e.code(), e.to_string());
+                break End::Refused(e.code(), e.to_string());
             }
         };
         let mirror = ctx.mirror.clone();
@@ -432,7 +422,7 @@ async fn session(mut link: Link, ctx: Arc<ReceiverCtx>, sd: Shutdown) {
                 }
                 r
             }
-            Step::Refuse(code, reason) => break End::Refuse(code, reason),
+            Step::Refuse(code, reason) => break End::Refused(code, reason),
             Step::Have { id, rel } => {
                 have_reply(id, tokio::task::spawn_blocking(move || mirror.have(&rel)).await.expect("mirror task"))
             }
@@ -505,11 +495,11 @@ async fn session(mut link: Link, ctx: Arc<ReceiverCtx>, sd: Shutdown) {
             link.io.flush().await
         };
         if let Err(e) = w.await {
-            break End::Io(e);
+            break End::Lost(Lost::io(e));
         }
     };
     match end {
-        End::Refuse(code, reason) => {
+        End::Refused(code, reason) => {
             if code == Code::NotAuthorized && !ctx.may_log_unauthorized(&site, &node) {
                 m.link.link_refused.with_label_values(&[&ctx.cfg.name, code.as_str()]).inc();
             } else {
@@ -521,12 +511,12 @@ async fn session(mut link: Link, ctx: Arc<ReceiverCtx>, sd: Shutdown) {
             let _ = link.io.flush().await;
             link.close(code as u32, code.as_str()).await;
         }
-        End::Closed => info!(listener = %ctx.cfg.name, %peer, %site, %node, "uplink disconnected"),
-        End::Io(e) => warn!(listener = %ctx.cfg.name, %peer, %site, %node, error = %e, "uplink connection lost"),
-        End::Silent(after) => {
+        End::Lost(Lost::Closed) => info!(listener = %ctx.cfg.name, %peer, %site, %node, "uplink disconnected"),
+        End::Lost(Lost::NoAnswer(after)) => {
             warn!(listener = %ctx.cfg.name, %peer, %site, %node, error = %format!("no traffic for {after:?}"), "uplink connection lost")
         }
-        End::Shutdown => link.close(Code::ShuttingDown as u32, "receiver shutting down").await,
+        End::Lost(e) => warn!(listener = %ctx.cfg.name, %peer, %site, %node, error = %e, "uplink connection lost"),
+        End::Stopped | End::Drained => link.close(Code::ShuttingDown as u32, "receiver shutting down").await,
     }
     m.link.link_sessions_active.with_label_values(&[&ctx.cfg.name]).dec();
 }

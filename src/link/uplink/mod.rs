@@ -42,7 +42,7 @@ use crate::store::segment::{list_tombstones, SealRecord};
 use backoff::Backoff;
 use bucket::TokenBucket;
 use scan::{Delivered, Local};
-use session::{Event, Params, Session};
+use session::{End, Event, Params, Session};
 
 /// Everything an uplink needs; `run` drives it until cancelled.
 pub struct Uplink {
@@ -103,25 +103,6 @@ enum Dialer {
     Quic(quic::Dialer),
 }
 
-/// How a session ended.
-#[derive(Debug)]
-enum End {
-    Cancelled,
-    /// Shutdown grace: nothing deliverable was left.
-    Drained,
-    Refused(Code, String),
-    Lost(session::Lost),
-}
-
-impl From<session::End> for End {
-    fn from(e: session::End) -> End {
-        match e {
-            session::End::Refused(c, r) => End::Refused(c, r),
-            session::End::Lost(e) => End::Lost(e),
-        }
-    }
-}
-
 impl Uplink {
     fn timing(&self) -> Timing {
         Timing {
@@ -172,7 +153,7 @@ impl Uplink {
                     let (end, progressed) = self.session(link, offer, &mut across, &stop, &drain).await;
                     m.link.uplink_connected.with_label_values(&[&name]).set(0);
                     match &end {
-                        End::Cancelled => return,
+                        End::Stopped => return,
                         End::Refused(Code::VersionUnsupported, reason) if offer > MIN_VERSION => {
                             offer -= 1;
                             warn!(uplink = %name, addr = %addr_str, %reason, version = offer,
@@ -381,7 +362,7 @@ impl Uplink {
                 match rx.try_recv() {
                     Ok(Ok(msg)) => {
                         if let Err(e) = sess.handle(msg, Instant::now()) {
-                            return end_session(e.into(), &sess);
+                            return end_session(e, &sess);
                         }
                     }
                     Ok(Err(e)) => return end_session(End::Lost(e), &sess),
@@ -399,12 +380,12 @@ impl Uplink {
                 sess.on_transport_progress(now);
             }
             if let Err(e) = sess.handle_timeout(now) {
-                return end_session(e.into(), &sess);
+                return end_session(e, &sess);
             }
             // 1. Whatever the session has to say.
             if let Some(buf) = sess.poll_transmit(now) {
                 let w = tokio::select! {
-                    _ = stop.cancelled() => return end_session(End::Cancelled, &sess),
+                    _ = stop.cancelled() => return end_session(End::Stopped, &sess),
                     r = write_paced(&mut wr, &buf, &mut pacer, tune, &wire, &mut progress, self.cfg.dead_after.max(Duration::from_secs(5))) => r,
                 };
                 match w {
@@ -450,10 +431,10 @@ impl Uplink {
             }
             tokio::select! {
                 biased;
-                _ = stop.cancelled() => return end_session(End::Cancelled, &sess),
+                _ = stop.cancelled() => return end_session(End::Stopped, &sess),
                 ev = rx.recv() => match ev {
                     Some(Ok(msg)) => if let Err(e) = sess.handle(msg, Instant::now()) {
-                        return end_session(e.into(), &sess);
+                        return end_session(e, &sess);
                     },
                     Some(Err(e)) => return end_session(End::Lost(e), &sess),
                     None => return end_session(End::Lost(session::Lost::Closed), &sess),
@@ -477,7 +458,7 @@ impl Uplink {
                         sess.on_transport_progress(Instant::now());
                     }
                     if let Err(e) = sess.handle_timeout(Instant::now()) {
-                        return end_session(e.into(), &sess);
+                        return end_session(e, &sess);
                     }
                 }
             }
