@@ -24,5 +24,5 @@ pub fn run(config: Option<PathBuf>) -> anyhow::Result<i32> {
 
 /// Run a node on `cfg` (no file: SIGHUP reloads nothing) until SIGTERM/SIGINT.
 pub async fn run_node(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<()> {
-    crate::node::run(None, cfg, "", clock).await
+    Ok(crate::node::run(None, cfg, "", clock).await?)
 }

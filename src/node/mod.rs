@@ -15,12 +15,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::admin::{self, AdminState};
@@ -32,19 +30,13 @@ use crate::link::uplink::{Tuning, Uplink};
 use crate::metrics::Metrics;
 use crate::mirror::Mirror;
 use crate::pki::{Live, Material};
-use crate::shutdown::Shutdown;
+use crate::shutdown::{Shutdown, Stages, DRAIN_DEADLINE};
 use crate::sink::Sink;
 use crate::store::clock::Clock;
 use crate::store::delivered::{Delivered, DeliveryHold};
 use crate::store::fs::Fs;
 use crate::store::retention;
 use crate::store::Store;
-
-/// How long connections get to hand over their last batches at shutdown
-/// (and a listener a reload removes or replaces).
-const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
-/// How long uplinks get at shutdown to deliver what the store just sealed.
-const UPLINK_GRACE: Duration = Duration::from_secs(5);
 
 /// A socket bound for a listener, not yet served.
 enum Bound {
@@ -83,11 +75,8 @@ pub struct Node {
     /// `[[bucket]]` uploaders: stopped with the sinks.
     buckets: HashMap<String, RunningSink>,
     hold: Arc<DeliveryHold>,
-    uplink_stop: CancellationToken,
-    uplink_drain: CancellationToken,
-    uplink_tasks: TaskTracker,
-    sink_stop: CancellationToken,
-    sink_tasks: TaskTracker,
+    /// Every task but the listeners', and the order they stop in.
+    stages: Stages,
 }
 
 /// The first 16 hex digits of the SHA-256 of a config's text.
@@ -113,21 +102,65 @@ fn raise_open_files_limit() {
     }
 }
 
+/// Why a node, or a part of it a reload starts, cannot start: each with
+/// what it was doing and the error that stopped it (its `source`).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("FERRY_FAULTS: {0}")]
+    Faults(String),
+    #[error("[tls]")]
+    Tls(#[source] crate::pki::Error),
+    #[error("opening the store")]
+    Store(#[source] crate::store::Error),
+    #[error("admin: cannot listen on {addr}")]
+    Admin {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("listener {name}: cannot listen on {addr}")]
+    Listen {
+        name: String,
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("listener {name}")]
+    Listener {
+        name: String,
+        #[source]
+        source: ingest::Error,
+    },
+    #[error("cannot read or create state/mirror.epoch")]
+    Epoch(#[source] std::io::Error),
+    #[error("{name}: reading its state")]
+    State {
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Configuration validation makes sure this does not happen.
+    #[error("{0} needs a [tls] section")]
+    NoTls(&'static str),
+    #[error("signals")]
+    Signals(#[source] std::io::Error),
+}
+
 /// Run a node until SIGTERM/SIGINT (a second signal exits at once);
 /// SIGHUP reloads `file`.
-pub async fn run(file: Option<PathBuf>, cfg: Config, text: &str, clock: Arc<dyn Clock>) -> anyhow::Result<()> {
+pub async fn run(file: Option<PathBuf>, cfg: Config, text: &str, clock: Arc<dyn Clock>) -> Result<(), Error> {
     let metrics = Metrics::new();
     metrics.node.up_since.set(clock.now_ms() / 1000);
     info!(site = %cfg.node.site, node = %cfg.node.name, data_dir = %cfg.node.data_dir.display(), config = %cfg.source, "ferry starting");
     crate::logging::set_level(cfg.log_level.as_deref());
     raise_open_files_limit();
-    let fs = Fs::from_env().map_err(|e| anyhow::anyhow!("FERRY_FAULTS: {e}"))?;
+    let fs = Fs::from_env().map_err(Error::Faults)?;
     if fs.faults().is_some() {
         warn!("FERRY_FAULTS is set: disk faults are being injected on purpose (a test); never run a production node like this");
     }
     let tls = match &cfg.tls {
         Some(files) => {
-            let m = Material::load(files).context("[tls]")?;
+            let m = Material::load(files).map_err(Error::Tls)?;
             if let Err(e) = m.check() {
                 warn!(error = %e, "this node's certificate does not pass its own checks: peers will refuse it");
             }
@@ -138,8 +171,7 @@ pub async fn run(file: Option<PathBuf>, cfg: Config, text: &str, clock: Arc<dyn 
         }
         None => None,
     };
-    let store =
-        Arc::new(Store::open_with(&cfg, clock.clone(), metrics.clone(), fs.clone()).context("opening the store")?);
+    let store = Arc::new(Store::open_with(&cfg, clock.clone(), metrics.clone(), fs.clone()).map_err(Error::Store)?);
     let mut node = Node {
         file,
         metrics: metrics.clone(),
@@ -153,11 +185,7 @@ pub async fn run(file: Option<PathBuf>, cfg: Config, text: &str, clock: Arc<dyn 
         sinks: HashMap::new(),
         buckets: HashMap::new(),
         hold: Arc::new(DeliveryHold::default()),
-        uplink_stop: CancellationToken::new(),
-        uplink_drain: CancellationToken::new(),
-        uplink_tasks: TaskTracker::new(),
-        sink_stop: CancellationToken::new(),
-        sink_tasks: TaskTracker::new(),
+        stages: Stages::default(),
         cfg: cfg.clone(),
     };
     node.config_in_force(text);
@@ -170,13 +198,12 @@ pub async fn run(file: Option<PathBuf>, cfg: Config, text: &str, clock: Arc<dyn 
         bound.push((l.clone(), b));
     }
     let ready = Arc::new(AtomicBool::new(false));
-    let admin_stop = CancellationToken::new();
-    // Ends with the admin listener (same token): the last thing to stop.
-    tokio::spawn(memory::give_back_memory(Duration::from_secs(2), admin_stop.clone()));
-    let mut admin_task = None;
+    let last = &node.stages.last;
+    last.spawn(memory::give_back_memory(Duration::from_secs(2), last.token.clone()));
     if let Some(addr) = cfg.admin.listen {
-        let l = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("admin: cannot listen on {addr}"))?;
-        info!(addr = %l.local_addr()?, "admin listening (/metrics /healthz /readyz)");
+        let l = tokio::net::TcpListener::bind(addr).await.map_err(|source| Error::Admin { addr, source })?;
+        let local = l.local_addr().map_err(|source| Error::Admin { addr, source })?;
+        info!(addr = %local, "admin listening (/metrics /healthz /readyz)");
         let st = AdminState {
             metrics: metrics.clone(),
             ready: ready.clone(),
@@ -185,12 +212,12 @@ pub async fn run(file: Option<PathBuf>, cfg: Config, text: &str, clock: Arc<dyn 
             node: cfg.node.name.clone(),
             rates: Default::default(),
         };
-        let stop = admin_stop.clone();
-        admin_task = Some(tokio::spawn(async move {
+        let stop = last.token.clone();
+        last.spawn(async move {
             if let Err(e) = admin::serve(l, st, stop).await {
                 error!(error = %e, "admin listener failed");
             }
-        }));
+        });
     }
     for (l, b) in bound {
         node.serve(&l, b)?;
@@ -205,23 +232,22 @@ pub async fn run(file: Option<PathBuf>, cfg: Config, text: &str, clock: Arc<dyn 
     for b in &cfg.buckets {
         node.start_bucket(b, None)?;
     }
-    let retention_stop = CancellationToken::new();
-    let retention_task = tokio::spawn(retention::run(store.clone(), node.hold.clone(), retention_stop.clone()));
-    let watch_stop = CancellationToken::new();
-    let watch_task = tokio::spawn(crate::query::watch::run(
+    let archive = &node.stages.archive;
+    archive.spawn(retention::run(store.clone(), node.hold.clone(), archive.token.clone()));
+    archive.spawn(crate::query::watch::run(
         cfg.archive_dir(),
         cfg.state_dir(),
         metrics.clone(),
         store.changes().clone(),
-        watch_stop.clone(),
+        archive.token.clone(),
     ));
     ready.store(true, Ordering::Relaxed);
     metrics.node.ready.set(1);
     info!("ferry ready");
 
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate()).map_err(Error::Signals)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(Error::Signals)?;
+    let mut hup = signal(SignalKind::hangup()).map_err(Error::Signals)?;
     loop {
         tokio::select! {
             _ = term.recv() => break,
@@ -242,48 +268,9 @@ pub async fn run(file: Option<PathBuf>, cfg: Config, text: &str, clock: Arc<dyn 
     });
 
     let all: Vec<Shutdown> = node.listeners.drain().map(|(_, sd)| sd).collect();
-    if !stop_all(&all, DRAIN_DEADLINE).await {
-        warn!(deadline = ?DRAIN_DEADLINE, "some connections did not finish in time");
-    }
-    retention_stop.cancel();
-    let _ = retention_task.await;
-    watch_stop.cancel();
-    let _ = watch_task.await;
-    store.close().await;
-    // Give uplinks a moment to deliver the segments the store just sealed.
-    node.uplink_tasks.close();
-    node.uplink_drain.cancel();
-    if tokio::time::timeout(UPLINK_GRACE, node.uplink_tasks.wait()).await.is_err() {
-        info!(grace = ?UPLINK_GRACE, "uplinks still had data to deliver; it stays on disk for the next start");
-    }
-    node.uplink_stop.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(5), node.uplink_tasks.wait()).await;
-    // Sinks last: they write their cursors on the way out.
-    node.sink_tasks.close();
-    node.sink_stop.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(5), node.sink_tasks.wait()).await;
-    admin_stop.cancel();
-    if let Some(t) = admin_task {
-        let _ = t.await;
-    }
+    node.stages.stop(&all, store.close()).await;
     info!("ferry stopped");
     Ok(())
-}
-
-/// Stop listeners together: all stop accepting at once, then their
-/// connections get `deadline` in all to hand over their last batches.
-async fn stop_all(sds: &[Shutdown], deadline: Duration) -> bool {
-    for sd in sds {
-        sd.token.cancel();
-        sd.tracker.close();
-    }
-    tokio::time::timeout(deadline, async {
-        for sd in sds {
-            sd.tracker.wait().await;
-        }
-    })
-    .await
-    .is_ok()
 }
 
 impl Node {
@@ -307,35 +294,38 @@ impl Node {
     }
 
     /// Bind a listener's socket (TLS from the material in force).
-    async fn bind(&self, l: &ListenerConfig) -> anyhow::Result<Bound> {
-        let what = || format!("listener {}: cannot listen on {}", l.name, l.listen);
+    async fn bind(&self, l: &ListenerConfig) -> Result<Bound, Error> {
+        let what = |source| Error::Listen { name: l.name.clone(), addr: l.listen.to_string(), source };
         if l.kind == ListenerKind::Ferry {
-            let tls = self.tls.as_ref().context("validated: ferry listeners have [tls]")?;
+            let tls = self.tls.as_ref().ok_or(Error::NoTls("a ferry listener"))?;
             let timing = Timing {
                 keepalive: Duration::from_secs(2),
                 dead_after: l.idle_timeout.min(Duration::from_secs(60)),
                 connect_timeout: Duration::from_secs(10),
             };
-            let b = receiver::Bound::bind(l, tls, &timing).await.with_context(what)?;
+            let b = receiver::Bound::bind(l, tls, &timing).await.map_err(what)?;
             Ok(Bound::Receiver(b, timing))
         } else {
-            Ok(Bound::Ingest(ingest::bind(l, self.tls.as_ref(), &self.cfg.state_dir()).await.with_context(what)?))
+            Ok(Bound::Ingest(ingest::bind(l, self.tls.as_ref(), &self.cfg.state_dir()).await.map_err(what)?))
         }
     }
 
     /// Serve a bound listener under its own shutdown.
-    fn serve(&mut self, l: &ListenerConfig, b: Bound) -> anyhow::Result<()> {
+    fn serve(&mut self, l: &ListenerConfig, b: Bound) -> Result<(), Error> {
         let sd = Shutdown::new();
         match b {
             Bound::Ingest(b) => {
                 info!(listener = %l.name, transport = ?l.transport, addr = %b.local_addr(), stream = %l.stream, "listening");
-                let ctx = Arc::new(ListenerCtx::new(l.clone(), &self.store, self.metrics.clone())?);
+                let ctx = Arc::new(
+                    ListenerCtx::new(l.clone(), &self.store, self.metrics.clone())
+                        .map_err(|source| Error::Listener { name: l.name.clone(), source })?,
+                );
                 sd.spawn(ingest::serve(b, ctx, self.store.clone(), sd.clone()));
             }
             Bound::Receiver(b, timing) => {
                 info!(listener = %l.name, transport = ?l.transport, addr = %b.local_addr(), "receiving links");
                 let (mirror, epoch) = self.mirror()?;
-                let tls = self.tls.clone().context("a ferry receiver needs a [tls] section")?;
+                let tls = self.tls.clone().ok_or(Error::NoTls("a ferry receiver"))?;
                 let ctx = Arc::new(ReceiverCtx::new(l.clone(), mirror, self.metrics.clone(), timing, epoch, tls));
                 sd.spawn(receiver::serve(b, ctx, sd.clone()));
             }
@@ -344,7 +334,7 @@ impl Node {
         Ok(())
     }
 
-    fn mirror(&mut self) -> anyhow::Result<(Arc<Mirror>, u64)> {
+    fn mirror(&mut self) -> Result<(Arc<Mirror>, u64), Error> {
         if self.mirror.is_none() {
             let mirror = Arc::new(Mirror::new(
                 self.cfg.archive_dir(),
@@ -355,23 +345,23 @@ impl Node {
                 self.store.changes().clone(),
                 self.store.fullness(),
             ));
-            let epoch = mirror.epoch().context("cannot read or create state/mirror.epoch")?;
+            let epoch = mirror.epoch().map_err(Error::Epoch)?;
             self.mirror = Some((mirror, epoch));
         }
         Ok(self.mirror.clone().expect("just set"))
     }
 
-    fn delivered(&self, dir: &str, name: &str) -> anyhow::Result<Arc<Delivered>> {
+    fn delivered(&self, dir: &str, name: &str) -> Result<Arc<Delivered>, Error> {
         let d = Arc::new(
             Delivered::load(&self.fs, self.cfg.state_dir().join(dir).join(format!("{name}.delivered")), &self.metrics)
-                .with_context(|| format!("{name}: reading its state"))?,
+                .map_err(|source| Error::State { name: name.to_owned(), source })?,
         );
         d.retain_existing(&self.cfg.archive_dir());
         Ok(d)
     }
 
     /// Start an uplink; `delivered` is kept across a restart by reload.
-    fn start_uplink(&mut self, u: &UplinkConfig, delivered: Option<Arc<Delivered>>) -> anyhow::Result<()> {
+    fn start_uplink(&mut self, u: &UplinkConfig, delivered: Option<Arc<Delivered>>) -> Result<(), Error> {
         let delivered = match delivered {
             Some(d) => d,
             None => {
@@ -381,14 +371,14 @@ impl Node {
             }
         };
         let (tune, tune_rx) = watch::channel(Tuning::of(u));
-        let stop = self.uplink_stop.child_token();
+        let stop = self.stages.uplinks.token.child_token();
         let up = Uplink {
             cfg: u.clone(),
             node: self.cfg.node.name.clone(),
             site: self.cfg.node.site.clone(),
             archive_dir: self.cfg.archive_dir(),
             state_dir: self.cfg.state_dir(),
-            tls: self.tls.clone().context("validated: uplinks have [tls]")?,
+            tls: self.tls.clone().ok_or(Error::NoTls("an uplink"))?,
             tune: tune_rx,
             metrics: self.metrics.clone(),
             clock: self.clock.clone(),
@@ -396,7 +386,7 @@ impl Node {
             fs: self.fs.clone(),
             changes: self.store.changes().clone(),
         };
-        let task = self.uplink_tasks.spawn(up.run(stop.clone(), self.uplink_drain.clone()));
+        let task = self.stages.uplinks.tracker.spawn(up.run(stop.clone(), self.stages.uplink_drain.clone()));
         self.uplinks.insert(u.name.clone(), RunningUplink { stop, task, tune, delivered });
         Ok(())
     }
@@ -409,7 +399,7 @@ impl Node {
         Some(r.delivered)
     }
 
-    fn start_sink(&mut self, k: &SinkConfig, delivered: Option<Arc<Delivered>>) -> anyhow::Result<()> {
+    fn start_sink(&mut self, k: &SinkConfig, delivered: Option<Arc<Delivered>>) -> Result<(), Error> {
         let delivered = match delivered {
             Some(d) => d,
             None => {
@@ -418,7 +408,7 @@ impl Node {
                 d
             }
         };
-        let stop = self.sink_stop.child_token();
+        let stop = self.stages.sinks.token.child_token();
         let sink = Sink {
             cfg: k.clone(),
             archive_dir: self.cfg.archive_dir(),
@@ -429,12 +419,12 @@ impl Node {
             fs: self.fs.clone(),
             changes: self.store.changes().clone(),
         };
-        let task = self.sink_tasks.spawn(sink.run(stop.clone()));
+        let task = self.stages.sinks.tracker.spawn(sink.run(stop.clone()));
         self.sinks.insert(k.name.clone(), RunningSink { stop, task, delivered });
         Ok(())
     }
 
-    fn start_bucket(&mut self, b: &BucketConfig, delivered: Option<Arc<Delivered>>) -> anyhow::Result<()> {
+    fn start_bucket(&mut self, b: &BucketConfig, delivered: Option<Arc<Delivered>>) -> Result<(), Error> {
         let delivered = match delivered {
             // Restarted by a reload: its keep_local may have changed.
             Some(d) => {
@@ -448,7 +438,7 @@ impl Node {
                 d
             }
         };
-        let stop = self.sink_stop.child_token();
+        let stop = self.stages.sinks.token.child_token();
         let up = crate::bucket::Uploader {
             cfg: b.clone(),
             node: self.cfg.node.name.clone(),
@@ -460,7 +450,7 @@ impl Node {
             fs: self.fs.clone(),
             changes: self.store.changes().clone(),
         };
-        let task = self.sink_tasks.spawn(up.run(stop.clone()));
+        let task = self.stages.sinks.tracker.spawn(up.run(stop.clone()));
         self.buckets.insert(b.name.clone(), RunningSink { stop, task, delivered });
         Ok(())
     }
@@ -531,7 +521,7 @@ impl Node {
         // TLS: read and checked before anything changes.
         let material = match &new.tls {
             Some(files) => Some(Material::load_checked(files).map_err(|e| {
-                Refusal::Refused(vec![format!("tls: {:#}; the certificates in force stay", anyhow::Error::from(e))])
+                Refusal::Refused(vec![format!("tls: {}; the certificates in force stay", with_causes(&e))])
             })?),
             None => None,
         };
@@ -580,7 +570,7 @@ impl Node {
         }
         // Listeners leave together, then the ones that reuse their sockets bind.
         let stopping: Vec<Shutdown> = leaving.iter().filter_map(|l| self.listeners.remove(&l.name)).collect();
-        if !stop_all(&stopping, DRAIN_DEADLINE).await {
+        if !crate::shutdown::stop_all(&stopping, DRAIN_DEADLINE).await {
             warn!(deadline = ?DRAIN_DEADLINE, "reload: some connections of removed or changed listeners did not finish in time");
         }
         for (l, b) in early {
@@ -722,4 +712,16 @@ fn note_revoked(cfg: &Config) {
         }
         Err(e) => warn!(error = %e, "cannot write state/revoked"),
     }
+}
+
+/// An error and its causes on one line, as `{:#}` of anyhow shows them.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        next = cause.source();
+    }
+    text
 }
