@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use prometheus::proto::{MetricFamily, MetricType};
+use prometheus::core::Collector;
+use prometheus::proto::MetricType;
 
 use crate::metrics::Metrics;
 
@@ -16,23 +17,26 @@ pub const EVERY: Duration = Duration::from_secs(5);
 const WINDOW: Duration = Duration::from_secs(10);
 
 /// (family, its first label's value) → counter value.
-type Sample = BTreeMap<(&'static str, String), f64>;
+type Sample = BTreeMap<(String, String), f64>;
 
-/// The counters rated, and the label that keys each.
-pub const RATED: [(&str, &str); 6] = [
-    ("ferry_received_records_total", "listener"),
-    ("ferry_received_bytes_total", "listener"),
-    ("ferry_committed_records_total", "stream"),
-    ("ferry_committed_bytes_total", "stream"),
-    ("ferry_uplink_wire_bytes_total", "uplink"),
-    ("ferry_uplink_acked_bytes_total", "uplink"),
-];
+/// The counters rated (each keyed by its first label).
+fn rated(m: &Metrics) -> [&dyn Collector; 6] {
+    [
+        &m.ingest.received_records,
+        &m.ingest.received_bytes,
+        &m.store.committed_records,
+        &m.store.committed_bytes,
+        &m.link.uplink_wire_bytes,
+        &m.link.uplink_acked_bytes,
+    ]
+}
 
-fn take(fams: &[MetricFamily]) -> Sample {
+fn take(m: &Metrics) -> Sample {
     let mut out = Sample::new();
-    for (name, label) in RATED {
-        for (k, v) in series(fams, name, &[label]) {
-            *out.entry((name, k.into_iter().next().unwrap_or_default())).or_insert(0.0) += v;
+    for c in rated(m) {
+        let name = c.desc().first().map(|d| d.fq_name.clone()).unwrap_or_default();
+        for (k, v) in series(c) {
+            *out.entry((name.clone(), k.into_iter().next().unwrap_or_default())).or_insert(0.0) += v;
         }
     }
     out
@@ -46,7 +50,7 @@ pub struct Rates {
 impl Rates {
     /// Sample now (every [`EVERY`], by the admin server).
     pub fn sample(&self, m: &Metrics) {
-        let s = take(&m.registry.gather());
+        let s = take(m);
         let mut q = self.samples.lock().expect("not poisoned");
         let now = Instant::now();
         q.push_back((now, s));
@@ -57,7 +61,7 @@ impl Rates {
 
     /// Per second, since the newest sample at least [`WINDOW`] old (else the
     /// oldest); `None` before there is one.
-    pub fn per_sec(&self, fams: &[MetricFamily]) -> Option<BTreeMap<(&'static str, String), f64>> {
+    pub fn per_sec(&self, m: &Metrics) -> Option<Sample> {
         let q = self.samples.lock().expect("not poisoned");
         let now = Instant::now();
         let (at, old) = q.iter().rev().find(|(t, _)| now.duration_since(*t) >= WINDOW).or(q.front())?;
@@ -66,7 +70,7 @@ impl Rates {
             return None;
         }
         Some(
-            take(fams)
+            take(m)
                 .into_iter()
                 .map(|(k, v)| {
                     let before = old.get(&k).copied().unwrap_or(0.0);
@@ -77,23 +81,25 @@ impl Rates {
     }
 }
 
-/// Sample values of one metric family, keyed by the values of `labels`, in
-/// that order (the registry returns labels sorted by name).
-pub(super) fn series(fams: &[MetricFamily], name: &str, labels: &[&str]) -> BTreeMap<Vec<String>, f64> {
+/// Sample values of one metric, keyed by the values of its labels in
+/// their declared order.
+pub(super) fn series(c: &dyn Collector) -> BTreeMap<Vec<String>, f64> {
     let mut out = BTreeMap::new();
-    if let Some(f) = fams.iter().find(|f| f.name() == name) {
+    let labels: Vec<String> = c.desc().first().map(|d| d.variable_labels.clone()).unwrap_or_default();
+    for f in c.collect() {
         for m in f.get_metric() {
+            // The registry returns labels sorted by name: put them back in order.
             let pairs = m.get_label();
-            let labels = labels
+            let key = labels
                 .iter()
-                .map(|want| pairs.iter().find(|l| l.name() == *want).map(|l| l.value().to_owned()).unwrap_or_default())
+                .map(|want| pairs.iter().find(|l| l.name() == want).map(|l| l.value().to_owned()).unwrap_or_default())
                 .collect();
             let v = match f.get_field_type() {
                 MetricType::COUNTER => m.get_counter().get_value(),
                 MetricType::GAUGE => m.get_gauge().get_value(),
                 _ => continue,
             };
-            out.insert(labels, v);
+            out.insert(key, v);
         }
     }
     out

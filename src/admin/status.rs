@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 
 use super::rates::series;
 use crate::metrics::Metrics;
+use prometheus::core::Collector;
 
 fn by_first(s: &BTreeMap<Vec<String>, f64>) -> BTreeMap<String, f64> {
     let mut out = BTreeMap::new();
@@ -68,22 +69,23 @@ fn proc_status_kib(field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// The metrics a page is rendered from: one gather, and the rates since an
-/// earlier one.
+/// The metrics a page is rendered from, read from the metric objects
+/// themselves (a metric renamed or relabelled cannot be missed here), and
+/// the rates since an earlier sample.
 struct View<'a> {
     m: &'a Metrics,
-    fams: Vec<prometheus::proto::MetricFamily>,
-    per_sec: Option<BTreeMap<(&'static str, String), f64>>,
+    per_sec: Option<BTreeMap<(String, String), f64>>,
 }
 
 impl View<'_> {
-    /// The series of `name` by the values of `labels`.
-    fn get(&self, name: &str, labels: &[&str]) -> BTreeMap<Vec<String>, f64> {
-        series(&self.fams, name, labels)
+    /// The series of `c` by the values of its labels, in their declared order.
+    fn get(&self, c: &dyn Collector) -> BTreeMap<Vec<String>, f64> {
+        series(c)
     }
 
-    /// Per second of counter `name` for the series whose first label is `key`.
-    fn rate(&self, name: &'static str, key: &str) -> Option<f64> {
+    /// Per second of counter `c` for the series whose first label is `key`.
+    fn rate(&self, c: &dyn Collector, key: &str) -> Option<f64> {
+        let name = c.desc().first().map(|d| d.fq_name.clone()).unwrap_or_default();
         self.per_sec.as_ref().map(|p| p.get(&(name, key.to_owned())).copied().unwrap_or(0.0))
     }
 }
@@ -107,9 +109,7 @@ fn or_dash(items: &[String]) -> String {
 /// it (streams and listeners always; uplinks, sinks, buckets and receivers
 /// when configured).
 pub fn render(m: &Metrics, site: &str, node: &str, archive: &Archive, rates: &super::rates::Rates) -> String {
-    let fams = m.registry.gather();
-    let per_sec = rates.per_sec(&fams);
-    let w = View { m, fams, per_sec };
+    let w = View { m, per_sec: rates.per_sec(m) };
     let mut s = String::new();
     head(&w, &mut s, site, node, archive);
     streams(&w, &mut s);
@@ -127,7 +127,7 @@ fn head(w: &View<'_>, s: &mut String, site: &str, node: &str, archive: &Archive)
     let ready = if w.m.node.ready.get() == 1 { "ready" } else { "not ready" };
     let _ = writeln!(s, "ferry {} — site {site}, node {node}, up {up}s, {ready}", env!("CARGO_PKG_VERSION"));
     let full = if w.m.store.store_full.get() == 1 { "  (FULL: refusing records, on_full = reject)" } else { "" };
-    let open_segments: f64 = w.get("ferry_segments_open", &["stream"]).values().sum();
+    let open_segments: f64 = w.get(&w.m.store.segments_open).values().sum();
     let _ = writeln!(
         s,
         "archive: {} in {} segments ({} open){full}",
@@ -137,7 +137,7 @@ fn head(w: &View<'_>, s: &mut String, site: &str, node: &str, archive: &Archive)
     );
     // Memory beside the connections that hold most of it (a relay for
     // thousands of collectors is sized by these two figures).
-    let connections: f64 = w.get("ferry_connections_active", &["listener"]).values().sum();
+    let connections: f64 = w.get(&w.m.ingest.connections_active).values().sum();
     let (rss, peak) = (proc_status_kib("VmRSS:"), proc_status_kib("VmHWM:"));
     let _ = writeln!(
         s,
@@ -146,13 +146,13 @@ fn head(w: &View<'_>, s: &mut String, site: &str, node: &str, archive: &Archive)
         bytes(peak as f64 * 1024.0),
         connections as u64
     );
-    let hash = w.get("ferry_config_info", &["hash", "file"]).keys().next().cloned().unwrap_or_default();
+    let hash = w.get(&w.m.node.config_info).keys().next().cloned().unwrap_or_default();
     if hash.len() == 2 {
         let reload =
             if w.m.node.config_last_reload_ok.get() == 1 { "" } else { "  (LAST RELOAD REFUSED: see the log)" };
         let _ = writeln!(s, "config: {} sha256 {}…{reload}", hash[1], hash[0]);
     }
-    let certs = w.get("ferry_certificate_expiry_timestamp_seconds", &["role", "subject"]);
+    let certs = w.get(&w.m.node.certificate_expiry);
     let now = crate::store::clock::Clock::now_ms(&crate::store::clock::SystemClock) / 1000;
     for (k, v) in &certs {
         let days = (*v as i64 - now) / 86_400;
@@ -163,11 +163,11 @@ fn head(w: &View<'_>, s: &mut String, site: &str, node: &str, archive: &Archive)
 
 /// Per stream: records, bytes raw and on disk, open segments, rates, the disk.
 fn streams(w: &View<'_>, s: &mut String) {
-    let committed = by_first(&w.get("ferry_committed_records_total", &["stream"]));
-    let cbytes = by_first(&w.get("ferry_committed_bytes_total", &["stream"]));
-    let written = by_first(&w.get("ferry_written_bytes_total", &["stream"]));
-    let open = by_first(&w.get("ferry_segments_open", &["stream"]));
-    let unwritable = w.get("ferry_store_unwritable", &["stream", "reason"]);
+    let committed = by_first(&w.get(&w.m.store.committed_records));
+    let cbytes = by_first(&w.get(&w.m.store.committed_bytes));
+    let written = by_first(&w.get(&w.m.store.written_bytes));
+    let open = by_first(&w.get(&w.m.store.segments_open));
+    let unwritable = w.get(&w.m.store.store_unwritable);
     let _ = writeln!(
         s,
         "\nstreams\n  {:<16} {:>14} {:>12} {:>12} {:>5} {:>10} {:>12}  DISK",
@@ -184,8 +184,8 @@ fn streams(w: &View<'_>, s: &mut String) {
             bytes(cbytes.get(k).copied().unwrap_or(0.0)),
             bytes(written.get(k).copied().unwrap_or(0.0)),
             open.get(k).copied().unwrap_or(0.0) as u64,
-            rate(w.rate("ferry_committed_records_total", k), false),
-            rate(w.rate("ferry_committed_bytes_total", k), true),
+            rate(w.rate(&w.m.store.committed_records, k), false),
+            rate(w.rate(&w.m.store.committed_bytes, k), true),
             if down.is_empty() { "ok".to_owned() } else { format!("REFUSING RECORDS: {}", down.join(",")) }
         );
     }
@@ -193,12 +193,12 @@ fn streams(w: &View<'_>, s: &mut String) {
 
 /// Per listener: records received, connections, rates, drops and refusals.
 fn listeners(w: &View<'_>, s: &mut String) {
-    let received = by_first(&w.get("ferry_received_records_total", &["listener"]));
-    let dropped = w.get("ferry_dropped_records_total", &["listener", "reason"]);
-    let active = by_first(&w.get("ferry_connections_active", &["listener"]));
-    let kernel = by_first(&w.get("ferry_socket_dropped_datagrams_total", &["listener"]));
-    let refused = w.get("ferry_refused_records_total", &["listener", "reason"]);
-    let conns_refused = w.get("ferry_connections_refused_total", &["listener", "reason"]);
+    let received = by_first(&w.get(&w.m.ingest.received_records));
+    let dropped = w.get(&w.m.ingest.dropped_records);
+    let active = by_first(&w.get(&w.m.ingest.connections_active));
+    let kernel = by_first(&w.get(&w.m.ingest.socket_dropped_datagrams));
+    let refused = w.get(&w.m.ingest.refused_records);
+    let conns_refused = w.get(&w.m.ingest.connections_refused);
     let _ = writeln!(
         s,
         "\nlisteners\n  {:<16} {:>14} {:>6} {:>10} {:>12}  DROPPED, REFUSED",
@@ -228,8 +228,8 @@ fn listeners(w: &View<'_>, s: &mut String) {
             k,
             *v as u64,
             active.get(k).copied().unwrap_or(0.0) as u64,
-            rate(w.rate("ferry_received_records_total", k), false),
-            rate(w.rate("ferry_received_bytes_total", k), true),
+            rate(w.rate(&w.m.ingest.received_records, k), false),
+            rate(w.rate(&w.m.ingest.received_bytes, k), true),
             or_dash(&drops)
         );
     }
@@ -237,14 +237,14 @@ fn listeners(w: &View<'_>, s: &mut String) {
 
 /// Per uplink: connection, bytes, cap, what the receiver refuses; lag per stream.
 fn uplinks(w: &View<'_>, s: &mut String) {
-    let connected = w.get("ferry_uplink_connected", &["uplink"]);
+    let connected = w.get(&w.m.link.uplink_connected);
     if !connected.is_empty() {
-        let wire = by_first(&w.get("ferry_uplink_wire_bytes_total", &["uplink"]));
-        let cap = by_first(&w.get("ferry_uplink_max_rate_bytes", &["uplink"]));
-        let rec = by_first(&w.get("ferry_uplink_reconnects_total", &["uplink"]));
-        let deliv = by_first(&w.get("ferry_uplink_segments_delivered_total", &["uplink"]));
-        let blocked = w.get("ferry_uplink_blocked_segments", &["uplink", "reason"]);
-        let errors = w.get("ferry_uplink_errors_total", &["uplink", "reason"]);
+        let wire = by_first(&w.get(&w.m.link.uplink_wire_bytes));
+        let cap = by_first(&w.get(&w.m.link.uplink_max_rate));
+        let rec = by_first(&w.get(&w.m.link.uplink_reconnects));
+        let deliv = by_first(&w.get(&w.m.link.uplink_segments_delivered));
+        let blocked = w.get(&w.m.link.uplink_blocked_segments);
+        let errors = w.get(&w.m.link.uplink_errors);
         let _ = writeln!(
             s,
             "\nuplinks\n  {:<16} {:>9} {:>12} {:>14} {:>10} {:>9} {:>12} {:>12}  RECEIVER REFUSES",
@@ -272,14 +272,14 @@ fn uplinks(w: &View<'_>, s: &mut String) {
                 if c > 0.0 { format!("{:.1} Mbit/s", c * 8.0 / 1e6) } else { "none".into() },
                 rec.get(name).copied().unwrap_or(0.0) as u64,
                 deliv.get(name).copied().unwrap_or(0.0) as u64,
-                rate(w.rate("ferry_uplink_wire_bytes_total", name), true),
-                rate(w.rate("ferry_uplink_acked_bytes_total", name), true),
+                rate(w.rate(&w.m.link.uplink_wire_bytes, name), true),
+                rate(w.rate(&w.m.link.uplink_acked_bytes, name), true),
                 or_dash(&refusing)
             );
         }
-        let lag_b = w.get("ferry_uplink_lag_bytes", &["uplink", "site", "stream"]);
-        let lag_s = w.get("ferry_uplink_lag_seconds", &["uplink", "site", "stream"]);
-        let acked = w.get("ferry_uplink_acked_bytes_total", &["uplink", "site", "stream"]);
+        let lag_b = w.get(&w.m.link.uplink_lag_bytes);
+        let lag_s = w.get(&w.m.link.uplink_lag_seconds);
+        let acked = w.get(&w.m.link.uplink_acked_bytes);
         let _ =
             writeln!(s, "  {:<16} {:<24} {:>12} {:>10} {:>12}", "UPLINK", "SITE/STREAM", "LAG", "LAG SECS", "ACKED");
         for (k, v) in &lag_b {
@@ -298,17 +298,17 @@ fn uplinks(w: &View<'_>, s: &mut String) {
 
 /// Per sink: connection, stalls, deliveries, errors; lag per stream.
 fn sinks(w: &View<'_>, s: &mut String) {
-    let sink_up = w.get("ferry_sink_connected", &["sink"]);
+    let sink_up = w.get(&w.m.sink.sink_connected);
     if !sink_up.is_empty() {
-        let recs = w.get("ferry_sink_records_total", &["sink", "site", "stream"]);
-        let lag_r = w.get("ferry_sink_lag_records", &["sink", "site", "stream"]);
-        let lag_b = w.get("ferry_sink_lag_bytes", &["sink", "site", "stream"]);
-        let lag_s = w.get("ferry_sink_lag_seconds", &["sink", "site", "stream"]);
-        let errors = w.get("ferry_sink_errors_total", &["sink", "reason"]);
-        let dead = w.get("ferry_sink_dead_letters_total", &["sink", "reason"]);
-        let deliv = by_first(&w.get("ferry_sink_segments_delivered_total", &["sink"]));
-        let stalled = by_first(&w.get("ferry_sink_stalled", &["sink"]));
-        let missing = w.get("ferry_sink_missing_topic", &["sink", "topic"]);
+        let recs = w.get(&w.m.sink.sink_records);
+        let lag_r = w.get(&w.m.sink.sink_lag_records);
+        let lag_b = w.get(&w.m.sink.sink_lag_bytes);
+        let lag_s = w.get(&w.m.sink.sink_lag_seconds);
+        let errors = w.get(&w.m.sink.sink_errors);
+        let dead = w.get(&w.m.sink.sink_dead_letters);
+        let deliv = by_first(&w.get(&w.m.sink.sink_segments_delivered));
+        let stalled = by_first(&w.get(&w.m.sink.sink_stalled));
+        let missing = w.get(&w.m.sink.sink_missing_topic);
         let _ = writeln!(
             s,
             "\nsinks\n  {:<16} {:>9} {:>8} {:>14} {:>9}  ERRORS / DEAD-LETTERED",
@@ -360,17 +360,13 @@ fn sinks(w: &View<'_>, s: &mut String) {
 
 /// Per bucket: uploads, lag, conflicts, errors.
 fn buckets(w: &View<'_>, s: &mut String) {
-    let bucket_up = w.get("ferry_bucket_up", &["bucket"]);
+    let bucket_up = w.get(&w.m.bucket.up);
     if !bucket_up.is_empty() {
-        let one = |n: &str| by_first(&w.get(n, &["bucket"]));
-        let (segs, up_bytes, lag_n, lag_b) = (
-            one("ferry_bucket_segments_total"),
-            one("ferry_bucket_bytes_total"),
-            one("ferry_bucket_lag_segments"),
-            one("ferry_bucket_lag_bytes"),
-        );
-        let (lag_s, conflicted) = (one("ferry_bucket_lag_seconds"), one("ferry_bucket_conflicted_segments"));
-        let errors = w.get("ferry_bucket_errors_total", &["bucket", "reason"]);
+        let b = &w.m.bucket;
+        let one = |c: &dyn Collector| by_first(&w.get(c));
+        let (segs, up_bytes, lag_n, lag_b) = (one(&b.segments), one(&b.bytes), one(&b.lag_segments), one(&b.lag_bytes));
+        let (lag_s, conflicted) = (one(&b.lag_seconds), one(&b.conflicted));
+        let errors = w.get(&w.m.bucket.errors);
         let _ = writeln!(
             s,
             "\nbuckets\n  {:<16} {:>4} {:>9} {:>12} {:>8} {:>12} {:>9} {:>10}  ERRORS",
@@ -398,10 +394,10 @@ fn buckets(w: &View<'_>, s: &mut String) {
 
 /// Per link listener: sessions, bytes by site, refusals; checksum mismatches.
 fn receivers(w: &View<'_>, s: &mut String) {
-    let sessions = by_first(&w.get("ferry_link_sessions_active", &["listener"]));
+    let sessions = by_first(&w.get(&w.m.link.link_sessions_active));
     if !sessions.is_empty() {
-        let recv = w.get("ferry_link_received_bytes_total", &["listener", "site"]);
-        let refused = w.get("ferry_link_refused_total", &["listener", "reason"]);
+        let recv = w.get(&w.m.link.link_received_bytes);
+        let refused = w.get(&w.m.link.link_refused);
         let _ = writeln!(s, "\nreceivers\n  {:<16} {:>8}  RECEIVED BY SITE / REFUSED", "LISTENER", "LINKS");
         for (k, v) in &sessions {
             let sites: Vec<String> =
@@ -410,7 +406,7 @@ fn receivers(w: &View<'_>, s: &mut String) {
             let _ = writeln!(s, "  {:<16} {:>8}  {} / {}", k, *v as u64, sites.join(" "), or_dash(&refs));
         }
     }
-    let mism: f64 = w.get("ferry_link_checksum_mismatches_total", &["side"]).values().sum();
+    let mism: f64 = w.get(&w.m.link.link_checksum_mismatches).values().sum();
     if mism > 0.0 {
         let _ =
             writeln!(s, "\nCHECKSUM MISMATCHES: {mism} (see the log; the affected segments are kept and not released)");
