@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 use tracing_subscriber::prelude::*;
 use tracing_subscriber::{fmt, reload, EnvFilter};
 
-type SetFilter = Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync>;
+type SetFilter = Box<dyn Fn(EnvFilter) -> Result<(), reload::Error> + Send + Sync>;
 
 static SET: OnceLock<SetFilter> = OnceLock::new();
 
@@ -25,7 +25,7 @@ pub fn init() {
                 .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
         )
         .init();
-    let _ = SET.set(Box::new(move |f| handle.reload(f).map_err(|e| e.to_string())));
+    let _ = SET.set(Box::new(move |f| handle.reload(f)));
 }
 
 /// Put the config's `[log] level` (validated) in force; `None`: `FERRY_LOG`

@@ -63,8 +63,24 @@ struct FileCredentials {
     token: Option<String>,
 }
 
-fn read_credentials(path: &Path) -> Result<FileCredentials, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+/// Why a credentials file cannot be used.
+#[derive(Debug, thiserror::Error)]
+enum CredentialsError {
+    #[error("{path}: {source}", path = .path.display())]
+    Read {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} line {line}: not `key = value`", path = .path.display())]
+    Line { path: std::path::PathBuf, line: usize },
+    #[error("{path}: needs aws_access_key_id and aws_secret_access_key", path = .path.display())]
+    Keys { path: std::path::PathBuf },
+}
+
+fn read_credentials(path: &Path) -> Result<FileCredentials, CredentialsError> {
+    let text =
+        std::fs::read_to_string(path).map_err(|source| CredentialsError::Read { path: path.to_owned(), source })?;
     let (mut key_id, mut secret, mut token) = (None, None, None);
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -78,7 +94,7 @@ fn read_credentials(path: &Path) -> Result<FileCredentials, String> {
             continue;
         }
         let Some((k, v)) = line.split_once('=') else {
-            return Err(format!("{} line {}: not `key = value`", path.display(), n + 1));
+            return Err(CredentialsError::Line { path: path.to_owned(), line: n + 1 });
         };
         let v = v.trim().to_owned();
         match k.trim() {
@@ -90,7 +106,7 @@ fn read_credentials(path: &Path) -> Result<FileCredentials, String> {
     }
     match (key_id, secret) {
         (Some(key_id), Some(secret)) => Ok(FileCredentials { key_id, secret, token }),
-        _ => Err(format!("{}: needs aws_access_key_id and aws_secret_access_key", path.display())),
+        _ => Err(CredentialsError::Keys { path: path.to_owned() }),
     }
 }
 
@@ -99,11 +115,10 @@ fn read_credentials(path: &Path) -> Result<FileCredentials, String> {
 /// The uploader and the readers (`query::bucket`) connect the same way.
 pub fn connect(cfg: &BucketConfig) -> Result<AmazonS3, BucketError> {
     let (b, opts) = builder(cfg)?;
-    b.with_client_options(opts).build().map_err(|e| BucketError::Setup(e.to_string()))
+    b.with_client_options(opts).build().map_err(|e| BucketError::setup("the S3 client", e))
 }
 
 fn builder(cfg: &BucketConfig) -> Result<(AmazonS3Builder, ClientOptions), BucketError> {
-    let setup = |detail: String| BucketError::Setup(detail);
     // The `AWS_*` environment first; a credentials file wins over it.
     let mut b = AmazonS3Builder::from_env()
         .with_bucket_name(&cfg.bucket)
@@ -121,7 +136,7 @@ fn builder(cfg: &BucketConfig) -> Result<(AmazonS3Builder, ClientOptions), Bucke
         b = b.with_endpoint(e);
     }
     if let Some(f) = &cfg.credentials_file {
-        let c = read_credentials(f).map_err(setup)?;
+        let c = read_credentials(f).map_err(|e| BucketError::setup("credentials_file", e))?;
         b = b.with_access_key_id(c.key_id).with_secret_access_key(c.secret);
         if let Some(t) = c.token {
             b = b.with_token(t);
@@ -132,9 +147,9 @@ fn builder(cfg: &BucketConfig) -> Result<(AmazonS3Builder, ClientOptions), Bucke
         .with_connect_timeout(cfg.request_timeout.min(Duration::from_secs(10)))
         .with_allow_http(cfg.endpoint.as_deref().is_some_and(|e| e.starts_with("http://")));
     if let Some(ca) = &cfg.ca {
-        let pem = std::fs::read(ca).map_err(|e| setup(format!("ca {}: {e}", ca.display())))?;
-        let certs =
-            object_store::Certificate::from_pem_bundle(&pem).map_err(|e| setup(format!("ca {}: {e}", ca.display())))?;
+        let pem = std::fs::read(ca).map_err(|e| BucketError::setup(format!("ca {}", ca.display()), e))?;
+        let certs = object_store::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| BucketError::setup(format!("ca {}", ca.display()), e))?;
         for c in certs {
             opts = opts.with_root_certificate(c);
         }
@@ -146,7 +161,7 @@ impl Client {
     pub fn new(cfg: &BucketConfig, metrics: &Metrics) -> Result<Client, BucketError> {
         let (b, opts) = builder(cfg)?;
         let raw = Raw::new(&b, &opts)?;
-        let s3 = b.with_client_options(opts).build().map_err(|e| BucketError::Setup(e.to_string()))?;
+        let s3 = b.with_client_options(opts).build().map_err(|e| BucketError::setup("the S3 client", e))?;
         Ok(Client {
             s3: Arc::new(s3),
             raw,
@@ -216,7 +231,7 @@ impl Client {
         let id = self.raw.create(&credential, key, seal).await?;
         // Written down before any part: a crash from here on leaves an
         // upload that the next start aborts.
-        uploads.add(key.as_ref(), &id).map_err(|e| BucketError::State(e.to_string()))?;
+        uploads.add(key.as_ref(), &id).map_err(BucketError::state)?;
         let parts = match self.put_parts(path, key, &id, seal.len).await {
             Ok(p) => p,
             Err(e) => {
@@ -239,7 +254,7 @@ impl Client {
             self.abort(key, &id, uploads).await;
             return self.compare(key, seal).await;
         }
-        uploads.remove(key.as_ref(), &id).map_err(|e| BucketError::State(e.to_string()))?;
+        uploads.remove(key.as_ref(), &id).map_err(BucketError::state)?;
         Ok(Put::Written)
     }
 
@@ -270,7 +285,7 @@ impl Client {
             match set.join_next().await {
                 Some(Ok((idx, Ok(p)))) => parts[idx] = Some(p),
                 Some(Ok((_, Err(e)))) => return Err(BucketError::from_store(Op::PutPart, e)),
-                Some(Err(e)) => return Err(BucketError::State(format!("part task: {e}"))),
+                Some(Err(e)) => return Err(BucketError::state(e)),
                 None => {}
             }
         }
@@ -302,7 +317,7 @@ impl Client {
                 Err(e) => return Err(BucketError::from_store(Op::Abort, e)),
             }
             self.metrics.bucket.aborted_uploads.with_label_values(&[&self.cfg.name]).inc();
-            uploads.remove(&name, &id).map_err(|e| BucketError::State(e.to_string()))?;
+            uploads.remove(&name, &id).map_err(BucketError::state)?;
             n += 1;
         }
         Ok(n)
@@ -447,7 +462,7 @@ impl Raw {
             (None, true) => format!("https://{bucket}.s3.{region}.amazonaws.com"),
             (None, false) => format!("https://s3.{region}.amazonaws.com/{bucket}"),
         };
-        let http = ReqwestConnector::default().connect(opts).map_err(|e| BucketError::Setup(e.to_string()))?;
+        let http = ReqwestConnector::default().connect(opts).map_err(|e| BucketError::setup("the HTTP client", e))?;
         Ok(Raw { http, base: base.trim_end_matches('/').to_owned(), region })
     }
 
@@ -488,7 +503,7 @@ impl Raw {
         h.insert("x-amz-checksum-algorithm", http::HeaderValue::from_static("SHA256"));
         for (name, value) in seal_metadata(seal) {
             let name = http::HeaderName::try_from(format!("x-amz-meta-{name}")).expect("a valid header name");
-            let value = http::HeaderValue::try_from(value).map_err(|e| BucketError::State(e.to_string()))?;
+            let value = http::HeaderValue::try_from(value).map_err(BucketError::state)?;
             h.insert(name, value);
         }
         let (_, body) = self.send(Op::CreateMultipart, credential, req, &[]).await?;
@@ -541,7 +556,7 @@ fn request(method: &str, url: &str, body: HttpRequestBody) -> Result<HttpRequest
         .method(method)
         .uri(url)
         .body(body)
-        .map_err(|e| BucketError::Setup(format!("request {url}: {e}")))
+        .map_err(|e| BucketError::setup(format!("request {url}"), e))
 }
 
 /// The text of `<name>…</name>` in a small XML answer.
@@ -576,8 +591,8 @@ async fn read_range(path: &Path, from: u64, len: u64) -> Result<Bytes, BucketErr
         Ok::<_, std::io::Error>(Bytes::from(buf))
     })
     .await
-    .map_err(|e| BucketError::State(e.to_string()))?
-    .map_err(|e| BucketError::Read(format!("{}: {e}", path.display())))
+    .map_err(BucketError::state)?
+    .map_err(|source| BucketError::Read { path: path.to_owned(), source })
 }
 
 /// The bandwidth cap: bytes are paid for before they are handed over, so
@@ -620,9 +635,9 @@ mod tests {
         let c = read_credentials(&d).unwrap();
         assert_eq!((c.key_id.as_str(), c.secret.as_str(), c.token), ("AK1", "s1", None));
         std::fs::write(&d, "aws_access_key_id = AK1\n").unwrap();
-        assert!(read_credentials(&d).err().unwrap().contains("aws_secret_access_key"));
+        assert!(read_credentials(&d).err().unwrap().to_string().contains("aws_secret_access_key"));
         std::fs::write(&d, "garbage\n").unwrap();
-        assert!(read_credentials(&d).err().unwrap().contains("line 1"));
+        assert!(read_credentials(&d).err().unwrap().to_string().contains("line 1"));
         let _ = std::fs::remove_file(&d);
     }
 }

@@ -78,16 +78,29 @@ pub fn to_text(blocks: &[Block]) -> String {
     s
 }
 
+/// What is wrong with an index text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IndexError {
+    #[error("not a ferry index (first line is not {MAGIC})")]
+    NotAnIndex,
+    #[error("line {0}: not `start end min_ms max_ms`")]
+    Line(usize),
+    #[error("line {line}: block {start}..{end} does not follow at {expect}")]
+    Gap { line: usize, start: u64, end: u64, expect: u64 },
+    #[error("covers {covered} bytes of {len}")]
+    Short { covered: u64, len: u64 },
+}
+
 /// The blocks of an index text, checked to cover `0..len` whole.
-pub fn parse(text: &str, len: u64) -> Result<Vec<Block>, String> {
+pub fn parse(text: &str, len: u64) -> Result<Vec<Block>, IndexError> {
     let mut lines = text.lines();
     if lines.next() != Some(MAGIC) {
-        return Err(format!("not a ferry index (first line is not {MAGIC})"));
+        return Err(IndexError::NotAnIndex);
     }
     let mut out: Vec<Block> = Vec::new();
     for (n, line) in lines.enumerate() {
         let f: Vec<&str> = line.split(' ').collect();
-        let bad = || format!("line {}: not `start end min_ms max_ms`", n + 2);
+        let bad = || IndexError::Line(n + 2);
         let [a, b, c, d] = f[..] else { return Err(bad()) };
         let block = Block {
             start: a.parse().map_err(|_| bad())?,
@@ -97,13 +110,13 @@ pub fn parse(text: &str, len: u64) -> Result<Vec<Block>, String> {
         };
         let expect = out.last().map_or(0, |p| p.end);
         if block.start != expect || block.end <= block.start {
-            return Err(format!("line {}: block {}..{} does not follow at {expect}", n + 2, block.start, block.end));
+            return Err(IndexError::Gap { line: n + 2, start: block.start, end: block.end, expect });
         }
         out.push(block);
     }
     let covered = out.last().map_or(0, |b| b.end);
     if covered != len {
-        return Err(format!("covers {covered} bytes of {len}"));
+        return Err(IndexError::Short { covered, len });
     }
     Ok(out)
 }
@@ -137,10 +150,10 @@ mod tests {
     fn an_index_round_trips_and_must_cover_the_object() {
         let blocks = vec![b(0, 10, 5, 9), b(10, 25, 9, 20), b(25, 30, 1, 2)];
         assert_eq!(parse(&to_text(&blocks), 30).unwrap(), blocks);
-        assert!(parse(&to_text(&blocks), 31).unwrap_err().contains("covers 30 bytes of 31"));
+        assert!(parse(&to_text(&blocks), 31).unwrap_err().to_string().contains("covers 30 bytes of 31"));
         let holed = to_text(&[b(0, 10, 5, 9), b(11, 30, 9, 20)]);
-        assert!(parse(&holed, 30).unwrap_err().contains("does not follow at 10"));
-        assert!(parse("ferry-index=1\n0 x 1 2\n", 1).unwrap_err().contains("line 2"));
+        assert!(parse(&holed, 30).unwrap_err().to_string().contains("does not follow at 10"));
+        assert!(parse("ferry-index=1\n0 x 1 2\n", 1).unwrap_err().to_string().contains("line 2"));
         assert!(parse("something else\n", 0).is_err());
     }
 

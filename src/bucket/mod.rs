@@ -68,8 +68,13 @@ impl Op {
 /// Why an upload did not happen; `reason()` is the metric label.
 #[derive(Debug, thiserror::Error)]
 pub enum BucketError {
-    #[error("bucket setup: {0}")]
-    Setup(String),
+    /// The client cannot be made or a request cannot be built: what, and why.
+    #[error("bucket setup: {what}: {source}")]
+    Setup {
+        what: String,
+        #[source]
+        source: Cause,
+    },
     #[error("{op}: {source}", op = .0.as_str(), source = .1)]
     Store(Op, #[source] object_store::Error),
     /// A request ferry signs itself (see `client::Raw`): status and body.
@@ -77,10 +82,30 @@ pub enum BucketError {
     Http(Op, String),
     #[error("after upload: {0}")]
     Mismatch(String),
-    #[error("reading the segment: {0}")]
-    Read(String),
+    #[error("reading the segment: {path}: {source}")]
+    Read {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// This node's own state (its delivered list, open uploads, a task).
     #[error("state: {0}")]
-    State(String),
+    State(#[source] Cause),
+}
+
+/// The error underneath a [`BucketError`], kept whole.
+pub type Cause = Box<dyn std::error::Error + Send + Sync>;
+
+impl BucketError {
+    /// A failure of this node's own state.
+    pub fn state(e: impl Into<Cause>) -> BucketError {
+        BucketError::State(e.into())
+    }
+
+    /// Setting up `what` failed with `e`.
+    pub fn setup(what: impl Into<String>, e: impl Into<Cause>) -> BucketError {
+        BucketError::Setup { what: what.into(), source: e.into() }
+    }
 }
 
 impl BucketError {
@@ -91,9 +116,9 @@ impl BucketError {
     /// The `reason` label of `ferry_bucket_errors_total`.
     pub fn reason(&self) -> &'static str {
         match self {
-            BucketError::Setup(_) => "setup",
+            BucketError::Setup { .. } => "setup",
             BucketError::Mismatch(_) => "length_mismatch",
-            BucketError::Read(_) => "read",
+            BucketError::Read { .. } => "read",
             BucketError::State(_) => "state_write",
             BucketError::Store(_, e) => match e {
                 object_store::Error::Unauthenticated { .. } | object_store::Error::PermissionDenied { .. } => "auth",
@@ -297,7 +322,7 @@ impl Uploader {
                         retry_at = Some(Instant::now() + jitter(backoff));
                         backoff = (backoff * 2).min(self.cfg.backoff_max);
                         // A segment deleted under us or a state change: look again.
-                        if matches!(e, BucketError::Read(_)) {
+                        if matches!(e, BucketError::Read { .. }) {
                             changes.force_relist();
                         }
                     }
@@ -355,14 +380,14 @@ impl Uploader {
         let (p, len) = (path.clone(), seal.len);
         let blocks = tokio::task::spawn_blocking(move || index::build(&p, len))
             .await
-            .map_err(|e| BucketError::State(e.to_string()))?
-            .map_err(|e| BucketError::Read(format!("{}: {e}", path.display())))?;
+            .map_err(BucketError::state)?
+            .map_err(|source| BucketError::Read { path: path.clone(), source })?;
         client.put_text(&format!("{rel}.idx"), &index::to_text(&blocks), Op::PutIndex).await?;
         let seal_put = client.put_text(&format!("{rel}.seal"), &seal.to_text(), Op::PutSeal).await?;
         if let Put::Conflict(why) = seal_put {
             return Ok(Put::Conflict(why));
         }
-        self.delivered.add(&seg.rel).map_err(|e| BucketError::State(e.to_string()))?;
+        self.delivered.add(&seg.rel).map_err(BucketError::state)?;
         match put {
             Put::Written => {
                 bm.segments.with_label_values(&[name]).inc();
@@ -403,7 +428,7 @@ impl Uploader {
                 }
                 Put::AlreadyThere => {}
             }
-            done.add(&rel).map_err(|e| BucketError::State(e.to_string()))?;
+            done.add(&rel).map_err(BucketError::state)?;
         }
         Ok(n)
     }

@@ -69,8 +69,7 @@ impl SelectArgs {
     /// The archive and the selection; times parsed against now.
     pub fn resolve(&self) -> anyhow::Result<(Archive, Selection)> {
         let now = SystemClock.now_ms();
-        let time =
-            |s: &Option<String>| s.as_deref().map(|t| parse_time(t, now)).transpose().map_err(anyhow::Error::msg);
+        let time = |s: &Option<String>| s.as_deref().map(|t| parse_time(t, now)).transpose();
         let sel = Selection {
             sites: self.site.clone(),
             streams: self.stream.clone(),

@@ -165,7 +165,7 @@ fn from_bucket(b: &BucketArchive) -> anyhow::Result<(Vec<Segment>, Vec<Option<Re
     let mut seal_of = b.records(&sealed, "seal")?;
     let (mut files, mut seals) = (Vec::new(), Vec::new());
     for (rel, len) in &listing.segments {
-        seals.push(seal_of.remove(rel));
+        seals.push(seal_of.remove(rel).map(|s| s.map_err(|e| e.to_string())));
         files.push(Segment::Object(b.segment(rel, *len, vec![(0, *len)])));
     }
     Ok((files, seals))

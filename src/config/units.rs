@@ -20,9 +20,43 @@ impl ByteSize {
     }
 }
 
+/// A size, duration, rate or quota that does not parse: the text and what
+/// is wrong with it (the config error names the key).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadValue {
+    #[error("unknown size unit {unit:?} in {value:?} (use B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)")]
+    SizeUnit { unit: String, value: String },
+    #[error("size {0:?} is out of range")]
+    SizeRange(String),
+    #[error("duration {0:?} needs a unit (ms, s, m, h, d, w)")]
+    DurationNoUnit(String),
+    #[error("unknown duration unit {unit:?} in {value:?} (use ms, s, m, h, d, w)")]
+    DurationUnit { unit: String, value: String },
+    #[error("duration {0:?} is out of range")]
+    DurationRange(String),
+    #[error("rate {0:?} must end in /s, e.g. \"20Mbit/s\"")]
+    RateSuffix(String),
+    #[error("unknown bit-rate prefix in {0:?} (use bit, kbit, Mbit, Gbit)")]
+    BitPrefix(String),
+    #[error("unknown rate unit in {0:?} (use e.g. \"20Mbit/s\" or \"5MiB/s\")")]
+    RateUnit(String),
+    #[error("rate {0:?} must be positive")]
+    RateZero(String),
+    #[error("quota {0:?} must be bytes per period, e.g. \"64MiB/h\"")]
+    QuotaForm(String),
+    #[error("quota {0:?} must allow some bytes")]
+    QuotaZero(String),
+    #[error("quota {0:?}: the period must be at least 1s")]
+    QuotaPeriod(String),
+    #[error("{0:?} does not start with a number")]
+    NoNumber(String),
+    #[error("{0:?} has a malformed number")]
+    BadNumber(String),
+}
+
 impl FromStr for ByteSize {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = BadValue;
+    fn from_str(s: &str) -> Result<Self, BadValue> {
         let (num, unit) = split_number(s)?;
         let mult: u64 = match unit.to_ascii_lowercase().as_str() {
             "" | "b" => 1,
@@ -34,13 +68,11 @@ impl FromStr for ByteSize {
             "gi" | "gib" => 1 << 30,
             "t" | "tb" => 1_000_000_000_000,
             "ti" | "tib" => 1 << 40,
-            _ => {
-                return Err(format!("unknown size unit {unit:?} in {s:?} (use B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)"))
-            }
+            _ => return Err(BadValue::SizeUnit { unit: unit.to_owned(), value: s.to_owned() }),
         };
         let v = num * mult as f64;
         if !(0.0..=u64::MAX as f64).contains(&v) {
-            return Err(format!("size {s:?} is out of range"));
+            return Err(BadValue::SizeRange(s.to_owned()));
         }
         Ok(ByteSize(v.round() as u64))
     }
@@ -64,8 +96,8 @@ impl fmt::Display for ByteSize {
 pub struct HumanDuration(pub Duration);
 
 impl FromStr for HumanDuration {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = BadValue;
+    fn from_str(s: &str) -> Result<Self, BadValue> {
         let (num, unit) = split_number(s)?;
         let secs: f64 = match unit {
             "ms" => 0.001,
@@ -74,12 +106,12 @@ impl FromStr for HumanDuration {
             "h" => 3600.0,
             "d" => 86_400.0,
             "w" => 7.0 * 86_400.0,
-            "" => return Err(format!("duration {s:?} needs a unit (ms, s, m, h, d, w)")),
-            _ => return Err(format!("unknown duration unit {unit:?} in {s:?} (use ms, s, m, h, d, w)")),
+            "" => return Err(BadValue::DurationNoUnit(s.to_owned())),
+            _ => return Err(BadValue::DurationUnit { unit: unit.to_owned(), value: s.to_owned() }),
         };
         let v = num * secs;
         if !(0.0..=1e12).contains(&v) {
-            return Err(format!("duration {s:?} is out of range"));
+            return Err(BadValue::DurationRange(s.to_owned()));
         }
         Ok(HumanDuration(Duration::from_secs_f64(v)))
     }
@@ -94,10 +126,9 @@ pub struct Rate {
 }
 
 impl FromStr for Rate {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let body =
-            s.trim().strip_suffix("/s").ok_or_else(|| format!("rate {s:?} must end in /s, e.g. \"20Mbit/s\""))?;
+    type Err = BadValue;
+    fn from_str(s: &str) -> Result<Self, BadValue> {
+        let body = s.trim().strip_suffix("/s").ok_or_else(|| BadValue::RateSuffix(s.to_owned()))?;
         let (num, unit) = split_number(body)?;
         let lower = unit.to_ascii_lowercase();
         let bytes_per_sec = if let Some(prefix) = lower.strip_suffix("bit") {
@@ -106,16 +137,16 @@ impl FromStr for Rate {
                 "k" => 1e3,
                 "m" => 1e6,
                 "g" => 1e9,
-                _ => return Err(format!("unknown bit-rate prefix in {s:?} (use bit, kbit, Mbit, Gbit)")),
+                _ => return Err(BadValue::BitPrefix(s.to_owned())),
             };
             num * m / 8.0
         } else {
             ByteSize::from_str(&format!("1{unit}"))
                 .map(|b| b.0 as f64 * num)
-                .map_err(|_| format!("unknown rate unit in {s:?} (use e.g. \"20Mbit/s\" or \"5MiB/s\")"))?
+                .map_err(|_| BadValue::RateUnit(s.to_owned()))?
         };
         if bytes_per_sec <= 0.0 {
-            return Err(format!("rate {s:?} must be positive"));
+            return Err(BadValue::RateZero(s.to_owned()));
         }
         Ok(Rate { bytes_per_sec })
     }
@@ -129,12 +160,9 @@ pub struct Quota {
 }
 
 impl FromStr for Quota {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (size, per) = s
-            .trim()
-            .split_once('/')
-            .ok_or_else(|| format!("quota {s:?} must be bytes per period, e.g. \"64MiB/h\""))?;
+    type Err = BadValue;
+    fn from_str(s: &str) -> Result<Self, BadValue> {
+        let (size, per) = s.trim().split_once('/').ok_or_else(|| BadValue::QuotaForm(s.to_owned()))?;
         let bytes = ByteSize::from_str(size)?.0;
         let per = per.trim();
         let period = if per.starts_with(|c: char| c.is_ascii_digit()) {
@@ -143,23 +171,23 @@ impl FromStr for Quota {
             HumanDuration::from_str(&format!("1{per}"))?.0
         };
         if bytes == 0 {
-            return Err(format!("quota {s:?} must allow some bytes"));
+            return Err(BadValue::QuotaZero(s.to_owned()));
         }
         if period < Duration::from_secs(1) {
-            return Err(format!("quota {s:?}: the period must be at least 1s"));
+            return Err(BadValue::QuotaPeriod(s.to_owned()));
         }
         Ok(Quota { bytes, period })
     }
 }
 
-fn split_number(s: &str) -> Result<(f64, &str), String> {
+fn split_number(s: &str) -> Result<(f64, &str), BadValue> {
     let t = s.trim();
     let end = t.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '_')).unwrap_or(t.len());
     let (n, unit) = t.split_at(end);
     if n.is_empty() {
-        return Err(format!("{s:?} does not start with a number"));
+        return Err(BadValue::NoNumber(s.to_owned()));
     }
-    let n: f64 = n.replace('_', "").parse().map_err(|_| format!("{s:?} has a malformed number"))?;
+    let n: f64 = n.replace('_', "").parse().map_err(|_| BadValue::BadNumber(s.to_owned()))?;
     Ok((n, unit.trim()))
 }
 

@@ -106,8 +106,8 @@ fn raise_open_files_limit() {
 /// what it was doing and the error that stopped it (its `source`).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("FERRY_FAULTS: {0}")]
-    Faults(String),
+    #[error("FERRY_FAULTS")]
+    Faults(#[source] crate::store::fs::BadFaultRule),
     #[error("[tls]")]
     Tls(#[source] crate::pki::Error),
     #[error("opening the store")]

@@ -32,7 +32,7 @@ use sha2::{Digest, Sha256};
 use crate::bucket::client::connect;
 use crate::config::{BucketConfig, Config};
 use crate::store::reader::ReadAt;
-use crate::store::segment::{hex, is_segment_file, SealRecord};
+use crate::store::segment::{hex, is_segment_file, DamagedSeal, SealRecord};
 
 /// Largest single GET when reading an object front to back.
 const CHUNK: u64 = 8 << 20;
@@ -191,12 +191,12 @@ impl BucketArchive {
     /// The records beside segments `rels` at `<rel>.<kind>` (`seal`,
     /// `gone`), fetched in parallel, by segment; one that does not parse
     /// says why (naming the object), one that is absent is left out.
-    pub fn records(&self, rels: &[&str], kind: &str) -> io::Result<BTreeMap<String, Result<SealRecord, String>>> {
+    pub fn records(&self, rels: &[&str], kind: &str) -> io::Result<BTreeMap<String, Result<SealRecord, DamagedSeal>>> {
         let mut out = BTreeMap::new();
         for (key, text) in self.texts(rels.iter().map(|r| format!("{r}.{kind}")).collect()) {
             if let Some(t) = text? {
                 let rel = key[..key.len() - kind.len() - 1].to_owned();
-                out.insert(rel, SealRecord::parse(&t).map_err(|e| format!("{}: {e}", self.name(&key))));
+                out.insert(rel, SealRecord::parse(&t).map_err(|why| DamagedSeal { place: self.name(&key), why }));
             }
         }
         Ok(out)

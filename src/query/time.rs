@@ -5,8 +5,15 @@
 //! - `2026-11-30` (midnight UTC)
 //! - `-15m`, `-2h`, `-30s`, `-1d`, `-500ms` (before now), `now`
 
+/// A text that is none of the forms above.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{0:?} is not a time: use RFC 3339 (2026-11-30T14:05:00Z), 2026-11-30T14:05 (UTC), 2026-11-30, or -15m / -2h / -1d"
+)]
+pub struct NotATime(pub String);
+
 /// Milliseconds since the epoch for `s`; `now_ms` anchors relative forms.
-pub fn parse_time(s: &str, now_ms: i64) -> Result<i64, String> {
+pub fn parse_time(s: &str, now_ms: i64) -> Result<i64, NotATime> {
     let t = s.trim();
     if t == "now" {
         return Ok(now_ms);
@@ -17,10 +24,8 @@ pub fn parse_time(s: &str, now_ms: i64) -> Result<i64, String> {
     absolute(t).ok_or_else(|| bad(s))
 }
 
-fn bad(s: &str) -> String {
-    format!(
-        "{s:?} is not a time: use RFC 3339 (2026-11-30T14:05:00Z), 2026-11-30T14:05 (UTC), 2026-11-30, or -15m / -2h / -1d"
-    )
+fn bad(s: &str) -> NotATime {
+    NotATime(s.to_owned())
 }
 
 fn relative(s: &str) -> Option<i64> {

@@ -199,27 +199,36 @@ pub struct PowerCut {
     pub torn_pages: u64,
 }
 
+/// A fault spec that does not parse: the rule and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{rule:?}: {why}")]
+pub struct BadFaultRule {
+    pub rule: String,
+    pub why: String,
+}
+
 impl Faults {
     /// Parse a spec (module docs). Errors name the rule.
-    pub fn parse(spec: &str) -> Result<Faults, String> {
+    pub fn parse(spec: &str) -> Result<Faults, BadFaultRule> {
         let f = Faults::default();
         for rule in spec.split(',').map(str::trim).filter(|r| !r.is_empty()) {
+            let err = |why: String| BadFaultRule { rule: rule.to_owned(), why };
             if let Some(rest) = rule.strip_prefix("seed=") {
-                let (seed, pm) = rest.split_once(':').ok_or_else(|| format!("{rule:?}: expected seed=S:PERMILLE"))?;
-                let seed = seed.parse().map_err(|_| format!("{rule:?}: seed is not a number"))?;
-                let pm: u32 = pm.parse().map_err(|_| format!("{rule:?}: per-mille is not a number"))?;
+                let (seed, pm) = rest.split_once(':').ok_or_else(|| err("expected seed=S:PERMILLE".into()))?;
+                let seed = seed.parse().map_err(|_| err("seed is not a number".into()))?;
+                let pm: u32 = pm.parse().map_err(|_| err("per-mille is not a number".into()))?;
                 f.set_random(seed, pm.min(1000));
                 continue;
             }
-            let bad = || format!("{rule:?}: expected OP[~PATH]:KIND@N[xCOUNT|+]");
+            let bad = || err("expected OP[~PATH]:KIND@N[xCOUNT|+]".into());
             let (target, rest) = rule.split_once(':').ok_or_else(bad)?;
             let (kind, when) = rest.split_once('@').ok_or_else(bad)?;
             let (op, path) = match target.split_once('~') {
                 Some((o, p)) => (o, Some(p.to_owned())),
                 None => (target, None),
             };
-            let op = Op::parse(op).ok_or_else(|| format!("{rule:?}: unknown operation {op:?}"))?;
-            let kind = Kind::parse(kind).ok_or_else(|| format!("{rule:?}: unknown fault {kind:?}"))?;
+            let op = Op::parse(op).ok_or_else(|| err(format!("unknown operation {op:?}")))?;
+            let kind = Kind::parse(kind).ok_or_else(|| err(format!("unknown fault {kind:?}")))?;
             let (from, count) = if let Some(n) = when.strip_suffix('+') {
                 (n, u64::MAX)
             } else if let Some((n, c)) = when.split_once('x') {
@@ -422,7 +431,7 @@ impl Fs {
     }
 
     /// From `FERRY_FAULTS`, if set (tests drive real processes this way).
-    pub fn from_env() -> Result<Fs, String> {
+    pub fn from_env() -> Result<Fs, BadFaultRule> {
         match std::env::var("FERRY_FAULTS") {
             Ok(spec) if !spec.trim().is_empty() => Ok(Fs::with_faults(Arc::new(Faults::parse(&spec)?))),
             _ => Ok(Fs::real()),
@@ -780,7 +789,7 @@ mod tests {
         for _ in 0..5 {
             assert_eq!(f.check(Op::Rename, p), Some(Kind::ReadOnly));
         }
-        assert!(Faults::parse("write:boom@1").unwrap_err().contains("unknown fault"));
+        assert!(Faults::parse("write:boom@1").unwrap_err().to_string().contains("unknown fault"));
         assert!(Faults::parse("write:eio").is_err());
     }
 

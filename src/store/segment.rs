@@ -171,7 +171,7 @@ pub fn gone_path(state_dir: &Path, rel: &Path) -> PathBuf {
 /// (relative to `archive/`), its name and its seal record. A damaged
 /// record is skipped with the reason (`ferry audit` then calls the hole
 /// `segment_missing`, and an uplink does not forward it).
-pub fn list_tombstones(state_dir: &Path) -> Vec<(PathBuf, SegmentName, Result<SealRecord, String>)> {
+pub fn list_tombstones(state_dir: &Path) -> Vec<(PathBuf, SegmentName, Result<SealRecord, io::Error>)> {
     let dir = state_dir.join("gone");
     let mut out = Vec::new();
     if !dir.is_dir() {
@@ -186,10 +186,35 @@ pub fn list_tombstones(state_dir: &Path) -> Vec<(PathBuf, SegmentName, Result<Se
         match SealRecord::load(e.path()) {
             Ok(Some(seal)) => out.push((rel, name, Ok(seal))),
             Ok(None) => {}
-            Err(err) => out.push((rel, name, Err(err.to_string()))),
+            Err(err) => out.push((rel, name, Err(err))),
         }
     }
     out
+}
+
+/// What is wrong with the text of a seal record.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SealParseError {
+    #[error("not UTF-8 text")]
+    NotText,
+    #[error("line {0}: not key=value")]
+    NotKeyValue(usize),
+    #[error("line {line}: {key} is not a number")]
+    NotNumber { line: usize, key: String },
+    #[error("line {0}: sha256 is not 64 hex digits")]
+    Sha256(usize),
+    #[error("only {0} of the 7 keys (truncated?)")]
+    Missing(u32),
+}
+
+/// A seal record that does not parse, and where it is (a file, or an
+/// object in a bucket).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{place}: damaged seal record: {why}")]
+pub struct DamagedSeal {
+    pub place: String,
+    #[source]
+    pub why: SealParseError,
 }
 
 /// The proof that a segment is closed: its final length and checksum.
@@ -219,7 +244,7 @@ impl SealRecord {
 
     /// Parse a seal record; the error says what is wrong with it (for the
     /// log line that names the file).
-    pub fn parse(text: &str) -> Result<SealRecord, String> {
+    pub fn parse(text: &str) -> Result<SealRecord, SealParseError> {
         let mut r = SealRecord {
             len: 0,
             sha256: String::new(),
@@ -232,8 +257,9 @@ impl SealRecord {
         // Each key once at least (a bit per key): a repeated key is not another.
         let mut seen = 0u8;
         for (i, line) in text.lines().enumerate() {
-            let (k, v) = line.split_once('=').ok_or_else(|| format!("line {}: not key=value", i + 1))?;
-            let num = |v: &str| v.parse::<u64>().map_err(|_| format!("line {}: {k} is not a number", i + 1));
+            let (k, v) = line.split_once('=').ok_or(SealParseError::NotKeyValue(i + 1))?;
+            let num =
+                |v: &str| v.parse::<u64>().map_err(|_| SealParseError::NotNumber { line: i + 1, key: k.to_owned() });
             let bit = match k {
                 "len" => {
                     r.len = num(v)?;
@@ -241,7 +267,7 @@ impl SealRecord {
                 }
                 "sha256" => {
                     if v.len() != 64 || !v.bytes().all(|b| b.is_ascii_hexdigit()) {
-                        return Err(format!("line {}: sha256 is not 64 hex digits", i + 1));
+                        return Err(SealParseError::Sha256(i + 1));
                     }
                     r.sha256 = v.to_ascii_lowercase();
                     1
@@ -263,7 +289,9 @@ impl SealRecord {
                     5
                 }
                 "sealed_ms" => {
-                    r.sealed_ms = v.parse().map_err(|_| format!("line {}: sealed_ms is not a number", i + 1))?;
+                    r.sealed_ms = v
+                        .parse()
+                        .map_err(|_| SealParseError::NotNumber { line: i + 1, key: "sealed_ms".to_owned() })?;
                     6
                 }
                 _ => continue,
@@ -271,7 +299,7 @@ impl SealRecord {
             seen |= 1 << bit;
         }
         if seen != 0x7f {
-            return Err(format!("only {} of the 7 keys (truncated?)", seen.count_ones()));
+            return Err(SealParseError::Missing(seen.count_ones()));
         }
         Ok(r)
     }
@@ -281,13 +309,9 @@ impl SealRecord {
     pub fn load(path: &Path) -> io::Result<Option<SealRecord>> {
         match fs::read(path) {
             Ok(b) => {
-                let parsed =
-                    std::str::from_utf8(&b).map_err(|_| "not UTF-8 text".to_string()).and_then(SealRecord::parse);
+                let parsed = std::str::from_utf8(&b).map_err(|_| SealParseError::NotText).and_then(SealRecord::parse);
                 parsed.map(Some).map_err(|why| {
-                    io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("{}: damaged seal record: {why}", path.display()),
-                    )
+                    io::Error::new(io::ErrorKind::InvalidData, DamagedSeal { place: path.display().to_string(), why })
                 })
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
@@ -664,7 +688,8 @@ mod tests {
     #[test]
     fn a_repeated_key_does_not_stand_for_a_missing_one() {
         let text = "len=1234\nlen=1\nlen=2\nnext_seq=3\nnext_seq=3\nnext_seq=3\nnext_seq=3\n";
-        assert_eq!(SealRecord::parse(text), Err("only 2 of the 7 keys (truncated?)".into()));
+        assert_eq!(SealRecord::parse(text), Err(SealParseError::Missing(2)));
+        assert_eq!(SealParseError::Missing(2).to_string(), "only 2 of the 7 keys (truncated?)");
     }
 
     #[test]
@@ -679,10 +704,10 @@ mod tests {
             sealed_ms: 9,
         };
         assert_eq!(SealRecord::parse(&r.to_text()), Ok(r.clone()));
-        assert!(SealRecord::parse("len=5\n").unwrap_err().contains("truncated"));
+        assert!(SealRecord::parse("len=5\n").unwrap_err().to_string().contains("truncated"));
         // Multibyte text in the checksum: an error, never a panic on slicing.
         let bad = r.to_text().replace(&"a".repeat(64), &format!("{}é", "a".repeat(62)));
-        assert!(SealRecord::parse(&bad).unwrap_err().contains("hex"));
+        assert!(SealRecord::parse(&bad).unwrap_err().to_string().contains("hex"));
         assert!(SealRecord::parse(&r.to_text().replace("len=5", "len=five")).is_err());
         assert_eq!(decode_hex(&"0f".repeat(32)), Some([15u8; 32]));
         assert_eq!(decode_hex(&format!("{}é", "a".repeat(62))), None);

@@ -54,7 +54,7 @@ pub(super) fn validate_files(cx: &mut Ctx<'_>, i: usize, l: &RawListener) -> Opt
     let quota = l.quota.as_ref().and_then(|q| match q.get_ref().parse::<Quota>() {
         Ok(v) => Some(v),
         Err(e) => {
-            cx.at(&k("quota"), q, e);
+            cx.at(&k("quota"), q, e.to_string());
             None
         }
     });

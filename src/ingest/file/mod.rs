@@ -133,9 +133,25 @@ struct Tailer {
     closed: bool,
 }
 
+/// Why a file listener cannot start watching (validation checks these
+/// first: a reload's or an API's config that skipped it).
+#[derive(Debug, thiserror::Error)]
+enum TailerError {
+    #[error("a file listener needs its file keys")]
+    NoFiles,
+    #[error("multiline_start: {0}")]
+    Multiline(#[source] regex::Error),
+    #[error("{pattern:?}: {source}")]
+    Pattern {
+        pattern: String,
+        #[source]
+        source: glob::PatternError,
+    },
+}
+
 impl Tailer {
-    fn new(p: Prepared, ctx: Arc<ListenerCtx>, handle: tokio::runtime::Handle) -> Result<Tailer, String> {
-        let cfg = ctx.cfg.files.clone().ok_or("validated: a file listener has its file keys")?;
+    fn new(p: Prepared, ctx: Arc<ListenerCtx>, handle: tokio::runtime::Handle) -> Result<Tailer, TailerError> {
+        let cfg = ctx.cfg.files.clone().ok_or(TailerError::NoFiles)?;
         let (tx, events) = mpsc::channel();
         let watcher = match notify::recommended_watcher(move |ev| {
             let _ = tx.send(ev);
@@ -148,10 +164,11 @@ impl Tailer {
             }
         };
         let multiline = match &cfg.multiline_start {
-            Some(m) => Some(Regex::new(m).map_err(|e| format!("multiline_start: {e}"))?),
+            Some(m) => Some(Regex::new(m).map_err(TailerError::Multiline)?),
             None => None,
         };
-        let pattern = |p: &String| glob::Pattern::new(p).map_err(|e| format!("{p:?}: {e}"));
+        let pattern =
+            |p: &String| glob::Pattern::new(p).map_err(|source| TailerError::Pattern { pattern: p.clone(), source });
         let includes = cfg.paths.iter().map(pattern).collect::<Result<_, _>>()?;
         let excludes = cfg.exclude.iter().map(pattern).collect::<Result<_, _>>()?;
         let m = &ctx.metrics;

@@ -94,25 +94,51 @@ fn refuse(
     (status, format!("{msg}\n")).into_response()
 }
 
+/// Why a request body is refused, before any of it is queued.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("Content-Encoding {0:?} is not supported (gzip, zstd)")]
+    Encoding(String),
+    #[error("cannot decompress the body: {0}")]
+    Decompress(#[source] std::io::Error),
+    #[error("decompressed body exceeds max_body_bytes ({0})")]
+    TooLarge(usize),
+    #[error("line {line}: not valid JSON: {source}")]
+    Json {
+        line: usize,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl BodyError {
+    /// The HTTP status the client is answered with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            BodyError::Encoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            BodyError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            BodyError::Decompress(_) | BodyError::Json { .. } => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// The `reason` label of the refusal.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            BodyError::Encoding(_) | BodyError::Decompress(_) => "bad_encoding",
+            BodyError::TooLarge(_) => "too_large",
+            BodyError::Json { .. } => "bad_request",
+        }
+    }
+}
+
 /// The request body as sent: decompressed (gzip, zstd) within `limit`, or
-/// the status, reason and message to refuse it with.
-pub fn decode_body<'a>(
-    encoding: Option<&str>,
-    body: &'a [u8],
-    limit: usize,
-) -> Result<Cow<'a, [u8]>, (StatusCode, &'static str, String)> {
-    fn read_limited<'b>(r: impl Read, limit: usize) -> Result<Cow<'b, [u8]>, (StatusCode, &'static str, String)> {
+/// why it is refused.
+pub fn decode_body<'a>(encoding: Option<&str>, body: &'a [u8], limit: usize) -> Result<Cow<'a, [u8]>, BodyError> {
+    fn read_limited<'b>(r: impl Read, limit: usize) -> Result<Cow<'b, [u8]>, BodyError> {
         let mut out = Vec::new();
-        let n = r
-            .take(limit as u64 + 1)
-            .read_to_end(&mut out)
-            .map_err(|e| (StatusCode::BAD_REQUEST, "bad_encoding", format!("cannot decompress the body: {e}")))?;
+        let n = r.take(limit as u64 + 1).read_to_end(&mut out).map_err(BodyError::Decompress)?;
         if n > limit {
-            return Err((
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
-                format!("decompressed body exceeds max_body_bytes ({limit})"),
-            ));
+            return Err(BodyError::TooLarge(limit));
         }
         Ok(Cow::Owned(out))
     }
@@ -120,21 +146,16 @@ pub fn decode_body<'a>(
         None | Some("") | Some("identity") => Ok(Cow::Borrowed(body)),
         Some("gzip") | Some("x-gzip") => read_limited(flate2::read::MultiGzDecoder::new(body), limit),
         Some("zstd") => {
-            let d = zstd::stream::read::Decoder::new(body)
-                .map_err(|e| (StatusCode::BAD_REQUEST, "bad_encoding", format!("cannot decompress the body: {e}")))?;
+            let d = zstd::stream::read::Decoder::new(body).map_err(BodyError::Decompress)?;
             read_limited(d, limit)
         }
-        Some(other) => Err((
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "bad_encoding",
-            format!("Content-Encoding {other:?} is not supported (gzip, zstd)"),
-        )),
+        Some(other) => Err(BodyError::Encoding(other.to_owned())),
     }
 }
 
 /// The records of a decoded body: its non-empty lines (a CR before the LF
 /// dropped), each a JSON value when `ndjson`; else which line is not.
-pub fn body_lines(raw: &[u8], ndjson: bool) -> Result<Vec<&[u8]>, String> {
+pub fn body_lines(raw: &[u8], ndjson: bool) -> Result<Vec<&[u8]>, BodyError> {
     let mut lines = Vec::new();
     for (i, line) in raw.split(|b| *b == b'\n').enumerate() {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
@@ -142,8 +163,8 @@ pub fn body_lines(raw: &[u8], ndjson: bool) -> Result<Vec<&[u8]>, String> {
             continue;
         }
         if ndjson {
-            if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(line) {
-                return Err(format!("line {}: not valid JSON: {e}", i + 1));
+            if let Err(source) = serde_json::from_slice::<serde::de::IgnoredAny>(line) {
+                return Err(BodyError::Json { line: i + 1, source });
             }
         }
         lines.push(line);
@@ -180,7 +201,7 @@ async fn ingest(
     let encoding = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok());
     let raw = match decode_body(encoding, &body, l.cfg.max_body_bytes) {
         Ok(r) => r,
-        Err((status, reason, msg)) => return refuse(&ctx, peer, status, reason, 0, msg),
+        Err(e) => return refuse(&ctx, peer, e.status(), e.reason(), 0, e.to_string()),
     };
     let ndjson = headers
         .get(header::CONTENT_TYPE)
@@ -190,9 +211,9 @@ async fn ingest(
     // Validate everything before anything is queued: a refused request leaves nothing behind.
     let lines = match body_lines(&raw, ndjson) {
         Ok(lines) => lines,
-        Err(msg) => {
+        Err(e) => {
             let records = raw.split(|b| *b == b'\n').filter(|l| !l.is_empty()).count() as u64;
-            return refuse(&ctx, peer, StatusCode::BAD_REQUEST, "bad_request", records, msg);
+            return refuse(&ctx, peer, e.status(), e.reason(), records, e.to_string());
         }
     };
     let records = lines.len() as u64;
