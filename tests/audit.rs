@@ -9,13 +9,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
-use ferry::config::validate;
 use ferry::metrics::Metrics;
 use ferry::store::clock::ManualClock;
 use ferry::store::escape::escape_into;
 use ferry::store::reader::{SegmentReader, Step};
 use ferry::store::segment::{seal_path, sha256_file, SealRecord};
 use ferry::store::{Batch, Store};
+use util::store::config_of;
 use util::FERRY;
 
 /// 2026-11-30T10:00:00Z
@@ -24,12 +24,9 @@ const HOUR: i64 = 3_600_000;
 
 /// Four sealed hourly segments (10:00 to 13:00) of 5 commits of 100 records.
 async fn archive(dir: &Path) {
-    let text = format!(
-        "[node]\nsite = \"sg1\"\nname = \"relay-1\"\ndata_dir = \"{}\"\n[admin]\nlisten = \"\"\n[[stream]]\nname = \"live\"\n",
-        dir.display()
-    );
     let clock = ManualClock::new(T0);
-    let store = Store::open(&validate(&text, "t.toml").unwrap(), Arc::new(clock.clone()), Metrics::new()).unwrap();
+    let store =
+        Store::open(&config_of("sg1", "relay-1", dir, "", &["live"]), Arc::new(clock.clone()), Metrics::new()).unwrap();
     let h = store.stream("live").unwrap();
     for hour in 0..4 {
         for c in 0..5 {
@@ -264,12 +261,9 @@ async fn an_undelivered_segment_deleted_by_drop_oldest_is_named_as_such() {
     copy_dir(base.path(), d.path());
     // 12:30, max_age 1h: the 10:00 segment (sealed at 11:00) is too old, and
     // drop_oldest deletes it although no uplink delivered it.
-    let text = format!(
-        "[node]\nsite = \"sg1\"\nname = \"relay-1\"\ndata_dir = \"{}\"\n[admin]\nlisten = \"\"\n[store.retention]\nmax_age = \"1h\"\non_full = \"drop_oldest\"\n[[stream]]\nname = \"live\"\n",
-        d.path().display()
-    );
+    let retention = "[store.retention]\nmax_age = \"1h\"\non_full = \"drop_oldest\"";
     let store = Store::open(
-        &validate(&text, "t.toml").unwrap(),
+        &config_of("sg1", "relay-1", d.path(), retention, &["live"]),
         Arc::new(ManualClock::new(T0 + 2 * HOUR + HOUR / 2)),
         Metrics::new(),
     )

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry::config::{validate, Config};
+use ferry::config::Config;
 use ferry::metrics::Metrics;
 use ferry::store::clock::ManualClock;
 use ferry::store::escape::escape_into;
@@ -22,11 +22,7 @@ const T0: i64 = 1_795_431_599_000;
 const HOUR: i64 = 3_600_000;
 
 fn config(dir: &Path, store: &str) -> Config {
-    let text = format!(
-        "[node]\nsite = \"s1\"\nname = \"n1\"\ndata_dir = \"{}\"\n[admin]\nlisten = \"\"\n[store]\ncommit_interval = \"20ms\"\n{store}\n[[stream]]\nname = \"live\"\n",
-        dir.display()
-    );
-    validate(&text, "test.toml").unwrap()
+    util::store::config(dir, &format!("commit_interval = \"20ms\"\n{store}"))
 }
 
 fn batch(lines: &[Vec<u8>]) -> Batch {

@@ -17,6 +17,7 @@ pub mod link;
 pub mod proxy;
 pub mod rsyslog;
 pub mod seaweed;
+pub mod store;
 pub mod syslog_ng;
 pub mod tmpfs;
 pub mod world;
