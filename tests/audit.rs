@@ -11,11 +11,10 @@ use std::sync::Arc;
 
 use ferry::metrics::Metrics;
 use ferry::store::clock::ManualClock;
-use ferry::store::escape::escape_into;
 use ferry::store::reader::{SegmentReader, Step};
 use ferry::store::segment::{seal_path, sha256_file, SealRecord};
-use ferry::store::{Batch, Store};
-use util::store::config_of;
+use ferry::store::Store;
+use util::store::{batch, commit, config_of};
 use util::FERRY;
 
 /// 2026-11-30T10:00:00Z
@@ -27,20 +26,12 @@ async fn archive(dir: &Path) {
     let clock = ManualClock::new(T0);
     let store =
         Store::open(&config_of("sg1", "relay-1", dir, "", &["live"]), Arc::new(clock.clone()), Metrics::new()).unwrap();
-    let h = store.stream("live").unwrap();
     for hour in 0..4 {
         for c in 0..5 {
             let t = T0 + hour * HOUR + c * 600_000;
             clock.set(t);
-            let mut data = Vec::new();
-            for i in 0..100 {
-                escape_into(format!("<13>h{hour} c{c} record {i}").as_bytes(), &mut data);
-                data.push(b'\n');
-            }
-            let b =
-                Batch { listener: "t".into(), data, records: 100, truncated: 0, first_ms: t, last_ms: t, ack: None };
-            h.submit(b).await.map_err(|e| e.0).unwrap();
-            h.flush().await.unwrap();
+            let lines: Vec<Vec<u8>> = (0..100).map(|i| format!("<13>h{hour} c{c} record {i}").into_bytes()).collect();
+            commit(&store, "live", batch(&lines, t)).await;
         }
     }
     store.close().await;

@@ -12,10 +12,9 @@ use std::time::Duration;
 
 use ferry::metrics::Metrics;
 use ferry::store::clock::ManualClock;
-use ferry::store::escape::escape_into;
-use ferry::store::{Batch, Store};
+use ferry::store::Store;
 use proptest::prelude::*;
-use util::store::{config, config_of};
+use util::store::{batch, config, config_of};
 use util::*;
 
 /// 2026-11-30T10:00:00Z
@@ -29,23 +28,7 @@ async fn commit(store: &Store, ms: i64, lines: &[Vec<u8>]) {
 }
 
 async fn commit_to(store: &Store, stream: &str, ms: i64, lines: &[Vec<u8>]) {
-    let mut data = Vec::new();
-    for l in lines {
-        escape_into(l, &mut data);
-        data.push(b'\n');
-    }
-    let b = Batch {
-        listener: "test".into(),
-        data,
-        records: lines.len() as u32,
-        truncated: 0,
-        first_ms: ms,
-        last_ms: ms,
-        ack: None,
-    };
-    let h = store.stream(stream).unwrap();
-    h.submit(b).await.map_err(|e| e.0).unwrap();
-    h.flush().await.unwrap();
+    util::store::commit(store, stream, batch(lines, ms)).await
 }
 
 fn ferry_cat(args: &[&str]) -> (Vec<u8>, String) {

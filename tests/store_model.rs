@@ -61,7 +61,7 @@ fn batch(ids: &[u64], ack: Option<oneshot::Sender<Result<Committed, Error>>>) ->
         // Some bulk so segments rotate; the id leads the line.
         data.extend_from_slice(format!("rec-{id:08} {}\n", "x".repeat((id % 7 * 120) as usize)).as_bytes());
     }
-    Batch { listener: "model".into(), data, records: ids.len() as u32, truncated: 0, first_ms: 0, last_ms: 0, ack }
+    Batch { listener: "model".into(), ack, ..util::store::raw_batch(data, ids.len() as u32, 0) }
 }
 
 /// What the model knows of each record.
