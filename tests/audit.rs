@@ -14,7 +14,7 @@ use ferry::store::clock::ManualClock;
 use ferry::store::reader::{SegmentReader, Step};
 use ferry::store::segment::{seal_path, sha256_file, SealRecord};
 use ferry::store::Store;
-use util::store::{batch, commit, config_of};
+use util::store::{batch, commit, config_of, HoldAll};
 use util::FERRY;
 
 /// 2026-11-30T10:00:00Z
@@ -235,13 +235,6 @@ fn a_central_mirror_after_a_transfer_is_complete_and_a_deleted_mirror_segment_is
     let reasons: Vec<&str> = v["gaps"].as_array().unwrap().iter().map(|g| g["reason"].as_str().unwrap()).collect();
     assert_eq!(reasons, ["segment_missing", "seal_mismatch"], "{table}");
     assert!(v["gaps"].as_array().unwrap().iter().all(|g| g["site"] == "edge1"), "{table}");
-}
-
-struct HoldAll;
-impl ferry::store::retention::Hold for HoldAll {
-    fn holds(&self, _: &Path) -> bool {
-        true
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,10 +12,10 @@ use ferry::config::Config;
 use ferry::metrics::Metrics;
 use ferry::store::clock::ManualClock;
 use ferry::store::reader::{SegmentReader, Step};
-use ferry::store::retention::{Hold, NoHold};
+use ferry::store::retention::NoHold;
 use ferry::store::segment::{seal_path, SealRecord};
 use ferry::store::{Error, Store};
-use util::store::{batch, commit};
+use util::store::{batch, commit, HoldAll};
 
 /// 2026-11-23T10:59:59Z
 const T0: i64 = 1_795_431_599_000;
@@ -169,13 +169,6 @@ async fn retention_deletes_sealed_segments_older_than_max_age_and_nothing_else()
     }
     assert!(!out.full);
     store.close().await;
-}
-
-struct HoldAll;
-impl Hold for HoldAll {
-    fn holds(&self, _: &Path) -> bool {
-        true
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
