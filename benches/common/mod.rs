@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod corpus;
+pub mod pair;
 /// The tests' helpers: what a bench shares with the tests comes from there.
 #[path = "../../tests/util/mod.rs"]
 pub mod util;
