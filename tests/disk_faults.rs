@@ -8,7 +8,6 @@
 
 mod util;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use util::link::{assert_byte_identical, pair, wait_mirrored, Pki, Via};
@@ -27,24 +26,6 @@ const STORE: &str = "commit_bytes = \"64KiB\"\nsegment_max_bytes = \"256KiB\"";
 
 fn line(tag: &str, i: usize) -> String {
     format!("{tag}-{i:06} {}", noise(i as u64 + 7, 80))
-}
-
-fn assert_each_once(data: &Path, prefix: &str, n: usize, limit: Duration) {
-    let t = Instant::now();
-    loop {
-        let Some(ids) = id_counts(data, prefix) else {
-            assert!(t.elapsed() < limit, "the archive never became readable by zstdcat");
-            std::thread::sleep(Duration::from_millis(100));
-            continue;
-        };
-        let twice: Vec<_> = ids.iter().filter(|(_, c)| **c > 1).take(5).collect();
-        assert!(twice.is_empty(), "archived twice: {twice:?}");
-        if ids.len() == n {
-            return;
-        }
-        assert!(t.elapsed() < limit, "{} of {n} records archived", ids.len());
-        std::thread::sleep(Duration::from_millis(300));
-    }
 }
 
 fn fault_fired(node: &Node) {
@@ -71,7 +52,7 @@ fn relp(spec: &str) {
     const N: usize = 20_000;
     let text: String = (0..N).map(|i| format!("<13>Nov 30 10:00:00 h app: {}\n", line("relp", i))).collect();
     ferry_send(&["--to", &format!("127.0.0.1:{input}"), "--rate", "20000"], text.as_bytes());
-    assert_each_once(&node.data, "relp-", N, Duration::from_secs(90));
+    wait_each_once(&node.data, "relp-", N, Duration::from_secs(90));
     fault_fired(&node);
     node.stop();
     assert_verify_ok(&node.data);
@@ -109,7 +90,7 @@ fn http(spec: &str) {
         }
     }
     eprintln!("{spec}: {refused} refusals retried");
-    assert_each_once(&node.data, "http", BATCHES * PER, Duration::from_secs(5));
+    wait_each_once(&node.data, "http", BATCHES * PER, Duration::from_secs(5));
     fault_fired(&node);
     node.stop();
     assert_verify_ok(&node.data);
@@ -137,7 +118,7 @@ fn receiver(spec: &str) {
     let edge = Node::start(&p.edge_dir, &p.edge_cfg, p.edge_ports.admin);
     wait_mirrored(&edge.data, &central.data, Duration::from_secs(60));
     assert_byte_identical(&edge.data, &central.data);
-    assert_each_once(&central.data, "link-", N, Duration::from_secs(5));
+    wait_each_once(&central.data, "link-", N, Duration::from_secs(5));
     fault_fired(&central);
     central.stop();
     assert_verify_ok(&central.data);

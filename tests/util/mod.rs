@@ -461,6 +461,32 @@ fn count_ids(text: &[u8], prefix: &str) -> std::collections::HashMap<String, usi
     m
 }
 
+/// `ids` (from [`id_counts`]) holds `n` ids, each once.
+pub fn assert_each_once(ids: &std::collections::HashMap<String, usize>, n: usize, what: &str) {
+    assert_eq!(ids.len(), n, "{what}: every id");
+    assert!(ids.values().all(|&c| c == 1), "{what}: each once");
+}
+
+/// Wait (`limit` at most) until the archive in `data` holds `n` ids starting
+/// with `prefix`; none of them may ever be there twice.
+pub fn wait_each_once(data: &Path, prefix: &str, n: usize, limit: Duration) {
+    let t = Instant::now();
+    loop {
+        let Some(ids) = id_counts(data, prefix) else {
+            assert!(t.elapsed() < limit, "the archive never became readable by zstdcat");
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
+        };
+        let twice: Vec<_> = ids.iter().filter(|(_, c)| **c > 1).take(5).collect();
+        assert!(twice.is_empty(), "archived twice: {twice:?}");
+        if ids.len() == n {
+            return;
+        }
+        assert!(t.elapsed() < limit, "{} of {n} records archived", ids.len());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
 /// POST the file `body` to stream `live` of an HTTP listener with curl; the
 /// HTTP status (0 if curl got no answer).
 pub fn post_status(port: u16, body: &Path) -> u16 {
