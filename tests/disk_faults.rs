@@ -36,17 +36,8 @@ fn fault_fired(node: &Node) {
 
 fn relp(spec: &str) {
     let dir = TestDir::new("fault-relp");
-    let ports = Ports { tcp: free_port(), udp: free_port(), admin: free_port() };
     let relp = free_port();
-    let extra = format!(
-        "\n[[listener]]\nname = \"relp\"\nkind = \"relp\"\ntransport = \"tcp\"\nlisten = \"127.0.0.1:{relp}\"\nstream = \"live\"\n"
-    );
-    let mut node = Node::start_with_env(
-        &dir,
-        &node_config(&dir, &ports, STORE, "", &extra),
-        ports.admin,
-        &[("FERRY_FAULTS", spec)],
-    );
+    let mut node = start_node(&dir, STORE, &listener("relp", "relp", "tcp", relp), &[("FERRY_FAULTS", spec)]);
     let input = free_port();
     let _rs = Rsyslog::shipped_relp(&dir, relp, input);
     const N: usize = 20_000;
@@ -60,17 +51,8 @@ fn relp(spec: &str) {
 
 fn http(spec: &str) {
     let dir = TestDir::new("fault-http");
-    let ports = Ports { tcp: free_port(), udp: free_port(), admin: free_port() };
     let http = free_port();
-    let extra = format!(
-        "\n[[listener]]\nname = \"http\"\nkind = \"http\"\ntransport = \"tcp\"\nlisten = \"127.0.0.1:{http}\"\nstream = \"live\"\n"
-    );
-    let mut node = Node::start_with_env(
-        &dir,
-        &node_config(&dir, &ports, STORE, "", &extra),
-        ports.admin,
-        &[("FERRY_FAULTS", spec)],
-    );
+    let mut node = start_node(&dir, STORE, &listener("http", "http", "tcp", http), &[("FERRY_FAULTS", spec)]);
     const BATCHES: usize = 40;
     const PER: usize = 250;
     let mut refused = 0;

@@ -125,6 +125,21 @@ listen = "{sock}"
     )
 }
 
+/// A `[[listener]]` table into stream `live`: `name`, of `kind`, over
+/// `transport` on 127.0.0.1:`port`.
+pub fn listener(name: &str, kind: &str, transport: &str, port: u16) -> String {
+    format!(
+        "\n[[listener]]\nname = \"{name}\"\nkind = \"{kind}\"\ntransport = \"{transport}\"\nlisten = \"127.0.0.1:{port}\"\nstream = \"live\"\n"
+    )
+}
+
+/// A test node ([`node_config`] on free ports, `store` lines) with `extra`
+/// appended (a [`listener`], a `[tls]` table), started with `env`.
+pub fn start_node(dir: &TestDir, store: &str, extra: &str, env: &[(&str, &str)]) -> Node {
+    let ports = Ports { tcp: free_port(), udp: free_port(), admin: free_port() };
+    Node::start_with_env(dir, &node_config(dir, &ports, store, "", extra), ports.admin, env)
+}
+
 /// A running ferry node. Killed (SIGKILL) on drop if still running.
 pub struct Node {
     pub child: Option<Child>,
