@@ -21,12 +21,9 @@ use std::time::{Duration, Instant};
 use sha2::Digest;
 
 mod common;
-#[path = "../tests/util/seaweed.rs"]
-#[allow(dead_code)]
-mod seaweed;
 
 use common::corpus::generate_corpus;
-pub use common::free_port;
+use common::util::seaweed;
 use common::*;
 
 fn main() {

@@ -7,89 +7,17 @@
 //! central node restarted after a `kill -9`) to the first byte acknowledged
 //! again. Run: `cargo bench --bench link` (FERRY_BENCH_RECORDS to change N).
 
+mod common;
+
 use std::io::Write;
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::TcpStream;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::pair::{pair, scrape};
+use common::{cpu_secs, ferry_binary, Node};
+
 const DEFAULT_RECORDS: u64 = 2_000_000;
-
-fn ferry_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("FERRY_BENCH_BIN") {
-        return p.into();
-    }
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let st = Command::new(env!("CARGO"))
-        .args(["build", "--release", "--bin", "ferry"])
-        .current_dir(&root)
-        .status()
-        .expect("cargo build");
-    assert!(st.success());
-    root.join("target/release/ferry")
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn http_get(port: u16, path: &str) -> Option<String> {
-    match ferry::admin::client::get(&format!("127.0.0.1:{port}"), path, Duration::from_secs(5)) {
-        Ok((200, body)) => Some(body),
-        _ => None,
-    }
-}
-
-fn metric(port: u16, name: &str, label: &str) -> f64 {
-    let Some(text) = http_get(port, "/metrics") else { return 0.0 };
-    text.lines()
-        .filter(|l| l.starts_with(name) && (label.is_empty() || l.contains(label)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-struct Node {
-    child: Child,
-}
-
-impl Node {
-    fn start(ferry: &Path, dir: &Path, name: &str, config: &str, admin: u16) -> Node {
-        let cfg = dir.join(format!("{name}.toml"));
-        std::fs::write(&cfg, config).unwrap();
-        let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
-        let child =
-            Command::new(ferry).args(["run", "-c"]).arg(&cfg).stdout(Stdio::null()).stderr(log).spawn().unwrap();
-        let t = Instant::now();
-        while http_get(admin, "/readyz").is_none() {
-            assert!(t.elapsed() < Duration::from_secs(30), "{name} not ready");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Node { child }
-    }
-    fn cpu_seconds(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
-        let f: Vec<&str> = after.split_whitespace().collect();
-        let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-            + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-        ticks / 100.0
-    }
-    fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-    fn stop(&mut self) {
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Deterministic ~200-byte access-log lines.
 fn corpus(n: u64) -> Vec<u8> {
@@ -129,42 +57,14 @@ fn corpus(n: u64) -> Vec<u8> {
 }
 
 fn run(ferry: &Path, via: &str, records: u64, data: &[u8]) {
-    let dir = tempfile::Builder::new().prefix("ferry-linkbench-").tempdir().unwrap();
-    let d = dir.path();
-    let certs = |args: &[&str]| assert!(Command::new(ferry).arg("certs").args(args).status().unwrap().success());
-    let p = |s: &str| d.join(s).display().to_string();
-    certs(&["ca", "--out", &p("ca")]);
-    certs(&["issue", "--ca", &p("ca"), "--site", "edge1", "--node", "relay-1", "--out", &p("edge")]);
-    certs(&[
-        "issue",
-        "--ca",
-        &p("ca"),
-        "--site",
-        "central",
-        "--node",
-        "c1",
-        "--ip",
-        "127.0.0.1",
-        "--out",
-        &p("central"),
-    ]);
-    let tls =
-        |who: &str| format!("[tls]\nca = \"{0}/ca.pem\"\ncert = \"{0}/node.pem\"\nkey = \"{0}/node.key\"\n", p(who));
-    let (ea, ca, ep, lp) = (free_port(), free_port(), free_port(), free_port());
-    let (listener, uplink) = if via == "quic" { ("quic", "quic") } else { ("tls", "tcp") };
-    let central_cfg = format!(
-        "[node]\nsite = \"central\"\nname = \"c1\"\ndata_dir = \"{}\"\n[admin]\nlisten = \"127.0.0.1:{ca}\"\n{}\n[[stream]]\nname = \"live\"\n[[listener]]\nname = \"link\"\nkind = \"ferry\"\ntransport = \"{listener}\"\nlisten = \"127.0.0.1:{lp}\"\n",
-        p("central-data"),
-        tls("central")
-    );
-    let edge_cfg = format!(
-        "[node]\nsite = \"edge1\"\nname = \"relay-1\"\ndata_dir = \"{}\"\n[admin]\nlisten = \"127.0.0.1:{ea}\"\n{}\n[store]\nfsync = \"always\"\n[[stream]]\nname = \"live\"\n[[listener]]\nname = \"tcp\"\nkind = \"syslog\"\ntransport = \"tcp\"\nlisten = \"127.0.0.1:{ep}\"\n[[uplink]]\nname = \"central\"\ntransport = \"{uplink}\"\naddresses = [\"127.0.0.1:{lp}\"]\nbackoff_min = \"50ms\"\nbackoff_max = \"500ms\"\n",
-        p("edge-data"),
-        tls("edge")
-    );
-    let mut central = Node::start(ferry, d, "central", &central_cfg, ca);
-    let mut edge = Node::start(ferry, d, "edge", &edge_cfg, ea);
-    while metric(ea, "ferry_uplink_connected", "") < 1.0 {
+    let uplink = if via == "quic" { "quic" } else { "tcp" };
+    let p = pair(ferry, uplink, "fsync = \"always\"", "backoff_min = \"50ms\"\nbackoff_max = \"500ms\"");
+    // 0 while the edge's admin listener does not answer.
+    let metric = |name: &str| scrape(p.edge_admin, name, &[]).unwrap_or(0.0);
+    let ep = p.edge_tcp;
+    let central = p.central();
+    let mut edge = p.edge();
+    while metric("ferry_uplink_connected") < 1.0 {
         std::thread::sleep(Duration::from_millis(10));
     }
 
@@ -186,34 +86,34 @@ fn run(ferry: &Path, via: &str, records: u64, data: &[u8]) {
     for s in senders {
         s.join().unwrap();
     }
-    while metric(ea, "ferry_committed_records_total", "") < records as f64 {
+    while metric("ferry_committed_records_total") < records as f64 {
         std::thread::sleep(Duration::from_millis(5));
     }
     let ingested = t0.elapsed();
     loop {
-        let acked = metric(ea, "ferry_uplink_acked_bytes_total", "");
-        let written = metric(ea, "ferry_written_bytes_total", "");
+        let acked = metric("ferry_uplink_acked_bytes_total");
+        let written = metric("ferry_written_bytes_total");
         if acked >= written && written > 0.0 {
             break;
         }
         std::thread::sleep(Duration::from_millis(5));
     }
     let end_to_end = t0.elapsed();
-    let wire = metric(ea, "ferry_uplink_wire_bytes_total", "").max(0.0);
-    let (edge_cpu, central_cpu) = (edge.cpu_seconds(), central.cpu_seconds());
+    let wire = metric("ferry_uplink_wire_bytes_total").max(0.0);
+    let (edge_cpu, central_cpu) = (cpu_secs(edge.pid), cpu_secs(central.pid));
     let m = records as f64 / 1e6;
 
     // Resume: kill -9 central, keep ingesting, bring it back, time the first acknowledgement.
-    central.kill9();
+    drop(central); // SIGKILL
     let more = corpus(20_000);
     let mut s = TcpStream::connect(("127.0.0.1", ep)).unwrap();
     s.write_all(&more).unwrap();
     drop(s);
     std::thread::sleep(Duration::from_secs(2));
-    let before = metric(ea, "ferry_uplink_acked_bytes_total", "");
-    let central2 = Node::start(ferry, d, "central2", &central_cfg, ca);
+    let before = metric("ferry_uplink_acked_bytes_total");
+    let central2 = Node::start(&p.ferry, &p.central_cfg, &p.path("central2.log"), p.central_admin);
     let back = Instant::now();
-    while metric(ea, "ferry_uplink_acked_bytes_total", "") <= before {
+    while metric("ferry_uplink_acked_bytes_total") <= before {
         assert!(back.elapsed() < Duration::from_secs(60), "no resume");
         std::thread::sleep(Duration::from_millis(2));
     }

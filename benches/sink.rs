@@ -10,29 +10,15 @@
 //! target/tools, rabbitmq-server). `FERRY_BENCH_RECORDS` sets the corpus
 //! size, `FERRY_BENCH_SINKS` = `kafka,rabbitmq` which buses to run.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-#[path = "../tests/util/brokers.rs"]
-#[allow(dead_code)]
-mod brokers;
 mod common;
 
 use common::corpus::generate_corpus;
+use common::util::brokers;
 use common::*;
-
-/// tests/util/brokers.rs asks its parent for these.
-pub fn require_tool(name: &str) -> PathBuf {
-    let path = std::env::var("PATH").unwrap_or_default();
-    for dir in path.split(':').chain(["/usr/sbin", "/usr/bin", "/sbin", "/bin"]) {
-        let p = Path::new(dir).join(name);
-        if p.is_file() {
-            return p;
-        }
-    }
-    panic!("{name} is not installed: run ./scripts/test.sh once");
-}
 
 fn main() {
     let records: u64 = std::env::var("FERRY_BENCH_RECORDS").ok().and_then(|v| v.parse().ok()).unwrap_or(2_000_000);

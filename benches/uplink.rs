@@ -26,63 +26,12 @@ mod common;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{ferry_binary, free_port, http_get, metric_value, Node};
-
-struct Pair {
-    dir: tempfile::TempDir,
-    ferry: PathBuf,
-    edge_cfg: PathBuf,
-    central_cfg: PathBuf,
-    edge_admin: u16,
-    central_admin: u16,
-    edge_tcp: u16,
-}
-
-impl Pair {
-    fn path(&self, s: &str) -> PathBuf {
-        self.dir.path().join(s)
-    }
-
-    fn edge(&self) -> Node {
-        Node::start(&self.ferry, &self.edge_cfg, &self.path("edge.log"), self.edge_admin)
-    }
-
-    fn central(&self) -> Node {
-        Node::start(&self.ferry, &self.central_cfg, &self.path("central.log"), self.central_admin)
-    }
-
-    fn edge_metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        metric(self.edge_admin, name, labels)
-    }
-
-    /// Bytes of the edge's segments held by central's mirror.
-    fn mirrored(&self) -> u64 {
-        dir_bytes(&self.path("central-data/archive/edge1"))
-    }
-}
-
-fn metric(admin: u16, name: &str, labels: &[(&str, &str)]) -> f64 {
-    match http_get(admin, "/metrics") {
-        Ok((200, text)) => metric_value(&text, name, labels),
-        _ => f64::NAN,
-    }
-}
-
-fn dir_bytes(p: &Path) -> u64 {
-    let Ok(rd) = std::fs::read_dir(p) else { return 0 };
-    rd.flatten()
-        .map(|e| match e.file_type() {
-            Ok(t) if t.is_dir() => dir_bytes(&e.path()),
-            Ok(_) => e.metadata().map(|m| m.len()).unwrap_or(0),
-            Err(_) => 0,
-        })
-        .sum()
-}
+use common::pair::{dir_bytes, pair, Pair};
+use common::{ferry_binary, http_get, metric_value};
 
 fn files(p: &Path, out: &mut Vec<PathBuf>) {
     let Ok(rd) = std::fs::read_dir(p) else { return };
@@ -92,57 +41,6 @@ fn files(p: &Path, out: &mut Vec<PathBuf>) {
         } else {
             out.push(e.path());
         }
-    }
-}
-
-/// An edge (syslog TCP into `live`, one uplink) and a central receiver,
-/// with `edge_store` and `uplink` lines added to the defaults.
-fn pair(ferry: &Path, transport: &str, edge_store: &str, uplink: &str) -> Pair {
-    let dir = tempfile::Builder::new().prefix("ferry-uplinkbench-").tempdir().unwrap();
-    let d = dir.path();
-    let p = |s: &str| d.join(s).display().to_string();
-    let certs = |args: &[&str]| {
-        assert!(Command::new(ferry).arg("certs").args(args).output().unwrap().status.success(), "ferry certs {args:?}")
-    };
-    certs(&["ca", "--out", &p("ca")]);
-    certs(&["issue", "--ca", &p("ca"), "--site", "edge1", "--node", "relay-1", "--out", &p("edge")]);
-    certs(&[
-        "issue",
-        "--ca",
-        &p("ca"),
-        "--site",
-        "central",
-        "--node",
-        "c1",
-        "--ip",
-        "127.0.0.1",
-        "--out",
-        &p("central"),
-    ]);
-    let tls =
-        |who: &str| format!("[tls]\nca = \"{0}/ca.pem\"\ncert = \"{0}/node.pem\"\nkey = \"{0}/node.key\"\n", p(who));
-    let (edge_admin, central_admin, edge_tcp, link) = (free_port(), free_port(), free_port(), free_port());
-    let listener = if transport == "quic" { "quic" } else { "tls" };
-    let central = format!(
-        "[node]\nsite = \"central\"\nname = \"c1\"\ndata_dir = \"{}\"\n[admin]\nlisten = \"127.0.0.1:{central_admin}\"\n{}\n[[stream]]\nname = \"live\"\n[[listener]]\nname = \"link\"\nkind = \"ferry\"\ntransport = \"{listener}\"\nlisten = \"127.0.0.1:{link}\"\n",
-        p("central-data"),
-        tls("central")
-    );
-    let edge = format!(
-        "[node]\nsite = \"edge1\"\nname = \"relay-1\"\ndata_dir = \"{}\"\n[admin]\nlisten = \"127.0.0.1:{edge_admin}\"\n{}\n[store]\n{edge_store}\n[[stream]]\nname = \"live\"\n[[listener]]\nname = \"tcp\"\nkind = \"syslog\"\ntransport = \"tcp\"\nlisten = \"127.0.0.1:{edge_tcp}\"\n[[uplink]]\nname = \"central\"\ntransport = \"{transport}\"\naddresses = [\"127.0.0.1:{link}\"]\n{uplink}\n",
-        p("edge-data"),
-        tls("edge")
-    );
-    std::fs::write(d.join("central.toml"), central).unwrap();
-    std::fs::write(d.join("edge.toml"), edge).unwrap();
-    Pair {
-        ferry: ferry.to_owned(),
-        edge_cfg: d.join("edge.toml"),
-        central_cfg: d.join("central.toml"),
-        dir,
-        edge_admin,
-        central_admin,
-        edge_tcp,
     }
 }
 

@@ -9,13 +9,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
-use ferry::config::validate;
 use ferry::metrics::Metrics;
 use ferry::store::clock::ManualClock;
-use ferry::store::escape::escape_into;
 use ferry::store::reader::{SegmentReader, Step};
 use ferry::store::segment::{seal_path, sha256_file, SealRecord};
-use ferry::store::{Batch, Store};
+use ferry::store::Store;
+use util::store::{batch, commit, config_of, HoldAll};
 use util::FERRY;
 
 /// 2026-11-30T10:00:00Z
@@ -24,26 +23,15 @@ const HOUR: i64 = 3_600_000;
 
 /// Four sealed hourly segments (10:00 to 13:00) of 5 commits of 100 records.
 async fn archive(dir: &Path) {
-    let text = format!(
-        "[node]\nsite = \"sg1\"\nname = \"relay-1\"\ndata_dir = \"{}\"\n[admin]\nlisten = \"\"\n[[stream]]\nname = \"live\"\n",
-        dir.display()
-    );
     let clock = ManualClock::new(T0);
-    let store = Store::open(&validate(&text, "t.toml").unwrap(), Arc::new(clock.clone()), Metrics::new()).unwrap();
-    let h = store.stream("live").unwrap();
+    let store =
+        Store::open(&config_of("sg1", "relay-1", dir, "", &["live"]), Arc::new(clock.clone()), Metrics::new()).unwrap();
     for hour in 0..4 {
         for c in 0..5 {
             let t = T0 + hour * HOUR + c * 600_000;
             clock.set(t);
-            let mut data = Vec::new();
-            for i in 0..100 {
-                escape_into(format!("<13>h{hour} c{c} record {i}").as_bytes(), &mut data);
-                data.push(b'\n');
-            }
-            let b =
-                Batch { listener: "t".into(), data, records: 100, truncated: 0, first_ms: t, last_ms: t, ack: None };
-            h.submit(b).await.map_err(|e| e.0).unwrap();
-            h.flush().await.unwrap();
+            let lines: Vec<Vec<u8>> = (0..100).map(|i| format!("<13>h{hour} c{c} record {i}").into_bytes()).collect();
+            commit(&store, "live", batch(&lines, t)).await;
         }
     }
     store.close().await;
@@ -249,13 +237,6 @@ fn a_central_mirror_after_a_transfer_is_complete_and_a_deleted_mirror_segment_is
     assert!(v["gaps"].as_array().unwrap().iter().all(|g| g["site"] == "edge1"), "{table}");
 }
 
-struct HoldAll;
-impl ferry::store::retention::Hold for HoldAll {
-    fn holds(&self, _: &Path) -> bool {
-        true
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_undelivered_segment_deleted_by_drop_oldest_is_named_as_such() {
     let base = tempfile::tempdir().unwrap();
@@ -264,12 +245,9 @@ async fn an_undelivered_segment_deleted_by_drop_oldest_is_named_as_such() {
     copy_dir(base.path(), d.path());
     // 12:30, max_age 1h: the 10:00 segment (sealed at 11:00) is too old, and
     // drop_oldest deletes it although no uplink delivered it.
-    let text = format!(
-        "[node]\nsite = \"sg1\"\nname = \"relay-1\"\ndata_dir = \"{}\"\n[admin]\nlisten = \"\"\n[store.retention]\nmax_age = \"1h\"\non_full = \"drop_oldest\"\n[[stream]]\nname = \"live\"\n",
-        d.path().display()
-    );
+    let retention = "[store.retention]\nmax_age = \"1h\"\non_full = \"drop_oldest\"";
     let store = Store::open(
-        &validate(&text, "t.toml").unwrap(),
+        &config_of("sg1", "relay-1", d.path(), retention, &["live"]),
         Arc::new(ManualClock::new(T0 + 2 * HOUR + HOUR / 2)),
         Metrics::new(),
     )

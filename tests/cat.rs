@@ -10,12 +10,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry::config::validate;
 use ferry::metrics::Metrics;
 use ferry::store::clock::ManualClock;
-use ferry::store::escape::escape_into;
-use ferry::store::{Batch, Store};
+use ferry::store::Store;
 use proptest::prelude::*;
+use util::store::{batch, config, config_of};
 use util::*;
 
 /// 2026-11-30T10:00:00Z
@@ -23,37 +22,13 @@ const T0: i64 = 1_796_032_800_000;
 const MIN: i64 = 60_000;
 const HOUR: i64 = 3_600_000;
 
-fn config(dir: &std::path::Path) -> ferry::config::Config {
-    let text = format!(
-        "[node]\nsite = \"s1\"\nname = \"n1\"\ndata_dir = \"{}\"\n[admin]\nlisten = \"\"\n[[stream]]\nname = \"live\"\n",
-        dir.display()
-    );
-    validate(&text, "test.toml").unwrap()
-}
-
 /// One commit of `lines` received at `ms`.
 async fn commit(store: &Store, ms: i64, lines: &[Vec<u8>]) {
     commit_to(store, "live", ms, lines).await
 }
 
 async fn commit_to(store: &Store, stream: &str, ms: i64, lines: &[Vec<u8>]) {
-    let mut data = Vec::new();
-    for l in lines {
-        escape_into(l, &mut data);
-        data.push(b'\n');
-    }
-    let b = Batch {
-        listener: "test".into(),
-        data,
-        records: lines.len() as u32,
-        truncated: 0,
-        first_ms: ms,
-        last_ms: ms,
-        ack: None,
-    };
-    let h = store.stream(stream).unwrap();
-    h.submit(b).await.map_err(|e| e.0).unwrap();
-    h.flush().await.unwrap();
+    util::store::commit(store, stream, batch(lines, ms)).await
 }
 
 fn ferry_cat(args: &[&str]) -> (Vec<u8>, String) {
@@ -72,7 +47,7 @@ fn stat(stderr: &str, name: &str) -> u64 {
 async fn a_time_range_gives_exactly_its_records_and_frames_outside_are_not_decompressed() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(T0);
-    let store = Store::open(&config(dir.path()), Arc::new(clock.clone()), Metrics::new()).unwrap();
+    let store = Store::open(&config(dir.path(), ""), Arc::new(clock.clone()), Metrics::new()).unwrap();
     // Three hours, a commit every 5 minutes, each line tagged with its time.
     for h in 0..3 {
         for m in (0..60).step_by(5) {
@@ -183,7 +158,7 @@ fn a_closed_pipe_ends_the_output_quietly() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
     rt.block_on(async {
-        let store = Store::open(&config(dir.path()), Arc::new(ManualClock::new(T0)), Metrics::new()).unwrap();
+        let store = Store::open(&config(dir.path(), ""), Arc::new(ManualClock::new(T0)), Metrics::new()).unwrap();
         for k in 0..20 {
             let lines: Vec<Vec<u8>> =
                 (0..5_000).map(|i| format!("<13>pipe {k} {i} {}", "x".repeat(80)).into_bytes()).collect();
@@ -220,7 +195,7 @@ proptest! {
         let rt = tokio::runtime::Runtime::new().unwrap();
         let dir = tempfile::tempdir().unwrap();
         rt.block_on(async {
-            let store = Store::open(&config(dir.path()), Arc::new(ManualClock::new(T0)), Metrics::new()).unwrap();
+            let store = Store::open(&config(dir.path(), ""), Arc::new(ManualClock::new(T0)), Metrics::new()).unwrap();
             commit(&store, T0, &records).await;
             store.close().await;
         });
@@ -242,11 +217,7 @@ proptest! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn merge_interleaves_streams_by_receive_time_and_filters_by_stream() {
     let dir = tempfile::tempdir().unwrap();
-    let text = format!(
-        "[node]\nsite = \"s1\"\nname = \"n1\"\ndata_dir = \"{}\"\n[admin]\nlisten = \"\"\n[[stream]]\nname = \"live\"\n[[stream]]\nname = \"audit\"\n",
-        dir.path().display()
-    );
-    let cfg = validate(&text, "test.toml").unwrap();
+    let cfg = config_of("s1", "n1", dir.path(), "", &["live", "audit"]);
     let clock = ManualClock::new(T0);
     let store = Store::open(&cfg, Arc::new(clock.clone()), Metrics::new()).unwrap();
     for k in 0..10i64 {
@@ -274,7 +245,7 @@ async fn grep_matches_what_zstdcat_and_grep_match_in_the_same_order() {
     let grep = require_tool("grep");
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(T0);
-    let store = Store::open(&config(dir.path()), Arc::new(clock.clone()), Metrics::new()).unwrap();
+    let store = Store::open(&config(dir.path(), ""), Arc::new(clock.clone()), Metrics::new()).unwrap();
     let verbs = ["GET", "POST", "get", "DELETE"];
     let words = ["ok", "ERROR disk", "error: a.b", "Error axb", "timeout", "x"];
     let mut x: u64 = 7;

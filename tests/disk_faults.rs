@@ -8,7 +8,6 @@
 
 mod util;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use util::link::{assert_byte_identical, pair, wait_mirrored, Pki, Via};
@@ -29,24 +28,6 @@ fn line(tag: &str, i: usize) -> String {
     format!("{tag}-{i:06} {}", noise(i as u64 + 7, 80))
 }
 
-fn assert_each_once(data: &Path, prefix: &str, n: usize, limit: Duration) {
-    let t = Instant::now();
-    loop {
-        let Some(ids) = id_counts(data, prefix) else {
-            assert!(t.elapsed() < limit, "the archive never became readable by zstdcat");
-            std::thread::sleep(Duration::from_millis(100));
-            continue;
-        };
-        let twice: Vec<_> = ids.iter().filter(|(_, c)| **c > 1).take(5).collect();
-        assert!(twice.is_empty(), "archived twice: {twice:?}");
-        if ids.len() == n {
-            return;
-        }
-        assert!(t.elapsed() < limit, "{} of {n} records archived", ids.len());
-        std::thread::sleep(Duration::from_millis(300));
-    }
-}
-
 fn fault_fired(node: &Node) {
     let n = node.metric("ferry_disk_errors_total", &[]) + node.metric("ferry_mirror_errors_total", &[]);
     assert!(n > 0.0, "the injected fault fired and was counted:\n{}", node.log_text());
@@ -55,23 +36,14 @@ fn fault_fired(node: &Node) {
 
 fn relp(spec: &str) {
     let dir = TestDir::new("fault-relp");
-    let ports = Ports { tcp: free_port(), udp: free_port(), admin: free_port() };
     let relp = free_port();
-    let extra = format!(
-        "\n[[listener]]\nname = \"relp\"\nkind = \"relp\"\ntransport = \"tcp\"\nlisten = \"127.0.0.1:{relp}\"\nstream = \"live\"\n"
-    );
-    let mut node = Node::start_with_env(
-        &dir,
-        &node_config(&dir, &ports, STORE, "", &extra),
-        ports.admin,
-        &[("FERRY_FAULTS", spec)],
-    );
+    let mut node = start_node(&dir, STORE, &listener("relp", "relp", "tcp", relp), &[("FERRY_FAULTS", spec)]);
     let input = free_port();
     let _rs = Rsyslog::shipped_relp(&dir, relp, input);
     const N: usize = 20_000;
     let text: String = (0..N).map(|i| format!("<13>Nov 30 10:00:00 h app: {}\n", line("relp", i))).collect();
     ferry_send(&["--to", &format!("127.0.0.1:{input}"), "--rate", "20000"], text.as_bytes());
-    assert_each_once(&node.data, "relp-", N, Duration::from_secs(90));
+    wait_each_once(&node.data, "relp-", N, Duration::from_secs(90));
     fault_fired(&node);
     node.stop();
     assert_verify_ok(&node.data);
@@ -79,17 +51,8 @@ fn relp(spec: &str) {
 
 fn http(spec: &str) {
     let dir = TestDir::new("fault-http");
-    let ports = Ports { tcp: free_port(), udp: free_port(), admin: free_port() };
     let http = free_port();
-    let extra = format!(
-        "\n[[listener]]\nname = \"http\"\nkind = \"http\"\ntransport = \"tcp\"\nlisten = \"127.0.0.1:{http}\"\nstream = \"live\"\n"
-    );
-    let mut node = Node::start_with_env(
-        &dir,
-        &node_config(&dir, &ports, STORE, "", &extra),
-        ports.admin,
-        &[("FERRY_FAULTS", spec)],
-    );
+    let mut node = start_node(&dir, STORE, &listener("http", "http", "tcp", http), &[("FERRY_FAULTS", spec)]);
     const BATCHES: usize = 40;
     const PER: usize = 250;
     let mut refused = 0;
@@ -109,7 +72,7 @@ fn http(spec: &str) {
         }
     }
     eprintln!("{spec}: {refused} refusals retried");
-    assert_each_once(&node.data, "http", BATCHES * PER, Duration::from_secs(5));
+    wait_each_once(&node.data, "http", BATCHES * PER, Duration::from_secs(5));
     fault_fired(&node);
     node.stop();
     assert_verify_ok(&node.data);
@@ -137,7 +100,7 @@ fn receiver(spec: &str) {
     let edge = Node::start(&p.edge_dir, &p.edge_cfg, p.edge_ports.admin);
     wait_mirrored(&edge.data, &central.data, Duration::from_secs(60));
     assert_byte_identical(&edge.data, &central.data);
-    assert_each_once(&central.data, "link-", N, Duration::from_secs(5));
+    wait_each_once(&central.data, "link-", N, Duration::from_secs(5));
     fault_fired(&central);
     central.stop();
     assert_verify_ok(&central.data);

@@ -192,13 +192,9 @@ fn on_full_reject_closes_at_max_bytes_between_retention_passes() {
 fn https_requires_a_client_certificate_from_the_deployment_ca() {
     let dir = TestDir::new("https");
     let pki = util::link::Pki::new(&dir, "pki");
-    let ports = Ports { tcp: free_port(), udp: free_port(), admin: free_port() };
     let https = free_port();
-    let extra = format!(
-        "\n[[listener]]\nname = \"https\"\nkind = \"http\"\ntransport = \"tls\"\nlisten = \"127.0.0.1:{https}\"\nstream = \"live\"\n\n{}",
-        pki.tls_section("central")
-    );
-    let mut node = Node::start(&dir, &node_config(&dir, &ports, "", "", &extra), ports.admin);
+    let extra = listener("https", "http", "tls", https) + "\n" + &pki.tls_section("central");
+    let mut node = start_node(&dir, "", &extra, &[]);
     let edge = pki.dir.join("edge");
     let curl = |tag: &str, cert: bool| {
         let file = dir.join("body.txt");

@@ -473,8 +473,7 @@ fn reload_under_rsyslog_and_curl_traffic_loses_nothing_and_the_wire_follows_the_
     assert_byte_identical(&edge.data, &central.data);
 
     let relp_ids = id_counts(&central.data, "relp-").unwrap();
-    assert_eq!(relp_ids.len(), relp_n, "every line rsyslog was given");
-    assert!(relp_ids.values().all(|&c| c == 1), "none twice");
+    assert_each_once(&relp_ids, relp_n, "the lines rsyslog was given");
     let http_ids = id_counts(&central.data, "http-").unwrap();
     let posts = posts.lock().unwrap();
     let acked: Vec<usize> = posts.iter().filter(|p| p.1 == 200).map(|p| p.0).collect();
@@ -494,8 +493,6 @@ fn reload_under_rsyslog_and_curl_traffic_loses_nothing_and_the_wire_follows_the_
     assert!(failed.len() <= 3, "{} posts refused across the reloads: {failed:?}", failed.len());
     assert!(http_ids.values().all(|&c| c == 1), "no HTTP line twice");
     for (prefix, want) in [("big-", 800), ("tcp2-", 100), ("backlog-", n)] {
-        let ids = id_counts(&central.data, prefix).unwrap();
-        assert_eq!(ids.len(), want, "{prefix}");
-        assert!(ids.values().all(|&c| c == 1), "{prefix} once");
+        assert_each_once(&id_counts(&central.data, prefix).unwrap(), want, prefix);
     }
 }

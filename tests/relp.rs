@@ -83,13 +83,9 @@ fn rsyslog_omrelp_loses_nothing_when_ferry_is_killed_four_times() {
 fn rsyslog_omrelp_over_tls_delivers_every_message() {
     let dir = TestDir::new("relp-tls");
     let pki = util::link::Pki::new(&dir, "pki");
-    let ports = Ports { tcp: free_port(), udp: free_port(), admin: free_port() };
     let relp = free_port();
-    let extra = format!(
-        "\n[[listener]]\nname = \"relp-tls\"\nkind = \"relp\"\ntransport = \"tls\"\nlisten = \"127.0.0.1:{relp}\"\nstream = \"live\"\n\n{}",
-        pki.tls_section("central")
-    );
-    let mut node = Node::start(&dir, &node_config(&dir, &ports, "", "", &extra), ports.admin);
+    let extra = listener("relp-tls", "relp", "tls", relp) + "\n" + &pki.tls_section("central");
+    let mut node = start_node(&dir, "", &extra, &[]);
     let input = free_port();
     let edge = pki.dir.join("edge");
     let _rs = Rsyslog::omrelp_tls(&dir, relp, input, &edge.join("ca.pem"), &edge);

@@ -8,48 +8,25 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry::config::{validate, Config};
+use ferry::config::Config;
 use ferry::metrics::Metrics;
 use ferry::store::clock::ManualClock;
-use ferry::store::escape::escape_into;
 use ferry::store::reader::{SegmentReader, Step};
-use ferry::store::retention::{Hold, NoHold};
+use ferry::store::retention::NoHold;
 use ferry::store::segment::{seal_path, SealRecord};
-use ferry::store::{Batch, Error, Store};
+use ferry::store::{Error, Store};
+use util::store::{batch, commit, HoldAll};
 
 /// 2026-11-23T10:59:59Z
 const T0: i64 = 1_795_431_599_000;
 const HOUR: i64 = 3_600_000;
 
 fn config(dir: &Path, store: &str) -> Config {
-    let text = format!(
-        "[node]\nsite = \"s1\"\nname = \"n1\"\ndata_dir = \"{}\"\n[admin]\nlisten = \"\"\n[store]\ncommit_interval = \"20ms\"\n{store}\n[[stream]]\nname = \"live\"\n",
-        dir.display()
-    );
-    validate(&text, "test.toml").unwrap()
-}
-
-fn batch(lines: &[Vec<u8>]) -> Batch {
-    let mut data = Vec::new();
-    for l in lines {
-        escape_into(l, &mut data);
-        data.push(b'\n');
-    }
-    Batch {
-        listener: "test".into(),
-        data,
-        records: lines.len() as u32,
-        truncated: 0,
-        first_ms: 0,
-        last_ms: 0,
-        ack: None,
-    }
+    util::store::config(dir, &format!("commit_interval = \"20ms\"\n{store}"))
 }
 
 async fn write(store: &Store, lines: &[Vec<u8>]) {
-    let h = store.stream("live").unwrap();
-    h.submit(batch(lines)).await.map_err(|e| e.0).unwrap();
-    h.flush().await.unwrap();
+    commit(store, "live", batch(lines, 0)).await
 }
 
 fn text_lines(prefix: &str, n: usize) -> Vec<Vec<u8>> {
@@ -194,13 +171,6 @@ async fn retention_deletes_sealed_segments_older_than_max_age_and_nothing_else()
     store.close().await;
 }
 
-struct HoldAll;
-impl Hold for HoldAll {
-    fn holds(&self, _: &Path) -> bool {
-        true
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_by_bytes_deletes_oldest_first_and_on_full_decides_for_undelivered_segments() {
     for on_full in ["reject", "drop_oldest"] {
@@ -221,7 +191,7 @@ async fn retention_by_bytes_deletes_oldest_first_and_on_full_decides_for_undeliv
             assert!(out.deleted.is_empty(), "undelivered segments are kept with on_full = reject");
             assert!(out.full);
             assert_eq!(metrics.store.store_full.get(), 1);
-            let refused = h.submit(batch(&text_lines("more", 1))).await;
+            let refused = h.submit(batch(&text_lines("more", 1), 0)).await;
             assert!(matches!(refused, Err((Error::Full, _))), "the store pushes back on ingest");
         } else {
             assert!(!out.deleted.is_empty(), "drop_oldest deletes even undelivered segments");
@@ -240,7 +210,7 @@ async fn retention_by_bytes_deletes_oldest_first_and_on_full_decides_for_undeliv
         let after = segment_files(dir.path());
         assert_eq!(names(&after), names(&before[before.len() - after.len()..]), "the newest are kept");
         assert!(after.iter().any(|f| sealed(dir.path(), f).is_none()), "the open segment is never deleted");
-        h.submit(batch(&text_lines("accepted again", 1))).await.map_err(|e| e.0).unwrap();
+        h.submit(batch(&text_lines("accepted again", 1), 0)).await.map_err(|e| e.0).unwrap();
         store.close().await;
     }
 }

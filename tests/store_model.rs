@@ -31,7 +31,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::oneshot;
 
-use ferry::config::{validate, Config};
+use ferry::config::Config;
 use ferry::metrics::Metrics;
 use ferry::store::clock::ManualClock;
 use ferry::store::fs::{Faults, Fs, Kind, Op};
@@ -52,11 +52,7 @@ const OPS: usize = 60;
 const T0: i64 = 1_795_431_540_000;
 
 fn config(dir: &Path) -> Config {
-    let text = format!(
-        "[node]\nsite = \"s1\"\nname = \"n1\"\ndata_dir = \"{}\"\n[admin]\nlisten = \"\"\n[store]\ncommit_interval = \"5ms\"\ncommit_bytes = \"16KiB\"\nsegment_max_bytes = \"64KiB\"\n[[stream]]\nname = \"live\"\n",
-        dir.display()
-    );
-    validate(&text, "model.toml").unwrap()
+    util::store::config(dir, "commit_interval = \"5ms\"\ncommit_bytes = \"16KiB\"\nsegment_max_bytes = \"64KiB\"")
 }
 
 fn batch(ids: &[u64], ack: Option<oneshot::Sender<Result<Committed, Error>>>) -> Batch {
@@ -65,7 +61,7 @@ fn batch(ids: &[u64], ack: Option<oneshot::Sender<Result<Committed, Error>>>) ->
         // Some bulk so segments rotate; the id leads the line.
         data.extend_from_slice(format!("rec-{id:08} {}\n", "x".repeat((id % 7 * 120) as usize)).as_bytes());
     }
-    Batch { listener: "model".into(), data, records: ids.len() as u32, truncated: 0, first_ms: 0, last_ms: 0, ack }
+    Batch { listener: "model".into(), ack, ..util::store::raw_batch(data, ids.len() as u32, 0) }
 }
 
 /// What the model knows of each record.

@@ -1,11 +1,19 @@
 //! What the benchmarks share: the release `ferry` binary, a node process
-//! that cannot outlive its run, and the admin client for metrics.
+//! that cannot outlive its run, an edge/central pair, and the tests'
+//! helpers (`tests/util`: ports, the admin client, brokers, SeaweedFS, PKI).
 #![allow(dead_code)]
 
 pub mod corpus;
+pub mod pair;
+/// The tests' helpers: what a bench shares with the tests comes from there.
+#[path = "../../tests/util/mod.rs"]
+pub mod util;
+
+// Each bench uses a subset.
+#[allow(unused_imports)]
+pub use util::{free_port, http_get, metric_value, require_tool, status_kib};
 
 use std::fs::File;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -35,12 +43,6 @@ pub fn ferry_binary() -> PathBuf {
         assert!(status.success(), "cargo build --release failed");
     }
     bin
-}
-
-/// A loopback TCP port that was free a moment ago.
-pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("local_addr").port()
 }
 
 /// A running `ferry run`. Killed (SIGKILL) on drop if still running, so a
@@ -122,16 +124,6 @@ impl Drop for Node {
     }
 }
 
-/// GET from the node's admin listener: (status, body).
-pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
-    ferry::admin::client::get(&format!("127.0.0.1:{port}"), path, Duration::from_secs(5))
-}
-
-/// Sum of the samples of `name` whose labels include all of `labels`.
-pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    ferry::admin::client::metric_value(text, name, labels)
-}
-
 /// CPU seconds (user + system) a process has used so far.
 pub fn cpu_secs(pid: u32) -> f64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
@@ -146,15 +138,6 @@ pub fn cpu_secs(pid: u32) -> f64 {
 /// Peak resident set of a process, KiB.
 pub fn hwm_kib(pid: u32) -> u64 {
     status_kib(pid, "VmHWM:")
-}
-
-/// A `kB` field of `/proc/<pid>/status`.
-fn status_kib(pid: u32, field: &str) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
 }
 
 /// Resident set of a process now, KiB.

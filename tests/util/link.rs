@@ -14,7 +14,12 @@ pub struct Pki {
 
 impl Pki {
     pub fn new(dir: &TestDir, name: &str) -> Pki {
-        let root = dir.join(name);
+        Pki::at(dir.join(name))
+    }
+
+    /// A new CA and the edge's and central's certificates ([`issue_nodes`])
+    /// in `root`.
+    pub fn at(root: PathBuf) -> Pki {
         let run = |args: &[&str]| {
             let out = Command::new(FERRY).arg("certs").args(args).output().unwrap();
             assert!(out.status.success(), "ferry certs {args:?}: {}", String::from_utf8_lossy(&out.stderr));

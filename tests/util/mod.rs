@@ -17,6 +17,7 @@ pub mod link;
 pub mod proxy;
 pub mod rsyslog;
 pub mod seaweed;
+pub mod store;
 pub mod syslog_ng;
 pub mod tmpfs;
 pub mod world;
@@ -122,6 +123,21 @@ listen = "{sock}"
         tcp = ports.tcp,
         udp = ports.udp,
     )
+}
+
+/// A `[[listener]]` table into stream `live`: `name`, of `kind`, over
+/// `transport` on 127.0.0.1:`port`.
+pub fn listener(name: &str, kind: &str, transport: &str, port: u16) -> String {
+    format!(
+        "\n[[listener]]\nname = \"{name}\"\nkind = \"{kind}\"\ntransport = \"{transport}\"\nlisten = \"127.0.0.1:{port}\"\nstream = \"live\"\n"
+    )
+}
+
+/// A test node ([`node_config`] on free ports, `store` lines) with `extra`
+/// appended (a [`listener`], a `[tls]` table), started with `env`.
+pub fn start_node(dir: &TestDir, store: &str, extra: &str, env: &[(&str, &str)]) -> Node {
+    let ports = Ports { tcp: free_port(), udp: free_port(), admin: free_port() };
+    Node::start_with_env(dir, &node_config(dir, &ports, store, "", extra), ports.admin, env)
 }
 
 /// A running ferry node. Killed (SIGKILL) on drop if still running.
@@ -460,6 +476,32 @@ fn count_ids(text: &[u8], prefix: &str) -> std::collections::HashMap<String, usi
     m
 }
 
+/// `ids` (from [`id_counts`]) holds `n` ids, each once.
+pub fn assert_each_once(ids: &std::collections::HashMap<String, usize>, n: usize, what: &str) {
+    assert_eq!(ids.len(), n, "{what}: every id");
+    assert!(ids.values().all(|&c| c == 1), "{what}: each once");
+}
+
+/// Wait (`limit` at most) until the archive in `data` holds `n` ids starting
+/// with `prefix`; none of them may ever be there twice.
+pub fn wait_each_once(data: &Path, prefix: &str, n: usize, limit: Duration) {
+    let t = Instant::now();
+    loop {
+        let Some(ids) = id_counts(data, prefix) else {
+            assert!(t.elapsed() < limit, "the archive never became readable by zstdcat");
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
+        };
+        let twice: Vec<_> = ids.iter().filter(|(_, c)| **c > 1).take(5).collect();
+        assert!(twice.is_empty(), "archived twice: {twice:?}");
+        if ids.len() == n {
+            return;
+        }
+        assert!(t.elapsed() < limit, "{} of {n} records archived", ids.len());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
 /// POST the file `body` to stream `live` of an HTTP listener with curl; the
 /// HTTP status (0 if curl got no answer).
 pub fn post_status(port: u16, body: &Path) -> u16 {
@@ -500,9 +542,14 @@ pub fn ferry_send(args: &[&str], input: &[u8]) -> String {
 
 /// Resident set size of a process, in bytes (from /proc).
 pub fn rss_bytes(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS:") * 1024
+}
+
+/// A `kB` field of `/proc/<pid>/status` (`VmRSS:`, `VmHWM:`), 0 if absent.
+pub fn status_kib(pid: u32, field: &str) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
 }
