@@ -374,14 +374,12 @@ fn still_trusted(
 }
 
 async fn session(mut link: Link, ctx: Arc<ReceiverCtx>, sd: Shutdown) {
-    let peer = link.peer;
-    let site = link.identity.site.clone();
-    let node = link.identity.node.clone();
+    let who = Peer { ctx: &ctx, addr: link.peer, site: link.identity.site.clone(), node: link.identity.node.clone() };
     let m = &ctx.metrics;
     m.link.link_sessions_active.with_label_values(&[&ctx.cfg.name]).inc();
     let mut rbuf = BytesMut::with_capacity(1 << 20);
     let mut wbuf = BytesMut::with_capacity(4096);
-    let mut core = Core::new(&site, &node, &ctx.cfg.relays, ctx.epoch);
+    let mut core = Core::new(&who.site, &who.node, &ctx.cfg.relays, ctx.epoch);
     let mut tls_replaced = ctx.tls.subscribe();
     tls_replaced.mark_unchanged();
     let end = loop {
@@ -390,7 +388,7 @@ async fn session(mut link: Link, ctx: Arc<ReceiverCtx>, sd: Shutdown) {
             Ok(None) => {
                 let read = tokio::select! {
                     _ = sd.token.cancelled() => break End::Stopped,
-                    Ok(()) = tls_replaced.changed() => match still_trusted(&ctx, &link.peer_certs, &link.identity, peer) {
+                    Ok(()) = tls_replaced.changed() => match still_trusted(&ctx, &link.peer_certs, &link.identity, who.addr) {
                         Ok(()) => continue,
                         Err(end) => break end,
                     },
@@ -411,14 +409,7 @@ async fn session(mut link: Link, ctx: Arc<ReceiverCtx>, sd: Shutdown) {
         let reply = match core.handle(msg) {
             Step::Reply(r) => {
                 if matches!(r, Msg::Welcome { .. }) {
-                    info!(listener = %ctx.cfg.name, %peer, %site, %node, "uplink connected");
-                    if let Some(serial) = link.peer_certs.first().and_then(|c| crate::pki::serial_hex(c)) {
-                        let (s, n) = (site.clone(), node.clone());
-                        let r = tokio::task::spawn_blocking(move || mirror.saw_peer(&s, &n, &serial)).await;
-                        if let Ok(Err(e)) = r {
-                            warn!(listener = %ctx.cfg.name, %site, %node, error = %e, "cannot note this peer in state/peers (ferry audit would not name its data if it is revoked)");
-                        }
-                    }
+                    who.welcomed(&link.peer_certs).await;
                 }
                 r
             }
@@ -426,67 +417,9 @@ async fn session(mut link: Link, ctx: Arc<ReceiverCtx>, sd: Shutdown) {
             Step::Have { id, rel } => {
                 have_reply(id, tokio::task::spawn_blocking(move || mirror.have(&rel)).await.expect("mirror task"))
             }
-            Step::Append { id, rel, offset, frames } => {
-                let n = frames.len() as u64;
-                let r2 = rel.clone();
-                let r = tokio::task::spawn_blocking(move || mirror.append(&r2, offset, &frames))
-                    .await
-                    .expect("mirror task");
-                match &r {
-                    Ok(_) => m.link.link_received_bytes.with_label_values(&[&ctx.cfg.name, &site]).inc_by(n),
-                    Err(e @ AppendError::InvalidFrame { .. }) => {
-                        m.link.link_refused.with_label_values(&[&ctx.cfg.name, "invalid_frame"]).inc();
-                        warn!(listener = %ctx.cfg.name, %peer, %site, reason = "invalid_frame", path = %rel.display(), error = %e, "link refused invalid frames; nothing written");
-                    }
-                    Err(AppendError::Io(e)) => {
-                        if ctx.warn_limit.may_warn() {
-                            warn!(listener = %ctx.cfg.name, %peer, %site, path = %rel.display(), code = Code::of_io(e).as_str(), error = %e,
-                                "mirror append failed: nothing of it kept; the uplink will offer it again");
-                        }
-                    }
-                    Err(AppendError::WrongOffset { .. }) => {}
-                    Err(e @ AppendError::Full) => {
-                        if ctx.warn_limit.may_warn() {
-                            warn!(listener = %ctx.cfg.name, %peer, %site, path = %rel.display(), code = "no_space", error = %e,
-                                "mirror append refused: the origin keeps it and offers it again");
-                        }
-                    }
-                    Err(e) => {
-                        warn!(listener = %ctx.cfg.name, %peer, path = %rel.display(), error = %e, "mirror append refused")
-                    }
-                }
-                append_reply(id, &r)
-            }
-            Step::Seal { id, rel, len, sha256 } => {
-                let r2 = rel.clone();
-                let r = tokio::task::spawn_blocking(move || mirror.seal(&r2, len, &sha256)).await.expect("mirror task");
-                match &r {
-                    Ok(()) => {}
-                    Err(e @ (SealError::Checksum { .. } | SealError::Length { .. })) => {
-                        m.link.link_checksum_mismatches.with_label_values(&["receiver"]).inc();
-                        warn!(listener = %ctx.cfg.name, %peer, %site, path = %rel.display(), error = %e, "seal refused: mirror differs from origin");
-                    }
-                    Err(SealError::Io(e)) => {
-                        let trouble = crate::store::fs::Trouble::of(e);
-                        m.link.mirror_errors.with_label_values(&[trouble.as_str()]).inc();
-                        warn!(listener = %ctx.cfg.name, %peer, %site, path = %rel.display(), error = %e, "mirror seal failed; the uplink will seal again");
-                    }
-                }
-                seal_reply(id, &r)
-            }
-            Step::Gone { id, rel, tombstone } => {
-                let r2 = rel.clone();
-                let seal = tombstone.to_seal();
-                let r = tokio::task::spawn_blocking(move || mirror.note_gone(&r2, &seal)).await.expect("mirror task");
-                match &r {
-                    Ok(()) => warn!(listener = %ctx.cfg.name, %peer, %site, path = %rel.display(),
-                        first_seq = tombstone.first_seq, next_seq = tombstone.next_seq,
-                        "the origin deleted this segment before delivering it (on_full = drop_oldest); tombstone kept"),
-                    Err(e) => warn!(listener = %ctx.cfg.name, %peer, %site, path = %rel.display(), error = %e,
-                        "cannot keep the tombstone of a segment deleted at the origin; the uplink will tell again"),
-                }
-                gone_reply(id, &r)
-            }
+            Step::Append { id, rel, offset, frames } => who.append(id, rel, offset, frames).await,
+            Step::Seal { id, rel, len, sha256 } => who.seal(id, rel, len, sha256).await,
+            Step::Gone { id, rel, tombstone } => who.gone(id, rel, tombstone).await,
         };
         wbuf.clear();
         reply.encode(&mut wbuf);
@@ -498,25 +431,122 @@ async fn session(mut link: Link, ctx: Arc<ReceiverCtx>, sd: Shutdown) {
             break End::Lost(Lost::io(e));
         }
     };
-    match end {
-        End::Refused(code, reason) => {
-            if code == Code::NotAuthorized && !ctx.may_log_unauthorized(&site, &node) {
-                m.link.link_refused.with_label_values(&[&ctx.cfg.name, code.as_str()]).inc();
-            } else {
-                refused(&ctx, peer, code.as_str(), &format!("site={site} node={node}: {reason}"));
-            }
-            wbuf.clear();
-            Msg::Refuse { code, reason }.encode(&mut wbuf);
-            let _ = link.io.write_all(&wbuf).await;
-            let _ = link.io.flush().await;
-            link.close(code as u32, code.as_str()).await;
-        }
-        End::Lost(Lost::Closed) => info!(listener = %ctx.cfg.name, %peer, %site, %node, "uplink disconnected"),
-        End::Lost(Lost::NoAnswer(after)) => {
-            warn!(listener = %ctx.cfg.name, %peer, %site, %node, error = %format!("no traffic for {after:?}"), "uplink connection lost")
-        }
-        End::Lost(e) => warn!(listener = %ctx.cfg.name, %peer, %site, %node, error = %e, "uplink connection lost"),
-        End::Stopped | End::Drained => link.close(Code::ShuttingDown as u32, "receiver shutting down").await,
-    }
+    who.end(&mut link, &mut wbuf, end).await;
     m.link.link_sessions_active.with_label_values(&[&ctx.cfg.name]).dec();
+}
+
+/// The peer of one session, for its mirror calls, logs and counts.
+struct Peer<'a> {
+    ctx: &'a ReceiverCtx,
+    addr: SocketAddr,
+    site: String,
+    node: String,
+}
+
+impl Peer<'_> {
+    /// After WELCOME: note the peer's certificate in `state/peers`.
+    async fn welcomed(&self, certs: &[rustls_pki_types::CertificateDer<'static>]) {
+        let (ctx, peer, site, node) = (self.ctx, self.addr, &self.site, &self.node);
+        info!(listener = %ctx.cfg.name, %peer, %site, %node, "uplink connected");
+        if let Some(serial) = certs.first().and_then(|c| crate::pki::serial_hex(c)) {
+            let (s, n, mirror) = (site.clone(), node.clone(), ctx.mirror.clone());
+            let r = tokio::task::spawn_blocking(move || mirror.saw_peer(&s, &n, &serial)).await;
+            if let Ok(Err(e)) = r {
+                warn!(listener = %ctx.cfg.name, %site, %node, error = %e, "cannot note this peer in state/peers (ferry audit would not name its data if it is revoked)");
+            }
+        }
+    }
+
+    /// APPEND: write through the mirror, count and log, and the reply.
+    async fn append(&self, id: u32, rel: PathBuf, offset: u64, frames: Bytes) -> Msg {
+        let (ctx, peer, site, m) = (self.ctx, self.addr, &self.site, &self.ctx.metrics);
+        let n = frames.len() as u64;
+        let (r2, mirror) = (rel.clone(), ctx.mirror.clone());
+        let r = tokio::task::spawn_blocking(move || mirror.append(&r2, offset, &frames)).await.expect("mirror task");
+        match &r {
+            Ok(_) => m.link.link_received_bytes.with_label_values(&[&ctx.cfg.name, site]).inc_by(n),
+            Err(e @ AppendError::InvalidFrame { .. }) => {
+                m.link.link_refused.with_label_values(&[&ctx.cfg.name, "invalid_frame"]).inc();
+                warn!(listener = %ctx.cfg.name, %peer, %site, reason = "invalid_frame", path = %rel.display(), error = %e, "link refused invalid frames; nothing written");
+            }
+            Err(AppendError::Io(e)) => {
+                if ctx.warn_limit.may_warn() {
+                    warn!(listener = %ctx.cfg.name, %peer, %site, path = %rel.display(), code = Code::of_io(e).as_str(), error = %e,
+                        "mirror append failed: nothing of it kept; the uplink will offer it again");
+                }
+            }
+            Err(AppendError::WrongOffset { .. }) => {}
+            Err(e @ AppendError::Full) => {
+                if ctx.warn_limit.may_warn() {
+                    warn!(listener = %ctx.cfg.name, %peer, %site, path = %rel.display(), code = "no_space", error = %e,
+                        "mirror append refused: the origin keeps it and offers it again");
+                }
+            }
+            Err(e) => {
+                warn!(listener = %ctx.cfg.name, %peer, path = %rel.display(), error = %e, "mirror append refused")
+            }
+        }
+        append_reply(id, &r)
+    }
+
+    /// SEAL: check and seal through the mirror, count and log, and the reply.
+    async fn seal(&self, id: u32, rel: PathBuf, len: u64, sha256: [u8; 32]) -> Msg {
+        let (ctx, peer, site, m) = (self.ctx, self.addr, &self.site, &self.ctx.metrics);
+        let (r2, mirror) = (rel.clone(), ctx.mirror.clone());
+        let r = tokio::task::spawn_blocking(move || mirror.seal(&r2, len, &sha256)).await.expect("mirror task");
+        match &r {
+            Ok(()) => {}
+            Err(e @ (SealError::Checksum { .. } | SealError::Length { .. })) => {
+                m.link.link_checksum_mismatches.with_label_values(&["receiver"]).inc();
+                warn!(listener = %ctx.cfg.name, %peer, %site, path = %rel.display(), error = %e, "seal refused: mirror differs from origin");
+            }
+            Err(SealError::Io(e)) => {
+                let trouble = crate::store::fs::Trouble::of(e);
+                m.link.mirror_errors.with_label_values(&[trouble.as_str()]).inc();
+                warn!(listener = %ctx.cfg.name, %peer, %site, path = %rel.display(), error = %e, "mirror seal failed; the uplink will seal again");
+            }
+        }
+        seal_reply(id, &r)
+    }
+
+    /// GONE: keep the tombstone, log, and the reply.
+    async fn gone(&self, id: u32, rel: PathBuf, tombstone: Tombstone) -> Msg {
+        let (ctx, peer, site) = (self.ctx, self.addr, &self.site);
+        let (r2, mirror, seal) = (rel.clone(), ctx.mirror.clone(), tombstone.to_seal());
+        let r = tokio::task::spawn_blocking(move || mirror.note_gone(&r2, &seal)).await.expect("mirror task");
+        match &r {
+            Ok(()) => warn!(listener = %ctx.cfg.name, %peer, %site, path = %rel.display(),
+                first_seq = tombstone.first_seq, next_seq = tombstone.next_seq,
+                "the origin deleted this segment before delivering it (on_full = drop_oldest); tombstone kept"),
+            Err(e) => warn!(listener = %ctx.cfg.name, %peer, %site, path = %rel.display(), error = %e,
+                "cannot keep the tombstone of a segment deleted at the origin; the uplink will tell again"),
+        }
+        gone_reply(id, &r)
+    }
+
+    /// How the session ended: a REFUSE sent and the link closed with its
+    /// code, or the loss logged.
+    async fn end(&self, link: &mut Link, wbuf: &mut BytesMut, end: End) {
+        let (ctx, peer, site, node) = (self.ctx, self.addr, &self.site, &self.node);
+        match end {
+            End::Refused(code, reason) => {
+                if code == Code::NotAuthorized && !ctx.may_log_unauthorized(site, node) {
+                    ctx.metrics.link.link_refused.with_label_values(&[&ctx.cfg.name, code.as_str()]).inc();
+                } else {
+                    refused(ctx, peer, code.as_str(), &format!("site={site} node={node}: {reason}"));
+                }
+                wbuf.clear();
+                Msg::Refuse { code, reason }.encode(wbuf);
+                let _ = link.io.write_all(wbuf).await;
+                let _ = link.io.flush().await;
+                link.close(code as u32, code.as_str()).await;
+            }
+            End::Lost(Lost::Closed) => info!(listener = %ctx.cfg.name, %peer, %site, %node, "uplink disconnected"),
+            End::Lost(Lost::NoAnswer(after)) => {
+                warn!(listener = %ctx.cfg.name, %peer, %site, %node, error = %format!("no traffic for {after:?}"), "uplink connection lost")
+            }
+            End::Lost(e) => warn!(listener = %ctx.cfg.name, %peer, %site, %node, error = %e, "uplink connection lost"),
+            End::Stopped | End::Drained => link.close(Code::ShuttingDown as u32, "receiver shutting down").await,
+        }
+    }
 }

@@ -287,8 +287,6 @@ impl Uplink {
         stop: &CancellationToken,
         drain: &CancellationToken,
     ) -> (End, bool) {
-        let name = self.cfg.name.as_str();
-        let m = &self.metrics;
         let wire = link.wire.clone();
         let quic = link.quic.clone();
         let (receiver_id, receiver_certs) = (link.identity.clone(), link.peer_certs.clone());
@@ -309,68 +307,24 @@ impl Uplink {
         };
         let mut pacer = Pacer::new(&tuning, wire.sent());
         let mut progress = Progress::new(&wire);
-        let mut wire_reported = wire.sent();
-        let mut seen_streams: HashSet<StreamKey> = HashSet::new();
-        let mut next_report = Instant::now();
+        let mut report = Report { next: Instant::now(), wire_reported: wire.sent(), seen_streams: HashSet::new() };
         changes.force_relist();
         let mut epoch_checked = false;
         loop {
             // A reload's tuning (woken by `tune.changed()` below, which marks it seen).
-            let t = *tune.borrow();
-            if t != tuning {
-                // The cap itself is followed slice by slice in `write_paced`;
-                // the node sets the cap's gauge.
-                info!(uplink = name, max_rate = ?t.max_rate, burst = t.burst, live_share = t.live_share, "reload: new rate settings in force");
-                sess.retune(t.live_share, t.chunk_max(), ROTATE_AFTER.max(t.burst));
-                tuning = t;
-            }
+            self.retune(tune, &mut tuning, &mut sess);
             if !epoch_checked && sess.welcomed() {
                 epoch_checked = true;
-                if sess.epoch() != 0 {
-                    match self.delivered.check_epoch(sess.epoch()) {
-                        Ok(true) => {
-                            warn!(uplink = name, "the receiver's state is new (lost, or another receiver): offering every segment still here again so it can seal them");
-                            changes.force_relist();
-                        }
-                        Ok(false) => {}
-                        Err(e) => warn!(uplink = name, error = %e, "cannot record the receiver's state epoch"),
-                    }
-                }
+                self.check_epoch(&sess, changes);
             }
-            while let Some(ev) = sess.poll_event() {
-                match ev {
-                    Event::Delivered(l) => self.mark_delivered(&l),
-                    Event::Noted(rel) => {
-                        info!(uplink = name, path = %rel.display(), "receiver noted the deletion of an undelivered segment")
-                    }
-                    Event::Rotate { stream } => {
-                        let last = rotated.get(&stream);
-                        if last.is_none_or(|t| t.elapsed() >= ROTATE_EVERY) {
-                            info!(uplink = name, %stream, "behind on the newest segment: asking for a new one so fresh records go first");
-                            self.changes.request_rotation(&stream);
-                            rotated.insert(stream, Instant::now());
-                        }
-                    }
-                }
-            }
+            self.take_events(&mut sess, rotated);
             if drain.is_cancelled() && sess.drained() {
                 return end_session(End::Drained, &sess);
             }
             // 0. What the receiver said and what the store told, without waiting:
             // a long paced write must not hold back acknowledgements or a new segment.
-            loop {
-                match rx.try_recv() {
-                    Ok(Ok(msg)) => {
-                        if let Err(e) = sess.handle(msg, Instant::now()) {
-                            return end_session(e, &sess);
-                        }
-                    }
-                    Ok(Err(e)) => return end_session(End::Lost(e), &sess),
-                    Err(mpsc::error::TryRecvError::Empty) => break,
-                    Err(mpsc::error::TryRecvError::Disconnected) => {
-                        return end_session(End::Lost(session::Lost::Closed), &sess)
-                    }
-                }
+            if let Err(e) = take_messages(&mut rx, &mut sess) {
+                return end_session(e, &sess);
             }
             if changes.has_changed() {
                 self.look(changes, &mut sess).await;
@@ -410,24 +364,13 @@ impl Uplink {
             // 3. Lag and wire bytes, when they moved or while there is lag (for
             // its age), at most every REPORT_EVERY; nothing while idle.
             let report_due = sess.lag_dirty() || sess.lagging();
-            if report_due && now >= next_report {
-                sess.take_lag_dirty();
-                next_report = now + REPORT_EVERY;
-                self.report_lag(&sess, &mut seen_streams).await;
-                for code in [Code::NoSpace, Code::ReadOnly, Code::Io] {
-                    m.link
-                        .uplink_blocked_segments
-                        .with_label_values(&[name, code.as_str()])
-                        .set(sess.blocked(code) as i64);
-                }
-                let w = wire.sent();
-                m.link.uplink_wire_bytes.with_label_values(&[name]).inc_by(w.saturating_sub(wire_reported));
-                wire_reported = w;
+            if report_due && now >= report.next {
+                self.report(&mut sess, &mut report, &wire, now).await;
             }
             // 4. Wait for the receiver, the store, or the session's next deadline.
             let mut until = sess.poll_timeout(now);
             if report_due {
-                until = until.min(next_report.max(now + Duration::from_millis(1)));
+                until = until.min(report.next.max(now + Duration::from_millis(1)));
             }
             tokio::select! {
                 biased;
@@ -445,12 +388,8 @@ impl Uplink {
                 // New TLS material: a receiver whose certificate a CRL now
                 // revokes is not sent another byte.
                 Ok(()) = tls_replaced.changed() => {
-                    if let Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked)) =
-                        self.tls.current().verify_peer(&receiver_certs)
-                    {
-                        let detail = format!("the receiver's certificate ({receiver_id}) is revoked by the CRL now in force");
-                        let lost = session::Lost::Tls { reason: "certificate_revoked", by_peer: false, detail };
-                        return end_session(End::Lost(lost), &sess);
+                    if let Some(end) = self.revoked(&receiver_certs, &receiver_id) {
+                        return end_session(end, &sess);
                     }
                 }
                 _ = tokio::time::sleep_until(until.into()) => {
@@ -462,6 +401,81 @@ impl Uplink {
                     }
                 }
             }
+        }
+    }
+
+    /// Put a reload's rate settings in force. The cap itself is followed
+    /// slice by slice in `write_paced`; the node sets the cap's gauge.
+    fn retune(&self, tune: &tokio::sync::watch::Receiver<Tuning>, tuning: &mut Tuning, sess: &mut Session) {
+        let t = *tune.borrow();
+        if t != *tuning {
+            info!(uplink = %self.cfg.name, max_rate = ?t.max_rate, burst = t.burst, live_share = t.live_share, "reload: new rate settings in force");
+            sess.retune(t.live_share, t.chunk_max(), ROTATE_AFTER.max(t.burst));
+            *tuning = t;
+        }
+    }
+
+    /// Once per session, after WELCOME: a receiver whose state epoch is new
+    /// (its state lost, or another receiver) is offered every segment again.
+    fn check_epoch(&self, sess: &Session, changes: &mut Subscriber) {
+        if sess.epoch() == 0 {
+            return;
+        }
+        match self.delivered.check_epoch(sess.epoch()) {
+            Ok(true) => {
+                warn!(uplink = %self.cfg.name, "the receiver's state is new (lost, or another receiver): offering every segment still here again so it can seal them");
+                changes.force_relist();
+            }
+            Ok(false) => {}
+            Err(e) => warn!(uplink = %self.cfg.name, error = %e, "cannot record the receiver's state epoch"),
+        }
+    }
+
+    /// What the session has to tell the uplink: segments delivered,
+    /// deletions noted, streams to rotate.
+    fn take_events(&self, sess: &mut Session, rotated: &mut HashMap<String, Instant>) {
+        let name = self.cfg.name.as_str();
+        while let Some(ev) = sess.poll_event() {
+            match ev {
+                Event::Delivered(l) => self.mark_delivered(&l),
+                Event::Noted(rel) => {
+                    info!(uplink = name, path = %rel.display(), "receiver noted the deletion of an undelivered segment")
+                }
+                Event::Rotate { stream } => {
+                    let last = rotated.get(&stream);
+                    if last.is_none_or(|t| t.elapsed() >= ROTATE_EVERY) {
+                        info!(uplink = name, %stream, "behind on the newest segment: asking for a new one so fresh records go first");
+                        self.changes.request_rotation(&stream);
+                        rotated.insert(stream, Instant::now());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Lag, blocked segments and wire bytes into the metrics.
+    async fn report(&self, sess: &mut Session, r: &mut Report, wire: &WireCounter, now: Instant) {
+        let (m, name) = (&self.metrics, self.cfg.name.as_str());
+        sess.take_lag_dirty();
+        r.next = now + REPORT_EVERY;
+        self.report_lag(sess, &mut r.seen_streams).await;
+        for code in [Code::NoSpace, Code::ReadOnly, Code::Io] {
+            m.link.uplink_blocked_segments.with_label_values(&[name, code.as_str()]).set(sess.blocked(code) as i64);
+        }
+        let w = wire.sent();
+        m.link.uplink_wire_bytes.with_label_values(&[name]).inc_by(w.saturating_sub(r.wire_reported));
+        r.wire_reported = w;
+    }
+
+    /// After new TLS material: the session's end if the CRL now in force
+    /// revokes the receiver's certificate.
+    fn revoked(&self, certs: &[rustls_pki_types::CertificateDer<'static>], id: &crate::pki::Identity) -> Option<End> {
+        match self.tls.current().verify_peer(certs) {
+            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked)) => {
+                let detail = format!("the receiver's certificate ({id}) is revoked by the CRL now in force");
+                Some(End::Lost(session::Lost::Tls { reason: "certificate_revoked", by_peer: false, detail }))
+            }
+            _ => None,
         }
     }
 
@@ -594,6 +608,26 @@ impl Progress {
 }
 
 /// Why [`write_paced`] stopped short.
+/// When the session's metrics were last reported, and what they said.
+struct Report {
+    next: Instant,
+    wire_reported: u64,
+    seen_streams: HashSet<StreamKey>,
+}
+
+/// The receiver's messages that arrived, handed to the session without
+/// waiting; `Err` when the session ends on one, or the connection did.
+fn take_messages(rx: &mut mpsc::UnboundedReceiver<Result<Msg, session::Lost>>, sess: &mut Session) -> Result<(), End> {
+    loop {
+        match rx.try_recv() {
+            Ok(Ok(msg)) => sess.handle(msg, Instant::now())?,
+            Ok(Err(e)) => return Err(End::Lost(e)),
+            Err(mpsc::error::TryRecvError::Empty) => return Ok(()),
+            Err(mpsc::error::TryRecvError::Disconnected) => return Err(End::Lost(session::Lost::Closed)),
+        }
+    }
+}
+
 enum WriteEnd {
     Io(io::Error),
     /// One slice made no progress for the stall time: the peer or the path is stuck.
