@@ -250,48 +250,13 @@ impl Session {
     pub fn handle(&mut self, msg: Msg, now: Instant) -> Result<(), End> {
         self.outstanding = self.outstanding.saturating_sub(1);
         self.waiting_since = (self.outstanding > 0).then_some(now);
+        if !self.welcomed {
+            return self.welcome(msg);
+        }
         let name = self.p.name.as_str();
         let m = &self.metrics;
-        if !self.welcomed {
-            return match msg {
-                Msg::Welcome { version, epoch } if (MIN_VERSION..=self.p.version).contains(&version) => {
-                    self.welcomed = true;
-                    self.version = version;
-                    self.epoch = epoch;
-                    Ok(())
-                }
-                Msg::Welcome { version, .. } => Err(Lost::Version { chose: version, offered: self.p.version }.into()),
-                Msg::Refuse { code, reason } => Err(End::Refused(code, reason)),
-                other => Err(Lost::unexpected(&other).into()),
-            };
-        }
         match msg {
-            Msg::Have { id, len, sealed } => {
-                let Some(rel) = self.by_id.get(&id).cloned() else { return Ok(()) };
-                let Some(s) = self.segs.get_mut(&rel) else { return Ok(()) };
-                s.known = true;
-                s.acked = len;
-                s.sent = len;
-                self.lag_dirty = true;
-                if sealed {
-                    if s.local.seal.as_ref().is_some_and(|l| l.len == len) {
-                        let s = self.segs.remove(&rel).expect("present");
-                        self.events.push_back(Event::Delivered(Box::new(s.local)));
-                    } else {
-                        s.failed = true;
-                        m.link.link_checksum_mismatches.with_label_values(&["uplink"]).inc();
-                        error!(uplink = name, path = %rel.display(), receiver_len = len,
-                            "receiver has this segment sealed at a length this node does not have");
-                    }
-                } else if len > s.local.len {
-                    s.failed = true;
-                    m.link.uplink_errors.with_label_values(&[name, "receiver_ahead"]).inc();
-                    error!(uplink = name, path = %rel.display(), receiver_len = len, local_len = s.local.len,
-                        "receiver holds more of this segment than this node (local data lost?); not sending it");
-                } else {
-                    self.maybe_rotate(&rel);
-                }
-            }
+            Msg::Have { id, len, sealed } => self.on_have(id, len, sealed),
             Msg::Ack { id, len } => {
                 let Some(s) = self.by_id.get(&id).and_then(|r| self.segs.get_mut(r)) else { return Ok(()) };
                 if s.retry.take().is_some() {
@@ -334,43 +299,94 @@ impl Session {
                         "receiver cannot keep the tombstone of a deleted segment; telling it again next session");
                 }
             }
-            Msg::Sealed { id, ok } => {
-                let Some(rel) = self.by_id.get(&id).cloned() else { return Ok(()) };
-                if ok {
-                    if let Some(s) = self.segs.remove(&rel) {
-                        self.lag_dirty = true;
-                        self.events.push_back(Event::Delivered(Box::new(s.local)));
-                    }
-                } else if let Some(s) = self.segs.get_mut(&rel) {
-                    s.failed = true;
-                    m.link.link_checksum_mismatches.with_label_values(&["uplink"]).inc();
-                    error!(uplink = name, path = %rel.display(), "receiver refused the seal: its copy differs from this segment");
-                }
-            }
-            Msg::Error { id, code, reason } => {
-                m.link.uplink_errors.with_label_values(&[name, code.as_str()]).inc();
-                if let Some(s) = self.by_id.get(&id).and_then(|r| self.segs.get_mut(r)) {
-                    if code.is_transient() {
-                        // Its disk may recover: keep the backlog, offer the same bytes later.
-                        let backoff = s.retry.map_or(RETRY_MIN, |(_, b, _)| (b * 2).min(RETRY_MAX));
-                        if s.retry.is_none() {
-                            warn!(uplink = name, path = %s.local.rel.display(), code = code.as_str(), %reason,
-                                "receiver cannot write this segment now; keeping it here and retrying");
-                        }
-                        s.retry = Some((now + backoff, backoff, code));
-                        s.sent = s.acked;
-                        s.seal_sent = false;
-                    } else {
-                        s.failed = true;
-                        error!(uplink = name, path = %s.local.rel.display(), code = code.as_str(), %reason, "receiver refused a segment");
-                    }
-                }
-            }
+            Msg::Sealed { id, ok } => self.on_sealed(id, ok),
+            Msg::Error { id, code, reason } => self.on_error(id, code, &reason, now),
             Msg::Refuse { code, reason } => return Err(End::Refused(code, reason)),
             Msg::Pong { .. } => {}
             other => return Err(Lost::unexpected(&other).into()),
         }
         Ok(())
+    }
+
+    /// Before WELCOME only WELCOME (of a version this node speaks) or REFUSE.
+    fn welcome(&mut self, msg: Msg) -> Result<(), End> {
+        match msg {
+            Msg::Welcome { version, epoch } if (MIN_VERSION..=self.p.version).contains(&version) => {
+                self.welcomed = true;
+                self.version = version;
+                self.epoch = epoch;
+                Ok(())
+            }
+            Msg::Welcome { version, .. } => Err(Lost::Version { chose: version, offered: self.p.version }.into()),
+            Msg::Refuse { code, reason } => Err(End::Refused(code, reason)),
+            other => Err(Lost::unexpected(&other).into()),
+        }
+    }
+
+    /// HAVE: where the receiver stands on a segment offered.
+    fn on_have(&mut self, id: u32, len: u64, sealed: bool) {
+        let (name, m) = (self.p.name.as_str(), &self.metrics);
+        let Some(rel) = self.by_id.get(&id).cloned() else { return };
+        let Some(s) = self.segs.get_mut(&rel) else { return };
+        s.known = true;
+        s.acked = len;
+        s.sent = len;
+        self.lag_dirty = true;
+        if sealed {
+            if s.local.seal.as_ref().is_some_and(|l| l.len == len) {
+                let s = self.segs.remove(&rel).expect("present");
+                self.events.push_back(Event::Delivered(Box::new(s.local)));
+            } else {
+                s.failed = true;
+                m.link.link_checksum_mismatches.with_label_values(&["uplink"]).inc();
+                error!(uplink = name, path = %rel.display(), receiver_len = len,
+                    "receiver has this segment sealed at a length this node does not have");
+            }
+        } else if len > s.local.len {
+            s.failed = true;
+            m.link.uplink_errors.with_label_values(&[name, "receiver_ahead"]).inc();
+            error!(uplink = name, path = %rel.display(), receiver_len = len, local_len = s.local.len,
+                "receiver holds more of this segment than this node (local data lost?); not sending it");
+        } else {
+            self.maybe_rotate(&rel);
+        }
+    }
+
+    /// SEALED: the receiver sealed its copy (delivered) or refused to.
+    fn on_sealed(&mut self, id: u32, ok: bool) {
+        let Some(rel) = self.by_id.get(&id).cloned() else { return };
+        if ok {
+            if let Some(s) = self.segs.remove(&rel) {
+                self.lag_dirty = true;
+                self.events.push_back(Event::Delivered(Box::new(s.local)));
+            }
+        } else if let Some(s) = self.segs.get_mut(&rel) {
+            s.failed = true;
+            self.metrics.link.link_checksum_mismatches.with_label_values(&["uplink"]).inc();
+            error!(uplink = %self.p.name, path = %rel.display(), "receiver refused the seal: its copy differs from this segment");
+        }
+    }
+
+    /// ERROR on a segment: retried after a backoff when transient (the
+    /// receiver's disk may recover), else the segment is failed.
+    fn on_error(&mut self, id: u32, code: Code, reason: &str, now: Instant) {
+        let name = self.p.name.as_str();
+        self.metrics.link.uplink_errors.with_label_values(&[name, code.as_str()]).inc();
+        let Some(s) = self.by_id.get(&id).and_then(|r| self.segs.get_mut(r)) else { return };
+        if code.is_transient() {
+            // Its disk may recover: keep the backlog, offer the same bytes later.
+            let backoff = s.retry.map_or(RETRY_MIN, |(_, b, _)| (b * 2).min(RETRY_MAX));
+            if s.retry.is_none() {
+                warn!(uplink = name, path = %s.local.rel.display(), code = code.as_str(), %reason,
+                    "receiver cannot write this segment now; keeping it here and retrying");
+            }
+            s.retry = Some((now + backoff, backoff, code));
+            s.sent = s.acked;
+            s.seal_sent = false;
+        } else {
+            s.failed = true;
+            error!(uplink = name, path = %s.local.rel.display(), code = code.as_str(), %reason, "receiver refused a segment");
+        }
     }
 
     /// The archive as listed now: every undelivered segment, oldest first,
