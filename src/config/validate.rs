@@ -738,124 +738,20 @@ fn validate_listener(cx: &mut Ctx<'_>, i: usize, l: &RawListener, streams: &[Str
     let k = |f: &str| format!("listener[{i}].{f}");
     let before = cx.problems.len();
     let name = cx.name(&k("name"), &l.name);
-    let kind = cx.one_of(
-        &k("kind"),
-        &l.kind,
-        &[
-            ("syslog", ListenerKind::Syslog),
-            ("relp", ListenerKind::Relp),
-            ("http", ListenerKind::Http),
-            ("gelf", ListenerKind::Gelf),
-            ("ferry", ListenerKind::Ferry),
-            ("file", ListenerKind::File),
-        ],
-    );
-    let (transport, listen) = if kind == Some(ListenerKind::File) {
-        for (key, v) in [("transport", &l.transport), ("listen", &l.listen)] {
-            if let Some(v) = v {
-                cx.at(&k(key), v, "a file listener reads files (paths = [...]): no socket");
-            }
-        }
-        let paths = l.paths.as_ref().map(|p| p.get_ref().clone()).unwrap_or_default();
-        (Some(Transport::File), ListenAddr::Files(paths))
-    } else {
-        let (Some(t), Some(a)) = (&l.transport, &l.listen) else {
-            cx.at(&k("kind"), &l.kind, "this listener kind needs transport and listen");
-            return None;
-        };
-        socket_of(cx, i, kind, t, a)
-    };
-    let stream = match &l.stream {
-        Some(s) => {
-            if !streams.contains(s.get_ref()) {
-                cx.at(&k("stream"), s, format!("no [[stream]] named {:?}", s.get_ref()));
-            }
-            s.get_ref().clone()
-        }
-        None => match streams.first() {
-            Some(s) => s.clone(),
-            None => String::new(),
-        },
-    };
+    let kind = listener_kind(cx, i, l);
+    let (transport, listen) = listener_address(cx, i, l, kind)?;
+    let stream = listener_stream(cx, i, l, streams);
     let trust = match &l.trust {
         Some(t) => cx
             .one_of(&k("trust"), t, &[("trusted", Trust::Trusted), ("untrusted", Trust::Untrusted)])
             .unwrap_or(Trust::Trusted),
         None => Trust::Trusted,
     };
-    let max_connections = match &l.max_connections {
-        Some(v) => {
-            let n = *v.get_ref();
-            if !(1..=1_000_000).contains(&n) {
-                cx.at(&k("max_connections"), v, "must be between 1 and 1000000");
-            }
-            n.max(1) as usize
-        }
-        // Collectors: a datacenter's hosts, each with a persistent connection,
-        // and room for a reconnect storm (sockets of the old session still
-        // closing). Idle, one costs about 2 KiB plain, 9 KiB with TLS (issue 26,
-        // benches/README.md "Idle connections"). Relays on a link: a few.
-        None if kind == Some(ListenerKind::Ferry) => 1024,
-        None => DEFAULT_MAX_CONNECTIONS,
-    };
-    let max_record_bytes = match &l.max_record_bytes {
-        Some(v) => {
-            let n = v.get_ref().as_usize();
-            if !(256..=MAX_RECORD_BYTES_CEILING).contains(&n) {
-                cx.at(
-                    &k("max_record_bytes"),
-                    v,
-                    format!("must be between 256B and {}", ByteSize(MAX_RECORD_BYTES_CEILING as u64)),
-                );
-            }
-            n.clamp(256, MAX_RECORD_BYTES_CEILING)
-        }
-        None if l.trust.as_ref().is_some_and(|t| t.get_ref() == "untrusted") => 8 << 10,
-        None => DEFAULT_MAX_RECORD_BYTES,
-    };
-    let idle_timeout = match &l.idle_timeout {
-        Some(v) => {
-            if v.get_ref().0 < Duration::from_millis(100) {
-                cx.at(&k("idle_timeout"), v, "must be at least 100ms");
-            }
-            v.get_ref().0
-        }
-        None if l.trust.as_ref().is_some_and(|t| t.get_ref() == "untrusted") => Duration::from_secs(60),
-        None => Duration::from_secs(300),
-    };
-    let handshake_timeout = match &l.handshake_timeout {
-        Some(v) => {
-            if !(Duration::from_millis(100)..=Duration::from_secs(60)).contains(&v.get_ref().0) {
-                cx.at(&k("handshake_timeout"), v, "must be between 100ms and 60s");
-            }
-            v.get_ref().0
-        }
-        None if l.trust.as_ref().is_some_and(|t| t.get_ref() == "untrusted") => Duration::from_secs(5),
-        None => Duration::from_secs(10),
-    };
-    let mut routes = Vec::new();
-    for (j, r) in l.route.iter().enumerate() {
-        let rk = |f: &str| format!("listener[{i}].route[{j}].{f}");
-        if !streams.contains(r.stream.get_ref()) {
-            cx.at(&rk("stream"), &r.stream, format!("no [[stream]] named {:?}", r.stream.get_ref()));
-        }
-        let facility = r.facility.as_ref().and_then(|f| match crate::config::facility::facility_by_name(f.get_ref()) {
-            Some(n) => Some(n),
-            None => {
-                cx.at(&rk("facility"), f, format!("{:?} is not a syslog facility (kern, user, mail, daemon, auth, syslog, lpr, news, uucp, cron, authpriv, ftp, local0..local7)", f.get_ref()));
-                None
-            }
-        });
-        if r.app_name.is_none() && r.facility.is_none() && r.hostname.is_none() {
-            cx.at(&rk("stream"), &r.stream, "a route needs at least one of app_name, facility, hostname");
-        }
-        routes.push(Route {
-            app_name: r.app_name.as_ref().map(|s| s.get_ref().clone()),
-            facility,
-            hostname: r.hostname.as_ref().map(|s| s.get_ref().clone()),
-            stream: r.stream.get_ref().clone(),
-        });
-    }
+    let max_connections = max_connections(cx, i, l, kind);
+    let max_record_bytes = max_record_bytes(cx, i, l);
+    let idle_timeout = idle_timeout(cx, i, l);
+    let handshake_timeout = handshake_timeout(cx, i, l);
+    let routes = routes(cx, i, l, streams);
     let relays = l.relays.as_ref().map(|r| r.get_ref().clone()).unwrap_or_default();
     if let Some(r) = &l.relays {
         if kind != Some(ListenerKind::Ferry) {
@@ -866,84 +762,18 @@ fn validate_listener(cx: &mut Ctx<'_>, i: usize, l: &RawListener, streams: &[Str
         cx.at(&k("route"), &l.name, "RELP and HTTP listeners acknowledge per commit of one stream: no routes");
     }
     let untrusted = trust == Trust::Untrusted;
-    let max_body_bytes = match &l.max_body_bytes {
-        Some(v) => {
-            if !((1 << 10)..=(256 << 20)).contains(&v.get_ref().0) {
-                cx.at(&k("max_body_bytes"), v, "must be between 1KiB and 256MiB");
-            }
-            v.get_ref().as_usize()
-        }
-        None => 16 << 20,
-    };
-    let source_records_per_sec = match &l.source_records_per_sec {
-        Some(v) if *v.get_ref() < 1 => {
-            cx.at(&k("source_records_per_sec"), v, "must be at least 1");
-            None
-        }
-        Some(v) => Some(*v.get_ref() as f64),
-        None => untrusted.then_some(1000.0),
-    };
+    let max_body_bytes = max_body_bytes(cx, i, l);
+    let source_records_per_sec = source_records_per_sec(cx, i, l, untrusted);
     let source_bytes_per_sec = match &l.source_bytes_per_sec {
         Some(v) => Some(v.get_ref().bytes_per_sec),
         None => untrusted.then_some(1024.0 * 1024.0),
     };
-    let max_connections_per_source = match &l.max_connections_per_source {
-        Some(v) if *v.get_ref() < 1 => {
-            cx.at(&k("max_connections_per_source"), v, "must be at least 1");
-            None
-        }
-        Some(v) => Some(*v.get_ref() as usize),
-        None => untrusted.then_some(16),
-    };
-    let max_sources = match &l.max_sources {
-        Some(v) if !(64..=10_000_000).contains(v.get_ref()) => {
-            cx.at(&k("max_sources"), v, "must be between 64 and 10000000");
-            100_000
-        }
-        Some(v) => *v.get_ref() as usize,
-        None => 100_000,
-    };
-    let source_ipv6_prefix = match &l.source_ipv6_prefix {
-        Some(v) if !(1..=128).contains(v.get_ref()) => {
-            cx.at(&k("source_ipv6_prefix"), v, "must be between 1 and 128");
-            64
-        }
-        Some(v) => *v.get_ref() as u8,
-        None => 64,
-    };
-    if !routes.is_empty() && kind == Some(ListenerKind::Ferry) {
-        cx.at(&k("route"), &l.name, "ferry receivers mirror segments as they are: no routes");
-    }
-    if !routes.is_empty() && transport.is_some() && trust == Trust::Untrusted {
-        cx.at(
-            &k("route"),
-            &l.name,
-            "untrusted listeners cannot route by record content: their sources must not choose their stream",
-        );
-    }
-    let files = if kind == Some(ListenerKind::File) {
-        if !routes.is_empty() {
-            cx.at(&k("route"), &l.name, "a file listener acknowledges by checkpoint of one stream: no routes");
-        }
-        files::validate_files(cx, i, l)
-    } else {
-        files::refuse_file_keys(cx, i, l);
-        None
-    };
-    let client_cert = match &l.client_cert {
-        Some(c) => {
-            if transport != Some(Transport::Tls) || kind == Some(ListenerKind::Ferry) {
-                cx.at(
-                    &k("client_cert"),
-                    c,
-                    "only syslog, RELP and HTTP listeners with transport = \"tls\" take client_cert",
-                );
-            }
-            cx.one_of(&k("client_cert"), c, &[("required", ClientCert::Required), ("optional", ClientCert::Optional)])
-                .unwrap_or(ClientCert::Required)
-        }
-        None => ClientCert::Required,
-    };
+    let max_connections_per_source = max_connections_per_source(cx, i, l, untrusted);
+    let max_sources = max_sources(cx, i, l);
+    let source_ipv6_prefix = source_ipv6_prefix(cx, i, l);
+    refuse_content_routes(cx, i, l, kind, transport, trust, &routes);
+    let files = listener_files(cx, i, l, kind, &routes);
+    let client_cert = client_cert(cx, i, l, kind, transport);
     if cx.problems.len() > before {
         return None;
     }
@@ -969,6 +799,278 @@ fn validate_listener(cx: &mut Ctx<'_>, i: usize, l: &RawListener, streams: &[Str
         source_ipv6_prefix,
         files,
     })
+}
+
+fn listener_kind(cx: &mut Ctx<'_>, i: usize, l: &RawListener) -> Option<ListenerKind> {
+    cx.one_of(
+        &format!("listener[{i}].kind"),
+        &l.kind,
+        &[
+            ("syslog", ListenerKind::Syslog),
+            ("relp", ListenerKind::Relp),
+            ("http", ListenerKind::Http),
+            ("gelf", ListenerKind::Gelf),
+            ("ferry", ListenerKind::Ferry),
+            ("file", ListenerKind::File),
+        ],
+    )
+}
+
+/// A listener's transport and address; `None` when a socket listener lacks
+/// either, since nothing after can be judged without them.
+fn listener_address(
+    cx: &mut Ctx<'_>,
+    i: usize,
+    l: &RawListener,
+    kind: Option<ListenerKind>,
+) -> Option<(Option<Transport>, ListenAddr)> {
+    let k = |f: &str| format!("listener[{i}].{f}");
+    if kind == Some(ListenerKind::File) {
+        for (key, v) in [("transport", &l.transport), ("listen", &l.listen)] {
+            if let Some(v) = v {
+                cx.at(&k(key), v, "a file listener reads files (paths = [...]): no socket");
+            }
+        }
+        let paths = l.paths.as_ref().map(|p| p.get_ref().clone()).unwrap_or_default();
+        return Some((Some(Transport::File), ListenAddr::Files(paths)));
+    }
+    let (Some(t), Some(a)) = (&l.transport, &l.listen) else {
+        cx.at(&k("kind"), &l.kind, "this listener kind needs transport and listen");
+        return None;
+    };
+    Some(socket_of(cx, i, kind, t, a))
+}
+
+/// The stream named, or the first one defined when none is.
+fn listener_stream(cx: &mut Ctx<'_>, i: usize, l: &RawListener, streams: &[String]) -> String {
+    match &l.stream {
+        Some(s) => {
+            if !streams.contains(s.get_ref()) {
+                cx.at(&format!("listener[{i}].stream"), s, format!("no [[stream]] named {:?}", s.get_ref()));
+            }
+            s.get_ref().clone()
+        }
+        None => match streams.first() {
+            Some(s) => s.clone(),
+            None => String::new(),
+        },
+    }
+}
+
+/// Whether the file says `trust = "untrusted"`: the defaults below tighten on it.
+fn says_untrusted(l: &RawListener) -> bool {
+    l.trust.as_ref().is_some_and(|t| t.get_ref() == "untrusted")
+}
+
+fn max_connections(cx: &mut Ctx<'_>, i: usize, l: &RawListener, kind: Option<ListenerKind>) -> usize {
+    match &l.max_connections {
+        Some(v) => {
+            let n = *v.get_ref();
+            if !(1..=1_000_000).contains(&n) {
+                cx.at(&format!("listener[{i}].max_connections"), v, "must be between 1 and 1000000");
+            }
+            n.max(1) as usize
+        }
+        // Collectors: a datacenter's hosts, each with a persistent connection,
+        // and room for a reconnect storm (sockets of the old session still
+        // closing). Idle, one costs about 2 KiB plain, 9 KiB with TLS (issue 26,
+        // benches/README.md "Idle connections"). Relays on a link: a few.
+        None if kind == Some(ListenerKind::Ferry) => 1024,
+        None => DEFAULT_MAX_CONNECTIONS,
+    }
+}
+
+fn max_record_bytes(cx: &mut Ctx<'_>, i: usize, l: &RawListener) -> usize {
+    match &l.max_record_bytes {
+        Some(v) => {
+            let n = v.get_ref().as_usize();
+            if !(256..=MAX_RECORD_BYTES_CEILING).contains(&n) {
+                cx.at(
+                    &format!("listener[{i}].max_record_bytes"),
+                    v,
+                    format!("must be between 256B and {}", ByteSize(MAX_RECORD_BYTES_CEILING as u64)),
+                );
+            }
+            n.clamp(256, MAX_RECORD_BYTES_CEILING)
+        }
+        None if says_untrusted(l) => 8 << 10,
+        None => DEFAULT_MAX_RECORD_BYTES,
+    }
+}
+
+fn idle_timeout(cx: &mut Ctx<'_>, i: usize, l: &RawListener) -> Duration {
+    match &l.idle_timeout {
+        Some(v) => {
+            if v.get_ref().0 < Duration::from_millis(100) {
+                cx.at(&format!("listener[{i}].idle_timeout"), v, "must be at least 100ms");
+            }
+            v.get_ref().0
+        }
+        None if says_untrusted(l) => Duration::from_secs(60),
+        None => Duration::from_secs(300),
+    }
+}
+
+fn handshake_timeout(cx: &mut Ctx<'_>, i: usize, l: &RawListener) -> Duration {
+    match &l.handshake_timeout {
+        Some(v) => {
+            if !(Duration::from_millis(100)..=Duration::from_secs(60)).contains(&v.get_ref().0) {
+                cx.at(&format!("listener[{i}].handshake_timeout"), v, "must be between 100ms and 60s");
+            }
+            v.get_ref().0
+        }
+        None if says_untrusted(l) => Duration::from_secs(5),
+        None => Duration::from_secs(10),
+    }
+}
+
+fn routes(cx: &mut Ctx<'_>, i: usize, l: &RawListener, streams: &[String]) -> Vec<Route> {
+    let mut routes = Vec::new();
+    for (j, r) in l.route.iter().enumerate() {
+        let rk = |f: &str| format!("listener[{i}].route[{j}].{f}");
+        if !streams.contains(r.stream.get_ref()) {
+            cx.at(&rk("stream"), &r.stream, format!("no [[stream]] named {:?}", r.stream.get_ref()));
+        }
+        let facility = r.facility.as_ref().and_then(|f| match crate::config::facility::facility_by_name(f.get_ref()) {
+            Some(n) => Some(n),
+            None => {
+                cx.at(&rk("facility"), f, format!("{:?} is not a syslog facility (kern, user, mail, daemon, auth, syslog, lpr, news, uucp, cron, authpriv, ftp, local0..local7)", f.get_ref()));
+                None
+            }
+        });
+        if r.app_name.is_none() && r.facility.is_none() && r.hostname.is_none() {
+            cx.at(&rk("stream"), &r.stream, "a route needs at least one of app_name, facility, hostname");
+        }
+        routes.push(Route {
+            app_name: r.app_name.as_ref().map(|s| s.get_ref().clone()),
+            facility,
+            hostname: r.hostname.as_ref().map(|s| s.get_ref().clone()),
+            stream: r.stream.get_ref().clone(),
+        });
+    }
+    routes
+}
+
+fn max_body_bytes(cx: &mut Ctx<'_>, i: usize, l: &RawListener) -> usize {
+    match &l.max_body_bytes {
+        Some(v) => {
+            if !((1 << 10)..=(256 << 20)).contains(&v.get_ref().0) {
+                cx.at(&format!("listener[{i}].max_body_bytes"), v, "must be between 1KiB and 256MiB");
+            }
+            v.get_ref().as_usize()
+        }
+        None => 16 << 20,
+    }
+}
+
+fn source_records_per_sec(cx: &mut Ctx<'_>, i: usize, l: &RawListener, untrusted: bool) -> Option<f64> {
+    match &l.source_records_per_sec {
+        Some(v) if *v.get_ref() < 1 => {
+            cx.at(&format!("listener[{i}].source_records_per_sec"), v, "must be at least 1");
+            None
+        }
+        Some(v) => Some(*v.get_ref() as f64),
+        None => untrusted.then_some(1000.0),
+    }
+}
+
+fn max_connections_per_source(cx: &mut Ctx<'_>, i: usize, l: &RawListener, untrusted: bool) -> Option<usize> {
+    match &l.max_connections_per_source {
+        Some(v) if *v.get_ref() < 1 => {
+            cx.at(&format!("listener[{i}].max_connections_per_source"), v, "must be at least 1");
+            None
+        }
+        Some(v) => Some(*v.get_ref() as usize),
+        None => untrusted.then_some(16),
+    }
+}
+
+fn max_sources(cx: &mut Ctx<'_>, i: usize, l: &RawListener) -> usize {
+    match &l.max_sources {
+        Some(v) if !(64..=10_000_000).contains(v.get_ref()) => {
+            cx.at(&format!("listener[{i}].max_sources"), v, "must be between 64 and 10000000");
+            100_000
+        }
+        Some(v) => *v.get_ref() as usize,
+        None => 100_000,
+    }
+}
+
+fn source_ipv6_prefix(cx: &mut Ctx<'_>, i: usize, l: &RawListener) -> u8 {
+    match &l.source_ipv6_prefix {
+        Some(v) if !(1..=128).contains(v.get_ref()) => {
+            cx.at(&format!("listener[{i}].source_ipv6_prefix"), v, "must be between 1 and 128");
+            64
+        }
+        Some(v) => *v.get_ref() as u8,
+        None => 64,
+    }
+}
+
+/// Routes pick a stream by what a record says: a receiver has no records of
+/// its own to route, and an untrusted source must not pick where it lands.
+fn refuse_content_routes(
+    cx: &mut Ctx<'_>,
+    i: usize,
+    l: &RawListener,
+    kind: Option<ListenerKind>,
+    transport: Option<Transport>,
+    trust: Trust,
+    routes: &[Route],
+) {
+    if !routes.is_empty() && kind == Some(ListenerKind::Ferry) {
+        cx.at(&format!("listener[{i}].route"), &l.name, "ferry receivers mirror segments as they are: no routes");
+    }
+    if !routes.is_empty() && transport.is_some() && trust == Trust::Untrusted {
+        cx.at(
+            &format!("listener[{i}].route"),
+            &l.name,
+            "untrusted listeners cannot route by record content: their sources must not choose their stream",
+        );
+    }
+}
+
+/// A file listener's own keys; on any other listener, those keys are refused.
+fn listener_files(
+    cx: &mut Ctx<'_>,
+    i: usize,
+    l: &RawListener,
+    kind: Option<ListenerKind>,
+    routes: &[Route],
+) -> Option<FileConfig> {
+    if kind == Some(ListenerKind::File) {
+        if !routes.is_empty() {
+            cx.at(
+                &format!("listener[{i}].route"),
+                &l.name,
+                "a file listener acknowledges by checkpoint of one stream: no routes",
+            );
+        }
+        files::validate_files(cx, i, l)
+    } else {
+        files::refuse_file_keys(cx, i, l);
+        None
+    }
+}
+
+fn client_cert(
+    cx: &mut Ctx<'_>,
+    i: usize,
+    l: &RawListener,
+    kind: Option<ListenerKind>,
+    transport: Option<Transport>,
+) -> ClientCert {
+    let key = format!("listener[{i}].client_cert");
+    match &l.client_cert {
+        Some(c) => {
+            if transport != Some(Transport::Tls) || kind == Some(ListenerKind::Ferry) {
+                cx.at(&key, c, "only syslog, RELP and HTTP listeners with transport = \"tls\" take client_cert");
+            }
+            cx.one_of(&key, c, &[("required", ClientCert::Required), ("optional", ClientCert::Optional)])
+                .unwrap_or(ClientCert::Required)
+        }
+        None => ClientCert::Required,
+    }
 }
 
 /// A socket listener's transport and address.
