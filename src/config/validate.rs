@@ -109,42 +109,68 @@ pub fn validate(text: &str, file: &str) -> Result<Config, Error> {
             return Err(Error::Invalid(cx.problems));
         }
     };
+    let node = validate_node(&mut cx, raw.node.as_ref());
+    let admin = validate_admin(&mut cx, raw.admin.as_ref());
+    let store = validate_store(&mut cx, raw.store.as_ref());
+    let log_level = validate_log_level(&mut cx, raw.log.as_ref());
+    let streams = validate_streams(&mut cx, &raw);
+    let listeners = validate_listeners(&mut cx, &raw, &streams);
+    let tls = validate_tls(&mut cx, raw.tls.as_ref());
+    refuse_tls_listeners_without_tls(&mut cx, &raw, tls.is_some());
+    let uplinks = validate_uplinks(&mut cx, &raw, tls.is_some());
+    let sinks = validate_sinks(&mut cx, &raw);
+    let buckets = validate_buckets(&mut cx, &raw);
+    if cx.problems.is_empty() {
+        Ok(Config {
+            tls,
+            uplinks,
+            sinks,
+            buckets,
+            source: file.to_owned(),
+            node,
+            admin,
+            log_level,
+            store,
+            streams,
+            listeners,
+        })
+    } else {
+        Err(Error::Invalid(cx.problems))
+    }
+}
 
-    // [node]
-    let (site, name, data_dir) = match &raw.node {
-        Some(n) => {
-            let site = match &n.site {
-                Some(s) => cx.name("node.site", s),
-                None => {
-                    cx.err("node.site", None, "missing: the datacenter this node archives for");
-                    String::new()
-                }
-            };
-            let name = match &n.name {
-                Some(s) => cx.name("node.name", s),
-                None => {
-                    cx.err("node.name", None, "missing: this node's name");
-                    String::new()
-                }
-            };
-            let data_dir = match &n.data_dir {
-                Some(d) if d.get_ref().is_empty() => {
-                    cx.at("node.data_dir", d, "must not be empty");
-                    PathBuf::new()
-                }
-                Some(d) => PathBuf::from(d.get_ref()),
-                None => PathBuf::from("/var/lib/ferry"),
-            };
-            (site, name, data_dir)
-        }
+fn validate_node(cx: &mut Ctx<'_>, raw: Option<&raw::RawNode>) -> NodeConfig {
+    let Some(n) = raw else {
+        cx.err("node", None, "missing [node] section (site, name, data_dir)");
+        return NodeConfig { site: String::new(), name: String::new(), data_dir: PathBuf::new() };
+    };
+    let site = match &n.site {
+        Some(s) => cx.name("node.site", s),
         None => {
-            cx.err("node", None, "missing [node] section (site, name, data_dir)");
-            (String::new(), String::new(), PathBuf::new())
+            cx.err("node.site", None, "missing: the datacenter this node archives for");
+            String::new()
         }
     };
+    let name = match &n.name {
+        Some(s) => cx.name("node.name", s),
+        None => {
+            cx.err("node.name", None, "missing: this node's name");
+            String::new()
+        }
+    };
+    let data_dir = match &n.data_dir {
+        Some(d) if d.get_ref().is_empty() => {
+            cx.at("node.data_dir", d, "must not be empty");
+            PathBuf::new()
+        }
+        Some(d) => PathBuf::from(d.get_ref()),
+        None => PathBuf::from("/var/lib/ferry"),
+    };
+    NodeConfig { site, name, data_dir }
+}
 
-    // [admin]
-    let admin_listen = match raw.admin.as_ref().and_then(|a| a.listen.as_ref()) {
+fn validate_admin(cx: &mut Ctx<'_>, raw: Option<&raw::RawAdmin>) -> AdminConfig {
+    let listen = match raw.and_then(|a| a.listen.as_ref()) {
         Some(l) if l.get_ref().is_empty() => None,
         Some(l) => match l.get_ref().parse::<SocketAddr>() {
             Ok(a) => Some(a),
@@ -159,8 +185,8 @@ pub fn validate(text: &str, file: &str) -> Result<Config, Error> {
         },
         None => Some("127.0.0.1:9750".parse().expect("literal address")),
     };
-    let allow_remote = raw.admin.as_ref().and_then(|a| a.allow_remote.as_ref()).is_some_and(|a| *a.get_ref());
-    if let (Some(addr), Some(l)) = (admin_listen, raw.admin.as_ref().and_then(|a| a.listen.as_ref())) {
+    let allow_remote = raw.and_then(|a| a.allow_remote.as_ref()).is_some_and(|a| *a.get_ref());
+    if let (Some(addr), Some(l)) = (listen, raw.and_then(|a| a.listen.as_ref())) {
         if !addr.ip().is_loopback() && !allow_remote {
             cx.at(
                 "admin.listen",
@@ -173,26 +199,25 @@ pub fn validate(text: &str, file: &str) -> Result<Config, Error> {
             );
         }
     }
+    AdminConfig { listen, allow_remote }
+}
 
-    let store = validate_store(&mut cx, raw.store.as_ref());
+fn validate_log_level(cx: &mut Ctx<'_>, raw: Option<&raw::RawLog>) -> Option<String> {
+    let l = raw.and_then(|l| l.level.as_ref())?;
+    match tracing_subscriber::EnvFilter::try_new(l.get_ref()) {
+        Ok(_) => Some(l.get_ref().clone()),
+        Err(e) => {
+            cx.at(
+                "log.level",
+                l,
+                format!("{:?} is not a log filter such as \"info\" or \"warn,ferry=debug\" ({e})", l.get_ref()),
+            );
+            None
+        }
+    }
+}
 
-    // [log]
-    let log_level = match raw.log.as_ref().and_then(|l| l.level.as_ref()) {
-        Some(l) => match tracing_subscriber::EnvFilter::try_new(l.get_ref()) {
-            Ok(_) => Some(l.get_ref().clone()),
-            Err(e) => {
-                cx.at(
-                    "log.level",
-                    l,
-                    format!("{:?} is not a log filter such as \"info\" or \"warn,ferry=debug\" ({e})", l.get_ref()),
-                );
-                None
-            }
-        },
-        None => None,
-    };
-
-    // [[stream]]
+fn validate_streams(cx: &mut Ctx<'_>, raw: &RawConfig) -> Vec<String> {
     let mut streams = Vec::new();
     for (i, s) in raw.stream.iter().enumerate() {
         let key = format!("stream[{i}].name");
@@ -208,11 +233,15 @@ pub fn validate(text: &str, file: &str) -> Result<Config, Error> {
     if streams.is_empty() && !receives_only {
         cx.err("stream", None, "no [[stream]] defined: records need somewhere to go");
     }
+    streams
+}
 
-    // [[listener]]
+/// Each listener, then what no two may share: a name, or an address of the
+/// same kind of socket.
+fn validate_listeners(cx: &mut Ctx<'_>, raw: &RawConfig, streams: &[String]) -> Vec<ListenerConfig> {
     let mut listeners: Vec<ListenerConfig> = Vec::new();
     for (i, l) in raw.listener.iter().enumerate() {
-        if let Some(lc) = validate_listener(&mut cx, i, l, &streams) {
+        if let Some(lc) = validate_listener(cx, i, l, streams) {
             if listeners.iter().any(|o| o.name == lc.name) {
                 cx.at(&format!("listener[{i}].name"), &l.name, format!("listener {:?} is defined twice", lc.name));
             }
@@ -230,8 +259,11 @@ pub fn validate(text: &str, file: &str) -> Result<Config, Error> {
             listeners.push(lc);
         }
     }
+    listeners
+}
 
-    let tls = raw.tls.as_ref().map(|t| {
+fn validate_tls(cx: &mut Ctx<'_>, raw: Option<&raw::RawTls>) -> Option<crate::pki::TlsFiles> {
+    raw.map(|t| {
         let crl = t.crl.as_ref().map(|c| c.get_ref().to_vec()).unwrap_or_default();
         if let Some(c) = &t.crl {
             if crl.is_empty() || crl.iter().any(String::is_empty) {
@@ -244,64 +276,60 @@ pub fn validate(text: &str, file: &str) -> Result<Config, Error> {
             key: PathBuf::from(t.key.get_ref()),
             crl: crl.into_iter().map(PathBuf::from).collect(),
         }
-    });
+    })
+}
+
+/// Receivers and TLS listeners name no files of their own: they take [tls]'s.
+fn refuse_tls_listeners_without_tls(cx: &mut Ctx<'_>, raw: &RawConfig, has_tls: bool) {
     for (i, l) in raw.listener.iter().enumerate() {
-        if l.kind.get_ref() == "ferry" && tls.is_none() {
+        if l.kind.get_ref() == "ferry" && !has_tls {
             cx.at(&format!("listener[{i}].kind"), &l.kind, "a ferry receiver needs a [tls] section (ca, cert, key)");
-        } else if let Some(t) = l.transport.as_ref().filter(|t| t.get_ref() == "tls" && tls.is_none()) {
+        } else if let Some(t) = l.transport.as_ref().filter(|t| t.get_ref() == "tls" && !has_tls) {
             cx.at(&format!("listener[{i}].transport"), t, "a TLS listener needs a [tls] section (ca, cert, key)");
         }
     }
+}
+
+fn validate_uplinks(cx: &mut Ctx<'_>, raw: &RawConfig, has_tls: bool) -> Vec<UplinkConfig> {
     let mut uplinks: Vec<UplinkConfig> = Vec::new();
     for (i, u) in raw.uplink.iter().enumerate() {
-        if tls.is_none() {
+        if !has_tls {
             cx.at(&format!("uplink[{i}].name"), &u.name, "an uplink needs a [tls] section (ca, cert, key)");
         }
-        if let Some(uc) = validate_uplink(&mut cx, i, u) {
+        if let Some(uc) = validate_uplink(cx, i, u) {
             if uplinks.iter().any(|o| o.name == uc.name) {
                 cx.at(&format!("uplink[{i}].name"), &u.name, format!("uplink {:?} is defined twice", uc.name));
             }
             uplinks.push(uc);
         }
     }
+    uplinks
+}
 
+fn validate_sinks(cx: &mut Ctx<'_>, raw: &RawConfig) -> Vec<SinkConfig> {
     let mut sinks: Vec<SinkConfig> = Vec::new();
     for (i, k) in raw.sink.iter().enumerate() {
-        if let Some(sc) = validate_sink(&mut cx, i, k) {
+        if let Some(sc) = validate_sink(cx, i, k) {
             if sinks.iter().any(|o| o.name == sc.name) {
                 cx.at(&format!("sink[{i}].name"), &k.name, format!("sink {:?} is defined twice", sc.name));
             }
             sinks.push(sc);
         }
     }
+    sinks
+}
 
+fn validate_buckets(cx: &mut Ctx<'_>, raw: &RawConfig) -> Vec<BucketConfig> {
     let mut buckets: Vec<BucketConfig> = Vec::new();
     for (i, b) in raw.bucket.iter().enumerate() {
-        if let Some(bc) = bucket::validate_bucket(&mut cx, i, b) {
+        if let Some(bc) = bucket::validate_bucket(cx, i, b) {
             if buckets.iter().any(|o| o.name == bc.name) {
                 cx.at(&format!("bucket[{i}].name"), &b.name, format!("bucket {:?} is defined twice", bc.name));
             }
             buckets.push(bc);
         }
     }
-
-    if cx.problems.is_empty() {
-        Ok(Config {
-            tls,
-            uplinks,
-            sinks,
-            buckets,
-            source: file.to_owned(),
-            node: NodeConfig { site, name, data_dir },
-            admin: AdminConfig { listen: admin_listen, allow_remote },
-            log_level,
-            store,
-            streams,
-            listeners,
-        })
-    } else {
-        Err(Error::Invalid(cx.problems))
-    }
+    buckets
 }
 
 fn same_socket_kind(a: Transport, b: Transport) -> bool {
