@@ -574,173 +574,46 @@ fn template(cx: &mut Ctx<'_>, key: &str, v: &Spanned<String>) -> String {
     t.clone()
 }
 
+#[derive(Clone, Copy, PartialEq)]
+enum SinkKind {
+    Kafka,
+    Rabbit,
+}
+
 fn validate_sink(cx: &mut Ctx<'_>, i: usize, k: &raw::RawSink) -> Option<SinkConfig> {
     let key = |f: &str| format!("sink[{i}].{f}");
     let before = cx.problems.len();
     let name = cx.name(&key("name"), &k.name);
-    #[derive(Clone, Copy, PartialEq)]
-    enum Kind {
-        Kafka,
-        Rabbit,
-    }
-    let kind = cx.one_of(&key("kind"), &k.kind, &[("kafka", Kind::Kafka), ("rabbitmq", Kind::Rabbit)]);
+    let kind = cx.one_of(&key("kind"), &k.kind, &[("kafka", SinkKind::Kafka), ("rabbitmq", SinkKind::Rabbit)]);
     let list = |v: &Option<Spanned<Vec<String>>>| v.as_ref().map(|v| v.get_ref().clone()).unwrap_or_default();
     let (sites, streams) = (list(&k.sites), list(&k.streams));
-    let live_share = match &k.live_share {
-        Some(v) => {
-            if !(0.0..=1.0).contains(v.get_ref()) {
-                cx.at(&key("live_share"), v, "must be between 0 and 1");
-            }
-            *v.get_ref()
-        }
-        None => 0.0,
-    };
-    let max_in_flight = match &k.max_in_flight {
-        Some(v) => {
-            if !(1..=10_000_000).contains(v.get_ref()) {
-                cx.at(&key("max_in_flight"), v, "must be between 1 and 10000000 records");
-            }
-            *v.get_ref() as usize
-        }
-        None => 50_000,
-    };
-    let max_in_flight_bytes = match &k.max_in_flight_bytes {
-        Some(v) => {
-            if v.get_ref().0 < (64 << 10) {
-                cx.at(&key("max_in_flight_bytes"), v, "must be at least 64KiB");
-            }
-            v.get_ref().0 as usize
-        }
-        None => 16 << 20,
-    };
+    let live_share = sink_live_share(cx, i, k);
+    let max_in_flight = sink_max_in_flight(cx, i, k);
+    let max_in_flight_bytes = sink_max_in_flight_bytes(cx, i, k);
     let max_message_bytes = k.max_message_bytes.as_ref().map(|v| {
         if v.get_ref().0 < 1024 {
             cx.at(&key("max_message_bytes"), v, "must be at least 1KiB");
         }
         v.get_ref().0 as usize
     });
-    let dur = |cx: &mut Ctx<'_>, v: &Option<Spanned<HumanDuration>>, f: &str, default: Duration| match v {
-        Some(d) => {
-            if d.get_ref().0 < Duration::from_millis(10) {
-                cx.at(&key(f), d, "must be at least 10ms");
-            }
-            d.get_ref().0
-        }
-        None => default,
-    };
-    let backoff_min = dur(cx, &k.backoff_min, "backoff_min", Duration::from_millis(200));
+    let backoff_min = sink_duration(cx, i, &k.backoff_min, "backoff_min", Duration::from_millis(200));
     // Low: a broker back from a restart gets its records within seconds.
-    let backoff_max = dur(cx, &k.backoff_max, "backoff_max", Duration::from_secs(2));
+    let backoff_max = sink_duration(cx, i, &k.backoff_max, "backoff_max", Duration::from_secs(2));
     if backoff_min > backoff_max {
         cx.err(&key("backoff_min"), k.backoff_min.as_ref().map(|v| v.span()), "must not exceed backoff_max");
     }
-    let connect_timeout = dur(cx, &k.connect_timeout, "connect_timeout", Duration::from_secs(10));
-    let request_timeout = dur(cx, &k.request_timeout, "request_timeout", Duration::from_secs(10));
-    let stall_after = dur(cx, &k.stall_after, "stall_after", Duration::from_secs(30));
+    let connect_timeout = sink_duration(cx, i, &k.connect_timeout, "connect_timeout", Duration::from_secs(10));
+    let request_timeout = sink_duration(cx, i, &k.request_timeout, "request_timeout", Duration::from_secs(10));
+    let stall_after = sink_duration(cx, i, &k.stall_after, "stall_after", Duration::from_secs(30));
     if let Some(v) = &k.stall_after {
         if stall_after < Duration::from_secs(1) {
             cx.at(&key("stall_after"), v, "must be at least 1s");
         }
     }
-    // Keys of the other kind are a mistake worth naming, not something to ignore.
-    let misplaced: &[(&str, bool)] = match kind {
-        Some(Kind::Kafka) => &[
-            ("url", k.url.is_some()),
-            ("exchange", k.exchange.is_some()),
-            ("exchange_kind", k.exchange_kind.is_some()),
-            ("routing_key", k.routing_key.is_some()),
-        ],
-        Some(Kind::Rabbit) => &[
-            ("brokers", k.brokers.is_some()),
-            ("topic", k.topic.is_some()),
-            ("compression", k.compression.is_some()),
-            ("message_timeout", k.message_timeout.is_some()),
-            ("options", k.options.is_some()),
-        ],
-        None => &[],
-    };
-    for (f, set) in misplaced {
-        if *set {
-            cx.at(&key("kind"), &k.kind, format!("{f} is not a setting of a {:?} sink", k.kind.get_ref()));
-        }
-    }
+    refuse_other_kinds_keys(cx, i, k, kind);
     let bus = match kind? {
-        Kind::Kafka => {
-            if cfg!(not(feature = "kafka")) {
-                cx.at(&key("kind"), &k.kind, super::NO_KAFKA);
-            }
-            let brokers = match &k.brokers {
-                Some(b) => {
-                    if b.get_ref().is_empty() {
-                        cx.at(&key("brokers"), b, "needs at least one broker (host:port)");
-                    }
-                    for a in b.get_ref() {
-                        if !a.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()) {
-                            cx.at(&key("brokers"), b, format!("{a:?} is not host:port"));
-                        }
-                    }
-                    b.get_ref().clone()
-                }
-                None => {
-                    cx.at(&key("kind"), &k.kind, "a kafka sink needs brokers = [\"host:port\", ...]");
-                    Vec::new()
-                }
-            };
-            let topic =
-                k.topic.as_ref().map(|t| template(cx, &key("topic"), t)).unwrap_or_else(|| "logs.{stream}".into());
-            let compression = match &k.compression {
-                Some(c) => cx
-                    .one_of(
-                        &key("compression"),
-                        c,
-                        &[("zstd", "zstd"), ("lz4", "lz4"), ("gzip", "gzip"), ("snappy", "snappy"), ("none", "none")],
-                    )
-                    .unwrap_or("zstd")
-                    .to_owned(),
-                None => "zstd".into(),
-            };
-            let message_timeout = dur(cx, &k.message_timeout, "message_timeout", Duration::from_secs(120));
-            let options = k.options.as_ref().map(|o| o.get_ref().clone().into_iter().collect()).unwrap_or_default();
-            BusConfig::Kafka(KafkaConfig { brokers, topic, compression, message_timeout, options })
-        }
-        Kind::Rabbit => {
-            let url = match &k.url {
-                Some(u) => {
-                    let ok = u.get_ref().starts_with("amqp://") || u.get_ref().starts_with("amqps://");
-                    if !ok {
-                        cx.at(&key("url"), u, "must start with amqp:// or amqps://");
-                    }
-                    u.get_ref().clone()
-                }
-                None => {
-                    cx.at(
-                        &key("kind"),
-                        &k.kind,
-                        "a rabbitmq sink needs url = \"amqp://user:password@host:5672/vhost\"",
-                    );
-                    String::new()
-                }
-            };
-            let exchange =
-                k.exchange.as_ref().map(|t| template(cx, &key("exchange"), t)).unwrap_or_else(|| "logs".into());
-            let exchange_kind = match &k.exchange_kind {
-                Some(v) => cx
-                    .one_of(
-                        &key("exchange_kind"),
-                        v,
-                        &[("topic", "topic"), ("direct", "direct"), ("fanout", "fanout"), ("headers", "headers")],
-                    )
-                    .unwrap_or("topic")
-                    .to_owned(),
-                None => "topic".into(),
-            };
-            let routing_key = k
-                .routing_key
-                .as_ref()
-                .map(|t| template(cx, &key("routing_key"), t))
-                .unwrap_or_else(|| "{site}.{stream}".into());
-            BusConfig::RabbitMq(RabbitMqConfig { url, exchange, exchange_kind, routing_key })
-        }
+        SinkKind::Kafka => kafka_bus(cx, i, k),
+        SinkKind::Rabbit => rabbit_bus(cx, i, k),
     };
     if cx.problems.len() > before {
         return None;
@@ -760,6 +633,164 @@ fn validate_sink(cx: &mut Ctx<'_>, i: usize, k: &raw::RawSink) -> Option<SinkCon
         stall_after,
         bus,
     })
+}
+
+fn sink_live_share(cx: &mut Ctx<'_>, i: usize, k: &raw::RawSink) -> f64 {
+    match &k.live_share {
+        Some(v) => {
+            if !(0.0..=1.0).contains(v.get_ref()) {
+                cx.at(&format!("sink[{i}].live_share"), v, "must be between 0 and 1");
+            }
+            *v.get_ref()
+        }
+        None => 0.0,
+    }
+}
+
+fn sink_max_in_flight(cx: &mut Ctx<'_>, i: usize, k: &raw::RawSink) -> usize {
+    match &k.max_in_flight {
+        Some(v) => {
+            if !(1..=10_000_000).contains(v.get_ref()) {
+                cx.at(&format!("sink[{i}].max_in_flight"), v, "must be between 1 and 10000000 records");
+            }
+            *v.get_ref() as usize
+        }
+        None => 50_000,
+    }
+}
+
+fn sink_max_in_flight_bytes(cx: &mut Ctx<'_>, i: usize, k: &raw::RawSink) -> usize {
+    match &k.max_in_flight_bytes {
+        Some(v) => {
+            if v.get_ref().0 < (64 << 10) {
+                cx.at(&format!("sink[{i}].max_in_flight_bytes"), v, "must be at least 64KiB");
+            }
+            v.get_ref().0 as usize
+        }
+        None => 16 << 20,
+    }
+}
+
+/// A sink's duration key: at least 10ms, `default` when not given.
+fn sink_duration(
+    cx: &mut Ctx<'_>,
+    i: usize,
+    v: &Option<Spanned<HumanDuration>>,
+    f: &str,
+    default: Duration,
+) -> Duration {
+    match v {
+        Some(d) => {
+            if d.get_ref().0 < Duration::from_millis(10) {
+                cx.at(&format!("sink[{i}].{f}"), d, "must be at least 10ms");
+            }
+            d.get_ref().0
+        }
+        None => default,
+    }
+}
+
+/// Keys of the other kind are a mistake worth naming, not something to ignore.
+fn refuse_other_kinds_keys(cx: &mut Ctx<'_>, i: usize, k: &raw::RawSink, kind: Option<SinkKind>) {
+    let misplaced: &[(&str, bool)] = match kind {
+        Some(SinkKind::Kafka) => &[
+            ("url", k.url.is_some()),
+            ("exchange", k.exchange.is_some()),
+            ("exchange_kind", k.exchange_kind.is_some()),
+            ("routing_key", k.routing_key.is_some()),
+        ],
+        Some(SinkKind::Rabbit) => &[
+            ("brokers", k.brokers.is_some()),
+            ("topic", k.topic.is_some()),
+            ("compression", k.compression.is_some()),
+            ("message_timeout", k.message_timeout.is_some()),
+            ("options", k.options.is_some()),
+        ],
+        None => &[],
+    };
+    for (f, set) in misplaced {
+        if *set {
+            cx.at(
+                &format!("sink[{i}].kind"),
+                &k.kind,
+                format!("{f} is not a setting of a {:?} sink", k.kind.get_ref()),
+            );
+        }
+    }
+}
+
+fn kafka_bus(cx: &mut Ctx<'_>, i: usize, k: &raw::RawSink) -> BusConfig {
+    let key = |f: &str| format!("sink[{i}].{f}");
+    if cfg!(not(feature = "kafka")) {
+        cx.at(&key("kind"), &k.kind, super::NO_KAFKA);
+    }
+    let brokers = match &k.brokers {
+        Some(b) => {
+            if b.get_ref().is_empty() {
+                cx.at(&key("brokers"), b, "needs at least one broker (host:port)");
+            }
+            for a in b.get_ref() {
+                if !a.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()) {
+                    cx.at(&key("brokers"), b, format!("{a:?} is not host:port"));
+                }
+            }
+            b.get_ref().clone()
+        }
+        None => {
+            cx.at(&key("kind"), &k.kind, "a kafka sink needs brokers = [\"host:port\", ...]");
+            Vec::new()
+        }
+    };
+    let topic = k.topic.as_ref().map(|t| template(cx, &key("topic"), t)).unwrap_or_else(|| "logs.{stream}".into());
+    let compression = match &k.compression {
+        Some(c) => cx
+            .one_of(
+                &key("compression"),
+                c,
+                &[("zstd", "zstd"), ("lz4", "lz4"), ("gzip", "gzip"), ("snappy", "snappy"), ("none", "none")],
+            )
+            .unwrap_or("zstd")
+            .to_owned(),
+        None => "zstd".into(),
+    };
+    let message_timeout = sink_duration(cx, i, &k.message_timeout, "message_timeout", Duration::from_secs(120));
+    let options = k.options.as_ref().map(|o| o.get_ref().clone().into_iter().collect()).unwrap_or_default();
+    BusConfig::Kafka(KafkaConfig { brokers, topic, compression, message_timeout, options })
+}
+
+fn rabbit_bus(cx: &mut Ctx<'_>, i: usize, k: &raw::RawSink) -> BusConfig {
+    let key = |f: &str| format!("sink[{i}].{f}");
+    let url = match &k.url {
+        Some(u) => {
+            let ok = u.get_ref().starts_with("amqp://") || u.get_ref().starts_with("amqps://");
+            if !ok {
+                cx.at(&key("url"), u, "must start with amqp:// or amqps://");
+            }
+            u.get_ref().clone()
+        }
+        None => {
+            cx.at(&key("kind"), &k.kind, "a rabbitmq sink needs url = \"amqp://user:password@host:5672/vhost\"");
+            String::new()
+        }
+    };
+    let exchange = k.exchange.as_ref().map(|t| template(cx, &key("exchange"), t)).unwrap_or_else(|| "logs".into());
+    let exchange_kind = match &k.exchange_kind {
+        Some(v) => cx
+            .one_of(
+                &key("exchange_kind"),
+                v,
+                &[("topic", "topic"), ("direct", "direct"), ("fanout", "fanout"), ("headers", "headers")],
+            )
+            .unwrap_or("topic")
+            .to_owned(),
+        None => "topic".into(),
+    };
+    let routing_key = k
+        .routing_key
+        .as_ref()
+        .map(|t| template(cx, &key("routing_key"), t))
+        .unwrap_or_else(|| "{site}.{stream}".into());
+    BusConfig::RabbitMq(RabbitMqConfig { url, exchange, exchange_kind, routing_key })
 }
 
 fn validate_listener(cx: &mut Ctx<'_>, i: usize, l: &RawListener, streams: &[String]) -> Option<ListenerConfig> {
