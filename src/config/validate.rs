@@ -344,7 +344,26 @@ fn same_socket_kind(a: Transport, b: Transport) -> bool {
 }
 
 fn validate_store(cx: &mut Ctx<'_>, raw: Option<&raw::RawStore>) -> StoreConfig {
-    let mut s = StoreConfig {
+    let mut s = default_store();
+    let Some(r) = raw else { return s };
+    store_commits(cx, r, &mut s);
+    let interval = r.fsync_interval.as_ref().map(|v| v.get_ref().0).unwrap_or(Duration::from_secs(1));
+    if let Some(v) = &r.fsync {
+        s.fsync = match cx.one_of("store.fsync", v, &[("always", 0), ("interval", 1), ("never", 2)]) {
+            Some(0) | None => FsyncPolicy::Always,
+            Some(1) => FsyncPolicy::Interval(interval),
+            _ => FsyncPolicy::Never,
+        };
+    }
+    store_compression(cx, r, &mut s);
+    if let Some(ret) = &r.retention {
+        store_retention(cx, ret, &mut s.retention);
+    }
+    s
+}
+
+fn default_store() -> StoreConfig {
+    StoreConfig {
         commit_interval: Duration::from_millis(100),
         // What a commit and the queue in front of it hold (each up to this):
         // 2 MiB keeps a node at full rate near 18 MiB resident, 4 MiB cost
@@ -363,8 +382,12 @@ fn validate_store(cx: &mut Ctx<'_>, raw: Option<&raw::RawStore>) -> StoreConfig 
             on_full: OnFull::Reject,
             check_interval: Duration::from_secs(60),
         },
-    };
-    let Some(r) = raw else { return s };
+    }
+}
+
+/// When a commit is cut, and how large a segment grows: a segment must hold
+/// at least one whole commit.
+fn store_commits(cx: &mut Ctx<'_>, r: &raw::RawStore, s: &mut StoreConfig) {
     if let Some(v) = &r.commit_interval {
         let d = v.get_ref().0;
         if d < Duration::from_millis(1) || d > Duration::from_secs(10) {
@@ -393,14 +416,9 @@ fn validate_store(cx: &mut Ctx<'_>, raw: Option<&raw::RawStore>) -> StoreConfig 
             "must be at least store.commit_bytes",
         );
     }
-    let interval = r.fsync_interval.as_ref().map(|v| v.get_ref().0).unwrap_or(Duration::from_secs(1));
-    if let Some(v) = &r.fsync {
-        s.fsync = match cx.one_of("store.fsync", v, &[("always", 0), ("interval", 1), ("never", 2)]) {
-            Some(0) | None => FsyncPolicy::Always,
-            Some(1) => FsyncPolicy::Interval(interval),
-            _ => FsyncPolicy::Never,
-        };
-    }
+}
+
+fn store_compression(cx: &mut Ctx<'_>, r: &raw::RawStore, s: &mut StoreConfig) {
     if let Some(v) = &r.compression {
         if let Some(c) = cx.one_of("store.compression", v, &[("zstd", Compression::Zstd), ("gzip", Compression::Gzip)])
         {
@@ -428,39 +446,37 @@ fn validate_store(cx: &mut Ctx<'_>, raw: Option<&raw::RawStore>) -> StoreConfig 
         }
         s.compress_threads = n.clamp(1, 8) as usize;
     }
-    if let Some(ret) = &r.retention {
-        if let Some(v) = &ret.max_age {
-            let d = v.get_ref().0;
-            if d < Duration::from_secs(3600) {
-                cx.at("store.retention.max_age", v, "must be at least 1h (segments are hourly)");
-            }
-            s.retention.max_age = Some(d);
+}
+
+fn store_retention(cx: &mut Ctx<'_>, ret: &raw::RawRetention, s: &mut RetentionConfig) {
+    if let Some(v) = &ret.max_age {
+        let d = v.get_ref().0;
+        if d < Duration::from_secs(3600) {
+            cx.at("store.retention.max_age", v, "must be at least 1h (segments are hourly)");
         }
-        if let Some(v) = &ret.max_bytes {
-            let b = v.get_ref().0;
-            if b < (1 << 20) {
-                cx.at("store.retention.max_bytes", v, "must be at least 1MiB");
-            }
-            s.retention.max_bytes = Some(b);
+        s.max_age = Some(d);
+    }
+    if let Some(v) = &ret.max_bytes {
+        let b = v.get_ref().0;
+        if b < (1 << 20) {
+            cx.at("store.retention.max_bytes", v, "must be at least 1MiB");
         }
-        if let Some(v) = &ret.on_full {
-            if let Some(o) = cx.one_of(
-                "store.retention.on_full",
-                v,
-                &[("reject", OnFull::Reject), ("drop_oldest", OnFull::DropOldest)],
-            ) {
-                s.retention.on_full = o;
-            }
-        }
-        if let Some(v) = &ret.check_interval {
-            let d = v.get_ref().0;
-            if d < Duration::from_millis(100) {
-                cx.at("store.retention.check_interval", v, "must be at least 100ms");
-            }
-            s.retention.check_interval = d;
+        s.max_bytes = Some(b);
+    }
+    if let Some(v) = &ret.on_full {
+        if let Some(o) =
+            cx.one_of("store.retention.on_full", v, &[("reject", OnFull::Reject), ("drop_oldest", OnFull::DropOldest)])
+        {
+            s.on_full = o;
         }
     }
-    s
+    if let Some(v) = &ret.check_interval {
+        let d = v.get_ref().0;
+        if d < Duration::from_millis(100) {
+            cx.at("store.retention.check_interval", v, "must be at least 100ms");
+        }
+        s.check_interval = d;
+    }
 }
 
 fn validate_uplink(cx: &mut Ctx<'_>, i: usize, u: &raw::RawUplink) -> Option<UplinkConfig> {
