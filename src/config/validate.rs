@@ -109,42 +109,68 @@ pub fn validate(text: &str, file: &str) -> Result<Config, Error> {
             return Err(Error::Invalid(cx.problems));
         }
     };
+    let node = validate_node(&mut cx, raw.node.as_ref());
+    let admin = validate_admin(&mut cx, raw.admin.as_ref());
+    let store = validate_store(&mut cx, raw.store.as_ref());
+    let log_level = validate_log_level(&mut cx, raw.log.as_ref());
+    let streams = validate_streams(&mut cx, &raw);
+    let listeners = validate_listeners(&mut cx, &raw, &streams);
+    let tls = validate_tls(&mut cx, raw.tls.as_ref());
+    refuse_tls_listeners_without_tls(&mut cx, &raw, tls.is_some());
+    let uplinks = validate_uplinks(&mut cx, &raw, tls.is_some());
+    let sinks = validate_sinks(&mut cx, &raw);
+    let buckets = validate_buckets(&mut cx, &raw);
+    if cx.problems.is_empty() {
+        Ok(Config {
+            tls,
+            uplinks,
+            sinks,
+            buckets,
+            source: file.to_owned(),
+            node,
+            admin,
+            log_level,
+            store,
+            streams,
+            listeners,
+        })
+    } else {
+        Err(Error::Invalid(cx.problems))
+    }
+}
 
-    // [node]
-    let (site, name, data_dir) = match &raw.node {
-        Some(n) => {
-            let site = match &n.site {
-                Some(s) => cx.name("node.site", s),
-                None => {
-                    cx.err("node.site", None, "missing: the datacenter this node archives for");
-                    String::new()
-                }
-            };
-            let name = match &n.name {
-                Some(s) => cx.name("node.name", s),
-                None => {
-                    cx.err("node.name", None, "missing: this node's name");
-                    String::new()
-                }
-            };
-            let data_dir = match &n.data_dir {
-                Some(d) if d.get_ref().is_empty() => {
-                    cx.at("node.data_dir", d, "must not be empty");
-                    PathBuf::new()
-                }
-                Some(d) => PathBuf::from(d.get_ref()),
-                None => PathBuf::from("/var/lib/ferry"),
-            };
-            (site, name, data_dir)
-        }
+fn validate_node(cx: &mut Ctx<'_>, raw: Option<&raw::RawNode>) -> NodeConfig {
+    let Some(n) = raw else {
+        cx.err("node", None, "missing [node] section (site, name, data_dir)");
+        return NodeConfig { site: String::new(), name: String::new(), data_dir: PathBuf::new() };
+    };
+    let site = match &n.site {
+        Some(s) => cx.name("node.site", s),
         None => {
-            cx.err("node", None, "missing [node] section (site, name, data_dir)");
-            (String::new(), String::new(), PathBuf::new())
+            cx.err("node.site", None, "missing: the datacenter this node archives for");
+            String::new()
         }
     };
+    let name = match &n.name {
+        Some(s) => cx.name("node.name", s),
+        None => {
+            cx.err("node.name", None, "missing: this node's name");
+            String::new()
+        }
+    };
+    let data_dir = match &n.data_dir {
+        Some(d) if d.get_ref().is_empty() => {
+            cx.at("node.data_dir", d, "must not be empty");
+            PathBuf::new()
+        }
+        Some(d) => PathBuf::from(d.get_ref()),
+        None => PathBuf::from("/var/lib/ferry"),
+    };
+    NodeConfig { site, name, data_dir }
+}
 
-    // [admin]
-    let admin_listen = match raw.admin.as_ref().and_then(|a| a.listen.as_ref()) {
+fn validate_admin(cx: &mut Ctx<'_>, raw: Option<&raw::RawAdmin>) -> AdminConfig {
+    let listen = match raw.and_then(|a| a.listen.as_ref()) {
         Some(l) if l.get_ref().is_empty() => None,
         Some(l) => match l.get_ref().parse::<SocketAddr>() {
             Ok(a) => Some(a),
@@ -159,8 +185,8 @@ pub fn validate(text: &str, file: &str) -> Result<Config, Error> {
         },
         None => Some("127.0.0.1:9750".parse().expect("literal address")),
     };
-    let allow_remote = raw.admin.as_ref().and_then(|a| a.allow_remote.as_ref()).is_some_and(|a| *a.get_ref());
-    if let (Some(addr), Some(l)) = (admin_listen, raw.admin.as_ref().and_then(|a| a.listen.as_ref())) {
+    let allow_remote = raw.and_then(|a| a.allow_remote.as_ref()).is_some_and(|a| *a.get_ref());
+    if let (Some(addr), Some(l)) = (listen, raw.and_then(|a| a.listen.as_ref())) {
         if !addr.ip().is_loopback() && !allow_remote {
             cx.at(
                 "admin.listen",
@@ -173,26 +199,25 @@ pub fn validate(text: &str, file: &str) -> Result<Config, Error> {
             );
         }
     }
+    AdminConfig { listen, allow_remote }
+}
 
-    let store = validate_store(&mut cx, raw.store.as_ref());
+fn validate_log_level(cx: &mut Ctx<'_>, raw: Option<&raw::RawLog>) -> Option<String> {
+    let l = raw.and_then(|l| l.level.as_ref())?;
+    match tracing_subscriber::EnvFilter::try_new(l.get_ref()) {
+        Ok(_) => Some(l.get_ref().clone()),
+        Err(e) => {
+            cx.at(
+                "log.level",
+                l,
+                format!("{:?} is not a log filter such as \"info\" or \"warn,ferry=debug\" ({e})", l.get_ref()),
+            );
+            None
+        }
+    }
+}
 
-    // [log]
-    let log_level = match raw.log.as_ref().and_then(|l| l.level.as_ref()) {
-        Some(l) => match tracing_subscriber::EnvFilter::try_new(l.get_ref()) {
-            Ok(_) => Some(l.get_ref().clone()),
-            Err(e) => {
-                cx.at(
-                    "log.level",
-                    l,
-                    format!("{:?} is not a log filter such as \"info\" or \"warn,ferry=debug\" ({e})", l.get_ref()),
-                );
-                None
-            }
-        },
-        None => None,
-    };
-
-    // [[stream]]
+fn validate_streams(cx: &mut Ctx<'_>, raw: &RawConfig) -> Vec<String> {
     let mut streams = Vec::new();
     for (i, s) in raw.stream.iter().enumerate() {
         let key = format!("stream[{i}].name");
@@ -208,11 +233,15 @@ pub fn validate(text: &str, file: &str) -> Result<Config, Error> {
     if streams.is_empty() && !receives_only {
         cx.err("stream", None, "no [[stream]] defined: records need somewhere to go");
     }
+    streams
+}
 
-    // [[listener]]
+/// Each listener, then what no two may share: a name, or an address of the
+/// same kind of socket.
+fn validate_listeners(cx: &mut Ctx<'_>, raw: &RawConfig, streams: &[String]) -> Vec<ListenerConfig> {
     let mut listeners: Vec<ListenerConfig> = Vec::new();
     for (i, l) in raw.listener.iter().enumerate() {
-        if let Some(lc) = validate_listener(&mut cx, i, l, &streams) {
+        if let Some(lc) = validate_listener(cx, i, l, streams) {
             if listeners.iter().any(|o| o.name == lc.name) {
                 cx.at(&format!("listener[{i}].name"), &l.name, format!("listener {:?} is defined twice", lc.name));
             }
@@ -230,8 +259,11 @@ pub fn validate(text: &str, file: &str) -> Result<Config, Error> {
             listeners.push(lc);
         }
     }
+    listeners
+}
 
-    let tls = raw.tls.as_ref().map(|t| {
+fn validate_tls(cx: &mut Ctx<'_>, raw: Option<&raw::RawTls>) -> Option<crate::pki::TlsFiles> {
+    raw.map(|t| {
         let crl = t.crl.as_ref().map(|c| c.get_ref().to_vec()).unwrap_or_default();
         if let Some(c) = &t.crl {
             if crl.is_empty() || crl.iter().any(String::is_empty) {
@@ -244,64 +276,60 @@ pub fn validate(text: &str, file: &str) -> Result<Config, Error> {
             key: PathBuf::from(t.key.get_ref()),
             crl: crl.into_iter().map(PathBuf::from).collect(),
         }
-    });
+    })
+}
+
+/// Receivers and TLS listeners name no files of their own: they take [tls]'s.
+fn refuse_tls_listeners_without_tls(cx: &mut Ctx<'_>, raw: &RawConfig, has_tls: bool) {
     for (i, l) in raw.listener.iter().enumerate() {
-        if l.kind.get_ref() == "ferry" && tls.is_none() {
+        if l.kind.get_ref() == "ferry" && !has_tls {
             cx.at(&format!("listener[{i}].kind"), &l.kind, "a ferry receiver needs a [tls] section (ca, cert, key)");
-        } else if let Some(t) = l.transport.as_ref().filter(|t| t.get_ref() == "tls" && tls.is_none()) {
+        } else if let Some(t) = l.transport.as_ref().filter(|t| t.get_ref() == "tls" && !has_tls) {
             cx.at(&format!("listener[{i}].transport"), t, "a TLS listener needs a [tls] section (ca, cert, key)");
         }
     }
+}
+
+fn validate_uplinks(cx: &mut Ctx<'_>, raw: &RawConfig, has_tls: bool) -> Vec<UplinkConfig> {
     let mut uplinks: Vec<UplinkConfig> = Vec::new();
     for (i, u) in raw.uplink.iter().enumerate() {
-        if tls.is_none() {
+        if !has_tls {
             cx.at(&format!("uplink[{i}].name"), &u.name, "an uplink needs a [tls] section (ca, cert, key)");
         }
-        if let Some(uc) = validate_uplink(&mut cx, i, u) {
+        if let Some(uc) = validate_uplink(cx, i, u) {
             if uplinks.iter().any(|o| o.name == uc.name) {
                 cx.at(&format!("uplink[{i}].name"), &u.name, format!("uplink {:?} is defined twice", uc.name));
             }
             uplinks.push(uc);
         }
     }
+    uplinks
+}
 
+fn validate_sinks(cx: &mut Ctx<'_>, raw: &RawConfig) -> Vec<SinkConfig> {
     let mut sinks: Vec<SinkConfig> = Vec::new();
     for (i, k) in raw.sink.iter().enumerate() {
-        if let Some(sc) = validate_sink(&mut cx, i, k) {
+        if let Some(sc) = validate_sink(cx, i, k) {
             if sinks.iter().any(|o| o.name == sc.name) {
                 cx.at(&format!("sink[{i}].name"), &k.name, format!("sink {:?} is defined twice", sc.name));
             }
             sinks.push(sc);
         }
     }
+    sinks
+}
 
+fn validate_buckets(cx: &mut Ctx<'_>, raw: &RawConfig) -> Vec<BucketConfig> {
     let mut buckets: Vec<BucketConfig> = Vec::new();
     for (i, b) in raw.bucket.iter().enumerate() {
-        if let Some(bc) = bucket::validate_bucket(&mut cx, i, b) {
+        if let Some(bc) = bucket::validate_bucket(cx, i, b) {
             if buckets.iter().any(|o| o.name == bc.name) {
                 cx.at(&format!("bucket[{i}].name"), &b.name, format!("bucket {:?} is defined twice", bc.name));
             }
             buckets.push(bc);
         }
     }
-
-    if cx.problems.is_empty() {
-        Ok(Config {
-            tls,
-            uplinks,
-            sinks,
-            buckets,
-            source: file.to_owned(),
-            node: NodeConfig { site, name, data_dir },
-            admin: AdminConfig { listen: admin_listen, allow_remote },
-            log_level,
-            store,
-            streams,
-            listeners,
-        })
-    } else {
-        Err(Error::Invalid(cx.problems))
-    }
+    buckets
 }
 
 fn same_socket_kind(a: Transport, b: Transport) -> bool {
@@ -316,7 +344,26 @@ fn same_socket_kind(a: Transport, b: Transport) -> bool {
 }
 
 fn validate_store(cx: &mut Ctx<'_>, raw: Option<&raw::RawStore>) -> StoreConfig {
-    let mut s = StoreConfig {
+    let mut s = default_store();
+    let Some(r) = raw else { return s };
+    store_commits(cx, r, &mut s);
+    let interval = r.fsync_interval.as_ref().map(|v| v.get_ref().0).unwrap_or(Duration::from_secs(1));
+    if let Some(v) = &r.fsync {
+        s.fsync = match cx.one_of("store.fsync", v, &[("always", 0), ("interval", 1), ("never", 2)]) {
+            Some(0) | None => FsyncPolicy::Always,
+            Some(1) => FsyncPolicy::Interval(interval),
+            _ => FsyncPolicy::Never,
+        };
+    }
+    store_compression(cx, r, &mut s);
+    if let Some(ret) = &r.retention {
+        store_retention(cx, ret, &mut s.retention);
+    }
+    s
+}
+
+fn default_store() -> StoreConfig {
+    StoreConfig {
         commit_interval: Duration::from_millis(100),
         // What a commit and the queue in front of it hold (each up to this):
         // 2 MiB keeps a node at full rate near 18 MiB resident, 4 MiB cost
@@ -335,8 +382,12 @@ fn validate_store(cx: &mut Ctx<'_>, raw: Option<&raw::RawStore>) -> StoreConfig 
             on_full: OnFull::Reject,
             check_interval: Duration::from_secs(60),
         },
-    };
-    let Some(r) = raw else { return s };
+    }
+}
+
+/// When a commit is cut, and how large a segment grows: a segment must hold
+/// at least one whole commit.
+fn store_commits(cx: &mut Ctx<'_>, r: &raw::RawStore, s: &mut StoreConfig) {
     if let Some(v) = &r.commit_interval {
         let d = v.get_ref().0;
         if d < Duration::from_millis(1) || d > Duration::from_secs(10) {
@@ -365,14 +416,9 @@ fn validate_store(cx: &mut Ctx<'_>, raw: Option<&raw::RawStore>) -> StoreConfig 
             "must be at least store.commit_bytes",
         );
     }
-    let interval = r.fsync_interval.as_ref().map(|v| v.get_ref().0).unwrap_or(Duration::from_secs(1));
-    if let Some(v) = &r.fsync {
-        s.fsync = match cx.one_of("store.fsync", v, &[("always", 0), ("interval", 1), ("never", 2)]) {
-            Some(0) | None => FsyncPolicy::Always,
-            Some(1) => FsyncPolicy::Interval(interval),
-            _ => FsyncPolicy::Never,
-        };
-    }
+}
+
+fn store_compression(cx: &mut Ctx<'_>, r: &raw::RawStore, s: &mut StoreConfig) {
     if let Some(v) = &r.compression {
         if let Some(c) = cx.one_of("store.compression", v, &[("zstd", Compression::Zstd), ("gzip", Compression::Gzip)])
         {
@@ -400,39 +446,37 @@ fn validate_store(cx: &mut Ctx<'_>, raw: Option<&raw::RawStore>) -> StoreConfig 
         }
         s.compress_threads = n.clamp(1, 8) as usize;
     }
-    if let Some(ret) = &r.retention {
-        if let Some(v) = &ret.max_age {
-            let d = v.get_ref().0;
-            if d < Duration::from_secs(3600) {
-                cx.at("store.retention.max_age", v, "must be at least 1h (segments are hourly)");
-            }
-            s.retention.max_age = Some(d);
+}
+
+fn store_retention(cx: &mut Ctx<'_>, ret: &raw::RawRetention, s: &mut RetentionConfig) {
+    if let Some(v) = &ret.max_age {
+        let d = v.get_ref().0;
+        if d < Duration::from_secs(3600) {
+            cx.at("store.retention.max_age", v, "must be at least 1h (segments are hourly)");
         }
-        if let Some(v) = &ret.max_bytes {
-            let b = v.get_ref().0;
-            if b < (1 << 20) {
-                cx.at("store.retention.max_bytes", v, "must be at least 1MiB");
-            }
-            s.retention.max_bytes = Some(b);
+        s.max_age = Some(d);
+    }
+    if let Some(v) = &ret.max_bytes {
+        let b = v.get_ref().0;
+        if b < (1 << 20) {
+            cx.at("store.retention.max_bytes", v, "must be at least 1MiB");
         }
-        if let Some(v) = &ret.on_full {
-            if let Some(o) = cx.one_of(
-                "store.retention.on_full",
-                v,
-                &[("reject", OnFull::Reject), ("drop_oldest", OnFull::DropOldest)],
-            ) {
-                s.retention.on_full = o;
-            }
-        }
-        if let Some(v) = &ret.check_interval {
-            let d = v.get_ref().0;
-            if d < Duration::from_millis(100) {
-                cx.at("store.retention.check_interval", v, "must be at least 100ms");
-            }
-            s.retention.check_interval = d;
+        s.max_bytes = Some(b);
+    }
+    if let Some(v) = &ret.on_full {
+        if let Some(o) =
+            cx.one_of("store.retention.on_full", v, &[("reject", OnFull::Reject), ("drop_oldest", OnFull::DropOldest)])
+        {
+            s.on_full = o;
         }
     }
-    s
+    if let Some(v) = &ret.check_interval {
+        let d = v.get_ref().0;
+        if d < Duration::from_millis(100) {
+            cx.at("store.retention.check_interval", v, "must be at least 100ms");
+        }
+        s.check_interval = d;
+    }
 }
 
 fn validate_uplink(cx: &mut Ctx<'_>, i: usize, u: &raw::RawUplink) -> Option<UplinkConfig> {
@@ -546,173 +590,46 @@ fn template(cx: &mut Ctx<'_>, key: &str, v: &Spanned<String>) -> String {
     t.clone()
 }
 
+#[derive(Clone, Copy, PartialEq)]
+enum SinkKind {
+    Kafka,
+    Rabbit,
+}
+
 fn validate_sink(cx: &mut Ctx<'_>, i: usize, k: &raw::RawSink) -> Option<SinkConfig> {
     let key = |f: &str| format!("sink[{i}].{f}");
     let before = cx.problems.len();
     let name = cx.name(&key("name"), &k.name);
-    #[derive(Clone, Copy, PartialEq)]
-    enum Kind {
-        Kafka,
-        Rabbit,
-    }
-    let kind = cx.one_of(&key("kind"), &k.kind, &[("kafka", Kind::Kafka), ("rabbitmq", Kind::Rabbit)]);
+    let kind = cx.one_of(&key("kind"), &k.kind, &[("kafka", SinkKind::Kafka), ("rabbitmq", SinkKind::Rabbit)]);
     let list = |v: &Option<Spanned<Vec<String>>>| v.as_ref().map(|v| v.get_ref().clone()).unwrap_or_default();
     let (sites, streams) = (list(&k.sites), list(&k.streams));
-    let live_share = match &k.live_share {
-        Some(v) => {
-            if !(0.0..=1.0).contains(v.get_ref()) {
-                cx.at(&key("live_share"), v, "must be between 0 and 1");
-            }
-            *v.get_ref()
-        }
-        None => 0.0,
-    };
-    let max_in_flight = match &k.max_in_flight {
-        Some(v) => {
-            if !(1..=10_000_000).contains(v.get_ref()) {
-                cx.at(&key("max_in_flight"), v, "must be between 1 and 10000000 records");
-            }
-            *v.get_ref() as usize
-        }
-        None => 50_000,
-    };
-    let max_in_flight_bytes = match &k.max_in_flight_bytes {
-        Some(v) => {
-            if v.get_ref().0 < (64 << 10) {
-                cx.at(&key("max_in_flight_bytes"), v, "must be at least 64KiB");
-            }
-            v.get_ref().0 as usize
-        }
-        None => 16 << 20,
-    };
+    let live_share = sink_live_share(cx, i, k);
+    let max_in_flight = sink_max_in_flight(cx, i, k);
+    let max_in_flight_bytes = sink_max_in_flight_bytes(cx, i, k);
     let max_message_bytes = k.max_message_bytes.as_ref().map(|v| {
         if v.get_ref().0 < 1024 {
             cx.at(&key("max_message_bytes"), v, "must be at least 1KiB");
         }
         v.get_ref().0 as usize
     });
-    let dur = |cx: &mut Ctx<'_>, v: &Option<Spanned<HumanDuration>>, f: &str, default: Duration| match v {
-        Some(d) => {
-            if d.get_ref().0 < Duration::from_millis(10) {
-                cx.at(&key(f), d, "must be at least 10ms");
-            }
-            d.get_ref().0
-        }
-        None => default,
-    };
-    let backoff_min = dur(cx, &k.backoff_min, "backoff_min", Duration::from_millis(200));
+    let backoff_min = sink_duration(cx, i, &k.backoff_min, "backoff_min", Duration::from_millis(200));
     // Low: a broker back from a restart gets its records within seconds.
-    let backoff_max = dur(cx, &k.backoff_max, "backoff_max", Duration::from_secs(2));
+    let backoff_max = sink_duration(cx, i, &k.backoff_max, "backoff_max", Duration::from_secs(2));
     if backoff_min > backoff_max {
         cx.err(&key("backoff_min"), k.backoff_min.as_ref().map(|v| v.span()), "must not exceed backoff_max");
     }
-    let connect_timeout = dur(cx, &k.connect_timeout, "connect_timeout", Duration::from_secs(10));
-    let request_timeout = dur(cx, &k.request_timeout, "request_timeout", Duration::from_secs(10));
-    let stall_after = dur(cx, &k.stall_after, "stall_after", Duration::from_secs(30));
+    let connect_timeout = sink_duration(cx, i, &k.connect_timeout, "connect_timeout", Duration::from_secs(10));
+    let request_timeout = sink_duration(cx, i, &k.request_timeout, "request_timeout", Duration::from_secs(10));
+    let stall_after = sink_duration(cx, i, &k.stall_after, "stall_after", Duration::from_secs(30));
     if let Some(v) = &k.stall_after {
         if stall_after < Duration::from_secs(1) {
             cx.at(&key("stall_after"), v, "must be at least 1s");
         }
     }
-    // Keys of the other kind are a mistake worth naming, not something to ignore.
-    let misplaced: &[(&str, bool)] = match kind {
-        Some(Kind::Kafka) => &[
-            ("url", k.url.is_some()),
-            ("exchange", k.exchange.is_some()),
-            ("exchange_kind", k.exchange_kind.is_some()),
-            ("routing_key", k.routing_key.is_some()),
-        ],
-        Some(Kind::Rabbit) => &[
-            ("brokers", k.brokers.is_some()),
-            ("topic", k.topic.is_some()),
-            ("compression", k.compression.is_some()),
-            ("message_timeout", k.message_timeout.is_some()),
-            ("options", k.options.is_some()),
-        ],
-        None => &[],
-    };
-    for (f, set) in misplaced {
-        if *set {
-            cx.at(&key("kind"), &k.kind, format!("{f} is not a setting of a {:?} sink", k.kind.get_ref()));
-        }
-    }
+    refuse_other_kinds_keys(cx, i, k, kind);
     let bus = match kind? {
-        Kind::Kafka => {
-            if cfg!(not(feature = "kafka")) {
-                cx.at(&key("kind"), &k.kind, super::NO_KAFKA);
-            }
-            let brokers = match &k.brokers {
-                Some(b) => {
-                    if b.get_ref().is_empty() {
-                        cx.at(&key("brokers"), b, "needs at least one broker (host:port)");
-                    }
-                    for a in b.get_ref() {
-                        if !a.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()) {
-                            cx.at(&key("brokers"), b, format!("{a:?} is not host:port"));
-                        }
-                    }
-                    b.get_ref().clone()
-                }
-                None => {
-                    cx.at(&key("kind"), &k.kind, "a kafka sink needs brokers = [\"host:port\", ...]");
-                    Vec::new()
-                }
-            };
-            let topic =
-                k.topic.as_ref().map(|t| template(cx, &key("topic"), t)).unwrap_or_else(|| "logs.{stream}".into());
-            let compression = match &k.compression {
-                Some(c) => cx
-                    .one_of(
-                        &key("compression"),
-                        c,
-                        &[("zstd", "zstd"), ("lz4", "lz4"), ("gzip", "gzip"), ("snappy", "snappy"), ("none", "none")],
-                    )
-                    .unwrap_or("zstd")
-                    .to_owned(),
-                None => "zstd".into(),
-            };
-            let message_timeout = dur(cx, &k.message_timeout, "message_timeout", Duration::from_secs(120));
-            let options = k.options.as_ref().map(|o| o.get_ref().clone().into_iter().collect()).unwrap_or_default();
-            BusConfig::Kafka(KafkaConfig { brokers, topic, compression, message_timeout, options })
-        }
-        Kind::Rabbit => {
-            let url = match &k.url {
-                Some(u) => {
-                    let ok = u.get_ref().starts_with("amqp://") || u.get_ref().starts_with("amqps://");
-                    if !ok {
-                        cx.at(&key("url"), u, "must start with amqp:// or amqps://");
-                    }
-                    u.get_ref().clone()
-                }
-                None => {
-                    cx.at(
-                        &key("kind"),
-                        &k.kind,
-                        "a rabbitmq sink needs url = \"amqp://user:password@host:5672/vhost\"",
-                    );
-                    String::new()
-                }
-            };
-            let exchange =
-                k.exchange.as_ref().map(|t| template(cx, &key("exchange"), t)).unwrap_or_else(|| "logs".into());
-            let exchange_kind = match &k.exchange_kind {
-                Some(v) => cx
-                    .one_of(
-                        &key("exchange_kind"),
-                        v,
-                        &[("topic", "topic"), ("direct", "direct"), ("fanout", "fanout"), ("headers", "headers")],
-                    )
-                    .unwrap_or("topic")
-                    .to_owned(),
-                None => "topic".into(),
-            };
-            let routing_key = k
-                .routing_key
-                .as_ref()
-                .map(|t| template(cx, &key("routing_key"), t))
-                .unwrap_or_else(|| "{site}.{stream}".into());
-            BusConfig::RabbitMq(RabbitMqConfig { url, exchange, exchange_kind, routing_key })
-        }
+        SinkKind::Kafka => kafka_bus(cx, i, k),
+        SinkKind::Rabbit => rabbit_bus(cx, i, k),
     };
     if cx.problems.len() > before {
         return None;
@@ -734,128 +651,182 @@ fn validate_sink(cx: &mut Ctx<'_>, i: usize, k: &raw::RawSink) -> Option<SinkCon
     })
 }
 
+fn sink_live_share(cx: &mut Ctx<'_>, i: usize, k: &raw::RawSink) -> f64 {
+    match &k.live_share {
+        Some(v) => {
+            if !(0.0..=1.0).contains(v.get_ref()) {
+                cx.at(&format!("sink[{i}].live_share"), v, "must be between 0 and 1");
+            }
+            *v.get_ref()
+        }
+        None => 0.0,
+    }
+}
+
+fn sink_max_in_flight(cx: &mut Ctx<'_>, i: usize, k: &raw::RawSink) -> usize {
+    match &k.max_in_flight {
+        Some(v) => {
+            if !(1..=10_000_000).contains(v.get_ref()) {
+                cx.at(&format!("sink[{i}].max_in_flight"), v, "must be between 1 and 10000000 records");
+            }
+            *v.get_ref() as usize
+        }
+        None => 50_000,
+    }
+}
+
+fn sink_max_in_flight_bytes(cx: &mut Ctx<'_>, i: usize, k: &raw::RawSink) -> usize {
+    match &k.max_in_flight_bytes {
+        Some(v) => {
+            if v.get_ref().0 < (64 << 10) {
+                cx.at(&format!("sink[{i}].max_in_flight_bytes"), v, "must be at least 64KiB");
+            }
+            v.get_ref().0 as usize
+        }
+        None => 16 << 20,
+    }
+}
+
+/// A sink's duration key: at least 10ms, `default` when not given.
+fn sink_duration(
+    cx: &mut Ctx<'_>,
+    i: usize,
+    v: &Option<Spanned<HumanDuration>>,
+    f: &str,
+    default: Duration,
+) -> Duration {
+    match v {
+        Some(d) => {
+            if d.get_ref().0 < Duration::from_millis(10) {
+                cx.at(&format!("sink[{i}].{f}"), d, "must be at least 10ms");
+            }
+            d.get_ref().0
+        }
+        None => default,
+    }
+}
+
+/// Keys of the other kind are a mistake worth naming, not something to ignore.
+fn refuse_other_kinds_keys(cx: &mut Ctx<'_>, i: usize, k: &raw::RawSink, kind: Option<SinkKind>) {
+    let misplaced: &[(&str, bool)] = match kind {
+        Some(SinkKind::Kafka) => &[
+            ("url", k.url.is_some()),
+            ("exchange", k.exchange.is_some()),
+            ("exchange_kind", k.exchange_kind.is_some()),
+            ("routing_key", k.routing_key.is_some()),
+        ],
+        Some(SinkKind::Rabbit) => &[
+            ("brokers", k.brokers.is_some()),
+            ("topic", k.topic.is_some()),
+            ("compression", k.compression.is_some()),
+            ("message_timeout", k.message_timeout.is_some()),
+            ("options", k.options.is_some()),
+        ],
+        None => &[],
+    };
+    for (f, set) in misplaced {
+        if *set {
+            cx.at(
+                &format!("sink[{i}].kind"),
+                &k.kind,
+                format!("{f} is not a setting of a {:?} sink", k.kind.get_ref()),
+            );
+        }
+    }
+}
+
+fn kafka_bus(cx: &mut Ctx<'_>, i: usize, k: &raw::RawSink) -> BusConfig {
+    let key = |f: &str| format!("sink[{i}].{f}");
+    if cfg!(not(feature = "kafka")) {
+        cx.at(&key("kind"), &k.kind, super::NO_KAFKA);
+    }
+    let brokers = match &k.brokers {
+        Some(b) => {
+            if b.get_ref().is_empty() {
+                cx.at(&key("brokers"), b, "needs at least one broker (host:port)");
+            }
+            for a in b.get_ref() {
+                if !a.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()) {
+                    cx.at(&key("brokers"), b, format!("{a:?} is not host:port"));
+                }
+            }
+            b.get_ref().clone()
+        }
+        None => {
+            cx.at(&key("kind"), &k.kind, "a kafka sink needs brokers = [\"host:port\", ...]");
+            Vec::new()
+        }
+    };
+    let topic = k.topic.as_ref().map(|t| template(cx, &key("topic"), t)).unwrap_or_else(|| "logs.{stream}".into());
+    let compression = match &k.compression {
+        Some(c) => cx
+            .one_of(
+                &key("compression"),
+                c,
+                &[("zstd", "zstd"), ("lz4", "lz4"), ("gzip", "gzip"), ("snappy", "snappy"), ("none", "none")],
+            )
+            .unwrap_or("zstd")
+            .to_owned(),
+        None => "zstd".into(),
+    };
+    let message_timeout = sink_duration(cx, i, &k.message_timeout, "message_timeout", Duration::from_secs(120));
+    let options = k.options.as_ref().map(|o| o.get_ref().clone().into_iter().collect()).unwrap_or_default();
+    BusConfig::Kafka(KafkaConfig { brokers, topic, compression, message_timeout, options })
+}
+
+fn rabbit_bus(cx: &mut Ctx<'_>, i: usize, k: &raw::RawSink) -> BusConfig {
+    let key = |f: &str| format!("sink[{i}].{f}");
+    let url = match &k.url {
+        Some(u) => {
+            let ok = u.get_ref().starts_with("amqp://") || u.get_ref().starts_with("amqps://");
+            if !ok {
+                cx.at(&key("url"), u, "must start with amqp:// or amqps://");
+            }
+            u.get_ref().clone()
+        }
+        None => {
+            cx.at(&key("kind"), &k.kind, "a rabbitmq sink needs url = \"amqp://user:password@host:5672/vhost\"");
+            String::new()
+        }
+    };
+    let exchange = k.exchange.as_ref().map(|t| template(cx, &key("exchange"), t)).unwrap_or_else(|| "logs".into());
+    let exchange_kind = match &k.exchange_kind {
+        Some(v) => cx
+            .one_of(
+                &key("exchange_kind"),
+                v,
+                &[("topic", "topic"), ("direct", "direct"), ("fanout", "fanout"), ("headers", "headers")],
+            )
+            .unwrap_or("topic")
+            .to_owned(),
+        None => "topic".into(),
+    };
+    let routing_key = k
+        .routing_key
+        .as_ref()
+        .map(|t| template(cx, &key("routing_key"), t))
+        .unwrap_or_else(|| "{site}.{stream}".into());
+    BusConfig::RabbitMq(RabbitMqConfig { url, exchange, exchange_kind, routing_key })
+}
+
 fn validate_listener(cx: &mut Ctx<'_>, i: usize, l: &RawListener, streams: &[String]) -> Option<ListenerConfig> {
     let k = |f: &str| format!("listener[{i}].{f}");
     let before = cx.problems.len();
     let name = cx.name(&k("name"), &l.name);
-    let kind = cx.one_of(
-        &k("kind"),
-        &l.kind,
-        &[
-            ("syslog", ListenerKind::Syslog),
-            ("relp", ListenerKind::Relp),
-            ("http", ListenerKind::Http),
-            ("gelf", ListenerKind::Gelf),
-            ("ferry", ListenerKind::Ferry),
-            ("file", ListenerKind::File),
-        ],
-    );
-    let (transport, listen) = if kind == Some(ListenerKind::File) {
-        for (key, v) in [("transport", &l.transport), ("listen", &l.listen)] {
-            if let Some(v) = v {
-                cx.at(&k(key), v, "a file listener reads files (paths = [...]): no socket");
-            }
-        }
-        let paths = l.paths.as_ref().map(|p| p.get_ref().clone()).unwrap_or_default();
-        (Some(Transport::File), ListenAddr::Files(paths))
-    } else {
-        let (Some(t), Some(a)) = (&l.transport, &l.listen) else {
-            cx.at(&k("kind"), &l.kind, "this listener kind needs transport and listen");
-            return None;
-        };
-        socket_of(cx, i, kind, t, a)
-    };
-    let stream = match &l.stream {
-        Some(s) => {
-            if !streams.contains(s.get_ref()) {
-                cx.at(&k("stream"), s, format!("no [[stream]] named {:?}", s.get_ref()));
-            }
-            s.get_ref().clone()
-        }
-        None => match streams.first() {
-            Some(s) => s.clone(),
-            None => String::new(),
-        },
-    };
+    let kind = listener_kind(cx, i, l);
+    let (transport, listen) = listener_address(cx, i, l, kind)?;
+    let stream = listener_stream(cx, i, l, streams);
     let trust = match &l.trust {
         Some(t) => cx
             .one_of(&k("trust"), t, &[("trusted", Trust::Trusted), ("untrusted", Trust::Untrusted)])
             .unwrap_or(Trust::Trusted),
         None => Trust::Trusted,
     };
-    let max_connections = match &l.max_connections {
-        Some(v) => {
-            let n = *v.get_ref();
-            if !(1..=1_000_000).contains(&n) {
-                cx.at(&k("max_connections"), v, "must be between 1 and 1000000");
-            }
-            n.max(1) as usize
-        }
-        // Collectors: a datacenter's hosts, each with a persistent connection,
-        // and room for a reconnect storm (sockets of the old session still
-        // closing). Idle, one costs about 2 KiB plain, 9 KiB with TLS (issue 26,
-        // benches/README.md "Idle connections"). Relays on a link: a few.
-        None if kind == Some(ListenerKind::Ferry) => 1024,
-        None => DEFAULT_MAX_CONNECTIONS,
-    };
-    let max_record_bytes = match &l.max_record_bytes {
-        Some(v) => {
-            let n = v.get_ref().as_usize();
-            if !(256..=MAX_RECORD_BYTES_CEILING).contains(&n) {
-                cx.at(
-                    &k("max_record_bytes"),
-                    v,
-                    format!("must be between 256B and {}", ByteSize(MAX_RECORD_BYTES_CEILING as u64)),
-                );
-            }
-            n.clamp(256, MAX_RECORD_BYTES_CEILING)
-        }
-        None if l.trust.as_ref().is_some_and(|t| t.get_ref() == "untrusted") => 8 << 10,
-        None => DEFAULT_MAX_RECORD_BYTES,
-    };
-    let idle_timeout = match &l.idle_timeout {
-        Some(v) => {
-            if v.get_ref().0 < Duration::from_millis(100) {
-                cx.at(&k("idle_timeout"), v, "must be at least 100ms");
-            }
-            v.get_ref().0
-        }
-        None if l.trust.as_ref().is_some_and(|t| t.get_ref() == "untrusted") => Duration::from_secs(60),
-        None => Duration::from_secs(300),
-    };
-    let handshake_timeout = match &l.handshake_timeout {
-        Some(v) => {
-            if !(Duration::from_millis(100)..=Duration::from_secs(60)).contains(&v.get_ref().0) {
-                cx.at(&k("handshake_timeout"), v, "must be between 100ms and 60s");
-            }
-            v.get_ref().0
-        }
-        None if l.trust.as_ref().is_some_and(|t| t.get_ref() == "untrusted") => Duration::from_secs(5),
-        None => Duration::from_secs(10),
-    };
-    let mut routes = Vec::new();
-    for (j, r) in l.route.iter().enumerate() {
-        let rk = |f: &str| format!("listener[{i}].route[{j}].{f}");
-        if !streams.contains(r.stream.get_ref()) {
-            cx.at(&rk("stream"), &r.stream, format!("no [[stream]] named {:?}", r.stream.get_ref()));
-        }
-        let facility = r.facility.as_ref().and_then(|f| match crate::config::facility::facility_by_name(f.get_ref()) {
-            Some(n) => Some(n),
-            None => {
-                cx.at(&rk("facility"), f, format!("{:?} is not a syslog facility (kern, user, mail, daemon, auth, syslog, lpr, news, uucp, cron, authpriv, ftp, local0..local7)", f.get_ref()));
-                None
-            }
-        });
-        if r.app_name.is_none() && r.facility.is_none() && r.hostname.is_none() {
-            cx.at(&rk("stream"), &r.stream, "a route needs at least one of app_name, facility, hostname");
-        }
-        routes.push(Route {
-            app_name: r.app_name.as_ref().map(|s| s.get_ref().clone()),
-            facility,
-            hostname: r.hostname.as_ref().map(|s| s.get_ref().clone()),
-            stream: r.stream.get_ref().clone(),
-        });
-    }
+    let max_connections = max_connections(cx, i, l, kind);
+    let max_record_bytes = max_record_bytes(cx, i, l);
+    let idle_timeout = idle_timeout(cx, i, l);
+    let handshake_timeout = handshake_timeout(cx, i, l);
+    let routes = routes(cx, i, l, streams);
     let relays = l.relays.as_ref().map(|r| r.get_ref().clone()).unwrap_or_default();
     if let Some(r) = &l.relays {
         if kind != Some(ListenerKind::Ferry) {
@@ -866,84 +837,18 @@ fn validate_listener(cx: &mut Ctx<'_>, i: usize, l: &RawListener, streams: &[Str
         cx.at(&k("route"), &l.name, "RELP and HTTP listeners acknowledge per commit of one stream: no routes");
     }
     let untrusted = trust == Trust::Untrusted;
-    let max_body_bytes = match &l.max_body_bytes {
-        Some(v) => {
-            if !((1 << 10)..=(256 << 20)).contains(&v.get_ref().0) {
-                cx.at(&k("max_body_bytes"), v, "must be between 1KiB and 256MiB");
-            }
-            v.get_ref().as_usize()
-        }
-        None => 16 << 20,
-    };
-    let source_records_per_sec = match &l.source_records_per_sec {
-        Some(v) if *v.get_ref() < 1 => {
-            cx.at(&k("source_records_per_sec"), v, "must be at least 1");
-            None
-        }
-        Some(v) => Some(*v.get_ref() as f64),
-        None => untrusted.then_some(1000.0),
-    };
+    let max_body_bytes = max_body_bytes(cx, i, l);
+    let source_records_per_sec = source_records_per_sec(cx, i, l, untrusted);
     let source_bytes_per_sec = match &l.source_bytes_per_sec {
         Some(v) => Some(v.get_ref().bytes_per_sec),
         None => untrusted.then_some(1024.0 * 1024.0),
     };
-    let max_connections_per_source = match &l.max_connections_per_source {
-        Some(v) if *v.get_ref() < 1 => {
-            cx.at(&k("max_connections_per_source"), v, "must be at least 1");
-            None
-        }
-        Some(v) => Some(*v.get_ref() as usize),
-        None => untrusted.then_some(16),
-    };
-    let max_sources = match &l.max_sources {
-        Some(v) if !(64..=10_000_000).contains(v.get_ref()) => {
-            cx.at(&k("max_sources"), v, "must be between 64 and 10000000");
-            100_000
-        }
-        Some(v) => *v.get_ref() as usize,
-        None => 100_000,
-    };
-    let source_ipv6_prefix = match &l.source_ipv6_prefix {
-        Some(v) if !(1..=128).contains(v.get_ref()) => {
-            cx.at(&k("source_ipv6_prefix"), v, "must be between 1 and 128");
-            64
-        }
-        Some(v) => *v.get_ref() as u8,
-        None => 64,
-    };
-    if !routes.is_empty() && kind == Some(ListenerKind::Ferry) {
-        cx.at(&k("route"), &l.name, "ferry receivers mirror segments as they are: no routes");
-    }
-    if !routes.is_empty() && transport.is_some() && trust == Trust::Untrusted {
-        cx.at(
-            &k("route"),
-            &l.name,
-            "untrusted listeners cannot route by record content: their sources must not choose their stream",
-        );
-    }
-    let files = if kind == Some(ListenerKind::File) {
-        if !routes.is_empty() {
-            cx.at(&k("route"), &l.name, "a file listener acknowledges by checkpoint of one stream: no routes");
-        }
-        files::validate_files(cx, i, l)
-    } else {
-        files::refuse_file_keys(cx, i, l);
-        None
-    };
-    let client_cert = match &l.client_cert {
-        Some(c) => {
-            if transport != Some(Transport::Tls) || kind == Some(ListenerKind::Ferry) {
-                cx.at(
-                    &k("client_cert"),
-                    c,
-                    "only syslog, RELP and HTTP listeners with transport = \"tls\" take client_cert",
-                );
-            }
-            cx.one_of(&k("client_cert"), c, &[("required", ClientCert::Required), ("optional", ClientCert::Optional)])
-                .unwrap_or(ClientCert::Required)
-        }
-        None => ClientCert::Required,
-    };
+    let max_connections_per_source = max_connections_per_source(cx, i, l, untrusted);
+    let max_sources = max_sources(cx, i, l);
+    let source_ipv6_prefix = source_ipv6_prefix(cx, i, l);
+    refuse_content_routes(cx, i, l, kind, transport, trust, &routes);
+    let files = listener_files(cx, i, l, kind, &routes);
+    let client_cert = client_cert(cx, i, l, kind, transport);
     if cx.problems.len() > before {
         return None;
     }
@@ -969,6 +874,278 @@ fn validate_listener(cx: &mut Ctx<'_>, i: usize, l: &RawListener, streams: &[Str
         source_ipv6_prefix,
         files,
     })
+}
+
+fn listener_kind(cx: &mut Ctx<'_>, i: usize, l: &RawListener) -> Option<ListenerKind> {
+    cx.one_of(
+        &format!("listener[{i}].kind"),
+        &l.kind,
+        &[
+            ("syslog", ListenerKind::Syslog),
+            ("relp", ListenerKind::Relp),
+            ("http", ListenerKind::Http),
+            ("gelf", ListenerKind::Gelf),
+            ("ferry", ListenerKind::Ferry),
+            ("file", ListenerKind::File),
+        ],
+    )
+}
+
+/// A listener's transport and address; `None` when a socket listener lacks
+/// either, since nothing after can be judged without them.
+fn listener_address(
+    cx: &mut Ctx<'_>,
+    i: usize,
+    l: &RawListener,
+    kind: Option<ListenerKind>,
+) -> Option<(Option<Transport>, ListenAddr)> {
+    let k = |f: &str| format!("listener[{i}].{f}");
+    if kind == Some(ListenerKind::File) {
+        for (key, v) in [("transport", &l.transport), ("listen", &l.listen)] {
+            if let Some(v) = v {
+                cx.at(&k(key), v, "a file listener reads files (paths = [...]): no socket");
+            }
+        }
+        let paths = l.paths.as_ref().map(|p| p.get_ref().clone()).unwrap_or_default();
+        return Some((Some(Transport::File), ListenAddr::Files(paths)));
+    }
+    let (Some(t), Some(a)) = (&l.transport, &l.listen) else {
+        cx.at(&k("kind"), &l.kind, "this listener kind needs transport and listen");
+        return None;
+    };
+    Some(socket_of(cx, i, kind, t, a))
+}
+
+/// The stream named, or the first one defined when none is.
+fn listener_stream(cx: &mut Ctx<'_>, i: usize, l: &RawListener, streams: &[String]) -> String {
+    match &l.stream {
+        Some(s) => {
+            if !streams.contains(s.get_ref()) {
+                cx.at(&format!("listener[{i}].stream"), s, format!("no [[stream]] named {:?}", s.get_ref()));
+            }
+            s.get_ref().clone()
+        }
+        None => match streams.first() {
+            Some(s) => s.clone(),
+            None => String::new(),
+        },
+    }
+}
+
+/// Whether the file says `trust = "untrusted"`: the defaults below tighten on it.
+fn says_untrusted(l: &RawListener) -> bool {
+    l.trust.as_ref().is_some_and(|t| t.get_ref() == "untrusted")
+}
+
+fn max_connections(cx: &mut Ctx<'_>, i: usize, l: &RawListener, kind: Option<ListenerKind>) -> usize {
+    match &l.max_connections {
+        Some(v) => {
+            let n = *v.get_ref();
+            if !(1..=1_000_000).contains(&n) {
+                cx.at(&format!("listener[{i}].max_connections"), v, "must be between 1 and 1000000");
+            }
+            n.max(1) as usize
+        }
+        // Collectors: a datacenter's hosts, each with a persistent connection,
+        // and room for a reconnect storm (sockets of the old session still
+        // closing). Idle, one costs about 2 KiB plain, 9 KiB with TLS (issue 26,
+        // benches/README.md "Idle connections"). Relays on a link: a few.
+        None if kind == Some(ListenerKind::Ferry) => 1024,
+        None => DEFAULT_MAX_CONNECTIONS,
+    }
+}
+
+fn max_record_bytes(cx: &mut Ctx<'_>, i: usize, l: &RawListener) -> usize {
+    match &l.max_record_bytes {
+        Some(v) => {
+            let n = v.get_ref().as_usize();
+            if !(256..=MAX_RECORD_BYTES_CEILING).contains(&n) {
+                cx.at(
+                    &format!("listener[{i}].max_record_bytes"),
+                    v,
+                    format!("must be between 256B and {}", ByteSize(MAX_RECORD_BYTES_CEILING as u64)),
+                );
+            }
+            n.clamp(256, MAX_RECORD_BYTES_CEILING)
+        }
+        None if says_untrusted(l) => 8 << 10,
+        None => DEFAULT_MAX_RECORD_BYTES,
+    }
+}
+
+fn idle_timeout(cx: &mut Ctx<'_>, i: usize, l: &RawListener) -> Duration {
+    match &l.idle_timeout {
+        Some(v) => {
+            if v.get_ref().0 < Duration::from_millis(100) {
+                cx.at(&format!("listener[{i}].idle_timeout"), v, "must be at least 100ms");
+            }
+            v.get_ref().0
+        }
+        None if says_untrusted(l) => Duration::from_secs(60),
+        None => Duration::from_secs(300),
+    }
+}
+
+fn handshake_timeout(cx: &mut Ctx<'_>, i: usize, l: &RawListener) -> Duration {
+    match &l.handshake_timeout {
+        Some(v) => {
+            if !(Duration::from_millis(100)..=Duration::from_secs(60)).contains(&v.get_ref().0) {
+                cx.at(&format!("listener[{i}].handshake_timeout"), v, "must be between 100ms and 60s");
+            }
+            v.get_ref().0
+        }
+        None if says_untrusted(l) => Duration::from_secs(5),
+        None => Duration::from_secs(10),
+    }
+}
+
+fn routes(cx: &mut Ctx<'_>, i: usize, l: &RawListener, streams: &[String]) -> Vec<Route> {
+    let mut routes = Vec::new();
+    for (j, r) in l.route.iter().enumerate() {
+        let rk = |f: &str| format!("listener[{i}].route[{j}].{f}");
+        if !streams.contains(r.stream.get_ref()) {
+            cx.at(&rk("stream"), &r.stream, format!("no [[stream]] named {:?}", r.stream.get_ref()));
+        }
+        let facility = r.facility.as_ref().and_then(|f| match crate::config::facility::facility_by_name(f.get_ref()) {
+            Some(n) => Some(n),
+            None => {
+                cx.at(&rk("facility"), f, format!("{:?} is not a syslog facility (kern, user, mail, daemon, auth, syslog, lpr, news, uucp, cron, authpriv, ftp, local0..local7)", f.get_ref()));
+                None
+            }
+        });
+        if r.app_name.is_none() && r.facility.is_none() && r.hostname.is_none() {
+            cx.at(&rk("stream"), &r.stream, "a route needs at least one of app_name, facility, hostname");
+        }
+        routes.push(Route {
+            app_name: r.app_name.as_ref().map(|s| s.get_ref().clone()),
+            facility,
+            hostname: r.hostname.as_ref().map(|s| s.get_ref().clone()),
+            stream: r.stream.get_ref().clone(),
+        });
+    }
+    routes
+}
+
+fn max_body_bytes(cx: &mut Ctx<'_>, i: usize, l: &RawListener) -> usize {
+    match &l.max_body_bytes {
+        Some(v) => {
+            if !((1 << 10)..=(256 << 20)).contains(&v.get_ref().0) {
+                cx.at(&format!("listener[{i}].max_body_bytes"), v, "must be between 1KiB and 256MiB");
+            }
+            v.get_ref().as_usize()
+        }
+        None => 16 << 20,
+    }
+}
+
+fn source_records_per_sec(cx: &mut Ctx<'_>, i: usize, l: &RawListener, untrusted: bool) -> Option<f64> {
+    match &l.source_records_per_sec {
+        Some(v) if *v.get_ref() < 1 => {
+            cx.at(&format!("listener[{i}].source_records_per_sec"), v, "must be at least 1");
+            None
+        }
+        Some(v) => Some(*v.get_ref() as f64),
+        None => untrusted.then_some(1000.0),
+    }
+}
+
+fn max_connections_per_source(cx: &mut Ctx<'_>, i: usize, l: &RawListener, untrusted: bool) -> Option<usize> {
+    match &l.max_connections_per_source {
+        Some(v) if *v.get_ref() < 1 => {
+            cx.at(&format!("listener[{i}].max_connections_per_source"), v, "must be at least 1");
+            None
+        }
+        Some(v) => Some(*v.get_ref() as usize),
+        None => untrusted.then_some(16),
+    }
+}
+
+fn max_sources(cx: &mut Ctx<'_>, i: usize, l: &RawListener) -> usize {
+    match &l.max_sources {
+        Some(v) if !(64..=10_000_000).contains(v.get_ref()) => {
+            cx.at(&format!("listener[{i}].max_sources"), v, "must be between 64 and 10000000");
+            100_000
+        }
+        Some(v) => *v.get_ref() as usize,
+        None => 100_000,
+    }
+}
+
+fn source_ipv6_prefix(cx: &mut Ctx<'_>, i: usize, l: &RawListener) -> u8 {
+    match &l.source_ipv6_prefix {
+        Some(v) if !(1..=128).contains(v.get_ref()) => {
+            cx.at(&format!("listener[{i}].source_ipv6_prefix"), v, "must be between 1 and 128");
+            64
+        }
+        Some(v) => *v.get_ref() as u8,
+        None => 64,
+    }
+}
+
+/// Routes pick a stream by what a record says: a receiver has no records of
+/// its own to route, and an untrusted source must not pick where it lands.
+fn refuse_content_routes(
+    cx: &mut Ctx<'_>,
+    i: usize,
+    l: &RawListener,
+    kind: Option<ListenerKind>,
+    transport: Option<Transport>,
+    trust: Trust,
+    routes: &[Route],
+) {
+    if !routes.is_empty() && kind == Some(ListenerKind::Ferry) {
+        cx.at(&format!("listener[{i}].route"), &l.name, "ferry receivers mirror segments as they are: no routes");
+    }
+    if !routes.is_empty() && transport.is_some() && trust == Trust::Untrusted {
+        cx.at(
+            &format!("listener[{i}].route"),
+            &l.name,
+            "untrusted listeners cannot route by record content: their sources must not choose their stream",
+        );
+    }
+}
+
+/// A file listener's own keys; on any other listener, those keys are refused.
+fn listener_files(
+    cx: &mut Ctx<'_>,
+    i: usize,
+    l: &RawListener,
+    kind: Option<ListenerKind>,
+    routes: &[Route],
+) -> Option<FileConfig> {
+    if kind == Some(ListenerKind::File) {
+        if !routes.is_empty() {
+            cx.at(
+                &format!("listener[{i}].route"),
+                &l.name,
+                "a file listener acknowledges by checkpoint of one stream: no routes",
+            );
+        }
+        files::validate_files(cx, i, l)
+    } else {
+        files::refuse_file_keys(cx, i, l);
+        None
+    }
+}
+
+fn client_cert(
+    cx: &mut Ctx<'_>,
+    i: usize,
+    l: &RawListener,
+    kind: Option<ListenerKind>,
+    transport: Option<Transport>,
+) -> ClientCert {
+    let key = format!("listener[{i}].client_cert");
+    match &l.client_cert {
+        Some(c) => {
+            if transport != Some(Transport::Tls) || kind == Some(ListenerKind::Ferry) {
+                cx.at(&key, c, "only syslog, RELP and HTTP listeners with transport = \"tls\" take client_cert");
+            }
+            cx.one_of(&key, c, &[("required", ClientCert::Required), ("optional", ClientCert::Optional)])
+                .unwrap_or(ClientCert::Required)
+        }
+        None => ClientCert::Required,
+    }
 }
 
 /// A socket listener's transport and address.

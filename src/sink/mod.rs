@@ -39,7 +39,7 @@ use tracing::{error, info, warn};
 
 use crate::config::{BusConfig, SinkConfig};
 use crate::metrics::Metrics;
-use crate::store::changes::Changes;
+use crate::store::changes::{Changes, Subscriber};
 use crate::store::clock::Clock;
 use crate::store::delivered::Delivered;
 use crate::store::follow::{self, Following, Shares};
@@ -307,9 +307,38 @@ impl Sink {
             }
         };
         let writer = cursor::Writer::start(self.fs.clone(), cursor_file, name.clone(), m.clone());
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let mut run = Run {
-            sink: &self,
+        let (tx, rx) = mpsc::unbounded_channel();
+        let run = self.start(tx, saved, dead);
+        let mut delivery = Delivery {
+            run,
+            rx,
+            writer,
+            bus: None,
+            backoff: self.cfg.backoff_min,
+            next_connect: Instant::now(),
+            changes: self.changes.subscribe(),
+            next_write: Instant::now(),
+            next_lag: Instant::now(),
+            inbox: VecDeque::new(),
+            failed: None,
+        };
+        info!(sink = %name, "sink started");
+        loop {
+            if stop.is_cancelled() {
+                break;
+            }
+            if !delivery.turn(&stop).await {
+                break;
+            }
+        }
+        delivery.finish().await;
+    }
+
+    /// The sink's state before its first turn: nothing known of the archive
+    /// yet but the cursor's positions.
+    fn start(&self, tx: mpsc::UnboundedSender<Ack>, saved: HashMap<PathBuf, Pos>, dead: DeadLetters) -> Run<'_> {
+        Run {
+            sink: self,
             tx,
             segs: Following::default(),
             origins: Vec::new(),
@@ -331,192 +360,264 @@ impl Sink {
             missing_topics: HashSet::new(),
             last_failure: String::new(),
             seen_streams: HashSet::new(),
-        };
-        let mut bus: Option<Bus> = None;
-        let mut backoff = self.cfg.backoff_min;
-        let mut next_connect = Instant::now();
-        let mut changes = self.changes.subscribe();
-        let mut next_write = Instant::now();
-        let mut next_lag = Instant::now();
-        let mut inbox: VecDeque<Ack> = VecDeque::new();
-        // A publish that failed: the session starts again at the next turn.
-        let mut failed: Option<Restart> = None;
-        info!(sink = %name, "sink started");
-        loop {
-            if stop.is_cancelled() {
-                break;
-            }
-            // 1. What the broker said.
-            let mut restart = failed.take();
-            while restart.is_none() {
-                let ack = match inbox.pop_front() {
-                    Some(a) => a,
-                    None => match rx.try_recv() {
-                        Ok(a) => a,
-                        Err(_) => break,
-                    },
-                };
-                if matches!(ack.outcome, Outcome::Ok) {
-                    backoff = self.cfg.backoff_min;
-                }
-                restart = run.apply(ack);
-            }
-            // 2. The archive: new segments, growth, seals, deletions, as the store tells.
-            if changes.has_changed() {
-                let u = changes.take();
-                if u.relist || run.grown(&u.lens) {
-                    run.scan(&u.lens).await;
-                }
-            }
-            // 3. The watchdog, and what is shown each second.
-            let now = Instant::now();
-            if now >= next_lag {
-                next_lag = now + LAG_EVERY;
-                run.report_lag().await;
-                // Answers since the last look are progress (noted here, not per record).
-                if std::mem::take(&mut run.heard) {
-                    let verdict = run.watchdog.progress(now);
-                    run.judged(verdict, true);
-                }
-                let verdict = run.watchdog.check(run.pending(), now);
-                if let Some(r) = run.judged(verdict, bus.is_some()) {
-                    restart.get_or_insert(r);
-                }
-            }
-            if let Some(why) = restart {
-                run.restart_noted(&why, backoff);
-                // The old connection is let go off this loop: closing one the
-                // broker reset can wait the whole `request_timeout` for an
-                // answer that never comes (CI saw a RabbitMQ `stop_app` cost
-                // 10 s of delivery that way), and the next session must not
-                // wait for it.
-                if let Some(b) = bus.take() {
-                    tokio::spawn(b.close());
-                }
-                m.sink.sink_connected.with_label_values(&[&name]).set(0);
-                run.reset();
-                // Reports of the old session may still be queued: they name
-                // tokens that no longer exist and are ignored, but every
-                // missing topic among them is named, not only the first.
-                for a in inbox.drain(..).chain(std::iter::from_fn(|| rx.try_recv().ok())) {
-                    if let Outcome::UnknownTopic(t) = a.outcome {
-                        run.restart_noted(&Restart::UnknownTopic(t), backoff);
-                    }
-                }
-                next_connect = Instant::now() + backoff;
-                backoff = (backoff * 2).min(self.cfg.backoff_max);
-            }
+        }
+    }
+}
 
-            // 4. Connect.
-            if bus.is_none() && Instant::now() >= next_connect {
-                run.session = run.session.wrapping_add(1);
-                match Bus::connect(&self.cfg, run.tx.clone(), &m, run.careful, run.session).await {
-                    Ok(b) => {
-                        m.sink.sink_connected.with_label_values(&[&name]).set(1);
-                        bus = Some(b);
-                        // Handed to this connection; a later failure sets it anew.
-                        run.careful = 0;
-                    }
-                    Err(e) => {
-                        run.last_failure = e.to_string();
-                        m.sink.sink_errors.with_label_values(&[&name, e.reason()]).inc();
-                        warn!(sink = %name, reason = e.reason(), error = %e, retry_in = ?backoff, "cannot reach the broker");
-                        next_connect = Instant::now() + backoff;
-                        backoff = (backoff * 2).min(self.cfg.backoff_max);
-                    }
-                }
-            }
+/// The delivery loop around [`Run`]: the broker connection and its backoff,
+/// the timers, and answers taken but not yet applied. Fields are declared in
+/// the order they drop, which is the order the loop's locals dropped in when
+/// they were locals: the connection before the [`Run`], the cursor writer last.
+struct Delivery<'a> {
+    /// A publish that failed: the session starts again at the next turn.
+    failed: Option<Restart>,
+    inbox: VecDeque<Ack>,
+    next_lag: Instant,
+    next_write: Instant,
+    changes: Subscriber,
+    next_connect: Instant,
+    backoff: Duration,
+    bus: Option<Bus>,
+    run: Run<'a>,
+    rx: mpsc::UnboundedReceiver<Ack>,
+    writer: cursor::Writer,
+}
 
-            // The cursor follows the acknowledgements, written off this loop.
-            run.offer_cursor(&writer, &mut next_write);
+impl Delivery<'_> {
+    /// One turn of the loop; false when `stop` ended it while waiting.
+    async fn turn(&mut self, stop: &CancellationToken) -> bool {
+        // 1. What the broker said.
+        let mut restart = self.take_answers();
+        // 2. The archive: new segments, growth, seals, deletions, as the store tells.
+        self.follow_archive().await;
+        // 3. The watchdog, and what is shown each second.
+        self.watch(&mut restart).await;
+        if let Some(why) = restart {
+            self.start_again(why);
+        }
+        // 4. Connect.
+        self.connect().await;
+        // The cursor follows the acknowledgements, written off this loop.
+        self.run.offer_cursor(&self.writer, &mut self.next_write);
+        // 5. The next frame, if the in-flight limits allow.
+        let published = self.publish_next(stop).await;
+        if published || self.failed.is_some() || !self.inbox.is_empty() {
+            return true;
+        }
+        // 6. Nothing to do now: wait for an answer or the next timer.
+        self.wait(stop).await
+    }
 
-            // 5. The next frame, if the in-flight limits allow. Answers are
-            // taken while it is handed over (a frame may take a while), so
-            // the cursor keeps following them.
-            let mut published = false;
-            if let Some(b) = bus.as_mut() {
-                if run.in_flight_records < self.cfg.max_in_flight && run.in_flight_bytes < self.cfg.max_in_flight_bytes
-                {
-                    match run.next_flight().await {
-                        Ok(Next::Nothing) => {}
-                        Ok(Next::Skipped) => published = true,
-                        Ok(Next::Publish(batch, token)) => {
-                            published = true;
-                            let handed = {
-                                let publish = b.publish(batch, token);
-                                tokio::pin!(publish);
-                                loop {
-                                    tokio::select! {
-                                        r = &mut publish => break Some(r),
-                                        // Checked at the top of the loop.
-                                        _ = stop.cancelled() => break None,
-                                        Some(a) = rx.recv() => {
-                                            // Every answer already there, then one look at the cursor.
-                                            let mut next = Some(a);
-                                            while let Some(a) = next.take() {
-                                                if matches!(a.outcome, Outcome::Ok) {
-                                                    backoff = self.cfg.backoff_min;
-                                                }
-                                                if let Some(r) = run.apply(a) {
-                                                    failed = Some(r);
-                                                    break;
-                                                }
-                                                next = rx.try_recv().ok();
-                                            }
-                                            if failed.is_some() {
-                                                break None;
-                                            }
-                                            run.offer_cursor(&writer, &mut next_write);
-                                        }
-                                    }
-                                }
-                            };
-                            match handed {
-                                Some(Ok(answers)) => {
-                                    for (idx, outcome) in answers {
-                                        if let Some(r) = run.apply(Ack { token, idx, outcome }) {
-                                            failed.get_or_insert(r);
-                                            break;
-                                        }
-                                    }
-                                    if let Some(e) = b.take_broken() {
-                                        failed.get_or_insert(e.into());
-                                    }
-                                }
-                                Some(Err(e)) => failed = Some(e.into()),
-                                None => {}
-                            }
-                        }
-                        Err(e) => failed = Some(e),
-                    }
-                }
+    /// Apply the answers waiting, up to the first that ends the session
+    /// (or the publish that failed last turn).
+    fn take_answers(&mut self) -> Option<Restart> {
+        let mut restart = self.failed.take();
+        while restart.is_none() {
+            let ack = match self.inbox.pop_front() {
+                Some(a) => a,
+                None => match self.rx.try_recv() {
+                    Ok(a) => a,
+                    Err(_) => break,
+                },
+            };
+            if matches!(ack.outcome, Outcome::Ok) {
+                self.backoff = self.run.sink.cfg.backoff_min;
             }
-            if published || failed.is_some() || !inbox.is_empty() {
-                continue;
-            }
-            // 6. Nothing to do now: wait for an answer or the next timer.
-            let mut until = next_lag;
-            if run.dirty {
-                until = until.min(next_write);
-            }
-            if bus.is_none() {
-                until = until.min(next_connect);
-            }
-            tokio::select! {
-                _ = stop.cancelled() => break,
-                a = rx.recv() => if let Some(a) = a { inbox.push_back(a) },
-                _ = changes.changed() => {}
-                _ = tokio::time::sleep_until(until.into()) => {}
+            restart = self.run.apply(ack);
+        }
+        restart
+    }
+
+    async fn follow_archive(&mut self) {
+        if self.changes.has_changed() {
+            let u = self.changes.take();
+            if u.relist || self.run.grown(&u.lens) {
+                self.run.scan(&u.lens).await;
             }
         }
-        writer.offer(run.positions());
-        writer.finish().await;
-        if let Some(b) = bus.take() {
+    }
+
+    /// Each second: the lag shown, and the watchdog's verdict; a stall while
+    /// connected ends the session unless something already does.
+    async fn watch(&mut self, restart: &mut Option<Restart>) {
+        let now = Instant::now();
+        if now >= self.next_lag {
+            self.next_lag = now + LAG_EVERY;
+            self.run.report_lag().await;
+            // Answers since the last look are progress (noted here, not per record).
+            if std::mem::take(&mut self.run.heard) {
+                let verdict = self.run.watchdog.progress(now);
+                self.run.judged(verdict, true);
+            }
+            let verdict = self.run.watchdog.check(self.run.pending(), now);
+            if let Some(r) = self.run.judged(verdict, self.bus.is_some()) {
+                restart.get_or_insert(r);
+            }
+        }
+    }
+
+    /// End the session for `why`: connect again after the backoff, from the
+    /// acknowledged positions.
+    fn start_again(&mut self, why: Restart) {
+        let sink = self.run.sink;
+        self.run.restart_noted(&why, self.backoff);
+        // The old connection is let go off this loop: closing one the
+        // broker reset can wait the whole `request_timeout` for an
+        // answer that never comes (CI saw a RabbitMQ `stop_app` cost
+        // 10 s of delivery that way), and the next session must not
+        // wait for it.
+        if let Some(b) = self.bus.take() {
+            tokio::spawn(b.close());
+        }
+        sink.metrics.sink.sink_connected.with_label_values(&[&sink.cfg.name]).set(0);
+        self.run.reset();
+        // Reports of the old session may still be queued: they name
+        // tokens that no longer exist and are ignored, but every
+        // missing topic among them is named, not only the first.
+        for a in self.inbox.drain(..).chain(std::iter::from_fn(|| self.rx.try_recv().ok())) {
+            if let Outcome::UnknownTopic(t) = a.outcome {
+                self.run.restart_noted(&Restart::UnknownTopic(t), self.backoff);
+            }
+        }
+        self.next_connect = Instant::now() + self.backoff;
+        self.backoff = (self.backoff * 2).min(sink.cfg.backoff_max);
+    }
+
+    /// Open a session when there is none and the backoff has passed.
+    async fn connect(&mut self) {
+        if self.bus.is_some() || Instant::now() < self.next_connect {
+            return;
+        }
+        let (sink, run) = (self.run.sink, &mut self.run);
+        let (m, name) = (&sink.metrics, &sink.cfg.name);
+        run.session = run.session.wrapping_add(1);
+        match Bus::connect(&sink.cfg, run.tx.clone(), m, run.careful, run.session).await {
+            Ok(b) => {
+                m.sink.sink_connected.with_label_values(&[name]).set(1);
+                self.bus = Some(b);
+                // Handed to this connection; a later failure sets it anew.
+                run.careful = 0;
+            }
+            Err(e) => {
+                run.last_failure = e.to_string();
+                m.sink.sink_errors.with_label_values(&[name, e.reason()]).inc();
+                warn!(sink = %name, reason = e.reason(), error = %e, retry_in = ?self.backoff, "cannot reach the broker");
+                self.next_connect = Instant::now() + self.backoff;
+                self.backoff = (self.backoff * 2).min(sink.cfg.backoff_max);
+            }
+        }
+    }
+
+    /// Read the next frame and hand it to the broker, if connected and the
+    /// in-flight limits allow. Answers are taken while it is handed over (a
+    /// frame may take a while), so the cursor keeps following them. True
+    /// when a frame was handed over or passed over: more may be ready.
+    async fn publish_next(&mut self, stop: &CancellationToken) -> bool {
+        let Delivery { run, rx, writer, bus, backoff, next_write, failed, .. } = self;
+        let sink = run.sink;
+        let Some(b) = bus.as_mut() else { return false };
+        if !(run.in_flight_records < sink.cfg.max_in_flight && run.in_flight_bytes < sink.cfg.max_in_flight_bytes) {
+            return false;
+        }
+        let (batch, token) = match run.next_flight().await {
+            Ok(Next::Nothing) => return false,
+            Ok(Next::Skipped) => return true,
+            Ok(Next::Publish(batch, token)) => (batch, token),
+            Err(e) => {
+                *failed = Some(e);
+                return false;
+            }
+        };
+        let handed = {
+            let publish = b.publish(batch, token);
+            tokio::pin!(publish);
+            loop {
+                tokio::select! {
+                    r = &mut publish => break Some(r),
+                    // Checked at the top of the loop.
+                    _ = stop.cancelled() => break None,
+                    Some(a) = rx.recv() => {
+                        // Every answer already there, then one look at the cursor.
+                        if let Some(r) = apply_queued(run, rx, backoff, a) {
+                            *failed = Some(r);
+                        }
+                        if failed.is_some() {
+                            break None;
+                        }
+                        run.offer_cursor(writer, next_write);
+                    }
+                }
+            }
+        };
+        match handed {
+            Some(Ok(answers)) => {
+                for (idx, outcome) in answers {
+                    if let Some(r) = run.apply(Ack { token, idx, outcome }) {
+                        failed.get_or_insert(r);
+                        break;
+                    }
+                }
+                if let Some(e) = b.take_broken() {
+                    failed.get_or_insert(e.into());
+                }
+            }
+            Some(Err(e)) => *failed = Some(e.into()),
+            None => {}
+        }
+        true
+    }
+
+    /// Sleep until an answer, a change in the archive, or the next timer;
+    /// false when `stop` came first.
+    async fn wait(&mut self, stop: &CancellationToken) -> bool {
+        let mut until = self.next_lag;
+        if self.run.dirty {
+            until = until.min(self.next_write);
+        }
+        if self.bus.is_none() {
+            until = until.min(self.next_connect);
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return false,
+            a = self.rx.recv() => if let Some(a) = a { self.inbox.push_back(a) },
+            _ = self.changes.changed() => {}
+            _ = tokio::time::sleep_until(until.into()) => {}
+        }
+        true
+    }
+
+    /// The last cursor written, then the session closed.
+    async fn finish(mut self) {
+        let sink = self.run.sink;
+        self.writer.offer(self.run.positions());
+        self.writer.finish().await;
+        if let Some(b) = self.bus.take() {
             b.close().await;
         }
-        m.sink.sink_connected.with_label_values(&[&name]).set(0);
-        info!(sink = %name, "sink stopped");
+        sink.metrics.sink.sink_connected.with_label_values(&[&sink.cfg.name]).set(0);
+        info!(sink = %sink.cfg.name, "sink stopped");
     }
+}
+
+/// `first` and every answer already queued behind it, applied; `Some` at
+/// the first that ends the session.
+fn apply_queued(
+    run: &mut Run<'_>,
+    rx: &mut mpsc::UnboundedReceiver<Ack>,
+    backoff: &mut Duration,
+    first: Ack,
+) -> Option<Restart> {
+    let mut next = Some(first);
+    while let Some(a) = next.take() {
+        if matches!(a.outcome, Outcome::Ok) {
+            *backoff = run.sink.cfg.backoff_min;
+        }
+        if let Some(r) = run.apply(a) {
+            return Some(r);
+        }
+        next = rx.try_recv().ok();
+    }
+    None
 }
 
 impl Run<'_> {

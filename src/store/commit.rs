@@ -33,6 +33,7 @@
 //! disk every [`PROBE_MIN`]..[`PROBE_MAX`] until a write and an fsync
 //! succeed again, then takes batches by itself: no restart.
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -228,115 +229,28 @@ struct Work {
 impl Writer {
     /// Run until the channel closes; then commit what is pending and seal.
     pub fn run(mut self, handle: Handle) {
-        let workers = self.cfg.compress_threads.max(1);
-        let (codec, level) = codec_of(&self.cfg);
-        let encs: Result<Vec<FrameEncoder>, _> = (0..workers).map(|_| FrameEncoder::with(codec, level)).collect();
-        let encs = match encs {
-            Ok(e) => e,
-            Err(e) => {
-                error!(stream = %self.stream, error = %e, "cannot create the compressor; stream writer stops");
-                return;
-            }
-        };
-        let p = Pending {
-            raw: Vec::with_capacity(self.cfg.commit_bytes + (64 << 10)),
-            records: 0,
-            truncated: 0,
-            first_ms: 0,
-            last_ms: 0,
-            parts: Vec::new(),
-            flushes: Vec::new(),
-            since: None,
-        };
-        let scratch = vec![Vec::new(); encs.len()];
-        let mut w = Work { encs, scratch, p, frame: Vec::new(), seg: None, down: None };
+        let Some(mut w) = self.start() else { return };
         let mut last_sync = Instant::now();
         let mut last_space_check = Instant::now();
-        let mut overflow: std::collections::VecDeque<Msg> = std::collections::VecDeque::new();
+        let mut overflow: VecDeque<Msg> = VecDeque::new();
         let mut dirty = false;
         let idle = self.cfg.commit_interval.max(Duration::from_millis(500)).min(Duration::from_secs(1));
         loop {
             // Drain what is queued without waiting.
-            let mut closed = false;
-            while w.p.raw.len() < self.cfg.commit_bytes {
-                let next = match overflow.pop_front() {
-                    Some(m) => Ok(m),
-                    None => self.rx.try_recv(),
-                };
-                match next {
-                    Ok(Msg::Close) => {
-                        closed = true;
-                        break;
-                    }
-                    Ok(m) => self.take(m, &mut w.p),
-                    Err(mpsc::error::TryRecvError::Empty) => break,
-                    Err(mpsc::error::TryRecvError::Disconnected) => {
-                        closed = true;
-                        break;
-                    }
+            let closed = self.drain_queued(&mut w.p, &mut overflow);
+            if let Some(d) = &w.down {
+                if closed || Instant::now() >= d.retry_at {
+                    self.retry(&mut w);
                 }
-            }
-            match &w.down {
-                Some(d) => {
-                    if closed || Instant::now() >= d.retry_at {
-                        self.retry(&mut w);
-                    }
-                    // Senders waiting behind a full pending commit while the disk refuses
-                    // writes are told now (nothing of theirs is written), not left hanging.
-                    if let Some(d) = &w.down {
-                        let trouble = d.trouble;
-                        overflow.retain_mut(|m| match m {
-                            Msg::Batch(b, _) if b.ack.is_some() => {
-                                let ack = b.ack.take().expect("checked");
-                                let _ = ack.send(Err(Error::Unwritable { stream: self.stream.clone(), trouble }));
-                                false
-                            }
-                            _ => true,
-                        });
-                    }
-                }
-                None => {
-                    let waited_out = w.p.since.is_some_and(|s| s.elapsed() >= self.cfg.commit_interval);
-                    let someone_waits = w.p.parts.iter().any(|x| x.ack.is_some()) || !w.p.flushes.is_empty();
-                    let queue_empty = self.rx.is_empty();
-                    if !w.p.is_empty()
-                        && (closed
-                            || w.p.raw.len() >= self.cfg.commit_bytes
-                            || waited_out
-                            || (someone_waits && queue_empty))
-                    {
-                        self.commit(&mut w);
-                        if w.down.is_none() {
-                            dirty = !matches!(self.cfg.fsync, FsyncPolicy::Always);
-                            if !self.closing.is_empty() {
-                                self.close_segments();
-                            }
-                        }
-                    }
-                }
+                self.refuse_overflow(&w, &mut overflow);
+            } else {
+                self.commit_if_due(&mut w, closed, &mut dirty);
             }
             if closed {
                 break;
             }
-            // Roll an idle segment at the hour so the last hour is sealed on time.
-            if w.p.is_empty() && w.down.is_none() {
-                if let Some(s) = &w.seg {
-                    if s.name.hour_key() < hour_key(self.clock.now_ms()) {
-                        self.seal(w.seg.take());
-                    }
-                }
-            }
-            if let FsyncPolicy::Interval(iv) = self.cfg.fsync {
-                if dirty && last_sync.elapsed() >= iv {
-                    if let Some(s) = &mut w.seg {
-                        if let Err(e) = s.sync() {
-                            self.fsync_failed(&mut w, e);
-                        }
-                    }
-                    last_sync = Instant::now();
-                    dirty = false;
-                }
-            }
+            self.roll_idle_segment(&mut w);
+            self.sync_on_interval(&mut w, &mut dirty, &mut last_sync);
             if self.cfg.retention.on_full == OnFull::DropOldest && last_space_check.elapsed() >= SPACE_CHECK {
                 last_space_check = Instant::now();
                 self.check_space();
@@ -352,26 +266,162 @@ impl Writer {
             if wait.is_zero() {
                 continue;
             }
-            match handle.block_on(async { tokio::time::timeout(wait, self.rx.recv()).await }) {
-                Ok(Some(Msg::Close)) | Ok(None) => {
-                    if !w.p.is_empty() {
-                        if w.down.is_some() {
-                            self.retry(&mut w);
-                        } else {
-                            self.commit(&mut w);
-                        }
-                    }
-                    break;
-                }
-                // Down with a full commit pending: later batches wait in order
-                // (bounded: the stream refuses new ones while down), while
-                // Flush and Close are still heard.
-                Ok(Some(m @ Msg::Batch(..))) if w.p.raw.len() >= self.cfg.commit_bytes => overflow.push_back(m),
-                Ok(Some(m)) => self.take(m, &mut w.p),
-                Err(_) => {}
+            if !self.receive(&handle, &mut w, &mut overflow, wait) {
+                break;
             }
         }
-        // Stopping: what could not be written is dropped now, counted.
+        self.stop(&mut w, &mut overflow);
+    }
+
+    /// The encoders and an empty commit; `None` (said) when no compressor can
+    /// be made.
+    fn start(&self) -> Option<Work> {
+        let workers = self.cfg.compress_threads.max(1);
+        let (codec, level) = codec_of(&self.cfg);
+        let encs: Result<Vec<FrameEncoder>, _> = (0..workers).map(|_| FrameEncoder::with(codec, level)).collect();
+        let encs = match encs {
+            Ok(e) => e,
+            Err(e) => {
+                error!(stream = %self.stream, error = %e, "cannot create the compressor; stream writer stops");
+                return None;
+            }
+        };
+        let p = Pending {
+            raw: Vec::with_capacity(self.cfg.commit_bytes + (64 << 10)),
+            records: 0,
+            truncated: 0,
+            first_ms: 0,
+            last_ms: 0,
+            parts: Vec::new(),
+            flushes: Vec::new(),
+            since: None,
+        };
+        let scratch = vec![Vec::new(); encs.len()];
+        Some(Work { encs, scratch, p, frame: Vec::new(), seg: None, down: None })
+    }
+
+    /// Take what is queued, held messages first, without waiting and up to a
+    /// full commit. True when the stream is closing.
+    fn drain_queued(&mut self, p: &mut Pending, overflow: &mut VecDeque<Msg>) -> bool {
+        while p.raw.len() < self.cfg.commit_bytes {
+            let next = match overflow.pop_front() {
+                Some(m) => Ok(m),
+                None => self.rx.try_recv(),
+            };
+            match next {
+                Ok(Msg::Close) => return true,
+                Ok(m) => self.take(m, p),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => return true,
+            }
+        }
+        false
+    }
+
+    /// Senders waiting behind a full pending commit while the disk refuses
+    /// writes are told now (nothing of theirs is written), not left hanging.
+    fn refuse_overflow(&self, w: &Work, overflow: &mut VecDeque<Msg>) {
+        if let Some(d) = &w.down {
+            let trouble = d.trouble;
+            overflow.retain_mut(|m| match m {
+                Msg::Batch(b, _) if b.ack.is_some() => {
+                    let ack = b.ack.take().expect("checked");
+                    let _ = ack.send(Err(Error::Unwritable { stream: self.stream.clone(), trouble }));
+                    false
+                }
+                _ => true,
+            });
+        }
+    }
+
+    /// Commit when it is time: closing, a full commit, the interval passed
+    /// since the first pending record, or someone waits and nothing more is
+    /// queued (see the module docs).
+    fn commit_if_due(&mut self, w: &mut Work, closed: bool, dirty: &mut bool) {
+        let waited_out = w.p.since.is_some_and(|s| s.elapsed() >= self.cfg.commit_interval);
+        let someone_waits = w.p.parts.iter().any(|x| x.ack.is_some()) || !w.p.flushes.is_empty();
+        let queue_empty = self.rx.is_empty();
+        if !w.p.is_empty()
+            && (closed || w.p.raw.len() >= self.cfg.commit_bytes || waited_out || (someone_waits && queue_empty))
+        {
+            self.commit(w);
+            if w.down.is_none() {
+                *dirty = !matches!(self.cfg.fsync, FsyncPolicy::Always);
+                if !self.closing.is_empty() {
+                    self.close_segments();
+                }
+            }
+        }
+    }
+
+    /// Roll an idle segment at the hour so the last hour is sealed on time.
+    fn roll_idle_segment(&mut self, w: &mut Work) {
+        if w.p.is_empty() && w.down.is_none() {
+            if let Some(s) = &w.seg {
+                if s.name.hour_key() < hour_key(self.clock.now_ms()) {
+                    self.seal(w.seg.take());
+                }
+            }
+        }
+    }
+
+    /// `fsync = "interval"`: sync what was written since the last one.
+    fn sync_on_interval(&mut self, w: &mut Work, dirty: &mut bool, last_sync: &mut Instant) {
+        if let FsyncPolicy::Interval(iv) = self.cfg.fsync {
+            if *dirty && last_sync.elapsed() >= iv {
+                if let Some(s) = &mut w.seg {
+                    if let Err(e) = s.sync() {
+                        self.fsync_failed(w, e);
+                    }
+                }
+                *last_sync = Instant::now();
+                *dirty = false;
+            }
+        }
+    }
+
+    /// Wait up to `wait` for one message. False when the stream is closing,
+    /// once what is pending was committed (or retried, the disk down).
+    fn receive(&mut self, handle: &Handle, w: &mut Work, overflow: &mut VecDeque<Msg>, wait: Duration) -> bool {
+        match handle.block_on(async { tokio::time::timeout(wait, self.rx.recv()).await }) {
+            Ok(Some(Msg::Close)) | Ok(None) => {
+                if !w.p.is_empty() {
+                    if w.down.is_some() {
+                        self.retry(w);
+                    } else {
+                        self.commit(w);
+                    }
+                }
+                return false;
+            }
+            // Down with a full commit pending: later batches wait in order
+            // (bounded: the stream refuses new ones while down), while
+            // Flush and Close are still heard.
+            Ok(Some(m @ Msg::Batch(..))) if w.p.raw.len() >= self.cfg.commit_bytes => overflow.push_back(m),
+            Ok(Some(m)) => self.take(m, &mut w.p),
+            Err(_) => {}
+        }
+        true
+    }
+
+    /// After the loop: everyone answered or counted, the segment synced and
+    /// sealed, the queue budget closed.
+    fn stop(&mut self, w: &mut Work, overflow: &mut VecDeque<Msg>) {
+        self.drop_unwritten(w);
+        self.answer_queued(w, overflow);
+        if let Some(s) = &mut w.seg {
+            if let Err(e) = s.sync() {
+                self.fsync_failed(w, e);
+            }
+        }
+        self.seal(w.seg.take());
+        self.budget.close();
+        info!(stream = %self.stream, "stream writer stopped");
+    }
+
+    /// Stopping: what could not be written is dropped now, counted; waiting
+    /// senders are told the store closed, flushes are answered.
+    fn drop_unwritten(&mut self, w: &mut Work) {
         if w.p.records > 0 {
             let reason = match w.down.as_ref().map(|d| d.trouble) {
                 Some(Trouble::DiskFull) => DropReason::DiskFull,
@@ -389,8 +439,11 @@ impl Writer {
         for f in w.p.flushes.drain(..) {
             let _ = f.send(());
         }
-        // What is still queued at the stop (sent after Close, or held while
-        // the disk refused writes) is answered or counted, never lost silently.
+    }
+
+    /// What is still queued at the stop (sent after Close, or held while
+    /// the disk refused writes) is answered or counted, never lost silently.
+    fn answer_queued(&mut self, w: &Work, overflow: &mut VecDeque<Msg>) {
         let reason = if w.down.as_ref().is_some_and(|d| d.trouble == Trouble::DiskFull) {
             DropReason::DiskFull
         } else {
@@ -410,14 +463,6 @@ impl Writer {
                 Msg::Close => {}
             }
         }
-        if let Some(s) = &mut w.seg {
-            if let Err(e) = s.sync() {
-                self.fsync_failed(&mut w, e);
-            }
-        }
-        self.seal(w.seg.take());
-        self.budget.close();
-        info!(stream = %self.stream, "stream writer stopped");
     }
 
     fn take(&self, m: Msg, p: &mut Pending) {
@@ -533,7 +578,22 @@ impl Writer {
     }
 
     fn write_frame(&mut self, w: &mut Work) -> Result<(), Fault> {
-        let Work { encs, scratch, p, frame, seg, .. } = w;
+        let frames = self.encode(w)?;
+        let Work { p, frame, seg, .. } = w;
+        let now = self.clock.now_ms();
+        if self.rotation_due(seg.as_ref(), frame.len(), now) {
+            self.seal(seg.take());
+        }
+        if seg.is_none() {
+            self.open_segment(seg, now)?;
+        }
+        self.append(seg, frame, frames, p.records)
+    }
+
+    /// Compress what is pending into `w.frame`: one frame, or one per piece
+    /// compressed at once when the commit is large. Returns the frame count.
+    fn encode(&self, w: &mut Work) -> Result<u64, Fault> {
+        let Work { encs, scratch, p, frame, .. } = w;
         let pieces = pieces(&p.parts, p.raw.len(), encs.len());
         let mut seq = self.next_record_seq;
         let metas: Vec<FrameMeta<'_>> = pieces
@@ -577,13 +637,17 @@ impl Writer {
                 frame.extend_from_slice(out);
             }
         }
-        let frames = pieces.len() as u64;
-        let now = self.clock.now_ms();
-        let rotate = match seg.as_ref() {
+        Ok(pieces.len() as u64)
+    }
+
+    /// Whether the open segment is sealed before a frame of `frame_len`
+    /// bytes: a new hour, no room left, or an uplink behind on it.
+    fn rotation_due(&self, seg: Option<&OpenSegment>, frame_len: usize, now: i64) -> bool {
+        match seg {
             // Only forward in time: a clock set back never reopens an earlier hour.
             Some(s) => {
                 s.name.hour_key() < hour_key(now)
-                    || (s.len > 0 && s.len + frame.len() as u64 > self.cfg.segment_max_bytes)
+                    || (s.len > 0 && s.len + frame_len as u64 > self.cfg.segment_max_bytes)
                     || (s.len > 0 && self.changes.take_rotation(&self.stream) && {
                         info!(stream = %self.stream, path = %s.path.display(),
                             "segment sealed early: an uplink is behind on it, fresh records go to a new one");
@@ -591,31 +655,34 @@ impl Writer {
                     })
             }
             None => false,
-        };
-        if rotate {
-            self.seal(seg.take());
         }
-        if seg.is_none() {
-            let name = SegmentName::not_before(
-                &self.site,
-                &self.stream,
-                &self.node,
-                self.next_segment_seq,
-                now,
-                self.last_name.as_ref(),
-            )
-            .with_codec(codec_of(&self.cfg).0);
-            // The sequence number is used up even if the create fails: names never repeat.
-            self.next_segment_seq += 1;
-            let s =
-                OpenSegment::create(&self.fs, &self.archive_dir, name, self.next_record_seq).map_err(Fault::Create)?;
-            self.last_name = Some(s.name.clone());
-            self.metrics.store.segments_open.with_label_values(&[&self.stream]).set(1);
-            *seg = Some(s);
-            self.changes.layout_changed(None);
-        }
+    }
+
+    fn open_segment(&mut self, seg: &mut Option<OpenSegment>, now: i64) -> Result<(), Fault> {
+        let name = SegmentName::not_before(
+            &self.site,
+            &self.stream,
+            &self.node,
+            self.next_segment_seq,
+            now,
+            self.last_name.as_ref(),
+        )
+        .with_codec(codec_of(&self.cfg).0);
+        // The sequence number is used up even if the create fails: names never repeat.
+        self.next_segment_seq += 1;
+        let s = OpenSegment::create(&self.fs, &self.archive_dir, name, self.next_record_seq).map_err(Fault::Create)?;
+        self.last_name = Some(s.name.clone());
+        self.metrics.store.segments_open.with_label_values(&[&self.stream]).set(1);
+        *seg = Some(s);
+        self.changes.layout_changed(None);
+        Ok(())
+    }
+
+    /// Append the frame(s) to the open segment, then fsync when the policy
+    /// is `always`; a segment the disk failed is abandoned (see [`Fault`]).
+    fn append(&mut self, seg: &mut Option<OpenSegment>, frame: &[u8], frames: u64, records: u32) -> Result<(), Fault> {
         let s = seg.as_mut().expect("opened above");
-        match s.append_frames(frame, frames, u64::from(p.records)) {
+        match s.append_frames(frame, frames, u64::from(records)) {
             Ok(()) => {}
             Err(AppendError::Cut(e)) => {
                 // A segment whose first frame failed is empty: remove it rather

@@ -10,30 +10,7 @@ use super::Ctx;
 pub(super) fn validate_files(cx: &mut Ctx<'_>, i: usize, l: &RawListener) -> Option<FileConfig> {
     let k = |f: &str| format!("listener[{i}].{f}");
     let before = cx.problems.len();
-    let paths = match &l.paths {
-        Some(p) if !p.get_ref().is_empty() => {
-            for pat in p.get_ref() {
-                if !pat.starts_with('/') {
-                    cx.at(
-                        &k("paths"),
-                        p,
-                        format!("{pat:?} must be an absolute path (a glob such as \"/var/log/app/*.log\")"),
-                    );
-                } else if let Err(e) = glob::Pattern::new(pat) {
-                    cx.at(&k("paths"), p, format!("{pat:?} is not a glob pattern: {e}"));
-                }
-            }
-            p.get_ref().clone()
-        }
-        Some(p) => {
-            cx.at(&k("paths"), p, "needs at least one glob pattern");
-            Vec::new()
-        }
-        None => {
-            cx.at(&k("kind"), &l.kind, "a file listener needs paths = [\"/var/log/app/*.log\", ...]");
-            Vec::new()
-        }
-    };
+    let paths = paths(cx, i, l);
     let exclude = match &l.exclude {
         Some(p) => {
             for pat in p.get_ref() {
@@ -64,39 +41,10 @@ pub(super) fn validate_files(cx: &mut Ctx<'_>, i: usize, l: &RawListener) -> Opt
         }
         m.get_ref().clone()
     });
-    let mut duration = |key: &str,
-                        v: &Option<toml::Spanned<super::HumanDuration>>,
-                        min: Duration,
-                        max: Duration,
-                        default: Duration| match v {
-        Some(d) if !(min..=max).contains(&d.get_ref().0) => {
-            cx.at(&k(key), d, format!("must be between {min:?} and {max:?}"));
-            default
-        }
-        Some(d) => d.get_ref().0,
-        None => default,
-    };
-    let partial_timeout = duration(
-        "partial_timeout",
-        &l.partial_timeout,
-        Duration::from_millis(10),
-        Duration::from_secs(3600),
-        Duration::from_secs(5),
-    );
-    let poll_interval = duration(
-        "poll_interval",
-        &l.poll_interval,
-        Duration::from_millis(100),
-        Duration::from_secs(3600),
-        Duration::from_secs(5),
-    );
-    let rotate_wait = duration(
-        "rotate_wait",
-        &l.rotate_wait,
-        Duration::from_millis(100),
-        Duration::from_secs(86_400),
-        Duration::from_secs(10),
-    );
+    let (ms, s) = (Duration::from_millis, Duration::from_secs);
+    let partial_timeout = duration(cx, i, "partial_timeout", &l.partial_timeout, ms(10), s(3600), s(5));
+    let poll_interval = duration(cx, i, "poll_interval", &l.poll_interval, ms(100), s(3600), s(5));
+    let rotate_wait = duration(cx, i, "rotate_wait", &l.rotate_wait, ms(100), s(86_400), s(10));
     let max_open_files = match &l.max_open_files {
         Some(v) if !(2..=1_000_000).contains(v.get_ref()) => {
             cx.at(&k("max_open_files"), v, "must be between 2 and 1000000");
@@ -105,16 +53,7 @@ pub(super) fn validate_files(cx: &mut Ctx<'_>, i: usize, l: &RawListener) -> Opt
         Some(v) => *v.get_ref() as usize,
         None => 1024,
     };
-    let host = match &l.host {
-        Some(h) => {
-            let s = h.get_ref();
-            if s.is_empty() || s.len() > 255 || !s.bytes().all(|b| b.is_ascii_graphic()) {
-                cx.at(&k("host"), h, "must be 1-255 printable ASCII characters without spaces (RFC 5424 HOSTNAME)");
-            }
-            s.clone()
-        }
-        None => this_host(),
-    };
+    let host = host(cx, i, l);
     if cx.problems.len() > before {
         return None;
     }
@@ -130,6 +69,74 @@ pub(super) fn validate_files(cx: &mut Ctx<'_>, i: usize, l: &RawListener) -> Opt
         rotate_wait,
         host,
     })
+}
+
+/// The globs to read: absolute, so that they do not depend on where ferry
+/// was started.
+fn paths(cx: &mut Ctx<'_>, i: usize, l: &RawListener) -> Vec<String> {
+    let k = |f: &str| format!("listener[{i}].{f}");
+    match &l.paths {
+        Some(p) if !p.get_ref().is_empty() => {
+            for pat in p.get_ref() {
+                if !pat.starts_with('/') {
+                    cx.at(
+                        &k("paths"),
+                        p,
+                        format!("{pat:?} must be an absolute path (a glob such as \"/var/log/app/*.log\")"),
+                    );
+                } else if let Err(e) = glob::Pattern::new(pat) {
+                    cx.at(&k("paths"), p, format!("{pat:?} is not a glob pattern: {e}"));
+                }
+            }
+            p.get_ref().clone()
+        }
+        Some(p) => {
+            cx.at(&k("paths"), p, "needs at least one glob pattern");
+            Vec::new()
+        }
+        None => {
+            cx.at(&k("kind"), &l.kind, "a file listener needs paths = [\"/var/log/app/*.log\", ...]");
+            Vec::new()
+        }
+    }
+}
+
+/// A duration key within `min..=max`; out of it, the default is kept.
+fn duration(
+    cx: &mut Ctx<'_>,
+    i: usize,
+    key: &str,
+    v: &Option<toml::Spanned<super::HumanDuration>>,
+    min: Duration,
+    max: Duration,
+    default: Duration,
+) -> Duration {
+    match v {
+        Some(d) if !(min..=max).contains(&d.get_ref().0) => {
+            cx.at(&format!("listener[{i}].{key}"), d, format!("must be between {min:?} and {max:?}"));
+            default
+        }
+        Some(d) => d.get_ref().0,
+        None => default,
+    }
+}
+
+/// The HOSTNAME of the records read: this machine's unless the file says.
+fn host(cx: &mut Ctx<'_>, i: usize, l: &RawListener) -> String {
+    match &l.host {
+        Some(h) => {
+            let s = h.get_ref();
+            if s.is_empty() || s.len() > 255 || !s.bytes().all(|b| b.is_ascii_graphic()) {
+                cx.at(
+                    &format!("listener[{i}].host"),
+                    h,
+                    "must be 1-255 printable ASCII characters without spaces (RFC 5424 HOSTNAME)",
+                );
+            }
+            s.clone()
+        }
+        None => this_host(),
+    }
 }
 
 /// The file keys on a socket listener are a mistake worth naming.

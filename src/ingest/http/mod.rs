@@ -39,7 +39,7 @@ use crate::config::Trust;
 use crate::shutdown::Shutdown;
 use crate::store::clock::{Clock, SystemClock};
 use crate::store::escape::escape_into;
-use crate::store::{Batch, Error as StoreError, Store};
+use crate::store::{Batch, Committed, Error as StoreError, Store};
 
 struct HttpCtx {
     listener: Arc<ListenerCtx>,
@@ -180,21 +180,16 @@ async fn ingest(
     body: Bytes,
 ) -> Response {
     let l = &ctx.listener;
-    let stream = if l.cfg.trust == Trust::Untrusted {
-        if stream != l.cfg.stream {
-            return refuse(
-                &ctx,
-                peer,
-                StatusCode::FORBIDDEN,
-                "forbidden_stream",
-                0,
-                format!("this listener only accepts stream {:?}", l.cfg.stream),
-            );
-        }
-        stream
-    } else {
-        stream
-    };
+    if l.cfg.trust == Trust::Untrusted && stream != l.cfg.stream {
+        return refuse(
+            &ctx,
+            peer,
+            StatusCode::FORBIDDEN,
+            "forbidden_stream",
+            0,
+            format!("this listener only accepts stream {:?}", l.cfg.stream),
+        );
+    }
     let Some(handle) = ctx.store.stream(&stream) else {
         return refuse(&ctx, peer, StatusCode::NOT_FOUND, "unknown_stream", 0, format!("no stream {stream:?}"));
     };
@@ -222,23 +217,68 @@ async fn ingest(
         return (StatusCode::OK, "{\"accepted\":0}\n").into_response();
     }
     if let Err(wait) = l.limits.take_all(peer.ip(), records, bytes, Instant::now()) {
-        let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
-        let mut r = refuse(
+        return rate_limited(&ctx, peer, records, wait);
+    }
+    let (batch, rx) = batch_of(l, &lines, records, bytes);
+    if let Err((e, _)) = handle.submit(batch).await {
+        return submit_refused(&ctx, peer, records, e);
+    }
+    l.metrics.ingest.received_records.with_label_values(&[&l.name]).inc_by(records);
+    l.metrics.ingest.received_bytes.with_label_values(&[&l.name]).inc_by(bytes);
+    match rx.await {
+        Ok(Ok(_)) => {
+            (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], format!("{{\"accepted\":{records}}}\n"))
+                .into_response()
+        }
+        Ok(Err(e)) => {
+            let reason = if e.is_disk_full() { "disk_full" } else { "store_error" };
+            unavailable(
+                &ctx,
+                peer,
+                records,
+                &e,
+                reason,
+                format!("commit failed: {e}; nothing of this request was written, retry"),
+            )
+        }
+        Err(_) => unavailable(
             &ctx,
             peer,
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
             records,
-            format!("source {} is over its rate limit; retry in {secs}s", peer.ip()),
-        );
-        r.headers_mut().insert(header::RETRY_AFTER, secs.into());
-        return r;
+            &StoreError::Closed,
+            "store_unavailable",
+            "the store stopped before committing; retry".into(),
+        ),
     }
+}
 
+/// 429 with the seconds until the source's buckets hold the request.
+fn rate_limited(ctx: &HttpCtx, peer: SocketAddr, records: u64, wait: std::time::Duration) -> Response {
+    let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+    let mut r = refuse(
+        ctx,
+        peer,
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        records,
+        format!("source {} is over its rate limit; retry in {secs}s", peer.ip()),
+    );
+    r.headers_mut().insert(header::RETRY_AFTER, secs.into());
+    r
+}
+
+/// The request's lines as one batch (each cut to `max_record_bytes`,
+/// counted), with the receiver of its commit's answer.
+fn batch_of(
+    l: &ListenerCtx,
+    lines: &[&[u8]],
+    records: u64,
+    bytes: u64,
+) -> (Batch, oneshot::Receiver<Result<Committed, StoreError>>) {
     let max = l.cfg.max_record_bytes;
     let mut data = Vec::with_capacity(bytes as usize + lines.len() * 2);
     let mut truncated = 0u32;
-    for line in &lines {
+    for line in lines {
         let keep = line.len().min(max);
         let _ = escape_into(&line[..keep], &mut data);
         data.push(b'\n');
@@ -260,45 +300,39 @@ async fn ingest(
         last_ms: now,
         ack: Some(tx),
     };
-    let unavailable = |ctx: &HttpCtx, e: &StoreError, reason: &'static str, msg: String| {
-        // 507 says "retry later, the disk is full" to a client that reads codes;
-        // both carry Retry-After.
-        let status = if e.is_disk_full() { StatusCode::INSUFFICIENT_STORAGE } else { StatusCode::SERVICE_UNAVAILABLE };
-        let mut r = refuse(ctx, peer, status, reason, records, msg);
-        r.headers_mut().insert(header::RETRY_AFTER, 1u64.into());
-        r
-    };
-    match handle.submit(batch).await {
-        Ok(()) => {}
-        Err((e @ StoreError::Full, _)) => {
-            return unavailable(
-                &ctx,
-                &e,
-                "store_full",
-                "the archive is full (on_full = reject); nothing was written".into(),
-            )
-        }
-        Err((e, _)) if e.is_disk_full() => {
-            return unavailable(&ctx, &e, "disk_full", format!("{e}; nothing was written, retry later"))
-        }
-        Err((e, _)) => return unavailable(&ctx, &e, "store_unavailable", format!("the store refused the batch: {e}")),
-    }
-    l.metrics.ingest.received_records.with_label_values(&[&l.name]).inc_by(records);
-    l.metrics.ingest.received_bytes.with_label_values(&[&l.name]).inc_by(bytes);
-    match rx.await {
-        Ok(Ok(_)) => {
-            (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], format!("{{\"accepted\":{records}}}\n"))
-                .into_response()
-        }
-        Ok(Err(e)) => {
-            let reason = if e.is_disk_full() { "disk_full" } else { "store_error" };
-            unavailable(&ctx, &e, reason, format!("commit failed: {e}; nothing of this request was written, retry"))
-        }
-        Err(_) => unavailable(
-            &ctx,
-            &StoreError::Closed,
-            "store_unavailable",
-            "the store stopped before committing; retry".into(),
+    (batch, rx)
+}
+
+/// The store did not take the batch: nothing of the request was written.
+fn submit_refused(ctx: &HttpCtx, peer: SocketAddr, records: u64, e: StoreError) -> Response {
+    match e {
+        StoreError::Full => unavailable(
+            ctx,
+            peer,
+            records,
+            &e,
+            "store_full",
+            "the archive is full (on_full = reject); nothing was written".into(),
         ),
+        e if e.is_disk_full() => {
+            unavailable(ctx, peer, records, &e, "disk_full", format!("{e}; nothing was written, retry later"))
+        }
+        e => unavailable(ctx, peer, records, &e, "store_unavailable", format!("the store refused the batch: {e}")),
     }
+}
+
+/// 507 says "retry later, the disk is full" to a client that reads codes;
+/// both it and 503 carry Retry-After.
+fn unavailable(
+    ctx: &HttpCtx,
+    peer: SocketAddr,
+    records: u64,
+    e: &StoreError,
+    reason: &'static str,
+    msg: String,
+) -> Response {
+    let status = if e.is_disk_full() { StatusCode::INSUFFICIENT_STORAGE } else { StatusCode::SERVICE_UNAVAILABLE };
+    let mut r = refuse(ctx, peer, status, reason, records, msg);
+    r.headers_mut().insert(header::RETRY_AFTER, 1u64.into());
+    r
 }

@@ -14,7 +14,7 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
-use super::framing::{Decoder, Next};
+use super::framing::{Decoder, FramingError, Next};
 use crate::config::MAX_RECORD_BYTES_CEILING;
 use crate::ingest::batcher::Batcher;
 use crate::ingest::net::accept::{accept_error, accept_tcp, admit, Admission};
@@ -117,24 +117,8 @@ pub(crate) async fn connection_with<S: ReadReady>(
             let before = buf.len();
             match read_now(&mut sock, &mut buf) {
                 None => break,
-                Some(Err(e)) => {
-                    warn!(listener = %ctx.name, %peer, error = %e, "read error; closing connection");
-                    if dec.mid_record(&buf) {
-                        m.drop_records(&ctx.name, DropReason::IncompleteFrame, 1);
-                    }
-                    break 'conn Close::ReadError;
-                }
-                Some(Ok(0)) => {
-                    if let Some((rec, truncated)) = dec.finish(&buf) {
-                        if ctx.admit_record(source, rec.len()) {
-                            batcher.push(rec, truncated, SystemClock.now_ms());
-                        }
-                    } else if dec.mid_record(&buf) {
-                        m.drop_records(&ctx.name, DropReason::IncompleteFrame, 1);
-                        warn!(listener = %ctx.name, %peer, incomplete_bytes = buf.len(), "connection closed mid-frame; partial frame dropped (counted)");
-                    }
-                    break 'conn Close::Eof;
-                }
+                Some(Err(e)) => break 'conn read_failed(&ctx, &peer, &dec, &buf, e),
+                Some(Ok(0)) => break 'conn at_eof(&ctx, &peer, source, &mut dec, &buf, &mut batcher),
                 Some(Ok(n)) => {
                     if buf.len() == buf.capacity() {
                         chunk = READ_CHUNK;
@@ -144,25 +128,7 @@ pub(crate) async fn connection_with<S: ReadReady>(
                     batcher.expect(before + n);
                 }
             }
-            let now = SystemClock.now_ms();
-            let mut pos = 0;
-            let mut fatal = None;
-            loop {
-                match dec.next(&buf[pos..]) {
-                    Next::Incomplete => break,
-                    Next::Skip { consumed } => pos += consumed,
-                    Next::Record { start, len, consumed, truncated } => {
-                        if ctx.admit_record(source, len) {
-                            batcher.push(&buf[pos + start..pos + start + len], truncated, now);
-                        }
-                        pos += consumed;
-                    }
-                    Next::Error(e) => {
-                        fatal = Some(e);
-                        break;
-                    }
-                }
-            }
+            let (pos, fatal) = take_records(&ctx, source, &mut dec, &buf, &mut batcher);
             buf.advance(pos);
             batcher.flush().await;
             if let Some(e) = fatal {
@@ -183,23 +149,8 @@ pub(crate) async fn connection_with<S: ReadReady>(
             r = tokio::time::timeout(idle, readable(&mut sock)) => r,
         };
         match ready {
-            Err(_) => {
-                let pending = dec.mid_record(&buf);
-                m.ingest.framing_errors.with_label_values(&[&ctx.name, "idle_timeout"]).inc();
-                if pending {
-                    m.drop_records(&ctx.name, DropReason::IncompleteFrame, 1);
-                }
-                warn!(listener = %ctx.name, %peer, idle_timeout = ?idle, incomplete_bytes = buf.len(),
-                    "idle timeout: closing connection{}", if pending { " with an incomplete frame (dropped, counted)" } else { "" });
-                break Close::IdleTimeout;
-            }
-            Ok(Err(e)) => {
-                warn!(listener = %ctx.name, %peer, error = %e, "read error; closing connection");
-                if dec.mid_record(&buf) {
-                    m.drop_records(&ctx.name, DropReason::IncompleteFrame, 1);
-                }
-                break Close::ReadError;
-            }
+            Err(_) => break idle_timeout(&ctx, &peer, &dec, &buf, idle),
+            Ok(Err(e)) => break read_failed(&ctx, &peer, &dec, &buf, e),
             Ok(Ok(())) => {}
         }
     };
@@ -211,4 +162,73 @@ pub(crate) async fn connection_with<S: ReadReady>(
     } else {
         info!(listener = %ctx.name, %peer, reason, "connection closed");
     }
+}
+
+/// The records whole in `buf`, admitted ones into the batch. Returns the
+/// bytes used and the framing error that stopped the walk, if one did.
+fn take_records(
+    ctx: &ListenerCtx,
+    source: Option<std::net::IpAddr>,
+    dec: &mut Decoder,
+    buf: &[u8],
+    batcher: &mut Batcher,
+) -> (usize, Option<FramingError>) {
+    let now = SystemClock.now_ms();
+    let mut pos = 0;
+    loop {
+        match dec.next(&buf[pos..]) {
+            Next::Incomplete => return (pos, None),
+            Next::Skip { consumed } => pos += consumed,
+            Next::Record { start, len, consumed, truncated } => {
+                if ctx.admit_record(source, len) {
+                    batcher.push(&buf[pos + start..pos + start + len], truncated, now);
+                }
+                pos += consumed;
+            }
+            Next::Error(e) => return (pos, Some(e)),
+        }
+    }
+}
+
+/// The peer closed: a last record without its trailer is taken, a cut
+/// frame is dropped and counted.
+fn at_eof(
+    ctx: &ListenerCtx,
+    peer: &str,
+    source: Option<std::net::IpAddr>,
+    dec: &mut Decoder,
+    buf: &[u8],
+    batcher: &mut Batcher,
+) -> Close {
+    if let Some((rec, truncated)) = dec.finish(buf) {
+        if ctx.admit_record(source, rec.len()) {
+            batcher.push(rec, truncated, SystemClock.now_ms());
+        }
+    } else if dec.mid_record(buf) {
+        ctx.metrics.drop_records(&ctx.name, DropReason::IncompleteFrame, 1);
+        warn!(listener = %ctx.name, %peer, incomplete_bytes = buf.len(), "connection closed mid-frame; partial frame dropped (counted)");
+    }
+    Close::Eof
+}
+
+/// A read failed: a frame cut by it is dropped and counted.
+fn read_failed(ctx: &ListenerCtx, peer: &str, dec: &Decoder, buf: &[u8], e: std::io::Error) -> Close {
+    warn!(listener = %ctx.name, %peer, error = %e, "read error; closing connection");
+    if dec.mid_record(buf) {
+        ctx.metrics.drop_records(&ctx.name, DropReason::IncompleteFrame, 1);
+    }
+    Close::ReadError
+}
+
+/// Nothing came for `idle`: counted as a framing error, with a cut frame
+/// dropped and counted.
+fn idle_timeout(ctx: &ListenerCtx, peer: &str, dec: &Decoder, buf: &[u8], idle: std::time::Duration) -> Close {
+    let pending = dec.mid_record(buf);
+    ctx.metrics.ingest.framing_errors.with_label_values(&[&ctx.name, "idle_timeout"]).inc();
+    if pending {
+        ctx.metrics.drop_records(&ctx.name, DropReason::IncompleteFrame, 1);
+    }
+    warn!(listener = %ctx.name, %peer, idle_timeout = ?idle, incomplete_bytes = buf.len(),
+        "idle timeout: closing connection{}", if pending { " with an incomplete frame (dropped, counted)" } else { "" });
+    Close::IdleTimeout
 }
