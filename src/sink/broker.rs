@@ -25,7 +25,7 @@ pub enum Op {
     Produce,
     /// Kafka: the first metadata answer, which proves the brokers reachable.
     Metadata,
-    /// Closing the connection or flushing the producer at a stop.
+    /// Closing the connection at a stop (a label no call of this build reports yet).
     Close,
 }
 

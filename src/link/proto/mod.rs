@@ -82,7 +82,7 @@ pub enum Code {
     MessageTooLarge = 6,
     /// The receiver's disk failed otherwise: nothing was written; retry later.
     Io = 7,
-    /// SEAL's length or SHA-256 differs from what the receiver holds: the mirror is not the origin's copy.
+    /// The mirror is not the origin's copy. Reserved: this build answers such a SEAL with SEALED ok = 0.
     ChecksumMismatch = 8,
     /// A message out of order (a second HELLO, an id never opened, GONE in version 1) or one that does not decode.
     ProtocolViolation = 9,
