@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! ferry: a cross-datacenter log relay and archive appliance.
 //!
 //! One record's path through the crate:

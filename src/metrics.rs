@@ -51,6 +51,7 @@ pub enum DropReason {
 }
 
 impl DropReason {
+    /// The `reason` label of `ferry_dropped_records_total`.
     pub fn as_str(self) -> &'static str {
         match self {
             DropReason::Overload => "overload",
@@ -69,11 +70,17 @@ impl DropReason {
 /// All of ferry's metrics. Cloning is cheap (prometheus handles are `Arc`s).
 #[derive(Clone)]
 pub struct Metrics {
+    /// Every family below; what `/metrics` renders.
     pub registry: Registry,
+    /// Listeners: received, dropped, refused, connections (`ferry_received_*`, `ferry_connections_*`, ...).
     pub ingest: IngestMetrics,
+    /// The archive: commits, segments, recovery, retention, disk faults, audits.
     pub store: StoreMetrics,
+    /// The node: version, start time, readiness, config reloads, certificate expiry.
     pub node: NodeMetrics,
+    /// Uplinks (`ferry_uplink_*`), receivers (`ferry_link_*`) and the mirror.
     pub link: LinkMetrics,
+    /// Deliveries to brokers (`ferry_sink_*`).
     pub sink: SinkMetrics,
     /// `[[bucket]]` uploads (their own area: `ferry_bucket_*`).
     pub bucket: BucketMetrics,
@@ -82,6 +89,8 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Every family registered, `ferry_build_info` set and the checksum-mismatch counters at 0 for both sides (so that
+    /// alerts see them before the first mismatch).
     pub fn new() -> Metrics {
         let registry = Registry::new();
         let r = &registry;
@@ -135,19 +144,38 @@ fn g(r: &Registry, name: &str, help: &str) -> IntGauge {
 /// connections (`ferry_received_*`, `ferry_connections_*`, ...).
 #[derive(Clone)]
 pub struct IngestMetrics {
+    /// `ferry_received_records_total{listener}`: Records received, per listener.
     pub received_records: IntCounterVec,
+    /// `ferry_received_bytes_total{listener}`: Record bytes received, per listener.
     pub received_bytes: IntCounterVec,
+    /// `ferry_dropped_records_total{listener, reason}`: Records that did not reach the archive, per listener and
+    /// reason.
     pub dropped_records: IntCounterVec,
+    /// `ferry_truncated_records_total{listener}`: Records cut to max_record_bytes (kept, flagged in the frame header).
     pub truncated_records: IntCounterVec,
+    /// `ferry_refused_records_total{listener, reason}`: Records refused with an error the sender sees (it keeps them):
+    /// HTTP 4xx/5xx, per reason.
     pub refused_records: IntCounterVec,
+    /// `ferry_socket_dropped_datagrams_total{listener}`: Datagrams the kernel dropped at a UDP listener's socket
+    /// (receive buffer full) before ferry could read them.
     pub socket_dropped_datagrams: IntCounterVec,
+    /// `ferry_flagged_records_total{listener, flag}`: Records kept as received but noteworthy (invalid_utf8, nul_byte).
     pub flagged_records: IntCounterVec,
+    /// `ferry_framing_errors_total{listener, reason}`: Framing errors that closed a connection or discarded bytes.
     pub framing_errors: IntCounterVec,
+    /// `ferry_connections_accepted_total{listener}`: Stream connections accepted.
     pub connections_accepted: IntCounterVec,
+    /// `ferry_connections_active{listener}`: Stream connections open now.
     pub connections_active: IntGaugeVec,
+    /// `ferry_connections_refused_total{listener, reason}`: Stream connections refused, per reason.
     pub connections_refused: IntCounterVec,
+    /// `ferry_connections_closed_total{listener, reason}`: Stream connections closed, per reason.
     pub connections_closed: IntCounterVec,
+    /// `ferry_source_limit_shared_records_total{listener, bucket}`: Records of sources beyond max_sources, charged to a
+    /// shared bucket (bucket: aggregate = the source's /24 or /48, global).
     pub source_limit_shared: IntCounterVec,
+    /// `ferry_source_limit_tracked_sources{listener}`: Sources the per-source limits track one by one (at most
+    /// max_sources; idle ones leave within 2 minutes).
     pub source_limit_tracked: IntGaugeVec,
 }
 
@@ -230,30 +258,64 @@ impl IngestMetrics {
 /// The archive: commits, segments, recovery, retention, disk faults, audits.
 #[derive(Clone)]
 pub struct StoreMetrics {
+    /// `ferry_committed_records_total{stream}`: Records committed (written and, per fsync policy, synced).
     pub committed_records: IntCounterVec,
+    /// `ferry_committed_bytes_total{stream}`: Uncompressed bytes committed (escaped lines with LF).
     pub committed_bytes: IntCounterVec,
+    /// `ferry_written_bytes_total{stream}`: Bytes written to segment files (frames, compressed).
     pub written_bytes: IntCounterVec,
+    /// `ferry_commits_total{stream}`: Commits (frames written).
     pub commits: IntCounterVec,
+    /// `ferry_commit_duration_seconds{stream}`: Time to compress, write and fsync one commit.
     pub commit_seconds: HistogramVec,
+    /// `ferry_commit_errors_total{stream}`: Commits that failed on disk.
     pub commit_errors: IntCounterVec,
+    /// `ferry_segments_open{stream}`: Segments open for writing.
     pub segments_open: IntGaugeVec,
+    /// `ferry_segments_sealed_total{stream}`: Segments sealed (closed, checksum recorded).
     pub segments_sealed: IntCounterVec,
+    /// `ferry_archive_bytes`: Bytes of segment files under archive/ at the last retention scan.
     pub archive_bytes: IntGauge,
+    /// `ferry_archive_segments`: Segment files under archive/ at the last retention scan.
     pub archive_segments: IntGauge,
+    /// `ferry_store_full`: 1 when the store refuses new records (on_full = reject and the archive is full).
     pub store_full: IntGauge,
+    /// `ferry_recovered_segments_total{stream}`: Unsealed segments found at start and recovered.
     pub recovered_segments: IntCounterVec,
+    /// `ferry_recovery_truncated_bytes_total{stream}`: Bytes of torn frames cut from segment tails at start.
     pub recovery_truncated_bytes: IntCounterVec,
+    /// `ferry_recovery_truncated_frames_total{stream}`: Torn frames cut from segment tails at start.
     pub recovery_truncated_frames: IntCounterVec,
+    /// `ferry_recovery_corrupt_segments_total{stream}`: Segments with a damaged frame followed by valid ones (kept, not
+    /// truncated).
     pub recovery_corrupt_segments: IntCounterVec,
+    /// `ferry_retention_deleted_segments_total{reason}`: Segments deleted by retention, per reason.
     pub retention_deleted_segments: IntCounterVec,
+    /// `ferry_retention_deleted_bytes_total{reason}`: Bytes deleted by retention, per reason.
     pub retention_deleted_bytes: IntCounterVec,
+    /// `ferry_fsync_duration_seconds`: Time spent in fsync of segment files.
     pub fsync_seconds: Histogram,
+    /// `ferry_disk_errors_total{stream, op, trouble}`: Failed disk operations of a stream's writer (op: create, write,
+    /// fsync, seal, probe; trouble: disk_full, read_only, io_error).
     pub disk_errors: IntCounterVec,
+    /// `ferry_store_unwritable{stream, reason}`: 1 while a stream refuses records because its disk does (reason:
+    /// disk_full, read_only, io_error).
     pub store_unwritable: IntGaugeVec,
+    /// `ferry_abandoned_segments_total{stream}`: Segments closed early after a disk fault (a failed fsync, or a failed
+    /// write that could not be cut): cut back to their last durable length and sealed there.
     pub abandoned_segments: IntCounterVec,
+    /// `ferry_cut_records_total{stream}`: Acknowledged records cut with a segment's untrusted tail after a failed fsync
+    /// (fsync = interval or never).
     pub cut_records: IntCounterVec,
+    /// `ferry_state_repaired_total{kind}`: Damaged state files found and repaired or worked around (kind: seal,
+    /// delivered).
     pub state_repaired: IntCounterVec,
+    /// `ferry_audit_complete_hour_seconds{site, stream, node}`: End (Unix time) of the newest hour that is complete
+    /// here and closed: every segment sealed, verified, the sequence unbroken, and the origin's next hour continuing
+    /// it.
     pub audit_complete_hour: IntGaugeVec,
+    /// `ferry_audit_gaps{site, stream, node, reason}`: Gaps ferry audit finds in the archive now, per origin and reason
+    /// (segment_missing, records_missing, seal_mismatch, sequence_overlap, deleted_undelivered).
     pub audit_gaps: IntGaugeVec,
 }
 
@@ -399,7 +461,9 @@ impl StoreMetrics {
 /// reloads, certificates.
 #[derive(Clone)]
 pub struct NodeMetrics {
+    /// `ferry_start_time_seconds`: Unix time the node started.
     pub up_since: IntGauge,
+    /// `ferry_build_info{version}`: Build information: always 1, the version is a label.
     pub info: IntGaugeVec,
     /// Reloads by result: applied, unchanged, invalid, refused.
     pub config_reloads: IntCounterVec,
@@ -411,6 +475,7 @@ pub struct NodeMetrics {
     pub config_last_reload_ok: IntGauge,
     /// Each loaded certificate's notAfter (role node or ca).
     pub certificate_expiry: IntGaugeVec,
+    /// `ferry_ready`: 1 when every listener is bound and the store is open.
     pub ready: IntGauge,
 }
 
@@ -452,20 +517,39 @@ impl NodeMetrics {
 /// and the mirror they write.
 #[derive(Clone)]
 pub struct LinkMetrics {
+    /// `ferry_uplink_connected{uplink}`: 1 while the uplink has an established link.
     pub uplink_connected: IntGaugeVec,
+    /// `ferry_uplink_acked_bytes_total{uplink, site, stream}`: Segment bytes the receiver acknowledged (durable there).
     pub uplink_acked_bytes: IntCounterVec,
+    /// `ferry_uplink_lag_bytes{uplink, site, stream}`: Segment bytes on disk not yet acknowledged by the receiver.
     pub uplink_lag_bytes: IntGaugeVec,
+    /// `ferry_uplink_lag_seconds{uplink, site, stream}`: Age of the oldest record not yet acknowledged by the receiver
+    /// (0 when caught up).
     pub uplink_lag_seconds: prometheus::GaugeVec,
+    /// `ferry_uplink_wire_bytes_total{uplink}`: Bytes put on the wire by the uplink (TLS records or QUIC packets).
     pub uplink_wire_bytes: IntCounterVec,
+    /// `ferry_uplink_reconnects_total{uplink}`: Links lost and re-dialled.
     pub uplink_reconnects: IntCounterVec,
+    /// `ferry_uplink_segments_delivered_total{uplink}`: Segments sealed and verified at the receiver.
     pub uplink_segments_delivered: IntCounterVec,
+    /// `ferry_uplink_max_rate_bytes{uplink}`: Configured bandwidth cap in bytes/s (0 = none).
     pub uplink_max_rate: IntGaugeVec,
+    /// `ferry_uplink_errors_total{uplink, reason}`: Uplink failures by reason (connect, refusals by code,
+    /// receiver_ahead).
     pub uplink_errors: IntCounterVec,
+    /// `ferry_uplink_blocked_segments{uplink, reason}`: Segments the receiver cannot write now (reason: no_space,
+    /// read_only, io_error), kept and retried.
     pub uplink_blocked_segments: IntGaugeVec,
+    /// `ferry_link_refused_total{listener, reason}`: Links or requests a receiver refused, by reason.
     pub link_refused: IntCounterVec,
+    /// `ferry_link_sessions_active{listener}`: Uplinks connected to this receiver.
     pub link_sessions_active: IntGaugeVec,
+    /// `ferry_link_received_bytes_total{listener, site}`: Segment bytes written to the mirror, per origin site.
     pub link_received_bytes: IntCounterVec,
+    /// `ferry_link_checksum_mismatches_total{side}`: Sealed segments whose mirror differs from the origin.
     pub link_checksum_mismatches: IntCounterVec,
+    /// `ferry_mirror_errors_total{trouble}`: Mirror appends and seals refused because the mirror's disk failed or the
+    /// archive is full (trouble: disk_full, read_only, io_error, archive_full: over max_bytes with on_full = reject).
     pub mirror_errors: IntCounterVec,
 }
 
@@ -570,16 +654,30 @@ impl LinkMetrics {
 /// Deliveries to brokers (`ferry_sink_*`).
 #[derive(Clone)]
 pub struct SinkMetrics {
+    /// `ferry_sink_connected{sink}`: 1 while the sink has a working broker connection.
     pub sink_connected: IntGaugeVec,
+    /// `ferry_sink_stalled{sink}`: 1 while records wait and the broker has acknowledged nothing for stall_after.
     pub sink_stalled: IntGaugeVec,
+    /// `ferry_sink_missing_topic{sink, topic}`: 1 while a Kafka topic the sink delivers to does not exist.
     pub sink_missing_topic: IntGaugeVec,
+    /// `ferry_sink_records_total{sink, site, stream}`: Records the broker acknowledged (acks=all, publisher confirms).
     pub sink_records: IntCounterVec,
+    /// `ferry_sink_bytes_total{sink, site, stream}`: Record bytes (as sent, unescaped) the broker acknowledged.
     pub sink_bytes: IntCounterVec,
+    /// `ferry_sink_lag_records{sink, site, stream}`: Records on disk the broker has not acknowledged yet.
     pub sink_lag_records: IntGaugeVec,
+    /// `ferry_sink_lag_bytes{sink, site, stream}`: Segment bytes on disk the broker has not acknowledged yet.
     pub sink_lag_bytes: IntGaugeVec,
+    /// `ferry_sink_lag_seconds{sink, site, stream}`: Age of the oldest record the broker has not acknowledged (0 when
+    /// caught up).
     pub sink_lag_seconds: prometheus::GaugeVec,
+    /// `ferry_sink_errors_total{sink, reason}`: Sink failures by reason (connect, transient broker errors, unroutable,
+    /// disk).
     pub sink_errors: IntCounterVec,
+    /// `ferry_sink_dead_letters_total{sink, reason}`: Records the broker refused for good, written to the sink's
+    /// dead-letter file.
     pub sink_dead_letters: IntCounterVec,
+    /// `ferry_sink_segments_delivered_total{sink}`: Segments whose every record the broker acknowledged.
     pub sink_segments_delivered: IntCounterVec,
 }
 
@@ -665,13 +763,24 @@ impl SinkMetrics {
 /// Tailed files, each labelled by listener.
 #[derive(Clone)]
 pub struct FileMetrics {
+    /// `ferry_file_watched{listener}`: Files tailed (matched by the globs, or renamed or deleted and still read).
     pub watched: IntGaugeVec,
+    /// `ferry_file_open{listener}`: Tailed files held open (at most max_open_files).
     pub open: IntGaugeVec,
+    /// `ferry_file_finished_total{listener}`: Renamed or deleted files read to their end and closed.
     pub finished: IntCounterVec,
+    /// `ferry_file_truncations_total{listener}`: Files found shorter than read (copytruncate): read again from their
+    /// start.
     pub truncations: IntCounterVec,
+    /// `ferry_file_quota_skipped_bytes_total{listener}`: Bytes of files over their quota, skipped (their lines are
+    /// dropped records, reason file_quota).
     pub quota_bytes: IntCounterVec,
+    /// `ferry_file_repeated_bytes_total{listener}`: Bytes read again at a start that the commits in flight at the last
+    /// stop may already hold (an upper bound of what is archived twice).
     pub repeated_bytes: IntCounterVec,
+    /// `ferry_file_lag_bytes{listener}`: Bytes written to tailed files and not yet read.
     pub lag_bytes: IntGaugeVec,
+    /// `ferry_file_errors_total{listener, reason}`: Failures opening, reading or checkpointing files, by reason.
     pub errors: IntCounterVec,
 }
 
@@ -719,19 +828,36 @@ impl FileMetrics {
 /// The uploads into object storage, each labelled by bucket (the config name).
 #[derive(Clone)]
 pub struct BucketMetrics {
+    /// `ferry_bucket_segments_total{bucket}`: Segments uploaded and confirmed (length and SHA-256).
     pub segments: IntCounterVec,
+    /// `ferry_bucket_bytes_total{bucket}`: Segment bytes uploaded and confirmed.
     pub bytes: IntCounterVec,
+    /// `ferry_bucket_seals_total{bucket}`: Seal records put beside their segments.
     pub seals: IntCounterVec,
+    /// `ferry_bucket_tombstones_total{bucket}`: Tombstones of segments deleted undelivered put in the bucket.
     pub tombstones: IntCounterVec,
+    /// `ferry_bucket_already_there_total{bucket}`: Segments found in the bucket with the same length and SHA-256
+    /// (another node, or a retry).
     pub already_there: IntCounterVec,
+    /// `ferry_bucket_conflicts_total{bucket}`: Keys found in the bucket with other bytes than the sealed segment (never
+    /// overwritten).
     pub conflicts: IntCounterVec,
+    /// `ferry_bucket_conflicted_segments{bucket}`: Segments held back by a conflict in the bucket now.
     pub conflicted: IntGaugeVec,
+    /// `ferry_bucket_errors_total{bucket, reason}`: Failed bucket operations, by reason.
     pub errors: IntCounterVec,
+    /// `ferry_bucket_requests_total{bucket, op}`: Requests made to the bucket, by operation (retry storms show here).
     pub requests: IntCounterVec,
+    /// `ferry_bucket_aborted_uploads_total{bucket}`: Multipart uploads of this node aborted (failed, or orphaned by a
+    /// crash).
     pub aborted_uploads: IntCounterVec,
+    /// `ferry_bucket_up{bucket}`: 1 while the last request to the bucket succeeded.
     pub up: IntGaugeVec,
+    /// `ferry_bucket_lag_segments{bucket}`: Sealed segments not yet in the bucket.
     pub lag_segments: IntGaugeVec,
+    /// `ferry_bucket_lag_bytes{bucket}`: Bytes of sealed segments not yet in the bucket.
     pub lag_bytes: IntGaugeVec,
+    /// `ferry_bucket_lag_seconds{bucket}`: Age of the oldest sealed segment not yet in the bucket.
     pub lag_seconds: prometheus::GaugeVec,
 }
 

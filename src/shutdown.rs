@@ -22,6 +22,7 @@ pub struct Shutdown {
 }
 
 impl Shutdown {
+    /// A shutdown not yet begun, with no tasks.
     pub fn new() -> Shutdown {
         Shutdown::default()
     }

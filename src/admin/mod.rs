@@ -22,10 +22,13 @@ pub mod status;
 /// What the admin endpoints read.
 #[derive(Clone)]
 pub struct AdminState {
+    /// What `/metrics` renders and `/status` reads.
     pub metrics: Metrics,
     /// Set once every listener is bound and the store is open; cleared on shutdown.
     pub ready: Arc<AtomicBool>,
+    /// This node's site, shown by `/status`.
     pub site: String,
+    /// This node's name, shown by `/status`.
     pub node: String,
     /// For `/readyz`: streams whose disk refuses writes.
     pub store: Arc<crate::store::Store>,

@@ -42,6 +42,7 @@ fn take(m: &Metrics) -> Sample {
     out
 }
 
+/// Samples of the counters over the last ten seconds or so, for the per-second rates `/status` shows.
 #[derive(Default)]
 pub struct Rates {
     samples: Mutex<VecDeque<(Instant, Sample)>>,

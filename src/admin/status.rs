@@ -43,7 +43,9 @@ fn rate(r: Option<f64>, unit_bytes: bool) -> String {
 
 /// What the page shows besides metrics: the archive as it is on disk now.
 pub struct Archive {
+    /// Bytes of segment files under `archive/`.
     pub bytes: u64,
+    /// Segment files under `archive/`.
     pub segments: u64,
 }
 

@@ -46,6 +46,8 @@ pub enum Put {
     Conflict(String),
 }
 
+/// One bucket's S3 client: create-only puts, multipart uploads, and every request counted in
+/// `ferry_bucket_requests_total`.
 pub struct Client {
     s3: Arc<AmazonS3>,
     raw: Raw,
@@ -158,6 +160,7 @@ fn builder(cfg: &BucketConfig) -> Result<(AmazonS3Builder, ClientOptions), Bucke
 }
 
 impl Client {
+    /// A client for `cfg`'s bucket, endpoint and credentials.
     pub fn new(cfg: &BucketConfig, metrics: &Metrics) -> Result<Client, BucketError> {
         let (b, opts) = builder(cfg)?;
         let raw = Raw::new(&b, &opts)?;

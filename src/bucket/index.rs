@@ -29,11 +29,16 @@ pub const BLOCK: u64 = 1 << 20;
 
 const MAGIC: &str = "ferry-index=1";
 
+/// A run of whole frames of about [`BLOCK`] bytes: its byte range and the receive times its frames span.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Block {
+    /// Offset of its first frame.
     pub start: u64,
+    /// Offset after its last frame.
     pub end: u64,
+    /// Earliest receive time of its records, ms since the Unix epoch.
     pub min_ms: i64,
+    /// Latest receive time of its records, ms since the Unix epoch.
     pub max_ms: i64,
 }
 
@@ -68,6 +73,7 @@ pub fn build(path: &Path, len: u64) -> io::Result<Vec<Block>> {
     Ok(out)
 }
 
+/// The index as uploaded: the magic line, then one `start end min_ms max_ms` line per block.
 pub fn to_text(blocks: &[Block]) -> String {
     let mut s = String::with_capacity(16 + blocks.len() * 48);
     s.push_str(MAGIC);
@@ -81,14 +87,32 @@ pub fn to_text(blocks: &[Block]) -> String {
 /// What is wrong with an index text.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IndexError {
+    /// The first line is not the magic: another tool's object, or no index.
     #[error("not a ferry index (first line is not {MAGIC})")]
     NotAnIndex,
+    /// A line (1-based) that is not four numbers.
     #[error("line {0}: not `start end min_ms max_ms`")]
     Line(usize),
+    /// A block that does not start where the one before ended (or at 0).
     #[error("line {line}: block {start}..{end} does not follow at {expect}")]
-    Gap { line: usize, start: u64, end: u64, expect: u64 },
+    Gap {
+        /// The line, 1-based.
+        line: usize,
+        /// The block's start.
+        start: u64,
+        /// The block's end.
+        end: u64,
+        /// Where it should start.
+        expect: u64,
+    },
+    /// The blocks end before the object does.
     #[error("covers {covered} bytes of {len}")]
-    Short { covered: u64, len: u64 },
+    Short {
+        /// Where the last block ends.
+        covered: u64,
+        /// The object's length.
+        len: u64,
+    },
 }
 
 /// The blocks of an index text, checked to cover `0..len` whole.

@@ -36,19 +36,30 @@ use uploads::Uploads;
 /// A bucket operation, the `op` label of `ferry_bucket_requests_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Op {
+    /// A segment put in one request (at most `multipart_above`).
     Put,
+    /// A seal record put beside its segment.
     PutSeal,
+    /// A segment's time index (`<rel>.idx`) put beside it.
     PutIndex,
+    /// A tombstone of a segment deleted undelivered.
     PutTombstone,
+    /// A multipart upload started (segments above `multipart_above`).
     CreateMultipart,
+    /// One part of a multipart upload.
     PutPart,
+    /// A multipart upload completed: the object appears.
     CompleteMultipart,
+    /// A multipart upload aborted (failed, or left by a crash).
     Abort,
+    /// An object's existence and length asked.
     Head,
+    /// An existing object read, to compare with what would be put.
     Get,
 }
 
 impl Op {
+    /// The label value.
     pub fn as_str(self) -> &'static str {
         match self {
             Op::Put => "put",
@@ -71,20 +82,27 @@ pub enum BucketError {
     /// The client cannot be made or a request cannot be built: what, and why.
     #[error("bucket setup: {what}: {source}")]
     Setup {
+        /// What was being set up (the client, a request, a credentials file).
         what: String,
+        /// Why it failed.
         #[source]
         source: Cause,
     },
+    /// A request through `object_store` failed.
     #[error("{op}: {source}", op = .0.as_str(), source = .1)]
     Store(Op, #[source] object_store::Error),
     /// A request ferry signs itself (see `client::Raw`): status and body.
     #[error("{op}: {1}", op = .0.as_str())]
     Http(Op, String),
+    /// The bucket does not hold what was put: another length after upload, or an object that went away.
     #[error("after upload: {0}")]
     Mismatch(String),
+    /// The local segment (or its seal) could not be read.
     #[error("reading the segment: {path}: {source}")]
     Read {
+        /// The file.
         path: std::path::PathBuf,
+        /// Why it could not be read.
         #[source]
         source: std::io::Error,
     },
@@ -178,15 +196,23 @@ fn classify(s: &str) -> &'static str {
 
 /// One `[[bucket]]`, running.
 pub struct Uploader {
+    /// The `[[bucket]]` section.
     pub cfg: BucketConfig,
+    /// This node's name (`[node] name`).
     pub node: String,
+    /// `data_dir/archive`: the sealed segments to upload.
     pub archive_dir: PathBuf,
+    /// `data_dir/state`: seal records, tombstones and `buckets/<name>.*`.
     pub state_dir: PathBuf,
+    /// `ferry_bucket_*` are counted here.
     pub metrics: Metrics,
+    /// The time for lag and backoff (a test clock in tests).
     pub clock: Arc<dyn Clock>,
     /// Segments in the bucket with their seals (retention may delete them here).
     pub delivered: Arc<Delivered>,
+    /// The filesystem the segments are read through (fault injection in tests).
     pub fs: Fs,
+    /// Wakes the uploader when a segment is sealed or deleted.
     pub changes: Arc<Changes>,
 }
 
@@ -194,6 +220,8 @@ pub struct Uploader {
 const LOOK_EVERY: Duration = Duration::from_secs(1);
 
 impl Uploader {
+    /// Upload until `stop`: every sealed segment, its seal and index, and every tombstone, with backoff on failures;
+    /// returns when stopped.
     pub async fn run(self, stop: CancellationToken) {
         let name = self.cfg.name.clone();
         let bm = self.metrics.bucket.clone();

@@ -10,6 +10,7 @@ use std::sync::Mutex;
 
 use crate::store::fs::Fs;
 
+/// The multipart uploads this node has open in one bucket, and their file.
 pub struct Uploads {
     file: PathBuf,
     fs: Fs,
@@ -17,6 +18,7 @@ pub struct Uploads {
 }
 
 impl Uploads {
+    /// Read the file (a missing one is empty).
     pub fn load(fs: &Fs, file: PathBuf) -> io::Result<Uploads> {
         let text = match std::fs::read_to_string(&file) {
             Ok(t) => t,
@@ -33,15 +35,18 @@ impl Uploads {
         Ok(Uploads { file, fs: fs.clone(), open: Mutex::new(open) })
     }
 
+    /// Every upload open: `(staging key, upload id)`.
     pub fn list(&self) -> Vec<(String, String)> {
         self.open.lock().expect("not poisoned").clone()
     }
 
+    /// Note an upload before its first part.
     pub fn add(&self, key: &str, id: &str) -> io::Result<()> {
         self.open.lock().expect("not poisoned").push((key.to_owned(), id.to_owned()));
         self.fs.append_line(&self.file, &format!("{key} {id}"))
     }
 
+    /// Forget an upload completed or aborted (the file is rewritten).
     pub fn remove(&self, key: &str, id: &str) -> io::Result<()> {
         let mut open = self.open.lock().expect("not poisoned");
         open.retain(|(k, i)| !(k == key && i == id));

@@ -24,32 +24,56 @@ impl ByteSize {
 /// is wrong with it (the config error names the key).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BadValue {
+    /// A size with a unit not in the list.
     #[error("unknown size unit {unit:?} in {value:?} (use B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)")]
-    SizeUnit { unit: String, value: String },
+    SizeUnit {
+        /// The unit as written.
+        unit: String,
+        /// The whole value as written.
+        value: String,
+    },
+    /// A negative size, or one past `u64::MAX` bytes.
     #[error("size {0:?} is out of range")]
     SizeRange(String),
+    /// A bare number as a duration: seconds or milliseconds would be a guess.
     #[error("duration {0:?} needs a unit (ms, s, m, h, d, w)")]
     DurationNoUnit(String),
+    /// A duration with a unit not in the list.
     #[error("unknown duration unit {unit:?} in {value:?} (use ms, s, m, h, d, w)")]
-    DurationUnit { unit: String, value: String },
+    DurationUnit {
+        /// The unit as written.
+        unit: String,
+        /// The whole value as written.
+        value: String,
+    },
+    /// A negative duration, or one past 10^12 seconds.
     #[error("duration {0:?} is out of range")]
     DurationRange(String),
+    /// A rate without `/s`.
     #[error("rate {0:?} must end in /s, e.g. \"20Mbit/s\"")]
     RateSuffix(String),
+    /// A bit rate with an unknown prefix.
     #[error("unknown bit-rate prefix in {0:?} (use bit, kbit, Mbit, Gbit)")]
     BitPrefix(String),
+    /// A rate in neither bits nor bytes.
     #[error("unknown rate unit in {0:?} (use e.g. \"20Mbit/s\" or \"5MiB/s\")")]
     RateUnit(String),
+    /// A rate of zero or less.
     #[error("rate {0:?} must be positive")]
     RateZero(String),
+    /// A quota without the `/period`.
     #[error("quota {0:?} must be bytes per period, e.g. \"64MiB/h\"")]
     QuotaForm(String),
+    /// A quota of zero bytes.
     #[error("quota {0:?} must allow some bytes")]
     QuotaZero(String),
+    /// A quota over less than a second.
     #[error("quota {0:?}: the period must be at least 1s")]
     QuotaPeriod(String),
+    /// A value that does not start with digits.
     #[error("{0:?} does not start with a number")]
     NoNumber(String),
+    /// Digits that do not make a number (`1.2.3`).
     #[error("{0:?} has a malformed number")]
     BadNumber(String),
 }
@@ -155,7 +179,9 @@ impl FromStr for Rate {
 /// A byte quota per period: `"64MiB/h"`, `"1MiB/10s"` (a bare unit is one of it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Quota {
+    /// Bytes allowed per period.
     pub bytes: u64,
+    /// The period, at least 1s.
     pub period: Duration,
 }
 

@@ -43,6 +43,7 @@ pub struct Batcher {
 }
 
 impl Batcher {
+    /// A batcher for one connection (or socket) of a listener; `peer` names it in log lines.
     pub fn new(ctx: &Arc<ListenerCtx>, peer: String) -> Batcher {
         let m = &ctx.metrics;
         let name = ctx.cfg.name.as_str();

@@ -55,17 +55,22 @@ impl Default for Tracking {
 /// Which bucket a record was charged to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Level {
+    /// The source's own bucket.
     Source,
     /// Shared with the source's /24 (IPv4) or /48 (IPv6).
     Aggregate,
+    /// The listener's one bucket, for sources beyond any table.
     Global,
 }
 
 /// Counters of records charged to shared buckets, and of tracked sources.
 #[derive(Clone, Default)]
 pub struct Meters {
+    /// `ferry_source_limit_shared_records_total{bucket="aggregate"}`.
     pub aggregate: Option<IntCounter>,
+    /// `ferry_source_limit_shared_records_total{bucket="global"}`.
     pub global: Option<IntCounter>,
+    /// `ferry_source_limit_tracked_sources`.
     pub tracked: Option<IntGauge>,
 }
 
@@ -185,6 +190,7 @@ impl SourceLimits {
         SourceLimits::with(records, bytes, Tracking::default(), Meters::default())
     }
 
+    /// Like [`SourceLimits::new`], with how many sources to track one by one and the counters of shared buckets.
     pub fn with(records: Option<f64>, bytes: Option<f64>, tracking: Tracking, meters: Meters) -> SourceLimits {
         let now = Instant::now();
         let source_cap = (tracking.max_sources / SHARDS).max(1);
@@ -211,6 +217,7 @@ impl SourceLimits {
         }
     }
 
+    /// Neither records nor bytes are limited: nothing to check per record.
     pub fn is_unlimited(&self) -> bool {
         self.records.is_none() && self.bytes.is_none()
     }

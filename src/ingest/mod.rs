@@ -33,16 +33,25 @@ use router::Router;
 pub enum Error {
     /// The config was validated against the same streams: a bug if seen.
     #[error("listener {listener}: no stream {stream:?}")]
-    UnknownStream { listener: String, stream: String },
+    UnknownStream {
+        /// The listener.
+        listener: String,
+        /// The stream it names.
+        stream: String,
+    },
 }
 
 /// What every task of one listener shares.
 pub struct ListenerCtx {
+    /// The listener's config.
     pub cfg: ListenerConfig,
+    /// The listener's name, the `listener` label of its metrics.
     pub name: Arc<str>,
+    /// Which stream each record goes to.
     pub router: Arc<Router>,
     /// Handles of `router.streams`, same order.
     pub streams: Vec<StreamHandle>,
+    /// `ferry_received_*`, `ferry_dropped_*`, `ferry_connections_*` are counted here.
     pub metrics: Metrics,
     /// Per-source records/s and bytes/s (untrusted listeners by default).
     pub limits: limits::SourceLimits,
@@ -52,6 +61,7 @@ pub struct ListenerCtx {
 }
 
 impl ListenerCtx {
+    /// The context of a listener: its routes resolved to the store's streams, its per-source limits set up.
     pub fn new(cfg: ListenerConfig, store: &Store, metrics: Metrics) -> Result<ListenerCtx, Error> {
         let router = Router::new(&cfg);
         let streams = router
@@ -164,8 +174,11 @@ pub enum Bound {
     /// With an acceptor for `transport = "tls"` (syslog per RFC 5425, RELP,
     /// HTTP): each connection's handshake runs in that connection's task.
     Tcp(TcpListener, Option<net::conn::TlsServer>),
+    /// A unix stream socket, and its path (removed at the end).
     UnixStream(UnixListener, PathBuf),
+    /// A UDP socket.
     Udp(UdpSocket),
+    /// A unix datagram socket, and its path (removed at the end).
     UnixDatagram(UnixDatagram, PathBuf),
     /// `kind = "file"`: no socket, its checkpoints loaded.
     Files(file::Prepared),

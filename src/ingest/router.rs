@@ -22,6 +22,7 @@ struct Rule {
 }
 
 impl Router {
+    /// The routes of a listener, its own stream first.
     pub fn new(l: &ListenerConfig) -> Router {
         let mut streams = vec![l.stream.clone()];
         let mut routes = Vec::new();

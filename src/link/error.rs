@@ -18,6 +18,7 @@ pub enum End {
     /// it, or the one a receiver sends.
     #[error("link refused ({code}): {reason}", code = .0.as_str(), reason = .1)]
     Refused(Code, String),
+    /// The connection broke or became useless.
     #[error(transparent)]
     Lost(#[from] Lost),
 }
@@ -25,19 +26,30 @@ pub enum End {
 /// The connection is gone or useless; the uplink connects again.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Lost {
+    /// The peer answered nothing (not even PONG) for `dead_after`.
     #[error("no answer for {0:?}")]
     NoAnswer(Duration),
+    /// HELLO was not answered within `connect_timeout`.
     #[error("no WELCOME for {0:?}")]
     NoWelcome(Duration),
+    /// WELCOME chose a version the uplink did not offer or does not speak.
     #[error("receiver chose protocol version {chose}, offered {offered}")]
-    Version { chose: u16, offered: u16 },
+    Version {
+        /// The receiver's choice.
+        chose: u16,
+        /// The highest version this uplink offered.
+        offered: u16,
+    },
     /// A message the protocol does not allow here (its start, for the log).
     #[error("unexpected message from the receiver: {0}")]
     Unexpected(String),
+    /// Bytes from the receiver that are no message.
     #[error("receiver sent garbage: {0}")]
     Garbage(DecodeError),
+    /// The peer closed the connection.
     #[error("the peer closed the connection")]
     Closed,
+    /// A read or write failed.
     #[error("connection failed: {0}")]
     Io(#[source] IoCause),
     /// The TLS layer ended the connection: the receiver refused this node's
@@ -45,12 +57,21 @@ pub enum Lost {
     /// receiver's. `reason` is the metric label.
     /// `by_peer`: the receiver refused this node's certificate (its alert).
     #[error("TLS refused ({reason}): {detail}")]
-    Tls { reason: &'static str, by_peer: bool, detail: String },
+    Tls {
+        /// The `reason` label (`certificate_revoked`, `unknown_ca`, ...).
+        reason: &'static str,
+        /// The receiver refused this node's certificate (its alert), not the other way round.
+        by_peer: bool,
+        /// The TLS error, for the log.
+        detail: String,
+    },
+    /// A write did not complete for this long: the peer stopped reading.
     #[error("write blocked for {0:?}")]
     WriteBlocked(Duration),
 }
 
 impl Lost {
+    /// A failed read or write: a TLS refusal (with its reason) when it is one, else an I/O error.
     pub fn io(e: std::io::Error) -> Lost {
         match crate::pki::tls_failure(&e) {
             Some(reason) => Lost::Tls { reason, by_peer: crate::pki::refused_by_peer(&e), detail: e.to_string() },

@@ -28,9 +28,13 @@ use crate::shutdown::Shutdown;
 
 /// What every session of one receiver shares.
 pub struct ReceiverCtx {
+    /// The `kind = "ferry"` listener's config: name, `relays`, `max_connections`.
     pub cfg: ListenerConfig,
+    /// Where the uplinks' segments are written.
     pub mirror: Arc<Mirror>,
+    /// `ferry_link_*` and `ferry_mirror_*` are counted here.
     pub metrics: Metrics,
+    /// Handshake, keepalive and idle timeouts of the transport.
     pub timing: Timing,
     /// The mirror's state epoch, sent in WELCOME.
     pub epoch: u64,
@@ -47,6 +51,7 @@ pub struct ReceiverCtx {
 const UNAUTHORIZED_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl ReceiverCtx {
+    /// The context of one receiver; `epoch` is the mirror's state epoch.
     pub fn new(
         cfg: ListenerConfig,
         mirror: Arc<Mirror>,
@@ -85,11 +90,14 @@ impl ReceiverCtx {
 
 /// A bound receiver socket.
 pub enum Bound {
+    /// TLS 1.3 over TCP (`transport = "tls"`).
     Tls(tls::Acceptor),
+    /// QUIC (`transport = "quic"`).
     Quic(quic::Acceptor),
 }
 
 impl Bound {
+    /// Bind the listener's address with the TLS material in force; the socket is open before `ferry_ready` says so.
     pub async fn bind(cfg: &ListenerConfig, tls: &Arc<Live>, timing: &Timing) -> std::io::Result<Bound> {
         let crate::config::ListenAddr::Socket(addr) = &cfg.listen else {
             return Err(std::io::Error::new(
@@ -103,6 +111,7 @@ impl Bound {
         }
     }
 
+    /// The bound address (with the port the kernel chose for port 0), for logs and tests; empty if unknown.
     pub fn local_addr(&self) -> String {
         match self {
             Bound::Tls(a) => a.local_addr().map(|a| a.to_string()).unwrap_or_default(),
@@ -193,30 +202,44 @@ pub struct Core {
 /// What to do with a message.
 #[derive(Debug)]
 pub enum Step {
+    /// Send this message; nothing to write.
     Reply(Msg),
     /// Answer with [`have_reply`] of `Mirror::have`.
     Have {
+        /// The segment's connection-local id.
         id: u32,
+        /// Its path relative to `archive/`, checked as writable by this peer.
         rel: PathBuf,
     },
     /// Answer with [`append_reply`] of `Mirror::append`.
     Append {
+        /// The segment's connection-local id.
         id: u32,
+        /// Its path relative to `archive/`.
         rel: PathBuf,
+        /// Where the frames go.
         offset: u64,
+        /// Whole frames, as the uplink sent them.
         frames: Bytes,
     },
     /// Answer with [`seal_reply`] of `Mirror::seal`.
     Seal {
+        /// The segment's connection-local id.
         id: u32,
+        /// Its path relative to `archive/`.
         rel: PathBuf,
+        /// The length the origin sealed at.
         len: u64,
+        /// The origin's SHA-256 of the whole segment.
         sha256: [u8; 32],
     },
     /// Answer with [`gone_reply`] of `Mirror::note_gone`.
     Gone {
+        /// The id to answer with.
         id: u32,
+        /// The deleted segment's path relative to `archive/`.
         rel: PathBuf,
+        /// The deleted segment's seal record, to keep.
         tombstone: Tombstone,
     },
     /// Send REFUSE and close.
@@ -224,6 +247,8 @@ pub enum Step {
 }
 
 impl Core {
+    /// A session with the peer `site`/`node` (from its certificate), which may forward for itself only, or for other
+    /// sites if its site is in `relays`.
     pub fn new(site: &str, node: &str, relays: &[String], epoch: u64) -> Core {
         Core {
             site: site.to_owned(),
@@ -261,6 +286,7 @@ impl Core {
         Ok(PathBuf::from(path))
     }
 
+    /// What to do with the uplink's next message: checks order (HELLO first), ids and what this peer may write.
     pub fn handle(&mut self, msg: Msg) -> Step {
         match msg {
             Msg::Hello { version, node: claimed } => {
@@ -312,6 +338,7 @@ impl Core {
     }
 }
 
+/// HAVE with what the mirror holds, or ERROR with the disk's code.
 pub fn have_reply(id: u32, r: io::Result<(u64, bool)>) -> Msg {
     match r {
         Ok((len, sealed)) => Msg::Have { id, len, sealed },
@@ -319,6 +346,7 @@ pub fn have_reply(id: u32, r: io::Result<(u64, bool)>) -> Msg {
     }
 }
 
+/// ACK with the durable length, WRONG_OFFSET with the mirror's length, or ERROR.
 pub fn append_reply(id: u32, r: &Result<u64, AppendError>) -> Msg {
     match r {
         Ok(len) => Msg::Ack { id, len: *len },
@@ -330,6 +358,7 @@ pub fn append_reply(id: u32, r: &Result<u64, AppendError>) -> Msg {
     }
 }
 
+/// SEALED (ok when the mirror matched the origin's length and SHA-256), or ERROR when the disk failed.
 pub fn seal_reply(id: u32, r: &Result<(), SealError>) -> Msg {
     match r {
         Ok(()) => Msg::Sealed { id, ok: true },

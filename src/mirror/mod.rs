@@ -39,14 +39,28 @@ use crate::store::segment::{
     gone_path, hex, seal_path, AppendError as SegmentAppendError, OpenSegment, SealRecord, SegmentName,
 };
 
+/// Why the mirror did not take an APPEND (each has its answer on the wire).
 #[derive(Debug, thiserror::Error)]
 pub enum AppendError {
+    /// An append at another offset than the mirror's length: nothing written.
     #[error("append at offset {offset} but the mirror holds {expected} bytes")]
-    WrongOffset { offset: u64, expected: u64 },
+    WrongOffset {
+        /// Where the uplink appended.
+        offset: u64,
+        /// The mirror's length: where the uplink must resume.
+        expected: u64,
+    },
+    /// The segment is sealed here: it never changes again.
     #[error("segment is already sealed")]
     Sealed,
+    /// The chunk is not whole, valid frames: nothing of it written.
     #[error("invalid frame at chunk offset {at}: {error}")]
-    InvalidFrame { at: usize, error: FrameError },
+    InvalidFrame {
+        /// Offset of the bad frame in the chunk.
+        at: usize,
+        /// What is wrong with it.
+        error: FrameError,
+    },
     /// The sealed segments the store must keep are over `max_bytes` with
     /// `on_full = "reject"`: a new mirror segment is refused like records are (a `NO_SPACE` on the
     /// wire; the origin keeps it), so the disk keeps room for state and for
@@ -54,16 +68,31 @@ pub enum AppendError {
     /// not taken).
     #[error("the archive is over max_bytes and on_full = reject")]
     Full,
+    /// The mirror's disk failed: nothing (more) was written.
     #[error("mirror write failed")]
     Io(#[from] io::Error),
 }
 
+/// Why the mirror did not seal a segment as the origin asked.
 #[derive(Debug, thiserror::Error)]
 pub enum SealError {
+    /// The mirror holds another length than the origin sealed at.
     #[error("origin sealed at {origin} bytes but the mirror holds {mirror}")]
-    Length { origin: u64, mirror: u64 },
+    Length {
+        /// The origin's sealed length.
+        origin: u64,
+        /// The mirror's length.
+        mirror: u64,
+    },
+    /// Same length, other bytes: the mirror is not the origin's copy.
     #[error("SHA-256 differs: origin {origin}, mirror {mirror}")]
-    Checksum { origin: String, mirror: String },
+    Checksum {
+        /// The origin's SHA-256, hex.
+        origin: String,
+        /// The mirror's SHA-256, hex.
+        mirror: String,
+    },
+    /// The mirror's disk failed while sealing.
     #[error("mirror seal failed")]
     Io(#[from] io::Error),
 }
@@ -152,6 +181,8 @@ impl Mirror {
         self.peers.saw(site, node, serial, self.clock.now_ms())
     }
 
+    /// A mirror of `archive_dir` with its state (seals, tombstones, peers) under `state_dir`; `full` is retention's
+    /// view of `max_bytes`.
     pub fn new(
         archive_dir: PathBuf,
         state_dir: PathBuf,

@@ -19,7 +19,9 @@ const REVOKED: &str = "revoked";
 /// One certificate seen on a link.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Peer {
+    /// The site its certificate names.
     pub site: String,
+    /// The node its certificate names.
     pub node: String,
     /// The certificate's serial, hex.
     pub serial: String,
@@ -49,6 +51,7 @@ pub struct PeerBook {
 }
 
 impl PeerBook {
+    /// The book of `state_dir/peers`.
     pub fn open(state_dir: &Path) -> PeerBook {
         let path = state_dir.join(PEERS);
         let seen = read(&path).into_iter().map(|p| (p.site, p.node, p.serial)).collect();

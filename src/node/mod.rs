@@ -106,42 +106,60 @@ fn raise_open_files_limit() {
 /// what it was doing and the error that stopped it (its `source`).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// `FERRY_FAULTS` is set and does not parse.
     #[error("FERRY_FAULTS")]
     Faults(#[source] crate::store::fs::BadFaultRule),
+    /// The `[tls]` files cannot be loaded or do not verify.
     #[error("[tls]")]
     Tls(#[source] crate::pki::Error),
+    /// The store cannot be opened (directories, recovery).
     #[error("opening the store")]
     Store(#[source] crate::store::Error),
+    /// The admin listener cannot bind.
     #[error("admin: cannot listen on {addr}")]
     Admin {
+        /// The address it was to listen on.
         addr: std::net::SocketAddr,
+        /// Why it cannot.
         #[source]
         source: std::io::Error,
     },
+    /// A listener cannot bind its address.
     #[error("listener {name}: cannot listen on {addr}")]
     Listen {
+        /// The listener.
         name: String,
+        /// The address or path it was to listen on.
         addr: String,
+        /// Why it cannot.
         #[source]
         source: std::io::Error,
     },
+    /// A listener cannot start otherwise (a file listener's state, a socket's setup).
     #[error("listener {name}")]
     Listener {
+        /// The listener.
         name: String,
+        /// Why it cannot.
         #[source]
         source: ingest::Error,
     },
+    /// A receiver's `state/mirror.epoch` cannot be read or created.
     #[error("cannot read or create state/mirror.epoch")]
     Epoch(#[source] std::io::Error),
+    /// An uplink, sink or bucket cannot read its state files.
     #[error("{name}: reading its state")]
     State {
+        /// Its name.
         name: String,
+        /// Why it cannot.
         #[source]
         source: std::io::Error,
     },
     /// Configuration validation makes sure this does not happen.
     #[error("{0} needs a [tls] section")]
     NoTls(&'static str),
+    /// The signal handlers cannot be installed.
     #[error("signals")]
     Signals(#[source] std::io::Error),
 }

@@ -16,7 +16,9 @@ use crate::link::uplink::Tuning;
 /// A key that cannot change in place.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Fixed {
+    /// The key, as `validate` names it (`node.site`, `store.fsync`, ...).
     pub key: String,
+    /// Why it cannot change in place: restart the node to change it.
     pub message: String,
 }
 
@@ -29,7 +31,9 @@ impl std::fmt::Display for Fixed {
 /// Named parts added, removed, replaced.
 #[derive(Debug)]
 pub struct Diff<T> {
+    /// In force, not in the new config.
     pub removed: Vec<T>,
+    /// In the new config, not in force.
     pub added: Vec<T>,
     /// (old, new)
     pub changed: Vec<(T, T)>,
@@ -42,6 +46,7 @@ impl<T> Default for Diff<T> {
 }
 
 impl<T> Diff<T> {
+    /// Nothing added, removed or changed.
     pub fn is_empty(&self) -> bool {
         self.removed.is_empty() && self.added.is_empty() && self.changed.is_empty()
     }
@@ -50,18 +55,26 @@ impl<T> Diff<T> {
 /// Everything a reload does, in words a log line can carry.
 #[derive(Debug, Default)]
 pub struct Plan {
+    /// Listeners to stop, start, or replace.
     pub listeners: Diff<ListenerConfig>,
+    /// Uplinks to stop, start, or restart.
     pub uplinks: Diff<UplinkConfig>,
     /// Uplinks whose only change is their rate settings.
     pub tuned: Vec<(String, Tuning)>,
+    /// Sinks to stop, start, or restart.
     pub sinks: Diff<SinkConfig>,
+    /// Bucket uploaders to stop, start, or restart.
     pub buckets: Diff<BucketConfig>,
+    /// Retention's ages, sizes or interval changed.
     pub retention: bool,
+    /// The log filter changed.
     pub log_level: bool,
+    /// The `[tls]` paths changed (the files are re-read on every reload anyway).
     pub tls_paths: bool,
 }
 
 impl Plan {
+    /// Nothing to do: the new config is the one in force (or differs only in what needs no action).
     pub fn is_empty(&self) -> bool {
         self.listeners.is_empty()
             && self.uplinks.is_empty()

@@ -34,14 +34,23 @@ use crate::store::segment::{seal_path, SealRecord, SegmentName};
 /// What one segment holds, from its frame headers and its seal record.
 #[derive(Debug, Clone)]
 pub struct Facts {
+    /// The segment's path, as reports name it (a file, or a bucket key).
     pub path: PathBuf,
+    /// Its parsed name: origin, hour and segment number.
     pub name: SegmentName,
+    /// Its length: the file's, or the object's.
     pub len: u64,
+    /// Its seal record, when sealed (or a tombstone's).
     pub seal: Option<SealRecord>,
+    /// Whole frames read (or the seal's count, when not read).
     pub frames: u64,
+    /// Records in those frames (or the seal's count).
     pub records: u64,
+    /// Sequence number of the first record found; `None` when no frame is whole.
     pub first_seq: Option<u64>,
+    /// Sequence number after the last record found.
     pub next_seq: Option<u64>,
+    /// Frames that fail their checksums, with valid frames after them.
     pub damaged: u64,
     /// Deleted undelivered (a tombstone): only its seal is left.
     pub gone: bool,
@@ -131,17 +140,28 @@ impl Facts {
     }
 }
 
+/// One origin's hour: what it holds and whether it is whole.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Hour {
+    /// The origin's site.
     pub site: String,
+    /// The origin's stream.
     pub stream: String,
+    /// The origin's node.
     pub node: String,
+    /// `YYYY-MM-DDTHH`, UTC.
     pub hour: String,
+    /// Segments of this hour (tombstones included).
     pub segments: u64,
+    /// Of them, sealed.
     pub sealed: u64,
+    /// Of them, still being written.
     pub open: u64,
+    /// Records in them.
     pub records: u64,
+    /// Sequence number of the hour's first record, when known.
     pub first_seq: Option<u64>,
+    /// Sequence number after the hour's last record, when known.
     pub next_seq: Option<u64>,
     /// `complete`, `open` or `gap`.
     pub status: &'static str,
@@ -150,22 +170,34 @@ pub struct Hour {
     pub closed: bool,
 }
 
+/// Something missing or wrong in one origin's hour.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Gap {
+    /// The origin's site.
     pub site: String,
+    /// The origin's stream.
     pub stream: String,
+    /// The origin's node.
     pub node: String,
+    /// `YYYY-MM-DDTHH`, UTC, of the segment where it shows.
     pub hour: String,
+    /// `segment_missing`, `records_missing`, `seal_mismatch`, `damaged`, `deleted_undelivered` (the `reason` label of
+    /// `ferry_audit_gaps`).
     pub reason: &'static str,
     /// The records missing, `from_seq..to_seq`, when known.
     pub from_seq: Option<u64>,
+    /// End (exclusive) of the missing records, when known.
     pub to_seq: Option<u64>,
+    /// What was found, for people: the file and the numbers.
     pub detail: String,
 }
 
+/// What `ferry audit` prints (as text or JSON): every origin's hours, and the gaps.
 #[derive(Debug, Default, Serialize)]
 pub struct Report {
+    /// Every origin's hours, by origin, in order.
     pub hours: Vec<Hour>,
+    /// Everything missing or wrong, by origin, in order.
     pub gaps: Vec<Gap>,
     /// Origins here whose node's certificate is revoked: their segments
     /// were written before the revocation and are kept, marked.
@@ -175,7 +207,9 @@ pub struct Report {
 /// A node whose certificate was revoked, and whose data this archive holds.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct RevokedOrigin {
+    /// The node's site.
     pub site: String,
+    /// The node's name.
     pub node: String,
     /// The revoked certificate's serial, hex.
     pub serial: String,

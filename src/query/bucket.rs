@@ -49,12 +49,15 @@ const PARALLEL: usize = 16;
 /// and the bench know a range read fetched little).
 #[derive(Debug, Default)]
 pub struct Fetched {
+    /// Bytes fetched from the bucket.
     pub bytes: AtomicU64,
+    /// Requests made.
     pub requests: AtomicU64,
     /// Time spent waiting for segment bytes (ranged GETs), in microseconds.
     pub waited_us: AtomicU64,
 }
 
+/// An archive in a bucket (`s3://bucket/prefix`), read by listings and ranged GETs on a runtime of its own.
 pub struct BucketArchive {
     s3: Arc<AmazonS3>,
     rt: Arc<tokio::runtime::Runtime>,
@@ -68,7 +71,9 @@ pub struct BucketArchive {
 pub struct Listing {
     /// Segments and their lengths.
     pub segments: Vec<(String, u64)>,
+    /// Segments with a seal record beside them (`<rel>.seal`).
     pub seals: BTreeSet<String>,
+    /// Segments with a time index beside them (`<rel>.idx`).
     pub indexes: BTreeSet<String>,
     /// Segments with a tombstone (`<rel>.gone`).
     pub tombstones: Vec<String>,
@@ -121,6 +126,7 @@ impl BucketArchive {
         format!("s3://{}/{}", self.bucket, self.key(rel))
     }
 
+    /// What was fetched so far, by this archive and the segments listed from it.
     pub fn fetched(&self) -> &Fetched {
         &self.fetched
     }
@@ -237,14 +243,17 @@ struct Spec {
 }
 
 impl RemoteSegment {
+    /// Its `s3://bucket/key`, for messages.
     pub fn name(&self) -> &str {
         &self.0.name
     }
 
+    /// Its length as listed.
     pub fn len(&self) -> u64 {
         self.0.len
     }
 
+    /// Zero bytes as listed.
     pub fn is_empty(&self) -> bool {
         self.0.len == 0
     }
@@ -254,6 +263,7 @@ impl RemoteSegment {
         &self.0.spans
     }
 
+    /// A reader of its bytes; readers open at once share one cache.
     pub fn open(&self) -> Object {
         let s = &self.0;
         let mut live = s.live.lock().expect("not poisoned");

@@ -37,6 +37,7 @@ pub struct Selection {
     pub streams: Vec<String>,
     /// Receive times, `from` inclusive, `to` exclusive.
     pub from_ms: Option<i64>,
+    /// End of the receive-time range (exclusive), ms since the Unix epoch; `None`: no end.
     pub to_ms: Option<i64>,
 }
 
@@ -76,9 +77,13 @@ fn hour_start_ms(n: &SegmentName) -> Option<i64> {
 
 /// One origin (site, stream, node) and its segments in sequence order.
 pub struct Origin {
+    /// The origin's site.
     pub site: String,
+    /// The origin's stream.
     pub stream: String,
+    /// The origin's node.
     pub node: String,
+    /// Its segments, in sequence order.
     pub segments: Vec<Segment>,
 }
 
@@ -86,6 +91,7 @@ pub struct Origin {
 pub enum Archive {
     /// An `archive/` directory.
     Dir(PathBuf),
+    /// An `s3://bucket/prefix` location.
     Bucket(BucketArchive),
 }
 
@@ -122,7 +128,9 @@ impl Archive {
 /// One segment: a file, or an object in a bucket.
 #[derive(Clone)]
 pub enum Segment {
+    /// A segment file under a directory archive.
     File(PathBuf),
+    /// A segment object in a bucket, with the spans of it a walk reads.
     Object(RemoteSegment),
 }
 
@@ -135,6 +143,7 @@ impl Segment {
         }
     }
 
+    /// A reader of the segment (an object: ranged GETs as it reads).
     pub fn open(&self) -> io::Result<SegmentReader> {
         match self {
             Segment::File(p) => SegmentReader::open(p),
@@ -150,6 +159,7 @@ impl Segment {
         }
     }
 
+    /// Zero bytes as listed.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -267,10 +277,13 @@ fn dir_origins(archive: &Path, sel: &Selection) -> io::Result<Vec<Origin>> {
 /// outside the range were not decompressed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Stats {
+    /// Segments walked.
     pub segments: u64,
+    /// Frames whose headers were read.
     pub frames: u64,
     /// Frames whose data was read and decompressed.
     pub frames_read: u64,
+    /// Records in the frames read.
     pub records: u64,
     /// Bytes decompressed.
     pub raw_bytes: u64,
@@ -280,7 +293,9 @@ pub struct Stats {
 
 /// One decompressed frame of a walk.
 pub struct Frame<'a> {
+    /// The segment it is in.
     pub segment: &'a Segment,
+    /// Its header.
     pub header: &'a FrameHeader,
     /// Its lines, escaped, each LF-terminated.
     pub lines: &'a [u8],
@@ -318,10 +333,12 @@ impl<'a> Walk<'a> {
         Ok(Walk { seg, r, spans, span: 0, window, ended: false })
     }
 
+    /// The segment's reader, to read the data of the frames chosen.
     pub fn reader(&mut self) -> &mut SegmentReader {
         &mut self.r
     }
 
+    /// The segment walked.
     pub fn segment(&self) -> &'a Segment {
         self.seg
     }
@@ -497,10 +514,12 @@ impl Pool {
         Ok(Pool { workers })
     }
 
+    /// Workers: one per core.
     pub fn len(&self) -> usize {
         self.workers.len()
     }
 
+    /// No workers (never, from [`Pool::new`]).
     pub fn is_empty(&self) -> bool {
         self.workers.is_empty()
     }

@@ -8,15 +8,24 @@ use std::time::Duration;
 
 use crate::config::SinkConfig;
 
+/// A broker operation: what a [`BusError`] names, and which time limit it gets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Op {
+    /// RabbitMQ: the AMQP connection. Kafka: the producer's creation.
     Connect,
+    /// RabbitMQ: the channel on the connection.
     OpenChannel,
+    /// RabbitMQ: switching the channel to publisher confirms.
     ConfirmSelect,
+    /// RabbitMQ: declaring the (durable) exchange.
     Declare,
+    /// RabbitMQ: one `basic.publish`.
     Publish,
+    /// Kafka: handing a record to the producer.
     Produce,
+    /// Kafka: the first metadata answer, which proves the brokers reachable.
     Metadata,
+    /// Closing the connection at a stop (a label no call of this build reports yet).
     Close,
 }
 
@@ -39,24 +48,37 @@ impl std::fmt::Display for Op {
 /// positions after a backoff.
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
+    /// The broker did not answer within the operation's limit.
     #[error("{op}: no answer from the broker within {limit:?}")]
-    Timeout { op: Op, limit: Duration },
+    Timeout {
+        /// What was being done.
+        op: Op,
+        /// The limit it exceeded.
+        limit: Duration,
+    },
+    /// The RabbitMQ client failed.
     #[error("{op}: {source}")]
     Rabbit {
+        /// What was being done.
         op: Op,
+        /// The client's error.
         #[source]
         source: lapin::Error,
     },
+    /// librdkafka failed.
     #[cfg(feature = "kafka")]
     #[error("{op}: {source}")]
     Kafka {
+        /// What was being done.
         op: Op,
+        /// librdkafka's error.
         #[source]
         source: rdkafka::error::KafkaError,
     },
     /// The connection is unusable for a reason the broker gave in words.
     #[error("{0}")]
     Broken(String),
+    /// A Kafka sink in a ferry built without the `kafka` feature.
     #[error("{}", super::NO_KAFKA)]
     NoKafka,
 }
@@ -86,6 +108,7 @@ pub struct Limits {
 }
 
 impl Limits {
+    /// The sink's `connect_timeout` and `request_timeout`.
     pub fn of(cfg: &SinkConfig) -> Limits {
         Limits { connect: cfg.connect_timeout, request: cfg.request_timeout }
     }

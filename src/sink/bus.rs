@@ -25,8 +25,10 @@ pub use super::broker::{BusError, Limits};
 
 /// A connected broker.
 pub enum Bus {
+    /// A Kafka producer.
     #[cfg(feature = "kafka")]
     Kafka(kafka::Kafka),
+    /// A RabbitMQ connection and its confirm-mode channel.
     Rabbit(Box<rabbitmq::Rabbit>),
 }
 
@@ -67,6 +69,7 @@ impl Bus {
         }
     }
 
+    /// Why the connection cannot be used any more, if it cannot (RabbitMQ; Kafka reports through its acks).
     pub fn take_broken(&mut self) -> Option<BusError> {
         match self {
             #[cfg(feature = "kafka")]

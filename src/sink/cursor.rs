@@ -34,10 +34,13 @@ use crate::store::segment::SegmentName;
 /// were acknowledged). `next_seq == 0` means "from the frame's first record".
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Pos {
+    /// Offset of the frame to read next.
     pub offset: u64,
+    /// First sequence number not yet acknowledged; 0: from the frame's first record.
     pub next_seq: u64,
 }
 
+/// `state/sinks/<sink>.cursor`: where the sink's positions are kept.
 pub fn cursor_file(state_dir: &Path, sink: &str) -> PathBuf {
     state_dir.join("sinks").join(format!("{sink}.cursor"))
 }
@@ -91,6 +94,7 @@ pub struct Writer {
 }
 
 impl Writer {
+    /// Start the writer task of `file`.
     pub fn start(fs: Fs, file: PathBuf, sink: String, metrics: Metrics) -> Writer {
         let (tx, rx) = watch::channel(None);
         let task = tokio::spawn(write_loop(fs, file, sink, metrics, rx));

@@ -17,21 +17,32 @@ use crate::metrics::Metrics;
 use crate::store::fs::Fs;
 use crate::store::recover::read_state_lines;
 
+/// One line of the dead-letter file: a refused record and where it came from.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Entry {
+    /// The origin's site.
     pub site: String,
+    /// The origin's node.
     pub node: String,
+    /// The origin's stream.
     pub stream: String,
+    /// The record's sequence number in its origin.
     pub seq: u64,
+    /// When the record was received, ms since the Unix epoch.
     pub received_ms: i64,
+    /// Why the broker refused it (the `reason` label of `ferry_sink_dead_letters_total`).
     pub reason: String,
+    /// The segment it was read from, relative to `archive/`.
     pub segment: String,
+    /// The record as received, when it is UTF-8.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub record: Option<String>,
+    /// The record in hex, when it is not UTF-8.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub record_hex: Option<String>,
 }
 
+/// A sink's dead-letter file, and every record in it (so a re-read after a restart does not offer them again).
 pub struct DeadLetters {
     file: PathBuf,
     fs: Fs,
@@ -40,6 +51,7 @@ pub struct DeadLetters {
 }
 
 impl DeadLetters {
+    /// Open `state/sinks/<sink>.deadletter`, reading what it holds; damaged lines are skipped and counted.
     pub fn open(fs: &Fs, state_dir: &Path, sink: &str, metrics: &Metrics) -> io::Result<DeadLetters> {
         let file = state_dir.join("sinks").join(format!("{sink}.deadletter"));
         let mut seen: HashMap<String, HashSet<u64>> = HashMap::new();
@@ -58,10 +70,12 @@ impl DeadLetters {
         Ok(DeadLetters { file, fs: fs.clone(), seen })
     }
 
+    /// Record `seq` of `origin` is already dead-lettered.
     pub fn contains(&self, origin: &Origin, seq: u64) -> bool {
         self.seen.get(&origin.key).is_some_and(|s| s.contains(&seq))
     }
 
+    /// Nothing dead-lettered yet.
     pub fn is_empty(&self) -> bool {
         self.seen.is_empty()
     }

@@ -20,6 +20,7 @@ use super::{Ack, Outcome};
 use crate::config::{KafkaConfig, SinkConfig};
 use crate::metrics::Metrics;
 
+/// A librdkafka idempotent producer for one sink; delivery reports come back as [`Ack`]s.
 pub struct Kafka {
     producer: Arc<ThreadedProducer<Reports>>,
     topic: String,

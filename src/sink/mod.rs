@@ -56,12 +56,19 @@ use watchdog::{Verdict, Watchdog};
 
 /// Everything a sink needs; `run` drives it until cancelled.
 pub struct Sink {
+    /// The `[[sink]]` section.
     pub cfg: SinkConfig,
+    /// `data_dir/archive`: the segments to deliver (mirrored and local).
     pub archive_dir: PathBuf,
+    /// `data_dir/state`: cursors, dead letters and `sinks/<name>.delivered`.
     pub state_dir: PathBuf,
+    /// `ferry_sink_*` are counted here.
     pub metrics: Metrics,
+    /// The time for lag and backoff (a test clock in tests).
     pub clock: Arc<dyn Clock>,
+    /// Segments whose every record the broker acknowledged (retention may delete them).
     pub delivered: Arc<Delivered>,
+    /// The filesystem state files are written through (fault injection in tests).
     pub fs: Fs,
     /// Wakes the sink when the archive grows or changes.
     pub changes: Arc<Changes>,
@@ -70,8 +77,11 @@ pub struct Sink {
 /// The broker's answer for one record (`idx` of the batch sent with `token`).
 #[derive(Debug)]
 pub struct Ack {
+    /// The batch's token, given at publish.
     pub token: u32,
+    /// The record's index in the batch.
     pub idx: u32,
+    /// Acknowledged, refused or to retry.
     pub outcome: Outcome,
 }
 
@@ -87,8 +97,10 @@ impl Ack {
     }
 }
 
+/// What the broker said about one record.
 #[derive(Debug)]
 pub enum Outcome {
+    /// Acknowledged: durable in the broker.
     Ok,
     /// Refused for good (the reason label): dead-lettered, counted.
     Refused(&'static str),
@@ -279,6 +291,7 @@ struct Run<'a> {
 }
 
 impl Sink {
+    /// The sink's name (`[[sink]] name`).
     pub fn name(&self) -> &str {
         &self.cfg.name
     }

@@ -21,6 +21,7 @@ use super::records::Batch;
 use super::{Ack, Outcome};
 use crate::config::RabbitMqConfig;
 
+/// A RabbitMQ connection with a confirm-mode channel; confirms come back as [`Ack`]s.
 pub struct Rabbit {
     conn: Connection,
     channel: Channel,
@@ -196,6 +197,7 @@ impl Rabbit {
         });
     }
 
+    /// Close the channel and connection, answered or not within `request_timeout`.
     pub async fn close(self) {
         self.closed.cancel();
         close_conn(&self.conn, self.limits.request).await;

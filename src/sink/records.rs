@@ -13,14 +13,18 @@ use crate::store::reader::{SegmentReader, Step};
 /// are contiguous per origin, and a bus keeps one origin in one partition.
 #[derive(Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Origin {
+    /// The site whose records these are.
     pub site: String,
+    /// The stream.
     pub stream: String,
+    /// The node that wrote them.
     pub node: String,
     /// `site/node/stream`: the Kafka key, and the prefix of every message id.
     pub key: String,
 }
 
 impl Origin {
+    /// An origin with its `key`.
     pub fn new(site: &str, stream: &str, node: &str) -> Origin {
         Origin { site: site.into(), stream: stream.into(), node: node.into(), key: format!("{site}/{node}/{stream}") }
     }
@@ -40,10 +44,13 @@ impl Origin {
 /// The records of one frame (those at or after a cursor's sequence number).
 #[derive(Debug)]
 pub struct Batch {
+    /// Where the records come from.
     pub origin: Arc<Origin>,
+    /// The segment, relative to `archive/`.
     pub rel: PathBuf,
     /// Frame start and end offsets in the segment.
     pub offset: u64,
+    /// Offset after the frame: where the next read starts.
     pub end: u64,
     /// Sequence number of record 0 of this batch.
     pub first_seq: u64,
@@ -52,6 +59,7 @@ pub struct Batch {
     /// Receive time of the frame's first and last record (ms): each record
     /// was received in between (a commit spans at most `commit_interval`).
     pub first_ms: i64,
+    /// Receive time of the frame's last record (ms).
     pub last_ms: i64,
     buf: Vec<u8>,
     ends: Vec<u32>,
@@ -60,10 +68,12 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// Records in the batch (skipped ones included).
     pub fn len(&self) -> usize {
         self.ends.len()
     }
 
+    /// No records: the frame's were all below the cursor.
     pub fn is_empty(&self) -> bool {
         self.ends.is_empty()
     }
@@ -74,10 +84,12 @@ impl Batch {
         &self.buf[start..self.ends[i] as usize]
     }
 
+    /// The sequence number of record `i`.
     pub fn seq(&self, i: usize) -> u64 {
         self.first_seq + i as u64
     }
 
+    /// Record `i` is already dead-lettered: not to publish.
     pub fn skipped(&self, i: usize) -> bool {
         !self.skip.is_empty() && self.skip.binary_search(&(i as u32)).is_ok()
     }
@@ -91,13 +103,17 @@ impl Batch {
 /// What reading at a position found.
 #[derive(Debug)]
 pub enum Read {
+    /// A whole frame's records.
     Batch(Batch),
     /// No whole frame at the position yet (an open segment's end).
     Nothing,
     /// A damaged frame in the middle of the file: whole frames resume at `next`.
     Damaged {
+        /// Offset of the damaged frame.
         at: u64,
+        /// Offset of the next whole frame.
         next: u64,
+        /// What is wrong with it.
         error: DecodeError,
     },
 }
@@ -109,6 +125,7 @@ pub struct FrameDecoder {
 }
 
 impl FrameDecoder {
+    /// A decoder with its decompressor.
     pub fn new() -> io::Result<FrameDecoder> {
         Ok(FrameDecoder { dec: DataDecoder::new()?, raw: Vec::new() })
     }

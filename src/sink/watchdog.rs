@@ -17,11 +17,20 @@ pub enum Verdict {
     Fine,
     /// No acknowledgement for `stall_after` with records waiting; `silent`
     /// is how long since the last one (or since records began to wait).
-    Stalled { silent: Duration, first: bool },
+    Stalled {
+        /// Since the last acknowledgement (or since records began to wait).
+        silent: Duration,
+        /// The first verdict of this stall (log it loudly; later ones repeat it).
+        first: bool,
+    },
     /// Acknowledgements flow again (or nothing waits any more) after a stall.
-    Recovered { after: Duration },
+    Recovered {
+        /// How long the stall lasted.
+        after: Duration,
+    },
 }
 
+/// Watches one sink for acknowledgements that stop coming while records wait.
 #[derive(Debug)]
 pub struct Watchdog {
     stall_after: Duration,
@@ -32,6 +41,7 @@ pub struct Watchdog {
 }
 
 impl Watchdog {
+    /// A watchdog that calls a sink stalled after `stall_after` without acknowledgements.
     pub fn new(stall_after: Duration, now: Instant) -> Watchdog {
         Watchdog { stall_after, last: now, stalled_since: None }
     }
@@ -61,6 +71,7 @@ impl Watchdog {
         Verdict::Stalled { silent: now - since, first }
     }
 
+    /// In a stall now (between a `Stalled` verdict and the `Recovered` one).
     pub fn is_stalled(&self) -> bool {
         self.stalled_since.is_some()
     }

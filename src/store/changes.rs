@@ -47,6 +47,7 @@ impl Default for Changes {
 }
 
 impl Changes {
+    /// Nothing changed yet.
     pub fn new() -> Arc<Changes> {
         Arc::new(Changes::default())
     }
@@ -108,6 +109,7 @@ pub struct Update {
     pub lens: HashMap<PathBuf, u64>,
 }
 
+/// One forwarder's view of the changes: it sleeps until something changed since its last look.
 pub struct Subscriber {
     changes: Arc<Changes>,
     rx: watch::Receiver<u64>,

@@ -8,6 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// Milliseconds since the Unix epoch, and a monotonic count beside it so
 /// jumps of the wall clock can be told from time passing.
 pub trait Clock: Send + Sync + 'static {
+    /// Wall-clock milliseconds since the Unix epoch.
     fn now_ms(&self) -> i64;
 
     /// Milliseconds on a clock that never jumps (only differences mean anything).
@@ -63,6 +64,7 @@ impl Clock for SystemClock {
 pub struct ManualClock(Arc<AtomicI64>, Arc<AtomicI64>);
 
 impl ManualClock {
+    /// A clock at `ms`.
     pub fn new(ms: i64) -> ManualClock {
         ManualClock(Arc::new(AtomicI64::new(ms)), Arc::new(AtomicI64::new(0)))
     }

@@ -43,10 +43,12 @@ impl Delivered {
         Ok(Delivered { set: RwLock::new(set), file, fs: fs.clone() })
     }
 
+    /// The segment (relative to `archive/`) is delivered.
     pub fn contains(&self, rel: &Path) -> bool {
         self.set.read().expect("not poisoned").contains(rel)
     }
 
+    /// Note a segment delivered (one line appended, fsynced).
     pub fn add(&self, rel: &Path) -> io::Result<()> {
         if !self.set.write().expect("not poisoned").insert(rel.to_owned()) {
             return Ok(());

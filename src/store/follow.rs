@@ -160,6 +160,7 @@ pub struct Shares {
 }
 
 impl Shares {
+    /// Count `n` sent from a live segment (`live`) or from the backlog.
     pub fn sent(&mut self, n: u64, live: bool) {
         if live {
             self.live += n;
@@ -190,17 +191,22 @@ pub type StreamKey = (String, String);
 /// Where a follower stands in a segment it has not delivered to its end.
 #[derive(Debug, Clone)]
 pub struct Behind {
+    /// The segment, relative to `archive/`.
     pub rel: PathBuf,
+    /// Its site and stream.
     pub stream: StreamKey,
     /// Bytes acknowledged from the start, and the sequence number there.
     pub acked: u64,
+    /// The sequence number at `acked`: the first record not acknowledged.
     pub acked_seq: u64,
+    /// The segment's length as listed.
     pub len: u64,
     /// `first_seq`, `next_seq` of its seal: records behind without a read.
     pub seqs: Option<(u64, u64)>,
 }
 
 impl Behind {
+    /// A segment listed on disk, acknowledged up to `acked`.
     pub fn new(local: &OnDisk, acked: u64, acked_seq: u64) -> Behind {
         Behind {
             rel: local.rel.clone(),
@@ -216,6 +222,7 @@ impl Behind {
 /// What a follower has not delivered of one stream.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Lag {
+    /// Segment bytes not acknowledged.
     pub bytes: u64,
     /// Counted only when asked (an open segment's frames are read for it).
     pub records: u64,

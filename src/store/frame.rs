@@ -64,12 +64,15 @@ const GZIP_PREFIX: usize = 10 + 2 + 2 + 2;
 /// What a frame header says about its data frame.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FrameHeader {
+    /// zstd or gzip: not in the header bytes but in how the frame is wrapped (the segment's file name says it too).
     pub codec: Codec,
+    /// Reserved; written as 0 and not interpreted by this version.
     pub flags: u16,
     /// Length in bytes of the zstd data frame that follows the header.
     pub data_len: u32,
     /// Uncompressed length of the data (escaped lines with their LFs).
     pub raw_len: u32,
+    /// Records in this frame: LF-terminated lines in the data.
     pub records: u32,
     /// Records in this frame that were cut to the listener's `max_record_bytes`.
     pub truncated: u32,
@@ -77,8 +80,11 @@ pub struct FrameHeader {
     pub first_seq: u64,
     /// Receive time of the first and last record, ms since the Unix epoch.
     pub first_ms: i64,
+    /// Receive time of the last record, ms since the Unix epoch.
     pub last_ms: i64,
+    /// CRC32 of the data frame's bytes as stored (compressed): checked before decompressing.
     pub data_crc: u32,
+    /// The stream the records were committed to (at most 255 bytes).
     pub stream: String,
 }
 
@@ -87,16 +93,26 @@ pub struct FrameHeader {
 pub enum FrameError {
     /// Fewer bytes than the frame needs: the normal state of a torn tail.
     Incomplete {
+        /// Bytes still missing, at least.
         needed: usize,
     },
+    /// The bytes start neither with ferry's skippable-frame magic nor like a gzip member: not a frame boundary.
     BadMagic(u32),
+    /// The header length is beyond [`MAX_HEADER_LEN`] or shorter than its fixed part (gzip: or disagrees with XLEN).
     BadHeaderLength(u32),
+    /// A skippable frame or gzip member that does not hold ferry's header (no `FRY`, or no `FY` subfield).
     BadHeaderMagic,
+    /// A header format version this build does not read.
     UnsupportedVersion(u8),
+    /// The header's CRC32 does not match: a damaged header.
     HeaderChecksum,
+    /// The data length is beyond [`MAX_DATA_LEN`].
     DataTooLarge(u32),
+    /// The data's CRC32 is not the header's: damaged data.
     DataChecksum {
+        /// What the header says.
         expected: u32,
+        /// What the bytes give.
         actual: u32,
     },
 }
@@ -127,21 +143,37 @@ impl std::error::Error for FrameError {}
 /// Why a checked frame's data does not give its records.
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
+    /// The zstd data frame does not decompress.
     #[error("does not decompress: {0}")]
     Zstd(#[source] std::io::Error),
+    /// A gzip member too short to hold its 8-byte trailer.
     #[error("gzip member shorter than its trailer")]
     ShortGzip,
+    /// The deflate data does not inflate.
     #[error("does not inflate: {0}")]
     Inflate(#[source] flate2::DecompressError),
+    /// The deflate stream ends before or after the member's trailer.
     #[error("deflate stream does not end where the member does")]
     DeflateEnd,
+    /// The trailer's CRC32 is not that of the inflated records.
     #[error("gzip CRC32 of the records does not match")]
     GzipCrc,
+    /// The data decompresses to another length than the header's `raw_len`.
     #[error("{got} bytes decompressed, header says {want}")]
-    RawLen { got: usize, want: u32 },
+    RawLen {
+        /// Bytes the data gave.
+        got: usize,
+        /// The header's `raw_len`.
+        want: u32,
+    },
     /// The records are LF-terminated lines, one per record the header counts.
     #[error("frame says {want} records, data has {lines} lines")]
-    Records { lines: u64, want: u32 },
+    Records {
+        /// LF-terminated lines in the data.
+        lines: u64,
+        /// The header's `records`.
+        want: u32,
+    },
 }
 
 /// Why a frame cannot be read: its bytes are not a whole, checksummed
@@ -149,8 +181,10 @@ pub enum DataError {
 /// archive (cat, grep, verify, audit, sinks) reports.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
+    /// The bytes are not a whole, checksummed frame.
     #[error(transparent)]
     Frame(#[from] FrameError),
+    /// The frame is whole but its data does not give its records.
     #[error(transparent)]
     Data(#[from] DataError),
 }
@@ -347,11 +381,17 @@ pub struct FrameEncoder {
 /// What goes into a frame besides the data.
 #[derive(Clone, Debug)]
 pub struct FrameMeta<'a> {
+    /// The stream committed to.
     pub stream: &'a str,
+    /// Records in the commit.
     pub records: u32,
+    /// Records cut to `max_record_bytes`.
     pub truncated: u32,
+    /// Sequence number of the first record.
     pub first_seq: u64,
+    /// Receive time of the first record, ms since the Unix epoch.
     pub first_ms: i64,
+    /// Receive time of the last record, ms since the Unix epoch.
     pub last_ms: i64,
 }
 
@@ -436,7 +476,9 @@ fn deflate_member_data(d: &mut flate2::Compress, raw: &[u8], out: &mut Vec<u8>) 
 /// many as the header counts: checked there).
 #[derive(Clone, Copy)]
 pub struct Frame<'a> {
+    /// The frame's header, checked.
     pub header: &'a FrameHeader,
+    /// The records, escaped, each LF-terminated.
     pub records: &'a [u8],
 }
 
@@ -456,6 +498,7 @@ pub struct DataDecoder {
 }
 
 impl DataDecoder {
+    /// A decoder for either codec; fails only if zstd cannot allocate its context.
     pub fn new() -> std::io::Result<DataDecoder> {
         Ok(DataDecoder { zstd: zstd::bulk::Decompressor::new()?, inflate: flate2::Decompress::new(false) })
     }

@@ -42,12 +42,19 @@ use std::sync::{Arc, Mutex};
 /// A file operation that can be made to fail.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Op {
+    /// `write`: a positional write into a file.
     Write,
+    /// `fsync`: `sync_data` or `sync_all` of a file.
     Fsync,
+    /// `create`: a file created (or opened for writing).
     Create,
+    /// `rename`: a file renamed over another (atomic replacement of state files).
     Rename,
+    /// `truncate`: a file's length set (a torn or failed write cut back).
     Truncate,
+    /// `dirsync`: an fsync of a directory, making creates and renames durable.
     DirSync,
+    /// `remove`: a file deleted (retention, cleanup).
     Remove,
 }
 
@@ -70,8 +77,11 @@ impl Op {
 /// How an injected fault fails.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
+    /// `enospc`: the disk is full.
     NoSpace,
+    /// `eio`: an I/O error.
     Eio,
+    /// `erofs`: the filesystem is read-only.
     ReadOnly,
     /// Writes: half the buffer lands on disk, then `EIO`. Other calls: `EIO`.
     Short,
@@ -123,12 +133,16 @@ pub fn raw_os_error_deep(e: &io::Error) -> Option<i32> {
 /// is read-only, or anything else.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Trouble {
+    /// `ENOSPC` or `EDQUOT`: space may come back (retention, an operator).
     DiskFull,
+    /// `EROFS`: the filesystem was remounted read-only.
     ReadOnly,
+    /// Any other error: a failing disk.
     Io,
 }
 
 impl Trouble {
+    /// The trouble an error means, looking through injected faults.
     pub fn of(e: &io::Error) -> Trouble {
         match raw_os_error_deep(e) {
             Some(libc::ENOSPC) | Some(libc::EDQUOT) => Trouble::DiskFull,
@@ -203,7 +217,9 @@ pub struct PowerCut {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{rule:?}: {why}")]
 pub struct BadFaultRule {
+    /// The rule as written.
     pub rule: String,
+    /// What is wrong with it.
     pub why: String,
 }
 
@@ -409,7 +425,9 @@ impl Faults {
 /// Free space and writability of a filesystem.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Space {
+    /// Bytes available to this (unprivileged) process.
     pub free_bytes: u64,
+    /// The filesystem is mounted read-only.
     pub read_only: bool,
 }
 
@@ -519,6 +537,8 @@ impl Fs {
         Ok(())
     }
 
+    /// Rename `from` over `to` (replacing it): how state files are replaced atomically. Not durable until the directory
+    /// is synced.
     pub fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         self.check(Op::Rename, to)?;
         let mut replaced = None;
@@ -637,6 +657,7 @@ pub struct FsFile {
 }
 
 impl FsFile {
+    /// The path the file was opened at.
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -672,6 +693,7 @@ impl FsFile {
         });
     }
 
+    /// Cut (or extend) the file to `len`; the caller fsyncs after.
     pub fn set_len(&self, len: u64) -> io::Result<()> {
         self.fs.check(Op::Truncate, &self.path)?;
         self.dirty();
@@ -686,6 +708,7 @@ impl FsFile {
         Ok(())
     }
 
+    /// fsync of the data (`fdatasync`): what a commit waits for.
     pub fn sync_data(&self) -> io::Result<()> {
         self.fs.check(Op::Fsync, &self.path)?;
         self.file.sync_data()?;
@@ -693,6 +716,7 @@ impl FsFile {
         Ok(())
     }
 
+    /// fsync of data and metadata.
     pub fn sync_all(&self) -> io::Result<()> {
         self.fs.check(Op::Fsync, &self.path)?;
         self.file.sync_all()?;

@@ -55,11 +55,15 @@ pub const BATCH_BYTES: usize = 64 << 10;
 pub struct Batch {
     /// The listener they came from, for drop accounting.
     pub listener: Arc<str>,
+    /// The records, escaped, each LF-terminated.
     pub data: Vec<u8>,
+    /// Records in `data`.
     pub records: u32,
     /// How many of `records` were cut to `max_record_bytes`.
     pub truncated: u32,
+    /// Receive time of the first record, ms since the Unix epoch.
     pub first_ms: i64,
+    /// Receive time of the last record, ms since the Unix epoch.
     pub last_ms: i64,
     /// Answered after the commit that holds these records is durable.
     pub ack: Option<oneshot::Sender<Result<Committed, Error>>>,
@@ -68,17 +72,23 @@ pub struct Batch {
 /// Where a committed batch landed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Committed {
+    /// Sequence number of the batch's first record in its stream.
     pub first_seq: u64,
+    /// Records committed: the batch's.
     pub records: u32,
 }
 
+/// Why the store did not take a batch.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The commit holding the batch failed on disk; nothing of it was written.
     #[error("stream {stream}: commit failed ({})", trouble.as_str())]
     Io {
+        /// The stream.
         stream: String,
+        /// What the disk's error means.
         trouble: Trouble,
+        /// The disk's error.
         #[source]
         source: io::Error,
     },
@@ -89,17 +99,28 @@ pub enum Error {
         Trouble::ReadOnly => "filesystem is read-only",
         Trouble::Io => "disk I/O errors",
     })]
-    Unwritable { stream: String, trouble: Trouble },
+    Unwritable {
+        /// The stream.
+        stream: String,
+        /// Why its disk refuses.
+        trouble: Trouble,
+    },
+    /// The store's directories or a stream's segment could not be opened at start.
     #[error("cannot open store at {path}")]
     Open {
+        /// The path.
         path: PathBuf,
+        /// Why it could not be opened.
         #[source]
         source: io::Error,
     },
+    /// The archive is over `max_bytes` and `on_full = "reject"`: retry once retention or an operator makes room.
     #[error("store is full and on_full = \"reject\": refusing new records")]
     Full,
+    /// The node is shutting down: the writer is gone.
     #[error("store is closed")]
     Closed,
+    /// [`StreamHandle::try_submit`] found the stream's queue full: datagram listeners drop and count the batch.
     #[error("queue for stream {0} is full")]
     Overloaded(String),
 }
@@ -126,6 +147,7 @@ impl Error {
 pub struct Health(AtomicU8);
 
 impl Health {
+    /// The disk's trouble as last seen by the writer; `None` when it takes writes.
     pub fn get(&self) -> Option<Trouble> {
         match self.0.load(Ordering::Relaxed) {
             1 => Some(Trouble::DiskFull),
@@ -135,6 +157,7 @@ impl Health {
         }
     }
 
+    /// Set by the writer when a write fails, and cleared when a probe succeeds.
     pub fn set(&self, t: Option<Trouble>) {
         let v = match t {
             None => 0,
@@ -159,6 +182,7 @@ pub struct StreamHandle {
 }
 
 impl StreamHandle {
+    /// The stream's name.
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -382,6 +406,7 @@ impl Store {
         self.streams.iter().find(|s| &*s.name == name).cloned()
     }
 
+    /// Every stream, in config order.
     pub fn streams(&self) -> &[StreamHandle] {
         &self.streams
     }

@@ -15,16 +15,27 @@ use super::frame::{DataDecoder, DecodeError, FrameError, FrameHeader, MAX_HEADER
 #[derive(Debug)]
 pub enum Step {
     /// A whole frame whose checksums hold; [`SegmentReader::data`] has its zstd data frame.
-    Frame { offset: u64, header: FrameHeader },
+    Frame {
+        /// Where the frame starts.
+        offset: u64,
+        /// Its header.
+        header: FrameHeader,
+    },
     /// Clean end of file.
     End,
     /// The bytes at `offset` are not a whole frame.
-    Bad { offset: u64, error: FrameError },
+    Bad {
+        /// Where the bad bytes start.
+        offset: u64,
+        /// What is wrong with them.
+        error: FrameError,
+    },
 }
 
 /// Positional reads of a segment's bytes: a file, or an object in a
 /// bucket (`query::bucket`).
 pub trait ReadAt: Send {
+    /// Fill `buf` from `offset`, or fail (short is an error).
     fn read_exact_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()>;
 }
 
@@ -44,6 +55,7 @@ pub struct SegmentReader {
 }
 
 impl SegmentReader {
+    /// A reader of the file at `path`, from its start.
     pub fn open(path: &Path) -> io::Result<SegmentReader> {
         let file = File::open(path)?;
         let len = file.metadata()?.len();

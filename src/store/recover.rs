@@ -30,6 +30,7 @@ pub struct StreamRecovery {
     pub next_record_seq: u64,
     /// Unsealed segments found and sealed.
     pub recovered: u64,
+    /// Bytes of torn tails cut.
     pub truncated_bytes: u64,
     /// The newest segment's name: new ones never sort before it.
     pub last_name: Option<SegmentName>,
@@ -145,9 +146,13 @@ pub fn reseal(
 pub struct Walk {
     /// File length after the walk (torn tail removed).
     pub len: u64,
+    /// Whole frames.
     pub frames: u64,
+    /// Records in them.
     pub records: u64,
+    /// Sequence number of the first record; `None` without a whole frame.
     pub first_seq: Option<u64>,
+    /// Sequence number after the last record.
     pub next_seq: u64,
     /// Bytes of torn tail cut.
     pub cut: u64,

@@ -48,8 +48,11 @@ impl Hold for NoHold {
 /// What a pass found and did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Outcome {
+    /// Bytes of segment files after the pass.
     pub total_bytes: u64,
+    /// Segment files after the pass.
     pub segments: u64,
+    /// Segments deleted, relative to `archive/`.
     pub deleted: Vec<PathBuf>,
     /// The archive is over `max_bytes` and `on_full = "reject"`.
     pub full: bool,
@@ -184,6 +187,7 @@ pub struct Fullness {
 }
 
 impl Fullness {
+    /// Not full; `gauge` is `ferry_store_full`.
     pub fn new(gauge: prometheus::IntGauge) -> Fullness {
         Fullness {
             gauge,
@@ -195,6 +199,7 @@ impl Fullness {
         }
     }
 
+    /// `bytes` were written since the last pass (a commit, a mirror append).
     pub fn wrote(&self, bytes: u64) {
         self.written.fetch_add(bytes, Ordering::Relaxed);
         if self.gauge.get() == 0 && self.is_full() {

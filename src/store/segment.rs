@@ -49,11 +49,17 @@ const SEAL_SUFFIX: &str = ".seal";
 /// The parts of a segment file name.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SegmentName {
+    /// The datacenter whose records these are: the first path component.
     pub site: String,
+    /// The stream: the second path component and the file name's start.
     pub stream: String,
+    /// `YYYY-MM-DD`, UTC, of the segment's first commit: the third path component.
     pub date: String,
+    /// The hour (0-23, UTC) of the segment's first commit.
     pub hour: u32,
+    /// The node that wrote it.
     pub node: String,
+    /// Counts the stream's segments on that node; zero-padded to 8 digits in the name, so names sort.
     pub seq: u64,
     /// How its frames are compressed; the suffix says it.
     pub codec: Codec,
@@ -101,6 +107,7 @@ impl SegmentName {
         n
     }
 
+    /// `<stream>-<date>T<HH>-<node>-<seq>.log.zst` (or `.log.gz`).
     pub fn file_name(&self) -> String {
         format!("{}-{}T{:02}-{}-{:08}{}", self.stream, self.date, self.hour, self.node, self.seq, suffix(self.codec))
     }
@@ -195,14 +202,24 @@ pub fn list_tombstones(state_dir: &Path) -> Vec<(PathBuf, SegmentName, Result<Se
 /// What is wrong with the text of a seal record.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SealParseError {
+    /// The file is not UTF-8.
     #[error("not UTF-8 text")]
     NotText,
+    /// A line (1-based) without `=`.
     #[error("line {0}: not key=value")]
     NotKeyValue(usize),
+    /// A numeric key whose value does not parse.
     #[error("line {line}: {key} is not a number")]
-    NotNumber { line: usize, key: String },
+    NotNumber {
+        /// The line, 1-based.
+        line: usize,
+        /// The key.
+        key: String,
+    },
+    /// The `sha256` line (1-based) is not 64 hex digits.
     #[error("line {0}: sha256 is not 64 hex digits")]
     Sha256(usize),
+    /// Fewer than the 7 keys: a truncated record.
     #[error("only {0} of the 7 keys (truncated?)")]
     Missing(u32),
 }
@@ -212,7 +229,9 @@ pub enum SealParseError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{place}: damaged seal record: {why}")]
 pub struct DamagedSeal {
+    /// The seal file's path, or the bucket object's key.
     pub place: String,
+    /// What is wrong with its text.
     #[source]
     pub why: SealParseError,
 }
@@ -220,16 +239,24 @@ pub struct DamagedSeal {
 /// The proof that a segment is closed: its final length and checksum.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SealRecord {
+    /// The segment's final length in bytes.
     pub len: u64,
+    /// SHA-256 of the whole segment, 64 lowercase hex digits.
     pub sha256: String,
+    /// Frames in the segment.
     pub frames: u64,
+    /// Records in the segment.
     pub records: u64,
+    /// Sequence number of its first record.
     pub first_seq: u64,
+    /// Sequence number after its last record: the stream's next segment starts there.
     pub next_seq: u64,
+    /// When it was sealed, ms since the Unix epoch.
     pub sealed_ms: i64,
 }
 
 impl SealRecord {
+    /// The record as written to `…seal`: one `key=value` line per field.
     pub fn to_text(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(s, "len={}", self.len);
@@ -351,9 +378,11 @@ pub fn decode_hex(s: &str) -> Option<[u8; 32]> {
 pub struct OnDisk {
     /// Path relative to `archive/`.
     pub rel: PathBuf,
+    /// Its parsed name.
     pub name: SegmentName,
     /// File length when listed.
     pub len: u64,
+    /// The seal record, if the segment is sealed and the record reads.
     pub seal: Option<SealRecord>,
     /// The seal record exists but cannot be read: what is wrong with it.
     /// The segment was sealed (seal files appear only then), so it is safe
@@ -431,15 +460,23 @@ pub(crate) fn hex(b: &[u8]) -> String {
 /// never trusted again: [`finish`](Self::finish) cuts it back to its last
 /// durable length and seals it there, and the stream continues in a new one.
 pub struct OpenSegment {
+    /// The segment's name.
     pub name: SegmentName,
+    /// Path relative to `archive/`.
     pub rel: PathBuf,
+    /// The file's full path.
     pub path: PathBuf,
     file: FsFile,
     hasher: Sha256,
+    /// Bytes written so far (whole frames only).
     pub len: u64,
+    /// Frames written so far.
     pub frames: u64,
+    /// Records written so far.
     pub records: u64,
+    /// Sequence number of the segment's first record.
     pub first_seq: u64,
+    /// Sequence number the next record appended gets.
     pub next_seq: u64,
     /// What an fsync last confirmed, with the checksum state there.
     durable: Durable,
@@ -654,7 +691,12 @@ pub enum AppendError {
     Cut(io::Error),
     /// The write failed and so did cutting its remains: the segment holds a
     /// partial frame and must not be written again.
-    Uncut { write: io::Error, cut: io::Error },
+    Uncut {
+        /// Why the write failed.
+        write: io::Error,
+        /// Why cutting its remains failed.
+        cut: io::Error,
+    },
 }
 
 impl AppendError {

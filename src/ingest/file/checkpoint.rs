@@ -18,7 +18,9 @@ use super::identity::{Fingerprint, Key};
 /// Where one file is committed to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
+    /// The fingerprint of the file's first bytes: an inode reused by another file does not match.
     pub fp: Fingerprint,
+    /// Committed (durable in the archive) up to here: where reading resumes.
     pub offset: u64,
     /// Handed to the store up to here (at least `offset`): at a start, the
     /// bytes between the two may be archived already and are read again.
@@ -27,6 +29,7 @@ pub struct Entry {
     pub path: PathBuf,
 }
 
+/// A file listener's checkpoints (`state/files/<listener>.positions`): an append-only log of changes, compacted when it grows.
 pub struct Checkpoints {
     path: PathBuf,
     log: File,
@@ -80,22 +83,27 @@ impl Checkpoints {
         Ok(cp)
     }
 
+    /// The checkpoint of a file, by device and inode.
     pub fn get(&self, k: &Key) -> Option<&Entry> {
         self.map.get(k)
     }
 
+    /// Every file checkpointed.
     pub fn keys(&self) -> impl Iterator<Item = Key> + '_ {
         self.map.keys().copied()
     }
 
+    /// Files checkpointed.
     pub fn len(&self) -> usize {
         self.map.len()
     }
 
+    /// No file checkpointed.
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }
 
+    /// Change a file's checkpoint (appended at the next flush).
     pub fn set(&mut self, k: Key, e: Entry) {
         if self.map.get(&k) != Some(&e) {
             self.map.insert(k, e.clone());
@@ -103,6 +111,7 @@ impl Checkpoints {
         }
     }
 
+    /// Drop a file's checkpoint (it is gone and read to its end).
     pub fn forget(&mut self, k: Key) {
         if self.map.remove(&k).is_some() {
             self.changed.insert(k, None);

@@ -12,13 +12,17 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 /// first line or two.
 pub const FP_BYTES: usize = 1024;
 
+/// Where a file is: its device and inode (a rename keeps them).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Key {
+    /// The device.
     pub dev: u64,
+    /// The inode.
     pub ino: u64,
 }
 
 impl Key {
+    /// The key of a file's metadata.
     pub fn of(m: &std::fs::Metadata) -> Key {
         Key { dev: m.dev(), ino: m.ino() }
     }
@@ -28,7 +32,9 @@ impl Key {
 /// `DefaultHasher`, because it is written into checkpoints.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Fingerprint {
+    /// Bytes hashed: up to [`FP_BYTES`].
     pub len: u32,
+    /// FNV-1a of them.
     pub hash: u64,
 }
 
@@ -66,6 +72,7 @@ fn hash_prefix(f: &File, len: usize) -> io::Result<u64> {
     Ok(fnv1a(buf))
 }
 
+/// 64-bit FNV-1a of `b`.
 pub fn fnv1a(b: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for &x in b {

@@ -50,6 +50,7 @@ pub struct Prepared {
 }
 
 impl Prepared {
+    /// Load the listener's checkpoints from `state_dir/files/`.
     pub fn open(state_dir: &Path, cfg: &crate::config::ListenerConfig) -> std::io::Result<Prepared> {
         let checkpoints = Checkpoints::open(&state_dir.join("files"), &cfg.name)?;
         Ok(Prepared { checkpoints, paths: cfg.listen.to_string() })

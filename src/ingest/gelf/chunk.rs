@@ -14,7 +14,9 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::net::IpAddr;
 
+/// The two bytes a chunk starts with; a datagram without them is a whole message.
 pub const MAGIC: [u8; 2] = [0x1e, 0x0f];
+/// Magic, message id, sequence number and count.
 pub const HEADER_LEN: usize = 12;
 /// The GELF spec's limit; more is a broken or hostile sender.
 pub const MAX_CHUNKS: u8 = 128;
@@ -22,15 +24,22 @@ pub const MAX_CHUNKS: u8 = 128;
 /// One datagram, classified.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Datagram<'a> {
+    /// A whole message (possibly compressed), not chunked.
     Whole(&'a [u8]),
+    /// One chunk of a message, to reassemble.
     Chunk(Chunk<'a>),
 }
 
+/// One chunk's header and its slice of the message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Chunk<'a> {
+    /// The message id (8 bytes, big-endian here): chunks with the same id and source make one message.
     pub id: u64,
+    /// This chunk's place in the message, below `count`.
     pub seq: u8,
+    /// Chunks in the message, 1 to [`MAX_CHUNKS`].
     pub count: u8,
+    /// This chunk's slice of the (possibly compressed) message.
     pub payload: &'a [u8],
 }
 
@@ -39,19 +48,28 @@ pub struct Chunk<'a> {
 pub enum ChunkError {
     /// The magic but not a whole header.
     Short {
+        /// The datagram's length.
         len: usize,
     },
+    /// A sequence count of 0 or above [`MAX_CHUNKS`].
     BadCount {
+        /// The count announced.
         count: u8,
     },
+    /// A sequence number not below the count.
     BadSeq {
+        /// The sequence number.
         seq: u8,
+        /// The count announced.
         count: u8,
     },
     /// Another chunk of the same message announced a different count.
     CountMismatch {
+        /// The message id.
         id: u64,
+        /// The count this chunk announced.
         count: u8,
+        /// The count the message's first chunk announced.
         expected: u8,
     },
 }
@@ -92,14 +110,18 @@ pub fn parse(d: &[u8]) -> Result<Datagram<'_>, ChunkError> {
 /// Bounds of a [`Reassembler`].
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
+    /// A message not complete this long after its first chunk is lost (default 5000, Graylog's 5 s).
     pub timeout_ms: u64,
+    /// Partial messages held at once, overall (default 1024).
     pub max_partials: usize,
+    /// Payload bytes buffered in partial messages, overall (default 32 MiB).
     pub max_bytes: usize,
     /// Finished message ids remembered so that late duplicates are ignored
     /// rather than starting a partial that would later count as lost.
     pub max_finished: usize,
     /// Per source address: a sender over these evicts its own oldest.
     pub max_partials_per_source: usize,
+    /// Payload bytes buffered per source address (default 8 MiB).
     pub max_bytes_per_source: usize,
 }
 
@@ -125,9 +147,11 @@ pub enum Outcome {
     Complete(Vec<u8>),
     /// Already had this chunk, or the message is already finished: ignored.
     Duplicate,
+    /// The chunk's header is wrong, or it contradicts the message's earlier chunks: dropped.
     Invalid(ChunkError),
 }
 
+/// Why a partial message was given up on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LostWhy {
     /// Not complete within the timeout.
@@ -139,10 +163,15 @@ pub enum LostWhy {
 /// A partial message given up on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Lost {
+    /// The sender's address.
     pub source: IpAddr,
+    /// The message id.
     pub id: u64,
+    /// Chunks received of it.
     pub received: u8,
+    /// Chunks it needed.
     pub count: u8,
+    /// Timed out or evicted.
     pub why: LostWhy,
 }
 
@@ -173,6 +202,7 @@ pub struct Reassembler {
 }
 
 impl Reassembler {
+    /// An empty reassembler bounded by `limits`.
     pub fn new(limits: Limits) -> Reassembler {
         Reassembler {
             limits,

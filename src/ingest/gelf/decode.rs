@@ -7,14 +7,19 @@ use std::borrow::Cow;
 use std::fmt;
 use std::io::{self, Read};
 
+/// How a GELF payload is encoded, from its first bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Encoding {
+    /// Starts with the gzip magic `1f 8b`.
     Gzip,
+    /// A zlib header (`78 ..`, with a valid header checksum).
     Zlib,
+    /// Anything else: the JSON as it is.
     Plain,
 }
 
 impl Encoding {
+    /// The encoding of a payload, from its first bytes.
     pub fn of(m: &[u8]) -> Encoding {
         match m {
             [0x1f, 0x8b, ..] => Encoding::Gzip,
@@ -28,6 +33,7 @@ impl Encoding {
         }
     }
 
+    /// For messages: `gzip`, `zlib`, `plain`.
     pub fn as_str(self) -> &'static str {
         match self {
             Encoding::Gzip => "gzip",
@@ -40,7 +46,9 @@ impl Encoding {
 /// A compressed payload that does not decompress.
 #[derive(Debug)]
 pub struct DecodeError {
+    /// What the payload looked like.
     pub encoding: Encoding,
+    /// What inflating it said.
     pub error: io::Error,
 }
 
@@ -53,7 +61,9 @@ impl fmt::Display for DecodeError {
 /// One message's record: at most `max` bytes, `truncated` if there was more.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Decoded<'a> {
+    /// The record: the payload, inflated if it was compressed.
     pub data: Cow<'a, [u8]>,
+    /// There was more than `max` bytes; the rest is dropped.
     pub truncated: bool,
 }
 

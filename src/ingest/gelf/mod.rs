@@ -17,10 +17,12 @@ use tokio::net::{TcpListener, UdpSocket};
 use super::ListenerCtx;
 use crate::shutdown::Shutdown;
 
+/// Serve GELF over TCP (NUL-delimited) until shutdown.
 pub async fn serve_tcp(listener: TcpListener, ctx: Arc<ListenerCtx>, sd: Shutdown) {
     tcp::serve(listener, ctx, sd).await
 }
 
+/// Serve GELF over UDP (whole or chunked datagrams) until shutdown.
 pub async fn serve_udp(sock: UdpSocket, ctx: Arc<ListenerCtx>, sd: Shutdown) {
     let gelf = udp::Gelf::new(&ctx);
     crate::ingest::net::datagram::serve(crate::ingest::net::datagram::Udp(sock), gelf, ctx, sd).await

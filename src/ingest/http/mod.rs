@@ -97,15 +97,21 @@ fn refuse(
 /// Why a request body is refused, before any of it is queued.
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {
+    /// A `Content-Encoding` other than gzip or zstd: 415.
     #[error("Content-Encoding {0:?} is not supported (gzip, zstd)")]
     Encoding(String),
+    /// The body does not decompress: 400.
     #[error("cannot decompress the body: {0}")]
     Decompress(#[source] std::io::Error),
+    /// The body decompresses to more than `max_body_bytes`: 413.
     #[error("decompressed body exceeds max_body_bytes ({0})")]
     TooLarge(usize),
+    /// A line of an NDJSON body is not JSON: 400.
     #[error("line {line}: not valid JSON: {source}")]
     Json {
+        /// The line, 1-based.
         line: usize,
+        /// What the JSON parser said.
         #[source]
         source: serde_json::Error,
     },

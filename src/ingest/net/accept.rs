@@ -23,6 +23,7 @@ use crate::shutdown::Shutdown;
 /// the clients a second later.
 const ACCEPT_BACKLOG: u32 = 4096;
 
+/// A TCP listener on `a`, with `SO_REUSEADDR` and a deep accept backlog.
 pub fn listen_tcp(a: std::net::SocketAddr) -> io::Result<TcpListener> {
     let s = if a.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
     s.set_reuseaddr(true)?;

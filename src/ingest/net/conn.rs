@@ -21,8 +21,11 @@ use crate::ingest::ListenerCtx;
 /// handshake (replaced on reload; established connections keep theirs).
 pub type TlsServer = std::sync::Arc<crate::pki::Derived<TlsAcceptor>>;
 
+/// An accepted stream connection, plain or TLS.
 pub enum Conn {
+    /// Plain TCP.
     Plain(TcpStream),
+    /// TLS, with the watch that ends it if a reloaded CRL revokes the client.
     Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>, Revoked),
 }
 

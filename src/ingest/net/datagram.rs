@@ -85,6 +85,7 @@ pub struct KernelDrops {
 }
 
 impl KernelDrops {
+    /// Drop accounting of `sock`, counted under the listener's name.
     pub fn new(sock: &impl AsRawFd, ctx: &ListenerCtx) -> KernelDrops {
         // SAFETY: fstat on a valid, owned fd into a zeroed stat buffer.
         let inode = unsafe {
@@ -131,12 +132,16 @@ pub trait DatagramSocket: Send + Sync + 'static {
     fn kernel_drops(&self, _ctx: &ListenerCtx) -> Option<KernelDrops> {
         None
     }
+    /// Wait for a datagram into `buf`: its length and sender (none for unix sockets).
     fn recv(&self, buf: &mut [u8])
         -> impl std::future::Future<Output = io::Result<(usize, Option<SocketAddr>)>> + Send;
+    /// A datagram already queued, without waiting (`WouldBlock` when none).
     fn try_recv(&self, buf: &mut [u8]) -> io::Result<(usize, Option<SocketAddr>)>;
 }
 
+/// A UDP socket.
 pub struct Udp(pub UdpSocket);
+/// A unix datagram socket.
 pub struct Unix(pub UnixDatagram);
 
 impl DatagramSocket for Udp {

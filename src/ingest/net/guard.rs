@@ -13,9 +13,13 @@ use crate::ingest::ListenerCtx;
 pub enum Close {
     /// The peer closed it.
     Eof,
+    /// Silent for `idle_timeout`.
     IdleTimeout,
+    /// Bytes that cannot be framed (a bad octet count, a RELP error).
     FramingError,
+    /// Reading failed (a reset, a TLS error).
     ReadError,
+    /// The node is stopping.
     Shutdown,
     /// A commit failed (RELP closes the session unanswered so the client resends).
     StoreError,
@@ -24,6 +28,7 @@ pub enum Close {
 }
 
 impl Close {
+    /// Every reason, so that each label exists at 0 from the start.
     pub const ALL: [Close; 7] = [
         Close::Eof,
         Close::IdleTimeout,
@@ -34,6 +39,7 @@ impl Close {
         Close::Aborted,
     ];
 
+    /// The `reason` label of `ferry_connections_closed_total`.
     pub fn as_str(self) -> &'static str {
         match self {
             Close::Eof => "eof",
@@ -69,6 +75,7 @@ pub struct ConnGuard<'a> {
 }
 
 impl<'a> ConnGuard<'a> {
+    /// Count a connection accepted and active.
     pub fn open(ctx: &'a ListenerCtx) -> ConnGuard<'a> {
         let m = &ctx.metrics;
         m.ingest.connections_accepted.with_label_values(&[&ctx.name]).inc();
@@ -77,6 +84,7 @@ impl<'a> ConnGuard<'a> {
         ConnGuard { ctx, active, closed: false }
     }
 
+    /// Count the connection closed, for `why`.
     pub fn close(mut self, why: Close) {
         self.count(why);
     }

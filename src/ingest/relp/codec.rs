@@ -14,17 +14,31 @@ use std::fmt;
 /// One RELP frame, borrowing its data from the input.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Frame<'a> {
+    /// The transaction number, which the answer repeats.
     pub txnr: u64,
+    /// `open`, `syslog`, `close`, ...
     pub command: &'a [u8],
+    /// The command's data (a syslog record for `syslog`); empty when `DATALEN` is 0.
     pub data: &'a [u8],
 }
 
+/// Why bytes are not a RELP frame: the session cannot go on.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RelpError {
+    /// The transaction number is not 1 to 9 digits.
     BadTxnr,
+    /// The command is not 1 to 32 letters.
     BadCommand,
+    /// The data length is not a number.
     BadDatalen,
-    TooLarge { len: u64, limit: usize },
+    /// The data length is above the limit (the ceiling of `max_record_bytes`).
+    TooLarge {
+        /// The length announced.
+        len: u64,
+        /// The largest accepted.
+        limit: usize,
+    },
+    /// The frame does not end with LF after its data.
     MissingTrailer,
 }
 
@@ -41,6 +55,7 @@ impl fmt::Display for RelpError {
 }
 
 impl RelpError {
+    /// The `reason` label of `ferry_framing_errors_total`.
     pub fn reason(&self) -> &'static str {
         match self {
             RelpError::TooLarge { .. } => "relp_too_large",

@@ -15,8 +15,10 @@ use std::fmt;
 /// Octet counts with more digits than this are garbage, whatever follows.
 const MAX_COUNT_DIGITS: usize = 9;
 
+/// How a stream connection's records are delimited (RFC 6587), detected from its first byte.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Framing {
+    /// `LEN SP MSG`: the first byte was a digit.
     OctetCounting,
     /// Records end with the decoder's terminator: LF for syslog, NUL for GELF.
     LineFeed,
@@ -26,9 +28,17 @@ pub enum Framing {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FramingError {
     /// The octet count has a byte that is not a digit before its space.
-    NotANumber { found: u8 },
+    NotANumber {
+        /// The byte found.
+        found: u8,
+    },
     /// The octet count is larger than any record we would accept.
-    TooLarge { count: u64, limit: usize },
+    TooLarge {
+        /// The count announced.
+        count: u64,
+        /// The largest accepted (`max_count`).
+        limit: usize,
+    },
 }
 
 impl FramingError {
@@ -62,15 +72,21 @@ pub enum Next {
     /// `consumed` bytes were discarded (the tail of a truncated record, an
     /// empty line).
     Skip {
+        /// Bytes to drop from the input.
         consumed: usize,
     },
     /// A record: `input[start..start + len]`; then drop `consumed` bytes.
     Record {
+        /// Offset of the record in the input.
         start: usize,
+        /// The record's length (at most `max_record`).
         len: usize,
+        /// Bytes to drop from the input, the record and its delimiter included.
         consumed: usize,
+        /// The record was longer than `max_record` and is cut; the rest is skipped.
         truncated: bool,
     },
+    /// The stream cannot be decoded further: close the connection.
     Error(FramingError),
 }
 
@@ -102,6 +118,7 @@ impl Decoder {
         Decoder { framing: Some(Framing::LineFeed), max_record, max_count: max_record, skipping: None, terminator: 0 }
     }
 
+    /// The framing detected (or set); `None` before the first byte.
     pub fn framing(&self) -> Option<Framing> {
         self.framing
     }

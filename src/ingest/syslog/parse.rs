@@ -5,9 +5,13 @@
 /// What routing may use. Missing parts are `None`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Header<'a> {
+    /// The facility, 0-23, from PRI.
     pub facility: Option<u8>,
+    /// The severity, 0-7, from PRI.
     pub severity: Option<u8>,
+    /// The HOSTNAME field.
     pub hostname: Option<&'a [u8]>,
+    /// The APP-NAME (RFC 5424) or TAG (RFC 3164).
     pub app_name: Option<&'a [u8]>,
 }
 

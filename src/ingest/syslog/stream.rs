@@ -41,6 +41,7 @@ pub async fn serve_tcp(listener: TcpListener, tls: Option<TlsServer>, ctx: Arc<L
     .await
 }
 
+/// Syslog over a unix stream socket: RFC 6587 frames, until shutdown.
 pub async fn serve_unix(listener: UnixListener, ctx: Arc<ListenerCtx>, sd: Shutdown) {
     let limit = Arc::new(Semaphore::new(ctx.cfg.max_connections));
     loop {

@@ -68,16 +68,25 @@ pub const MAX_APPEND: usize = 4 << 20;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u16)]
 pub enum Code {
+    /// The uplink offered a version below [`MIN_VERSION`]; it offers the one below its last on the next connection.
     VersionUnsupported = 1,
+    /// The first message was not HELLO.
     BadHello = 2,
     /// The peer's certificate does not allow writing under that site.
     NotAuthorized = 3,
+    /// OPEN or GONE named something that is not a segment path under `archive/`.
     InvalidPath = 4,
+    /// APPEND carried bytes that are not whole, valid frames.
     InvalidFrame = 5,
+    /// A message longer than [`MAX_MESSAGE`].
     MessageTooLarge = 6,
+    /// The receiver's disk failed otherwise: nothing was written; retry later.
     Io = 7,
+    /// The mirror is not the origin's copy. Reserved: this build answers such a SEAL with SEALED ok = 0.
     ChecksumMismatch = 8,
+    /// A message out of order (a second HELLO, an id never opened, GONE in version 1) or one that does not decode.
     ProtocolViolation = 9,
+    /// The receiver is stopping; the uplink reconnects, to it or the next address.
     ShuttingDown = 10,
     /// The receiver's disk is full: nothing was written; retry later.
     NoSpace = 11,
@@ -86,6 +95,7 @@ pub enum Code {
     /// The peer's certificate was revoked (a CRL reloaded while it was
     /// connected); its next handshake fails too.
     CertificateRevoked = 13,
+    /// A code this build does not know (a newer peer's).
     Unknown = 0xffff,
 }
 
@@ -105,6 +115,7 @@ impl Code {
         }
     }
 
+    /// The code on the wire; numbers this build does not know are [`Code::Unknown`].
     pub fn from_u16(v: u16) -> Code {
         match v {
             1 => Code::VersionUnsupported,
@@ -145,66 +156,114 @@ impl Code {
     }
 }
 
+/// One message of the link protocol, either way (see the module docs for the wire layout).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Msg {
+    /// uplink → receiver, first: the highest version the uplink speaks and its node name (the certificate's name wins
+    /// if they differ).
     Hello {
+        /// Highest protocol version the uplink speaks.
         version: u16,
+        /// The uplink's node name.
         node: String,
     },
+    /// uplink → receiver: binds `id` to a segment path for this connection; answered by HAVE.
     Open {
+        /// The connection-local name of the segment from now on.
         id: u32,
+        /// The segment's path relative to `archive/`: `site/stream/date/file`.
         path: String,
     },
+    /// uplink → receiver: whole frames to write at `offset`; answered by ACK once durable, or WRONG_OFFSET.
     Append {
+        /// The segment, as OPEN bound it.
         id: u32,
+        /// Where the frames go: the receiver refuses any other offset than its current length.
         offset: u64,
+        /// Whole frames, as they are on disk, at most [`MAX_APPEND`] bytes.
         frames: Bytes,
     },
+    /// uplink → receiver: the segment is complete at the origin; answered by SEALED.
     Seal {
+        /// The segment, as OPEN bound it.
         id: u32,
+        /// The sealed segment's length at the origin.
         len: u64,
+        /// The SHA-256 of the whole segment at the origin.
         sha256: [u8; 32],
     },
+    /// uplink → receiver: a keepalive; answered by PONG with the same nonce.
     Ping {
+        /// Echoed in PONG, to match the answer.
         nonce: u64,
     },
+    /// uplink → receiver (version 2): the origin deleted a segment before any uplink delivered it; answered by SEALED
+    /// or ERROR.
     Gone {
+        /// A connection-local id for the answer.
         id: u32,
+        /// The deleted segment's path relative to `archive/`.
         path: String,
+        /// What the deleted segment's seal record said.
         tombstone: Tombstone,
     },
     /// `epoch` is 0 (and not on the wire) in version 1.
     Welcome {
+        /// The version both speak: the lower of the uplink's and the receiver's highest.
         version: u16,
+        /// The receiver's state epoch: when it changes, the uplink offers every segment again.
         epoch: u64,
     },
+    /// receiver → uplink: the connection is refused; the receiver closes it after this.
     Refuse {
+        /// Why, as a number the uplink acts on.
         code: Code,
+        /// Why, for the logs.
         reason: String,
     },
+    /// receiver → uplink, the answer to OPEN: how much of the segment the receiver holds, where the uplink resumes.
     Have {
+        /// The segment, as OPEN bound it.
         id: u32,
+        /// Bytes the receiver holds (durably).
         len: u64,
+        /// The receiver has sealed it already: nothing more to send.
         sealed: bool,
     },
+    /// receiver → uplink: the segment is durable up to `len`.
     Ack {
+        /// The segment, as OPEN bound it.
         id: u32,
+        /// The durable length: what the uplink may count as delivered.
         len: u64,
     },
+    /// receiver → uplink: an APPEND at another offset than the receiver's length; nothing written.
     WrongOffset {
+        /// The segment, as OPEN bound it.
         id: u32,
+        /// The receiver's length: where the uplink resumes.
         expected: u64,
     },
+    /// receiver → uplink, the answer to SEAL or GONE.
     Sealed {
+        /// The segment, as OPEN or GONE named it.
         id: u32,
+        /// SEAL: the mirror matched the length and SHA-256 and is sealed. GONE: the tombstone is noted (or the segment
+        /// is sealed here anyway).
         ok: bool,
     },
+    /// receiver → uplink, the answer to PING.
     Pong {
+        /// PING's nonce.
         nonce: u64,
     },
+    /// receiver → uplink: one segment's operation failed; the connection stays up.
     Error {
+        /// The segment, as OPEN or GONE named it.
         id: u32,
+        /// Why, as a number the uplink acts on ([`Code::is_transient`]: retry later).
         code: Code,
+        /// Why, for the logs.
         reason: String,
     },
 }
@@ -212,12 +271,19 @@ pub enum Msg {
 /// A deleted segment's seal record as GONE carries it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Tombstone {
+    /// The segment's sealed length in bytes.
     pub len: u64,
+    /// Frames it held.
     pub frames: u64,
+    /// Records it held.
     pub records: u64,
+    /// The sequence number of its first record.
     pub first_seq: u64,
+    /// The sequence number after its last record: the next segment's `first_seq`.
     pub next_seq: u64,
+    /// When it was sealed, in Unix milliseconds.
     pub sealed_ms: i64,
+    /// The SHA-256 of the whole segment.
     pub sha256: [u8; 32],
 }
 
@@ -237,6 +303,7 @@ impl Tombstone {
         })
     }
 
+    /// The seal record the receiver writes for the tombstone.
     pub fn to_seal(&self) -> crate::store::segment::SealRecord {
         crate::store::segment::SealRecord {
             len: self.len,
@@ -253,8 +320,10 @@ impl Tombstone {
 /// Why bytes are not a message.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
+    /// The length prefix exceeds [`MAX_MESSAGE`].
     #[error("message of {0} bytes exceeds the limit of {MAX_MESSAGE}")]
     TooLarge(usize),
+    /// A type byte no message has.
     #[error("unknown message type {0}")]
     UnknownType(u8),
     /// The body is shorter or longer than its type requires, or a string is not UTF-8.
@@ -263,6 +332,7 @@ pub enum DecodeError {
 }
 
 impl DecodeError {
+    /// The code a receiver refuses with.
     pub fn code(&self) -> Code {
         match self {
             DecodeError::TooLarge(_) => Code::MessageTooLarge,

@@ -25,10 +25,12 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
 pub enum WireCounter {
     /// The count, and the socket (valid as long as the link's stream).
     Tcp(Arc<AtomicU64>, std::os::fd::RawFd),
+    /// The QUIC connection, whose stats count the UDP payloads sent.
     Quic(quinn::Connection),
 }
 
 impl WireCounter {
+    /// Bytes put on the wire so far.
     pub fn sent(&self) -> u64 {
         match self {
             WireCounter::Tcp(c, _) => c.load(Ordering::Relaxed),
@@ -56,13 +58,16 @@ impl WireCounter {
 
 /// An established, authenticated link.
 pub struct Link {
+    /// The stream messages are read from and written to.
     pub io: Box<dyn Io>,
+    /// The peer's address.
     pub peer: SocketAddr,
     /// Who the peer's certificate says it is.
     pub identity: Identity,
     /// The peer's certificate chain (leaf first): checked again when a
     /// reload brings a new CRL.
     pub peer_certs: Vec<rustls_pki_types::CertificateDer<'static>>,
+    /// Bytes this side put on the wire, for the rate limit.
     pub wire: WireCounter,
     /// Keeps a QUIC connection (and its endpoint) open; closed with a code on drop of the session.
     pub quic: Option<quinn::Connection>,
@@ -86,14 +91,18 @@ impl Link {
 /// Which transport a link uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
+    /// TLS 1.3 over TCP.
     Tls,
+    /// QUIC.
     Quic,
 }
 
 /// Why a handshake was refused, as a metric label and a message.
 #[derive(Debug)]
 pub struct Refused {
+    /// The metric label (`unknown_ca`, `certificate_revoked`, ...).
     pub reason: &'static str,
+    /// The message, for the log.
     pub detail: String,
 }
 

@@ -33,6 +33,7 @@ pub struct Dialer {
 }
 
 impl Dialer {
+    /// A client endpoint (IPv6 when `ipv6`) with the TLS material in force.
     pub fn new(live: &Arc<Live>, timing: &Timing, ipv6: bool) -> io::Result<Dialer> {
         let timing = *timing;
         let config = Derived::new(live.clone(), move |m| {
@@ -49,6 +50,7 @@ impl Dialer {
         Ok(Dialer { endpoint, config: Arc::new(config) })
     }
 
+    /// Connect to `addr`, checking the receiver's certificate against `server_name`.
     pub async fn connect(&self, addr: SocketAddr, server_name: &str, timing: &Timing) -> io::Result<Link> {
         let fut = async {
             let conn = self
@@ -93,6 +95,7 @@ pub struct Acceptor {
 }
 
 impl Acceptor {
+    /// Bind a QUIC endpoint on `addr`.
     pub fn bind(addr: SocketAddr, live: &Arc<Live>, timing: &Timing) -> io::Result<Acceptor> {
         let t = *timing;
         let server = Derived::new(live.clone(), move |m| {
@@ -112,6 +115,7 @@ impl Acceptor {
         Ok(Acceptor { endpoint: quinn::Endpoint::new(endpoint_config, Some(config), socket, runtime)?, config: server })
     }
 
+    /// The bound address.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.endpoint.local_addr()
     }

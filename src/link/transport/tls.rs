@@ -52,6 +52,7 @@ pub struct Dialer {
 }
 
 impl Dialer {
+    /// A dialer with the TLS material in force (replaced on reload).
     pub fn new(live: &Arc<Live>) -> Result<Dialer, pki::Error> {
         let connector =
             Derived::new(live.clone(), |m| Ok(TlsConnector::from(Arc::new(pki::client_config_from(m, &[ALPN])?))))?;
@@ -97,6 +98,7 @@ pub struct Acceptor {
 }
 
 impl Acceptor {
+    /// Bind a TCP listener on `addr`.
     pub async fn bind(addr: SocketAddr, live: &Arc<Live>) -> io::Result<Acceptor> {
         let acceptor =
             Derived::new(live.clone(), |m| Ok(TlsAcceptor::from(Arc::new(pki::server_config_from(m, &[ALPN])?))))
@@ -104,6 +106,7 @@ impl Acceptor {
         Ok(Acceptor { listener: TcpListener::bind(addr).await?, acceptor })
     }
 
+    /// The bound address.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.listener.local_addr()
     }
@@ -113,6 +116,7 @@ impl Acceptor {
         self.listener.accept().await
     }
 
+    /// The acceptor with the TLS material in force now.
     pub fn tls(&self) -> TlsAcceptor {
         self.acceptor.get()
     }

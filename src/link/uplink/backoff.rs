@@ -17,6 +17,7 @@ use rand::Rng;
 /// Longest wait after the receiver refused the link.
 pub const REFUSED_MAX: Duration = Duration::from_secs(30);
 
+/// Waits between reconnects: doubling from `min` to `max`, jittered.
 #[derive(Debug, Clone)]
 pub struct Backoff {
     min: Duration,
@@ -25,6 +26,7 @@ pub struct Backoff {
 }
 
 impl Backoff {
+    /// A backoff from `min` to `max`.
     pub fn new(min: Duration, max: Duration) -> Backoff {
         Backoff { min, max, step: min }
     }

@@ -9,6 +9,7 @@
 
 use std::time::{Duration, Instant};
 
+/// The rate cap of an uplink (`max_rate`, `burst`).
 pub struct TokenBucket {
     rate: f64,
     burst: f64,
@@ -20,6 +21,7 @@ pub struct TokenBucket {
 }
 
 impl TokenBucket {
+    /// A full bucket of `burst` bytes filling at `rate` bytes per second; `wire` is the wire counter now.
     pub fn new(rate: f64, burst: u64, now: Instant, wire: u64) -> TokenBucket {
         TokenBucket {
             rate,

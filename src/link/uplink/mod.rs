@@ -46,18 +46,25 @@ use session::{End, Event, Params, Session};
 
 /// Everything an uplink needs; `run` drives it until cancelled.
 pub struct Uplink {
+    /// The `[[uplink]]` section.
     pub cfg: UplinkConfig,
+    /// This node's name, sent in HELLO.
     pub node: String,
     /// This node's site: the streams it may ask the store to rotate.
     pub site: String,
+    /// `data_dir/archive`: this node's segments to ship.
     pub archive_dir: PathBuf,
+    /// `data_dir/state`: seals, tombstones and `uplinks/<name>.delivered`.
     pub state_dir: PathBuf,
     /// The TLS material in force (replaced on reload).
     pub tls: Arc<Live>,
     /// `max_rate`, `burst`, `live_share`, changed in place on reload.
     pub tune: tokio::sync::watch::Receiver<Tuning>,
+    /// `ferry_uplink_*` are counted here.
     pub metrics: Metrics,
+    /// The time for lag and backoff (a test clock in tests).
     pub clock: Arc<dyn Clock>,
+    /// Segments sealed and verified at the receiver (retention may delete them).
     pub delivered: Arc<Delivered>,
     /// For state files (the delivered list, re-derived seals).
     pub fs: Fs,
@@ -68,12 +75,16 @@ pub struct Uplink {
 /// What a reload changes in a running uplink without ending its session.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Tuning {
+    /// Cap on bytes per second put on the wire; `None`: no cap.
     pub max_rate: Option<f64>,
+    /// Bytes that may go at once above the cap.
     pub burst: u64,
+    /// Share of the bandwidth given to the newest data while a backlog drains.
     pub live_share: f64,
 }
 
 impl Tuning {
+    /// An uplink's tuning as configured.
     pub fn of(cfg: &UplinkConfig) -> Tuning {
         Tuning { max_rate: cfg.max_rate, burst: cfg.burst, live_share: cfg.live_share }
     }

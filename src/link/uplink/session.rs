@@ -50,11 +50,15 @@ pub struct Params {
     pub name: String,
     /// This node's name, sent in HELLO.
     pub node: String,
+    /// Unacknowledged bytes in flight, at most (`window`).
     pub window: u64,
+    /// Share of the bandwidth given to the newest data while a backlog drains.
     pub live_share: f64,
     /// Largest chunk of frames read for one APPEND.
     pub chunk_max: usize,
+    /// A PING after this long without traffic.
     pub keepalive: Duration,
+    /// The link is lost after this long without an answer.
     pub dead_after: Duration,
     /// How long WELCOME may take.
     pub connect_timeout: Duration,
@@ -78,7 +82,10 @@ pub enum Event {
     /// than `rotate_after`: fresh records appended to it would wait behind
     /// them. Ask the store to start a new segment, whose records the live
     /// share then carries alone.
-    Rotate { stream: String },
+    Rotate {
+        /// The stream whose newest segment is to be sealed.
+        stream: String,
+    },
     /// The receiver keeps the tombstone of this deleted segment (for the log).
     Noted(PathBuf),
 }
@@ -99,8 +106,11 @@ struct Gone {
 /// A chunk to read: whole frames of `rel` from `from`, about `max` bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Read {
+    /// The segment, relative to `archive/`.
     pub rel: PathBuf,
+    /// Offset of the first frame to read.
     pub from: u64,
+    /// Bytes to read, about (whole frames only).
     pub max: usize,
 }
 
@@ -158,6 +168,8 @@ impl Seg {
     }
 }
 
+/// One link session's protocol state: what to send, what was acknowledged, what is delivered. No sockets and no clock
+/// (the caller passes `now`): the task around it does the I/O, and the link simulation drives it directly.
 pub struct Session {
     p: Params,
     metrics: Metrics,
@@ -224,6 +236,7 @@ impl Session {
         self.progressed
     }
 
+    /// WELCOME has come: the version is agreed.
     pub fn welcomed(&self) -> bool {
         self.welcomed
     }
@@ -612,6 +625,7 @@ impl Session {
         }
     }
 
+    /// The next thing the task must do for the session (record a delivery, ask for a rotation, log a tombstone).
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
     }
