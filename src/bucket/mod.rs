@@ -23,7 +23,7 @@ use tracing::{error, info, warn};
 
 use crate::config::BucketConfig;
 use crate::metrics::Metrics;
-use crate::store::changes::Changes;
+use crate::store::changes::{Changes, Subscriber};
 use crate::store::clock::Clock;
 use crate::store::delivered::Delivered;
 use crate::store::follow;
@@ -216,6 +216,56 @@ pub struct Uploader {
     pub changes: Arc<Changes>,
 }
 
+/// Every series of the bucket exists from the start, gauges at 0.
+fn zero_series(bm: &crate::metrics::BucketMetrics, name: &str) {
+    for g in [&bm.up, &bm.conflicted, &bm.lag_segments, &bm.lag_bytes] {
+        g.with_label_values(&[name]).set(0);
+    }
+    for c in [&bm.segments, &bm.bytes, &bm.conflicts, &bm.already_there, &bm.aborted_uploads] {
+        c.with_label_values(&[name]);
+    }
+    // Every reason at 0 from the start, so `increase()` sees the first error.
+    for reason in REASONS {
+        bm.errors.with_label_values(&[name, reason]);
+    }
+}
+
+/// What a step's uploads did: segments in the bucket leave the queue (a
+/// conflict is set aside, said and counted). Successes count even when a
+/// segment beside them failed; the first failure is returned, else whether
+/// anything moved.
+fn took(
+    bm: &crate::metrics::BucketMetrics,
+    name: &str,
+    tombs: usize,
+    did: Vec<(PathBuf, Result<Put, BucketError>)>,
+    queue: &mut VecDeque<OnDisk>,
+    conflicted: &mut HashSet<PathBuf>,
+) -> Result<bool, BucketError> {
+    let mut progressed = tombs > 0;
+    let mut failed = None;
+    for (rel, r) in did {
+        match r {
+            Ok(put) => {
+                progressed = true;
+                queue.retain(|s| s.rel != rel);
+                if let Put::Conflict(why) = put {
+                    bm.conflicts.with_label_values(&[name]).inc();
+                    error!(bucket = %name, path = %rel.display(), conflict = %why,
+                        "the bucket holds other bytes under this segment's key: nothing overwritten, the local copy is kept");
+                    conflicted.insert(rel);
+                    bm.conflicted.with_label_values(&[name]).set(conflicted.len() as i64);
+                }
+            }
+            Err(e) => failed = failed.or(Some(e)),
+        }
+    }
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(progressed),
+    }
+}
+
 /// How often lag is shown and tombstones are looked for without a wake-up.
 const LOOK_EVERY: Duration = Duration::from_secs(1);
 
@@ -225,16 +275,7 @@ impl Uploader {
     pub async fn run(self, stop: CancellationToken) {
         let name = self.cfg.name.clone();
         let bm = self.metrics.bucket.clone();
-        for g in [&bm.up, &bm.conflicted, &bm.lag_segments, &bm.lag_bytes] {
-            g.with_label_values(&[&name]).set(0);
-        }
-        for c in [&bm.segments, &bm.bytes, &bm.conflicts, &bm.already_there, &bm.aborted_uploads] {
-            c.with_label_values(&[&name]);
-        }
-        // Every reason at 0 from the start, so `increase()` sees the first error.
-        for reason in REASONS {
-            bm.errors.with_label_values(&[&name, reason]);
-        }
+        zero_series(&bm, &name);
         let client = match Client::new(&self.cfg, &self.metrics) {
             Ok(c) => c,
             Err(e) => {
@@ -243,10 +284,7 @@ impl Uploader {
                 return;
             }
         };
-        let dir = self.state_dir.join("buckets");
-        let loaded = Uploads::load(&self.fs, dir.join(format!("{name}.uploads")))
-            .and_then(|u| Ok((u, Delivered::load(&self.fs, dir.join(format!("{name}.gone")), &self.metrics)?)));
-        let (uploads, tombs_done) = match loaded {
+        let (uploads, tombs_done) = match self.load_state(&name) {
             Ok(x) => x,
             Err(e) => {
                 error!(bucket = %name, error = %e, "cannot read the bucket's state; it does not run");
@@ -304,31 +342,7 @@ impl Uploader {
                     r = step => r,
                     _ = stop.cancelled() => break,
                 };
-                // Successes count even when a segment beside them failed.
-                let result = result.and_then(|(tombs, did)| {
-                    let mut progressed = tombs > 0;
-                    let mut failed = None;
-                    for (rel, r) in did {
-                        match r {
-                            Ok(put) => {
-                                progressed = true;
-                                queue.retain(|s| s.rel != rel);
-                                if let Put::Conflict(why) = put {
-                                    bm.conflicts.with_label_values(&[&name]).inc();
-                                    error!(bucket = %name, path = %rel.display(), conflict = %why,
-                                        "the bucket holds other bytes under this segment's key: nothing overwritten, the local copy is kept");
-                                    conflicted.insert(rel);
-                                    bm.conflicted.with_label_values(&[&name]).set(conflicted.len() as i64);
-                                }
-                            }
-                            Err(e) => failed = failed.or(Some(e)),
-                        }
-                    }
-                    match failed {
-                        Some(e) => Err(e),
-                        None => Ok(progressed),
-                    }
-                });
+                let result = result.and_then(|(tombs, did)| took(&bm, &name, tombs, did, &mut queue, &mut conflicted));
                 match result {
                     Ok(progressed) => {
                         bm.up.with_label_values(&[&name]).set(1);
@@ -342,17 +356,8 @@ impl Uploader {
                         }
                     }
                     Err(e) => {
-                        bm.up.with_label_values(&[&name]).set(0);
-                        bm.errors.with_label_values(&[&name, e.reason()]).inc();
-                        // Said at every failure of a new kind, then once per backoff step.
-                        warn!(bucket = %name, reason = e.reason(), error = %e, retry_in = ?backoff, "bucket upload failed");
                         last_error = Some(e.reason());
-                        retry_at = Some(Instant::now() + jitter(backoff));
-                        backoff = (backoff * 2).min(self.cfg.backoff_max);
-                        // A segment deleted under us or a state change: look again.
-                        if matches!(e, BucketError::Read { .. }) {
-                            changes.force_relist();
-                        }
+                        retry_at = Some(self.failed(&e, &mut backoff, &mut changes));
                     }
                 }
             }
@@ -368,6 +373,30 @@ impl Uploader {
         }
         bm.up.with_label_values(&[&name]).set(0);
         info!(bucket = %name, "bucket uploader stopped");
+    }
+
+    /// Count and say a failed step; back off, and list again when the
+    /// archive changed under it. Returns when to try again.
+    fn failed(&self, e: &BucketError, backoff: &mut Duration, changes: &mut Subscriber) -> Instant {
+        let (bm, name) = (&self.metrics.bucket, &self.cfg.name);
+        bm.up.with_label_values(&[name]).set(0);
+        bm.errors.with_label_values(&[name, e.reason()]).inc();
+        // Said at every failure of a new kind, then once per backoff step.
+        warn!(bucket = %name, reason = e.reason(), error = %e, retry_in = ?*backoff, "bucket upload failed");
+        let retry_at = Instant::now() + jitter(*backoff);
+        *backoff = (*backoff * 2).min(self.cfg.backoff_max);
+        // A segment deleted under us or a state change: look again.
+        if matches!(e, BucketError::Read { .. }) {
+            changes.force_relist();
+        }
+        retry_at
+    }
+
+    /// The multipart uploads left open and the tombstones already put.
+    fn load_state(&self, name: &str) -> std::io::Result<(Uploads, Delivered)> {
+        let dir = self.state_dir.join("buckets");
+        Uploads::load(&self.fs, dir.join(format!("{name}.uploads")))
+            .and_then(|u| Ok((u, Delivered::load(&self.fs, dir.join(format!("{name}.gone")), &self.metrics)?)))
     }
 
     /// Sealed segments not yet in the bucket, of the selected sites and

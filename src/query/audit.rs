@@ -240,118 +240,43 @@ pub fn audit(segments: &[Facts]) -> Report {
         by_origin.entry((f.name.site.clone(), f.name.stream.clone(), f.name.node.clone())).or_default().push(f);
     }
     let mut report = Report::default();
-    for ((site, stream, node), mut segs) in by_origin {
-        // A segment's file before its tombstone, if both are here.
-        segs.sort_by_key(|f| (f.name.seq, f.gone));
-        // Both: a sealed file means it arrived after all (by another uplink),
-        // otherwise the tombstone stands for it and the part that arrived
-        // before the origin deleted it is said.
-        let mut partial: BTreeMap<u64, u64> = BTreeMap::new();
-        let mut merged: Vec<&Facts> = Vec::with_capacity(segs.len());
-        for f in segs {
-            match merged.last_mut() {
-                Some(prev) if prev.name.seq == f.name.seq => {
-                    if f.gone && prev.seal.is_none() {
-                        partial.insert(f.name.seq, prev.records);
-                        *prev = f;
-                    }
-                }
-                _ => merged.push(f),
-            }
-        }
-        let segs = merged;
-        let gap = |f: &Facts, reason, from_seq, to_seq, detail: String| Gap {
-            site: site.clone(),
-            stream: stream.clone(),
-            node: node.clone(),
+    for ((site, stream, node), segs) in by_origin {
+        let origin = OriginKey { site: &site, stream: &stream, node: &node };
+        let (segs, partial) = merge_tombstones(segs);
+        let mut found = find_gaps(&origin, &segs, &partial);
+        report.hours.extend(hour_rows(&origin, &segs, &mut found));
+        report.gaps.extend(found.gaps);
+    }
+    report
+}
+
+/// The origin a gap or an hour row is of.
+struct OriginKey<'a> {
+    site: &'a str,
+    stream: &'a str,
+    node: &'a str,
+}
+
+impl OriginKey<'_> {
+    fn gap(&self, f: &Facts, reason: &'static str, from_seq: Option<u64>, to_seq: Option<u64>, detail: String) -> Gap {
+        Gap {
+            site: self.site.to_owned(),
+            stream: self.stream.to_owned(),
+            node: self.node.to_owned(),
             hour: f.name.hour_key(),
             reason,
             from_seq,
             to_seq,
             detail,
-        };
-        let mut gaps = Vec::new();
-        let mut empty_hours: Vec<String> = Vec::new();
-        // Hours that missing segments may belong to, besides the gap's own
-        // (every hour with no segment between two that have one, too).
-        let mut suspect: Vec<String> = Vec::new();
-        let mut closed: Vec<String> = Vec::new();
-        for (i, f) in segs.iter().enumerate() {
-            let file = f.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            if f.gone {
-                let mut detail = format!(
-                    "{file} deleted before delivery (on_full = drop_oldest), records {}..{}",
-                    f.first().unwrap_or(0),
-                    f.next().unwrap_or(0)
-                );
-                if let Some(n) = partial.get(&f.name.seq) {
-                    detail.push_str(&format!(" ({n} of them arrived here before)"));
-                }
-                gaps.push(gap(f, "deleted_undelivered", f.first(), f.next(), detail));
-            } else if let Some(s) = &f.seal {
-                if s.len != f.len {
-                    gaps.push(gap(
-                        f,
-                        "seal_mismatch",
-                        None,
-                        None,
-                        format!("{file}: sealed at {} bytes, the file holds {}", s.len, f.len),
-                    ));
-                } else if f.first_seq.is_some() && (f.first_seq != Some(s.first_seq) || f.next_seq != Some(s.next_seq))
-                {
-                    gaps.push(gap(
-                        f,
-                        "seal_mismatch",
-                        None,
-                        None,
-                        format!("{file}: sequence range differs from its seal"),
-                    ));
-                }
-            }
-            if f.damaged > 0 {
-                gaps.push(gap(f, "damaged", None, None, format!("{file}: {} damaged frame(s)", f.damaged)));
-            }
-            let Some(prev) = i.checked_sub(1).map(|p| segs[p]) else { continue };
-            let (Some(want), Some(got)) = (prev.next(), f.first()) else { continue };
-            let later = f.name.hour_key() > prev.name.hour_key();
-            if got == want && later && f.name.seq == prev.name.seq + 1 && !prev.gone && !f.gone {
-                closed.push(prev.name.hour_key());
-            }
-            if got > want {
-                let missing_segments = f.name.seq > prev.name.seq + 1;
-                let (reason, detail) = if missing_segments {
-                    ("segment_missing", format!("segments {}..{} are not here", prev.name.seq + 1, f.name.seq))
-                } else {
-                    ("records_missing", format!("records {want}..{got} are missing before {file}"))
-                };
-                let mut g = gap(f, reason, Some(want), Some(got), detail);
-                // Segments rotate every hour: hours with no segment at all
-                // between the two are the missing ones (shown as rows too).
-                let between = hours_between(&prev.name.hour_key(), &f.name.hour_key());
-                if let (true, Some(first)) = (missing_segments, between.first()) {
-                    g.hour = first.clone();
-                    suspect.extend(between.iter().cloned());
-                    empty_hours.extend(between);
-                } else if missing_segments && later {
-                    // The missing segments follow `prev`: of its hour or of `f`'s.
-                    suspect.push(prev.name.hour_key());
-                }
-                gaps.push(g);
-            } else if got < want {
-                gaps.push(gap(
-                    f,
-                    "sequence_overlap",
-                    Some(got),
-                    Some(want),
-                    format!("{file} starts at {got}, before {want}"),
-                ));
-            }
         }
-        // A row with nothing counted yet; its status is set below, from the gaps.
-        let row = |hour: String| Hour {
-            site: site.clone(),
-            stream: stream.clone(),
-            node: node.clone(),
+    }
+
+    /// A row with nothing counted yet; its status is set from the gaps.
+    fn row(&self, hour: String) -> Hour {
+        Hour {
+            site: self.site.to_owned(),
+            stream: self.stream.to_owned(),
+            node: self.node.to_owned(),
             hour,
             segments: 0,
             sealed: 0,
@@ -361,44 +286,170 @@ pub fn audit(segments: &[Facts]) -> Report {
             next_seq: None,
             status: "complete",
             closed: false,
-        };
-        let mut hours: BTreeMap<String, Hour> = BTreeMap::new();
-        for f in &segs {
-            let h = hours.entry(f.name.hour_key()).or_insert_with(|| row(f.name.hour_key()));
-            if f.gone {
-                continue;
-            }
-            h.segments += 1;
-            if f.seal.is_some() {
-                h.sealed += 1;
-            } else {
-                h.open += 1;
-            }
-            h.records += f.records;
-            if h.first_seq.is_none() {
-                h.first_seq = f.first();
-            }
-            if f.next().is_some() {
-                h.next_seq = f.next();
-            }
         }
-        for hour in empty_hours {
-            hours.entry(hour.clone()).or_insert_with(|| row(hour));
-        }
-        for h in hours.values_mut() {
-            h.closed = closed.contains(&h.hour);
-            h.status = if gaps.iter().any(|g| g.hour == h.hour) || suspect.contains(&h.hour) {
-                "gap"
-            } else if h.open > 0 {
-                "open"
-            } else {
-                "complete"
-            };
-        }
-        report.hours.extend(hours.into_values());
-        report.gaps.extend(gaps);
     }
-    report
+}
+
+/// One entry per segment number. A segment's file before its tombstone, if
+/// both are here. Both: a sealed file means it arrived after all (by
+/// another uplink), otherwise the tombstone stands for it and the part that
+/// arrived before the origin deleted it is said (returned: records per
+/// segment number).
+fn merge_tombstones(mut segs: Vec<&Facts>) -> (Vec<&Facts>, BTreeMap<u64, u64>) {
+    segs.sort_by_key(|f| (f.name.seq, f.gone));
+    let mut partial: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut merged: Vec<&Facts> = Vec::with_capacity(segs.len());
+    for f in segs {
+        match merged.last_mut() {
+            Some(prev) if prev.name.seq == f.name.seq => {
+                if f.gone && prev.seal.is_none() {
+                    partial.insert(f.name.seq, prev.records);
+                    *prev = f;
+                }
+            }
+            _ => merged.push(f),
+        }
+    }
+    (merged, partial)
+}
+
+/// What the walk over one origin's segments found.
+#[derive(Default)]
+struct Found {
+    gaps: Vec<Gap>,
+    /// Hours with no segment at all between two that have one.
+    empty_hours: Vec<String>,
+    /// Hours that missing segments may belong to, besides the gap's own
+    /// (every hour with no segment between two that have one, too).
+    suspect: Vec<String>,
+    /// Hours whose last segment the origin's next hour continues.
+    closed: Vec<String>,
+}
+
+fn find_gaps(origin: &OriginKey<'_>, segs: &[&Facts], partial: &BTreeMap<u64, u64>) -> Found {
+    let mut found = Found::default();
+    for (i, f) in segs.iter().enumerate() {
+        let file = f.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        segment_gaps(origin, f, &file, partial, &mut found.gaps);
+        let Some(prev) = i.checked_sub(1).map(|p| segs[p]) else { continue };
+        sequence_gaps(origin, prev, f, &file, &mut found);
+    }
+    found
+}
+
+/// What one segment shows by itself: deleted undelivered, a file that is
+/// not what its seal says, damaged frames.
+fn segment_gaps(origin: &OriginKey<'_>, f: &Facts, file: &str, partial: &BTreeMap<u64, u64>, gaps: &mut Vec<Gap>) {
+    if f.gone {
+        let mut detail = format!(
+            "{file} deleted before delivery (on_full = drop_oldest), records {}..{}",
+            f.first().unwrap_or(0),
+            f.next().unwrap_or(0)
+        );
+        if let Some(n) = partial.get(&f.name.seq) {
+            detail.push_str(&format!(" ({n} of them arrived here before)"));
+        }
+        gaps.push(origin.gap(f, "deleted_undelivered", f.first(), f.next(), detail));
+    } else if let Some(s) = &f.seal {
+        if s.len != f.len {
+            gaps.push(origin.gap(
+                f,
+                "seal_mismatch",
+                None,
+                None,
+                format!("{file}: sealed at {} bytes, the file holds {}", s.len, f.len),
+            ));
+        } else if f.first_seq.is_some() && (f.first_seq != Some(s.first_seq) || f.next_seq != Some(s.next_seq)) {
+            gaps.push(origin.gap(
+                f,
+                "seal_mismatch",
+                None,
+                None,
+                format!("{file}: sequence range differs from its seal"),
+            ));
+        }
+    }
+    if f.damaged > 0 {
+        gaps.push(origin.gap(f, "damaged", None, None, format!("{file}: {} damaged frame(s)", f.damaged)));
+    }
+}
+
+/// Whether `f` continues `prev`: records or whole segments missing between
+/// them, or an overlap; an hour continued in the next is closed.
+fn sequence_gaps(origin: &OriginKey<'_>, prev: &Facts, f: &Facts, file: &str, found: &mut Found) {
+    let (Some(want), Some(got)) = (prev.next(), f.first()) else { return };
+    let later = f.name.hour_key() > prev.name.hour_key();
+    if got == want && later && f.name.seq == prev.name.seq + 1 && !prev.gone && !f.gone {
+        found.closed.push(prev.name.hour_key());
+    }
+    if got > want {
+        let missing_segments = f.name.seq > prev.name.seq + 1;
+        let (reason, detail) = if missing_segments {
+            ("segment_missing", format!("segments {}..{} are not here", prev.name.seq + 1, f.name.seq))
+        } else {
+            ("records_missing", format!("records {want}..{got} are missing before {file}"))
+        };
+        let mut g = origin.gap(f, reason, Some(want), Some(got), detail);
+        // Segments rotate every hour: hours with no segment at all
+        // between the two are the missing ones (shown as rows too).
+        let between = hours_between(&prev.name.hour_key(), &f.name.hour_key());
+        if let (true, Some(first)) = (missing_segments, between.first()) {
+            g.hour = first.clone();
+            found.suspect.extend(between.iter().cloned());
+            found.empty_hours.extend(between);
+        } else if missing_segments && later {
+            // The missing segments follow `prev`: of its hour or of `f`'s.
+            found.suspect.push(prev.name.hour_key());
+        }
+        found.gaps.push(g);
+    } else if got < want {
+        found.gaps.push(origin.gap(
+            f,
+            "sequence_overlap",
+            Some(got),
+            Some(want),
+            format!("{file} starts at {got}, before {want}"),
+        ));
+    }
+}
+
+/// One row per hour with a segment or missing between two, counted, with
+/// its status from what `found` says of it.
+fn hour_rows(origin: &OriginKey<'_>, segs: &[&Facts], found: &mut Found) -> impl Iterator<Item = Hour> {
+    let mut hours: BTreeMap<String, Hour> = BTreeMap::new();
+    for f in segs {
+        let h = hours.entry(f.name.hour_key()).or_insert_with(|| origin.row(f.name.hour_key()));
+        if f.gone {
+            continue;
+        }
+        h.segments += 1;
+        if f.seal.is_some() {
+            h.sealed += 1;
+        } else {
+            h.open += 1;
+        }
+        h.records += f.records;
+        if h.first_seq.is_none() {
+            h.first_seq = f.first();
+        }
+        if f.next().is_some() {
+            h.next_seq = f.next();
+        }
+    }
+    for hour in std::mem::take(&mut found.empty_hours) {
+        hours.entry(hour.clone()).or_insert_with(|| origin.row(hour));
+    }
+    for h in hours.values_mut() {
+        h.closed = found.closed.contains(&h.hour);
+        h.status = if found.gaps.iter().any(|g| g.hour == h.hour) || found.suspect.contains(&h.hour) {
+            "gap"
+        } else if h.open > 0 {
+            "open"
+        } else {
+            "complete"
+        };
+    }
+    hours.into_values()
 }
 
 impl Report {
