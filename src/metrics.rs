@@ -25,6 +25,14 @@ impl WarnLimit {
     }
 }
 
+/// A closed set of values of a metric's `reason` label: each area names
+/// its reasons with an enum implementing this, so a call site counts a
+/// reason by its type, never by a string typed again there.
+pub trait Reason {
+    /// The label value.
+    fn reason(&self) -> &'static str;
+}
+
 /// Why a record did not reach the archive.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DropReason {
@@ -682,6 +690,11 @@ pub struct SinkMetrics {
 }
 
 impl SinkMetrics {
+    /// Count one failure of sink `sink`, by its reason.
+    pub fn error(&self, sink: &str, why: &impl Reason) {
+        self.sink_errors.with_label_values(&[sink, why.reason()]).inc();
+    }
+
     fn register(r: &Registry) -> SinkMetrics {
         SinkMetrics {
             sink_connected: gv(
@@ -862,6 +875,11 @@ pub struct BucketMetrics {
 }
 
 impl BucketMetrics {
+    /// Count one failed bucket operation of `bucket`, by its reason.
+    pub fn error(&self, bucket: &str, why: &impl Reason) {
+        self.errors.with_label_values(&[bucket, why.reason()]).inc();
+    }
+
     fn register(r: &Registry) -> BucketMetrics {
         let cv = |name: &str, help: &str, labels: &[&str]| {
             let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::BucketConfig;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Reason};
 use crate::store::changes::{Changes, Subscriber};
 use crate::store::clock::Clock;
 use crate::store::delivered::Delivered;
@@ -126,13 +126,9 @@ impl BucketError {
     }
 }
 
-impl BucketError {
-    fn from_store(op: Op, e: object_store::Error) -> BucketError {
-        BucketError::Store(op, e)
-    }
-
+impl crate::metrics::Reason for BucketError {
     /// The `reason` label of `ferry_bucket_errors_total`.
-    pub fn reason(&self) -> &'static str {
+    fn reason(&self) -> &'static str {
         match self {
             BucketError::Setup { .. } => "setup",
             BucketError::Mismatch(_) => "length_mismatch",
@@ -145,6 +141,12 @@ impl BucketError {
             },
             BucketError::Http(_, detail) => classify(detail),
         }
+    }
+}
+
+impl BucketError {
+    fn from_store(op: Op, e: object_store::Error) -> BucketError {
+        BucketError::Store(op, e)
     }
 }
 
@@ -279,7 +281,7 @@ impl Uploader {
         let client = match Client::new(&self.cfg, &self.metrics) {
             Ok(c) => c,
             Err(e) => {
-                bm.errors.with_label_values(&[&name, e.reason()]).inc();
+                bm.error(&name, &e);
                 error!(bucket = %name, error = %e, "cannot set up the bucket; it does not run");
                 return;
             }
@@ -380,7 +382,7 @@ impl Uploader {
     fn failed(&self, e: &BucketError, backoff: &mut Duration, changes: &mut Subscriber) -> Instant {
         let (bm, name) = (&self.metrics.bucket, &self.cfg.name);
         bm.up.with_label_values(&[name]).set(0);
-        bm.errors.with_label_values(&[name, e.reason()]).inc();
+        bm.error(name, e);
         // Said at every failure of a new kind, then once per backoff step.
         warn!(bucket = %name, reason = e.reason(), error = %e, retry_in = ?*backoff, "bucket upload failed");
         let retry_at = Instant::now() + jitter(*backoff);

@@ -176,19 +176,7 @@ pub async fn run(file: Option<PathBuf>, cfg: Config, text: &str, clock: Arc<dyn 
     if fs.faults().is_some() {
         warn!("FERRY_FAULTS is set: disk faults are being injected on purpose (a test); never run a production node like this");
     }
-    let tls = match &cfg.tls {
-        Some(files) => {
-            let m = Material::load(files).map_err(Error::Tls)?;
-            if let Err(e) = m.check() {
-                warn!(error = %e, "this node's certificate does not pass its own checks: peers will refuse it");
-            }
-            if m.own_revoked() {
-                error!(cert = %files.cert.display(), "this node's certificate is revoked by a CRL in [tls] crl: peers refuse it (certificate_revoked); it needs a new certificate");
-            }
-            Some(Live::new(m))
-        }
-        None => None,
-    };
+    let tls = cfg.tls.as_ref().map(load_tls).transpose()?;
     let store = Arc::new(Store::open_with(&cfg, clock.clone(), metrics.clone(), fs.clone()).map_err(Error::Store)?);
     let mut node = Node {
         file,
@@ -219,23 +207,7 @@ pub async fn run(file: Option<PathBuf>, cfg: Config, text: &str, clock: Arc<dyn 
     let last = &node.stages.last;
     last.spawn(memory::give_back_memory(Duration::from_secs(2), last.token.clone()));
     if let Some(addr) = cfg.admin.listen {
-        let l = tokio::net::TcpListener::bind(addr).await.map_err(|source| Error::Admin { addr, source })?;
-        let local = l.local_addr().map_err(|source| Error::Admin { addr, source })?;
-        info!(addr = %local, "admin listening (/metrics /healthz /readyz)");
-        let st = AdminState {
-            metrics: metrics.clone(),
-            ready: ready.clone(),
-            store: store.clone(),
-            site: cfg.node.site.clone(),
-            node: cfg.node.name.clone(),
-            rates: Default::default(),
-        };
-        let stop = last.token.clone();
-        last.spawn(async move {
-            if let Err(e) = admin::serve(l, st, stop).await {
-                error!(error = %e, "admin listener failed");
-            }
-        });
+        node.start_admin(addr, ready.clone()).await?;
     }
     for (l, b) in bound {
         node.serve(&l, b)?;
@@ -291,7 +263,45 @@ pub async fn run(file: Option<PathBuf>, cfg: Config, text: &str, clock: Arc<dyn 
     Ok(())
 }
 
+/// The node's TLS material, checked; a certificate that fails its own
+/// checks or that a CRL of the bundle revokes is said, not refused (peers
+/// refuse it: the log says why).
+fn load_tls(files: &crate::pki::TlsFiles) -> Result<Arc<Live>, Error> {
+    let m = Material::load(files).map_err(Error::Tls)?;
+    if let Err(e) = m.check() {
+        warn!(error = %e, "this node's certificate does not pass its own checks: peers will refuse it");
+    }
+    if m.own_revoked() {
+        error!(cert = %files.cert.display(), "this node's certificate is revoked by a CRL in [tls] crl: peers refuse it (certificate_revoked); it needs a new certificate");
+    }
+    Ok(Live::new(m))
+}
+
 impl Node {
+    /// The admin listener (/metrics /healthz /readyz /status), among the
+    /// last to stop.
+    async fn start_admin(&self, addr: std::net::SocketAddr, ready: Arc<AtomicBool>) -> Result<(), Error> {
+        let l = tokio::net::TcpListener::bind(addr).await.map_err(|source| Error::Admin { addr, source })?;
+        let local = l.local_addr().map_err(|source| Error::Admin { addr, source })?;
+        info!(addr = %local, "admin listening (/metrics /healthz /readyz)");
+        let st = AdminState {
+            metrics: self.metrics.clone(),
+            ready,
+            store: self.store.clone(),
+            site: self.cfg.node.site.clone(),
+            node: self.cfg.node.name.clone(),
+            rates: Default::default(),
+        };
+        let last = &self.stages.last;
+        let stop = last.token.clone();
+        last.spawn(async move {
+            if let Err(e) = admin::serve(l, st, stop).await {
+                error!(error = %e, "admin listener failed");
+            }
+        });
+        Ok(())
+    }
+
     /// Metrics and log of the config (and certificates) in force.
     fn config_in_force(&self, text: &str) {
         let m = &self.metrics;
@@ -528,12 +538,7 @@ impl Node {
 
     /// `None` if nothing changed, else whether everything was applied.
     async fn try_reload(&mut self, file: &Path) -> Result<Option<bool>, Refusal> {
-        let text = std::fs::read_to_string(file)
-            .map_err(|e| Refusal::Invalid(vec![format!("{}: cannot read: {e}", file.display())]))?;
-        let new = crate::config::validate(&text, &file.display().to_string()).map_err(|e| match e {
-            crate::config::Error::Invalid(ps) => Refusal::Invalid(ps.iter().map(|p| p.to_string()).collect()),
-            other => Refusal::Invalid(vec![other.to_string()]),
-        })?;
+        let (text, new) = read_config(file)?;
         let plan = reload::plan(&self.cfg, &new)
             .map_err(|fixed| Refusal::Refused(fixed.iter().map(|f| f.to_string()).collect()))?;
         // TLS: read and checked before anything changes.
@@ -553,9 +558,33 @@ impl Node {
             self.config_in_force(&text);
             return Ok(None);
         }
+        let complete = self.reload_listeners(&plan, &new, material, tls_changed).await?;
+        self.reload_uplinks(&plan).await;
+        self.reload_sinks(&plan).await;
+        self.reload_buckets(&plan).await;
+        if plan.retention {
+            self.store.set_retention(new.store.retention.clone());
+        }
+        if plan.log_level {
+            crate::logging::set_level(new.log_level.as_deref());
+        }
+        self.cfg = new;
+        self.config_in_force(&text);
+        info!(hash = %config_hash(&text), "reload applied");
+        Ok(Some(complete))
+    }
 
-        // Listeners that bind a socket no listener in force holds are bound
-        // first: if one cannot, nothing has changed yet.
+    /// New TLS material, then the listeners: those that bind a socket no
+    /// listener in force holds are bound first (if one cannot, nothing has
+    /// changed yet); the leaving ones stop together; then the ones that
+    /// reuse their sockets bind. Whether every listener started.
+    async fn reload_listeners(
+        &mut self,
+        plan: &reload::Plan,
+        new: &Config,
+        material: Option<Material>,
+        tls_changed: bool,
+    ) -> Result<bool, Refusal> {
         let leaving: Vec<&ListenerConfig> =
             plan.listeners.removed.iter().chain(plan.listeners.changed.iter().map(|(o, _)| o)).collect();
         let coming: Vec<&ListenerConfig> =
@@ -573,7 +602,7 @@ impl Node {
         for l in coming.iter().filter(|l| !frees(l)) {
             match self.bind(l).await {
                 Ok(b) => early.push(((*l).clone(), b)),
-                Err(e) => return Err(Refusal::Refused(vec![format!("{e:#}")])),
+                Err(e) => return Err(Refusal::Refused(vec![with_causes(&e)])),
             }
         }
         for line in plan.describe() {
@@ -584,7 +613,7 @@ impl Node {
             if self.tls.as_ref().is_some_and(|l| l.current().own_revoked()) {
                 error!("reload: this node's own certificate is revoked by a CRL in [tls] crl: peers refuse it (certificate_revoked)");
             }
-            note_revoked(&new);
+            note_revoked(new);
         }
         // Listeners leave together, then the ones that reuse their sockets bind.
         let stopping: Vec<Shutdown> = leaving.iter().filter_map(|l| self.listeners.remove(&l.name)).collect();
@@ -593,31 +622,40 @@ impl Node {
         }
         for (l, b) in early {
             if let Err(e) = self.serve(&l, b) {
-                error!(listener = %l.name, error = %format!("{e:#}"), "reload: cannot start listener");
+                error!(listener = %l.name, error = %with_causes(&e), "reload: cannot start listener");
             }
         }
         let mut complete = true;
         for l in coming.iter().filter(|l| frees(l)) {
-            let started = match self.bind(l).await {
-                Ok(b) => self.serve(l, b),
-                Err(e) => Err(e),
-            };
-            if let Err(e) = started {
-                error!(listener = %l.name, error = %format!("{e:#}"), "reload: cannot start the listener; starting the one it replaces again");
-                complete = false;
-                if let Some(old) = plan.listeners.changed.iter().find(|(_, n)| n.name == l.name).map(|(o, _)| o) {
-                    match self.bind(old).await {
-                        Ok(b) => {
-                            let _ = self.serve(old, b);
-                        }
-                        Err(e) => {
-                            error!(listener = %old.name, error = %format!("{e:#}"), "reload: cannot start the old listener either")
-                        }
-                    }
+            complete &= self.replace_listener(plan, l).await;
+        }
+        Ok(complete)
+    }
+
+    /// Start `l` on the socket a leaving listener gave up; if it cannot,
+    /// the one it replaces starts again. Whether `l` started.
+    async fn replace_listener(&mut self, plan: &reload::Plan, l: &ListenerConfig) -> bool {
+        let started = match self.bind(l).await {
+            Ok(b) => self.serve(l, b),
+            Err(e) => Err(e),
+        };
+        let Err(e) = started else { return true };
+        error!(listener = %l.name, error = %with_causes(&e), "reload: cannot start the listener; starting the one it replaces again");
+        if let Some(old) = plan.listeners.changed.iter().find(|(_, n)| n.name == l.name).map(|(o, _)| o) {
+            match self.bind(old).await {
+                Ok(b) => {
+                    let _ = self.serve(old, b);
+                }
+                Err(e) => {
+                    error!(listener = %old.name, error = %with_causes(&e), "reload: cannot start the old listener either")
                 }
             }
         }
+        false
+    }
 
+    /// Uplinks removed, restarted with their state, added, and retuned in place.
+    async fn reload_uplinks(&mut self, plan: &reload::Plan) {
         for u in &plan.uplinks.removed {
             if let Some(d) = self.stop_uplink(&u.name).await {
                 self.hold.remove(&d);
@@ -626,12 +664,12 @@ impl Node {
         for (_, u) in &plan.uplinks.changed {
             let d = self.stop_uplink(&u.name).await;
             if let Err(e) = self.start_uplink(u, d) {
-                error!(uplink = %u.name, error = %format!("{e:#}"), "reload: cannot start uplink");
+                error!(uplink = %u.name, error = %with_causes(&e), "reload: cannot start uplink");
             }
         }
         for u in &plan.uplinks.added {
             if let Err(e) = self.start_uplink(u, None) {
-                error!(uplink = %u.name, error = %format!("{e:#}"), "reload: cannot start uplink");
+                error!(uplink = %u.name, error = %with_causes(&e), "reload: cannot start uplink");
             }
         }
         for (name, t) in &plan.tuned {
@@ -641,6 +679,10 @@ impl Node {
                 self.metrics.link.uplink_max_rate.with_label_values(&[name]).set(t.max_rate.unwrap_or(0.0) as i64);
             }
         }
+    }
+
+    /// Sinks removed, restarted with their state, added.
+    async fn reload_sinks(&mut self, plan: &reload::Plan) {
         for k in &plan.sinks.removed {
             if let Some(d) = self.stop_sink(&k.name).await {
                 self.hold.remove(&d);
@@ -649,14 +691,18 @@ impl Node {
         for (_, k) in &plan.sinks.changed {
             let d = self.stop_sink(&k.name).await;
             if let Err(e) = self.start_sink(k, d) {
-                error!(sink = %k.name, error = %format!("{e:#}"), "reload: cannot start sink");
+                error!(sink = %k.name, error = %with_causes(&e), "reload: cannot start sink");
             }
         }
         for k in &plan.sinks.added {
             if let Err(e) = self.start_sink(k, None) {
-                error!(sink = %k.name, error = %format!("{e:#}"), "reload: cannot start sink");
+                error!(sink = %k.name, error = %with_causes(&e), "reload: cannot start sink");
             }
         }
+    }
+
+    /// Buckets removed, restarted with their state, added.
+    async fn reload_buckets(&mut self, plan: &reload::Plan) {
         for b in &plan.buckets.removed {
             if let Some(d) = self.stop_bucket(&b.name).await {
                 self.hold.remove(&d);
@@ -665,25 +711,26 @@ impl Node {
         for (_, b) in &plan.buckets.changed {
             let d = self.stop_bucket(&b.name).await;
             if let Err(e) = self.start_bucket(b, d) {
-                error!(bucket = %b.name, error = %format!("{e:#}"), "reload: cannot start bucket");
+                error!(bucket = %b.name, error = %with_causes(&e), "reload: cannot start bucket");
             }
         }
         for b in &plan.buckets.added {
             if let Err(e) = self.start_bucket(b, None) {
-                error!(bucket = %b.name, error = %format!("{e:#}"), "reload: cannot start bucket");
+                error!(bucket = %b.name, error = %with_causes(&e), "reload: cannot start bucket");
             }
         }
-        if plan.retention {
-            self.store.set_retention(new.store.retention.clone());
-        }
-        if plan.log_level {
-            crate::logging::set_level(new.log_level.as_deref());
-        }
-        self.cfg = new;
-        self.config_in_force(&text);
-        info!(hash = %config_hash(&text), "reload applied");
-        Ok(Some(complete))
     }
+}
+
+/// The config file's text, validated: what a reload would put in force.
+fn read_config(file: &Path) -> Result<(String, Config), Refusal> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| Refusal::Invalid(vec![format!("{}: cannot read: {e}", file.display())]))?;
+    let new = crate::config::validate(&text, &file.display().to_string()).map_err(|e| match e {
+        crate::config::Error::Invalid(ps) => Refusal::Invalid(ps.iter().map(|p| p.to_string()).collect()),
+        other => Refusal::Invalid(vec![other.to_string()]),
+    })?;
+    Ok((text, new))
 }
 
 /// Why a reload changed nothing.

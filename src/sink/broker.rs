@@ -83,9 +83,9 @@ pub enum BusError {
     NoKafka,
 }
 
-impl BusError {
+impl crate::metrics::Reason for BusError {
     /// The `reason` label of `ferry_sink_errors_total`.
-    pub fn reason(&self) -> &'static str {
+    fn reason(&self) -> &'static str {
         match self {
             BusError::Timeout { .. } => "timeout",
             BusError::Rabbit { op: Op::Connect | Op::OpenChannel | Op::ConfirmSelect, .. } => "connect",

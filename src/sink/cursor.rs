@@ -133,7 +133,7 @@ async fn write_loop(fs: Fs, file: PathBuf, sink: String, m: Metrics, mut rx: wat
             }
             Ok(()) => {}
             Err(e) => {
-                m.sink.sink_errors.with_label_values(&[&sink, "state_write"]).inc();
+                m.sink.error(&sink, &super::Trouble::StateWrite);
                 if !failing {
                     warn!(sink = %sink, file = %file.display(), error = %e,
                         "cannot write the sink cursor (kept in memory; retried every second)");

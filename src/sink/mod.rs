@@ -38,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::{BusConfig, SinkConfig};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Reason};
 use crate::store::changes::{Changes, Subscriber};
 use crate::store::clock::Clock;
 use crate::store::delivered::Delivered;
@@ -132,14 +132,41 @@ enum Restart {
     Stalled(Duration),
 }
 
-impl Restart {
-    /// The `reason` label of `ferry_sink_errors_total`.
+impl Reason for Restart {
     fn reason(&self) -> &'static str {
         match self {
             Restart::Bus(e) => e.reason(),
             Restart::Answer(r, _) => r,
             Restart::UnknownTopic(_) => "unknown_topic",
             Restart::Stalled(_) => "stalled",
+        }
+    }
+}
+
+/// The sink's own failures (the broker's are [`BusError`] and
+/// [`Restart`]), as `ferry_sink_errors_total` counts them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trouble {
+    /// Its cursor or dead-letter file could not be written.
+    StateWrite,
+    /// A segment was deleted before the sink delivered it.
+    DeletedUndelivered,
+    /// A frame of the archive cannot be read: its records are skipped.
+    DamagedFrame,
+    /// A segment cannot be read now: tried again later.
+    Read,
+    /// No acknowledgement while records wait.
+    Stalled,
+}
+
+impl Reason for Trouble {
+    fn reason(&self) -> &'static str {
+        match self {
+            Trouble::StateWrite => "state_write",
+            Trouble::DeletedUndelivered => "deleted_undelivered",
+            Trouble::DamagedFrame => "damaged_frame",
+            Trouble::Read => "read",
+            Trouble::Stalled => "stalled",
         }
     }
 }
@@ -513,7 +540,7 @@ impl Delivery<'_> {
             }
             Err(e) => {
                 run.last_failure = e.to_string();
-                m.sink.sink_errors.with_label_values(&[name, e.reason()]).inc();
+                m.sink.error(name, &e);
                 warn!(sink = %name, reason = e.reason(), error = %e, retry_in = ?self.backoff, "cannot reach the broker");
                 self.next_connect = Instant::now() + self.backoff;
                 self.backoff = (self.backoff * 2).min(sink.cfg.backoff_max);
@@ -728,7 +755,7 @@ impl Run<'_> {
         }
         if let Err(e) = self.sink.delivered.add(rel) {
             // Kept as undelivered: delivered again after a restart (duplicates), never lost.
-            self.sink.metrics.sink.sink_errors.with_label_values(&[self.name(), "state_write"]).inc();
+            self.sink.metrics.sink.error(self.name(), &Trouble::StateWrite);
             warn!(sink = %self.name(), error = %e, "cannot record a delivered segment");
             return;
         }
@@ -793,7 +820,7 @@ impl Run<'_> {
                 self.in_flight_bytes -= f.batch.bytes();
             }
             if s.local.seal.as_ref().is_none_or(|x| s.acked.offset < x.len) {
-                self.sink.metrics.sink.sink_errors.with_label_values(&[self.name(), "deleted_undelivered"]).inc();
+                self.sink.metrics.sink.error(self.name(), &Trouble::DeletedUndelivered);
                 warn!(sink = %self.name(), path = %rel.display(), "segment deleted before the sink delivered it");
             }
             self.dirty = true;
@@ -855,7 +882,7 @@ impl Run<'_> {
                 return Ok(Next::Nothing);
             }
             Ok(Read::Damaged { at, next, error }) => {
-                m.sink.sink_errors.with_label_values(&[&name, "damaged_frame"]).inc();
+                m.sink.error(&name, &Trouble::DamagedFrame);
                 error!(sink = %name, path = %rel.display(), offset = at, resumes_at = next, %error,
                     "damaged frame in the archive: its records cannot be delivered (ferry verify tells more)");
                 seg.read = Pos { offset: next, next_seq: 0 };
@@ -865,7 +892,7 @@ impl Run<'_> {
                 return Ok(Next::Skipped);
             }
             Err(e) => {
-                m.sink.sink_errors.with_label_values(&[&name, "read"]).inc();
+                m.sink.error(&name, &Trouble::Read);
                 warn!(sink = %name, path = %rel.display(), error = %e, "cannot read a segment; trying again later");
                 seg.retry_at = Some(Instant::now() + READ_RETRY);
                 return Ok(Next::Nothing);
@@ -952,7 +979,7 @@ impl Run<'_> {
             }
             Verdict::Stalled { silent, .. } => {
                 m.sink.sink_stalled.with_label_values(&[name]).set(1);
-                m.sink.sink_errors.with_label_values(&[name, "stalled"]).inc();
+                m.sink.error(name, &Trouble::Stalled);
                 if connected {
                     warn!(sink = %name, silent = ?silent, in_flight = self.in_flight_records,
                         "sink stalled: no acknowledgement from the broker while records wait; dropping the connection and starting again from the acknowledged positions");
@@ -975,14 +1002,14 @@ impl Run<'_> {
         let (m, name) = (&self.sink.metrics, self.sink.cfg.name.as_str());
         if let Restart::UnknownTopic(t) = why {
             if self.missing_topics.insert(t.clone()) {
-                m.sink.sink_errors.with_label_values(&[name, why.reason()]).inc();
+                m.sink.error(name, why);
                 m.sink.sink_missing_topic.with_label_values(&[name, t]).set(1);
                 error!(sink = %name, topic = %t, retry_in = ?backoff, "{why}");
             }
             return;
         }
         if !matches!(why, Restart::Stalled(_)) {
-            m.sink.sink_errors.with_label_values(&[name, why.reason()]).inc();
+            m.sink.error(name, why);
         }
         warn!(sink = %name, reason = why.reason(), error = %why, retry_in = ?backoff,
             "broker failed; starting again from the acknowledged positions");
