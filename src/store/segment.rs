@@ -504,20 +504,26 @@ impl OpenSegment {
             let _ = std::fs::remove_file(&path);
             return Err(e);
         }
-        let hasher = Sha256::new();
-        Ok(OpenSegment {
+        let none = Durable { hasher: Sha256::new(), len: 0, frames: 0, records: 0, next_seq: first_seq };
+        Ok(OpenSegment::at(name, path, file, none, first_seq))
+    }
+
+    /// A writer over `file` holding what `durable` says, all of it durable.
+    fn at(name: SegmentName, path: PathBuf, file: FsFile, durable: Durable, first_seq: u64) -> OpenSegment {
+        let d = durable.clone();
+        OpenSegment {
+            rel: name.rel_path(),
             name,
-            rel,
             path,
             file,
-            durable: Durable { hasher: hasher.clone(), len: 0, frames: 0, records: 0, next_seq: first_seq },
-            hasher,
-            len: 0,
-            frames: 0,
-            records: 0,
+            hasher: d.hasher,
+            len: d.len,
+            frames: d.frames,
+            records: d.records,
             first_seq,
-            next_seq: first_seq,
-        })
+            next_seq: d.next_seq,
+            durable,
+        }
     }
 
     /// Go on writing a segment file already there (a mirror segment after a
@@ -536,21 +542,14 @@ impl OpenSegment {
         let file = fs.open_write(&path)?;
         let hasher = sha256_of(std::fs::File::open(&path)?.take(walk.len))?;
         let first_seq = walk.first_seq.unwrap_or(walk.next_seq);
-        let mut seg = OpenSegment {
-            name,
-            rel,
-            path,
-            file,
-            durable: Durable { hasher: hasher.clone(), len: 0, frames: 0, records: 0, next_seq: first_seq },
+        let durable = Durable {
             hasher,
             len: walk.len,
             frames: walk.frames,
             records: walk.records,
-            first_seq,
             next_seq: walk.next_seq.max(first_seq),
         };
-        seg.mark_durable();
-        Ok(seg)
+        Ok(OpenSegment::at(name, path, file, durable, first_seq))
     }
 
     /// Number a segment that has no frame yet from `first_seq`: a mirror
